@@ -1,0 +1,336 @@
+//! The command line, as clap derive types, and the parsers of its values.
+//!
+//! Values are checked here, while clap still knows which flag they came
+//! from, so that a bad one is a usage error (exit code 2) that names it.
+
+use crate::require::{parse_requirement, Requirement, KEYS};
+use clap::{Args, Parser, Subcommand};
+use protocol::types::validate_id;
+use protocol::{DeviceStatus, Priority, TaskState};
+use serde_json::Value;
+use std::time::Duration;
+
+/// The exit codes, as `--help` shows them.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success (with --wait: the task completed with exit code 0)
+  1  the task failed (with --wait; a task that reports its own exit code
+     exits with that code instead), or the output could not be written
+  2  usage error: unknown flag, missing or invalid value
+  3  cannot reach the master, the connection was lost, or the master did
+     not answer within --timeout
+  4  the master answered with an error; it is printed as
+     `error: <text> (<code>)`, or the reply could not be read
+  5  --wait-timeout expired before the task finished (it keeps running)
+With --wait a task that timed out exits with 124 and a cancelled one with
+130, unless the task reported an exit code of its own.";
+
+/// The `retire` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "retire",
+    version,
+    about = "Submit and inspect work on a Retire-Cluster master",
+    after_long_help = EXIT_CODES_HELP
+)]
+pub struct Cli {
+    /// The master's TCP address.
+    #[arg(
+        long,
+        global = true,
+        env = "RETIRE_MASTER",
+        default_value = "127.0.0.1:8080",
+        value_name = "HOST:PORT"
+    )]
+    pub master: String,
+
+    /// Print the master's JSON result instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// How long to wait for the connection and for each reply, in seconds
+    /// or as `1m30s`. Give it before the subcommand: `submit --timeout` is
+    /// the task's own timeout.
+    #[arg(long = "timeout", value_name = "SECS", default_value = "10", value_parser = parse_duration)]
+    pub reply_timeout: Duration,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Queue a task and print its id (or, with --wait, its output).
+    #[command(after_long_help = EXIT_CODES_HELP)]
+    Submit(SubmitArgs),
+    /// Show cluster totals.
+    Status,
+    /// List devices.
+    Devices {
+        /// Only devices of this role.
+        #[arg(long)]
+        role: Option<String>,
+        /// Only devices with this status (online, draining, offline).
+        #[arg(long, value_parser = parse_device_status)]
+        status: Option<String>,
+    },
+    /// Show one device.
+    Device {
+        /// The device's id.
+        device_id: String,
+    },
+    /// List tasks, newest first.
+    Tasks {
+        /// Only tasks in this state (queued, assigned, running, completed,
+        /// failed, timed_out, cancelled).
+        #[arg(long, value_parser = parse_task_state)]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+    },
+    /// Show one task with its result.
+    Task {
+        /// The task's id.
+        task_id: String,
+    },
+    /// Cancel a task.
+    Cancel {
+        /// The task's id.
+        task_id: String,
+    },
+    /// Give a device no new work; its running tasks finish.
+    Drain {
+        /// The device's id.
+        device_id: String,
+    },
+    /// Print every cluster event as it happens, until interrupted.
+    Watch,
+}
+
+/// The flags of `retire submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The task type (echo, sleep, shell, …); `shell` when a command follows `--`.
+    #[arg(
+        long = "type",
+        value_name = "TYPE",
+        required_unless_present = "command"
+    )]
+    pub task_type: Option<String>,
+
+    /// The handler's input, as JSON.
+    #[arg(long, value_name = "JSON", value_parser = parse_json, conflicts_with = "command")]
+    pub payload: Option<Value>,
+
+    /// low, normal, high, urgent, or 0 to 100.
+    #[arg(long, value_name = "P", default_value = "normal", value_parser = parse_priority)]
+    pub priority: Priority,
+
+    /// How long the task may run before it is killed, in seconds or as `5m`.
+    #[arg(long = "timeout", value_name = "SECS", value_parser = parse_duration)]
+    pub task_timeout: Option<Duration>,
+
+    /// Where the task may run; repeatable. KEY is one of the requirement keys.
+    #[arg(long = "require", value_name = "KEY=VALUE", value_parser = parse_require, long_help = require_help())]
+    pub requirements: Vec<Requirement>,
+
+    /// How many times a failed attempt is retried.
+    #[arg(long, value_name = "N")]
+    pub max_retries: Option<u32>,
+
+    /// Choose the task's id; submitting the same id again does not queue it twice.
+    #[arg(long = "id", value_name = "ID", value_parser = parse_task_id)]
+    pub task_id: Option<String>,
+
+    /// Wait for the task, print its output and exit with its exit code.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// Stop waiting after this long (the task keeps running), in seconds or as `10m`.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, requires = "wait")]
+    pub wait_timeout: Option<Duration>,
+
+    /// A command to run as a `shell` task, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+fn require_help() -> String {
+    format!(
+        "Where the task may run; repeatable. KEY is one of: {KEYS}. \
+         `tag` adds to the required tags; other keys take the last value given."
+    )
+}
+
+/// A duration given as seconds (`90`, `0.5`) or in humantime form (`1m30s`);
+/// it must be positive.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = match text.trim().parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds > 0.0 => {
+            Duration::try_from_secs_f64(seconds).map_err(|err| err.to_string())?
+        }
+        Ok(_) => {
+            return Err(format!(
+                "must be a positive number of seconds, got {text:?}"
+            ))
+        }
+        Err(_) => humantime::parse_duration(text.trim())
+            .map_err(|err| format!("expected seconds or a duration like 1m30s: {err}"))?,
+    };
+    if duration.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(duration)
+}
+
+fn parse_json(text: &str) -> Result<Value, String> {
+    serde_json::from_str(text).map_err(|err| format!("invalid JSON: {err}"))
+}
+
+fn parse_priority(text: &str) -> Result<Priority, String> {
+    Priority::parse(text)
+        .ok_or_else(|| format!("expected low, normal, high, urgent or 0-100, got {text:?}"))
+}
+
+fn parse_require(text: &str) -> Result<Requirement, String> {
+    parse_requirement(text)
+}
+
+fn parse_task_id(text: &str) -> Result<String, String> {
+    validate_id("the task id", text)?;
+    Ok(text.to_string())
+}
+
+fn parse_task_state(text: &str) -> Result<String, String> {
+    TaskState::parse(text)
+        .map(|state| state.as_str().to_string())
+        .ok_or_else(|| {
+            let names: Vec<&str> = TaskState::ALL.iter().map(|state| state.as_str()).collect();
+            format!("expected one of {}, got {text:?}", names.join(", "))
+        })
+}
+
+fn parse_device_status(text: &str) -> Result<String, String> {
+    DeviceStatus::parse(text)
+        .map(|status| status.as_str().to_string())
+        .ok_or_else(|| format!("expected online, draining or offline, got {text:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    fn submit(args: &[&str]) -> Result<SubmitArgs, clap::error::ErrorKind> {
+        let argv = ["retire", "submit"].iter().chain(args);
+        match Cli::try_parse_from(argv).map_err(|err| err.kind())?.command {
+            Command::Submit(submit) => Ok(submit),
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn submit_flags() {
+        use clap::error::ErrorKind;
+        let parsed = submit(&["--", "ls", "-l", "/tmp"]).expect("a command is enough");
+        assert_eq!(parsed.task_type, None);
+        assert_eq!(parsed.command, ["ls", "-l", "/tmp"]);
+
+        let parsed = submit(&[
+            "--type",
+            "echo",
+            "--payload",
+            r#"{"message":"hi"}"#,
+            "--priority",
+            "high",
+            "--timeout",
+            "1m",
+            "--require",
+            "tag=gpu",
+            "--require",
+            "arch=arm",
+            "--id",
+            "job-1",
+            "--wait",
+            "--wait-timeout",
+            "30",
+        ])
+        .expect("valid flags");
+        assert_eq!(parsed.task_type.as_deref(), Some("echo"));
+        assert_eq!(parsed.payload, Some(serde_json::json!({"message": "hi"})));
+        assert_eq!(parsed.priority, Priority::HIGH);
+        assert_eq!(parsed.task_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(parsed.requirements.len(), 2);
+        assert_eq!(parsed.task_id.as_deref(), Some("job-1"));
+        assert_eq!(parsed.wait_timeout, Some(Duration::from_secs(30)));
+
+        assert_eq!(submit(&[]).err(), Some(ErrorKind::MissingRequiredArgument));
+        assert_eq!(
+            submit(&["--"]).err(),
+            Some(ErrorKind::MissingRequiredArgument)
+        );
+        assert_eq!(
+            submit(&["--payload", "{}", "--", "ls"]).err(),
+            Some(ErrorKind::ArgumentConflict)
+        );
+        assert_eq!(
+            submit(&["--type", "echo", "--payload", "{nope"]).err(),
+            Some(ErrorKind::ValueValidation)
+        );
+        assert_eq!(
+            submit(&["--type", "echo", "--require", "gpu=1"]).err(),
+            Some(ErrorKind::ValueValidation)
+        );
+        assert_eq!(
+            submit(&["--type", "echo", "--id", "has space"]).err(),
+            Some(ErrorKind::ValueValidation)
+        );
+        assert_eq!(
+            submit(&["--type", "echo", "--wait-timeout", "5"]).err(),
+            Some(ErrorKind::MissingRequiredArgument)
+        );
+    }
+
+    #[test]
+    fn global_flags() {
+        let cli = Cli::try_parse_from([
+            "retire",
+            "--timeout",
+            "2.5",
+            "tasks",
+            "--json",
+            "--master",
+            "nas:9000",
+        ])
+        .expect("valid flags");
+        assert_eq!(cli.reply_timeout, Duration::from_millis(2500));
+        assert!(cli.json);
+        assert_eq!(cli.master, "nas:9000");
+    }
+
+    #[test]
+    fn durations() {
+        let check = |text: &str, expect: Result<Duration, ()>| {
+            assert_eq!(
+                parse_duration(text).map_err(|_| ()),
+                expect,
+                "input: {text:?}"
+            )
+        };
+        check("10", Ok(Duration::from_secs(10)));
+        check("0.25", Ok(Duration::from_millis(250)));
+        check("1m30s", Ok(Duration::from_secs(90)));
+        check("0", Err(()));
+        check("-1", Err(()));
+        check("0s", Err(()));
+        check("soon", Err(()));
+    }
+}

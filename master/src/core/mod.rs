@@ -1,0 +1,1160 @@
+//! The master's sans-IO state machine: registry, heartbeats, the priority
+//! queue, matching, assignment and results.
+//!
+//! The core never touches a socket, the disk, a thread or the clock. The
+//! event loop feeds it inputs (`handle_*`, each with `now`) and drains its
+//! outputs: messages to send ([`Output`]), changes to persist
+//! ([`Core::take_batch`]) and the next time it wants to be woken
+//! ([`Core::next_deadline`]). Messages that promise durability carry the
+//! id of the batch they wait for; the loop holds them until that batch has
+//! committed.
+
+mod dispatch;
+pub mod records;
+mod text;
+mod views;
+
+pub use views::rfc3339;
+
+use protocol::message::RunningTask;
+use protocol::{
+    Ack, DecodeError, DeviceStatus, Envelope, ErrorCode, ErrorReply, Event, Goodbye, Heartbeat,
+    Message, Metrics, Register, Subscribe, TaskCancel, TaskResult, TaskSpec, TaskState, TaskSubmit,
+};
+use records::{Batch, DeviceRecord, StoreOp, TaskRecord};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+/// Identifies one connection; the event loop's slab key.
+pub type ConnId = usize;
+
+/// The time, as the core sees it: a monotonic reading for deadlines and a
+/// wall-clock reading for timestamps people read. Both are parameters so
+/// tests can run on simulated time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic time since an arbitrary origin (the loop's start).
+    pub monotonic: Duration,
+    /// Wall-clock time in milliseconds since the Unix epoch.
+    pub unix_ms: i64,
+}
+
+/// Core settings.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// The master's `sender_id` on its own messages.
+    pub master_id: String,
+    /// How often workers should send a heartbeat.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a worker's connection is considered dead.
+    pub heartbeat_timeout: Duration,
+    /// How long a worker that said it has no free slot gets no new task.
+    pub full_worker_pause: Duration,
+}
+
+impl Default for CoreConfig {
+    fn default() -> CoreConfig {
+        CoreConfig {
+            master_id: "main-node".into(),
+            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_secs(15),
+            full_worker_pause: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What the core wants sent.
+// Built once and moved to the event loop; boxing the envelope would only
+// add an allocation per message.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    /// A JSON message, written as one line.
+    Json(Envelope),
+    /// A reply to a text command; the loop writes it as is (it already
+    /// ends with the `.` line).
+    Text(String),
+}
+
+/// One thing for the event loop to do.
+// Moved once, from the core to the event loop (see `Payload`).
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send `payload` on `conn`. When `after_batch` is set, hold it (and
+    /// everything queued behind it on that connection) until that batch
+    /// has committed.
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// What to send.
+        payload: Payload,
+        /// The batch whose commit this message waits for.
+        after_batch: Option<u64>,
+    },
+    /// Close `conn` once everything queued for it has been written.
+    Close {
+        /// The connection.
+        conn: ConnId,
+    },
+}
+
+/// The most tasks a listing returns.
+pub const MAX_LIST: usize = 1000;
+/// Tasks a listing returns when no limit is given.
+pub const DEFAULT_LIST: usize = 100;
+
+#[derive(Debug)]
+struct Device {
+    record: DeviceRecord,
+    register: Register,
+    conn: Option<ConnId>,
+    /// Tasks given to this device whose attempt it has not yet reported.
+    active: BTreeSet<String>,
+    last_seen: Duration,
+    metrics: Option<Metrics>,
+    paused_until: Option<Duration>,
+}
+
+#[derive(Debug)]
+struct Task {
+    record: TaskRecord,
+    /// Devices that refused this task; it is not offered to them again.
+    refused_by: BTreeSet<String>,
+}
+
+#[derive(Debug, Default)]
+struct Conn {
+    peer_ip: Option<String>,
+    device_id: Option<String>,
+    subscription: Option<Subscribe>,
+}
+
+/// Key of a queued task: higher priority first, then submission order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct QueueKey {
+    priority: std::cmp::Reverse<u8>,
+    seq: u64,
+    task_id: String,
+}
+
+impl QueueKey {
+    fn of(record: &TaskRecord) -> QueueKey {
+        QueueKey {
+            priority: std::cmp::Reverse(record.spec.priority.0),
+            seq: record.seq,
+            task_id: record.task_id.clone(),
+        }
+    }
+}
+
+/// The master's state machine.
+#[derive(Debug)]
+pub struct Core {
+    config: CoreConfig,
+    devices: BTreeMap<String, Device>,
+    tasks: HashMap<String, Task>,
+    queue: BTreeSet<QueueKey>,
+    conns: HashMap<ConnId, Conn>,
+    next_seq: u64,
+    outputs: Vec<Output>,
+    pending_tasks: BTreeMap<String, TaskRecord>,
+    pending_devices: BTreeMap<String, DeviceRecord>,
+    /// Id the next batch handed to the store will have.
+    open_batch: u64,
+    /// The newest batch (open or handed out) that holds any write.
+    last_write_batch: u64,
+    needs_dispatch: bool,
+    shutting_down: bool,
+}
+
+impl Core {
+    /// A core that starts from the records the store loaded. Devices start
+    /// offline; tasks that were handed to a device before the restart go
+    /// back to the queue, because no device holds them any more (their
+    /// next attempt fences off a late result from the old one).
+    pub fn new(
+        config: CoreConfig,
+        devices: Vec<DeviceRecord>,
+        tasks: Vec<TaskRecord>,
+        now: Now,
+    ) -> Core {
+        let mut core = Core {
+            config,
+            devices: BTreeMap::new(),
+            tasks: HashMap::new(),
+            queue: BTreeSet::new(),
+            conns: HashMap::new(),
+            next_seq: 1,
+            outputs: Vec::new(),
+            pending_tasks: BTreeMap::new(),
+            pending_devices: BTreeMap::new(),
+            open_batch: 1,
+            last_write_batch: 0,
+            needs_dispatch: false,
+            shutting_down: false,
+        };
+        for mut record in devices {
+            let register = register_from_profile(&record.profile);
+            if record.status != DeviceStatus::Offline {
+                record.status = DeviceStatus::Offline;
+                core.persist_device(&record);
+            }
+            core.devices.insert(
+                record.device_id.clone(),
+                Device {
+                    record,
+                    register,
+                    conn: None,
+                    active: BTreeSet::new(),
+                    last_seen: now.monotonic,
+                    metrics: None,
+                    paused_until: None,
+                },
+            );
+        }
+        for mut record in tasks {
+            core.next_seq = core.next_seq.max(record.seq + 1);
+            if matches!(record.state, TaskState::Assigned | TaskState::Running) {
+                record.state = TaskState::Queued;
+                core.persist_task(&record);
+            }
+            if record.state == TaskState::Queued {
+                core.queue.insert(QueueKey::of(&record));
+                core.needs_dispatch = true;
+            }
+            core.tasks.insert(
+                record.task_id.clone(),
+                Task {
+                    record,
+                    refused_by: BTreeSet::new(),
+                },
+            );
+        }
+        core
+    }
+
+    /// A new connection was accepted from `peer_ip` (when known).
+    pub fn handle_connect(&mut self, conn: ConnId, peer_ip: Option<String>) {
+        self.conns.insert(
+            conn,
+            Conn {
+                peer_ip,
+                ..Conn::default()
+            },
+        );
+    }
+
+    /// A connection closed (by the peer, an error, or the loop).
+    pub fn handle_disconnect(&mut self, now: Now, conn: ConnId) {
+        let Some(state) = self.conns.remove(&conn) else {
+            return;
+        };
+        if let Some(device_id) = state.device_id {
+            let bound_here = self
+                .devices
+                .get(&device_id)
+                .is_some_and(|device| device.conn == Some(conn));
+            if bound_here {
+                self.device_gone(now, &device_id, "disconnected");
+            }
+        }
+    }
+
+    /// A frame that could not be decoded: answer with its error. The
+    /// connection stays open and nothing else changes.
+    pub fn handle_decode_error(&mut self, conn: ConnId, error: DecodeError) {
+        let reply = ErrorReply::new(error.message_id, error.code, error.detail);
+        self.send(conn, Message::Error(reply), None);
+    }
+
+    /// The connection sent a line longer than its limit: answer, then close.
+    pub fn handle_line_too_long(&mut self, conn: ConnId, max: usize) {
+        let reply = ErrorReply::new(
+            None,
+            ErrorCode::LineTooLong,
+            format!("line longer than {max} bytes; closing the connection"),
+        );
+        self.send(conn, Message::Error(reply), None);
+        self.outputs.push(Output::Close { conn });
+    }
+
+    /// A decoded JSON message arrived on `conn`.
+    pub fn handle_message(&mut self, now: Now, conn: ConnId, envelope: Envelope) {
+        let reply_to = envelope.message_id.clone();
+        let sender = envelope.sender_id.clone();
+        let result = match envelope.message {
+            Message::Register(register) => self.on_register(now, conn, sender, register),
+            Message::Heartbeat(heartbeat) => self.on_heartbeat(now, conn, sender, heartbeat),
+            Message::TaskResult(result) => self.on_result(now, conn, sender, result),
+            Message::TaskProgress(progress) => {
+                self.on_progress(conn, sender, progress);
+                return;
+            }
+            Message::Goodbye(goodbye) => self.on_goodbye(now, conn, sender, goodbye),
+            Message::TaskSubmit(submit) => self.on_submit(now, submit),
+            Message::TaskStatus(task) => self
+                .task_view(&task.task_id)
+                .map(|task| Reply::plain(json!({ "task": task }))),
+            Message::ListTasks(list) => self
+                .list_tasks(&list)
+                .map(|tasks| Reply::plain(json!({ "count": tasks.len(), "tasks": tasks }))),
+            Message::Status => Ok(Reply::plain(
+                json!({ "cluster_stats": self.cluster_stats() }),
+            )),
+            Message::ListDevices(list) => self
+                .list_devices(&list)
+                .map(|devices| Reply::plain(json!({ "count": devices.len(), "devices": devices }))),
+            Message::DeviceInfo(device) => self
+                .device_view(&device.device_id)
+                .map(|device| Reply::plain(json!({ "device": device }))),
+            Message::TaskCancel(cancel) => self.on_cancel(now, cancel),
+            Message::DrainDevice(device) => self.on_drain(&device.device_id),
+            Message::Subscribe(subscribe) => {
+                if let Some(state) = self.conns.get_mut(&conn) {
+                    state.subscription = Some(subscribe);
+                }
+                Ok(Reply::plain(json!({ "message": "subscribed" })))
+            }
+            Message::Ack(ack) => {
+                self.on_worker_ack(now, conn, sender, ack);
+                return;
+            }
+            Message::Error(error) => {
+                self.on_worker_refusal(now, conn, sender, error);
+                return;
+            }
+            Message::TaskAssign(_) | Message::Event(_) => Err(ReplyError::new(
+                ErrorCode::InvalidMessage,
+                "the master does not accept this message type from peers",
+            )),
+        };
+        match result {
+            Ok(reply) => {
+                let after = reply.durable.then_some(self.last_write_batch);
+                self.send(conn, Message::Ack(Ack::new(reply_to, reply.fields)), after);
+            }
+            Err(error) => {
+                let after = error.durable.then_some(self.last_write_batch);
+                let reply = ErrorReply::new(reply_to, error.code, error.message);
+                self.send(conn, Message::Error(reply), after);
+            }
+        }
+    }
+
+    /// A timer fired: find workers whose heartbeats stopped.
+    pub fn handle_tick(&mut self, now: Now) {
+        let expired: Vec<(String, ConnId)> = self
+            .devices
+            .iter()
+            .filter_map(|(id, device)| {
+                let conn = device.conn?;
+                let silent = now.monotonic.saturating_sub(device.last_seen);
+                (silent >= self.config.heartbeat_timeout).then(|| (id.clone(), conn))
+            })
+            .collect();
+        for (device_id, conn) in expired {
+            log::warn!("device {device_id} missed its heartbeats; closing its connection");
+            self.device_gone(now, &device_id, "heartbeat timeout");
+            if let Some(state) = self.conns.get_mut(&conn) {
+                state.device_id = None;
+            }
+            self.outputs.push(Output::Close { conn });
+        }
+        let resumed = self
+            .devices
+            .values_mut()
+            .filter(|device| {
+                device
+                    .paused_until
+                    .is_some_and(|until| until <= now.monotonic)
+            })
+            .map(|device| device.paused_until = None)
+            .count();
+        if resumed > 0 {
+            self.needs_dispatch = true;
+        }
+    }
+
+    /// The master is shutting down: refuse new submissions from now on.
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+    }
+
+    /// The earliest monotonic time at which [`Core::handle_tick`] has work.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        self.devices
+            .values()
+            .filter(|device| device.conn.is_some())
+            .map(|device| device.last_seen + self.config.heartbeat_timeout)
+            .chain(
+                self.devices
+                    .values()
+                    .filter_map(|device| device.paused_until),
+            )
+            .min()
+    }
+
+    /// Runs assignment if anything changed, then hands out what to send.
+    pub fn drain_outputs(&mut self, now: Now, into: &mut Vec<Output>) {
+        if self.needs_dispatch {
+            self.needs_dispatch = false;
+            self.dispatch(now);
+        }
+        into.append(&mut self.outputs);
+    }
+
+    /// Hands out the changes made since the last call as one batch.
+    pub fn take_batch(&mut self) -> Option<Batch> {
+        if self.pending_tasks.is_empty() && self.pending_devices.is_empty() {
+            return None;
+        }
+        let mut ops: Vec<StoreOp> = std::mem::take(&mut self.pending_devices)
+            .into_values()
+            .map(StoreOp::PutDevice)
+            .collect();
+        ops.extend(
+            std::mem::take(&mut self.pending_tasks)
+                .into_values()
+                .map(StoreOp::PutTask),
+        );
+        let id = self.open_batch;
+        self.open_batch += 1;
+        Some(Batch { id, ops })
+    }
+
+    /// Number of queued tasks.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    // ----- worker messages -----
+
+    fn on_register(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        sender: Option<String>,
+        register: Register,
+    ) -> Result<Reply, ReplyError> {
+        let device_id = sender.ok_or_else(|| {
+            ReplyError::new(
+                ErrorCode::InvalidMessage,
+                "register needs a sender_id (the device id)",
+            )
+        })?;
+        protocol::types::validate_id("sender_id", &device_id)
+            .map_err(|detail| ReplyError::new(ErrorCode::InvalidMessage, detail))?;
+        // A connection speaks for one device; a second register under
+        // another id would leave the first one's tasks stranded.
+        if let Some(bound) = self.conns.get(&conn).and_then(|c| c.device_id.clone()) {
+            if bound != device_id {
+                return Err(ReplyError::new(
+                    ErrorCode::InvalidState,
+                    format!("this connection is already registered as {bound}"),
+                ));
+            }
+        }
+        let previous_conn = self.devices.get(&device_id).and_then(|d| d.conn);
+        if let Some(old) = previous_conn.filter(|&old| old != conn) {
+            // The device reconnected before its old socket was noticed as
+            // dead: the new connection wins and the old one is closed.
+            if let Some(state) = self.conns.get_mut(&old) {
+                state.device_id = None;
+            }
+            self.outputs.push(Output::Close { conn: old });
+        }
+        let still_running: BTreeMap<String, u32> = register
+            .running_tasks
+            .iter()
+            .map(|RunningTask { task_id, attempt }| (task_id.clone(), *attempt))
+            .collect();
+        let role = register.role.clone().unwrap_or_else(|| "worker".into());
+        let slots = register
+            .slots
+            .or(register.cpu_cores)
+            .unwrap_or(1)
+            .clamp(1, 1024);
+        // The address the worker reports wins (it knows its LAN address
+        // behind NAT); otherwise the address it connected from.
+        let ip_address = register
+            .ip_address
+            .clone()
+            .or_else(|| self.conns.get(&conn).and_then(|c| c.peer_ip.clone()))
+            .unwrap_or_default();
+        let record = DeviceRecord {
+            device_id: device_id.clone(),
+            role,
+            status: DeviceStatus::Online,
+            profile: records::profile_value(&register),
+            tags: register.tags.clone(),
+            task_types: register.task_types.clone(),
+            slots,
+            ip_address,
+            registered_unix_ms: self
+                .devices
+                .get(&device_id)
+                .map_or(now.unix_ms, |d| d.record.registered_unix_ms),
+            last_seen_unix_ms: now.unix_ms,
+        };
+        let previous_active = self
+            .devices
+            .get(&device_id)
+            .map(|d| d.active.clone())
+            .unwrap_or_default();
+        self.persist_device(&record);
+        self.devices.insert(
+            device_id.clone(),
+            Device {
+                record,
+                register,
+                conn: Some(conn),
+                active: BTreeSet::new(),
+                last_seen: now.monotonic,
+                metrics: None,
+                paused_until: None,
+            },
+        );
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.device_id = Some(device_id.clone());
+        }
+        // Tasks the master thinks this device holds: keep the ones it says
+        // it still runs, requeue the rest.
+        for task_id in previous_active {
+            let keeps = self.tasks.get(&task_id).is_some_and(|task| {
+                still_running.get(&task_id) == Some(&task.record.attempt)
+                    && task.record.device_id.as_deref() == Some(device_id.as_str())
+            });
+            if keeps {
+                if let Some(device) = self.devices.get_mut(&device_id) {
+                    device.active.insert(task_id);
+                }
+            } else {
+                self.requeue(&task_id);
+            }
+        }
+        self.needs_dispatch = true;
+        self.emit(
+            Event::DeviceJoined {
+                device_id: device_id.clone(),
+            },
+            true,
+        );
+        log::info!("device {device_id} registered");
+        Ok(Reply::durable(json!({
+            "message": format!("registered {device_id}"),
+            "device_id": device_id,
+            "heartbeat_interval": self.config.heartbeat_interval.as_secs_f64(),
+        })))
+    }
+
+    fn on_heartbeat(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        sender: Option<String>,
+        heartbeat: Heartbeat,
+    ) -> Result<Reply, ReplyError> {
+        let device_id = self.speaker(conn, sender)?;
+        let Some(device) = self.devices.get_mut(&device_id) else {
+            return Err(not_registered());
+        };
+        device.last_seen = now.monotonic;
+        device.record.last_seen_unix_ms = now.unix_ms;
+        device.metrics = Some(heartbeat.metrics);
+        Ok(Reply::plain(json!({
+            "message": "heartbeat received",
+            "heartbeat_interval": self.config.heartbeat_interval.as_secs_f64(),
+        })))
+    }
+
+    fn on_progress(
+        &mut self,
+        conn: ConnId,
+        sender: Option<String>,
+        progress: protocol::TaskProgress,
+    ) {
+        let Ok(device_id) = self.speaker(conn, sender) else {
+            return;
+        };
+        let current = self.tasks.get(&progress.task_id).is_some_and(|task| {
+            task.record.device_id.as_deref() == Some(device_id.as_str())
+                && !task.record.state.is_terminal()
+                && progress.attempt.is_none_or(|a| a == task.record.attempt)
+        });
+        if current {
+            self.emit(Event::TaskProgress(progress), false);
+        }
+    }
+
+    fn on_result(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        sender: Option<String>,
+        result: TaskResult,
+    ) -> Result<Reply, ReplyError> {
+        let device_id = self.speaker(conn, sender)?;
+        if let Some(device) = self.devices.get_mut(&device_id) {
+            device.last_seen = now.monotonic;
+        }
+        let Some(task) = self.tasks.get(&result.task_id) else {
+            return Err(ReplyError::new(
+                ErrorCode::NotFound,
+                format!("no task {}", result.task_id),
+            ));
+        };
+        let record = &task.record;
+        let same_attempt = record.device_id.as_deref() == Some(device_id.as_str())
+            && result
+                .attempt
+                .is_none_or(|attempt| attempt == record.attempt);
+        if same_attempt {
+            // Whatever happens to the record, this attempt no longer holds
+            // one of the device's slots.
+            if let Some(device) = self.devices.get_mut(&device_id) {
+                if device.active.remove(&result.task_id) {
+                    self.needs_dispatch = true;
+                }
+            }
+        }
+        let current =
+            same_attempt && matches!(record.state, TaskState::Assigned | TaskState::Running);
+        if !current {
+            // A result for an attempt that is no longer current is
+            // acknowledged (so the worker forgets it) and never recorded.
+            log::info!(
+                "discarding stale result for {} attempt {:?} from {device_id}",
+                result.task_id,
+                result.attempt
+            );
+            return Ok(Reply::durable(json!({
+                "message": "result discarded: the attempt is no longer current",
+                "task_id": result.task_id,
+                "recorded": false,
+            })));
+        }
+        let task_id = result.task_id.clone();
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return Err(ReplyError::new(
+                ErrorCode::NotFound,
+                format!("no task {task_id}"),
+            ));
+        };
+        let record = &mut task.record;
+        record.state = result.status.task_state();
+        record.finished_unix_ms = Some(now.unix_ms);
+        record.exit_code = result
+            .result
+            .get("exit_code")
+            .and_then(Value::as_i64)
+            .and_then(|code| i32::try_from(code).ok());
+        record.error = result.error.clone().or_else(|| {
+            result
+                .result
+                .get("error")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+        record.execution_time = result.execution_time;
+        record.result = Some(result.result);
+        let record = record.clone();
+        self.persist_task(&record);
+        self.emit_finished(&task_id);
+        Ok(Reply::durable(json!({
+            "message": "result recorded",
+            "task_id": task_id,
+            "recorded": true,
+        })))
+    }
+
+    fn on_goodbye(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        sender: Option<String>,
+        goodbye: Goodbye,
+    ) -> Result<Reply, ReplyError> {
+        let device_id = self.speaker(conn, sender)?;
+        let reason = goodbye.reason.unwrap_or_else(|| "goodbye".into());
+        log::info!("device {device_id} said goodbye: {reason}");
+        if self
+            .devices
+            .get(&device_id)
+            .is_some_and(|d| d.conn == Some(conn))
+        {
+            self.device_gone(now, &device_id, &reason);
+            if let Some(state) = self.conns.get_mut(&conn) {
+                state.device_id = None;
+            }
+        }
+        Ok(Reply::durable(json!({ "message": "goodbye" })))
+    }
+
+    /// A worker accepted an assignment: the task is running.
+    fn on_worker_ack(&mut self, now: Now, conn: ConnId, sender: Option<String>, ack: Ack) {
+        let Some((task_id, attempt)) = ack.original_message_id.as_deref().and_then(parse_assign_id)
+        else {
+            return;
+        };
+        let Ok(device_id) = self.speaker(conn, sender) else {
+            return;
+        };
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return;
+        };
+        let record = &mut task.record;
+        if record.attempt == attempt
+            && record.device_id.as_deref() == Some(device_id.as_str())
+            && record.state == TaskState::Assigned
+        {
+            record.state = TaskState::Running;
+            record.started_unix_ms = Some(now.unix_ms);
+            let record = record.clone();
+            self.persist_task(&record);
+        }
+    }
+
+    /// A worker refused an assignment: offer the task elsewhere.
+    fn on_worker_refusal(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        sender: Option<String>,
+        error: ErrorReply,
+    ) {
+        let Some((task_id, attempt)) = error
+            .original_message_id
+            .as_deref()
+            .and_then(parse_assign_id)
+        else {
+            log::debug!(
+                "error from peer on conn {conn}: {} ({})",
+                error.error,
+                error.code
+            );
+            return;
+        };
+        let Ok(device_id) = self.speaker(conn, sender) else {
+            return;
+        };
+        let current = self.tasks.get(&task_id).is_some_and(|task| {
+            task.record.attempt == attempt
+                && task.record.device_id.as_deref() == Some(device_id.as_str())
+                && task.record.state == TaskState::Assigned
+        });
+        if !current {
+            // A cancel crossed this refusal: the task is cancelled but
+            // still counted against the device until its attempt ends.
+            // The worker never ran it and will send no result, so the
+            // refusal is that end and gives the slot back.
+            let cancelled_here = self.tasks.get(&task_id).is_some_and(|task| {
+                task.record.attempt == attempt
+                    && task.record.device_id.as_deref() == Some(device_id.as_str())
+                    && task.record.state == TaskState::Cancelled
+            });
+            if cancelled_here {
+                if let Some(device) = self.devices.get_mut(&device_id) {
+                    if device.active.remove(&task_id) {
+                        self.needs_dispatch = true;
+                    }
+                }
+            }
+            return;
+        }
+        log::info!(
+            "device {device_id} refused {task_id}: {} ({})",
+            error.error,
+            error.code
+        );
+        // A device that cannot take work right now is paused briefly; one
+        // that will never run this task is not offered it again.
+        let permanent = matches!(
+            error.code,
+            ErrorCode::UnsupportedTaskType | ErrorCode::InvalidMessage
+        );
+        if let Some(device) = self.devices.get_mut(&device_id) {
+            device.active.remove(&task_id);
+            if !permanent {
+                device.paused_until = Some(now.monotonic + self.config.full_worker_pause);
+            }
+        }
+        if permanent {
+            if let Some(task) = self.tasks.get_mut(&task_id) {
+                task.refused_by.insert(device_id);
+            }
+        }
+        self.requeue(&task_id);
+    }
+
+    // ----- client messages -----
+
+    fn on_submit(&mut self, now: Now, submit: TaskSubmit) -> Result<Reply, ReplyError> {
+        if self.shutting_down {
+            return Err(ReplyError::new(
+                ErrorCode::ShuttingDown,
+                "the master is shutting down",
+            ));
+        }
+        let mut ids = Vec::with_capacity(submit.tasks.len());
+        let mut created = 0usize;
+        for spec in submit.tasks {
+            let (task_id, new) = self.submit_one(now, spec);
+            created += usize::from(new);
+            ids.push(task_id);
+        }
+        let fields = if submit.batch {
+            json!({
+                "message": format!("{} tasks accepted ({created} new)", ids.len()),
+                "task_ids": ids,
+            })
+        } else {
+            json!({
+                "message": if created == 1 { "task accepted" } else { "task already exists" },
+                "task_id": ids[0],
+                "created": created == 1,
+            })
+        };
+        Ok(Reply::durable(fields))
+    }
+
+    /// Queues one task; returns its id and whether it is new. A task whose
+    /// client-chosen id already exists is not queued again (idempotent
+    /// submit).
+    fn submit_one(&mut self, now: Now, mut spec: TaskSpec) -> (String, bool) {
+        let mut seq = self.next_seq;
+        self.next_seq += 1;
+        let task_id = match spec.task_id.clone() {
+            Some(id) if self.tasks.contains_key(&id) => return (id, false),
+            Some(id) => id,
+            None => {
+                let mut id = generated_task_id(now, seq);
+                // A client may already have chosen this very id for a task
+                // of its own; inserting over it would lose that task.
+                while self.tasks.contains_key(&id) {
+                    seq = self.next_seq;
+                    self.next_seq += 1;
+                    id = generated_task_id(now, seq);
+                }
+                id
+            }
+        };
+        spec.task_id = Some(task_id.clone());
+        let record = TaskRecord {
+            task_id: task_id.clone(),
+            seq,
+            spec,
+            state: TaskState::Queued,
+            attempt: 0,
+            device_id: None,
+            submitted_unix_ms: now.unix_ms,
+            started_unix_ms: None,
+            finished_unix_ms: None,
+            result: None,
+            exit_code: None,
+            error: None,
+            execution_time: None,
+        };
+        self.persist_task(&record);
+        self.queue.insert(QueueKey::of(&record));
+        let task_type = record.spec.task_type.clone();
+        self.tasks.insert(
+            task_id.clone(),
+            Task {
+                record,
+                refused_by: BTreeSet::new(),
+            },
+        );
+        self.needs_dispatch = true;
+        self.emit(
+            Event::TaskSubmitted {
+                task_id: task_id.clone(),
+                task_type,
+            },
+            true,
+        );
+        (task_id, true)
+    }
+
+    fn on_cancel(&mut self, now: Now, cancel: TaskCancel) -> Result<Reply, ReplyError> {
+        let task_id = cancel.task_id;
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return Err(ReplyError::new(
+                ErrorCode::NotFound,
+                format!("no task {task_id}"),
+            ));
+        };
+        let record = &mut task.record;
+        if record.state.is_terminal() {
+            return Err(ReplyError::new(
+                ErrorCode::InvalidState,
+                format!("task {task_id} already {}", record.state),
+            ));
+        }
+        let was = record.state;
+        let holder = record.device_id.clone();
+        let attempt = record.attempt;
+        record.state = TaskState::Cancelled;
+        record.finished_unix_ms = Some(now.unix_ms);
+        record.error = Some("cancelled by a client".into());
+        let record = record.clone();
+        self.queue.remove(&QueueKey::of(&record));
+        self.persist_task(&record);
+        if matches!(was, TaskState::Assigned | TaskState::Running) {
+            // The device keeps the slot until it reports the attempt's end,
+            // because its process may still be running until then.
+            if let Some(conn) = holder
+                .as_ref()
+                .and_then(|id| self.devices.get(id))
+                .and_then(|d| d.conn)
+            {
+                let cancel = TaskCancel {
+                    task_id: task_id.clone(),
+                    attempt: Some(attempt),
+                };
+                self.send(conn, Message::TaskCancel(cancel), None);
+            }
+        }
+        self.emit_finished(&task_id);
+        let view = self.task_view(&task_id)?;
+        Ok(Reply::durable(
+            json!({ "message": format!("task {task_id} cancelled"), "task": view }),
+        ))
+    }
+
+    fn on_drain(&mut self, device_id: &str) -> Result<Reply, ReplyError> {
+        let Some(device) = self.devices.get_mut(device_id) else {
+            return Err(ReplyError::new(
+                ErrorCode::NotFound,
+                format!("no device {device_id}"),
+            ));
+        };
+        if device.conn.is_none() {
+            return Err(ReplyError::new(
+                ErrorCode::InvalidState,
+                format!("device {device_id} is offline"),
+            ));
+        }
+        device.record.status = DeviceStatus::Draining;
+        let record = device.record.clone();
+        self.persist_device(&record);
+        self.emit(
+            Event::DeviceDraining {
+                device_id: device_id.to_string(),
+            },
+            true,
+        );
+        let view = self.device_view(device_id)?;
+        Ok(Reply::durable(
+            json!({ "message": format!("device {device_id} is draining"), "device": view }),
+        ))
+    }
+
+    // ----- helpers -----
+
+    /// The device a worker message speaks for: the one registered on this
+    /// connection, or, for older one-shot workers that open a connection
+    /// per message, the known device named by `sender_id`.
+    fn speaker(&self, conn: ConnId, sender: Option<String>) -> Result<String, ReplyError> {
+        if let Some(bound) = self.conns.get(&conn).and_then(|c| c.device_id.clone()) {
+            return Ok(bound);
+        }
+        match sender {
+            Some(id) if self.devices.contains_key(&id) => Ok(id),
+            _ => Err(not_registered()),
+        }
+    }
+
+    /// A device lost its connection: it is offline and its tasks go back
+    /// to the queue at once.
+    fn device_gone(&mut self, _now: Now, device_id: &str, reason: &str) {
+        let Some(device) = self.devices.get_mut(device_id) else {
+            return;
+        };
+        device.conn = None;
+        device.record.status = DeviceStatus::Offline;
+        let active = std::mem::take(&mut device.active);
+        let record = device.record.clone();
+        self.persist_device(&record);
+        for task_id in active {
+            self.requeue(&task_id);
+        }
+        self.emit(
+            Event::DeviceLeft {
+                device_id: device_id.to_string(),
+                reason: reason.to_string(),
+            },
+            true,
+        );
+        log::info!("device {device_id} is offline ({reason})");
+    }
+
+    /// Puts a task that was handed out back in the queue, in its original
+    /// place. Terminal tasks stay as they are.
+    fn requeue(&mut self, task_id: &str) {
+        let Some(task) = self.tasks.get_mut(task_id) else {
+            return;
+        };
+        if !matches!(task.record.state, TaskState::Assigned | TaskState::Running) {
+            return;
+        }
+        if let Some(device) = task
+            .record
+            .device_id
+            .as_ref()
+            .and_then(|id| self.devices.get_mut(id))
+        {
+            device.active.remove(task_id);
+        }
+        task.record.state = TaskState::Queued;
+        let record = task.record.clone();
+        self.queue.insert(QueueKey::of(&record));
+        self.persist_task(&record);
+        self.needs_dispatch = true;
+    }
+
+    fn persist_task(&mut self, record: &TaskRecord) {
+        self.pending_tasks
+            .insert(record.task_id.clone(), record.clone());
+        self.last_write_batch = self.open_batch;
+    }
+
+    fn persist_device(&mut self, record: &DeviceRecord) {
+        self.pending_devices
+            .insert(record.device_id.clone(), record.clone());
+        self.last_write_batch = self.open_batch;
+    }
+
+    fn send(&mut self, conn: ConnId, message: Message, after_batch: Option<u64>) {
+        let mut envelope = Envelope::new(message).from_sender(self.config.master_id.clone());
+        if let Message::TaskAssign(assign) = &envelope.message {
+            if let Some(task_id) = &assign.task.task_id {
+                envelope.message_id = Some(assign_message_id(task_id, assign.attempt));
+            }
+        }
+        self.outputs.push(Output::Send {
+            conn,
+            payload: Payload::Json(envelope),
+            after_batch: after_batch.filter(|&batch| batch > 0),
+        });
+    }
+
+    fn send_text(&mut self, conn: ConnId, text: String, after_batch: Option<u64>) {
+        self.outputs.push(Output::Send {
+            conn,
+            payload: Payload::Text(text),
+            after_batch: after_batch.filter(|&batch| batch > 0),
+        });
+    }
+
+    /// Streams an event to every subscriber that wants it. Events about
+    /// durable changes wait for the same commit as the change.
+    fn emit(&mut self, event: Event, durable: bool) {
+        let after = durable.then_some(self.last_write_batch);
+        let targets: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter_map(|(&conn, state)| {
+                let subscription = state.subscription.as_ref()?;
+                let wanted = subscription.task_ids.is_empty()
+                    || event
+                        .task_id()
+                        .is_some_and(|id| subscription.task_ids.iter().any(|want| want == id));
+                wanted.then_some(conn)
+            })
+            .collect();
+        for conn in targets {
+            self.send(conn, Message::Event(event.clone()), after);
+        }
+    }
+
+    fn emit_finished(&mut self, task_id: &str) {
+        if let Ok(task) = self.task_view(task_id) {
+            self.emit(
+                Event::TaskFinished {
+                    task: Box::new(task),
+                },
+                true,
+            );
+        }
+    }
+}
+
+/// A successful reply's fields, and whether it promises durability.
+struct Reply {
+    fields: Value,
+    durable: bool,
+}
+
+impl Reply {
+    fn plain(fields: Value) -> Reply {
+        Reply {
+            fields,
+            durable: false,
+        }
+    }
+
+    fn durable(fields: Value) -> Reply {
+        Reply {
+            fields,
+            durable: true,
+        }
+    }
+}
+
+/// A failed reply.
+#[derive(Debug)]
+struct ReplyError {
+    code: ErrorCode,
+    message: String,
+    durable: bool,
+}
+
+impl ReplyError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> ReplyError {
+        ReplyError {
+            code,
+            message: message.into(),
+            durable: false,
+        }
+    }
+}
+
+fn not_registered() -> ReplyError {
+    ReplyError::new(
+        ErrorCode::NotRegistered,
+        "send register first: this connection speaks for no known device",
+    )
+}
+
+fn register_from_profile(profile: &Value) -> Register {
+    let envelope = json!({ "message_type": "register", "data": profile });
+    match Envelope::from_value(envelope) {
+        Ok(Envelope {
+            message: Message::Register(register),
+            ..
+        }) => register,
+        _ => Register::default(),
+    }
+}
+
+/// Task ids the master makes up: time-ordered and unique within a master.
+fn generated_task_id(now: Now, seq: u64) -> String {
+    format!("task-{:x}-{seq}", now.unix_ms)
+}
+
+/// The `message_id` of an assignment, so the worker's `ack`/`error` names
+/// the task and attempt it answers.
+fn assign_message_id(task_id: &str, attempt: u32) -> String {
+    format!("assign:{attempt}:{task_id}")
+}
+
+fn parse_assign_id(message_id: &str) -> Option<(String, u32)> {
+    let rest = message_id.strip_prefix("assign:")?;
+    let (attempt, task_id) = rest.split_once(':')?;
+    Some((task_id.to_string(), attempt.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,100 @@
+//! What the core asks the store to keep: one record per device and one per
+//! task, each a full snapshot, so writing one is idempotent and the newest
+//! write of a batch wins.
+
+use protocol::{DeviceStatus, Register, Requirements, TaskSpec, TaskState};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A device as it is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// The device's id.
+    pub device_id: String,
+    /// Its role.
+    pub role: String,
+    /// Its status when written.
+    pub status: DeviceStatus,
+    /// Its registration data in the design's JSON shape.
+    pub profile: Value,
+    /// Its tags.
+    pub tags: Vec<String>,
+    /// Task types it runs (`None`: it did not say).
+    pub task_types: Option<Vec<String>>,
+    /// Slots.
+    pub slots: u32,
+    /// Address it connected from.
+    pub ip_address: String,
+    /// First registration (Unix ms).
+    pub registered_unix_ms: i64,
+    /// Last message seen (Unix ms).
+    pub last_seen_unix_ms: i64,
+}
+
+/// A task as it is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// The task's id.
+    pub task_id: String,
+    /// Submission order, for FIFO within a priority after a restart.
+    pub seq: u64,
+    /// The task as submitted (with its id).
+    pub spec: TaskSpec,
+    /// Its state when written.
+    pub state: TaskState,
+    /// The current (or last) attempt.
+    pub attempt: u32,
+    /// The device of the current or last attempt.
+    pub device_id: Option<String>,
+    /// Submission time (Unix ms).
+    pub submitted_unix_ms: i64,
+    /// Start of the last attempt (Unix ms).
+    pub started_unix_ms: Option<i64>,
+    /// End of its life (Unix ms).
+    pub finished_unix_ms: Option<i64>,
+    /// The worker's result object.
+    pub result: Option<Value>,
+    /// The handler's exit code.
+    pub exit_code: Option<i32>,
+    /// Why it failed or was cancelled.
+    pub error: Option<String>,
+    /// Seconds the last attempt ran, per the worker.
+    pub execution_time: Option<f64>,
+}
+
+impl TaskRecord {
+    /// The requirements of the task.
+    pub fn requirements(&self) -> &Requirements {
+        &self.spec.requirements
+    }
+}
+
+/// Builds the stored profile of a registration.
+pub fn profile_value(register: &Register) -> Value {
+    protocol::Envelope::new(protocol::Message::Register(register.clone()))
+        .to_value()
+        .get("data")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// One change for the store.
+// Each op is built once and moved into its batch; boxing the larger
+// variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreOp {
+    /// Insert or replace a device.
+    PutDevice(DeviceRecord),
+    /// Insert or replace a task.
+    PutTask(TaskRecord),
+}
+
+/// Changes the store commits in one transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// Increasing id; replies held for this batch go out once it commits.
+    pub id: u64,
+    /// The changes.
+    pub ops: Vec<StoreOp>,
+}

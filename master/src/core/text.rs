@@ -1,0 +1,222 @@
+//! Netcat mode: text commands in, aligned plain text out, each reply
+//! ending in a line holding a single `.`.
+
+use super::{ConnId, Core, Now, Output};
+use protocol::text::{self, render_table, TextCommand};
+use protocol::{ListDevices, ListTasks, TaskCancel, TaskSpec, TaskSubmit, TaskView};
+use serde_json::Value;
+
+impl Core {
+    /// A text command arrived on `conn`.
+    pub fn handle_text(&mut self, now: Now, conn: ConnId, line: &str) {
+        let command = match text::parse(line) {
+            Ok(command) => command,
+            Err(explanation) => {
+                self.reply_text(conn, format!("error: {explanation}"), false);
+                return;
+            }
+        };
+        match command {
+            TextCommand::Help => self.reply_text(conn, text::HELP.to_string(), false),
+            TextCommand::Status => {
+                let body = self.status_text();
+                self.reply_text(conn, body, false);
+            }
+            TextCommand::Devices => {
+                let body = self.devices_text();
+                self.reply_text(conn, body, false);
+            }
+            TextCommand::Tasks { state } => {
+                let body = match self.list_tasks(&ListTasks { state, limit: None }) {
+                    Ok(tasks) => tasks_text(&tasks),
+                    Err(error) => format!("error: {}", error.message),
+                };
+                self.reply_text(conn, body, false);
+            }
+            TextCommand::Task { task_id } => {
+                let body = match self.task_view(&task_id) {
+                    Ok(task) => task_text(&task),
+                    Err(error) => format!("error: {}", error.message),
+                };
+                self.reply_text(conn, body, false);
+            }
+            TextCommand::Submit { task_type, payload } => {
+                let submit = TaskSubmit {
+                    tasks: vec![TaskSpec::new(task_type, payload)],
+                    batch: false,
+                };
+                let body = match self.on_submit(now, submit) {
+                    Ok(reply) => format!(
+                        "submitted {}",
+                        reply
+                            .fields
+                            .get("task_id")
+                            .and_then(Value::as_str)
+                            .unwrap_or("?")
+                    ),
+                    Err(error) => format!("error: {}", error.message),
+                };
+                self.reply_text(conn, body, true);
+            }
+            TextCommand::Cancel { task_id } => {
+                let body = match self.on_cancel(
+                    now,
+                    TaskCancel {
+                        task_id: task_id.clone(),
+                        attempt: None,
+                    },
+                ) {
+                    Ok(_) => format!("cancelled {task_id}"),
+                    Err(error) => format!("error: {}", error.message),
+                };
+                self.reply_text(conn, body, true);
+            }
+            TextCommand::Drain { device_id } => {
+                let body = match self.on_drain(&device_id) {
+                    Ok(_) => format!("draining {device_id}"),
+                    Err(error) => format!("error: {}", error.message),
+                };
+                self.reply_text(conn, body, true);
+            }
+            TextCommand::Auth { .. } => self.reply_text(
+                conn,
+                "ok: this master does not require authentication".to_string(),
+                false,
+            ),
+            TextCommand::Quit => {
+                self.reply_text(conn, "bye".to_string(), false);
+                self.outputs.push(Output::Close { conn });
+            }
+        }
+    }
+
+    fn reply_text(&mut self, conn: ConnId, body: String, durable: bool) {
+        // A body line holding a lone `.` would end the reply early, so
+        // every line that starts with `.` gets one more, as in SMTP;
+        // readers drop the first `.` of any line that starts with `..`.
+        let mut text = String::with_capacity(body.len() + 3);
+        for line in body.trim_end().lines() {
+            if line.starts_with('.') {
+                text.push('.');
+            }
+            text.push_str(line);
+            text.push('\n');
+        }
+        text.push_str(".\n");
+        let after = durable.then_some(self.last_write_batch);
+        self.send_text(conn, text, after);
+    }
+
+    fn status_text(&self) -> String {
+        let stats = self.cluster_stats();
+        let tasks: Vec<String> = stats
+            .tasks
+            .iter()
+            .filter(|(_, &n)| n > 0)
+            .map(|(state, n)| format!("{state} {n}"))
+            .collect();
+        format!(
+            "devices: {} online of {} ({:.0}%)\ncores: {}\nmemory: {:.1} GiB\nstorage: {:.1} GiB\nqueued: {}\ntasks: {}",
+            stats.online_devices,
+            stats.total_devices,
+            stats.health_percentage,
+            stats.total_resources.cpu_cores,
+            stats.total_resources.memory_gb,
+            stats.total_resources.storage_gb,
+            self.queue.len(),
+            if tasks.is_empty() { "none".to_string() } else { tasks.join(", ") },
+        )
+    }
+
+    fn devices_text(&self) -> String {
+        let devices = self
+            .list_devices(&ListDevices::default())
+            .unwrap_or_default();
+        if devices.is_empty() {
+            return "no devices".into();
+        }
+        let rows: Vec<Vec<String>> = devices
+            .iter()
+            .map(|d| {
+                vec![
+                    d.device_id.clone(),
+                    d.status.to_string(),
+                    d.role.clone(),
+                    d.platform.clone(),
+                    d.architecture.clone(),
+                    d.hardware.cpu_count.to_string(),
+                    format!("{:.1}", d.hardware.memory_total_gb),
+                    format!("{}/{}", d.active_tasks, d.slots),
+                ]
+            })
+            .collect();
+        render_table(
+            &[
+                "ID", "STATUS", "ROLE", "PLATFORM", "ARCH", "CORES", "MEM_GB", "ACTIVE",
+            ],
+            &rows,
+        )
+    }
+}
+
+fn tasks_text(tasks: &[TaskView]) -> String {
+    if tasks.is_empty() {
+        return "no tasks".into();
+    }
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.task_id.clone(),
+                t.task_type.clone(),
+                t.state.to_string(),
+                t.priority.to_string(),
+                t.attempt.to_string(),
+                t.device_id.clone().unwrap_or_else(|| "-".into()),
+                t.submitted_at.clone(),
+            ]
+        })
+        .collect();
+    render_table(
+        &[
+            "ID",
+            "TYPE",
+            "STATE",
+            "PRIORITY",
+            "ATTEMPT",
+            "DEVICE",
+            "SUBMITTED",
+        ],
+        &rows,
+    )
+}
+
+fn task_text(task: &TaskView) -> String {
+    let mut lines = vec![
+        format!("id:        {}", task.task_id),
+        format!("type:      {}", task.task_type),
+        format!("state:     {}", task.state),
+        format!("priority:  {}", task.priority),
+        format!("attempt:   {}", task.attempt),
+        format!("device:    {}", task.device_id.as_deref().unwrap_or("-")),
+        format!("submitted: {}", task.submitted_at),
+        format!("payload:   {}", task.payload),
+    ];
+    if let Some(finished) = &task.finished_at {
+        lines.push(format!("finished:  {finished}"));
+    }
+    if let Some(code) = task.exit_code {
+        lines.push(format!("exit code: {code}"));
+    }
+    if let Some(error) = &task.error {
+        lines.push(format!("error:     {error}"));
+    }
+    if let Some(result) = &task.result {
+        match result.get("output") {
+            Some(Value::String(output)) => lines.push(format!("output:\n{}", output.trim_end())),
+            Some(output) => lines.push(format!("output:    {output}")),
+            None => lines.push(format!("result:    {result}")),
+        }
+    }
+    lines.join("\n")
+}

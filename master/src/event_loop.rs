@@ -1,0 +1,482 @@
+//! The only code that touches sockets: a mio poll loop over a slab of
+//! connections, feeding the core and writing what it returns.
+
+use crate::core::records::Batch;
+use crate::core::{ConnId, Core, Now, Output, Payload};
+use crate::store::StoreEvent;
+use crate::Shutdown;
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use protocol::{Envelope, Frame, LineCodec};
+use slab::Slab;
+use std::collections::{BTreeSet, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+
+/// Bytes read from a socket at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// How long shutdown waits for the last replies to drain.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+
+/// Limits the loop enforces per connection and in all.
+#[derive(Debug, Clone)]
+pub struct LoopLimits {
+    /// Longest line a peer may send.
+    pub max_line: usize,
+    /// Most connections open at once; more are refused with an error.
+    pub max_connections: usize,
+    /// Most bytes queued for a peer that does not read; past it the
+    /// connection is closed.
+    pub max_pending_output: usize,
+}
+
+struct Connection {
+    stream: TcpStream,
+    codec: LineCodec,
+    /// Messages waiting for a batch to commit, in order, each with the
+    /// batch it waits for (0: none, but queued behind one that does).
+    held: VecDeque<(u64, Vec<u8>)>,
+    held_bytes: usize,
+    out: Vec<u8>,
+    written: usize,
+    close_when_flushed: bool,
+    closed: bool,
+    wants_write: bool,
+    peer: Option<SocketAddr>,
+}
+
+impl Connection {
+    fn pending_bytes(&self) -> usize {
+        self.held_bytes + self.out.len() - self.written
+    }
+}
+
+pub(crate) struct EventLoop {
+    poll: Poll,
+    listener: TcpListener,
+    listening: bool,
+    conns: Slab<Connection>,
+    core: Core,
+    limits: LoopLimits,
+    batches: Sender<Batch>,
+    store_events: Receiver<StoreEvent>,
+    committed: u64,
+    started: Instant,
+    /// Connections with held messages.
+    holding: BTreeSet<ConnId>,
+    /// Connections with bytes to write.
+    dirty: BTreeSet<ConnId>,
+    outputs: Vec<Output>,
+}
+
+impl EventLoop {
+    pub(crate) fn new(
+        poll: Poll,
+        mut listener: TcpListener,
+        core: Core,
+        limits: LoopLimits,
+        batches: Sender<Batch>,
+        store_events: Receiver<StoreEvent>,
+        started: Instant,
+    ) -> io::Result<EventLoop> {
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok(EventLoop {
+            poll,
+            listener,
+            listening: true,
+            conns: Slab::new(),
+            core,
+            limits,
+            batches,
+            store_events,
+            committed: 0,
+            started,
+            holding: BTreeSet::new(),
+            dirty: BTreeSet::new(),
+            outputs: Vec::new(),
+        })
+    }
+
+    pub(crate) fn make_waker(poll: &Poll) -> io::Result<Arc<Waker>> {
+        Ok(Arc::new(Waker::new(poll.registry(), WAKER)?))
+    }
+
+    fn now(&self) -> Now {
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        Now {
+            monotonic: self.started.elapsed(),
+            unix_ms,
+        }
+    }
+
+    /// Runs until `shutdown` is triggered, then drains and returns.
+    pub(crate) fn run(mut self, shutdown: &Shutdown) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut read_buf = vec![0u8; READ_CHUNK];
+        // Work restored from the database (queued tasks) may be waiting.
+        self.settle();
+        while !shutdown.is_triggered() {
+            let timeout = self.core.next_deadline().map(|deadline| {
+                deadline.saturating_sub(self.started.elapsed()) + Duration::from_millis(1)
+            });
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(err),
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept()?,
+                    WAKER => {}
+                    Token(conn) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read(conn, &mut read_buf);
+                        }
+                        if event.is_writable() {
+                            self.dirty.insert(conn);
+                        }
+                    }
+                }
+            }
+            self.collect_commits();
+            let now = self.now();
+            if self
+                .core
+                .next_deadline()
+                .is_some_and(|d| d <= now.monotonic)
+            {
+                self.core.handle_tick(now);
+            }
+            self.settle();
+        }
+        self.shut_down()
+    }
+
+    /// Applies the core's outputs, hands its changes to the store, writes,
+    /// and closes what must close, until nothing more happens.
+    fn settle(&mut self) {
+        loop {
+            let now = self.now();
+            self.core.drain_outputs(now, &mut self.outputs);
+            let outputs = std::mem::take(&mut self.outputs);
+            for output in outputs {
+                self.apply(output);
+            }
+            if let Some(batch) = self.core.take_batch() {
+                if self.batches.send(batch).is_err() {
+                    log::error!("the store thread is gone; changes cannot be saved");
+                }
+            }
+            self.release_held();
+            self.flush_dirty();
+            if !self.reap_closed(now) {
+                break;
+            }
+        }
+    }
+
+    fn accept(&mut self) -> io::Result<()> {
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, peer)) => {
+                    if self.conns.len() >= self.limits.max_connections {
+                        // Best effort: say why before dropping the socket.
+                        let reply =
+                            Envelope::new(protocol::Message::Error(protocol::ErrorReply::new(
+                                None,
+                                protocol::ErrorCode::TooManyConnections,
+                                "too many connections; try again later",
+                            )));
+                        let _ = stream.write(&reply.to_line());
+                        log::warn!("refused connection from {peer}: connection limit reached");
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    let entry = self.conns.vacant_entry();
+                    let conn = entry.key();
+                    self.poll
+                        .registry()
+                        .register(&mut stream, Token(conn), Interest::READABLE)?;
+                    entry.insert(Connection {
+                        stream,
+                        codec: LineCodec::new(self.limits.max_line),
+                        held: VecDeque::new(),
+                        held_bytes: 0,
+                        out: Vec::new(),
+                        written: 0,
+                        close_when_flushed: false,
+                        closed: false,
+                        wants_write: false,
+                        peer: Some(peer),
+                    });
+                    self.core.handle_connect(conn, Some(peer.ip().to_string()));
+                    log::debug!("connection {conn} from {peer}");
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    // Running out of file descriptors must not stop the
+                    // master; the peer will retry.
+                    log::warn!("accept failed: {err}");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn read(&mut self, conn: ConnId, buf: &mut [u8]) {
+        let mut frames = Vec::new();
+        loop {
+            let Some(connection) = self.conns.get_mut(conn) else {
+                return;
+            };
+            if connection.closed || connection.close_when_flushed {
+                return;
+            }
+            match connection.stream.read(buf) {
+                Ok(0) => {
+                    // The peer half-closed: it may still read. Answer what
+                    // it sent (including replies held for a commit), then
+                    // close.
+                    connection.close_when_flushed = true;
+                    self.dirty.insert(conn);
+                    break;
+                }
+                Ok(n) => {
+                    if let Err(too_long) = connection.codec.decode(&buf[..n], &mut frames) {
+                        self.feed(conn, std::mem::take(&mut frames));
+                        self.core.handle_line_too_long(conn, too_long.max);
+                        return;
+                    }
+                    // Feed as we go so one peer's burst is bounded by the
+                    // codec's limit rather than the socket's buffer.
+                    self.feed(conn, std::mem::take(&mut frames));
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    log::debug!("read from connection {conn}: {err}");
+                    connection.closed = true;
+                    break;
+                }
+            }
+        }
+        self.feed(conn, frames);
+    }
+
+    fn feed(&mut self, conn: ConnId, frames: Vec<Frame>) {
+        let now = self.now();
+        for frame in frames {
+            match frame {
+                Frame::Json(bytes) => match Envelope::decode(&bytes) {
+                    Ok(envelope) => self.core.handle_message(now, conn, envelope),
+                    Err(error) => self.core.handle_decode_error(conn, error),
+                },
+                Frame::Text(line) => self.core.handle_text(now, conn, &line),
+            }
+        }
+    }
+
+    fn apply(&mut self, output: Output) {
+        match output {
+            Output::Send {
+                conn,
+                payload,
+                after_batch,
+            } => {
+                let Some(connection) = self.conns.get_mut(conn) else {
+                    return;
+                };
+                if connection.closed {
+                    return;
+                }
+                let bytes = match payload {
+                    Payload::Json(mut envelope) => {
+                        envelope.timestamp = Some(crate::core::rfc3339(self_now_ms()));
+                        envelope.to_line()
+                    }
+                    Payload::Text(text) => text.into_bytes(),
+                };
+                connection.held_bytes += bytes.len();
+                connection.held.push_back((after_batch.unwrap_or(0), bytes));
+                if connection.pending_bytes() > self.limits.max_pending_output {
+                    log::warn!("connection {conn} does not read its replies; closing it");
+                    connection.closed = true;
+                }
+                self.holding.insert(conn);
+            }
+            Output::Close { conn } => {
+                if let Some(connection) = self.conns.get_mut(conn) {
+                    connection.close_when_flushed = true;
+                    self.dirty.insert(conn);
+                }
+            }
+        }
+    }
+
+    fn collect_commits(&mut self) {
+        for event in self.store_events.try_iter() {
+            match event {
+                StoreEvent::Committed(id) => self.committed = self.committed.max(id),
+            }
+        }
+    }
+
+    /// Moves held messages whose batch has committed to the write buffer.
+    fn release_held(&mut self) {
+        let committed = self.committed;
+        let mut still_holding = BTreeSet::new();
+        for conn in std::mem::take(&mut self.holding) {
+            let Some(connection) = self.conns.get_mut(conn) else {
+                continue;
+            };
+            while let Some((batch, _)) = connection.held.front() {
+                if *batch > committed {
+                    break;
+                }
+                if let Some((_, bytes)) = connection.held.pop_front() {
+                    connection.held_bytes -= bytes.len();
+                    connection.out.extend_from_slice(&bytes);
+                }
+            }
+            if !connection.held.is_empty() {
+                still_holding.insert(conn);
+            }
+            self.dirty.insert(conn);
+        }
+        self.holding = still_holding;
+    }
+
+    fn flush_dirty(&mut self) {
+        for conn in std::mem::take(&mut self.dirty) {
+            let Some(connection) = self.conns.get_mut(conn) else {
+                continue;
+            };
+            if connection.closed {
+                continue;
+            }
+            while connection.written < connection.out.len() {
+                match connection
+                    .stream
+                    .write(&connection.out[connection.written..])
+                {
+                    Ok(0) => {
+                        connection.closed = true;
+                        break;
+                    }
+                    Ok(n) => connection.written += n,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(err) => {
+                        log::debug!("write to connection {conn}: {err}");
+                        connection.closed = true;
+                        break;
+                    }
+                }
+            }
+            if connection.written == connection.out.len() {
+                connection.out.clear();
+                connection.written = 0;
+                if connection.close_when_flushed && connection.held.is_empty() {
+                    connection.closed = true;
+                }
+            }
+            // Interest follows state: writable only while bytes wait.
+            let wants_write = !connection.closed && connection.written < connection.out.len();
+            if wants_write != connection.wants_write {
+                let interest = if wants_write {
+                    Interest::READABLE | Interest::WRITABLE
+                } else {
+                    Interest::READABLE
+                };
+                if let Err(err) =
+                    self.poll
+                        .registry()
+                        .reregister(&mut connection.stream, Token(conn), interest)
+                {
+                    log::debug!("reregister connection {conn}: {err}");
+                    connection.closed = true;
+                }
+                connection.wants_write = wants_write;
+            }
+        }
+    }
+
+    /// Removes closed connections; returns whether any was removed (the
+    /// core may then have more to say).
+    fn reap_closed(&mut self, now: Now) -> bool {
+        let closed: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.closed)
+            .map(|(conn, _)| conn)
+            .collect();
+        for &conn in &closed {
+            let mut connection = self.conns.remove(conn);
+            let _ = self.poll.registry().deregister(&mut connection.stream);
+            log::debug!("connection {conn} from {:?} closed", connection.peer);
+            self.holding.remove(&conn);
+            self.dirty.remove(&conn);
+            self.core.handle_disconnect(now, conn);
+        }
+        !closed.is_empty()
+    }
+
+    /// Stops taking connections and work, waits for the store to commit
+    /// everything, and gives held replies a short time to reach their peers.
+    fn shut_down(mut self) -> io::Result<()> {
+        log::info!("shutting down");
+        if self.listening {
+            let _ = self.poll.registry().deregister(&mut self.listener);
+            self.listening = false;
+        }
+        self.core.begin_shutdown();
+        self.settle();
+        let deadline = Instant::now() + SHUTDOWN_FLUSH;
+        let mut events = Events::with_capacity(64);
+        while Instant::now() < deadline {
+            self.collect_commits();
+            self.release_held();
+            self.flush_dirty();
+            let pending = self
+                .conns
+                .iter()
+                .any(|(_, c)| !c.closed && (c.pending_bytes() > 0));
+            if !pending {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.poll.poll(&mut events, Some(left)) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+            for event in events.iter() {
+                let Token(conn) = event.token();
+                if conn < WAKER.0 {
+                    self.dirty.insert(conn);
+                }
+            }
+        }
+        for (_, connection) in self.conns.iter_mut() {
+            let _ = connection.stream.shutdown(std::net::Shutdown::Both);
+        }
+        Ok(())
+    }
+}
+
+fn self_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

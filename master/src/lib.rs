@@ -1,0 +1,168 @@
+//! The Retire-Cluster master.
+//!
+//! [`run`] takes an already bound listener and a [`Config`], opens the
+//! store, restores the core from it, and runs the event loop until the
+//! [`Shutdown`] handle is triggered. The `retire-master` binary is a thin
+//! wrapper around it; tests call it directly on `127.0.0.1:0`.
+//!
+//! - [`core`]: the sans-IO state machine (registry, queue, scheduling).
+//! - `event_loop`: the only code that touches sockets.
+//! - [`store`]: the only code that touches SQLite.
+
+pub mod core;
+mod event_loop;
+pub mod store;
+
+use crate::core::{Core, CoreConfig};
+use event_loop::{EventLoop, LoopLimits};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+pub use store::Synchronous;
+
+/// Default longest line a peer may send (1 MiB).
+pub const DEFAULT_MAX_LINE: usize = protocol::DEFAULT_MAX_LINE;
+/// Default most connections at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default most bytes queued for one peer that does not read (16 MiB).
+pub const DEFAULT_MAX_PENDING_OUTPUT: usize = 16 * 1024 * 1024;
+
+/// Everything the master needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory that holds the database.
+    pub data_dir: PathBuf,
+    /// Core settings (heartbeats, ids).
+    pub core: CoreConfig,
+    /// Longest line a peer may send.
+    pub max_line: usize,
+    /// Most connections at once.
+    pub max_connections: usize,
+    /// Most bytes queued for one slow peer before it is disconnected.
+    pub max_pending_output: usize,
+    /// SQLite's `synchronous` setting.
+    pub synchronous: Synchronous,
+}
+
+impl Config {
+    /// Defaults, with the database in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            data_dir: data_dir.into(),
+            core: CoreConfig::default(),
+            max_line: DEFAULT_MAX_LINE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_pending_output: DEFAULT_MAX_PENDING_OUTPUT,
+            synchronous: Synchronous::default(),
+        }
+    }
+}
+
+/// Why the master could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// A socket or poll operation failed.
+    #[error("network: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Asks a running master to stop; cloneable, usable from any thread or a
+/// signal handler thread.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    inner: Arc<ShutdownInner>,
+}
+
+#[derive(Default)]
+struct ShutdownInner {
+    triggered: AtomicBool,
+    waker: Mutex<Option<Arc<mio::Waker>>>,
+}
+
+impl Shutdown {
+    /// A handle that has not been triggered.
+    pub fn new() -> Shutdown {
+        Shutdown::default()
+    }
+
+    /// Asks the master to stop: it stops accepting, commits what it holds,
+    /// sends the replies that were waiting for that commit, and returns.
+    pub fn trigger(&self) {
+        self.inner.triggered.store(true, Ordering::SeqCst);
+        let waker = self.inner.waker.lock().map(|w| w.clone()).unwrap_or(None);
+        if let Some(waker) = waker {
+            let _ = waker.wake();
+        }
+    }
+
+    /// Whether [`Shutdown::trigger`] has been called.
+    pub fn is_triggered(&self) -> bool {
+        self.inner.triggered.load(Ordering::SeqCst)
+    }
+
+    fn set_waker(&self, waker: Arc<mio::Waker>) {
+        if let Ok(mut slot) = self.inner.waker.lock() {
+            *slot = Some(waker);
+        }
+    }
+}
+
+/// Runs the master on `listener` until `shutdown` is triggered.
+pub fn run(
+    listener: std::net::TcpListener,
+    config: Config,
+    shutdown: Shutdown,
+) -> Result<(), MasterError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| MasterError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let store = store::Store::open(&config.data_dir, config.synchronous)?;
+    let (devices, tasks) = store.load()?;
+    log::info!(
+        "restored {} devices and {} tasks from {}",
+        devices.len(),
+        tasks.len(),
+        config.data_dir.join(store::DB_FILE).display()
+    );
+    let started = Instant::now();
+    let now = crate::core::Now {
+        monotonic: started.elapsed(),
+        unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+    };
+    let core = Core::new(config.core.clone(), devices, tasks, now);
+    let poll = mio::Poll::new()?;
+    let waker = EventLoop::make_waker(&poll)?;
+    shutdown.set_waker(waker.clone());
+    let (batches, store_events, store_thread) = store::spawn(store, waker)?;
+    listener.set_nonblocking(true)?;
+    let listener = mio::net::TcpListener::from_std(listener);
+    let limits = LoopLimits {
+        max_line: config.max_line,
+        max_connections: config.max_connections,
+        max_pending_output: config.max_pending_output,
+    };
+    let event_loop = EventLoop::new(poll, listener, core, limits, batches, store_events, started)?;
+    let result = event_loop.run(&shutdown);
+    // The loop dropped its batch sender, so the store thread finishes the
+    // last commit and ends.
+    if store_thread.join().is_err() {
+        log::error!("the store thread panicked");
+    }
+    result.map_err(MasterError::from)
+}

@@ -1,0 +1,294 @@
+//! The only code that touches SQLite.
+//!
+//! The store runs on its own thread, fed by a crossbeam channel. It commits
+//! everything that is waiting in one transaction (group commit), then tells
+//! the event loop which batch is durable and wakes it, so the replies held
+//! for that batch can go out.
+
+use crate::core::records::{Batch, DeviceRecord, StoreOp, TaskRecord};
+use crossbeam_channel::{Receiver, Sender};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// The database file's name inside the data directory.
+pub const DB_FILE: &str = "retire.db";
+
+/// Schema version written to `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Longest pause between retries of a failed commit.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
+
+/// How SQLite syncs to disk (`PRAGMA synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// In WAL mode, commits survive a crash of the process (kill -9) but the
+    /// last ones may be lost on power loss. The default.
+    #[default]
+    Normal,
+    /// Every commit is synced: it survives power loss too, at a cost.
+    Full,
+}
+
+impl Synchronous {
+    /// Parses `normal` or `full`.
+    pub fn parse(text: &str) -> Option<Synchronous> {
+        match text.to_ascii_lowercase().as_str() {
+            "normal" => Some(Synchronous::Normal),
+            "full" => Some(Synchronous::Full),
+            _ => None,
+        }
+    }
+
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        }
+    }
+}
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused an operation.
+    #[error("database {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A stored record could not be read back.
+    #[error("database {path}: corrupt {what} record {id}: {source}")]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// `task` or `device`.
+        what: &'static str,
+        /// The record's id.
+        id: String,
+        /// Why it could not be decoded.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The database was written by a newer version.
+    #[error("database {path} has schema version {found}; this master understands up to {SCHEMA_VERSION}")]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// The version found.
+        found: i64,
+    },
+}
+
+/// An open database.
+pub struct Store {
+    connection: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `data_dir`.
+    pub fn open(data_dir: &Path, synchronous: Synchronous) -> Result<Store, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        let wrap = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let connection = Connection::open(&path).map_err(wrap)?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(wrap)?;
+        connection
+            .pragma_update(None, "synchronous", synchronous.pragma())
+            .map_err(wrap)?;
+        connection
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(wrap)?;
+        let version: i64 = connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(wrap)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path,
+                found: version,
+            });
+        }
+        connection
+            .execute_batch(
+                "CREATE TABLE IF NOT EXISTS devices (
+                     device_id TEXT PRIMARY KEY,
+                     status TEXT NOT NULL,
+                     record TEXT NOT NULL
+                 );
+                 CREATE TABLE IF NOT EXISTS tasks (
+                     task_id TEXT PRIMARY KEY,
+                     seq INTEGER NOT NULL,
+                     state TEXT NOT NULL,
+                     record TEXT NOT NULL
+                 );
+                 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks(state, seq);",
+            )
+            .map_err(wrap)?;
+        connection
+            .pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(wrap)?;
+        Ok(Store { connection, path })
+    }
+
+    fn sqlite(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Reads every device and task back.
+    pub fn load(&self) -> Result<(Vec<DeviceRecord>, Vec<TaskRecord>), StoreError> {
+        let devices = self.load_table("SELECT device_id, record FROM devices", "device")?;
+        let tasks = self.load_table("SELECT task_id, record FROM tasks ORDER BY seq", "task")?;
+        Ok((devices, tasks))
+    }
+
+    fn load_table<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &str,
+        what: &'static str,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut statement = self.connection.prepare(sql).map_err(|e| self.sqlite(e))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })
+            .map_err(|e| self.sqlite(e))?;
+        let mut records = Vec::new();
+        for row in rows {
+            let (id, json) = row.map_err(|e| self.sqlite(e))?;
+            let record = serde_json::from_str(&json).map_err(|source| StoreError::Corrupt {
+                path: self.path.clone(),
+                what,
+                id,
+                source,
+            })?;
+            records.push(record);
+        }
+        Ok(records)
+    }
+
+    /// Commits `batches` in one transaction.
+    pub fn commit(&mut self, batches: &[Batch]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let wrap = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let transaction = self.connection.transaction().map_err(wrap)?;
+        {
+            let mut put_device = transaction
+                .prepare_cached("INSERT OR REPLACE INTO devices (device_id, status, record) VALUES (?1, ?2, ?3)")
+                .map_err(wrap)?;
+            let mut put_task = transaction
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO tasks (task_id, seq, state, record) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(wrap)?;
+            for op in batches.iter().flat_map(|batch| &batch.ops) {
+                match op {
+                    StoreOp::PutDevice(record) => {
+                        let json = serde_json::to_string(record).unwrap_or_default();
+                        put_device
+                            .execute(params![record.device_id, record.status.as_str(), json])
+                            .map_err(wrap)?;
+                    }
+                    StoreOp::PutTask(record) => {
+                        let json = serde_json::to_string(record).unwrap_or_default();
+                        put_task
+                            .execute(params![
+                                record.task_id,
+                                record.seq as i64,
+                                record.state.as_str(),
+                                json
+                            ])
+                            .map_err(wrap)?;
+                    }
+                }
+            }
+        }
+        transaction.commit().map_err(wrap)
+    }
+
+    /// Runs SQLite's own consistency check; `Ok(())` when it says "ok".
+    pub fn integrity_check(&self) -> Result<Result<(), String>, StoreError> {
+        let verdict: Option<String> = self
+            .connection
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .optional()
+            .map_err(|e| self.sqlite(e))?;
+        Ok(match verdict.as_deref() {
+            Some("ok") => Ok(()),
+            other => Err(other.unwrap_or("no answer").to_string()),
+        })
+    }
+}
+
+/// What the store thread tells the event loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// Every batch up to and including this id is durable.
+    Committed(u64),
+}
+
+/// Something the store thread can be woken with; the event loop passes its
+/// mio `Waker`.
+pub trait Wake: Send + Sync + 'static {
+    /// Wakes the consumer of [`StoreEvent`]s.
+    fn wake(&self);
+}
+
+impl Wake for mio::Waker {
+    fn wake(&self) {
+        if let Err(err) = mio::Waker::wake(self) {
+            log::error!("cannot wake the event loop: {err}");
+        }
+    }
+}
+
+/// Starts the store thread. It ends when the batch sender is dropped and
+/// everything sent has been committed.
+pub fn spawn(
+    mut store: Store,
+    waker: Arc<dyn Wake>,
+) -> std::io::Result<(Sender<Batch>, Receiver<StoreEvent>, JoinHandle<()>)> {
+    let (batch_tx, batch_rx) = crossbeam_channel::unbounded::<Batch>();
+    let (event_tx, event_rx) = crossbeam_channel::unbounded();
+    let handle = std::thread::Builder::new()
+        .name("store".into())
+        .spawn(move || {
+            while let Ok(first) = batch_rx.recv() {
+                // Group commit: everything that queued up while the last
+                // transaction ran goes into this one.
+                let mut batches = vec![first];
+                batches.extend(batch_rx.try_iter());
+                let mut pause = Duration::from_millis(50);
+                while let Err(err) = store.commit(&batches) {
+                    // Nothing is acknowledged until this succeeds; keep
+                    // trying so the master recovers by itself, for example
+                    // when disk space returns.
+                    log::error!("commit failed, retrying in {pause:?}: {err}");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(MAX_RETRY_PAUSE);
+                }
+                let last = batches.last().map_or(0, |batch| batch.id);
+                if event_tx.send(StoreEvent::Committed(last)).is_err() {
+                    break;
+                }
+                waker.wake();
+            }
+        })?;
+    Ok((batch_tx, event_rx, handle))
+}

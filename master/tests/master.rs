@@ -1,0 +1,157 @@
+//! Integration tests of the master library: `master::run` on
+//! `127.0.0.1:0` in a thread, spoken to over real sockets.
+
+use master::{Config, Shutdown};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+struct Running {
+    addr: SocketAddr,
+    shutdown: Shutdown,
+    thread: Option<JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn setup(configure: impl FnOnce(&mut Config)) -> Running {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let mut config = Config::new(dir.path());
+    configure(&mut config);
+    let shutdown = Shutdown::new();
+    let handle = shutdown.clone();
+    let thread = std::thread::spawn(move || {
+        master::run(listener, config, handle).expect("the master runs");
+    });
+    Running {
+        addr,
+        shutdown,
+        thread: Some(thread),
+        _dir: dir,
+    }
+}
+
+fn connect(addr: SocketAddr) -> (BufReader<TcpStream>, TcpStream) {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    (BufReader::new(stream.try_clone().expect("clone")), stream)
+}
+
+fn reply(reader: &mut BufReader<TcpStream>) -> Value {
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("read a reply");
+    serde_json::from_str(&line).unwrap_or_else(|_| panic!("a JSON reply, got {line:?}"))
+}
+
+fn check(input: &str, expect_type: &str, expect_code: Option<&str>) {
+    let master = setup(|_| {});
+    let (mut reader, mut writer) = connect(master.addr);
+    writer.write_all(input.as_bytes()).expect("send");
+    writer.write_all(b"\n").expect("send");
+    let answer = reply(&mut reader);
+    assert_eq!(answer["message_type"], expect_type, "{input} → {answer}");
+    assert_eq!(
+        answer["data"]["code"].as_str(),
+        expect_code,
+        "{input} → {answer}"
+    );
+    // The connection stays usable after any of these.
+    writer
+        .write_all(b"{\"message_type\":\"status\"}\n")
+        .expect("send");
+    assert_eq!(reply(&mut reader)["message_type"], "ack");
+}
+
+#[test]
+fn bad_messages_get_a_coded_error_and_the_connection_stays_open() {
+    check("{nope", "error", Some("malformed_json"));
+    check("{\"data\":{}}", "error", Some("invalid_message"));
+    check(
+        "{\"message_type\":\"teleport\"}",
+        "error",
+        Some("unknown_message_type"),
+    );
+    check(
+        "{\"message_type\":\"heartbeat\",\"sender_id\":\"ghost\"}",
+        "error",
+        Some("not_registered"),
+    );
+    check(
+        "{\"message_type\":\"task_status\",\"data\":{\"task_id\":\"nope\"}}",
+        "error",
+        Some("not_found"),
+    );
+    check(
+        "{\"message_type\":\"task_submit\",\"data\":{\"task\":{\"task_type\":\"echo\",\"requirements\":{\"gpu\":true}}}}",
+        "error",
+        Some("invalid_message"),
+    );
+    check("{\"message_type\":\"list_tasks\"}", "ack", None);
+}
+
+#[test]
+fn an_overlong_line_closes_only_its_own_connection() {
+    let master = setup(|config| config.max_line = 4096);
+    let (mut other_reader, mut other) = connect(master.addr);
+    let (mut reader, mut writer) = connect(master.addr);
+    let junk = vec![b'x'; 10_000];
+    // The master may close before it has read everything we send.
+    let _ = writer.write_all(&junk);
+    let answer = reply(&mut reader);
+    assert_eq!(answer["data"]["code"], "line_too_long", "{answer}");
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    other
+        .write_all(b"{\"message_type\":\"status\"}\n")
+        .expect("the other connection still works");
+    assert_eq!(reply(&mut other_reader)["message_type"], "ack");
+}
+
+#[test]
+fn submits_are_acknowledged_and_survive_a_restart_of_the_library() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run_once = |body: &dyn Fn(SocketAddr)| {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let config = Config::new(dir.path());
+        let shutdown = Shutdown::new();
+        let handle = shutdown.clone();
+        let thread =
+            std::thread::spawn(move || master::run(listener, config, handle).expect("run"));
+        body(addr);
+        shutdown.trigger();
+        thread.join().expect("the master thread ends");
+    };
+    run_once(&|addr| {
+        let (mut reader, mut writer) = connect(addr);
+        writer
+            .write_all(b"{\"message_type\":\"task_submit\",\"message_id\":\"a\",\"data\":{\"task\":{\"task_id\":\"keep-me\",\"task_type\":\"echo\",\"priority\":\"high\"}}}\n")
+            .expect("send");
+        let answer = reply(&mut reader);
+        assert_eq!(answer["data"]["result"]["task_id"], "keep-me", "{answer}");
+    });
+    run_once(&|addr| {
+        let (mut reader, mut writer) = connect(addr);
+        writer
+            .write_all(b"{\"message_type\":\"task_status\",\"data\":{\"task_id\":\"keep-me\"}}\n")
+            .expect("send");
+        let answer = reply(&mut reader);
+        let task = &answer["data"]["result"]["task"];
+        assert_eq!(task["state"], "queued", "{answer}");
+        assert_eq!(task["priority"], "high");
+    });
+}

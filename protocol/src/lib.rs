@@ -1,0 +1,32 @@
+//! The Retire-Cluster wire protocol, with no I/O.
+//!
+//! - [`codec`] cuts a byte stream into frames (JSON lines, one-shot JSON
+//!   objects without a newline, and text commands).
+//! - [`message`] holds the envelope and every message as domain types, and
+//!   converts them from and to both the design's and the older JSON shapes.
+//! - [`text`] parses the plain-text commands a person types with netcat.
+//! - [`types`] holds the values several messages share.
+//!
+//! Nothing here touches a socket, a thread or the clock, so every part is
+//! tested with plain values.
+
+pub mod codec;
+pub mod error;
+pub mod message;
+pub mod text;
+pub mod types;
+
+pub use codec::{Frame, LineCodec, LineTooLong, DEFAULT_MAX_LINE};
+pub use error::{DecodeError, ErrorCode};
+pub use message::{
+    Ack, DeviceRef, Envelope, ErrorReply, Event, Goodbye, Heartbeat, ListDevices, ListTasks,
+    Message, Metrics, Register, RunningTask, Subscribe, TaskAssign, TaskCancel, TaskProgress,
+    TaskRef, TaskResult, TaskSubmit,
+};
+pub use types::{
+    ClusterStats, DeviceStatus, DeviceView, HardwareView, Priority, Requirements, ResourceTotals,
+    ResultStatus, TaskSpec, TaskState, TaskView,
+};
+
+/// The TCP port the master listens on by default.
+pub const DEFAULT_PORT: u16 = 8080;

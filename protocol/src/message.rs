@@ -1,0 +1,989 @@
+//! The envelope and every message, as domain types, with the conversion
+//! from and to the JSON wire shapes.
+//!
+//! Decoding accepts both the design's nested shapes and the older flat
+//! shapes that existing Python workers send, and turns both into one domain
+//! type. Encoding always writes the design's shape.
+
+use crate::error::{DecodeError, ErrorCode};
+use crate::types::{ResultStatus, TaskSpec, TaskView};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+/// One message with its envelope fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// Who sent it; required from workers.
+    pub sender_id: Option<String>,
+    /// Who it is for (`receiver_id` is accepted too).
+    pub target_id: Option<String>,
+    /// The sender's id for this message; replies carry it back.
+    pub message_id: Option<String>,
+    /// When it was sent (RFC 3339), as the sender says.
+    pub timestamp: Option<String>,
+    /// The message itself.
+    pub message: Message,
+}
+
+impl Envelope {
+    /// An envelope around `message` with no other fields set.
+    pub fn new(message: Message) -> Envelope {
+        Envelope {
+            sender_id: None,
+            target_id: None,
+            message_id: None,
+            timestamp: None,
+            message,
+        }
+    }
+
+    /// Sets `sender_id`.
+    pub fn from_sender(mut self, sender_id: impl Into<String>) -> Envelope {
+        self.sender_id = Some(sender_id.into());
+        self
+    }
+
+    /// Sets `message_id`.
+    pub fn with_id(mut self, message_id: impl Into<String>) -> Envelope {
+        self.message_id = Some(message_id.into());
+        self
+    }
+
+    /// The JSON value of the whole message, in the design's shape.
+    pub fn to_value(&self) -> Value {
+        let mut object = Map::new();
+        object.insert("message_type".into(), json!(self.message.message_type()));
+        object.insert("sender_id".into(), json!(self.sender_id));
+        object.insert("target_id".into(), json!(self.target_id));
+        if let Some(id) = &self.message_id {
+            object.insert("message_id".into(), json!(id));
+        }
+        if let Some(timestamp) = &self.timestamp {
+            object.insert("timestamp".into(), json!(timestamp));
+        }
+        object.insert("data".into(), self.message.data_value());
+        Value::Object(object)
+    }
+
+    /// The message as one line of JSON, ending in `\n`.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut line = self.to_value().to_string().into_bytes();
+        line.push(b'\n');
+        line
+    }
+
+    /// Decodes one JSON frame (without its newline).
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|err| DecodeError::new(ErrorCode::MalformedJson, err.to_string()))?;
+        Envelope::from_value(value)
+    }
+
+    /// Decodes an already parsed JSON value.
+    pub fn from_value(value: Value) -> Result<Envelope, DecodeError> {
+        let Value::Object(mut object) = value else {
+            return Err(DecodeError::new(
+                ErrorCode::InvalidMessage,
+                "a message must be a JSON object",
+            ));
+        };
+        let message_id = object.remove("message_id").and_then(id_text);
+        let with_id = |mut err: DecodeError| {
+            err.message_id = message_id.clone();
+            err
+        };
+        let message_type = match object.remove("message_type") {
+            Some(Value::String(name)) => name,
+            Some(_) => {
+                return Err(with_id(DecodeError::new(
+                    ErrorCode::InvalidMessage,
+                    "message_type must be a string",
+                )))
+            }
+            None => {
+                return Err(with_id(DecodeError::new(
+                    ErrorCode::InvalidMessage,
+                    "missing message_type",
+                )))
+            }
+        };
+        let sender_id = optional_string(&mut object, "sender_id").map_err(with_id)?;
+        let mut target_id = optional_string(&mut object, "target_id").map_err(with_id)?;
+        if target_id.is_none() {
+            target_id = optional_string(&mut object, "receiver_id").map_err(with_id)?;
+        }
+        let timestamp = optional_string(&mut object, "timestamp").map_err(with_id)?;
+        let data = match object.remove("data") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(data)) => data,
+            Some(_) => {
+                return Err(with_id(DecodeError::new(
+                    ErrorCode::InvalidMessage,
+                    "data must be a JSON object",
+                )))
+            }
+        };
+        let message = Message::from_parts(&message_type, data).map_err(with_id)?;
+        Ok(Envelope {
+            sender_id,
+            target_id,
+            message_id,
+            timestamp,
+            message,
+        })
+    }
+}
+
+/// Message ids may arrive as strings or numbers; both become text.
+fn id_text(value: Value) -> Option<String> {
+    match value {
+        Value::String(text) => Some(text),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn optional_string(
+    object: &mut Map<String, Value>,
+    key: &str,
+) -> Result<Option<String>, DecodeError> {
+    match object.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(DecodeError::new(
+            ErrorCode::InvalidMessage,
+            format!("{key} must be a string"),
+        )),
+    }
+}
+
+/// Every message of the protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// Worker → master: join with a profile.
+    Register(Register),
+    /// Worker → master: still alive, with live metrics.
+    Heartbeat(Heartbeat),
+    /// Worker → master: an attempt finished.
+    TaskResult(TaskResult),
+    /// Worker → master: an attempt's progress (never answered).
+    TaskProgress(TaskProgress),
+    /// Worker → master: leaving on purpose.
+    Goodbye(Goodbye),
+    /// Master → worker: run this task.
+    TaskAssign(TaskAssign),
+    /// Client → master, and master → worker: stop a task.
+    TaskCancel(TaskCancel),
+    /// Client → master: queue one task or a batch.
+    TaskSubmit(TaskSubmit),
+    /// Client → master: one task's state and result.
+    TaskStatus(TaskRef),
+    /// Client → master: tasks, optionally of one state.
+    ListTasks(ListTasks),
+    /// Client → master: cluster totals.
+    Status,
+    /// Client → master: devices, optionally of one role.
+    ListDevices(ListDevices),
+    /// Client → master: one device.
+    DeviceInfo(DeviceRef),
+    /// Client → master: give a device no new work.
+    DrainDevice(DeviceRef),
+    /// Client → master: stream `event`s on this connection.
+    Subscribe(Subscribe),
+    /// A successful reply.
+    Ack(Ack),
+    /// A failed reply.
+    Error(ErrorReply),
+    /// Master → subscriber: something happened.
+    Event(Event),
+}
+
+impl Message {
+    /// The `message_type` this message is written with.
+    pub fn message_type(&self) -> &'static str {
+        match self {
+            Message::Register(_) => "register",
+            Message::Heartbeat(_) => "heartbeat",
+            Message::TaskResult(_) => "task_result",
+            Message::TaskProgress(_) => "task_progress",
+            Message::Goodbye(_) => "goodbye",
+            Message::TaskAssign(_) => "task_assign",
+            Message::TaskCancel(_) => "task_cancel",
+            Message::TaskSubmit(_) => "task_submit",
+            Message::TaskStatus(_) => "task_status",
+            Message::ListTasks(_) => "list_tasks",
+            Message::Status => "status",
+            Message::ListDevices(_) => "list_devices",
+            Message::DeviceInfo(_) => "device_info",
+            Message::DrainDevice(_) => "drain_device",
+            Message::Subscribe(_) => "subscribe",
+            Message::Ack(_) => "ack",
+            Message::Error(_) => "error",
+            Message::Event(_) => "event",
+        }
+    }
+
+    /// Whether the receiver answers this message with an `ack` or `error`.
+    pub fn expects_reply(&self) -> bool {
+        !matches!(
+            self,
+            Message::TaskProgress(_) | Message::Ack(_) | Message::Error(_) | Message::Event(_)
+        )
+    }
+
+    fn from_parts(message_type: &str, data: Map<String, Value>) -> Result<Message, DecodeError> {
+        let message = match message_type {
+            "register" => Message::Register(Register::from_data(data)?),
+            "heartbeat" => Message::Heartbeat(Heartbeat::from_data(data)?),
+            "task_result" => Message::TaskResult(parse(data)?),
+            "task_progress" => Message::TaskProgress(parse(data)?),
+            "goodbye" | "unregister" | "disconnect" => Message::Goodbye(parse(data)?),
+            "task_assign" => Message::TaskAssign(parse(data)?),
+            "task_cancel" | "cancel_task" => Message::TaskCancel(parse(data)?),
+            "task_submit" | "submit_task" => Message::TaskSubmit(TaskSubmit::from_data(data)?),
+            "task_status" => Message::TaskStatus(parse(data)?),
+            "list_tasks" => Message::ListTasks(parse(data)?),
+            "status" | "cluster_status" | "get_cluster_status" => Message::Status,
+            "list_devices" => Message::ListDevices(parse(data)?),
+            "device_info" => Message::DeviceInfo(parse(data)?),
+            "drain_device" | "drain" => Message::DrainDevice(parse(data)?),
+            "subscribe" => Message::Subscribe(parse(data)?),
+            "ack" => Message::Ack(Ack::from_data(data)),
+            "error" => Message::Error(parse(data)?),
+            "event" => Message::Event(parse(data)?),
+            other => {
+                return Err(DecodeError::new(
+                    ErrorCode::UnknownMessageType,
+                    format!("unknown message_type {other:?}"),
+                ))
+            }
+        };
+        if let Message::TaskSubmit(submit) = &message {
+            for task in &submit.tasks {
+                task.validate()
+                    .map_err(|detail| DecodeError::new(ErrorCode::InvalidMessage, detail))?;
+            }
+        }
+        if let Message::TaskAssign(assign) = &message {
+            if assign.task.task_id.is_none() {
+                return Err(DecodeError::new(
+                    ErrorCode::InvalidMessage,
+                    "task_assign needs data.task.task_id",
+                ));
+            }
+        }
+        Ok(message)
+    }
+
+    fn data_value(&self) -> Value {
+        match self {
+            Message::Register(register) => register.to_data(),
+            Message::Heartbeat(heartbeat) => heartbeat.to_data(),
+            Message::TaskResult(result) => to_data(result),
+            Message::TaskProgress(progress) => to_data(progress),
+            Message::Goodbye(goodbye) => to_data(goodbye),
+            Message::TaskAssign(assign) => to_data(assign),
+            Message::TaskCancel(cancel) => to_data(cancel),
+            Message::TaskSubmit(submit) => submit.to_data(),
+            Message::TaskStatus(task) => to_data(task),
+            Message::ListTasks(list) => to_data(list),
+            Message::Status => json!({}),
+            Message::ListDevices(list) => to_data(list),
+            Message::DeviceInfo(device) => to_data(device),
+            Message::DrainDevice(device) => to_data(device),
+            Message::Subscribe(subscribe) => to_data(subscribe),
+            Message::Ack(ack) => ack.to_data(),
+            Message::Error(error) => to_data(error),
+            Message::Event(event) => to_data(event),
+        }
+    }
+}
+
+fn parse<T: DeserializeOwned>(data: Map<String, Value>) -> Result<T, DecodeError> {
+    serde_json::from_value(Value::Object(data))
+        .map_err(|err| DecodeError::new(ErrorCode::InvalidMessage, err.to_string()))
+}
+
+fn to_data<T: Serialize>(value: &T) -> Value {
+    // Serializing these plain structs into a Value cannot fail: they hold
+    // only strings, numbers, maps and values with string keys.
+    serde_json::to_value(value).unwrap_or_else(|_| json!({}))
+}
+
+/// A task the worker is still running when it (re)registers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningTask {
+    /// The task's id.
+    pub task_id: String,
+    /// The attempt it is running.
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+/// A worker joining, in one domain shape whichever wire shape it came in.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Register {
+    /// Host name.
+    pub hostname: Option<String>,
+    /// Platform (`linux`, `android`, …).
+    pub platform: Option<String>,
+    /// CPU architecture.
+    pub architecture: Option<String>,
+    /// Operating system name and version.
+    pub os_version: Option<String>,
+    /// Kernel version.
+    pub kernel_version: Option<String>,
+    /// CPU model name.
+    pub cpu_model: Option<String>,
+    /// Python version (older workers).
+    pub python_version: Option<String>,
+    /// Address the worker reports for itself.
+    pub ip_address: Option<String>,
+    /// Role (`worker`, `mobile`, `compute`, …).
+    pub role: Option<String>,
+    /// CPU cores.
+    pub cpu_cores: Option<u32>,
+    /// Memory in bytes.
+    pub memory_total_bytes: Option<u64>,
+    /// Disk in bytes.
+    pub disk_total_bytes: Option<u64>,
+    /// Network interface names.
+    pub network_interfaces: Vec<String>,
+    /// Capabilities exactly as sent: a list (design) or a map (older).
+    pub capabilities: Option<Value>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Task types the worker runs; `None` when it does not say.
+    pub task_types: Option<Vec<String>>,
+    /// Tasks it runs at once (`max_concurrent_tasks` in the older shape).
+    pub slots: Option<u32>,
+    /// Tasks it still runs from before a reconnect.
+    pub running_tasks: Vec<RunningTask>,
+    /// Every other field, kept as sent.
+    pub extra: Map<String, Value>,
+}
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// Converts GiB as older workers report them into bytes.
+pub fn gib_to_bytes(gib: f64) -> u64 {
+    if gib.is_finite() && gib > 0.0 {
+        (gib * GIB).round() as u64
+    } else {
+        0
+    }
+}
+
+/// Converts bytes into GiB.
+pub fn bytes_to_gib(bytes: u64) -> f64 {
+    bytes as f64 / GIB
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct DeviceInfoWire {
+    hostname: Option<String>,
+    platform: Option<String>,
+    architecture: Option<String>,
+    os_version: Option<String>,
+    kernel_version: Option<String>,
+    cpu_model: Option<String>,
+    python_version: Option<String>,
+    ip_address: Option<String>,
+    role: Option<String>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct HardwareSpecsWire {
+    cpu_cores: Option<u32>,
+    memory_total: Option<u64>,
+    disk_space: Option<u64>,
+    network_interfaces: Option<Vec<String>>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+/// The keys [`RegisterWire`] reads at the top level of `data`; keep in step
+/// with its fields.
+const REGISTER_TOP_LEVEL_KEYS: [&str; 16] = [
+    "device_info",
+    "hardware_specs",
+    "capabilities",
+    "role",
+    "platform",
+    "hostname",
+    "ip_address",
+    "architecture",
+    "cpu_count",
+    "memory_total_gb",
+    "storage_total_gb",
+    "max_concurrent_tasks",
+    "tags",
+    "task_types",
+    "slots",
+    "running_tasks",
+];
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RegisterWire {
+    device_info: Option<DeviceInfoWire>,
+    hardware_specs: Option<HardwareSpecsWire>,
+    capabilities: Option<Value>,
+    // The older flat shape.
+    role: Option<String>,
+    platform: Option<String>,
+    hostname: Option<String>,
+    ip_address: Option<String>,
+    architecture: Option<String>,
+    cpu_count: Option<u32>,
+    memory_total_gb: Option<f64>,
+    storage_total_gb: Option<f64>,
+    max_concurrent_tasks: Option<u32>,
+    // Shared and ours.
+    tags: Vec<String>,
+    task_types: Option<Vec<String>>,
+    slots: Option<u32>,
+    running_tasks: Vec<RunningTask>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+impl Register {
+    fn from_data(data: Map<String, Value>) -> Result<Register, DecodeError> {
+        let wire: RegisterWire = parse(data)?;
+        let info = wire.device_info.unwrap_or_default();
+        let hardware = wire.hardware_specs.unwrap_or_default();
+        let mut extra = wire.extra;
+        extra.extend(info.extra);
+        extra.extend(hardware.extra);
+        Ok(Register {
+            hostname: info.hostname.or(wire.hostname),
+            platform: info.platform.or(wire.platform),
+            architecture: info.architecture.or(wire.architecture),
+            os_version: info.os_version,
+            kernel_version: info.kernel_version,
+            cpu_model: info.cpu_model,
+            python_version: info.python_version,
+            ip_address: info.ip_address.or(wire.ip_address),
+            role: info.role.or(wire.role),
+            cpu_cores: hardware.cpu_cores.or(wire.cpu_count),
+            memory_total_bytes: hardware
+                .memory_total
+                .or(wire.memory_total_gb.map(gib_to_bytes)),
+            disk_total_bytes: hardware
+                .disk_space
+                .or(wire.storage_total_gb.map(gib_to_bytes)),
+            network_interfaces: hardware.network_interfaces.unwrap_or_default(),
+            capabilities: wire.capabilities,
+            tags: wire.tags,
+            task_types: wire.task_types,
+            slots: wire.slots.or(wire.max_concurrent_tasks),
+            running_tasks: wire.running_tasks,
+            extra,
+        })
+    }
+
+    fn to_data(&self) -> Value {
+        let mut device_info = Map::new();
+        let mut put = |key: &str, value: &Option<String>| {
+            if let Some(value) = value {
+                device_info.insert(key.into(), json!(value));
+            }
+        };
+        put("hostname", &self.hostname);
+        put("platform", &self.platform);
+        put("architecture", &self.architecture);
+        put("os_version", &self.os_version);
+        put("kernel_version", &self.kernel_version);
+        put("cpu_model", &self.cpu_model);
+        put("python_version", &self.python_version);
+        put("ip_address", &self.ip_address);
+        put("role", &self.role);
+        let mut hardware = Map::new();
+        if let Some(cores) = self.cpu_cores {
+            hardware.insert("cpu_cores".into(), json!(cores));
+        }
+        if let Some(bytes) = self.memory_total_bytes {
+            hardware.insert("memory_total".into(), json!(bytes));
+        }
+        if let Some(bytes) = self.disk_total_bytes {
+            hardware.insert("disk_space".into(), json!(bytes));
+        }
+        hardware.insert("network_interfaces".into(), json!(self.network_interfaces));
+        // `extra` also collects the unknown keys of `device_info` and
+        // `hardware_specs`, so it may hold a key such as `slots` or `tags`
+        // that the top level reads as a field of its own. Such keys go into
+        // `hardware_specs`, which knows none of them, so that decoding what
+        // was encoded gives back the same `extra` instead of failing or
+        // turning an unknown value into a known field.
+        let mut data = Map::new();
+        for (key, value) in &self.extra {
+            if REGISTER_TOP_LEVEL_KEYS.contains(&key.as_str()) {
+                hardware.insert(key.clone(), value.clone());
+            } else {
+                data.insert(key.clone(), value.clone());
+            }
+        }
+        data.insert("device_info".into(), Value::Object(device_info));
+        data.insert("hardware_specs".into(), Value::Object(hardware));
+        if let Some(capabilities) = &self.capabilities {
+            data.insert("capabilities".into(), capabilities.clone());
+        }
+        data.insert("tags".into(), json!(self.tags));
+        if let Some(types) = &self.task_types {
+            data.insert("task_types".into(), json!(types));
+        }
+        if let Some(slots) = self.slots {
+            data.insert("slots".into(), json!(slots));
+        }
+        if !self.running_tasks.is_empty() {
+            data.insert("running_tasks".into(), json!(self.running_tasks));
+        }
+        Value::Object(data)
+    }
+}
+
+/// Live metrics, in one domain shape whichever wire shape they came in.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// CPU use in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_usage: Option<f64>,
+    /// Memory use in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_usage: Option<f64>,
+    /// Disk use in percent (`storage_usage` in the older shape).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "storage_usage"
+    )]
+    pub disk_usage: Option<f64>,
+    /// 1, 5 and 15 minute load averages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_average: Option<Vec<f64>>,
+    /// Seconds since boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime: Option<f64>,
+    /// Every other metric, kept as sent.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A worker's heartbeat.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Heartbeat {
+    /// Live metrics (`system_metrics`, or `metrics` in the older shape).
+    pub metrics: Metrics,
+    /// The worker's own view of its status.
+    pub status: Option<String>,
+    /// Tasks it is running.
+    pub active_tasks: Option<u32>,
+    /// When it last did something (RFC 3339).
+    pub last_activity: Option<String>,
+    /// Every other field, kept as sent.
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct HeartbeatWire {
+    system_metrics: Option<Metrics>,
+    metrics: Option<Metrics>,
+    status: Option<String>,
+    active_tasks: Option<u32>,
+    last_activity: Option<String>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+impl Heartbeat {
+    fn from_data(data: Map<String, Value>) -> Result<Heartbeat, DecodeError> {
+        let wire: HeartbeatWire = parse(data)?;
+        Ok(Heartbeat {
+            metrics: wire.system_metrics.or(wire.metrics).unwrap_or_default(),
+            status: wire.status,
+            active_tasks: wire.active_tasks,
+            last_activity: wire.last_activity,
+            extra: wire.extra,
+        })
+    }
+
+    fn to_data(&self) -> Value {
+        let mut data = self.extra.clone();
+        data.insert("system_metrics".into(), to_data(&self.metrics));
+        if let Some(status) = &self.status {
+            data.insert("status".into(), json!(status));
+        }
+        if let Some(active) = self.active_tasks {
+            data.insert("active_tasks".into(), json!(active));
+        }
+        if let Some(last) = &self.last_activity {
+            data.insert("last_activity".into(), json!(last));
+        }
+        Value::Object(data)
+    }
+}
+
+/// An attempt's outcome, from the worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// The task's id.
+    pub task_id: String,
+    /// The attempt this result belongs to; older workers omit it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// How it ended.
+    pub status: ResultStatus,
+    /// Seconds it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_time: Option<f64>,
+    /// Output, exit code, metrics, …: an object by convention.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub result: Value,
+    /// A one-line reason for failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// An attempt's progress, from the worker. Never answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskProgress {
+    /// The task's id.
+    pub task_id: String,
+    /// The attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// Fraction done, 0.0 to 1.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<f64>,
+    /// Units done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done: Option<u64>,
+    /// Units in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    /// A short message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A worker leaving on purpose.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Goodbye {
+    /// Why, for the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The master giving a worker a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskAssign {
+    /// The task, with its id set.
+    pub task: TaskSpec,
+    /// The attempt number; results must carry it back.
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+/// Stop a task (client → master), or stop an attempt (master → worker).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskCancel {
+    /// The task's id.
+    pub task_id: String,
+    /// The attempt to stop (master → worker only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+}
+
+/// Queue one task or a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSubmit {
+    /// The tasks, at least one.
+    pub tasks: Vec<TaskSpec>,
+    /// Whether it came as `data.tasks` (a batch); the ack then lists ids.
+    pub batch: bool,
+}
+
+#[derive(Deserialize)]
+struct TaskSubmitWire {
+    #[serde(default)]
+    task: Option<TaskSpec>,
+    #[serde(default)]
+    tasks: Option<Vec<TaskSpec>>,
+}
+
+/// The most tasks one batch submit may carry.
+pub const MAX_BATCH: usize = 10_000;
+
+impl TaskSubmit {
+    fn from_data(data: Map<String, Value>) -> Result<TaskSubmit, DecodeError> {
+        let wire: TaskSubmitWire = parse(data)?;
+        let submit = match (wire.task, wire.tasks) {
+            (Some(task), None) => TaskSubmit {
+                tasks: vec![task],
+                batch: false,
+            },
+            (None, Some(tasks)) if !tasks.is_empty() && tasks.len() <= MAX_BATCH => {
+                TaskSubmit { tasks, batch: true }
+            }
+            (None, Some(tasks)) => {
+                return Err(DecodeError::new(
+                    ErrorCode::InvalidMessage,
+                    format!(
+                        "data.tasks must hold 1 to {MAX_BATCH} tasks, got {}",
+                        tasks.len()
+                    ),
+                ))
+            }
+            _ => {
+                return Err(DecodeError::new(
+                    ErrorCode::InvalidMessage,
+                    "task_submit needs exactly one of data.task and data.tasks",
+                ))
+            }
+        };
+        Ok(submit)
+    }
+
+    fn to_data(&self) -> Value {
+        match (self.batch, self.tasks.as_slice()) {
+            (false, [task]) => json!({ "task": task }),
+            _ => json!({ "tasks": self.tasks }),
+        }
+    }
+}
+
+/// Names one task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRef {
+    /// The task's id.
+    pub task_id: String,
+}
+
+/// Names one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRef {
+    /// The device's id.
+    pub device_id: String,
+}
+
+/// List tasks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListTasks {
+    /// Only tasks in this state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// At most this many, newest first (default 100, at most 1,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// List devices.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListDevices {
+    /// Only devices of this role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Only devices with this status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+/// Stream events on this connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribe {
+    /// Only events about these tasks; all events when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub task_ids: Vec<String>,
+}
+
+/// A successful reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ack {
+    /// The request's `message_id`, if it had one.
+    pub original_message_id: Option<String>,
+    /// The result object; it always holds `success: true`.
+    pub result: Map<String, Value>,
+}
+
+impl Ack {
+    /// An ack whose result is `{"success": true}` plus `fields`.
+    pub fn new(original_message_id: Option<String>, fields: Value) -> Ack {
+        let mut result = Map::new();
+        result.insert("success".into(), Value::Bool(true));
+        if let Value::Object(fields) = fields {
+            result.extend(fields);
+        }
+        Ack {
+            original_message_id,
+            result,
+        }
+    }
+
+    fn from_data(mut data: Map<String, Value>) -> Ack {
+        let original_message_id = data.remove("original_message_id").and_then(id_text);
+        let result = match data.remove("result") {
+            Some(Value::Object(result)) => result,
+            Some(other) => {
+                let mut result = Map::new();
+                result.insert("value".into(), other);
+                result
+            }
+            None => data,
+        };
+        Ack {
+            original_message_id,
+            result,
+        }
+    }
+
+    fn to_data(&self) -> Value {
+        json!({
+            "original_message_id": self.original_message_id,
+            "result": self.result,
+        })
+    }
+}
+
+/// A failed reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// The request's `message_id`, if it had one.
+    #[serde(default)]
+    pub original_message_id: Option<String>,
+    /// Human-readable explanation.
+    pub error: String,
+    /// Machine-readable code.
+    #[serde(with = "code_serde")]
+    pub code: ErrorCode,
+}
+
+impl ErrorReply {
+    /// An error reply.
+    pub fn new(
+        original_message_id: Option<String>,
+        code: ErrorCode,
+        error: impl Into<String>,
+    ) -> ErrorReply {
+        ErrorReply {
+            original_message_id,
+            error: error.into(),
+            code,
+        }
+    }
+}
+
+mod code_serde {
+    use crate::error::ErrorCode;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(code: &ErrorCode, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(code.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ErrorCode, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        ErrorCode::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown error code {text:?}")))
+    }
+}
+
+/// Something that happened, streamed to subscribers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A task was queued.
+    TaskSubmitted {
+        /// The task's id.
+        task_id: String,
+        /// Its type.
+        task_type: String,
+    },
+    /// A task was given to a device.
+    TaskAssigned {
+        /// The task's id.
+        task_id: String,
+        /// The device.
+        device_id: String,
+        /// The attempt.
+        attempt: u32,
+    },
+    /// A running task reported progress.
+    TaskProgress(TaskProgress),
+    /// A task reached a terminal state; the view holds its result.
+    TaskFinished {
+        /// The task as it now is (boxed: it is much larger than the other
+        /// events).
+        task: Box<TaskView>,
+    },
+    /// A device connected and registered.
+    DeviceJoined {
+        /// The device's id.
+        device_id: String,
+    },
+    /// A device went offline.
+    DeviceLeft {
+        /// The device's id.
+        device_id: String,
+        /// Why (goodbye, disconnect, heartbeat timeout).
+        reason: String,
+    },
+    /// A device stopped taking new work.
+    DeviceDraining {
+        /// The device's id.
+        device_id: String,
+    },
+}
+
+impl Event {
+    /// The task this event is about, if any.
+    pub fn task_id(&self) -> Option<&str> {
+        match self {
+            Event::TaskSubmitted { task_id, .. } | Event::TaskAssigned { task_id, .. } => {
+                Some(task_id)
+            }
+            Event::TaskProgress(progress) => Some(&progress.task_id),
+            Event::TaskFinished { task } => Some(&task.task_id),
+            _ => None,
+        }
+    }
+}
+
+/// Reads the task ids out of a `task_submit` ack.
+pub fn submitted_ids(ack: &Ack) -> Vec<String> {
+    match ack.result.get("task_ids") {
+        Some(Value::Array(ids)) => ids
+            .iter()
+            .filter_map(|id| id.as_str().map(str::to_string))
+            .collect(),
+        _ => ack
+            .result
+            .get("task_id")
+            .and_then(Value::as_str)
+            .map(|id| vec![id.to_string()])
+            .unwrap_or_default(),
+    }
+}
+
+/// Reads a typed field out of an ack's result.
+pub fn result_field<T: DeserializeOwned>(ack: &Ack, key: &str) -> Result<T, DecodeError> {
+    let value = ack.result.get(key).cloned().ok_or_else(|| {
+        DecodeError::new(
+            ErrorCode::InvalidMessage,
+            format!("ack result has no {key}"),
+        )
+    })?;
+    serde_json::from_value(value).map_err(|err| {
+        DecodeError::new(
+            ErrorCode::InvalidMessage,
+            format!("ack result {key}: {err}"),
+        )
+    })
+}

@@ -1,0 +1,264 @@
+//! The plain-text commands a person types into `nc master 8080`.
+//!
+//! A line whose first non-blank character is not `{` is a text command.
+//! Replies to text commands are plain text that ends in a line holding a
+//! single `.`, so scripts can read them as well as people.
+
+use serde_json::Value;
+
+/// One parsed text command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TextCommand {
+    /// `help`: list the commands.
+    Help,
+    /// `status`: cluster totals.
+    Status,
+    /// `devices`: one line per device.
+    Devices,
+    /// `tasks [STATE]`: one line per task.
+    Tasks {
+        /// Only tasks in this state.
+        state: Option<String>,
+    },
+    /// `task ID`: one task in full.
+    Task {
+        /// The task's id.
+        task_id: String,
+    },
+    /// `submit TYPE [JSON-PAYLOAD]`: queue a task.
+    Submit {
+        /// The task type.
+        task_type: String,
+        /// The payload; `{}` when none is given.
+        payload: Value,
+    },
+    /// `cancel ID`: cancel a task.
+    Cancel {
+        /// The task's id.
+        task_id: String,
+    },
+    /// `drain DEVICE`: give a device no new work.
+    Drain {
+        /// The device's id.
+        device_id: String,
+    },
+    /// `auth TOKEN`: authenticate this connection.
+    Auth {
+        /// The token.
+        token: String,
+    },
+    /// `quit`: close the connection.
+    Quit,
+}
+
+/// The help text, one command a line.
+pub const HELP: &str = "\
+commands:
+  help                      this list
+  status                    cluster totals
+  devices                   one line per device
+  tasks [STATE]             recent tasks (STATE: queued, assigned, running, completed, failed, timed_out, cancelled)
+  task ID                   one task in full
+  submit TYPE [JSON]        queue a task, e.g. submit echo {\"message\":\"hi\"}
+  cancel ID                 cancel a task
+  drain DEVICE              give a device no new work
+  auth TOKEN                authenticate this connection
+  quit                      close the connection";
+
+/// Parses one line. The error is a one-line explanation for the person.
+pub fn parse(line: &str) -> Result<TextCommand, String> {
+    let line = line.trim();
+    let (word, rest) = match line.split_once(char::is_whitespace) {
+        Some((word, rest)) => (word, rest.trim()),
+        None => (line, ""),
+    };
+    let word = word.to_ascii_lowercase();
+    let one_arg = |name: &str, what: &str| -> Result<String, String> {
+        let mut args = rest.split_whitespace();
+        match (args.next(), args.next()) {
+            (Some(arg), None) => Ok(arg.to_string()),
+            _ => Err(format!("usage: {name} {what}")),
+        }
+    };
+    let no_args = |command: TextCommand, name: &str| {
+        if rest.is_empty() {
+            Ok(command)
+        } else {
+            Err(format!("{name} takes no arguments"))
+        }
+    };
+    match word.as_str() {
+        "help" | "?" => no_args(TextCommand::Help, "help"),
+        "status" => no_args(TextCommand::Status, "status"),
+        "devices" => no_args(TextCommand::Devices, "devices"),
+        "tasks" => {
+            let mut args = rest.split_whitespace();
+            match (args.next(), args.next()) {
+                (state, None) => Ok(TextCommand::Tasks {
+                    state: state.map(str::to_string),
+                }),
+                _ => Err("usage: tasks [STATE]".into()),
+            }
+        }
+        "task" => one_arg("task", "ID").map(|task_id| TextCommand::Task { task_id }),
+        "cancel" => one_arg("cancel", "ID").map(|task_id| TextCommand::Cancel { task_id }),
+        "drain" => one_arg("drain", "DEVICE").map(|device_id| TextCommand::Drain { device_id }),
+        "auth" => one_arg("auth", "TOKEN").map(|token| TextCommand::Auth { token }),
+        "quit" | "exit" => no_args(TextCommand::Quit, "quit"),
+        "submit" => {
+            let (task_type, payload) = match rest.split_once(char::is_whitespace) {
+                Some((task_type, payload)) => (task_type, payload.trim()),
+                None => (rest, ""),
+            };
+            if task_type.is_empty() {
+                return Err("usage: submit TYPE [JSON-PAYLOAD]".into());
+            }
+            let payload = if payload.is_empty() {
+                Value::Object(Default::default())
+            } else {
+                serde_json::from_str(payload)
+                    .map_err(|err| format!("payload is not valid JSON: {err}"))?
+            };
+            Ok(TextCommand::Submit {
+                task_type: task_type.to_string(),
+                payload,
+            })
+        }
+        "" => Err("empty command; type help".into()),
+        other => Err(format!("unknown command {other:?}; type help")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(line: &str, expect: Result<TextCommand, &str>) {
+        assert_eq!(
+            parse(line),
+            expect.map_err(str::to_string),
+            "line: {line:?}"
+        );
+    }
+
+    #[test]
+    fn commands() {
+        check("help", Ok(TextCommand::Help));
+        check("  STATUS ", Ok(TextCommand::Status));
+        check("devices", Ok(TextCommand::Devices));
+        check("tasks", Ok(TextCommand::Tasks { state: None }));
+        check(
+            "tasks running",
+            Ok(TextCommand::Tasks {
+                state: Some("running".into()),
+            }),
+        );
+        check(
+            "task t-1",
+            Ok(TextCommand::Task {
+                task_id: "t-1".into(),
+            }),
+        );
+        check(
+            "cancel t-1",
+            Ok(TextCommand::Cancel {
+                task_id: "t-1".into(),
+            }),
+        );
+        check(
+            "drain pi",
+            Ok(TextCommand::Drain {
+                device_id: "pi".into(),
+            }),
+        );
+        check(
+            "auth s3cret",
+            Ok(TextCommand::Auth {
+                token: "s3cret".into(),
+            }),
+        );
+        check("quit", Ok(TextCommand::Quit));
+        check(
+            "submit echo {\"message\": \"hi there\"}",
+            Ok(TextCommand::Submit {
+                task_type: "echo".into(),
+                payload: json!({"message": "hi there"}),
+            }),
+        );
+        check(
+            "submit system_info",
+            Ok(TextCommand::Submit {
+                task_type: "system_info".into(),
+                payload: json!({}),
+            }),
+        );
+    }
+
+    #[test]
+    fn mistakes() {
+        check("task", Err("usage: task ID"));
+        check("task a b", Err("usage: task ID"));
+        check("status now", Err("status takes no arguments"));
+        check("tasks a b", Err("usage: tasks [STATE]"));
+        check("submit", Err("usage: submit TYPE [JSON-PAYLOAD]"));
+        check(
+            "frobnicate",
+            Err("unknown command \"frobnicate\"; type help"),
+        );
+        assert!(
+            parse("submit echo {nope").is_err_and(|e| e.starts_with("payload is not valid JSON"))
+        );
+    }
+}
+
+/// Lays out rows under headers in columns as wide as their widest cell,
+/// separated by two spaces, with no trailing blanks. Used by the master's
+/// text mode and by the `retire` CLI so both print the same tables.
+pub fn render_table<S: AsRef<str>>(headers: &[&str], rows: &[Vec<S>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            let width = cell.as_ref().chars().count();
+            match widths.get_mut(i) {
+                Some(w) => *w = (*w).max(width),
+                None => widths.push(width),
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut push_row = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut line = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            line.extend(std::iter::repeat_n(' ', pad));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    };
+    push_row(&mut headers.iter().copied());
+    for row in rows {
+        push_row(&mut row.iter().map(AsRef::as_ref));
+    }
+    out
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::render_table;
+
+    #[test]
+    fn columns_align() {
+        let rows = vec![vec!["pi-kitchen", "online"], vec!["nas", "offline"]];
+        assert_eq!(
+            render_table(&["ID", "STATUS"], &rows),
+            "ID          STATUS\npi-kitchen  online\nnas         offline\n"
+        );
+        let empty: Vec<Vec<String>> = Vec::new();
+        assert_eq!(render_table(&["A", "B"], &empty), "A  B\n");
+    }
+}

@@ -1,0 +1,338 @@
+//! Helpers for the end-to-end tests: start the real `retire-master`,
+//! `retire-worker` and `retire` binaries on loopback in temp dirs, and talk
+//! to the master over a real socket.
+//!
+//! The binaries are found next to the test executable's directory
+//! (`target/<profile>/`). `cargo test --workspace` builds them, because
+//! each of their crates has an integration test.
+
+use protocol::{Ack, Envelope, ErrorReply, Event, Frame, LineCodec, Message};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long any single wait in a test may take before it fails. Waits end
+/// as soon as their event arrives; this only bounds a broken run.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Path of one of the workspace's binaries.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    // target/<profile>/deps/e2e-HASH → target/<profile>/NAME
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the suite with `cargo test --workspace`, which builds every binary",
+        path.display()
+    );
+    path
+}
+
+/// A running `retire-master` process.
+pub struct MasterProcess {
+    child: Child,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+}
+
+impl MasterProcess {
+    /// Starts a master on `127.0.0.1:0` with its database in `data_dir`.
+    pub fn start(data_dir: &Path) -> MasterProcess {
+        MasterProcess::start_with(data_dir, "127.0.0.1:0", &[])
+    }
+
+    /// Starts a master listening on `listen` with extra flags.
+    pub fn start_with(data_dir: &Path, listen: &str, extra: &[&str]) -> MasterProcess {
+        let mut child = Command::new(bin("retire-master"))
+            .arg("--listen")
+            .arg(listen)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start retire-master");
+        let addr = read_listening_line(&mut child);
+        MasterProcess {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// Kills the master with SIGKILL and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        signal(self.child.id(), libc_sigterm());
+        self.child.wait().expect("wait for retire-master")
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for MasterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads the master's first stdout line, `retire-master listening on ADDR`.
+fn read_listening_line(child: &mut Child) -> SocketAddr {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        let line = lines
+            .next()
+            .expect("retire-master exited before it listened")
+            .expect("read retire-master's stdout");
+        if let Some(addr) = line.strip_prefix("retire-master listening on ") {
+            // Keep draining stdout so the master never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return addr.trim().parse().expect("a socket address");
+        }
+    }
+}
+
+fn libc_sigterm() -> i32 {
+    15
+}
+
+/// Sends `signal` to `pid` with the `kill` command (keeps this crate free
+/// of unsafe code).
+pub fn signal(pid: u32, signal: i32) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// A running `retire-worker` process.
+pub struct WorkerProcess {
+    child: Child,
+    /// Its device id.
+    pub id: String,
+}
+
+impl WorkerProcess {
+    /// Starts a worker joining `master` as `id` with `slots` slots.
+    pub fn start(master: SocketAddr, id: &str, slots: usize, extra: &[&str]) -> WorkerProcess {
+        let child = Command::new(bin("retire-worker"))
+            .arg("--join")
+            .arg(master.to_string())
+            .arg("--id")
+            .arg(id)
+            .arg("--slots")
+            .arg(slots.to_string())
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start retire-worker");
+        WorkerProcess {
+            child,
+            id: id.to_string(),
+        }
+    }
+
+    /// Kills the worker with SIGKILL and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the `retire` CLI against `master` and returns its output.
+pub fn retire(master: SocketAddr, args: &[&str]) -> Output {
+    Command::new(bin("retire"))
+        .arg("--master")
+        .arg(master.to_string())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run retire")
+}
+
+/// A JSON-lines client on a real socket, for tests.
+pub struct Client {
+    stream: TcpStream,
+    codec: LineCodec,
+    pending: std::collections::VecDeque<Envelope>,
+    next_id: u64,
+}
+
+impl Client {
+    /// Connects to the master.
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect to the master");
+        stream
+            .set_read_timeout(Some(PATIENCE))
+            .expect("set a read timeout");
+        Client {
+            stream,
+            codec: LineCodec::new(protocol::DEFAULT_MAX_LINE),
+            pending: Default::default(),
+            next_id: 0,
+        }
+    }
+
+    /// Sends raw bytes.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write to the master");
+    }
+
+    /// Sends a message with a fresh `message_id`; returns that id.
+    pub fn send(&mut self, message: Message, sender: Option<&str>) -> String {
+        self.next_id += 1;
+        let id = format!("test-{}", self.next_id);
+        let mut envelope = Envelope::new(message).with_id(id.clone());
+        envelope.sender_id = sender.map(str::to_string);
+        self.send_raw(&envelope.to_line());
+        id
+    }
+
+    /// Reads the next message (an event or a reply).
+    pub fn next_message(&mut self) -> Envelope {
+        if let Some(envelope) = self.pending.pop_front() {
+            return envelope;
+        }
+        loop {
+            let mut frames = Vec::new();
+            let mut buf = [0u8; 65536];
+            let n = self.stream.read(&mut buf).expect("read from the master");
+            assert!(n > 0, "the master closed the connection");
+            self.codec
+                .decode(&buf[..n], &mut frames)
+                .expect("a short line");
+            for frame in frames {
+                match frame {
+                    Frame::Json(bytes) => self.pending.push_back(
+                        Envelope::decode(&bytes).expect("the master sends valid messages"),
+                    ),
+                    Frame::Text(text) => panic!("unexpected text from the master: {text}"),
+                }
+            }
+            if let Some(envelope) = self.pending.pop_front() {
+                return envelope;
+            }
+        }
+    }
+
+    /// Sends a request and waits for its reply, keeping events for later.
+    pub fn request(&mut self, message: Message) -> Result<Ack, ErrorReply> {
+        self.request_as(message, None)
+    }
+
+    /// Like [`Client::request`] with a `sender_id`.
+    pub fn request_as(
+        &mut self,
+        message: Message,
+        sender: Option<&str>,
+    ) -> Result<Ack, ErrorReply> {
+        let id = self.send(message, sender);
+        let mut skipped = Vec::new();
+        let reply = loop {
+            let envelope = self.next_message();
+            match envelope.message {
+                Message::Ack(ack) if ack.original_message_id.as_deref() == Some(id.as_str()) => {
+                    break Ok(ack)
+                }
+                Message::Error(error)
+                    if error.original_message_id.as_deref() == Some(id.as_str()) =>
+                {
+                    break Err(error)
+                }
+                _ => skipped.push(envelope),
+            }
+        };
+        for envelope in skipped.into_iter().rev() {
+            self.pending.push_front(envelope);
+        }
+        reply
+    }
+
+    /// Waits for the next event that `want` accepts, discarding others.
+    pub fn wait_event(&mut self, mut want: impl FnMut(&Event) -> bool) -> Event {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            assert!(Instant::now() < deadline, "no matching event in time");
+            if let Message::Event(event) = self.next_message().message {
+                if want(&event) {
+                    return event;
+                }
+            }
+        }
+    }
+}
+
+/// Sends one text command on a fresh connection and returns the reply's
+/// body (the lines before the lone `.`).
+pub fn text_command(addr: SocketAddr, command: &str) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect to the master");
+    stream
+        .set_read_timeout(Some(PATIENCE))
+        .expect("set a read timeout");
+    stream
+        .write_all(format!("{command}\n").as_bytes())
+        .expect("send the command");
+    read_text_reply(&mut BufReader::new(stream))
+}
+
+/// Reads one text reply: lines up to a lone `.`, dropping the extra `.`
+/// of lines that start with `..`.
+pub fn read_text_reply(reader: &mut impl BufRead) -> String {
+    let mut body = String::new();
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).expect("read a reply line");
+        assert!(
+            n > 0,
+            "the connection closed before the final `.`: {body:?}"
+        );
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line == "." {
+            return body;
+        }
+        body.push_str(
+            line.strip_prefix('.')
+                .filter(|rest| rest.starts_with('.'))
+                .unwrap_or(line),
+        );
+        body.push('\n');
+    }
+}

@@ -1,0 +1,941 @@
+//! The worker's network client: one persistent socket to the master, kept alive.
+//!
+//! The client is the only part of the worker that touches the socket and the clock. It
+//! drives a [`Session`] (which decides what to say) and a [`Pool`] (which runs the
+//! tasks). One main thread waits in a `select!` on everything that can happen:
+//!
+//! - a message decoded by the reader thread of the current connection;
+//! - a task result from the pool;
+//! - the stop signal;
+//! - the outcome of a connection attempt (made on a helper thread, so that a slow
+//!   connect or DNS lookup never delays a stop);
+//! - the next timer: the session's deadline while connected, the end of the backoff
+//!   while disconnected.
+//!
+//! After each event it hands the session's events to the pool and writes whatever the
+//! session wants sent. When the connection drops it reconnects with exponential backoff
+//! and full jitter; the session re-registers and resends its outbox, and tasks keep
+//! running in the pool all the while.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{select, Receiver, RecvError, Sender};
+use protocol::{
+    DecodeError, Envelope, Frame, LineCodec, ResultStatus, TaskResult, DEFAULT_MAX_LINE,
+};
+use serde_json::Value;
+
+use crate::exec::CancelToken;
+use crate::pool::{Job, Pool, PoolClosed};
+use crate::profile::{DeviceProfile, MetricsSampler};
+use crate::session::{Session, SessionConfig, SessionEvent};
+use crate::tasks::TaskOutcome;
+use crate::{StopHandle, WorkerError};
+
+/// How long one connection attempt (per resolved address) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a write to the master may block before the connection counts as dead. A
+/// master that stops reading would otherwise stall the worker's main loop for ever.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The first reconnect delay's upper bound; it doubles after each failed attempt.
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+
+/// The largest reconnect delay's upper bound.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How long a stopping worker waits for the master to acknowledge its `goodbye` before
+/// it closes the socket anyway.
+pub const GOODBYE_LINGER: Duration = Duration::from_millis(300);
+
+/// The size of each read from the socket.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Exponential backoff with full jitter: each delay is drawn uniformly from zero to a
+/// ceiling that doubles with every failure, so that many workers losing the same master
+/// at once do not all come back in the same instant.
+#[derive(Debug, Clone, Default)]
+pub struct Backoff {
+    n_failures: u32,
+}
+
+impl Backoff {
+    /// A backoff that has seen no failure yet.
+    pub fn new() -> Backoff {
+        Backoff::default()
+    }
+
+    /// The ceiling for the next delay: [`INITIAL_BACKOFF`] doubled once per earlier
+    /// failure, at most [`MAX_BACKOFF`].
+    pub fn ceiling(&self) -> Duration {
+        let doublings = self.n_failures.min(16);
+        INITIAL_BACKOFF
+            .saturating_mul(1 << doublings)
+            .min(MAX_BACKOFF)
+    }
+
+    /// Records a failure and returns how long to wait before the next attempt.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.ceiling();
+        self.n_failures = self.n_failures.saturating_add(1);
+        let ceiling_nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(fastrand::u64(0..=ceiling_nanos))
+    }
+
+    /// Forgets earlier failures, once a connection has worked.
+    pub fn reset(&mut self) {
+        self.n_failures = 0;
+    }
+}
+
+/// What the reader thread of a connection reports.
+#[derive(Debug)]
+enum Incoming {
+    /// A decoded message (boxed: it is far larger than the other variants).
+    Message(Box<Envelope>),
+    /// A JSON frame that is not a valid message, with its `message_type` if readable.
+    Undecodable {
+        error: DecodeError,
+        message_type: Option<String>,
+    },
+    /// The connection is over; the reader has ended.
+    Closed(String),
+}
+
+/// One open connection to the master.
+#[derive(Debug)]
+struct Connection {
+    stream: TcpStream,
+    incoming: Receiver<Incoming>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Connection {
+    /// Configures a freshly connected socket and starts its reader thread.
+    fn open(stream: TcpStream) -> io::Result<Connection> {
+        // Messages are small and each one matters now (an ack the master waits for, a
+        // heartbeat), so Nagle's algorithm would only add latency.
+        stream.set_nodelay(true)?;
+        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        let read_half = stream.try_clone()?;
+        let (sender, incoming) = crossbeam_channel::unbounded();
+        let reader = thread::Builder::new()
+            .name("master-reader".into())
+            .spawn(move || read_loop(read_half, &sender))?;
+        Ok(Connection {
+            stream,
+            incoming,
+            reader: Some(reader),
+        })
+    }
+
+    /// Writes `envelopes` in one go, each stamped with the current time.
+    fn write(&mut self, envelopes: Vec<Envelope>) -> io::Result<()> {
+        let timestamp = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let mut bytes = Vec::new();
+        for mut envelope in envelopes {
+            log::trace!("sending {}", envelope.message.message_type());
+            envelope.timestamp = Some(timestamp.clone());
+            bytes.extend_from_slice(&envelope.to_line());
+        }
+        self.stream.write_all(&bytes)?;
+        self.stream.flush()
+    }
+
+    /// Closes the socket, which ends the reader thread's blocking read, and joins it.
+    fn close(mut self) {
+        // The socket may already be dead; shutting it down is only about waking the
+        // reader, and a failure means it is awake already.
+        let _ = self.stream.shutdown(Shutdown::Both);
+        if let Some(reader) = self.reader.take() {
+            if reader.join().is_err() {
+                log::error!("the connection's reader thread panicked");
+            }
+        }
+    }
+}
+
+/// Reads the socket until it closes, sending every frame to `incoming`.
+fn read_loop(mut stream: TcpStream, incoming: &Sender<Incoming>) {
+    let mut codec = LineCodec::new(DEFAULT_MAX_LINE);
+    let mut buffer = vec![0u8; READ_CHUNK_BYTES];
+    let mut frames = Vec::new();
+    let reason = loop {
+        let n_read = match stream.read(&mut buffer) {
+            Ok(0) => break "the master closed the connection".to_string(),
+            Ok(n_read) => n_read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => break format!("reading from the master failed: {error}"),
+        };
+        if let Err(error) = codec.decode(&buffer[..n_read], &mut frames) {
+            break format!("the master sent a {error}");
+        }
+        for frame in frames.drain(..) {
+            let item = match frame {
+                Frame::Json(bytes) => decode_frame(&bytes),
+                Frame::Text(text) => {
+                    log::warn!("ignoring a text line from the master: {text:?}");
+                    continue;
+                }
+            };
+            if incoming.send(item).is_err() {
+                // The main loop has given this connection up.
+                return;
+            }
+        }
+    };
+    // The main loop may have given the connection up already, and then nobody needs
+    // to hear that it closed.
+    let _ = incoming.send(Incoming::Closed(reason));
+}
+
+/// Decodes one JSON frame, keeping its `message_type` when the rest is invalid so that
+/// the session can tell whether the sender expects a reply.
+fn decode_frame(bytes: &[u8]) -> Incoming {
+    let value: Value = match serde_json::from_slice(bytes) {
+        Ok(value) => value,
+        Err(_) => {
+            return match Envelope::decode(bytes) {
+                Ok(envelope) => Incoming::Message(Box::new(envelope)),
+                Err(error) => Incoming::Undecodable {
+                    error,
+                    message_type: None,
+                },
+            }
+        }
+    };
+    let message_type = value
+        .get("message_type")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    match Envelope::from_value(value) {
+        Ok(envelope) => Incoming::Message(Box::new(envelope)),
+        Err(error) => Incoming::Undecodable {
+            error,
+            message_type,
+        },
+    }
+}
+
+/// The wire name of a result status, for the log.
+fn status_name(status: ResultStatus) -> &'static str {
+    match status {
+        ResultStatus::Completed => "completed",
+        ResultStatus::Failed => "failed",
+        ResultStatus::Timeout => "timed out",
+        ResultStatus::Cancelled => "cancelled",
+    }
+}
+
+/// Resolves `master` and connects to the first address that answers.
+fn connect(master: &str) -> io::Result<TcpStream> {
+    let mut last_error = None;
+    for address in master.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&address, CONNECT_TIMEOUT) {
+            Ok(stream) => return Ok(stream),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{master} resolves to no address"),
+        )
+    }))
+}
+
+/// Where the client stands with the master.
+#[derive(Debug)]
+enum Link {
+    /// Not connected; the next attempt starts at `retry_at`.
+    Waiting { retry_at: Instant },
+    /// A helper thread is connecting and will send the outcome here.
+    Connecting {
+        outcome: Receiver<io::Result<TcpStream>>,
+    },
+    /// Connected.
+    Connected(Connection),
+}
+
+/// The main loop's state. See the module documentation.
+struct Client {
+    master: String,
+    session: Session,
+    pool: Pool,
+    results: Receiver<TaskResult>,
+    /// The cancel tokens of the attempts in the pool, by (task id, attempt).
+    cancels: HashMap<(String, u32), CancelToken>,
+    sampler: MetricsSampler,
+    origin: Instant,
+    backoff: Backoff,
+    link: Link,
+}
+
+/// Runs the worker until `stop` is stopped; see [`crate::run`].
+pub(crate) fn run(
+    master: &str,
+    config: SessionConfig,
+    profile: &DeviceProfile,
+    stop: &StopHandle,
+) -> Result<(), WorkerError> {
+    let (result_sender, results) = crossbeam_channel::unbounded();
+    let pool = Pool::with_builtins(config.slots, result_sender).map_err(WorkerError::Threads)?;
+    log::info!(
+        "worker {} joining {master} with {} slot(s), running {}",
+        config.device_id,
+        pool.slots(),
+        config.task_types.join(", ")
+    );
+    let origin = Instant::now();
+    let mut client = Client {
+        master: master.to_string(),
+        session: Session::new(config, profile),
+        pool,
+        results,
+        cancels: HashMap::new(),
+        sampler: MetricsSampler::new(),
+        origin,
+        backoff: Backoff::new(),
+        link: Link::Waiting { retry_at: origin },
+    };
+    client.run_until(stop);
+    client.shut_down();
+    Ok(())
+}
+
+impl Client {
+    /// The session's notion of now: time since the client started.
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    fn run_until(&mut self, stop: &StopHandle) {
+        while !stop.is_stopped() {
+            // The receivers are cloned (cheap handles to the same channels) so that the
+            // arms below may change `self.link` while the select holds them.
+            let (incoming, connect_outcome) = match &self.link {
+                Link::Connected(connection) => {
+                    (connection.incoming.clone(), crossbeam_channel::never())
+                }
+                Link::Connecting { outcome } => (crossbeam_channel::never(), outcome.clone()),
+                Link::Waiting { .. } => (crossbeam_channel::never(), crossbeam_channel::never()),
+            };
+            let wake_at = match &self.link {
+                Link::Waiting { retry_at } => Some(*retry_at),
+                Link::Connecting { .. } => None,
+                Link::Connected(_) => self
+                    .session
+                    .poll_timeout()
+                    .map(|deadline| self.origin + deadline),
+            };
+            let timer = wake_at.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
+            let results = self.results.clone();
+            select! {
+                recv(stop.stopped_receiver()) -> _ => break,
+                recv(results) -> result => {
+                    if let Ok(result) = result {
+                        self.on_task_finished(result);
+                    }
+                },
+                recv(connect_outcome) -> outcome => self.on_connect_outcome(outcome),
+                recv(incoming) -> item => self.on_incoming(item),
+                recv(timer) -> _ => self.on_timer(),
+            }
+            self.drive();
+        }
+    }
+
+    fn on_timer(&mut self) {
+        match &self.link {
+            Link::Waiting { retry_at } if Instant::now() >= *retry_at => self.start_connecting(),
+            Link::Connected(_) => {
+                let now = self.now();
+                let sampler = &mut self.sampler;
+                self.session.handle_timeout(now, || sampler.sample());
+            }
+            _ => {}
+        }
+    }
+
+    fn start_connecting(&mut self) {
+        let (sender, outcome) = crossbeam_channel::bounded(1);
+        let master = self.master.clone();
+        // The attempt runs on its own thread so that a stop never waits for a slow
+        // connect or DNS lookup; an abandoned attempt ends on its own within
+        // CONNECT_TIMEOUT and its socket is dropped.
+        let spawned = thread::Builder::new()
+            .name("master-connect".into())
+            .spawn(move || {
+                let _ = sender.send(connect(&master));
+            });
+        match spawned {
+            Ok(_) => self.link = Link::Connecting { outcome },
+            Err(error) => self.retry_later(&format!("could not start a connect thread: {error}")),
+        }
+    }
+
+    fn on_connect_outcome(&mut self, outcome: Result<io::Result<TcpStream>, RecvError>) {
+        let stream = match outcome {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                return self.retry_later(&format!("could not connect to {}: {error}", self.master))
+            }
+            Err(RecvError) => {
+                return self.retry_later("the connect thread ended without an answer")
+            }
+        };
+        let local_ip = stream
+            .local_addr()
+            .ok()
+            .map(|address| address.ip())
+            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+            .map(|ip| ip.to_string());
+        match Connection::open(stream) {
+            Ok(connection) => {
+                log::info!("connected to {}", self.master);
+                self.link = Link::Connected(connection);
+                let now = self.now();
+                self.session.handle_connected(now, local_ip);
+            }
+            Err(error) => self.retry_later(&format!("could not set up the connection: {error}")),
+        }
+    }
+
+    fn on_incoming(&mut self, item: Result<Incoming, RecvError>) {
+        let now = self.now();
+        match item {
+            Ok(Incoming::Message(envelope)) => {
+                log::trace!("received {}", envelope.message.message_type());
+                self.session.handle_message(now, *envelope);
+            }
+            Ok(Incoming::Undecodable {
+                error,
+                message_type,
+            }) => {
+                self.session
+                    .handle_undecodable(now, error, message_type.as_deref());
+            }
+            Ok(Incoming::Closed(reason)) => self.disconnect(&reason),
+            Err(RecvError) => self.disconnect("the connection's reader ended"),
+        }
+    }
+
+    fn on_task_finished(&mut self, result: TaskResult) {
+        let key = (result.task_id.clone(), result.attempt.unwrap_or(0));
+        self.cancels.remove(&key);
+        log::info!(
+            "task {} attempt {} {} after {:.3} s",
+            key.0,
+            key.1,
+            status_name(result.status),
+            result.execution_time.unwrap_or(0.0)
+        );
+        let now = self.now();
+        self.session.handle_task_finished(now, result);
+    }
+
+    /// Carries out the session's events and writes what it wants sent, until it has
+    /// nothing more to say.
+    fn drive(&mut self) {
+        loop {
+            while let Some(event) = self.session.poll_event() {
+                self.on_session_event(event);
+            }
+            let outgoing: Vec<Envelope> =
+                std::iter::from_fn(|| self.session.poll_transmit()).collect();
+            if outgoing.is_empty() {
+                return;
+            }
+            let Link::Connected(connection) = &mut self.link else {
+                // The session clears its queue when it learns the link is down, so this
+                // only drops messages that had nowhere to go anyway.
+                continue;
+            };
+            if let Err(error) = connection.write(outgoing) {
+                self.disconnect(&format!("writing to the master failed: {error}"));
+            }
+        }
+    }
+
+    fn on_session_event(&mut self, event: SessionEvent) {
+        match event {
+            SessionEvent::StartTask { task, attempt } => {
+                let task_id = task.task_id.clone().unwrap_or_default();
+                log::info!(
+                    "starting {} task {task_id} attempt {attempt}",
+                    task.task_type
+                );
+                let cancel = CancelToken::new();
+                self.cancels
+                    .insert((task_id.clone(), attempt), cancel.clone());
+                let job = Job {
+                    task: *task,
+                    attempt,
+                    cancel,
+                };
+                if let Err(PoolClosed(job)) = self.pool.submit(job) {
+                    self.cancels.remove(&(task_id.clone(), attempt));
+                    let outcome = TaskOutcome::failed("the worker's task pool has shut down");
+                    let result = outcome.into_task_result(task_id, job.attempt, Duration::ZERO);
+                    let now = self.now();
+                    self.session.handle_task_finished(now, result);
+                }
+            }
+            SessionEvent::CancelTask { task_id, attempt } => {
+                match self.cancels.get(&(task_id.clone(), attempt)) {
+                    Some(cancel) => {
+                        log::info!("cancelling task {task_id} attempt {attempt}");
+                        cancel.cancel();
+                    }
+                    None => log::debug!(
+                        "cancel for {task_id} attempt {attempt}, which is not in the pool"
+                    ),
+                }
+            }
+            SessionEvent::Reconnect { reason } => self.disconnect(&reason),
+        }
+    }
+
+    /// Drops the current connection (if any) and schedules the next attempt.
+    fn disconnect(&mut self, reason: &str) {
+        let link = std::mem::replace(
+            &mut self.link,
+            Link::Waiting {
+                retry_at: Instant::now(),
+            },
+        );
+        if let Link::Connected(connection) = link {
+            connection.close();
+        }
+        // A connection that got as far as a register ack worked: start the backoff
+        // afresh, so a worker whose master restarts comes back quickly.
+        if self.session.is_registered() {
+            self.backoff.reset();
+        }
+        let now = self.now();
+        self.session.handle_disconnected(now);
+        self.retry_later(&format!("lost the connection to {}: {reason}", self.master));
+    }
+
+    fn retry_later(&mut self, reason: &str) {
+        let delay = self.backoff.next_delay();
+        log::warn!("{reason}; retrying in {} ms", delay.as_millis());
+        self.link = Link::Waiting {
+            retry_at: Instant::now() + delay,
+        };
+    }
+
+    /// Says goodbye, cancels every task, waits briefly for the goodbye's ack, closes
+    /// the connection and joins the task threads.
+    fn shut_down(mut self) {
+        log::info!(
+            "stopping: saying goodbye and cancelling {} task(s)",
+            self.cancels.len()
+        );
+        let now = self.now();
+        self.session.handle_stop(now);
+        self.drive();
+        // The session asked for every task it knew to be cancelled; this also catches
+        // any job whose start raced with the stop.
+        for cancel in self.cancels.values() {
+            cancel.cancel();
+        }
+        let link = std::mem::replace(
+            &mut self.link,
+            Link::Waiting {
+                retry_at: Instant::now(),
+            },
+        );
+        if let Link::Connected(connection) = link {
+            self.linger_for_goodbye_ack(&connection);
+            connection.close();
+        }
+        self.pool.shutdown();
+        // Drain what the pool finished so the count below is honest.
+        while let Ok(result) = self.results.try_recv() {
+            let now = self.now();
+            self.session.handle_task_finished(now, result);
+        }
+        let n_undelivered = self.session.n_unacknowledged_results();
+        if n_undelivered > 0 {
+            log::warn!("{n_undelivered} result(s) were never acknowledged; the master will rerun those tasks");
+        }
+        log::info!("worker stopped");
+    }
+
+    /// Waits up to [`GOODBYE_LINGER`] for the master to acknowledge the goodbye or close
+    /// the connection, so that closing does not race the goodbye on the wire.
+    fn linger_for_goodbye_ack(&mut self, connection: &Connection) {
+        let give_up = crossbeam_channel::after(GOODBYE_LINGER);
+        while !self.session.goodbye_acknowledged() {
+            select! {
+                recv(connection.incoming) -> item => match item {
+                    Ok(Incoming::Message(envelope)) => {
+                        let now = self.now();
+                        self.session.handle_message(now, *envelope);
+                        // The master processes the goodbye before anything sent after
+                        // it, so it assigns nothing more; any reply the session queued
+                        // here would be for a device the master already counts as gone.
+                        while self.session.poll_transmit().is_some() {}
+                    }
+                    Ok(Incoming::Undecodable { .. }) => {}
+                    Ok(Incoming::Closed(_)) | Err(_) => return,
+                },
+                recv(give_up) -> _ => {
+                    log::debug!("no ack for the goodbye within {} ms", GOODBYE_LINGER.as_millis());
+                    return;
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::WorkerConfig;
+    use serde_json::json;
+    use std::io::{BufRead, BufReader};
+    use std::net::{SocketAddr, TcpListener};
+
+    /// The longest any single step of these tests may take before it counts as hung.
+    const STEP_LIMIT: Duration = Duration::from_secs(10);
+
+    /// The master's end of one worker connection, driven line by line by the test.
+    struct ScriptedMaster {
+        reader: BufReader<TcpStream>,
+        writer: TcpStream,
+    }
+
+    impl ScriptedMaster {
+        /// Accepts the worker's next connection, failing the test if none comes.
+        fn accept(listener: &TcpListener) -> ScriptedMaster {
+            let listener = listener.try_clone().expect("clone the listener");
+            let (sender, accepted) = crossbeam_channel::bounded(1);
+            // Accepting on a helper thread lets the test give up instead of hanging
+            // when the worker never connects.
+            thread::spawn(move || {
+                let _ = sender.send(listener.accept().map(|(stream, _)| stream));
+            });
+            let stream = accepted
+                .recv_timeout(STEP_LIMIT)
+                .expect("the worker connects")
+                .expect("accept succeeds");
+            stream
+                .set_read_timeout(Some(STEP_LIMIT))
+                .expect("set a read timeout");
+            ScriptedMaster {
+                reader: BufReader::new(stream.try_clone().expect("clone the stream")),
+                writer: stream,
+            }
+        }
+
+        /// The next message from the worker, as JSON.
+        fn recv(&mut self) -> Value {
+            let mut line = String::new();
+            let n_read = self.reader.read_line(&mut line).expect("read a line");
+            assert!(n_read > 0, "the worker closed the connection");
+            assert!(
+                line.ends_with('\n'),
+                "every message ends with a newline: {line:?}"
+            );
+            serde_json::from_str(&line).expect("the worker sends JSON")
+        }
+
+        /// The next message that is not a heartbeat; heartbeats are acknowledged like a
+        /// real master does.
+        fn recv_skipping_heartbeats(&mut self) -> Value {
+            loop {
+                let message = self.recv();
+                if message["message_type"] == "heartbeat" {
+                    self.ack(&message, json!({}));
+                } else {
+                    return message;
+                }
+            }
+        }
+
+        fn send(&mut self, message: Value) {
+            let mut line = message.to_string();
+            line.push('\n');
+            self.writer
+                .write_all(line.as_bytes())
+                .expect("write to the worker");
+        }
+
+        fn ack(&mut self, request: &Value, fields: Value) {
+            let mut result = json!({"success": true});
+            if let (Some(result), Value::Object(fields)) = (result.as_object_mut(), fields) {
+                result.extend(fields);
+            }
+            self.send(json!({
+                "message_type": "ack",
+                "sender_id": "main-node",
+                "data": {"original_message_id": request["message_id"], "result": result},
+            }));
+        }
+
+        fn assign(&mut self, task_id: &str, attempt: u32, task_type: &str, payload: Value) {
+            self.send(json!({
+                "message_type": "task_assign",
+                "sender_id": "main-node",
+                "target_id": "test-worker",
+                "message_id": format!("assign:{attempt}:{task_id}"),
+                "data": {
+                    "task": {"task_id": task_id, "task_type": task_type, "payload": payload},
+                    "attempt": attempt,
+                },
+            }));
+        }
+
+        /// Assigns a task and checks the worker accepts it.
+        fn assign_accepted(
+            &mut self,
+            task_id: &str,
+            attempt: u32,
+            task_type: &str,
+            payload: Value,
+        ) {
+            self.assign(task_id, attempt, task_type, payload);
+            let reply = self.recv_skipping_heartbeats();
+            assert_eq!(reply["message_type"], "ack", "{reply}");
+            assert_eq!(
+                reply["data"]["original_message_id"],
+                json!(format!("assign:{attempt}:{task_id}"))
+            );
+        }
+    }
+
+    fn start_worker(address: SocketAddr, stop: &StopHandle) -> JoinHandle<Result<(), WorkerError>> {
+        let config = WorkerConfig {
+            master: address.to_string(),
+            device_id: Some("test-worker".into()),
+            slots: Some(2),
+            role: "worker".into(),
+            tags: vec!["ci".into()],
+        };
+        let stop = stop.clone();
+        thread::spawn(move || crate::run(config, stop))
+    }
+
+    fn join_within(worker: JoinHandle<Result<(), WorkerError>>, limit: Duration) {
+        let (sender, joined) = crossbeam_channel::bounded(1);
+        thread::spawn(move || {
+            let _ = sender.send(worker.join());
+        });
+        let outcome = joined
+            .recv_timeout(limit)
+            .expect("run returns promptly after stop");
+        let result = outcome.expect("the worker thread does not panic");
+        assert!(result.is_ok(), "{result:?}");
+    }
+
+    fn assert_register(register: &Value, running_tasks: Option<Value>) {
+        assert_eq!(register["message_type"], "register", "{register}");
+        assert_eq!(register["sender_id"], "test-worker");
+        let data = &register["data"];
+        assert_eq!(data["slots"], json!(2));
+        assert_eq!(data["tags"], json!(["ci"]));
+        assert_eq!(data["device_info"]["role"], json!("worker"));
+        let types = data["task_types"].as_array().expect("task_types is a list");
+        for builtin in crate::tasks::BUILTIN_TYPES {
+            assert!(types.contains(&json!(builtin)), "{types:?}");
+        }
+        assert_eq!(data.get("running_tasks").cloned(), running_tasks);
+    }
+
+    #[test]
+    fn worker_registers_runs_tasks_reconnects_and_says_goodbye() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("local address");
+        let stop = StopHandle::new();
+        let worker = start_worker(address, &stop);
+
+        // First connection: register, run one echo task, see a heartbeat.
+        let mut master = ScriptedMaster::accept(&listener);
+        let register = master.recv();
+        assert_register(&register, None);
+        master.ack(
+            &register,
+            json!({"message": "registered", "heartbeat_interval": 0.05}),
+        );
+
+        master.assign_accepted("t-1", 1, "echo", json!({"message": "hello"}));
+        let result = master.recv_skipping_heartbeats();
+        assert_eq!(result["message_type"], "task_result", "{result}");
+        assert_eq!(result["sender_id"], "test-worker");
+        assert_eq!(result["data"]["task_id"], "t-1");
+        assert_eq!(result["data"]["attempt"], json!(1));
+        assert_eq!(result["data"]["status"], "completed");
+        assert_eq!(result["data"]["result"]["output"], "hello");
+        assert_eq!(result["data"]["result"]["exit_code"], json!(0));
+        assert!(result["data"]["execution_time"].is_number());
+        master.ack(&result, json!({"recorded": true}));
+
+        let heartbeat = master.recv();
+        assert_eq!(heartbeat["message_type"], "heartbeat", "{heartbeat}");
+        assert_eq!(heartbeat["data"]["status"], "online");
+        assert!(heartbeat["data"]["system_metrics"]["memory_usage"].is_number());
+        master.ack(&heartbeat, json!({}));
+
+        // A second result is left unacknowledged when the connection drops.
+        master.assign_accepted("t-2", 1, "echo", json!({"message": "again"}));
+        let unacked = master.recv_skipping_heartbeats();
+        assert_eq!(unacked["data"]["task_id"], "t-2", "{unacked}");
+        drop(master);
+
+        // Second connection: re-register, then the outbox is resent.
+        let mut master = ScriptedMaster::accept(&listener);
+        let register = master.recv();
+        assert_register(&register, None);
+        master.ack(&register, json!({"heartbeat_interval": 0.05}));
+        let resent = master.recv_skipping_heartbeats();
+        assert_eq!(resent["message_type"], "task_result", "{resent}");
+        assert_eq!(resent["message_id"], unacked["message_id"]);
+        assert_eq!(resent["data"], unacked["data"]);
+        master.ack(&resent, json!({"recorded": true}));
+
+        // A cancel reaches the running task.
+        master.assign_accepted("t-3", 2, "sleep", json!({"seconds": 60}));
+        master.send(json!({
+            "message_type": "task_cancel",
+            "sender_id": "main-node",
+            "message_id": "cancel-1",
+            "data": {"task_id": "t-3", "attempt": 2},
+        }));
+        let cancel_reply = master.recv_skipping_heartbeats();
+        assert_eq!(cancel_reply["message_type"], "ack", "{cancel_reply}");
+        assert_eq!(cancel_reply["data"]["original_message_id"], "cancel-1");
+        assert_eq!(cancel_reply["data"]["result"]["cancelled"], json!(true));
+        let cancelled = master.recv_skipping_heartbeats();
+        assert_eq!(cancelled["data"]["task_id"], "t-3", "{cancelled}");
+        assert_eq!(cancelled["data"]["attempt"], json!(2));
+        assert_eq!(cancelled["data"]["status"], "cancelled");
+        master.ack(&cancelled, json!({}));
+
+        // Unknown task types are refused with the assign's id.
+        master.assign("t-4", 1, "python_eval", json!({}));
+        let refusal = master.recv_skipping_heartbeats();
+        assert_eq!(refusal["message_type"], "error", "{refusal}");
+        assert_eq!(refusal["data"]["code"], "unsupported_task_type");
+        assert_eq!(refusal["data"]["original_message_id"], "assign:1:t-4");
+
+        // Stopping with a task still running says goodbye and returns promptly.
+        master.assign_accepted("t-5", 1, "sleep", json!({"seconds": 60}));
+        let stopped_at = Instant::now();
+        stop.stop();
+        let goodbye = master.recv_skipping_heartbeats();
+        assert_eq!(goodbye["message_type"], "goodbye", "{goodbye}");
+        assert_eq!(goodbye["sender_id"], "test-worker");
+        master.ack(&goodbye, json!({"message": "goodbye"}));
+        join_within(worker, STEP_LIMIT);
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(1) + crate::exec::KILL_GRACE_PERIOD,
+            "stopping took {:?}",
+            stopped_at.elapsed()
+        );
+    }
+
+    #[test]
+    fn running_tasks_are_listed_when_the_worker_re_registers() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("local address");
+        let stop = StopHandle::new();
+        let worker = start_worker(address, &stop);
+
+        let mut master = ScriptedMaster::accept(&listener);
+        let register = master.recv();
+        master.ack(&register, json!({"heartbeat_interval": 0.05}));
+        master.assign_accepted("long", 7, "sleep", json!({"seconds": 60}));
+        drop(master);
+
+        let mut master = ScriptedMaster::accept(&listener);
+        let register = master.recv();
+        assert_register(&register, Some(json!([{"task_id": "long", "attempt": 7}])));
+        master.ack(&register, json!({"heartbeat_interval": 0.05}));
+        stop.stop();
+        let goodbye = master.recv_skipping_heartbeats();
+        assert_eq!(goodbye["message_type"], "goodbye", "{goodbye}");
+        master.ack(&goodbye, json!({}));
+        join_within(worker, STEP_LIMIT);
+    }
+
+    #[test]
+    fn stop_returns_promptly_while_backing_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("local address");
+        let stop = StopHandle::new();
+        let worker = start_worker(address, &stop);
+        // Two connections closed before registering: the worker is now backing off.
+        drop(ScriptedMaster::accept(&listener));
+        drop(ScriptedMaster::accept(&listener));
+        let stopped_at = Instant::now();
+        stop.stop();
+        join_within(worker, STEP_LIMIT);
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(1),
+            "stopping took {:?}",
+            stopped_at.elapsed()
+        );
+    }
+
+    #[test]
+    fn stop_returns_promptly_when_the_master_was_never_reachable() {
+        // A port that was just free and has no listener refuses connections.
+        let address = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port");
+        let stop = StopHandle::new();
+        let worker = start_worker(address, &stop);
+        stop.stop();
+        join_within(worker, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn backoff_doubles_its_ceiling_up_to_the_cap_and_resets() {
+        let mut backoff = Backoff::new();
+        let mut ceilings = Vec::new();
+        for _ in 0..12 {
+            ceilings.push(backoff.ceiling());
+            let delay = backoff.next_delay();
+            assert!(delay <= *ceilings.last().expect("just pushed"));
+        }
+        assert_eq!(ceilings[0], INITIAL_BACKOFF);
+        assert_eq!(ceilings[1], INITIAL_BACKOFF * 2);
+        assert_eq!(ceilings[3], INITIAL_BACKOFF * 8);
+        assert_eq!(*ceilings.last().expect("twelve ceilings"), MAX_BACKOFF);
+        backoff.reset();
+        assert_eq!(backoff.ceiling(), INITIAL_BACKOFF);
+    }
+
+    #[test]
+    fn frames_decode_into_messages_or_errors_with_their_type() {
+        let frame = br#"{"message_type":"ack","data":{"original_message_id":"x","result":{}}}"#;
+        assert!(matches!(decode_frame(frame), Incoming::Message(_)));
+        match decode_frame(br#"{"message_type":"task_assign","message_id":"m","data":{}}"#) {
+            Incoming::Undecodable {
+                error,
+                message_type,
+            } => {
+                assert_eq!(message_type.as_deref(), Some("task_assign"));
+                assert_eq!(error.message_id.as_deref(), Some("m"));
+            }
+            other => panic!("expected an undecodable frame, got {other:?}"),
+        }
+        match decode_frame(b"{oops") {
+            Incoming::Undecodable {
+                error,
+                message_type,
+            } => {
+                assert_eq!(message_type, None);
+                assert_eq!(error.code, protocol::ErrorCode::MalformedJson);
+            }
+            other => panic!("expected an undecodable frame, got {other:?}"),
+        }
+    }
+}

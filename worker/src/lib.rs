@@ -1,0 +1,306 @@
+//! The Retire-Cluster worker library.
+//!
+//! A worker runs on whatever device its owner has lying around (a Raspberry Pi, an old
+//! laptop, an Android phone under Termux), joins a master and runs the tasks the master
+//! hands it. This crate holds the building blocks the `retire-worker` binary is made of,
+//! and [`run`], the entry point both that binary and the master's `--dev` mode call:
+//!
+//! - [`profile`]: what the device is (OS, architecture, cores, memory, disks, network)
+//!   and how busy it is right now (CPU, memory, disk, load, uptime), sampled cheaply
+//!   enough to run every few seconds on a Pi.
+//! - [`exec`]: running an external command in its own process group with a timeout,
+//!   cancellation and capped output, killing the whole group when it has to stop.
+//! - [`session`]: the worker's side of the protocol as a state machine with no I/O
+//!   (register, heartbeat schedule, accepting tasks, the outbox of unacknowledged
+//!   results), tested on simulated time.
+//! - [`client`]: the one persistent socket to the master, reconnecting with backoff.
+//! - [`pool`]: the fixed set of task threads, one per slot.
+//! - [`tasks`]: the built-in task types (`echo`, `sleep`, `system_info`, `shell`).
+//!
+//! The crate deliberately pulls in no C code, so that the worker cross-compiles to a
+//! static `aarch64-unknown-linux-musl` binary with nothing but rustup's target and
+//! `rust-lld`.
+
+pub mod client;
+pub mod exec;
+pub mod pool;
+pub mod profile;
+pub mod session;
+pub mod tasks;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crossbeam_channel::{Receiver, Sender};
+
+/// How a worker joins its master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// The master's worker port, as `HOST:PORT`.
+    pub master: String,
+    /// The id to register under; `None` derives a stable one from the hostname and
+    /// machine id ([`profile::default_device_id`]).
+    pub device_id: Option<String>,
+    /// How many tasks run at once; `None` means one per logical CPU.
+    pub slots: Option<usize>,
+    /// The role to register with (`worker` unless told otherwise).
+    pub role: String,
+    /// Tags to register with, for tasks that require them.
+    pub tags: Vec<String>,
+}
+
+impl WorkerConfig {
+    /// Checks what can be checked before the worker starts: the master address looks
+    /// like `HOST:PORT`, slots (when given) are at least one, and the device id (when
+    /// given) is a valid id. [`run`] does the same checks; callers use this to fail
+    /// before announcing anything.
+    pub fn validate(&self) -> Result<(), WorkerError> {
+        check_master_address(&self.master)?;
+        if self.slots == Some(0) {
+            return Err(WorkerError::NoSlots);
+        }
+        if let Some(device_id) = &self.device_id {
+            check_device_id(device_id)?;
+        }
+        Ok(())
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            master: format!("127.0.0.1:{}", protocol::DEFAULT_PORT),
+            device_id: None,
+            slots: None,
+            role: "worker".to_string(),
+            tags: Vec::new(),
+        }
+    }
+}
+
+/// Asks a running worker to stop. Clones share the request; stopping is permanent.
+///
+/// It wakes the worker at once wherever it waits (connected, connecting or backing
+/// off): the handle holds the only sender of a channel that never carries a message,
+/// and stopping drops that sender, which the worker's `select!` sees immediately.
+#[derive(Debug, Clone)]
+pub struct StopHandle {
+    shared: Arc<StopShared>,
+}
+
+#[derive(Debug)]
+struct StopShared {
+    stopped: AtomicBool,
+    /// Dropped (set to `None`) by `stop`, which disconnects `stopped_receiver`.
+    sender: Mutex<Option<Sender<()>>>,
+    stopped_receiver: Receiver<()>,
+}
+
+impl StopHandle {
+    /// A handle that has not been stopped.
+    pub fn new() -> Self {
+        let (sender, receiver) = crossbeam_channel::bounded(0);
+        StopHandle {
+            shared: Arc::new(StopShared {
+                stopped: AtomicBool::new(false),
+                sender: Mutex::new(Some(sender)),
+                stopped_receiver: receiver,
+            }),
+        }
+    }
+
+    /// Asks the worker to stop; calling it again is harmless.
+    pub fn stop(&self) {
+        self.shared.stopped.store(true, Ordering::SeqCst);
+        // A poisoned lock only means another thread panicked while stopping; the
+        // `Option` inside is still valid, so drop the sender all the same.
+        let sender = self
+            .shared
+            .sender
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(sender);
+    }
+
+    /// Whether [`StopHandle::stop`] has been called.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stopped.load(Ordering::SeqCst)
+    }
+
+    /// A receiver that becomes ready (disconnected) once stopped, for `select!`.
+    pub(crate) fn stopped_receiver(&self) -> &Receiver<()> {
+        &self.shared.stopped_receiver
+    }
+}
+
+impl Default for StopHandle {
+    fn default() -> Self {
+        StopHandle::new()
+    }
+}
+
+/// Why a worker could not run at all. Losing the master is not an error: the worker
+/// keeps reconnecting until it is stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The master address is not `HOST:PORT`.
+    #[error("invalid master address {address:?}: {reason}")]
+    InvalidMasterAddress {
+        /// The address as given.
+        address: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The device id is empty, too long or contains whitespace.
+    #[error("invalid device id {device_id:?}: {reason}")]
+    InvalidDeviceId {
+        /// The id as given.
+        device_id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Zero slots were asked for.
+    #[error("slots must be at least 1")]
+    NoSlots,
+    /// A thread of the worker could not be started.
+    #[error("could not start the worker's threads: {0}")]
+    Threads(#[source] std::io::Error),
+}
+
+/// Runs a worker until `stop` is stopped: joins the master at `config.master`, keeps
+/// the connection (reconnecting with backoff whenever it drops) and runs the tasks the
+/// master assigns.
+///
+/// On stop it says goodbye, takes no more tasks, cancels the running ones, waits for
+/// the task threads to end and returns, well under a second plus the task kill grace
+/// ([`exec::KILL_GRACE_PERIOD`]), whether or not it is connected at the time.
+pub fn run(config: WorkerConfig, stop: StopHandle) -> Result<(), WorkerError> {
+    config.validate()?;
+    let slots = config.slots.unwrap_or_else(pool::default_slots);
+    let device_profile = profile::collect();
+    let device_id = config
+        .device_id
+        .unwrap_or_else(|| profile::default_device_id(&device_profile));
+    check_device_id(&device_id)?;
+    let session_config = session::SessionConfig {
+        device_id,
+        task_types: tasks::BUILTIN_TYPES
+            .iter()
+            .map(|kind| kind.to_string())
+            .collect(),
+        slots,
+        role: config.role,
+        tags: config.tags,
+        message_id_prefix: format!("{:08x}", fastrand::u32(..)),
+    };
+    client::run(&config.master, session_config, &device_profile, &stop)
+}
+
+fn check_device_id(device_id: &str) -> Result<(), WorkerError> {
+    protocol::types::validate_id("device id", device_id).map_err(|reason| {
+        WorkerError::InvalidDeviceId {
+            device_id: device_id.to_string(),
+            reason,
+        }
+    })
+}
+
+/// Checks that `address` looks like `HOST:PORT`. Resolving the host waits until the
+/// worker connects, because a device often starts before its network or DNS is up.
+fn check_master_address(address: &str) -> Result<(), WorkerError> {
+    let invalid = |reason: &str| WorkerError::InvalidMasterAddress {
+        address: address.to_string(),
+        reason: reason.to_string(),
+    };
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(invalid("expected HOST:PORT, for example 192.168.1.10:8080"));
+    };
+    if host.is_empty() || host.chars().any(char::is_whitespace) {
+        return Err(invalid("the host is empty or contains spaces"));
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err(invalid("write an IPv6 address in brackets, as [::1]:8080"));
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(()),
+        _ => Err(invalid("the port must be a number from 1 to 65535")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn master_addresses_are_checked() {
+        for good in [
+            "127.0.0.1:8080",
+            "nas.local:1",
+            "[::1]:8080",
+            "localhost:65535",
+        ] {
+            assert!(check_master_address(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "nas",
+            "nas:",
+            ":8080",
+            "nas:0",
+            "nas:70000",
+            "::1:8080",
+            "na s:80",
+        ] {
+            let error = check_master_address(bad).expect_err(bad);
+            assert!(
+                matches!(error, WorkerError::InvalidMasterAddress { .. }),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn run_refuses_bad_configuration_at_once() {
+        let stop = StopHandle::new();
+        let bad_address = WorkerConfig {
+            master: "no-port".into(),
+            ..WorkerConfig::default()
+        };
+        assert!(matches!(
+            run(bad_address, stop.clone()),
+            Err(WorkerError::InvalidMasterAddress { .. })
+        ));
+        let no_slots = WorkerConfig {
+            slots: Some(0),
+            ..WorkerConfig::default()
+        };
+        assert!(matches!(
+            run(no_slots, stop.clone()),
+            Err(WorkerError::NoSlots)
+        ));
+        let bad_id = WorkerConfig {
+            device_id: Some("has space".into()),
+            ..WorkerConfig::default()
+        };
+        assert!(matches!(
+            run(bad_id, stop),
+            Err(WorkerError::InvalidDeviceId { .. })
+        ));
+    }
+
+    #[test]
+    fn stop_handle_is_shared_and_wakes_selectors() {
+        let stop = StopHandle::new();
+        let clone = stop.clone();
+        assert!(!clone.is_stopped());
+        assert!(clone
+            .stopped_receiver()
+            .recv_timeout(std::time::Duration::from_millis(1))
+            .is_err_and(|error| error.is_timeout()));
+        stop.stop();
+        stop.stop();
+        assert!(clone.is_stopped());
+        assert!(clone.stopped_receiver().recv().is_err());
+    }
+}

@@ -1,0 +1,92 @@
+//! `retire-worker`: joins a Retire-Cluster master and runs the tasks it hands out.
+//!
+//! This binary is thin glue: it reads flags and environment variables, sets up logging
+//! and signal handling, and calls [`worker::run`]. Everything else lives in the library.
+
+use std::process::ExitCode;
+use std::thread;
+
+use anyhow::Context;
+use clap::Parser;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use worker::{profile, StopHandle, WorkerConfig};
+
+/// Join a Retire-Cluster master and run the tasks it hands out.
+#[derive(Debug, Parser)]
+#[command(name = "retire-worker", version)]
+struct Args {
+    /// The master's worker port to join.
+    #[arg(long, env = "RETIRE_JOIN", value_name = "HOST:PORT")]
+    join: String,
+    /// The id to register under [default: hostname plus a machine-id prefix].
+    #[arg(long, env = "RETIRE_DEVICE_ID", value_name = "NAME")]
+    id: Option<String>,
+    /// How many tasks to run at once [default: one per CPU].
+    #[arg(long, env = "RETIRE_SLOTS", value_name = "N")]
+    slots: Option<usize>,
+    /// The role to register with.
+    #[arg(long, env = "RETIRE_ROLE", value_name = "R", default_value = "worker")]
+    role: String,
+    /// A tag to register with; repeat the flag for more (the variable takes a comma-separated list).
+    #[arg(
+        long = "tag",
+        env = "RETIRE_TAGS",
+        value_name = "T",
+        value_delimiter = ','
+    )]
+    tags: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("retire-worker: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let device_id = match args.id {
+        Some(id) => id,
+        None => profile::default_device_id(&profile::collect()),
+    };
+    let stop = StopHandle::new();
+    watch_signals(stop.clone()).context("could not install the SIGINT/SIGTERM handler")?;
+    let config = WorkerConfig {
+        master: args.join.clone(),
+        device_id: Some(device_id.clone()),
+        slots: args.slots,
+        role: args.role,
+        tags: args
+            .tags
+            .into_iter()
+            .filter(|tag| !tag.trim().is_empty())
+            .collect(),
+    };
+    config.validate().context("invalid configuration")?;
+    println!("retire-worker: joining master {} as {device_id}", args.join);
+    worker::run(config, stop).with_context(|| format!("could not run a worker for {}", args.join))
+}
+
+/// Turns the first SIGINT or SIGTERM into a graceful stop. A second one exits at once,
+/// for the person whose Ctrl-C did not seem to work.
+fn watch_signals(stop: StopHandle) -> anyhow::Result<()> {
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if stop.is_stopped() {
+                    eprintln!("retire-worker: second signal {signal}, exiting now");
+                    std::process::exit(1);
+                }
+                log::info!("received signal {signal}, stopping");
+                stop.stop();
+            }
+        })?;
+    Ok(())
+}

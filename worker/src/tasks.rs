@@ -1,0 +1,500 @@
+//! The task types every worker runs without any configuration.
+//!
+//! Each built-in type is a plain function from the task's payload, its timeout and its
+//! [`CancelToken`] to a [`TaskOutcome`]. A handler never panics on a bad payload: a
+//! missing or mistyped field means the task ran and failed, with an `error` that says
+//! which field was wrong, because the master records that as the task's result and a
+//! person reads it there.
+//!
+//! Every outcome's `result` object holds at least `output` and `exit_code` (either may be
+//! `null` when there is nothing to report), so that tools reading results need no
+//! per-type knowledge to show the essentials.
+
+use std::time::Duration;
+
+use protocol::{ResultStatus, TaskResult, TaskSpec};
+use serde_json::{json, Map, Value};
+
+use crate::exec::{self, CancelToken, ExecLimits, ExecOutcome};
+use crate::profile::{self, MetricsSampler};
+
+/// The task types this crate implements, in the order they are advertised.
+pub const BUILTIN_TYPES: &[&str] = &["echo", "sleep", "system_info", "shell"];
+
+/// How one run of a task ended, before it is wrapped into a [`TaskResult`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskOutcome {
+    /// Completed, failed, timeout or cancelled.
+    pub status: ResultStatus,
+    /// The `result` object sent to the master; always holds `output` and `exit_code`.
+    pub result: Map<String, Value>,
+    /// A one-line reason when the task did not complete.
+    pub error: Option<String>,
+}
+
+impl TaskOutcome {
+    /// A successful outcome whose `output` is `output` and whose `exit_code` is 0.
+    pub fn completed(output: Value) -> TaskOutcome {
+        TaskOutcome {
+            status: ResultStatus::Completed,
+            result: base_result(output, Some(0)),
+            error: None,
+        }
+    }
+
+    /// An outcome that did not complete, with `null` output and exit code.
+    pub fn unsuccessful(status: ResultStatus, error: impl Into<String>) -> TaskOutcome {
+        TaskOutcome {
+            status,
+            result: base_result(Value::Null, None),
+            error: Some(error.into()),
+        }
+    }
+
+    /// A failed outcome, for bad payloads and handlers that could not do their work.
+    pub fn failed(error: impl Into<String>) -> TaskOutcome {
+        TaskOutcome::unsuccessful(ResultStatus::Failed, error)
+    }
+
+    /// Adds one more field to the `result` object.
+    pub fn with_field(mut self, key: &str, value: Value) -> TaskOutcome {
+        self.result.insert(key.to_string(), value);
+        self
+    }
+
+    /// Wraps the outcome into the `task_result` a worker sends for attempt `attempt`.
+    pub fn into_task_result(self, task_id: String, attempt: u32, elapsed: Duration) -> TaskResult {
+        TaskResult {
+            task_id,
+            attempt: Some(attempt),
+            status: self.status,
+            execution_time: Some(elapsed.as_secs_f64()),
+            result: Value::Object(self.result),
+            error: self.error,
+        }
+    }
+}
+
+fn base_result(output: Value, exit_code: Option<i32>) -> Map<String, Value> {
+    let mut result = Map::new();
+    result.insert("output".into(), output);
+    result.insert("exit_code".into(), json!(exit_code));
+    result
+}
+
+/// Tells whether `task_type` is one of [`BUILTIN_TYPES`].
+pub fn is_builtin(task_type: &str) -> bool {
+    BUILTIN_TYPES.contains(&task_type)
+}
+
+/// Runs `task` with the built-in handler for its type.
+///
+/// A task whose type is not built in fails rather than panics, although the session
+/// refuses such tasks before they get this far.
+pub fn run_builtin(task: &TaskSpec, cancel: &CancelToken) -> TaskOutcome {
+    let timeout = match task_timeout(task.timeout) {
+        Ok(timeout) => timeout,
+        Err(error) => return TaskOutcome::failed(error),
+    };
+    let payload = &task.payload;
+    match task.task_type.as_str() {
+        "echo" => echo(payload, timeout, cancel),
+        "sleep" => sleep(payload, timeout, cancel),
+        "system_info" => system_info(payload, timeout, cancel),
+        "shell" => shell(payload, timeout, cancel),
+        other => TaskOutcome::failed(format!("unsupported task type {other:?}")),
+    }
+}
+
+/// Converts a task's `timeout` in seconds into a duration; a missing timeout means none.
+fn task_timeout(seconds: Option<f64>) -> Result<Option<Duration>, String> {
+    match seconds {
+        None => Ok(None),
+        Some(seconds) if seconds.is_finite() && seconds > 0.0 => {
+            Duration::try_from_secs_f64(seconds)
+                .map(Some)
+                .map_err(|_| format!("timeout {seconds} is too large"))
+        }
+        Some(seconds) => Err(format!(
+            "timeout must be a positive number of seconds, got {seconds}"
+        )),
+    }
+}
+
+/// `echo`: the output is `payload.message` when there is one, else the whole payload.
+pub fn echo(payload: &Value, _timeout: Option<Duration>, _cancel: &CancelToken) -> TaskOutcome {
+    let output = payload
+        .get("message")
+        .cloned()
+        .unwrap_or_else(|| payload.clone());
+    TaskOutcome::completed(output)
+}
+
+/// `sleep`: waits `payload.seconds` (or `payload.duration`) seconds.
+///
+/// It waits on the cancel token rather than sleeping, so a cancel ends it at once, and
+/// it gives up at the task's timeout with status `timeout`.
+pub fn sleep(payload: &Value, timeout: Option<Duration>, cancel: &CancelToken) -> TaskOutcome {
+    let seconds = match payload.get("seconds").or_else(|| payload.get("duration")) {
+        Some(Value::Number(number)) => number.as_f64().unwrap_or(f64::NAN),
+        Some(other) => {
+            return TaskOutcome::failed(format!(
+                "payload.seconds must be a number, got {}",
+                json_type_name(other)
+            ))
+        }
+        None => return TaskOutcome::failed("payload.seconds is missing (a number of seconds)"),
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return TaskOutcome::failed(format!(
+            "payload.seconds must be a number >= 0, got {seconds}"
+        ));
+    }
+    let Ok(requested) = Duration::try_from_secs_f64(seconds) else {
+        return TaskOutcome::failed(format!("payload.seconds {seconds} is too large"));
+    };
+    let (wait, cut_short_by_timeout) = match timeout {
+        Some(timeout) if timeout < requested => (timeout, true),
+        _ => (requested, false),
+    };
+    if cancel.wait_timeout(wait) {
+        return TaskOutcome::unsuccessful(ResultStatus::Cancelled, "cancelled");
+    }
+    if cut_short_by_timeout {
+        return TaskOutcome::unsuccessful(
+            ResultStatus::Timeout,
+            format!("timed out after {} s", wait.as_secs_f64()),
+        );
+    }
+    TaskOutcome::completed(json!(format!("slept {seconds} s")))
+        .with_field("seconds", json!(seconds))
+}
+
+/// `system_info`: the output is this device's profile and a live metrics sample.
+pub fn system_info(
+    _payload: &Value,
+    _timeout: Option<Duration>,
+    _cancel: &CancelToken,
+) -> TaskOutcome {
+    let device_profile = profile::collect();
+    let metrics = MetricsSampler::new().sample();
+    match (
+        serde_json::to_value(device_profile),
+        serde_json::to_value(metrics),
+    ) {
+        (Ok(device_profile), Ok(metrics)) => {
+            TaskOutcome::completed(json!({ "profile": device_profile, "metrics": metrics }))
+        }
+        (Err(error), _) | (_, Err(error)) => {
+            TaskOutcome::failed(format!("could not encode the system information: {error}"))
+        }
+    }
+}
+
+/// `shell`: runs `payload.command` with `sh -c`, or `payload.argv` directly, in its own
+/// process group, killed with all its children at the timeout or on cancel.
+///
+/// The output is stdout; the status is completed only for exit code 0.
+pub fn shell(payload: &Value, timeout: Option<Duration>, cancel: &CancelToken) -> TaskOutcome {
+    let command = match shell_command(payload) {
+        Ok(command) => command,
+        Err(error) => return TaskOutcome::failed(error),
+    };
+    let limits = ExecLimits {
+        timeout,
+        ..ExecLimits::default()
+    };
+    match exec::run(&command, &limits, cancel) {
+        Ok(outcome) => shell_outcome(outcome, timeout),
+        Err(error) => TaskOutcome::failed(error.to_string()),
+    }
+}
+
+fn shell_command(payload: &Value) -> Result<exec::Command, String> {
+    match (payload.get("command"), payload.get("argv")) {
+        (Some(_), Some(_)) => Err("give payload.command or payload.argv, not both".into()),
+        (Some(Value::String(script)), None) => {
+            if script.trim().is_empty() {
+                Err("payload.command must not be empty".into())
+            } else {
+                Ok(exec::Command::Shell(script.clone()))
+            }
+        }
+        (Some(other), None) => Err(format!(
+            "payload.command must be a string, got {}",
+            json_type_name(other)
+        )),
+        (None, Some(Value::Array(items))) => {
+            let argv: Option<Vec<String>> = items
+                .iter()
+                .map(|item| item.as_str().map(str::to_string))
+                .collect();
+            match argv {
+                Some(argv) if !argv.is_empty() => Ok(exec::Command::Argv(argv)),
+                Some(_) => Err("payload.argv must not be empty".into()),
+                None => Err("payload.argv must be a list of strings".into()),
+            }
+        }
+        (None, Some(other)) => Err(format!(
+            "payload.argv must be a list of strings, got {}",
+            json_type_name(other)
+        )),
+        (None, None) => {
+            Err("payload.command (a string) or payload.argv (a list) is missing".into())
+        }
+    }
+}
+
+fn shell_outcome(outcome: ExecOutcome, timeout: Option<Duration>) -> TaskOutcome {
+    let (status, error) = if outcome.timed_out {
+        let limit = timeout.map_or(0.0, |timeout| timeout.as_secs_f64());
+        (
+            ResultStatus::Timeout,
+            Some(format!("timed out after {limit} s")),
+        )
+    } else if outcome.cancelled {
+        (ResultStatus::Cancelled, Some("cancelled".to_string()))
+    } else {
+        match (outcome.exit_code, outcome.signal) {
+            (Some(0), _) => (ResultStatus::Completed, None),
+            (Some(code), _) => (ResultStatus::Failed, Some(format!("exit code {code}"))),
+            (None, Some(signal)) => (
+                ResultStatus::Failed,
+                Some(format!("killed by signal {signal}")),
+            ),
+            (None, None) => (
+                ResultStatus::Failed,
+                Some("ended without an exit code".into()),
+            ),
+        }
+    };
+    let mut result = base_result(json!(outcome.stdout), outcome.exit_code);
+    result.insert("stdout".into(), json!(outcome.stdout));
+    result.insert("stderr".into(), json!(outcome.stderr));
+    result.insert("stdout_truncated".into(), json!(outcome.stdout_truncated));
+    result.insert("stderr_truncated".into(), json!(outcome.stderr_truncated));
+    if let Some(signal) = outcome.signal {
+        result.insert("signal".into(), json!(signal));
+    }
+    TaskOutcome {
+        status,
+        result,
+        error,
+    }
+}
+
+/// The JSON type of `value`, for error messages about mistyped payload fields.
+fn json_type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::thread;
+    use std::time::Instant;
+
+    fn run(task_type: &str, payload: Value, timeout: Option<f64>) -> TaskOutcome {
+        let mut task = TaskSpec::new(task_type, payload);
+        task.timeout = timeout;
+        run_builtin(&task, &CancelToken::new())
+    }
+
+    fn assert_failed_with(outcome: &TaskOutcome, needle: &str) {
+        assert_eq!(outcome.status, ResultStatus::Failed, "{outcome:?}");
+        let error = outcome.error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains(needle),
+            "error {error:?} should mention {needle:?}"
+        );
+        assert!(outcome.result.contains_key("output"), "{outcome:?}");
+        assert!(outcome.result.contains_key("exit_code"), "{outcome:?}");
+    }
+
+    #[test]
+    fn echo_returns_the_message_or_the_whole_payload() {
+        let outcome = run("echo", json!({"message": "hello"}), None);
+        assert_eq!(outcome.status, ResultStatus::Completed);
+        assert_eq!(outcome.result["output"], json!("hello"));
+        assert_eq!(outcome.result["exit_code"], json!(0));
+        assert_eq!(outcome.error, None);
+
+        let outcome = run("echo", json!({"a": [1, 2]}), None);
+        assert_eq!(outcome.result["output"], json!({"a": [1, 2]}));
+    }
+
+    #[test]
+    fn sleep_completes_after_the_requested_time() {
+        let before = Instant::now();
+        let outcome = run("sleep", json!({"seconds": 0.05}), None);
+        assert!(before.elapsed() >= Duration::from_millis(50));
+        assert_eq!(outcome.status, ResultStatus::Completed, "{outcome:?}");
+        assert_eq!(outcome.result["exit_code"], json!(0));
+        let outcome = run("sleep", json!({"duration": 0}), None);
+        assert_eq!(outcome.status, ResultStatus::Completed, "{outcome:?}");
+    }
+
+    #[test]
+    fn sleep_honours_the_task_timeout() {
+        let before = Instant::now();
+        let outcome = run("sleep", json!({"seconds": 30}), Some(0.05));
+        assert!(before.elapsed() < Duration::from_secs(10));
+        assert_eq!(outcome.status, ResultStatus::Timeout, "{outcome:?}");
+        assert!(outcome.error.is_some());
+    }
+
+    #[test]
+    fn sleep_stops_at_once_when_cancelled() {
+        let cancel = CancelToken::new();
+        let task = TaskSpec::new("sleep", json!({"seconds": 30}));
+        let sleeper = {
+            let cancel = cancel.clone();
+            thread::spawn(move || run_builtin(&task, &cancel))
+        };
+        let before = Instant::now();
+        cancel.cancel();
+        let outcome = sleeper.join().expect("sleep thread");
+        assert!(before.elapsed() < Duration::from_secs(10));
+        assert_eq!(outcome.status, ResultStatus::Cancelled, "{outcome:?}");
+    }
+
+    #[test]
+    fn sleep_refuses_bad_payloads() {
+        assert_failed_with(&run("sleep", json!({}), None), "payload.seconds");
+        assert_failed_with(&run("sleep", json!({"seconds": "5"}), None), "a string");
+        assert_failed_with(&run("sleep", json!({"seconds": -1}), None), ">= 0");
+        assert_failed_with(&run("sleep", json!({"seconds": 1e300}), None), "too large");
+        assert_failed_with(
+            &run("sleep", json!("not an object"), None),
+            "payload.seconds",
+        );
+    }
+
+    #[test]
+    fn system_info_reports_profile_and_metrics() {
+        let outcome = run("system_info", json!({}), None);
+        assert_eq!(outcome.status, ResultStatus::Completed, "{outcome:?}");
+        let output = &outcome.result["output"];
+        assert!(
+            output["profile"]["cpu_cores"].as_u64().unwrap_or(0) >= 1,
+            "{output}"
+        );
+        assert_eq!(
+            output["profile"]["architecture"],
+            json!(std::env::consts::ARCH)
+        );
+        assert!(output["metrics"]["memory_usage"].is_number(), "{output}");
+    }
+
+    #[test]
+    fn shell_command_captures_stdout_stderr_and_exit_code() {
+        let outcome = run("shell", json!({"command": "echo out; echo err >&2"}), None);
+        assert_eq!(outcome.status, ResultStatus::Completed, "{outcome:?}");
+        assert_eq!(outcome.result["output"], json!("out\n"));
+        assert_eq!(outcome.result["stdout"], json!("out\n"));
+        assert_eq!(outcome.result["stderr"], json!("err\n"));
+        assert_eq!(outcome.result["exit_code"], json!(0));
+        assert_eq!(outcome.result["stdout_truncated"], json!(false));
+        assert_eq!(outcome.result["stderr_truncated"], json!(false));
+        assert_eq!(outcome.error, None);
+    }
+
+    #[test]
+    fn shell_argv_runs_without_a_shell() {
+        let outcome = run("shell", json!({"argv": ["printf", "%s", "a b"]}), None);
+        assert_eq!(outcome.status, ResultStatus::Completed, "{outcome:?}");
+        assert_eq!(outcome.result["output"], json!("a b"));
+    }
+
+    #[test]
+    fn shell_failures_say_why() {
+        let outcome = run("shell", json!({"command": "exit 3"}), None);
+        assert_eq!(outcome.status, ResultStatus::Failed);
+        assert_eq!(outcome.result["exit_code"], json!(3));
+        assert_eq!(outcome.error.as_deref(), Some("exit code 3"));
+
+        let outcome = run("shell", json!({"command": "kill -9 $$"}), None);
+        assert_eq!(outcome.status, ResultStatus::Failed);
+        assert_eq!(outcome.result["exit_code"], Value::Null);
+        assert_eq!(outcome.result["signal"], json!(9));
+        assert_eq!(outcome.error.as_deref(), Some("killed by signal 9"));
+
+        let outcome = run(
+            "shell",
+            json!({"argv": ["/nonexistent/retire-no-such-program"]}),
+            None,
+        );
+        assert_failed_with(&outcome, "could not start");
+    }
+
+    #[test]
+    fn shell_timeout_is_status_timeout() {
+        let before = Instant::now();
+        let outcome = run("shell", json!({"command": "sleep 30"}), Some(0.2));
+        assert!(before.elapsed() < Duration::from_secs(10));
+        assert_eq!(outcome.status, ResultStatus::Timeout, "{outcome:?}");
+        assert!(outcome
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("timed out"));
+        assert_eq!(outcome.result["exit_code"], Value::Null);
+    }
+
+    #[test]
+    fn shell_refuses_bad_payloads() {
+        assert_failed_with(&run("shell", json!({}), None), "missing");
+        assert_failed_with(&run("shell", json!({"command": 5}), None), "a number");
+        assert_failed_with(&run("shell", json!({"command": "  "}), None), "empty");
+        assert_failed_with(&run("shell", json!({"argv": []}), None), "empty");
+        assert_failed_with(
+            &run("shell", json!({"argv": ["ls", 1]}), None),
+            "list of strings",
+        );
+        assert_failed_with(
+            &run("shell", json!({"argv": "ls"}), None),
+            "list of strings",
+        );
+        assert_failed_with(
+            &run("shell", json!({"command": "true", "argv": ["true"]}), None),
+            "not both",
+        );
+    }
+
+    #[test]
+    fn unknown_types_and_bad_timeouts_fail_cleanly() {
+        assert_failed_with(&run("python_eval", json!({}), None), "unsupported");
+        assert_failed_with(&run("echo", json!({}), Some(-1.0)), "timeout");
+    }
+
+    #[test]
+    fn outcome_becomes_a_task_result_with_its_attempt() {
+        let result = TaskOutcome::completed(json!("hi")).into_task_result(
+            "t-1".into(),
+            3,
+            Duration::from_millis(1500),
+        );
+        assert_eq!(result.task_id, "t-1");
+        assert_eq!(result.attempt, Some(3));
+        assert_eq!(result.status, ResultStatus::Completed);
+        assert_eq!(result.execution_time, Some(1.5));
+        assert_eq!(result.result, json!({"output": "hi", "exit_code": 0}));
+    }
+
+    #[test]
+    fn builtin_types_are_all_dispatched() {
+        for task_type in BUILTIN_TYPES {
+            assert!(is_builtin(task_type));
+            let outcome = run(task_type, json!({}), None);
+            let error = outcome.error.unwrap_or_default();
+            assert!(!error.contains("unsupported"), "{task_type}: {error}");
+        }
+    }
+}
