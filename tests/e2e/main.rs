@@ -217,6 +217,45 @@ fn priorities_decide_the_order_and_fifo_breaks_ties() {
 }
 
 #[test]
+fn huge_output_is_truncated_and_the_worker_keeps_its_connection() {
+    let dir = setup();
+    let master = MasterProcess::start(dir.path());
+    let _workers = start_workers(master.addr, &[("chatty", 1)]);
+    let mut events = subscriber(master.addr);
+    let mut client = Client::connect(master.addr);
+    let mut ids = BTreeSet::new();
+    for command in [
+        "head -c 10000000 /dev/zero | tr '\\0' x",
+        "head -c 3000000 /dev/zero",
+        "echo after",
+    ] {
+        let ack = client
+            .request(Message::TaskSubmit(TaskSubmit {
+                tasks: vec![TaskSpec::new("shell", json!({ "command": command }))],
+                batch: false,
+            }))
+            .expect("submit");
+        ids.extend(protocol::message::submitted_ids(&ack));
+    }
+    let finished = wait_finished(&mut events, &ids);
+    for task in finished.values() {
+        assert_eq!(task.state, TaskState::Completed, "{task:?}");
+        let result = task.result.as_ref().expect("a result");
+        if task.payload["command"] == "echo after" {
+            assert_eq!(result["output"], "after\n");
+        } else {
+            assert_eq!(result["output_truncated"], true, "flagged as truncated");
+            assert!(result["output"].as_str().expect("text").len() <= 1024 * 1024);
+        }
+    }
+    let devices = text_command(master.addr, "devices");
+    assert!(
+        devices.contains("chatty") && devices.contains("online"),
+        "{devices}"
+    );
+}
+
+#[test]
 fn netcat_mode_answers_people() {
     let dir = setup();
     let master = MasterProcess::start(dir.path());

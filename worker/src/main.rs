@@ -72,8 +72,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     worker::run(config, stop).with_context(|| format!("could not run a worker for {}", args.join))
 }
 
-/// Turns the first SIGINT or SIGTERM into a graceful stop. A second one exits at once,
-/// for the person whose Ctrl-C did not seem to work.
+/// Turns SIGINT and SIGTERM into a graceful stop. Repeated signals change nothing:
+/// wrappers such as `timeout` and some supervisors deliver the same signal twice, and the
+/// stop is already bounded (well under a second plus the task kill grace).
 fn watch_signals(stop: StopHandle) -> anyhow::Result<()> {
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     thread::Builder::new()
@@ -81,11 +82,11 @@ fn watch_signals(stop: StopHandle) -> anyhow::Result<()> {
         .spawn(move || {
             for signal in signals.forever() {
                 if stop.is_stopped() {
-                    eprintln!("retire-worker: second signal {signal}, exiting now");
-                    std::process::exit(1);
+                    log::debug!("received signal {signal} while already stopping");
+                } else {
+                    log::info!("received signal {signal}, stopping");
+                    stop.stop();
                 }
-                log::info!("received signal {signal}, stopping");
-                stop.stop();
             }
         })?;
     Ok(())

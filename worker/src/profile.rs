@@ -7,13 +7,12 @@
 //! so it refreshes only the handful of values it reports and keeps the `sysinfo`
 //! structures between calls instead of rebuilding them.
 
-use std::net::IpAddr;
+use std::ffi::CStr;
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sysinfo::{
-    CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, Networks, RefreshKind, System,
-};
+use sysinfo::{CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, RefreshKind, System};
 
 /// Where systemd (and most other Linux init systems) keep the per-installation machine id.
 const MACHINE_ID_PATH: &str = "/etc/machine-id";
@@ -113,8 +112,12 @@ impl DeviceProfile {
 
         let disks = collect_disks();
         let disk_total_bytes = disks.iter().map(|disk| disk.total_bytes).sum();
-        let networks = Networks::new_with_refreshed_list();
-        let mut network_interfaces: Vec<String> = networks.list().keys().cloned().collect();
+        let interfaces = list_interfaces();
+        let mut network_interfaces: Vec<String> = interfaces
+            .iter()
+            .map(|interface| interface.name.clone())
+            .collect();
+        network_interfaces.dedup();
         network_interfaces.sort();
 
         DeviceProfile {
@@ -129,7 +132,7 @@ impl DeviceProfile {
             disk_total_bytes,
             disks,
             network_interfaces,
-            ip_address: primary_ipv4_address(&networks).map(|address| address.to_string()),
+            ip_address: primary_ipv4_address(&interfaces).map(|address| address.to_string()),
         }
     }
 }
@@ -301,17 +304,115 @@ fn collect_disks() -> Vec<DiskInfo> {
 /// Picks the IPv4 address other machines are most likely to reach this device at: the
 /// first non-loopback, non-link-local address, looking at physical-looking interfaces
 /// (by sorted name) before virtual ones such as `docker0`.
-fn primary_ipv4_address(networks: &Networks) -> Option<IpAddr> {
-    let mut interfaces: Vec<(&String, &sysinfo::NetworkData)> = networks.list().iter().collect();
-    interfaces.sort_by_key(|(name, _)| (is_virtual_interface(name), name.as_str()));
-    interfaces
+fn primary_ipv4_address(interfaces: &[InterfaceAddress]) -> Option<Ipv4Addr> {
+    let mut candidates: Vec<&InterfaceAddress> = interfaces.iter().collect();
+    candidates.sort_by_key(|interface| {
+        (
+            is_virtual_interface(&interface.name),
+            interface.name.as_str(),
+        )
+    });
+    candidates
         .into_iter()
-        .flat_map(|(_, data)| data.ip_networks())
-        .map(|network| network.addr)
-        .find(|address| match address {
-            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified(),
-            IpAddr::V6(_) => false,
-        })
+        .filter_map(|interface| interface.ipv4)
+        .find(|v4| !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified())
+}
+
+/// One entry of the interface list: an interface name and, when the entry is an IPv4
+/// address, that address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct InterfaceAddress {
+    name: String,
+    ipv4: Option<Ipv4Addr>,
+}
+
+/// Directory whose entries are the network interfaces, on Linux and Android.
+const SYS_CLASS_NET: &str = "/sys/class/net";
+
+/// Lists the network interfaces and their IPv4 addresses, sorted by name.
+///
+/// This deliberately does not use `sysinfo::Networks`: sysinfo 0.37 reads every
+/// interface address as a whole `sockaddr_storage` (128 bytes) although `getifaddrs`
+/// only allocates the 16 or 28 bytes of a `sockaddr_in`/`sockaddr_in6`. Under musl
+/// that read runs past the allocation and, depending on the heap layout, off the end
+/// of the mapping: the static aarch64 worker crashed with SIGSEGV in `collect()`.
+/// Here each address is read at the size its family says it has. When `getifaddrs`
+/// fails (Android 11+ forbids the netlink request behind it for apps), the names come
+/// from `/sys/class/net` instead, without addresses.
+fn list_interfaces() -> Vec<InterfaceAddress> {
+    let mut interfaces = read_ifaddrs().unwrap_or_else(|| {
+        std::fs::read_dir(SYS_CLASS_NET)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|entry| InterfaceAddress {
+                        name: entry.file_name().to_string_lossy().into_owned(),
+                        ipv4: None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+    interfaces.sort_by(|left, right| left.name.cmp(&right.name).then(left.ipv4.cmp(&right.ipv4)));
+    interfaces
+}
+
+/// Walks the list `getifaddrs` returns; `None` when the call fails.
+fn read_ifaddrs() -> Option<Vec<InterfaceAddress>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: `getifaddrs` only writes the list head through the pointer it is given,
+    // which points at a local variable.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return None;
+    }
+    let mut interfaces = Vec::new();
+    let mut cursor = head;
+    while !cursor.is_null() {
+        // SAFETY: `cursor` is a node of the list `getifaddrs` returned, which stays
+        // valid and unchanged until `freeifaddrs` below.
+        let entry = unsafe { &*cursor };
+        if !entry.ifa_name.is_null() {
+            // SAFETY: a non-null `ifa_name` is a NUL-terminated string owned by the list.
+            let name = unsafe { CStr::from_ptr(entry.ifa_name) };
+            // Interface aliases are written `eth0:1`; they belong to `eth0`.
+            let name = name.to_string_lossy();
+            let name = name.split(':').next().unwrap_or_default().to_string();
+            if !name.is_empty() {
+                interfaces.push(InterfaceAddress {
+                    name,
+                    // SAFETY: `ifa_addr` is null or points at an address owned by the list.
+                    ipv4: unsafe { ipv4_address(entry.ifa_addr) },
+                });
+            }
+        }
+        cursor = entry.ifa_next;
+    }
+    // SAFETY: `head` came from a successful `getifaddrs` and is freed exactly once; no
+    // reference into the list outlives this point (names and addresses were copied).
+    unsafe { libc::freeifaddrs(head) };
+    Some(interfaces)
+}
+
+/// The IPv4 address behind `address`, if it is one.
+///
+/// # Safety
+///
+/// `address` must be null or point at a valid socket address whose size matches its
+/// `sa_family` (as every address `getifaddrs` returns does).
+unsafe fn ipv4_address(address: *const libc::sockaddr) -> Option<Ipv4Addr> {
+    if address.is_null() {
+        return None;
+    }
+    // SAFETY: every socket address starts with its family, so reading the `sockaddr`
+    // header's family field stays within the address (the caller guarantees it).
+    let family = unsafe { std::ptr::addr_of!((*address).sa_family).read_unaligned() };
+    if libc::c_int::from(family) != libc::AF_INET {
+        return None;
+    }
+    // SAFETY: an `AF_INET` address is a whole `sockaddr_in`; it is read unaligned
+    // because nothing promises its alignment.
+    let ipv4 = unsafe { address.cast::<libc::sockaddr_in>().read_unaligned() };
+    Some(Ipv4Addr::from(u32::from_be(ipv4.sin_addr.s_addr)))
 }
 
 /// Tells whether an interface name looks like a container bridge, VPN tunnel or other
@@ -524,6 +625,52 @@ mod tests {
         check("pi", Some("abc"), "pi");
         check("pi", Some("not-hex-at-all"), "pi");
         check("pi", Some(""), "pi");
+    }
+
+    #[test]
+    fn interface_list_reads_addresses_by_family() {
+        let interfaces = read_ifaddrs().expect("getifaddrs works on a Linux test host");
+        assert!(!interfaces.is_empty());
+        for interface in &interfaces {
+            assert!(
+                !interface.name.is_empty() && !interface.name.contains(':'),
+                "{interface:?}"
+            );
+            if interface.name == "lo" {
+                assert!(
+                    interface.ipv4.is_none_or(|v4| v4.is_loopback()),
+                    "{interface:?}"
+                );
+            }
+        }
+        let listed = list_interfaces();
+        assert!(listed.windows(2).all(|pair| pair[0].name <= pair[1].name));
+    }
+
+    #[test]
+    fn primary_address_prefers_physical_interfaces() {
+        fn entry(name: &str, ipv4: Option<[u8; 4]>) -> InterfaceAddress {
+            InterfaceAddress {
+                name: name.to_string(),
+                ipv4: ipv4.map(Ipv4Addr::from),
+            }
+        }
+        let interfaces = [
+            entry("docker0", Some([172, 17, 0, 1])),
+            entry("eth0", None),
+            entry("lo", Some([127, 0, 0, 1])),
+            entry("wlan0", Some([169, 254, 3, 4])),
+            entry("wlan0", Some([192, 168, 1, 20])),
+        ];
+        assert_eq!(
+            primary_ipv4_address(&interfaces),
+            Some(Ipv4Addr::new(192, 168, 1, 20))
+        );
+        assert_eq!(
+            primary_ipv4_address(&interfaces[..3]),
+            Some(Ipv4Addr::new(172, 17, 0, 1))
+        );
+        assert_eq!(primary_ipv4_address(&interfaces[2..4]), None);
     }
 
     #[test]

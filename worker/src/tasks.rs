@@ -97,12 +97,60 @@ pub fn run_builtin(task: &TaskSpec, cancel: &CancelToken) -> TaskOutcome {
         Err(error) => return TaskOutcome::failed(error),
     };
     let payload = &task.payload;
-    match task.task_type.as_str() {
+    let mut outcome = match task.task_type.as_str() {
         "echo" => echo(payload, timeout, cancel),
         "sleep" => sleep(payload, timeout, cancel),
         "system_info" => system_info(payload, timeout, cancel),
         "shell" => shell(payload, timeout, cancel),
         other => TaskOutcome::failed(format!("unsupported task type {other:?}")),
+    };
+    fit_result(&mut outcome.result, MAX_RESULT_BYTES);
+    outcome
+}
+
+/// The most bytes a task's `result` object may take as JSON.
+///
+/// The master refuses lines over its limit (1 MiB by default) and closes the
+/// connection; a result that never fits would then be resent forever. This
+/// budget leaves room for the envelope under that default.
+pub const MAX_RESULT_BYTES: usize = 900 * 1024;
+
+/// Per-stream capture limit for `shell`: two full streams, even with JSON
+/// escaping of ordinary text, stay well under [`MAX_RESULT_BYTES`].
+pub const SHELL_OUTPUT_CAP: usize = 256 * 1024;
+
+/// Shortens the longest string fields of `result` (cutting at a character
+/// boundary and flagging `<field>_truncated`) until its JSON fits `budget`.
+/// Output made of control characters can grow six-fold when escaped, which
+/// is why the capture cap alone is not enough.
+pub fn fit_result(result: &mut Map<String, Value>, budget: usize) {
+    let size =
+        |result: &Map<String, Value>| serde_json::to_vec(result).map_or(0, |json| json.len());
+    while size(result) > budget {
+        let longest = result
+            .iter()
+            .filter_map(|(key, value)| value.as_str().map(|text| (key.clone(), text.len())))
+            .max_by_key(|(_, len)| *len);
+        let Some((key, len)) = longest.filter(|(_, len)| *len > 0) else {
+            // Nothing left to shorten: replace the whole result.
+            result.clear();
+            result.insert("output".into(), Value::Null);
+            result.insert("result_truncated".into(), Value::Bool(true));
+            return;
+        };
+        if let Some(Value::String(text)) = result.get_mut(&key) {
+            let mut cut = len / 2;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+        let flag = if key == "output" {
+            "output_truncated".to_string()
+        } else {
+            format!("{key}_truncated")
+        };
+        result.insert(flag, Value::Bool(true));
     }
 }
 
@@ -202,7 +250,7 @@ pub fn shell(payload: &Value, timeout: Option<Duration>, cancel: &CancelToken) -
     };
     let limits = ExecLimits {
         timeout,
-        ..ExecLimits::default()
+        max_output_bytes: SHELL_OUTPUT_CAP,
     };
     match exec::run(&command, &limits, cancel) {
         Ok(outcome) => shell_outcome(outcome, timeout),
@@ -268,10 +316,11 @@ fn shell_outcome(outcome: ExecOutcome, timeout: Option<Duration>) -> TaskOutcome
             ),
         }
     };
+    // `output` is stdout; it is not repeated under a second name, so a big
+    // output does not count twice against the line limit.
     let mut result = base_result(json!(outcome.stdout), outcome.exit_code);
-    result.insert("stdout".into(), json!(outcome.stdout));
     result.insert("stderr".into(), json!(outcome.stderr));
-    result.insert("stdout_truncated".into(), json!(outcome.stdout_truncated));
+    result.insert("output_truncated".into(), json!(outcome.stdout_truncated));
     result.insert("stderr_truncated".into(), json!(outcome.stderr_truncated));
     if let Some(signal) = outcome.signal {
         result.insert("signal".into(), json!(signal));
@@ -394,14 +443,28 @@ mod tests {
     }
 
     #[test]
+    fn results_larger_than_the_budget_are_cut_to_fit() {
+        // Control characters grow six-fold when escaped: 400 kB becomes 2.4 MB.
+        let mut result = base_result(json!("\u{1}".repeat(400_000)), Some(0));
+        result.insert("stderr".into(), json!("é".repeat(200_000)));
+        fit_result(&mut result, MAX_RESULT_BYTES);
+        let size = serde_json::to_vec(&result).expect("JSON").len();
+        assert!(size <= MAX_RESULT_BYTES, "{size}");
+        assert_eq!(result["output_truncated"], json!(true));
+        assert_eq!(result["exit_code"], json!(0));
+        let mut small = base_result(json!("fine"), Some(0));
+        fit_result(&mut small, MAX_RESULT_BYTES);
+        assert_eq!(small, base_result(json!("fine"), Some(0)));
+    }
+
+    #[test]
     fn shell_command_captures_stdout_stderr_and_exit_code() {
         let outcome = run("shell", json!({"command": "echo out; echo err >&2"}), None);
         assert_eq!(outcome.status, ResultStatus::Completed, "{outcome:?}");
         assert_eq!(outcome.result["output"], json!("out\n"));
-        assert_eq!(outcome.result["stdout"], json!("out\n"));
         assert_eq!(outcome.result["stderr"], json!("err\n"));
         assert_eq!(outcome.result["exit_code"], json!(0));
-        assert_eq!(outcome.result["stdout_truncated"], json!(false));
+        assert_eq!(outcome.result["output_truncated"], json!(false));
         assert_eq!(outcome.result["stderr_truncated"], json!(false));
         assert_eq!(outcome.error, None);
     }
