@@ -134,7 +134,7 @@ impl CancelToken {
 
     /// A receiver that becomes ready (disconnected) once the token is cancelled, for use
     /// in a `crossbeam_channel::select!` next to other events.
-    fn cancelled_receiver(&self) -> &Receiver<()> {
+    pub(crate) fn cancelled_receiver(&self) -> &Receiver<()> {
         &self.shared.disconnected_on_cancel
     }
 }

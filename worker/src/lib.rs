@@ -28,10 +28,7 @@ pub mod profile;
 pub mod session;
 pub mod tasks;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 
 /// How a worker joins its master.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,60 +80,32 @@ impl Default for WorkerConfig {
 /// It wakes the worker at once wherever it waits (connected, connecting or backing
 /// off): the handle holds the only sender of a channel that never carries a message,
 /// and stopping drops that sender, which the worker's `select!` sees immediately.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct StopHandle {
-    shared: Arc<StopShared>,
-}
-
-#[derive(Debug)]
-struct StopShared {
-    stopped: AtomicBool,
-    /// Dropped (set to `None`) by `stop`, which disconnects `stopped_receiver`.
-    sender: Mutex<Option<Sender<()>>>,
-    stopped_receiver: Receiver<()>,
+    // Stopping is cancelling: the same one-shot, wake-everyone flag that stops a
+    // running command stops the whole worker.
+    token: exec::CancelToken,
 }
 
 impl StopHandle {
     /// A handle that has not been stopped.
     pub fn new() -> Self {
-        let (sender, receiver) = crossbeam_channel::bounded(0);
-        StopHandle {
-            shared: Arc::new(StopShared {
-                stopped: AtomicBool::new(false),
-                sender: Mutex::new(Some(sender)),
-                stopped_receiver: receiver,
-            }),
-        }
+        StopHandle::default()
     }
 
     /// Asks the worker to stop; calling it again is harmless.
     pub fn stop(&self) {
-        self.shared.stopped.store(true, Ordering::SeqCst);
-        // A poisoned lock only means another thread panicked while stopping; the
-        // `Option` inside is still valid, so drop the sender all the same.
-        let sender = self
-            .shared
-            .sender
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        drop(sender);
+        self.token.cancel();
     }
 
     /// Whether [`StopHandle::stop`] has been called.
     pub fn is_stopped(&self) -> bool {
-        self.shared.stopped.load(Ordering::SeqCst)
+        self.token.is_cancelled()
     }
 
     /// A receiver that becomes ready (disconnected) once stopped, for `select!`.
     pub(crate) fn stopped_receiver(&self) -> &Receiver<()> {
-        &self.shared.stopped_receiver
-    }
-}
-
-impl Default for StopHandle {
-    fn default() -> Self {
-        StopHandle::new()
+        self.token.cancelled_receiver()
     }
 }
 
