@@ -132,9 +132,12 @@ pub fn fit_result(result: &mut Map<String, Value>, budget: usize) {
             .filter_map(|(key, value)| value.as_str().map(|text| (key.clone(), text.len())))
             .max_by_key(|(_, len)| *len);
         let Some((key, len)) = longest.filter(|(_, len)| *len > 0) else {
-            // Nothing left to shorten: replace the whole result.
+            // Nothing left to shorten: replace the whole result, keeping
+            // the exit code, which is small and what callers act on.
+            let exit_code = result.get("exit_code").cloned().unwrap_or(Value::Null);
             result.clear();
             result.insert("output".into(), Value::Null);
+            result.insert("exit_code".into(), exit_code);
             result.insert("result_truncated".into(), Value::Bool(true));
             return;
         };
