@@ -82,6 +82,9 @@ pub fn random_task_id() -> String {
 /// and returns the exit code.
 pub fn submit(client: &mut Client, args: &SubmitArgs, output: &mut Output) -> Result<u8, Error> {
     let mut task = build_task(args);
+    // The CLI always names the task itself, so a submit that is retried
+    // after a lost reply finds the same task instead of queuing a second.
+    task.task_id.get_or_insert_with(random_task_id);
     if !args.wait {
         let ack = client.request(submit_message(task))?;
         if output.json {

@@ -22,6 +22,14 @@ const WAKER: Token = Token(usize::MAX - 2);
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Bytes read from one connection before the loop turns to the others; the
+/// rest is read on the next turn, so one fast peer cannot starve the rest.
+const READ_BUDGET: usize = 256 * 1024;
+
+/// How long to wait before accepting again after `accept` failed (for
+/// example when the process is out of file descriptors).
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
 /// How long shutdown waits for the last replies to drain.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
@@ -73,6 +81,15 @@ pub(crate) struct EventLoop {
     holding: BTreeSet<ConnId>,
     /// Connections with bytes to write.
     dirty: BTreeSet<ConnId>,
+    /// Connections that may have more to read: their read budget ran out
+    /// before the socket said `WouldBlock` (mio is edge-triggered, so no new
+    /// event would come for those bytes).
+    readable: BTreeSet<ConnId>,
+    /// Connections not read because their peer has not read its replies;
+    /// they are read again once their backlog drains.
+    throttled: BTreeSet<ConnId>,
+    /// Accepting failed; retry at this time.
+    accept_retry_at: Option<Instant>,
     outputs: Vec<Output>,
 }
 
@@ -101,6 +118,9 @@ impl EventLoop {
             started,
             holding: BTreeSet::new(),
             dirty: BTreeSet::new(),
+            readable: BTreeSet::new(),
+            throttled: BTreeSet::new(),
+            accept_retry_at: None,
             outputs: Vec::new(),
         })
     }
@@ -126,9 +146,17 @@ impl EventLoop {
         // Work restored from the database (queued tasks) may be waiting.
         self.settle();
         while !shutdown.is_triggered() {
-            let timeout = self.core.next_deadline().map(|deadline| {
+            let mut timeout = self.core.next_deadline().map(|deadline| {
                 deadline.saturating_sub(self.started.elapsed()) + Duration::from_millis(1)
             });
+            if let Some(at) = self.accept_retry_at {
+                let wait = at.saturating_duration_since(Instant::now());
+                timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
+            }
+            if !self.readable.is_empty() {
+                // Bytes are waiting in some socket: only look for new events.
+                timeout = Some(Duration::ZERO);
+            }
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
@@ -136,17 +164,24 @@ impl EventLoop {
             }
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept()?,
+                    LISTENER => self.accept(),
                     WAKER => {}
                     Token(conn) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read(conn, &mut read_buf);
+                            self.readable.insert(conn);
                         }
                         if event.is_writable() {
                             self.dirty.insert(conn);
                         }
                     }
                 }
+            }
+            if self.accept_retry_at.is_some_and(|at| at <= Instant::now()) {
+                self.accept_retry_at = None;
+                self.accept();
+            }
+            for conn in std::mem::take(&mut self.readable) {
+                self.read(conn, &mut read_buf);
             }
             self.collect_commits();
             let now = self.now();
@@ -185,7 +220,7 @@ impl EventLoop {
         }
     }
 
-    fn accept(&mut self) -> io::Result<()> {
+    fn accept(&mut self) {
         loop {
             match self.listener.accept() {
                 Ok((mut stream, peer)) => {
@@ -204,9 +239,16 @@ impl EventLoop {
                     let _ = stream.set_nodelay(true);
                     let entry = self.conns.vacant_entry();
                     let conn = entry.key();
-                    self.poll
-                        .registry()
-                        .register(&mut stream, Token(conn), Interest::READABLE)?;
+                    if let Err(err) =
+                        self.poll
+                            .registry()
+                            .register(&mut stream, Token(conn), Interest::READABLE)
+                    {
+                        // One socket the poller cannot watch is dropped; the
+                        // master goes on serving the others.
+                        log::warn!("cannot watch the connection from {peer}: {err}");
+                        continue;
+                    }
                     entry.insert(Connection {
                         stream,
                         codec: LineCodec::new(self.limits.max_line),
@@ -222,13 +264,16 @@ impl EventLoop {
                     self.core.handle_connect(conn, Some(peer.ip().to_string()));
                     log::debug!("connection {conn} from {peer}");
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => {
                     // Running out of file descriptors must not stop the
-                    // master; the peer will retry.
-                    log::warn!("accept failed: {err}");
-                    return Ok(());
+                    // master. The listener is edge-triggered, so connections
+                    // still waiting would raise no new event: try again
+                    // shortly.
+                    log::warn!("accept failed: {err}; retrying in {ACCEPT_RETRY:?}");
+                    self.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
+                    return;
                 }
             }
         }
@@ -236,6 +281,7 @@ impl EventLoop {
 
     fn read(&mut self, conn: ConnId, buf: &mut [u8]) {
         let mut frames = Vec::new();
+        let mut budget = READ_BUDGET;
         loop {
             let Some(connection) = self.conns.get_mut(conn) else {
                 return;
@@ -243,16 +289,28 @@ impl EventLoop {
             if connection.closed || connection.close_when_flushed {
                 return;
             }
+            if connection.pending_bytes() > self.limits.max_pending_output / 2 {
+                // Backpressure: a peer that does not read its replies is not
+                // read either, until it catches up.
+                self.throttled.insert(conn);
+                break;
+            }
+            if budget == 0 {
+                self.readable.insert(conn);
+                break;
+            }
             match connection.stream.read(buf) {
                 Ok(0) => {
                     // The peer half-closed: it may still read. Answer what
-                    // it sent (including replies held for a commit), then
-                    // close.
+                    // it sent, including an unterminated last line and the
+                    // replies held for a commit, then close.
+                    connection.codec.finish(&mut frames);
                     connection.close_when_flushed = true;
                     self.dirty.insert(conn);
                     break;
                 }
                 Ok(n) => {
+                    budget = budget.saturating_sub(n);
                     if let Err(too_long) = connection.codec.decode(&buf[..n], &mut frames) {
                         self.feed(conn, std::mem::take(&mut frames));
                         self.core.handle_line_too_long(conn, too_long.max);
@@ -293,6 +351,7 @@ impl EventLoop {
                 conn,
                 payload,
                 after_batch,
+                overtake,
             } => {
                 let Some(connection) = self.conns.get_mut(conn) else {
                     return;
@@ -307,12 +366,13 @@ impl EventLoop {
                     }
                     Payload::Text(text) => text.into_bytes(),
                 };
+                if overtake && after_batch.is_none() {
+                    connection.out.extend_from_slice(&bytes);
+                    self.dirty.insert(conn);
+                    return;
+                }
                 connection.held_bytes += bytes.len();
                 connection.held.push_back((after_batch.unwrap_or(0), bytes));
-                if connection.pending_bytes() > self.limits.max_pending_output {
-                    log::warn!("connection {conn} does not read its replies; closing it");
-                    connection.closed = true;
-                }
                 self.holding.insert(conn);
             }
             Output::Close { conn } => {
@@ -391,6 +451,17 @@ impl EventLoop {
                     connection.closed = true;
                 }
             }
+            // The backlog is judged after writing, so one large reply to a
+            // peer that reads is not mistaken for a peer that does not.
+            if !connection.closed && connection.pending_bytes() > self.limits.max_pending_output {
+                log::warn!("connection {conn} does not read its replies; closing it");
+                connection.closed = true;
+            }
+            if connection.pending_bytes() <= self.limits.max_pending_output / 2
+                && self.throttled.remove(&conn)
+            {
+                self.readable.insert(conn);
+            }
             // Interest follows state: writable only while bytes wait.
             let wants_write = !connection.closed && connection.written < connection.out.len();
             if wants_write != connection.wants_write {
@@ -427,6 +498,8 @@ impl EventLoop {
             log::debug!("connection {conn} from {:?} closed", connection.peer);
             self.holding.remove(&conn);
             self.dirty.remove(&conn);
+            self.readable.remove(&conn);
+            self.throttled.remove(&conn);
             self.core.handle_disconnect(now, conn);
         }
         !closed.is_empty()

@@ -25,8 +25,8 @@ pub use store::Synchronous;
 pub const DEFAULT_MAX_LINE: usize = protocol::DEFAULT_MAX_LINE;
 /// Default most connections at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
-/// Default most bytes queued for one peer that does not read (16 MiB).
-pub const DEFAULT_MAX_PENDING_OUTPUT: usize = 16 * 1024 * 1024;
+/// Default most bytes queued for one peer that does not read (64 MiB).
+pub const DEFAULT_MAX_PENDING_OUTPUT: usize = 64 * 1024 * 1024;
 
 /// Everything the master needs to run.
 #[derive(Debug, Clone)]
@@ -145,11 +145,16 @@ pub fn run(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64),
     };
-    let core = Core::new(config.core.clone(), devices, tasks, now);
+    let mut core_config = config.core.clone();
+    core_config.max_task_bytes = config
+        .max_line
+        .saturating_sub(crate::core::ASSIGN_OVERHEAD)
+        .max(1);
+    let core = Core::new(core_config, devices, tasks, now);
     let poll = mio::Poll::new()?;
     let waker = EventLoop::make_waker(&poll)?;
     shutdown.set_waker(waker.clone());
-    let (batches, store_events, store_thread) = store::spawn(store, waker)?;
+    let (batches, store_events, store_thread) = store::spawn(store, waker, shutdown.clone())?;
     listener.set_nonblocking(true)?;
     let listener = mio::net::TcpListener::from_std(listener);
     let limits = LoopLimits {

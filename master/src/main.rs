@@ -120,9 +120,17 @@ fn real_main() -> Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                log::info!("signal {signal} received");
+            let mut signals = signals.forever();
+            if let Some(signal) = signals.next() {
+                log::info!("signal {signal} received; stopping (send it again to stop at once)");
                 on_signal.trigger();
+            }
+            if let Some(signal) = signals.next() {
+                // A second signal means the operator will not wait. Nothing
+                // unacknowledged is lost by exiting, and everything
+                // acknowledged is already on disk.
+                log::warn!("signal {signal} received again; exiting now");
+                std::process::exit(130);
             }
         })
         .context("starting the signal thread")?;

@@ -263,6 +263,7 @@ impl Wake for mio::Waker {
 pub fn spawn(
     mut store: Store,
     waker: Arc<dyn Wake>,
+    shutdown: crate::Shutdown,
 ) -> std::io::Result<(Sender<Batch>, Receiver<StoreEvent>, JoinHandle<()>)> {
     let (batch_tx, batch_rx) = crossbeam_channel::unbounded::<Batch>();
     let (event_tx, event_rx) = crossbeam_channel::unbounded();
@@ -276,6 +277,16 @@ pub fn spawn(
                 batches.extend(batch_rx.try_iter());
                 let mut pause = Duration::from_millis(50);
                 while let Err(err) = store.commit(&batches) {
+                    if shutdown.is_triggered() {
+                        // Nothing in these batches was acknowledged, so
+                        // giving up loses no promise; waiting for the disk
+                        // would only keep the master from stopping.
+                        log::error!(
+                            "commit failed while shutting down; {} unsaved change batches were never acknowledged: {err}",
+                            batches.len()
+                        );
+                        return;
+                    }
                     // Nothing is acknowledged until this succeeds; keep
                     // trying so the master recovers by itself, for example
                     // when disk space returns.

@@ -155,3 +155,46 @@ fn submits_are_acknowledged_and_survive_a_restart_of_the_library() {
         assert_eq!(task["priority"], "high");
     });
 }
+
+#[test]
+fn a_text_command_without_a_newline_is_answered_when_the_peer_half_closes() {
+    let master = setup(|_| {});
+    let (mut reader, writer) = connect(master.addr);
+    (&writer).write_all(b"status").expect("send");
+    writer
+        .shutdown(std::net::Shutdown::Write)
+        .expect("half-close");
+    let mut reply = String::new();
+    reader.read_to_string(&mut reply).expect("read to the end");
+    assert!(reply.starts_with("devices: 0 online of 0"), "{reply:?}");
+    assert!(reply.ends_with("\n.\n"), "{reply:?}");
+}
+
+#[test]
+fn a_peer_that_floods_without_reading_does_not_starve_the_others() {
+    let master = setup(|config| config.max_pending_output = 256 * 1024);
+    // The flooder sends requests as fast as it can and never reads a reply;
+    // the master stops reading it once its replies back up.
+    let flooder = TcpStream::connect(master.addr).expect("connect");
+    flooder
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let flood = std::thread::spawn(move || {
+        let line = b"{\"message_type\":\"status\"}\n".repeat(1000);
+        let mut sent = 0usize;
+        while (&flooder).write_all(&line).is_ok() && sent < 64 * 1024 * 1024 {
+            sent += line.len();
+        }
+        sent
+    });
+    // Meanwhile another client is served, again and again.
+    let (mut reader, mut writer) = connect(master.addr);
+    for _ in 0..20 {
+        writer
+            .write_all(b"{\"message_type\":\"status\"}\n")
+            .expect("send");
+        assert_eq!(reply(&mut reader)["message_type"], "ack");
+    }
+    let sent = flood.join().expect("the flooder ends");
+    assert!(sent > 0);
+}

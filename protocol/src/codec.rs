@@ -217,6 +217,18 @@ impl LineCodec {
         Ok(())
     }
 
+    /// The peer has sent its last byte: whatever unfinished line is held
+    /// becomes a frame, so `printf status | nc -N host 8080` is answered.
+    pub fn finish(&mut self, frames: &mut Vec<Frame>) {
+        if self.failed {
+            return;
+        }
+        let line = std::mem::take(&mut self.partial);
+        self.scan = ObjectScan::default();
+        self.pending_cr = false;
+        push_line(line, frames);
+    }
+
     fn fail(&mut self) -> Result<(), LineTooLong> {
         self.failed = true;
         self.pending_cr = false;
@@ -286,6 +298,20 @@ mod tests {
             &[json("{\"a\":1}"), json("{\"b\":2}")],
         );
         check(&[b"devices"], &[]);
+    }
+
+    #[test]
+    fn finish_hands_out_the_unfinished_line() {
+        let mut codec = LineCodec::new(64);
+        let mut frames = Vec::new();
+        codec.decode(b"ok\nstat", &mut frames).expect("short");
+        codec.finish(&mut frames);
+        assert_eq!(
+            frames,
+            [Frame::Text("ok".into()), Frame::Text("stat".into())]
+        );
+        codec.finish(&mut frames);
+        assert_eq!(frames.len(), 2, "nothing more after the first finish");
     }
 
     #[test]

@@ -105,8 +105,23 @@ pub fn run_builtin(task: &TaskSpec, cancel: &CancelToken) -> TaskOutcome {
         other => TaskOutcome::failed(format!("unsupported task type {other:?}")),
     };
     fit_result(&mut outcome.result, MAX_RESULT_BYTES);
+    if let Some(error) = &mut outcome.error {
+        // The error sits beside the result in the same line, and can quote
+        // user input (a program name), so it is bounded too.
+        if error.len() > MAX_ERROR_BYTES {
+            let mut cut = MAX_ERROR_BYTES;
+            while !error.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            error.truncate(cut);
+            error.push_str(" …");
+        }
+    }
     outcome
 }
+
+/// The longest `error` text a result carries.
+pub const MAX_ERROR_BYTES: usize = 4096;
 
 /// The most bytes a task's `result` object may take as JSON.
 ///

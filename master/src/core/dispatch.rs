@@ -17,6 +17,10 @@ impl Core {
             .map(free_slots)
             .sum();
         let mut cursor: Option<QueueKey> = None;
+        // Tasks that ask for the same thing as a task no device could take
+        // in this pass are skipped without looking at the devices again, so
+        // a long backlog of unplaceable tasks costs little per pass.
+        let mut unplaceable: std::collections::HashSet<String> = Default::default();
         while free_slots > 0 {
             let next = match &cursor {
                 None => self.queue.iter().next().cloned(),
@@ -34,7 +38,17 @@ impl Core {
                 self.queue.remove(&key);
                 continue;
             };
+            let signature = task
+                .refused_by
+                .is_empty()
+                .then(|| placement_signature(task));
+            if signature.as_ref().is_some_and(|s| unplaceable.contains(s)) {
+                continue;
+            }
             let Some(device_id) = self.best_device(task, now) else {
+                if let Some(signature) = signature {
+                    unplaceable.insert(signature);
+                }
                 continue;
             };
             self.assign(now, &key, &device_id);
@@ -89,9 +103,19 @@ impl Core {
                 device_id: device_id.to_string(),
                 attempt: record.attempt,
             },
-            false,
+            true,
         );
     }
+}
+
+/// What decides where a task may run: its type and its requirements.
+fn placement_signature(task: &Task) -> String {
+    let spec = &task.record.spec;
+    format!(
+        "{}\u{0}{}",
+        spec.task_type,
+        serde_json::to_string(&spec.requirements).unwrap_or_default()
+    )
 }
 
 fn accepts_work(device: &Device, now: Now) -> bool {

@@ -51,7 +51,13 @@ pub struct CoreConfig {
     pub heartbeat_timeout: Duration,
     /// How long a worker that said it has no free slot gets no new task.
     pub full_worker_pause: Duration,
+    /// The largest task (as JSON) a submit may carry: the line limit less
+    /// room for the `task_assign` envelope around it.
+    pub max_task_bytes: usize,
 }
+
+/// Room left in a line for the `task_assign` envelope around a task.
+pub const ASSIGN_OVERHEAD: usize = 4096;
 
 impl Default for CoreConfig {
     fn default() -> CoreConfig {
@@ -60,6 +66,7 @@ impl Default for CoreConfig {
             heartbeat_interval: Duration::from_secs(5),
             heartbeat_timeout: Duration::from_secs(15),
             full_worker_pause: Duration::from_secs(1),
+            max_task_bytes: protocol::DEFAULT_MAX_LINE - ASSIGN_OVERHEAD,
         }
     }
 }
@@ -92,6 +99,10 @@ pub enum Output {
         payload: Payload,
         /// The batch whose commit this message waits for.
         after_batch: Option<u64>,
+        /// The message reveals no state and may overtake messages held
+        /// for a commit on the same connection (heartbeat acks, so a slow
+        /// disk never looks like a dead master to a worker).
+        overtake: bool,
     },
     /// Close `conn` once everything queued for it has been written.
     Close {
@@ -296,26 +307,24 @@ impl Core {
             Message::TaskSubmit(submit) => self.on_submit(now, submit),
             Message::TaskStatus(task) => self
                 .task_view(&task.task_id)
-                .map(|task| Reply::plain(json!({ "task": task }))),
+                .map(|task| Reply::new(json!({ "task": task }))),
             Message::ListTasks(list) => self
                 .list_tasks(&list)
-                .map(|tasks| Reply::plain(json!({ "count": tasks.len(), "tasks": tasks }))),
-            Message::Status => Ok(Reply::plain(
-                json!({ "cluster_stats": self.cluster_stats() }),
-            )),
+                .map(|tasks| Reply::new(json!({ "count": tasks.len(), "tasks": tasks }))),
+            Message::Status => Ok(Reply::new(json!({ "cluster_stats": self.cluster_stats() }))),
             Message::ListDevices(list) => self
                 .list_devices(&list)
-                .map(|devices| Reply::plain(json!({ "count": devices.len(), "devices": devices }))),
+                .map(|devices| Reply::new(json!({ "count": devices.len(), "devices": devices }))),
             Message::DeviceInfo(device) => self
                 .device_view(&device.device_id)
-                .map(|device| Reply::plain(json!({ "device": device }))),
+                .map(|device| Reply::new(json!({ "device": device }))),
             Message::TaskCancel(cancel) => self.on_cancel(now, cancel),
             Message::DrainDevice(device) => self.on_drain(&device.device_id),
             Message::Subscribe(subscribe) => {
                 if let Some(state) = self.conns.get_mut(&conn) {
                     state.subscription = Some(subscribe);
                 }
-                Ok(Reply::plain(json!({ "message": "subscribed" })))
+                Ok(Reply::new(json!({ "message": "subscribed" })))
             }
             Message::Ack(ack) => {
                 self.on_worker_ack(now, conn, sender, ack);
@@ -330,13 +339,16 @@ impl Core {
                 "the master does not accept this message type from peers",
             )),
         };
+        // Every reply waits until everything the master had changed when it
+        // was made is on disk: an ack promises the change it reports, and a
+        // read must not show a state that a crash could still take back.
+        // Heartbeat acks reveal nothing and overtake (see `send`).
+        let after = Some(self.last_write_batch);
         match result {
             Ok(reply) => {
-                let after = reply.durable.then_some(self.last_write_batch);
                 self.send(conn, Message::Ack(Ack::new(reply_to, reply.fields)), after);
             }
             Err(error) => {
-                let after = error.durable.then_some(self.last_write_batch);
                 let reply = ErrorReply::new(reply_to, error.code, error.message);
                 self.send(conn, Message::Error(reply), after);
             }
@@ -522,17 +534,20 @@ impl Core {
         // Tasks the master thinks this device holds: keep the ones it says
         // it still runs, requeue the rest.
         for task_id in previous_active {
-            let keeps = self.tasks.get(&task_id).is_some_and(|task| {
-                still_running.get(&task_id) == Some(&task.record.attempt)
-                    && task.record.device_id.as_deref() == Some(device_id.as_str())
-            });
-            if keeps {
-                if let Some(device) = self.devices.get_mut(&device_id) {
-                    device.active.insert(task_id);
-                }
-            } else {
+            let kept = self
+                .tasks
+                .get(&task_id)
+                .is_some_and(|task| still_running.get(&task_id) == Some(&task.record.attempt));
+            if !kept {
                 self.requeue(&task_id);
             }
+        }
+        // The tasks the device says it still runs are its own again if their
+        // attempt is still the current one, even when the master had already
+        // put them back in the queue (after a disconnect it noticed, or a
+        // restart) and nobody has taken them since.
+        for (task_id, attempt) in &still_running {
+            self.take_back(now, &device_id, task_id, *attempt);
         }
         self.needs_dispatch = true;
         self.emit(
@@ -542,7 +557,7 @@ impl Core {
             true,
         );
         log::info!("device {device_id} registered");
-        Ok(Reply::durable(json!({
+        Ok(Reply::new(json!({
             "message": format!("registered {device_id}"),
             "device_id": device_id,
             "heartbeat_interval": self.config.heartbeat_interval.as_secs_f64(),
@@ -563,8 +578,9 @@ impl Core {
         device.last_seen = now.monotonic;
         device.record.last_seen_unix_ms = now.unix_ms;
         device.metrics = Some(heartbeat.metrics);
-        Ok(Reply::plain(json!({
+        Ok(Reply::new(json!({
             "message": "heartbeat received",
+            "heartbeat_received": true,
             "heartbeat_interval": self.config.heartbeat_interval.as_secs_f64(),
         })))
     }
@@ -619,8 +635,14 @@ impl Core {
                 }
             }
         }
-        let current =
-            same_attempt && matches!(record.state, TaskState::Assigned | TaskState::Running);
+        // A requeued task whose attempt nobody else has taken yet still
+        // belongs to this attempt: its result is the task's result.
+        let current = same_attempt
+            && match record.state {
+                TaskState::Assigned | TaskState::Running => true,
+                TaskState::Queued => result.attempt.is_some(),
+                _ => false,
+            };
         if !current {
             // A result for an attempt that is no longer current is
             // acknowledged (so the worker forgets it) and never recorded.
@@ -629,7 +651,7 @@ impl Core {
                 result.task_id,
                 result.attempt
             );
-            return Ok(Reply::durable(json!({
+            return Ok(Reply::new(json!({
                 "message": "result discarded: the attempt is no longer current",
                 "task_id": result.task_id,
                 "recorded": false,
@@ -642,6 +664,9 @@ impl Core {
                 format!("no task {task_id}"),
             ));
         };
+        if task.record.state == TaskState::Queued {
+            self.queue.remove(&QueueKey::of(&task.record));
+        }
         let record = &mut task.record;
         record.state = result.status.task_state();
         record.finished_unix_ms = Some(now.unix_ms);
@@ -662,7 +687,7 @@ impl Core {
         let record = record.clone();
         self.persist_task(&record);
         self.emit_finished(&task_id);
-        Ok(Reply::durable(json!({
+        Ok(Reply::new(json!({
             "message": "result recorded",
             "task_id": task_id,
             "recorded": true,
@@ -689,7 +714,7 @@ impl Core {
                 state.device_id = None;
             }
         }
-        Ok(Reply::durable(json!({ "message": "goodbye" })))
+        Ok(Reply::new(json!({ "message": "goodbye" })))
     }
 
     /// A worker accepted an assignment: the task is running.
@@ -797,6 +822,20 @@ impl Core {
                 "the master is shutting down",
             ));
         }
+        // A task must fit in the `task_assign` line a worker will receive;
+        // otherwise every worker it is offered to drops the connection.
+        for (index, spec) in submit.tasks.iter().enumerate() {
+            let size = serde_json::to_vec(spec).map_or(usize::MAX, |json| json.len());
+            if size > self.config.max_task_bytes {
+                return Err(ReplyError::new(
+                    ErrorCode::InvalidMessage,
+                    format!(
+                        "task {index} is {size} bytes as JSON; the most a task may be is {} bytes",
+                        self.config.max_task_bytes
+                    ),
+                ));
+            }
+        }
         let mut ids = Vec::with_capacity(submit.tasks.len());
         let mut created = 0usize;
         for spec in submit.tasks {
@@ -816,7 +855,7 @@ impl Core {
                 "created": created == 1,
             })
         };
-        Ok(Reply::durable(fields))
+        Ok(Reply::new(fields))
     }
 
     /// Queues one task; returns its id and whether it is new. A task whose
@@ -918,7 +957,7 @@ impl Core {
         }
         self.emit_finished(&task_id);
         let view = self.task_view(&task_id)?;
-        Ok(Reply::durable(
+        Ok(Reply::new(
             json!({ "message": format!("task {task_id} cancelled"), "task": view }),
         ))
     }
@@ -946,7 +985,7 @@ impl Core {
             true,
         );
         let view = self.device_view(device_id)?;
-        Ok(Reply::durable(
+        Ok(Reply::new(
             json!({ "message": format!("device {device_id} is draining"), "device": view }),
         ))
     }
@@ -988,6 +1027,37 @@ impl Core {
             true,
         );
         log::info!("device {device_id} is offline ({reason})");
+    }
+
+    /// Gives a task back to the device that reports it is still running
+    /// `attempt` of it, if that attempt is still current; otherwise the
+    /// device's copy is stale and its result will be fenced off.
+    fn take_back(&mut self, now: Now, device_id: &str, task_id: &str, attempt: u32) {
+        let Some(task) = self.tasks.get_mut(task_id) else {
+            return;
+        };
+        let record = &mut task.record;
+        let current = record.attempt == attempt
+            && record.device_id.as_deref() == Some(device_id)
+            && matches!(
+                record.state,
+                TaskState::Queued | TaskState::Assigned | TaskState::Running
+            );
+        if !current {
+            return;
+        }
+        if record.state == TaskState::Queued {
+            self.queue.remove(&QueueKey::of(record));
+        }
+        if record.state != TaskState::Running {
+            record.state = TaskState::Running;
+            record.started_unix_ms.get_or_insert(now.unix_ms);
+            let record = record.clone();
+            self.persist_task(&record);
+        }
+        if let Some(device) = self.devices.get_mut(device_id) {
+            device.active.insert(task_id.to_string());
+        }
     }
 
     /// Puts a task that was handed out back in the queue, in its original
@@ -1033,10 +1103,16 @@ impl Core {
                 envelope.message_id = Some(assign_message_id(task_id, assign.attempt));
             }
         }
+        // A heartbeat ack reveals no state, so it needs no commit and may
+        // overtake held replies: a slow disk must not look like a dead
+        // master to the worker.
+        let heartbeat_ack = matches!(&envelope.message, Message::Ack(ack) if ack.result.contains_key("heartbeat_received"));
+        let after_batch = if heartbeat_ack { None } else { after_batch };
         self.outputs.push(Output::Send {
             conn,
             payload: Payload::Json(envelope),
             after_batch: after_batch.filter(|&batch| batch > 0),
+            overtake: heartbeat_ack,
         });
     }
 
@@ -1045,6 +1121,7 @@ impl Core {
             conn,
             payload: Payload::Text(text),
             after_batch: after_batch.filter(|&batch| batch > 0),
+            overtake: false,
         });
     }
 
@@ -1081,25 +1158,14 @@ impl Core {
     }
 }
 
-/// A successful reply's fields, and whether it promises durability.
+/// A successful reply's fields.
 struct Reply {
     fields: Value,
-    durable: bool,
 }
 
 impl Reply {
-    fn plain(fields: Value) -> Reply {
-        Reply {
-            fields,
-            durable: false,
-        }
-    }
-
-    fn durable(fields: Value) -> Reply {
-        Reply {
-            fields,
-            durable: true,
-        }
+    fn new(fields: Value) -> Reply {
+        Reply { fields }
     }
 }
 
@@ -1108,7 +1174,6 @@ impl Reply {
 struct ReplyError {
     code: ErrorCode,
     message: String,
-    durable: bool,
 }
 
 impl ReplyError {
@@ -1116,7 +1181,6 @@ impl ReplyError {
         ReplyError {
             code,
             message: message.into(),
-            durable: false,
         }
     }
 }

@@ -12,33 +12,33 @@ impl Core {
         let command = match text::parse(line) {
             Ok(command) => command,
             Err(explanation) => {
-                self.reply_text(conn, format!("error: {explanation}"), false);
+                self.reply_text(conn, format!("error: {explanation}"));
                 return;
             }
         };
         match command {
-            TextCommand::Help => self.reply_text(conn, text::HELP.to_string(), false),
+            TextCommand::Help => self.reply_text(conn, text::HELP.to_string()),
             TextCommand::Status => {
                 let body = self.status_text();
-                self.reply_text(conn, body, false);
+                self.reply_text(conn, body);
             }
             TextCommand::Devices => {
                 let body = self.devices_text();
-                self.reply_text(conn, body, false);
+                self.reply_text(conn, body);
             }
             TextCommand::Tasks { state } => {
                 let body = match self.list_tasks(&ListTasks { state, limit: None }) {
                     Ok(tasks) => tasks_text(&tasks),
                     Err(error) => format!("error: {}", error.message),
                 };
-                self.reply_text(conn, body, false);
+                self.reply_text(conn, body);
             }
             TextCommand::Task { task_id } => {
                 let body = match self.task_view(&task_id) {
                     Ok(task) => task_text(&task),
                     Err(error) => format!("error: {}", error.message),
                 };
-                self.reply_text(conn, body, false);
+                self.reply_text(conn, body);
             }
             TextCommand::Submit { task_type, payload } => {
                 let submit = TaskSubmit {
@@ -56,7 +56,7 @@ impl Core {
                     ),
                     Err(error) => format!("error: {}", error.message),
                 };
-                self.reply_text(conn, body, true);
+                self.reply_text(conn, body);
             }
             TextCommand::Cancel { task_id } => {
                 let body = match self.on_cancel(
@@ -69,28 +69,27 @@ impl Core {
                     Ok(_) => format!("cancelled {task_id}"),
                     Err(error) => format!("error: {}", error.message),
                 };
-                self.reply_text(conn, body, true);
+                self.reply_text(conn, body);
             }
             TextCommand::Drain { device_id } => {
                 let body = match self.on_drain(&device_id) {
                     Ok(_) => format!("draining {device_id}"),
                     Err(error) => format!("error: {}", error.message),
                 };
-                self.reply_text(conn, body, true);
+                self.reply_text(conn, body);
             }
             TextCommand::Auth { .. } => self.reply_text(
                 conn,
                 "ok: this master does not require authentication".to_string(),
-                false,
             ),
             TextCommand::Quit => {
-                self.reply_text(conn, "bye".to_string(), false);
+                self.reply_text(conn, "bye".to_string());
                 self.outputs.push(Output::Close { conn });
             }
         }
     }
 
-    fn reply_text(&mut self, conn: ConnId, body: String, durable: bool) {
+    fn reply_text(&mut self, conn: ConnId, body: String) {
         // A body line holding a lone `.` would end the reply early, so
         // every line that starts with `.` gets one more, as in SMTP;
         // readers drop the first `.` of any line that starts with `..`.
@@ -103,8 +102,9 @@ impl Core {
             text.push('\n');
         }
         text.push_str(".\n");
-        let after = durable.then_some(self.last_write_batch);
-        self.send_text(conn, text, after);
+        // Text replies, like JSON ones, wait for everything changed so far
+        // to be on disk.
+        self.send_text(conn, text, Some(self.last_write_batch));
     }
 
     fn status_text(&self) -> String {

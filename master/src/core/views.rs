@@ -61,10 +61,19 @@ impl Core {
             .filter(|task| state.is_none_or(|s| task.record.state == s))
             .collect();
         matching.sort_unstable_by_key(|task| std::cmp::Reverse(task.record.seq));
+        // Listings are summaries: payloads and results can be large (up to
+        // a line each), so they are left out; `task_status` shows one task
+        // in full.
         matching
             .into_iter()
             .take(limit)
-            .map(|task| self.task_view(&task.record.task_id))
+            .map(|task| {
+                self.task_view(&task.record.task_id).map(|mut view| {
+                    view.payload = serde_json::Value::Null;
+                    view.result = None;
+                    view
+                })
+            })
             .collect()
     }
 

@@ -351,3 +351,66 @@ fn a_generated_id_never_replaces_a_client_s_task() {
     assert_eq!(sim.task(&taken).spec.payload, json!({"mine": true}));
     assert_eq!(sim.queue(), [taken, generated]);
 }
+
+#[test]
+fn a_worker_that_reconnects_after_its_loss_was_noticed_keeps_its_task() {
+    let mut sim = Sim::new();
+    let conn = sim.add_worker("a", 1);
+    let t1 = sim.submit(spec("echo"));
+    assert_eq!(sim.state(&t1), TaskState::Running);
+    sim.disconnect(conn);
+    assert_eq!(sim.state(&t1), TaskState::Queued, "requeued at once");
+    // The worker kept running attempt 1 while it was away and says so.
+    let worker = sim.worker_mut("a");
+    worker.orphans.clear();
+    worker.running.insert(t1.clone(), 1);
+    sim.join("a", register(1));
+    let task = sim.task(&t1);
+    assert_eq!(
+        (task.state, task.attempt, task.device_id.as_deref()),
+        (TaskState::Running, 1, Some("a"))
+    );
+    assert_eq!(sim.active("a"), std::slice::from_ref(&t1));
+    assert!(sim.queue().is_empty());
+    assert_eq!(
+        sim.worker("a").offers,
+        [(t1.clone(), 1)],
+        "never offered twice"
+    );
+    assert_eq!(sim.complete("a", &t1).field("recorded"), json!(true));
+}
+
+#[test]
+fn a_late_result_for_a_requeued_task_nobody_took_is_the_result() {
+    let mut sim = Sim::new();
+    let conn = sim.add_worker("a", 1);
+    let t1 = sim.submit(spec("echo"));
+    sim.disconnect(conn);
+    let one_shot = sim.connect();
+    let result = protocol::TaskResult {
+        task_id: t1.clone(),
+        attempt: Some(1),
+        status: ResultStatus::Completed,
+        execution_time: Some(0.1),
+        result: json!({ "output": "done while away", "exit_code": 0 }),
+        error: None,
+    };
+    let reply = sim.request_as(one_shot, Some("a"), Message::TaskResult(result));
+    assert_eq!(reply.field("recorded"), json!(true));
+    assert_eq!(sim.state(&t1), TaskState::Completed);
+    assert!(sim.queue().is_empty(), "it left the queue");
+}
+
+#[test]
+fn a_task_too_large_to_assign_is_refused_at_submit() {
+    let mut sim = Sim::with_config(crate::core::CoreConfig {
+        max_task_bytes: 200,
+        ..crate::core::CoreConfig::default()
+    });
+    let big = TaskSpec::new("echo", json!({ "message": "x".repeat(300) }));
+    let reply = sim.submit_reply(big);
+    assert_eq!(reply.code(), ErrorCode::InvalidMessage);
+    assert!(sim.queue().is_empty() && sim.core.tasks.is_empty());
+    let small = TaskSpec::new("echo", json!({ "message": "x" }));
+    assert_eq!(sim.submit_reply(small).field("success"), json!(true));
+}

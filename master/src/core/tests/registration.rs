@@ -21,6 +21,7 @@ fn register_ack_is_held_for_the_batch_take_batch_returns() {
         conn: to,
         payload: Payload::Json(reply),
         after_batch,
+        ..
     }] = outputs.as_slice()
     else {
         panic!("one reply, got {outputs:?}");

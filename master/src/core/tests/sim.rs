@@ -415,6 +415,7 @@ impl Sim {
                         conn,
                         payload,
                         after_batch,
+                        ..
                     } => {
                         if let Payload::Json(envelope) = &payload {
                             if let Some(worker) =
