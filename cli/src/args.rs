@@ -101,6 +101,13 @@ pub enum Command {
         /// The task's id.
         task_id: String,
     },
+    /// Queue a failed, timed-out, cancelled or dead-lettered task again,
+    /// with a fresh retry budget (`retire tasks --state dead_letter` lists
+    /// the dead letters).
+    Retry {
+        /// The task's id.
+        task_id: String,
+    },
     /// Give a device no new work; its running tasks finish.
     Drain {
         /// The device's id.

@@ -471,13 +471,26 @@ pub fn cancel(client: &mut Client, task_id: &str, output: &mut Output) -> Result
         task_id: task_id.to_string(),
         attempt: None,
     }))?;
+    print_task_of(&ack, output)
+}
+
+/// Prints the `task` an ack carries, as JSON or as a one-row table.
+fn print_task_of(ack: &protocol::Ack, output: &mut Output) -> Result<u8, Error> {
     if output.json {
-        output.print_result(&ack)?;
+        output.print_result(ack)?;
         return Ok(exit::OK);
     }
-    let task: TaskView = field(&ack, "task")?;
+    let task: TaskView = field(ack, "task")?;
     output.print(&task_table(&[task], output.now).render())?;
     Ok(exit::OK)
+}
+
+/// `retire retry ID`: prints the task as it is after being queued again.
+pub fn retry(client: &mut Client, task_id: &str, output: &mut Output) -> Result<u8, Error> {
+    let ack = client.request(Message::TaskRetry(TaskRef {
+        task_id: task_id.to_string(),
+    }))?;
+    print_task_of(&ack, output)
 }
 
 /// `retire drain DEVICE`: prints the device as it is after the drain.

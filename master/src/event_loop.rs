@@ -388,6 +388,8 @@ impl EventLoop {
         for event in self.store_events.try_iter() {
             match event {
                 StoreEvent::Committed(id) => self.committed = self.committed.max(id),
+                StoreEvent::Failing => self.core.set_storage_available(false),
+                StoreEvent::Recovered => self.core.set_storage_available(true),
             }
         }
     }

@@ -50,6 +50,20 @@ struct Args {
     #[arg(long, env = "RETIRE_SYNCHRONOUS", default_value = "normal")]
     synchronous: String,
 
+    /// Retries a task gets when it does not set `max_retries` itself.
+    #[arg(long, env = "RETIRE_DEFAULT_MAX_RETRIES", default_value_t = 0)]
+    default_max_retries: u32,
+
+    /// Seconds past a task's timeout before the master itself gives up on
+    /// the attempt.
+    #[arg(long, env = "RETIRE_TIMEOUT_GRACE", default_value_t = 10.0)]
+    timeout_grace: f64,
+
+    /// Seconds the master holds the tasks of a worker it lost (one that
+    /// keeps running them while away) before it requeues them.
+    #[arg(long, env = "RETIRE_LEASE_GRACE", default_value_t = 60.0)]
+    lease_grace: f64,
+
     /// Slots of the local worker in --dev mode (default: number of cores).
     #[arg(long, env = "RETIRE_DEV_SLOTS")]
     dev_slots: Option<usize>,
@@ -93,6 +107,9 @@ fn real_main() -> Result<()> {
     let core = CoreConfig {
         heartbeat_interval: seconds("heartbeat-interval", args.heartbeat_interval)?,
         heartbeat_timeout: seconds("heartbeat-timeout", args.heartbeat_timeout)?,
+        default_max_retries: args.default_max_retries,
+        timeout_grace: seconds("timeout-grace", args.timeout_grace)?,
+        lease_grace: seconds("lease-grace", args.lease_grace)?,
         ..CoreConfig::default()
     };
     if core.heartbeat_timeout <= core.heartbeat_interval {
@@ -110,6 +127,15 @@ fn real_main() -> Result<()> {
         TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let bound = listener.local_addr().context("reading the bound address")?;
 
+    // With a file-size limit (RLIMIT_FSIZE) reached, the kernel would kill
+    // the master with SIGXFSZ. Handling the signal makes the write fail
+    // with EFBIG instead, which the store treats like a full disk: no ack,
+    // retry, recover.
+    signal_hook::flag::register(
+        signal_hook::consts::SIGXFSZ,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    )
+    .context("installing the SIGXFSZ handler")?;
     let shutdown = Shutdown::new();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,

@@ -241,6 +241,10 @@ impl Store {
 pub enum StoreEvent {
     /// Every batch up to and including this id is durable.
     Committed(u64),
+    /// A commit failed; the store keeps retrying it.
+    Failing,
+    /// Commits succeed again after a failure.
+    Recovered,
 }
 
 /// Something the store thread can be woken with; the event loop passes its
@@ -276,7 +280,15 @@ pub fn spawn(
                 let mut batches = vec![first];
                 batches.extend(batch_rx.try_iter());
                 let mut pause = Duration::from_millis(50);
+                let mut failing = false;
                 while let Err(err) = store.commit(&batches) {
+                    if !failing {
+                        failing = true;
+                        if event_tx.send(StoreEvent::Failing).is_err() {
+                            return;
+                        }
+                        waker.wake();
+                    }
                     if shutdown.is_triggered() {
                         // Nothing in these batches was acknowledged, so
                         // giving up loses no promise; waiting for the disk
@@ -295,6 +307,9 @@ pub fn spawn(
                     pause = (pause * 2).min(MAX_RETRY_PAUSE);
                 }
                 let last = batches.last().map_or(0, |batch| batch.id);
+                if failing && event_tx.send(StoreEvent::Recovered).is_err() {
+                    break;
+                }
                 if event_tx.send(StoreEvent::Committed(last)).is_err() {
                     break;
                 }

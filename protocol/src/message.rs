@@ -180,6 +180,9 @@ pub enum Message {
     TaskSubmit(TaskSubmit),
     /// Client → master: one task's state and result.
     TaskStatus(TaskRef),
+    /// Client → master: queue a finished task (failed, timed out,
+    /// cancelled or dead-lettered) again with a fresh retry budget.
+    TaskRetry(TaskRef),
     /// Client → master: tasks, optionally of one state.
     ListTasks(ListTasks),
     /// Client → master: cluster totals.
@@ -213,6 +216,7 @@ impl Message {
             Message::TaskCancel(_) => "task_cancel",
             Message::TaskSubmit(_) => "task_submit",
             Message::TaskStatus(_) => "task_status",
+            Message::TaskRetry(_) => "task_retry",
             Message::ListTasks(_) => "list_tasks",
             Message::Status => "status",
             Message::ListDevices(_) => "list_devices",
@@ -244,6 +248,7 @@ impl Message {
             "task_cancel" | "cancel_task" => Message::TaskCancel(parse(data)?),
             "task_submit" | "submit_task" => Message::TaskSubmit(TaskSubmit::from_data(data)?),
             "task_status" => Message::TaskStatus(parse(data)?),
+            "task_retry" | "retry_task" => Message::TaskRetry(parse(data)?),
             "list_tasks" => Message::ListTasks(parse(data)?),
             "status" | "cluster_status" | "get_cluster_status" => Message::Status,
             "list_devices" => Message::ListDevices(parse(data)?),
@@ -288,6 +293,7 @@ impl Message {
             Message::TaskCancel(cancel) => to_data(cancel),
             Message::TaskSubmit(submit) => submit.to_data(),
             Message::TaskStatus(task) => to_data(task),
+            Message::TaskRetry(task) => to_data(task),
             Message::ListTasks(list) => to_data(list),
             Message::Status => json!({}),
             Message::ListDevices(list) => to_data(list),
@@ -361,6 +367,10 @@ pub struct Register {
     pub slots: Option<u32>,
     /// Tasks it still runs from before a reconnect.
     pub running_tasks: Vec<RunningTask>,
+    /// The worker keeps running its tasks and keeps their results when it
+    /// loses the master, so the master may hold its tasks for it for a
+    /// grace period instead of requeueing them at once.
+    pub leases: bool,
     /// Every other field, kept as sent.
     pub extra: Map<String, Value>,
 }
@@ -410,7 +420,7 @@ struct HardwareSpecsWire {
 
 /// The keys [`RegisterWire`] reads at the top level of `data`; keep in step
 /// with its fields.
-const REGISTER_TOP_LEVEL_KEYS: [&str; 16] = [
+const REGISTER_TOP_LEVEL_KEYS: [&str; 17] = [
     "device_info",
     "hardware_specs",
     "capabilities",
@@ -427,6 +437,7 @@ const REGISTER_TOP_LEVEL_KEYS: [&str; 16] = [
     "task_types",
     "slots",
     "running_tasks",
+    "leases",
 ];
 
 #[derive(Deserialize, Default)]
@@ -450,6 +461,7 @@ struct RegisterWire {
     task_types: Option<Vec<String>>,
     slots: Option<u32>,
     running_tasks: Vec<RunningTask>,
+    leases: bool,
     #[serde(flatten)]
     extra: Map<String, Value>,
 }
@@ -485,6 +497,7 @@ impl Register {
             task_types: wire.task_types,
             slots: wire.slots.or(wire.max_concurrent_tasks),
             running_tasks: wire.running_tasks,
+            leases: wire.leases,
             extra,
         })
     }
@@ -544,6 +557,9 @@ impl Register {
         }
         if !self.running_tasks.is_empty() {
             data.insert("running_tasks".into(), json!(self.running_tasks));
+        }
+        if self.leases {
+            data.insert("leases".into(), json!(true));
         }
         Value::Object(data)
     }

@@ -37,6 +37,12 @@ pub enum TextCommand {
         /// The task's id.
         task_id: String,
     },
+    /// `retry ID`: queue a failed, timed-out, cancelled or dead-lettered
+    /// task again.
+    Retry {
+        /// The task's id.
+        task_id: String,
+    },
     /// `drain DEVICE`: give a device no new work.
     Drain {
         /// The device's id.
@@ -57,10 +63,11 @@ commands:
   help                      this list
   status                    cluster totals
   devices                   one line per device
-  tasks [STATE]             recent tasks (STATE: queued, assigned, running, completed, failed, timed_out, cancelled)
+  tasks [STATE]             recent tasks (STATE: queued, assigned, running, retrying, completed, failed, timed_out, cancelled, dead_letter)
   task ID                   one task in full
   submit TYPE [JSON]        queue a task, e.g. submit echo {\"message\":\"hi\"}
   cancel ID                 cancel a task
+  retry ID                  queue a failed or dead-lettered task again
   drain DEVICE              give a device no new work
   auth TOKEN                authenticate this connection
   quit                      close the connection";
@@ -102,6 +109,7 @@ pub fn parse(line: &str) -> Result<TextCommand, String> {
         }
         "task" => one_arg("task", "ID").map(|task_id| TextCommand::Task { task_id }),
         "cancel" => one_arg("cancel", "ID").map(|task_id| TextCommand::Cancel { task_id }),
+        "retry" => one_arg("retry", "ID").map(|task_id| TextCommand::Retry { task_id }),
         "drain" => one_arg("drain", "DEVICE").map(|device_id| TextCommand::Drain { device_id }),
         "auth" => one_arg("auth", "TOKEN").map(|token| TextCommand::Auth { token }),
         "quit" | "exit" => no_args(TextCommand::Quit, "quit"),

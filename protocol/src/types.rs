@@ -226,26 +226,34 @@ pub enum TaskState {
     Assigned,
     /// Confirmed by its device and running.
     Running,
+    /// An attempt failed or timed out and another one will follow once
+    /// its backoff has passed (`retry_at`).
+    Retrying,
     /// Finished successfully.
     Completed,
-    /// Finished unsuccessfully.
+    /// Its only attempt failed (it asked for no retries).
     Failed,
-    /// Killed because it ran past its timeout.
+    /// Its only attempt ran past its timeout (it asked for no retries).
     TimedOut,
     /// Cancelled by a client.
     Cancelled,
+    /// Every attempt it was allowed failed, or it lost its worker too many
+    /// times; `retire retry` queues it again.
+    DeadLetter,
 }
 
 impl TaskState {
     /// All states, in life order.
-    pub const ALL: [TaskState; 7] = [
+    pub const ALL: [TaskState; 9] = [
         TaskState::Queued,
         TaskState::Assigned,
         TaskState::Running,
+        TaskState::Retrying,
         TaskState::Completed,
         TaskState::Failed,
         TaskState::TimedOut,
         TaskState::Cancelled,
+        TaskState::DeadLetter,
     ];
 
     /// The state's wire name.
@@ -254,10 +262,12 @@ impl TaskState {
             TaskState::Queued => "queued",
             TaskState::Assigned => "assigned",
             TaskState::Running => "running",
+            TaskState::Retrying => "retrying",
             TaskState::Completed => "completed",
             TaskState::Failed => "failed",
             TaskState::TimedOut => "timed_out",
             TaskState::Cancelled => "cancelled",
+            TaskState::DeadLetter => "dead_letter",
         }
     }
 
@@ -273,7 +283,11 @@ impl TaskState {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            TaskState::Completed | TaskState::Failed | TaskState::TimedOut | TaskState::Cancelled
+            TaskState::Completed
+                | TaskState::Failed
+                | TaskState::TimedOut
+                | TaskState::Cancelled
+                | TaskState::DeadLetter
         )
     }
 }
@@ -382,6 +396,12 @@ pub struct TaskView {
     /// When it reached a terminal state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+    /// While `retrying`: when the next attempt may start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<String>,
+    /// Retries it may use after its first attempt.
+    #[serde(default)]
+    pub max_retries: u32,
     /// The worker's `result` object once the task has finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,

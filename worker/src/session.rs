@@ -721,6 +721,9 @@ fn register_template(config: &SessionConfig, profile: &DeviceProfile) -> Registe
         task_types: Some(config.task_types.clone()),
         slots: Some(u32::try_from(config.slots).unwrap_or(u32::MAX)),
         running_tasks: Vec::new(),
+        // This worker keeps running its tasks and keeps their results while
+        // it is away from the master, so the master may hold them for it.
+        leases: true,
         extra,
     }
 }

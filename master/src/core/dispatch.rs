@@ -86,6 +86,7 @@ impl Core {
         record.started_unix_ms = Some(now.unix_ms);
         let record = record.clone();
         self.persist_task(&record);
+        self.watch_attempt(now, &key.task_id);
         let Some(device) = self.devices.get_mut(device_id) else {
             return;
         };

@@ -10,6 +10,7 @@
 //! committed.
 
 mod dispatch;
+mod life;
 pub mod records;
 mod text;
 mod views;
@@ -54,6 +55,21 @@ pub struct CoreConfig {
     /// The largest task (as JSON) a submit may carry: the line limit less
     /// room for the `task_assign` envelope around it.
     pub max_task_bytes: usize,
+    /// Retries a task gets when it does not say (`max_retries`).
+    pub default_max_retries: u32,
+    /// Backoff before the first retry; it doubles for each further one.
+    pub retry_backoff: Duration,
+    /// The longest backoff between two attempts.
+    pub max_retry_backoff: Duration,
+    /// How long past its timeout the master waits for a result before it
+    /// takes the attempt as timed out itself.
+    pub timeout_grace: Duration,
+    /// How long the master holds the tasks of a worker that supports
+    /// leases after losing it, before it requeues them.
+    pub lease_grace: Duration,
+    /// How many times a task may lose its worker before it is
+    /// dead-lettered (a task that crashes every device it touches).
+    pub max_lost_attempts: u32,
 }
 
 /// Room left in a line for the `task_assign` envelope around a task.
@@ -67,6 +83,12 @@ impl Default for CoreConfig {
             heartbeat_timeout: Duration::from_secs(15),
             full_worker_pause: Duration::from_secs(1),
             max_task_bytes: protocol::DEFAULT_MAX_LINE - ASSIGN_OVERHEAD,
+            default_max_retries: 0,
+            retry_backoff: Duration::from_secs(1),
+            max_retry_backoff: Duration::from_secs(300),
+            timeout_grace: Duration::from_secs(10),
+            lease_grace: Duration::from_secs(60),
+            max_lost_attempts: 5,
         }
     }
 }
@@ -126,6 +148,8 @@ struct Device {
     last_seen: Duration,
     metrics: Option<Metrics>,
     paused_until: Option<Duration>,
+    /// While offline: until when the master holds its tasks for it.
+    lease_until: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -178,13 +202,20 @@ pub struct Core {
     last_write_batch: u64,
     needs_dispatch: bool,
     shutting_down: bool,
+    /// Tasks waiting out a retry backoff, by when they may run again.
+    retry_wait: BTreeSet<(Duration, String)>,
+    /// Attempts with a timeout, by when the master stops waiting for them.
+    attempt_deadlines: BTreeSet<(Duration, String, u32)>,
+    /// Whether the store can commit; changes are refused while it cannot.
+    storage_available: bool,
 }
 
 impl Core {
     /// A core that starts from the records the store loaded. Devices start
-    /// offline; tasks that were handed to a device before the restart go
-    /// back to the queue, because no device holds them any more (their
-    /// next attempt fences off a late result from the old one).
+    /// offline. Tasks that were handed to a device before the restart stay
+    /// with it for a lease grace period when the device supports leases
+    /// (it keeps running them and comes back with their results); the
+    /// others go back to the queue. Retries keep their backoff.
     pub fn new(
         config: CoreConfig,
         devices: Vec<DeviceRecord>,
@@ -205,6 +236,9 @@ impl Core {
             last_write_batch: 0,
             needs_dispatch: false,
             shutting_down: false,
+            retry_wait: BTreeSet::new(),
+            attempt_deadlines: BTreeSet::new(),
+            storage_available: true,
         };
         for mut record in devices {
             let register = register_from_profile(&record.profile);
@@ -222,26 +256,57 @@ impl Core {
                     last_seen: now.monotonic,
                     metrics: None,
                     paused_until: None,
+                    lease_until: None,
                 },
             );
         }
         for mut record in tasks {
             core.next_seq = core.next_seq.max(record.seq + 1);
+            let task_id = record.task_id.clone();
             if matches!(record.state, TaskState::Assigned | TaskState::Running) {
-                record.state = TaskState::Queued;
-                core.persist_task(&record);
+                let holder = record
+                    .device_id
+                    .as_ref()
+                    .and_then(|id| core.devices.get_mut(id))
+                    .filter(|device| device.record.leases);
+                match holder {
+                    Some(device) => {
+                        device.active.insert(task_id.clone());
+                        device.lease_until = Some(now.monotonic + core.config.lease_grace);
+                    }
+                    None => {
+                        record.state = TaskState::Queued;
+                        record.lost += 1;
+                        core.persist_task(&record);
+                    }
+                }
+            }
+            if record.state == TaskState::Retrying {
+                let wait_ms = record
+                    .retry_at_unix_ms
+                    .map_or(0, |at| (at - now.unix_ms).max(0));
+                core.retry_wait.insert((
+                    now.monotonic + Duration::from_millis(wait_ms as u64),
+                    task_id.clone(),
+                ));
             }
             if record.state == TaskState::Queued {
                 core.queue.insert(QueueKey::of(&record));
                 core.needs_dispatch = true;
             }
+            let held = matches!(record.state, TaskState::Assigned | TaskState::Running);
             core.tasks.insert(
-                record.task_id.clone(),
+                task_id.clone(),
                 Task {
                     record,
                     refused_by: BTreeSet::new(),
                 },
             );
+            if held {
+                // The restart lost track of how long the attempt has run:
+                // its timeout counts again from now, which errs on waiting.
+                core.watch_attempt(now, &task_id);
+            }
         }
         core
     }
@@ -268,7 +333,7 @@ impl Core {
                 .get(&device_id)
                 .is_some_and(|device| device.conn == Some(conn));
             if bound_here {
-                self.device_gone(now, &device_id, "disconnected");
+                self.device_gone(now, &device_id, "disconnected", false);
             }
         }
     }
@@ -308,6 +373,7 @@ impl Core {
             Message::TaskStatus(task) => self
                 .task_view(&task.task_id)
                 .map(|task| Reply::new(json!({ "task": task }))),
+            Message::TaskRetry(task) => self.on_retry(now, &task.task_id),
             Message::ListTasks(list) => self
                 .list_tasks(&list)
                 .map(|tasks| Reply::new(json!({ "count": tasks.len(), "tasks": tasks }))),
@@ -357,6 +423,7 @@ impl Core {
 
     /// A timer fired: find workers whose heartbeats stopped.
     pub fn handle_tick(&mut self, now: Now) {
+        self.tick_task_life(now);
         let expired: Vec<(String, ConnId)> = self
             .devices
             .iter()
@@ -368,7 +435,7 @@ impl Core {
             .collect();
         for (device_id, conn) in expired {
             log::warn!("device {device_id} missed its heartbeats; closing its connection");
-            self.device_gone(now, &device_id, "heartbeat timeout");
+            self.device_gone(now, &device_id, "heartbeat timeout", false);
             if let Some(state) = self.conns.get_mut(&conn) {
                 state.device_id = None;
             }
@@ -405,6 +472,7 @@ impl Core {
                     .values()
                     .filter_map(|device| device.paused_until),
             )
+            .chain(self.next_task_life_deadline())
             .min()
     }
 
@@ -450,6 +518,7 @@ impl Core {
         sender: Option<String>,
         register: Register,
     ) -> Result<Reply, ReplyError> {
+        self.check_storage()?;
         let device_id = sender.ok_or_else(|| {
             ReplyError::new(
                 ErrorCode::InvalidMessage,
@@ -509,6 +578,7 @@ impl Core {
                 .get(&device_id)
                 .map_or(now.unix_ms, |d| d.record.registered_unix_ms),
             last_seen_unix_ms: now.unix_ms,
+            leases: register.leases,
         };
         let previous_active = self
             .devices
@@ -526,6 +596,7 @@ impl Core {
                 last_seen: now.monotonic,
                 metrics: None,
                 paused_until: None,
+                lease_until: None,
             },
         );
         if let Some(state) = self.conns.get_mut(&conn) {
@@ -539,7 +610,9 @@ impl Core {
                 .get(&task_id)
                 .is_some_and(|task| still_running.get(&task_id) == Some(&task.record.attempt));
             if !kept {
-                self.requeue(&task_id);
+                // The worker no longer knows this task (it restarted, say):
+                // the attempt is lost.
+                self.lose_attempt(now, &task_id);
             }
         }
         // The tasks the device says it still runs are its own again if their
@@ -578,6 +651,22 @@ impl Core {
         device.last_seen = now.monotonic;
         device.record.last_seen_unix_ms = now.unix_ms;
         device.metrics = Some(heartbeat.metrics);
+        // A worker that is leaving gracefully says so in its heartbeats: it
+        // gets no new work from then on.
+        if heartbeat.status.as_deref() == Some("draining")
+            && device.record.status == DeviceStatus::Online
+            && device.conn.is_some()
+        {
+            device.record.status = DeviceStatus::Draining;
+            let record = device.record.clone();
+            self.persist_device(&record);
+            self.emit(
+                Event::DeviceDraining {
+                    device_id: device_id.clone(),
+                },
+                true,
+            );
+        }
         Ok(Reply::new(json!({
             "message": "heartbeat received",
             "heartbeat_received": true,
@@ -611,6 +700,7 @@ impl Core {
         sender: Option<String>,
         result: TaskResult,
     ) -> Result<Reply, ReplyError> {
+        self.check_storage()?;
         let device_id = self.speaker(conn, sender)?;
         if let Some(device) = self.devices.get_mut(&device_id) {
             device.last_seen = now.monotonic;
@@ -668,8 +758,6 @@ impl Core {
             self.queue.remove(&QueueKey::of(&task.record));
         }
         let record = &mut task.record;
-        record.state = result.status.task_state();
-        record.finished_unix_ms = Some(now.unix_ms);
         record.exit_code = result
             .result
             .get("exit_code")
@@ -684,9 +772,7 @@ impl Core {
         });
         record.execution_time = result.execution_time;
         record.result = Some(result.result);
-        let record = record.clone();
-        self.persist_task(&record);
-        self.emit_finished(&task_id);
+        self.end_attempt(now, &task_id, life::AttemptEnd::Reported(result.status));
         Ok(Reply::new(json!({
             "message": "result recorded",
             "task_id": task_id,
@@ -709,7 +795,7 @@ impl Core {
             .get(&device_id)
             .is_some_and(|d| d.conn == Some(conn))
         {
-            self.device_gone(now, &device_id, &reason);
+            self.device_gone(now, &device_id, &reason, true);
             if let Some(state) = self.conns.get_mut(&conn) {
                 state.device_id = None;
             }
@@ -816,6 +902,7 @@ impl Core {
     // ----- client messages -----
 
     fn on_submit(&mut self, now: Now, submit: TaskSubmit) -> Result<Reply, ReplyError> {
+        self.check_storage()?;
         if self.shutting_down {
             return Err(ReplyError::new(
                 ErrorCode::ShuttingDown,
@@ -894,6 +981,9 @@ impl Core {
             exit_code: None,
             error: None,
             execution_time: None,
+            failures: 0,
+            lost: 0,
+            retry_at_unix_ms: None,
         };
         self.persist_task(&record);
         self.queue.insert(QueueKey::of(&record));
@@ -917,6 +1007,7 @@ impl Core {
     }
 
     fn on_cancel(&mut self, now: Now, cancel: TaskCancel) -> Result<Reply, ReplyError> {
+        self.check_storage()?;
         let task_id = cancel.task_id;
         let Some(task) = self.tasks.get_mut(&task_id) else {
             return Err(ReplyError::new(
@@ -963,6 +1054,7 @@ impl Core {
     }
 
     fn on_drain(&mut self, device_id: &str) -> Result<Reply, ReplyError> {
+        self.check_storage()?;
         let Some(device) = self.devices.get_mut(device_id) else {
             return Err(ReplyError::new(
                 ErrorCode::NotFound,
@@ -1007,18 +1099,34 @@ impl Core {
 
     /// A device lost its connection: it is offline and its tasks go back
     /// to the queue at once.
-    fn device_gone(&mut self, _now: Now, device_id: &str, reason: &str) {
+    fn device_gone(&mut self, now: Now, device_id: &str, reason: &str, handed_back: bool) {
         let Some(device) = self.devices.get_mut(device_id) else {
             return;
         };
         device.conn = None;
         device.record.status = DeviceStatus::Offline;
-        let active = std::mem::take(&mut device.active);
         let record = device.record.clone();
-        self.persist_device(&record);
-        for task_id in active {
-            self.requeue(&task_id);
+        if !handed_back && device.record.leases && !device.active.is_empty() {
+            // The worker keeps running its tasks while it is away and comes
+            // back with their results: hold them for it for a while.
+            device.lease_until = Some(now.monotonic + self.config.lease_grace);
+            log::info!(
+                "device {device_id} holds {} tasks on a lease for {:?}",
+                device.active.len(),
+                self.config.lease_grace
+            );
+        } else {
+            let active = std::mem::take(&mut device.active);
+            self.persist_device(&record);
+            for task_id in active {
+                if handed_back {
+                    self.requeue(&task_id);
+                } else {
+                    self.lose_attempt(now, &task_id);
+                }
+            }
         }
+        self.persist_device(&record);
         self.emit(
             Event::DeviceLeft {
                 device_id: device_id.to_string(),

@@ -29,6 +29,9 @@ pub struct DeviceRecord {
     pub registered_unix_ms: i64,
     /// Last message seen (Unix ms).
     pub last_seen_unix_ms: i64,
+    /// It keeps running its tasks while away (see `Register::leases`).
+    #[serde(default)]
+    pub leases: bool,
 }
 
 /// A task as it is stored.
@@ -60,6 +63,15 @@ pub struct TaskRecord {
     pub error: Option<String>,
     /// Seconds the last attempt ran, per the worker.
     pub execution_time: Option<f64>,
+    /// Attempts that failed or timed out so far (since the last retry).
+    #[serde(default)]
+    pub failures: u32,
+    /// Attempts lost with their worker so far (since the last retry).
+    #[serde(default)]
+    pub lost: u32,
+    /// While retrying: when the next attempt may start (Unix ms).
+    #[serde(default)]
+    pub retry_at_unix_ms: Option<i64>,
 }
 
 impl TaskRecord {

@@ -71,6 +71,13 @@ impl Core {
                 };
                 self.reply_text(conn, body);
             }
+            TextCommand::Retry { task_id } => {
+                let body = match self.on_retry(now, &task_id) {
+                    Ok(_) => format!("queued {task_id} again"),
+                    Err(error) => format!("error: {}", error.message),
+                };
+                self.reply_text(conn, body);
+            }
             TextCommand::Drain { device_id } => {
                 let body = match self.on_drain(&device_id) {
                     Ok(_) => format!("draining {device_id}"),

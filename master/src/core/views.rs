@@ -34,6 +34,8 @@ impl Core {
             submitted_at: rfc3339(record.submitted_unix_ms),
             started_at: record.started_unix_ms.map(rfc3339),
             finished_at: record.finished_unix_ms.map(rfc3339),
+            retry_at: record.retry_at_unix_ms.map(rfc3339),
+            max_retries: self.max_retries(&record.spec),
             result: record.result.clone(),
             exit_code: record.exit_code,
             error: record.error.clone(),

@@ -401,7 +401,8 @@ fn task_states_and_device_statuses_parse() {
             TaskState::Completed,
             TaskState::Failed,
             TaskState::TimedOut,
-            TaskState::Cancelled
+            TaskState::Cancelled,
+            TaskState::DeadLetter
         ]
     );
     for status in [

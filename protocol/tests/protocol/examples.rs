@@ -176,6 +176,7 @@ fn register_with_the_fields_of_our_own_worker() {
             tags: vec!["arm".into()],
             task_types: Some(vec!["echo".into(), "shell".into()]),
             slots: Some(3),
+            leases: false,
             running_tasks: vec![
                 RunningTask {
                     task_id: "t-1".into(),

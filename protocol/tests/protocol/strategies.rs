@@ -186,6 +186,9 @@ pub fn register() -> impl Strategy<Value = Register> {
             capabilities,
             tags,
             task_types,
+            // Varied with the slots rather than another generator, to keep
+            // the tuple within proptest's arity.
+            leases: slots.is_some_and(|n| n % 2 == 0),
             slots,
             running_tasks,
             extra,
@@ -478,6 +481,8 @@ pub fn task_view() -> impl Strategy<Value = TaskView> {
             device_id,
             submitted_at,
             started_at,
+            retry_at: finished_at.clone(),
+            max_retries: attempt % 4,
             finished_at,
             result,
             exit_code,

@@ -158,9 +158,9 @@ fn every_command_in_the_help_parses() {
         );
         commands += 1;
     }
-    // The ten commands are help, status, devices, tasks, task, submit,
-    // cancel, drain, auth and quit.
-    assert_eq!(commands, 10);
+    // The eleven commands are help, status, devices, tasks, task, submit,
+    // cancel, retry, drain, auth and quit.
+    assert_eq!(commands, 11);
     // The states the help offers are the task states.
     for state in protocol::TaskState::ALL {
         assert!(HELP.contains(state.as_str()), "help does not list {state}");

@@ -1,0 +1,351 @@
+//! A task's life beyond one attempt: retries with backoff, the dead-letter
+//! state, the master's own timeout, leases for workers that went away, and
+//! `task_retry`.
+//!
+//! Every timer here runs on the monotonic clock the core is handed (`now`),
+//! so a wall-clock jump changes none of them.
+
+use super::{Core, Now, QueueKey, Reply, ReplyError};
+use protocol::{ErrorCode, Message, ResultStatus, TaskCancel, TaskSpec, TaskState};
+use serde_json::json;
+use std::time::Duration;
+
+/// How an attempt ended, as far as the task's life is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AttemptEnd {
+    /// The worker reported it.
+    Reported(ResultStatus),
+    /// The master gave up waiting for it (timeout plus grace).
+    MasterTimeout,
+}
+
+impl Core {
+    /// Retries the task may use after its first attempt.
+    pub(super) fn max_retries(&self, spec: &TaskSpec) -> u32 {
+        spec.max_retries.unwrap_or(self.config.default_max_retries)
+    }
+
+    /// Moves a task whose current attempt just ended to its next state:
+    /// terminal, or `retrying` with a backoff. The caller has recorded the
+    /// attempt's result on the record already.
+    pub(super) fn end_attempt(&mut self, now: Now, task_id: &str, end: AttemptEnd) {
+        let Some(task) = self.tasks.get(task_id) else {
+            return;
+        };
+        let max_retries = self.max_retries(&task.record.spec);
+        let Some(task) = self.tasks.get_mut(task_id) else {
+            return;
+        };
+        let record = &mut task.record;
+        let failed_as = match end {
+            AttemptEnd::Reported(ResultStatus::Completed) => None,
+            AttemptEnd::Reported(ResultStatus::Cancelled) => {
+                record.state = TaskState::Cancelled;
+                record.finished_unix_ms = Some(now.unix_ms);
+                let record = record.clone();
+                self.persist_task(&record);
+                self.emit_finished(task_id);
+                return;
+            }
+            AttemptEnd::Reported(ResultStatus::Failed) => Some(TaskState::Failed),
+            AttemptEnd::Reported(ResultStatus::Timeout) | AttemptEnd::MasterTimeout => {
+                Some(TaskState::TimedOut)
+            }
+        };
+        let Some(failed_as) = failed_as else {
+            record.state = TaskState::Completed;
+            record.finished_unix_ms = Some(now.unix_ms);
+            record.retry_at_unix_ms = None;
+            let record = record.clone();
+            self.persist_task(&record);
+            self.emit_finished(task_id);
+            return;
+        };
+        record.failures += 1;
+        if record.failures <= max_retries {
+            let delay = retry_delay(&self.config, record.seq, record.failures);
+            record.state = TaskState::Retrying;
+            record.retry_at_unix_ms = Some(now.unix_ms + delay.as_millis() as i64);
+            let record = record.clone();
+            self.retry_wait
+                .insert((now.monotonic + delay, task_id.to_string()));
+            self.persist_task(&record);
+            log::info!(
+                "task {task_id} attempt {} {}; retry {} of {max_retries} in {delay:?}",
+                record.attempt,
+                failed_as,
+                record.failures
+            );
+            return;
+        }
+        // A task that asked for no retries simply failed; one that used up
+        // its retries goes to the dead-letter state, from which `retire
+        // retry` can queue it again.
+        record.state = if max_retries == 0 {
+            failed_as
+        } else {
+            TaskState::DeadLetter
+        };
+        record.finished_unix_ms = Some(now.unix_ms);
+        record.retry_at_unix_ms = None;
+        let record = record.clone();
+        self.persist_task(&record);
+        self.emit_finished(task_id);
+    }
+
+    /// A task lost its worker (disconnect without a lease, lease expiry,
+    /// a worker that no longer knows it): back to the queue, unless it has
+    /// lost too many workers already.
+    pub(super) fn lose_attempt(&mut self, now: Now, task_id: &str) {
+        let Some(task) = self.tasks.get_mut(task_id) else {
+            return;
+        };
+        if !matches!(task.record.state, TaskState::Assigned | TaskState::Running) {
+            return;
+        }
+        task.record.lost += 1;
+        if task.record.lost > self.config.max_lost_attempts {
+            if let Some(device) = task
+                .record
+                .device_id
+                .as_ref()
+                .and_then(|id| self.devices.get_mut(id))
+            {
+                device.active.remove(task_id);
+            }
+            let record = &mut task.record;
+            record.state = TaskState::DeadLetter;
+            record.finished_unix_ms = Some(now.unix_ms);
+            record.error = Some(format!(
+                "lost its worker {} times; it may be crashing the devices it runs on",
+                record.lost
+            ));
+            let record = record.clone();
+            self.persist_task(&record);
+            self.emit_finished(task_id);
+            return;
+        }
+        self.requeue(task_id);
+    }
+
+    /// `task_retry`: a finished task that did not complete goes back to
+    /// the queue with a fresh retry budget.
+    pub(super) fn on_retry(&mut self, now: Now, task_id: &str) -> Result<Reply, ReplyError> {
+        self.check_storage()?;
+        let Some(task) = self.tasks.get_mut(task_id) else {
+            return Err(ReplyError::new(
+                ErrorCode::NotFound,
+                format!("no task {task_id}"),
+            ));
+        };
+        let record = &mut task.record;
+        if !record.state.is_terminal() || record.state == TaskState::Completed {
+            return Err(ReplyError::new(
+                ErrorCode::InvalidState,
+                format!(
+                    "task {task_id} is {}; only failed, timed-out, cancelled or dead-lettered tasks are retried",
+                    record.state
+                ),
+            ));
+        }
+        record.state = TaskState::Queued;
+        record.failures = 0;
+        record.lost = 0;
+        record.finished_unix_ms = None;
+        record.retry_at_unix_ms = None;
+        record.error = None;
+        task.refused_by.clear();
+        let record = record.clone();
+        self.queue.insert(QueueKey::of(&record));
+        self.persist_task(&record);
+        self.needs_dispatch = true;
+        let _ = now;
+        let view = self.task_view(task_id)?;
+        Ok(Reply::new(json!({
+            "message": format!("task {task_id} queued again"),
+            "task": view,
+        })))
+    }
+
+    /// Fires the task-life timers that are due: retries whose backoff has
+    /// passed, attempts past their timeout and grace, and leases that ran
+    /// out.
+    pub(super) fn tick_task_life(&mut self, now: Now) {
+        while let Some((due, task_id)) = self.retry_wait.first().cloned() {
+            if due > now.monotonic {
+                break;
+            }
+            self.retry_wait.pop_first();
+            let Some(task) = self.tasks.get_mut(&task_id) else {
+                continue;
+            };
+            if task.record.state != TaskState::Retrying {
+                continue;
+            }
+            task.record.state = TaskState::Queued;
+            task.record.retry_at_unix_ms = None;
+            let record = task.record.clone();
+            self.queue.insert(QueueKey::of(&record));
+            self.persist_task(&record);
+            self.needs_dispatch = true;
+        }
+        while let Some((due, task_id, attempt)) = self.attempt_deadlines.first().cloned() {
+            if due > now.monotonic {
+                break;
+            }
+            self.attempt_deadlines.pop_first();
+            self.master_timeout(now, &task_id, attempt);
+        }
+        let expired: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| d.lease_until.is_some_and(|until| until <= now.monotonic))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for device_id in expired {
+            let Some(device) = self.devices.get_mut(&device_id) else {
+                continue;
+            };
+            device.lease_until = None;
+            let held: Vec<String> = device.active.iter().cloned().collect();
+            log::info!(
+                "device {device_id} did not come back within its lease; requeueing {} tasks",
+                held.len()
+            );
+            for task_id in held {
+                self.lose_attempt(now, &task_id);
+            }
+        }
+    }
+
+    /// The earliest task-life timer.
+    pub(super) fn next_task_life_deadline(&self) -> Option<Duration> {
+        let retry = self.retry_wait.first().map(|(due, _)| *due);
+        let timeout = self.attempt_deadlines.first().map(|(due, _, _)| *due);
+        let lease = self.devices.values().filter_map(|d| d.lease_until).min();
+        [retry, timeout, lease].into_iter().flatten().min()
+    }
+
+    /// Starts the master's own clock on an attempt that has a timeout.
+    pub(super) fn watch_attempt(&mut self, now: Now, task_id: &str) {
+        let Some(task) = self.tasks.get(task_id) else {
+            return;
+        };
+        let Some(timeout) = task
+            .record
+            .spec
+            .timeout
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        else {
+            return;
+        };
+        let due = now.monotonic + timeout + self.config.timeout_grace;
+        self.attempt_deadlines
+            .insert((due, task_id.to_string(), task.record.attempt));
+    }
+
+    /// The worker has not reported an attempt by its timeout plus grace:
+    /// the master ends the attempt as timed out and tells the worker to
+    /// stop it. The device keeps the slot until it reports, because its
+    /// process may still be running.
+    fn master_timeout(&mut self, now: Now, task_id: &str, attempt: u32) {
+        let Some(task) = self.tasks.get_mut(task_id) else {
+            return;
+        };
+        let record = &mut task.record;
+        if record.attempt != attempt
+            || !matches!(record.state, TaskState::Assigned | TaskState::Running)
+        {
+            return;
+        }
+        log::warn!("task {task_id} attempt {attempt} gave no result within its timeout and grace");
+        record.error = Some("no result within the task's timeout and grace period".into());
+        record.exit_code = None;
+        let holder = record.device_id.clone();
+        if let Some(conn) = holder
+            .as_ref()
+            .and_then(|id| self.devices.get(id))
+            .and_then(|d| d.conn)
+        {
+            let cancel = TaskCancel {
+                task_id: task_id.to_string(),
+                attempt: Some(attempt),
+            };
+            self.send(conn, Message::TaskCancel(cancel), None);
+        }
+        self.end_attempt(now, task_id, AttemptEnd::MasterTimeout);
+    }
+
+    /// Refuses a change while the store cannot save changes.
+    pub(super) fn check_storage(&self) -> Result<(), ReplyError> {
+        if self.storage_available {
+            Ok(())
+        } else {
+            Err(ReplyError::new(
+                ErrorCode::StorageUnavailable,
+                "the master cannot save changes right now (disk full or failing); retry later",
+            ))
+        }
+    }
+
+    /// The store reports whether it can commit; while it cannot, changes
+    /// are refused with the retryable `storage_unavailable` and reads go on.
+    pub fn set_storage_available(&mut self, available: bool) {
+        if self.storage_available != available {
+            if available {
+                log::info!("storage is back: accepting changes again");
+            } else {
+                log::error!("storage is failing: refusing changes until it recovers");
+            }
+        }
+        self.storage_available = available;
+    }
+}
+
+/// Exponential backoff with jitter for the `failures`-th retry: half the
+/// doubled base, plus a random half (deterministic per task and retry, so
+/// the core stays reproducible on simulated time).
+fn retry_delay(config: &super::CoreConfig, seq: u64, failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(30);
+    let full = config
+        .retry_backoff
+        .saturating_mul(1u32 << exponent)
+        .min(config.max_retry_backoff);
+    let fraction =
+        (splitmix64(seq ^ (u64::from(failures) << 40)) >> 11) as f64 / (1u64 << 53) as f64;
+    full / 2 + full.mul_f64(fraction / 2.0)
+}
+
+/// A well-mixed 64-bit hash, for jitter.
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_stays_under_the_cap() {
+        let config = super::super::CoreConfig::default();
+        for failures in 1..12u32 {
+            let full = config
+                .retry_backoff
+                .saturating_mul(1u32 << (failures - 1))
+                .min(config.max_retry_backoff);
+            for seq in 0..50u64 {
+                let delay = retry_delay(&config, seq, failures);
+                assert!(
+                    delay >= full / 2 && delay <= full,
+                    "{failures} {seq}: {delay:?}"
+                );
+            }
+        }
+        let spread: std::collections::BTreeSet<Duration> =
+            (0..50u64).map(|seq| retry_delay(&config, seq, 3)).collect();
+        assert!(spread.len() > 40, "jitter spreads retries apart");
+    }
+}
