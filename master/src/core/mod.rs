@@ -456,9 +456,18 @@ impl Core {
         }
     }
 
-    /// The master is shutting down: refuse new submissions from now on.
+    /// The master is shutting down: refuse new submissions from now on,
+    /// and tell every connected worker, so it reconnects later instead of
+    /// waiting for a heartbeat to fail (its tasks stay with it on a lease).
     pub fn begin_shutdown(&mut self) {
         self.shutting_down = true;
+        let connected: Vec<ConnId> = self.devices.values().filter_map(|d| d.conn).collect();
+        for conn in connected {
+            let goodbye = Goodbye {
+                reason: Some("the master is shutting down".into()),
+            };
+            self.send(conn, Message::Goodbye(goodbye), None);
+        }
     }
 
     /// The earliest monotonic time at which [`Core::handle_tick`] has work.
