@@ -568,6 +568,10 @@ pub fn event_line(event: &Event) -> String {
             )
         }
         Event::DeviceDraining { device_id } => format!("device_draining  {}", clean(device_id)),
+        Event::StorageFailing => {
+            "storage_failing  changes are refused until the disk recovers".into()
+        }
+        Event::StorageRecovered => "storage_recovered".into(),
     }
 }
 

@@ -64,6 +64,11 @@ struct Args {
     #[arg(long, env = "RETIRE_LEASE_GRACE", default_value_t = 60.0)]
     lease_grace: f64,
 
+    /// Check the database in --data-dir (SQLite's integrity_check), print
+    /// the verdict and exit: 0 when it is sound, 1 when it is not.
+    #[arg(long)]
+    check: bool,
+
     /// Slots of the local worker in --dev mode (default: number of cores).
     #[arg(long, env = "RETIRE_DEV_SLOTS")]
     dev_slots: Option<usize>,
@@ -98,6 +103,21 @@ fn real_main() -> Result<()> {
         (None, true) => PathBuf::from(".retire-dev"),
         (None, false) => PathBuf::from("/var/lib/retire-cluster"),
     };
+    if args.check {
+        let store = master::store::Store::open(&data_dir, Synchronous::Normal)
+            .with_context(|| format!("opening the database in {}", data_dir.display()))?;
+        let verdict = store.integrity_check().context("running integrity_check")?;
+        return match verdict {
+            Ok(()) => {
+                println!(
+                    "ok: {} passes integrity_check",
+                    data_dir.join(master::store::DB_FILE).display()
+                );
+                Ok(())
+            }
+            Err(problem) => bail!("the database is damaged: {problem}"),
+        };
+    }
     let synchronous = Synchronous::parse(&args.synchronous).with_context(|| {
         format!(
             "--synchronous must be normal or full, got {:?}",

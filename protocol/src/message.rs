@@ -956,6 +956,11 @@ pub enum Event {
         /// The device's id.
         device_id: String,
     },
+    /// The master cannot save changes (disk full, I/O error): changes are
+    /// refused with `storage_unavailable` until `storage_recovered`.
+    StorageFailing,
+    /// The master saves changes again.
+    StorageRecovered,
 }
 
 impl Event {

@@ -488,6 +488,9 @@ pub struct ClusterStats {
     /// Tasks per state.
     #[serde(default)]
     pub tasks: std::collections::BTreeMap<String, u64>,
+    /// `ok`, or `failing` while the master cannot save changes.
+    #[serde(default)]
+    pub storage: String,
 }
 
 /// Summed resources of the connected devices.

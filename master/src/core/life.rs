@@ -6,7 +6,7 @@
 //! so a wall-clock jump changes none of them.
 
 use super::{Core, Now, QueueKey, Reply, ReplyError};
-use protocol::{ErrorCode, Message, ResultStatus, TaskCancel, TaskSpec, TaskState};
+use protocol::{ErrorCode, Event, Message, ResultStatus, TaskCancel, TaskSpec, TaskState};
 use serde_json::json;
 use std::time::Duration;
 
@@ -291,14 +291,17 @@ impl Core {
     /// The store reports whether it can commit; while it cannot, changes
     /// are refused with the retryable `storage_unavailable` and reads go on.
     pub fn set_storage_available(&mut self, available: bool) {
-        if self.storage_available != available {
-            if available {
-                log::info!("storage is back: accepting changes again");
-            } else {
-                log::error!("storage is failing: refusing changes until it recovers");
-            }
+        if self.storage_available == available {
+            return;
         }
         self.storage_available = available;
+        if available {
+            log::info!("storage is back: accepting changes again");
+            self.emit(Event::StorageRecovered, false);
+        } else {
+            log::error!("storage is failing: refusing changes until it recovers");
+            self.emit(Event::StorageFailing, false);
+        }
     }
 }
 

@@ -360,6 +360,15 @@ impl Core {
     pub fn handle_message(&mut self, now: Now, conn: ConnId, envelope: Envelope) {
         let reply_to = envelope.message_id.clone();
         let sender = envelope.sender_id.clone();
+        let is_read = matches!(
+            envelope.message,
+            Message::Status
+                | Message::ListTasks(_)
+                | Message::ListDevices(_)
+                | Message::TaskStatus(_)
+                | Message::DeviceInfo(_)
+                | Message::Subscribe(_)
+        );
         let result = match envelope.message {
             Message::Register(register) => self.on_register(now, conn, sender, register),
             Message::Heartbeat(heartbeat) => self.on_heartbeat(now, conn, sender, heartbeat),
@@ -409,7 +418,15 @@ impl Core {
         // was made is on disk: an ack promises the change it reports, and a
         // read must not show a state that a crash could still take back.
         // Heartbeat acks reveal nothing and overtake (see `send`).
-        let after = Some(self.last_write_batch);
+        // While the store cannot commit, reads are answered from memory at
+        // once: waiting for a commit that may take long would stop the
+        // master from serving reads at all. They may then show changes
+        // that were never acknowledged.
+        let after = if self.storage_available || !is_read {
+            Some(self.last_write_batch)
+        } else {
+            None
+        };
         match result {
             Ok(reply) => {
                 self.send(conn, Message::Ack(Ack::new(reply_to, reply.fields)), after);

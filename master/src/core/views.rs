@@ -133,6 +133,12 @@ impl Core {
             stats.health_percentage =
                 f64::from(stats.online_devices) * 100.0 / f64::from(stats.total_devices);
         }
+        stats.storage = if self.storage_available {
+            "ok"
+        } else {
+            "failing"
+        }
+        .to_string();
         for state in TaskState::ALL {
             stats.tasks.insert(state.as_str().to_string(), 0);
         }

@@ -511,6 +511,8 @@ pub fn event() -> impl Strategy<Value = Event> {
         text().prop_map(|device_id| Event::DeviceJoined { device_id }),
         (text(), text()).prop_map(|(device_id, reason)| Event::DeviceLeft { device_id, reason }),
         text().prop_map(|device_id| Event::DeviceDraining { device_id }),
+        Just(Event::StorageFailing),
+        Just(Event::StorageRecovered),
     ]
 }
 
