@@ -23,8 +23,10 @@
 
 pub mod client;
 pub mod exec;
+mod orphans;
 pub mod pool;
 pub mod profile;
+pub mod sandbox;
 pub mod session;
 pub mod tasks;
 
