@@ -428,7 +428,7 @@ fn wait_with_usage(pid: libc::pid_t) -> Exit {
 
 /// Returns the shell used for [`Command::Shell`]: the first of [`SHELL_CANDIDATES`] that
 /// exists, else plain `sh` looked up on the `PATH`.
-fn shell_program() -> &'static str {
+pub fn shell_program() -> &'static str {
     SHELL_CANDIDATES
         .iter()
         .copied()

@@ -160,6 +160,9 @@ pub enum SandboxError {
     /// Running the command failed.
     #[error(transparent)]
     Exec(#[from] ExecError),
+    /// The shared default sandbox could not be made.
+    #[error("the sandbox is not available: {0}")]
+    Unavailable(String),
 }
 
 /// Whether Landlock confines tasks on this device, and if not, why.
