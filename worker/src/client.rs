@@ -442,6 +442,12 @@ impl Client {
     }
 
     fn on_task_finished(&mut self, result: TaskResult) {
+        // A task's progress is queued before its result; pass it on first, or the
+        // session would drop it as belonging to an attempt that has finished.
+        while let Ok(report) = self.progress.try_recv() {
+            let now = self.now();
+            self.session.handle_task_progress(now, report);
+        }
         let key = (result.task_id.clone(), result.attempt.unwrap_or(0));
         self.cancels.remove(&key);
         log::info!(

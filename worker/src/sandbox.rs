@@ -416,19 +416,20 @@ impl Sandbox {
         if let Some((uid, gid)) = self.switch_user {
             std_command.uid(uid).gid(gid);
         }
+        // SAFETY: getuid has no preconditions.
         let uid = self
             .switch_user
             .map_or_else(|| unsafe { libc::getuid() }, |(uid, _)| uid);
 
         let rlimits = RlimitPlan::new(limits, uid);
-        let progress_pipe = match progress {
+        let (progress_pipe, progress_done) = match progress {
             Some(callback) => {
                 let (read_end, write_end) = pipe().map_err(SandboxError::Pipe)?;
-                spawn_progress_reader(read_end, callback).map_err(SandboxError::Pipe)?;
+                let done = spawn_progress_reader(read_end, callback).map_err(SandboxError::Pipe)?;
                 std_command.env("RETIRE_PROGRESS_FD", PROGRESS_FD.to_string());
-                Some(write_end)
+                (Some(write_end), Some(done))
             }
-            None => None,
+            None => (None, None),
         };
         let ruleset = if self.landlock.is_active() {
             Some(landlock::ruleset(&task_dir.path).map_err(SandboxError::Landlock)?)
@@ -442,6 +443,11 @@ impl Sandbox {
             max_output_bytes: limits.max_output_bytes,
         };
         let outcome = exec::run_configured(std_command, stdin, &exec_limits, cancel)?;
+        if let Some(done) = progress_done {
+            // Every progress line goes out before the result: wait for the reader to see
+            // the end of the pipe, which comes as soon as the task's processes are gone.
+            let _ = done.recv_timeout(exec::OUTPUT_DRAIN_GRACE);
+        }
         drop(task_dir);
 
         let enforcement = Enforcement {
@@ -490,6 +496,17 @@ fn make_work_dir(work_dir: &Path, other_user: bool) -> Result<(), SandboxError> 
         .mode(0o700)
         .create(work_dir)
         .map_err(error)?;
+    // A directory someone else made first (in a shared /tmp, say) could be swapped or
+    // watched by them: refuse it rather than run tasks in it.
+    let owner = fs::symlink_metadata(work_dir).map_err(error)?;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if std::os::unix::fs::MetadataExt::uid(&owner) != euid || !owner.is_dir() {
+        return Err(error(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "it is not a directory owned by the worker's user",
+        )));
+    }
     let mode = if other_user { 0o711 } else { 0o700 };
     fs::set_permissions(work_dir, fs::Permissions::from_mode(mode)).map_err(error)
 }
@@ -747,15 +764,18 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Reads progress lines until every writer has closed the pipe. The thread is not
-/// joined: it ends by itself once the task's processes are gone.
+/// Reads progress lines until every writer has closed the pipe. The returned receiver
+/// disconnects when the thread has ended.
 fn spawn_progress_reader(
     read_end: OwnedFd,
     mut callback: Box<dyn FnMut(String) + Send>,
-) -> io::Result<()> {
+) -> io::Result<crossbeam_channel::Receiver<()>> {
+    let (done_sender, done) = crossbeam_channel::bounded::<()>(0);
     thread::Builder::new()
         .name("task-progress".into())
         .spawn(move || {
+            // Dropped when the thread ends, which disconnects `done`.
+            let _done = done_sender;
             let mut reader = BufReader::new(File::from(read_end));
             loop {
                 let mut line = Vec::new();
@@ -782,7 +802,7 @@ fn spawn_progress_reader(
                 }
             }
         })?;
-    Ok(())
+    Ok(done)
 }
 
 /// What the child does between fork and exec, in this order: resource limits, the
@@ -1031,6 +1051,28 @@ mod tests {
         );
         assert_eq!(lines.next(), Some("ok"));
         assert!(!dir.exists(), "{dir:?} was not removed");
+    }
+
+    #[test]
+    fn a_work_dir_owned_by_someone_else_is_refused() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            // Only root can make a directory owned by another user to test with; an
+            // unprivileged run checks the symlink case below instead.
+            println!("NOTE: not root; the foreign-owner case of the work dir is not tested");
+        } else {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let foreign = dir.path().join("foreign");
+            fs::create_dir(&foreign).expect("mkdir");
+            std::os::unix::fs::chown(&foreign, Some(DEFAULT_TASK_ID), Some(DEFAULT_TASK_ID))
+                .expect("chown");
+            assert!(make_work_dir(&foreign, true).is_err());
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &link).expect("symlink");
+        assert!(make_work_dir(&link, false).is_err(), "a symlink is refused");
+        assert!(make_work_dir(&dir.path().join("fresh"), false).is_ok());
     }
 
     #[test]

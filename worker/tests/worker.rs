@@ -359,6 +359,8 @@ struct JoinedWorker {
     child: std::process::Child,
     stream: TcpStream,
     codec: LineCodec,
+    /// Messages decoded but not yet wanted: one read can carry several.
+    pending: std::collections::VecDeque<Envelope>,
     task_types: Vec<String>,
 }
 
@@ -395,7 +397,32 @@ impl JoinedWorker {
             child,
             stream,
             codec,
+            pending: std::collections::VecDeque::new(),
             task_types,
+        }
+    }
+
+    /// The next message `want` accepts; others are dropped, later ones kept.
+    fn next(&mut self, want: impl Fn(&Message) -> bool) -> Envelope {
+        let mut buf = [0u8; 65536];
+        loop {
+            while let Some(envelope) = self.pending.pop_front() {
+                if want(&envelope.message) {
+                    return envelope;
+                }
+            }
+            let n = self.stream.read(&mut buf).expect("read from the worker");
+            assert!(n > 0, "the worker closed the connection");
+            let mut frames = Vec::new();
+            self.codec
+                .decode(&buf[..n], &mut frames)
+                .expect("short lines");
+            for frame in frames {
+                if let Frame::Json(bytes) = frame {
+                    self.pending
+                        .push_back(Envelope::decode(&bytes).expect("valid messages"));
+                }
+            }
         }
     }
 
@@ -414,7 +441,7 @@ impl JoinedWorker {
     /// The worker's answer to the assignment of `task_id`.
     fn answer(&mut self, task_id: &str) -> Message {
         let id = format!("assign:1:{task_id}");
-        let answer = next_message(&mut self.stream, &mut self.codec, |m| match m {
+        let answer = self.next(|m| match m {
             Message::Ack(ack) => ack.original_message_id.as_deref() == Some(id.as_str()),
             Message::Error(error) => error.original_message_id.as_deref() == Some(id.as_str()),
             _ => false,
@@ -429,7 +456,7 @@ impl JoinedWorker {
     ) -> (Vec<protocol::TaskProgress>, protocol::TaskResult) {
         let mut progress = Vec::new();
         loop {
-            let envelope = next_message(&mut self.stream, &mut self.codec, |m| match m {
+            let envelope = self.next(|m| match m {
                 Message::TaskProgress(p) => p.task_id == task_id,
                 Message::TaskResult(r) => r.task_id == task_id,
                 _ => false,
