@@ -543,3 +543,64 @@ fn sigterm_stops_the_master_cleanly() {
     let status = master.terminate();
     assert!(status.success(), "exit status {status:?}");
 }
+
+#[test]
+fn a_handler_from_the_folder_reports_progress_to_subscribers_and_its_json_output() {
+    let dir = setup();
+    let handlers = dir.path().join("handlers");
+    std::fs::create_dir(&handlers).expect("mkdir");
+    let script = handlers.join("thumbnail");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n\
+         payload=$(cat)\n\
+         echo '{\"fraction\": 0.5, \"done\": 1, \"total\": 2, \"message\": \"one of two\"}' >&3\n\
+         printf '{\"id\":\"%s\",\"got\":%s}' \"$RETIRE_TASK_ID\" \"$payload\"\n",
+    )
+    .expect("write the handler");
+    // Tasks may run as another user (a root worker runs them as nobody), so the
+    // handler and the folders above it must be readable and searchable by anyone.
+    for (path, mode) in [
+        (dir.path(), 0o755),
+        (handlers.as_path(), 0o755),
+        (script.as_path(), 0o755),
+    ] {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .expect("chmod");
+    }
+    let master = MasterProcess::start(&dir.path().join("data"));
+    let mut events = subscriber(master.addr);
+    let handlers_arg = handlers.to_string_lossy().into_owned();
+    let _worker = WorkerProcess::start(master.addr, "painter", 1, &["--handlers", &handlers_arg]);
+    events.wait_event(|e| matches!(e, Event::DeviceJoined { .. }));
+    let mut client = Client::connect(master.addr);
+    let mut task = TaskSpec::new("thumbnail", json!({"photo": "cat.jpg"}));
+    task.task_id = Some("thumb-1".into());
+    client
+        .request(Message::TaskSubmit(TaskSubmit {
+            tasks: vec![task],
+            batch: false,
+        }))
+        .expect("submit");
+    let progress = events.wait_event(|e| matches!(e, Event::TaskProgress(_)));
+    let Event::TaskProgress(progress) = progress else {
+        unreachable!("filtered above")
+    };
+    assert_eq!(progress.task_id, "thumb-1");
+    assert_eq!(progress.fraction, Some(0.5));
+    assert_eq!(progress.done, Some(1));
+    assert_eq!(progress.total, Some(2));
+    assert_eq!(progress.message.as_deref(), Some("one of two"));
+    let finished = wait_finished(&mut events, &BTreeSet::from(["thumb-1".to_string()]));
+    let task = &finished["thumb-1"];
+    assert_eq!(task.state, TaskState::Completed, "{task:?}");
+    let result = task.result.as_ref().expect("a result");
+    assert_eq!(
+        result["output"],
+        json!({"id": "thumb-1", "got": {"photo": "cat.jpg"}})
+    );
+    assert!(
+        result["sandbox"]["process_group"] == json!(true),
+        "{result}"
+    );
+}

@@ -25,12 +25,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{select, Receiver, RecvError, Sender};
 use protocol::{
-    DecodeError, Envelope, Frame, LineCodec, ResultStatus, TaskResult, DEFAULT_MAX_LINE,
+    DecodeError, Envelope, Frame, LineCodec, ResultStatus, TaskProgress, TaskResult,
+    DEFAULT_MAX_LINE,
 };
 use serde_json::Value;
 
 use crate::exec::CancelToken;
-use crate::pool::{Job, Pool, PoolClosed};
+use crate::pool::{Job, Pool, PoolClosed, Runner};
 use crate::profile::{DeviceProfile, MetricsSampler};
 use crate::session::{Session, SessionConfig, SessionEvent};
 use crate::tasks::TaskOutcome;
@@ -52,6 +53,9 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a stopping worker waits for the master to acknowledge its `goodbye` before
 /// it closes the socket anyway.
 pub const GOODBYE_LINGER: Duration = Duration::from_millis(300);
+
+/// How many progress reports may wait for the main loop before new ones are dropped.
+const PROGRESS_QUEUE: usize = 1024;
 
 /// The size of each read from the socket.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -268,6 +272,7 @@ struct Client {
     session: Session,
     pool: Pool,
     results: Receiver<TaskResult>,
+    progress: Receiver<TaskProgress>,
     /// The cancel tokens of the attempts in the pool, by (task id, attempt).
     cancels: HashMap<(String, u32), CancelToken>,
     sampler: MetricsSampler,
@@ -281,10 +286,13 @@ pub(crate) fn run(
     master: &str,
     config: SessionConfig,
     profile: &DeviceProfile,
+    runner: Runner,
     stop: &StopHandle,
 ) -> Result<(), WorkerError> {
     let (result_sender, results) = crossbeam_channel::unbounded();
-    let pool = Pool::with_builtins(config.slots, result_sender).map_err(WorkerError::Threads)?;
+    let (progress_sender, progress) = crossbeam_channel::bounded(PROGRESS_QUEUE);
+    let pool = Pool::with_progress(config.slots, runner, result_sender, Some(progress_sender))
+        .map_err(WorkerError::Threads)?;
     log::info!(
         "worker {} joining {master} with {} slot(s), running {}",
         config.device_id,
@@ -297,6 +305,7 @@ pub(crate) fn run(
         session: Session::new(config, profile),
         pool,
         results,
+        progress,
         cancels: HashMap::new(),
         sampler: MetricsSampler::new(),
         origin,
@@ -335,11 +344,18 @@ impl Client {
             };
             let timer = wake_at.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
             let results = self.results.clone();
+            let progress = self.progress.clone();
             select! {
                 recv(stop.stopped_receiver()) -> _ => break,
                 recv(results) -> result => {
                     if let Ok(result) = result {
                         self.on_task_finished(result);
+                    }
+                },
+                recv(progress) -> report => {
+                    if let Ok(report) = report {
+                        let now = self.now();
+                        self.session.handle_task_progress(now, report);
                     }
                 },
                 recv(connect_outcome) -> outcome => self.on_connect_outcome(outcome),
@@ -426,6 +442,12 @@ impl Client {
     }
 
     fn on_task_finished(&mut self, result: TaskResult) {
+        // A task's progress is queued before its result; pass it on first, or the
+        // session would drop it as belonging to an attempt that has finished.
+        while let Ok(report) = self.progress.try_recv() {
+            let now = self.now();
+            self.session.handle_task_progress(now, report);
+        }
         let key = (result.task_id.clone(), result.attempt.unwrap_or(0));
         self.cancels.remove(&key);
         log::info!(
@@ -819,7 +841,7 @@ mod tests {
         master.ack(&cancelled, json!({}));
 
         // Unknown task types are refused with the assign's id.
-        master.assign("t-4", 1, "python_eval", json!({}));
+        master.assign("t-4", 1, "teleport", json!({}));
         let refusal = master.recv_skipping_heartbeats();
         assert_eq!(refusal["message_type"], "error", "{refusal}");
         assert_eq!(refusal["data"]["code"], "unsupported_task_type");

@@ -5,16 +5,23 @@
 //! then `SIGKILL` after [`KILL_GRACE_PERIOD`]. Even a command that ends normally has its
 //! group killed afterwards, so a task cannot leave background processes behind in it.
 //!
+//! A process that leaves the group (with `setsid`, say) is caught too: the worker is a
+//! child subreaper, so such a process becomes the worker's child once its parent dies,
+//! and it is killed when its task ends (see the `orphans` module and `docs/sandbox.md`).
+//!
 //! Three helper threads serve each run: two keep reading stdout and stderr (a child
 //! whose pipe fills up would otherwise block for ever) while keeping only the first
-//! [`ExecLimits::max_output_bytes`] of each, and one blocks in `wait()` and reports the
-//! exit over a channel. The calling thread sleeps in a `select!` on that channel, the
-//! [`CancelToken`] and the deadline, so no one polls.
+//! [`ExecLimits::max_output_bytes`] of each, and one blocks in `wait4()` and reports the
+//! exit, with the CPU time and peak memory the kernel accounted, over a channel. The
+//! calling thread sleeps in a `select!` on that channel, the [`CancelToken`] and the
+//! deadline, so no one polls.
 
 use std::io::{self, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, ExitStatus, Stdio};
+
+use crate::orphans::{self, SpawnGuard};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -166,6 +173,15 @@ pub struct ExecOutcome {
     pub cancelled: bool,
     /// How long the command ran, from just before the spawn until it was reaped.
     pub elapsed: Duration,
+    /// User plus system CPU time of the command and of the descendants it waited for,
+    /// as the kernel accounted them (`wait4`); `None` when it never ran.
+    pub cpu_time: Option<Duration>,
+    /// The largest resident set size of the command or of one of the descendants it
+    /// waited for, in bytes (`ru_maxrss`); `None` when it never ran.
+    pub peak_memory_bytes: Option<u64>,
+    /// How many processes that had left the command's process group were found still
+    /// running and killed when it ended.
+    pub orphans_killed: usize,
 }
 
 impl ExecOutcome {
@@ -236,17 +252,23 @@ pub fn run(
             command
         }
     };
-    run_configured(command, limits, cancel)
+    run_configured(command, Stdio::null(), limits, cancel)
 }
 
 /// Runs an already configured [`std::process::Command`] the way [`run`] does.
 ///
 /// This is the hook for callers that need more than [`run`] offers (a cleared
 /// environment, a private working directory, resource limits set in `pre_exec`). This
-/// function overrides stdin, stdout, stderr and the process group; everything else set
-/// on `command` is kept.
+/// function sets stdin to `stdin`, and overrides stdout, stderr and the process group;
+/// everything else set on `command` is kept. The command (with whatever its `pre_exec`
+/// closures hold) is dropped right after the spawn, so that file descriptors meant only
+/// for the child are closed in this process at once.
+///
+/// The run's processes get [`MARKER_ENV`] set to a value unique to the run, so that one
+/// that leaves the process group is still recognised as this run's.
 pub fn run_configured(
     mut command: std::process::Command,
+    stdin: Stdio,
     limits: &ExecLimits,
     cancel: &CancelToken,
 ) -> Result<ExecOutcome, ExecError> {
@@ -263,22 +285,32 @@ pub fn run_configured(
             timed_out: false,
             cancelled: true,
             elapsed: started.elapsed(),
+            cpu_time: None,
+            peak_memory_bytes: None,
+            orphans_killed: 0,
         });
     }
+    orphans::become_subreaper();
+    let marker = new_marker();
+    command.env(MARKER_ENV, &marker);
 
     command
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Group id 0 makes the child the leader of a new group whose id is its pid, so
         // that one `killpg` reaches everything it starts (unless that escapes with
         // `setsid`).
         .process_group(0);
-    let mut child = command.spawn().map_err(|source| ExecError::Spawn {
+    let guard = SpawnGuard::lock();
+    let spawned = command.spawn();
+    drop(command);
+    let mut child = spawned.map_err(|source| ExecError::Spawn {
         program: program.clone(),
         source,
     })?;
     let process_group = ProcessGroup::of(&child);
+    guard.register(process_group.id, Some(marker));
 
     // From here on, every early return must kill the group and reap the child, or it
     // would be left running (and later as a zombie) with nobody watching it.
@@ -288,12 +320,15 @@ pub fn run_configured(
             process_group.signal(libc::SIGKILL);
             // The child was just killed, so this wait returns at once; its result adds
             // nothing to the thread error being reported.
-            let _ = child.wait();
+            let _ = wait_with_usage(process_group.id);
+            orphans::unregister(process_group.id);
             return Err(error);
         }
     };
     // On failure `spawn_waiter` has already killed the group and reaped the child.
-    let exit_receiver = spawn_waiter(child, &program)?;
+    let exit_receiver = spawn_waiter(child, &program).inspect_err(|_| {
+        orphans::unregister(process_group.id);
+    })?;
 
     let deadline = limits
         .timeout
@@ -313,11 +348,14 @@ pub fn run_configured(
     };
 
     // The leader is gone; anything it left running in its group goes too, so that a task
-    // cannot outlive its slot through a background process.
+    // cannot outlive its slot through a background process, and so does anything that
+    // left the group and has become this process's child.
     process_group.signal(libc::SIGKILL);
+    orphans::unregister(process_group.id);
+    let orphans_killed = orphans::sweep();
     let elapsed = started.elapsed();
 
-    let status = wait_result.map_err(|source| ExecError::Wait {
+    let (status, usage) = wait_result.map_err(|source| ExecError::Wait {
         program: program.clone(),
         source,
     })?;
@@ -332,12 +370,65 @@ pub fn run_configured(
         timed_out,
         cancelled,
         elapsed,
+        cpu_time: Some(usage.cpu_time),
+        peak_memory_bytes: Some(usage.peak_memory_bytes),
+        orphans_killed,
     })
+}
+
+/// The name of the environment variable that tags a sandboxed run's processes.
+pub const MARKER_ENV: &str = orphans::MARKER_ENV;
+
+/// A marker no other run of this process uses: the pid and a sequence number.
+fn new_marker() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let seq = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{}-{seq}", std::process::id())
+}
+
+/// What the kernel accounted for a reaped child.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    cpu_time: Duration,
+    peak_memory_bytes: u64,
+}
+
+/// What the waiter thread reports: the exit status and the accounting of the leader.
+type Exit = io::Result<(ExitStatus, Usage)>;
+
+/// Waits for the child `pid` with `wait4`, which also returns its resource usage
+/// (std's `Child::wait` does not).
+fn wait_with_usage(pid: libc::pid_t) -> Exit {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: both pointers are valid places for wait4 to write to.
+        let result = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if result == pid {
+            let seconds = |time: libc::timeval| {
+                Duration::from_secs(u64::try_from(time.tv_sec).unwrap_or(0))
+                    + Duration::from_micros(u64::try_from(time.tv_usec).unwrap_or(0))
+            };
+            return Ok((
+                ExitStatus::from_raw(status),
+                Usage {
+                    cpu_time: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+                    // Linux reports ru_maxrss in kibibytes.
+                    peak_memory_bytes: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
+                },
+            ));
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
 }
 
 /// Returns the shell used for [`Command::Shell`]: the first of [`SHELL_CANDIDATES`] that
 /// exists, else plain `sh` looked up on the `PATH`.
-fn shell_program() -> &'static str {
+pub fn shell_program() -> &'static str {
     SHELL_CANDIDATES
         .iter()
         .copied()
@@ -383,10 +474,7 @@ impl ProcessGroup {
 
 /// Asks the group to stop with `SIGTERM`, gives it [`KILL_GRACE_PERIOD`], then kills it
 /// with `SIGKILL`, and returns the leader's exit status once it has been reaped.
-fn stop_group(
-    process_group: ProcessGroup,
-    exit_receiver: &Receiver<io::Result<ExitStatus>>,
-) -> io::Result<ExitStatus> {
+fn stop_group(process_group: ProcessGroup, exit_receiver: &Receiver<Exit>) -> Exit {
     process_group.signal(libc::SIGTERM);
     match exit_receiver.recv_timeout(KILL_GRACE_PERIOD) {
         Ok(result) => result,
@@ -399,9 +487,7 @@ fn stop_group(
 }
 
 /// Turns what the waiter thread sent (or its disappearance) into one result.
-fn flatten_exit(
-    message: Result<io::Result<ExitStatus>, crossbeam_channel::RecvError>,
-) -> io::Result<ExitStatus> {
+fn flatten_exit(message: Result<Exit, crossbeam_channel::RecvError>) -> Exit {
     message.unwrap_or_else(|_| Err(waiter_vanished()))
 }
 
@@ -413,10 +499,7 @@ fn waiter_vanished() -> io::Error {
 
 /// Moves the child to a thread that blocks in `wait()` and sends the result, so that the
 /// caller can wait for the exit, a timeout and a cancel all at once.
-fn spawn_waiter(
-    child: Child,
-    program: &str,
-) -> Result<Receiver<io::Result<ExitStatus>>, ExecError> {
+fn spawn_waiter(child: Child, program: &str) -> Result<Receiver<Exit>, ExecError> {
     let (sender, receiver) = crossbeam_channel::bounded(1);
     let process_group = ProcessGroup::of(&child);
     // The child is shared with the closure through an `Option` so that, if the thread
@@ -430,10 +513,11 @@ fn spawn_waiter(
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .take();
-            if let Some(mut child) = child {
+            if let Some(child) = child {
                 // The receiver may be gone if the caller returned early; the child has
-                // been reaped all the same, which is what this thread is for.
-                let _ = sender.send(child.wait());
+                // been reaped all the same, which is what this thread is for. The std
+                // `Child` is only dropped: it never waits on its own.
+                let _ = sender.send(wait_with_usage(ProcessGroup::of(&child).id));
             }
         });
     match spawned {
@@ -444,8 +528,8 @@ fn spawn_waiter(
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .take();
-            if let Some(mut child) = child {
-                let _ = child.wait();
+            if child.is_some() {
+                let _ = wait_with_usage(process_group.id);
             }
             Err(ExecError::Thread {
                 program: program.to_string(),
@@ -783,14 +867,15 @@ mod tests {
     }
 
     #[test]
-    fn escaped_process_holding_the_pipe_does_not_block_the_run() {
+    fn a_process_that_escapes_the_group_with_setsid_is_killed_at_the_end() {
         let directory = tempfile::tempdir().expect("temp dir");
         let pid_file = directory.path().join("escaped.pid");
         let handshake = directory.path().join("handshake");
         // `setsid` moves the sleep out of the process group, so killing the group cannot
-        // reach it, and it keeps stdout open: only the drain grace ends the wait. The
-        // outer shell blocks on a FIFO until the escapee has left the group, because
-        // killing the group after a normal exit would otherwise win the race.
+        // reach it, and it keeps stdout open. The outer shell blocks on a FIFO until the
+        // escapee has left the group, because killing the group after a normal exit
+        // would otherwise win the race. Once the outer shell exits, the escapee becomes
+        // this process's child (it is a subreaper), and the sweep kills it.
         let script = format!(
             "mkfifo '{handshake}'; \
              setsid sh -c 'echo $$ > \"{handshake}\"; exec sleep 30' & \
@@ -801,17 +886,38 @@ mod tests {
         let before = Instant::now();
         let outcome = run_simply(&shell(&script));
         let waited = before.elapsed();
-        let escaped = pid_file.exists().then(|| read_pid(&pid_file));
-        if let Some(pid) = escaped {
+        let escaped = read_pid(&pid_file);
+        let gone = process_is_gone(escaped);
+        if !gone {
             // SAFETY: `kill` takes plain integers; this only cleans up the test's process.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            unsafe { libc::kill(escaped, libc::SIGKILL) };
         }
+        assert!(gone, "the escaped process {escaped} outlived its task");
         assert_eq!(outcome.exit_code, Some(0));
-        assert!(outcome.stdout.starts_with("started\n"), "{outcome:?}");
-        assert!(outcome.stdout_truncated, "{outcome:?}");
+        assert_eq!(outcome.stdout, "started\n", "{outcome:?}");
+        assert!(!outcome.stdout_truncated, "{outcome:?}");
+        assert!(outcome.orphans_killed >= 1, "{outcome:?}");
         assert!(
             waited < OUTPUT_DRAIN_GRACE + Duration::from_secs(5),
             "waited {waited:?} for the escaped process"
+        );
+    }
+
+    #[test]
+    fn cpu_time_and_peak_memory_are_reported() {
+        let outcome = run_simply(&shell(
+            "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; head -c 20000000 /dev/zero | tail -c 1 >/dev/null",
+        ));
+        assert_eq!(outcome.exit_code, Some(0), "{outcome:?}");
+        assert!(
+            outcome.cpu_time.expect("cpu time") > Duration::ZERO,
+            "{outcome:?}"
+        );
+        // `tail` holds at least a few megabytes while it reads; the shell's own RSS is
+        // far smaller, so this proves the descendants' peak is counted.
+        assert!(
+            outcome.peak_memory_bytes.expect("peak") > 1_000_000,
+            "{outcome:?}"
         );
     }
 

@@ -15,20 +15,89 @@
 //!   results), tested on simulated time.
 //! - [`client`]: the one persistent socket to the master, reconnecting with backoff.
 //! - [`pool`]: the fixed set of task threads, one per slot.
-//! - [`tasks`]: the built-in task types (`echo`, `sleep`, `system_info`, `shell`).
+//! - [`tasks`]: the built-in task types (`echo`, `sleep`, `system_info`, `shell`,
+//!   `python_eval`, `http_request`) and the [`tasks::Executor`] that runs every type.
+//! - [`sandbox`]: what every external process runs in (process group, rlimits, private
+//!   directory, cleared environment, Landlock); [`config`]: the owner's policy and
+//!   limits (a TOML file); [`handlers`]: custom task types, from a handlers folder or
+//!   written in Rust.
+//!
+//! A program can embed a worker with task types of its own, written in Rust:
+//!
+//! ```no_run
+//! use worker::{Handlers, StopHandle, WorkerConfig};
+//! use worker::config::ExecutionConfig;
+//! use worker::tasks::TaskOutcome;
+//!
+//! let handlers = Handlers::new().add("word_count", |task, _context| {
+//!     let text = task.payload["text"].as_str().unwrap_or_default();
+//!     TaskOutcome::completed(serde_json::json!(text.split_whitespace().count()))
+//! });
+//! let config = WorkerConfig { master: "nas.local:8080".into(), ..WorkerConfig::default() };
+//! worker::run_with(config, ExecutionConfig::default(), handlers, StopHandle::new())?;
+//! # Ok::<(), worker::WorkerError>(())
+//! ```
+//!
+//! (`worker/examples/embedded.rs` is a complete program.)
 //!
 //! The crate deliberately pulls in no C code, so that the worker cross-compiles to a
 //! static `aarch64-unknown-linux-musl` binary with nothing but rustup's target and
 //! `rust-lld`.
 
 pub mod client;
+pub mod config;
 pub mod exec;
+pub mod handlers;
+mod http;
+mod orphans;
 pub mod pool;
 pub mod profile;
+pub mod sandbox;
 pub mod session;
 pub mod tasks;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use crossbeam_channel::Receiver;
+use protocol::TaskSpec;
+
+use crate::config::ExecutionConfig;
+use crate::handlers::{Handler, TaskContext};
+use crate::tasks::{Executor, TaskOutcome};
+
+/// Task types written in Rust, for [`run_with`].
+#[derive(Clone, Default)]
+pub struct Handlers {
+    map: BTreeMap<String, Handler>,
+}
+
+impl std::fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.map.keys()).finish()
+    }
+}
+
+impl Handlers {
+    /// No handlers.
+    pub fn new() -> Handlers {
+        Handlers::default()
+    }
+
+    /// Adds the handler for task type `name`. It runs on a slot thread of the worker, in
+    /// the worker's process (it is trusted code, not sandboxed); it should return soon
+    /// after `context.cancel` is cancelled, and may report progress through
+    /// `context.report_progress`. A name of a built-in type is refused when the worker
+    /// starts.
+    pub fn add(
+        mut self,
+        name: impl Into<String>,
+        handler: impl Fn(&TaskSpec, &TaskContext) -> TaskOutcome + Send + Sync + 'static,
+    ) -> Handlers {
+        self.map.insert(name.into(), Arc::new(handler));
+        self
+    }
+}
 
 /// How a worker joins its master.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +204,9 @@ pub enum WorkerError {
     /// A thread of the worker could not be started.
     #[error("could not start the worker's threads: {0}")]
     Threads(#[source] std::io::Error),
+    /// The sandbox or the handlers could not be set up.
+    #[error(transparent)]
+    Execution(#[from] tasks::ExecutorError),
 }
 
 /// Runs a worker until `stop` is stopped: joins the master at `config.master`, keeps
@@ -145,7 +217,20 @@ pub enum WorkerError {
 /// the task threads to end and returns, well under a second plus the task kill grace
 /// ([`exec::KILL_GRACE_PERIOD`]), whether or not it is connected at the time.
 pub fn run(config: WorkerConfig, stop: StopHandle) -> Result<(), WorkerError> {
+    run_with(config, ExecutionConfig::default(), Handlers::new(), stop)
+}
+
+/// Runs a worker like [`run`], with the owner's policy, sandbox set-up and limits from
+/// `execution` and the task types in `handlers` besides the built-in ones. The worker
+/// advertises exactly the types it can run and `execution` allows.
+pub fn run_with(
+    config: WorkerConfig,
+    execution: ExecutionConfig,
+    handlers: Handlers,
+    stop: StopHandle,
+) -> Result<(), WorkerError> {
     config.validate()?;
+    let executor = Arc::new(Executor::new(execution, handlers.map)?);
     let slots = config.slots.unwrap_or_else(pool::default_slots);
     let device_profile = profile::collect();
     let device_id = config
@@ -154,16 +239,21 @@ pub fn run(config: WorkerConfig, stop: StopHandle) -> Result<(), WorkerError> {
     check_device_id(&device_id)?;
     let session_config = session::SessionConfig {
         device_id,
-        task_types: tasks::BUILTIN_TYPES
-            .iter()
-            .map(|kind| kind.to_string())
-            .collect(),
+        task_types: executor.task_types(),
         slots,
         role: config.role,
         tags: config.tags,
         message_id_prefix: format!("{:08x}", fastrand::u32(..)),
     };
-    client::run(&config.master, session_config, &device_profile, &stop)
+    let runner: pool::Runner =
+        Arc::new(move |task: &TaskSpec, context: &TaskContext| executor.run(task, context));
+    client::run(
+        &config.master,
+        session_config,
+        &device_profile,
+        runner,
+        &stop,
+    )
 }
 
 fn check_device_id(device_id: &str) -> Result<(), WorkerError> {

@@ -3,6 +3,8 @@
 //! This binary is thin glue: it reads flags and environment variables, sets up logging
 //! and signal handling, and calls [`worker::run`]. Everything else lives in the library.
 
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::thread;
 
@@ -10,7 +12,8 @@ use anyhow::Context;
 use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use worker::{profile, StopHandle, WorkerConfig};
+use worker::config::ExecutionConfig;
+use worker::{profile, Handlers, StopHandle, WorkerConfig};
 
 /// Join a Retire-Cluster master and run the tasks it hands out.
 #[derive(Debug, Parser)]
@@ -36,6 +39,53 @@ struct Args {
         value_delimiter = ','
     )]
     tags: Vec<String>,
+    /// A TOML file with the owner's policy, sandbox set-up and limits (see docs/sandbox.md).
+    #[arg(long, env = "RETIRE_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Accept only these task types (comma-separated); overrides the config file.
+    #[arg(
+        long,
+        env = "RETIRE_ALLOW_TYPES",
+        value_name = "TYPES",
+        value_delimiter = ','
+    )]
+    allow_types: Option<Vec<String>>,
+    /// Refuse these task types (comma-separated); overrides the config file.
+    #[arg(
+        long,
+        env = "RETIRE_DENY_TYPES",
+        value_name = "TYPES",
+        value_delimiter = ','
+    )]
+    deny_types: Option<Vec<String>>,
+    /// A folder of custom handlers: an executable per task type, named after it.
+    #[arg(long, env = "RETIRE_HANDLERS", value_name = "DIR")]
+    handlers: Option<PathBuf>,
+}
+
+/// The owner's policy: the config file, then the flags over it.
+fn execution_config(args: &Args) -> anyhow::Result<ExecutionConfig> {
+    let mut execution = match &args.config {
+        Some(path) => ExecutionConfig::from_file(path)?,
+        None => ExecutionConfig::default(),
+    };
+    let names = |types: &[String]| -> BTreeSet<String> {
+        types
+            .iter()
+            .map(|name| name.trim().to_string())
+            .filter(|name| !name.is_empty())
+            .collect()
+    };
+    if let Some(allow) = &args.allow_types {
+        execution.allow_types = Some(names(allow));
+    }
+    if let Some(deny) = &args.deny_types {
+        execution.deny_types = names(deny);
+    }
+    if let Some(dir) = &args.handlers {
+        execution.handlers_dir = Some(dir.clone());
+    }
+    Ok(execution)
 }
 
 fn main() -> ExitCode {
@@ -50,6 +100,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    let execution = execution_config(&args).context("invalid configuration")?;
     let device_id = match args.id {
         Some(id) => id,
         None => profile::default_device_id(&profile::collect()),
@@ -69,7 +120,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     config.validate().context("invalid configuration")?;
     println!("retire-worker: joining master {} as {device_id}", args.join);
-    worker::run(config, stop).with_context(|| format!("could not run a worker for {}", args.join))
+    worker::run_with(config, execution, Handlers::new(), stop)
+        .with_context(|| format!("could not run a worker for {}", args.join))
 }
 
 /// Turns SIGINT and SIGTERM into a graceful stop. Repeated signals change nothing:

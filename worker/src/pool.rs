@@ -12,13 +12,15 @@ use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
-use protocol::{ResultStatus, TaskResult, TaskSpec};
+use protocol::{ResultStatus, TaskProgress, TaskResult, TaskSpec};
 
 use crate::exec::CancelToken;
+use crate::handlers::TaskContext;
 use crate::tasks::{self, TaskOutcome};
 
-/// What runs one task: the built-in handlers, or anything an embedding program supplies.
-pub type Runner = Arc<dyn Fn(&TaskSpec, &CancelToken) -> TaskOutcome + Send + Sync>;
+/// What runs one task: the worker's [`tasks::Executor`], or anything an embedding
+/// program supplies. The context carries the cancel token and the progress reporter.
+pub type Runner = Arc<dyn Fn(&TaskSpec, &TaskContext) -> TaskOutcome + Send + Sync>;
 
 /// One task attempt for the pool to run.
 #[derive(Debug, Clone)]
@@ -62,12 +64,25 @@ impl Pool {
     /// Starts `slots` threads (at least one) that run jobs with the built-in handlers and
     /// send each result to `results`.
     pub fn with_builtins(slots: usize, results: Sender<TaskResult>) -> std::io::Result<Pool> {
-        Pool::new(slots, Arc::new(tasks::run_builtin), results)
+        let runner: Runner = Arc::new(|task: &TaskSpec, context: &TaskContext| {
+            tasks::run_builtin(task, &context.cancel)
+        });
+        Pool::new(slots, runner, results)
     }
 
     /// Starts `slots` threads (at least one) that run jobs with `runner` and send each
-    /// result to `results`.
+    /// result to `results`; progress reports are dropped.
     pub fn new(slots: usize, runner: Runner, results: Sender<TaskResult>) -> std::io::Result<Pool> {
+        Pool::with_progress(slots, runner, results, None)
+    }
+
+    /// Like [`Pool::new`], and the progress that tasks report goes to `progress`.
+    pub fn with_progress(
+        slots: usize,
+        runner: Runner,
+        results: Sender<TaskResult>,
+        progress: Option<Sender<TaskProgress>>,
+    ) -> std::io::Result<Pool> {
         let (jobs, job_receiver) = crossbeam_channel::unbounded::<Job>();
         let mut pool = Pool {
             jobs: Some(jobs),
@@ -77,9 +92,10 @@ impl Pool {
             let job_receiver = job_receiver.clone();
             let runner = Arc::clone(&runner);
             let results = results.clone();
+            let progress = progress.clone();
             let spawned = thread::Builder::new()
                 .name(format!("task-slot-{slot_idx}"))
-                .spawn(move || serve(&job_receiver, &runner, &results));
+                .spawn(move || serve(&job_receiver, &runner, &results, progress.as_ref()));
             match spawned {
                 Ok(handle) => pool.threads.push(handle),
                 Err(error) => {
@@ -127,21 +143,30 @@ impl Drop for Pool {
 }
 
 /// One slot's loop: run jobs until the job channel closes.
-fn serve(jobs: &Receiver<Job>, runner: &Runner, results: &Sender<TaskResult>) {
+fn serve(
+    jobs: &Receiver<Job>,
+    runner: &Runner,
+    results: &Sender<TaskResult>,
+    progress: Option<&Sender<TaskProgress>>,
+) {
     for job in jobs.iter() {
         let started = Instant::now();
+        let task_id = job.task.task_id.clone().unwrap_or_default();
+        let context = TaskContext::new(
+            task_id.clone(),
+            job.attempt,
+            job.cancel.clone(),
+            progress.cloned(),
+        );
         let outcome = if job.cancel.is_cancelled() {
             // Cancelled while it waited for this thread: there is nothing to stop.
             TaskOutcome::unsuccessful(ResultStatus::Cancelled, "cancelled before it started")
         } else {
             // A panicking handler must cost one task, not a slot of the worker.
-            catch_unwind(AssertUnwindSafe(|| runner(&job.task, &job.cancel))).unwrap_or_else(
-                |panic| {
-                    TaskOutcome::failed(format!("the handler panicked: {}", panic_text(&panic)))
-                },
-            )
+            catch_unwind(AssertUnwindSafe(|| runner(&job.task, &context))).unwrap_or_else(|panic| {
+                TaskOutcome::failed(format!("the handler panicked: {}", panic_text(&panic)))
+            })
         };
-        let task_id = job.task.task_id.clone().unwrap_or_default();
         let result = outcome.into_task_result(task_id, job.attempt, started.elapsed());
         // The receiver is gone only when the worker is shutting down, and then nobody
         // wants the result any more.
@@ -216,7 +241,7 @@ mod tests {
     #[test]
     fn a_panicking_handler_fails_its_task_and_keeps_the_slot() {
         let (results, finished) = crossbeam_channel::unbounded();
-        let runner: Runner = Arc::new(|task: &TaskSpec, _cancel: &CancelToken| {
+        let runner: Runner = Arc::new(|task: &TaskSpec, _context: &TaskContext| {
             if task.task_type == "boom" {
                 panic!("kaboom");
             }

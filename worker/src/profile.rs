@@ -221,14 +221,19 @@ fn read_hostname() -> String {
 /// `ANDROID_ROOT` variable its init sets for every process, or by the system properties
 /// file every Android image has.
 fn detect_platform() -> String {
-    let looks_like_android = cfg!(target_os = "android")
-        || std::env::var_os("ANDROID_ROOT").is_some()
-        || Path::new("/system/build.prop").exists();
-    if looks_like_android {
+    if is_android() {
         "android".to_string()
     } else {
         std::env::consts::OS.to_string()
     }
+}
+
+/// Tells whether this is Android (Termux included), whatever the build target says; see
+/// [`detect_platform`].
+pub(crate) fn is_android() -> bool {
+    cfg!(target_os = "android")
+        || std::env::var_os("ANDROID_ROOT").is_some()
+        || Path::new("/system/build.prop").exists()
 }
 
 /// Returns a human-readable OS name and version, such as `"Debian GNU/Linux 12"`.

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use protocol::{
     Ack, DecodeError, Envelope, ErrorCode, ErrorReply, Goodbye, Heartbeat, Message, Metrics,
-    Register, RunningTask, TaskAssign, TaskCancel, TaskResult, TaskSpec,
+    Register, RunningTask, TaskAssign, TaskCancel, TaskProgress, TaskResult, TaskSpec,
 };
 use serde_json::{json, Map, Value};
 
@@ -301,6 +301,16 @@ impl Session {
             self.push_result(&entry);
         }
         self.outbox.push(entry);
+    }
+
+    /// A running attempt reported progress: send it to the master as `task_progress`.
+    /// Progress is informative only, so it is sent only while registered, for attempts
+    /// still running, and never kept for later.
+    pub fn handle_task_progress(&mut self, _now: Duration, progress: TaskProgress) {
+        let key = (progress.task_id.clone(), progress.attempt.unwrap_or(0));
+        if self.link == Link::Registered && !self.stopping && self.running.contains(&key) {
+            self.push(Message::TaskProgress(progress), None);
+        }
     }
 
     /// Time has reached (or passed) [`Session::poll_timeout`]: send a heartbeat when one
@@ -1153,6 +1163,34 @@ mod tests {
         session.handle_message(secs(0.5), ack(&id_of(&register), json!({})));
         let result = only(sent(&mut session));
         assert!(matches!(&result.message, Message::TaskResult(r) if r.task_id == "t-1"));
+    }
+
+    #[test]
+    fn progress_of_running_attempts_is_sent_and_nothing_else() {
+        let progress = |task_id: &str, attempt: u32| TaskProgress {
+            task_id: task_id.into(),
+            attempt: Some(attempt),
+            fraction: Some(0.5),
+            done: None,
+            total: None,
+            message: Some("half".into()),
+        };
+        let mut session = session_with_slots(2);
+        session.handle_task_progress(secs(0.0), progress("t-1", 1));
+        register(&mut session, 0.0, 1.0);
+        session.handle_message(secs(0.1), assign("t-1", "sleep", 1));
+        sent(&mut session);
+        session.handle_task_progress(secs(0.2), progress("t-1", 1));
+        let envelope = only(sent(&mut session));
+        assert_eq!(envelope.sender_id.as_deref(), Some(DEVICE));
+        assert_eq!(envelope.message, Message::TaskProgress(progress("t-1", 1)));
+        // Another attempt, an unknown task, or a finished one: dropped.
+        session.handle_task_progress(secs(0.3), progress("t-1", 2));
+        session.handle_task_progress(secs(0.3), progress("t-9", 1));
+        session.handle_task_finished(secs(0.4), finished("t-1", 1));
+        sent(&mut session);
+        session.handle_task_progress(secs(0.5), progress("t-1", 1));
+        assert!(sent(&mut session).is_empty());
     }
 
     #[test]

@@ -8,18 +8,40 @@
 //!
 //! Every outcome's `result` object holds at least `output` and `exit_code` (either may be
 //! `null` when there is nothing to report), so that tools reading results need no
-//! per-type knowledge to show the essentials.
+//! per-type knowledge to show the essentials. Types that run an external process
+//! (`shell`, `python_eval`, handlers from the handlers folder) run it in the
+//! [`Sandbox`], and their result also says how much CPU time and memory it used and
+//! what the sandbox enforced.
+//!
+//! The [`Executor`] is what a worker runs tasks with: the built-in types, the handlers
+//! folder, Rust handlers, the owner's policy and the per-type limits in one place.
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use protocol::{ResultStatus, TaskResult, TaskSpec};
 use serde_json::{json, Map, Value};
 
-use crate::exec::{self, CancelToken, ExecLimits, ExecOutcome};
+use crate::config::ExecutionConfig;
+use crate::exec::{self, CancelToken};
+use crate::handlers::{self, Handler, Progress, TaskContext};
 use crate::profile::{self, MetricsSampler};
+use crate::sandbox::{Sandbox, SandboxCommand, SandboxError, SandboxLimits, SandboxOutcome};
 
 /// The task types this crate implements, in the order they are advertised.
-pub const BUILTIN_TYPES: &[&str] = &["echo", "sleep", "system_info", "shell"];
+/// `python_eval` is advertised only where `python3` runs in the sandbox, and
+/// `http_request` only where it is compiled in.
+pub const BUILTIN_TYPES: &[&str] = &[
+    "echo",
+    "sleep",
+    "system_info",
+    "shell",
+    "python_eval",
+    "http_request",
+];
 
 /// How one run of a task ended, before it is wrapped into a [`TaskResult`].
 #[derive(Debug, Clone, PartialEq)]
@@ -87,37 +109,310 @@ pub fn is_builtin(task_type: &str) -> bool {
     BUILTIN_TYPES.contains(&task_type)
 }
 
-/// Runs `task` with the built-in handler for its type.
+/// Runs `task` with the built-in handlers, the default sandbox and no policy: what a
+/// worker with no configuration does.
 ///
 /// A task whose type is not built in fails rather than panics, although the session
 /// refuses such tasks before they get this far.
 pub fn run_builtin(task: &TaskSpec, cancel: &CancelToken) -> TaskOutcome {
-    let timeout = match task_timeout(task.timeout) {
-        Ok(timeout) => timeout,
-        Err(error) => return TaskOutcome::failed(error),
-    };
-    let payload = &task.payload;
-    let mut outcome = match task.task_type.as_str() {
-        "echo" => echo(payload, timeout, cancel),
-        "sleep" => sleep(payload, timeout, cancel),
-        "system_info" => system_info(payload, timeout, cancel),
-        "shell" => shell(payload, timeout, cancel),
-        other => TaskOutcome::failed(format!("unsupported task type {other:?}")),
-    };
-    fit_result(&mut outcome.result, MAX_RESULT_BYTES);
-    if let Some(error) = &mut outcome.error {
-        // The error sits beside the result in the same line, and can quote
-        // user input (a program name), so it is bounded too.
-        if error.len() > MAX_ERROR_BYTES {
-            let mut cut = MAX_ERROR_BYTES;
-            while !error.is_char_boundary(cut) {
-                cut -= 1;
+    static DEFAULT: OnceLock<Result<Executor, String>> = OnceLock::new();
+    let executor = DEFAULT.get_or_init(|| {
+        Executor::new(ExecutionConfig::default(), BTreeMap::new()).map_err(|e| e.to_string())
+    });
+    match executor {
+        Ok(executor) => executor.run(task, &TaskContext::detached(cancel.clone())),
+        Err(error) => TaskOutcome::failed(format!("the sandbox is not available: {error}")),
+    }
+}
+
+/// Why an [`Executor`] could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// The sandbox could not be prepared.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// The handlers folder could not be read.
+    #[error("could not read the handlers folder {path}: {source}")]
+    HandlersFolder {
+        /// The folder.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A Rust handler has the name of a built-in type.
+    #[error("a handler cannot replace the built-in task type {0:?}")]
+    ShadowsBuiltin(String),
+}
+
+/// Where a task type is implemented.
+#[derive(Clone)]
+enum Implementation {
+    Builtin,
+    Folder(PathBuf),
+    Rust(Handler),
+}
+
+/// Runs tasks: built-in types, the handlers folder and Rust handlers, under the owner's
+/// policy, with external processes in the sandbox.
+pub struct Executor {
+    config: ExecutionConfig,
+    sandbox: Arc<Sandbox>,
+    /// Every type this worker can run and is allowed to, by name.
+    types: BTreeMap<String, Implementation>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("types", &self.types.keys().collect::<Vec<_>>())
+            .field("sandbox", &self.sandbox)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Python program behind `python_eval`: it reads the payload on stdin, evaluates
+/// `expression` with `variables` as its globals, and prints the value as JSON (its
+/// `repr` when it is not JSON).
+const PYTHON_EVAL: &str = r#"
+import json, sys
+payload = json.load(sys.stdin)
+scope = dict(payload.get("variables") or payload.get("environment") or {})
+value = eval(compile(payload["expression"], "<expression>", "eval"), scope)
+try:
+    text = json.dumps(value)
+except (TypeError, ValueError):
+    text = json.dumps(repr(value))
+sys.stdout.write(text)
+"#;
+
+impl Executor {
+    /// Prepares the sandbox, finds the handlers, checks for `python3`, and applies the
+    /// owner's policy to decide which types the worker runs.
+    pub fn new(
+        config: ExecutionConfig,
+        rust_handlers: BTreeMap<String, Handler>,
+    ) -> Result<Executor, ExecutorError> {
+        let sandbox = if config.sandbox == crate::sandbox::SandboxConfig::default() {
+            Sandbox::shared_default().map_err(SandboxError::Unavailable)?
+        } else {
+            Arc::new(Sandbox::new(config.sandbox.clone())?)
+        };
+        let mut types = BTreeMap::new();
+        for name in ["echo", "sleep", "system_info", "shell"] {
+            types.insert(name.to_string(), Implementation::Builtin);
+        }
+        if crate::http::AVAILABLE {
+            types.insert("http_request".to_string(), Implementation::Builtin);
+        }
+        if let Some(dir) = &config.handlers_dir {
+            let found =
+                handlers::scan_folder(dir).map_err(|source| ExecutorError::HandlersFolder {
+                    path: dir.clone(),
+                    source,
+                })?;
+            for (name, path) in found {
+                if is_builtin(&name) {
+                    log::warn!(
+                        "handlers folder: {} has the name of a built-in type; skipped",
+                        path.display()
+                    );
+                } else {
+                    types.insert(name, Implementation::Folder(path));
+                }
             }
-            error.truncate(cut);
-            error.push_str(" …");
+        }
+        for (name, handler) in rust_handlers {
+            if is_builtin(&name) {
+                return Err(ExecutorError::ShadowsBuiltin(name));
+            }
+            types.insert(name, Implementation::Rust(handler));
+        }
+        let mut executor = Executor {
+            config,
+            sandbox,
+            types,
+        };
+        // python_eval is offered only if python3 really runs in the sandbox, as the
+        // task's user, with the task's PATH.
+        if executor.config.allows("python_eval") && executor.python_works() {
+            executor
+                .types
+                .insert("python_eval".to_string(), Implementation::Builtin);
+        }
+        let config = &executor.config;
+        executor.types.retain(|name, _| config.allows(name));
+        if let Some(allowed) = &config.allow_types {
+            for name in allowed
+                .iter()
+                .filter(|name| !executor.types.contains_key(*name))
+            {
+                log::warn!("--allow-types names {name:?}, which this worker cannot run");
+            }
+        }
+        Ok(executor)
+    }
+
+    /// The task types this worker advertises: those it can run and its owner allows.
+    pub fn task_types(&self) -> Vec<String> {
+        self.types.keys().cloned().collect()
+    }
+
+    /// The sandbox external processes run in.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    fn python_works(&self) -> bool {
+        let command = SandboxCommand::new(
+            "python3",
+            vec!["-I".into(), "-c".into(), "print(6 * 7)".into()],
+        );
+        let limits = SandboxLimits {
+            timeout: Some(Duration::from_secs(20)),
+            ..self.config.limits_for("python_eval", None)
+        };
+        match self.sandbox.run(command, &limits, &CancelToken::new()) {
+            Ok(outcome) if outcome.exec.stdout.trim() == "42" => true,
+            Ok(outcome) => {
+                log::info!(
+                    "python_eval is not offered: python3 did not run in the sandbox ({})",
+                    outcome.exec.stderr.trim()
+                );
+                false
+            }
+            Err(error) => {
+                log::info!("python_eval is not offered: {error}");
+                false
+            }
         }
     }
-    outcome
+
+    /// Runs one task to its end and returns its outcome, cut to fit the master's line.
+    pub fn run(&self, task: &TaskSpec, context: &TaskContext) -> TaskOutcome {
+        let mut outcome = self.run_uncut(task, context);
+        fit_result(&mut outcome.result, MAX_RESULT_BYTES);
+        if let Some(error) = &mut outcome.error {
+            // The error sits beside the result in the same line, and can
+            // quote user input (a program name), so it is bounded too.
+            if error.len() > MAX_ERROR_BYTES {
+                let mut cut = MAX_ERROR_BYTES;
+                while !error.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                error.truncate(cut);
+                error.push_str(" …");
+            }
+        }
+        outcome
+    }
+
+    fn run_uncut(&self, task: &TaskSpec, context: &TaskContext) -> TaskOutcome {
+        let timeout = match task_timeout(task.timeout) {
+            Ok(timeout) => timeout,
+            Err(error) => return TaskOutcome::failed(error),
+        };
+        let task_type = task.task_type.as_str();
+        let Some(implementation) = self.types.get(task_type) else {
+            return if is_builtin(task_type) || self.config.allows(task_type) {
+                TaskOutcome::failed(format!("unsupported task type {task_type:?}"))
+            } else {
+                TaskOutcome::failed(format!(
+                    "task type {task_type:?} is refused by this device's owner"
+                ))
+            };
+        };
+        let limits = self.config.limits_for(task_type, timeout);
+        let payload = &task.payload;
+        let cancel = &context.cancel;
+        match implementation {
+            Implementation::Rust(handler) => handler(task, context),
+            Implementation::Folder(path) => self.run_folder_handler(path, task, context, &limits),
+            Implementation::Builtin => match task_type {
+                "echo" => echo(payload, limits.timeout, cancel),
+                "sleep" => sleep(payload, limits.timeout, cancel),
+                "system_info" => system_info(payload, limits.timeout, cancel),
+                "shell" => match shell_command(payload) {
+                    Ok(command) => self.run_sandboxed(command, task, &limits, cancel, false),
+                    Err(error) => TaskOutcome::failed(error),
+                },
+                "python_eval" => match python_command(payload) {
+                    Ok(command) => self.run_sandboxed(command, task, &limits, cancel, true),
+                    Err(error) => TaskOutcome::failed(error),
+                },
+                "http_request" => crate::http::request(payload, limits.timeout, cancel),
+                other => TaskOutcome::failed(format!("unsupported task type {other:?}")),
+            },
+        }
+    }
+
+    fn run_folder_handler(
+        &self,
+        path: &std::path::Path,
+        task: &TaskSpec,
+        context: &TaskContext,
+        limits: &SandboxLimits,
+    ) -> TaskOutcome {
+        let mut command = SandboxCommand::new(path.as_os_str(), Vec::new());
+        command.stdin = Some(serde_json::to_vec(&task.payload).unwrap_or_default());
+        command.env = vec![
+            ("RETIRE_TASK_ID".into(), context.task_id.clone()),
+            ("RETIRE_TASK_TYPE".into(), task.task_type.clone()),
+            ("RETIRE_ATTEMPT".into(), context.attempt.to_string()),
+        ];
+        let reporter = context.progress_reporter();
+        command.progress = Some(Box::new(move |line: String| {
+            reporter.report(Progress::parse_line(&line));
+        }));
+        self.finish_sandboxed(command, task, limits, &context.cancel, true)
+    }
+
+    fn run_sandboxed(
+        &self,
+        command: exec::Command,
+        task: &TaskSpec,
+        limits: &SandboxLimits,
+        cancel: &CancelToken,
+        parse_json: bool,
+    ) -> TaskOutcome {
+        let command = match command {
+            exec::Command::Shell(script) => SandboxCommand::new(
+                exec::shell_program(),
+                vec!["-c".into(), OsString::from(script)],
+            ),
+            exec::Command::Argv(argv) => {
+                let mut argv = argv.into_iter().map(OsString::from);
+                let Some(program) = argv.next() else {
+                    return TaskOutcome::failed("payload.argv must not be empty");
+                };
+                SandboxCommand::new(program, argv.collect())
+            }
+        };
+        let mut command = command;
+        if parse_json {
+            // python_eval: the payload goes to the interpreter on stdin.
+            command.stdin = Some(serde_json::to_vec(&task.payload).unwrap_or_default());
+        }
+        self.finish_sandboxed(command, task, limits, cancel, parse_json)
+    }
+
+    fn finish_sandboxed(
+        &self,
+        mut command: SandboxCommand,
+        task: &TaskSpec,
+        limits: &SandboxLimits,
+        cancel: &CancelToken,
+        parse_json: bool,
+    ) -> TaskOutcome {
+        command.label = task
+            .task_id
+            .clone()
+            .unwrap_or_else(|| task.task_type.clone());
+        match self.sandbox.run(command, limits, cancel) {
+            Ok(outcome) => sandboxed_outcome(outcome, parse_json),
+            Err(error) => TaskOutcome::failed(error.to_string()),
+        }
+    }
 }
 
 /// The longest `error` text a result carries.
@@ -129,10 +424,6 @@ pub const MAX_ERROR_BYTES: usize = 4096;
 /// connection; a result that never fits would then be resent forever. This
 /// budget leaves room for the envelope under that default.
 pub const MAX_RESULT_BYTES: usize = 900 * 1024;
-
-/// Per-stream capture limit for `shell`: two full streams, even with JSON
-/// escaping of ordinary text, stay well under [`MAX_RESULT_BYTES`].
-pub const SHELL_OUTPUT_CAP: usize = 256 * 1024;
 
 /// Shortens the longest string fields of `result` (cutting at a character
 /// boundary and flagging `<field>_truncated`) until its JSON fits `budget`.
@@ -257,25 +548,6 @@ pub fn system_info(
     }
 }
 
-/// `shell`: runs `payload.command` with `sh -c`, or `payload.argv` directly, in its own
-/// process group, killed with all its children at the timeout or on cancel.
-///
-/// The output is stdout; the status is completed only for exit code 0.
-pub fn shell(payload: &Value, timeout: Option<Duration>, cancel: &CancelToken) -> TaskOutcome {
-    let command = match shell_command(payload) {
-        Ok(command) => command,
-        Err(error) => return TaskOutcome::failed(error),
-    };
-    let limits = ExecLimits {
-        timeout,
-        max_output_bytes: SHELL_OUTPUT_CAP,
-    };
-    match exec::run(&command, &limits, cancel) {
-        Ok(outcome) => shell_outcome(outcome, timeout),
-        Err(error) => TaskOutcome::failed(error.to_string()),
-    }
-}
-
 fn shell_command(payload: &Value) -> Result<exec::Command, String> {
     match (payload.get("command"), payload.get("argv")) {
         (Some(_), Some(_)) => Err("give payload.command or payload.argv, not both".into()),
@@ -311,22 +583,81 @@ fn shell_command(payload: &Value) -> Result<exec::Command, String> {
     }
 }
 
-fn shell_outcome(outcome: ExecOutcome, timeout: Option<Duration>) -> TaskOutcome {
-    let (status, error) = if outcome.timed_out {
-        let limit = timeout.map_or(0.0, |timeout| timeout.as_secs_f64());
+/// Checks a `python_eval` payload and makes its command: the interpreter reads the
+/// payload itself, on stdin.
+fn python_command(payload: &Value) -> Result<exec::Command, String> {
+    match payload.get("expression") {
+        Some(Value::String(expression)) if !expression.trim().is_empty() => {}
+        Some(Value::String(_)) => return Err("payload.expression must not be empty".into()),
+        Some(other) => {
+            return Err(format!(
+                "payload.expression must be a string, got {}",
+                json_type_name(other)
+            ))
+        }
+        None => return Err("payload.expression (a Python expression) is missing".into()),
+    }
+    match payload
+        .get("variables")
+        .or_else(|| payload.get("environment"))
+    {
+        None | Some(Value::Null) | Some(Value::Object(_)) => {}
+        Some(other) => {
+            return Err(format!(
+                "payload.variables must be an object, got {}",
+                json_type_name(other)
+            ))
+        }
+    }
+    Ok(exec::Command::Argv(vec![
+        "python3".into(),
+        "-I".into(),
+        "-c".into(),
+        PYTHON_EVAL.into(),
+    ]))
+}
+
+/// Turns a sandboxed run into a task outcome. `output` is stdout, parsed as JSON when
+/// `parse_json` is set and it is JSON.
+fn sandboxed_outcome(outcome: SandboxOutcome, parse_json: bool) -> TaskOutcome {
+    let SandboxOutcome {
+        exec: run,
+        enforcement,
+        limits_hit,
+    } = outcome;
+    let limit_note = if limits_hit.is_empty() {
+        String::new()
+    } else {
+        format!(" (stopped by the {} limit)", limits_hit.join(" and "))
+    };
+    let (status, error) = if run.timed_out {
+        let limit = enforcement.limits.timeout_secs.unwrap_or(0.0);
         (
             ResultStatus::Timeout,
             Some(format!("timed out after {limit} s")),
         )
-    } else if outcome.cancelled {
+    } else if run.cancelled {
         (ResultStatus::Cancelled, Some("cancelled".to_string()))
     } else {
-        match (outcome.exit_code, outcome.signal) {
+        match (run.exit_code, run.signal) {
             (Some(0), _) => (ResultStatus::Completed, None),
-            (Some(code), _) => (ResultStatus::Failed, Some(format!("exit code {code}"))),
+            (Some(code), _) => {
+                let last_line = run
+                    .stderr
+                    .lines()
+                    .rev()
+                    .find(|line| !line.trim().is_empty());
+                let detail = last_line.map_or(String::new(), |line| {
+                    format!(": {}", line.trim().chars().take(200).collect::<String>())
+                });
+                (
+                    ResultStatus::Failed,
+                    Some(format!("exit code {code}{limit_note}{detail}")),
+                )
+            }
             (None, Some(signal)) => (
                 ResultStatus::Failed,
-                Some(format!("killed by signal {signal}")),
+                Some(format!("killed by signal {signal}{limit_note}")),
             ),
             (None, None) => (
                 ResultStatus::Failed,
@@ -334,15 +665,34 @@ fn shell_outcome(outcome: ExecOutcome, timeout: Option<Duration>) -> TaskOutcome
             ),
         }
     };
+    let output = if parse_json {
+        serde_json::from_str::<Value>(run.stdout.trim())
+            .unwrap_or_else(|_| Value::String(run.stdout.clone()))
+    } else {
+        json!(run.stdout)
+    };
     // `output` is stdout; it is not repeated under a second name, so a big
     // output does not count twice against the line limit.
-    let mut result = base_result(json!(outcome.stdout), outcome.exit_code);
-    result.insert("stderr".into(), json!(outcome.stderr));
-    result.insert("output_truncated".into(), json!(outcome.stdout_truncated));
-    result.insert("stderr_truncated".into(), json!(outcome.stderr_truncated));
-    if let Some(signal) = outcome.signal {
+    let mut result = base_result(output, run.exit_code);
+    result.insert("stderr".into(), json!(run.stderr));
+    result.insert("output_truncated".into(), json!(run.stdout_truncated));
+    result.insert("stderr_truncated".into(), json!(run.stderr_truncated));
+    if let Some(signal) = run.signal {
         result.insert("signal".into(), json!(signal));
     }
+    result.insert(
+        "cpu_time".into(),
+        json!(run.cpu_time.map(|time| time.as_secs_f64())),
+    );
+    result.insert("peak_memory_bytes".into(), json!(run.peak_memory_bytes));
+    if !limits_hit.is_empty() {
+        result.insert("limits_hit".into(), json!(limits_hit));
+    }
+    let mut sandbox = serde_json::to_value(&enforcement).unwrap_or(Value::Null);
+    if let Value::Object(fields) = &mut sandbox {
+        fields.insert("orphans_killed".into(), json!(run.orphans_killed));
+    }
+    result.insert("sandbox".into(), sandbox);
     TaskOutcome {
         status,
         result,
@@ -550,8 +900,57 @@ mod tests {
     }
 
     #[test]
+    fn python_eval_returns_the_value_as_json() {
+        let outcome = run(
+            "python_eval",
+            json!({"expression": "{'sum': sum(range(n)), 'words': s.split()}", "variables": {"n": 100, "s": "a b"}}),
+            Some(30.0),
+        );
+        assert_eq!(outcome.status, ResultStatus::Completed, "{outcome:?}");
+        assert_eq!(
+            outcome.result["output"],
+            json!({"sum": 4950, "words": ["a", "b"]})
+        );
+        let outcome = run("python_eval", json!({"expression": "{1, 2}"}), Some(30.0));
+        assert_eq!(
+            outcome.result["output"],
+            json!("{1, 2}"),
+            "not JSON: its repr"
+        );
+        let outcome = run("python_eval", json!({"expression": "1/0"}), Some(30.0));
+        assert_failed_with(&outcome, "ZeroDivisionError");
+        assert_failed_with(&run("python_eval", json!({}), None), "payload.expression");
+        assert_failed_with(
+            &run(
+                "python_eval",
+                json!({"expression": "1", "variables": [1]}),
+                None,
+            ),
+            "payload.variables",
+        );
+    }
+
+    #[test]
+    fn sandboxed_results_report_usage_and_what_was_enforced() {
+        let outcome = run("shell", json!({"command": "echo hi"}), Some(30.0));
+        assert_eq!(outcome.status, ResultStatus::Completed, "{outcome:?}");
+        let result = &outcome.result;
+        assert!(result["cpu_time"].is_number(), "{result:?}");
+        assert!(
+            result["peak_memory_bytes"].as_u64().unwrap_or(0) > 0,
+            "{result:?}"
+        );
+        let sandbox = &result["sandbox"];
+        assert_eq!(sandbox["process_group"], json!(true), "{sandbox}");
+        assert_eq!(sandbox["clean_env"], json!(true), "{sandbox}");
+        assert_eq!(sandbox["limits"]["core_dumps"], json!(false), "{sandbox}");
+        assert_eq!(sandbox["limits"]["timeout_secs"], json!(30.0), "{sandbox}");
+        assert!(sandbox["landlock"]["state"].is_string(), "{sandbox}");
+    }
+
+    #[test]
     fn unknown_types_and_bad_timeouts_fail_cleanly() {
-        assert_failed_with(&run("python_eval", json!({}), None), "unsupported");
+        assert_failed_with(&run("teleport", json!({}), None), "unsupported");
         assert_failed_with(&run("echo", json!({}), Some(-1.0)), "timeout");
     }
 

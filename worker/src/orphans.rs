@@ -1,0 +1,272 @@
+//! Catching the processes that leave a task's process group.
+//!
+//! Killing a task's process group reaches everything the task started, except a process
+//! that moved itself into another group or session (`setsid`, `setpgid`, a daemon's
+//! double fork). To catch those, the worker makes itself a *child subreaper*
+//! (`PR_SET_CHILD_SUBREAPER`): when a process of a task dies, its children are handed
+//! to the worker instead of to init. An escaped process therefore becomes a child of
+//! the worker at the latest when the task's own processes are killed, and
+//! [`sweep`] kills and reaps it then.
+//!
+//! A child of the worker that the worker did not start itself is a task's orphan when
+//! its process group is the group of a task that just ended, or when its environment
+//! carries [`MARKER_ENV`] with the marker of a task that is no longer running. Children
+//! with neither (a program embedding the worker may start its own) are never touched.
+//! What remains possible is documented in `docs/sandbox.md`: a process that both leaves
+//! the group and rewrites its environment survives until the worker stops.
+
+use std::collections::{HashSet, VecDeque};
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, Once, PoisonError};
+
+/// The environment variable that tags every process of a sandboxed task with the
+/// task's marker, so that an escaped process can still be told apart.
+pub const MARKER_ENV: &str = "RETIRE_SANDBOX_ID";
+
+/// How many ended task groups are remembered, so that members of a group that die
+/// late (and become the worker's zombies) are still recognised and reaped.
+const REMEMBERED_GROUPS: usize = 256;
+
+/// How many rounds one sweep makes at most: each round can uncover the children of
+/// the processes killed in the previous one.
+const MAX_SWEEP_ROUNDS: usize = 64;
+
+/// A command the worker started and has not reaped yet.
+#[derive(Debug)]
+struct Live {
+    pid: libc::pid_t,
+    marker: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    live: Vec<Live>,
+    ended_groups: VecDeque<libc::pid_t>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    live: Vec::new(),
+    ended_groups: VecDeque::new(),
+});
+
+static SUBREAPER: Once = Once::new();
+static IS_SUBREAPER: AtomicBool = AtomicBool::new(false);
+
+fn registry() -> MutexGuard<'static, Registry> {
+    // The registry holds plain data that stays consistent even if a holder panicked.
+    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Makes this process a child subreaper, once. Returns whether it is one.
+pub fn become_subreaper() -> bool {
+    SUBREAPER.call_once(|| {
+        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes integers only.
+        let result = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        if result == 0 {
+            IS_SUBREAPER.store(true, Ordering::SeqCst);
+        } else {
+            log::warn!(
+                "could not become a child subreaper ({}); processes that leave a task's \
+                 process group will not be caught",
+                io::Error::last_os_error()
+            );
+        }
+    });
+    IS_SUBREAPER.load(Ordering::SeqCst)
+}
+
+/// Holds the registry lock while a command is spawned, so that a sweep running on
+/// another thread never mistakes the new child for an orphan.
+pub struct SpawnGuard {
+    registry: MutexGuard<'static, Registry>,
+}
+
+impl SpawnGuard {
+    /// Takes the lock.
+    pub fn lock() -> SpawnGuard {
+        SpawnGuard {
+            registry: registry(),
+        }
+    }
+
+    /// Records a freshly spawned leader and releases the lock.
+    pub fn register(mut self, pid: libc::pid_t, marker: Option<String>) {
+        self.registry.live.push(Live { pid, marker });
+    }
+}
+
+/// Forgets a leader that has been reaped, and remembers its group as ended.
+pub fn unregister(pid: libc::pid_t) {
+    let mut registry = registry();
+    if let Some(position) = registry.live.iter().position(|live| live.pid == pid) {
+        registry.live.remove(position);
+    }
+    registry.ended_groups.push_back(pid);
+    while registry.ended_groups.len() > REMEMBERED_GROUPS {
+        registry.ended_groups.pop_front();
+    }
+}
+
+/// Kills and reaps every orphan of an ended task that is now a child of this process,
+/// and returns how many live (not yet dead) orphans it killed.
+pub fn sweep() -> usize {
+    if !become_subreaper() {
+        return 0;
+    }
+    let registry = registry();
+    let live_pids: HashSet<libc::pid_t> = registry.live.iter().map(|live| live.pid).collect();
+    let live_markers: HashSet<&str> = registry
+        .live
+        .iter()
+        .filter_map(|live| live.marker.as_deref())
+        .collect();
+    let ended_groups: HashSet<libc::pid_t> = registry.ended_groups.iter().copied().collect();
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    let mut n_killed = 0;
+    for _ in 0..MAX_SWEEP_ROUNDS {
+        let mut found = false;
+        for child in children_of(me) {
+            if live_pids.contains(&child.pid) || live_pids.contains(&child.pgid) {
+                // A running task's own process, or a member of its group: that task's
+                // end deals with it.
+                continue;
+            }
+            let marker = marker_of(child.pid);
+            let orphan = ended_groups.contains(&child.pgid)
+                || marker
+                    .as_deref()
+                    .is_some_and(|marker| !live_markers.contains(marker));
+            if !orphan {
+                continue;
+            }
+            found = true;
+            if child.state != 'Z' {
+                n_killed += 1;
+                log::info!(
+                    "killing process {} ({}), left behind by a task outside its process group",
+                    child.pid,
+                    child.command
+                );
+            }
+            // SAFETY: kill and killpg take integers only. The pid is our own child and
+            // is not reaped yet, so it cannot have been reused.
+            unsafe {
+                if child.pgid == child.pid && child.pgid > 1 {
+                    libc::killpg(child.pgid, libc::SIGKILL);
+                }
+                libc::kill(child.pid, libc::SIGKILL);
+            }
+            reap(child.pid);
+        }
+        if !found {
+            break;
+        }
+    }
+    n_killed
+}
+
+/// Waits for one child that was just killed.
+fn reap(pid: libc::pid_t) {
+    loop {
+        let mut status = 0;
+        // SAFETY: `status` is a valid place for waitpid to write to.
+        let result = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if result >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
+        }
+    }
+}
+
+/// One line of `/proc/PID/stat`, the parts the sweep needs.
+#[derive(Debug)]
+struct ProcStat {
+    pid: libc::pid_t,
+    command: String,
+    state: char,
+    ppid: libc::pid_t,
+    pgid: libc::pid_t,
+}
+
+/// Parses `/proc/PID/stat`. The command name is in parentheses and may itself contain
+/// spaces and parentheses, so the fields after it are found from the last `)`.
+fn parse_stat(text: &str) -> Option<ProcStat> {
+    let (head, rest) = text.rsplit_once(')')?;
+    let (pid, command) = head.split_once(" (")?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgid = fields.next()?.parse().ok()?;
+    Some(ProcStat {
+        pid: pid.trim().parse().ok()?,
+        command: command.to_string(),
+        state,
+        ppid,
+        pgid,
+    })
+}
+
+/// The processes whose parent is `parent`, read from `/proc`.
+fn children_of(parent: libc::pid_t) -> Vec<ProcStat> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .filter_map(|text| parse_stat(&text))
+        .filter(|stat| stat.ppid == parent)
+        .collect()
+}
+
+/// The sandbox marker in a process's environment, if it can be read.
+fn marker_of(pid: libc::pid_t) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{MARKER_ENV}=");
+    environ
+        .split(|byte| *byte == 0)
+        .find_map(|entry| entry.strip_prefix(prefix.as_bytes()))
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_with_odd_command_names_parse() {
+        let stat = parse_stat("42 (my (odd) prog) S 7 42 42 0 -1 4194560 0 0").expect("parses");
+        assert_eq!(stat.pid, 42);
+        assert_eq!(stat.command, "my (odd) prog");
+        assert_eq!(stat.state, 'S');
+        assert_eq!(stat.ppid, 7);
+        assert_eq!(stat.pgid, 42);
+        assert!(parse_stat("garbage").is_none());
+    }
+
+    #[test]
+    fn this_process_can_become_a_subreaper() {
+        assert!(become_subreaper());
+        // SAFETY: PR_GET_CHILD_SUBREAPER writes an int through the pointer.
+        let mut value: libc::c_int = 0;
+        let result = unsafe {
+            libc::prctl(
+                libc::PR_GET_CHILD_SUBREAPER,
+                &mut value as *mut libc::c_int as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        };
+        assert_eq!(result, 0);
+        assert_eq!(value, 1);
+    }
+}
