@@ -93,14 +93,21 @@ impl Core {
         self.emit_finished(task_id);
     }
 
-    /// A task lost its worker (disconnect without a lease, lease expiry,
-    /// a worker that no longer knows it): back to the queue, unless it has
-    /// lost too many workers already.
-    pub(super) fn lose_attempt(&mut self, now: Now, task_id: &str) {
+    /// A task lost its worker `device_id` (disconnect without a lease,
+    /// lease expiry, a worker that no longer knows it): back to the queue,
+    /// unless it has lost too many workers already. Only the attempt that
+    /// device holds is lost: a task that has moved on since (its attempt
+    /// ended, or it runs elsewhere) is only no longer counted there.
+    pub(super) fn lose_attempt(&mut self, now: Now, device_id: &str, task_id: &str) {
         let Some(task) = self.tasks.get_mut(task_id) else {
             return;
         };
-        if !matches!(task.record.state, TaskState::Assigned | TaskState::Running) {
+        if task.record.device_id.as_deref() != Some(device_id)
+            || !matches!(task.record.state, TaskState::Assigned | TaskState::Running)
+        {
+            if let Some(device) = self.devices.get_mut(device_id) {
+                device.active.remove(task_id);
+            }
             return;
         }
         task.record.lost += 1;
@@ -125,7 +132,7 @@ impl Core {
             self.emit_finished(task_id);
             return;
         }
-        self.requeue(task_id);
+        self.requeue(device_id, task_id);
     }
 
     /// `task_retry`: a finished task that did not complete goes back to
@@ -149,6 +156,9 @@ impl Core {
             ));
         }
         record.state = TaskState::Queued;
+        // As after a backoff: the last attempt ended, and nothing of it
+        // counts for the task any more.
+        record.device_id = None;
         record.failures = 0;
         record.lost = 0;
         record.finished_unix_ms = None;
@@ -184,6 +194,9 @@ impl Core {
             }
             task.record.state = TaskState::Queued;
             task.record.retry_at_unix_ms = None;
+            // The last attempt ended: no device's report of it may count as
+            // the task's result any more, nor may a device take it back.
+            task.record.device_id = None;
             let record = task.record.clone();
             self.queue.insert(QueueKey::of(&record));
             self.persist_task(&record);
@@ -213,7 +226,7 @@ impl Core {
                 held.len()
             );
             for task_id in held {
-                self.lose_attempt(now, &task_id);
+                self.lose_attempt(now, &device_id, &task_id);
             }
         }
     }
@@ -239,7 +252,14 @@ impl Core {
         else {
             return;
         };
-        let due = now.monotonic + timeout + self.config.timeout_grace;
+        // A timeout too large to add to the clock is never reached.
+        let Some(due) = now
+            .monotonic
+            .checked_add(timeout)
+            .and_then(|due| due.checked_add(self.config.timeout_grace))
+        else {
+            return;
+        };
         self.attempt_deadlines
             .insert((due, task_id.to_string(), task.record.attempt));
     }

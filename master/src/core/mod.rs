@@ -638,7 +638,7 @@ impl Core {
             if !kept {
                 // The worker no longer knows this task (it restarted, say):
                 // the attempt is lost.
-                self.lose_attempt(now, &task_id);
+                self.lose_attempt(now, &device_id, &task_id);
             }
         }
         // The tasks the device says it still runs are its own again if their
@@ -742,7 +742,13 @@ impl Core {
             && result
                 .attempt
                 .is_none_or(|attempt| attempt == record.attempt);
-        if same_attempt {
+        // A device that does not hold the task's current attempt counts the
+        // task, if at all, for an attempt that ended since (cancelled, timed
+        // out by the master, retried elsewhere): this report is that
+        // attempt's end.
+        let holds_current = record.device_id.as_deref() == Some(device_id.as_str())
+            && matches!(record.state, TaskState::Assigned | TaskState::Running);
+        if same_attempt || !holds_current {
             // Whatever happens to the record, this attempt no longer holds
             // one of the device's slots.
             if let Some(device) = self.devices.get_mut(&device_id) {
@@ -882,16 +888,16 @@ impl Core {
                 && task.record.state == TaskState::Assigned
         });
         if !current {
-            // A cancel crossed this refusal: the task is cancelled but
-            // still counted against the device until its attempt ends.
-            // The worker never ran it and will send no result, so the
-            // refusal is that end and gives the slot back.
-            let cancelled_here = self.tasks.get(&task_id).is_some_and(|task| {
-                task.record.attempt == attempt
-                    && task.record.device_id.as_deref() == Some(device_id.as_str())
-                    && task.record.state == TaskState::Cancelled
+            // A cancel or the master's timeout crossed this refusal: the
+            // attempt ended but is still counted against the device until
+            // the worker reports it. The worker never ran it and will send
+            // no result, so the refusal is that end and gives the slot
+            // back, unless the device holds the task's current attempt.
+            let ended_here = self.tasks.get(&task_id).is_some_and(|task| {
+                !(task.record.device_id.as_deref() == Some(device_id.as_str())
+                    && matches!(task.record.state, TaskState::Assigned | TaskState::Running))
             });
-            if cancelled_here {
+            if ended_here {
                 if let Some(device) = self.devices.get_mut(&device_id) {
                     if device.active.remove(&task_id) {
                         self.needs_dispatch = true;
@@ -919,10 +925,10 @@ impl Core {
         }
         if permanent {
             if let Some(task) = self.tasks.get_mut(&task_id) {
-                task.refused_by.insert(device_id);
+                task.refused_by.insert(device_id.clone());
             }
         }
-        self.requeue(&task_id);
+        self.requeue(&device_id, &task_id);
     }
 
     // ----- client messages -----
@@ -1053,9 +1059,14 @@ impl Core {
         let attempt = record.attempt;
         record.state = TaskState::Cancelled;
         record.finished_unix_ms = Some(now.unix_ms);
+        record.retry_at_unix_ms = None;
         record.error = Some("cancelled by a client".into());
         let record = record.clone();
         self.queue.remove(&QueueKey::of(&record));
+        if was == TaskState::Retrying {
+            // Its backoff must not fire into a later one (after a retry).
+            self.retry_wait.retain(|(_, id)| *id != task_id);
+        }
         self.persist_task(&record);
         if matches!(was, TaskState::Assigned | TaskState::Running) {
             // The device keeps the slot until it reports the attempt's end,
@@ -1146,9 +1157,9 @@ impl Core {
             self.persist_device(&record);
             for task_id in active {
                 if handed_back {
-                    self.requeue(&task_id);
+                    self.requeue(device_id, &task_id);
                 } else {
-                    self.lose_attempt(now, &task_id);
+                    self.lose_attempt(now, device_id, &task_id);
                 }
             }
         }
@@ -1194,22 +1205,21 @@ impl Core {
         }
     }
 
-    /// Puts a task that was handed out back in the queue, in its original
-    /// place. Terminal tasks stay as they are.
-    fn requeue(&mut self, task_id: &str) {
+    /// Puts a task that device `device_id` held back in the queue, in its
+    /// original place. The device no longer counts it either way; a task
+    /// whose current attempt is not that device's (it ended, or the task
+    /// runs elsewhere now) stays as it is.
+    fn requeue(&mut self, device_id: &str, task_id: &str) {
+        if let Some(device) = self.devices.get_mut(device_id) {
+            device.active.remove(task_id);
+        }
         let Some(task) = self.tasks.get_mut(task_id) else {
             return;
         };
-        if !matches!(task.record.state, TaskState::Assigned | TaskState::Running) {
-            return;
-        }
-        if let Some(device) = task
-            .record
-            .device_id
-            .as_ref()
-            .and_then(|id| self.devices.get_mut(id))
+        if task.record.device_id.as_deref() != Some(device_id)
+            || !matches!(task.record.state, TaskState::Assigned | TaskState::Running)
         {
-            device.active.remove(task_id);
+            return;
         }
         task.record.state = TaskState::Queued;
         let record = task.record.clone();

@@ -7,6 +7,7 @@
 mod sim;
 
 mod durability;
+mod life;
 mod lifecycle;
 mod prop;
 mod registration;

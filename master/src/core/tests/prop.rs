@@ -1,17 +1,28 @@
 //! Random sequences of operations against the invariants that must hold
 //! after every step.
 
-use super::sim::{gib, FakeWorker, Policy, Sim};
+use super::sim::{gib, FakeWorker, Policy, Reply, Sim};
 use crate::core::records::TaskRecord;
-use crate::core::QueueKey;
+use crate::core::{Core, CoreConfig, QueueKey};
 use proptest::prelude::*;
 use protocol::{
-    DeviceStatus, ErrorCode, Message, Priority, Register, Requirements, ResultStatus, TaskResult,
-    TaskSpec, TaskState,
+    DeviceStatus, ErrorCode, Heartbeat, Message, Priority, Register, Requirements, ResultStatus,
+    TaskResult, TaskSpec, TaskState,
 };
 use serde_json::json;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
+
+/// Short task-life timers, so that random time advances cross backoffs,
+/// the master's timeouts and leases.
+fn config() -> CoreConfig {
+    CoreConfig {
+        timeout_grace: Duration::from_secs(2),
+        lease_grace: Duration::from_secs(20),
+        max_lost_attempts: 3,
+        ..CoreConfig::default()
+    }
+}
 
 /// Longest sequence of operations per case.
 const MAX_OPS: usize = 40;
@@ -26,8 +37,16 @@ const PRIORITIES: [Priority; 5] = [
     Priority(60),
 ];
 
-/// Each worker's fixed profile (the same on every registration).
-fn profile(w: usize) -> Register {
+/// Each worker's fixed profile (the same on every registration), with
+/// leases or not.
+fn profile(w: usize, leases: bool) -> Register {
+    Register {
+        leases,
+        ..base_profile(w)
+    }
+}
+
+fn base_profile(w: usize) -> Register {
     match w {
         0 => Register {
             platform: Some("linux".into()),
@@ -81,6 +100,8 @@ enum Op {
         requirements: usize,
         kind: usize,
         client_id: Option<u8>,
+        max_retries: Option<u32>,
+        timeout: Option<u8>,
     },
     Join {
         w: usize,
@@ -94,6 +115,7 @@ enum Op {
     },
     Heartbeat {
         w: usize,
+        draining: bool,
     },
     Answer {
         w: usize,
@@ -116,6 +138,17 @@ enum Op {
     },
     Advance {
         ms: u64,
+    },
+    Retry {
+        pick: usize,
+    },
+    /// A client cancels a task a device holds and queues it again at once.
+    CancelRetry {
+        pick: usize,
+    },
+    Restart,
+    Storage {
+        available: bool,
     },
 }
 
@@ -142,20 +175,27 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Some(ErrorCode::UnsupportedTaskType)),
         1 => Just(Some(ErrorCode::NoFreeSlot)),
     ];
+    let max_retries = proptest::option::weighted(0.7, 0..3u32);
+    let timeout = proptest::option::weighted(0.3, 1..6u8);
     prop_oneof![
-        6 => (0..PRIORITIES.len(), 0..8usize, 0..TYPES.len(), proptest::option::weighted(0.3, 0..4u8))
-            .prop_map(|(priority, requirements, kind, client_id)| Op::Submit { priority, requirements, kind, client_id }),
+        6 => (0..PRIORITIES.len(), prop_oneof![1 => Just(0usize), 1 => 0..8usize], 0..TYPES.len(), proptest::option::weighted(0.3, 0..4u8), max_retries, timeout)
+            .prop_map(|(priority, requirements, kind, client_id, max_retries, timeout)| Op::Submit { priority, requirements, kind, client_id, max_retries, timeout }),
         3 => (w.clone(), policy).prop_map(|(w, policy)| Op::Join { w, policy }),
         1 => w.clone().prop_map(|w| Op::Leave { w }),
         1 => w.clone().prop_map(|w| Op::Goodbye { w }),
-        2 => w.clone().prop_map(|w| Op::Heartbeat { w }),
+        2 => (w.clone(), proptest::bool::weighted(0.1)).prop_map(|(w, draining)| Op::Heartbeat { w, draining }),
         2 => (w.clone(), refusal).prop_map(|(w, refusal)| Op::Answer { w, refusal }),
         4 => (w.clone(), 0..8usize, status).prop_map(|(w, pick, status)| Op::Finish { w, pick, status }),
         2 => (w.clone(), 0..8usize).prop_map(|(w, pick)| Op::Orphan { w, pick }),
         2 => (0..16usize).prop_map(|pick| Op::Cancel { pick }),
         1 => w.prop_map(|w| Op::Drain { w }),
-        // Mostly short steps; sometimes long enough for heartbeats to expire.
-        2 => prop_oneof![3 => 0..3_000u64, 1 => 3_000..20_000u64].prop_map(|ms| Op::Advance { ms }),
+        // Mostly short steps; sometimes long enough for heartbeats,
+        // timeouts or leases to expire.
+        3 => prop_oneof![3 => 0..3_000u64, 1 => 3_000..20_000u64, 1 => 20_000..40_000u64].prop_map(|ms| Op::Advance { ms }),
+        2 => (0..16usize).prop_map(|pick| Op::Retry { pick }),
+        1 => (0..8usize).prop_map(|pick| Op::CancelRetry { pick }),
+        1 => Just(Op::Restart),
+        1 => proptest::bool::weighted(0.6).prop_map(|available| Op::Storage { available }),
     ]
 }
 
@@ -177,18 +217,85 @@ fn choose(sim: &Sim, w: usize, wanted: impl Fn(&FakeWorker) -> bool) -> Option<&
     (!candidates.is_empty()).then(|| candidates[w % candidates.len()])
 }
 
-fn apply(sim: &mut Sim, op: &Op) {
+/// What the checks remember from step to step.
+#[derive(Debug, Default)]
+struct Model {
+    /// Each terminal task as it was first seen terminal; a `task_retry`
+    /// is the only way out.
+    terminal: HashMap<String, TaskRecord>,
+    /// The highest attempt seen of each task.
+    attempts: HashMap<String, u32>,
+    /// Which workers declare leases.
+    leases: [bool; 3],
+    /// Which workers keep running a cancelled task until a `Finish`
+    /// reports it (a process slow to die).
+    slow: [bool; 3],
+}
+
+/// The state an attempt's reported end leads to (the default
+/// `default_max_retries` is 0).
+fn after_attempt(before: &TaskRecord, status: ResultStatus) -> TaskState {
+    let max = before.spec.max_retries.unwrap_or(0);
+    match status {
+        ResultStatus::Completed | ResultStatus::Cancelled => status.task_state(),
+        ResultStatus::Failed | ResultStatus::Timeout if before.failures < max => {
+            TaskState::Retrying
+        }
+        _ if max == 0 => status.task_state(),
+        _ => TaskState::DeadLetter,
+    }
+}
+
+/// Worker `id` sends `result`: on its connection, or, while it is away, on
+/// a one-shot connection as older workers do. Returns the reply and the
+/// task just before and just after the core handled it (before anything
+/// that follows, like an assignment to a slot it freed).
+fn send_result(sim: &mut Sim, id: &str, result: TaskResult) -> (Reply, TaskRecord, TaskRecord) {
+    let task_id = result.task_id.clone();
+    let before = sim.task(&task_id).clone();
+    let mut after = None;
+    let check = |core: &Core| after = Some(core.tasks[&task_id].record.clone());
+    let message = Message::TaskResult(result);
+    let reply = if connected(sim, id) {
+        let conn = sim.conn_of(id);
+        sim.request_checked(conn, Some(id), message, check)
+    } else {
+        let conn = sim.connect();
+        let reply = sim.request_checked(conn, Some(id), message, check);
+        sim.disconnect(conn);
+        reply
+    };
+    (reply, before, after.expect("checked"))
+}
+
+fn result_of(task_id: &str, attempt: u32, status: ResultStatus) -> TaskResult {
+    TaskResult {
+        task_id: task_id.to_string(),
+        attempt: Some(attempt),
+        status,
+        execution_time: None,
+        result: json!({ "output": "x", "exit_code": 0 }),
+        error: None,
+    }
+}
+
+fn apply(sim: &mut Sim, model: &mut Model, op: &Op) {
+    let storage = sim.core.storage_available;
     match *op {
         Op::Submit {
             priority,
             requirements: r,
             kind,
             client_id,
+            max_retries,
+            timeout,
         } => {
             let spec = TaskSpec {
                 task_id: client_id.map(|c| format!("c{c}")),
                 priority: PRIORITIES[priority],
                 requirements: requirements(r),
+                max_retries,
+                timeout: timeout.map(f64::from),
                 ..TaskSpec::new(TYPES[kind], json!({ "n": r }))
             };
             let existed = spec
@@ -196,12 +303,28 @@ fn apply(sim: &mut Sim, op: &Op) {
                 .as_ref()
                 .and_then(|id| sim.core.tasks.get(id))
                 .is_some();
+            let count = sim.core.tasks.len();
             let reply = sim.submit_reply(spec);
+            if !storage {
+                assert_eq!(reply.code(), ErrorCode::StorageUnavailable);
+                assert_eq!(sim.core.tasks.len(), count);
+                return;
+            }
             assert_eq!(reply.field("created"), json!(!existed));
-            assert!(reply.after_batch.is_some());
+            // A new task waits for its commit; an existing one may have
+            // been committed before a restart, with nothing to wait for.
+            assert!(existed || reply.after_batch.is_some());
         }
         Op::Join { w, policy } => {
-            let reply = sim.join_with(WORKERS[w], profile(w), policy);
+            let register = profile(w, model.leases[w]);
+            if !storage {
+                let conn = sim.connect();
+                let reply = sim.request_as(conn, Some(WORKERS[w]), Message::Register(register));
+                assert_eq!(reply.code(), ErrorCode::StorageUnavailable);
+                sim.disconnect(conn);
+                return;
+            }
+            let reply = sim.join_with(WORKERS[w], register, policy);
             assert_eq!(reply.field("success"), json!(true));
         }
         Op::Leave { w } => {
@@ -214,12 +337,27 @@ fn apply(sim: &mut Sim, op: &Op) {
                 assert_eq!(sim.goodbye(WORKERS[w]).field("success"), json!(true));
             }
         }
-        Op::Heartbeat { w } => {
-            if connected(sim, WORKERS[w]) {
-                assert_eq!(sim.heartbeat(WORKERS[w]).field("success"), json!(true));
+        Op::Heartbeat { w, draining } => {
+            let id = WORKERS[w];
+            if connected(sim, id) {
+                let reply = if draining {
+                    sim.heartbeat_status(id, "draining")
+                } else {
+                    sim.worker_request(id, Message::Heartbeat(Heartbeat::default()))
+                };
+                assert_eq!(reply.field("success"), json!(true));
+                if draining {
+                    assert_eq!(sim.device(id).status, DeviceStatus::Draining);
+                }
             }
         }
         Op::Answer { w, refusal } => {
+            // A cancelled assignment is answered with a result, which the
+            // master cannot take while its store fails; the fake worker
+            // does not send it again, so it waits.
+            if !storage {
+                return;
+            }
             if let Some(id) = choose(sim, w, |worker| !worker.pending.is_empty()) {
                 sim.answer(id, refusal);
             }
@@ -235,58 +373,54 @@ fn apply(sim: &mut Sim, op: &Op) {
                 .map(|(t, &a)| (t.clone(), a))
                 .unwrap();
             let record = sim.task(&task_id).clone();
-            // What the worker runs, the master counts as its current attempt.
-            assert!(
-                matches!(record.state, TaskState::Assigned | TaskState::Running),
-                "{record:?}"
-            );
-            assert_eq!(
-                (record.device_id.as_deref(), record.attempt),
-                (Some(id), attempt)
-            );
-            let reply = sim.finish(
-                id,
-                &task_id,
-                status,
-                json!({ "output": "x", "exit_code": 0 }),
-            );
-            assert_eq!(reply.field("recorded"), json!(true));
-            assert_eq!(sim.state(&task_id), status.task_state());
-        }
-        Op::Orphan { w, pick } => {
-            // Sent on the worker's connection, or, while it is away, on a
-            // one-shot connection as older workers do.
-            let with_orphans: Vec<&'static str> = WORKERS
-                .into_iter()
-                .filter(|id| {
-                    sim.workers
-                        .get(*id)
-                        .is_some_and(|worker| !worker.orphans.is_empty())
-                })
-                .collect();
-            if with_orphans.is_empty() {
+            // Whether the worker runs the task's current attempt (it may
+            // run one that ended: cancelled, timed out by the master).
+            let current = record.device_id.as_deref() == Some(id)
+                && record.attempt == attempt
+                && matches!(record.state, TaskState::Assigned | TaskState::Running);
+            assert!(attempt <= record.attempt, "{record:?}");
+            if storage {
+                sim.worker_mut(id).running.remove(&task_id);
+            }
+            let (reply, before, after) = send_result(sim, id, result_of(&task_id, attempt, status));
+            if !storage {
+                assert_eq!(reply.code(), ErrorCode::StorageUnavailable);
+                assert_eq!(after, before, "a refused result changes nothing");
                 return;
             }
-            let id = with_orphans[w % with_orphans.len()];
+            assert_eq!(reply.field("recorded"), json!(current), "{before:?}");
+            if current {
+                assert_eq!(after.state, after_attempt(&before, status), "{before:?}");
+            } else {
+                assert_eq!(after, before, "a stale result changes nothing");
+                let device = &sim.core.devices[id];
+                let holds_now = sim.task(&task_id).device_id.as_deref() == Some(id)
+                    && matches!(
+                        sim.state(&task_id),
+                        TaskState::Assigned | TaskState::Running
+                    );
+                assert!(
+                    holds_now || !device.active.contains(&task_id),
+                    "the ended attempt's slot is free"
+                );
+            }
+        }
+        Op::Orphan { w, pick } => {
+            let Some(id) = orphan_holder(sim, w) else {
+                return;
+            };
             let orphans = &mut sim.worker_mut(id).orphans;
             let (task_id, attempt) = orphans.remove(pick % orphans.len());
-            let before = sim.task(&task_id).clone();
-            let result = TaskResult {
-                task_id: task_id.clone(),
-                attempt: Some(attempt),
-                status: ResultStatus::Completed,
-                execution_time: None,
-                result: json!({ "output": "late" }),
-                error: None,
-            };
-            let reply = if connected(sim, id) {
-                sim.worker_request(id, Message::TaskResult(result))
-            } else {
-                let conn = sim.connect();
-                let reply = sim.request_as(conn, Some(id), Message::TaskResult(result));
-                sim.disconnect(conn);
-                reply
-            };
+            let (reply, before, after) = send_result(
+                sim,
+                id,
+                result_of(&task_id, attempt, ResultStatus::Completed),
+            );
+            if !storage {
+                assert_eq!(reply.code(), ErrorCode::StorageUnavailable);
+                assert_eq!(after, before, "a refused result changes nothing");
+                return;
+            }
             // The attempt is still current when the task went back to the
             // queue and nobody has taken it since: then the late result is
             // the task's result. Otherwise it is stale and changes nothing.
@@ -295,26 +429,26 @@ fn apply(sim: &mut Sim, op: &Op) {
                 && before.device_id.as_deref() == Some(id);
             if still_current {
                 assert_eq!(reply.field("recorded"), json!(true));
-                assert_eq!(sim.task(&task_id).state, TaskState::Completed);
+                assert_eq!(after.state, TaskState::Completed);
             } else {
                 assert_eq!(reply.field("recorded"), json!(false));
-                assert_eq!(
-                    sim.task(&task_id),
-                    &before,
-                    "a stale result changes nothing"
-                );
+                assert_eq!(after, before, "a stale result changes nothing");
             }
         }
         Op::Cancel { pick } => {
-            let mut ids: Vec<String> = sim.core.tasks.keys().cloned().collect();
-            ids.sort();
-            ids.push("nope".into());
-            let task_id = ids[pick % ids.len()].clone();
-            let before = sim.core.tasks.get(&task_id).map(|t| t.record.state);
+            let task_id = pick_task(sim, pick);
+            let before = sim.core.tasks.get(&task_id).map(|t| t.record.clone());
             let reply = sim.cancel(&task_id);
             match before {
+                _ if !storage => {
+                    assert_eq!(reply.code(), ErrorCode::StorageUnavailable);
+                    assert_eq!(
+                        sim.core.tasks.get(&task_id).map(|t| &t.record),
+                        before.as_ref()
+                    );
+                }
                 None => assert_eq!(reply.code(), ErrorCode::NotFound),
-                Some(state) if state.is_terminal() => {
+                Some(record) if record.state.is_terminal() => {
                     assert_eq!(reply.code(), ErrorCode::InvalidState)
                 }
                 Some(_) => {
@@ -323,11 +457,53 @@ fn apply(sim: &mut Sim, op: &Op) {
                 }
             }
         }
+        Op::Retry { pick } => {
+            let task_id = pick_task(sim, pick);
+            let before = sim.core.tasks.get(&task_id).map(|t| t.record.clone());
+            let reply = sim.retry(&task_id);
+            match before {
+                _ if !storage => {
+                    assert_eq!(reply.code(), ErrorCode::StorageUnavailable);
+                    assert_eq!(
+                        sim.core.tasks.get(&task_id).map(|t| &t.record),
+                        before.as_ref()
+                    );
+                }
+                None => assert_eq!(reply.code(), ErrorCode::NotFound),
+                Some(record)
+                    if record.state.is_terminal() && record.state != TaskState::Completed =>
+                {
+                    assert_eq!(reply.field("success"), json!(true));
+                    model.terminal.remove(&task_id);
+                    let task = sim.task(&task_id);
+                    assert!(!task.state.is_terminal(), "{task:?}");
+                    assert_eq!((task.failures, task.lost), (0, 0));
+                }
+                Some(record) => {
+                    assert_eq!(reply.code(), ErrorCode::InvalidState);
+                    assert_eq!(sim.task(&task_id), &record);
+                }
+            }
+        }
+        Op::CancelRetry { pick } => {
+            if !storage {
+                return;
+            }
+            let Some(task_id) = held_task(sim, pick) else {
+                return;
+            };
+            assert_eq!(sim.cancel(&task_id).field("success"), json!(true));
+            assert_eq!(sim.retry(&task_id).field("success"), json!(true));
+            let task = sim.task(&task_id);
+            assert!(!task.state.is_terminal(), "{task:?}");
+        }
         Op::Drain { w } => {
             let id = WORKERS[w];
             let known = sim.core.devices.contains_key(id);
             let reply = sim.drain(id);
-            if connected(sim, id) {
+            if !storage {
+                assert_eq!(reply.code(), ErrorCode::StorageUnavailable);
+            } else if connected(sim, id) {
                 assert_eq!(reply.field("success"), json!(true));
             } else if known {
                 assert_eq!(reply.code(), ErrorCode::InvalidState);
@@ -339,12 +515,124 @@ fn apply(sim: &mut Sim, op: &Op) {
             sim.advance(Duration::from_millis(ms));
             sim.tick();
         }
+        Op::Restart => {
+            let old = std::mem::replace(sim, Sim::with_config(config()));
+            *sim = old.restart();
+            set_storage(sim, model, true);
+        }
+        Op::Storage { available } => set_storage(sim, model, available),
     }
 }
 
-/// Checks every invariant; `terminal` remembers each terminal task as it
-/// was first seen so later steps cannot change it.
-fn check_invariants(sim: &Sim, terminal: &mut HashMap<String, TaskRecord>) {
+/// The store fails or recovers. While it fails, every worker keeps
+/// running a task it is told to cancel until a `Finish` reports it: the
+/// fake worker does not send a refused result again, as a real one does.
+fn set_storage(sim: &mut Sim, model: &Model, available: bool) {
+    sim.set_storage(available);
+    for (w, id) in WORKERS.into_iter().enumerate() {
+        if let Some(worker) = sim.workers.get_mut(id) {
+            worker.slow_cancel = !available || model.slow[w];
+        }
+    }
+}
+
+/// The `w`-th (modulo) worker with results of lost attempts to send.
+fn orphan_holder(sim: &Sim, w: usize) -> Option<&'static str> {
+    let with_orphans: Vec<&'static str> = WORKERS
+        .into_iter()
+        .filter(|id| {
+            sim.workers
+                .get(*id)
+                .is_some_and(|worker| !worker.orphans.is_empty())
+        })
+        .collect();
+    (!with_orphans.is_empty()).then(|| with_orphans[w % with_orphans.len()])
+}
+
+/// What an operation may change of the tasks that devices hold.
+#[derive(Debug, PartialEq)]
+enum Scope {
+    /// Only the tasks of this worker.
+    Worker(&'static str),
+    /// Only this task.
+    Task(String),
+    /// None (submits, drains, the store failing or recovering).
+    None,
+    /// Anything (time passing, a restart).
+    Any,
+}
+
+/// The scope of `op`, decided before it is applied.
+fn scope(sim: &Sim, op: &Op) -> Scope {
+    let worker = |id: Option<&'static str>| id.map_or(Scope::None, Scope::Worker);
+    match *op {
+        Op::Join { w, .. } | Op::Leave { w } | Op::Goodbye { w } | Op::Heartbeat { w, .. } => {
+            Scope::Worker(WORKERS[w])
+        }
+        Op::Answer { w, .. } => worker(choose(sim, w, |worker| !worker.pending.is_empty())),
+        Op::Finish { w, .. } => worker(choose(sim, w, |worker| !worker.running.is_empty())),
+        Op::Orphan { w, .. } => worker(orphan_holder(sim, w)),
+        Op::Cancel { pick } | Op::Retry { pick } => Scope::Task(pick_task(sim, pick)),
+        Op::CancelRetry { pick } => held_task(sim, pick).map_or(Scope::None, Scope::Task),
+        Op::Submit { .. } | Op::Drain { .. } | Op::Storage { .. } => Scope::None,
+        Op::Advance { .. } | Op::Restart => Scope::Any,
+    }
+}
+
+/// Tasks held by a device: id, device, attempt.
+fn held(sim: &Sim) -> Vec<(String, String, u32)> {
+    sim.core
+        .tasks
+        .values()
+        .map(|task| &task.record)
+        .filter(|record| matches!(record.state, TaskState::Assigned | TaskState::Running))
+        .filter_map(|record| {
+            let device = record.device_id.clone()?;
+            Some((record.task_id.clone(), device, record.attempt))
+        })
+        .collect()
+}
+
+/// An operation by or about one worker, or on one task, never takes
+/// another device's task from it.
+fn check_locality(sim: &Sim, scope: &Scope, before: &[(String, String, u32)]) {
+    for (task_id, device, attempt) in before {
+        let may_change = match scope {
+            Scope::Any => true,
+            Scope::Worker(id) => id == device,
+            Scope::Task(id) => id == task_id,
+            Scope::None => false,
+        };
+        if may_change {
+            continue;
+        }
+        let record = sim.task(task_id);
+        assert!(
+            matches!(record.state, TaskState::Assigned | TaskState::Running)
+                && record.device_id.as_ref() == Some(device)
+                && record.attempt == *attempt,
+            "{scope:?} took {task_id} (attempt {attempt}) from {device}: {record:?}"
+        );
+    }
+}
+
+/// The `pick`-th (modulo) task a device holds.
+fn held_task(sim: &Sim, pick: usize) -> Option<String> {
+    let mut ids: Vec<String> = held(sim).into_iter().map(|(id, _, _)| id).collect();
+    ids.sort();
+    (!ids.is_empty()).then(|| ids[pick % ids.len()].clone())
+}
+
+/// The `pick`-th known task id (modulo), or an unknown one.
+fn pick_task(sim: &Sim, pick: usize) -> String {
+    let mut ids: Vec<String> = sim.core.tasks.keys().cloned().collect();
+    ids.sort();
+    ids.push("nope".into());
+    ids[pick % ids.len()].clone()
+}
+
+/// Checks every invariant after a step.
+fn check_invariants(sim: &Sim, model: &mut Model) {
     let core = &sim.core;
     let queued: BTreeSet<&str> = core.queue.iter().map(|key| key.task_id.as_str()).collect();
     for key in &core.queue {
@@ -355,51 +643,57 @@ fn check_invariants(sim: &Sim, terminal: &mut HashMap<String, TaskRecord>) {
             "the queue key matches the record"
         );
     }
+    let mut waits: HashMap<&str, usize> = HashMap::new();
+    for (_, id) in &core.retry_wait {
+        *waits.entry(id.as_str()).or_default() += 1;
+    }
     for (id, task) in &core.tasks {
         let record = &task.record;
-        let holders: Vec<&str> = core
-            .devices
-            .values()
-            .filter(|device| device.active.contains(id))
-            .map(|device| device.record.device_id.as_str())
-            .collect();
+        let state = record.state;
         let in_queue = queued.contains(id.as_str());
-        match record.state {
-            TaskState::Queued => {
-                assert!(in_queue, "queued {id} is in the queue");
-                assert!(holders.is_empty(), "queued {id} is held by {holders:?}");
-            }
-            TaskState::Assigned | TaskState::Running => {
-                assert!(!in_queue, "held {id} is not queued");
-                assert_eq!(
-                    holders,
-                    [record.device_id.as_deref().expect("a holder")],
-                    "{id}"
-                );
-            }
-            _ => {
-                assert!(!in_queue, "terminal {id} is not queued");
-                // A cancelled attempt holds its slot until the worker
-                // reports it; nothing else terminal holds one.
-                if !holders.is_empty() {
-                    assert_eq!(
-                        record.state,
-                        TaskState::Cancelled,
-                        "{id} held by {holders:?}"
-                    );
-                    assert_eq!(holders, [record.device_id.as_deref().expect("a holder")]);
+        let waiting = waits.get(id.as_str()).copied().unwrap_or(0);
+        // Held: counted by the device of its current attempt.
+        let held = matches!(state, TaskState::Assigned | TaskState::Running)
+            && record
+                .device_id
+                .as_ref()
+                .and_then(|d| core.devices.get(d))
+                .is_some_and(|device| device.active.contains(id));
+        // Every task not finished is in exactly one place, the one its
+        // state says; a finished one is in none.
+        let places = usize::from(in_queue) + usize::from(held) + waiting;
+        assert_eq!(places, usize::from(!state.is_terminal()), "{record:?}");
+        match state {
+            TaskState::Queued => assert!(in_queue, "{record:?}"),
+            TaskState::Assigned | TaskState::Running => assert!(held, "{record:?}"),
+            TaskState::Retrying => assert_eq!(waiting, 1, "{record:?}"),
+            _ => match model.terminal.get(id) {
+                Some(first) => assert_eq!(first, record, "terminal {id} changed"),
+                None => {
+                    model.terminal.insert(id.clone(), record.clone());
                 }
-                match terminal.get(id) {
-                    Some(first) => assert_eq!(first, record, "terminal {id} changed"),
-                    None => {
-                        terminal.insert(id.clone(), record.clone());
-                    }
-                }
-            }
+            },
         }
+        assert_eq!(
+            record.retry_at_unix_ms.is_some(),
+            state == TaskState::Retrying,
+            "{record:?}"
+        );
+        assert_eq!(
+            record.finished_unix_ms.is_some(),
+            state.is_terminal(),
+            "{record:?}"
+        );
+        let seen = model.attempts.entry(id.clone()).or_insert(0);
+        assert!(record.attempt >= *seen, "the attempt of {id} went back");
+        *seen = record.attempt;
     }
     assert!(
-        terminal.keys().all(|id| core.tasks.contains_key(id)),
+        waits.keys().all(|id| core.tasks.contains_key(*id)),
+        "only known tasks wait"
+    );
+    assert!(
+        model.terminal.keys().all(|id| core.tasks.contains_key(id)),
         "no task disappears"
     );
     for device in core.devices.values() {
@@ -413,8 +707,19 @@ fn check_invariants(sim: &Sim, terminal: &mut HashMap<String, TaskRecord>) {
             device.record.status == DeviceStatus::Offline,
             "{id}"
         );
-        if device.conn.is_none() {
-            assert!(device.active.is_empty(), "offline {id} holds nothing");
+        assert!(
+            device.active.iter().all(|t| core.tasks.contains_key(t)),
+            "{id} counts known tasks"
+        );
+        if device.conn.is_some() {
+            assert!(device.lease_until.is_none(), "{id}");
+        } else if !device.active.is_empty() {
+            // Only a lease keeps tasks with an offline device.
+            assert!(
+                device.record.leases && device.lease_until.is_some(),
+                "offline {id} holds {:?} without a lease",
+                device.active
+            );
         }
     }
     // The master's slot accounting matches what the workers really hold.
@@ -431,27 +736,60 @@ fn check_invariants(sim: &Sim, terminal: &mut HashMap<String, TaskRecord>) {
                 assert_eq!(device.conn, Some(conn));
                 let holds: BTreeSet<&String> =
                     worker.running.keys().chain(worker.pending.keys()).collect();
-                let counted: BTreeSet<&String> = device.active.iter().collect();
-                assert_eq!(counted, holds, "slots of {}", worker.id);
+                // The master counts no slot the worker does not use...
+                for task_id in &device.active {
+                    assert!(
+                        holds.contains(task_id),
+                        "{} is counted for {task_id}, which it does not hold",
+                        worker.id
+                    );
+                }
+                // ...and every current attempt it holds.
                 for (task_id, attempt) in worker
                     .running
                     .iter()
                     .map(|(t, &a)| (t, a))
                     .chain(worker.pending.iter().map(|(t, p)| (t, p.attempt)))
                 {
-                    assert_eq!(core.tasks[task_id].record.attempt, attempt, "{task_id}");
+                    let record = &core.tasks[task_id].record;
+                    assert!(attempt <= record.attempt, "{task_id}");
+                    let current = record.device_id.as_deref() == Some(worker.id.as_str())
+                        && record.attempt == attempt
+                        && matches!(record.state, TaskState::Assigned | TaskState::Running);
+                    if current {
+                        assert!(device.active.contains(task_id), "{task_id}");
+                    }
                 }
             }
         }
     }
 }
 
-fn run(ops: &[Op]) {
-    let mut sim = Sim::new();
-    let mut terminal = HashMap::new();
+fn run(leases: [bool; 3], slow: [bool; 3], ops: &[Op]) {
+    let mut sim = Sim::with_config(config());
+    let model = &mut Model {
+        leases,
+        slow,
+        ..Model::default()
+    };
+    for (w, &leases) in leases.iter().enumerate() {
+        if leases {
+            sim.keep_tasks(WORKERS[w]);
+        }
+    }
     for op in ops {
-        apply(&mut sim, op);
-        check_invariants(&sim, &mut terminal);
+        let scope = scope(&sim, op);
+        let held = held(&sim);
+        apply(&mut sim, model, op);
+        check_locality(&sim, &scope, &held);
+        if let Op::Join { w, .. } = *op {
+            // A worker joining for the first time is slow or not, too.
+            let available = sim.core.storage_available;
+            if let Some(worker) = sim.workers.get_mut(WORKERS[w]) {
+                worker.slow_cancel = !available || model.slow[w];
+            }
+        }
+        check_invariants(&sim, model);
     }
     // And the database agrees with the core at the end.
     for (id, task) in &sim.core.tasks {
@@ -476,33 +814,45 @@ proptest! {
     #[test]
     fn invariants_hold_after_every_step(
         policies in proptest::array::uniform3(policy()),
+        leases in proptest::array::uniform3(proptest::bool::ANY),
+        slow in proptest::array::uniform3(proptest::bool::weighted(0.5)),
         ops in proptest::collection::vec(op(), 1..MAX_OPS),
     ) {
         // Every worker joins first, so most steps have work in flight.
         let joins = policies.into_iter().enumerate().map(|(w, policy)| Op::Join { w, policy });
         let all: Vec<Op> = joins.chain(ops).collect();
-        run(&all);
+        run(leases, slow, &all);
+    }
+}
+
+fn submit(max_retries: Option<u32>, timeout: Option<u8>) -> Op {
+    Op::Submit {
+        priority: 1,
+        requirements: 0,
+        kind: 0,
+        client_id: None,
+        max_retries,
+        timeout,
     }
 }
 
 #[test]
 fn a_refusal_crossing_a_cancel_keeps_the_books_straight() {
     // The sequence the property test found first, kept as a plain test.
-    run(&[
-        Op::Join {
-            w: 0,
-            policy: Policy::Silent,
-        },
-        Op::Submit {
-            priority: 1,
-            requirements: 0,
-            kind: 0,
-            client_id: None,
-        },
-        Op::Cancel { pick: 0 },
-        Op::Answer {
-            w: 0,
-            refusal: Some(ErrorCode::UnsupportedTaskType),
-        },
-    ]);
+    run(
+        [false; 3],
+        [false; 3],
+        &[
+            Op::Join {
+                w: 0,
+                policy: Policy::Silent,
+            },
+            submit(None, None),
+            Op::Cancel { pick: 0 },
+            Op::Answer {
+                w: 0,
+                refusal: Some(ErrorCode::UnsupportedTaskType),
+            },
+        ],
+    );
 }

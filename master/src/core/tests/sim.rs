@@ -9,7 +9,8 @@ use crate::core::records::{Batch, DeviceRecord, StoreOp, TaskRecord};
 use crate::core::{ConnId, Core, CoreConfig, Now, Output, Payload};
 use protocol::{
     Ack, DeviceRef, Envelope, ErrorCode, ErrorReply, Event, Goodbye, Heartbeat, Message, Priority,
-    Register, ResultStatus, RunningTask, TaskCancel, TaskResult, TaskSpec, TaskState, TaskSubmit,
+    Register, ResultStatus, RunningTask, TaskCancel, TaskRef, TaskResult, TaskSpec, TaskState,
+    TaskSubmit,
 };
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -203,6 +204,10 @@ pub struct FakeWorker {
     /// Tasks it was running when its connection was lost: their results
     /// are stale by now.
     pub orphans: Vec<(String, u32)>,
+    /// It declares leases: it keeps running its tasks while it has lost
+    /// the master and lists them when it registers again (instead of
+    /// orphaning them).
+    pub keeps_tasks: bool,
 }
 
 impl FakeWorker {
@@ -217,6 +222,7 @@ impl FakeWorker {
             cancels: Vec::new(),
             slow_cancel: false,
             orphans: Vec::new(),
+            keeps_tasks: false,
         }
     }
 
@@ -302,7 +308,9 @@ impl FakeWorker {
     /// answered is forgotten.
     fn lost(&mut self) {
         self.conn = None;
-        self.orphans.extend(std::mem::take(&mut self.running));
+        if !self.keeps_tasks {
+            self.orphans.extend(std::mem::take(&mut self.running));
+        }
         self.pending.clear();
     }
 }
@@ -479,10 +487,24 @@ impl Sim {
     /// Sends `message` on `conn` (as `sender`), drives, and returns the one
     /// reply to it.
     pub fn request_as(&mut self, conn: ConnId, sender: Option<&str>, message: Message) -> Reply {
+        self.request_checked(conn, sender, message, |_| {})
+    }
+
+    /// Like [`Sim::request_as`], with `check` run on the core right after
+    /// it handled the message, before anything follows from it
+    /// (assignment, the workers' answers).
+    pub fn request_checked(
+        &mut self,
+        conn: ConnId,
+        sender: Option<&str>,
+        message: Message,
+        check: impl FnOnce(&Core),
+    ) -> Reply {
         let id = self.message_id();
         let mut envelope = Envelope::new(message).with_id(id.clone());
         envelope.sender_id = sender.map(str::to_string);
         self.core.handle_message(self.now, conn, envelope);
+        check(&self.core);
         self.drive();
         let inbox = self.inbox.entry(conn).or_default();
         let is_reply = |delivery: &Delivery| match delivery.envelope().map(|e| &e.message) {
@@ -653,6 +675,63 @@ impl Sim {
         self.drive();
     }
 
+    /// Joins worker `id` with `slots` slots, declaring leases: it keeps
+    /// running its tasks while it has lost the master and lists them when
+    /// it registers again.
+    pub fn add_lease_worker(&mut self, id: &str, slots: u32) -> ConnId {
+        self.keep_tasks(id);
+        let reply = self.join(
+            id,
+            Register {
+                leases: true,
+                ..register(slots)
+            },
+        );
+        assert_eq!(reply.field("success"), json!(true));
+        self.conn_of(id)
+    }
+
+    /// Worker `id` (known from now on) declares leases: it keeps running
+    /// its tasks while it has lost the master.
+    pub fn keep_tasks(&mut self, id: &str) {
+        self.workers
+            .entry(id.to_string())
+            .or_insert_with(|| FakeWorker::new(id, Policy::Accept))
+            .keeps_tasks = true;
+    }
+
+    /// Worker `id` reports `status` for `attempt` of `task_id`, whatever it
+    /// runs: on its connection, or, while it is away, on a one-shot
+    /// connection as older workers do.
+    pub fn report(&mut self, id: &str, task_id: &str, attempt: u32, status: ResultStatus) -> Reply {
+        let worker = self.workers.get_mut(id).expect("a worker");
+        if worker.running.get(task_id) == Some(&attempt) {
+            worker.running.remove(task_id);
+        }
+        worker
+            .orphans
+            .retain(|(t, a)| !(t.as_str() == task_id && *a == attempt));
+        let envelope = worker.result(task_id, attempt, status, json!({ "exit_code": 1 }));
+        match worker.conn {
+            Some(_) => self.worker_request(id, envelope.message),
+            None => {
+                let conn = self.connect();
+                let reply = self.request_as(conn, Some(id), envelope.message);
+                self.disconnect(conn);
+                reply
+            }
+        }
+    }
+
+    /// A heartbeat with the worker's own `status`.
+    pub fn heartbeat_status(&mut self, id: &str, status: &str) -> Reply {
+        let heartbeat = Heartbeat {
+            status: Some(status.into()),
+            ..Heartbeat::default()
+        };
+        self.worker_request(id, Message::Heartbeat(heartbeat))
+    }
+
     pub fn heartbeat(&mut self, id: &str) -> Reply {
         self.worker_request(id, Message::Heartbeat(Heartbeat::default()))
     }
@@ -711,6 +790,28 @@ impl Sim {
             attempt: None,
         };
         self.request(conn, Message::TaskCancel(cancel))
+    }
+
+    pub fn retry(&mut self, task_id: &str) -> Reply {
+        let conn = self.client();
+        let task = TaskRef {
+            task_id: task_id.into(),
+        };
+        self.request(conn, Message::TaskRetry(task))
+    }
+
+    pub fn task_status(&mut self, task_id: &str) -> Reply {
+        let conn = self.client();
+        let task = TaskRef {
+            task_id: task_id.into(),
+        };
+        self.request(conn, Message::TaskStatus(task))
+    }
+
+    /// The store stops (or starts again) committing.
+    pub fn set_storage(&mut self, available: bool) {
+        self.core.set_storage_available(available);
+        self.drive();
     }
 
     pub fn drain(&mut self, device_id: &str) -> Reply {
