@@ -12,6 +12,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use tests::{retire, text_command, Client, MasterProcess, WorkerProcess, PATIENCE};
 
+mod faults;
+
 fn setup() -> tempfile::TempDir {
     tempfile::tempdir().expect("a temp dir")
 }

@@ -51,7 +51,45 @@ impl MasterProcess {
 
     /// Starts a master listening on `listen` with extra flags.
     pub fn start_with(data_dir: &Path, listen: &str, extra: &[&str]) -> MasterProcess {
-        let mut child = Command::new(bin("retire-master"))
+        let mut command = Command::new(bin("retire-master"));
+        command.stderr(Stdio::inherit());
+        MasterProcess::spawn(command, data_dir, listen, extra)
+    }
+
+    /// Starts a master like [`MasterProcess::start_with`], under a soft
+    /// file-size limit (`RLIMIT_FSIZE`) of about `max_file_bytes`: a shell
+    /// sets the limit and then `exec`s the master, so [`MasterProcess::pid`]
+    /// is the master's own pid (for `prlimit`, see
+    /// [`lift_file_size_limit`]). Only its database files are regular
+    /// files; its stderr goes through a pipe to the test's stderr, so its
+    /// logs cannot hit the limit.
+    pub fn start_with_file_size_limit(
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        max_file_bytes: u64,
+    ) -> MasterProcess {
+        // `ulimit -f` counts 512-byte blocks in a POSIX shell.
+        let blocks = max_file_bytes.div_ceil(512).max(1);
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -S -f {blocks} && exec \"$0\" \"$@\""))
+            .arg(bin("retire-master"))
+            .stderr(Stdio::piped());
+        let mut master = MasterProcess::spawn(command, data_dir, listen, extra);
+        if let Some(stderr) = master.child.stderr.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                }
+            });
+        }
+        master
+    }
+
+    fn spawn(mut command: Command, data_dir: &Path, listen: &str, extra: &[&str]) -> MasterProcess {
+        let mut child = command
             .arg("--listen")
             .arg(listen)
             .arg("--data-dir")
@@ -60,7 +98,6 @@ impl MasterProcess {
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("start retire-master");
         let addr = read_listening_line(&mut child);
@@ -87,6 +124,36 @@ impl MasterProcess {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+/// Runs `retire-master --check --data-dir DIR` (SQLite's `integrity_check`
+/// on a database no master has open) and returns its output.
+pub fn check_database(data_dir: &Path) -> Output {
+    Command::new(bin("retire-master"))
+        .arg("--check")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run retire-master --check")
+}
+
+/// Lifts the file-size limit of the running process `pid` with util-linux's
+/// `prlimit`, as an operator freeing disk space would make writes succeed
+/// again.
+pub fn lift_file_size_limit(pid: u32) {
+    let output = Command::new("prlimit")
+        .arg("--pid")
+        .arg(pid.to_string())
+        .arg("--fsize=unlimited:unlimited")
+        .output()
+        .expect("run prlimit (util-linux)");
+    assert!(
+        output.status.success(),
+        "prlimit --pid {pid} --fsize=unlimited:unlimited failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 impl Drop for MasterProcess {
@@ -177,6 +244,33 @@ impl Drop for WorkerProcess {
     }
 }
 
+/// Writes a worker config file into `dir` (returns its path, for
+/// `--config`) that lets `shell` tasks write to files outside their private
+/// task directory: Landlock off and no process bound (which also spares a
+/// scan of `/proc` per task). A worker running as root runs its tasks as
+/// `nobody`, so the files tasks write must be in a directory anyone can
+/// write to: see [`shared_dir`].
+pub fn unconfined_worker_config(dir: &Path) -> PathBuf {
+    let path = dir.join("worker.toml");
+    std::fs::write(
+        &path,
+        "[sandbox]\nlandlock = false\n\n[limits]\nprocesses = 0\n",
+    )
+    .expect("write the worker config");
+    path
+}
+
+/// Makes `dir/name`, a directory every user may write to (and makes `dir`
+/// searchable by every user), for files that tasks write.
+pub fn shared_dir(dir: &Path, name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let shared = dir.join(name);
+    std::fs::create_dir_all(&shared).expect("make the shared dir");
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    shared
+}
+
 /// Runs the `retire` CLI against `master` and returns its output.
 pub fn retire(master: SocketAddr, args: &[&str]) -> Output {
     Command::new(bin("retire"))
@@ -199,16 +293,19 @@ pub struct Client {
 impl Client {
     /// Connects to the master.
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect to the master");
-        stream
-            .set_read_timeout(Some(PATIENCE))
-            .expect("set a read timeout");
-        Client {
+        Client::try_connect(addr).expect("connect to the master")
+    }
+
+    /// Connects to the master, or says why it could not.
+    pub fn try_connect(addr: SocketAddr) -> std::io::Result<Client> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(PATIENCE))?;
+        Ok(Client {
             stream,
             codec: LineCodec::new(protocol::DEFAULT_MAX_LINE),
             pending: Default::default(),
             next_id: 0,
-        }
+        })
     }
 
     /// Sends raw bytes.
@@ -218,24 +315,41 @@ impl Client {
 
     /// Sends a message with a fresh `message_id`; returns that id.
     pub fn send(&mut self, message: Message, sender: Option<&str>) -> String {
+        self.try_send(message, sender).expect("write to the master")
+    }
+
+    /// Like [`Client::send`], returning write errors (a master that died).
+    pub fn try_send(&mut self, message: Message, sender: Option<&str>) -> std::io::Result<String> {
         self.next_id += 1;
         let id = format!("test-{}", self.next_id);
         let mut envelope = Envelope::new(message).with_id(id.clone());
         envelope.sender_id = sender.map(str::to_string);
-        self.send_raw(&envelope.to_line());
-        id
+        self.stream.write_all(&envelope.to_line())?;
+        Ok(id)
     }
 
     /// Reads the next message (an event or a reply).
     pub fn next_message(&mut self) -> Envelope {
+        self.try_next_message().expect("read from the master")
+    }
+
+    /// Like [`Client::next_message`], returning read errors: a closed
+    /// connection (`UnexpectedEof`), a reset, or nothing within
+    /// [`PATIENCE`] (`WouldBlock`/`TimedOut`).
+    pub fn try_next_message(&mut self) -> std::io::Result<Envelope> {
         if let Some(envelope) = self.pending.pop_front() {
-            return envelope;
+            return Ok(envelope);
         }
         loop {
             let mut frames = Vec::new();
             let mut buf = [0u8; 65536];
-            let n = self.stream.read(&mut buf).expect("read from the master");
-            assert!(n > 0, "the master closed the connection");
+            let n = self.stream.read(&mut buf)?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the master closed the connection",
+                ));
+            }
             self.codec
                 .decode(&buf[..n], &mut frames)
                 .expect("a short line");
@@ -248,7 +362,7 @@ impl Client {
                 }
             }
             if let Some(envelope) = self.pending.pop_front() {
-                return envelope;
+                return Ok(envelope);
             }
         }
     }
@@ -264,10 +378,26 @@ impl Client {
         message: Message,
         sender: Option<&str>,
     ) -> Result<Ack, ErrorReply> {
-        let id = self.send(message, sender);
+        self.try_request_as(message, sender)
+            .expect("talk to the master")
+    }
+
+    /// Like [`Client::request`], returning I/O errors (a master that died)
+    /// instead of panicking.
+    pub fn try_request(&mut self, message: Message) -> std::io::Result<Result<Ack, ErrorReply>> {
+        self.try_request_as(message, None)
+    }
+
+    /// Like [`Client::request_as`], returning I/O errors.
+    pub fn try_request_as(
+        &mut self,
+        message: Message,
+        sender: Option<&str>,
+    ) -> std::io::Result<Result<Ack, ErrorReply>> {
+        let id = self.try_send(message, sender)?;
         let mut skipped = Vec::new();
         let reply = loop {
-            let envelope = self.next_message();
+            let envelope = self.try_next_message()?;
             match envelope.message {
                 Message::Ack(ack) if ack.original_message_id.as_deref() == Some(id.as_str()) => {
                     break Ok(ack)
@@ -283,7 +413,7 @@ impl Client {
         for envelope in skipped.into_iter().rev() {
             self.pending.push_front(envelope);
         }
-        reply
+        Ok(reply)
     }
 
     /// Waits for the next event that `want` accepts, discarding others.

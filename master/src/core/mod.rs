@@ -1247,16 +1247,22 @@ impl Core {
                 envelope.message_id = Some(assign_message_id(task_id, assign.attempt));
             }
         }
-        // A heartbeat ack reveals no state, so it needs no commit and may
-        // overtake held replies: a slow disk must not look like a dead
-        // master to the worker.
-        let heartbeat_ack = matches!(&envelope.message, Message::Ack(ack) if ack.result.contains_key("heartbeat_received"));
-        let after_batch = if heartbeat_ack { None } else { after_batch };
+        // Messages that reveal no state need no commit and may overtake
+        // held ones: heartbeat acks (a slow disk must not look like a dead
+        // master), storage events and `storage_unavailable` refusals (they
+        // must arrive while the disk is failing, not after it recovers).
+        let reveals_nothing = match &envelope.message {
+            Message::Ack(ack) => ack.result.contains_key("heartbeat_received"),
+            Message::Event(Event::StorageFailing | Event::StorageRecovered) => true,
+            Message::Error(error) => error.code == ErrorCode::StorageUnavailable,
+            _ => false,
+        };
+        let after_batch = if reveals_nothing { None } else { after_batch };
         self.outputs.push(Output::Send {
             conn,
             payload: Payload::Json(envelope),
             after_batch: after_batch.filter(|&batch| batch > 0),
-            overtake: heartbeat_ack,
+            overtake: reveals_nothing,
         });
     }
 
