@@ -241,15 +241,25 @@ impl Session {
         self.heartbeat_interval
     }
 
-    /// The attempts accepted and not yet finished.
+    /// The attempts this worker still holds: running, or finished with a
+    /// result the master has not acknowledged yet. Listing the finished ones
+    /// at re-register matters: the master then keeps them with this device
+    /// instead of handing them to another before the resent result arrives.
     pub fn running_tasks(&self) -> Vec<RunningTask> {
-        self.running
-            .iter()
-            .map(|(task_id, attempt)| RunningTask {
-                task_id: task_id.clone(),
-                attempt: *attempt,
+        let running = self.running.iter().map(|(task_id, attempt)| RunningTask {
+            task_id: task_id.clone(),
+            attempt: *attempt,
+        });
+        let finished = self.outbox.iter().filter_map(|entry| {
+            entry.result.attempt.map(|attempt| RunningTask {
+                task_id: entry.result.task_id.clone(),
+                attempt,
             })
-            .collect()
+        });
+        let mut held: Vec<RunningTask> = running.chain(finished).collect();
+        held.sort_by(|a, b| (&a.task_id, a.attempt).cmp(&(&b.task_id, b.attempt)));
+        held.dedup();
+        held
     }
 
     /// How many finished results still wait for the master's ack.
@@ -1120,8 +1130,12 @@ mod tests {
         session.handle_task_finished(secs(0.4), finished("t-1", 2));
         session.handle_disconnected(secs(0.5));
         session.handle_connected(secs(0.6), None);
+        // Finished but not yet acknowledged: still held, so still listed.
         let third = only(sent(&mut session)).to_value();
-        assert!(third["data"].get("running_tasks").is_none(), "{third}");
+        assert_eq!(
+            third["data"]["running_tasks"],
+            json!([{"task_id": "t-1", "attempt": 2}])
+        );
     }
 
     #[test]
@@ -1606,8 +1620,12 @@ mod tests {
         assert_eq!(session.n_unacknowledged_results(), 1);
         session.handle_connected(secs(0.0), None);
         let register = only(sent(&mut session));
-        // The restarted worker runs nothing: it lists nothing.
-        assert!(register.to_value()["data"].get("running_tasks").is_none());
+        // The restarted worker runs nothing, but it still holds the result it
+        // never got acknowledged, so it lists that attempt.
+        assert_eq!(
+            register.to_value()["data"]["running_tasks"],
+            json!([{"task_id": "t-7", "attempt": 2}])
+        );
         session.handle_message(secs(0.1), ack(&id_of(&register), json!({})));
         let resent = only(sent(&mut session));
         assert_eq!(id_of(&resent), "res-old-7");

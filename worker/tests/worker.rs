@@ -1,6 +1,9 @@
 //! Integration tests of the `retire-worker` binary against a scripted
 //! master on `127.0.0.1:0`.
 
+#[path = "worker/life.rs"]
+mod life;
+
 use protocol::{Envelope, Frame, LineCodec, Message};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
