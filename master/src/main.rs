@@ -191,6 +191,9 @@ fn real_main() -> Result<()> {
             master: bound.to_string(),
             device_id: Some("local".into()),
             slots: args.dev_slots,
+            // The local worker keeps its outbox with the master's data, so
+            // `--dev` leaves nothing in the home directory.
+            state_dir: Some(data_dir.join("worker-state")),
             ..worker::WorkerConfig::default()
         };
         let handle_stop = stop.clone();

@@ -96,6 +96,9 @@ impl MasterProcess {
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "warn")
+            // A `--dev` master's local worker keeps its outbox in the default state dir:
+            // keep it inside the test's data dir, not in the real home.
+            .env("XDG_STATE_HOME", data_dir.join("xdg-state"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -200,11 +203,21 @@ pub struct WorkerProcess {
     child: Child,
     /// Its device id.
     pub id: String,
+    /// Its state dir (the outbox), when the test did not pass `--state-dir` itself.
+    _state: Option<tempfile::TempDir>,
 }
 
 impl WorkerProcess {
-    /// Starts a worker joining `master` as `id` with `slots` slots.
+    /// Starts a worker joining `master` as `id` with `slots` slots. Unless `extra` has
+    /// a `--state-dir`, the worker keeps its state in a temp dir of its own (deleted
+    /// with the `WorkerProcess`), never in the real home.
     pub fn start(master: SocketAddr, id: &str, slots: usize, extra: &[&str]) -> WorkerProcess {
+        let state = if extra.contains(&"--state-dir") {
+            None
+        } else {
+            Some(tempfile::tempdir().expect("a temp state dir for the worker"))
+        };
+        let state_args: Vec<&Path> = state.iter().map(tempfile::TempDir::path).collect();
         let child = Command::new(bin("retire-worker"))
             .arg("--join")
             .arg(master.to_string())
@@ -212,6 +225,11 @@ impl WorkerProcess {
             .arg(id)
             .arg("--slots")
             .arg(slots.to_string())
+            .args(
+                state_args
+                    .iter()
+                    .flat_map(|dir| [Path::new("--state-dir"), dir]),
+            )
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -222,6 +240,7 @@ impl WorkerProcess {
         WorkerProcess {
             child,
             id: id.to_string(),
+            _state: state,
         }
     }
 

@@ -12,10 +12,17 @@
 //! - the next timer: the session's deadline while connected, the end of the backoff
 //!   while disconnected.
 //!
-//! After each event it hands the session's events to the pool and writes whatever the
-//! session wants sent. When the connection drops it reconnects with exponential backoff
-//! and full jitter; the session re-registers and resends its outbox, and tasks keep
-//! running in the pool all the while.
+//! After each event it hands the session's events to the pool and the outbox on disk
+//! (a result is saved before anything queued after it is written), and writes whatever
+//! the session wants sent. When the connection drops it reconnects with exponential
+//! backoff and full jitter; the session re-registers and resends its outbox, and tasks
+//! keep running in the pool all the while.
+//!
+//! Stopping has two steps. [`StopHandle::stop`] starts a graceful leave: the session
+//! drains (a `draining` heartbeat at once, new assignments refused) and the loop keeps
+//! running until nothing is running and every result is acknowledged, for at most the
+//! drain timeout. Then, or at once after [`StopHandle::stop_now`], the worker says
+//! `goodbye` (handing back what still runs), cancels the rest and returns.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -31,6 +38,7 @@ use protocol::{
 use serde_json::Value;
 
 use crate::exec::CancelToken;
+use crate::outbox::{Outbox, StoredResult};
 use crate::pool::{Job, Pool, PoolClosed, Runner};
 use crate::profile::{DeviceProfile, MetricsSampler};
 use crate::session::{Session, SessionConfig, SessionEvent};
@@ -56,6 +64,40 @@ pub const GOODBYE_LINGER: Duration = Duration::from_millis(300);
 
 /// How many progress reports may wait for the main loop before new ones are dropped.
 const PROGRESS_QUEUE: usize = 1024;
+
+/// How long a connection must have lasted (after a register ack) before losing it starts
+/// the reconnect backoff afresh; an acknowledged result on it counts as well. A master
+/// that accepts and at once drops the connection (crash loop, overload, a proxy in the
+/// way) therefore meets a growing backoff, not a tight reconnect loop.
+pub const HEALTHY_CONNECTION: Duration = Duration::from_secs(10);
+
+// TCP keepalive and TCP_USER_TIMEOUT on the worker's socket. The kernel defaults (first
+// keepalive probe after 2 hours; unacknowledged data retransmitted for about 15 minutes)
+// suit nothing on a home network, where a dead peer is a master that lost power, a
+// router that rebooted or a phone that left the Wi-Fi. The values match the master's
+// (`master::event_loop`) and the heartbeat defaults (every 5 s, 15 s of silence):
+// - keepalive: first probe after 15 s idle, then every 5 s, 3 probes: a silent dead path
+//   is noticed in about 30 s. Idle connections barely exist (heartbeats go out every 5 s),
+//   so this mostly guards a worker whose master set a long heartbeat interval.
+// - TCP_USER_TIMEOUT 30 s: data the master has not acknowledged for 30 s (a heartbeat, a
+//   result) ends the connection with an error instead of minutes of retransmissions. It
+//   is long enough to ride out a Wi-Fi roam or a brief radio dropout on a phone, where a
+//   few seconds of loss are normal.
+// The session's own check (nothing heard for 4 heartbeat intervals, at least 15 s) still
+// runs; these catch a dead path at the transport level, also while a write blocks.
+
+/// TCP keepalive: idle time before the first probe.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+
+/// TCP keepalive: time between probes.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// TCP keepalive: unanswered probes before the connection is dropped.
+pub const KEEPALIVE_PROBES: u32 = 3;
+
+/// TCP_USER_TIMEOUT (Linux and Android): how long sent data may stay unacknowledged
+/// before the connection is dropped.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The size of each read from the socket.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -97,6 +139,18 @@ impl Backoff {
     }
 }
 
+/// Whether a connection that just ended worked well enough to start the backoff
+/// afresh: it got a register ack, and it either lasted [`HEALTHY_CONNECTION`] or carried
+/// an acknowledged result. `lived` is `None` when no connection was open.
+fn connection_earned_fresh_backoff(
+    registered: bool,
+    lived: Option<Duration>,
+    n_results_acknowledged: u32,
+) -> bool {
+    registered
+        && lived.is_some_and(|lived| lived >= HEALTHY_CONNECTION || n_results_acknowledged > 0)
+}
+
 /// What the reader thread of a connection reports.
 #[derive(Debug)]
 enum Incoming {
@@ -126,6 +180,7 @@ impl Connection {
         // heartbeat), so Nagle's algorithm would only add latency.
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        set_keepalive(&stream);
         let read_half = stream.try_clone()?;
         let (sender, incoming) = crossbeam_channel::unbounded();
         let reader = thread::Builder::new()
@@ -161,6 +216,23 @@ impl Connection {
                 log::error!("the connection's reader thread panicked");
             }
         }
+    }
+}
+
+/// Sets TCP keepalive and TCP_USER_TIMEOUT (see [`KEEPALIVE_IDLE`] and the comment above
+/// it). A failure is only logged: the session's silence check still catches a dead master.
+fn set_keepalive(stream: &TcpStream) {
+    let socket = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    if let Err(error) = socket.set_tcp_keepalive(&keepalive) {
+        log::warn!("could not set TCP keepalive on the connection to the master: {error}");
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(error) = socket.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT)) {
+        log::warn!("could not set TCP_USER_TIMEOUT on the connection to the master: {error}");
     }
 }
 
@@ -279,14 +351,23 @@ struct Client {
     origin: Instant,
     backoff: Backoff,
     link: Link,
+    /// When the current connection was opened.
+    connected_at: Option<Instant>,
+    /// The durable copy of the session's outbox.
+    outbox: Outbox,
+    /// How long a graceful stop waits for running tasks.
+    drain_timeout: Duration,
 }
 
-/// Runs the worker until `stop` is stopped; see [`crate::run`].
+/// Runs the worker until `stop` is stopped; see [`crate::run`]. `outbox` is the opened
+/// outbox with the results an earlier run left in it.
 pub(crate) fn run(
     master: &str,
     config: SessionConfig,
     profile: &DeviceProfile,
     runner: Runner,
+    outbox: (Outbox, Vec<StoredResult>),
+    drain_timeout: Duration,
     stop: &StopHandle,
 ) -> Result<(), WorkerError> {
     let (result_sender, results) = crossbeam_channel::unbounded();
@@ -299,10 +380,25 @@ pub(crate) fn run(
         pool.slots(),
         config.task_types.join(", ")
     );
+    let (outbox, restored) = outbox;
+    if restored.is_empty() {
+        log::info!(
+            "results wait in {} until the master acknowledges them",
+            outbox.dir().display()
+        );
+    } else {
+        log::info!(
+            "{} result(s) from an earlier run wait in {}; they are sent after registering",
+            restored.len(),
+            outbox.dir().display()
+        );
+    }
+    let mut session = Session::new(config, profile);
+    session.restore_outbox(restored);
     let origin = Instant::now();
     let mut client = Client {
         master: master.to_string(),
-        session: Session::new(config, profile),
+        session,
         pool,
         results,
         progress,
@@ -311,6 +407,9 @@ pub(crate) fn run(
         origin,
         backoff: Backoff::new(),
         link: Link::Waiting { retry_at: origin },
+        connected_at: None,
+        outbox,
+        drain_timeout,
     };
     client.run_until(stop);
     client.shut_down();
@@ -323,8 +422,55 @@ impl Client {
         self.origin.elapsed()
     }
 
+    /// Serves until `stop` is stopped, then drains until nothing is left to wait for,
+    /// the drain timeout passes, or `stop` is stopped at once.
     fn run_until(&mut self, stop: &StopHandle) {
-        while !stop.is_stopped() {
+        self.serve(stop.stopped_receiver(), None, |_| false);
+        if stop.is_stopped_now() {
+            return;
+        }
+        let now = self.now();
+        self.session.handle_drain(now);
+        self.drive();
+        if self.session.is_drained() {
+            return;
+        }
+        log::info!(
+            "draining: taking no new tasks, waiting up to {} s for {} running task(s) and {} unacknowledged result(s) (stop again to leave at once)",
+            self.drain_timeout.as_secs_f64(),
+            self.cancels.len(),
+            self.session.n_unacknowledged_results()
+        );
+        let deadline = Instant::now() + self.drain_timeout;
+        self.serve(
+            stop.stopped_now_receiver(),
+            Some(deadline),
+            Session::is_drained,
+        );
+        if !self.session.is_drained() {
+            log::warn!(
+                "{}: {} task(s) still running are handed back to the master, {} result(s) not yet acknowledged stay in the outbox",
+                if stop.is_stopped_now() {
+                    "leaving at once"
+                } else {
+                    "drain timeout reached"
+                },
+                self.cancels.len(),
+                self.session.n_unacknowledged_results()
+            );
+        }
+    }
+
+    /// The main loop: handles whatever happens until `until` is ready (stopped),
+    /// `deadline` passes, or `done` says the session has nothing left to wait for.
+    fn serve(
+        &mut self,
+        until: &Receiver<()>,
+        deadline: Option<Instant>,
+        done: fn(&Session) -> bool,
+    ) {
+        let deadline = deadline.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
+        while !done(&self.session) {
             // The receivers are cloned (cheap handles to the same channels) so that the
             // arms below may change `self.link` while the select holds them.
             let (incoming, connect_outcome) = match &self.link {
@@ -346,7 +492,8 @@ impl Client {
             let results = self.results.clone();
             let progress = self.progress.clone();
             select! {
-                recv(stop.stopped_receiver()) -> _ => break,
+                recv(until) -> _ => return,
+                recv(deadline) -> _ => return,
                 recv(results) -> result => {
                     if let Ok(result) = result {
                         self.on_task_finished(result);
@@ -415,6 +562,7 @@ impl Client {
             Ok(connection) => {
                 log::info!("connected to {}", self.master);
                 self.link = Link::Connected(connection);
+                self.connected_at = Some(Instant::now());
                 let now = self.now();
                 self.session.handle_connected(now, local_ip);
             }
@@ -520,6 +668,24 @@ impl Client {
                 }
             }
             SessionEvent::Reconnect { reason } => self.disconnect(&reason),
+            SessionEvent::SaveResult { message_id, result } => {
+                self.save_result(&message_id, &result)
+            }
+            SessionEvent::ForgetResult { message_id } => self.outbox.remove(&message_id),
+        }
+    }
+
+    /// Makes a result durable before it is sent. When that fails the result is still
+    /// sent and kept in memory until acknowledged; only a restart of the worker before
+    /// the ack can lose it then.
+    fn save_result(&mut self, message_id: &str, result: &TaskResult) {
+        if let Err(error) = self.outbox.save(message_id, result) {
+            log::error!(
+                "could not keep the result of {} attempt {} in {}: {error}; it is held in memory only until the master acknowledges it",
+                result.task_id,
+                result.attempt.unwrap_or(0),
+                self.outbox.dir().display()
+            );
         }
     }
 
@@ -534,9 +700,15 @@ impl Client {
         if let Link::Connected(connection) = link {
             connection.close();
         }
-        // A connection that got as far as a register ack worked: start the backoff
-        // afresh, so a worker whose master restarts comes back quickly.
-        if self.session.is_registered() {
+        // A connection that worked (see HEALTHY_CONNECTION) starts the backoff afresh,
+        // so a worker whose master restarts comes back quickly; one that was dropped at
+        // once does not, so a master in trouble is not hammered.
+        let lived = self.connected_at.take().map(|at| at.elapsed());
+        if connection_earned_fresh_backoff(
+            self.session.registered_on_this_connection(),
+            lived,
+            self.session.results_acknowledged_on_this_connection(),
+        ) {
             self.backoff.reset();
         }
         let now = self.now();
@@ -552,13 +724,17 @@ impl Client {
         };
     }
 
-    /// Says goodbye, cancels every task, waits briefly for the goodbye's ack, closes
-    /// the connection and joins the task threads.
+    /// Says goodbye (handing back the tasks still running), cancels every task, waits
+    /// briefly for the goodbye's ack, closes the connection and joins the task threads.
     fn shut_down(mut self) {
-        log::info!(
-            "stopping: saying goodbye and cancelling {} task(s)",
-            self.cancels.len()
-        );
+        if self.cancels.is_empty() {
+            log::info!("stopping: saying goodbye");
+        } else {
+            log::info!(
+                "stopping: saying goodbye, handing back and cancelling {} task(s)",
+                self.cancels.len()
+            );
+        }
         let now = self.now();
         self.session.handle_stop(now);
         self.drive();
@@ -585,7 +761,11 @@ impl Client {
         }
         let n_undelivered = self.session.n_unacknowledged_results();
         if n_undelivered > 0 {
-            log::warn!("{n_undelivered} result(s) were never acknowledged; the master will rerun those tasks");
+            log::warn!(
+                "{n_undelivered} result(s) are not acknowledged yet; {} of them wait in {} and are sent when the worker starts again",
+                self.outbox.len(),
+                self.outbox.dir().display()
+            );
         }
         log::info!("worker stopped");
     }
@@ -604,6 +784,16 @@ impl Client {
                         // it, so it assigns nothing more; any reply the session queued
                         // here would be for a device the master already counts as gone.
                         while self.session.poll_transmit().is_some() {}
+                        // Acks of results sent before the goodbye arrive before its ack.
+                        while let Some(event) = self.session.poll_event() {
+                            match event {
+                                SessionEvent::ForgetResult { message_id } => {
+                                    self.outbox.remove(&message_id);
+                                }
+                                SessionEvent::Reconnect { .. } => return,
+                                other => log::debug!("ignoring {other:?} while leaving"),
+                            }
+                        }
                     }
                     Ok(Incoming::Undecodable { .. }) => {}
                     Ok(Incoming::Closed(_)) | Err(_) => return,
@@ -624,6 +814,7 @@ mod tests {
     use serde_json::json;
     use std::io::{BufRead, BufReader};
     use std::net::{SocketAddr, TcpListener};
+    use std::path::{Path, PathBuf};
 
     /// The longest any single step of these tests may take before it counts as hung.
     const STEP_LIMIT: Duration = Duration::from_secs(10);
@@ -733,16 +924,48 @@ mod tests {
         }
     }
 
-    fn start_worker(address: SocketAddr, stop: &StopHandle) -> JoinHandle<Result<(), WorkerError>> {
-        let config = WorkerConfig {
+    /// A worker's state dir for one test, deleted with it.
+    fn state_dir() -> tempfile::TempDir {
+        tempfile::tempdir().expect("a temp dir")
+    }
+
+    fn test_config(address: SocketAddr, state: &Path) -> WorkerConfig {
+        WorkerConfig {
             master: address.to_string(),
             device_id: Some("test-worker".into()),
             slots: Some(2),
             role: "worker".into(),
             tags: vec!["ci".into()],
-        };
+            state_dir: Some(state.to_path_buf()),
+            drain_timeout: crate::DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+
+    fn start_worker(
+        address: SocketAddr,
+        stop: &StopHandle,
+        state: &Path,
+    ) -> JoinHandle<Result<(), WorkerError>> {
+        start_worker_with(test_config(address, state), stop)
+    }
+
+    fn start_worker_with(
+        config: WorkerConfig,
+        stop: &StopHandle,
+    ) -> JoinHandle<Result<(), WorkerError>> {
         let stop = stop.clone();
         thread::spawn(move || crate::run(config, stop))
+    }
+
+    /// The result files in the outbox of `state`.
+    fn outbox_files(state: &Path) -> Vec<PathBuf> {
+        let dir = state.join("test-worker").join("outbox");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .expect("the outbox exists")
+            .map(|entry| entry.expect("a directory entry").path())
+            .collect();
+        files.sort();
+        files
     }
 
     fn join_within(worker: JoinHandle<Result<(), WorkerError>>, limit: Duration) {
@@ -776,7 +999,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let address = listener.local_addr().expect("local address");
         let stop = StopHandle::new();
-        let worker = start_worker(address, &stop);
+        let state = state_dir();
+        let worker = start_worker(address, &stop, state.path());
 
         // First connection: register, run one echo task, see a heartbeat.
         let mut master = ScriptedMaster::accept(&listener);
@@ -809,12 +1033,20 @@ mod tests {
         master.assign_accepted("t-2", 1, "echo", json!({"message": "again"}));
         let unacked = master.recv_skipping_heartbeats();
         assert_eq!(unacked["data"]["task_id"], "t-2", "{unacked}");
+        // It was on disk before it was sent.
+        let files = outbox_files(state.path());
+        assert_eq!(files.len(), 1, "{files:?}");
+        let on_disk: Value =
+            serde_json::from_slice(&std::fs::read(&files[0]).expect("read")).expect("JSON");
+        assert_eq!(on_disk["message_id"], unacked["message_id"]);
+        assert_eq!(on_disk["data"], unacked["data"]);
         drop(master);
 
-        // Second connection: re-register, then the outbox is resent.
+        // Second connection: re-register, listing the finished but
+        // unacknowledged task as still held, then the outbox is resent.
         let mut master = ScriptedMaster::accept(&listener);
         let register = master.recv();
-        assert_register(&register, None);
+        assert_register(&register, Some(json!([{"task_id": "t-2", "attempt": 1}])));
         master.ack(&register, json!({"heartbeat_interval": 0.05}));
         let resent = master.recv_skipping_heartbeats();
         assert_eq!(resent["message_type"], "task_result", "{resent}");
@@ -847,10 +1079,10 @@ mod tests {
         assert_eq!(refusal["data"]["code"], "unsupported_task_type");
         assert_eq!(refusal["data"]["original_message_id"], "assign:1:t-4");
 
-        // Stopping with a task still running says goodbye and returns promptly.
+        // Stopping at once with a task still running says goodbye and returns promptly.
         master.assign_accepted("t-5", 1, "sleep", json!({"seconds": 60}));
         let stopped_at = Instant::now();
-        stop.stop();
+        stop.stop_now();
         let goodbye = master.recv_skipping_heartbeats();
         assert_eq!(goodbye["message_type"], "goodbye", "{goodbye}");
         assert_eq!(goodbye["sender_id"], "test-worker");
@@ -861,6 +1093,8 @@ mod tests {
             "stopping took {:?}",
             stopped_at.elapsed()
         );
+        // Every result was acknowledged, and the handed-back task left none behind.
+        assert_eq!(outbox_files(state.path()), Vec::<PathBuf>::new());
     }
 
     #[test]
@@ -868,7 +1102,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let address = listener.local_addr().expect("local address");
         let stop = StopHandle::new();
-        let worker = start_worker(address, &stop);
+        let state = state_dir();
+        let worker = start_worker(address, &stop, state.path());
 
         let mut master = ScriptedMaster::accept(&listener);
         let register = master.recv();
@@ -880,7 +1115,7 @@ mod tests {
         let register = master.recv();
         assert_register(&register, Some(json!([{"task_id": "long", "attempt": 7}])));
         master.ack(&register, json!({"heartbeat_interval": 0.05}));
-        stop.stop();
+        stop.stop_now();
         let goodbye = master.recv_skipping_heartbeats();
         assert_eq!(goodbye["message_type"], "goodbye", "{goodbye}");
         master.ack(&goodbye, json!({}));
@@ -892,7 +1127,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let address = listener.local_addr().expect("local address");
         let stop = StopHandle::new();
-        let worker = start_worker(address, &stop);
+        let state = state_dir();
+        let worker = start_worker(address, &stop, state.path());
         // Two connections closed before registering: the worker is now backing off.
         drop(ScriptedMaster::accept(&listener));
         drop(ScriptedMaster::accept(&listener));
@@ -913,9 +1149,274 @@ mod tests {
             .and_then(|listener| listener.local_addr())
             .expect("a free port");
         let stop = StopHandle::new();
-        let worker = start_worker(address, &stop);
+        let state = state_dir();
+        let worker = start_worker(address, &stop, state.path());
         stop.stop();
         join_within(worker, Duration::from_secs(2));
+    }
+
+    /// Accepts the worker's next connection and answers its register, with a heartbeat
+    /// interval so long that every heartbeat the test sees was sent on purpose.
+    fn accept_registered(listener: &TcpListener) -> (ScriptedMaster, Value) {
+        let mut master = ScriptedMaster::accept(listener);
+        let register = master.recv();
+        assert_eq!(register["message_type"], "register", "{register}");
+        master.ack(&register, json!({"heartbeat_interval": 3600}));
+        (master, register)
+    }
+
+    fn assert_draining_heartbeat(message: &Value) {
+        assert_eq!(message["message_type"], "heartbeat", "{message}");
+        assert_eq!(message["data"]["status"], "draining", "{message}");
+    }
+
+    #[test]
+    fn draining_refuses_new_work_waits_for_running_tasks_and_delivers_their_results() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("local address");
+        let stop = StopHandle::new();
+        let state = state_dir();
+        let worker = start_worker(address, &stop, state.path());
+        let (mut master, _) = accept_registered(&listener);
+        master.assign_accepted("long", 1, "sleep", json!({"seconds": 60}));
+
+        stop.stop();
+        // A heartbeat saying "draining" goes out at once (the interval is an hour).
+        let heartbeat = master.recv();
+        assert_draining_heartbeat(&heartbeat);
+        assert_eq!(heartbeat["data"]["active_tasks"], json!(1));
+        master.ack(&heartbeat, json!({}));
+        // New work is refused, retryably.
+        master.assign("late", 1, "echo", json!({"message": "too late"}));
+        let refusal = master.recv();
+        assert_eq!(refusal["message_type"], "error", "{refusal}");
+        assert_eq!(refusal["data"]["code"], "shutting_down");
+        assert_eq!(refusal["data"]["original_message_id"], "assign:1:late");
+        // The same attempt assigned again is still confirmed, not refused.
+        master.assign_accepted("long", 1, "sleep", json!({"seconds": 60}));
+
+        // The worker waits for the running task; here a client cancels it.
+        master.send(json!({
+            "message_type": "task_cancel",
+            "sender_id": "main-node",
+            "message_id": "cancel-1",
+            "data": {"task_id": "long", "attempt": 1},
+        }));
+        assert_eq!(master.recv()["data"]["original_message_id"], "cancel-1");
+        let result = master.recv();
+        assert_eq!(result["message_type"], "task_result", "{result}");
+        assert_eq!(result["data"]["task_id"], "long");
+        assert_eq!(result["data"]["status"], "cancelled");
+        assert_eq!(outbox_files(state.path()).len(), 1);
+        master.ack(&result, json!({"recorded": true}));
+
+        // Nothing runs and nothing waits for an ack: goodbye.
+        let goodbye = master.recv();
+        assert_eq!(goodbye["message_type"], "goodbye", "{goodbye}");
+        master.ack(&goodbye, json!({"message": "goodbye"}));
+        join_within(worker, STEP_LIMIT);
+        assert_eq!(outbox_files(state.path()), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn the_drain_timeout_hands_running_tasks_back_with_the_goodbye() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("local address");
+        let stop = StopHandle::new();
+        let state = state_dir();
+        let config = WorkerConfig {
+            drain_timeout: Duration::from_millis(200),
+            ..test_config(address, state.path())
+        };
+        let worker = start_worker_with(config, &stop);
+        let (mut master, _) = accept_registered(&listener);
+        master.assign_accepted("long", 4, "sleep", json!({"seconds": 60}));
+
+        let stopped_at = Instant::now();
+        stop.stop();
+        let heartbeat = master.recv();
+        assert_draining_heartbeat(&heartbeat);
+        master.ack(&heartbeat, json!({}));
+        // No result for the task: the goodbye hands it back.
+        let goodbye = master.recv();
+        assert_eq!(goodbye["message_type"], "goodbye", "{goodbye}");
+        master.ack(&goodbye, json!({}));
+        join_within(worker, STEP_LIMIT);
+        assert!(stopped_at.elapsed() >= Duration::from_millis(200));
+        // The cancelled attempt's result is neither sent nor kept.
+        assert_eq!(outbox_files(state.path()), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn a_second_stop_ends_the_drain_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("local address");
+        let stop = StopHandle::new();
+        let state = state_dir();
+        let config = WorkerConfig {
+            drain_timeout: Duration::from_secs(3600),
+            ..test_config(address, state.path())
+        };
+        let worker = start_worker_with(config, &stop);
+        let (mut master, _) = accept_registered(&listener);
+        master.assign_accepted("long", 1, "sleep", json!({"seconds": 60}));
+        stop.stop();
+        assert_draining_heartbeat(&master.recv());
+        let stopped_at = Instant::now();
+        stop.stop_now();
+        let goodbye = master.recv();
+        assert_eq!(goodbye["message_type"], "goodbye", "{goodbye}");
+        master.ack(&goodbye, json!({}));
+        join_within(worker, STEP_LIMIT);
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(1) + crate::exec::KILL_GRACE_PERIOD,
+            "stopping took {:?}",
+            stopped_at.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_result_finished_while_disconnected_is_resent_with_its_attempt() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("local address");
+        let stop = StopHandle::new();
+        let state = state_dir();
+        let worker = start_worker(address, &stop, state.path());
+        let (mut master, _) = accept_registered(&listener);
+        master.assign_accepted("nap", 3, "sleep", json!({"seconds": 0.5}));
+        // The master drops the connection while the task runs.
+        drop(master);
+
+        // The worker comes back. It lists the task it holds, running or
+        // finished with its result not yet acknowledged; registrations are
+        // dropped unanswered until the task has finished while the worker was
+        // disconnected (its result is then in the outbox).
+        let mut n_listing = 0;
+        let (mut master, register) = loop {
+            let mut master = ScriptedMaster::accept(&listener);
+            let register = master.recv();
+            assert_register(&register, Some(json!([{"task_id": "nap", "attempt": 3}])));
+            if outbox_files(state.path()).len() == 1 {
+                break (master, register);
+            }
+            n_listing += 1;
+            assert!(n_listing < 20, "the task never finished");
+        };
+        assert_eq!(register["data"]["running_tasks"][0]["task_id"], "nap");
+        master.ack(&register, json!({"heartbeat_interval": 3600}));
+        let result = master.recv();
+        assert_eq!(result["message_type"], "task_result", "{result}");
+        assert_eq!(result["data"]["task_id"], "nap");
+        assert_eq!(result["data"]["attempt"], json!(3));
+        assert_eq!(result["data"]["status"], "completed");
+        master.ack(&result, json!({"recorded": true}));
+
+        // The ack deletes it; then a stop says goodbye (after a draining heartbeat if
+        // the stop overtakes the ack).
+        stop.stop();
+        let goodbye = master.recv_skipping_heartbeats();
+        assert_eq!(goodbye["message_type"], "goodbye", "{goodbye}");
+        master.ack(&goodbye, json!({}));
+        join_within(worker, STEP_LIMIT);
+        assert_eq!(outbox_files(state.path()), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn unacknowledged_results_are_sent_again_by_the_next_run() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("local address");
+        let state = state_dir();
+        let config = WorkerConfig {
+            drain_timeout: Duration::ZERO,
+            ..test_config(address, state.path())
+        };
+
+        let stop = StopHandle::new();
+        let worker = start_worker_with(config.clone(), &stop);
+        let (mut master, _) = accept_registered(&listener);
+        master.assign_accepted("t-1", 2, "echo", json!({"message": "kept"}));
+        let first = master.recv();
+        assert_eq!(first["message_type"], "task_result", "{first}");
+        // Never acknowledged: the worker stops (drain timeout zero) and keeps it.
+        stop.stop();
+        let goodbye = master.recv_skipping_heartbeats();
+        assert_eq!(goodbye["message_type"], "goodbye", "{goodbye}");
+        master.ack(&goodbye, json!({}));
+        join_within(worker, STEP_LIMIT);
+        assert_eq!(outbox_files(state.path()).len(), 1);
+
+        // The next run sends it after its register ack, under the same id.
+        let stop = StopHandle::new();
+        let worker = start_worker_with(config, &stop);
+        let (mut master, register) = accept_registered(&listener);
+        assert_register(&register, Some(json!([{"task_id": "t-1", "attempt": 2}])));
+        let again = master.recv();
+        assert_eq!(again["message_type"], "task_result", "{again}");
+        assert_eq!(again["message_id"], first["message_id"]);
+        assert_eq!(again["data"], first["data"]);
+        master.ack(&again, json!({"recorded": true}));
+        stop.stop();
+        let goodbye = master.recv_skipping_heartbeats();
+        assert_eq!(goodbye["message_type"], "goodbye", "{goodbye}");
+        master.ack(&goodbye, json!({}));
+        join_within(worker, STEP_LIMIT);
+        assert_eq!(outbox_files(state.path()), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn a_goodbye_from_the_master_is_acknowledged_and_the_worker_comes_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("local address");
+        let stop = StopHandle::new();
+        let state = state_dir();
+        let worker = start_worker(address, &stop, state.path());
+        let (mut master, _) = accept_registered(&listener);
+        master.send(json!({
+            "message_type": "goodbye",
+            "sender_id": "main-node",
+            "data": {"reason": "the master is shutting down"},
+        }));
+        let reply = master.recv();
+        assert_eq!(reply["message_type"], "ack", "{reply}");
+        drop(master);
+        let (mut master, _) = accept_registered(&listener);
+        stop.stop();
+        assert_eq!(master.recv()["message_type"], "goodbye");
+        join_within(worker, STEP_LIMIT);
+    }
+
+    #[test]
+    fn only_a_connection_that_worked_starts_the_backoff_afresh() {
+        let short = Some(Duration::from_millis(50));
+        let long = Some(HEALTHY_CONNECTION);
+        assert!(!connection_earned_fresh_backoff(false, long, 3));
+        assert!(!connection_earned_fresh_backoff(true, None, 3));
+        assert!(!connection_earned_fresh_backoff(true, short, 0));
+        assert!(connection_earned_fresh_backoff(true, short, 1));
+        assert!(connection_earned_fresh_backoff(true, long, 0));
+    }
+
+    #[test]
+    fn the_socket_gets_keepalive_and_a_user_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let stream = TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
+        set_keepalive(&stream);
+        let socket = socket2::SockRef::from(&stream);
+        assert!(socket.keepalive().expect("SO_KEEPALIVE"));
+        assert_eq!(socket.tcp_keepalive_time().expect("idle"), KEEPALIVE_IDLE);
+        assert_eq!(
+            socket.tcp_keepalive_interval().expect("interval"),
+            KEEPALIVE_INTERVAL
+        );
+        assert_eq!(
+            socket.tcp_keepalive_retries().expect("retries"),
+            KEEPALIVE_PROBES
+        );
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        assert_eq!(
+            socket.tcp_user_timeout().expect("user timeout"),
+            Some(TCP_USER_TIMEOUT)
+        );
     }
 
     #[test]

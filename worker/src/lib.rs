@@ -14,6 +14,8 @@
 //!   (register, heartbeat schedule, accepting tasks, the outbox of unacknowledged
 //!   results), tested on simulated time.
 //! - [`client`]: the one persistent socket to the master, reconnecting with backoff.
+//! - [`outbox`]: finished results on disk (in the state dir) until the master
+//!   acknowledges them, so they survive a restart of the worker.
 //! - [`pool`]: the fixed set of task threads, one per slot.
 //! - [`tasks`]: the built-in task types (`echo`, `sleep`, `system_info`, `shell`,
 //!   `python_eval`, `http_request`) and the [`tasks::Executor`] that runs every type.
@@ -50,6 +52,7 @@ pub mod exec;
 pub mod handlers;
 mod http;
 mod orphans;
+pub mod outbox;
 pub mod pool;
 pub mod profile;
 pub mod sandbox;
@@ -57,7 +60,9 @@ pub mod session;
 pub mod tasks;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use protocol::TaskSpec;
@@ -99,6 +104,10 @@ impl Handlers {
     }
 }
 
+/// How long a worker asked to stop waits for its running tasks before it hands them back
+/// ([`WorkerConfig::drain_timeout`], `--drain-timeout`).
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How a worker joins its master.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerConfig {
@@ -113,6 +122,14 @@ pub struct WorkerConfig {
     pub role: String,
     /// Tags to register with, for tasks that require them.
     pub tags: Vec<String>,
+    /// Where the worker keeps its state: the outbox of results not yet acknowledged, in
+    /// `STATE_DIR/DEVICE_ID/outbox/` (see [`outbox`]). `None` means
+    /// [`outbox::default_state_dir`] (`$XDG_STATE_HOME/retire-worker`, else
+    /// `~/.local/state/retire-worker`).
+    pub state_dir: Option<PathBuf>,
+    /// How long [`StopHandle::stop`] waits for running tasks (and the acks of their
+    /// results) before the worker hands what still runs back to the master.
+    pub drain_timeout: Duration,
 }
 
 impl WorkerConfig {
@@ -140,20 +157,25 @@ impl Default for WorkerConfig {
             slots: None,
             role: "worker".to_string(),
             tags: Vec::new(),
+            state_dir: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }
 
 /// Asks a running worker to stop. Clones share the request; stopping is permanent.
 ///
-/// It wakes the worker at once wherever it waits (connected, connecting or backing
-/// off): the handle holds the only sender of a channel that never carries a message,
-/// and stopping drops that sender, which the worker's `select!` sees immediately.
+/// [`StopHandle::stop`] asks for a graceful leave (drain, then goodbye);
+/// [`StopHandle::stop_now`] for an immediate one, also in the middle of a drain. Either
+/// wakes the worker at once wherever it waits (connected, connecting or backing off):
+/// each level is a channel that never carries a message and is closed by stopping,
+/// which the worker's `select!` sees immediately.
 #[derive(Debug, Clone, Default)]
 pub struct StopHandle {
     // Stopping is cancelling: the same one-shot, wake-everyone flag that stops a
     // running command stops the whole worker.
     token: exec::CancelToken,
+    now: exec::CancelToken,
 }
 
 impl StopHandle {
@@ -162,19 +184,38 @@ impl StopHandle {
         StopHandle::default()
     }
 
-    /// Asks the worker to stop; calling it again is harmless.
+    /// Asks the worker to leave gracefully: it takes no new tasks, waits up to its drain
+    /// timeout for the running ones and for the acks of their results, then says
+    /// goodbye, handing back whatever still runs. Calling it again is harmless.
     pub fn stop(&self) {
         self.token.cancel();
     }
 
-    /// Whether [`StopHandle::stop`] has been called.
+    /// Asks the worker to leave at once: it says goodbye, handing back its running tasks,
+    /// and cancels them, whether it was serving or draining.
+    pub fn stop_now(&self) {
+        self.now.cancel();
+        self.token.cancel();
+    }
+
+    /// Whether [`StopHandle::stop`] or [`StopHandle::stop_now`] has been called.
     pub fn is_stopped(&self) -> bool {
         self.token.is_cancelled()
+    }
+
+    /// Whether [`StopHandle::stop_now`] has been called.
+    pub fn is_stopped_now(&self) -> bool {
+        self.now.is_cancelled()
     }
 
     /// A receiver that becomes ready (disconnected) once stopped, for `select!`.
     pub(crate) fn stopped_receiver(&self) -> &Receiver<()> {
         self.token.cancelled_receiver()
+    }
+
+    /// A receiver that becomes ready once stopped at once, for `select!`.
+    pub(crate) fn stopped_now_receiver(&self) -> &Receiver<()> {
+        self.now.cancelled_receiver()
     }
 }
 
@@ -207,15 +248,27 @@ pub enum WorkerError {
     /// The sandbox or the handlers could not be set up.
     #[error(transparent)]
     Execution(#[from] tasks::ExecutorError),
+    /// No state dir was given and none could be derived (no `$HOME`, no binary path).
+    #[error("no state dir: set --state-dir (RETIRE_STATE_DIR), XDG_STATE_HOME or HOME")]
+    NoStateDir,
+    /// The state dir could not be used (see [`outbox::OutboxError`]).
+    #[error("could not open the outbox: {0}")]
+    Outbox(#[from] outbox::OutboxError),
 }
 
 /// Runs a worker until `stop` is stopped: joins the master at `config.master`, keeps
 /// the connection (reconnecting with backoff whenever it drops) and runs the tasks the
-/// master assigns.
+/// master assigns. Results are kept in the outbox under `config.state_dir` until the
+/// master acknowledges them; those an earlier run left there are sent after registering.
 ///
-/// On stop it says goodbye, takes no more tasks, cancels the running ones, waits for
-/// the task threads to end and returns, well under a second plus the task kill grace
-/// ([`exec::KILL_GRACE_PERIOD`]), whether or not it is connected at the time.
+/// On [`StopHandle::stop`] it drains: its next heartbeat (sent at once) says
+/// `draining`, it refuses new tasks with `shutting_down`, and waits up to
+/// `config.drain_timeout` for the running tasks to finish and their results to be
+/// acknowledged. Then (or at once on [`StopHandle::stop_now`]) it says goodbye, which
+/// hands the tasks still running back to the master, cancels them, waits for the task
+/// threads to end and returns, well under a second plus the task kill grace
+/// ([`exec::KILL_GRACE_PERIOD`]) after that, whether or not it is connected. With
+/// nothing running and nothing to deliver it returns promptly.
 pub fn run(config: WorkerConfig, stop: StopHandle) -> Result<(), WorkerError> {
     run_with(config, ExecutionConfig::default(), Handlers::new(), stop)
 }
@@ -231,12 +284,17 @@ pub fn run_with(
 ) -> Result<(), WorkerError> {
     config.validate()?;
     let executor = Arc::new(Executor::new(execution, handlers.map)?);
+    let state_dir = match config.state_dir.clone() {
+        Some(dir) => dir,
+        None => outbox::default_state_dir().ok_or(WorkerError::NoStateDir)?,
+    };
     let slots = config.slots.unwrap_or_else(pool::default_slots);
     let device_profile = profile::collect();
     let device_id = config
         .device_id
         .unwrap_or_else(|| profile::default_device_id(&device_profile));
     check_device_id(&device_id)?;
+    let outbox = outbox::Outbox::open(&state_dir, &device_id)?;
     let session_config = session::SessionConfig {
         device_id,
         task_types: executor.task_types(),
@@ -252,6 +310,8 @@ pub fn run_with(
         session_config,
         &device_profile,
         runner,
+        outbox,
+        config.drain_timeout,
         &stop,
     )
 }

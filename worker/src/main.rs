@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::thread;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -61,6 +62,20 @@ struct Args {
     /// A folder of custom handlers: an executable per task type, named after it.
     #[arg(long, env = "RETIRE_HANDLERS", value_name = "DIR")]
     handlers: Option<PathBuf>,
+    /// Where to keep results until the master acknowledges them (in DIR/DEVICE-ID/outbox)
+    /// [default: $XDG_STATE_HOME/retire-worker, else ~/.local/state/retire-worker].
+    #[arg(long, env = "RETIRE_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// On SIGTERM/SIGINT, seconds to wait for running tasks before handing them back to
+    /// the master (a second signal leaves at once).
+    #[arg(
+        long,
+        env = "RETIRE_DRAIN_TIMEOUT",
+        value_name = "SECS",
+        default_value = "30",
+        value_parser = parse_seconds
+    )]
+    drain_timeout: Duration,
 }
 
 /// The owner's policy: the config file, then the flags over it.
@@ -86,6 +101,18 @@ fn execution_config(args: &Args) -> anyhow::Result<ExecutionConfig> {
         execution.handlers_dir = Some(dir.clone());
     }
     Ok(execution)
+}
+
+/// Parses a non-negative number of seconds (fractions allowed).
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("{text:?} is not a number of seconds ≥ 0"));
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|error| error.to_string())
 }
 
 fn main() -> ExitCode {
@@ -117,6 +144,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             .into_iter()
             .filter(|tag| !tag.trim().is_empty())
             .collect(),
+        state_dir: args.state_dir,
+        drain_timeout: args.drain_timeout,
     };
     config.validate().context("invalid configuration")?;
     println!("retire-worker: joining master {} as {device_id}", args.join);
@@ -124,19 +153,24 @@ fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("could not run a worker for {}", args.join))
 }
 
-/// Turns SIGINT and SIGTERM into a graceful stop. Repeated signals change nothing:
-/// wrappers such as `timeout` and some supervisors deliver the same signal twice, and the
-/// stop is already bounded (well under a second plus the task kill grace).
+/// Turns the first SIGINT or SIGTERM into a graceful leave (drain, then goodbye; bounded
+/// by `--drain-timeout`) and the second into an immediate one (goodbye, hand back the
+/// running tasks, cancel them), for an operator who will not wait.
 fn watch_signals(stop: StopHandle) -> anyhow::Result<()> {
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for signal in signals.forever() {
-                if stop.is_stopped() {
+                if stop.is_stopped_now() {
                     log::debug!("received signal {signal} while already stopping");
+                } else if stop.is_stopped() {
+                    log::warn!("received signal {signal} again, leaving at once");
+                    stop.stop_now();
                 } else {
-                    log::info!("received signal {signal}, stopping");
+                    log::info!(
+                        "received signal {signal}, draining (send it again to leave at once)"
+                    );
                     stop.stop();
                 }
             }

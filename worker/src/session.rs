@@ -11,10 +11,14 @@
 //! - [`Session::poll_timeout`]: when to call [`Session::handle_timeout`] next.
 //!
 //! The session owns registering (and re-registering after a reconnect, listing the
-//! tasks still running), the heartbeat schedule, accepting or refusing assignments, and
-//! the outbox: every finished task's result is kept until the master acknowledges that
-//! exact message, and the whole outbox is sent again after each register ack, so no
-//! result is lost to a dropped connection.
+//! tasks still running), the heartbeat schedule, accepting or refusing assignments,
+//! draining (a graceful leave), and the outbox: every finished task's result is kept
+//! until the master acknowledges that exact message, and the whole outbox is sent again
+//! after each register ack, so no result is lost to a dropped connection. The session
+//! asks the caller to make each result durable ([`SessionEvent::SaveResult`], see
+//! [`crate::outbox`]) before it is sent, and to delete it once it is settled
+//! ([`SessionEvent::ForgetResult`]); results saved by an earlier run of the worker come
+//! back through [`Session::restore_outbox`].
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
@@ -25,6 +29,7 @@ use protocol::{
 };
 use serde_json::{json, Map, Value};
 
+use crate::outbox::StoredResult;
 use crate::profile::{DeviceProfile, LiveMetrics};
 
 /// The heartbeat interval used until the master's register ack says otherwise.
@@ -49,6 +54,12 @@ pub const SILENT_INTERVALS_BEFORE_RECONNECT: u32 = 4;
 /// The shortest silence that counts as a dead connection, whatever the heartbeat
 /// interval, so that a master pausing for a slow disk commit is not abandoned.
 pub const MIN_SILENCE_BEFORE_RECONNECT: Duration = Duration::from_secs(15);
+
+/// How many results may wait for the master's ack before the session refuses new
+/// assignments (with `no_free_slot`): the same bound as the outbox on disk
+/// ([`crate::outbox::MAX_RESULTS`]), so that a master that keeps refusing results cannot
+/// make the worker pile up more of them than it can keep.
+pub const MAX_UNACKNOWLEDGED_RESULTS: usize = crate::outbox::MAX_RESULTS;
 
 /// Message types that never get a reply, so the session never answers them, not even
 /// when they arrive malformed. Answering one could start an endless error exchange.
@@ -96,6 +107,21 @@ pub enum SessionEvent {
         /// Why, for the log.
         reason: String,
     },
+    /// A finished result entered the outbox: make it durable (see [`crate::outbox`])
+    /// before writing anything the session queued after this event, which includes the
+    /// result itself.
+    SaveResult {
+        /// The id the result is sent with, every time.
+        message_id: String,
+        /// The result.
+        result: TaskResult,
+    },
+    /// A result left the outbox (the master acknowledged it, or refused it for good):
+    /// delete its durable copy.
+    ForgetResult {
+        /// The id it was saved under.
+        message_id: String,
+    },
 }
 
 /// Where the connection to the master stands.
@@ -139,9 +165,18 @@ pub struct Session {
     transmit: VecDeque<Envelope>,
     events: VecDeque<SessionEvent>,
     next_message_seq: u64,
+    /// Leaving gracefully: no new tasks, heartbeats say `draining`.
+    draining: bool,
     stopping: bool,
+    /// Attempts cancelled because the worker is stopping: the goodbye hands them back
+    /// to the master, so their results are dropped, never sent.
+    abandoned: BTreeSet<(String, u32)>,
     goodbye_id: Option<String>,
     goodbye_acknowledged: bool,
+    /// Whether the master acknowledged the register on the current connection.
+    registered_on_connection: bool,
+    /// Results the master acknowledged on the current connection.
+    acked_on_connection: u32,
 }
 
 impl Session {
@@ -160,9 +195,34 @@ impl Session {
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             next_message_seq: 0,
+            draining: false,
             stopping: false,
+            abandoned: BTreeSet::new(),
             goodbye_id: None,
             goodbye_acknowledged: false,
+            registered_on_connection: false,
+            acked_on_connection: 0,
+        }
+    }
+
+    /// Puts results that an earlier run of the worker saved (and the master never
+    /// acknowledged) back in the outbox, to be sent after the next register ack under
+    /// their old message ids. They are already durable: no
+    /// [`SessionEvent::SaveResult`] is emitted for them.
+    pub fn restore_outbox(&mut self, stored: Vec<StoredResult>) {
+        for StoredResult { message_id, result } in stored {
+            if self
+                .outbox
+                .iter()
+                .any(|entry| entry.message_id == message_id)
+            {
+                continue;
+            }
+            self.outbox.push(OutboxEntry {
+                message_id,
+                result,
+                resend_at_heartbeat: false,
+            });
         }
     }
 
@@ -181,15 +241,25 @@ impl Session {
         self.heartbeat_interval
     }
 
-    /// The attempts accepted and not yet finished.
+    /// The attempts this worker still holds: running, or finished with a
+    /// result the master has not acknowledged yet. Listing the finished ones
+    /// at re-register matters: the master then keeps them with this device
+    /// instead of handing them to another before the resent result arrives.
     pub fn running_tasks(&self) -> Vec<RunningTask> {
-        self.running
-            .iter()
-            .map(|(task_id, attempt)| RunningTask {
-                task_id: task_id.clone(),
-                attempt: *attempt,
+        let running = self.running.iter().map(|(task_id, attempt)| RunningTask {
+            task_id: task_id.clone(),
+            attempt: *attempt,
+        });
+        let finished = self.outbox.iter().filter_map(|entry| {
+            entry.result.attempt.map(|attempt| RunningTask {
+                task_id: entry.result.task_id.clone(),
+                attempt,
             })
-            .collect()
+        });
+        let mut held: Vec<RunningTask> = running.chain(finished).collect();
+        held.sort_by(|a, b| (&a.task_id, a.attempt).cmp(&(&b.task_id, b.attempt)));
+        held.dedup();
+        held
     }
 
     /// How many finished results still wait for the master's ack.
@@ -200,6 +270,31 @@ impl Session {
     /// Whether [`Session::handle_stop`] was called.
     pub fn is_stopping(&self) -> bool {
         self.stopping
+    }
+
+    /// Whether [`Session::handle_drain`] (or [`Session::handle_stop`]) was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Whether a draining worker has nothing left to wait for: no task is running, and
+    /// every result is acknowledged, or there is no connection to deliver them on (they
+    /// stay in the outbox on disk for the next start).
+    pub fn is_drained(&self) -> bool {
+        self.running.is_empty() && (self.outbox.is_empty() || self.link == Link::Disconnected)
+    }
+
+    /// Whether the current connection got as far as a register ack. Reset by
+    /// [`Session::handle_connected`], kept after [`Session::handle_disconnected`] so the
+    /// caller can judge the connection that just ended.
+    pub fn registered_on_this_connection(&self) -> bool {
+        self.registered_on_connection
+    }
+
+    /// How many results the master acknowledged on the current (or just ended)
+    /// connection.
+    pub fn results_acknowledged_on_this_connection(&self) -> u32 {
+        self.acked_on_connection
     }
 
     /// Whether the master has answered the `goodbye`.
@@ -215,6 +310,8 @@ impl Session {
         self.transmit.clear();
         self.next_heartbeat = None;
         self.last_heard = now;
+        self.registered_on_connection = false;
+        self.acked_on_connection = 0;
         let register_id = self.new_message_id("reg");
         let mut register = self.register_template.clone();
         if local_ip.is_some() {
@@ -245,6 +342,16 @@ impl Session {
             Message::Error(error) => self.on_error(error),
             Message::TaskAssign(assign) => self.on_assign(request_id, assign),
             Message::TaskCancel(cancel) => self.on_cancel(request_id, cancel),
+            Message::Goodbye(goodbye) => {
+                // The master is shutting down. It closes the connection itself once it
+                // has said this; the worker then reconnects with backoff, keeping its
+                // tasks (the master holds them on a lease) and its outbox.
+                log::info!(
+                    "the master says goodbye: {}",
+                    goodbye.reason.as_deref().unwrap_or("no reason given")
+                );
+                self.reply_ack(request_id, json!({"message": "goodbye"}));
+            }
             other if other.expects_reply() => {
                 let detail = format!("a worker does not handle {} messages", other.message_type());
                 log::warn!(
@@ -282,22 +389,41 @@ impl Session {
         }
     }
 
-    /// A task attempt ended. Its result is kept until the master acknowledges it, and
-    /// sent at once when the worker is registered (else after the next register ack).
+    /// A task attempt ended. Its result is saved ([`SessionEvent::SaveResult`]) and kept
+    /// until the master acknowledges it, and sent at once when the worker is registered
+    /// (else after the next register ack).
+    ///
+    /// Once the worker is stopping, results are dropped: the attempts still running then
+    /// were cancelled and handed back to the master by the `goodbye` (or, without a
+    /// connection, are requeued when their lease runs out), so a `cancelled` result sent
+    /// later could be recorded as if someone had cancelled the task.
     pub fn handle_task_finished(&mut self, _now: Duration, result: TaskResult) {
         let attempt = result.attempt.unwrap_or(0);
-        if !self.running.remove(&(result.task_id.clone(), attempt)) {
+        let key = (result.task_id.clone(), attempt);
+        if !self.running.remove(&key) {
             log::debug!(
                 "result for {} attempt {attempt}, which was not listed as running",
                 result.task_id
             );
+        }
+        if self.stopping {
+            self.abandoned.remove(&key);
+            log::info!(
+                "not reporting {} attempt {attempt}: it was handed back to the master",
+                result.task_id
+            );
+            return;
         }
         let entry = OutboxEntry {
             message_id: self.new_message_id("res"),
             result,
             resend_at_heartbeat: false,
         };
-        if self.link == Link::Registered && !self.stopping {
+        self.events.push_back(SessionEvent::SaveResult {
+            message_id: entry.message_id.clone(),
+            result: entry.result.clone(),
+        });
+        if self.link == Link::Registered {
             self.push_result(&entry);
         }
         self.outbox.push(entry);
@@ -358,14 +484,33 @@ impl Session {
         }
     }
 
-    /// The worker is stopping: say goodbye (when connected), refuse new tasks from now
-    /// on, and ask for every running task to be cancelled. Results that arrive from now
-    /// on are not sent: the master requeues the tasks of a worker that left.
+    /// The worker wants to leave gracefully: from now on it refuses new tasks (with
+    /// `shutting_down`) and its heartbeats say `status: "draining"`, which tells the
+    /// master to send it no more work. One such heartbeat is due at once (or right after
+    /// the next register ack, which ends the master's notion of draining). Tasks keep
+    /// running and their results are sent as usual; the caller waits for
+    /// [`Session::is_drained`] (up to its drain timeout) and then calls
+    /// [`Session::handle_stop`].
+    pub fn handle_drain(&mut self, now: Duration) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        if self.link == Link::Registered {
+            self.next_heartbeat = Some(now);
+        }
+    }
+
+    /// The worker is stopping: say goodbye (when connected), which hands the tasks still
+    /// running back to the master, refuse new tasks from now on, and ask for every
+    /// running task to be cancelled. Results that arrive from now on are dropped (see
+    /// [`Session::handle_task_finished`]); results already in the outbox stay there.
     pub fn handle_stop(&mut self, _now: Duration) {
         if self.stopping {
             return;
         }
         self.stopping = true;
+        self.draining = true;
         if self.link != Link::Disconnected {
             let goodbye_id = self.new_message_id("bye");
             let goodbye = Goodbye {
@@ -375,6 +520,7 @@ impl Session {
             self.goodbye_id = Some(goodbye_id);
         }
         for (task_id, attempt) in &self.running {
+            self.abandoned.insert((task_id.clone(), *attempt));
             self.events.push_back(SessionEvent::CancelTask {
                 task_id: task_id.clone(),
                 attempt: *attempt,
@@ -437,11 +583,21 @@ impl Session {
             .position(|entry| entry.message_id == original)
         {
             let entry = self.outbox.remove(position);
+            self.acked_on_connection = self.acked_on_connection.saturating_add(1);
+            let recorded = ack.result.get("recorded").and_then(Value::as_bool);
             log::debug!(
-                "the master recorded the result of {} attempt {}",
+                "the master acknowledged the result of {} attempt {}{}",
                 entry.result.task_id,
-                entry.result.attempt.unwrap_or(0)
+                entry.result.attempt.unwrap_or(0),
+                if recorded == Some(false) {
+                    " (discarded: the attempt was no longer current)"
+                } else {
+                    ""
+                }
             );
+            self.events.push_back(SessionEvent::ForgetResult {
+                message_id: entry.message_id,
+            });
             return;
         }
         // Heartbeat acks land here, as do acks for results already settled and for
@@ -460,7 +616,13 @@ impl Session {
             self.outbox.len()
         );
         self.link = Link::Registered;
-        self.next_heartbeat = Some(now + self.heartbeat_interval);
+        self.registered_on_connection = true;
+        // Registering ends the master's notion of draining: say it again at once.
+        self.next_heartbeat = Some(if self.draining {
+            now
+        } else {
+            now + self.heartbeat_interval
+        });
         if self.stopping {
             return;
         }
@@ -516,6 +678,9 @@ impl Session {
                     error.error,
                     error.code
                 );
+                self.events.push_back(SessionEvent::ForgetResult {
+                    message_id: entry.message_id,
+                });
             }
             None => log::warn!(
                 "the master replied with an error to {}: {} ({})",
@@ -534,6 +699,7 @@ impl Session {
     fn on_assign(&mut self, request_id: Option<String>, assign: TaskAssign) {
         let TaskAssign { task, attempt } = assign;
         if self.stopping {
+            // After the goodbye: every task, even one it was running, is the master's.
             self.reply_error(
                 request_id,
                 ErrorCode::ShuttingDown,
@@ -569,6 +735,16 @@ impl Session {
             );
             return;
         }
+        if self.draining {
+            // Checked after the repeat above: refusing an attempt it is running would
+            // make the master requeue a task that is still running here.
+            self.reply_error(
+                request_id,
+                ErrorCode::ShuttingDown,
+                "the worker is draining",
+            );
+            return;
+        }
         if !self.config.task_types.contains(&task.task_type) {
             let detail = format!("this worker does not run {:?} tasks", task.task_type);
             self.reply_error(request_id, ErrorCode::UnsupportedTaskType, detail);
@@ -576,6 +752,14 @@ impl Session {
         }
         if self.running.len() >= self.config.slots {
             let detail = format!("all {} slots are busy", self.config.slots);
+            self.reply_error(request_id, ErrorCode::NoFreeSlot, detail);
+            return;
+        }
+        if self.outbox.len() >= MAX_UNACKNOWLEDGED_RESULTS {
+            let detail = format!(
+                "{} results wait for the master's acknowledgement",
+                self.outbox.len()
+            );
             self.reply_error(request_id, ErrorCode::NoFreeSlot, detail);
             return;
         }
@@ -661,7 +845,7 @@ impl Session {
                 uptime: Some(live.uptime_secs as f64),
                 extra: Map::new(),
             },
-            status: Some("online".into()),
+            status: Some(if self.draining { "draining" } else { "online" }.into()),
             active_tasks: Some(u32::try_from(self.running.len()).unwrap_or(u32::MAX)),
             last_activity: None,
             extra: Map::new(),
@@ -946,8 +1130,12 @@ mod tests {
         session.handle_task_finished(secs(0.4), finished("t-1", 2));
         session.handle_disconnected(secs(0.5));
         session.handle_connected(secs(0.6), None);
+        // Finished but not yet acknowledged: still held, so still listed.
         let third = only(sent(&mut session)).to_value();
-        assert!(third["data"].get("running_tasks").is_none(), "{third}");
+        assert_eq!(
+            third["data"]["running_tasks"],
+            json!([{"task_id": "t-1", "attempt": 2}])
+        );
     }
 
     #[test]
@@ -1252,14 +1440,22 @@ mod tests {
         events(&mut session);
         session.handle_task_finished(secs(0.6), finished("t-1", 1));
         let result_id = id_of(&only(sent(&mut session)));
+        events(&mut session);
         session.handle_message(secs(0.7), ack("res-somebody-else-1", json!({})));
         session.handle_message(secs(0.7), ack(&id_of(&new_register), json!({})));
         assert_eq!(session.n_unacknowledged_results(), 1);
+        assert!(events(&mut session).is_empty());
         session.handle_message(secs(0.8), ack(&result_id, json!({})));
         session.handle_message(secs(0.9), ack(&result_id, json!({})));
         assert_eq!(session.n_unacknowledged_results(), 0);
         assert!(sent(&mut session).is_empty(), "acks are never answered");
-        assert!(events(&mut session).is_empty());
+        // Only the first ack settles it.
+        assert_eq!(
+            events(&mut session),
+            vec![SessionEvent::ForgetResult {
+                message_id: result_id
+            }]
+        );
     }
 
     #[test]
@@ -1372,6 +1568,208 @@ mod tests {
         assert!(!session.goodbye_acknowledged());
         session.handle_message(secs(0.5), ack(&id_of(&goodbye), json!({})));
         assert!(session.goodbye_acknowledged());
+    }
+
+    #[test]
+    fn a_result_is_saved_before_it_is_sent_and_forgotten_once_settled() {
+        let mut session = session_with_slots(2);
+        register(&mut session, 0.0, 1.0);
+        session.handle_message(secs(0.1), assign("t-1", "echo", 4));
+        sent(&mut session);
+        events(&mut session);
+        session.handle_task_finished(secs(0.2), finished("t-1", 4));
+        let result = only(sent(&mut session));
+        let result_id = id_of(&result);
+        assert_eq!(
+            events(&mut session),
+            vec![SessionEvent::SaveResult {
+                message_id: result_id.clone(),
+                result: finished("t-1", 4),
+            }]
+        );
+        // A retryable refusal keeps it (on disk too); a final one forgets it.
+        let refuse = |code| {
+            let error = ErrorReply::new(Some(result_id.clone()), code, "nope");
+            from_master(Message::Error(error), None)
+        };
+        session.handle_message(secs(0.3), refuse(ErrorCode::ShuttingDown));
+        assert!(events(&mut session).is_empty());
+        session.handle_message(secs(0.4), refuse(ErrorCode::NotFound));
+        assert_eq!(
+            events(&mut session),
+            vec![SessionEvent::ForgetResult {
+                message_id: result_id
+            }]
+        );
+        assert_eq!(session.n_unacknowledged_results(), 0);
+    }
+
+    #[test]
+    fn restored_results_are_sent_after_the_register_ack_under_their_old_ids() {
+        let mut session = session_with_slots(1);
+        session.restore_outbox(vec![
+            StoredResult {
+                message_id: "res-old-7".into(),
+                result: finished("t-7", 2),
+            },
+            StoredResult {
+                message_id: "res-old-7".into(),
+                result: finished("t-7", 2),
+            },
+        ]);
+        assert_eq!(session.n_unacknowledged_results(), 1);
+        session.handle_connected(secs(0.0), None);
+        let register = only(sent(&mut session));
+        // The restarted worker runs nothing, but it still holds the result it
+        // never got acknowledged, so it lists that attempt.
+        assert_eq!(
+            register.to_value()["data"]["running_tasks"],
+            json!([{"task_id": "t-7", "attempt": 2}])
+        );
+        session.handle_message(secs(0.1), ack(&id_of(&register), json!({})));
+        let resent = only(sent(&mut session));
+        assert_eq!(id_of(&resent), "res-old-7");
+        assert!(matches!(&resent.message, Message::TaskResult(r) if r.attempt == Some(2)));
+        assert!(events(&mut session).is_empty(), "already on disk");
+        // The same attempt assigned again is confirmed without running it twice.
+        session.handle_message(secs(0.2), assign("t-7", "echo", 2));
+        let reply = assert_ack_reply(&only(sent(&mut session)), Some("assign:2:t-7"));
+        assert_eq!(reply["message"], json!("already accepted"));
+        assert!(events(&mut session).is_empty());
+        session.handle_message(secs(0.3), ack("res-old-7", json!({"recorded": false})));
+        assert_eq!(
+            events(&mut session),
+            vec![SessionEvent::ForgetResult {
+                message_id: "res-old-7".into()
+            }]
+        );
+        assert_eq!(session.results_acknowledged_on_this_connection(), 1);
+        assert!(session.registered_on_this_connection());
+    }
+
+    #[test]
+    fn draining_says_so_at_once_refuses_new_work_and_waits_for_results() {
+        let mut session = session_with_slots(2);
+        register(&mut session, 0.0, 60.0);
+        session.handle_message(secs(0.1), assign("t-1", "sleep", 1));
+        sent(&mut session);
+        events(&mut session);
+
+        session.handle_drain(secs(1.0));
+        assert!(session.is_draining());
+        assert!(!session.is_drained());
+        assert_eq!(session.poll_timeout(), Some(secs(1.0)));
+        session.handle_timeout(secs(1.0), metrics);
+        let heartbeat = only(sent(&mut session)).to_value();
+        assert_eq!(heartbeat["message_type"], json!("heartbeat"));
+        assert_eq!(heartbeat["data"]["status"], json!("draining"));
+        // Then on the usual schedule again.
+        assert_eq!(session.poll_timeout(), Some(secs(61.0)));
+
+        session.handle_message(secs(1.1), assign("t-2", "echo", 1));
+        assert_error_reply(
+            &only(sent(&mut session)),
+            ErrorCode::ShuttingDown,
+            Some("assign:1:t-2"),
+        );
+        // A repeat of the running attempt is still confirmed.
+        session.handle_message(secs(1.2), assign("t-1", "sleep", 1));
+        assert_ack_reply(&only(sent(&mut session)), Some("assign:1:t-1"));
+        assert!(events(&mut session).is_empty());
+
+        // Results are still sent while draining; drained once acknowledged.
+        session.handle_task_finished(secs(1.5), finished("t-1", 1));
+        let result = only(sent(&mut session));
+        assert!(!session.is_drained());
+        session.handle_message(secs(1.6), ack(&id_of(&result), json!({})));
+        assert!(session.is_drained());
+
+        // A reconnect ends the master's draining: the first heartbeat says it again.
+        session.handle_disconnected(secs(2.0));
+        session.handle_connected(secs(2.1), None);
+        let register = only(sent(&mut session));
+        session.handle_message(
+            secs(2.2),
+            ack(&id_of(&register), json!({"heartbeat_interval": 60.0})),
+        );
+        assert_eq!(session.poll_timeout(), Some(secs(2.2)));
+        session.handle_timeout(secs(2.2), metrics);
+        let heartbeat = only(sent(&mut session)).to_value();
+        assert_eq!(heartbeat["data"]["status"], json!("draining"));
+    }
+
+    #[test]
+    fn a_disconnected_worker_is_drained_when_nothing_runs_its_results_are_on_disk() {
+        let mut session = session_with_slots(1);
+        register(&mut session, 0.0, 1.0);
+        session.handle_message(secs(0.1), assign("t-1", "echo", 1));
+        sent(&mut session);
+        session.handle_disconnected(secs(0.2));
+        session.handle_drain(secs(0.3));
+        assert!(!session.is_drained(), "a task runs");
+        session.handle_task_finished(secs(0.4), finished("t-1", 1));
+        assert!(session.is_drained());
+        assert_eq!(session.n_unacknowledged_results(), 1);
+    }
+
+    #[test]
+    fn results_of_tasks_handed_back_at_stop_are_dropped() {
+        let mut session = session_with_slots(2);
+        register(&mut session, 0.0, 1.0);
+        session.handle_message(secs(0.1), assign("t-1", "sleep", 1));
+        session.handle_task_finished(secs(0.2), finished("t-0", 1));
+        sent(&mut session);
+        events(&mut session);
+        session.handle_stop(secs(0.3));
+        sent(&mut session);
+        events(&mut session);
+        let mut cancelled = finished("t-1", 1);
+        cancelled.status = ResultStatus::Cancelled;
+        session.handle_task_finished(secs(0.4), cancelled);
+        assert!(sent(&mut session).is_empty());
+        assert!(events(&mut session).is_empty(), "not saved either");
+        // The result finished before the stop stays in the outbox.
+        assert_eq!(session.n_unacknowledged_results(), 1);
+    }
+
+    #[test]
+    fn a_full_outbox_refuses_new_work() {
+        let mut session = session_with_slots(2);
+        session.restore_outbox(
+            (0..MAX_UNACKNOWLEDGED_RESULTS)
+                .map(|idx| StoredResult {
+                    message_id: format!("res-old-{idx}"),
+                    result: finished(&format!("old-{idx}"), 1),
+                })
+                .collect(),
+        );
+        register(&mut session, 0.0, 1.0);
+        sent(&mut session);
+        session.handle_message(secs(0.1), assign("t-1", "echo", 1));
+        assert_error_reply(
+            &only(sent(&mut session)),
+            ErrorCode::NoFreeSlot,
+            Some("assign:1:t-1"),
+        );
+        session.handle_message(secs(0.2), ack("res-old-0", json!({})));
+        session.handle_message(secs(0.3), assign("t-1", "echo", 1));
+        assert_ack_reply(&only(sent(&mut session)), Some("assign:1:t-1"));
+    }
+
+    #[test]
+    fn a_goodbye_from_the_master_is_acknowledged() {
+        let mut session = session_with_slots(1);
+        register(&mut session, 0.0, 1.0);
+        let goodbye = Goodbye {
+            reason: Some("the master is shutting down".into()),
+        };
+        session.handle_message(
+            secs(0.1),
+            from_master(Message::Goodbye(goodbye), Some("g-1")),
+        );
+        assert_ack_reply(&only(sent(&mut session)), Some("g-1"));
+        assert!(events(&mut session).is_empty());
+        assert!(session.is_registered());
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Integration tests of the `retire-worker` binary against a scripted
 //! master on `127.0.0.1:0`.
 
+#[path = "worker/life.rs"]
+mod life;
+
 use protocol::{Envelope, Frame, LineCodec, Message};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -38,6 +41,7 @@ fn next_message(
 fn the_binary_registers_and_says_goodbye_on_sigterm() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("address");
+    let state = tempfile::tempdir().expect("temp dir");
     let mut child = Command::new(worker_bin())
         .args([
             "--join",
@@ -50,6 +54,8 @@ fn the_binary_registers_and_says_goodbye_on_sigterm() {
             "compute",
         ])
         .args(["--tag", "pi", "--tag", "attic"])
+        .arg("--state-dir")
+        .arg(state.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
@@ -362,14 +368,19 @@ struct JoinedWorker {
     /// Messages decoded but not yet wanted: one read can carry several.
     pending: std::collections::VecDeque<Envelope>,
     task_types: Vec<String>,
+    /// The worker's state dir (its outbox), one per worker so tests never share it.
+    _state: tempfile::TempDir,
 }
 
 impl JoinedWorker {
     fn start(args: &[&str], env: &[(&str, &str)]) -> JoinedWorker {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("address").to_string();
+        let state = tempfile::tempdir().expect("temp dir");
         let child = Command::new(worker_bin())
             .args(["--join", &addr, "--id", "sandbox-test", "--slots", "2"])
+            .arg("--state-dir")
+            .arg(state.path())
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -399,6 +410,7 @@ impl JoinedWorker {
             codec,
             pending: std::collections::VecDeque::new(),
             task_types,
+            _state: state,
         }
     }
 

@@ -1,0 +1,275 @@
+//! The `retire-worker` binary's life with a scripted master on a real socket: results
+//! that survive a `kill -9` of the worker, and a graceful leave on SIGTERM.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// The longest any single step may take before the test counts as hung. Every wait ends
+/// as soon as what it waits for happens.
+const STEP_LIMIT: Duration = Duration::from_secs(20);
+
+const DEVICE: &str = "life-worker";
+
+/// The master's end of one worker connection, driven line by line.
+struct ScriptedMaster {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl ScriptedMaster {
+    /// Accepts the worker's next connection, failing the test if none comes.
+    fn accept(listener: &TcpListener) -> ScriptedMaster {
+        let listener = listener.try_clone().expect("clone the listener");
+        let (sender, accepted) = crossbeam_channel::bounded(1);
+        thread::spawn(move || {
+            let _ = sender.send(listener.accept().map(|(stream, _)| stream));
+        });
+        let stream = accepted
+            .recv_timeout(STEP_LIMIT)
+            .expect("the worker connects")
+            .expect("accept succeeds");
+        stream
+            .set_read_timeout(Some(STEP_LIMIT))
+            .expect("set a read timeout");
+        ScriptedMaster {
+            reader: BufReader::new(stream.try_clone().expect("clone the stream")),
+            writer: stream,
+        }
+    }
+
+    /// Accepts a connection and answers its register; the heartbeat interval is an hour,
+    /// so every heartbeat the test sees was sent on purpose.
+    fn accept_registered(listener: &TcpListener) -> (ScriptedMaster, Value) {
+        let mut master = ScriptedMaster::accept(listener);
+        let register = master.recv();
+        assert_eq!(register["message_type"], "register", "{register}");
+        assert_eq!(register["sender_id"], DEVICE);
+        master.ack(&register, json!({"heartbeat_interval": 3600}));
+        (master, register)
+    }
+
+    fn recv(&mut self) -> Value {
+        let mut line = String::new();
+        let n_read = self.reader.read_line(&mut line).expect("read a line");
+        assert!(n_read > 0, "the worker closed the connection");
+        serde_json::from_str(&line).expect("the worker sends JSON")
+    }
+
+    fn send(&mut self, message: Value) {
+        let mut line = message.to_string();
+        line.push('\n');
+        self.writer
+            .write_all(line.as_bytes())
+            .expect("write to the worker");
+    }
+
+    fn ack(&mut self, request: &Value, fields: Value) {
+        let mut result = json!({"success": true});
+        if let (Some(result), Value::Object(fields)) = (result.as_object_mut(), fields) {
+            result.extend(fields);
+        }
+        self.send(json!({
+            "message_type": "ack",
+            "sender_id": "main-node",
+            "data": {"original_message_id": request["message_id"], "result": result},
+        }));
+    }
+
+    fn assign_accepted(&mut self, task_id: &str, attempt: u32, task_type: &str, payload: Value) {
+        self.send(json!({
+            "message_type": "task_assign",
+            "sender_id": "main-node",
+            "message_id": format!("assign:{attempt}:{task_id}"),
+            "data": {
+                "task": {"task_id": task_id, "task_type": task_type, "payload": payload},
+                "attempt": attempt,
+            },
+        }));
+        let reply = self.recv();
+        assert_eq!(reply["message_type"], "ack", "{reply}");
+        assert_eq!(
+            reply["data"]["original_message_id"],
+            json!(format!("assign:{attempt}:{task_id}"))
+        );
+    }
+
+    /// Reads messages up to and including the goodbye, acknowledging it.
+    fn until_goodbye(&mut self) -> Vec<Value> {
+        let mut before = Vec::new();
+        loop {
+            let message = self.recv();
+            if message["message_type"] == "goodbye" {
+                self.ack(&message, json!({"message": "goodbye"}));
+                return before;
+            }
+            if message["message_type"] == "heartbeat" {
+                self.ack(&message, json!({}));
+            }
+            before.push(message);
+        }
+    }
+}
+
+fn start_worker(listener: &TcpListener, state: &Path, extra: &[&str]) -> Child {
+    let address = listener.local_addr().expect("local address");
+    Command::new(env!("CARGO_BIN_EXE_retire-worker"))
+        .arg("--join")
+        .arg(address.to_string())
+        .arg("--id")
+        .arg(DEVICE)
+        .arg("--slots")
+        .arg("2")
+        .arg("--state-dir")
+        .arg(state)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start retire-worker")
+}
+
+fn signal(child: &Child, signal: i32) {
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+    // SAFETY: kill takes plain integers; the child is ours and not yet reaped.
+    let outcome = unsafe { libc::kill(pid, signal) };
+    assert_eq!(outcome, 0, "kill -{signal} {pid}");
+}
+
+/// Waits for the child to exit, failing the test after `limit`.
+fn wait_within(child: Child, limit: Duration) -> ExitStatus {
+    let (sender, exited) = crossbeam_channel::bounded(1);
+    thread::spawn(move || {
+        let mut child = child;
+        let _ = sender.send(child.wait());
+    });
+    exited
+        .recv_timeout(limit)
+        .expect("the worker exits in time")
+        .expect("wait for the worker")
+}
+
+fn outbox_files(state: &Path) -> Vec<PathBuf> {
+    let dir = state.join(DEVICE).join("outbox");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("the outbox exists")
+        .map(|entry| entry.expect("a directory entry").path())
+        .collect();
+    files.sort();
+    files
+}
+
+fn task_results(messages: &[Value]) -> Vec<&Value> {
+    messages
+        .iter()
+        .filter(|message| message["message_type"] == "task_result")
+        .collect()
+}
+
+#[test]
+fn a_result_not_acknowledged_before_kill_9_is_sent_once_by_the_restarted_worker() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let state = tempfile::tempdir().expect("a temp dir");
+
+    // First run: the task finishes, its result is sent, and the worker is killed before
+    // the master acknowledges it.
+    let mut worker = start_worker(&listener, state.path(), &[]);
+    let (mut master, _) = ScriptedMaster::accept_registered(&listener);
+    master.assign_accepted("t-1", 3, "echo", json!({"message": "survives"}));
+    let sent = master.recv();
+    assert_eq!(sent["message_type"], "task_result", "{sent}");
+    assert_eq!(sent["data"]["attempt"], json!(3));
+    worker.kill().expect("kill -9 the worker");
+    wait_within(worker, STEP_LIMIT);
+    drop(master);
+    assert_eq!(outbox_files(state.path()).len(), 1);
+
+    // Second run, same state dir: it lists no running task (its processes are gone) and
+    // resends the result under the same id, once.
+    let worker = start_worker(&listener, state.path(), &[]);
+    let (mut master, register) = ScriptedMaster::accept_registered(&listener);
+    assert!(
+        register["data"].get("running_tasks").is_none(),
+        "{register}"
+    );
+    let resent = master.recv();
+    assert_eq!(resent["message_type"], "task_result", "{resent}");
+    assert_eq!(resent["message_id"], sent["message_id"]);
+    assert_eq!(resent["data"], sent["data"]);
+    assert_eq!(resent["data"]["result"]["output"], "survives");
+    master.ack(&resent, json!({"recorded": true}));
+    signal(&worker, libc::SIGTERM);
+    let before_goodbye = master.until_goodbye();
+    assert!(
+        task_results(&before_goodbye).is_empty(),
+        "{before_goodbye:?}"
+    );
+    assert!(wait_within(worker, STEP_LIMIT).success());
+    assert_eq!(outbox_files(state.path()), Vec::<PathBuf>::new());
+
+    // Third run: nothing left to send. Its first messages after the register ack would
+    // be any results; it goes straight to goodbye.
+    let worker = start_worker(&listener, state.path(), &[]);
+    let (mut master, _) = ScriptedMaster::accept_registered(&listener);
+    signal(&worker, libc::SIGTERM);
+    let before_goodbye = master.until_goodbye();
+    assert!(
+        task_results(&before_goodbye).is_empty(),
+        "{before_goodbye:?}"
+    );
+    assert!(wait_within(worker, STEP_LIMIT).success());
+}
+
+#[test]
+fn sigterm_drains_delivers_the_running_tasks_results_and_exits_zero() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let state = tempfile::tempdir().expect("a temp dir");
+    let worker = start_worker(&listener, state.path(), &["--drain-timeout", "60"]);
+    let (mut master, _) = ScriptedMaster::accept_registered(&listener);
+    master.assign_accepted("nap", 1, "sleep", json!({"seconds": 2}));
+
+    signal(&worker, libc::SIGTERM);
+    // At once: a heartbeat that says draining (the interval is an hour).
+    let heartbeat = master.recv();
+    assert_eq!(heartbeat["message_type"], "heartbeat", "{heartbeat}");
+    assert_eq!(heartbeat["data"]["status"], "draining");
+    master.ack(&heartbeat, json!({}));
+    // The running task finishes and its result is delivered before the goodbye.
+    let result = master.recv();
+    assert_eq!(result["message_type"], "task_result", "{result}");
+    assert_eq!(result["data"]["task_id"], "nap");
+    assert_eq!(result["data"]["status"], "completed");
+    master.ack(&result, json!({"recorded": true}));
+    let goodbye = master.recv();
+    assert_eq!(goodbye["message_type"], "goodbye", "{goodbye}");
+    master.ack(&goodbye, json!({"message": "goodbye"}));
+    assert!(wait_within(worker, STEP_LIMIT).success());
+    assert_eq!(outbox_files(state.path()), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn a_second_sigterm_hands_the_running_task_back_at_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let state = tempfile::tempdir().expect("a temp dir");
+    let worker = start_worker(&listener, state.path(), &["--drain-timeout", "3600"]);
+    let (mut master, _) = ScriptedMaster::accept_registered(&listener);
+    master.assign_accepted("long", 1, "sleep", json!({"seconds": 3600}));
+    signal(&worker, libc::SIGTERM);
+    let heartbeat = master.recv();
+    assert_eq!(heartbeat["data"]["status"], "draining", "{heartbeat}");
+    signal(&worker, libc::SIGTERM);
+    let before_goodbye = master.until_goodbye();
+    assert!(
+        task_results(&before_goodbye).is_empty(),
+        "{before_goodbye:?}"
+    );
+    assert!(wait_within(worker, STEP_LIMIT).success());
+    assert_eq!(outbox_files(state.path()), Vec::<PathBuf>::new());
+}
