@@ -191,12 +191,14 @@ fn a_result_not_acknowledged_before_kill_9_is_sent_once_by_the_restarted_worker(
     drop(master);
     assert_eq!(outbox_files(state.path()).len(), 1);
 
-    // Second run, same state dir: it lists no running task (its processes are gone) and
-    // resends the result under the same id, once.
+    // Second run, same state dir: nothing runs any more, but it still holds the
+    // unacknowledged result, so it lists that attempt (the master then keeps the task
+    // for it) and resends the result under the same id, once.
     let worker = start_worker(&listener, state.path(), &[]);
     let (mut master, register) = ScriptedMaster::accept_registered(&listener);
-    assert!(
-        register["data"].get("running_tasks").is_none(),
+    assert_eq!(
+        register["data"]["running_tasks"],
+        json!([{"task_id": "t-1", "attempt": 3}]),
         "{register}"
     );
     let resent = master.recv();
