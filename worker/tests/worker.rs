@@ -245,13 +245,16 @@ fn a_fork_bomb_is_bounded_and_the_machine_stays_usable() {
     let outcome = shell_task(
         &executor,
         "fork-bomb",
-        "bomb() { bomb | bomb & }; bomb; wait",
+        // The task's shell stays for two seconds, so the bomb keeps forking until
+        // it runs into the bound (otherwise it may finish, or be killed with its
+        // group, before any fork fails).
+        "bomb() { bomb | bomb & }; bomb; sleep 2",
         3.0,
     );
     let took = started.elapsed();
     assert!(took < Duration::from_secs(20), "{took:?} {outcome:?}");
-    // Depending on timing the bomb burns out on its own (every fork fails, `wait`
-    // returns) or is still churning at the timeout; either way it was bounded.
+    // The bomb is still churning when the shell's sleep ends or the timeout kills
+    // the group; either way its forks failed at the bound.
     let stderr = outcome.result["stderr"].as_str().unwrap_or_default();
     assert!(
         stderr.to_ascii_lowercase().contains("fork"),
