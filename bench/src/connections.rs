@@ -642,7 +642,7 @@ fn ramp(params: &Params, nofile: u64) -> Result<Report> {
         );
     }
     report.info("largest count held", thousands(largest as f64));
-    report.info("why the ramp stopped", stop.clone());
+    report.detail(format!("the ramp stopped: {stop}"));
     report.set("open_files_limit", nofile);
     report.set("step", step);
     report.set("largest_held", largest);

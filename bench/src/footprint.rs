@@ -3,7 +3,7 @@
 
 use crate::client::Conn;
 use crate::procs::{Master, ProcSample, Worker};
-use crate::report::{mib, round, Report};
+use crate::report::{mib, round, threads, threads_json, Report};
 use anyhow::{Context, Result};
 use std::time::{Duration, Instant};
 
@@ -88,6 +88,8 @@ pub fn run(params: &Params) -> Result<Report> {
             worker_wakes as f64 / heartbeats
         ),
     );
+    let worker_threads = worker_after.threads_since(&worker_before);
+    report.detail(format!("worker threads: {}", threads(&worker_threads)));
     report.info(
         "master CPU / context switches",
         format!(
@@ -108,6 +110,11 @@ pub fn run(params: &Params) -> Result<Report> {
     report.set("worker_threads", worker_after.threads);
     report.set("worker_cpu_secs", round(worker_cpu, 3));
     report.set("worker_context_switches", worker_wakes);
+    report.set("worker_thread_detail", threads_json(&worker_threads));
+    report.set(
+        "master_thread_detail",
+        threads_json(&master_after.threads_since(&master_before)),
+    );
     report.set("heartbeats_expected", round(heartbeats, 1));
     report.set("target_master_rss_kib", TARGET_MASTER_RSS_KIB);
     report.set("target_worker_rss_kib", TARGET_WORKER_RSS_KIB);

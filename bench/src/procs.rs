@@ -189,7 +189,7 @@ fn tail(path: &Path) -> String {
 }
 
 /// What a process has cost so far, from `/proc/PID`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ProcSample {
     /// User plus system CPU time, in seconds (10 ms resolution).
     pub cpu_secs: f64,
@@ -202,48 +202,90 @@ pub struct ProcSample {
     /// Context switches of all its threads, voluntary and not: each
     /// voluntary one is a wake-up after a sleep.
     pub context_switches: u64,
+    /// Per thread: its name, CPU seconds and context switches.
+    pub per_thread: Vec<(String, f64, u64)>,
+}
+
+impl ProcSample {
+    /// CPU seconds and context switches of each thread between `before`
+    /// and `self`, by thread name (threads of one name are added up),
+    /// busiest first.
+    pub fn threads_since(&self, before: &ProcSample) -> Vec<(String, f64, u64)> {
+        let total = |sample: &ProcSample| {
+            let mut by_name: std::collections::BTreeMap<String, (f64, u64)> = Default::default();
+            for (name, cpu, switches) in &sample.per_thread {
+                let entry = by_name.entry(name.clone()).or_default();
+                entry.0 += cpu;
+                entry.1 += switches;
+            }
+            by_name
+        };
+        let earlier = total(before);
+        let mut out: Vec<(String, f64, u64)> = total(self)
+            .into_iter()
+            .map(|(name, (cpu, switches))| {
+                let (cpu0, switches0) = earlier.get(&name).copied().unwrap_or_default();
+                (name, cpu - cpu0, switches.saturating_sub(switches0))
+            })
+            .collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        out
+    }
 }
 
 impl ProcSample {
     /// Reads the process's current figures.
     pub fn of(pid: u32) -> Result<ProcSample> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .with_context(|| format!("read /proc/{pid}/stat"))?;
-        // The command name may hold spaces and parentheses: fields are
-        // counted after the last ')'. Field 3 (state) is the first there.
-        let rest = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest)
-            .ok_or_else(|| anyhow!("odd /proc/{pid}/stat"))?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |index: usize| -> Result<u64> {
-            fields
-                .get(index)
-                .and_then(|f| f.parse().ok())
-                .ok_or_else(|| anyhow!("odd /proc/{pid}/stat"))
-        };
-        // utime is field 14 and stime field 15, i.e. 11 and 12 after state.
-        let cpu_ticks = ticks(11)? + ticks(12)?;
+        let cpu_secs = cpu_of(&format!("/proc/{pid}/stat"))?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .with_context(|| format!("read /proc/{pid}/status"))?;
         let mut sample = ProcSample {
-            cpu_secs: cpu_ticks as f64 / clock_ticks_per_sec(),
+            cpu_secs,
             rss_kib: status_field(&status, "VmRSS:"),
             peak_rss_kib: status_field(&status, "VmHWM:"),
             threads: status_field(&status, "Threads:"),
             context_switches: 0,
+            per_thread: Vec::new(),
         };
         // /proc/PID/status counts the main thread only; sum every thread.
         if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
             for task in tasks.flatten() {
-                if let Ok(status) = std::fs::read_to_string(task.path().join("status")) {
-                    sample.context_switches += status_field(&status, "voluntary_ctxt_switches:")
-                        + status_field(&status, "nonvoluntary_ctxt_switches:");
-                }
+                let dir = task.path();
+                let Ok(status) = std::fs::read_to_string(dir.join("status")) else {
+                    continue;
+                };
+                let switches = status_field(&status, "voluntary_ctxt_switches:")
+                    + status_field(&status, "nonvoluntary_ctxt_switches:");
+                sample.context_switches += switches;
+                let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+                let cpu = cpu_of(&dir.join("stat").to_string_lossy()).unwrap_or(0.0);
+                sample
+                    .per_thread
+                    .push((name.trim().to_string(), cpu, switches));
             }
         }
         Ok(sample)
     }
+}
+
+/// User plus system CPU seconds from a `stat` file.
+fn cpu_of(path: &str) -> Result<f64> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("read {path}"))?;
+    // The command name may hold spaces and parentheses: fields are
+    // counted after the last ')'. Field 3 (state) is the first there.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow!("odd {path}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |index: usize| -> Result<u64> {
+        fields
+            .get(index)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| anyhow!("odd {path}"))
+    };
+    // utime is field 14 and stime field 15, i.e. 11 and 12 after state.
+    Ok((ticks(11)? + ticks(12)?) as f64 / clock_ticks_per_sec())
 }
 
 fn status_field(status: &str, key: &str) -> u64 {

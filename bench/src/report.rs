@@ -37,6 +37,8 @@ pub struct Report {
     pub notes: Vec<String>,
     /// Table rows, in order.
     pub rows: Vec<Row>,
+    /// Lines printed under the table (details too wide for it).
+    pub details: Vec<String>,
     /// The JSON line's fields (besides `scenario`).
     pub json: Map<String, Value>,
 }
@@ -48,6 +50,7 @@ impl Report {
             scenario: scenario.to_string(),
             notes: Vec::new(),
             rows: Vec::new(),
+            details: Vec::new(),
             json: Map::new(),
         }
     }
@@ -55,6 +58,11 @@ impl Report {
     /// Adds a line under the title.
     pub fn note(&mut self, text: impl Into<String>) {
         self.notes.push(text.into());
+    }
+
+    /// Adds a line under the table.
+    pub fn detail(&mut self, text: impl Into<String>) {
+        self.details.push(text.into());
     }
 
     /// Adds a figure with no target.
@@ -123,6 +131,9 @@ impl Report {
             );
             let _ = writeln!(out, "{}", line.trim_end());
         }
+        for detail in &self.details {
+            let _ = writeln!(out, "   {detail}");
+        }
         let mut json = Map::new();
         json.insert("scenario".into(), Value::from(self.scenario.clone()));
         json.extend(self.json.clone());
@@ -162,6 +173,31 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Per-thread figures as `name 1.23 s / 456 switches, …`.
+pub fn threads(per_thread: &[(String, f64, u64)]) -> String {
+    per_thread
+        .iter()
+        .map(|(name, cpu, switches)| format!("{name} {cpu:.2} s / {switches} sw"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Per-thread figures for the JSON line.
+pub fn threads_json(per_thread: &[(String, f64, u64)]) -> Value {
+    Value::Array(
+        per_thread
+            .iter()
+            .map(|(name, cpu, switches)| {
+                serde_json::json!({
+                    "thread": name,
+                    "cpu_secs": round(*cpu, 3),
+                    "context_switches": switches,
+                })
+            })
+            .collect(),
+    )
 }
 
 /// KiB as MiB with one decimal.

@@ -4,7 +4,7 @@
 
 use crate::client::{Conn, PATIENCE};
 use crate::procs::{own_cpu_secs, Master, ProcSample, Worker};
-use crate::report::{mib, round, thousands, Report};
+use crate::report::{mib, round, thousands, threads, threads_json, Report};
 use anyhow::{bail, Context, Result};
 use protocol::{Envelope, Message, TaskSpec, TaskSubmit};
 use serde_json::json;
@@ -30,9 +30,16 @@ pub struct Params {
 }
 
 enum Note {
-    Ack { id: String, at: Instant },
+    Ack {
+        id: String,
+        at: Instant,
+    },
     Refused(String),
-    AllFinished { at: Instant, completed: usize },
+    AllFinished {
+        at: Instant,
+        completed: usize,
+        assigned: usize,
+    },
     Failed(String),
 }
 
@@ -83,6 +90,7 @@ pub fn run(params: &Params) -> Result<Report> {
     std::thread::spawn(move || {
         let mut finished = 0;
         let mut completed = 0;
+        let mut assigned = 0;
         loop {
             let line = match conn.next_line() {
                 Ok(line) => line,
@@ -103,9 +111,12 @@ pub fn run(params: &Params) -> Result<Report> {
                     let _ = tx.send(Note::AllFinished {
                         at: Instant::now(),
                         completed,
+                        assigned,
                     });
                     return;
                 }
+            } else if text.contains("\"event\":\"task_assigned\"") {
+                assigned += 1;
             } else if text.contains("\"message_type\":\"ack\"") {
                 let at = Instant::now();
                 let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
@@ -147,7 +158,11 @@ pub fn run(params: &Params) -> Result<Report> {
                 }
             }
             Ok(Note::Ack { .. }) => {}
-            Ok(Note::AllFinished { at, completed }) => finished = Some((at, completed)),
+            Ok(Note::AllFinished {
+                at,
+                completed,
+                assigned,
+            }) => finished = Some((at, completed, assigned)),
             Ok(Note::Refused(line)) => bail!("the master refused a request: {line}"),
             Ok(Note::Failed(err)) => bail!("{err}; the master's log says:\n{}", master.log_tail()),
             Err(_) => {
@@ -155,7 +170,7 @@ pub fn run(params: &Params) -> Result<Report> {
             }
         }
     }
-    let Some((done, completed)) = finished else {
+    let Some((done, completed, assigned)) = finished else {
         bail!("the run ended without its results");
     };
     let master_after = ProcSample::of(master.pid())?;
@@ -198,10 +213,26 @@ pub fn run(params: &Params) -> Result<Report> {
         "tasks completed",
         format!("{completed} of {}", params.tasks),
     );
+    report.info(
+        "assignments (task_assigned events)",
+        format!(
+            "{assigned} (re-assignments after refusals: {})",
+            assigned.saturating_sub(params.tasks)
+        ),
+    );
     report.info("master CPU", format!("{master_cpu:.2} s"));
     report.info(
         "master CPU per task",
         format!("{:.1} us", master_cpu * 1e6 / params.tasks as f64),
+    );
+    let master_threads = master_after.threads_since(&master_before);
+    let master_switches = master_after
+        .context_switches
+        .saturating_sub(master_before.context_switches);
+    report.detail(format!("master threads: {}", threads(&master_threads)));
+    report.info(
+        "master context switches per task",
+        format!("{:.2}", master_switches as f64 / params.tasks as f64),
     );
     report.info("workers' CPU (all)", format!("{worker_cpu:.2} s"));
     report.info("bench client CPU", format!("{bench_cpu:.2} s"));
@@ -213,11 +244,14 @@ pub fn run(params: &Params) -> Result<Report> {
     report.set("workers", params.workers);
     report.set("slots", params.slots);
     report.set("completed", completed);
+    report.set("assigned", assigned);
     report.set("acked_secs", acked_secs.map(|s| round(s, 4)));
     report.set("elapsed_secs", round(elapsed, 4));
     report.set("tasks_per_sec", round(rate, 1));
     report.set("target_tasks_per_sec", TARGET_TASKS_PER_SEC);
     report.set("master_cpu_secs", round(master_cpu, 2));
+    report.set("master_threads", threads_json(&master_threads));
+    report.set("master_context_switches", master_switches);
     report.set(
         "worker_cpu_secs",
         workers_after
