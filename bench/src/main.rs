@@ -1,0 +1,232 @@
+//! The Retire-Cluster benchmark harness.
+//!
+//! `cargo run --release -p bench -- <scenario> [flags]` starts the real
+//! `retire-master` and `retire-worker` binaries (found next to the `bench`
+//! executable, so build them first with `cargo build --release --workspace
+//! --bins`) on loopback in a temp dir, runs one scenario, and prints a
+//! small table and one JSON line. `all` runs every scenario; `--smoke`
+//! shrinks every size so the whole set runs in seconds (CI runs that).
+//! Figures and how they were taken are in `docs/benchmarks.md`.
+
+mod client;
+mod connections;
+mod footprint;
+mod latency;
+mod procs;
+mod report;
+mod scheduling;
+mod throughput;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Benchmarks of a real Retire-Cluster on loopback.
+#[derive(Debug, Parser)]
+#[command(name = "bench", version)]
+struct Cli {
+    /// Tiny sizes, for a smoke run that only checks the scenario works.
+    #[arg(long, global = true)]
+    smoke: bool,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// N echo tasks in batches through 4 workers x 8 slots, until every
+    /// result is durable; tasks/s and CPU seconds.
+    Throughput(ThroughputArgs),
+    /// One task at a time on an idle cluster: submit -> task_finished
+    /// p50, p99, max.
+    Latency(LatencyArgs),
+    /// K simulated workers heartbeating once a second; the master's CPU
+    /// and RSS. `--ramp` finds the largest count the machine holds.
+    Connections(ConnectionsArgs),
+    /// Idle RSS of the master and a worker, the worker's CPU time and
+    /// wake-ups while idle.
+    Footprint(FootprintArgs),
+    /// Cost per assignment in the master's core with a deep queue and
+    /// 10 -> 10,000 workers.
+    Scheduling(SchedulingArgs),
+    /// Every scenario in turn, each with its default sizes.
+    All,
+}
+
+#[derive(Debug, Default, Args)]
+struct ThroughputArgs {
+    /// Tasks in all [default: 100000; smoke: 200].
+    #[arg(long, alias = "size")]
+    tasks: Option<usize>,
+    /// Tasks per batch submit, at most 10000 [default: 10000; smoke: 50].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Batches in flight before their acks arrive [default: 2].
+    #[arg(long)]
+    window: Option<usize>,
+    /// Worker processes [default: 4].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Slots per worker [default: 8].
+    #[arg(long)]
+    slots: Option<usize>,
+}
+
+#[derive(Debug, Default, Args)]
+struct LatencyArgs {
+    /// Measured tasks [default: 2000; smoke: 20].
+    #[arg(long, alias = "size")]
+    tasks: Option<usize>,
+    /// Unmeasured tasks first [default: 50; smoke: 2].
+    #[arg(long)]
+    warmup: Option<usize>,
+}
+
+#[derive(Debug, Default, Args)]
+struct ConnectionsArgs {
+    /// Simulated workers [default: 10000; smoke: 50].
+    #[arg(long, alias = "size")]
+    workers: Option<usize>,
+    /// Seconds they heartbeat while the master is measured [default: 60; smoke: 1].
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Instead, add workers a level at a time until the machine does not hold them.
+    #[arg(long)]
+    ramp: bool,
+    /// Workers added per level with --ramp [default: 2000; smoke: 20].
+    #[arg(long)]
+    step: Option<usize>,
+    /// Seconds each level is held and measured with --ramp [default: 10; smoke: 0.5].
+    #[arg(long)]
+    hold: Option<f64>,
+    /// Most workers --ramp tries [default: 1000000; smoke: 40].
+    #[arg(long)]
+    max: Option<usize>,
+}
+
+#[derive(Debug, Default, Args)]
+struct FootprintArgs {
+    /// Idle seconds over which CPU and wake-ups are counted [default: 60; smoke: 0.5].
+    #[arg(long, alias = "size")]
+    idle: Option<f64>,
+    /// Seconds to settle after the worker joined [default: 5; smoke: 0.2].
+    #[arg(long)]
+    settle: Option<f64>,
+}
+
+#[derive(Debug, Default, Args)]
+struct SchedulingArgs {
+    /// Worker counts, comma-separated [default: 10,100,1000,10000; smoke: 10,100].
+    #[arg(long, alias = "size", value_delimiter = ',')]
+    workers: Option<Vec<usize>>,
+    /// Tasks queued behind full slots [default: 100000; smoke: 1000].
+    #[arg(long)]
+    queued: Option<usize>,
+    /// Timed assignments per size [default: 10000; smoke: 200].
+    #[arg(long)]
+    assignments: Option<usize>,
+}
+
+fn pick<T>(value: Option<T>, smoke: bool, small: T, full: T) -> T {
+    value.unwrap_or(if smoke { small } else { full })
+}
+
+fn secs(value: f64) -> Duration {
+    Duration::from_secs_f64(value.max(0.0))
+}
+
+fn throughput(args: &ThroughputArgs, smoke: bool) -> Result<report::Report> {
+    throughput::run(&throughput::Params {
+        tasks: pick(args.tasks, smoke, 200, 100_000),
+        batch: pick(args.batch, smoke, 50, 10_000),
+        window: args.window.unwrap_or(2),
+        workers: args.workers.unwrap_or(4),
+        slots: args.slots.unwrap_or(8),
+    })
+}
+
+fn latency(args: &LatencyArgs, smoke: bool) -> Result<report::Report> {
+    latency::run(&latency::Params {
+        tasks: pick(args.tasks, smoke, 20, 2000),
+        warmup: pick(args.warmup, smoke, 2, 50),
+    })
+}
+
+fn connections(args: &ConnectionsArgs, smoke: bool) -> Result<report::Report> {
+    connections::run(&connections::Params {
+        workers: pick(args.workers, smoke, 50, 10_000),
+        duration: secs(pick(args.duration, smoke, 1.0, 60.0)),
+        ramp: args.ramp,
+        step: pick(args.step, smoke, 20, 2000),
+        hold: secs(pick(args.hold, smoke, 0.5, 10.0)),
+        max: pick(args.max, smoke, 40, 1_000_000),
+    })
+}
+
+fn footprint(args: &FootprintArgs, smoke: bool) -> Result<report::Report> {
+    footprint::run(&footprint::Params {
+        idle: secs(pick(args.idle, smoke, 0.5, 60.0)),
+        settle: secs(pick(args.settle, smoke, 0.2, 5.0)),
+    })
+}
+
+fn scheduling(args: &SchedulingArgs, smoke: bool) -> Result<report::Report> {
+    scheduling::run(&scheduling::Params {
+        sizes: pick(
+            args.workers.clone(),
+            smoke,
+            vec![10, 100],
+            vec![10, 100, 1000, 10_000],
+        ),
+        queued: pick(args.queued, smoke, 1000, 100_000),
+        assignments: pick(args.assignments, smoke, 200, 10_000),
+    })
+}
+
+fn print(report: Result<report::Report>) -> bool {
+    match report {
+        Ok(report) => {
+            println!("{}", report.render());
+            true
+        }
+        Err(err) => {
+            eprintln!("bench: error: {err:#}");
+            false
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let smoke = cli.smoke;
+    let ok = match &cli.scenario {
+        Scenario::Throughput(args) => print(throughput(args, smoke)),
+        Scenario::Latency(args) => print(latency(args, smoke)),
+        Scenario::Connections(args) => print(connections(args, smoke)),
+        Scenario::Footprint(args) => print(footprint(args, smoke)),
+        Scenario::Scheduling(args) => print(scheduling(args, smoke)),
+        Scenario::All => {
+            let results = [
+                print(throughput(&ThroughputArgs::default(), smoke)),
+                print(latency(&LatencyArgs::default(), smoke)),
+                print(connections(&ConnectionsArgs::default(), smoke)),
+                print(connections(
+                    &ConnectionsArgs {
+                        ramp: true,
+                        ..ConnectionsArgs::default()
+                    },
+                    smoke,
+                )),
+                print(footprint(&FootprintArgs::default(), smoke)),
+                print(scheduling(&SchedulingArgs::default(), smoke)),
+            ];
+            results.iter().all(|ok| *ok)
+        }
+    };
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

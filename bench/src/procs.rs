@@ -1,0 +1,334 @@
+//! Starting the real `retire-master` and `retire-worker` binaries, and
+//! reading what a process costs from `/proc`.
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Environment variable that overrides where the cluster's binaries are
+/// looked for (by default: the directory of the `bench` executable).
+pub const BIN_DIR_VAR: &str = "RETIRE_BENCH_BIN_DIR";
+
+/// How long the master may take to print its listening line.
+const START_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The path of one of the cluster's binaries: next to the `bench`
+/// executable (so a release bench runs release binaries and a debug bench
+/// debug ones), or in `$RETIRE_BENCH_BIN_DIR`.
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let dir = match std::env::var_os(BIN_DIR_VAR) {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().context("the bench cannot find its own path")?;
+            // target/<profile>/bench, or target/<profile>/deps/bench-HASH.
+            let mut dir = exe
+                .parent()
+                .ok_or_else(|| anyhow!("{} has no parent directory", exe.display()))?
+                .to_path_buf();
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            dir
+        }
+    };
+    let path = dir.join(name);
+    if !path.is_file() {
+        let profile = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let build = if profile == "debug" {
+            "cargo build --workspace --bins"
+        } else {
+            "cargo build --release --workspace --bins"
+        };
+        bail!(
+            "{} is missing: build the cluster's binaries first, with the bench's profile: \
+             `{build}` (or point {BIN_DIR_VAR} at a directory that holds them)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A running `retire-master`, killed when dropped.
+pub struct Master {
+    child: Child,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Master {
+    /// Starts a master on `127.0.0.1:0` with its database in `dir/db` and
+    /// its log in `dir/master.log`, plus `extra` flags; waits for its
+    /// `retire-master listening on ADDR` line.
+    pub fn start(dir: &Path, extra: &[String]) -> Result<Master> {
+        let log = dir.join("master.log");
+        let stderr = std::fs::File::create(&log).context("create the master's log")?;
+        let mut child = Command::new(binary("retire-master")?)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(dir.join("db"))
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .context("start retire-master")?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("the master's stdout is piped")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut told = false;
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                if !told {
+                    if let Some(addr) = line.strip_prefix("retire-master listening on ") {
+                        let _ = tx.send(addr.trim().to_string());
+                        told = true;
+                    }
+                }
+                // Keep draining, so the master never blocks on a full pipe.
+            }
+        });
+        let mut master = Master {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log,
+        };
+        let addr = match rx.recv_timeout(START_PATIENCE) {
+            Ok(addr) => addr,
+            Err(_) => bail!(
+                "retire-master did not start listening; its log says:\n{}",
+                master.log_tail()
+            ),
+        };
+        master.addr = addr.parse().context("the master printed a bad address")?;
+        Ok(master)
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The last lines of its log, for error messages.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log)
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `retire-worker`, killed when dropped.
+pub struct Worker {
+    child: Child,
+}
+
+impl Worker {
+    /// Starts a worker joining `master` as `id` with `slots` slots; its log
+    /// goes to `dir/ID.log`.
+    pub fn start(dir: &Path, master: SocketAddr, id: &str, slots: usize) -> Result<Worker> {
+        let stderr = std::fs::File::create(dir.join(format!("{id}.log")))
+            .context("create the worker's log")?;
+        let child = Command::new(binary("retire-worker")?)
+            .arg("--join")
+            .arg(master.to_string())
+            .arg("--id")
+            .arg(id)
+            .arg("--slots")
+            .arg(slots.to_string())
+            .env("RUST_LOG", "warn")
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .context("start retire-worker")?;
+        Ok(Worker { child })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// What a process has cost so far, from `/proc/PID`.
+#[derive(Debug, Clone, Default)]
+pub struct ProcSample {
+    /// User plus system CPU time, in seconds (10 ms resolution).
+    pub cpu_secs: f64,
+    /// Resident set size now, in KiB.
+    pub rss_kib: u64,
+    /// Peak resident set size, in KiB.
+    pub peak_rss_kib: u64,
+    /// Threads.
+    pub threads: u64,
+    /// Context switches of all its threads, voluntary and not: each
+    /// voluntary one is a wake-up after a sleep.
+    pub context_switches: u64,
+    /// Per thread: its name, CPU seconds and context switches.
+    pub per_thread: Vec<(String, f64, u64)>,
+}
+
+impl ProcSample {
+    /// CPU seconds and context switches of each thread between `before`
+    /// and `self`, by thread name (threads of one name are added up),
+    /// busiest first.
+    pub fn threads_since(&self, before: &ProcSample) -> Vec<(String, f64, u64)> {
+        let total = |sample: &ProcSample| {
+            let mut by_name: std::collections::BTreeMap<String, (f64, u64)> = Default::default();
+            for (name, cpu, switches) in &sample.per_thread {
+                let entry = by_name.entry(name.clone()).or_default();
+                entry.0 += cpu;
+                entry.1 += switches;
+            }
+            by_name
+        };
+        let earlier = total(before);
+        let mut out: Vec<(String, f64, u64)> = total(self)
+            .into_iter()
+            .map(|(name, (cpu, switches))| {
+                let (cpu0, switches0) = earlier.get(&name).copied().unwrap_or_default();
+                (name, cpu - cpu0, switches.saturating_sub(switches0))
+            })
+            .collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        out
+    }
+}
+
+impl ProcSample {
+    /// Reads the process's current figures.
+    pub fn of(pid: u32) -> Result<ProcSample> {
+        let cpu_secs = cpu_of(&format!("/proc/{pid}/stat"))?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("read /proc/{pid}/status"))?;
+        let mut sample = ProcSample {
+            cpu_secs,
+            rss_kib: status_field(&status, "VmRSS:"),
+            peak_rss_kib: status_field(&status, "VmHWM:"),
+            threads: status_field(&status, "Threads:"),
+            context_switches: 0,
+            per_thread: Vec::new(),
+        };
+        // /proc/PID/status counts the main thread only; sum every thread.
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for task in tasks.flatten() {
+                let dir = task.path();
+                let Ok(status) = std::fs::read_to_string(dir.join("status")) else {
+                    continue;
+                };
+                let switches = status_field(&status, "voluntary_ctxt_switches:")
+                    + status_field(&status, "nonvoluntary_ctxt_switches:");
+                sample.context_switches += switches;
+                let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+                let cpu = cpu_of(&dir.join("stat").to_string_lossy()).unwrap_or(0.0);
+                sample
+                    .per_thread
+                    .push((name.trim().to_string(), cpu, switches));
+            }
+        }
+        Ok(sample)
+    }
+}
+
+/// User plus system CPU seconds from a `stat` file.
+fn cpu_of(path: &str) -> Result<f64> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("read {path}"))?;
+    // The command name may hold spaces and parentheses: fields are
+    // counted after the last ')'. Field 3 (state) is the first there.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow!("odd {path}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |index: usize| -> Result<u64> {
+        fields
+            .get(index)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| anyhow!("odd {path}"))
+    };
+    // utime is field 14 and stime field 15, i.e. 11 and 12 after state.
+    Ok((ticks(11)? + ticks(12)?) as f64 / clock_ticks_per_sec())
+}
+
+fn status_field(status: &str, key: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// CPU seconds (user + system) this bench process has used so far.
+pub fn own_cpu_secs() -> f64 {
+    ProcSample::of(std::process::id()).map_or(0.0, |s| s.cpu_secs)
+}
+
+/// Raises this process's soft limit on open files to its hard limit (the
+/// processes it starts inherit it); returns the new soft limit.
+pub fn raise_nofile_limit() -> Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        bail!("getrlimit: {}", std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            bail!("setrlimit: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur)
+}
