@@ -351,8 +351,7 @@ pub fn run_configured(
     // cannot outlive its slot through a background process, and so does anything that
     // left the group and has become this process's child.
     process_group.signal(libc::SIGKILL);
-    orphans::unregister(process_group.id);
-    let orphans_killed = orphans::sweep();
+    let orphans_killed = orphans::unregister_and_sweep(process_group.id);
     let elapsed = started.elapsed();
 
     let (status, usage) = wait_result.map_err(|source| ExecError::Wait {

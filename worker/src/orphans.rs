@@ -6,7 +6,7 @@
 //! (`PR_SET_CHILD_SUBREAPER`): when a process of a task dies, its children are handed
 //! to the worker instead of to init. An escaped process therefore becomes a child of
 //! the worker at the latest when the task's own processes are killed, and
-//! [`sweep`] kills and reaps it then.
+//! [`unregister_and_sweep`] kills and reaps it then.
 //!
 //! A child of the worker that the worker did not start itself is a task's orphan when
 //! its process group is the group of a task that just ended, or when its environment
@@ -98,7 +98,10 @@ impl SpawnGuard {
 
 /// Forgets a leader that has been reaped, and remembers its group as ended.
 pub fn unregister(pid: libc::pid_t) {
-    let mut registry = registry();
+    forget(&mut registry(), pid);
+}
+
+fn forget(registry: &mut Registry, pid: libc::pid_t) {
     if let Some(position) = registry.live.iter().position(|live| live.pid == pid) {
         registry.live.remove(position);
     }
@@ -108,13 +111,27 @@ pub fn unregister(pid: libc::pid_t) {
     }
 }
 
-/// Kills and reaps every orphan of an ended task that is now a child of this process,
-/// and returns how many live (not yet dead) orphans it killed.
-pub fn sweep() -> usize {
+/// Forgets the leader `pid` (as [`unregister`] does), then kills and reaps every orphan
+/// of an ended task that is now a child of this process, and returns how many live (not
+/// yet dead) orphans it killed.
+///
+/// Both happen under one hold of the registry lock. Were the leader unregistered first
+/// and the sweep made after, a sweep on another thread could run in between, find this
+/// task's escaped processes (no longer protected by a live marker), and kill them
+/// itself: they would be gone, but this task would report no orphans killed.
+pub fn unregister_and_sweep(pid: libc::pid_t) -> usize {
+    let mut registry = registry();
+    forget(&mut registry, pid);
     if !become_subreaper() {
         return 0;
     }
-    let registry = registry();
+    sweep_locked(&registry)
+}
+
+/// Kills and reaps every orphan of an ended task that is now a child of this process,
+/// and returns how many live (not yet dead) orphans it killed. The caller holds the
+/// registry lock.
+fn sweep_locked(registry: &Registry) -> usize {
     let live_pids: HashSet<libc::pid_t> = registry.live.iter().map(|live| live.pid).collect();
     let live_markers: HashSet<&str> = registry
         .live

@@ -424,6 +424,7 @@ impl Sandbox {
         let rlimits = RlimitPlan::new(limits, uid);
         let (progress_pipe, progress_done) = match progress {
             Some(callback) => {
+                reserve_progress_fd();
                 let (read_end, write_end) = pipe().map_err(SandboxError::Pipe)?;
                 let done = spawn_progress_reader(read_end, callback).map_err(SandboxError::Pipe)?;
                 std_command.env("RETIRE_PROGRESS_FD", PROGRESS_FD.to_string());
@@ -805,8 +806,17 @@ fn spawn_progress_reader(
     Ok(done)
 }
 
-/// What the child does between fork and exec, in this order: resource limits, the
-/// progress descriptor, then Landlock (which also sets `no_new_privs`).
+/// What the child does between fork and exec, in this order: resource limits,
+/// `no_new_privs`, Landlock, then the progress descriptor.
+///
+/// The progress pipe goes onto fd [`PROGRESS_FD`] last, because `dup2` silently closes
+/// whatever the child had there, and that can be a descriptor the child still needs:
+/// descriptors are shared by every thread of the worker, so another thread can free
+/// fd 3 between the creation of the progress pipe and the spawn, and the Landlock
+/// ruleset (or std's pipe that reports a failed exec) is then given fd 3. Applying the
+/// ruleset first means the `dup2` can no longer pull it from under
+/// `landlock_restrict_self`; [`reserve_progress_fd`] keeps fd 3 out of the way of
+/// std's pipe.
 fn install_pre_exec(
     command: &mut std::process::Command,
     rlimits: RlimitPlan,
@@ -819,6 +829,17 @@ fn install_pre_exec(
     let ruleset = Mutex::new(ruleset);
     let closure = move || {
         rlimits.apply()?;
+        // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes integers only.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let taken = ruleset
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(ruleset) = taken {
+            landlock::restrict(ruleset)?;
+        }
         if let Some(write_end) = &progress_write_end {
             let fd = write_end.as_raw_fd();
             // SAFETY: dup2/fcntl on descriptors this process owns.
@@ -833,24 +854,49 @@ fn install_pre_exec(
                 }
             }
         }
-        // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes integers only.
-        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let taken = ruleset
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(ruleset) = taken {
-            landlock::restrict(ruleset)?;
-        }
         Ok(())
     };
-    // SAFETY: the closure only makes system calls (setrlimit, dup2, fcntl, prctl,
-    // landlock_restrict_self) and takes an uncontended lock: nothing that allocates or
-    // could deadlock after fork.
+    // SAFETY: the closure only makes system calls (setrlimit, prctl,
+    // landlock_restrict_self, dup2, fcntl) and takes an uncontended lock: nothing that
+    // allocates or could deadlock after fork. Its errors are all OS errors (std
+    // reports any other kind as EINVAL).
     unsafe {
         command.pre_exec(closure);
+    }
+}
+
+/// Makes fd [`PROGRESS_FD`] this process's own for good, when it is free, with a
+/// close-on-exec placeholder. The descriptors std creates during a spawn (the pipe on
+/// which the child reports a failed exec, in particular) then never get fd 3, where the
+/// child's `dup2` of the progress pipe would close them. The child's copy of the
+/// placeholder is what that `dup2` replaces. When something else holds fd 3, nothing is
+/// reserved (the next call tries again); the child still works, as Landlock is applied
+/// before the `dup2`.
+fn reserve_progress_fd() {
+    static RESERVED: OnceLock<OwnedFd> = OnceLock::new();
+    if RESERVED.get().is_some() {
+        return;
+    }
+    // std opens with O_CLOEXEC.
+    let Ok(null) = File::open("/dev/null") else {
+        return;
+    };
+    let placeholder = if null.as_raw_fd() == PROGRESS_FD {
+        OwnedFd::from(null)
+    } else {
+        // F_DUPFD_CLOEXEC takes the lowest free descriptor from PROGRESS_FD up, in one
+        // step: it never replaces a descriptor someone else holds (dup2 would).
+        // SAFETY: fcntl on a descriptor this function owns.
+        let fd = unsafe { libc::fcntl(null.as_raw_fd(), libc::F_DUPFD_CLOEXEC, PROGRESS_FD) };
+        if fd < 0 {
+            return;
+        }
+        // SAFETY: fcntl succeeded, so `fd` is a fresh descriptor owned by nobody else.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    };
+    if placeholder.as_raw_fd() == PROGRESS_FD {
+        // Only one holder of fd 3 at a time, so no other thread can have set it since.
+        let _ = RESERVED.set(placeholder);
     }
 }
 
@@ -957,11 +1003,28 @@ mod landlock {
     }
 
     /// Applies `ruleset` to the calling thread (in the child, before exec).
+    ///
+    /// This runs between fork and exec, so it must not allocate, and its error must be
+    /// an OS error: std reports any other kind from the child as EINVAL. The error is
+    /// the errno of the failed call (`prctl` or `landlock_restrict_self`), or `EPERM`
+    /// when the crate gives none.
     pub fn restrict(ruleset: Ruleset) -> io::Result<()> {
-        ruleset
-            .restrict_self()
-            .map(|_| ())
-            .map_err(|error| io::Error::other(error.to_string()))
+        match ruleset.restrict_self() {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+                while let Some(current) = cause {
+                    if let Some(code) = current
+                        .downcast_ref::<io::Error>()
+                        .and_then(io::Error::raw_os_error)
+                    {
+                        return Err(io::Error::from_raw_os_error(code));
+                    }
+                    cause = current.source();
+                }
+                Err(io::Error::from_raw_os_error(libc::EPERM))
+            }
+        }
     }
 
     /// Finds out what Landlock enforces here by applying the ruleset to a short-lived
