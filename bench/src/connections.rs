@@ -26,6 +26,9 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const CONNECTING_AT_ONCE: usize = 256;
 /// How long registering a level of workers may take.
 const REGISTER_PATIENCE: Duration = Duration::from_secs(60);
+/// Descriptors the master and the bench keep for other things than the
+/// simulated workers' sockets.
+const FD_RESERVE: u64 = 32;
 /// A level holds when no worker was dropped, nine heartbeats in ten were
 /// answered within the window, and 99 % of them within this.
 const HOLD_P99_LIMIT_MS: f64 = 1000.0;
@@ -404,6 +407,7 @@ struct Level {
     secs: f64,
     master_cpu_percent: f64,
     master_rss_kib: u64,
+    master_rss_start_kib: u64,
     bench_cpu_percent: f64,
     sent: u64,
     acked: u64,
@@ -423,6 +427,7 @@ impl Level {
             "secs": round(self.secs, 2),
             "master_cpu_percent": round(self.master_cpu_percent, 2),
             "master_rss_kib": self.master_rss_kib,
+            "master_rss_start_kib": self.master_rss_start_kib,
             "bench_cpu_percent": round(self.bench_cpu_percent, 2),
             "heartbeats_sent": self.sent,
             "heartbeats_acked": self.acked,
@@ -454,6 +459,7 @@ fn measure(
         secs: elapsed,
         master_cpu_percent: (after.cpu_secs - before.cpu_secs) / elapsed * 100.0,
         master_rss_kib: after.rss_kib,
+        master_rss_start_kib: before.rss_kib,
         bench_cpu_percent: bench_cpu / elapsed * 100.0,
         sent: window.sent,
         acked: window.acked,
@@ -528,7 +534,11 @@ pub fn run(params: &Params) -> Result<Report> {
     );
     let target_applies = params.workers >= 10_000;
     let cpu = format!("{:.1} % of a core", level.master_cpu_percent);
-    let rss = mib(level.master_rss_kib);
+    let rss = format!(
+        "{} (at the start {})",
+        mib(level.master_rss_kib),
+        mib(level.master_rss_start_kib)
+    );
     if target_applies {
         report.target(
             "master CPU",
@@ -578,12 +588,17 @@ fn ramp(params: &Params, nofile: u64) -> Result<Report> {
     let mut master = start_master(dir.path(), params.max.saturating_add(64))?;
     let mut fleet = Fleet::new(master.addr)?;
     let step = params.step.max(1);
+    // The master and the bench each hold one descriptor per worker, under
+    // the same limit; a few more are the master's database, poller and
+    // logs. Past this the ramp would only measure the limit.
+    let fd_cap = usize::try_from(nofile.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
+    let max = params.max.min(fd_cap);
     let mut levels: Vec<Level> = Vec::new();
-    let mut target = step.min(params.max);
+    let mut target = step.min(max);
     let stop = loop {
         let started = Instant::now();
         if let Err(err) = fleet.grow_to(target) {
-            break format!("{err:#}");
+            break format!("{err:#}{}", last_log_lines(&master));
         }
         let connect_secs = started.elapsed().as_secs_f64();
         if fleet.live < target {
@@ -617,10 +632,17 @@ fn ramp(params: &Params, nofile: u64) -> Result<Report> {
         if !holds {
             break format!("did not hold ({summary}){}", last_log_lines(&master));
         }
-        if target >= params.max {
-            break format!("reached --max {}", params.max);
+        if target >= max {
+            break if max < params.max {
+                format!(
+                    "reached the open-file limit: {nofile} descriptors for the master and for the bench, \
+                     less {FD_RESERVE} for their other files"
+                )
+            } else {
+                format!("reached --max {max}")
+            };
         }
-        target = (target + step).min(params.max);
+        target = (target + step).min(max);
     };
     let held: Vec<&Level> = levels.iter().filter(|l| l.holds()).collect();
     let largest = held.last().map_or(0, |l| l.workers);

@@ -8,6 +8,8 @@ use crate::report::{percentile, round, Report};
 use anyhow::{bail, Context, Result};
 use protocol::{Message, TaskSpec, TaskSubmit};
 use serde_json::json;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
 use std::time::Instant;
 
 /// The targets, in milliseconds.
@@ -75,6 +77,8 @@ pub fn run(params: &Params) -> Result<Report> {
             to_finish.push(finished.as_secs_f64() * 1e3);
         }
     }
+    let mut floor = loopback_round_trips(params.tasks.min(2000))?;
+    floor.sort_by(f64::total_cmp);
     to_ack.sort_by(f64::total_cmp);
     to_finish.sort_by(f64::total_cmp);
     let p50 = percentile(&to_finish, 50.0);
@@ -107,7 +111,17 @@ pub fn run(params: &Params) -> Result<Report> {
             percentile(&to_ack, 99.0)
         ),
     );
+    report.info(
+        "for scale: loopback TCP round trip p50 / p99",
+        format!(
+            "{:.3} / {:.3} ms",
+            percentile(&floor, 50.0),
+            percentile(&floor, 99.0)
+        ),
+    );
     report.set("tasks", params.tasks);
+    report.set("loopback_rtt_p50_ms", round(percentile(&floor, 50.0), 4));
+    report.set("loopback_rtt_p99_ms", round(percentile(&floor, 99.0), 4));
     report.set("warmup", params.warmup);
     report.set("p50_ms", round(p50, 4));
     report.set("p99_ms", round(p99, 4));
@@ -117,4 +131,42 @@ pub fn run(params: &Params) -> Result<Report> {
     report.set("target_p50_ms", TARGET_P50_MS);
     report.set("target_p99_ms", TARGET_P99_MS);
     Ok(report)
+}
+
+/// Round trips of one short line between this thread and an echo thread
+/// over loopback TCP, in milliseconds: what two wake-ups cost on this
+/// machine, for scale (a task's path has several such hops).
+fn loopback_round_trips(count: usize) -> Result<Vec<f64>> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || -> std::io::Result<()> {
+        let (stream, _) = listener.accept()?;
+        stream.set_nodelay(true)?;
+        let mut writer = stream.try_clone()?;
+        let mut reader = BufReader::new(stream);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line)? == 0 {
+                return Ok(());
+            }
+            writer.write_all(&line)?;
+        }
+    });
+    let stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = Instant::now();
+        writer.write_all(b"ping\n")?;
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            bail!("the echo thread closed the connection");
+        }
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(times)
 }

@@ -162,6 +162,8 @@ struct Size {
     submitted: usize,
     ns: f64,
     assignments: u64,
+    first_tenth_ns: f64,
+    last_tenth_ns: f64,
 }
 
 fn measure(workers: usize, params: &Params) -> Result<Size> {
@@ -210,9 +212,20 @@ fn measure(workers: usize, params: &Params) -> Result<Size> {
 
     // Timed: the oldest assignment reports its result, which frees a slot
     // that the core fills again from the queue.
+    // The cost is also taken per tenth of the run: it drifts when tasks
+    // that only busy workers can take pile up at the head of the queue.
     let before = bench.assigned;
-    let started = Instant::now();
+    let tenth = (params.assignments as u64 / 10).max(1);
+    let mut tenths = Vec::new();
+    let mut mark = (Instant::now(), before);
+    let started = mark.0;
     while bench.assigned - before < params.assignments as u64 {
+        if bench.assigned - mark.1 >= tenth {
+            let now = Instant::now();
+            let done = bench.assigned - mark.1;
+            tenths.push(now.duration_since(mark.0).as_nanos() as f64 / done as f64);
+            mark = (now, bench.assigned);
+        }
         let Some((conn, device, task_id, attempt)) = bench.running.pop_front() else {
             bail!("no task running with {workers} workers");
         };
@@ -238,6 +251,8 @@ fn measure(workers: usize, params: &Params) -> Result<Size> {
         submitted: total,
         ns: elapsed.as_nanos() as f64 / assignments.max(1) as f64,
         assignments,
+        first_tenth_ns: tenths.first().copied().unwrap_or(0.0),
+        last_tenth_ns: tenths.last().copied().unwrap_or(0.0),
     })
 }
 
@@ -268,8 +283,10 @@ pub fn run(params: &Params) -> Result<Report> {
                 thousands(size.slots as f64)
             ),
             format!(
-                "{} ns per result + assignment (submit and first fill: {} ns per task)",
+                "{} ns per result + assignment (first / last tenth {} / {}; submit and first fill {} per task)",
                 thousands(size.ns),
+                thousands(size.first_tenth_ns),
+                thousands(size.last_tenth_ns),
                 thousands(size.submit_ns)
             ),
         );
@@ -294,6 +311,8 @@ pub fn run(params: &Params) -> Result<Report> {
                     "slots": s.slots,
                     "ns_per_assignment": round(s.ns, 1),
                     "assignments": s.assignments,
+                    "first_tenth_ns_per_assignment": round(s.first_tenth_ns, 1),
+                    "last_tenth_ns_per_assignment": round(s.last_tenth_ns, 1),
                     "submit_ns_per_task": round(s.submit_ns, 1),
                     "submitted": s.submitted,
                 })
