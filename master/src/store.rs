@@ -5,7 +5,10 @@
 //! the event loop which batch is durable and wakes it, so the replies held
 //! for that batch can go out.
 
+mod checkpoint;
+
 use crate::core::records::{Batch, DeviceRecord, StoreOp, TaskRecord};
+use checkpoint::{Checkpointer, WalAction};
 use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -110,6 +113,15 @@ impl Store {
         connection
             .busy_timeout(Duration::from_secs(5))
             .map_err(wrap)?;
+        // Checkpoints run off the commit path (see `checkpoint`): no
+        // automatic one inside a commit; the hook reports the WAL's size.
+        connection
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(wrap)?;
+        connection
+            .pragma_update(None, "journal_size_limit", checkpoint::WAL_KEEP_BYTES)
+            .map_err(wrap)?;
+        connection.wal_hook(Some(checkpoint::wal_hook));
         let version: i64 = connection
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .map_err(wrap)?;
@@ -222,6 +234,24 @@ impl Store {
         transaction.commit().map_err(wrap)
     }
 
+    /// Copies the whole WAL into the database and starts it over, waiting
+    /// for readers and a running checkpoint. Only when the WAL reached its
+    /// limit: it delays the next commit.
+    fn checkpoint_restart(&self) {
+        let outcome = self
+            .connection
+            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+            });
+        match outcome {
+            Ok((0, pages)) => log::info!("WAL at its limit: checkpointed {pages} pages"),
+            Ok((_, pages)) => log::warn!(
+                "WAL at its limit ({pages} pages) and busy; trying again after the next commit"
+            ),
+            Err(err) => log::warn!("WAL checkpoint failed: {err}"),
+        }
+    }
+
     /// Runs SQLite's own consistency check; `Ok(())` when it says "ok".
     pub fn integrity_check(&self) -> Result<Result<(), String>, StoreError> {
         let verdict: Option<String> = self
@@ -271,9 +301,14 @@ pub fn spawn(
 ) -> std::io::Result<(Sender<Batch>, Receiver<StoreEvent>, JoinHandle<()>)> {
     let (batch_tx, batch_rx) = crossbeam_channel::unbounded::<Batch>();
     let (event_tx, event_rx) = crossbeam_channel::unbounded();
+    let checkpointer = Checkpointer::spawn(store.path.clone())?;
     let handle = std::thread::Builder::new()
         .name("store".into())
         .spawn(move || {
+            // Dropped (and joined) when this thread ends, before the store's
+            // connection closes.
+            let checkpointer = checkpointer;
+            let mut wal = checkpoint::WalWatch::default();
             while let Ok(first) = batch_rx.recv() {
                 // Group commit: everything that queued up while the last
                 // transaction ran goes into this one.
@@ -314,6 +349,13 @@ pub fn spawn(
                     break;
                 }
                 waker.wake();
+                // After the commit is reported: a checkpoint here delays
+                // only the next commit, never this one's replies.
+                match wal.after_commit(checkpoint::take_wal_pages()) {
+                    WalAction::Nothing => {}
+                    WalAction::Passive => checkpointer.request(),
+                    WalAction::Restart => store.checkpoint_restart(),
+                }
             }
         })?;
     Ok((batch_tx, event_rx, handle))
