@@ -91,6 +91,9 @@ pub(crate) struct EventLoop {
     /// Accepting failed; retry at this time.
     accept_retry_at: Option<Instant>,
     outputs: Vec<Output>,
+    /// Connections marked closed since the last reap (so reaping does not
+    /// look at every connection on every turn).
+    newly_closed: Vec<ConnId>,
 }
 
 impl EventLoop {
@@ -122,6 +125,7 @@ impl EventLoop {
             throttled: BTreeSet::new(),
             accept_retry_at: None,
             outputs: Vec::new(),
+            newly_closed: Vec::new(),
         })
     }
 
@@ -326,6 +330,7 @@ impl EventLoop {
                 Err(err) => {
                     log::debug!("read from connection {conn}: {err}");
                     connection.closed = true;
+                    self.newly_closed.push(conn);
                     break;
                 }
             }
@@ -448,7 +453,10 @@ impl EventLoop {
                 }
             }
             if connection.written == connection.out.len() {
-                connection.out.clear();
+                // Give the buffer back: with thousands of mostly idle
+                // connections, each keeping its largest reply's capacity
+                // adds up (2.5 MiB for 10,000 workers).
+                connection.out = Vec::new();
                 connection.written = 0;
                 if connection.close_when_flushed && connection.held.is_empty() {
                     connection.closed = true;
@@ -483,18 +491,21 @@ impl EventLoop {
                 }
                 connection.wants_write = wants_write;
             }
+            if connection.closed {
+                self.newly_closed.push(conn);
+            }
         }
     }
 
     /// Removes closed connections; returns whether any was removed (the
     /// core may then have more to say).
     fn reap_closed(&mut self, now: Now) -> bool {
-        let closed: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.closed)
-            .map(|(conn, _)| conn)
-            .collect();
+        // Connections are marked closed only in `read` and `flush_dirty`,
+        // which note them; a noted id may since have been reaped.
+        let mut closed = std::mem::take(&mut self.newly_closed);
+        closed.sort_unstable();
+        closed.dedup();
+        closed.retain(|&conn| self.conns.get(conn).is_some_and(|c| c.closed));
         for &conn in &closed {
             let mut connection = self.conns.remove(conn);
             let _ = self.poll.registry().deregister(&mut connection.stream);

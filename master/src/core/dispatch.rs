@@ -2,80 +2,69 @@
 
 use super::{Core, Device, Now, QueueKey, Task};
 use protocol::message::bytes_to_gib;
-use protocol::{DeviceStatus, Event, Message, TaskAssign, TaskState};
-use std::ops::Bound;
+use protocol::{Event, Message, TaskAssign, TaskState};
 
 impl Core {
     /// Hands queued tasks, highest priority and oldest first, to devices
     /// with a free slot, least loaded first. A task no device can take now
     /// stays queued and does not block the tasks behind it.
+    ///
+    /// The queue is split by placement (type and requirements): the pass
+    /// merges the heads of those queues in queue order, and a placement
+    /// whose head no device can take is left for the rest of the pass, so
+    /// tasks behind it that ask for the same thing cost nothing. Devices
+    /// come from the index of those with a free slot, least loaded first,
+    /// so a placement looks at no busy device.
     pub(super) fn dispatch(&mut self, now: Now) {
-        let mut free_slots: usize = self
-            .devices
-            .values()
-            .filter(|device| accepts_work(device, now))
-            .map(free_slots)
-            .sum();
-        let mut cursor: Option<QueueKey> = None;
-        // Tasks that ask for the same thing as a task no device could take
-        // in this pass are skipped without looking at the devices again, so
-        // a long backlog of unplaceable tasks costs little per pass.
-        let mut unplaceable: std::collections::HashSet<String> = Default::default();
+        // A pause that is over counts as over even before the timer ran.
+        self.resume_paused(now);
+        let mut free_slots = self.index.free.total();
+        if free_slots == 0 {
+            return;
+        }
+        let mut heads = self.index.queues.heads();
         while free_slots > 0 {
-            let next = match &cursor {
-                None => self.queue.iter().next().cloned(),
-                Some(after) => self
-                    .queue
-                    .range((Bound::Excluded(after.clone()), Bound::Unbounded))
-                    .next()
-                    .cloned(),
-            };
-            let Some(key) = next else {
+            let Some((key, placement)) = heads.pop_first() else {
                 break;
             };
-            cursor = Some(key.clone());
+            let next = self.index.queues.next_after(placement, &key);
             let Some(task) = self.tasks.get(&key.task_id) else {
                 self.queue.remove(&key);
-                continue;
-            };
-            let signature = task
-                .refused_by
-                .is_empty()
-                .then(|| placement_signature(task));
-            if signature.as_ref().is_some_and(|s| unplaceable.contains(s)) {
-                continue;
-            }
-            let Some(device_id) = self.best_device(task, now) else {
-                if let Some(signature) = signature {
-                    unplaceable.insert(signature);
+                self.index.queues.remove(&key.task_id);
+                if let Some(next) = next {
+                    heads.insert((next, placement));
                 }
                 continue;
             };
-            self.assign(now, &key, &device_id);
-            free_slots -= 1;
+            match self.best_device(task) {
+                Some(device_id) => {
+                    self.assign(now, &key, &device_id);
+                    free_slots -= 1;
+                }
+                // The same placement without this task's refusals cannot
+                // do better: the placement waits for the next pass.
+                None if task.refused_by.is_empty() => continue,
+                None => {}
+            }
+            if let Some(next) = next {
+                heads.insert((next, placement));
+            }
         }
     }
 
-    fn best_device(&self, task: &Task, now: Now) -> Option<String> {
-        self.devices
-            .values()
-            .filter(|device| accepts_work(device, now) && free_slots(device) > 0)
-            .filter(|device| !task.refused_by.contains(&device.record.device_id))
-            .filter(|device| device_matches(device, task))
-            .min_by_key(|device| {
-                let active = device.active.len() as u64;
-                let slots = u64::from(device.record.slots.max(1));
-                (
-                    active * 1_000_000 / slots,
-                    active,
-                    device.record.device_id.clone(),
-                )
-            })
+    fn best_device(&self, task: &Task) -> Option<String> {
+        self.index
+            .free
+            .least_loaded()
+            .filter(|id| !task.refused_by.contains(*id))
+            .filter_map(|id| self.devices.get(id))
+            .find(|device| device_matches(device, task))
             .map(|device| device.record.device_id.clone())
     }
 
     fn assign(&mut self, now: Now, key: &QueueKey, device_id: &str) {
         self.queue.remove(key);
+        self.index.queues.remove(&key.task_id);
         let Some(task) = self.tasks.get_mut(&key.task_id) else {
             return;
         };
@@ -91,7 +80,9 @@ impl Core {
             return;
         };
         device.active.insert(key.task_id.clone());
-        if let Some(conn) = device.conn {
+        let conn = device.conn;
+        self.refresh_slots(device_id);
+        if let Some(conn) = conn {
             let assign = TaskAssign {
                 task: record.spec.clone(),
                 attempt: record.attempt,
@@ -107,28 +98,6 @@ impl Core {
             true,
         );
     }
-}
-
-/// What decides where a task may run: its type and its requirements.
-fn placement_signature(task: &Task) -> String {
-    let spec = &task.record.spec;
-    format!(
-        "{}\u{0}{}",
-        spec.task_type,
-        serde_json::to_string(&spec.requirements).unwrap_or_default()
-    )
-}
-
-fn accepts_work(device: &Device, now: Now) -> bool {
-    device.conn.is_some()
-        && device.record.status == DeviceStatus::Online
-        && device
-            .paused_until
-            .is_none_or(|until| until <= now.monotonic)
-}
-
-fn free_slots(device: &Device) -> usize {
-    (device.record.slots as usize).saturating_sub(device.active.len())
 }
 
 /// The architecture names that mean the same machine.

@@ -108,6 +108,7 @@ impl Core {
             if let Some(device) = self.devices.get_mut(device_id) {
                 device.active.remove(task_id);
             }
+            self.refresh_slots(device_id);
             return;
         }
         task.record.lost += 1;
@@ -129,6 +130,7 @@ impl Core {
             ));
             let record = record.clone();
             self.persist_task(&record);
+            self.refresh_slots(device_id);
             self.emit_finished(task_id);
             return;
         }
@@ -167,6 +169,9 @@ impl Core {
         task.refused_by.clear();
         let record = record.clone();
         self.queue.insert(QueueKey::of(&record));
+        self.index
+            .queues
+            .insert(QueueKey::of(&record), &record.spec);
         self.persist_task(&record);
         self.needs_dispatch = true;
         let _ = now;
@@ -199,6 +204,9 @@ impl Core {
             task.record.device_id = None;
             let record = task.record.clone();
             self.queue.insert(QueueKey::of(&record));
+            self.index
+                .queues
+                .insert(QueueKey::of(&record), &record.spec);
             self.persist_task(&record);
             self.needs_dispatch = true;
         }
@@ -209,12 +217,19 @@ impl Core {
             self.attempt_deadlines.pop_first();
             self.master_timeout(now, &task_id, attempt);
         }
-        let expired: Vec<String> = self
-            .devices
-            .iter()
-            .filter(|(_, d)| d.lease_until.is_some_and(|until| until <= now.monotonic))
-            .map(|(id, _)| id.clone())
-            .collect();
+        // Only devices whose lease may have run out (the index holds a
+        // lower bound of each lease's end).
+        let mut expired = Vec::new();
+        for device_id in self.index.leases.pop_due(now.monotonic) {
+            let Some(until) = self.devices.get(&device_id).and_then(|d| d.lease_until) else {
+                continue;
+            };
+            if until <= now.monotonic {
+                expired.push(device_id);
+            } else {
+                self.index.leases.schedule(&device_id, until);
+            }
+        }
         for device_id in expired {
             let Some(device) = self.devices.get_mut(&device_id) else {
                 continue;
@@ -235,7 +250,7 @@ impl Core {
     pub(super) fn next_task_life_deadline(&self) -> Option<Duration> {
         let retry = self.retry_wait.first().map(|(due, _)| *due);
         let timeout = self.attempt_deadlines.first().map(|(due, _, _)| *due);
-        let lease = self.devices.values().filter_map(|d| d.lease_until).min();
+        let lease = self.index.leases.first();
         [retry, timeout, lease].into_iter().flatten().min()
     }
 

@@ -10,6 +10,7 @@
 //! committed.
 
 mod dispatch;
+mod index;
 mod life;
 pub mod records;
 mod text;
@@ -150,6 +151,8 @@ struct Device {
     paused_until: Option<Duration>,
     /// While offline: until when the master holds its tasks for it.
     lease_until: Option<Duration>,
+    /// Its entries in the core's indexes.
+    indexed: index::Indexed,
 }
 
 #[derive(Debug)]
@@ -208,6 +211,9 @@ pub struct Core {
     attempt_deadlines: BTreeSet<(Duration, String, u32)>,
     /// Whether the store can commit; changes are refused while it cannot.
     storage_available: bool,
+    /// Deadlines, subscribers, free slots and queues by placement, kept so
+    /// that no step scans every device, connection or queued task.
+    index: index::Indexes,
 }
 
 impl Core {
@@ -239,6 +245,7 @@ impl Core {
             retry_wait: BTreeSet::new(),
             attempt_deadlines: BTreeSet::new(),
             storage_available: true,
+            index: index::Indexes::default(),
         };
         for mut record in devices {
             let register = register_from_profile(&record.profile);
@@ -257,6 +264,7 @@ impl Core {
                     metrics: None,
                     paused_until: None,
                     lease_until: None,
+                    indexed: index::Indexed::default(),
                 },
             );
         }
@@ -272,7 +280,9 @@ impl Core {
                 match holder {
                     Some(device) => {
                         device.active.insert(task_id.clone());
-                        device.lease_until = Some(now.monotonic + core.config.lease_grace);
+                        let until = now.monotonic + core.config.lease_grace;
+                        device.lease_until = Some(until);
+                        core.index.leases.schedule(&device.record.device_id, until);
                     }
                     None => {
                         record.state = TaskState::Queued;
@@ -292,6 +302,9 @@ impl Core {
             }
             if record.state == TaskState::Queued {
                 core.queue.insert(QueueKey::of(&record));
+                core.index
+                    .queues
+                    .insert(QueueKey::of(&record), &record.spec);
                 core.needs_dispatch = true;
             }
             let held = matches!(record.state, TaskState::Assigned | TaskState::Running);
@@ -327,6 +340,7 @@ impl Core {
         let Some(state) = self.conns.remove(&conn) else {
             return;
         };
+        self.index.subscribers.remove(&conn);
         if let Some(device_id) = state.device_id {
             let bound_here = self
                 .devices
@@ -398,6 +412,7 @@ impl Core {
             Message::Subscribe(subscribe) => {
                 if let Some(state) = self.conns.get_mut(&conn) {
                     state.subscription = Some(subscribe);
+                    self.index.subscribers.insert(conn);
                 }
                 Ok(Reply::new(json!({ "message": "subscribed" })))
             }
@@ -441,15 +456,24 @@ impl Core {
     /// A timer fired: find workers whose heartbeats stopped.
     pub fn handle_tick(&mut self, now: Now) {
         self.tick_task_life(now);
-        let expired: Vec<(String, ConnId)> = self
-            .devices
-            .iter()
-            .filter_map(|(id, device)| {
-                let conn = device.conn?;
-                let silent = now.monotonic.saturating_sub(device.last_seen);
-                (silent >= self.config.heartbeat_timeout).then(|| (id.clone(), conn))
-            })
-            .collect();
+        // Only devices whose heartbeat deadline has passed, from the index.
+        let mut expired: Vec<(String, ConnId)> = Vec::new();
+        for device_id in self.index.heartbeats.pop_due(now.monotonic) {
+            let Some(device) = self.devices.get_mut(&device_id) else {
+                continue;
+            };
+            device.indexed.heartbeat = None;
+            let Some(conn) = device.conn else {
+                continue;
+            };
+            let silent = now.monotonic.saturating_sub(device.last_seen);
+            if silent >= self.config.heartbeat_timeout {
+                expired.push((device_id, conn));
+            } else {
+                let due = device.last_seen + self.config.heartbeat_timeout;
+                self.set_heartbeat_due(&device_id, Some(due));
+            }
+        }
         for (device_id, conn) in expired {
             log::warn!("device {device_id} missed its heartbeats; closing its connection");
             self.device_gone(now, &device_id, "heartbeat timeout", false);
@@ -458,17 +482,7 @@ impl Core {
             }
             self.outputs.push(Output::Close { conn });
         }
-        let resumed = self
-            .devices
-            .values_mut()
-            .filter(|device| {
-                device
-                    .paused_until
-                    .is_some_and(|until| until <= now.monotonic)
-            })
-            .map(|device| device.paused_until = None)
-            .count();
-        if resumed > 0 {
+        if self.resume_paused(now) {
             self.needs_dispatch = true;
         }
     }
@@ -489,17 +503,17 @@ impl Core {
 
     /// The earliest monotonic time at which [`Core::handle_tick`] has work.
     pub fn next_deadline(&self) -> Option<Duration> {
-        self.devices
-            .values()
-            .filter(|device| device.conn.is_some())
-            .map(|device| device.last_seen + self.config.heartbeat_timeout)
-            .chain(
-                self.devices
-                    .values()
-                    .filter_map(|device| device.paused_until),
-            )
-            .chain(self.next_task_life_deadline())
-            .min()
+        // Lower bounds, from the index: a deadline that moved later (a
+        // heartbeat arrived) only costs an early wake-up that finds
+        // nothing due and looks again.
+        [
+            self.index.heartbeats.first(),
+            self.index.pauses.first(),
+            self.next_task_life_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Runs assignment if anything changed, then hands out what to send.
@@ -611,6 +625,11 @@ impl Core {
             .get(&device_id)
             .map(|d| d.active.clone())
             .unwrap_or_default();
+        let indexed = self
+            .devices
+            .get(&device_id)
+            .map(|d| d.indexed)
+            .unwrap_or_default();
         self.persist_device(&record);
         self.devices.insert(
             device_id.clone(),
@@ -623,7 +642,12 @@ impl Core {
                 metrics: None,
                 paused_until: None,
                 lease_until: None,
+                indexed,
             },
+        );
+        self.set_heartbeat_due(
+            &device_id,
+            Some(now.monotonic + self.config.heartbeat_timeout),
         );
         if let Some(state) = self.conns.get_mut(&conn) {
             state.device_id = Some(device_id.clone());
@@ -648,6 +672,7 @@ impl Core {
         for (task_id, attempt) in &still_running {
             self.take_back(now, &device_id, task_id, *attempt);
         }
+        self.refresh_slots(&device_id);
         self.needs_dispatch = true;
         self.emit(
             Event::DeviceJoined {
@@ -677,6 +702,11 @@ impl Core {
         device.last_seen = now.monotonic;
         device.record.last_seen_unix_ms = now.unix_ms;
         device.metrics = Some(heartbeat.metrics);
+        if device.conn.is_some() {
+            let due = Some(now.monotonic + self.config.heartbeat_timeout);
+            let old = std::mem::replace(&mut device.indexed.heartbeat, due);
+            self.index.heartbeats.update(&device_id, old, due);
+        }
         // A worker that is leaving gracefully says so in its heartbeats: it
         // gets no new work from then on.
         if heartbeat.status.as_deref() == Some("draining")
@@ -686,6 +716,7 @@ impl Core {
             device.record.status = DeviceStatus::Draining;
             let record = device.record.clone();
             self.persist_device(&record);
+            self.refresh_slots(&device_id);
             self.emit(
                 Event::DeviceDraining {
                     device_id: device_id.clone(),
@@ -730,6 +761,11 @@ impl Core {
         let device_id = self.speaker(conn, sender)?;
         if let Some(device) = self.devices.get_mut(&device_id) {
             device.last_seen = now.monotonic;
+            if device.conn.is_some() {
+                let due = Some(now.monotonic + self.config.heartbeat_timeout);
+                let old = std::mem::replace(&mut device.indexed.heartbeat, due);
+                self.index.heartbeats.update(&device_id, old, due);
+            }
         }
         let Some(task) = self.tasks.get(&result.task_id) else {
             return Err(ReplyError::new(
@@ -755,6 +791,12 @@ impl Core {
                 if device.active.remove(&result.task_id) {
                     self.needs_dispatch = true;
                 }
+            }
+            // (`refresh_slots`, spelled out: `record` is still borrowed.)
+            if let Some(device) = self.devices.get_mut(&device_id) {
+                let new = index::SlotEntry::of(device);
+                let old = std::mem::replace(&mut device.indexed.slots, new);
+                self.index.free.update(&device_id, old, new);
             }
         }
         // A requeued task whose attempt nobody else has taken yet still
@@ -788,6 +830,7 @@ impl Core {
         };
         if task.record.state == TaskState::Queued {
             self.queue.remove(&QueueKey::of(&task.record));
+            self.index.queues.remove(&task_id);
         }
         let record = &mut task.record;
         record.exit_code = result
@@ -903,6 +946,7 @@ impl Core {
                         self.needs_dispatch = true;
                     }
                 }
+                self.refresh_slots(&device_id);
             }
             return;
         }
@@ -920,9 +964,12 @@ impl Core {
         if let Some(device) = self.devices.get_mut(&device_id) {
             device.active.remove(&task_id);
             if !permanent {
-                device.paused_until = Some(now.monotonic + self.config.full_worker_pause);
+                let until = now.monotonic + self.config.full_worker_pause;
+                device.paused_until = Some(until);
+                self.index.pauses.schedule(&device_id, until);
             }
         }
+        self.refresh_slots(&device_id);
         if permanent {
             if let Some(task) = self.tasks.get_mut(&task_id) {
                 task.refused_by.insert(device_id.clone());
@@ -1019,6 +1066,9 @@ impl Core {
         };
         self.persist_task(&record);
         self.queue.insert(QueueKey::of(&record));
+        self.index
+            .queues
+            .insert(QueueKey::of(&record), &record.spec);
         let task_type = record.spec.task_type.clone();
         self.tasks.insert(
             task_id.clone(),
@@ -1063,6 +1113,7 @@ impl Core {
         record.error = Some("cancelled by a client".into());
         let record = record.clone();
         self.queue.remove(&QueueKey::of(&record));
+        self.index.queues.remove(&task_id);
         if was == TaskState::Retrying {
             // Its backoff must not fire into a later one (after a retry).
             self.retry_wait.retain(|(_, id)| *id != task_id);
@@ -1107,6 +1158,7 @@ impl Core {
         device.record.status = DeviceStatus::Draining;
         let record = device.record.clone();
         self.persist_device(&record);
+        self.refresh_slots(device_id);
         self.emit(
             Event::DeviceDraining {
                 device_id: device_id.to_string(),
@@ -1143,10 +1195,14 @@ impl Core {
         device.conn = None;
         device.record.status = DeviceStatus::Offline;
         let record = device.record.clone();
+        let old = device.indexed.heartbeat.take();
+        self.index.heartbeats.update(device_id, old, None);
         if !handed_back && device.record.leases && !device.active.is_empty() {
             // The worker keeps running its tasks while it is away and comes
             // back with their results: hold them for it for a while.
-            device.lease_until = Some(now.monotonic + self.config.lease_grace);
+            let until = now.monotonic + self.config.lease_grace;
+            device.lease_until = Some(until);
+            self.index.leases.schedule(device_id, until);
             log::info!(
                 "device {device_id} holds {} tasks on a lease for {:?}",
                 device.active.len(),
@@ -1164,6 +1220,7 @@ impl Core {
             }
         }
         self.persist_device(&record);
+        self.refresh_slots(device_id);
         self.emit(
             Event::DeviceLeft {
                 device_id: device_id.to_string(),
@@ -1193,6 +1250,7 @@ impl Core {
         }
         if record.state == TaskState::Queued {
             self.queue.remove(&QueueKey::of(record));
+            self.index.queues.remove(task_id);
         }
         if record.state != TaskState::Running {
             record.state = TaskState::Running;
@@ -1203,6 +1261,7 @@ impl Core {
         if let Some(device) = self.devices.get_mut(device_id) {
             device.active.insert(task_id.to_string());
         }
+        self.refresh_slots(device_id);
     }
 
     /// Puts a task that device `device_id` held back in the queue, in its
@@ -1213,6 +1272,7 @@ impl Core {
         if let Some(device) = self.devices.get_mut(device_id) {
             device.active.remove(task_id);
         }
+        self.refresh_slots(device_id);
         let Some(task) = self.tasks.get_mut(task_id) else {
             return;
         };
@@ -1224,6 +1284,9 @@ impl Core {
         task.record.state = TaskState::Queued;
         let record = task.record.clone();
         self.queue.insert(QueueKey::of(&record));
+        self.index
+            .queues
+            .insert(QueueKey::of(&record), &record.spec);
         self.persist_task(&record);
         self.needs_dispatch = true;
     }
@@ -1280,15 +1343,16 @@ impl Core {
     fn emit(&mut self, event: Event, durable: bool) {
         let after = durable.then_some(self.last_write_batch);
         let targets: Vec<ConnId> = self
-            .conns
+            .index
+            .subscribers
             .iter()
-            .filter_map(|(&conn, state)| {
-                let subscription = state.subscription.as_ref()?;
+            .filter_map(|conn| {
+                let subscription = self.conns.get(conn)?.subscription.as_ref()?;
                 let wanted = subscription.task_ids.is_empty()
                     || event
                         .task_id()
                         .is_some_and(|id| subscription.task_ids.iter().any(|want| want == id));
-                wanted.then_some(conn)
+                wanted.then_some(*conn)
             })
             .collect();
         for conn in targets {

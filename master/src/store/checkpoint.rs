@@ -132,8 +132,15 @@ impl Checkpointer {
         let handle = std::thread::Builder::new()
             .name("checkpoint".into())
             .spawn(move || {
+                // Opened at the first request: a master that writes little
+                // never pays for a second connection.
+                if pending.recv().is_err() {
+                    return;
+                }
                 let connection = match Connection::open(&path).and_then(|connection| {
                     connection.busy_timeout(Duration::from_secs(5))?;
+                    // It copies pages; it has no use for a page cache.
+                    connection.pragma_update(None, "cache_size", 16)?;
                     Ok(connection)
                 }) {
                     Ok(connection) => connection,
@@ -143,7 +150,7 @@ impl Checkpointer {
                         return;
                     }
                 };
-                while pending.recv().is_ok() {
+                loop {
                     let outcome =
                         connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
                             Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
@@ -153,6 +160,9 @@ impl Checkpointer {
                             log::debug!("checkpoint: {copied} of {log} WAL pages copied")
                         }
                         Err(err) => log::warn!("passive checkpoint failed: {err}"),
+                    }
+                    if pending.recv().is_err() {
+                        return;
                     }
                 }
             })?;

@@ -634,6 +634,7 @@ fn pick_task(sim: &Sim, pick: usize) -> String {
 /// Checks every invariant after a step.
 fn check_invariants(sim: &Sim, model: &mut Model) {
     let core = &sim.core;
+    core.check_indexes();
     let queued: BTreeSet<&str> = core.queue.iter().map(|key| key.task_id.as_str()).collect();
     for key in &core.queue {
         let task = core.tasks.get(&key.task_id).expect("a queued task exists");

@@ -413,6 +413,7 @@ impl Sim {
                 self.batches.push(batch);
             }
             if outputs.is_empty() {
+                self.core.check_indexes();
                 return;
             }
             let mut answers = Vec::new();
