@@ -220,3 +220,75 @@ mod tests {
         assert_eq!(watch.after_commit(3), WalAction::Nothing);
     }
 }
+
+#[cfg(test)]
+mod store_tests {
+    use super::*;
+    use crate::core::records::{Batch, StoreOp, TaskRecord};
+    use crate::store::{Store, Synchronous};
+    use protocol::{TaskSpec, TaskState};
+
+    fn batch(id: u64, first: u64, count: u64) -> Batch {
+        let ops = (first..first + count)
+            .map(|seq| {
+                StoreOp::PutTask(TaskRecord {
+                    task_id: format!("t{seq}"),
+                    seq,
+                    spec: TaskSpec::new("echo", serde_json::json!({ "pad": "x".repeat(2000) })),
+                    state: TaskState::Queued,
+                    attempt: 0,
+                    device_id: None,
+                    submitted_unix_ms: 0,
+                    started_unix_ms: None,
+                    finished_unix_ms: None,
+                    result: None,
+                    exit_code: None,
+                    error: None,
+                    execution_time: None,
+                    failures: 0,
+                    lost: 0,
+                    retry_at_unix_ms: None,
+                })
+            })
+            .collect();
+        Batch { id, ops }
+    }
+
+    #[test]
+    fn commits_never_checkpoint_and_a_passive_checkpoint_lets_the_wal_start_over() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = Store::open(dir.path(), Synchronous::Normal).expect("open");
+        take_wal_pages();
+        // Past SQLite's old automatic threshold, nothing is checkpointed
+        // inside a commit: the WAL only grows.
+        let mut pages = 0;
+        let mut id = 0;
+        while pages < CHECKPOINT_PAGES + 100 {
+            id += 1;
+            store.commit(&[batch(id, id * 100, 100)]).expect("commit");
+            let now = take_wal_pages();
+            assert!(now > pages, "the WAL grew from {pages} to {now} pages");
+            pages = now;
+        }
+        // A passive checkpoint on the other connection copies it all, and
+        // the next commit starts the WAL over.
+        let checkpointer =
+            Checkpointer::spawn(dir.path().join(crate::store::DB_FILE)).expect("checkpointer");
+        checkpointer.request();
+        drop(checkpointer); // handles the pending request, then ends
+        id += 1;
+        store.commit(&[batch(id, 1, 1)]).expect("commit");
+        let after = take_wal_pages();
+        assert!(after < 10, "the WAL started over: {after} pages");
+        // And the limit's checkpoint works on the store's own connection.
+        store.checkpoint_restart();
+        drop(store);
+        let store = Store::open(dir.path(), Synchronous::Normal).expect("reopen");
+        let (_, tasks) = store.load().expect("load");
+        assert_eq!(
+            tasks.len() as u64,
+            100 * (id - 1) + 1,
+            "every task is there"
+        );
+    }
+}
