@@ -30,6 +30,9 @@ const READ_BUDGET: usize = 256 * 1024;
 /// example when the process is out of file descriptors).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
+/// Write buffers up to this capacity are freed once written.
+const SMALL_OUT: usize = 4096;
+
 /// How long shutdown waits for the last replies to drain.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
@@ -453,10 +456,16 @@ impl EventLoop {
                 }
             }
             if connection.written == connection.out.len() {
-                // Give the buffer back: with thousands of mostly idle
-                // connections, each keeping its largest reply's capacity
-                // adds up (2.5 MiB for 10,000 workers).
-                connection.out = Vec::new();
+                // A small buffer is given back: with thousands of mostly
+                // idle connections, each keeping its largest reply's
+                // capacity adds up (2.5 MiB for 10,000 workers). A large one
+                // belongs to a busy peer and is kept, so it is not grown
+                // again from nothing on every turn.
+                if connection.out.capacity() <= SMALL_OUT {
+                    connection.out = Vec::new();
+                } else {
+                    connection.out.clear();
+                }
                 connection.written = 0;
                 if connection.close_when_flushed && connection.held.is_empty() {
                     connection.closed = true;

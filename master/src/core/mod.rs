@@ -197,7 +197,10 @@ pub struct Core {
     conns: HashMap<ConnId, Conn>,
     next_seq: u64,
     outputs: Vec<Output>,
-    pending_tasks: BTreeMap<String, TaskRecord>,
+    /// Tasks changed since the last batch; the batch takes their records
+    /// as they are then (one copy per task and batch, however many times
+    /// it changed).
+    pending_tasks: BTreeSet<String>,
     pending_devices: BTreeMap<String, DeviceRecord>,
     /// Id the next batch handed to the store will have.
     open_batch: u64,
@@ -236,7 +239,7 @@ impl Core {
             conns: HashMap::new(),
             next_seq: 1,
             outputs: Vec::new(),
-            pending_tasks: BTreeMap::new(),
+            pending_tasks: BTreeSet::new(),
             pending_devices: BTreeMap::new(),
             open_batch: 1,
             last_write_batch: 0,
@@ -536,8 +539,9 @@ impl Core {
             .collect();
         ops.extend(
             std::mem::take(&mut self.pending_tasks)
-                .into_values()
-                .map(StoreOp::PutTask),
+                .into_iter()
+                .filter_map(|id| self.tasks.get(&id))
+                .map(|task| StoreOp::PutTask(task.record.clone())),
         );
         let id = self.open_batch;
         self.open_batch += 1;
@@ -1291,9 +1295,12 @@ impl Core {
         self.needs_dispatch = true;
     }
 
+    /// Marks a task changed; `record` is its current record (every task
+    /// is in `tasks` by the time the batch is taken, and is never removed).
     fn persist_task(&mut self, record: &TaskRecord) {
-        self.pending_tasks
-            .insert(record.task_id.clone(), record.clone());
+        if !self.pending_tasks.contains(&record.task_id) {
+            self.pending_tasks.insert(record.task_id.clone());
+        }
         self.last_write_batch = self.open_batch;
     }
 
