@@ -30,7 +30,7 @@ impl Core {
             let next = self.index.queues.next_after(placement, &key);
             let Some(task) = self.tasks.get(&key.task_id) else {
                 self.queue.remove(&key);
-                self.index.queues.remove(&key.task_id);
+                self.index.queues.remove(&key);
                 if let Some(next) = next {
                     heads.insert((next, placement));
                 }
@@ -64,7 +64,7 @@ impl Core {
 
     fn assign(&mut self, now: Now, key: &QueueKey, device_id: &str) {
         self.queue.remove(key);
-        self.index.queues.remove(&key.task_id);
+        self.index.queues.remove(key);
         let Some(task) = self.tasks.get_mut(&key.task_id) else {
             return;
         };

@@ -261,16 +261,21 @@ pub(super) type PlacementId = u64;
 pub(super) struct PlacementQueues {
     ids: HashMap<String, PlacementId>,
     queues: BTreeMap<PlacementId, (String, BTreeSet<QueueKey>)>,
-    of_task: HashMap<String, (PlacementId, QueueKey)>,
+    of_task: HashMap<String, PlacementId>,
     next_id: PlacementId,
 }
 
 impl PlacementQueues {
     /// Queues a task (its key and spec).
     pub(super) fn insert(&mut self, key: QueueKey, spec: &TaskSpec) {
-        if self.of_task.contains_key(&key.task_id) {
-            // Already queued under some key: replace it.
-            self.remove(&key.task_id);
+        if let Some(&old) = self.of_task.get(&key.task_id) {
+            // Already queued (under some key): replace it. The core never
+            // does this; it costs a walk of that placement's queue.
+            if let Some((_, queue)) = self.queues.get_mut(&old) {
+                if let Some(stale) = queue.iter().find(|k| k.task_id == key.task_id).cloned() {
+                    self.remove(&stale);
+                }
+            }
         }
         let signature = placement_signature(spec);
         let id = match self.ids.get(&signature) {
@@ -283,21 +288,24 @@ impl PlacementQueues {
                 id
             }
         };
-        self.of_task.insert(key.task_id.clone(), (id, key.clone()));
+        self.of_task.insert(key.task_id.clone(), id);
         if let Some((_, queue)) = self.queues.get_mut(&id) {
             queue.insert(key);
         }
     }
 
-    /// Takes a task out of its queue, if it is in one.
-    pub(super) fn remove(&mut self, task_id: &str) {
-        let Some((id, key)) = self.of_task.remove(task_id) else {
+    /// Takes a task out of its queue, if it is queued under `key`.
+    pub(super) fn remove(&mut self, key: &QueueKey) {
+        let Some(&id) = self.of_task.get(&key.task_id) else {
             return;
         };
         let Some((signature, queue)) = self.queues.get_mut(&id) else {
             return;
         };
-        queue.remove(&key);
+        if !queue.remove(key) {
+            return;
+        }
+        self.of_task.remove(&key.task_id);
         if queue.is_empty() {
             self.ids.remove(signature.as_str());
             self.queues.remove(&id);
@@ -554,9 +562,10 @@ mod tests {
             .expect("the gpu placement");
         assert_eq!(queues.next_after(gpu, &key(5, 2)), Some(key(5, 5)));
         assert_eq!(queues.next_after(gpu, &key(5, 5)), None);
-        queues.remove("t2");
-        queues.remove("t5");
-        queues.remove("t5"); // not queued: nothing
+        queues.remove(&key(5, 2));
+        queues.remove(&key(5, 5));
+        queues.remove(&key(5, 5)); // not queued: nothing
+        queues.remove(&key(7, 3)); // not under this key: nothing
         assert_eq!(queues.heads().len(), 2, "an empty placement is dropped");
         assert_eq!(queues.len(), 3);
         // Queued again under another key (a new priority): moved.

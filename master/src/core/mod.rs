@@ -833,8 +833,9 @@ impl Core {
             ));
         };
         if task.record.state == TaskState::Queued {
-            self.queue.remove(&QueueKey::of(&task.record));
-            self.index.queues.remove(&task_id);
+            let key = QueueKey::of(&task.record);
+            self.queue.remove(&key);
+            self.index.queues.remove(&key);
         }
         let record = &mut task.record;
         record.exit_code = result
@@ -1117,7 +1118,7 @@ impl Core {
         record.error = Some("cancelled by a client".into());
         let record = record.clone();
         self.queue.remove(&QueueKey::of(&record));
-        self.index.queues.remove(&task_id);
+        self.index.queues.remove(&QueueKey::of(&record));
         if was == TaskState::Retrying {
             // Its backoff must not fire into a later one (after a retry).
             self.retry_wait.retain(|(_, id)| *id != task_id);
@@ -1253,8 +1254,9 @@ impl Core {
             return;
         }
         if record.state == TaskState::Queued {
-            self.queue.remove(&QueueKey::of(record));
-            self.index.queues.remove(task_id);
+            let key = QueueKey::of(record);
+            self.queue.remove(&key);
+            self.index.queues.remove(&key);
         }
         if record.state != TaskState::Running {
             record.state = TaskState::Running;
