@@ -5,7 +5,7 @@
 //! the event loop which batch is durable and wakes it, so the replies held
 //! for that batch can go out.
 
-use crate::core::records::{Batch, DeviceRecord, StoreOp, TaskRecord};
+use crate::core::records::{Batch, DeviceKeyRecord, DeviceRecord, StoreOp, TaskRecord};
 use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -68,7 +68,7 @@ pub enum StoreError {
     Corrupt {
         /// The database file.
         path: PathBuf,
-        /// `task` or `device`.
+        /// `task`, `device` or `device key`.
         what: &'static str,
         /// The record's id.
         id: String,
@@ -132,7 +132,11 @@ impl Store {
                      state TEXT NOT NULL,
                      record TEXT NOT NULL
                  );
-                 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks(state, seq);",
+                 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks(state, seq);
+                 CREATE TABLE IF NOT EXISTS device_keys (
+                     device_id TEXT PRIMARY KEY,
+                     record TEXT NOT NULL
+                 );",
             )
             .map_err(wrap)?;
         connection
@@ -153,6 +157,11 @@ impl Store {
         let devices = self.load_table("SELECT device_id, record FROM devices", "device")?;
         let tasks = self.load_table("SELECT task_id, record FROM tasks ORDER BY seq", "task")?;
         Ok((devices, tasks))
+    }
+
+    /// Reads the devices' credential records back.
+    pub fn load_device_keys(&self) -> Result<Vec<DeviceKeyRecord>, StoreError> {
+        self.load_table("SELECT device_id, record FROM device_keys", "device key")
     }
 
     fn load_table<T: serde::de::DeserializeOwned>(
@@ -197,8 +206,19 @@ impl Store {
                     "INSERT OR REPLACE INTO tasks (task_id, seq, state, record) VALUES (?1, ?2, ?3, ?4)",
                 )
                 .map_err(wrap)?;
+            let mut put_key = transaction
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO device_keys (device_id, record) VALUES (?1, ?2)",
+                )
+                .map_err(wrap)?;
             for op in batches.iter().flat_map(|batch| &batch.ops) {
                 match op {
+                    StoreOp::PutDeviceKey(record) => {
+                        let json = serde_json::to_string(record).unwrap_or_default();
+                        put_key
+                            .execute(params![record.device_id, json])
+                            .map_err(wrap)?;
+                    }
                     StoreOp::PutDevice(record) => {
                         let json = serde_json::to_string(record).unwrap_or_default();
                         put_device

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use protocol::auth::{Token, TokenKind};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use worker::config::ExecutionConfig;
@@ -76,6 +77,15 @@ struct Args {
         value_parser = parse_seconds
     )]
     drain_timeout: Duration,
+    /// The master's join token (`retire-master token show` prints it). Needed to enroll
+    /// once; afterwards the worker proves its own key, kept in DIR/DEVICE-ID/.
+    #[arg(
+        long,
+        env = "RETIRE_JOIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
 }
 
 /// The owner's policy: the config file, then the flags over it.
@@ -146,6 +156,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             .collect(),
         state_dir: args.state_dir,
         drain_timeout: args.drain_timeout,
+        token: args
+            .token
+            .as_deref()
+            .map(|text| Token::parse(TokenKind::Join, text))
+            .transpose()
+            .context("invalid --token (RETIRE_JOIN_TOKEN)")?,
     };
     config.validate().context("invalid configuration")?;
     println!("retire-worker: joining master {} as {device_id}", args.join);

@@ -32,6 +32,9 @@ use serde_json::{json, Map, Value};
 use crate::outbox::StoredResult;
 use crate::profile::{DeviceProfile, LiveMetrics};
 
+mod auth;
+pub use auth::Credentials;
+
 /// The heartbeat interval used until the master's register ack says otherwise.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -122,6 +125,18 @@ pub enum SessionEvent {
         /// The id it was saved under.
         message_id: String,
     },
+    /// The worker enrolled: keep the master's public key, so later connections can
+    /// check that they reach the same master.
+    PinMasterKey {
+        /// The master's key.
+        key: protocol::auth::PublicKey,
+    },
+    /// The master refused this worker for good (revoked, wrong token, id taken, or
+    /// authentication is needed and the worker has no credentials): stop, and say why.
+    Refused {
+        /// Why, for the operator.
+        reason: String,
+    },
 }
 
 /// Where the connection to the master stands.
@@ -129,6 +144,12 @@ pub enum SessionEvent {
 enum Link {
     /// No connection.
     Disconnected,
+    /// Connected; a handshake message sent with this id, no reply yet.
+    Authenticating {
+        request_id: String,
+        step: Box<auth::Step>,
+        reply_deadline: Duration,
+    },
     /// Connected; `register` sent with this id, no reply yet.
     Registering {
         register_id: String,
@@ -177,6 +198,15 @@ pub struct Session {
     registered_on_connection: bool,
     /// Results the master acknowledged on the current connection.
     acked_on_connection: u32,
+    /// What the worker authenticates with; `None`: it does not.
+    credentials: Option<Credentials>,
+    /// The next handshake enrolls with the join token even though a master key is
+    /// pinned (the master no longer knew this device's key).
+    join_next: bool,
+    /// The address of this end of the current connection, for the register.
+    local_ip: Option<String>,
+    /// Why the master refused this worker for good.
+    refused: Option<String>,
 }
 
 impl Session {
@@ -202,6 +232,10 @@ impl Session {
             goodbye_acknowledged: false,
             registered_on_connection: false,
             acked_on_connection: 0,
+            credentials: None,
+            join_next: false,
+            local_ip: None,
+            refused: None,
         }
     }
 
@@ -307,11 +341,33 @@ impl Session {
     /// `local_ip` is the address of this end of the socket, which is the address the
     /// master can reach the device at more surely than any interface the profile found.
     pub fn handle_connected(&mut self, now: Duration, local_ip: Option<String>) {
+        self.handle_connected_with_nonce(now, local_ip, None);
+    }
+
+    /// Like [`Session::handle_connected`], with a fresh random `nonce` for the
+    /// handshake: with credentials set, the session authenticates before it registers.
+    pub fn handle_connected_with_nonce(
+        &mut self,
+        now: Duration,
+        local_ip: Option<String>,
+        nonce: Option<protocol::auth::Nonce>,
+    ) {
         self.transmit.clear();
         self.next_heartbeat = None;
         self.last_heard = now;
         self.registered_on_connection = false;
         self.acked_on_connection = 0;
+        self.local_ip = local_ip;
+        if let Some(nonce) = nonce {
+            if self.start_handshake(now, nonce) {
+                return;
+            }
+        }
+        self.send_register(now);
+    }
+
+    fn send_register(&mut self, now: Duration) {
+        let local_ip = self.local_ip.clone();
         let register_id = self.new_message_id("reg");
         let mut register = self.register_template.clone();
         if local_ip.is_some() {
@@ -448,6 +504,14 @@ impl Session {
         }
         match &self.link {
             Link::Disconnected => {}
+            Link::Authenticating { reply_deadline, .. } => {
+                if now >= *reply_deadline {
+                    self.give_up(format!(
+                        "no reply to the handshake within {} s",
+                        REGISTER_REPLY_TIMEOUT.as_secs_f64()
+                    ));
+                }
+            }
             Link::Registering { reply_deadline, .. } => {
                 if now >= *reply_deadline {
                     self.give_up(format!(
@@ -546,7 +610,8 @@ impl Session {
         }
         match &self.link {
             Link::Disconnected => None,
-            Link::Registering { reply_deadline, .. } => Some(*reply_deadline),
+            Link::Authenticating { reply_deadline, .. }
+            | Link::Registering { reply_deadline, .. } => Some(*reply_deadline),
             Link::Registered => {
                 let silence_deadline = self.last_heard + self.silence_limit();
                 Some(
@@ -561,6 +626,12 @@ impl Session {
 
     fn on_ack(&mut self, now: Duration, ack: Ack) {
         let original = ack.original_message_id.as_deref();
+        if let Link::Authenticating { request_id, .. } = &self.link {
+            if original.is_none() || original == Some(request_id.as_str()) {
+                self.on_auth_ack(now, &ack.result);
+                return;
+            }
+        }
         if let Link::Registering { register_id, .. } = &self.link {
             // An older master may not echo the id; while registering, an ack without
             // one can only be the register's.
@@ -635,6 +706,12 @@ impl Session {
 
     fn on_error(&mut self, error: ErrorReply) {
         let original = error.original_message_id.as_deref();
+        if let Link::Authenticating { request_id, .. } = &self.link {
+            if original.is_none() || original == Some(request_id.as_str()) {
+                self.on_auth_error(&error);
+                return;
+            }
+        }
         let is_register_reply = matches!(
             (&self.link, original),
             (Link::Registering { register_id, .. }, Some(id)) if id == register_id
@@ -646,7 +723,15 @@ impl Session {
                 error.error,
                 error.code
             );
-            self.give_up(format!("registration refused: {}", error.code));
+            match error.code {
+                ErrorCode::AuthRequired => self.refuse(format!(
+                    "the master requires authentication: start the worker with --token (the \
+                     join token that `retire-master token show` prints) ({})",
+                    error.error
+                )),
+                ErrorCode::DeviceRevoked => self.refuse(error.error.clone()),
+                _ => self.give_up(format!("registration refused: {}", error.code)),
+            }
             return;
         }
         if original.is_some() && original == self.goodbye_id.as_deref() {
