@@ -350,3 +350,45 @@ fn a_thousand_sockets_that_never_authenticate_do_not_stop_real_workers() {
     let known = all_task_ids(master.addr);
     assert_eq!(known.len(), 40, "only the real tasks were recorded");
 }
+
+#[test]
+fn tokens_are_private_files_and_auth_can_be_off_only_on_loopback() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = setup();
+    let data = dir.path().join("data");
+    let master = |args: &[&str]| {
+        std::process::Command::new(tests::bin("retire-master"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run retire-master")
+    };
+    let refused = master(&["--no-auth", "--listen", "0.0.0.0:0"]);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--no-auth is refused"),
+        "{refused:?}"
+    );
+
+    let shown = master(&["token", "show"]);
+    assert!(shown.status.success(), "{shown:?}");
+    let tokens = tests::read_tokens(&data).expect("the tokens were created");
+    let stdout = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        stdout.contains(&format!("--token {}", tokens.join))
+            && stdout.contains(&format!("RETIRE_TOKEN={}", tokens.admin)),
+        "{stdout}"
+    );
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
+    };
+    let secrets = data.join("secrets");
+    assert_eq!(mode(&secrets), 0o700);
+    for file in ["join.token", "admin.token", "master.key"] {
+        assert_eq!(mode(&secrets.join(file)), 0o600, "{file}");
+    }
+    let again = master(&["token", "show"]);
+    assert_eq!(again.stdout, shown.stdout, "showing changes nothing");
+}
