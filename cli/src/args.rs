@@ -56,6 +56,17 @@ pub struct Cli {
     )]
     pub token: Option<String>,
 
+    /// Read the admin token from this file instead (a token on the command
+    /// line shows in `ps`).
+    #[arg(
+        long,
+        global = true,
+        env = "RETIRE_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<std::path::PathBuf>,
+
     /// Print the master's JSON result instead of a table.
     #[arg(long, global = true)]
     pub json: bool,

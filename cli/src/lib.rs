@@ -67,14 +67,35 @@ pub enum Error {
     /// `--token` (RETIRE_TOKEN) is not an admin token.
     #[error("invalid --token (RETIRE_TOKEN): {0}")]
     Token(protocol::auth::AuthError),
+    /// `--token-file` (RETIRE_TOKEN_FILE) could not be read.
+    #[error("cannot read the admin token from {}", .path.display())]
+    TokenFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Runs the command line `cli`, printing to `out` and `err`, and returns the
 /// exit code of a command that succeeded (with `submit --wait`, the task's).
 pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8, Error> {
     let mut client = Client::connect(&cli.master, cli.reply_timeout)?;
-    if let Some(token) = &cli.token {
-        let token = Token::parse(TokenKind::Admin, token).map_err(Error::Token)?;
+    let token = match (&cli.token, &cli.token_file) {
+        (Some(text), _) => Some(text.clone()),
+        (None, Some(path)) => {
+            Some(
+                std::fs::read_to_string(path).map_err(|source| Error::TokenFile {
+                    path: path.clone(),
+                    source,
+                })?,
+            )
+        }
+        (None, None) => None,
+    };
+    if let Some(token) = token {
+        let token = Token::parse(TokenKind::Admin, &token).map_err(Error::Token)?;
         client.authenticate_admin(&token)?;
     }
     let mut output = Output {

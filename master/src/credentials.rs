@@ -72,6 +72,15 @@ pub fn load_or_create(data_dir: &Path) -> Result<Secrets, CredentialsError> {
         }
     }
     let key_path = dir.join(MASTER_KEY_FILE);
+    // Files copied in or restored from a backup may have lost their mode:
+    // whatever exists is made private again.
+    for file in [JOIN_FILE, ADMIN_FILE, MASTER_KEY_FILE] {
+        let path = dir.join(file);
+        if path.exists() {
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                .map_err(io_error(&path))?;
+        }
+    }
     if !key_path.exists() {
         write_private(
             &key_path,

@@ -6,6 +6,7 @@ use clap::Parser;
 use master::core::{AuthPolicy, CoreConfig, Network, Secrets};
 use master::{Config, Shutdown, Synchronous};
 use protocol::auth::TokenKind;
+use std::io::IsTerminal;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -199,6 +200,26 @@ fn print_commands(secrets: &Secrets, address: &str) {
     );
 }
 
+/// Prints the commands that use the tokens, naming the token files instead
+/// of printing the tokens.
+fn print_commands_by_file(data_dir: &std::path::Path, address: &str) {
+    let dir = master::credentials::secrets_dir(data_dir);
+    println!(
+        "tokens are in {} (readable by this user only); on a terminal, `retire-master token show` prints these commands with them",
+        dir.display()
+    );
+    println!(
+        "join a worker: copy {} to the device (keep it private), then:",
+        dir.join("join.token").display()
+    );
+    println!("  retire-worker --join {address} --token-file join.token");
+    println!("use the CLI:");
+    println!(
+        "  export RETIRE_MASTER={address} RETIRE_TOKEN_FILE={}",
+        dir.join("admin.token").display()
+    );
+}
+
 fn seconds(name: &str, value: f64) -> Result<Duration> {
     if !value.is_finite() || value <= 0.0 {
         bail!("--{name} must be a positive number of seconds, got {value}");
@@ -346,11 +367,16 @@ fn real_main() -> Result<()> {
     // ask for port 0.
     println!("retire-master listening on {bound}");
     log::info!("data in {}", data_dir.display());
+    // Tokens go to a terminal on the first start (and in --dev), never to
+    // the log. When standard output is not a terminal (systemd, Docker, a
+    // pipe) it may well be a log, so the commands name the files instead.
+    let to_terminal = std::io::stdout().is_terminal();
     match &secrets {
-        // Tokens go to the terminal on the first start (and in --dev), never
-        // to the log; afterwards `retire-master token show` prints them.
-        Some(secrets) if first_start || args.dev => {
+        Some(secrets) if (first_start || args.dev) && to_terminal => {
             print_commands(secrets, &advertised(bound));
+        }
+        Some(_) if first_start || args.dev => {
+            print_commands_by_file(&data_dir, &advertised(bound));
         }
         Some(_) => println!(
             "authentication is on: `retire-master token show --data-dir {}` prints the tokens",
@@ -384,10 +410,16 @@ fn real_main() -> Result<()> {
             data_dir.display()
         );
         println!("submit work from another terminal:");
-        let token = secrets
-            .as_ref()
-            .map(|secrets| format!("RETIRE_TOKEN={} ", secrets.admin.reveal()))
-            .unwrap_or_default();
+        let token = match &secrets {
+            Some(secrets) if to_terminal => format!("RETIRE_TOKEN={} ", secrets.admin.reveal()),
+            Some(_) => format!(
+                "RETIRE_TOKEN=$(cat {}) ",
+                master::credentials::secrets_dir(&data_dir)
+                    .join("admin.token")
+                    .display()
+            ),
+            None => String::new(),
+        };
         println!(
             "  {token}cargo run -p cli -- --master {bound} submit --wait -- echo hello from the cluster"
         );

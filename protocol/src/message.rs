@@ -370,7 +370,7 @@ impl AuthHelloData {
             let id = self.device_id.clone().ok_or_else(|| {
                 DecodeError::new(ErrorCode::InvalidMessage, "auth_hello needs data.device_id")
             })?;
-            validate_device_id(&id)
+            crate::types::validate_id("device_id", &id)
                 .map_err(|detail| DecodeError::new(ErrorCode::InvalidMessage, detail))?;
             Ok(id)
         };
@@ -410,21 +410,6 @@ impl AuthProofData {
         auth::Proof::parse(&self.proof)
             .map_err(|err| DecodeError::new(ErrorCode::InvalidMessage, err.to_string()))
     }
-}
-
-/// The longest device id the master accepts.
-pub const MAX_DEVICE_ID: usize = 128;
-
-/// Checks a device id: 1 to 128 characters, none of them a control
-/// character, so ids print safely in tables and logs.
-pub fn validate_device_id(id: &str) -> Result<(), String> {
-    if id.is_empty() || id.len() > MAX_DEVICE_ID {
-        return Err(format!("a device id needs 1 to {MAX_DEVICE_ID} bytes"));
-    }
-    if id.chars().any(char::is_control) {
-        return Err("a device id may not hold control characters".into());
-    }
-    Ok(())
 }
 
 /// A task the worker is still running when it (re)registers.

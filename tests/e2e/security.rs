@@ -75,6 +75,18 @@ fn nothing_runs_without_the_right_credential() {
         "{output:?}"
     );
 
+    // The right token from a file (RETIRE_TOKEN_FILE) works; nothing else
+    // was set in this process's environment.
+    let output = std::process::Command::new(tests::bin("retire"))
+        .args(["--master", &master.addr.to_string(), "tasks"])
+        .env(
+            "RETIRE_TOKEN_FILE",
+            dir.path().join("secrets").join("admin.token"),
+        )
+        .output()
+        .expect("run retire");
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+
     // The worker's own credential, used to submit.
     let seed = std::fs::read_to_string(state.join("pi").join("identity.key"))
         .expect("the worker keeps its key");

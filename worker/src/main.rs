@@ -86,6 +86,15 @@ struct Args {
         hide_env_values = true
     )]
     token: Option<String>,
+    /// Read the join token from this file instead (a token on the command line shows in
+    /// `ps`).
+    #[arg(
+        long,
+        env = "RETIRE_JOIN_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "token"
+    )]
+    token_file: Option<PathBuf>,
 }
 
 /// The owner's policy: the config file, then the flags over it.
@@ -156,12 +165,21 @@ fn run(args: Args) -> anyhow::Result<()> {
             .collect(),
         state_dir: args.state_dir,
         drain_timeout: args.drain_timeout,
-        token: args
-            .token
-            .as_deref()
-            .map(|text| Token::parse(TokenKind::Join, text))
-            .transpose()
-            .context("invalid --token (RETIRE_JOIN_TOKEN)")?,
+        token: match (&args.token, &args.token_file) {
+            (Some(text), _) => Some(
+                Token::parse(TokenKind::Join, text)
+                    .context("invalid --token (RETIRE_JOIN_TOKEN)")?,
+            ),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the join token from {}", path.display()))?;
+                Some(
+                    Token::parse(TokenKind::Join, &text)
+                        .with_context(|| format!("invalid join token in {}", path.display()))?,
+                )
+            }
+            (None, None) => None,
+        },
     };
     config.validate().context("invalid configuration")?;
     println!("retire-worker: joining master {} as {device_id}", args.join);

@@ -373,7 +373,16 @@ impl Core {
         match need(message) {
             Need::Nothing | Need::Handshake => Ok(()),
             Need::Worker => match role {
-                Role::Open | Role::Legacy(_) => Ok(()),
+                Role::Open => Ok(()),
+                // A legacy worker speaks for the device it registered as,
+                // and only for that one (it proved nothing else).
+                Role::Legacy(id) => match sender {
+                    Some(sender) if sender != id => Err(Refusal::stay(
+                        ErrorCode::Forbidden,
+                        format!("this connection registered as device {id}, not {sender}"),
+                    )),
+                    _ => Ok(()),
+                },
                 Role::Worker(id) => match (message, sender) {
                     (Message::Register(_), Some(sender)) if sender != id => Err(Refusal::stay(
                         ErrorCode::Forbidden,
@@ -514,10 +523,13 @@ impl Core {
         if let Some(deadline) = state.auth.deadline.take() {
             self.auth_pending.remove(&(deadline, conn));
         }
+        // A refusal that follows from a change (a revocation) waits for its
+        // commit like every reply; the others reveal nothing and go at once.
+        let after = (code == ErrorCode::DeviceRevoked).then_some(self.last_write_batch);
         self.send(
             conn,
             Message::Error(ErrorReply::new(reply_to, code, message)),
-            None,
+            after,
         );
         self.outputs.push(Output::Close { conn });
     }
@@ -588,19 +600,18 @@ impl Core {
             Method::Join {
                 device_id,
                 public_key,
-            } => match self.device_keys.get(device_id) {
-                Some(key) if key.revoked_unix_ms.is_some() => return Err(revoked(device_id)),
-                Some(key) if key.public_key.as_deref() != Some(&public_key.to_string()) => {
-                    return Err(Refusal::close(
-                        ErrorCode::DeviceIdTaken,
-                        format!(
-                            "device {device_id} is already enrolled with another key; start \
-                             this worker with another --id"
-                        ),
-                    ))
+            } => {
+                // The public key is no secret (it crossed the wire when the
+                // device enrolled), so a join for an enrolled id proves
+                // nothing about holding the device's key: an enrolled device
+                // authenticates with `device`, never with `join` again.
+                let _ = public_key;
+                match self.device_keys.get(device_id) {
+                    Some(key) if key.revoked_unix_ms.is_some() => return Err(revoked(device_id)),
+                    Some(_) => return Err(taken(device_id)),
+                    None => {}
                 }
-                _ => {}
-            },
+            }
             Method::Device { device_id } => match self.device_keys.get(device_id) {
                 Some(key) if key.revoked_unix_ms.is_some() => return Err(revoked(device_id)),
                 Some(key) if key.public_key.is_some() => {}
@@ -678,10 +689,11 @@ impl Core {
                 if !transcript.verify_client_mac(&secrets.join, &proof) {
                     return Err(failed(&format!("wrong join proof for device {device_id}")));
                 }
-                // The key may have been taken or revoked since the hello.
+                // Another connection may have enrolled the id, or it may have
+                // been revoked, since the hello.
                 match self.device_keys.get(device_id) {
                     Some(key) if key.revoked_unix_ms.is_some() => return Err(revoked(device_id)),
-                    Some(_) => {}
+                    Some(_) => return Err(taken(device_id)),
                     None => {
                         self.check_storage()
                             .map_err(|error| Refusal { error, close: true })?;
@@ -880,6 +892,16 @@ impl Core {
             .and_then(|state| state.peer_ip.clone())
             .unwrap_or_else(|| format!("connection {conn}"))
     }
+}
+
+fn taken(device_id: &str) -> Refusal {
+    Refusal::close(
+        ErrorCode::DeviceIdTaken,
+        format!(
+            "device {device_id} is already enrolled: it authenticates with its own key; a new \
+             device needs another --id"
+        ),
+    )
 }
 
 fn revoked(device_id: &str) -> Refusal {

@@ -10,6 +10,10 @@ use protocol::{ErrorCode, ErrorReply, Message};
 use serde_json::{Map, Value};
 use std::time::Duration;
 
+/// How many connections in a row may end in a refusal from a peer that has not proven
+/// it is the master before the worker stops (see [`Session::refused_unproven`]).
+pub const REFUSALS_BEFORE_STOPPING: u32 = 3;
+
 /// What a worker proves itself with.
 #[derive(Debug, Clone)]
 pub struct Credentials {
@@ -49,8 +53,9 @@ impl Session {
             return false;
         };
         let device_id = self.config.device_id.clone();
-        let enroll = credentials.join_token.is_some()
-            && (credentials.master_key.is_none() || self.join_next);
+        // Once a master key is pinned the worker never enrolls again by itself: a
+        // holder of the join token could otherwise make it pin an impostor.
+        let enroll = credentials.join_token.is_some() && credentials.master_key.is_none();
         let method = if enroll {
             Method::Join {
                 device_id,
@@ -95,22 +100,13 @@ impl Session {
                     }
                     (Method::Device { .. }, _) => {
                         if credentials.master_key != Some(challenge.master_key) {
-                            // Either another machine answers at the master's address, or
-                            // the master was set up again with a new data dir. Only the
-                            // join token can settle it: the real master proves it holds
-                            // the token too.
-                            log::error!(
-                                "the master's key is not the one this worker enrolled with; \
-                                 enrolling again with the join token if there is one"
-                            );
-                            if credentials.join_token.is_some() {
-                                self.join_next = true;
-                                return self.give_up("the master's key changed".into());
-                            }
-                            return self.refuse(
-                                "the master's key is not the one this worker enrolled with, \
-                                 and there is no join token to enroll again: check the \
-                                 master's address, or start the worker with --token"
+                            // Another machine answers at the master's address, or the
+                            // master was set up again with a new data dir. Only the
+                            // operator can tell: keep trying, and say what to do.
+                            return self.give_up(
+                                "the master's key is not the one this worker enrolled with: \
+                                 check the master's address; if the master was set up again, \
+                                 delete master.pub in the worker's state dir to enroll again"
                                     .into(),
                             );
                         }
@@ -147,9 +143,10 @@ impl Session {
                         "the master did not prove its identity; not registering with it".into(),
                     );
                 }
+                self.unproven_refusals = 0;
+                self.proven_on_connection = true;
                 if matches!(hello.method, Method::Join { .. }) {
                     log::info!("enrolled with the master; its key is pinned from now on");
-                    self.join_next = false;
                     if let Some(credentials) = &mut self.credentials {
                         credentials.master_key = Some(challenge.master_key);
                     }
@@ -170,33 +167,49 @@ impl Session {
             },
             _ => false,
         };
-        let has_join = self
-            .credentials
-            .as_ref()
-            .is_some_and(|credentials| credentials.join_token.is_some());
         log::error!(
             "the master refused the handshake: {} ({})",
             error.error,
             error.code
         );
         match error.code {
-            ErrorCode::DeviceRevoked | ErrorCode::DeviceIdTaken => self.refuse(error.error.clone()),
-            ErrorCode::AuthFailed if was_device && has_join && !self.join_next => {
-                // The master lost this device's key (a new database, say): enroll again.
-                self.join_next = true;
-                self.give_up("the master does not know this device's key".into());
+            ErrorCode::DeviceRevoked | ErrorCode::DeviceIdTaken => {
+                self.refused_unproven(error.error.clone())
             }
-            ErrorCode::AuthFailed => self.refuse(format!(
+            ErrorCode::AuthFailed if was_device => self.refused_unproven(format!(
+                "the master does not accept this device's key ({}); if the master was set up \
+                 again, delete master.pub in the worker's state dir to enroll again with the \
+                 join token",
+                error.error
+            )),
+            ErrorCode::AuthFailed => self.refused_unproven(format!(
                 "authentication failed ({}): check the join token (`retire-master token show` \
                  on the master)",
                 error.error
             )),
-            ErrorCode::InvalidState => self.refuse(format!(
+            ErrorCode::InvalidState => self.refused_unproven(format!(
                 "{}; this worker has credentials and will not work for a master it cannot \
                  authenticate",
                 error.error
             )),
             code => self.give_up(format!("handshake refused: {code}")),
+        }
+    }
+
+    /// A refusal from a peer that has not proven it is the master (before the
+    /// handshake's end, or from a master without authentication): anyone who can answer
+    /// at the master's address could send it, so one is not enough to stop the worker.
+    /// It reconnects, and stops only when [`REFUSALS_BEFORE_STOPPING`] connections in a
+    /// row end this way.
+    pub(super) fn refused_unproven(&mut self, reason: String) {
+        self.unproven_refusals += 1;
+        if self.unproven_refusals >= REFUSALS_BEFORE_STOPPING {
+            self.refuse(reason);
+        } else {
+            self.give_up(format!(
+                "{reason} (refusal {} of {REFUSALS_BEFORE_STOPPING} before the worker stops)",
+                self.unproven_refusals
+            ));
         }
     }
 

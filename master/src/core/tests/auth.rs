@@ -559,3 +559,150 @@ fn a_task_list_needs_the_admin_token_from_elsewhere() {
     assert_eq!(tasks.len(), 1);
     let _: Value = reply.field("count");
 }
+
+#[test]
+fn the_join_token_and_a_public_key_are_not_enough_to_become_an_enrolled_device() {
+    let mut sim = secured();
+    let victim = KeyPair::from_seed([71; 32]);
+    let conn = enroll(&mut sim, "pi", &victim);
+    sim.request_as(conn, None, Message::Register(register(1)));
+    // A stolen worker holds the join token and saw the victim's public key.
+    let thief = sim.connect_from(Some(LAN_PEER));
+    let method = Method::Join {
+        device_id: "pi".into(),
+        public_key: victim.public(),
+    };
+    let reply = sim.request(thief, Message::AuthHello(hello(method)));
+    assert_eq!(reply.code(), ErrorCode::DeviceIdTaken);
+    assert!(sim.closed.contains(&thief));
+    assert!(!sim.closed.contains(&conn), "the real device stays");
+    assert_eq!(sim.core.devices["pi"].conn, Some(conn));
+}
+
+#[test]
+fn two_joins_racing_for_one_new_id_enroll_only_the_first() {
+    let mut sim = secured();
+    let join = secrets().join;
+    let first_key = KeyPair::from_seed([72; 32]);
+    let second_key = KeyPair::from_seed([73; 32]);
+    let mut started = Vec::new();
+    for key in [&first_key, &second_key] {
+        let conn = sim.connect_from(Some(LAN_PEER));
+        let hello = hello(Method::Join {
+            device_id: "new".into(),
+            public_key: key.public(),
+        });
+        let reply = sim.request(conn, Message::AuthHello(hello.clone()));
+        let transcript = Transcript::new(&hello, &challenge_of(&reply));
+        started.push((conn, transcript));
+    }
+    let (first, first_transcript) = &started[0];
+    let reply = sim.request(
+        *first,
+        Message::AuthProof(first_transcript.client_mac(&join)),
+    );
+    assert_eq!(reply.field("role"), json!("worker"));
+    let (second, second_transcript) = &started[1];
+    let reply = sim.request(
+        *second,
+        Message::AuthProof(second_transcript.client_mac(&join)),
+    );
+    assert_eq!(reply.code(), ErrorCode::DeviceIdTaken);
+    assert_eq!(
+        sim.db.device_keys["new"].public_key,
+        Some(first_key.public().to_string())
+    );
+}
+
+#[test]
+fn a_legacy_connection_speaks_only_for_the_device_it_registered_as() {
+    let mut sim = secured_with(AuthPolicy {
+        allow_legacy_workers: true,
+        ..AuthPolicy::default()
+    });
+    let key = KeyPair::from_seed([74; 32]);
+    let pi = enroll(&mut sim, "pi", &key);
+    sim.request_as(pi, None, Message::Register(register(1)));
+    let conn = sim.connect_from(Some(LAN_PEER));
+    sim.request_as(conn, Some("old"), Message::Register(register(1)));
+    let bye = protocol::Goodbye { reason: None };
+    sim.request_as(conn, Some("old"), Message::Goodbye(bye));
+    let reply = sim.request_as(conn, Some("pi"), Message::Register(register(1)));
+    assert_eq!(reply.code(), ErrorCode::Forbidden);
+    let reply = sim.request_as(conn, Some("other-old"), Message::Register(register(1)));
+    assert_eq!(reply.code(), ErrorCode::Forbidden);
+    assert_eq!(
+        sim.core.devices["pi"].conn,
+        Some(pi),
+        "pi keeps its connection"
+    );
+}
+
+#[test]
+fn a_replayed_device_signature_fails_on_another_connection() {
+    let mut sim = secured();
+    let key = KeyPair::from_seed([75; 32]);
+    enroll(&mut sim, "pi", &key);
+    let method = Method::Device {
+        device_id: "pi".into(),
+    };
+    let first = sim.connect_from(Some(LAN_PEER));
+    let (_, reply) = handshake(&mut sim, first, method.clone(), |t| {
+        t.device_signature(&key)
+    });
+    assert_eq!(reply.field("role"), json!("worker"));
+    // The signature the sniffer saw was made for the first connection's
+    // challenge; on a new connection it proves nothing.
+    let mut first_nonce = [0u8; 32];
+    first_nonce[..8].copy_from_slice(&(first as u64).to_le_bytes());
+    let seen = Transcript::new(
+        &hello(method.clone()),
+        &Challenge {
+            server_nonce: Nonce(first_nonce),
+            master_key: secrets().master_key.public(),
+        },
+    )
+    .device_signature(&key);
+    let thief = sim.connect_from(Some(LAN_PEER));
+    sim.request(thief, Message::AuthHello(hello(method)));
+    let reply = sim.request(thief, Message::AuthProof(seen));
+    assert_eq!(reply.code(), ErrorCode::AuthFailed);
+    assert!(sim.closed.contains(&thief));
+    assert!(!sim.trusted.contains(&thief));
+}
+
+#[test]
+fn a_revoked_device_hears_of_it_only_once_the_revocation_is_committed() {
+    let mut sim = secured();
+    let key = KeyPair::from_seed([76; 32]);
+    let pi = enroll(&mut sim, "pi", &key);
+    sim.request_as(pi, None, Message::Register(register(1)));
+    let admin = admin(&mut sim, "127.0.0.1");
+    sim.request(
+        admin,
+        Message::RevokeDevice(DeviceRef {
+            device_id: "pi".into(),
+        }),
+    );
+    let batch =
+        sim.batches
+            .iter()
+            .rev()
+            .find(|batch| {
+                batch.ops.iter().any(
+                    |op| matches!(op, StoreOp::PutDeviceKey(key) if key.revoked_unix_ms.is_some()),
+                )
+            })
+            .expect("the revocation was written")
+            .id;
+    let told = sim.inbox[&pi]
+        .iter()
+        .find(|delivery| {
+            matches!(
+                delivery.envelope().map(|e| &e.message),
+                Some(Message::Error(error)) if error.code == ErrorCode::DeviceRevoked
+            )
+        })
+        .expect("the device is told");
+    assert_eq!(told.after_batch, Some(batch));
+}
