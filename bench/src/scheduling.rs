@@ -6,7 +6,8 @@
 
 use crate::report::{round, thousands, Report};
 use anyhow::{bail, Result};
-use master::core::{ConnId, Core, CoreConfig, Now, Output, Payload};
+use master::core::{AuthPolicy, ConnId, Core, CoreConfig, Now, Output, Payload};
+use protocol::auth::Nonce;
 use protocol::{
     Envelope, Message, Register, Requirements, ResultStatus, TaskResult, TaskSpec, TaskSubmit,
 };
@@ -170,7 +171,17 @@ fn measure(workers: usize, params: &Params) -> Result<Size> {
     let mut clock = Clock { micros: 0 };
     let now = clock.tick();
     let mut bench = Bench {
-        core: Core::new(CoreConfig::default(), Vec::new(), Vec::new(), now),
+        // The cost of authenticating is not what this measures: every
+        // connection is trusted, as on a master with authentication off.
+        core: Core::new(
+            CoreConfig {
+                auth: AuthPolicy::off(),
+                ..CoreConfig::default()
+            },
+            Vec::new(),
+            Vec::new(),
+            now,
+        ),
         clock,
         outputs: Vec::new(),
         running: VecDeque::new(),
@@ -183,7 +194,10 @@ fn measure(workers: usize, params: &Params) -> Result<Size> {
         let id = format!("w{index:05}");
         let profile = worker_profile(index);
         slots += u64::from(profile.slots.unwrap_or(1));
-        bench.core.handle_connect(conn, Some("127.0.0.1".into()));
+        let now = bench.clock.tick();
+        bench
+            .core
+            .handle_connect(now, conn, Some("127.0.0.1".into()), Nonce([0; 32]));
         bench.devices.push(id.clone());
         bench.message(
             conn,
@@ -191,7 +205,8 @@ fn measure(workers: usize, params: &Params) -> Result<Size> {
         );
     }
     let client = workers + 1;
-    bench.core.handle_connect(client, None);
+    let now = bench.clock.tick();
+    bench.core.handle_connect(now, client, None, Nonce([0; 32]));
 
     // Fill every slot, and leave `queued` tasks waiting behind them.
     let total = params.queued + slots as usize;

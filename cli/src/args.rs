@@ -44,6 +44,29 @@ pub struct Cli {
     )]
     pub master: String,
 
+    /// The admin token (`retire-master token show` prints it). Without it,
+    /// only reads work, and only from addresses the master lets read
+    /// without a token (loopback by default).
+    #[arg(
+        long,
+        global = true,
+        env = "RETIRE_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+
+    /// Read the admin token from this file instead (a token on the command
+    /// line shows in `ps`).
+    #[arg(
+        long,
+        global = true,
+        env = "RETIRE_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<std::path::PathBuf>,
+
     /// Print the master's JSON result instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -67,8 +90,11 @@ pub enum Command {
     Submit(SubmitArgs),
     /// Show cluster totals.
     Status,
-    /// List devices.
+    /// List devices (or `devices revoke ID`).
     Devices {
+        /// What to do to a device.
+        #[command(subcommand)]
+        action: Option<DevicesAction>,
         /// Only devices of this role.
         #[arg(long)]
         role: Option<String>,
@@ -115,6 +141,17 @@ pub enum Command {
     },
     /// Print every cluster event as it happens, until interrupted.
     Watch,
+}
+
+/// What `retire devices` can do to one device.
+#[derive(Debug, Subcommand)]
+pub enum DevicesAction {
+    /// Cut a device off at once and for good: its credential stops working,
+    /// its connection closes and its tasks go back to the queue.
+    Revoke {
+        /// The device's id.
+        device_id: String,
+    },
 }
 
 /// The flags of `retire submit`.

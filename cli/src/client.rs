@@ -6,6 +6,7 @@
 //! `subscribe` may arrive at any moment, including while a reply is awaited,
 //! so they are queued and handed out later by [`Client::next_event`].
 
+use protocol::auth::{master_proof_from_reply, Challenge, Hello, Method, Nonce, Token, Transcript};
 use protocol::message::{result_field, submitted_ids};
 use protocol::{
     Ack, ClusterStats, DeviceRef, DeviceView, Envelope, ErrorCode, Event, Frame, LineCodec,
@@ -297,6 +298,33 @@ impl Client {
             device_id: device_id.to_string(),
         }))?;
         field(&ack, "device")
+    }
+
+    /// Proves the admin token to the master (see [`protocol::auth`]) and checks the
+    /// master's proof in turn; afterwards this connection may do everything.
+    pub fn authenticate_admin(&mut self, token: &Token) -> Result<(), ClientError> {
+        let mut nonce = [0u8; protocol::auth::SECRET_LEN];
+        getrandom::fill(&mut nonce)
+            .map_err(|err| ClientError::Protocol(format!("no random bytes: {err}")))?;
+        let hello = Hello {
+            method: Method::Admin,
+            client_nonce: Nonce(nonce),
+        };
+        let ack = self.request(Message::AuthHello(hello.clone()))?;
+        let challenge = Challenge::from_reply(&ack.result)
+            .map_err(|err| ClientError::Protocol(err.to_string()))?;
+        let transcript = Transcript::new(&hello, &challenge);
+        let ack = self.request(Message::AuthProof(transcript.client_mac(token)))?;
+        let proven = master_proof_from_reply(&ack.result)
+            .is_ok_and(|proof| transcript.verify_master_mac(token, &proof));
+        if proven {
+            Ok(())
+        } else {
+            Err(ClientError::Protocol(
+                "the master did not prove it holds the admin token: is this the right master?"
+                    .into(),
+            ))
+        }
     }
 
     /// Asks for `event`s about these tasks on this connection; an empty

@@ -507,6 +507,21 @@ pub fn drain(client: &mut Client, device_id: &str, output: &mut Output) -> Resul
     Ok(exit::OK)
 }
 
+/// `retire devices revoke ID`: the device's credential stops working for good.
+pub fn revoke(client: &mut Client, device_id: &str, output: &mut Output) -> Result<u8, Error> {
+    let ack = client.request(Message::RevokeDevice(DeviceRef {
+        device_id: device_id.to_string(),
+    }))?;
+    if output.json {
+        output.print_result(&ack)?;
+    } else {
+        output.print(&format!(
+            "revoked {device_id}: it cannot connect again under this id\n"
+        ))?;
+    }
+    Ok(exit::OK)
+}
+
 /// `retire watch`: one line per event until the connection ends, which
 /// is always an error since only the master can end it.
 pub fn watch(client: &mut Client, output: &mut Output) -> Result<u8, Error> {

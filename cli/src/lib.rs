@@ -13,9 +13,10 @@ pub mod commands;
 pub mod require;
 pub mod table;
 
-use args::{Cli, Command};
+use args::{Cli, Command, DevicesAction};
 use client::{Client, ClientError};
 use commands::Output;
+use protocol::auth::{Token, TokenKind};
 use protocol::{ListDevices, ListTasks};
 use std::io::{self, Write};
 use std::time::{Duration, SystemTime};
@@ -63,12 +64,40 @@ pub enum Error {
     /// Standard output or standard error could not be written.
     #[error("cannot write the output")]
     Output(#[source] io::Error),
+    /// `--token` (RETIRE_TOKEN) is not an admin token.
+    #[error("invalid --token (RETIRE_TOKEN): {0}")]
+    Token(protocol::auth::AuthError),
+    /// `--token-file` (RETIRE_TOKEN_FILE) could not be read.
+    #[error("cannot read the admin token from {}", .path.display())]
+    TokenFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Runs the command line `cli`, printing to `out` and `err`, and returns the
 /// exit code of a command that succeeded (with `submit --wait`, the task's).
 pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8, Error> {
     let mut client = Client::connect(&cli.master, cli.reply_timeout)?;
+    let token = match (&cli.token, &cli.token_file) {
+        (Some(text), _) => Some(text.clone()),
+        (None, Some(path)) => {
+            Some(
+                std::fs::read_to_string(path).map_err(|source| Error::TokenFile {
+                    path: path.clone(),
+                    source,
+                })?,
+            )
+        }
+        (None, None) => None,
+    };
+    if let Some(token) = token {
+        let token = Token::parse(TokenKind::Admin, &token).map_err(Error::Token)?;
+        client.authenticate_admin(&token)?;
+    }
     let mut output = Output {
         out,
         err,
@@ -79,7 +108,15 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8, Er
     match &cli.command {
         Command::Submit(submit) => commands::submit(&mut client, submit, output),
         Command::Status => commands::status(&mut client, output),
-        Command::Devices { role, status } => {
+        Command::Devices {
+            action: Some(DevicesAction::Revoke { device_id }),
+            ..
+        } => commands::revoke(&mut client, device_id, output),
+        Command::Devices {
+            action: None,
+            role,
+            status,
+        } => {
             let filter = ListDevices {
                 role: role.clone(),
                 status: status.clone(),

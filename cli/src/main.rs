@@ -37,6 +37,7 @@ fn exit_code(error: &Error) -> u8 {
         ) => exit::UNREACHABLE,
         Error::WaitTimedOut { .. } => exit::WAIT_TIMED_OUT,
         Error::Output(_) => exit::TASK_FAILED,
+        Error::Token(_) | Error::TokenFile { .. } => exit::USAGE,
     }
 }
 

@@ -41,6 +41,8 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 pub struct LoopLimits {
     /// Longest line a peer may send.
     pub max_line: usize,
+    /// Longest line a peer may send before it has authenticated.
+    pub pre_auth_max_line: usize,
     /// Most connections open at once; more are refused with an error.
     pub max_connections: usize,
     /// Most bytes queued for a peer that does not read; past it the
@@ -97,6 +99,9 @@ pub(crate) struct EventLoop {
     /// Connections marked closed since the last reap (so reaping does not
     /// look at every connection on every turn).
     newly_closed: Vec<ConnId>,
+    /// Watches the token files, so a rotated token takes effect without a
+    /// restart.
+    credentials: crate::credentials::Watch,
 }
 
 impl EventLoop {
@@ -105,9 +110,9 @@ impl EventLoop {
         mut listener: TcpListener,
         core: Core,
         limits: LoopLimits,
-        batches: Sender<Batch>,
-        store_events: Receiver<StoreEvent>,
+        (batches, store_events): (Sender<Batch>, Receiver<StoreEvent>),
         started: Instant,
+        credentials: crate::credentials::Watch,
     ) -> io::Result<EventLoop> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -129,6 +134,7 @@ impl EventLoop {
             accept_retry_at: None,
             outputs: Vec::new(),
             newly_closed: Vec::new(),
+            credentials,
         })
     }
 
@@ -257,9 +263,17 @@ impl EventLoop {
                         log::warn!("cannot watch the connection from {peer}: {err}");
                         continue;
                     }
+                    let Some(nonce) = fresh_nonce() else {
+                        log::error!(
+                            "no randomness for a handshake; dropping the connection from {peer}"
+                        );
+                        let _ = self.poll.registry().deregister(&mut stream);
+                        continue;
+                    };
+                    self.credentials.refresh(&mut self.core);
                     entry.insert(Connection {
                         stream,
-                        codec: LineCodec::new(self.limits.max_line),
+                        codec: LineCodec::new(self.limits.pre_auth_max_line),
                         held: VecDeque::new(),
                         held_bytes: 0,
                         out: Vec::new(),
@@ -269,7 +283,14 @@ impl EventLoop {
                         wants_write: false,
                         peer: Some(peer),
                     });
-                    self.core.handle_connect(conn, Some(peer.ip().to_string()));
+                    let now = self.now();
+                    self.core
+                        .handle_connect(now, conn, Some(peer.ip().to_string()), nonce);
+                    if self.core.is_trusted(conn) {
+                        if let Some(connection) = self.conns.get_mut(conn) {
+                            connection.codec.set_max_line(self.limits.max_line);
+                        }
+                    }
                     log::debug!("connection {conn} from {peer}");
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
@@ -384,6 +405,11 @@ impl EventLoop {
                 connection.held.push_back((after_batch.unwrap_or(0), bytes));
                 self.holding.insert(conn);
             }
+            Output::Trusted { conn } => {
+                if let Some(connection) = self.conns.get_mut(conn) {
+                    connection.codec.set_max_line(self.limits.max_line);
+                }
+            }
             Output::Close { conn } => {
                 if let Some(connection) = self.conns.get_mut(conn) {
                     connection.close_when_flushed = true;
@@ -469,6 +495,7 @@ impl EventLoop {
                 connection.written = 0;
                 if connection.close_when_flushed && connection.held.is_empty() {
                     connection.closed = true;
+                    discard_unread(&mut connection.stream);
                 }
             }
             // The backlog is judged after writing, so one large reply to a
@@ -606,4 +633,26 @@ fn self_now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Reads and drops what the peer sent that was never read, then closes our
+/// side for writing. Closing a socket with unread input makes the kernel
+/// reset the connection, and a reset can destroy the last reply (the error
+/// that says why the connection closes) before the peer reads it.
+fn discard_unread(stream: &mut TcpStream) {
+    let mut buf = [0u8; 4096];
+    for _ in 0..16 {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+/// A fresh nonce from the operating system's random source.
+fn fresh_nonce() -> Option<protocol::auth::Nonce> {
+    let mut bytes = [0u8; protocol::auth::SECRET_LEN];
+    getrandom::fill(&mut bytes).ok()?;
+    Some(protocol::auth::Nonce(bytes))
 }

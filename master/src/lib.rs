@@ -8,8 +8,10 @@
 //! - [`core`]: the sans-IO state machine (registry, queue, scheduling).
 //! - `event_loop`: the only code that touches sockets.
 //! - [`store`]: the only code that touches SQLite.
+//! - [`credentials`]: the tokens and the master's key on disk.
 
 pub mod core;
+pub mod credentials;
 mod event_loop;
 pub mod store;
 
@@ -25,6 +27,8 @@ pub use store::Synchronous;
 pub const DEFAULT_MAX_LINE: usize = protocol::DEFAULT_MAX_LINE;
 /// Default most connections at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default longest line before a peer has authenticated (4 KiB).
+pub const DEFAULT_PRE_AUTH_MAX_LINE: usize = 4096;
 /// Default most bytes queued for one peer that does not read (64 MiB).
 pub const DEFAULT_MAX_PENDING_OUTPUT: usize = 64 * 1024 * 1024;
 
@@ -37,6 +41,8 @@ pub struct Config {
     pub core: CoreConfig,
     /// Longest line a peer may send.
     pub max_line: usize,
+    /// Longest line a peer may send before it has authenticated.
+    pub pre_auth_max_line: usize,
     /// Most connections at once.
     pub max_connections: usize,
     /// Most bytes queued for one slow peer before it is disconnected.
@@ -52,6 +58,7 @@ impl Config {
             data_dir: data_dir.into(),
             core: CoreConfig::default(),
             max_line: DEFAULT_MAX_LINE,
+            pre_auth_max_line: DEFAULT_PRE_AUTH_MAX_LINE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_pending_output: DEFAULT_MAX_PENDING_OUTPUT,
             synchronous: Synchronous::default(),
@@ -74,6 +81,9 @@ pub enum MasterError {
     /// The database could not be opened or read.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The tokens or the master's key could not be read or created.
+    #[error(transparent)]
+    Credentials(#[from] credentials::CredentialsError),
     /// A socket or poll operation failed.
     #[error("network: {0}")]
     Io(#[from] std::io::Error),
@@ -132,6 +142,7 @@ pub fn run(
     })?;
     let store = store::Store::open(&config.data_dir, config.synchronous)?;
     let (devices, tasks) = store.load()?;
+    let device_keys = store.load_device_keys()?;
     log::info!(
         "restored {} devices and {} tasks from {}",
         devices.len(),
@@ -150,7 +161,15 @@ pub fn run(
         .max_line
         .saturating_sub(crate::core::ASSIGN_OVERHEAD)
         .max(1);
-    let core = Core::new(core_config, devices, tasks, now);
+    let mut core = Core::new(core_config, devices, tasks, now);
+    core.restore_device_keys(device_keys);
+    let watch = if config.core.auth.required {
+        core.set_secrets(credentials::load_or_create(&config.data_dir)?);
+        credentials::Watch::new(&config.data_dir)
+    } else {
+        log::warn!("authentication is off: anyone who reaches this port can run tasks");
+        credentials::Watch::off()
+    };
     let poll = mio::Poll::new()?;
     let waker = EventLoop::make_waker(&poll)?;
     shutdown.set_waker(waker.clone());
@@ -159,10 +178,19 @@ pub fn run(
     let listener = mio::net::TcpListener::from_std(listener);
     let limits = LoopLimits {
         max_line: config.max_line,
+        pre_auth_max_line: config.pre_auth_max_line.min(config.max_line),
         max_connections: config.max_connections,
         max_pending_output: config.max_pending_output,
     };
-    let event_loop = EventLoop::new(poll, listener, core, limits, batches, store_events, started)?;
+    let event_loop = EventLoop::new(
+        poll,
+        listener,
+        core,
+        limits,
+        (batches, store_events),
+        started,
+        watch,
+    )?;
     let result = event_loop.run(&shutdown);
     // The loop dropped its batch sender, so the store thread finishes the
     // last commit and ends.

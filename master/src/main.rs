@@ -3,8 +3,10 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use master::core::CoreConfig;
+use master::core::{AuthPolicy, CoreConfig, Network, Secrets};
 use master::{Config, Shutdown, Synchronous};
+use protocol::auth::TokenKind;
+use std::io::IsTerminal;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -72,6 +74,150 @@ struct Args {
     /// Slots of the local worker in --dev mode (default: number of cores).
     #[arg(long, env = "RETIRE_DEV_SLOTS")]
     dev_slots: Option<usize>,
+
+    /// Turn authentication off: anyone who reaches the port may run code on
+    /// every worker. Refused unless --listen is a loopback address.
+    #[arg(long, env = "RETIRE_NO_AUTH")]
+    no_auth: bool,
+
+    /// Accept older workers that cannot authenticate: they may register,
+    /// heartbeat, report their own tasks and ask for status, never submit.
+    #[arg(long, env = "RETIRE_ALLOW_LEGACY_WORKERS")]
+    allow_legacy_workers: bool,
+
+    /// Addresses that may read (status, devices, tasks, task, watch) without
+    /// a token, as ADDRESS or ADDRESS/PREFIX, comma-separated; `none` for
+    /// nobody. Changes always need the admin token.
+    #[arg(
+        long,
+        env = "RETIRE_READ_ONLY_FROM",
+        value_delimiter = ',',
+        default_value = "127.0.0.0/8,::1"
+    )]
+    read_only_from: Vec<String>,
+
+    /// Seconds a new connection has to authenticate (or, from a read-only
+    /// address, to start reading).
+    #[arg(long, env = "RETIRE_AUTH_DEADLINE", default_value_t = 5.0)]
+    auth_deadline: f64,
+
+    /// Most connections waiting to authenticate at once; past it the one
+    /// that waited longest is closed.
+    #[arg(long, env = "RETIRE_MAX_UNAUTHENTICATED", default_value_t = master::core::DEFAULT_MAX_UNAUTHENTICATED)]
+    max_unauthenticated: usize,
+
+    /// Longest line a peer may send before it has authenticated, in bytes.
+    #[arg(long, env = "RETIRE_PRE_AUTH_MAX_LINE", default_value_t = master::DEFAULT_PRE_AUTH_MAX_LINE)]
+    pre_auth_max_line: usize,
+
+    /// Manage the tokens instead of running the master.
+    #[command(subcommand)]
+    command: Option<Subcommand>,
+}
+
+/// What `retire-master` can do besides running.
+#[derive(clap::Subcommand, Debug)]
+enum Subcommand {
+    /// Show or replace the tokens in --data-dir (creating them if missing).
+    Token {
+        /// `show` (the default), `rotate-join` (new workers need the new
+        /// token; enrolled ones stay) or `rotate-admin`.
+        #[arg(default_value = "show")]
+        action: TokenAction,
+    },
+}
+
+/// `retire-master token ACTION`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum TokenAction {
+    /// Print both tokens and the commands that use them.
+    Show,
+    /// Replace the join token.
+    RotateJoin,
+    /// Replace the admin token.
+    RotateAdmin,
+}
+
+/// The authentication settings from the flags; authentication may be off
+/// only on a loopback address.
+fn auth_policy(args: &Args, listen: SocketAddr) -> Result<AuthPolicy> {
+    if args.no_auth && !listen.ip().is_loopback() {
+        bail!(
+            "--no-auth is refused on {listen}: without authentication anyone who reaches the \
+             port runs code on every worker; listen on 127.0.0.1 or keep authentication on"
+        );
+    }
+    let read_only_from = args
+        .read_only_from
+        .iter()
+        .map(|text| text.trim())
+        .filter(|text| !text.is_empty() && *text != "none")
+        .map(|text| text.parse::<Network>().map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>>>()
+        .context("--read-only-from")?;
+    Ok(AuthPolicy {
+        required: !args.no_auth,
+        allow_legacy_workers: args.allow_legacy_workers,
+        read_only_from,
+        deadline: seconds("auth-deadline", args.auth_deadline)?,
+        max_unauthenticated: args.max_unauthenticated.max(1),
+    })
+}
+
+/// The address workers should join: the listening one, or this machine's
+/// LAN address when it listens on every interface.
+fn advertised(listen: SocketAddr) -> String {
+    if !listen.ip().is_unspecified() {
+        return listen.to_string();
+    }
+    // Connecting a UDP socket sends nothing; it only picks the interface
+    // the machine would route through.
+    let lan = std::net::UdpSocket::bind(("0.0.0.0", 0))
+        .and_then(|socket| {
+            socket.connect(("192.0.2.1", 9))?;
+            socket.local_addr()
+        })
+        .map(|address| address.ip())
+        .ok()
+        .filter(|ip| !ip.is_unspecified());
+    match lan {
+        Some(ip) => SocketAddr::new(ip, listen.port()).to_string(),
+        None => format!("THIS-HOST:{}", listen.port()),
+    }
+}
+
+/// Prints the commands that use the tokens.
+fn print_commands(secrets: &Secrets, address: &str) {
+    println!("join a worker:");
+    println!(
+        "  retire-worker --join {address} --token {}",
+        secrets.join.reveal()
+    );
+    println!("use the CLI:");
+    println!(
+        "  export RETIRE_MASTER={address} RETIRE_TOKEN={}",
+        secrets.admin.reveal()
+    );
+}
+
+/// Prints the commands that use the tokens, naming the token files instead
+/// of printing the tokens.
+fn print_commands_by_file(data_dir: &std::path::Path, address: &str) {
+    let dir = master::credentials::secrets_dir(data_dir);
+    println!(
+        "tokens are in {} (readable by this user only); on a terminal, `retire-master token show` prints these commands with them",
+        dir.display()
+    );
+    println!(
+        "join a worker: copy {} to the device (keep it private), then:",
+        dir.join("join.token").display()
+    );
+    println!("  retire-worker --join {address} --token-file join.token");
+    println!("use the CLI:");
+    println!(
+        "  export RETIRE_MASTER={address} RETIRE_TOKEN_FILE={}",
+        dir.join("admin.token").display()
+    );
 }
 
 fn seconds(name: &str, value: f64) -> Result<Duration> {
@@ -118,6 +264,27 @@ fn real_main() -> Result<()> {
             Err(problem) => bail!("the database is damaged: {problem}"),
         };
     }
+    if let Some(Subcommand::Token { action }) = args.command {
+        let secrets = match action {
+            TokenAction::Show => master::credentials::load_or_create(&data_dir),
+            TokenAction::RotateJoin => master::credentials::rotate(&data_dir, TokenKind::Join),
+            TokenAction::RotateAdmin => master::credentials::rotate(&data_dir, TokenKind::Admin),
+        }
+        .with_context(|| format!("the tokens in {}", data_dir.display()))?;
+        match action {
+            TokenAction::Show => {}
+            TokenAction::RotateJoin => println!(
+                "new join token: workers that already enrolled stay; new ones need this one \
+                 (a running master uses it for its next connections)"
+            ),
+            TokenAction::RotateAdmin => {
+                println!("new admin token: connections already open stay; new ones need this one")
+            }
+        }
+        print_commands(&secrets, &advertised(listen));
+        return Ok(());
+    }
+    let auth = auth_policy(&args, listen)?;
     let synchronous = Synchronous::parse(&args.synchronous).with_context(|| {
         format!(
             "--synchronous must be normal or full, got {:?}",
@@ -130,6 +297,7 @@ fn real_main() -> Result<()> {
         default_max_retries: args.default_max_retries,
         timeout_grace: seconds("timeout-grace", args.timeout_grace)?,
         lease_grace: seconds("lease-grace", args.lease_grace)?,
+        auth,
         ..CoreConfig::default()
     };
     if core.heartbeat_timeout <= core.heartbeat_interval {
@@ -140,8 +308,22 @@ fn real_main() -> Result<()> {
         core,
         max_line: args.max_line.max(1024),
         max_connections: args.max_connections.max(1),
+        pre_auth_max_line: args.pre_auth_max_line.max(256),
         synchronous,
         ..Config::new(&data_dir)
+    };
+    // The secrets exist before the master listens, so the commands printed
+    // below already work.
+    let first_start = !master::credentials::secrets_dir(&data_dir).exists();
+    let secrets = if config.core.auth.required {
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        Some(
+            master::credentials::load_or_create(&data_dir)
+                .with_context(|| format!("the tokens in {}", data_dir.display()))?,
+        )
+    } else {
+        None
     };
     let listener =
         TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
@@ -185,6 +367,23 @@ fn real_main() -> Result<()> {
     // ask for port 0.
     println!("retire-master listening on {bound}");
     log::info!("data in {}", data_dir.display());
+    // Tokens go to a terminal on the first start (and in --dev), never to
+    // the log. When standard output is not a terminal (systemd, Docker, a
+    // pipe) it may well be a log, so the commands name the files instead.
+    let to_terminal = std::io::stdout().is_terminal();
+    match &secrets {
+        Some(secrets) if (first_start || args.dev) && to_terminal => {
+            print_commands(secrets, &advertised(bound));
+        }
+        Some(_) if first_start || args.dev => {
+            print_commands_by_file(&data_dir, &advertised(bound));
+        }
+        Some(_) => println!(
+            "authentication is on: `retire-master token show --data-dir {}` prints the tokens",
+            data_dir.display()
+        ),
+        None => println!("authentication is OFF: only use this on a machine you alone use"),
+    }
     let local_worker = if args.dev {
         let stop = worker::StopHandle::new();
         let worker_config = worker::WorkerConfig {
@@ -194,6 +393,7 @@ fn real_main() -> Result<()> {
             // The local worker keeps its outbox with the master's data, so
             // `--dev` leaves nothing in the home directory.
             state_dir: Some(data_dir.join("worker-state")),
+            token: secrets.as_ref().map(|secrets| secrets.join.clone()),
             ..worker::WorkerConfig::default()
         };
         let handle_stop = stop.clone();
@@ -210,8 +410,18 @@ fn real_main() -> Result<()> {
             data_dir.display()
         );
         println!("submit work from another terminal:");
+        let token = match &secrets {
+            Some(secrets) if to_terminal => format!("RETIRE_TOKEN={} ", secrets.admin.reveal()),
+            Some(_) => format!(
+                "RETIRE_TOKEN=$(cat {}) ",
+                master::credentials::secrets_dir(&data_dir)
+                    .join("admin.token")
+                    .display()
+            ),
+            None => String::new(),
+        };
         println!(
-            "  cargo run -p cli -- --master {bound} submit --wait -- echo hello from the cluster"
+            "  {token}cargo run -p cli -- --master {bound} submit --wait -- echo hello from the cluster"
         );
         println!("  cargo run -p cli -- --master {bound} devices");
         println!(

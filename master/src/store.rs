@@ -7,7 +7,7 @@
 
 mod checkpoint;
 
-use crate::core::records::{Batch, DeviceRecord, StoreOp, TaskRecord};
+use crate::core::records::{Batch, DeviceKeyRecord, DeviceRecord, StoreOp, TaskRecord};
 use checkpoint::{Checkpointer, WalAction};
 use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -71,7 +71,7 @@ pub enum StoreError {
     Corrupt {
         /// The database file.
         path: PathBuf,
-        /// `task` or `device`.
+        /// `task`, `device` or `device key`.
         what: &'static str,
         /// The record's id.
         id: String,
@@ -144,7 +144,11 @@ impl Store {
                      state TEXT NOT NULL,
                      record TEXT NOT NULL
                  );
-                 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks(state, seq);",
+                 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks(state, seq);
+                 CREATE TABLE IF NOT EXISTS device_keys (
+                     device_id TEXT PRIMARY KEY,
+                     record TEXT NOT NULL
+                 );",
             )
             .map_err(wrap)?;
         connection
@@ -165,6 +169,11 @@ impl Store {
         let devices = self.load_table("SELECT device_id, record FROM devices", "device")?;
         let tasks = self.load_table("SELECT task_id, record FROM tasks ORDER BY seq", "task")?;
         Ok((devices, tasks))
+    }
+
+    /// Reads the devices' credential records back.
+    pub fn load_device_keys(&self) -> Result<Vec<DeviceKeyRecord>, StoreError> {
+        self.load_table("SELECT device_id, record FROM device_keys", "device key")
     }
 
     fn load_table<T: serde::de::DeserializeOwned>(
@@ -209,8 +218,19 @@ impl Store {
                     "INSERT OR REPLACE INTO tasks (task_id, seq, state, record) VALUES (?1, ?2, ?3, ?4)",
                 )
                 .map_err(wrap)?;
+            let mut put_key = transaction
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO device_keys (device_id, record) VALUES (?1, ?2)",
+                )
+                .map_err(wrap)?;
             for op in batches.iter().flat_map(|batch| &batch.ops) {
                 match op {
+                    StoreOp::PutDeviceKey(record) => {
+                        let json = serde_json::to_string(record).unwrap_or_default();
+                        put_key
+                            .execute(params![record.device_id, json])
+                            .map_err(wrap)?;
+                    }
                     StoreOp::PutDevice(record) => {
                         let json = serde_json::to_string(record).unwrap_or_default();
                         put_device

@@ -1,6 +1,7 @@
 //! Integration tests of the master library: `master::run` on
 //! `127.0.0.1:0` in a thread, spoken to over real sockets.
 
+use master::core::AuthPolicy;
 use master::{Config, Shutdown};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -29,6 +30,9 @@ fn setup(configure: impl FnOnce(&mut Config)) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("address");
     let mut config = Config::new(dir.path());
+    // These tests are about everything but authentication (see the
+    // `secured` tests for that): every connection may do everything.
+    config.core.auth = AuthPolicy::off();
     configure(&mut config);
     let shutdown = Shutdown::new();
     let handle = shutdown.clone();
@@ -127,7 +131,8 @@ fn submits_are_acknowledged_and_survive_a_restart_of_the_library() {
     let run_once = |body: &dyn Fn(SocketAddr)| {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("address");
-        let config = Config::new(dir.path());
+        let mut config = Config::new(dir.path());
+        config.core.auth = AuthPolicy::off();
         let shutdown = Shutdown::new();
         let handle = shutdown.clone();
         let thread =

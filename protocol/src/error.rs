@@ -37,13 +37,28 @@ pub enum ErrorCode {
     ShuttingDown,
     /// The master holds as many connections as it allows; retry later.
     TooManyConnections,
+    /// The request needs an authenticated connection (`auth_hello` /
+    /// `auth_proof`, or `auth TOKEN` in text mode) first.
+    AuthRequired,
+    /// The token, key or proof was wrong, the device is unknown, or the
+    /// handshake is out of order; the connection closes.
+    AuthFailed,
+    /// The connection is authenticated, but its role may not do this
+    /// (for example a worker credential used to submit).
+    Forbidden,
+    /// The device was revoked; it may never connect again under this id.
+    DeviceRevoked,
+    /// Another device already enrolled under this id with another key.
+    DeviceIdTaken,
+    /// The connection did not authenticate in time; it closes.
+    AuthTimeout,
     /// An unexpected internal failure; the message says more.
     InternalError,
 }
 
 impl ErrorCode {
     /// All codes, in documentation order.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::LineTooLong,
         ErrorCode::MalformedJson,
         ErrorCode::InvalidMessage,
@@ -57,6 +72,12 @@ impl ErrorCode {
         ErrorCode::StorageUnavailable,
         ErrorCode::ShuttingDown,
         ErrorCode::TooManyConnections,
+        ErrorCode::AuthRequired,
+        ErrorCode::AuthFailed,
+        ErrorCode::Forbidden,
+        ErrorCode::DeviceRevoked,
+        ErrorCode::DeviceIdTaken,
+        ErrorCode::AuthTimeout,
         ErrorCode::InternalError,
     ];
 
@@ -76,6 +97,12 @@ impl ErrorCode {
             ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::AuthRequired => "auth_required",
+            ErrorCode::AuthFailed => "auth_failed",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::DeviceRevoked => "device_revoked",
+            ErrorCode::DeviceIdTaken => "device_id_taken",
+            ErrorCode::AuthTimeout => "auth_timeout",
             ErrorCode::InternalError => "internal_error",
         }
     }

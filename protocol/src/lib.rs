@@ -1,5 +1,6 @@
 //! The Retire-Cluster wire protocol, with no I/O.
 //!
+//! - [`auth`] holds tokens, keys and the handshake's proofs.
 //! - [`codec`] cuts a byte stream into frames (JSON lines, one-shot JSON
 //!   objects without a newline, and text commands).
 //! - [`message`] holds the envelope and every message as domain types, and
@@ -10,6 +11,7 @@
 //! Nothing here touches a socket, a thread or the clock, so every part is
 //! tested with plain values.
 
+pub mod auth;
 pub mod codec;
 pub mod error;
 pub mod message;

@@ -5,6 +5,7 @@
 //! shapes that existing Python workers send, and turns both into one domain
 //! type. Encoding always writes the design's shape.
 
+use crate::auth;
 use crate::error::{DecodeError, ErrorCode};
 use crate::types::{ResultStatus, TaskSpec, TaskView};
 use serde::de::DeserializeOwned;
@@ -204,6 +205,12 @@ pub enum Message {
     Error(ErrorReply),
     /// Master → subscriber: something happened.
     Event(Event),
+    /// Peer → master: start authenticating (see [`crate::auth`]).
+    AuthHello(auth::Hello),
+    /// Peer → master: the proof that finishes authenticating.
+    AuthProof(auth::Proof),
+    /// Client → master: cut a device off at once and for good.
+    RevokeDevice(DeviceRef),
 }
 
 impl Message {
@@ -229,6 +236,9 @@ impl Message {
             Message::Ack(_) => "ack",
             Message::Error(_) => "error",
             Message::Event(_) => "event",
+            Message::AuthHello(_) => "auth_hello",
+            Message::AuthProof(_) => "auth_proof",
+            Message::RevokeDevice(_) => "revoke_device",
         }
     }
 
@@ -261,6 +271,9 @@ impl Message {
             "ack" => Message::Ack(Ack::from_data(data)),
             "error" => Message::Error(parse(data)?),
             "event" => Message::Event(parse(data)?),
+            "auth_hello" => Message::AuthHello(parse::<AuthHelloData>(data)?.into_domain()?),
+            "auth_proof" => Message::AuthProof(parse::<AuthProofData>(data)?.into_domain()?),
+            "revoke_device" | "revoke" => Message::RevokeDevice(parse(data)?),
             other => {
                 return Err(DecodeError::new(
                     ErrorCode::UnknownMessageType,
@@ -306,6 +319,9 @@ impl Message {
             Message::Ack(ack) => ack.to_data(),
             Message::Error(error) => to_data(error),
             Message::Event(event) => to_data(event),
+            Message::AuthHello(hello) => to_data(&AuthHelloData::from_domain(hello)),
+            Message::AuthProof(proof) => json!({ "proof": proof.to_string() }),
+            Message::RevokeDevice(device) => to_data(device),
         }
     }
 }
@@ -319,6 +335,84 @@ fn to_data<T: Serialize>(value: &T) -> Value {
     // Serializing these plain structs into a Value cannot fail: they hold
     // only strings, numbers, maps and values with string keys.
     serde_json::to_value(value).unwrap_or_else(|_| json!({}))
+}
+
+/// `auth_hello` as it is written on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+struct AuthHelloData {
+    method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    public_key: Option<String>,
+    client_nonce: String,
+}
+
+impl AuthHelloData {
+    fn from_domain(hello: &auth::Hello) -> AuthHelloData {
+        let (device_id, public_key) = match &hello.method {
+            auth::Method::Join {
+                device_id,
+                public_key,
+            } => (Some(device_id.clone()), Some(public_key.to_string())),
+            auth::Method::Device { device_id } => (Some(device_id.clone()), None),
+            auth::Method::Admin => (None, None),
+        };
+        AuthHelloData {
+            method: hello.method.name().into(),
+            device_id,
+            public_key,
+            client_nonce: hello.client_nonce.to_string(),
+        }
+    }
+
+    fn into_domain(self) -> Result<auth::Hello, DecodeError> {
+        let invalid =
+            |err: auth::AuthError| DecodeError::new(ErrorCode::InvalidMessage, err.to_string());
+        let device_id = || -> Result<String, DecodeError> {
+            let id = self.device_id.clone().ok_or_else(|| {
+                DecodeError::new(ErrorCode::InvalidMessage, "auth_hello needs data.device_id")
+            })?;
+            crate::types::validate_id("device_id", &id)
+                .map_err(|detail| DecodeError::new(ErrorCode::InvalidMessage, detail))?;
+            Ok(id)
+        };
+        let method = match self.method.as_str() {
+            "join" => {
+                let key = self.public_key.as_deref().ok_or_else(|| {
+                    DecodeError::new(ErrorCode::InvalidMessage, "a join needs data.public_key")
+                })?;
+                auth::Method::Join {
+                    device_id: device_id()?,
+                    public_key: key.parse().map_err(invalid)?,
+                }
+            }
+            "device" => auth::Method::Device {
+                device_id: device_id()?,
+            },
+            "admin" => auth::Method::Admin,
+            other => return Err(invalid(auth::AuthError::UnknownMethod(other.into()))),
+        };
+        let client_nonce =
+            auth::Nonce::parse("client_nonce", &self.client_nonce).map_err(invalid)?;
+        Ok(auth::Hello {
+            method,
+            client_nonce,
+        })
+    }
+}
+
+/// `auth_proof` as it is written on the wire.
+#[derive(Debug, Deserialize)]
+struct AuthProofData {
+    proof: String,
+}
+
+impl AuthProofData {
+    fn into_domain(self) -> Result<auth::Proof, DecodeError> {
+        auth::Proof::parse(&self.proof)
+            .map_err(|err| DecodeError::new(ErrorCode::InvalidMessage, err.to_string()))
+    }
 }
 
 /// A task the worker is still running when it (re)registers.

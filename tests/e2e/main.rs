@@ -13,6 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use tests::{retire, text_command, Client, MasterProcess, WorkerProcess, PATIENCE};
 
 mod faults;
+mod security;
 
 fn setup() -> tempfile::TempDir {
     tempfile::tempdir().expect("a temp dir")
@@ -283,6 +284,21 @@ fn netcat_mode_answers_people() {
     let stream = TcpStream::connect(master.addr).expect("connect");
     let mut writer = stream.try_clone().expect("clone the socket");
     let mut reader = BufReader::new(stream);
+    // Changes need the admin token, even from loopback; a wrong one closes
+    // the connection.
+    writer
+        .write_all(b"submit echo {\"message\": \"typed by hand\"}\r\n")
+        .expect("send");
+    let refused = tests::read_text_reply(&mut reader);
+    assert!(refused.contains("auth TOKEN"), "{refused}");
+    let admin = tests::tokens_for(master.addr).expect("tokens").admin;
+    writer
+        .write_all(format!("auth {admin}\n").as_bytes())
+        .expect("send");
+    assert_eq!(
+        tests::read_text_reply(&mut reader),
+        "ok: authenticated as admin\n"
+    );
     writer
         .write_all(b"submit echo {\"message\": \"typed by hand\"}\r\n")
         .expect("send");
@@ -343,7 +359,8 @@ fn one_shot(addr: SocketAddr, json: &str) -> Value {
 #[test]
 fn one_shot_clients_and_the_spec_examples_are_answered() {
     let dir = setup();
-    let master = MasterProcess::start(dir.path());
+    // Older workers cannot authenticate: the legacy switch lets them in.
+    let master = MasterProcess::start_with(dir.path(), "127.0.0.1:0", &["--allow-legacy-workers"]);
     let register = r#"{"message_type":"register","sender_id":"device-001","timestamp":"2024-01-15T10:30:00Z",
    "data":{"device_info":{"hostname":"android-phone","platform":"android","architecture":"aarch64","python_version":"3.11.0","role":"mobile"},
            "hardware_specs":{"cpu_cores":8,"memory_total":8589934592,"disk_space":128849018880,"network_interfaces":["wlan0"]},

@@ -6,11 +6,15 @@
 //! (`target/<profile>/`). `cargo test --workspace` builds them, because
 //! each of their crates has an integration test.
 
+use protocol::auth::{
+    master_proof_from_reply, Challenge, Hello, Method, Nonce, Proof, Token, TokenKind, Transcript,
+};
 use protocol::{Ack, Envelope, ErrorReply, Event, Frame, LineCodec, Message};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long any single wait in a test may take before it fails. Waits end
@@ -34,6 +38,53 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The tokens of a master the tests started.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    /// The join token, for workers.
+    pub join: String,
+    /// The admin token, for clients.
+    pub admin: String,
+}
+
+/// The tokens of every master started by this test process, by address, so
+/// that [`WorkerProcess::start`], [`retire`] and [`Client::connect`] can
+/// authenticate without each test passing tokens around.
+static TOKENS: Mutex<Vec<(SocketAddr, Tokens)>> = Mutex::new(Vec::new());
+
+/// The tokens of the master listening on `addr`, when it has any.
+pub fn tokens_for(addr: SocketAddr) -> Option<Tokens> {
+    let tokens = TOKENS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    tokens
+        .iter()
+        .rev()
+        .find(|(known, _)| *known == addr)
+        .map(|(_, tokens)| tokens.clone())
+}
+
+/// Reads the tokens a master keeps in `data_dir/secrets/`.
+pub fn read_tokens(data_dir: &Path) -> Option<Tokens> {
+    let read = |file: &str| {
+        std::fs::read_to_string(data_dir.join("secrets").join(file))
+            .ok()
+            .map(|text| text.trim().to_string())
+    };
+    Some(Tokens {
+        join: read("join.token")?,
+        admin: read("admin.token")?,
+    })
+}
+
+fn remember_tokens(addr: SocketAddr, tokens: Tokens) {
+    let mut known = TOKENS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    known.retain(|(other, _)| *other != addr);
+    known.push((addr, tokens));
+}
+
 /// A running `retire-master` process.
 pub struct MasterProcess {
     child: Child,
@@ -54,6 +105,15 @@ impl MasterProcess {
         let mut command = Command::new(bin("retire-master"));
         command.stderr(Stdio::inherit());
         MasterProcess::spawn(command, data_dir, listen, extra)
+    }
+
+    /// Starts a master like [`MasterProcess::start_with`] with debug logging
+    /// written to `log`.
+    pub fn start_logged(data_dir: &Path, extra: &[&str], log: &Path) -> MasterProcess {
+        let mut command = Command::new(bin("retire-master"));
+        let file = std::fs::File::create(log).expect("create the master's log");
+        command.stderr(file).env("RETIRE_TEST_MASTER_LOG", "debug");
+        MasterProcess::spawn(command, data_dir, "127.0.0.1:0", extra)
     }
 
     /// Starts a master like [`MasterProcess::start_with`], under a soft
@@ -89,13 +149,23 @@ impl MasterProcess {
     }
 
     fn spawn(mut command: Command, data_dir: &Path, listen: &str, extra: &[&str]) -> MasterProcess {
+        // `start_logged` asks for debug logs; otherwise only warnings reach
+        // the test's output.
+        let log_level: String = command
+            .get_envs()
+            .find(|(key, _)| *key == "RETIRE_TEST_MASTER_LOG")
+            .and_then(|(_, value)| value)
+            .map_or_else(
+                || "warn".into(),
+                |value| value.to_string_lossy().into_owned(),
+            );
         let mut child = command
             .arg("--listen")
             .arg(listen)
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log_level)
             // A `--dev` master's local worker keeps its outbox in the default state dir:
             // keep it inside the test's data dir, not in the real home.
             .env("XDG_STATE_HOME", data_dir.join("xdg-state"))
@@ -104,6 +174,11 @@ impl MasterProcess {
             .spawn()
             .expect("start retire-master");
         let addr = read_listening_line(&mut child);
+        if !extra.contains(&"--no-auth") {
+            if let Some(tokens) = read_tokens(data_dir) {
+                remember_tokens(addr, tokens);
+            }
+        }
         MasterProcess {
             child,
             addr,
@@ -212,13 +287,42 @@ impl WorkerProcess {
     /// a `--state-dir`, the worker keeps its state in a temp dir of its own (deleted
     /// with the `WorkerProcess`), never in the real home.
     pub fn start(master: SocketAddr, id: &str, slots: usize, extra: &[&str]) -> WorkerProcess {
+        WorkerProcess::start_with(master, id, slots, extra, WorkerOptions::default())
+    }
+
+    /// Starts a worker like [`WorkerProcess::start`], with `options`.
+    pub fn start_with(
+        master: SocketAddr,
+        id: &str,
+        slots: usize,
+        extra: &[&str],
+        options: WorkerOptions,
+    ) -> WorkerProcess {
         let state = if extra.contains(&"--state-dir") {
             None
         } else {
             Some(tempfile::tempdir().expect("a temp state dir for the worker"))
         };
         let state_args: Vec<&Path> = state.iter().map(tempfile::TempDir::path).collect();
-        let child = Command::new(bin("retire-worker"))
+        let mut command = Command::new(bin("retire-worker"));
+        match options.join_token {
+            Some(token) => {
+                command.env("RETIRE_JOIN_TOKEN", token);
+            }
+            None => {
+                if let Some(tokens) = tokens_for(master) {
+                    command.env("RETIRE_JOIN_TOKEN", tokens.join);
+                }
+            }
+        }
+        let (log_level, stderr) = match &options.log {
+            Some(path) => (
+                "debug",
+                Stdio::from(std::fs::File::create(path).expect("create the worker's log")),
+            ),
+            None => ("warn", Stdio::inherit()),
+        };
+        let child = command
             .arg("--join")
             .arg(master.to_string())
             .arg("--id")
@@ -231,10 +335,10 @@ impl WorkerProcess {
                     .flat_map(|dir| [Path::new("--state-dir"), dir]),
             )
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log_level)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start retire-worker");
         WorkerProcess {
@@ -242,6 +346,19 @@ impl WorkerProcess {
             id: id.to_string(),
             _state: state,
         }
+    }
+
+    /// Waits (at most [`PATIENCE`]) for the worker to exit on its own and
+    /// returns its exit status; `None` if it is still running.
+    pub fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("poll the worker") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// Kills the worker with SIGKILL and reaps it.
@@ -261,6 +378,15 @@ impl Drop for WorkerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How [`WorkerProcess::start_with`] starts a worker.
+#[derive(Debug, Default, Clone)]
+pub struct WorkerOptions {
+    /// The join token to give it (default: its master's, when known).
+    pub join_token: Option<String>,
+    /// Write its debug log here instead of to the test's stderr.
+    pub log: Option<PathBuf>,
 }
 
 /// Writes a worker config file into `dir` (returns its path, for
@@ -292,7 +418,11 @@ pub fn shared_dir(dir: &Path, name: &str) -> PathBuf {
 
 /// Runs the `retire` CLI against `master` and returns its output.
 pub fn retire(master: SocketAddr, args: &[&str]) -> Output {
-    Command::new(bin("retire"))
+    let mut command = Command::new(bin("retire"));
+    if let Some(tokens) = tokens_for(master) {
+        command.env("RETIRE_TOKEN", tokens.admin);
+    }
+    command
         .arg("--master")
         .arg(master.to_string())
         .args(args)
@@ -310,13 +440,83 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the master.
+    /// Connects to the master, authenticated as admin when the master has
+    /// tokens.
     pub fn connect(addr: SocketAddr) -> Client {
         Client::try_connect(addr).expect("connect to the master")
     }
 
-    /// Connects to the master, or says why it could not.
+    /// Connects to the master as [`Client::connect`] does, or says why it
+    /// could not.
     pub fn try_connect(addr: SocketAddr) -> std::io::Result<Client> {
+        let mut client = Client::connect_anonymous(addr)?;
+        if let Some(tokens) = tokens_for(addr) {
+            let token = Token::parse(TokenKind::Admin, &tokens.admin)
+                .map_err(|err| std::io::Error::other(err.to_string()))?;
+            client
+                .authenticate_admin(&token)?
+                .map_err(|error| std::io::Error::other(error.error))?;
+        }
+        Ok(client)
+    }
+
+    /// Proves the admin token and checks the master's proof; the outer
+    /// error is I/O, the inner one the master's refusal.
+    pub fn authenticate_admin(&mut self, token: &Token) -> std::io::Result<Result<(), ErrorReply>> {
+        let (transcript, reply) = match self.handshake(Method::Admin, |t| t.client_mac(token))? {
+            Ok(done) => done,
+            Err(error) => return Ok(Err(error)),
+        };
+        let proof = master_proof_from_reply(&reply.result).ok();
+        assert!(
+            proof.is_some_and(|proof| transcript.verify_master_mac(token, &proof)),
+            "the master proves it holds the admin token"
+        );
+        Ok(Ok(()))
+    }
+
+    /// Proves the key of the enrolled device `device_id` (its seed as hex,
+    /// as the worker keeps it in `identity.key`); the outer error is I/O,
+    /// the inner one the master's refusal.
+    pub fn authenticate_device(
+        &mut self,
+        device_id: &str,
+        key_seed: &str,
+    ) -> std::io::Result<Result<(), ErrorReply>> {
+        let key = protocol::auth::KeyPair::parse(key_seed)
+            .map_err(|err| std::io::Error::other(err.to_string()))?;
+        let method = Method::Device {
+            device_id: device_id.to_string(),
+        };
+        Ok(self
+            .handshake(method, |t| t.device_signature(&key))?
+            .map(|_| ()))
+    }
+
+    /// Sends `auth_hello` and `auth_proof` (computed by `prove`); returns
+    /// the transcript and the master's `ack` to the proof.
+    fn handshake(
+        &mut self,
+        method: Method,
+        prove: impl FnOnce(&Transcript) -> Proof,
+    ) -> std::io::Result<Result<(Transcript, Ack), ErrorReply>> {
+        let hello = Hello {
+            method,
+            client_nonce: Nonce(std::array::from_fn(|_| fastrand::u8(..))),
+        };
+        let ack = match self.try_request(Message::AuthHello(hello.clone()))? {
+            Ok(ack) => ack,
+            Err(error) => return Ok(Err(error)),
+        };
+        let challenge = Challenge::from_reply(&ack.result)
+            .map_err(|err| std::io::Error::other(err.to_string()))?;
+        let transcript = Transcript::new(&hello, &challenge);
+        let reply = self.try_request(Message::AuthProof(prove(&transcript)))?;
+        Ok(reply.map(|ack| (transcript, ack)))
+    }
+
+    /// Connects without authenticating.
+    pub fn connect_anonymous(addr: SocketAddr) -> std::io::Result<Client> {
         let stream = TcpStream::connect(addr)?;
         stream.set_read_timeout(Some(PATIENCE))?;
         Ok(Client {

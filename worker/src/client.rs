@@ -357,6 +357,10 @@ struct Client {
     outbox: Outbox,
     /// How long a graceful stop waits for running tasks.
     drain_timeout: Duration,
+    /// Where the worker's credential lives (the pinned master key is written there).
+    state_dir: std::path::PathBuf,
+    /// Whether the worker authenticates (it has credentials).
+    authenticates: bool,
 }
 
 /// Runs the worker until `stop` is stopped; see [`crate::run`]. `outbox` is the opened
@@ -366,7 +370,7 @@ pub(crate) fn run(
     config: SessionConfig,
     profile: &DeviceProfile,
     runner: Runner,
-    outbox: (Outbox, Vec<StoredResult>),
+    identity: Identity,
     drain_timeout: Duration,
     stop: &StopHandle,
 ) -> Result<(), WorkerError> {
@@ -380,7 +384,7 @@ pub(crate) fn run(
         pool.slots(),
         config.task_types.join(", ")
     );
-    let (outbox, restored) = outbox;
+    let (outbox, restored) = identity.outbox;
     if restored.is_empty() {
         log::info!(
             "results wait in {} until the master acknowledges them",
@@ -395,6 +399,10 @@ pub(crate) fn run(
     }
     let mut session = Session::new(config, profile);
     session.restore_outbox(restored);
+    let authenticates = identity.credentials.is_some();
+    if let Some(credentials) = identity.credentials.clone() {
+        session.set_credentials(credentials);
+    }
     let origin = Instant::now();
     let mut client = Client {
         master: master.to_string(),
@@ -410,10 +418,26 @@ pub(crate) fn run(
         connected_at: None,
         outbox,
         drain_timeout,
+        state_dir: identity.state_dir,
+        authenticates,
     };
     client.run_until(stop);
+    let refusal = client.session.refusal().map(str::to_string);
     client.shut_down();
-    Ok(())
+    match refusal {
+        Some(reason) => Err(WorkerError::Refused(reason)),
+        None => Ok(()),
+    }
+}
+
+/// What the worker keeps on disk: its outbox and its credential.
+pub(crate) struct Identity {
+    /// The opened outbox, with the results an earlier run left in it.
+    pub(crate) outbox: (Outbox, Vec<StoredResult>),
+    /// The state dir (the credential is in `STATE_DIR/DEVICE_ID/`).
+    pub(crate) state_dir: std::path::PathBuf,
+    /// What the worker proves; `None`: it does not authenticate.
+    pub(crate) credentials: Option<crate::session::Credentials>,
 }
 
 impl Client {
@@ -425,8 +449,10 @@ impl Client {
     /// Serves until `stop` is stopped, then drains until nothing is left to wait for,
     /// the drain timeout passes, or `stop` is stopped at once.
     fn run_until(&mut self, stop: &StopHandle) {
-        self.serve(stop.stopped_receiver(), None, |_| false);
-        if stop.is_stopped_now() {
+        self.serve(stop.stopped_receiver(), None, |session| {
+            session.refusal().is_some()
+        });
+        if stop.is_stopped_now() || self.session.refusal().is_some() {
             return;
         }
         let now = self.now();
@@ -564,7 +590,18 @@ impl Client {
                 self.link = Link::Connected(connection);
                 self.connected_at = Some(Instant::now());
                 let now = self.now();
-                self.session.handle_connected(now, local_ip);
+                let nonce = if self.authenticates {
+                    match crate::identity::random_bytes() {
+                        Ok(bytes) => Some(protocol::auth::Nonce(bytes)),
+                        Err(error) => {
+                            return self.disconnect(&format!("no nonce for the handshake: {error}"))
+                        }
+                    }
+                } else {
+                    None
+                };
+                self.session
+                    .handle_connected_with_nonce(now, local_ip, nonce);
             }
             Err(error) => self.retry_later(&format!("could not set up the connection: {error}")),
         }
@@ -672,6 +709,19 @@ impl Client {
                 self.save_result(&message_id, &result)
             }
             SessionEvent::ForgetResult { message_id } => self.outbox.remove(&message_id),
+            SessionEvent::PinMasterKey { key } => {
+                let device_id = self.session.device_id().to_string();
+                if let Err(error) =
+                    crate::identity::pin_master_key(&self.state_dir, &device_id, &key)
+                {
+                    // The next connection enrolls again with the join token instead.
+                    log::error!("could not keep the master's key: {error}");
+                }
+            }
+            SessionEvent::Refused { reason } => {
+                log::error!("stopping: {reason}");
+                self.disconnect(&reason);
+            }
         }
     }
 
@@ -938,6 +988,7 @@ mod tests {
             tags: vec!["ci".into()],
             state_dir: Some(state.to_path_buf()),
             drain_timeout: crate::DEFAULT_DRAIN_TIMEOUT,
+            token: None,
         }
     }
 

@@ -51,6 +51,7 @@ pub mod config;
 pub mod exec;
 pub mod handlers;
 mod http;
+pub mod identity;
 mod orphans;
 pub mod outbox;
 pub mod pool;
@@ -130,6 +131,9 @@ pub struct WorkerConfig {
     /// How long [`StopHandle::stop`] waits for running tasks (and the acks of their
     /// results) before the worker hands what still runs back to the master.
     pub drain_timeout: Duration,
+    /// The master's join token, to enroll; after enrolling the worker proves its own
+    /// key (see [`identity`]).
+    pub token: Option<protocol::auth::Token>,
 }
 
 impl WorkerConfig {
@@ -159,6 +163,7 @@ impl Default for WorkerConfig {
             tags: Vec::new(),
             state_dir: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            token: None,
         }
     }
 }
@@ -254,6 +259,12 @@ pub enum WorkerError {
     /// The state dir could not be used (see [`outbox::OutboxError`]).
     #[error("could not open the outbox: {0}")]
     Outbox(#[from] outbox::OutboxError),
+    /// The worker's credential could not be read or created.
+    #[error("credential: {0}")]
+    Identity(#[from] identity::IdentityError),
+    /// The master refused this worker for good (revoked, wrong token, …).
+    #[error("the master refused this worker: {0}")]
+    Refused(String),
 }
 
 /// Runs a worker until `stop` is stopped: joins the master at `config.master`, keeps
@@ -295,6 +306,7 @@ pub fn run_with(
         .unwrap_or_else(|| profile::default_device_id(&device_profile));
     check_device_id(&device_id)?;
     let outbox = outbox::Outbox::open(&state_dir, &device_id)?;
+    let credentials = identity::load(&state_dir, &device_id, config.token.clone())?;
     let session_config = session::SessionConfig {
         device_id,
         task_types: executor.task_types(),
@@ -310,7 +322,11 @@ pub fn run_with(
         session_config,
         &device_profile,
         runner,
-        outbox,
+        client::Identity {
+            outbox,
+            state_dir,
+            credentials,
+        },
         config.drain_timeout,
         &stop,
     )

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use protocol::auth::{Token, TokenKind};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use worker::config::ExecutionConfig;
@@ -76,6 +77,24 @@ struct Args {
         value_parser = parse_seconds
     )]
     drain_timeout: Duration,
+    /// The master's join token (`retire-master token show` prints it). Needed to enroll
+    /// once; afterwards the worker proves its own key, kept in DIR/DEVICE-ID/.
+    #[arg(
+        long,
+        env = "RETIRE_JOIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// Read the join token from this file instead (a token on the command line shows in
+    /// `ps`).
+    #[arg(
+        long,
+        env = "RETIRE_JOIN_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "token"
+    )]
+    token_file: Option<PathBuf>,
 }
 
 /// The owner's policy: the config file, then the flags over it.
@@ -146,6 +165,21 @@ fn run(args: Args) -> anyhow::Result<()> {
             .collect(),
         state_dir: args.state_dir,
         drain_timeout: args.drain_timeout,
+        token: match (&args.token, &args.token_file) {
+            (Some(text), _) => Some(
+                Token::parse(TokenKind::Join, text)
+                    .context("invalid --token (RETIRE_JOIN_TOKEN)")?,
+            ),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the join token from {}", path.display()))?;
+                Some(
+                    Token::parse(TokenKind::Join, &text)
+                        .with_context(|| format!("invalid join token in {}", path.display()))?,
+                )
+            }
+            (None, None) => None,
+        },
     };
     config.validate().context("invalid configuration")?;
     println!("retire-worker: joining master {} as {device_id}", args.join);

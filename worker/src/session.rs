@@ -32,6 +32,9 @@ use serde_json::{json, Map, Value};
 use crate::outbox::StoredResult;
 use crate::profile::{DeviceProfile, LiveMetrics};
 
+mod auth;
+pub use auth::Credentials;
+
 /// The heartbeat interval used until the master's register ack says otherwise.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -122,6 +125,18 @@ pub enum SessionEvent {
         /// The id it was saved under.
         message_id: String,
     },
+    /// The worker enrolled: keep the master's public key, so later connections can
+    /// check that they reach the same master.
+    PinMasterKey {
+        /// The master's key.
+        key: protocol::auth::PublicKey,
+    },
+    /// The master refused this worker for good (revoked, wrong token, id taken, or
+    /// authentication is needed and the worker has no credentials): stop, and say why.
+    Refused {
+        /// Why, for the operator.
+        reason: String,
+    },
 }
 
 /// Where the connection to the master stands.
@@ -129,6 +144,12 @@ pub enum SessionEvent {
 enum Link {
     /// No connection.
     Disconnected,
+    /// Connected; a handshake message sent with this id, no reply yet.
+    Authenticating {
+        request_id: String,
+        step: Box<auth::Step>,
+        reply_deadline: Duration,
+    },
     /// Connected; `register` sent with this id, no reply yet.
     Registering {
         register_id: String,
@@ -177,6 +198,17 @@ pub struct Session {
     registered_on_connection: bool,
     /// Results the master acknowledged on the current connection.
     acked_on_connection: u32,
+    /// What the worker authenticates with; `None`: it does not.
+    credentials: Option<Credentials>,
+    /// Connections in a row that ended in a refusal from a peer that had not proven
+    /// it is the master.
+    unproven_refusals: u32,
+    /// The master proved itself on the current connection.
+    proven_on_connection: bool,
+    /// The address of this end of the current connection, for the register.
+    local_ip: Option<String>,
+    /// Why the master refused this worker for good.
+    refused: Option<String>,
 }
 
 impl Session {
@@ -202,6 +234,11 @@ impl Session {
             goodbye_acknowledged: false,
             registered_on_connection: false,
             acked_on_connection: 0,
+            credentials: None,
+            unproven_refusals: 0,
+            proven_on_connection: false,
+            local_ip: None,
+            refused: None,
         }
     }
 
@@ -307,11 +344,34 @@ impl Session {
     /// `local_ip` is the address of this end of the socket, which is the address the
     /// master can reach the device at more surely than any interface the profile found.
     pub fn handle_connected(&mut self, now: Duration, local_ip: Option<String>) {
+        self.handle_connected_with_nonce(now, local_ip, None);
+    }
+
+    /// Like [`Session::handle_connected`], with a fresh random `nonce` for the
+    /// handshake: with credentials set, the session authenticates before it registers.
+    pub fn handle_connected_with_nonce(
+        &mut self,
+        now: Duration,
+        local_ip: Option<String>,
+        nonce: Option<protocol::auth::Nonce>,
+    ) {
         self.transmit.clear();
         self.next_heartbeat = None;
         self.last_heard = now;
         self.registered_on_connection = false;
         self.acked_on_connection = 0;
+        self.proven_on_connection = false;
+        self.local_ip = local_ip;
+        if let Some(nonce) = nonce {
+            if self.start_handshake(now, nonce) {
+                return;
+            }
+        }
+        self.send_register(now);
+    }
+
+    fn send_register(&mut self, now: Duration) {
+        let local_ip = self.local_ip.clone();
         let register_id = self.new_message_id("reg");
         let mut register = self.register_template.clone();
         if local_ip.is_some() {
@@ -337,9 +397,25 @@ impl Session {
     pub fn handle_message(&mut self, now: Duration, envelope: Envelope) {
         self.last_heard = now;
         let request_id = envelope.message_id;
+        let kind = envelope.message.message_type();
         match envelope.message {
             Message::Ack(ack) => self.on_ack(now, ack),
             Message::Error(error) => self.on_error(error),
+            // Work and orders come only from a master the worker registered with,
+            // which, with credentials, has proven itself first: whatever answers at
+            // the master's address cannot run a task by sending one early.
+            Message::TaskAssign(_) | Message::TaskCancel(_) | Message::Goodbye(_)
+                if self.link != Link::Registered =>
+            {
+                log::warn!(
+                    "ignoring a {kind} that arrived before the worker registered on this connection"
+                );
+                self.reply_error(
+                    request_id,
+                    ErrorCode::InvalidState,
+                    "this worker has not registered on this connection",
+                );
+            }
             Message::TaskAssign(assign) => self.on_assign(request_id, assign),
             Message::TaskCancel(cancel) => self.on_cancel(request_id, cancel),
             Message::Goodbye(goodbye) => {
@@ -448,6 +524,14 @@ impl Session {
         }
         match &self.link {
             Link::Disconnected => {}
+            Link::Authenticating { reply_deadline, .. } => {
+                if now >= *reply_deadline {
+                    self.give_up(format!(
+                        "no reply to the handshake within {} s",
+                        REGISTER_REPLY_TIMEOUT.as_secs_f64()
+                    ));
+                }
+            }
             Link::Registering { reply_deadline, .. } => {
                 if now >= *reply_deadline {
                     self.give_up(format!(
@@ -546,7 +630,8 @@ impl Session {
         }
         match &self.link {
             Link::Disconnected => None,
-            Link::Registering { reply_deadline, .. } => Some(*reply_deadline),
+            Link::Authenticating { reply_deadline, .. }
+            | Link::Registering { reply_deadline, .. } => Some(*reply_deadline),
             Link::Registered => {
                 let silence_deadline = self.last_heard + self.silence_limit();
                 Some(
@@ -561,6 +646,12 @@ impl Session {
 
     fn on_ack(&mut self, now: Duration, ack: Ack) {
         let original = ack.original_message_id.as_deref();
+        if let Link::Authenticating { request_id, .. } = &self.link {
+            if original.is_none() || original == Some(request_id.as_str()) {
+                self.on_auth_ack(now, &ack.result);
+                return;
+            }
+        }
         if let Link::Registering { register_id, .. } = &self.link {
             // An older master may not echo the id; while registering, an ack without
             // one can only be the register's.
@@ -635,6 +726,12 @@ impl Session {
 
     fn on_error(&mut self, error: ErrorReply) {
         let original = error.original_message_id.as_deref();
+        if let Link::Authenticating { request_id, .. } = &self.link {
+            if original.is_none() || original == Some(request_id.as_str()) {
+                self.on_auth_error(&error);
+                return;
+            }
+        }
         let is_register_reply = matches!(
             (&self.link, original),
             (Link::Registering { register_id, .. }, Some(id)) if id == register_id
@@ -646,7 +743,19 @@ impl Session {
                 error.error,
                 error.code
             );
-            self.give_up(format!("registration refused: {}", error.code));
+            // A master that proved itself on this connection is believed at once;
+            // a refusal from an unproven peer counts towards the limit.
+            let proven = self.proven_on_connection;
+            match error.code {
+                ErrorCode::AuthRequired => self.refused_unproven(format!(
+                    "the master requires authentication: start the worker with --token (the \
+                     join token that `retire-master token show` prints) ({})",
+                    error.error
+                )),
+                ErrorCode::DeviceRevoked if proven => self.refuse(error.error.clone()),
+                ErrorCode::DeviceRevoked => self.refused_unproven(error.error.clone()),
+                _ => self.give_up(format!("registration refused: {}", error.code)),
+            }
             return;
         }
         if original.is_some() && original == self.goodbye_id.as_deref() {
@@ -691,6 +800,15 @@ impl Session {
         }
         if error.code == ErrorCode::NotRegistered && self.link == Link::Registered {
             self.give_up("the master no longer knows this worker".into());
+        }
+        // The master revokes a connected device by telling it so on its own,
+        // authenticated, connection.
+        if error.code == ErrorCode::DeviceRevoked && self.link == Link::Registered {
+            if self.proven_on_connection {
+                self.refuse(error.error);
+            } else {
+                self.refused_unproven(error.error);
+            }
         }
     }
 
@@ -1840,5 +1958,223 @@ mod tests {
             SessionEvent::Reconnect { .. }
         ));
         assert!(!session.is_registered());
+    }
+
+    /// The worker's half of the handshake, against a master simulated here.
+    mod authentication {
+        use super::*;
+        use protocol::auth::{
+            Challenge, Hello, KeyPair, Method, Nonce, Token, TokenKind, Transcript,
+        };
+
+        fn join_token() -> Token {
+            Token::from_bytes(TokenKind::Join, [1; 32])
+        }
+
+        fn master_key() -> KeyPair {
+            KeyPair::from_seed([2; 32])
+        }
+
+        fn device_key() -> KeyPair {
+            KeyPair::from_seed([3; 32])
+        }
+
+        fn session(join: bool, pinned: Option<&KeyPair>) -> Session {
+            let mut session = session_with_slots(2);
+            session.set_credentials(Credentials {
+                key: device_key(),
+                join_token: join.then(join_token),
+                master_key: pinned.map(KeyPair::public),
+            });
+            session
+        }
+
+        /// Connects and returns the hello the worker sent.
+        fn connect(session: &mut Session, now: f64) -> (String, Hello) {
+            session.handle_connected_with_nonce(secs(now), None, Some(Nonce([9; 32])));
+            let hello = only(sent(session));
+            let Message::AuthHello(body) = &hello.message else {
+                panic!("a hello first, got {hello:?}");
+            };
+            (id_of(&hello), body.clone())
+        }
+
+        /// Answers the hello as a master holding `key`; returns the worker's proof
+        /// message and the transcript.
+        fn challenge(
+            session: &mut Session,
+            hello_id: &str,
+            hello: &Hello,
+            key: &KeyPair,
+        ) -> (Envelope, Transcript) {
+            let challenge = Challenge {
+                server_nonce: Nonce([8; 32]),
+                master_key: key.public(),
+            };
+            session.handle_message(
+                secs(0.0),
+                ack(
+                    hello_id,
+                    json!({
+                        "challenge": challenge.server_nonce.to_string(),
+                        "master_key": challenge.master_key.to_string(),
+                    }),
+                ),
+            );
+            (only(sent(session)), Transcript::new(hello, &challenge))
+        }
+
+        fn refusal(original: &str, code: ErrorCode) -> Envelope {
+            let error = ErrorReply::new(Some(original.into()), code, "no");
+            from_master(Message::Error(error), None)
+        }
+
+        #[test]
+        fn a_worker_enrolls_pins_the_master_and_then_proves_its_own_key() {
+            let mut session = session(true, None);
+            let (hello_id, hello) = connect(&mut session, 0.0);
+            assert!(matches!(hello.method, Method::Join { .. }));
+            let (proof, transcript) = challenge(&mut session, &hello_id, &hello, &master_key());
+            let Message::AuthProof(proof_body) = &proof.message else {
+                panic!("a proof, got {proof:?}");
+            };
+            assert!(transcript.verify_client_mac(&join_token(), proof_body));
+            let master_proof = transcript.master_mac(&join_token());
+            session.handle_message(
+                secs(0.0),
+                ack(
+                    &id_of(&proof),
+                    json!({"role": "worker", "master_proof": master_proof.to_string()}),
+                ),
+            );
+            assert!(events(&mut session).contains(&SessionEvent::PinMasterKey {
+                key: master_key().public()
+            }));
+            let register = only(sent(&mut session));
+            assert!(matches!(register.message, Message::Register(_)));
+
+            // The next connection proves the device key, not the join token.
+            session.handle_disconnected(secs(1.0));
+            let (hello_id, hello) = connect(&mut session, 1.0);
+            assert!(matches!(hello.method, Method::Device { .. }));
+            let (proof, transcript) = challenge(&mut session, &hello_id, &hello, &master_key());
+            let Message::AuthProof(proof_body) = &proof.message else {
+                panic!("a proof, got {proof:?}");
+            };
+            assert!(transcript.verify_device_signature(&device_key().public(), proof_body));
+        }
+
+        #[test]
+        fn a_master_that_cannot_prove_itself_gets_no_register() {
+            let mut session = session(true, None);
+            let (hello_id, hello) = connect(&mut session, 0.0);
+            let (proof, transcript) = challenge(&mut session, &hello_id, &hello, &master_key());
+            let wrong = transcript.master_mac(&Token::from_bytes(TokenKind::Join, [7; 32]));
+            session.handle_message(
+                secs(0.0),
+                ack(&id_of(&proof), json!({"master_proof": wrong.to_string()})),
+            );
+            assert!(sent(&mut session).is_empty(), "no register");
+            let events = events(&mut session);
+            assert!(
+                matches!(events.as_slice(), [SessionEvent::Reconnect { .. }]),
+                "{events:?}"
+            );
+        }
+
+        #[test]
+        fn an_assignment_before_the_master_proved_itself_runs_nothing() {
+            let master = master_key();
+            let mut session = session(false, Some(&master));
+            connect(&mut session, 0.0);
+            session.handle_message(secs(0.0), assign("t-1", "echo", 1));
+            session.handle_message(secs(0.0), cancel("t-1", Some(1)));
+            assert!(events(&mut session).is_empty(), "no task starts");
+            let replies = sent(&mut session);
+            assert_error_reply(&replies[0], ErrorCode::InvalidState, Some("assign:1:t-1"));
+            assert!(session.running_tasks().is_empty());
+        }
+
+        #[test]
+        fn a_changed_master_key_is_never_pinned_by_the_worker_itself() {
+            let pinned = master_key();
+            // Even with the join token at hand, the worker does not enroll again.
+            let mut session = session(true, Some(&pinned));
+            for round in 0..3 {
+                let now = f64::from(round);
+                let (hello_id, hello) = connect(&mut session, now);
+                assert!(
+                    matches!(hello.method, Method::Device { .. }),
+                    "round {round}"
+                );
+                let impostor = KeyPair::from_seed([5; 32]);
+                session.handle_message(
+                    secs(now),
+                    ack(
+                        &hello_id,
+                        json!({
+                            "challenge": Nonce([8; 32]).to_string(),
+                            "master_key": impostor.public().to_string(),
+                        }),
+                    ),
+                );
+                assert!(sent(&mut session).is_empty(), "no proof for an impostor");
+                let events = events(&mut session);
+                assert!(
+                    matches!(events.as_slice(), [SessionEvent::Reconnect { .. }]),
+                    "{events:?}"
+                );
+                session.handle_disconnected(secs(now));
+            }
+            assert_eq!(session.refusal(), None, "it keeps trying");
+        }
+
+        #[test]
+        fn one_refusal_from_an_unproven_peer_does_not_stop_the_worker_three_do() {
+            let master = master_key();
+            let mut session = session(false, Some(&master));
+            for round in 1..=3 {
+                let now = f64::from(round);
+                let (hello_id, _) = connect(&mut session, now);
+                session.handle_message(secs(now), refusal(&hello_id, ErrorCode::DeviceRevoked));
+                let events = events(&mut session);
+                if round < 3 {
+                    assert!(
+                        matches!(events.as_slice(), [SessionEvent::Reconnect { .. }]),
+                        "{events:?}"
+                    );
+                    assert_eq!(session.refusal(), None);
+                    session.handle_disconnected(secs(now));
+                } else {
+                    assert!(
+                        matches!(events.as_slice(), [SessionEvent::Refused { .. }]),
+                        "{events:?}"
+                    );
+                    assert!(session.refusal().is_some());
+                }
+            }
+        }
+
+        #[test]
+        fn a_revocation_on_a_proven_connection_stops_the_worker_at_once() {
+            let master = master_key();
+            let mut session = session(false, Some(&master));
+            let (hello_id, hello) = connect(&mut session, 0.0);
+            let (proof, transcript) = challenge(&mut session, &hello_id, &hello, &master);
+            let master_proof = transcript.master_signature(&master);
+            session.handle_message(
+                secs(0.0),
+                ack(
+                    &id_of(&proof),
+                    json!({"master_proof": master_proof.to_string()}),
+                ),
+            );
+            let register = only(sent(&mut session));
+            session.handle_message(secs(0.0), ack(&id_of(&register), json!({})));
+            assert!(session.is_registered());
+            let revoked = ErrorReply::new(None, ErrorCode::DeviceRevoked, "device pi was revoked");
+            session.handle_message(secs(1.0), from_master(Message::Error(revoked), None));
+            assert!(session.refusal().is_some());
+        }
     }
 }

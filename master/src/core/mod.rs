@@ -9,6 +9,7 @@
 //! id of the batch they wait for; the loop holds them until that batch has
 //! committed.
 
+mod auth;
 mod dispatch;
 mod index;
 mod life;
@@ -16,6 +17,7 @@ pub mod records;
 mod text;
 mod views;
 
+pub use auth::{AuthPolicy, Network, Secrets, DEFAULT_AUTH_DEADLINE, DEFAULT_MAX_UNAUTHENTICATED};
 pub use views::rfc3339;
 
 use protocol::message::RunningTask;
@@ -23,7 +25,7 @@ use protocol::{
     Ack, DecodeError, DeviceStatus, Envelope, ErrorCode, ErrorReply, Event, Goodbye, Heartbeat,
     Message, Metrics, Register, Subscribe, TaskCancel, TaskResult, TaskSpec, TaskState, TaskSubmit,
 };
-use records::{Batch, DeviceRecord, StoreOp, TaskRecord};
+use records::{Batch, DeviceKeyRecord, DeviceRecord, StoreOp, TaskRecord};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -71,6 +73,8 @@ pub struct CoreConfig {
     /// How many times a task may lose its worker before it is
     /// dead-lettered (a task that crashes every device it touches).
     pub max_lost_attempts: u32,
+    /// Who must authenticate, and the limits before they have.
+    pub auth: AuthPolicy,
 }
 
 /// Room left in a line for the `task_assign` envelope around a task.
@@ -90,6 +94,7 @@ impl Default for CoreConfig {
             timeout_grace: Duration::from_secs(10),
             lease_grace: Duration::from_secs(60),
             max_lost_attempts: 5,
+            auth: AuthPolicy::default(),
         }
     }
 }
@@ -126,6 +131,12 @@ pub enum Output {
         /// for a commit on the same connection (heartbeat acks, so a slow
         /// disk never looks like a dead master to a worker).
         overtake: bool,
+    },
+    /// `conn` authenticated: lift the limits on connections that have not
+    /// (the small maximum line).
+    Trusted {
+        /// The connection.
+        conn: ConnId,
     },
     /// Close `conn` once everything queued for it has been written.
     Close {
@@ -167,6 +178,7 @@ struct Conn {
     peer_ip: Option<String>,
     device_id: Option<String>,
     subscription: Option<Subscribe>,
+    auth: auth::ConnAuth,
 }
 
 /// Key of a queued task: higher priority first, then submission order.
@@ -217,6 +229,14 @@ pub struct Core {
     /// Deadlines, subscribers, free slots and queues by placement, kept so
     /// that no step scans every device, connection or queued task.
     index: index::Indexes,
+    /// The tokens and the master's key; `None` while authentication is off.
+    secrets: Option<Secrets>,
+    /// Enrolled devices' public keys and revocations, by device id.
+    device_keys: HashMap<String, DeviceKeyRecord>,
+    /// Key records changed since the last batch.
+    pending_keys: BTreeMap<String, DeviceKeyRecord>,
+    /// Connections that have not authenticated, by their deadline.
+    auth_pending: BTreeSet<(Duration, ConnId)>,
 }
 
 impl Core {
@@ -247,6 +267,10 @@ impl Core {
             shutting_down: false,
             retry_wait: BTreeSet::new(),
             attempt_deadlines: BTreeSet::new(),
+            secrets: None,
+            device_keys: HashMap::new(),
+            pending_keys: BTreeMap::new(),
+            auth_pending: BTreeSet::new(),
             storage_available: true,
             index: index::Indexes::default(),
         };
@@ -328,7 +352,14 @@ impl Core {
     }
 
     /// A new connection was accepted from `peer_ip` (when known).
-    pub fn handle_connect(&mut self, conn: ConnId, peer_ip: Option<String>) {
+    /// `nonce` is a fresh random value: the challenge of its handshake.
+    pub fn handle_connect(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        peer_ip: Option<String>,
+        nonce: protocol::auth::Nonce,
+    ) {
         self.conns.insert(
             conn,
             Conn {
@@ -336,6 +367,7 @@ impl Core {
                 ..Conn::default()
             },
         );
+        self.auth_connect(now, conn, nonce);
     }
 
     /// A connection closed (by the peer, an error, or the loop).
@@ -344,6 +376,7 @@ impl Core {
             return;
         };
         self.index.subscribers.remove(&conn);
+        self.auth_disconnect(conn, &state.auth);
         if let Some(device_id) = state.device_id {
             let bound_here = self
                 .devices
@@ -377,6 +410,20 @@ impl Core {
     pub fn handle_message(&mut self, now: Now, conn: ConnId, envelope: Envelope) {
         let reply_to = envelope.message_id.clone();
         let sender = envelope.sender_id.clone();
+        if self
+            .conns
+            .get(&conn)
+            .is_some_and(|state| state.auth.closing)
+        {
+            return;
+        }
+        if let Err(refusal) = self.authorize(conn, sender.as_deref(), &envelope.message) {
+            // Replies to the master's own messages expect no answer.
+            if envelope.message.expects_reply() {
+                self.send_refusal(conn, reply_to, refusal);
+            }
+            return;
+        }
         let is_read = matches!(
             envelope.message,
             Message::Status
@@ -427,6 +474,15 @@ impl Core {
                 self.on_worker_refusal(now, conn, sender, error);
                 return;
             }
+            Message::AuthHello(hello) => {
+                self.on_auth_hello(conn, reply_to, hello);
+                return;
+            }
+            Message::AuthProof(proof) => {
+                self.on_auth_proof(now, conn, reply_to, proof);
+                return;
+            }
+            Message::RevokeDevice(device) => self.on_revoke(now, &device.device_id),
             Message::TaskAssign(_) | Message::Event(_) => Err(ReplyError::new(
                 ErrorCode::InvalidMessage,
                 "the master does not accept this message type from peers",
@@ -458,6 +514,7 @@ impl Core {
 
     /// A timer fired: find workers whose heartbeats stopped.
     pub fn handle_tick(&mut self, now: Now) {
+        self.expire_auth(now);
         self.tick_task_life(now);
         // Only devices whose heartbeat deadline has passed, from the index.
         let mut expired: Vec<(String, ConnId)> = Vec::new();
@@ -513,6 +570,7 @@ impl Core {
             self.index.heartbeats.first(),
             self.index.pauses.first(),
             self.next_task_life_deadline(),
+            self.next_auth_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -530,13 +588,21 @@ impl Core {
 
     /// Hands out the changes made since the last call as one batch.
     pub fn take_batch(&mut self) -> Option<Batch> {
-        if self.pending_tasks.is_empty() && self.pending_devices.is_empty() {
+        if self.pending_tasks.is_empty()
+            && self.pending_devices.is_empty()
+            && self.pending_keys.is_empty()
+        {
             return None;
         }
-        let mut ops: Vec<StoreOp> = std::mem::take(&mut self.pending_devices)
+        let mut ops: Vec<StoreOp> = std::mem::take(&mut self.pending_keys)
             .into_values()
-            .map(StoreOp::PutDevice)
+            .map(StoreOp::PutDeviceKey)
             .collect();
+        ops.extend(
+            std::mem::take(&mut self.pending_devices)
+                .into_values()
+                .map(StoreOp::PutDevice),
+        );
         ops.extend(
             std::mem::take(&mut self.pending_tasks)
                 .into_iter()
@@ -563,6 +629,7 @@ impl Core {
         register: Register,
     ) -> Result<Reply, ReplyError> {
         self.check_storage()?;
+        let sender = sender.or_else(|| self.authenticated_device(conn).map(str::to_string));
         let device_id = sender.ok_or_else(|| {
             ReplyError::new(
                 ErrorCode::InvalidMessage,
@@ -571,6 +638,12 @@ impl Core {
         })?;
         protocol::types::validate_id("sender_id", &device_id)
             .map_err(|detail| ReplyError::new(ErrorCode::InvalidMessage, detail))?;
+        if self.is_revoked(&device_id) {
+            return Err(ReplyError::new(
+                ErrorCode::DeviceRevoked,
+                format!("device {device_id} was revoked; it cannot register again under this id"),
+            ));
+        }
         // A connection speaks for one device; a second register under
         // another id would leave the first one's tasks stranded.
         if let Some(bound) = self.conns.get(&conn).and_then(|c| c.device_id.clone()) {
@@ -684,6 +757,7 @@ impl Core {
             },
             true,
         );
+        self.note_legacy_register(conn, &device_id);
         log::info!("device {device_id} registered");
         Ok(Reply::new(json!({
             "message": format!("registered {device_id}"),
@@ -1185,8 +1259,12 @@ impl Core {
         if let Some(bound) = self.conns.get(&conn).and_then(|c| c.device_id.clone()) {
             return Ok(bound);
         }
+        // Only a device that may speak on this connection: the one it
+        // authenticated as, or (legacy switch, or authentication off) a
+        // device without credentials.
+        let sender = sender.or_else(|| self.authenticated_device(conn).map(str::to_string));
         match sender {
-            Some(id) if self.devices.contains_key(&id) => Ok(id),
+            Some(id) if self.devices.contains_key(&id) && self.may_speak_for(conn, &id) => Ok(id),
             _ => Err(not_registered()),
         }
     }
@@ -1303,6 +1381,12 @@ impl Core {
         if !self.pending_tasks.contains(&record.task_id) {
             self.pending_tasks.insert(record.task_id.clone());
         }
+        self.last_write_batch = self.open_batch;
+    }
+
+    fn persist_device_key(&mut self, record: &DeviceKeyRecord) {
+        self.pending_keys
+            .insert(record.device_id.clone(), record.clone());
         self.last_write_batch = self.open_batch;
     }
 

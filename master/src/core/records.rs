@@ -34,6 +34,21 @@ pub struct DeviceRecord {
     pub leases: bool,
 }
 
+/// A device's credential as it is stored: the public half of the key it
+/// enrolled with, and whether it was revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceKeyRecord {
+    /// The device's id.
+    pub device_id: String,
+    /// Its Ed25519 public key as hex (`None`: revoked before it enrolled,
+    /// an older worker without credentials).
+    pub public_key: Option<String>,
+    /// When it enrolled (Unix ms).
+    pub enrolled_unix_ms: i64,
+    /// When it was revoked (Unix ms); a revoked device never comes back.
+    pub revoked_unix_ms: Option<i64>,
+}
+
 /// A task as it is stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
@@ -98,6 +113,8 @@ pub fn profile_value(register: &Register) -> Value {
 pub enum StoreOp {
     /// Insert or replace a device.
     PutDevice(DeviceRecord),
+    /// Insert or replace a device's credential record.
+    PutDeviceKey(DeviceKeyRecord),
     /// Insert or replace a task.
     PutTask(TaskRecord),
 }

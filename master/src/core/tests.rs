@@ -6,6 +6,7 @@
 
 mod sim;
 
+mod auth;
 mod durability;
 mod life;
 mod lifecycle;

@@ -16,6 +16,30 @@ impl Core {
                 return;
             }
         };
+        if self
+            .conns
+            .get(&conn)
+            .is_some_and(|state| state.auth.closing)
+        {
+            return;
+        }
+        let changes = match &command {
+            TextCommand::Help | TextCommand::Quit | TextCommand::Auth { .. } => None,
+            TextCommand::Status
+            | TextCommand::Devices
+            | TextCommand::Tasks { .. }
+            | TextCommand::Task { .. } => Some(false),
+            TextCommand::Submit { .. }
+            | TextCommand::Cancel { .. }
+            | TextCommand::Retry { .. }
+            | TextCommand::Drain { .. } => Some(true),
+        };
+        if let Some(changes) = changes {
+            if let Err(why) = self.authorize_text(conn, changes) {
+                self.reply_text(conn, format!("error: {why}"));
+                return;
+            }
+        }
         match command {
             TextCommand::Help => self.reply_text(conn, text::HELP.to_string()),
             TextCommand::Status => {
@@ -85,10 +109,25 @@ impl Core {
                 };
                 self.reply_text(conn, body);
             }
-            TextCommand::Auth { .. } => self.reply_text(
-                conn,
-                "ok: this master does not require authentication".to_string(),
-            ),
+            TextCommand::Auth { token } => {
+                if !self.config.auth.required {
+                    self.reply_text(
+                        conn,
+                        "ok: this master does not require authentication".to_string(),
+                    );
+                } else if self.text_auth(conn, &token) {
+                    self.reply_text(conn, "ok: authenticated as admin".to_string());
+                } else {
+                    self.reply_text(
+                        conn,
+                        "error: authentication failed; closing the connection".to_string(),
+                    );
+                    if let Some(state) = self.conns.get_mut(&conn) {
+                        state.auth.closing = true;
+                    }
+                    self.outputs.push(Output::Close { conn });
+                }
+            }
             TextCommand::Quit => {
                 self.reply_text(conn, "bye".to_string());
                 self.outputs.push(Output::Close { conn });

@@ -5,8 +5,8 @@
 //! they were sent, and connections the core closed are reported back as
 //! disconnects, exactly as the event loop does.
 
-use crate::core::records::{Batch, DeviceRecord, StoreOp, TaskRecord};
-use crate::core::{ConnId, Core, CoreConfig, Now, Output, Payload};
+use crate::core::records::{Batch, DeviceKeyRecord, DeviceRecord, StoreOp, TaskRecord};
+use crate::core::{AuthPolicy, ConnId, Core, CoreConfig, Now, Output, Payload, Secrets};
 use protocol::{
     Ack, DeviceRef, Envelope, ErrorCode, ErrorReply, Event, Goodbye, Heartbeat, Message, Priority,
     Register, ResultStatus, RunningTask, TaskCancel, TaskRef, TaskResult, TaskSpec, TaskState,
@@ -132,6 +132,7 @@ impl Reply {
 pub struct Db {
     pub devices: HashMap<String, DeviceRecord>,
     pub tasks: HashMap<String, TaskRecord>,
+    pub device_keys: HashMap<String, DeviceKeyRecord>,
 }
 
 impl Db {
@@ -144,6 +145,9 @@ impl Db {
                 }
                 StoreOp::PutTask(task) => {
                     self.tasks.insert(task.task_id.clone(), task.clone());
+                }
+                StoreOp::PutDeviceKey(key) => {
+                    self.device_keys.insert(key.device_id.clone(), key.clone());
                 }
             }
         }
@@ -331,6 +335,10 @@ pub struct Sim {
     pub db: Db,
     pub workers: BTreeMap<String, FakeWorker>,
     client: Option<ConnId>,
+    /// The secrets a secured master was given (restored on restart).
+    pub secrets: Option<Secrets>,
+    /// Connections the core said authenticated, in order.
+    pub trusted: Vec<ConnId>,
 }
 
 impl Sim {
@@ -338,9 +346,27 @@ impl Sim {
         Sim::with_config(CoreConfig::default())
     }
 
+    /// A master with authentication off (every connection may do
+    /// everything), for the tests of everything else.
     pub fn with_config(config: CoreConfig) -> Sim {
-        let core = Core::new(config.clone(), vec![], vec![], T0);
-        Sim::around(core, config, T0, Db::default())
+        Sim::secured(
+            CoreConfig {
+                auth: AuthPolicy::off(),
+                ..config
+            },
+            None,
+        )
+    }
+
+    /// A master with `config`'s authentication and these secrets.
+    pub fn secured(config: CoreConfig, secrets: Option<Secrets>) -> Sim {
+        let mut core = Core::new(config.clone(), vec![], vec![], T0);
+        if let Some(secrets) = secrets.clone() {
+            core.set_secrets(secrets);
+        }
+        let mut sim = Sim::around(core, config, T0, Db::default());
+        sim.secrets = secrets;
+        sim
     }
 
     fn around(core: Core, config: CoreConfig, now: Now, db: Db) -> Sim {
@@ -356,24 +382,31 @@ impl Sim {
             db,
             workers: BTreeMap::new(),
             client: None,
+            secrets: None,
+            trusted: Vec::new(),
         }
     }
 
     /// The master restarts from what the database holds: every connection
     /// is gone, and a new core is built from the records.
     pub fn restart(mut self) -> Sim {
-        let core = Core::new(
+        let mut core = Core::new(
             self.config.clone(),
             self.db.device_list(),
             self.db.task_list(),
             self.now,
         );
+        core.restore_device_keys(self.db.device_keys.values().cloned().collect());
+        if let Some(secrets) = self.secrets.clone() {
+            core.set_secrets(secrets);
+        }
         let mut sim = Sim::around(
             core,
             self.config.clone(),
             self.now,
             std::mem::take(&mut self.db),
         );
+        sim.secrets = self.secrets.take();
         sim.next_conn = self.next_conn;
         sim.next_message = self.next_message;
         sim.workers = std::mem::take(&mut self.workers);
@@ -441,6 +474,7 @@ impl Sim {
                         });
                     }
                     Output::Close { conn } => closing.push(conn),
+                    Output::Trusted { conn } => self.trusted.push(conn),
                 }
             }
             for (conn, envelope) in answers {
@@ -469,7 +503,14 @@ impl Sim {
     pub fn connect_from(&mut self, peer_ip: Option<&str>) -> ConnId {
         let conn = self.next_conn;
         self.next_conn += 1;
-        self.core.handle_connect(conn, peer_ip.map(str::to_string));
+        let mut nonce = [0u8; 32];
+        nonce[..8].copy_from_slice(&(conn as u64).to_le_bytes());
+        self.core.handle_connect(
+            self.now,
+            conn,
+            peer_ip.map(str::to_string),
+            protocol::auth::Nonce(nonce),
+        );
         conn
     }
 

@@ -1,0 +1,143 @@
+//! The worker's credential on disk: its own Ed25519 key (`identity.key`) and the
+//! master's public key pinned at enrollment (`master.pub`), next to the outbox in
+//! `STATE_DIR/DEVICE_ID/`. The key file is readable by the owner only (0600).
+//!
+//! A worker started with the join token creates its key if it has none and enrolls;
+//! from then on it proves that key, and the join token is needed again only if the
+//! master loses the key. A worker without a token and without a pinned master does not
+//! authenticate (for a master with authentication off, or the legacy switch).
+
+use crate::session::Credentials;
+use protocol::auth::{KeyPair, PublicKey, Token, SECRET_LEN};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+const KEY_FILE: &str = "identity.key";
+const MASTER_FILE: &str = "master.pub";
+
+/// Why the credential could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file does not hold a key.
+    #[error("{path}: {detail} (delete it to enroll again with the join token)")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The operating system gave no random bytes.
+    #[error("no random bytes from the operating system: {0}")]
+    Random(String),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
+    move |source| IdentityError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A fresh random value from the operating system.
+pub fn random_bytes() -> Result<[u8; SECRET_LEN], IdentityError> {
+    let mut bytes = [0u8; SECRET_LEN];
+    getrandom::fill(&mut bytes).map_err(|err| IdentityError::Random(err.to_string()))?;
+    Ok(bytes)
+}
+
+/// The credential of `device_id` in `state_dir`: `None` when the worker has neither a
+/// join token nor an enrollment to prove. With a join token, a missing key is created.
+pub fn load(
+    state_dir: &Path,
+    device_id: &str,
+    join_token: Option<Token>,
+) -> Result<Option<Credentials>, IdentityError> {
+    let dir = state_dir.join(device_id);
+    let key_path = dir.join(KEY_FILE);
+    let master_path = dir.join(MASTER_FILE);
+    let master_key = match fs::read_to_string(&master_path) {
+        Ok(text) => {
+            Some(
+                text.trim()
+                    .parse::<PublicKey>()
+                    .map_err(|err| IdentityError::Invalid {
+                        path: master_path.clone(),
+                        detail: err.to_string(),
+                    })?,
+            )
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+        Err(err) => return Err(io_error(&master_path)(err)),
+    };
+    let key = match fs::read_to_string(&key_path) {
+        Ok(text) => Some(KeyPair::parse(&text).map_err(|err| IdentityError::Invalid {
+            path: key_path.clone(),
+            detail: err.to_string(),
+        })?),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+        Err(err) => return Err(io_error(&key_path)(err)),
+    };
+    let key = match (key, &join_token, &master_key) {
+        (Some(key), _, _) => key,
+        (None, Some(_), _) => {
+            let key = KeyPair::from_seed(random_bytes()?);
+            write_private(&key_path, &key.reveal_seed())?;
+            key
+        }
+        (None, None, _) => return Ok(None),
+    };
+    if join_token.is_none() && master_key.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Credentials {
+        key,
+        join_token,
+        master_key,
+    }))
+}
+
+/// Keeps the master's key, pinned at enrollment.
+pub fn pin_master_key(
+    state_dir: &Path,
+    device_id: &str,
+    key: &PublicKey,
+) -> Result<(), IdentityError> {
+    write_private(
+        &state_dir.join(device_id).join(MASTER_FILE),
+        &key.to_string(),
+    )
+}
+
+/// Writes `text` and a newline to `path`, readable by its owner only (0600), replacing
+/// any old file atomically (a new file, synced, renamed over it). The folder is
+/// created if missing. The master keeps its tokens with this too.
+pub fn write_private(path: &Path, text: &str) -> Result<(), IdentityError> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(io_error(dir))?;
+    }
+    let temporary = path.with_extension("new");
+    let _ = fs::remove_file(&temporary);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temporary)
+        .map_err(io_error(&temporary))?;
+    file.write_all(format!("{text}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io_error(&temporary))?;
+    fs::set_permissions(&temporary, fs::Permissions::from_mode(0o600))
+        .map_err(io_error(&temporary))?;
+    fs::rename(&temporary, path).map_err(io_error(path))
+}
