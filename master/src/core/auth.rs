@@ -226,6 +226,15 @@ fn need(message: &Message) -> Need {
     }
 }
 
+/// What [`Core::authorize`] allows.
+#[derive(Debug, PartialEq, Eq)]
+enum Grant {
+    /// The message, in the connection's current role.
+    AsIs,
+    /// A read from a read-only source, which makes the connection a reader.
+    AsReader,
+}
+
 /// A refusal: the reply, and whether the connection closes after it.
 pub(super) struct Refusal {
     pub(super) error: ReplyError,
@@ -363,6 +372,20 @@ impl Core {
         sender: Option<&str>,
         message: &Message,
     ) -> Result<(), Refusal> {
+        if self.access(conn, sender, message)? == Grant::AsReader {
+            self.become_reader(conn);
+        }
+        Ok(())
+    }
+
+    /// The decision of [`Core::authorize`], made without changing anything
+    /// (and without copying the role: this runs for every message).
+    fn access(
+        &self,
+        conn: ConnId,
+        sender: Option<&str>,
+        message: &Message,
+    ) -> Result<Grant, Refusal> {
         let allow_legacy = self.config.auth.allow_legacy_workers;
         let Some(state) = self.conns.get(&conn) else {
             return Err(Refusal::close(
@@ -370,9 +393,9 @@ impl Core {
                 "unknown connection",
             ));
         };
-        let role = state.auth.role.clone();
+        let role = &state.auth.role;
         let may_read = state.auth.may_read;
-        match need(message) {
+        let allowed = match need(message) {
             Need::Nothing | Need::Handshake => Ok(()),
             Need::Worker => match role {
                 Role::Open => Ok(()),
@@ -405,10 +428,7 @@ impl Core {
             Need::Read => match role {
                 Role::Open | Role::Admin | Role::Reader => Ok(()),
                 Role::Legacy(_) if matches!(message, Message::Status) => Ok(()),
-                Role::Pending if may_read => {
-                    self.become_reader(conn);
-                    Ok(())
-                }
+                Role::Pending if may_read => return Ok(Grant::AsReader),
                 Role::Pending => Err(auth_required()),
                 Role::Worker(_) | Role::Legacy(_) => Err(Refusal::stay(
                     ErrorCode::Forbidden,
@@ -425,7 +445,8 @@ impl Core {
                      admin token",
                 )),
             },
-        }
+        };
+        allowed.map(|()| Grant::AsIs)
     }
 
     /// An older worker without credentials (legacy switch on): it may

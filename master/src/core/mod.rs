@@ -1125,24 +1125,7 @@ impl Core {
             }
         };
         spec.task_id = Some(task_id.clone());
-        let record = TaskRecord {
-            task_id: task_id.clone(),
-            seq,
-            spec,
-            state: TaskState::Queued,
-            attempt: 0,
-            device_id: None,
-            submitted_unix_ms: now.unix_ms,
-            started_unix_ms: None,
-            finished_unix_ms: None,
-            result: None,
-            exit_code: None,
-            error: None,
-            execution_time: None,
-            failures: 0,
-            lost: 0,
-            retry_at_unix_ms: None,
-        };
+        let record = TaskRecord::queued(task_id.clone(), seq, spec, now.unix_ms);
         self.persist_task(&record);
         self.queue.insert(QueueKey::of(&record));
         self.index

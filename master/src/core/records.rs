@@ -90,6 +90,28 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
+    /// A task just submitted: queued, never attempted.
+    pub fn queued(task_id: String, seq: u64, spec: TaskSpec, submitted_unix_ms: i64) -> TaskRecord {
+        TaskRecord {
+            task_id,
+            seq,
+            spec,
+            state: TaskState::Queued,
+            attempt: 0,
+            device_id: None,
+            submitted_unix_ms,
+            started_unix_ms: None,
+            finished_unix_ms: None,
+            result: None,
+            exit_code: None,
+            error: None,
+            execution_time: None,
+            failures: 0,
+            lost: 0,
+            retry_at_unix_ms: None,
+        }
+    }
+
     /// The requirements of the task.
     pub fn requirements(&self) -> &Requirements {
         &self.spec.requirements

@@ -226,29 +226,17 @@ mod store_tests {
     use super::*;
     use crate::core::records::{Batch, StoreOp, TaskRecord};
     use crate::store::{Store, Synchronous};
-    use protocol::{TaskSpec, TaskState};
+    use protocol::TaskSpec;
 
     fn batch(id: u64, first: u64, count: u64) -> Batch {
         let ops = (first..first + count)
             .map(|seq| {
-                StoreOp::PutTask(TaskRecord {
-                    task_id: format!("t{seq}"),
+                StoreOp::PutTask(TaskRecord::queued(
+                    format!("t{seq}"),
                     seq,
-                    spec: TaskSpec::new("echo", serde_json::json!({ "pad": "x".repeat(2000) })),
-                    state: TaskState::Queued,
-                    attempt: 0,
-                    device_id: None,
-                    submitted_unix_ms: 0,
-                    started_unix_ms: None,
-                    finished_unix_ms: None,
-                    result: None,
-                    exit_code: None,
-                    error: None,
-                    execution_time: None,
-                    failures: 0,
-                    lost: 0,
-                    retry_at_unix_ms: None,
-                })
+                    TaskSpec::new("echo", serde_json::json!({ "pad": "x".repeat(2000) })),
+                    0,
+                ))
             })
             .collect();
         Batch { id, ops }
