@@ -53,7 +53,9 @@ type HmacSha256 = Hmac<Sha256>;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// The text is not a token of the expected kind.
-    #[error("not a {expected} token (it should start with {prefix:?} followed by 64 hex digits)")]
+    #[error(
+        "not a valid {expected} token (it should start with {prefix:?} followed by 64 hex digits)"
+    )]
     BadToken {
         /// The kind of token that was expected.
         expected: TokenKind,
