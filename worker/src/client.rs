@@ -65,6 +65,11 @@ pub const GOODBYE_LINGER: Duration = Duration::from_millis(300);
 /// How many progress reports may wait for the main loop before new ones are dropped.
 const PROGRESS_QUEUE: usize = 1024;
 
+/// The most finished results taken from the pool in one turn of the loop (and so saved
+/// with one flush); the bound keeps a turn short enough that messages from the master
+/// are not kept waiting behind a flood of results.
+const MAX_RESULTS_PER_TURN: usize = 1024;
+
 /// How long a connection must have lasted (after a register ack) before losing it starts
 /// the reconnect backoff afresh; an acknowledged result on it counts as well. A master
 /// that accepts and at once drops the connection (crash loop, overload, a proxy in the
@@ -523,6 +528,12 @@ impl Client {
                 recv(results) -> result => {
                     if let Ok(result) = result {
                         self.on_task_finished(result);
+                        // Results that finished meanwhile (typically while the last
+                        // batch was being flushed to disk) join this one, so that
+                        // `drive` saves them all with one flush.
+                        for result in results.try_iter().take(MAX_RESULTS_PER_TURN) {
+                            self.on_task_finished(result);
+                        }
                     }
                 },
                 recv(progress) -> report => {
@@ -650,9 +661,22 @@ impl Client {
     /// nothing more to say.
     fn drive(&mut self) {
         loop {
+            // Results to save are gathered and saved together (one write, one flush)
+            // before anything else happens: before any other event, in order, and before
+            // anything is sent, since the session may have queued them for sending.
+            let mut to_save = Vec::new();
             while let Some(event) = self.session.poll_event() {
-                self.on_session_event(event);
+                match event {
+                    SessionEvent::SaveResult { message_id, result } => {
+                        to_save.push((message_id, result));
+                    }
+                    other => {
+                        self.save_results(std::mem::take(&mut to_save));
+                        self.on_session_event(other);
+                    }
+                }
             }
+            self.save_results(to_save);
             let outgoing: Vec<Envelope> =
                 std::iter::from_fn(|| self.session.poll_transmit()).collect();
             if outgoing.is_empty() {
@@ -706,7 +730,7 @@ impl Client {
             }
             SessionEvent::Reconnect { reason } => self.disconnect(&reason),
             SessionEvent::SaveResult { message_id, result } => {
-                self.save_result(&message_id, &result)
+                self.save_results(vec![(message_id, result)])
             }
             SessionEvent::ForgetResult { message_id } => self.outbox.remove(&message_id),
             SessionEvent::PinMasterKey { key } => {
@@ -725,11 +749,22 @@ impl Client {
         }
     }
 
-    /// Makes a result durable before it is sent. When that fails the result is still
-    /// sent and kept in memory until acknowledged; only a restart of the worker before
-    /// the ack can lose it then.
-    fn save_result(&mut self, message_id: &str, result: &TaskResult) {
-        if let Err(error) = self.outbox.save(message_id, result) {
+    /// Makes results durable before they are sent, all with one flush. A result that
+    /// cannot be saved is still sent and kept in memory until acknowledged; only a
+    /// restart of the worker before the ack can lose it then.
+    fn save_results(&mut self, batch: Vec<(String, TaskResult)>) {
+        if batch.is_empty() {
+            return;
+        }
+        let failed = self.outbox.save_all(
+            batch
+                .iter()
+                .map(|(message_id, result)| (message_id.as_str(), result)),
+        );
+        for (message_id, error) in failed {
+            let Some((_, result)) = batch.iter().find(|(id, _)| *id == message_id) else {
+                continue;
+            };
             log::error!(
                 "could not keep the result of {} attempt {} in {}: {error}; it is held in memory only until the master acknowledges it",
                 result.task_id,
@@ -864,7 +899,7 @@ mod tests {
     use serde_json::json;
     use std::io::{BufRead, BufReader};
     use std::net::{SocketAddr, TcpListener};
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     /// The longest any single step of these tests may take before it counts as hung.
     const STEP_LIMIT: Duration = Duration::from_secs(10);
@@ -1008,15 +1043,9 @@ mod tests {
         thread::spawn(move || crate::run(config, stop))
     }
 
-    /// The result files in the outbox of `state`.
-    fn outbox_files(state: &Path) -> Vec<PathBuf> {
-        let dir = state.join("test-worker").join("outbox");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .expect("the outbox exists")
-            .map(|entry| entry.expect("a directory entry").path())
-            .collect();
-        files.sort();
-        files
+    /// The results waiting in the outbox of `state`, as a reader of the disk sees them.
+    fn outbox_results(state: &Path) -> Vec<StoredResult> {
+        Outbox::peek(state, "test-worker").expect("the outbox can be read")
     }
 
     fn join_within(worker: JoinHandle<Result<(), WorkerError>>, limit: Duration) {
@@ -1085,10 +1114,11 @@ mod tests {
         let unacked = master.recv_skipping_heartbeats();
         assert_eq!(unacked["data"]["task_id"], "t-2", "{unacked}");
         // It was on disk before it was sent.
-        let files = outbox_files(state.path());
-        assert_eq!(files.len(), 1, "{files:?}");
-        let on_disk: Value =
-            serde_json::from_slice(&std::fs::read(&files[0]).expect("read")).expect("JSON");
+        let stored = outbox_results(state.path());
+        assert_eq!(stored.len(), 1, "{stored:?}");
+        let mut envelope = Envelope::new(protocol::Message::TaskResult(stored[0].result.clone()));
+        envelope.message_id = Some(stored[0].message_id.clone());
+        let on_disk: Value = serde_json::from_slice(&envelope.to_line()).expect("JSON");
         assert_eq!(on_disk["message_id"], unacked["message_id"]);
         assert_eq!(on_disk["data"], unacked["data"]);
         drop(master);
@@ -1145,7 +1175,7 @@ mod tests {
             stopped_at.elapsed()
         );
         // Every result was acknowledged, and the handed-back task left none behind.
-        assert_eq!(outbox_files(state.path()), Vec::<PathBuf>::new());
+        assert_eq!(outbox_results(state.path()), Vec::new());
     }
 
     #[test]
@@ -1258,7 +1288,7 @@ mod tests {
         assert_eq!(result["message_type"], "task_result", "{result}");
         assert_eq!(result["data"]["task_id"], "long");
         assert_eq!(result["data"]["status"], "cancelled");
-        assert_eq!(outbox_files(state.path()).len(), 1);
+        assert_eq!(outbox_results(state.path()).len(), 1);
         master.ack(&result, json!({"recorded": true}));
 
         // Nothing runs and nothing waits for an ack: goodbye.
@@ -1266,7 +1296,7 @@ mod tests {
         assert_eq!(goodbye["message_type"], "goodbye", "{goodbye}");
         master.ack(&goodbye, json!({"message": "goodbye"}));
         join_within(worker, STEP_LIMIT);
-        assert_eq!(outbox_files(state.path()), Vec::<PathBuf>::new());
+        assert_eq!(outbox_results(state.path()), Vec::new());
     }
 
     #[test]
@@ -1295,7 +1325,7 @@ mod tests {
         join_within(worker, STEP_LIMIT);
         assert!(stopped_at.elapsed() >= Duration::from_millis(200));
         // The cancelled attempt's result is neither sent nor kept.
-        assert_eq!(outbox_files(state.path()), Vec::<PathBuf>::new());
+        assert_eq!(outbox_results(state.path()), Vec::new());
     }
 
     #[test]
@@ -1347,7 +1377,7 @@ mod tests {
             let mut master = ScriptedMaster::accept(&listener);
             let register = master.recv();
             assert_register(&register, Some(json!([{"task_id": "nap", "attempt": 3}])));
-            if outbox_files(state.path()).len() == 1 {
+            if outbox_results(state.path()).len() == 1 {
                 break (master, register);
             }
             n_listing += 1;
@@ -1369,7 +1399,7 @@ mod tests {
         assert_eq!(goodbye["message_type"], "goodbye", "{goodbye}");
         master.ack(&goodbye, json!({}));
         join_within(worker, STEP_LIMIT);
-        assert_eq!(outbox_files(state.path()), Vec::<PathBuf>::new());
+        assert_eq!(outbox_results(state.path()), Vec::new());
     }
 
     #[test]
@@ -1394,7 +1424,7 @@ mod tests {
         assert_eq!(goodbye["message_type"], "goodbye", "{goodbye}");
         master.ack(&goodbye, json!({}));
         join_within(worker, STEP_LIMIT);
-        assert_eq!(outbox_files(state.path()).len(), 1);
+        assert_eq!(outbox_results(state.path()).len(), 1);
 
         // The next run sends it after its register ack, under the same id.
         let stop = StopHandle::new();
@@ -1411,7 +1441,7 @@ mod tests {
         assert_eq!(goodbye["message_type"], "goodbye", "{goodbye}");
         master.ack(&goodbye, json!({}));
         join_within(worker, STEP_LIMIT);
-        assert_eq!(outbox_files(state.path()), Vec::<PathBuf>::new());
+        assert_eq!(outbox_results(state.path()), Vec::new());
     }
 
     #[test]

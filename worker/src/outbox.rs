@@ -1,6 +1,6 @@
 //! The durable outbox: finished results kept on disk until the master acknowledges them.
 //!
-//! Every result a task produces is written here **before** it is sent, and deleted once
+//! Every result a task produces is written here **before** it is sent, and forgotten once
 //! the master's `ack` for it arrives (the master acks only once the result is durable on
 //! its side). So a result survives a dropped connection, a master restart and a restart
 //! (or a `kill -9`, or a power cut) of the worker itself: on start the worker loads the
@@ -10,26 +10,48 @@
 //!
 //! ```text
 //! STATE_DIR/
-//!   DEVICE_ID/            one directory per device id (mode 0700), so that workers with
-//!     lock                different ids can share a state dir; `lock` is held (flock)
-//!     outbox/             while a worker runs, so two workers never share one outbox
-//!       res-5f3a9c01-9.json   one file per result: the `task_result` line as sent
+//!   DEVICE_ID/                  one directory per device id (mode 0700), so that workers
+//!     lock                      with different ids can share a state dir; `lock` is held
+//!     outbox/                   (flock) while a worker runs, so two workers never share
+//!       log-00000000000000000007.jsonl   one outbox; results go into append-only logs
 //! ```
 //!
-//! A result is written to `NAME.tmp`, fsynced, renamed to `NAME.json`, and the directory
-//! is fsynced, so a file is either whole or absent. Deleting after the ack is not fsynced:
-//! a deletion lost to a power cut only means the result is sent once more, and the master
-//! acknowledges a result it already has with `recorded: false` and changes nothing.
+//! A log holds one line per result (the `task_result` line exactly as sent) and one line
+//! `{"forget":"MESSAGE_ID"}` per result of it the master acknowledged.
 //!
-//! The outbox is bounded ([`MAX_RESULTS`] files, [`MAX_BYTES`] bytes). Past the bound a
-//! result is kept in memory only (and still sent), with an error in the log; the session
-//! also stops accepting tasks while that many results wait for acks.
+//! **Group commit.** [`Outbox::save_all`] appends every result it is given with one
+//! `write` and one `fdatasync`, however many there are: the worker hands it all the
+//! results that finished while the previous write was on its way to the disk, so a busy
+//! worker pays one disk flush per batch instead of one per result, and an idle one pays a
+//! single flush per result (no file created, renamed or directory flushed). The directory
+//! is flushed only when a new log is created, so that the log itself survives a power cut.
+//! A write cut short by a crash leaves at most a torn last line, which was never sent
+//! (results are sent only after the flush) and is skipped when the log is read back.
+//!
+//! **Forgetting** appends a `forget` line to the result's own log, without a flush, so a
+//! drained log can always be deleted whole. A forget lost to a power cut only means the result is sent once more, and the master acknowledges a result it
+//! already has with `recorded: false` and changes nothing. A log whose results are all
+//! forgotten is deleted once a newer log has taken over; the current log is replaced by a
+//! new one when it passes [`LOG_BYTES`]. When logs hold more than about twice the bytes
+//! of the results still waiting (plus two logs' worth), the waiting results are copied
+//! into a fresh log and the old logs deleted, so the disk holds at most about
+//! `2 × MAX_BYTES + 2 × LOG_BYTES`.
+//!
+//! **Opening** reads every log (and the one-file-per-result `NAME.json` files older
+//! workers wrote), keeps the results not forgotten, writes them into a fresh log and
+//! deletes the rest. A log with an unreadable line *before* a readable one is not a torn
+//! write but damage: it is kept aside as `NAME.corrupt` and its readable results are
+//! still sent.
+//!
+//! The outbox is bounded ([`MAX_RESULTS`] results, [`MAX_BYTES`] bytes waiting). Past the
+//! bound a result is kept in memory only (and still sent), with an error in the log; the
+//! session also stops accepting tasks while that many results wait for acks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -39,12 +61,15 @@ use protocol::{Envelope, Message, TaskResult};
 /// The most results the outbox keeps on disk at once.
 pub const MAX_RESULTS: usize = 10_000;
 
-/// The most bytes the outbox keeps on disk at once (256 MiB). One result is at most about
-/// 900 KiB (`worker::tasks::MAX_RESULT_BYTES`), so this holds at least 280 of the largest
-/// results and many thousands of ordinary ones.
+/// The most bytes of waiting results the outbox keeps at once (256 MiB). One result is at
+/// most about 900 KiB (`worker::tasks::MAX_RESULT_BYTES`), so this holds at least 280 of
+/// the largest results and many thousands of ordinary ones.
 pub const MAX_BYTES: u64 = 256 << 20;
 
-/// The name of the directory inside `STATE_DIR/DEVICE_ID/` that holds the results.
+/// A log is left for a new one once it holds this many bytes (4 MiB).
+pub const LOG_BYTES: u64 = 4 << 20;
+
+/// The name of the directory inside `STATE_DIR/DEVICE_ID/` that holds the logs.
 const OUTBOX_DIR: &str = "outbox";
 
 /// The name of the lock file inside `STATE_DIR/DEVICE_ID/`.
@@ -52,6 +77,11 @@ const LOCK_FILE: &str = "lock";
 
 /// The directory name the default state dir ends in.
 const APP_DIR: &str = "retire-worker";
+
+/// How a log's file name starts and ends; the number between is zero-padded so that
+/// names sort in the order the logs were made.
+const LOG_PREFIX: &str = "log-";
+const LOG_SUFFIX: &str = ".jsonl";
 
 /// The state dir used when none is given: `$XDG_STATE_HOME/retire-worker`, else
 /// `~/.local/state/retire-worker`, else (no home at all, as under some service
@@ -135,22 +165,58 @@ pub struct StoredResult {
     pub result: TaskResult,
 }
 
+/// Where a waiting result's line is: which log, at which offset, how long.
+#[derive(Debug, Clone, Copy)]
+struct Saved {
+    log: u64,
+    offset: u64,
+    len: u64,
+}
+
+/// A log file on disk.
+#[derive(Debug)]
+struct Log {
+    /// Results in it not forgotten yet.
+    n_waiting: usize,
+    /// Its size on disk.
+    n_bytes: u64,
+    /// False once a write to it failed: nothing more is appended to it.
+    appendable: bool,
+}
+
+/// The log results are appended to now.
+#[derive(Debug)]
+struct CurrentLog {
+    number: u64,
+    file: File,
+}
+
 /// One device's outbox directory, locked for this process. See the module docs.
 #[derive(Debug)]
 pub struct Outbox {
     dir: PathBuf,
-    /// Bytes of each file on disk, by message id.
-    files: BTreeMap<String, u64>,
-    n_bytes: u64,
+    /// The results waiting for an ack, by message id.
+    waiting: HashMap<String, Saved>,
+    /// Bytes of the waiting results' lines.
+    n_waiting_bytes: u64,
+    /// Every log on disk, by number.
+    logs: BTreeMap<u64, Log>,
+    /// The log appended to; `None` until the first save, and after a failed write (the
+    /// next save starts a new log rather than append after a possibly torn line).
+    current: Option<CurrentLog>,
+    /// The number the next new log gets.
+    next_log: u64,
+    /// [`LOG_BYTES`]; smaller in tests.
+    log_bytes: u64,
     /// Holds the flock for as long as the outbox lives.
     _lock: File,
 }
 
 impl Outbox {
     /// Opens (creating it if needed) the outbox of `device_id` under `state_dir`, locks
-    /// it, and returns it with the results it already held, oldest first. Leftover
-    /// temporary files (a write cut short by a crash, never sent) are deleted; a file that
-    /// cannot be read as a `task_result` is renamed to `NAME.corrupt` and skipped.
+    /// it, and returns it with the results it already held, oldest first. Those are
+    /// rewritten into one fresh log and every older file is deleted (see the module
+    /// docs for torn writes and damaged logs).
     pub fn open(
         state_dir: &Path,
         device_id: &str,
@@ -184,140 +250,551 @@ impl Outbox {
                 })
             }
         }
+        let found = read_dir(&dir, Cleanup::Yes).map_err(io_error(&dir))?;
         let mut outbox = Outbox {
             dir,
-            files: BTreeMap::new(),
-            n_bytes: 0,
+            waiting: HashMap::new(),
+            n_waiting_bytes: 0,
+            logs: BTreeMap::new(),
+            current: None,
+            next_log: found.next_log,
+            log_bytes: LOG_BYTES,
             _lock: lock,
         };
-        let loaded = outbox.load().map_err(io_error(&outbox.dir))?;
+        if !found.results.is_empty() {
+            let lines: Vec<(String, Vec<u8>)> = found
+                .results
+                .iter()
+                .map(|loaded| (loaded.stored.message_id.clone(), loaded.line.clone()))
+                .collect();
+            outbox.append(lines, true).map_err(io_error(&outbox.dir))?;
+        }
+        // Only now that the results are safe in the new log may the old files go.
+        for path in found.files {
+            if let Err(error) = fs::remove_file(&path) {
+                log::warn!(
+                    "could not delete the old outbox file {}: {error}",
+                    path.display()
+                );
+            }
+        }
+        let loaded = found
+            .results
+            .into_iter()
+            .map(|loaded| loaded.stored)
+            .collect();
         Ok((outbox, loaded))
     }
 
-    /// The directory the result files are in.
+    /// The results waiting in the outbox of `device_id` under `state_dir`, oldest first,
+    /// read without taking the lock or changing anything (for tests and diagnostics; a
+    /// worker that is writing at the same time may have a last line half written, which
+    /// is skipped).
+    pub fn peek(state_dir: &Path, device_id: &str) -> io::Result<Vec<StoredResult>> {
+        let dir = state_dir.join(device_id).join(OUTBOX_DIR);
+        let found = read_dir(&dir, Cleanup::No)?;
+        Ok(found
+            .results
+            .into_iter()
+            .map(|loaded| loaded.stored)
+            .collect())
+    }
+
+    /// The directory the logs are in.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// How many results are on disk.
+    /// How many results wait for an ack.
     pub fn len(&self) -> usize {
-        self.files.len()
+        self.waiting.len()
     }
 
-    /// Whether no result is on disk.
+    /// Whether no result waits.
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
+        self.waiting.is_empty()
     }
 
-    /// How many bytes the results on disk take.
+    /// How many bytes the waiting results take.
     pub fn n_bytes(&self) -> u64 {
-        self.n_bytes
+        self.n_waiting_bytes
     }
 
-    /// Writes `result` durably under `message_id`; when this returns `Ok` the file is on
-    /// disk (fsynced, renamed, directory fsynced). Saving an id already saved is a no-op.
+    /// How many bytes the logs take on disk (waiting results, forgotten ones and
+    /// `forget` lines).
+    pub fn n_bytes_on_disk(&self) -> u64 {
+        self.logs.values().map(|log| log.n_bytes).sum()
+    }
+
+    /// Writes `result` durably under `message_id`; see [`Outbox::save_all`].
     pub fn save(&mut self, message_id: &str, result: &TaskResult) -> Result<(), SaveError> {
-        if self.files.contains_key(message_id) {
+        match self.save_all([(message_id, result)]).pop() {
+            Some((_, error)) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes every result durably under its message id, with one write and one flush
+    /// for the whole batch. Returns the ones that could not be saved, each with why; the
+    /// rest are on disk when this returns. Saving an id already saved is a no-op.
+    pub fn save_all<'a>(
+        &mut self,
+        batch: impl IntoIterator<Item = (&'a str, &'a TaskResult)>,
+    ) -> Vec<(String, SaveError)> {
+        let mut failed = Vec::new();
+        let mut lines: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut n_batch_bytes = 0;
+        for (message_id, result) in batch {
+            if self.waiting.contains_key(message_id) || lines.iter().any(|(id, _)| id == message_id)
+            {
+                continue;
+            }
+            if !is_safe_file_stem(message_id) {
+                failed.push((
+                    message_id.to_string(),
+                    SaveError::BadId(message_id.to_string()),
+                ));
+                continue;
+            }
+            let mut envelope = Envelope::new(Message::TaskResult(result.clone()));
+            envelope.message_id = Some(message_id.to_string());
+            let line = envelope.to_line();
+            let size = line.len() as u64;
+            if self.waiting.len() + lines.len() >= MAX_RESULTS
+                || self.n_waiting_bytes + n_batch_bytes + size > MAX_BYTES
+            {
+                failed.push((
+                    message_id.to_string(),
+                    SaveError::Full {
+                        n_results: self.waiting.len() + lines.len(),
+                        n_bytes: self.n_waiting_bytes + n_batch_bytes,
+                    },
+                ));
+                continue;
+            }
+            n_batch_bytes += size;
+            lines.push((message_id.to_string(), line));
+        }
+        if lines.is_empty() {
+            return failed;
+        }
+        let ids: Vec<String> = lines.iter().map(|(id, _)| id.clone()).collect();
+        if let Err(error) = self.append(lines, false) {
+            failed.extend(ids.into_iter().map(|id| {
+                let copy = io::Error::new(error.kind(), error.to_string());
+                (id, SaveError::Io(copy))
+            }));
+            return failed;
+        }
+        if let Err(error) = self.compact_if_wasteful() {
+            // The results are safe in the logs already; only the disk space is not
+            // reclaimed yet. The next save tries again.
+            log::warn!(
+                "could not compact the outbox in {}: {error}",
+                self.dir.display()
+            );
+        }
+        failed
+    }
+
+    /// Forgets the result saved under `message_id` (the master acknowledged it, or
+    /// refused it for good). Unknown ids are ignored.
+    pub fn remove(&mut self, message_id: &str) {
+        let Some(saved) = self.waiting.remove(message_id) else {
+            return;
+        };
+        self.n_waiting_bytes -= saved.len;
+        if let Some(log) = self.logs.get_mut(&saved.log) {
+            log.n_waiting = log.n_waiting.saturating_sub(1);
+        }
+        let is_current = self
+            .current
+            .as_ref()
+            .is_some_and(|current| current.number == saved.log);
+        let drained = self
+            .logs
+            .get(&saved.log)
+            .is_some_and(|log| log.n_waiting == 0);
+        if drained && !is_current {
+            self.delete_log(saved.log);
+            return;
+        }
+        if let Err(error) = self.append_forget(saved.log, message_id) {
+            log::warn!(
+                "could not note in {} that the result {message_id} was acknowledged: {error}; \
+                 it will be sent again at the next start (the master will ignore it)",
+                self.dir.display()
+            );
+        }
+    }
+
+    /// Appends `{"forget":ID}` to the log that holds the result, without a flush, so
+    /// that every log's `forget` lines are about its own results and a drained log can
+    /// always be deleted whole. A log whose last write failed gets none (it may end in a
+    /// torn line, and a line after that would make it look damaged): its forgotten
+    /// results are sent once more after a restart, which the master ignores.
+    fn append_forget(&mut self, number: u64, message_id: &str) -> io::Result<()> {
+        let Some(log) = self.logs.get(&number) else {
+            return Ok(());
+        };
+        if !log.appendable {
             return Ok(());
         }
-        if !is_safe_file_stem(message_id) {
-            return Err(SaveError::BadId(message_id.to_string()));
+        let line = format!("{{\"forget\":\"{message_id}\"}}\n");
+        match self.current.as_mut() {
+            Some(current) if current.number == number => {
+                current.file.write_all(line.as_bytes())?;
+            }
+            _ => {
+                // Only results that were waiting when their log was left get here.
+                let mut file = OpenOptions::new()
+                    .append(true)
+                    .open(self.log_path(number))?;
+                file.write_all(line.as_bytes())?;
+            }
         }
-        let mut envelope = Envelope::new(Message::TaskResult(result.clone()));
-        envelope.message_id = Some(message_id.to_string());
-        let line = envelope.to_line();
-        let size = line.len() as u64;
-        if self.files.len() >= MAX_RESULTS || self.n_bytes + size > MAX_BYTES {
-            return Err(SaveError::Full {
-                n_results: self.files.len(),
-                n_bytes: self.n_bytes,
-            });
+        if let Some(log) = self.logs.get_mut(&number) {
+            log.n_bytes += line.len() as u64;
         }
-        let temporary = self.dir.join(format!("{message_id}.tmp"));
-        let written = write_synced(&temporary, &line)
-            .and_then(|()| fs::rename(&temporary, self.path_of(message_id)))
-            .and_then(|()| File::open(&self.dir)?.sync_all());
-        if let Err(error) = written {
-            // Best effort: a leftover temporary file is deleted at the next start anyway.
-            let _ = fs::remove_file(&temporary);
-            return Err(SaveError::Io(error));
-        }
-        self.files.insert(message_id.to_string(), size);
-        self.n_bytes += size;
+        self.roll_if_full();
         Ok(())
     }
 
-    /// Deletes the result saved under `message_id` (the master acknowledged it, or
-    /// refused it for good). Unknown ids are ignored.
-    pub fn remove(&mut self, message_id: &str) {
-        let Some(size) = self.files.remove(message_id) else {
+    /// Appends the lines to the current log with one write and one flush, and records
+    /// them as waiting. `fresh` starts a new log first (used when opening).
+    fn append(&mut self, lines: Vec<(String, Vec<u8>)>, fresh: bool) -> io::Result<()> {
+        if fresh {
+            self.current = None;
+        }
+        let mut buffer = Vec::with_capacity(lines.iter().map(|(_, line)| line.len()).sum());
+        let mut placed = Vec::with_capacity(lines.len());
+        let number = self.current_log()?.number;
+        let start = self.logs.get(&number).map_or(0, |log| log.n_bytes);
+        for (message_id, line) in lines {
+            let saved = Saved {
+                log: number,
+                offset: start + buffer.len() as u64,
+                len: line.len() as u64,
+            };
+            buffer.extend_from_slice(&line);
+            placed.push((message_id, saved));
+        }
+        let current = self.current_log()?;
+        let written = current
+            .file
+            .write_all(&buffer)
+            .and_then(|()| current.file.sync_data());
+        if let Err(error) = written {
+            // Never append after what may be a torn line; the next save starts a new log.
+            // What this log held before stays valid and is still counted.
+            self.current = None;
+            if let Some(log) = self.logs.get_mut(&number) {
+                log.appendable = false;
+            }
+            self.delete_if_drained(number);
+            return Err(error);
+        }
+        let Some(log) = self.logs.get_mut(&number) else {
+            return Err(io::Error::other("the outbox lost track of its current log"));
+        };
+        log.n_bytes = start + buffer.len() as u64;
+        log.n_waiting += placed.len();
+        for (message_id, saved) in placed {
+            self.n_waiting_bytes += saved.len;
+            self.waiting.insert(message_id, saved);
+        }
+        self.roll_if_full();
+        Ok(())
+    }
+
+    /// The log to append to, creating it (and flushing the directory, so that it
+    /// survives a power cut) when there is none.
+    fn current_log(&mut self) -> io::Result<&mut CurrentLog> {
+        if self.current.is_none() {
+            let number = self.next_log;
+            let path = self.log_path(number);
+            let file = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .read(true)
+                .mode(0o600)
+                .open(&path)?;
+            if let Err(error) = File::open(&self.dir).and_then(|dir| dir.sync_all()) {
+                let _ = fs::remove_file(&path);
+                return Err(error);
+            }
+            self.next_log += 1;
+            self.logs.insert(
+                number,
+                Log {
+                    n_waiting: 0,
+                    n_bytes: 0,
+                    appendable: true,
+                },
+            );
+            self.current = Some(CurrentLog { number, file });
+        }
+        match self.current.as_mut() {
+            Some(current) => Ok(current),
+            None => Err(io::Error::other("the outbox has no current log")),
+        }
+    }
+
+    /// Leaves the current log once it passes [`LOG_BYTES`]; it is deleted when its
+    /// last result is forgotten (or at once, when none waits).
+    fn roll_if_full(&mut self) {
+        let Some(number) = self.current.as_ref().map(|current| current.number) else {
             return;
         };
-        self.n_bytes -= size;
-        match fs::remove_file(self.path_of(message_id)) {
+        if self
+            .logs
+            .get(&number)
+            .is_some_and(|log| log.n_bytes >= self.log_bytes)
+        {
+            self.current = None;
+            self.delete_if_drained(number);
+        }
+    }
+
+    fn delete_if_drained(&mut self, number: u64) {
+        if self.logs.get(&number).is_some_and(|log| log.n_waiting == 0) {
+            self.delete_log(number);
+        }
+    }
+
+    /// Deletes a log nothing waits in. Not flushed: a log that comes back after a power
+    /// cut only holds results the master already has.
+    fn delete_log(&mut self, number: u64) {
+        self.logs.remove(&number);
+        let path = self.log_path(number);
+        match fs::remove_file(&path) {
             Ok(()) => {}
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(error) => log::error!(
-                "could not delete the acknowledged result {message_id} from {}: {error}; \
-                 it will be sent again at the next start (the master will ignore it)",
-                self.dir.display()
+                "could not delete the finished outbox log {}: {error}; \
+                 its results will be sent again at the next start (the master will ignore them)",
+                path.display()
             ),
         }
     }
 
-    fn path_of(&self, message_id: &str) -> PathBuf {
-        self.dir.join(format!("{message_id}.json"))
+    /// Copies the waiting results into a fresh log and deletes the others when the logs
+    /// take much more room than the results (see the module docs for the bound).
+    fn compact_if_wasteful(&mut self) -> io::Result<()> {
+        let on_disk = self.n_bytes_on_disk();
+        if self.logs.len() < 2 || on_disk <= 2 * self.n_waiting_bytes + 2 * self.log_bytes {
+            return Ok(());
+        }
+        let mut ordered: Vec<(Saved, String)> = self
+            .waiting
+            .iter()
+            .map(|(message_id, saved)| (*saved, message_id.clone()))
+            .collect();
+        ordered.sort_by_key(|(saved, _)| (saved.log, saved.offset));
+        let mut lines = Vec::with_capacity(ordered.len());
+        let mut open_log: Option<(u64, File)> = None;
+        for (saved, message_id) in ordered {
+            if open_log.as_ref().map(|(number, _)| *number) != Some(saved.log) {
+                open_log = Some((saved.log, File::open(self.log_path(saved.log))?));
+            }
+            let Some((_, file)) = open_log.as_ref() else {
+                continue;
+            };
+            let len = usize::try_from(saved.len).map_err(io::Error::other)?;
+            let mut line = vec![0; len];
+            file.read_exact_at(&mut line, saved.offset)?;
+            lines.push((message_id, line));
+        }
+        drop(open_log);
+        let old: Vec<u64> = self.logs.keys().copied().collect();
+        // The results are recorded afresh by `append`; until it succeeds they stay where
+        // they are, so a failed copy changes nothing.
+        let waiting = std::mem::take(&mut self.waiting);
+        let n_waiting_bytes = std::mem::replace(&mut self.n_waiting_bytes, 0);
+        let n_lines = lines.len();
+        if let Err(error) = self.append(lines, true) {
+            self.waiting = waiting;
+            self.n_waiting_bytes = n_waiting_bytes;
+            return Err(error);
+        }
+        log::debug!(
+            "compacted the outbox: {on_disk} bytes in {} logs became one log of {} bytes ({n_lines} results)",
+            old.len(),
+            self.n_waiting_bytes
+        );
+        for number in old {
+            self.delete_log(number);
+        }
+        Ok(())
     }
 
-    /// Reads every result file, oldest first.
-    fn load(&mut self) -> io::Result<Vec<StoredResult>> {
-        let mut found = Vec::new();
-        for entry in fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            let path = entry.path();
-            match path.extension().and_then(|extension| extension.to_str()) {
-                Some("tmp") => {
-                    log::debug!("deleting the unfinished write {}", path.display());
-                    let _ = fs::remove_file(&path);
-                }
-                Some("json") => {
-                    let modified = entry
-                        .metadata()
-                        .and_then(|metadata| metadata.modified())
-                        .unwrap_or(SystemTime::UNIX_EPOCH);
-                    found.push((modified, path));
-                }
-                _ => {}
-            }
-        }
-        found.sort();
-        let mut loaded = Vec::new();
-        for (_, path) in found {
-            let bytes = fs::read(&path)?;
-            match parse_stored(&path, &bytes) {
-                Some(stored) => {
-                    self.files
-                        .insert(stored.message_id.clone(), bytes.len() as u64);
-                    self.n_bytes += bytes.len() as u64;
-                    loaded.push(stored);
-                }
-                None => {
-                    let mut aside = path.clone().into_os_string();
-                    aside.push(".corrupt");
-                    log::error!(
-                        "{} is not a readable task_result; moved it aside",
-                        path.display()
-                    );
-                    let _ = fs::rename(&path, aside);
-                }
-            }
-        }
-        Ok(loaded)
+    fn log_path(&self, number: u64) -> PathBuf {
+        self.dir
+            .join(format!("{LOG_PREFIX}{number:020}{LOG_SUFFIX}"))
     }
 }
 
-/// A stored file back into a result; `None` when it is not one of ours.
-fn parse_stored(path: &Path, bytes: &[u8]) -> Option<StoredResult> {
+/// A waiting result read from disk, with its line as written.
+struct Loaded {
+    stored: StoredResult,
+    line: Vec<u8>,
+}
+
+/// What is in an outbox directory.
+struct Found {
+    /// The waiting results, oldest first, each once.
+    results: Vec<Loaded>,
+    /// The files they came from (deleted once the results are rewritten).
+    files: Vec<PathBuf>,
+    /// The number for the next log.
+    next_log: u64,
+}
+
+/// Whether [`read_dir`] may tidy up (delete unfinished writes, move damaged logs aside).
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum Cleanup {
+    Yes,
+    No,
+}
+
+/// Reads an outbox directory: the older one-file-per-result `.json` files first (by
+/// age), then the logs in order, applying their `forget` lines.
+fn read_dir(dir: &Path, cleanup: Cleanup) -> io::Result<Found> {
+    let mut single_files = Vec::new();
+    let mut logs = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
+            continue;
+        };
+        if let Some(number) = name
+            .strip_prefix(LOG_PREFIX)
+            .and_then(|rest| rest.strip_suffix(LOG_SUFFIX))
+            .and_then(|digits| digits.parse::<u64>().ok())
+        {
+            logs.push((number, path));
+        } else if name.ends_with(".tmp") {
+            if cleanup == Cleanup::Yes {
+                log::debug!("deleting the unfinished write {}", path.display());
+                let _ = fs::remove_file(&path);
+            }
+        } else if name.ends_with(".json") {
+            let modified = entry
+                .metadata()
+                .and_then(|metadata| metadata.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            single_files.push((modified, path));
+        }
+    }
+    single_files.sort();
+    logs.sort();
+    let mut found = Found {
+        results: Vec::new(),
+        files: Vec::new(),
+        next_log: logs.last().map_or(1, |(number, _)| number + 1),
+    };
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut keep = |found: &mut Found, loaded: Loaded| {
+        if !seen.contains_key(&loaded.stored.message_id) {
+            seen.insert(loaded.stored.message_id.clone(), found.results.len());
+            found.results.push(loaded);
+        }
+    };
+    for (_, path) in single_files {
+        let bytes = fs::read(&path)?;
+        match parse_single_file(&path, &bytes) {
+            Some(stored) => {
+                keep(
+                    &mut found,
+                    Loaded {
+                        stored,
+                        line: bytes,
+                    },
+                );
+                found.files.push(path);
+            }
+            None => set_aside(&path, cleanup, "is not a readable task_result"),
+        }
+    }
+    let mut forgotten = HashSet::new();
+    for (_, path) in logs {
+        let bytes = fs::read(&path)?;
+        let lines: Vec<&[u8]> = bytes.split_inclusive(|byte| *byte == b'\n').collect();
+        let last_readable = lines
+            .iter()
+            .rposition(|line| parse_log_line(line).is_some());
+        let mut damaged = false;
+        for (idx, line) in lines.iter().enumerate() {
+            match parse_log_line(line) {
+                Some(LogLine::Result(stored)) => keep(
+                    &mut found,
+                    Loaded {
+                        stored,
+                        line: line.to_vec(),
+                    },
+                ),
+                Some(LogLine::Forget(message_id)) => {
+                    forgotten.insert(message_id);
+                }
+                // After the last readable line: a write torn by a crash, never sent.
+                None if last_readable.is_none_or(|last| idx > last) => {}
+                None => damaged = true,
+            }
+        }
+        if damaged {
+            set_aside(&path, cleanup, "has unreadable lines between readable ones");
+        } else {
+            found.files.push(path);
+        }
+    }
+    found
+        .results
+        .retain(|loaded| !forgotten.contains(&loaded.stored.message_id));
+    Ok(found)
+}
+
+/// Moves a damaged file aside as `NAME.corrupt` (when allowed to) and says so.
+fn set_aside(path: &Path, cleanup: Cleanup, why: &str) {
+    if cleanup == Cleanup::No {
+        return;
+    }
+    let mut aside = path.to_path_buf().into_os_string();
+    aside.push(".corrupt");
+    log::error!(
+        "{} {why}; moved it aside as {} (its readable results are still sent)",
+        path.display(),
+        Path::new(&aside).display()
+    );
+    let _ = fs::rename(path, aside);
+}
+
+/// One line of a log.
+enum LogLine {
+    Result(StoredResult),
+    Forget(String),
+}
+
+/// The prefix of a `forget` line; the outbox writes these itself, always this way.
+const FORGET_PREFIX: &[u8] = b"{\"forget\":\"";
+
+fn parse_log_line(line: &[u8]) -> Option<LogLine> {
+    let line = line.strip_suffix(b"\n")?;
+    if let Some(rest) = line.strip_prefix(FORGET_PREFIX) {
+        let id = std::str::from_utf8(rest.strip_suffix(b"\"}")?).ok()?;
+        return is_safe_file_stem(id).then(|| LogLine::Forget(id.to_string()));
+    }
+    let envelope = Envelope::decode(line).ok()?;
+    let message_id = envelope.message_id?;
+    match envelope.message {
+        Message::TaskResult(result) => Some(LogLine::Result(StoredResult { message_id, result })),
+        _ => None,
+    }
+}
+
+/// A file of the older one-file-per-result layout back into a result; `None` when it is
+/// not one of ours.
+fn parse_single_file(path: &Path, bytes: &[u8]) -> Option<StoredResult> {
     let stem = path.file_stem()?.to_str()?;
     let envelope = Envelope::decode(bytes).ok()?;
     let message_id = envelope.message_id?;
@@ -330,27 +807,15 @@ fn parse_stored(path: &Path, bytes: &[u8]) -> Option<StoredResult> {
     }
 }
 
-/// Whether `stem` can name a file in the outbox without any surprise: ASCII letters,
-/// digits, `-` and `_`, not empty, not too long. The session's ids (`res-PREFIX-N`)
-/// always are.
-fn is_safe_file_stem(stem: &str) -> bool {
-    !stem.is_empty()
-        && stem.len() <= 200
-        && stem
+/// Whether `id` is safe as a message id in the outbox: ASCII letters, digits, `-` and
+/// `_`, not empty, not too long (so it can name a file and needs no escaping in a
+/// `forget` line). The session's ids (`res-PREFIX-N`) always are.
+fn is_safe_file_stem(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 200
+        && id
             .bytes()
             .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
-}
-
-/// Creates `path` (mode 0600), writes `bytes` and fsyncs it.
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
 }
 
 /// Takes an exclusive advisory lock on `file` without waiting: `Ok(false)` when another
@@ -387,8 +852,40 @@ mod tests {
         }
     }
 
+    fn stored(message_id: &str, task_id: &str, attempt: u32) -> StoredResult {
+        StoredResult {
+            message_id: message_id.into(),
+            result: result(task_id, attempt),
+        }
+    }
+
+    /// The names of the files in `dir`, sorted.
+    fn file_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .expect("read the outbox")
+            .map(|entry| {
+                entry
+                    .expect("an entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The ids `Outbox::peek` finds for device `pi`.
+    fn peeked_ids(state: &Path) -> Vec<String> {
+        Outbox::peek(state, "pi")
+            .expect("peek")
+            .into_iter()
+            .map(|stored| stored.message_id)
+            .collect()
+    }
+
     #[test]
-    fn saved_results_survive_reopening_and_removed_ones_do_not() {
+    fn saved_results_survive_reopening_and_forgotten_ones_do_not() {
         let state = tempfile::tempdir().expect("temp dir");
         let (mut outbox, loaded) = Outbox::open(state.path(), "pi").expect("open");
         assert!(loaded.is_empty());
@@ -402,25 +899,49 @@ mod tests {
         outbox.remove("res-unknown");
         assert_eq!(outbox.len(), 1);
         let n_bytes = outbox.n_bytes();
+        // A reader sees the same while the worker runs.
+        assert_eq!(peeked_ids(state.path()), ["res-a-2"]);
         drop(outbox);
 
         let (outbox, loaded) = Outbox::open(state.path(), "pi").expect("reopen");
-        assert_eq!(
-            loaded,
-            vec![StoredResult {
-                message_id: "res-a-2".into(),
-                result: result("t-2", 3)
-            }]
-        );
+        assert_eq!(loaded, vec![stored("res-a-2", "t-2", 3)]);
         assert_eq!(outbox.n_bytes(), n_bytes);
         assert!(outbox.dir().starts_with(state.path().join("pi")));
-        // The file is the task_result line, as sent.
-        let line = fs::read_to_string(outbox.dir().join("res-a-2.json")).expect("read");
-        assert!(line.ends_with('\n'));
-        let wire: serde_json::Value = serde_json::from_str(&line).expect("json");
+        // Opening rewrote the waiting result into one fresh log: the task_result line
+        // as sent, and nothing else.
+        let names = file_names(outbox.dir());
+        assert_eq!(names, ["log-00000000000000000002.jsonl"]);
+        let text = fs::read_to_string(outbox.dir().join(&names[0])).expect("read");
+        assert_eq!(text.lines().count(), 1);
+        let wire: serde_json::Value = serde_json::from_str(&text).expect("json");
         assert_eq!(wire["message_type"], "task_result");
         assert_eq!(wire["message_id"], "res-a-2");
         assert_eq!(wire["data"]["attempt"], 3);
+        assert_eq!(outbox.n_bytes_on_disk(), text.len() as u64);
+    }
+
+    #[test]
+    fn a_batch_goes_into_one_log_and_only_bad_entries_fail() {
+        let state = tempfile::tempdir().expect("temp dir");
+        let (mut outbox, _) = Outbox::open(state.path(), "pi").expect("open");
+        let one = result("t-1", 1);
+        let two = result("t-2", 1);
+        let three = result("t-3", 2);
+        let failed = outbox.save_all([
+            ("res-b-1", &one),
+            ("../escape", &two),
+            ("res-b-3", &three),
+            ("res-b-1", &one),
+        ]);
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, "../escape");
+        assert!(matches!(failed[0].1, SaveError::BadId(_)));
+        assert_eq!(outbox.len(), 2);
+        assert_eq!(file_names(outbox.dir()).len(), 1);
+        assert_eq!(peeked_ids(state.path()), ["res-b-1", "res-b-3"]);
+        // An empty batch writes nothing.
+        assert!(outbox.save_all([]).is_empty());
+        assert_eq!(outbox.len(), 2);
     }
 
     #[test]
@@ -434,28 +955,108 @@ mod tests {
         Outbox::open(state.path(), "laptop").expect("another id has its own outbox");
     }
 
+    /// A `task_result` line as the outbox writes it.
+    fn line(message_id: &str, task_id: &str) -> String {
+        let mut envelope = Envelope::new(Message::TaskResult(result(task_id, 1)));
+        envelope.message_id = Some(message_id.into());
+        String::from_utf8(envelope.to_line()).expect("utf-8")
+    }
+
     #[test]
-    fn unfinished_and_corrupt_files_are_cleaned_up() {
+    fn torn_writes_damaged_logs_and_older_files_are_handled_on_open() {
         let state = tempfile::tempdir().expect("temp dir");
-        let dir = {
-            let (mut outbox, _) = Outbox::open(state.path(), "pi").expect("open");
-            outbox.save("res-a-1", &result("t-1", 1)).expect("save");
-            outbox.dir().to_path_buf()
-        };
-        fs::write(dir.join("res-a-2.tmp"), b"{\"message_type\":\"task_re").expect("write");
-        fs::write(dir.join("res-a-3.json"), b"").expect("write");
+        let dir = state.path().join("pi").join("outbox");
+        fs::create_dir_all(&dir).expect("mkdir");
+        // The older layout: one file per result, plus leftovers of its writes.
+        fs::write(dir.join("res-old-1.json"), line("res-old-1", "t-old")).expect("write");
+        fs::write(dir.join("res-old-2.tmp"), b"{\"message_type\":\"task_re").expect("write");
+        fs::write(dir.join("res-old-3.json"), b"").expect("write");
         fs::write(
-            dir.join("res-a-4.json"),
-            b"{\"message_type\":\"heartbeat\",\"message_id\":\"res-a-4\"}\n",
+            dir.join("res-old-4.json"),
+            b"{\"message_type\":\"heartbeat\",\"message_id\":\"res-old-4\"}\n",
         )
         .expect("write");
-        let (outbox, loaded) = Outbox::open(state.path(), "pi").expect("reopen");
-        assert_eq!(loaded.len(), 1);
-        assert_eq!(loaded[0].message_id, "res-a-1");
-        assert_eq!(outbox.len(), 1);
-        assert!(!dir.join("res-a-2.tmp").exists());
-        assert!(dir.join("res-a-3.json.corrupt").exists());
-        assert!(dir.join("res-a-4.json.corrupt").exists());
+        // A log whose last write was torn by a crash: the whole lines count, the torn
+        // tail (never sent) does not, and a forget line applies to an earlier log too.
+        let torn = format!(
+            "{}{}{{\"forget\":\"res-old-1\"}}\n{}",
+            line("res-x-1", "t-x1"),
+            line("res-x-2", "t-x2"),
+            &line("res-x-3", "t-x3")[..40]
+        );
+        fs::write(dir.join("log-00000000000000000004.jsonl"), torn).expect("write");
+        // A log damaged in the middle: its readable results are kept, the file set aside.
+        let damaged = format!(
+            "{}garbage\n{}",
+            line("res-y-1", "t-y1"),
+            line("res-y-2", "t-y2")
+        );
+        fs::write(dir.join("log-00000000000000000009.jsonl"), damaged).expect("write");
+
+        let (outbox, loaded) = Outbox::open(state.path(), "pi").expect("open");
+        let ids: Vec<&str> = loaded
+            .iter()
+            .map(|stored| stored.message_id.as_str())
+            .collect();
+        assert_eq!(ids, ["res-x-1", "res-x-2", "res-y-1", "res-y-2"]);
+        assert_eq!(loaded[1], stored("res-x-2", "t-x2", 1));
+        assert_eq!(outbox.len(), 4);
+        assert_eq!(
+            file_names(&dir),
+            [
+                "log-00000000000000000009.jsonl.corrupt",
+                "log-00000000000000000010.jsonl",
+                "res-old-3.json.corrupt",
+                "res-old-4.json.corrupt",
+            ]
+        );
+        drop(outbox);
+        // Reopening finds the same results, now all in one log.
+        let (_outbox, again) = Outbox::open(state.path(), "pi").expect("reopen");
+        assert_eq!(again, loaded);
+    }
+
+    #[test]
+    fn full_logs_are_left_deleted_when_drained_and_compacted_when_wasteful() {
+        let state = tempfile::tempdir().expect("temp dir");
+        let (mut outbox, _) = Outbox::open(state.path(), "pi").expect("open");
+        let one_line = line("res-c-00000", "t-00000").len() as u64;
+        outbox.log_bytes = 4 * one_line;
+        // Each round leaves one result unacknowledged and four acknowledged at once, so
+        // every log would stay pinned by one waiting result if nothing compacted them.
+        let mut pinned = Vec::new();
+        let mut most_files = 0;
+        let mut most_on_disk = 0;
+        for round in 0..10 {
+            for idx in 0..5 {
+                let id = format!("res-c-{round:02}{idx:03}");
+                outbox
+                    .save(&id, &result(&format!("t-{round}-{idx}"), 1))
+                    .expect("save");
+                if idx == 0 {
+                    pinned.push(id);
+                } else {
+                    outbox.remove(&id);
+                }
+                most_files = most_files.max(file_names(outbox.dir()).len());
+                most_on_disk = most_on_disk.max(outbox.n_bytes_on_disk());
+            }
+        }
+        assert_eq!(outbox.len(), 10);
+        // Drained logs went as soon as a newer one took over, and pinned ones were copied
+        // into a fresh log whenever the logs held far more than the waiting results
+        // (without that there would be ten pinned logs and the current one).
+        assert!(most_files < 10, "{most_files} files at once");
+        let bound = 2 * outbox.n_bytes() + 3 * outbox.log_bytes;
+        assert!(
+            most_on_disk <= bound,
+            "{most_on_disk} bytes on disk, bound {bound}"
+        );
+        assert_eq!(peeked_ids(state.path()), pinned);
+        drop(outbox);
+        let (_outbox, loaded) = Outbox::open(state.path(), "pi").expect("reopen");
+        let ids: Vec<String> = loaded.into_iter().map(|stored| stored.message_id).collect();
+        assert_eq!(ids, pinned);
     }
 
     #[test]
@@ -463,19 +1064,28 @@ mod tests {
         let state = tempfile::tempdir().expect("temp dir");
         let (mut outbox, _) = Outbox::open(state.path(), "pi").expect("open");
         // Pretend the disk already holds nearly the most bytes allowed.
-        outbox.n_bytes = MAX_BYTES - 10;
+        outbox.n_waiting_bytes = MAX_BYTES - 10;
         match outbox.save("res-a-1", &result("t-1", 1)) {
             Err(SaveError::Full { .. }) => {}
             other => panic!("expected Full, got {other:?}"),
         }
-        outbox.n_bytes = 0;
-        for idx in 0..MAX_RESULTS {
-            outbox.files.insert(format!("fake-{idx}"), 0);
+        outbox.n_waiting_bytes = 0;
+        let nowhere = Saved {
+            log: 0,
+            offset: 0,
+            len: 0,
+        };
+        for idx in 0..MAX_RESULTS - 1 {
+            outbox.waiting.insert(format!("fake-{idx}"), nowhere);
         }
-        assert!(matches!(
-            outbox.save("res-a-1", &result("t-1", 1)),
-            Err(SaveError::Full { .. })
-        ));
+        // One more fits; in a batch of two, the second does not.
+        let failed = outbox.save_all([
+            ("res-a-1", &result("t-1", 1)),
+            ("res-a-2", &result("t-2", 1)),
+        ]);
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, "res-a-2");
+        assert!(matches!(failed[0].1, SaveError::Full { .. }));
         assert!(matches!(
             outbox.save("../escape", &result("t-1", 1)),
             Err(SaveError::BadId(_))

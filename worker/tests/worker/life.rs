@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::Duration;
@@ -156,14 +156,10 @@ fn wait_within(child: Child, limit: Duration) -> ExitStatus {
         .expect("wait for the worker")
 }
 
-fn outbox_files(state: &Path) -> Vec<PathBuf> {
-    let dir = state.join(DEVICE).join("outbox");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("the outbox exists")
-        .map(|entry| entry.expect("a directory entry").path())
-        .collect();
-    files.sort();
-    files
+/// The results waiting in the worker's outbox under `state`, as a reader of the disk
+/// sees them.
+fn outbox_results(state: &Path) -> Vec<worker::outbox::StoredResult> {
+    worker::outbox::Outbox::peek(state, DEVICE).expect("the outbox can be read")
 }
 
 fn task_results(messages: &[Value]) -> Vec<&Value> {
@@ -189,7 +185,7 @@ fn a_result_not_acknowledged_before_kill_9_is_sent_once_by_the_restarted_worker(
     worker.kill().expect("kill -9 the worker");
     wait_within(worker, STEP_LIMIT);
     drop(master);
-    assert_eq!(outbox_files(state.path()).len(), 1);
+    assert_eq!(outbox_results(state.path()).len(), 1);
 
     // Second run, same state dir: nothing runs any more, but it still holds the
     // unacknowledged result, so it lists that attempt (the master then keeps the task
@@ -214,7 +210,7 @@ fn a_result_not_acknowledged_before_kill_9_is_sent_once_by_the_restarted_worker(
         "{before_goodbye:?}"
     );
     assert!(wait_within(worker, STEP_LIMIT).success());
-    assert_eq!(outbox_files(state.path()), Vec::<PathBuf>::new());
+    assert_eq!(outbox_results(state.path()), Vec::new());
 
     // Third run: nothing left to send. Its first messages after the register ack would
     // be any results; it goes straight to goodbye.
@@ -253,7 +249,7 @@ fn sigterm_drains_delivers_the_running_tasks_results_and_exits_zero() {
     assert_eq!(goodbye["message_type"], "goodbye", "{goodbye}");
     master.ack(&goodbye, json!({"message": "goodbye"}));
     assert!(wait_within(worker, STEP_LIMIT).success());
-    assert_eq!(outbox_files(state.path()), Vec::<PathBuf>::new());
+    assert_eq!(outbox_results(state.path()), Vec::new());
 }
 
 #[test]
@@ -273,5 +269,5 @@ fn a_second_sigterm_hands_the_running_task_back_at_once() {
         "{before_goodbye:?}"
     );
     assert!(wait_within(worker, STEP_LIMIT).success());
-    assert_eq!(outbox_files(state.path()), Vec::<PathBuf>::new());
+    assert_eq!(outbox_results(state.path()), Vec::new());
 }
