@@ -13,6 +13,9 @@ use std::time::Duration;
 /// looked for (by default: the directory of the `bench` executable).
 pub const BIN_DIR_VAR: &str = "RETIRE_BENCH_BIN_DIR";
 
+/// Where workers keep their state, when set (see [`Worker::start`]).
+pub const STATE_DIR_VAR: &str = "RETIRE_STATE_DIR";
+
 /// How long the master may take to print its listening line.
 const START_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -149,15 +152,26 @@ impl Drop for Master {
 /// A running `retire-worker`, killed when dropped.
 pub struct Worker {
     child: Child,
+    log: PathBuf,
 }
 
 impl Worker {
     /// Starts a worker joining `master` as `id` with `slots` slots; its log
-    /// goes to `dir/ID.log`.
+    /// goes to `dir/ID.log` and its state (the outbox) to `dir/state`, or,
+    /// when `$RETIRE_STATE_DIR` is set (to put the outbox on another disk,
+    /// such as tmpfs), to a directory named after `dir` inside it. Either
+    /// way two bench runs at once never share a worker's state dir, which
+    /// its lock would refuse.
     pub fn start(dir: &Path, master: SocketAddr, id: &str, slots: usize) -> Result<Worker> {
-        let stderr = std::fs::File::create(dir.join(format!("{id}.log")))
-            .context("create the worker's log")?;
+        let log = dir.join(format!("{id}.log"));
+        let stderr = std::fs::File::create(&log).context("create the worker's log")?;
+        let state_dir = match std::env::var_os(STATE_DIR_VAR) {
+            Some(base) => Path::new(&base).join(dir.file_name().unwrap_or_default()),
+            None => dir.join("state"),
+        };
         let child = Command::new(binary("retire-worker")?)
+            .arg("--state-dir")
+            .arg(&state_dir)
             .arg("--join")
             .arg(master.to_string())
             .arg("--id")
@@ -171,12 +185,22 @@ impl Worker {
             .stderr(stderr)
             .spawn()
             .context("start retire-worker")?;
-        Ok(Worker { child })
+        Ok(Worker { child, log })
     }
 
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The last lines of its log, for error messages.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log)
     }
 }
 

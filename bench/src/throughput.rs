@@ -11,6 +11,9 @@ use serde_json::json;
 use std::sync::mpsc;
 use std::time::Instant;
 
+/// How often the run checks that its workers are still there while it waits.
+const LOOK_AROUND: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The target, durable tasks per second end to end.
 pub const TARGET_TASKS_PER_SEC: f64 = 40_000.0;
 
@@ -55,7 +58,7 @@ pub fn run(params: &Params) -> Result<Report> {
     let mut master = Master::start(dir.path(), &[])?;
     let mut conn = Conn::connect(master.addr)?;
     conn.subscribe()?;
-    let workers = (0..params.workers)
+    let mut workers = (0..params.workers)
         .map(|i| {
             Worker::start(
                 dir.path(),
@@ -145,12 +148,17 @@ pub fn run(params: &Params) -> Result<Report> {
     let mut acked = 0;
     let mut all_acked = None;
     let mut finished = None;
+    let mut heard_at = Instant::now();
     while finished.is_none() {
         while sent < batches && sent - acked < params.window.max(1) {
             std::io::Write::write_all(&mut writer, &lines[sent]).context("submit a batch")?;
             sent += 1;
         }
-        match rx.recv_timeout(PATIENCE) {
+        let note = rx.recv_timeout(LOOK_AROUND);
+        if note.is_ok() {
+            heard_at = Instant::now();
+        }
+        match note {
             Ok(Note::Ack { id, at }) if id.starts_with("batch-") => {
                 acked += 1;
                 if acked == batches {
@@ -166,7 +174,19 @@ pub fn run(params: &Params) -> Result<Report> {
             Ok(Note::Refused(line)) => bail!("the master refused a request: {line}"),
             Ok(Note::Failed(err)) => bail!("{err}; the master's log says:\n{}", master.log_tail()),
             Err(_) => {
-                bail!("no progress for {PATIENCE:?} ({acked} of {batches} batches acknowledged)")
+                // A worker that exited (a crash, or a state dir another worker holds)
+                // would otherwise only show as a long wait.
+                if let Some(gone) = workers.iter_mut().position(|worker| !worker.running()) {
+                    bail!(
+                        "a worker exited during the run; its log says:\n{}",
+                        workers[gone].log_tail()
+                    );
+                }
+                if heard_at.elapsed() > PATIENCE {
+                    bail!(
+                        "no progress for {PATIENCE:?} ({acked} of {batches} batches acknowledged)"
+                    )
+                }
             }
         }
     }
