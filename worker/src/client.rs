@@ -1357,6 +1357,50 @@ mod tests {
     }
 
     #[test]
+    fn every_result_of_a_busy_worker_is_on_disk_before_it_is_sent() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("local address");
+        let stop = StopHandle::new();
+        let state = state_dir();
+        let mut config = test_config(address, state.path());
+        config.slots = Some(8); // n_slots below
+        let worker = start_worker_with(config, &stop);
+        let (mut master, _) = accept_registered(&listener);
+        // Many short tasks at once, so that results finish together and are saved in
+        // batches; each must be on disk by the time its line arrives.
+        let (n_waves, n_slots) = (8, 8);
+        let n_tasks = n_waves * n_slots;
+        for wave in 0..n_waves {
+            for slot in 0..n_slots {
+                let idx = wave * n_slots + slot;
+                master.assign(&format!("t-{idx}"), 1, "echo", json!({"message": idx}));
+            }
+            let mut n_results = 0;
+            while n_results < n_slots {
+                let message = master.recv_skipping_heartbeats();
+                if message["message_type"] == "ack" {
+                    continue;
+                }
+                assert_eq!(message["message_type"], "task_result", "{message}");
+                n_results += 1;
+                let on_disk: Vec<String> = outbox_results(state.path())
+                    .into_iter()
+                    .map(|stored| stored.message_id)
+                    .collect();
+                let message_id = message["message_id"].as_str().expect("a message id");
+                assert!(
+                    on_disk.iter().any(|id| id == message_id),
+                    "{message_id} was sent before it was saved"
+                );
+            }
+        }
+        stop.stop_now();
+        join_within(worker, STEP_LIMIT);
+        // Nothing was acknowledged, so everything is still there for the next run.
+        assert_eq!(outbox_results(state.path()).len(), n_tasks);
+    }
+
+    #[test]
     fn a_result_finished_while_disconnected_is_resent_with_its_attempt() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let address = listener.local_addr().expect("local address");

@@ -29,19 +29,34 @@
 //! (results are sent only after the flush) and is skipped when the log is read back.
 //!
 //! **Forgetting** appends a `forget` line to the result's own log, without a flush, so a
-//! drained log can always be deleted whole. A forget lost to a power cut only means the result is sent once more, and the master acknowledges a result it
-//! already has with `recorded: false` and changes nothing. A log whose results are all
-//! forgotten is deleted once a newer log has taken over; the current log is replaced by a
-//! new one when it passes [`LOG_BYTES`]. When logs hold more than about twice the bytes
-//! of the results still waiting (plus two logs' worth), the waiting results are copied
-//! into a fresh log and the old logs deleted, so the disk holds at most about
-//! `2 × MAX_BYTES + 2 × LOG_BYTES`.
+//! drained log can always be deleted whole. A forget lost to a power cut only means the
+//! result is sent once more, and the master acknowledges a result it already has with
+//! `recorded: false` and changes nothing. A log whose results are all forgotten is
+//! deleted once a newer log has taken over; the current log is replaced by a new one
+//! when it passes [`LOG_BYTES`].
+//!
+//! **Compaction.** When the logs hold more than twice the bytes of the results still
+//! waiting plus two logs' worth, the waiting results are copied into a fresh log (each
+//! line checked on the way), which is flushed before the old logs are deleted. So the
+//! logs hold at most about `2 × waiting + 2 × LOG_BYTES` between compactions and
+//! `3 × waiting + 2 × LOG_BYTES` while one runs: with the bounds below, at most about
+//! 776 MiB, and in practice a few MiB. A compaction runs on the worker's loop, as a save
+//! does; it copies at most [`MAX_BYTES`].
+//!
+//! **Failed writes** (a full disk): a log whose write failed may end in a partial line,
+//! so nothing more is ever appended to it; the next save starts a new log. The results of
+//! the failed write are still sent and kept in memory (the caller logs it). A failed
+//! compaction deletes its copy and changes nothing else; none is tried again until the
+//! logs have grown by another [`LOG_BYTES`].
 //!
 //! **Opening** reads every log (and the one-file-per-result `NAME.json` files older
-//! workers wrote), keeps the results not forgotten, writes them into a fresh log and
-//! deletes the rest. A log with an unreadable line *before* a readable one is not a torn
-//! write but damage: it is kept aside as `NAME.corrupt` and its readable results are
-//! still sent.
+//! workers wrote), keeps the results not forgotten, writes them into a fresh log and only
+//! then deletes the old files. A log with an unreadable line *before* a readable one is
+//! not a torn write but damage: once its readable results are safe in the new log it is
+//! kept aside as `NAME.corrupt` (those files are not counted in any bound; they are for
+//! a human to look at). When the rewrite fails, the old files stay as they are and their
+//! results are still returned, to be sent again after every start until a rewrite works.
+//! A file that cannot be read at all is left alone, with an error in the log.
 //!
 //! The outbox is bounded ([`MAX_RESULTS`] results, [`MAX_BYTES`] bytes waiting). Past the
 //! bound a result is kept in memory only (and still sent), with an error in the log; the
@@ -50,7 +65,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufRead, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -178,18 +193,59 @@ struct Saved {
 struct Log {
     /// Results in it not forgotten yet.
     n_waiting: usize,
-    /// Its size on disk.
+    /// Its size on disk, as far as this process wrote it.
     n_bytes: u64,
-    /// False once a write to it failed: nothing more is appended to it.
+    /// False once a write to it failed: it may end in a partial line now, so nothing
+    /// more is appended to it (a line after that would make it look damaged, or be
+    /// glued to the partial one and lost).
     appendable: bool,
 }
 
-/// The log results are appended to now.
+/// A log file open for appending.
 #[derive(Debug)]
-struct CurrentLog {
+struct OpenLog {
     number: u64,
     file: File,
 }
+
+/// The outbox's writes and flushes go through here: it counts the flushes, and in
+/// tests it can run out of space part way through a write, as a full disk does.
+#[derive(Debug, Default)]
+struct Disk {
+    n_flushes: u64,
+    /// Bytes that can still be written before writes fail; `None` is no limit.
+    #[cfg(test)]
+    space_left: Option<u64>,
+}
+
+impl Disk {
+    fn write(&mut self, file: &mut File, bytes: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(space_left) = self.space_left {
+            let fits = usize::try_from(space_left)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            file.write_all(&bytes[..fits])?;
+            self.space_left = Some(space_left - fits as u64);
+            if fits < bytes.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "no space left on device (simulated)",
+                ));
+            }
+            return Ok(());
+        }
+        file.write_all(bytes)
+    }
+
+    fn flush(&mut self, file: &File) -> io::Result<()> {
+        self.n_flushes += 1;
+        file.sync_data()
+    }
+}
+
+/// How much of a new log is gathered in memory before it is written.
+const WRITE_CHUNK: usize = 1 << 20;
 
 /// One device's outbox directory, locked for this process. See the module docs.
 #[derive(Debug)]
@@ -199,15 +255,19 @@ pub struct Outbox {
     waiting: HashMap<String, Saved>,
     /// Bytes of the waiting results' lines.
     n_waiting_bytes: u64,
-    /// Every log on disk, by number.
+    /// Every log this process knows on disk, by number.
     logs: BTreeMap<u64, Log>,
-    /// The log appended to; `None` until the first save, and after a failed write (the
-    /// next save starts a new log rather than append after a possibly torn line).
-    current: Option<CurrentLog>,
+    /// The log appended to; `None` until the first save, after a log was left for being
+    /// full, and after a failed write.
+    current: Option<OpenLog>,
     /// The number the next new log gets.
     next_log: u64,
     /// [`LOG_BYTES`]; smaller in tests.
     log_bytes: u64,
+    /// After a failed compaction, none is tried again before the logs hold this many
+    /// bytes, so a nearly full disk does not get a full copy attempt on every save.
+    compact_not_before: u64,
+    disk: Disk,
     /// Holds the flock for as long as the outbox lives.
     _lock: File,
 }
@@ -215,11 +275,22 @@ pub struct Outbox {
 impl Outbox {
     /// Opens (creating it if needed) the outbox of `device_id` under `state_dir`, locks
     /// it, and returns it with the results it already held, oldest first. Those are
-    /// rewritten into one fresh log and every older file is deleted (see the module
-    /// docs for torn writes and damaged logs).
+    /// rewritten into one fresh log, and only then are the older files deleted and
+    /// damaged ones set aside. When the rewrite fails (a full disk) the results stay in
+    /// their files, are still returned, and are sent again after every start until a
+    /// rewrite succeeds (the master ignores the ones it already has).
     pub fn open(
         state_dir: &Path,
         device_id: &str,
+    ) -> Result<(Outbox, Vec<StoredResult>), OutboxError> {
+        Outbox::open_on(state_dir, device_id, Disk::default())
+    }
+
+    /// [`Outbox::open`] with the given disk (tests give one that fills up).
+    fn open_on(
+        state_dir: &Path,
+        device_id: &str,
+        disk: Disk,
     ) -> Result<(Outbox, Vec<StoredResult>), OutboxError> {
         let device_dir = state_dir.join(device_id);
         let dir = device_dir.join(OUTBOX_DIR);
@@ -250,8 +321,8 @@ impl Outbox {
                 })
             }
         }
-        let found = read_dir(&dir, Cleanup::Yes).map_err(io_error(&dir))?;
-        let mut outbox = Outbox {
+        let found = read_dir(&dir).map_err(io_error(&dir))?;
+        let outbox = Outbox {
             dir,
             waiting: HashMap::new(),
             n_waiting_bytes: 0,
@@ -259,18 +330,36 @@ impl Outbox {
             current: None,
             next_log: found.next_log,
             log_bytes: LOG_BYTES,
+            compact_not_before: 0,
+            disk,
             _lock: lock,
         };
+        Ok(outbox.take_over(found))
+    }
+
+    /// Rewrites what an earlier run left into a fresh log, then tidies up the old files.
+    fn take_over(mut self, found: Found) -> (Outbox, Vec<StoredResult>) {
         if !found.results.is_empty() {
-            let lines: Vec<(String, Vec<u8>)> = found
+            let lines = found
                 .results
                 .iter()
-                .map(|loaded| (loaded.stored.message_id.clone(), loaded.line.clone()))
-                .collect();
-            outbox.append(lines, true).map_err(io_error(&outbox.dir))?;
+                .map(|loaded| Ok((loaded.stored.message_id.clone(), loaded.line.clone())));
+            match self.write_new_log(lines) {
+                Ok(log) => self.current = Some(log),
+                Err(error) => {
+                    log::error!(
+                        "could not rewrite the {} waiting result(s) in {} into a new log: {error}; \
+                         they stay in their files and are sent again at every start until this works",
+                        found.results.len(),
+                        self.dir.display()
+                    );
+                    let loaded = found.results.into_iter().map(|loaded| loaded.stored);
+                    return (self, loaded.collect());
+                }
+            }
         }
         // Only now that the results are safe in the new log may the old files go.
-        for path in found.files {
+        for path in found.obsolete {
             if let Err(error) = fs::remove_file(&path) {
                 log::warn!(
                     "could not delete the old outbox file {}: {error}",
@@ -278,12 +367,11 @@ impl Outbox {
                 );
             }
         }
-        let loaded = found
-            .results
-            .into_iter()
-            .map(|loaded| loaded.stored)
-            .collect();
-        Ok((outbox, loaded))
+        for (path, why) in found.damaged {
+            set_aside(&path, why);
+        }
+        let loaded = found.results.into_iter().map(|loaded| loaded.stored);
+        (self, loaded.collect())
     }
 
     /// The results waiting in the outbox of `device_id` under `state_dir`, oldest first,
@@ -292,7 +380,7 @@ impl Outbox {
     /// is skipped).
     pub fn peek(state_dir: &Path, device_id: &str) -> io::Result<Vec<StoredResult>> {
         let dir = state_dir.join(device_id).join(OUTBOX_DIR);
-        let found = read_dir(&dir, Cleanup::No)?;
+        let found = read_dir(&dir)?;
         Ok(found
             .results
             .into_iter()
@@ -320,10 +408,16 @@ impl Outbox {
         self.n_waiting_bytes
     }
 
-    /// How many bytes the logs take on disk (waiting results, forgotten ones and
-    /// `forget` lines).
+    /// How many bytes this process's logs take on disk (waiting results, forgotten
+    /// ones and `forget` lines).
     pub fn n_bytes_on_disk(&self) -> u64 {
         self.logs.values().map(|log| log.n_bytes).sum()
+    }
+
+    /// How many times the outbox has flushed a log to disk since it was opened (one per
+    /// [`Outbox::save_all`] that wrote anything, one per compaction).
+    pub fn n_flushes(&self) -> u64 {
+        self.disk.n_flushes
     }
 
     /// Writes `result` durably under `message_id`; see [`Outbox::save_all`].
@@ -343,10 +437,10 @@ impl Outbox {
     ) -> Vec<(String, SaveError)> {
         let mut failed = Vec::new();
         let mut lines: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut in_batch = HashSet::new();
         let mut n_batch_bytes = 0;
         for (message_id, result) in batch {
-            if self.waiting.contains_key(message_id) || lines.iter().any(|(id, _)| id == message_id)
-            {
+            if self.waiting.contains_key(message_id) || in_batch.contains(message_id) {
                 continue;
             }
             if !is_safe_file_stem(message_id) {
@@ -373,13 +467,14 @@ impl Outbox {
                 continue;
             }
             n_batch_bytes += size;
+            in_batch.insert(message_id);
             lines.push((message_id.to_string(), line));
         }
         if lines.is_empty() {
             return failed;
         }
         let ids: Vec<String> = lines.iter().map(|(id, _)| id.clone()).collect();
-        if let Err(error) = self.append(lines, false) {
+        if let Err(error) = self.append(lines) {
             failed.extend(ids.into_iter().map(|id| {
                 let copy = io::Error::new(error.kind(), error.to_string());
                 (id, SaveError::Io(copy))
@@ -387,11 +482,12 @@ impl Outbox {
             return failed;
         }
         if let Err(error) = self.compact_if_wasteful() {
-            // The results are safe in the logs already; only the disk space is not
-            // reclaimed yet. The next save tries again.
+            // The results are safe in their logs already; only the disk space is not
+            // reclaimed yet.
             log::warn!(
-                "could not compact the outbox in {}: {error}",
-                self.dir.display()
+                "could not compact the outbox in {}: {error}; trying again after {} more bytes",
+                self.dir.display(),
+                self.log_bytes
             );
         }
         failed
@@ -430,28 +526,28 @@ impl Outbox {
 
     /// Appends `{"forget":ID}` to the log that holds the result, without a flush, so
     /// that every log's `forget` lines are about its own results and a drained log can
-    /// always be deleted whole. A log whose last write failed gets none (it may end in a
-    /// torn line, and a line after that would make it look damaged): its forgotten
+    /// always be deleted whole. A log that is not appendable gets none: its forgotten
     /// results are sent once more after a restart, which the master ignores.
     fn append_forget(&mut self, number: u64, message_id: &str) -> io::Result<()> {
-        let Some(log) = self.logs.get(&number) else {
-            return Ok(());
-        };
-        if !log.appendable {
+        if !self.logs.get(&number).is_some_and(|log| log.appendable) {
             return Ok(());
         }
         let line = format!("{{\"forget\":\"{message_id}\"}}\n");
-        match self.current.as_mut() {
+        let written = match self.current.as_mut() {
             Some(current) if current.number == number => {
-                current.file.write_all(line.as_bytes())?;
+                self.disk.write(&mut current.file, line.as_bytes())
             }
             _ => {
                 // Only results that were waiting when their log was left get here.
-                let mut file = OpenOptions::new()
+                OpenOptions::new()
                     .append(true)
-                    .open(self.log_path(number))?;
-                file.write_all(line.as_bytes())?;
+                    .open(self.log_path(number))
+                    .and_then(|mut file| self.disk.write(&mut file, line.as_bytes()))
             }
+        };
+        if let Err(error) = written {
+            self.stop_appending_to(number);
+            return Err(error);
         }
         if let Some(log) = self.logs.get_mut(&number) {
             log.n_bytes += line.len() as u64;
@@ -460,84 +556,161 @@ impl Outbox {
         Ok(())
     }
 
-    /// Appends the lines to the current log with one write and one flush, and records
-    /// them as waiting. `fresh` starts a new log first (used when opening).
-    fn append(&mut self, lines: Vec<(String, Vec<u8>)>, fresh: bool) -> io::Result<()> {
-        if fresh {
-            self.current = None;
-        }
+    /// Appends the lines to the current log (a new one when there is none) with one
+    /// write and one flush, and records them as waiting.
+    fn append(&mut self, lines: Vec<(String, Vec<u8>)>) -> io::Result<()> {
+        let mut log = match self.current.take() {
+            Some(log) => log,
+            None => self.create_log()?,
+        };
+        let number = log.number;
         let mut buffer = Vec::with_capacity(lines.iter().map(|(_, line)| line.len()).sum());
         let mut placed = Vec::with_capacity(lines.len());
-        let number = self.current_log()?.number;
-        let start = self.logs.get(&number).map_or(0, |log| log.n_bytes);
-        for (message_id, line) in lines {
-            let saved = Saved {
-                log: number,
-                offset: start + buffer.len() as u64,
-                len: line.len() as u64,
-            };
-            buffer.extend_from_slice(&line);
-            placed.push((message_id, saved));
-        }
-        let current = self.current_log()?;
-        let written = current
-            .file
-            .write_all(&buffer)
-            .and_then(|()| current.file.sync_data());
-        if let Err(error) = written {
-            // Never append after what may be a torn line; the next save starts a new log.
-            // What this log held before stays valid and is still counted.
-            self.current = None;
-            if let Some(log) = self.logs.get_mut(&number) {
-                log.appendable = false;
+        // The real end of the file, not a count kept aside: offsets must match the file
+        // whatever happened to it.
+        let written = log.file.metadata().and_then(|metadata| {
+            let start = metadata.len();
+            for (message_id, line) in lines {
+                let saved = Saved {
+                    log: number,
+                    offset: start + buffer.len() as u64,
+                    len: line.len() as u64,
+                };
+                buffer.extend_from_slice(&line);
+                placed.push((message_id, saved));
             }
-            self.delete_if_drained(number);
-            return Err(error);
-        }
-        let Some(log) = self.logs.get_mut(&number) else {
-            return Err(io::Error::other("the outbox lost track of its current log"));
+            self.disk.write(&mut log.file, &buffer)?;
+            self.disk.flush(&log.file)?;
+            Ok(start + buffer.len() as u64)
+        });
+        let end = match written {
+            Ok(end) => end,
+            Err(error) => {
+                // `log` is dropped here, so the next save starts a new log; what this
+                // one held before stays valid and counted.
+                self.stop_appending_to(number);
+                return Err(error);
+            }
         };
-        log.n_bytes = start + buffer.len() as u64;
-        log.n_waiting += placed.len();
-        for (message_id, saved) in placed {
-            self.n_waiting_bytes += saved.len;
-            self.waiting.insert(message_id, saved);
+        if let Some(entry) = self.logs.get_mut(&number) {
+            entry.n_bytes = end;
         }
+        for (message_id, saved) in placed {
+            self.record(message_id, saved);
+        }
+        self.current = Some(log);
         self.roll_if_full();
         Ok(())
     }
 
-    /// The log to append to, creating it (and flushing the directory, so that it
-    /// survives a power cut) when there is none.
-    fn current_log(&mut self) -> io::Result<&mut CurrentLog> {
-        if self.current.is_none() {
-            let number = self.next_log;
-            let path = self.log_path(number);
-            let file = OpenOptions::new()
-                .create_new(true)
-                .append(true)
-                .read(true)
-                .mode(0o600)
-                .open(&path)?;
-            if let Err(error) = File::open(&self.dir).and_then(|dir| dir.sync_all()) {
-                let _ = fs::remove_file(&path);
-                return Err(error);
+    /// Counts a result as waiting at `saved`, in place of wherever it was before.
+    fn record(&mut self, message_id: String, saved: Saved) {
+        if let Some(log) = self.logs.get_mut(&saved.log) {
+            log.n_waiting += 1;
+        }
+        self.n_waiting_bytes += saved.len;
+        if let Some(old) = self.waiting.insert(message_id, saved) {
+            self.n_waiting_bytes -= old.len;
+            if let Some(log) = self.logs.get_mut(&old.log) {
+                log.n_waiting = log.n_waiting.saturating_sub(1);
             }
-            self.next_log += 1;
-            self.logs.insert(
-                number,
-                Log {
-                    n_waiting: 0,
-                    n_bytes: 0,
-                    appendable: true,
-                },
-            );
-            self.current = Some(CurrentLog { number, file });
         }
-        match self.current.as_mut() {
-            Some(current) => Ok(current),
-            None => Err(io::Error::other("the outbox has no current log")),
+    }
+
+    /// A write to log `number` failed: nothing more goes into it, and it goes at once if
+    /// nothing in it waits.
+    fn stop_appending_to(&mut self, number: u64) {
+        // What a failed write left behind still takes room: count it.
+        let size = fs::metadata(self.log_path(number)).map(|metadata| metadata.len());
+        if let Some(log) = self.logs.get_mut(&number) {
+            log.appendable = false;
+            if let Ok(size) = size {
+                log.n_bytes = size;
+            }
         }
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|current| current.number == number)
+        {
+            self.current = None;
+        }
+        self.delete_if_drained(number);
+    }
+
+    /// Creates the next log (flushing the directory, so that it survives a power cut)
+    /// and counts it.
+    fn create_log(&mut self) -> io::Result<OpenLog> {
+        let number = self.next_log;
+        // Moved on first, so that a log that could not be set up never blocks the next.
+        self.next_log = number
+            .checked_add(1)
+            .ok_or_else(|| io::Error::other("the outbox has used up its log numbers"))?;
+        let path = self.log_path(number);
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .read(true)
+            .mode(0o600)
+            .open(&path)?;
+        if let Err(error) = File::open(&self.dir).and_then(|dir| dir.sync_all()) {
+            let _ = fs::remove_file(&path);
+            return Err(error);
+        }
+        self.logs.insert(
+            number,
+            Log {
+                n_waiting: 0,
+                n_bytes: 0,
+                appendable: true,
+            },
+        );
+        Ok(OpenLog { number, file })
+    }
+
+    /// Writes the lines into a new log, in chunks, with one flush at the end, and counts
+    /// them as waiting there. On failure the new log is deleted and nothing changes.
+    fn write_new_log(
+        &mut self,
+        lines: impl Iterator<Item = io::Result<(String, Vec<u8>)>>,
+    ) -> io::Result<OpenLog> {
+        let mut log = self.create_log()?;
+        let mut placed = Vec::new();
+        let mut chunk = Vec::new();
+        let mut end = 0;
+        let written = || -> io::Result<()> {
+            for line in lines {
+                let (message_id, line) = line?;
+                placed.push((
+                    message_id,
+                    Saved {
+                        log: log.number,
+                        offset: end,
+                        len: line.len() as u64,
+                    },
+                ));
+                end += line.len() as u64;
+                chunk.extend_from_slice(&line);
+                if chunk.len() >= WRITE_CHUNK {
+                    self.disk.write(&mut log.file, &chunk)?;
+                    chunk.clear();
+                }
+            }
+            self.disk.write(&mut log.file, &chunk)?;
+            self.disk.flush(&log.file)
+        };
+        if let Err(error) = written() {
+            self.logs.remove(&log.number);
+            let _ = fs::remove_file(self.log_path(log.number));
+            return Err(error);
+        }
+        if let Some(entry) = self.logs.get_mut(&log.number) {
+            entry.n_bytes = end;
+        }
+        for (message_id, saved) in placed {
+            self.record(message_id, saved);
+        }
+        Ok(log)
     }
 
     /// Leaves the current log once it passes [`LOG_BYTES`]; it is deleted when its
@@ -579,10 +752,16 @@ impl Outbox {
     }
 
     /// Copies the waiting results into a fresh log and deletes the others when the logs
-    /// take much more room than the results (see the module docs for the bound).
+    /// take much more room than the results (see the module docs for the bound). Every
+    /// line read back is checked to be the result it should be; on any failure the
+    /// copy is deleted, nothing else changes, and no compaction is tried again before
+    /// the logs have grown by another [`LOG_BYTES`].
     fn compact_if_wasteful(&mut self) -> io::Result<()> {
         let on_disk = self.n_bytes_on_disk();
-        if self.logs.len() < 2 || on_disk <= 2 * self.n_waiting_bytes + 2 * self.log_bytes {
+        if self.logs.len() < 2
+            || on_disk <= 2 * self.n_waiting_bytes + 2 * self.log_bytes
+            || on_disk < self.compact_not_before
+        {
             return Ok(());
         }
         let mut ordered: Vec<(Saved, String)> = self
@@ -591,37 +770,46 @@ impl Outbox {
             .map(|(message_id, saved)| (*saved, message_id.clone()))
             .collect();
         ordered.sort_by_key(|(saved, _)| (saved.log, saved.offset));
-        let mut lines = Vec::with_capacity(ordered.len());
+        let dir = self.dir.clone();
         let mut open_log: Option<(u64, File)> = None;
-        for (saved, message_id) in ordered {
+        let lines = ordered.into_iter().map(move |(saved, message_id)| {
             if open_log.as_ref().map(|(number, _)| *number) != Some(saved.log) {
-                open_log = Some((saved.log, File::open(self.log_path(saved.log))?));
+                open_log = Some((saved.log, File::open(log_path_in(&dir, saved.log))?));
             }
             let Some((_, file)) = open_log.as_ref() else {
-                continue;
+                return Err(io::Error::other("no log to copy from"));
             };
             let len = usize::try_from(saved.len).map_err(io::Error::other)?;
             let mut line = vec![0; len];
             file.read_exact_at(&mut line, saved.offset)?;
-            lines.push((message_id, line));
-        }
-        drop(open_log);
+            match parse_log_line(&line) {
+                Some(LogLine::Result(stored)) if stored.message_id == message_id => {
+                    Ok((message_id, line))
+                }
+                _ => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the outbox's line for {message_id} is not where it should be in log {}",
+                        saved.log
+                    ),
+                )),
+            }
+        });
         let old: Vec<u64> = self.logs.keys().copied().collect();
-        // The results are recorded afresh by `append`; until it succeeds they stay where
-        // they are, so a failed copy changes nothing.
-        let waiting = std::mem::take(&mut self.waiting);
-        let n_waiting_bytes = std::mem::replace(&mut self.n_waiting_bytes, 0);
-        let n_lines = lines.len();
-        if let Err(error) = self.append(lines, true) {
-            self.waiting = waiting;
-            self.n_waiting_bytes = n_waiting_bytes;
-            return Err(error);
-        }
+        let log = match self.write_new_log(lines) {
+            Ok(log) => log,
+            Err(error) => {
+                self.compact_not_before = on_disk.saturating_add(self.log_bytes);
+                return Err(error);
+            }
+        };
         log::debug!(
-            "compacted the outbox: {on_disk} bytes in {} logs became one log of {} bytes ({n_lines} results)",
+            "compacted the outbox: {on_disk} bytes in {} logs became one log of {} bytes ({} results)",
             old.len(),
-            self.n_waiting_bytes
+            self.n_waiting_bytes,
+            self.waiting.len()
         );
+        self.current = Some(log);
         for number in old {
             self.delete_log(number);
         }
@@ -629,9 +817,12 @@ impl Outbox {
     }
 
     fn log_path(&self, number: u64) -> PathBuf {
-        self.dir
-            .join(format!("{LOG_PREFIX}{number:020}{LOG_SUFFIX}"))
+        log_path_in(&self.dir, number)
     }
+}
+
+fn log_path_in(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{LOG_PREFIX}{number:020}{LOG_SUFFIX}"))
 }
 
 /// A waiting result read from disk, with its line as written.
@@ -644,41 +835,50 @@ struct Loaded {
 struct Found {
     /// The waiting results, oldest first, each once.
     results: Vec<Loaded>,
-    /// The files they came from (deleted once the results are rewritten).
-    files: Vec<PathBuf>,
-    /// The number for the next log.
+    /// Files to delete once the results are safe elsewhere: logs and result files that
+    /// were read, and unfinished writes of the older layout.
+    obsolete: Vec<PathBuf>,
+    /// Files to set aside (with why) once the results are safe elsewhere.
+    damaged: Vec<(PathBuf, &'static str)>,
+    /// The number for the next log: past every log, set aside or not.
     next_log: u64,
 }
 
-/// Whether [`read_dir`] may tidy up (delete unfinished writes, move damaged logs aside).
-#[derive(PartialEq, Eq, Clone, Copy)]
-enum Cleanup {
-    Yes,
-    No,
-}
-
-/// Reads an outbox directory: the older one-file-per-result `.json` files first (by
-/// age), then the logs in order, applying their `forget` lines.
-fn read_dir(dir: &Path, cleanup: Cleanup) -> io::Result<Found> {
+/// Reads an outbox directory, changing nothing: the older one-file-per-result `.json`
+/// files first (by age), then the logs in order, applying their `forget` lines. A file
+/// that cannot be read at all is skipped with an error in the log (and left alone).
+fn read_dir(dir: &Path) -> io::Result<Found> {
     let mut single_files = Vec::new();
     let mut logs = Vec::new();
+    let mut found = Found {
+        results: Vec::new(),
+        obsolete: Vec::new(),
+        damaged: Vec::new(),
+        next_log: 1,
+    };
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
         let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
             continue;
         };
-        if let Some(number) = name
+        let log_number = name
+            .strip_suffix(".corrupt")
+            .unwrap_or(name)
             .strip_prefix(LOG_PREFIX)
             .and_then(|rest| rest.strip_suffix(LOG_SUFFIX))
-            .and_then(|digits| digits.parse::<u64>().ok())
-        {
-            logs.push((number, path));
-        } else if name.ends_with(".tmp") {
-            if cleanup == Cleanup::Yes {
-                log::debug!("deleting the unfinished write {}", path.display());
-                let _ = fs::remove_file(&path);
+            .and_then(|digits| digits.parse::<u64>().ok());
+        if let Some(number) = log_number {
+            // A number that leaves no room after it is not one this outbox made.
+            let Some(next) = number.checked_add(1) else {
+                continue;
+            };
+            found.next_log = found.next_log.max(next);
+            if !name.ends_with(".corrupt") {
+                logs.push((number, path));
             }
+        } else if name.ends_with(".tmp") {
+            found.obsolete.push(path);
         } else if name.ends_with(".json") {
             let modified = entry
                 .metadata()
@@ -689,76 +889,93 @@ fn read_dir(dir: &Path, cleanup: Cleanup) -> io::Result<Found> {
     }
     single_files.sort();
     logs.sort();
-    let mut found = Found {
-        results: Vec::new(),
-        files: Vec::new(),
-        next_log: logs.last().map_or(1, |(number, _)| number + 1),
-    };
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut keep = |found: &mut Found, loaded: Loaded| {
-        if !seen.contains_key(&loaded.stored.message_id) {
-            seen.insert(loaded.stored.message_id.clone(), found.results.len());
-            found.results.push(loaded);
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut results: Vec<Option<Loaded>> = Vec::new();
+    let mut keep = |loaded: Loaded| {
+        if !index.contains_key(&loaded.stored.message_id) {
+            index.insert(loaded.stored.message_id.clone(), results.len());
+            results.push(Some(loaded));
         }
     };
     for (_, path) in single_files {
-        let bytes = fs::read(&path)?;
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                log::error!("could not read {}: {error}; left as it is", path.display());
+                continue;
+            }
+        };
         match parse_single_file(&path, &bytes) {
             Some(stored) => {
-                keep(
-                    &mut found,
-                    Loaded {
-                        stored,
-                        line: bytes,
-                    },
-                );
-                found.files.push(path);
-            }
-            None => set_aside(&path, cleanup, "is not a readable task_result"),
-        }
-    }
-    let mut forgotten = HashSet::new();
-    for (_, path) in logs {
-        let bytes = fs::read(&path)?;
-        let lines: Vec<&[u8]> = bytes.split_inclusive(|byte| *byte == b'\n').collect();
-        let last_readable = lines
-            .iter()
-            .rposition(|line| parse_log_line(line).is_some());
-        let mut damaged = false;
-        for (idx, line) in lines.iter().enumerate() {
-            match parse_log_line(line) {
-                Some(LogLine::Result(stored)) => keep(
-                    &mut found,
-                    Loaded {
-                        stored,
-                        line: line.to_vec(),
-                    },
-                ),
-                Some(LogLine::Forget(message_id)) => {
-                    forgotten.insert(message_id);
+                let mut line = bytes;
+                if !line.ends_with(b"\n") {
+                    line.push(b'\n');
                 }
-                // After the last readable line: a write torn by a crash, never sent.
-                None if last_readable.is_none_or(|last| idx > last) => {}
-                None => damaged = true,
+                keep(Loaded { stored, line });
+                found.obsolete.push(path);
             }
-        }
-        if damaged {
-            set_aside(&path, cleanup, "has unreadable lines between readable ones");
-        } else {
-            found.files.push(path);
+            None => found.damaged.push((path, "is not a readable task_result")),
         }
     }
-    found
-        .results
-        .retain(|loaded| !forgotten.contains(&loaded.stored.message_id));
+    let mut forgotten = Vec::new();
+    for (_, path) in logs {
+        match read_log(&path, &mut keep, &mut forgotten) {
+            Ok(true) => found.obsolete.push(path),
+            Ok(false) => found
+                .damaged
+                .push((path, "has unreadable lines between readable ones")),
+            Err(error) => {
+                log::error!("could not read {}: {error}; left as it is", path.display())
+            }
+        }
+    }
+    for message_id in forgotten {
+        if let Some(&position) = index.get(&message_id) {
+            results[position] = None;
+        }
+    }
+    found.results = results.into_iter().flatten().collect();
     Ok(found)
 }
 
-/// Moves a damaged file aside as `NAME.corrupt` (when allowed to) and says so.
-fn set_aside(path: &Path, cleanup: Cleanup, why: &str) {
-    if cleanup == Cleanup::No {
-        return;
+/// Reads one log line by line, handing each result to `keep` and each forgotten id to
+/// `forgotten`. `Ok(false)` when an unreadable line comes before a readable one (damage,
+/// not a torn last write: the readable results are still handed over).
+fn read_log(
+    path: &Path,
+    keep: &mut impl FnMut(Loaded),
+    forgotten: &mut Vec<String>,
+) -> io::Result<bool> {
+    let mut reader = io::BufReader::new(File::open(path)?);
+    let mut line = Vec::new();
+    let mut unreadable_before = false;
+    let mut intact = true;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(intact);
+        }
+        match parse_log_line(&line) {
+            Some(parsed) => {
+                if unreadable_before {
+                    intact = false;
+                }
+                match parsed {
+                    LogLine::Result(stored) => keep(Loaded {
+                        stored,
+                        line: line.clone(),
+                    }),
+                    LogLine::Forget(message_id) => forgotten.push(message_id),
+                }
+            }
+            // Unreadable lines at the very end are a write torn by a crash, never sent.
+            None => unreadable_before = true,
+        }
     }
+}
+
+/// Moves a damaged file aside as `NAME.corrupt` and says so.
+fn set_aside(path: &Path, why: &str) {
     let mut aside = path.to_path_buf().into_os_string();
     aside.push(".corrupt");
     log::error!(
@@ -766,7 +983,9 @@ fn set_aside(path: &Path, cleanup: Cleanup, why: &str) {
         path.display(),
         Path::new(&aside).display()
     );
-    let _ = fs::rename(path, aside);
+    if let Err(error) = fs::rename(path, &aside) {
+        log::error!("could not move {} aside: {error}", path.display());
+    }
 }
 
 /// One line of a log.
@@ -875,6 +1094,14 @@ mod tests {
         names
     }
 
+    /// The bytes the files in `dir` really take.
+    fn real_bytes(dir: &Path) -> u64 {
+        fs::read_dir(dir)
+            .expect("read the outbox")
+            .map(|entry| entry.expect("an entry").metadata().expect("stat").len())
+            .sum()
+    }
+
     /// The ids `Outbox::peek` finds for device `pi`.
     fn peeked_ids(state: &Path) -> Vec<String> {
         Outbox::peek(state, "pi")
@@ -937,6 +1164,8 @@ mod tests {
         assert_eq!(failed[0].0, "../escape");
         assert!(matches!(failed[0].1, SaveError::BadId(_)));
         assert_eq!(outbox.len(), 2);
+        // One flush for the whole batch.
+        assert_eq!(outbox.n_flushes(), 1);
         assert_eq!(file_names(outbox.dir()).len(), 1);
         assert_eq!(peeked_ids(state.path()), ["res-b-1", "res-b-3"]);
         // An empty batch writes nothing.
@@ -1039,10 +1268,11 @@ mod tests {
                     outbox.remove(&id);
                 }
                 most_files = most_files.max(file_names(outbox.dir()).len());
-                most_on_disk = most_on_disk.max(outbox.n_bytes_on_disk());
+                most_on_disk = most_on_disk.max(real_bytes(outbox.dir()));
             }
         }
         assert_eq!(outbox.len(), 10);
+        assert_eq!(outbox.n_bytes_on_disk(), real_bytes(outbox.dir()));
         // Drained logs went as soon as a newer one took over, and pinned ones were copied
         // into a fresh log whenever the logs held far more than the waiting results
         // (without that there would be ten pinned logs and the current one).
@@ -1057,6 +1287,164 @@ mod tests {
         let (_outbox, loaded) = Outbox::open(state.path(), "pi").expect("reopen");
         let ids: Vec<String> = loaded.into_iter().map(|stored| stored.message_id).collect();
         assert_eq!(ids, pinned);
+    }
+
+    /// Opens the outbox of `pi` on a disk with `space_left` bytes free.
+    fn open_with_space(state: &Path, space_left: Option<u64>) -> (Outbox, Vec<StoredResult>) {
+        Outbox::open_on(
+            state,
+            "pi",
+            Disk {
+                n_flushes: 0,
+                space_left,
+            },
+        )
+        .expect("open")
+    }
+
+    fn ids(stored: &[StoredResult]) -> Vec<&str> {
+        stored
+            .iter()
+            .map(|stored| stored.message_id.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_forget_line_cut_short_by_a_full_disk_loses_no_later_result() {
+        let state = tempfile::tempdir().expect("temp dir");
+        let (mut outbox, _) = Outbox::open(state.path(), "pi").expect("open");
+        outbox.save("res-a-1", &result("t-1", 1)).expect("save");
+        outbox.save("res-a-2", &result("t-2", 1)).expect("save");
+        // The disk fills up in the middle of the forget line for res-a-1.
+        outbox.disk.space_left = Some(5);
+        outbox.remove("res-a-1");
+        // Space again: the next results must not follow the partial line.
+        outbox.disk.space_left = None;
+        outbox.save("res-a-3", &result("t-3", 1)).expect("save");
+        outbox.save("res-a-4", &result("t-4", 1)).expect("save");
+        outbox.remove("res-a-4");
+        assert_eq!(outbox.n_bytes_on_disk(), real_bytes(outbox.dir()));
+        drop(outbox);
+        let (_outbox, loaded) = Outbox::open(state.path(), "pi").expect("reopen");
+        // res-a-1 comes back (its forget was lost, the master will ignore it); every
+        // result still waiting is there.
+        assert_eq!(ids(&loaded), ["res-a-1", "res-a-2", "res-a-3"]);
+        assert_eq!(loaded[2], stored("res-a-3", "t-3", 1));
+    }
+
+    #[test]
+    fn a_save_that_fails_half_way_is_reported_and_the_next_one_starts_a_new_log() {
+        let state = tempfile::tempdir().expect("temp dir");
+        let (mut outbox, _) = Outbox::open(state.path(), "pi").expect("open");
+        outbox.save("res-a-1", &result("t-1", 1)).expect("save");
+        outbox.disk.space_left = Some(30);
+        let one = result("t-2", 1);
+        let two = result("t-3", 1);
+        let failed = outbox.save_all([("res-a-2", &one), ("res-a-3", &two)]);
+        assert_eq!(failed.len(), 2);
+        for (_, error) in &failed {
+            match error {
+                SaveError::Io(error) => assert_eq!(error.kind(), io::ErrorKind::StorageFull),
+                other => panic!("expected an I/O error, got {other:?}"),
+            }
+        }
+        assert_eq!(outbox.len(), 1);
+        outbox.disk.space_left = None;
+        outbox.save("res-a-4", &result("t-4", 1)).expect("save");
+        outbox.remove("res-a-1");
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(outbox.n_bytes_on_disk(), real_bytes(outbox.dir()));
+        drop(outbox);
+        let (_outbox, loaded) = Outbox::open(state.path(), "pi").expect("reopen");
+        // The first log, torn by the failed write, went as soon as res-a-1 was
+        // acknowledged; res-a-4 is there; the failed ones were never durable.
+        assert_eq!(ids(&loaded), ["res-a-4"]);
+    }
+
+    #[test]
+    fn a_full_disk_at_start_keeps_the_old_files_until_a_rewrite_works() {
+        let state = tempfile::tempdir().expect("temp dir");
+        let dir = state.path().join("pi").join("outbox");
+        fs::create_dir_all(&dir).expect("mkdir");
+        let damaged = format!(
+            "{}garbage\n{}",
+            line("res-y-1", "t-y1"),
+            line("res-y-2", "t-y2")
+        );
+        fs::write(dir.join("log-00000000000000000003.jsonl"), &damaged).expect("write");
+        fs::write(dir.join("res-old-1.json"), line("res-old-1", "t-old")).expect("write");
+        {
+            let (mut outbox, loaded) = open_with_space(state.path(), Some(100));
+            assert_eq!(ids(&loaded), ["res-old-1", "res-y-1", "res-y-2"]);
+            // Nothing was moved or deleted, and new results still find room later.
+            assert_eq!(
+                file_names(&dir),
+                ["log-00000000000000000003.jsonl", "res-old-1.json"]
+            );
+            outbox.disk.space_left = None;
+            outbox.save("res-z-1", &result("t-z1", 1)).expect("save");
+        }
+        let (_outbox, loaded) = Outbox::open(state.path(), "pi").expect("reopen");
+        assert_eq!(ids(&loaded), ["res-old-1", "res-y-1", "res-y-2", "res-z-1"]);
+        assert_eq!(
+            file_names(&dir),
+            [
+                "log-00000000000000000003.jsonl.corrupt",
+                "log-00000000000000000006.jsonl"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_compaction_changes_nothing_and_waits_before_trying_again() {
+        let state = tempfile::tempdir().expect("temp dir");
+        let (mut outbox, _) = Outbox::open(state.path(), "pi").expect("open");
+        let one_line = line("res-c-00000", "t-00000").len() as u64;
+        outbox.log_bytes = 4 * one_line;
+        let mut pinned = Vec::new();
+        let save = |outbox: &mut Outbox, round: usize, idx: usize| {
+            let id = format!("res-c-{round:02}{idx:03}");
+            outbox
+                .save(&id, &result(&format!("t-{round}-{idx}"), 1))
+                .expect("save");
+            id
+        };
+        // Every save has room for itself (and a forget line) but not for a copy of two
+        // pinned results, so the first compaction that is tried fails.
+        let room = one_line + 64;
+        let mut tried = false;
+        'rounds: for round in 0..20 {
+            for idx in 0..5 {
+                let flushes_before = outbox.n_flushes();
+                outbox.disk.space_left = Some(room);
+                let id = save(&mut outbox, round, idx);
+                if idx == 0 {
+                    pinned.push(id);
+                } else {
+                    outbox.remove(&id);
+                }
+                if outbox.compact_not_before > 0 {
+                    // The save went through; the copy was tried, failed and was undone.
+                    assert_eq!(outbox.n_flushes(), flushes_before + 1);
+                    tried = true;
+                    break 'rounds;
+                }
+            }
+        }
+        outbox.disk.space_left = None;
+        assert!(tried, "no compaction was tried");
+        assert!(pinned.len() >= 2);
+        assert_eq!(outbox.len(), pinned.len());
+        assert_eq!(outbox.n_bytes_on_disk(), real_bytes(outbox.dir()));
+        // Not tried again at once, although there is room now: the next save only
+        // appends.
+        let flushes_before = outbox.n_flushes();
+        pinned.push(save(&mut outbox, 99, 0));
+        assert_eq!(outbox.n_flushes(), flushes_before + 1);
+        drop(outbox);
+        let (_outbox, loaded) = Outbox::open(state.path(), "pi").expect("reopen");
+        let loaded: Vec<String> = loaded.into_iter().map(|stored| stored.message_id).collect();
+        assert_eq!(loaded, pinned);
     }
 
     #[test]
