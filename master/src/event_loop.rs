@@ -33,6 +33,10 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Write buffers up to this capacity are freed once written.
 const SMALL_OUT: usize = 4096;
 
+/// Room for a heartbeat ack (about 200 bytes with a timestamp and a short
+/// message id), so writing one does not grow its buffer.
+const HEARTBEAT_ACK_CAPACITY: usize = 256;
+
 /// How long shutdown waits for the last replies to drain.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
@@ -435,12 +439,24 @@ impl EventLoop {
                         envelope.to_line()
                     }
                     Payload::Text(text) => text.into_bytes(),
+                    Payload::HeartbeatAck(ack) => {
+                        let stamp = self.stamp();
+                        let mut line = Vec::with_capacity(HEARTBEAT_ACK_CAPACITY);
+                        ack.write_line(self.core.master_id(), &stamp, &mut line);
+                        line
+                    }
                 };
                 let Some(connection) = self.conns.get_mut(conn) else {
                     return;
                 };
                 if overtake && after_batch.is_none() {
-                    connection.out.extend_from_slice(&bytes);
+                    if connection.out.capacity() == 0 {
+                        // Nothing waits (the usual case): the message becomes
+                        // the buffer, rather than being copied into a new one.
+                        connection.out = bytes;
+                    } else {
+                        connection.out.extend_from_slice(&bytes);
+                    }
                     self.dirty.insert(conn);
                     return;
                 }
