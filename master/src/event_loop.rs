@@ -33,6 +33,10 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Write buffers up to this capacity are freed once written.
 const SMALL_OUT: usize = 4096;
 
+/// Room for a heartbeat ack (about 200 bytes with a timestamp and a short
+/// message id), so writing one does not grow its buffer.
+const HEARTBEAT_ACK_CAPACITY: usize = 256;
+
 /// How long shutdown waits for the last replies to drain.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
@@ -61,6 +65,11 @@ struct Connection {
     written: usize,
     close_when_flushed: bool,
     closed: bool,
+    /// The poller said the peer closed its side or the socket failed.
+    /// From then on a read goes on until it returns 0 or an error, even
+    /// after a short read: no new edge would come for a hang-up it
+    /// already reported.
+    hung_up: bool,
     wants_write: bool,
     peer: Option<SocketAddr>,
 }
@@ -96,6 +105,12 @@ pub(crate) struct EventLoop {
     /// Accepting failed; retry at this time.
     accept_retry_at: Option<Instant>,
     outputs: Vec<Output>,
+    /// The time of this turn, read once after `poll` returns rather than
+    /// for every message.
+    now: Now,
+    /// The `timestamp` written on messages sent in this turn, formatted
+    /// once per turn (and only if a JSON message is sent).
+    stamp: Option<String>,
     /// Connections marked closed since the last reap (so reaping does not
     /// look at every connection on every turn).
     newly_closed: Vec<ConnId>,
@@ -133,6 +148,11 @@ impl EventLoop {
             throttled: BTreeSet::new(),
             accept_retry_at: None,
             outputs: Vec::new(),
+            now: Now {
+                monotonic: started.elapsed(),
+                unix_ms: unix_ms(),
+            },
+            stamp: None,
             newly_closed: Vec::new(),
             credentials,
         })
@@ -142,14 +162,22 @@ impl EventLoop {
         Ok(Arc::new(Waker::new(poll.registry(), WAKER)?))
     }
 
-    fn now(&self) -> Now {
-        let unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        Now {
+    /// Reads the clock for the turn that starts: the core, the timers and
+    /// the messages' timestamps all use this time until the next turn.
+    fn tick_clock(&mut self) {
+        self.now = Now {
             monotonic: self.started.elapsed(),
-            unix_ms,
-        }
+            unix_ms: unix_ms(),
+        };
+        self.stamp = None;
+    }
+
+    /// The `timestamp` of messages sent in this turn.
+    fn stamp(&mut self) -> String {
+        let unix_ms = self.now.unix_ms;
+        self.stamp
+            .get_or_insert_with(|| crate::core::rfc3339(unix_ms))
+            .clone()
     }
 
     /// Runs until `shutdown` is triggered, then drains and returns.
@@ -157,6 +185,7 @@ impl EventLoop {
         let mut events = Events::with_capacity(1024);
         let mut read_buf = vec![0u8; READ_CHUNK];
         // Work restored from the database (queued tasks) may be waiting.
+        self.tick_clock();
         self.settle();
         while !shutdown.is_triggered() {
             let mut timeout = self.core.next_deadline().map(|deadline| {
@@ -175,12 +204,19 @@ impl EventLoop {
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => return Err(err),
             }
+            self.tick_clock();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
                     Token(conn) => {
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        let hung_up = event.is_read_closed() || event.is_error();
+                        if hung_up {
+                            if let Some(connection) = self.conns.get_mut(conn) {
+                                connection.hung_up = true;
+                            }
+                        }
+                        if event.is_readable() || hung_up {
                             self.readable.insert(conn);
                         }
                         if event.is_writable() {
@@ -197,7 +233,7 @@ impl EventLoop {
                 self.read(conn, &mut read_buf);
             }
             self.collect_commits();
-            let now = self.now();
+            let now = self.now;
             if self
                 .core
                 .next_deadline()
@@ -214,7 +250,7 @@ impl EventLoop {
     /// and closes what must close, until nothing more happens.
     fn settle(&mut self) {
         loop {
-            let now = self.now();
+            let now = self.now;
             self.core.drain_outputs(now, &mut self.outputs);
             let outputs = std::mem::take(&mut self.outputs);
             for output in outputs {
@@ -280,10 +316,11 @@ impl EventLoop {
                         written: 0,
                         close_when_flushed: false,
                         closed: false,
+                        hung_up: false,
                         wants_write: false,
                         peer: Some(peer),
                     });
-                    let now = self.now();
+                    let now = self.now;
                     self.core
                         .handle_connect(now, conn, Some(peer.ip().to_string()), nonce);
                     if self.core.is_trusted(conn) {
@@ -340,6 +377,13 @@ impl EventLoop {
                 }
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
+                    // A short read emptied the socket's receive queue: the
+                    // next read would only say `WouldBlock` (a system call
+                    // per message for nothing). Bytes that arrive later
+                    // raise a new edge, so nothing is missed; only a
+                    // hang-up the poller already reported raises none, so
+                    // then the loop reads on to the end of the stream.
+                    let drained = n < buf.len() && !connection.hung_up;
                     if let Err(too_long) = connection.codec.decode(&buf[..n], &mut frames) {
                         self.feed(conn, std::mem::take(&mut frames));
                         self.core.handle_line_too_long(conn, too_long.max);
@@ -348,6 +392,9 @@ impl EventLoop {
                     // Feed as we go so one peer's burst is bounded by the
                     // codec's limit rather than the socket's buffer.
                     self.feed(conn, std::mem::take(&mut frames));
+                    if drained {
+                        break;
+                    }
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
@@ -363,7 +410,7 @@ impl EventLoop {
     }
 
     fn feed(&mut self, conn: ConnId, frames: Vec<Frame>) {
-        let now = self.now();
+        let now = self.now;
         for frame in frames {
             match frame {
                 Frame::Json(bytes) => match Envelope::decode(&bytes) {
@@ -383,21 +430,33 @@ impl EventLoop {
                 after_batch,
                 overtake,
             } => {
-                let Some(connection) = self.conns.get_mut(conn) else {
-                    return;
-                };
-                if connection.closed {
+                if self.conns.get(conn).is_none_or(|c| c.closed) {
                     return;
                 }
                 let bytes = match payload {
                     Payload::Json(mut envelope) => {
-                        envelope.timestamp = Some(crate::core::rfc3339(self_now_ms()));
+                        envelope.timestamp = Some(self.stamp());
                         envelope.to_line()
                     }
                     Payload::Text(text) => text.into_bytes(),
+                    Payload::HeartbeatAck(ack) => {
+                        let stamp = self.stamp();
+                        let mut line = Vec::with_capacity(HEARTBEAT_ACK_CAPACITY);
+                        ack.write_line(self.core.master_id(), &stamp, &mut line);
+                        line
+                    }
+                };
+                let Some(connection) = self.conns.get_mut(conn) else {
+                    return;
                 };
                 if overtake && after_batch.is_none() {
-                    connection.out.extend_from_slice(&bytes);
+                    if connection.out.capacity() == 0 {
+                        // Nothing waits (the usual case): the message becomes
+                        // the buffer, rather than being copied into a new one.
+                        connection.out = bytes;
+                    } else {
+                        connection.out.extend_from_slice(&bytes);
+                    }
                     self.dirty.insert(conn);
                     return;
                 }
@@ -563,6 +622,7 @@ impl EventLoop {
             let _ = self.poll.registry().deregister(&mut self.listener);
             self.listening = false;
         }
+        self.tick_clock();
         self.core.begin_shutdown();
         self.settle();
         let deadline = Instant::now() + SHUTDOWN_FLUSH;
@@ -629,7 +689,8 @@ fn set_keepalive(stream: &TcpStream) {
     }
 }
 
-fn self_now_ms() -> i64 {
+/// Milliseconds since the Unix epoch, by the wall clock.
+fn unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

@@ -203,3 +203,66 @@ fn a_peer_that_floods_without_reading_does_not_starve_the_others() {
     let sent = flood.join().expect("the flooder ends");
     assert!(sent > 0);
 }
+
+#[test]
+fn lines_that_arrive_in_pieces_are_all_answered() {
+    let master = setup(|_| {});
+    let (mut reader, mut writer) = connect(master.addr);
+    let line = |id: usize| format!("{{\"message_type\":\"status\",\"message_id\":\"s{id}\"}}\n");
+    // Each write ends the line before it and stops in the middle of the
+    // next one, and the next write is sent only once the reply came back:
+    // the master has read everything that arrived (a short read) and must
+    // come back for the rest of the line when it arrives, not wait for more
+    // in vain, nor lose the piece it holds.
+    let mut rest = line(0);
+    for id in 0..20 {
+        let next = line(id + 1);
+        let cut = 1 + id % (next.len() - 2);
+        writer
+            .write_all(format!("{rest}{}", &next[..cut]).as_bytes())
+            .expect("send a piece");
+        rest = next[cut..].to_string();
+        let answer = reply(&mut reader);
+        assert_eq!(answer["message_type"], "ack", "{answer}");
+        assert_eq!(answer["data"]["original_message_id"], format!("s{id}"));
+    }
+    writer.write_all(rest.as_bytes()).expect("send the rest");
+    assert_eq!(reply(&mut reader)["data"]["original_message_id"], "s20");
+}
+
+#[test]
+fn lines_followed_at_once_by_a_close_are_all_answered_before_the_master_closes() {
+    let master = setup(|_| {});
+    // One line, then several reads' worth (more than the master reads at a
+    // time), each followed at once by the half-close, so the lines and the
+    // end of the stream reach the master together.
+    for count in [1usize, 5_000] {
+        let (mut reader, writer) = connect(master.addr);
+        let mut burst = String::new();
+        for id in 0..count {
+            burst.push_str(&format!(
+                "{{\"message_type\":\"status\",\"message_id\":\"s{id}\"}}\n"
+            ));
+        }
+        (&writer).write_all(burst.as_bytes()).expect("send");
+        writer
+            .shutdown(std::net::Shutdown::Write)
+            .expect("half-close");
+        let mut replies = String::new();
+        reader
+            .read_to_string(&mut replies)
+            .expect("read until the master closes");
+        let ids: Vec<String> = replies
+            .lines()
+            .map(|line| {
+                let answer: Value = serde_json::from_str(line).expect("a JSON reply");
+                answer["data"]["original_message_id"]
+                    .as_str()
+                    .expect("an id")
+                    .to_string()
+            })
+            .collect();
+        let expected: Vec<String> = (0..count).map(|id| format!("s{id}")).collect();
+        assert_eq!(ids, expected);
+    }
+}

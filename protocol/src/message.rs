@@ -12,6 +12,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+mod raw;
+
 /// One message with its envelope fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
@@ -79,6 +81,12 @@ impl Envelope {
 
     /// Decodes one JSON frame (without its newline).
     pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        // Most frames are decoded without a tree of JSON values in between;
+        // whatever that way does not decode is decoded again through the
+        // tree, which gives the same result and the same error as always.
+        if let Some(decoded) = raw::decode(bytes) {
+            return decoded;
+        }
         let value: Value = serde_json::from_slice(bytes)
             .map_err(|err| DecodeError::new(ErrorCode::MalformedJson, err.to_string()))?;
         Envelope::from_value(value)
@@ -92,12 +100,27 @@ impl Envelope {
                 "a message must be a JSON object",
             ));
         };
-        let message_id = object.remove("message_id").and_then(id_text);
+        let data = object.remove("data");
+        Envelope::from_fields(
+            |key| object.remove(key),
+            |message_type| Message::from_data_value(message_type, data),
+        )
+    }
+
+    /// Builds an envelope from its fields, taken one by one by `take`, and
+    /// its message, made by `message` once the envelope's own fields are
+    /// valid. Both ways of decoding share it, so they check the same
+    /// things in the same order.
+    fn from_fields(
+        mut take: impl FnMut(&str) -> Option<Value>,
+        message: impl FnOnce(&str) -> Result<Message, DecodeError>,
+    ) -> Result<Envelope, DecodeError> {
+        let message_id = take("message_id").and_then(id_text);
         let with_id = |mut err: DecodeError| {
             err.message_id = message_id.clone();
             err
         };
-        let message_type = match object.remove("message_type") {
+        let message_type = match take("message_type") {
             Some(Value::String(name)) => name,
             Some(_) => {
                 return Err(with_id(DecodeError::new(
@@ -112,23 +135,13 @@ impl Envelope {
                 )))
             }
         };
-        let sender_id = optional_string(&mut object, "sender_id").map_err(with_id)?;
-        let mut target_id = optional_string(&mut object, "target_id").map_err(with_id)?;
+        let sender_id = optional_string(take("sender_id"), "sender_id").map_err(with_id)?;
+        let mut target_id = optional_string(take("target_id"), "target_id").map_err(with_id)?;
         if target_id.is_none() {
-            target_id = optional_string(&mut object, "receiver_id").map_err(with_id)?;
+            target_id = optional_string(take("receiver_id"), "receiver_id").map_err(with_id)?;
         }
-        let timestamp = optional_string(&mut object, "timestamp").map_err(with_id)?;
-        let data = match object.remove("data") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(data)) => data,
-            Some(_) => {
-                return Err(with_id(DecodeError::new(
-                    ErrorCode::InvalidMessage,
-                    "data must be a JSON object",
-                )))
-            }
-        };
-        let message = Message::from_parts(&message_type, data).map_err(with_id)?;
+        let timestamp = optional_string(take("timestamp"), "timestamp").map_err(with_id)?;
+        let message = message(&message_type).map_err(with_id)?;
         Ok(Envelope {
             sender_id,
             target_id,
@@ -148,11 +161,8 @@ fn id_text(value: Value) -> Option<String> {
     }
 }
 
-fn optional_string(
-    object: &mut Map<String, Value>,
-    key: &str,
-) -> Result<Option<String>, DecodeError> {
-    match object.remove(key) {
+fn optional_string(value: Option<Value>, key: &str) -> Result<Option<String>, DecodeError> {
+    match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) => Ok(Some(text)),
         Some(Value::Number(n)) => Ok(Some(n.to_string())),
@@ -248,6 +258,22 @@ impl Message {
             self,
             Message::TaskProgress(_) | Message::Ack(_) | Message::Error(_) | Message::Event(_)
         )
+    }
+
+    /// The message from its type and its `data` field (absent, `null` or
+    /// an object).
+    fn from_data_value(message_type: &str, data: Option<Value>) -> Result<Message, DecodeError> {
+        let data = match data {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(data)) => data,
+            Some(_) => {
+                return Err(DecodeError::new(
+                    ErrorCode::InvalidMessage,
+                    "data must be a JSON object",
+                ))
+            }
+        };
+        Message::from_parts(message_type, data)
     }
 
     fn from_parts(message_type: &str, data: Map<String, Value>) -> Result<Message, DecodeError> {
@@ -718,14 +744,17 @@ struct HeartbeatWire {
 
 impl Heartbeat {
     fn from_data(data: Map<String, Value>) -> Result<Heartbeat, DecodeError> {
-        let wire: HeartbeatWire = parse(data)?;
-        Ok(Heartbeat {
+        Ok(Heartbeat::from_wire(parse(data)?))
+    }
+
+    fn from_wire(wire: HeartbeatWire) -> Heartbeat {
+        Heartbeat {
             metrics: wire.system_metrics.or(wire.metrics).unwrap_or_default(),
             status: wire.status,
             active_tasks: wire.active_tasks,
             last_activity: wire.last_activity,
             extra: wire.extra,
-        })
+        }
     }
 
     fn to_data(&self) -> Value {

@@ -11,6 +11,7 @@
 
 mod auth;
 mod dispatch;
+mod heartbeat_ack;
 mod index;
 mod life;
 pub mod records;
@@ -18,6 +19,7 @@ mod text;
 mod views;
 
 pub use auth::{AuthPolicy, Network, Secrets, DEFAULT_AUTH_DEADLINE, DEFAULT_MAX_UNAUTHENTICATED};
+pub use heartbeat_ack::HeartbeatAck;
 pub use views::rfc3339;
 
 use protocol::message::RunningTask;
@@ -110,6 +112,9 @@ pub enum Payload {
     /// A reply to a text command; the loop writes it as is (it already
     /// ends with the `.` line).
     Text(String),
+    /// The `ack` to a heartbeat, which the loop writes without building
+    /// its envelope (see [`HeartbeatAck`]).
+    HeartbeatAck(HeartbeatAck),
 }
 
 /// One thing for the event loop to do.
@@ -406,6 +411,11 @@ impl Core {
         self.outputs.push(Output::Close { conn });
     }
 
+    /// The id the master sends its messages under (`sender_id`).
+    pub fn master_id(&self) -> &str {
+        &self.config.master_id
+    }
+
     /// A decoded JSON message arrived on `conn`.
     pub fn handle_message(&mut self, now: Now, conn: ConnId, envelope: Envelope) {
         let reply_to = envelope.message_id.clone();
@@ -435,7 +445,27 @@ impl Core {
         );
         let result = match envelope.message {
             Message::Register(register) => self.on_register(now, conn, sender, register),
-            Message::Heartbeat(heartbeat) => self.on_heartbeat(now, conn, sender, heartbeat),
+            Message::Heartbeat(heartbeat) => {
+                match self.on_heartbeat(now, conn, sender, heartbeat) {
+                    Ok(()) => {
+                        // The ack reveals no state: it needs no commit and
+                        // overtakes held replies, so a slow disk never
+                        // looks like a dead master to a worker.
+                        let ack = HeartbeatAck {
+                            original_message_id: reply_to,
+                            heartbeat_interval: self.config.heartbeat_interval.as_secs_f64(),
+                        };
+                        self.outputs.push(Output::Send {
+                            conn,
+                            payload: Payload::HeartbeatAck(ack),
+                            after_batch: None,
+                            overtake: true,
+                        });
+                        return;
+                    }
+                    Err(error) => Err(error),
+                }
+            }
             Message::TaskResult(result) => self.on_result(now, conn, sender, result),
             Message::TaskProgress(progress) => {
                 self.on_progress(conn, sender, progress);
@@ -772,7 +802,7 @@ impl Core {
         conn: ConnId,
         sender: Option<String>,
         heartbeat: Heartbeat,
-    ) -> Result<Reply, ReplyError> {
+    ) -> Result<(), ReplyError> {
         let device_id = self.speaker(conn, sender)?;
         let Some(device) = self.devices.get_mut(&device_id) else {
             return Err(not_registered());
@@ -802,11 +832,7 @@ impl Core {
                 true,
             );
         }
-        Ok(Reply::new(json!({
-            "message": "heartbeat received",
-            "heartbeat_received": true,
-            "heartbeat_interval": self.config.heartbeat_interval.as_secs_f64(),
-        })))
+        Ok(())
     }
 
     fn on_progress(
@@ -1387,11 +1413,10 @@ impl Core {
             }
         }
         // Messages that reveal no state need no commit and may overtake
-        // held ones: heartbeat acks (a slow disk must not look like a dead
-        // master), storage events and `storage_unavailable` refusals (they
+        // held ones: storage events and `storage_unavailable` refusals (they
         // must arrive while the disk is failing, not after it recovers).
+        // Heartbeat acks do too; they are sent by `handle_message` itself.
         let reveals_nothing = match &envelope.message {
-            Message::Ack(ack) => ack.result.contains_key("heartbeat_received"),
             Message::Event(Event::StorageFailing | Event::StorageRecovered) => true,
             Message::Error(error) => error.code == ErrorCode::StorageUnavailable,
             _ => false,

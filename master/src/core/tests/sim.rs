@@ -90,7 +90,8 @@ impl Delivery {
     pub fn envelope(&self) -> Option<&Envelope> {
         match &self.payload {
             Payload::Json(envelope) => Some(envelope),
-            Payload::Text(_) => None,
+            // Stored as the envelope it stands for (see `drive`).
+            Payload::Text(_) | Payload::HeartbeatAck(_) => None,
         }
     }
 }
@@ -459,6 +460,14 @@ impl Sim {
                         after_batch,
                         ..
                     } => {
+                        // A heartbeat ack is looked at as the message it
+                        // encodes.
+                        let payload = match payload {
+                            Payload::HeartbeatAck(ack) => {
+                                Payload::Json(ack.envelope(&self.config.master_id))
+                            }
+                            other => other,
+                        };
                         if let Payload::Json(envelope) = &payload {
                             if let Some(worker) =
                                 self.workers.values_mut().find(|w| w.conn == Some(conn))
@@ -579,7 +588,7 @@ impl Sim {
             .iter()
             .filter_map(|d| match &d.payload {
                 Payload::Text(text) => Some((text.clone(), d.after_batch)),
-                Payload::Json(_) => None,
+                Payload::Json(_) | Payload::HeartbeatAck(_) => None,
             })
             .collect();
         assert_eq!(texts.len(), 1, "one text reply to {line:?}");
