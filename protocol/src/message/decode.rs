@@ -1,0 +1,219 @@
+//! Decoding a line straight into domain types.
+//!
+//! The reference decoder (`Envelope::decode_value_tree`) parses a line into
+//! a `serde_json::Value` and converts that into the message. For the
+//! messages that arrive once per task (results, the workers' acks of
+//! assignments, batches of submitted tasks) that tree costs more than the
+//! rest of the work, so [`decode_direct`] reads the envelope's fields as
+//! raw JSON text borrowed from the line and deserializes `data` straight
+//! into the message's type.
+//!
+//! It only ever gives the answer the reference decoder gives: whenever
+//! anything is unusual (an error of any kind, a duplicate key inside a
+//! typed `data`, an id sent as a number, a `\ud8..` escape that might be a
+//! lone surrogate) it declines, and the caller runs the reference decoder,
+//! which then produces the same message or the same coded error as always.
+//! The one leniency left is in values a typed message ignores anyway: an
+//! unknown key inside a result's or a submit's `data` is skipped without
+//! checking that its numbers fit an `f64`.
+
+use super::{Ack, Envelope, Message, TaskResult, TaskSubmit, TaskSubmitWire};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// Decodes `bytes` without a `Value` tree, or returns `None` when the
+/// reference decoder must decide.
+pub(super) fn decode_direct(bytes: &[u8]) -> Option<Envelope> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    if may_hold_surrogate_escape(text) {
+        return None;
+    }
+    let raw: RawEnvelope<'_> = serde_json::from_str(text).ok()?;
+    let message_type: &str = serde_json::from_str(raw.message_type?.get()).ok()?;
+    let message_id = match raw.message_id {
+        None => None,
+        Some(id) => match serde_json::from_str::<Option<String>>(id.get()).ok()? {
+            Some(id) => Some(id),
+            // `null` (and other types) give no id; numbers become text,
+            // which the reference decoder does.
+            None => return None,
+        },
+    };
+    let sender_id = optional_string(raw.sender_id)?;
+    let target_id = match optional_string(raw.target_id)? {
+        Some(id) => Some(id),
+        None => optional_string(raw.receiver_id)?,
+    };
+    let timestamp = optional_string(raw.timestamp)?;
+    let data = match raw.data {
+        None => "{}",
+        Some(data) if data.get() == "null" => "{}",
+        Some(data) if data.get().starts_with('{') => data.get(),
+        Some(_) => return None,
+    };
+    let message = message_from_data(message_type, data)?;
+    Some(Envelope {
+        sender_id,
+        target_id,
+        message_id,
+        timestamp,
+        message,
+    })
+}
+
+/// A string field that may be absent or `null`; `None` (decline) for any
+/// other type.
+fn optional_string(raw: Option<&RawValue>) -> Option<Option<String>> {
+    match raw {
+        None => Some(None),
+        Some(raw) => serde_json::from_str::<Option<String>>(raw.get()).ok(),
+    }
+}
+
+fn message_from_data(message_type: &str, data: &str) -> Option<Message> {
+    let message = match message_type {
+        "task_result" => Message::TaskResult(serde_json::from_str::<TaskResult>(data).ok()?),
+        "ack" => Message::Ack(ack_from_data(data)?),
+        "task_submit" | "submit_task" => {
+            let wire: TaskSubmitWire = serde_json::from_str(data).ok()?;
+            Message::TaskSubmit(TaskSubmit::from_wire(wire).ok()?)
+        }
+        // Every other message is parsed as the reference decoder parses
+        // it, from the object `data` holds.
+        other => {
+            let data: Map<String, Value> = serde_json::from_str(data).ok()?;
+            return Message::from_parts(other, data).ok();
+        }
+    };
+    message.check().ok()?;
+    Some(message)
+}
+
+/// A worker's `ack`: `original_message_id` and an object `result`, nothing
+/// else (other shapes are left to the reference decoder).
+fn ack_from_data(data: &str) -> Option<Ack> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct AckWire<'a> {
+        #[serde(default)]
+        original_message_id: Option<String>,
+        #[serde(borrow, default, deserialize_with = "present")]
+        result: Option<&'a RawValue>,
+    }
+    // `Option` would read `null` as absent; here `null` is a value.
+    fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+        <&RawValue>::deserialize(d).map(Some)
+    }
+    let wire: AckWire<'_> = serde_json::from_str(data).ok()?;
+    let result = match wire.result {
+        None => Map::new(),
+        Some(result) if result.get().starts_with('{') => serde_json::from_str(result.get()).ok()?,
+        Some(_) => return None,
+    };
+    Some(Ack {
+        original_message_id: wire.original_message_id,
+        result,
+    })
+}
+
+/// Whether `text` holds `\u` followed by `d8` to `df`: an escape that may be
+/// half of a surrogate pair. The raw parts of the fast path would pass a
+/// lone one that the reference decoder refuses, so such lines go to it.
+fn may_hold_surrogate_escape(text: &str) -> bool {
+    text.as_bytes().windows(4).any(|w| {
+        w[0] == b'\\'
+            && w[1] == b'u'
+            && (w[2] | 0x20) == b'd'
+            && matches!(w[3] | 0x20, b'8' | b'9' | b'a'..=b'f')
+    })
+}
+
+/// The envelope's fields as raw JSON, borrowed from the line. A key that
+/// appears twice keeps its last value, as in a `Value`; unknown keys are
+/// parsed (so they are checked exactly as before) and dropped.
+#[derive(Default)]
+struct RawEnvelope<'a> {
+    message_id: Option<&'a RawValue>,
+    message_type: Option<&'a RawValue>,
+    sender_id: Option<&'a RawValue>,
+    target_id: Option<&'a RawValue>,
+    receiver_id: Option<&'a RawValue>,
+    timestamp: Option<&'a RawValue>,
+    data: Option<&'a RawValue>,
+}
+
+impl<'de> Deserialize<'de> for RawEnvelope<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(RawEnvelopeVisitor)
+    }
+}
+
+struct RawEnvelopeVisitor;
+
+impl<'de> Visitor<'de> for RawEnvelopeVisitor {
+    type Value = RawEnvelope<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEnvelope<'de>, A::Error> {
+        let mut raw = RawEnvelope::default();
+        while let Some(key) = map.next_key::<Key>()? {
+            let slot = match key {
+                Key::MessageId => &mut raw.message_id,
+                Key::MessageType => &mut raw.message_type,
+                Key::SenderId => &mut raw.sender_id,
+                Key::TargetId => &mut raw.target_id,
+                Key::ReceiverId => &mut raw.receiver_id,
+                Key::Timestamp => &mut raw.timestamp,
+                Key::Data => &mut raw.data,
+                Key::Other => {
+                    let _: Value = map.next_value()?;
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value::<&'de RawValue>()?);
+        }
+        Ok(raw)
+    }
+}
+
+/// An envelope key, read without allocating.
+enum Key {
+    MessageId,
+    MessageType,
+    SenderId,
+    TargetId,
+    ReceiverId,
+    Timestamp,
+    Data,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Key, E> {
+                Ok(match key {
+                    "message_id" => Key::MessageId,
+                    "message_type" => Key::MessageType,
+                    "sender_id" => Key::SenderId,
+                    "target_id" => Key::TargetId,
+                    "receiver_id" => Key::ReceiverId,
+                    "timestamp" => Key::Timestamp,
+                    "data" => Key::Data,
+                    _ => Key::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
