@@ -237,14 +237,13 @@ impl Store {
                             .execute(params![record.device_id, record.status.as_str(), json])
                             .map_err(wrap)?;
                     }
-                    StoreOp::PutTask(record) => {
-                        let json = serde_json::to_string(record).unwrap_or_default();
+                    StoreOp::PutTask(task) => {
                         put_task
                             .execute(params![
-                                record.task_id,
-                                record.seq as i64,
-                                record.state.as_str(),
-                                json
+                                task.task_id,
+                                task.seq as i64,
+                                task.state.as_str(),
+                                task.json
                             ])
                             .map_err(wrap)?;
                     }

@@ -127,6 +127,44 @@ pub fn profile_value(register: &Register) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// A task record as the store writes it, encoded once when the batch is
+/// taken: the batch then carries one string per task rather than a copy of
+/// its payload and result, which the store thread would encode and free
+/// again (freeing another thread's many small allocations is slow too).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedTask {
+    /// The task's id.
+    pub task_id: String,
+    /// Submission order.
+    pub seq: u64,
+    /// Its state when written.
+    pub state: TaskState,
+    /// The whole [`TaskRecord`] as JSON.
+    pub json: String,
+}
+
+impl EncodedTask {
+    /// Encodes `record`, using `scratch` as the encoder's buffer so that
+    /// the string is allocated once, at its size.
+    pub fn new(record: &TaskRecord, scratch: &mut Vec<u8>) -> EncodedTask {
+        scratch.clear();
+        // A record holds only strings, numbers and JSON values: encoding
+        // it cannot fail, and serde_json writes UTF-8.
+        let _ = serde_json::to_writer(&mut *scratch, record);
+        EncodedTask {
+            task_id: record.task_id.clone(),
+            seq: record.seq,
+            state: record.state,
+            json: std::str::from_utf8(scratch).map_or_else(|_| String::new(), str::to_owned),
+        }
+    }
+
+    /// The record back, as the store will load it.
+    pub fn record(&self) -> Result<TaskRecord, serde_json::Error> {
+        serde_json::from_str(&self.json)
+    }
+}
+
 /// One change for the store.
 // Each op is built once and moved into its batch; boxing the larger
 // variant would only add an allocation.
@@ -138,7 +176,7 @@ pub enum StoreOp {
     /// Insert or replace a device's credential record.
     PutDeviceKey(DeviceKeyRecord),
     /// Insert or replace a task.
-    PutTask(TaskRecord),
+    PutTask(EncodedTask),
 }
 
 /// Changes the store commits in one transaction.
