@@ -49,7 +49,10 @@ pub struct DeviceKeyRecord {
     pub revoked_unix_ms: Option<i64>,
 }
 
-/// A task as it is stored.
+/// A task as it is stored. Fields that are not set are left out of the
+/// JSON (a record is written at every state change, so every byte counts
+/// several times); a missing field reads back as not set, so records
+/// written either way load.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
     /// The task's id.
@@ -63,20 +66,27 @@ pub struct TaskRecord {
     /// The current (or last) attempt.
     pub attempt: u32,
     /// The device of the current or last attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
     /// Submission time (Unix ms).
     pub submitted_unix_ms: i64,
     /// Start of the last attempt (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_unix_ms: Option<i64>,
     /// End of its life (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_unix_ms: Option<i64>,
     /// The worker's result object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
     /// The handler's exit code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     /// Why it failed or was cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Seconds the last attempt ran, per the worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_time: Option<f64>,
     /// Attempts that failed or timed out so far (since the last retry).
     #[serde(default)]
@@ -85,7 +95,7 @@ pub struct TaskRecord {
     #[serde(default)]
     pub lost: u32,
     /// While retrying: when the next attempt may start (Unix ms).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at_unix_ms: Option<i64>,
 }
 
