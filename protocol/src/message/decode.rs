@@ -122,11 +122,11 @@ fn ack_from_data(data: &str) -> Option<Ack> {
 /// half of a surrogate pair. The raw parts of the fast path would pass a
 /// lone one that the reference decoder refuses, so such lines go to it.
 fn may_hold_surrogate_escape(text: &str) -> bool {
-    text.as_bytes().windows(4).any(|w| {
-        w[0] == b'\\'
-            && w[1] == b'u'
-            && (w[2] | 0x20) == b'd'
-            && matches!(w[3] | 0x20, b'8' | b'9' | b'a'..=b'f')
+    // Most lines hold no backslash at all: look only where there is one.
+    let bytes = text.as_bytes();
+    memchr::memchr_iter(b'\\', bytes).any(|at| match bytes.get(at + 1..at + 4) {
+        Some([b'u', d, x]) => (d | 0x20) == b'd' && matches!(x | 0x20, b'8' | b'9' | b'a'..=b'f'),
+        _ => false,
     })
 }
 

@@ -129,6 +129,13 @@ fn older_and_unusual_task_results_decode_as_before() {
         r#"{"message_type":"task_submit","data":{"tasks":[]}}"#,
         r#"{"message_type":"task_submit","data":{"task":{"task_type":" "}}}"#,
         r#"{"message_type":"task_submit","data":{"task":{"task_type":"echo","requirements":{"gpu":true}}}}"#,
+        // A `message_type` key inside `data` names another message: the
+        // type read from the line is only a guess.
+        r#"{"message_type":"task_result","data":{"task_id":"t","status":"completed","result":{"message_type":"ack"}}}"#,
+        r#"{"data":{"task_id":"t","status":"completed","result":{"message_type":"task_submit"}},"message_type":"task_result"}"#,
+        r#"{"data":{"original_message_id":"m","result":{"message_type":"task_result"}},"message_type":"ack"}"#,
+        r#"{"message_type":"ack","data":{"result":{"x":"\"message_type\":\"task_result\""}}}"#,
+        r#"{"message_type":"task_result","data":{"task_id":"t","status":"completed"},"x":{"message_type":"ack"}}"#,
         // Not objects, not JSON, escaped keys.
         r#"[1,2]"#,
         r#"{"message_type":"status"} x"#,
