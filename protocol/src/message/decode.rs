@@ -34,12 +34,9 @@ pub(super) fn decode_direct(bytes: &[u8]) -> Option<Envelope> {
     let message_type: &str = serde_json::from_str(raw.message_type?.get()).ok()?;
     let message_id = match raw.message_id {
         None => None,
-        Some(id) => match serde_json::from_str::<Option<String>>(id.get()).ok()? {
-            Some(id) => Some(id),
-            // `null` (and other types) give no id; numbers become text,
-            // which the reference decoder does.
-            None => return None,
-        },
+        // A `null` or numeric id is left to the reference decoder (it
+        // drops the one and turns the other into text).
+        Some(id) => Some(serde_json::from_str::<String>(id.get()).ok()?),
     };
     let sender_id = optional_string(raw.sender_id)?;
     let target_id = match optional_string(raw.target_id)? {
