@@ -11,11 +11,11 @@
 //! It only ever gives the answer the reference decoder gives: whenever
 //! anything is unusual (an error of any kind, a duplicate key inside a
 //! typed `data`, an id sent as a number, a `\ud8..` escape that might be a
-//! lone surrogate) it declines, and the caller runs the reference decoder,
-//! which then produces the same message or the same coded error as always.
-//! The one leniency left is in values a typed message ignores anyway: an
-//! unknown key inside a result's or a submit's `data` is skipped without
-//! checking that its numbers fit an `f64`.
+//! lone surrogate, a number that might not fit an `f64`) it declines, and
+//! the caller runs the reference decoder, which then produces the same
+//! message or the same coded error as always. (The last two matter because
+//! the fast path skips the values of unknown keys without reading them,
+//! where the reference decoder refuses such a value anywhere in the line.)
 
 use super::{Ack, Envelope, Message, TaskResult, TaskSubmit, TaskSubmitWire};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
@@ -27,7 +27,7 @@ use std::fmt;
 /// reference decoder must decide.
 pub(super) fn decode_direct(bytes: &[u8]) -> Option<Envelope> {
     let text = std::str::from_utf8(bytes).ok()?;
-    if may_hold_surrogate_escape(text) {
+    if may_hold_surrogate_escape(text) || may_hold_huge_number(text) {
         return None;
     }
     let raw: RawEnvelope<'_> = serde_json::from_str(text).ok()?;
@@ -125,6 +125,44 @@ fn may_hold_surrogate_escape(text: &str) -> bool {
         Some([b'u', d, x]) => (d | 0x20) == b'd' && matches!(x | 0x20, b'8' | b'9' | b'a'..=b'f'),
         _ => false,
     })
+}
+
+/// Whether `text` may hold a number too large for an `f64` (the reference
+/// decoder refuses one as `malformed_json`). A number reaches 1e308 only
+/// with about 300 digits before its point or with a positive exponent of
+/// two digits or more, so a line with either goes the longer way (digits
+/// inside strings count too: such a line is only decoded more slowly).
+fn may_hold_huge_number(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    // A run of 300 digits covers at least 36 whole aligned 8-byte chunks.
+    let mut digit_chunks = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        if all_digits(u64::from_le_bytes(word)) {
+            digit_chunks += 1;
+            if digit_chunks >= 36 {
+                return true;
+            }
+        } else {
+            digit_chunks = 0;
+        }
+    }
+    memchr::memchr2_iter(b'e', b'E', bytes).any(|at| {
+        let after_digit = at > 0 && bytes[at - 1].is_ascii_digit();
+        let exponent = bytes.get(at + 1..).unwrap_or_default();
+        let exponent = exponent.strip_prefix(b"+").unwrap_or(exponent);
+        after_digit && exponent.len() >= 2 && exponent[..2].iter().all(u8::is_ascii_digit)
+    })
+}
+
+/// Whether all eight bytes of `word` are ASCII digits: each has the high
+/// nibble 3, and adding 6 keeps it there (a low nibble of 9 at most).
+fn all_digits(word: u64) -> bool {
+    const HIGH: u64 = 0xF0F0_F0F0_F0F0_F0F0;
+    const THREES: u64 = 0x3030_3030_3030_3030;
+    const SIXES: u64 = 0x0606_0606_0606_0606;
+    word & HIGH == THREES && word.wrapping_add(SIXES) & HIGH == THREES
 }
 
 /// The envelope's fields as raw JSON, borrowed from the line. A key that
