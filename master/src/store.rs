@@ -144,7 +144,10 @@ impl Store {
                      state TEXT NOT NULL,
                      record TEXT NOT NULL
                  );
-                 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks(state, seq);
+                 -- Nothing reads tasks by state (the master loads every
+                 -- task at start and keeps them in memory), and an index
+                 -- on it cost two more B-tree writes at every state change.
+                 DROP INDEX IF EXISTS tasks_by_state;
                  CREATE TABLE IF NOT EXISTS device_keys (
                      device_id TEXT PRIMARY KEY,
                      record TEXT NOT NULL
@@ -214,8 +217,13 @@ impl Store {
                 .prepare_cached("INSERT OR REPLACE INTO devices (device_id, status, record) VALUES (?1, ?2, ?3)")
                 .map_err(wrap)?;
             let mut put_task = transaction
+                // An update in place: `INSERT OR REPLACE` would delete the
+                // row and insert it again under a new rowid, rewriting the
+                // primary key's index entry too, at every state change.
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO tasks (task_id, seq, state, record) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT INTO tasks (task_id, seq, state, record) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (task_id) DO UPDATE
+                     SET seq = excluded.seq, state = excluded.state, record = excluded.record",
                 )
                 .map_err(wrap)?;
             let mut put_key = transaction
@@ -237,14 +245,13 @@ impl Store {
                             .execute(params![record.device_id, record.status.as_str(), json])
                             .map_err(wrap)?;
                     }
-                    StoreOp::PutTask(record) => {
-                        let json = serde_json::to_string(record).unwrap_or_default();
+                    StoreOp::PutTask(task) => {
                         put_task
                             .execute(params![
-                                record.task_id,
-                                record.seq as i64,
-                                record.state.as_str(),
-                                json
+                                task.task_id,
+                                task.seq as i64,
+                                task.state.as_str(),
+                                task.json
                             ])
                             .map_err(wrap)?;
                     }
@@ -379,4 +386,59 @@ pub fn spawn(
             }
         })?;
     Ok((batch_tx, event_rx, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::records::EncodedTask;
+    use protocol::{TaskSpec, TaskState};
+    use serde_json::json;
+
+    fn put(record: &TaskRecord, id: u64) -> Batch {
+        Batch {
+            id,
+            ops: vec![StoreOp::PutTask(EncodedTask::new(record, &mut Vec::new()))],
+        }
+    }
+
+    #[test]
+    fn a_task_written_again_is_updated_in_place_and_the_state_index_is_dropped() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // A database as earlier masters created it, index included.
+        Connection::open(dir.path().join(DB_FILE))
+            .and_then(|connection| {
+                connection.execute_batch(
+                    "CREATE TABLE tasks (task_id TEXT PRIMARY KEY, seq INTEGER NOT NULL,
+                         state TEXT NOT NULL, record TEXT NOT NULL);
+                     CREATE INDEX tasks_by_state ON tasks(state, seq);",
+                )
+            })
+            .expect("the earlier schema");
+        let mut store = Store::open(dir.path(), Synchronous::Normal).expect("open");
+        let indexes: i64 = store
+            .connection
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'tasks_by_state'",
+                [],
+                |row| row.get(0),
+            )
+            .expect("count indexes");
+        assert_eq!(indexes, 0);
+
+        let mut record = TaskRecord::queued("t1".into(), 7, TaskSpec::new("echo", json!({})), 5);
+        store.commit(&[put(&record, 1)]).expect("first write");
+        record.state = TaskState::Completed;
+        record.result = Some(json!({ "output": "hi", "exit_code": 0 }));
+        store.commit(&[put(&record, 2)]).expect("second write");
+        let (_, tasks) = store.load().expect("load");
+        assert_eq!(tasks, vec![record]);
+        let state: String = store
+            .connection
+            .query_row("SELECT state FROM tasks WHERE task_id = 't1'", [], |row| {
+                row.get(0)
+            })
+            .expect("read the state column");
+        assert_eq!(state, "completed");
+    }
 }

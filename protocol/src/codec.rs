@@ -165,7 +165,7 @@ impl LineCodec {
             return Err(LineTooLong { max: self.max_line });
         }
         let mut rest = input;
-        while let Some(newline) = rest.iter().position(|&b| b == b'\n') {
+        while let Some(newline) = memchr::memchr(b'\n', rest) {
             let (head, tail) = rest.split_at(newline);
             rest = &tail[1..];
             let pending_cr = std::mem::take(&mut self.pending_cr);

@@ -12,6 +12,8 @@ mod codec;
 mod errors;
 #[path = "protocol/examples.rs"]
 mod examples;
+#[path = "protocol/fastpath.rs"]
+mod fastpath;
 #[path = "protocol/roundtrip.rs"]
 mod roundtrip;
 #[path = "protocol/strategies.rs"]

@@ -73,27 +73,32 @@ impl Core {
         record.attempt += 1;
         record.device_id = Some(device_id.to_string());
         record.started_unix_ms = Some(now.unix_ms);
-        let record = record.clone();
-        self.persist_task(&record);
+        let attempt = record.attempt;
+        // Only the task goes out, and only to a connected device; the
+        // record itself is copied once, into the batch.
+        let conn = self.devices.get(device_id).and_then(|device| device.conn);
+        let assign = conn.map(|conn| {
+            let assign = TaskAssign {
+                task: record.spec.clone(),
+                attempt,
+            };
+            (conn, assign)
+        });
+        self.persist_task(&key.task_id);
         self.watch_attempt(now, &key.task_id);
         let Some(device) = self.devices.get_mut(device_id) else {
             return;
         };
         device.active.insert(key.task_id.clone());
-        let conn = device.conn;
         self.refresh_slots(device_id);
-        if let Some(conn) = conn {
-            let assign = TaskAssign {
-                task: record.spec.clone(),
-                attempt: record.attempt,
-            };
+        if let Some((conn, assign)) = assign {
             self.send(conn, Message::TaskAssign(assign), None);
         }
         self.emit(
             Event::TaskAssigned {
                 task_id: key.task_id.clone(),
                 device_id: device_id.to_string(),
-                attempt: record.attempt,
+                attempt,
             },
             true,
         );

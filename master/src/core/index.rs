@@ -246,6 +246,10 @@ impl FreeSlots {
 
 /// What decides where a task may run: its type and its requirements.
 pub(super) fn placement_signature(spec: &TaskSpec) -> String {
+    // Most tasks have no requirements: their signature needs no encoder.
+    if spec.requirements.is_empty() {
+        return format!("{}\u{0}{{}}", spec.task_type);
+    }
     format!(
         "{}\u{0}{}",
         spec.task_type,

@@ -42,8 +42,7 @@ impl Core {
             AttemptEnd::Reported(ResultStatus::Cancelled) => {
                 record.state = TaskState::Cancelled;
                 record.finished_unix_ms = Some(now.unix_ms);
-                let record = record.clone();
-                self.persist_task(&record);
+                self.persist_task(task_id);
                 self.emit_finished(task_id);
                 return;
             }
@@ -56,8 +55,7 @@ impl Core {
             record.state = TaskState::Completed;
             record.finished_unix_ms = Some(now.unix_ms);
             record.retry_at_unix_ms = None;
-            let record = record.clone();
-            self.persist_task(&record);
+            self.persist_task(task_id);
             self.emit_finished(task_id);
             return;
         };
@@ -69,7 +67,7 @@ impl Core {
             let record = record.clone();
             self.retry_wait
                 .insert((now.monotonic + delay, task_id.to_string()));
-            self.persist_task(&record);
+            self.persist_task(&record.task_id);
             log::info!(
                 "task {task_id} attempt {} {}; retry {} of {max_retries} in {delay:?}",
                 record.attempt,
@@ -88,8 +86,7 @@ impl Core {
         };
         record.finished_unix_ms = Some(now.unix_ms);
         record.retry_at_unix_ms = None;
-        let record = record.clone();
-        self.persist_task(&record);
+        self.persist_task(task_id);
         self.emit_finished(task_id);
     }
 
@@ -129,7 +126,7 @@ impl Core {
                 record.lost
             ));
             let record = record.clone();
-            self.persist_task(&record);
+            self.persist_task(&record.task_id);
             self.refresh_slots(device_id);
             self.emit_finished(task_id);
             return;
@@ -172,7 +169,7 @@ impl Core {
         self.index
             .queues
             .insert(QueueKey::of(&record), &record.spec);
-        self.persist_task(&record);
+        self.persist_task(&record.task_id);
         self.needs_dispatch = true;
         let _ = now;
         let view = self.task_view(task_id)?;
@@ -207,7 +204,7 @@ impl Core {
             self.index
                 .queues
                 .insert(QueueKey::of(&record), &record.spec);
-            self.persist_task(&record);
+            self.persist_task(&record.task_id);
             self.needs_dispatch = true;
         }
         while let Some((due, task_id, attempt)) = self.attempt_deadlines.first().cloned() {

@@ -27,7 +27,7 @@ use protocol::{
     Ack, DecodeError, DeviceStatus, Envelope, ErrorCode, ErrorReply, Event, Goodbye, Heartbeat,
     Message, Metrics, Register, Subscribe, TaskCancel, TaskResult, TaskSpec, TaskState, TaskSubmit,
 };
-use records::{Batch, DeviceKeyRecord, DeviceRecord, StoreOp, TaskRecord};
+use records::{Batch, DeviceKeyRecord, DeviceRecord, EncodedTask, StoreOp, TaskRecord};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -242,6 +242,8 @@ pub struct Core {
     pending_keys: BTreeMap<String, DeviceKeyRecord>,
     /// Connections that have not authenticated, by their deadline.
     auth_pending: BTreeSet<(Duration, ConnId)>,
+    /// The buffer task records are encoded in for the store.
+    scratch: Vec<u8>,
 }
 
 impl Core {
@@ -276,6 +278,7 @@ impl Core {
             device_keys: HashMap::new(),
             pending_keys: BTreeMap::new(),
             auth_pending: BTreeSet::new(),
+            scratch: Vec::new(),
             storage_available: true,
             index: index::Indexes::default(),
         };
@@ -319,7 +322,7 @@ impl Core {
                     None => {
                         record.state = TaskState::Queued;
                         record.lost += 1;
-                        core.persist_task(&record);
+                        core.persist_task(&record.task_id);
                     }
                 }
             }
@@ -633,11 +636,12 @@ impl Core {
                 .into_values()
                 .map(StoreOp::PutDevice),
         );
+        let scratch = &mut self.scratch;
         ops.extend(
             std::mem::take(&mut self.pending_tasks)
                 .into_iter()
                 .filter_map(|id| self.tasks.get(&id))
-                .map(|task| StoreOp::PutTask(task.record.clone())),
+                .map(|task| StoreOp::PutTask(EncodedTask::new(&task.record, scratch))),
         );
         let id = self.open_batch;
         self.open_batch += 1;
@@ -1002,8 +1006,7 @@ impl Core {
         {
             record.state = TaskState::Running;
             record.started_unix_ms = Some(now.unix_ms);
-            let record = record.clone();
-            self.persist_task(&record);
+            self.persist_task(&task_id);
         }
     }
 
@@ -1096,7 +1099,7 @@ impl Core {
         // A task must fit in the `task_assign` line a worker will receive;
         // otherwise every worker it is offered to drops the connection.
         for (index, spec) in submit.tasks.iter().enumerate() {
-            let size = serde_json::to_vec(spec).map_or(usize::MAX, |json| json.len());
+            let size = json_len(spec);
             if size > self.config.max_task_bytes {
                 return Err(ReplyError::new(
                     ErrorCode::InvalidMessage,
@@ -1117,7 +1120,8 @@ impl Core {
         let fields = if submit.batch {
             json!({
                 "message": format!("{} tasks accepted ({created} new)", ids.len()),
-                "task_ids": ids,
+                // Moved, not copied: a batch holds up to 10,000 ids.
+                "task_ids": Value::Array(ids.into_iter().map(Value::String).collect()),
             })
         } else {
             json!({
@@ -1152,7 +1156,7 @@ impl Core {
         };
         spec.task_id = Some(task_id.clone());
         let record = TaskRecord::queued(task_id.clone(), seq, spec, now.unix_ms);
-        self.persist_task(&record);
+        self.persist_task(&task_id);
         self.queue.insert(QueueKey::of(&record));
         self.index
             .queues
@@ -1206,7 +1210,7 @@ impl Core {
             // Its backoff must not fire into a later one (after a retry).
             self.retry_wait.retain(|(_, id)| *id != task_id);
         }
-        self.persist_task(&record);
+        self.persist_task(&record.task_id);
         if matches!(was, TaskState::Assigned | TaskState::Running) {
             // The device keeps the slot until it reports the attempt's end,
             // because its process may still be running until then.
@@ -1349,7 +1353,7 @@ impl Core {
             record.state = TaskState::Running;
             record.started_unix_ms.get_or_insert(now.unix_ms);
             let record = record.clone();
-            self.persist_task(&record);
+            self.persist_task(&record.task_id);
         }
         if let Some(device) = self.devices.get_mut(device_id) {
             device.active.insert(task_id.to_string());
@@ -1380,15 +1384,16 @@ impl Core {
         self.index
             .queues
             .insert(QueueKey::of(&record), &record.spec);
-        self.persist_task(&record);
+        self.persist_task(&record.task_id);
         self.needs_dispatch = true;
     }
 
-    /// Marks a task changed; `record` is its current record (every task
-    /// is in `tasks` by the time the batch is taken, and is never removed).
-    fn persist_task(&mut self, record: &TaskRecord) {
-        if !self.pending_tasks.contains(&record.task_id) {
-            self.pending_tasks.insert(record.task_id.clone());
+    /// Marks a task changed. The batch copies its record when it is taken
+    /// (every task is in `tasks` by then, and is never removed), so callers
+    /// need no copy of their own.
+    fn persist_task(&mut self, task_id: &str) {
+        if !self.pending_tasks.contains(task_id) {
+            self.pending_tasks.insert(task_id.to_string());
         }
         self.last_write_batch = self.open_batch;
     }
@@ -1456,12 +1461,23 @@ impl Core {
                 wanted.then_some(*conn)
             })
             .collect();
-        for conn in targets {
-            self.send(conn, Message::Event(event.clone()), after);
+        // The last subscriber gets the event itself; only the others need
+        // a copy (a finished task's carries its payload and result).
+        let mut targets = targets.into_iter().peekable();
+        while let Some(conn) = targets.next() {
+            if targets.peek().is_some() {
+                self.send(conn, Message::Event(event.clone()), after);
+            } else {
+                self.send(conn, Message::Event(event), after);
+                break;
+            }
         }
     }
 
     fn emit_finished(&mut self, task_id: &str) {
+        if self.index.subscribers.is_empty() {
+            return;
+        }
         if let Ok(task) = self.task_view(task_id) {
             self.emit(
                 Event::TaskFinished {
@@ -1515,6 +1531,25 @@ fn register_from_profile(profile: &Value) -> Register {
             ..
         }) => register,
         _ => Register::default(),
+    }
+}
+
+/// The length of `value` as JSON, counted without writing it anywhere.
+fn json_len<T: serde::Serialize>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX,
     }
 }
 

@@ -49,7 +49,10 @@ pub struct DeviceKeyRecord {
     pub revoked_unix_ms: Option<i64>,
 }
 
-/// A task as it is stored.
+/// A task as it is stored. Fields that are not set are left out of the
+/// JSON (a record is written at every state change, so every byte counts
+/// several times); a missing field reads back as not set, so records
+/// written either way load.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
     /// The task's id.
@@ -63,20 +66,27 @@ pub struct TaskRecord {
     /// The current (or last) attempt.
     pub attempt: u32,
     /// The device of the current or last attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
     /// Submission time (Unix ms).
     pub submitted_unix_ms: i64,
     /// Start of the last attempt (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_unix_ms: Option<i64>,
     /// End of its life (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_unix_ms: Option<i64>,
     /// The worker's result object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
     /// The handler's exit code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     /// Why it failed or was cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Seconds the last attempt ran, per the worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_time: Option<f64>,
     /// Attempts that failed or timed out so far (since the last retry).
     #[serde(default)]
@@ -85,7 +95,7 @@ pub struct TaskRecord {
     #[serde(default)]
     pub lost: u32,
     /// While retrying: when the next attempt may start (Unix ms).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at_unix_ms: Option<i64>,
 }
 
@@ -127,6 +137,44 @@ pub fn profile_value(register: &Register) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// A task record as the store writes it, encoded once when the batch is
+/// taken: the batch then carries one string per task rather than a copy of
+/// its payload and result, which the store thread would encode and free
+/// again (freeing another thread's many small allocations is slow too).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedTask {
+    /// The task's id.
+    pub task_id: String,
+    /// Submission order.
+    pub seq: u64,
+    /// Its state when written.
+    pub state: TaskState,
+    /// The whole [`TaskRecord`] as JSON.
+    pub json: String,
+}
+
+impl EncodedTask {
+    /// Encodes `record`, using `scratch` as the encoder's buffer so that
+    /// the string is allocated once, at its size.
+    pub fn new(record: &TaskRecord, scratch: &mut Vec<u8>) -> EncodedTask {
+        scratch.clear();
+        // A record holds only strings, numbers and JSON values: encoding
+        // it cannot fail, and serde_json writes UTF-8.
+        let _ = serde_json::to_writer(&mut *scratch, record);
+        EncodedTask {
+            task_id: record.task_id.clone(),
+            seq: record.seq,
+            state: record.state,
+            json: std::str::from_utf8(scratch).map_or_else(|_| String::new(), str::to_owned),
+        }
+    }
+
+    /// The record back, as the store will load it.
+    pub fn record(&self) -> Result<TaskRecord, serde_json::Error> {
+        serde_json::from_str(&self.json)
+    }
+}
+
 /// One change for the store.
 // Each op is built once and moved into its batch; boxing the larger
 // variant would only add an allocation.
@@ -138,7 +186,7 @@ pub enum StoreOp {
     /// Insert or replace a device's credential record.
     PutDeviceKey(DeviceKeyRecord),
     /// Insert or replace a task.
-    PutTask(TaskRecord),
+    PutTask(EncodedTask),
 }
 
 /// Changes the store commits in one transaction.

@@ -224,18 +224,21 @@ mod tests {
 #[cfg(test)]
 mod store_tests {
     use super::*;
-    use crate::core::records::{Batch, StoreOp, TaskRecord};
+    use crate::core::records::{Batch, EncodedTask, StoreOp, TaskRecord};
     use crate::store::{Store, Synchronous};
     use protocol::TaskSpec;
 
     fn batch(id: u64, first: u64, count: u64) -> Batch {
         let ops = (first..first + count)
             .map(|seq| {
-                StoreOp::PutTask(TaskRecord::queued(
-                    format!("t{seq}"),
-                    seq,
-                    TaskSpec::new("echo", serde_json::json!({ "pad": "x".repeat(2000) })),
-                    0,
+                StoreOp::PutTask(EncodedTask::new(
+                    &TaskRecord::queued(
+                        format!("t{seq}"),
+                        seq,
+                        TaskSpec::new("echo", serde_json::json!({ "pad": "x".repeat(2000) })),
+                        0,
+                    ),
+                    &mut Vec::new(),
                 ))
             })
             .collect();

@@ -145,7 +145,8 @@ impl Db {
                         .insert(device.device_id.clone(), device.clone());
                 }
                 StoreOp::PutTask(task) => {
-                    self.tasks.insert(task.task_id.clone(), task.clone());
+                    let record = task.record().expect("the core encodes records it can read");
+                    self.tasks.insert(task.task_id.clone(), record);
                 }
                 StoreOp::PutDeviceKey(key) => {
                     self.device_keys.insert(key.device_id.clone(), key.clone());
