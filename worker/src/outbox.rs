@@ -443,7 +443,7 @@ impl Outbox {
             if self.waiting.contains_key(message_id) || in_batch.contains(message_id) {
                 continue;
             }
-            if !is_safe_file_stem(message_id) {
+            if !is_safe_message_id(message_id) {
                 failed.push((
                     message_id.to_string(),
                     SaveError::BadId(message_id.to_string()),
@@ -473,9 +473,8 @@ impl Outbox {
         if lines.is_empty() {
             return failed;
         }
-        let ids: Vec<String> = lines.iter().map(|(id, _)| id.clone()).collect();
-        if let Err(error) = self.append(lines) {
-            failed.extend(ids.into_iter().map(|id| {
+        if let Err(error) = self.append(&lines) {
+            failed.extend(lines.into_iter().map(|(id, _)| {
                 let copy = io::Error::new(error.kind(), error.to_string());
                 (id, SaveError::Io(copy))
             }));
@@ -558,7 +557,7 @@ impl Outbox {
 
     /// Appends the lines to the current log (a new one when there is none) with one
     /// write and one flush, and records them as waiting.
-    fn append(&mut self, lines: Vec<(String, Vec<u8>)>) -> io::Result<()> {
+    fn append(&mut self, lines: &[(String, Vec<u8>)]) -> io::Result<()> {
         let mut log = match self.current.take() {
             Some(log) => log,
             None => self.create_log()?,
@@ -576,8 +575,8 @@ impl Outbox {
                     offset: start + buffer.len() as u64,
                     len: line.len() as u64,
                 };
-                buffer.extend_from_slice(&line);
-                placed.push((message_id, saved));
+                buffer.extend_from_slice(line);
+                placed.push((message_id.clone(), saved));
             }
             self.disk.write(&mut log.file, &buffer)?;
             self.disk.flush(&log.file)?;
@@ -1001,7 +1000,7 @@ fn parse_log_line(line: &[u8]) -> Option<LogLine> {
     let line = line.strip_suffix(b"\n")?;
     if let Some(rest) = line.strip_prefix(FORGET_PREFIX) {
         let id = std::str::from_utf8(rest.strip_suffix(b"\"}")?).ok()?;
-        return is_safe_file_stem(id).then(|| LogLine::Forget(id.to_string()));
+        return is_safe_message_id(id).then(|| LogLine::Forget(id.to_string()));
     }
     let envelope = Envelope::decode(line).ok()?;
     let message_id = envelope.message_id?;
@@ -1029,7 +1028,7 @@ fn parse_single_file(path: &Path, bytes: &[u8]) -> Option<StoredResult> {
 /// Whether `id` is safe as a message id in the outbox: ASCII letters, digits, `-` and
 /// `_`, not empty, not too long (so it can name a file and needs no escaping in a
 /// `forget` line). The session's ids (`res-PREFIX-N`) always are.
-fn is_safe_file_stem(id: &str) -> bool {
+fn is_safe_message_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 200
         && id
@@ -1245,12 +1244,19 @@ mod tests {
         assert_eq!(again, loaded);
     }
 
+    /// Opens the outbox of `pi` with logs that are left after about four results, and
+    /// says how long one result's line is.
+    fn open_with_small_logs(state: &Path) -> (Outbox, u64) {
+        let (mut outbox, _) = Outbox::open(state, "pi").expect("open");
+        let one_line = line("res-c-00000", "t-00000").len() as u64;
+        outbox.log_bytes = 4 * one_line;
+        (outbox, one_line)
+    }
+
     #[test]
     fn full_logs_are_left_deleted_when_drained_and_compacted_when_wasteful() {
         let state = tempfile::tempdir().expect("temp dir");
-        let (mut outbox, _) = Outbox::open(state.path(), "pi").expect("open");
-        let one_line = line("res-c-00000", "t-00000").len() as u64;
-        outbox.log_bytes = 4 * one_line;
+        let (mut outbox, _) = open_with_small_logs(state.path());
         // Each round leaves one result unacknowledged and four acknowledged at once, so
         // every log would stay pinned by one waiting result if nothing compacted them.
         let mut pinned = Vec::new();
@@ -1398,9 +1404,7 @@ mod tests {
     #[test]
     fn a_failed_compaction_changes_nothing_and_waits_before_trying_again() {
         let state = tempfile::tempdir().expect("temp dir");
-        let (mut outbox, _) = Outbox::open(state.path(), "pi").expect("open");
-        let one_line = line("res-c-00000", "t-00000").len() as u64;
-        outbox.log_bytes = 4 * one_line;
+        let (mut outbox, one_line) = open_with_small_logs(state.path());
         let mut pinned = Vec::new();
         let save = |outbox: &mut Outbox, round: usize, idx: usize| {
             let id = format!("res-c-{round:02}{idx:03}");
