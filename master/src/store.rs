@@ -499,7 +499,7 @@ impl Restorable for TaskRecord {
     fn check_depth(&self) -> Result<(), String> {
         protocol::limits::check_depth("its payload", &self.spec.payload)?;
         match &self.result {
-            Some(result) => protocol::limits::check_depth("its result", result),
+            Some(result) => protocol::limits::check_result_depth(result),
             None => Ok(()),
         }
     }

@@ -9,7 +9,7 @@
 //! levels (a stored record, an assignment, a listing) and pass
 //! `serde_json`'s recursion limit there, so that nobody could read it back.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// The deepest a free-form JSON value may nest: an empty object or array
 /// is 1 deep, a scalar 0, and each container around a value adds one.
@@ -30,6 +30,10 @@ use serde_json::Value;
 /// - a stored task record: record › `spec` › `payload` (2); a stored device
 ///   record: record › `profile` › `hardware_specs` › field (3);
 /// - a worker's outbox line: line › `result` › `result` (2).
+///
+/// A worker's `result` object is a wrapper like `data`: each of its fields
+/// may nest 64 deep (see [`check_result_depth`]), which puts them one level
+/// further down (a `task_status` reply: 5 above the field), still within 7.
 ///
 /// So any value up to 127 − 7 = 120 deep would fit everywhere; 64 leaves
 /// room for a few more levels of wrapping in a later version and is far
@@ -69,6 +73,25 @@ pub fn check_depth(what: &str, value: &Value) -> Result<(), String> {
     } else {
         Ok(())
     }
+}
+
+/// Checks a worker's `result` (an object by convention, like `data`): each
+/// of its fields may nest [`MAX_VALUE_DEPTH`] deep, so that an `echo` of a
+/// payload at the limit (`{"output": payload}`) is a result within it. A
+/// result that is not an object is held to the limit itself.
+pub fn check_result_depth(result: &Value) -> Result<(), String> {
+    match result {
+        Value::Object(fields) => check_fields_depth("the result's", fields),
+        other => check_depth("the result", other),
+    }
+}
+
+/// Checks each field of an object against [`MAX_VALUE_DEPTH`]; the error
+/// names the field after `what` (`the result's "output" nests …`).
+pub fn check_fields_depth(what: &str, fields: &Map<String, Value>) -> Result<(), String> {
+    fields
+        .iter()
+        .try_for_each(|(key, value)| check_depth(&format!("{what} {key:?}"), value))
 }
 
 /// Finds the string at `path` (keys from the top-level object down) in a
@@ -197,6 +220,14 @@ mod tests {
         assert!(check_depth("payload", &nested(MAX_VALUE_DEPTH)).is_ok());
         let error = check_depth("payload", &nested(MAX_VALUE_DEPTH + 1)).expect_err("too deep");
         assert!(error.starts_with("payload nests more than 64"), "{error}");
+        let output = |depth| json!({ "output": nested(depth), "exit_code": 0 });
+        assert!(check_result_depth(&output(MAX_VALUE_DEPTH)).is_ok());
+        let error = check_result_depth(&output(MAX_VALUE_DEPTH + 1)).expect_err("too deep");
+        assert!(
+            error.starts_with("the result's \"output\" nests"),
+            "{error}"
+        );
+        assert!(check_result_depth(&nested(MAX_VALUE_DEPTH + 1)).is_err());
     }
 
     #[test]

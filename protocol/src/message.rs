@@ -392,11 +392,7 @@ impl Message {
     /// Checks the nesting of every free-form value the message carries
     /// (see [`Message::check`]).
     fn check_depth(&self) -> Result<(), String> {
-        use crate::limits::check_depth;
-        let values = |map: &Map<String, Value>, what: &str| {
-            map.iter()
-                .try_for_each(|(key, value)| check_depth(&format!("{what}.{key}"), value))
-        };
+        use crate::limits::{check_depth, check_fields_depth};
         match self {
             Message::TaskSubmit(submit) => submit
                 .tasks
@@ -407,11 +403,11 @@ impl Message {
                 if let Some(capabilities) = &register.capabilities {
                     check_depth("capabilities", capabilities)?;
                 }
-                values(&register.extra, "data")
+                check_fields_depth("the field", &register.extra)
             }
             Message::Heartbeat(heartbeat) => {
-                values(&heartbeat.metrics.extra, "system_metrics")?;
-                values(&heartbeat.extra, "data")
+                check_fields_depth("the metric", &heartbeat.metrics.extra)?;
+                check_fields_depth("the field", &heartbeat.extra)
             }
             _ => Ok(()),
         }

@@ -283,11 +283,15 @@ fn decode_frame(bytes: &[u8]) -> Incoming {
         Err(_) => {
             return match Envelope::decode(bytes) {
                 Ok(envelope) => Incoming::Message(Box::new(envelope)),
+                // Too deep (or too broken) to parse: its type is found
+                // leniently, so that an assignment is still refused by its
+                // id (the decoder found that the same way) and its task
+                // does not wait on a slot that is not taken.
                 Err(error) => Incoming::Undecodable {
                     error,
-                    message_type: None,
+                    message_type: protocol::limits::salvage_string(bytes, &["message_type"]),
                 },
-            }
+            };
         }
     };
     let message_type = value
@@ -1559,6 +1563,42 @@ mod tests {
         assert_eq!(*ceilings.last().expect("twelve ceilings"), MAX_BACKOFF);
         backoff.reset();
         assert_eq!(backoff.ceiling(), INITIAL_BACKOFF);
+    }
+
+    /// The first attack as a worker saw it: an assignment whose payload nests
+    /// 126 deep, so that the line is deeper than `serde_json` reads. The worker refuses
+    /// it by the id it finds in the raw line, with `invalid_message` (on which the master
+    /// fails the task), and it takes no slot: both slots still accept work.
+    #[test]
+    fn an_assignment_too_deep_to_read_is_refused_by_its_id_and_takes_no_slot() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("local address");
+        let stop = StopHandle::new();
+        let state = state_dir();
+        let worker = start_worker(address, &stop, state.path());
+        let (mut master, _) = accept_registered(&listener);
+        let mut payload = json!(1);
+        for _ in 0..126 {
+            payload = json!([payload]);
+        }
+        master.assign("deep-1", 1, "echo", payload);
+        let refusal = master.recv();
+        assert_eq!(refusal["message_type"], "error", "{refusal}");
+        assert_eq!(refusal["data"]["code"], "invalid_message", "{refusal}");
+        assert_eq!(refusal["data"]["original_message_id"], "assign:1:deep-1");
+        let reason = refusal["data"]["error"].as_str().unwrap_or_default();
+        assert!(
+            reason.starts_with("could not read the assignment: recursion limit"),
+            "{reason}"
+        );
+        // Both slots are free.
+        master.assign_accepted("a", 1, "sleep", json!({"seconds": 60}));
+        master.assign_accepted("b", 1, "sleep", json!({"seconds": 60}));
+        stop.stop_now();
+        let goodbye = master.recv_skipping_heartbeats();
+        assert_eq!(goodbye["message_type"], "goodbye", "{goodbye}");
+        master.ack(&goodbye, json!({"message": "goodbye"}));
+        join_within(worker, STEP_LIMIT);
     }
 
     #[test]

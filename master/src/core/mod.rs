@@ -944,7 +944,7 @@ impl Core {
         // (see `protocol::limits`). It is not kept: the attempt fails with
         // the reason, and the worker is told with an error, on which it
         // drops the result from its outbox instead of resending it.
-        let too_deep = protocol::limits::check_depth("the result", &result.result).err();
+        let too_deep = protocol::limits::check_result_depth(&result.result).err();
         let mut result = result;
         if let Some(reason) = &too_deep {
             log::warn!("refusing the result of {task_id} from {device_id}: {reason}");

@@ -268,3 +268,67 @@ fn a_poisoned_record_is_quarantined_and_the_master_serves_the_rest() {
     let (sound, report) = check(dir.path());
     assert!(!sound && report.contains("poisoned"), "{report}");
 }
+
+/// The issue's third attack on the master's side, over a socket: a worker's
+/// `python_eval` result nested too deep. One past the limit fails the
+/// attempt at once and is answered `invalid_message`; one past what
+/// serde_json reads is answered `malformed_json`. Both replies name the
+/// result's `message_id`, which is what makes a worker drop it from its
+/// outbox instead of sending it forever.
+#[test]
+fn a_result_nested_too_deep_is_refused_by_its_id_and_fails_the_attempt() {
+    let master = setup(|_| {});
+    let (mut worker_reader, mut worker) = connect(master.addr);
+    let answer = request(
+        &mut worker_reader,
+        &mut worker,
+        r#"{"message_type":"register","sender_id":"py-1","message_id":"r1","data":{"task_types":["python_eval"],"slots":1}}"#,
+    );
+    assert_eq!(answer["message_type"], "ack", "{answer}");
+    let (mut reader, mut writer) = connect(master.addr);
+    let submit = |reader: &mut BufReader<TcpStream>, writer: &mut TcpStream, id: &str| {
+        let answer = request(
+            reader,
+            writer,
+            &format!(
+                r#"{{"message_type":"task_submit","data":{{"task":{{"task_id":"{id}","task_type":"python_eval"}}}}}}"#
+            ),
+        );
+        assert_eq!(answer["message_type"], "ack", "{answer}");
+    };
+    let result = |id: &str, message_id: &str, depth: usize| {
+        format!(
+            r#"{{"message_type":"task_result","sender_id":"py-1","message_id":"{message_id}","data":{{"task_id":"{id}","attempt":1,"status":"completed","result":{{"output":{}}}}}}}"#,
+            nested(depth)
+        )
+    };
+    for (id, depth, code) in [
+        ("deep-1", MAX_VALUE_DEPTH + 1, "invalid_message"),
+        ("deep-2", 130, "malformed_json"),
+    ] {
+        submit(&mut reader, &mut writer, id);
+        let assign = reply(&mut worker_reader);
+        assert_eq!(assign["message_type"], "task_assign", "{assign}");
+        assert_eq!(assign["data"]["task"]["task_id"], id);
+        let message_id = format!("res-{id}");
+        let answer = request(
+            &mut worker_reader,
+            &mut worker,
+            &result(id, &message_id, depth),
+        );
+        assert_eq!(answer["data"]["code"], code, "{answer}");
+        assert_eq!(answer["data"]["original_message_id"], message_id.as_str());
+    }
+    // The first attempt failed at once, with the reason; nothing of it was
+    // stored. (The second, unreadable, waits for its timeout.)
+    let status = request(
+        &mut reader,
+        &mut writer,
+        r#"{"message_type":"task_status","data":{"task_id":"deep-1"}}"#,
+    );
+    let task = &status["data"]["result"]["task"];
+    assert_eq!(task["state"], "failed", "{status}");
+    assert!(task.get("result").is_none(), "{status}");
+    let error = task["error"].as_str().unwrap_or_default();
+    assert!(error.contains("nests more than 64 levels deep"), "{error}");
+}

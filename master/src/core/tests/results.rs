@@ -395,13 +395,16 @@ fn a_result_nested_too_deep_fails_the_attempt_and_is_refused() {
         attempt: Some(1),
         status: ResultStatus::Completed,
         execution_time: Some(0.1),
-        result: json!({ "result": nested(protocol::MAX_VALUE_DEPTH) }),
+        result: json!({ "output": nested(protocol::MAX_VALUE_DEPTH + 1) }),
         error: None,
     };
     let reply = sim.worker_request("a", Message::TaskResult(deep.clone()));
     assert_eq!(reply.code(), ErrorCode::InvalidMessage);
     assert!(
-        reply.error().error.contains("nests more than 64"),
+        reply
+            .error()
+            .error
+            .contains("\"output\" nests more than 64"),
         "{:?}",
         reply.error()
     );
@@ -414,11 +417,12 @@ fn a_result_nested_too_deep_fails_the_attempt_and_is_refused() {
         .is_some_and(|e| e.contains("refused")));
     assert!(sim.active("a").is_empty(), "the slot is free");
 
-    // One level less is exactly the limit: recorded and shown.
+    // One level less is exactly the limit (each field of a result may nest
+    // as deep as a payload): recorded and shown.
     let id = sim.submit(spec("python_eval"));
     let fits = TaskResult {
         task_id: id.clone(),
-        result: json!({ "result": nested(protocol::MAX_VALUE_DEPTH - 1) }),
+        result: json!({ "output": nested(protocol::MAX_VALUE_DEPTH) }),
         ..deep
     };
     let reply = sim.worker_request("a", Message::TaskResult(fits.clone()));
