@@ -675,4 +675,62 @@ mod tests {
             .expect("read the state column");
         assert_eq!(state, "completed");
     }
+
+    /// `depth` arrays around a number.
+    fn nested(depth: usize) -> serde_json::Value {
+        let mut value = json!(1);
+        for _ in 0..depth {
+            value = json!([value]);
+        }
+        value
+    }
+
+    /// Writes one task with a payload and a result field nested as given,
+    /// then loads: the record comes back as written, or is quarantined
+    /// (with `reason` in its reason) and the load goes on.
+    fn check_restore(payload: usize, output: usize, reason: Option<&str>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = Store::open(dir.path(), Synchronous::Normal).expect("open");
+        let mut record =
+            TaskRecord::queued("t".into(), 1, TaskSpec::new("echo", nested(payload)), 5);
+        record.state = TaskState::Completed;
+        record.result = Some(json!({ "output": nested(output), "exit_code": 0 }));
+        let other = TaskRecord::queued("other".into(), 2, TaskSpec::new("echo", json!({})), 5);
+        store
+            .commit(&[put(&record, 1), put(&other, 2)])
+            .expect("write");
+        let (_, tasks) = store.load().expect("a bad record never fails the load");
+        let quarantined = store.quarantined().expect("list the quarantine");
+        match reason {
+            None => {
+                assert_eq!(tasks, vec![record, other]);
+                assert_eq!(quarantined, Vec::new());
+            }
+            Some(reason) => {
+                assert_eq!(tasks, vec![other], "{payload} {output}");
+                assert_eq!(quarantined.len(), 1);
+                assert_eq!(
+                    (quarantined[0].table.as_str(), quarantined[0].id.as_str()),
+                    ("tasks", "t")
+                );
+                assert!(quarantined[0].reason.contains(reason), "{quarantined:?}");
+                // Moved, not copied: the next load finds nothing more to set aside.
+                store.load().expect("load again");
+                assert_eq!(store.quarantined().expect("list").len(), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn records_at_the_nesting_limit_load_and_deeper_ones_are_quarantined() {
+        let limit = protocol::MAX_VALUE_DEPTH;
+        check_restore(limit, limit, None);
+        check_restore(limit + 1, 0, Some("its payload nests more than 64"));
+        check_restore(
+            0,
+            limit + 1,
+            Some("the result's \"output\" nests more than 64"),
+        );
+        check_restore(126, 0, Some("recursion limit exceeded"));
+    }
 }
