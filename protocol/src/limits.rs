@@ -102,93 +102,76 @@ pub fn check_fields_depth(what: &str, fields: &Map<String, Value>) -> Result<(),
 /// the field is not there as a string or the line is not JSON-like enough
 /// to tell.
 pub fn salvage_string(line: &[u8], path: &[&str]) -> Option<String> {
-    let mut scanner = Scanner { line, at: 0 };
-    // The key of each open object level, or `None` inside an array (or
-    // before an object's first key).
+    let mut at = 0;
+    // Whether each open level is an object (one byte a level: a hostile line
+    // of a million brackets costs a megabyte here, once).
+    let mut objects: Vec<bool> = Vec::new();
+    // The current key of each open level down to the path's depth (`None`
+    // in an array, or before an object's first key); deeper keys are never
+    // needed, so they are skipped without being decoded.
     let mut keys: Vec<Option<String>> = Vec::new();
-    // Whether the next string in an object is a key.
+    // Whether the next string is an object's key.
     let mut expect_key = false;
     loop {
-        scanner.skip_space();
-        let byte = *line.get(scanner.at)?;
+        let byte = *line.get(at)?;
         match byte {
-            b'{' => {
-                scanner.at += 1;
-                keys.push(None);
-                expect_key = true;
-            }
-            b'[' => {
-                scanner.at += 1;
-                keys.push(None);
-                expect_key = false;
+            b'{' | b'[' => {
+                at += 1;
+                let object = byte == b'{';
+                objects.push(object);
+                if objects.len() <= path.len() {
+                    keys.push(None);
+                }
+                expect_key = object;
             }
             b'}' | b']' => {
-                scanner.at += 1;
-                keys.pop()?;
+                at += 1;
+                objects.pop()?;
+                keys.truncate(objects.len());
                 expect_key = false;
             }
+            // Inside an object a comma is followed by a key; in an array it
+            // is not.
             b',' => {
-                scanner.at += 1;
-                // Inside an object (a level that holds its key once past its
-                // first member) a comma is followed by a key; in an array
-                // it is not.
-                expect_key = keys.last().is_some_and(Option::is_some);
-            }
-            b':' => {
-                scanner.at += 1;
-                expect_key = false;
+                at += 1;
+                expect_key = objects.last().copied().unwrap_or(false);
             }
             b'"' => {
-                let text = scanner.string()?;
-                if expect_key {
-                    if let Some(level) = keys.last_mut() {
-                        *level = Some(text);
-                    }
-                    expect_key = false;
-                } else if keys.len() == path.len()
-                    && keys
+                let start = at;
+                at = string_end(line, at)?;
+                let depth = objects.len();
+                let wanted = depth <= path.len() && (expect_key || depth == path.len());
+                if wanted {
+                    let text: String = serde_json::from_slice(&line[start..at]).ok()?;
+                    if expect_key {
+                        if let Some(level) = depth.checked_sub(1).and_then(|i| keys.get_mut(i)) {
+                            *level = Some(text);
+                        }
+                    } else if keys
                         .iter()
                         .zip(path)
                         .all(|(key, want)| key.as_deref() == Some(*want))
-                {
-                    return Some(text);
+                    {
+                        return Some(text);
+                    }
                 }
+                expect_key = false;
             }
-            _ => scanner.at += 1,
+            // `:`, whitespace, and the characters of numbers and literals.
+            _ => at += 1,
         }
     }
 }
 
-/// The position of [`salvage_string`] in its line.
-struct Scanner<'a> {
-    line: &'a [u8],
-    at: usize,
-}
-
-impl Scanner<'_> {
-    fn skip_space(&mut self) {
-        while self
-            .line
-            .get(self.at)
-            .is_some_and(|b| b.is_ascii_whitespace())
-        {
-            self.at += 1;
-        }
-    }
-
-    /// Reads a string starting at its opening quote, with JSON's escapes.
-    fn string(&mut self) -> Option<String> {
-        let start = self.at;
-        self.at += 1;
-        loop {
-            match *self.line.get(self.at)? {
-                b'"' => {
-                    self.at += 1;
-                    return serde_json::from_slice(&self.line[start..self.at]).ok();
-                }
-                b'\\' => self.at += 2,
-                _ => self.at += 1,
-            }
+/// The position just past the string whose opening quote is at `at`, or
+/// `None` when the line ends inside it.
+fn string_end(line: &[u8], mut at: usize) -> Option<usize> {
+    at += 1;
+    loop {
+        match *line.get(at)? {
+            b'"' => return Some(at + 1),
+            b'\\' => at += 2,
+            _ => at += 1,
         }
     }
 }
@@ -251,6 +234,15 @@ mod tests {
             r#"{"data":{"x":{"message_id":"no"},"l":["message_id","no"]},"message_id":"yes"}"#;
         check(decoy.into(), &["message_id"], Some("yes"));
         // A number or a missing field gives nothing; so does broken JSON.
+        let in_a_list = r#"{"l":[{"message_id":"no"},{"message_id":"no"}],"message_id":"yes"}"#;
+        check(in_a_list.into(), &["message_id"], Some("yes"));
+        check(r#"[{"message_id":"no"}]"#.into(), &["message_id"], None);
+        check(
+            format!("{{\"message_id\":\"m\",\"x\":{}", "[".repeat(1 << 20)),
+            &["message_id"],
+            Some("m"),
+        );
+        check("[".repeat(1 << 20), &["message_id"], None);
         check(r#"{"message_id":7}"#.into(), &["message_id"], None);
         check(r#"{"message_id":"#.into(), &["message_id"], None);
         check("not json".into(), &["message_id"], None);

@@ -3,7 +3,7 @@
 //! either of its ways, and whatever it accepts still reads back wrapped in
 //! the deepest envelope the master writes it into.
 
-use crate::strategies::value_nested_near_the_limit;
+use crate::strategies::{any_message, envelope, value_nested_near_the_limit};
 use proptest::prelude::*;
 use protocol::limits::value_depth;
 use protocol::*;
@@ -76,6 +76,18 @@ proptest! {
             let reply = in_the_deepest_reply(&value);
             prop_assert!(serde_json::from_str::<Value>(&reply).is_ok());
         }
+    }
+}
+
+proptest! {
+    /// The lenient scan finds exactly the id the decoder reads, in any
+    /// message, whatever its fields hold (keys named `message_id` inside
+    /// `data` included).
+    #[test]
+    fn the_salvaged_id_is_the_decoded_one(envelope in envelope(any_message())) {
+        let line = envelope.to_line();
+        let salvaged = protocol::limits::salvage_string(&line, &["message_id"]);
+        prop_assert_eq!(salvaged, envelope.message_id.clone());
     }
 }
 
