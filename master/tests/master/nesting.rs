@@ -103,7 +103,12 @@ fn a_register_with_capabilities_123_deep_is_refused_and_devices_still_list() {
         )
     };
     let answer = request(&mut reader, &mut writer, &register(&nested(123)));
-    assert_eq!(answer["message_type"], "error", "{answer}");
+    assert_eq!(answer["data"]["code"], "invalid_message", "{answer}");
+    let reason = answer["data"]["error"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("capabilities nests more than 64"),
+        "{reason}"
+    );
     assert_eq!(answer["data"]["original_message_id"], "r1");
     // An unknown registration field is held to the same limit.
     let extra = r#"{"message_type":"register","sender_id":"deep-2","message_id":"r2","data":{"device_info":{"platform":"linux","x":DEEP},"slots":1}}"#
