@@ -252,21 +252,35 @@ pub fn status(client: &mut Client, output: &mut Output) -> Result<u8, Error> {
     }
     let stats: ClusterStats = field(&ack, "cluster_stats")?;
     let counts = |map: &std::collections::BTreeMap<String, u32>| join_counts(map.iter());
-    let table = Table::pairs([
-        (
-            "devices",
-            format!(
-                "{} online of {} ({:.0}%)",
-                stats.online_devices, stats.total_devices, stats.health_percentage
+    let table = Table::pairs(
+        [
+            (
+                "devices",
+                format!(
+                    "{} online of {} ({:.0}%)",
+                    stats.online_devices, stats.total_devices, stats.health_percentage
+                ),
             ),
-        ),
-        ("cpu cores", stats.total_resources.cpu_cores.to_string()),
-        ("memory", gigabytes(stats.total_resources.memory_gb)),
-        ("storage", gigabytes(stats.total_resources.storage_gb)),
-        ("roles", counts(&stats.by_role)),
-        ("platforms", counts(&stats.by_platform)),
-        ("tasks", join_counts(stats.tasks.iter())),
-    ]);
+            ("cpu cores", stats.total_resources.cpu_cores.to_string()),
+            ("memory", gigabytes(stats.total_resources.memory_gb)),
+            ("storage", gigabytes(stats.total_resources.storage_gb)),
+            ("roles", counts(&stats.by_role)),
+            ("platforms", counts(&stats.by_platform)),
+            ("tasks", join_counts(stats.tasks.iter())),
+        ]
+        .into_iter()
+        // Records the master set aside at start: shown only when there are
+        // some, with where to look.
+        .chain((stats.quarantined > 0).then(|| {
+            (
+                "quarantined",
+                format!(
+                    "{} records (retire-master --check lists them)",
+                    stats.quarantined
+                ),
+            )
+        })),
+    );
     output.print(&table.render())?;
     Ok(exit::OK)
 }

@@ -66,8 +66,10 @@ struct Args {
     #[arg(long, env = "RETIRE_LEASE_GRACE", default_value_t = 60.0)]
     lease_grace: f64,
 
-    /// Check the database in --data-dir (SQLite's integrity_check), print
-    /// the verdict and exit: 0 when it is sound, 1 when it is not.
+    /// Check the database in --data-dir (SQLite's integrity_check, and that
+    /// every task and device record reads back), print the verdict and
+    /// exit: 0 when it is sound, 1 when it is not (quarantined records
+    /// are listed).
     #[arg(long)]
     check: bool,
 
@@ -253,6 +255,22 @@ fn real_main() -> Result<()> {
         let store = master::store::Store::open(&data_dir, Synchronous::Normal)
             .with_context(|| format!("opening the database in {}", data_dir.display()))?;
         let verdict = store.integrity_check().context("running integrity_check")?;
+        if verdict.is_ok() {
+            let unreadable = store
+                .unreadable_records()
+                .context("reading every record back")?;
+            if !unreadable.is_empty() {
+                for row in &unreadable {
+                    println!("unreadable {} record {}: {}", row.table, row.id, row.reason);
+                }
+                bail!(
+                    "{} records in {} cannot be read back: they are (or at the next start will be) \
+                     quarantined, and the master serves the rest",
+                    unreadable.len(),
+                    data_dir.join(master::store::DB_FILE).display()
+                );
+            }
+        }
         return match verdict {
             Ok(()) => {
                 println!(

@@ -10,6 +10,7 @@ mod checkpoint;
 use crate::core::records::{Batch, DeviceKeyRecord, DeviceRecord, StoreOp, TaskRecord};
 use checkpoint::{Checkpointer, WalAction};
 use crossbeam_channel::{Receiver, Sender};
+use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -168,23 +169,28 @@ impl Store {
     }
 
     /// Reads every device and task back.
+    ///
+    /// A record that cannot be read back (it does not decode, or holds a
+    /// value nested deeper than `protocol::MAX_VALUE_DEPTH` allows) does
+    /// not stop the master: it is moved to the `quarantine` table with the
+    /// reason, logged as a warning, and left out; everything else loads.
+    /// [`Store::quarantined`] lists what was set aside, then and before.
     pub fn load(&self) -> Result<(Vec<DeviceRecord>, Vec<TaskRecord>), StoreError> {
-        let devices = self.load_table("SELECT device_id, record FROM devices", "device")?;
-        let tasks = self.load_table("SELECT task_id, record FROM tasks ORDER BY seq", "task")?;
+        let devices = self.load_records::<DeviceRecord>(DEVICES)?;
+        let tasks = self.load_records::<TaskRecord>(TASKS)?;
         Ok((devices, tasks))
     }
 
     /// Reads the devices' credential records back.
+    ///
+    /// These are never quarantined: setting one aside would forget a
+    /// revocation, so an unreadable one stops the master instead. They
+    /// hold no free-form value a peer chose.
     pub fn load_device_keys(&self) -> Result<Vec<DeviceKeyRecord>, StoreError> {
-        self.load_table("SELECT device_id, record FROM device_keys", "device key")
-    }
-
-    fn load_table<T: serde::de::DeserializeOwned>(
-        &self,
-        sql: &str,
-        what: &'static str,
-    ) -> Result<Vec<T>, StoreError> {
-        let mut statement = self.connection.prepare(sql).map_err(|e| self.sqlite(e))?;
+        let mut statement = self
+            .connection
+            .prepare("SELECT device_id, record FROM device_keys")
+            .map_err(|e| self.sqlite(e))?;
         let rows = statement
             .query_map([], |row| {
                 Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
@@ -195,13 +201,146 @@ impl Store {
             let (id, json) = row.map_err(|e| self.sqlite(e))?;
             let record = serde_json::from_str(&json).map_err(|source| StoreError::Corrupt {
                 path: self.path.clone(),
-                what,
+                what: "device key",
                 id,
                 source,
             })?;
             records.push(record);
         }
         Ok(records)
+    }
+
+    /// Reads every row of `table`, quarantining those that cannot be read.
+    fn load_records<T: Restorable>(&self, table: &Table) -> Result<Vec<T>, StoreError> {
+        let (records, bad) = self.read_records::<T>(table)?;
+        if !bad.is_empty() {
+            self.quarantine(table, &bad)?;
+        }
+        Ok(records)
+    }
+
+    /// Reads every row of `table`: the records that decode, and the rows
+    /// that do not, with the reason.
+    fn read_records<T: Restorable>(
+        &self,
+        table: &Table,
+    ) -> Result<(Vec<T>, Vec<BadRow>), StoreError> {
+        let mut statement = self
+            .connection
+            .prepare(table.select)
+            .map_err(|e| self.sqlite(e))?;
+        let mut rows = statement.query([]).map_err(|e| self.sqlite(e))?;
+        let mut records = Vec::new();
+        let mut bad = Vec::new();
+        while let Some(row) = rows.next().map_err(|e| self.sqlite(e))? {
+            // Read leniently: a key or record that is not even text (a
+            // row written by hand) is quarantined too, not fatal.
+            let text = |index: usize| -> Result<Option<String>, StoreError> {
+                Ok(match row.get_ref(index).map_err(|e| self.sqlite(e))? {
+                    ValueRef::Text(bytes) => std::str::from_utf8(bytes).ok().map(str::to_owned),
+                    _ => None,
+                })
+            };
+            let (id, record) = (text(0)?, text(1)?);
+            let rowid: i64 = row.get(2).map_err(|e| self.sqlite(e))?;
+            let id_text = id.clone().unwrap_or_else(|| "(not text)".into());
+            let outcome = match (&id, &record) {
+                (None, _) => Err("its id is not text".to_string()),
+                (_, None) => Err("its record is not text".to_string()),
+                (Some(_), Some(json)) => T::restore(json),
+            };
+            match outcome {
+                Ok(decoded) => records.push(decoded),
+                Err(reason) => bad.push((
+                    rowid,
+                    Quarantined {
+                        table: table.name.to_string(),
+                        id: id_text,
+                        record: record.unwrap_or_default(),
+                        reason,
+                    },
+                )),
+            }
+        }
+        Ok((records, bad))
+    }
+
+    /// Moves `bad` rows of `table` into `quarantine`, in one transaction,
+    /// and logs each.
+    fn quarantine(&self, table: &Table, bad: &[BadRow]) -> Result<(), StoreError> {
+        let wrap = |source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let transaction = self.connection.unchecked_transaction().map_err(wrap)?;
+        transaction.execute_batch(QUARANTINE_TABLE).map_err(wrap)?;
+        for (rowid, row) in bad {
+            transaction
+                .execute(
+                    "INSERT INTO quarantine (source, id, record, reason, quarantined_unix_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![row.table, row.id, row.record, row.reason, now_ms],
+                )
+                .map_err(wrap)?;
+            // By rowid: the row's key may not even be text.
+            transaction
+                .execute(table.delete, params![rowid])
+                .map_err(wrap)?;
+            log::warn!(
+                "quarantined {} record {}: {} (kept in the quarantine table of {})",
+                table.what,
+                row.id,
+                row.reason,
+                self.path.display()
+            );
+        }
+        transaction.commit().map_err(wrap)
+    }
+
+    /// Every record set aside so far (the `quarantine` table), oldest
+    /// first.
+    pub fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+        let exists: bool = self
+            .connection
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'quarantine'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map_err(|e| self.sqlite(e))?
+            > 0;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let mut statement = self
+            .connection
+            .prepare("SELECT source, id, record, reason FROM quarantine ORDER BY rowid")
+            .map_err(|e| self.sqlite(e))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(Quarantined {
+                    table: row.get(0)?,
+                    id: row.get(1)?,
+                    record: row.get(2)?,
+                    reason: row.get(3)?,
+                })
+            })
+            .map_err(|e| self.sqlite(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sqlite(e))
+    }
+
+    /// What `--check` reports beyond SQLite's own check: the records
+    /// already quarantined, and those the next start would quarantine.
+    /// It changes nothing.
+    pub fn unreadable_records(&self) -> Result<Vec<Quarantined>, StoreError> {
+        let mut found = self.quarantined()?;
+        let devices = self.read_records::<DeviceRecord>(DEVICES)?.1;
+        let tasks = self.read_records::<TaskRecord>(TASKS)?.1;
+        found.extend(devices.into_iter().chain(tasks).map(|(_, row)| row));
+        Ok(found)
     }
 
     /// Commits `batches` in one transaction.
@@ -290,6 +429,101 @@ impl Store {
             Some("ok") => Ok(()),
             other => Err(other.unwrap_or("no answer").to_string()),
         })
+    }
+}
+
+/// A stored record that could not be read back, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// The table it came from (`tasks` or `devices`).
+    pub table: String,
+    /// Its id (task or device).
+    pub id: String,
+    /// The record as it was stored.
+    pub record: String,
+    /// Why it could not be read.
+    pub reason: String,
+}
+
+/// A row that cannot be read back: its `rowid` (its key may not even be
+/// text) and what is reported about it.
+type BadRow = (i64, Quarantined);
+
+/// Where records that cannot be read back are kept, so that nothing is
+/// lost and the operator can look at them.
+const QUARANTINE_TABLE: &str = "CREATE TABLE IF NOT EXISTS quarantine (
+    source TEXT NOT NULL,
+    id TEXT NOT NULL,
+    record TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    quarantined_unix_ms INTEGER NOT NULL
+);";
+
+/// A table of records the master restores.
+struct Table {
+    name: &'static str,
+    what: &'static str,
+    select: &'static str,
+    delete: &'static str,
+}
+
+const DEVICES: &Table = &Table {
+    name: "devices",
+    what: "device",
+    select: "SELECT device_id, record, rowid FROM devices",
+    delete: "DELETE FROM devices WHERE rowid = ?1",
+};
+
+const TASKS: &Table = &Table {
+    name: "tasks",
+    what: "task",
+    select: "SELECT task_id, record, rowid FROM tasks ORDER BY seq",
+    delete: "DELETE FROM tasks WHERE rowid = ?1",
+};
+
+/// A record the master restores at start, and what makes one unreadable.
+trait Restorable: serde::de::DeserializeOwned {
+    /// Decodes the stored JSON and checks that every free-form value in it
+    /// can still be sent (see `protocol::limits`).
+    fn restore(json: &str) -> Result<Self, String> {
+        let record: Self = serde_json::from_str(json).map_err(|err| err.to_string())?;
+        record.check_depth()?;
+        Ok(record)
+    }
+
+    /// Checks the nesting of the record's free-form values.
+    fn check_depth(&self) -> Result<(), String>;
+}
+
+impl Restorable for TaskRecord {
+    fn check_depth(&self) -> Result<(), String> {
+        protocol::limits::check_depth("its payload", &self.spec.payload)?;
+        match &self.result {
+            Some(result) => protocol::limits::check_result_depth(result),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Restorable for DeviceRecord {
+    fn check_depth(&self) -> Result<(), String> {
+        // The profile is a register's `data`: its free-form values sit one
+        // level (capabilities, unknown fields) or two (unknown fields of
+        // `device_info` / `hardware_specs`) below it.
+        let Some(profile) = self.profile.as_object() else {
+            return Ok(());
+        };
+        for (key, value) in profile {
+            match (key.as_str(), value) {
+                ("device_info" | "hardware_specs", serde_json::Value::Object(fields)) => {
+                    for (field, value) in fields {
+                        protocol::limits::check_depth(&format!("its {key}.{field}"), value)?;
+                    }
+                }
+                _ => protocol::limits::check_depth(&format!("its {key}"), value)?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -440,5 +674,63 @@ mod tests {
             })
             .expect("read the state column");
         assert_eq!(state, "completed");
+    }
+
+    /// `depth` arrays around a number.
+    fn nested(depth: usize) -> serde_json::Value {
+        let mut value = json!(1);
+        for _ in 0..depth {
+            value = json!([value]);
+        }
+        value
+    }
+
+    /// Writes one task with a payload and a result field nested as given,
+    /// then loads: the record comes back as written, or is quarantined
+    /// (with `reason` in its reason) and the load goes on.
+    fn check_restore(payload: usize, output: usize, reason: Option<&str>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = Store::open(dir.path(), Synchronous::Normal).expect("open");
+        let mut record =
+            TaskRecord::queued("t".into(), 1, TaskSpec::new("echo", nested(payload)), 5);
+        record.state = TaskState::Completed;
+        record.result = Some(json!({ "output": nested(output), "exit_code": 0 }));
+        let other = TaskRecord::queued("other".into(), 2, TaskSpec::new("echo", json!({})), 5);
+        store
+            .commit(&[put(&record, 1), put(&other, 2)])
+            .expect("write");
+        let (_, tasks) = store.load().expect("a bad record never fails the load");
+        let quarantined = store.quarantined().expect("list the quarantine");
+        match reason {
+            None => {
+                assert_eq!(tasks, vec![record, other]);
+                assert_eq!(quarantined, Vec::new());
+            }
+            Some(reason) => {
+                assert_eq!(tasks, vec![other], "{payload} {output}");
+                assert_eq!(quarantined.len(), 1);
+                assert_eq!(
+                    (quarantined[0].table.as_str(), quarantined[0].id.as_str()),
+                    ("tasks", "t")
+                );
+                assert!(quarantined[0].reason.contains(reason), "{quarantined:?}");
+                // Moved, not copied: the next load finds nothing more to set aside.
+                store.load().expect("load again");
+                assert_eq!(store.quarantined().expect("list").len(), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn records_at_the_nesting_limit_load_and_deeper_ones_are_quarantined() {
+        let limit = protocol::MAX_VALUE_DEPTH;
+        check_restore(limit, limit, None);
+        check_restore(limit + 1, 0, Some("its payload nests more than 64"));
+        check_restore(
+            0,
+            limit + 1,
+            Some("the result's \"output\" nests more than 64"),
+        );
+        check_restore(126, 0, Some("recursion limit exceeded"));
     }
 }

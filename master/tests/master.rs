@@ -9,6 +9,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+#[path = "master/nesting.rs"]
+mod nesting;
+
 struct Running {
     addr: SocketAddr,
     shutdown: Shutdown,

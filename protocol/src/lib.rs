@@ -1,6 +1,7 @@
 //! The Retire-Cluster wire protocol, with no I/O.
 //!
 //! - [`auth`] holds tokens, keys and the handshake's proofs.
+//! - [`limits`] holds the nesting limit on free-form values.
 //! - [`codec`] cuts a byte stream into frames (JSON lines, one-shot JSON
 //!   objects without a newline, and text commands).
 //! - [`message`] holds the envelope and every message as domain types, and
@@ -14,12 +15,14 @@
 pub mod auth;
 pub mod codec;
 pub mod error;
+pub mod limits;
 pub mod message;
 pub mod text;
 pub mod types;
 
 pub use codec::{Frame, LineCodec, LineTooLong, DEFAULT_MAX_LINE};
 pub use error::{DecodeError, ErrorCode};
+pub use limits::MAX_VALUE_DEPTH;
 pub use message::{
     Ack, DeviceRef, Envelope, ErrorReply, Event, Goodbye, Heartbeat, ListDevices, ListTasks,
     Message, Metrics, Register, RunningTask, Subscribe, TaskAssign, TaskCancel, TaskProgress,

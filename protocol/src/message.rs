@@ -116,8 +116,15 @@ impl Envelope {
     /// reference for [`Envelope::decode`], which only takes a shorter way
     /// when it arrives at the same message.
     pub fn decode_value_tree(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|err| DecodeError::new(ErrorCode::MalformedJson, err.to_string()))?;
+        let value: Value = serde_json::from_slice(bytes).map_err(|err| {
+            // A line too deep (or too broken) to parse still names the
+            // request when its `message_id` can be found, so that the
+            // sender learns which of its messages was refused (a worker
+            // then drops a refused result instead of resending it).
+            let mut error = DecodeError::new(ErrorCode::MalformedJson, err.to_string());
+            error.message_id = crate::limits::salvage_string(bytes, &["message_id"]);
+            error
+        })?;
         Envelope::from_value(value)
     }
 
@@ -356,7 +363,15 @@ impl Message {
     }
 
     /// The checks serde cannot make, after a message is decoded.
+    ///
+    /// Every free-form value a peer sends for the master to store or relay
+    /// is held to [`crate::limits::MAX_VALUE_DEPTH`] here, whichever
+    /// decoder read it. A worker's `task_result` is the exception: its
+    /// `result` is checked by the master itself, which then fails the
+    /// attempt instead of leaving the task waiting for its timeout.
     fn check(&self) -> Result<(), DecodeError> {
+        self.check_depth()
+            .map_err(|detail| DecodeError::new(ErrorCode::InvalidMessage, detail))?;
         if let Message::TaskSubmit(submit) = self {
             for task in &submit.tasks {
                 task.validate()
@@ -372,6 +387,30 @@ impl Message {
             }
         }
         Ok(())
+    }
+
+    /// Checks the nesting of every free-form value the message carries
+    /// (see [`Message::check`]).
+    fn check_depth(&self) -> Result<(), String> {
+        use crate::limits::{check_depth, check_fields_depth};
+        match self {
+            Message::TaskSubmit(submit) => submit
+                .tasks
+                .iter()
+                .try_for_each(|task| check_depth("payload", &task.payload)),
+            Message::TaskAssign(assign) => check_depth("payload", &assign.task.payload),
+            Message::Register(register) => {
+                if let Some(capabilities) = &register.capabilities {
+                    check_depth("capabilities", capabilities)?;
+                }
+                check_fields_depth("the field", &register.extra)
+            }
+            Message::Heartbeat(heartbeat) => {
+                check_fields_depth("the metric", &heartbeat.metrics.extra)?;
+                check_fields_depth("the field", &heartbeat.extra)
+            }
+            _ => Ok(()),
+        }
     }
 
     fn data_value(&self) -> Value {

@@ -124,8 +124,11 @@ pub fn parse(line: &str) -> Result<TextCommand, String> {
             let payload = if payload.is_empty() {
                 Value::Object(Default::default())
             } else {
-                serde_json::from_str(payload)
-                    .map_err(|err| format!("payload is not valid JSON: {err}"))?
+                let payload: Value = serde_json::from_str(payload)
+                    .map_err(|err| format!("payload is not valid JSON: {err}"))?;
+                // The same limit as a JSON `task_submit`'s payload.
+                crate::limits::check_depth("payload", &payload)?;
+                payload
             };
             Ok(TextCommand::Submit {
                 task_type: task_type.to_string(),

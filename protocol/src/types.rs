@@ -491,6 +491,14 @@ pub struct ClusterStats {
     /// `ok`, or `failing` while the master cannot save changes.
     #[serde(default)]
     pub storage: String,
+    /// Stored records the master could not read back at its start and set
+    /// aside (see `docs/guarantees.md`); absent when there are none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub quarantined: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Summed resources of the connected devices.

@@ -1,7 +1,8 @@
 //! Integration tests of the `protocol` crate: the wire examples of the
 //! contract and the design, the error paths of the decoder, property-based
 //! round trips of every message, properties of the line codec, and more
-//! cases of the text command parser.
+//! cases of the text command parser, and the nesting limit on free-form
+//! values.
 //!
 //! The modules live under `tests/protocol/` so that Cargo builds one test
 //! binary for all of them.
@@ -14,6 +15,8 @@ mod errors;
 mod examples;
 #[path = "protocol/fastpath.rs"]
 mod fastpath;
+#[path = "protocol/nesting.rs"]
+mod nesting;
 #[path = "protocol/roundtrip.rs"]
 mod roundtrip;
 #[path = "protocol/strategies.rs"]

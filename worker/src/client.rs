@@ -283,11 +283,15 @@ fn decode_frame(bytes: &[u8]) -> Incoming {
         Err(_) => {
             return match Envelope::decode(bytes) {
                 Ok(envelope) => Incoming::Message(Box::new(envelope)),
+                // Too deep (or too broken) to parse: its type is found
+                // leniently, so that an assignment is still refused by its
+                // id (the decoder found that the same way) and its task
+                // does not wait on a slot that is not taken.
                 Err(error) => Incoming::Undecodable {
                     error,
-                    message_type: None,
+                    message_type: protocol::limits::salvage_string(bytes, &["message_type"]),
                 },
-            }
+            };
         }
     };
     let message_type = value
@@ -1246,6 +1250,23 @@ mod tests {
         (master, register)
     }
 
+    /// A worker (2 slots, its own state dir) started against a scripted master on
+    /// `127.0.0.1:0`, registered: its stop handle, state dir, thread and master.
+    fn registered_worker() -> (
+        StopHandle,
+        tempfile::TempDir,
+        JoinHandle<Result<(), WorkerError>>,
+        ScriptedMaster,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("local address");
+        let stop = StopHandle::new();
+        let state = state_dir();
+        let worker = start_worker(address, &stop, state.path());
+        let (master, _) = accept_registered(&listener);
+        (stop, state, worker, master)
+    }
+
     fn assert_draining_heartbeat(message: &Value) {
         assert_eq!(message["message_type"], "heartbeat", "{message}");
         assert_eq!(message["data"]["status"], "draining", "{message}");
@@ -1253,12 +1274,7 @@ mod tests {
 
     #[test]
     fn draining_refuses_new_work_waits_for_running_tasks_and_delivers_their_results() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let address = listener.local_addr().expect("local address");
-        let stop = StopHandle::new();
-        let state = state_dir();
-        let worker = start_worker(address, &stop, state.path());
-        let (mut master, _) = accept_registered(&listener);
+        let (stop, state, worker, mut master) = registered_worker();
         master.assign_accepted("long", 1, "sleep", json!({"seconds": 60}));
 
         stop.stop();
@@ -1559,6 +1575,80 @@ mod tests {
         assert_eq!(*ceilings.last().expect("twelve ceilings"), MAX_BACKOFF);
         backoff.reset();
         assert_eq!(backoff.ceiling(), INITIAL_BACKOFF);
+    }
+
+    /// The first attack as a worker saw it: an assignment whose payload nests
+    /// 126 deep, so that the line is deeper than `serde_json` reads. The worker refuses
+    /// it by the id it finds in the raw line, with `invalid_message` (on which the master
+    /// fails the task), and it takes no slot: both slots still accept work.
+    #[test]
+    fn an_assignment_too_deep_to_read_is_refused_by_its_id_and_takes_no_slot() {
+        let (stop, _state, worker, mut master) = registered_worker();
+        let mut payload = json!(1);
+        for _ in 0..126 {
+            payload = json!([payload]);
+        }
+        master.assign("deep-1", 1, "echo", payload);
+        let refusal = master.recv();
+        assert_eq!(refusal["message_type"], "error", "{refusal}");
+        assert_eq!(refusal["data"]["code"], "invalid_message", "{refusal}");
+        assert_eq!(refusal["data"]["original_message_id"], "assign:1:deep-1");
+        let reason = refusal["data"]["error"].as_str().unwrap_or_default();
+        assert!(
+            reason.starts_with("could not read the assignment: recursion limit"),
+            "{reason}"
+        );
+        // Both slots are free.
+        master.assign_accepted("a", 1, "sleep", json!({"seconds": 60}));
+        master.assign_accepted("b", 1, "sleep", json!({"seconds": 60}));
+        stop.stop_now();
+        let goodbye = master.recv_skipping_heartbeats();
+        assert_eq!(goodbye["message_type"], "goodbye", "{goodbye}");
+        master.ack(&goodbye, json!({"message": "goodbye"}));
+        join_within(worker, STEP_LIMIT);
+    }
+
+    /// A result the master can never take (it answers `malformed_json` or
+    /// `invalid_message` naming the result, as it does for one nested too deep) is
+    /// dropped from the outbox on disk, not kept to be resent forever; a retryable
+    /// refusal keeps it.
+    #[test]
+    fn a_result_the_master_refuses_for_good_leaves_the_outbox() {
+        let (stop, state, worker, mut master) = registered_worker();
+        let refuse = |master: &mut ScriptedMaster, task_id: &str, code: &str| {
+            master.assign_accepted(task_id, 1, "echo", json!({"message": task_id}));
+            let result = master.recv();
+            assert_eq!(result["message_type"], "task_result", "{result}");
+            assert_eq!(
+                outbox_results(state.path()).len(),
+                1,
+                "saved before it was sent"
+            );
+            master.send(json!({
+                "message_type": "error",
+                "sender_id": "main-node",
+                "data": {
+                    "original_message_id": result["message_id"],
+                    "error": "the master cannot take it",
+                    "code": code,
+                },
+            }));
+            // The worker handles what it receives in order: once it has answered the
+            // next message (an assignment of a type it does not run), the refusal
+            // has been handled.
+            master.assign(&format!("{task_id}-marker"), 1, "teleport", json!({}));
+            let marker = master.recv();
+            assert_eq!(marker["data"]["code"], "unsupported_task_type", "{marker}");
+            outbox_results(state.path()).len()
+        };
+        assert_eq!(refuse(&mut master, "deep", "malformed_json"), 0);
+        assert_eq!(refuse(&mut master, "deeper", "invalid_message"), 0);
+        assert_eq!(refuse(&mut master, "later", "storage_unavailable"), 1);
+        stop.stop_now();
+        let goodbye = master.recv_skipping_heartbeats();
+        assert_eq!(goodbye["message_type"], "goodbye", "{goodbye}");
+        master.ack(&goodbye, json!({"message": "goodbye"}));
+        join_within(worker, STEP_LIMIT);
     }
 
     #[test]

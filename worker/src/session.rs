@@ -460,7 +460,17 @@ impl Session {
             "could not decode a {} message from the master: {error}",
             message_type.unwrap_or("(unknown)")
         );
-        if answerable {
+        if message_type == Some("task_assign") {
+            // An assignment the worker cannot read is refused for good, by the id the
+            // decoder found in the raw line: `invalid_message` tells the master that no
+            // worker can take these bytes, so it fails the task with this reason
+            // instead of offering it again. Nothing runs and no slot is taken.
+            self.reply_error(
+                error.message_id,
+                ErrorCode::InvalidMessage,
+                format!("could not read the assignment: {}", error.detail),
+            );
+        } else if answerable {
             self.reply_error(error.message_id, error.code, error.detail);
         }
     }

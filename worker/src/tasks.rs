@@ -291,6 +291,16 @@ impl Executor {
     /// Runs one task to its end and returns its outcome, cut to fit the master's line.
     pub fn run(&self, task: &TaskSpec, context: &TaskContext) -> TaskOutcome {
         let mut outcome = self.run_uncut(task, context);
+        if let Err(reason) = protocol::limits::check_fields_depth("the result's", &outcome.result) {
+            // The master refuses a result nested deeper than it can store and send
+            // back (`protocol::MAX_VALUE_DEPTH`), so the task ends here, clearly,
+            // keeping the exit code.
+            let exit_code = outcome.result.get("exit_code").cloned();
+            outcome = TaskOutcome::failed(format!("the result cannot be sent: {reason}"));
+            if let Some(code) = exit_code {
+                outcome.result.insert("exit_code".into(), code);
+            }
+        }
         fit_result(&mut outcome.result, MAX_RESULT_BYTES);
         if let Some(error) = &mut outcome.error {
             // The error sits beside the result in the same line, and can
@@ -927,6 +937,37 @@ mod tests {
                 None,
             ),
             "payload.variables",
+        );
+    }
+
+    /// A Python expression that builds a list `depth` levels deep.
+    fn nested_expression(depth: usize) -> String {
+        format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    /// The third attack on the worker's side: a `python_eval` whose value nests
+    /// 126 deep. The master could not take it; the worker now ends the task as failed,
+    /// saying why, instead of sending it. A value at the limit is sent as it is.
+    #[test]
+    fn a_python_eval_result_nested_too_deep_becomes_a_failed_result() {
+        let outcome = run(
+            "python_eval",
+            json!({ "expression": nested_expression(126) }),
+            Some(30.0),
+        );
+        assert_failed_with(&outcome, "nests more than 64 levels deep");
+        assert_eq!(outcome.result["output"], Value::Null, "{outcome:?}");
+        assert_eq!(outcome.result["exit_code"], json!(0), "{outcome:?}");
+        let limit = protocol::MAX_VALUE_DEPTH;
+        let outcome = run(
+            "python_eval",
+            json!({ "expression": nested_expression(limit) }),
+            Some(30.0),
+        );
+        assert_eq!(outcome.status, ResultStatus::Completed, "{outcome:?}");
+        assert_eq!(
+            outcome.result["output"].to_string(),
+            nested_expression(limit)
         );
     }
 

@@ -231,6 +231,9 @@ pub struct Core {
     attempt_deadlines: BTreeSet<(Duration, String, u32)>,
     /// Whether the store can commit; changes are refused while it cannot.
     storage_available: bool,
+    /// Stored records the store set aside at start because they could not
+    /// be read back (shown by `status`).
+    quarantined: u64,
     /// Deadlines, subscribers, free slots and queues by placement, kept so
     /// that no step scans every device, connection or queued task.
     index: index::Indexes,
@@ -280,6 +283,7 @@ impl Core {
             auth_pending: BTreeSet::new(),
             scratch: Vec::new(),
             storage_available: true,
+            quarantined: 0,
             index: index::Indexes::default(),
         };
         for mut record in devices {
@@ -357,6 +361,12 @@ impl Core {
             }
         }
         core
+    }
+
+    /// Tells the core how many stored records the store quarantined at
+    /// start, so that `status` shows them to the operator.
+    pub fn set_quarantined(&mut self, records: u64) {
+        self.quarantined = records;
     }
 
     /// A new connection was accepted from `peer_ip` (when known).
@@ -930,6 +940,18 @@ impl Core {
             })));
         }
         let task_id = result.task_id.clone();
+        // A result nested too deep could be stored but never sent back
+        // (see `protocol::limits`). It is not kept: the attempt fails with
+        // the reason, and the worker is told with an error, on which it
+        // drops the result from its outbox instead of resending it.
+        let too_deep = protocol::limits::check_result_depth(&result.result).err();
+        let mut result = result;
+        if let Some(reason) = &too_deep {
+            log::warn!("refusing the result of {task_id} from {device_id}: {reason}");
+            result.status = protocol::ResultStatus::Failed;
+            result.result = Value::Null;
+            result.error = Some(format!("the worker's result was refused: {reason}"));
+        }
         let Some(task) = self.tasks.get_mut(&task_id) else {
             return Err(ReplyError::new(
                 ErrorCode::NotFound,
@@ -955,8 +977,14 @@ impl Core {
                 .map(str::to_string)
         });
         record.execution_time = result.execution_time;
-        record.result = Some(result.result);
+        record.result = too_deep.is_none().then_some(result.result);
         self.end_attempt(now, &task_id, life::AttemptEnd::Reported(result.status));
+        if let Some(reason) = too_deep {
+            return Err(ReplyError::new(
+                ErrorCode::InvalidMessage,
+                format!("result of {task_id} refused, the attempt failed: {reason}"),
+            ));
+        }
         Ok(Reply::new(json!({
             "message": "result recorded",
             "task_id": task_id,
@@ -1064,11 +1092,11 @@ impl Core {
             error.code
         );
         // A device that cannot take work right now is paused briefly; one
-        // that will never run this task is not offered it again.
-        let permanent = matches!(
-            error.code,
-            ErrorCode::UnsupportedTaskType | ErrorCode::InvalidMessage
-        );
+        // that will never run this task is not offered it again; an
+        // assignment the worker could not read or accept at all
+        // (`invalid_message`) fails the task, below.
+        let unreadable = error.code == ErrorCode::InvalidMessage;
+        let permanent = error.code == ErrorCode::UnsupportedTaskType || unreadable;
         if let Some(device) = self.devices.get_mut(&device_id) {
             device.active.remove(&task_id);
             if !permanent {
@@ -1078,6 +1106,25 @@ impl Core {
             }
         }
         self.refresh_slots(&device_id);
+        if unreadable {
+            // Every worker is sent the same bytes, so none would take it:
+            // the task ends now, saying why, instead of waiting in the
+            // queue (or on a slot) for a device that never comes.
+            self.needs_dispatch = true;
+            if let Some(task) = self.tasks.get_mut(&task_id) {
+                let record = &mut task.record;
+                record.state = TaskState::Failed;
+                record.finished_unix_ms = Some(now.unix_ms);
+                record.retry_at_unix_ms = None;
+                record.error = Some(format!(
+                    "device {device_id} could not accept the assignment: {}",
+                    error.error
+                ));
+            }
+            self.persist_task(&task_id);
+            self.emit_finished(&task_id);
+            return;
+        }
         if permanent {
             if let Some(task) = self.tasks.get_mut(&task_id) {
                 task.refused_by.insert(device_id.clone());

@@ -161,8 +161,16 @@ impl Core {
             .filter(|(_, &n)| n > 0)
             .map(|(state, n)| format!("{state} {n}"))
             .collect();
+        let quarantined = if stats.quarantined > 0 {
+            format!(
+                "\nquarantined: {} records (retire-master --check lists them)",
+                stats.quarantined
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "devices: {} online of {} ({:.0}%)\ncores: {}\nmemory: {:.1} GiB\nstorage: {:.1} GiB\nqueued: {}\ntasks: {}",
+            "devices: {} online of {} ({:.0}%)\ncores: {}\nmemory: {:.1} GiB\nstorage: {:.1} GiB\nqueued: {}\ntasks: {}{quarantined}",
             stats.online_devices,
             stats.total_devices,
             stats.health_percentage,

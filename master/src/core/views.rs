@@ -139,6 +139,7 @@ impl Core {
             "failing"
         }
         .to_string();
+        stats.quarantined = self.quarantined;
         for state in TaskState::ALL {
             stats.tasks.insert(state.as_str().to_string(), 0);
         }

@@ -265,14 +265,12 @@ impl<'de> Deserialize<'de> for Key {
 #[cfg(test)]
 mod heartbeat_tests {
     use super::*;
-    use crate::error::{DecodeError, ErrorCode};
+    use crate::error::DecodeError;
     use proptest::prelude::*;
 
     /// Decoding through the tree only, as every line was decoded before.
     fn through_the_tree(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|err| DecodeError::new(ErrorCode::MalformedJson, err.to_string()))?;
-        Envelope::from_value(value)
+        Envelope::decode_value_tree(bytes)
     }
 
     fn same(line: &str) {

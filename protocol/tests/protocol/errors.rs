@@ -195,9 +195,25 @@ fn the_message_id_is_salvaged() {
         ErrorCode::UnknownMessageType,
         None,
     );
-    // Nothing can be salvaged from a line that is not JSON.
+    // A line that does not parse still names its request when its
+    // top-level `message_id` can be found, so a sender learns which of its
+    // messages was refused: a broken line, and one nested past
+    // serde_json's own limit (a worker's too-deep result, issue 11).
     check_err(
         br#"{"message_id":"m-7","message_type":"#,
+        ErrorCode::MalformedJson,
+        Some("m-7"),
+    );
+    let deep = format!(
+        r#"{{"message_type":"task_result","data":{{"task_id":"t","status":"completed","result":{}1{}}},"message_id":"m-8"}}"#,
+        "[".repeat(130),
+        "]".repeat(130)
+    );
+    let detail = check_err(deep.as_bytes(), ErrorCode::MalformedJson, Some("m-8"));
+    assert!(detail.starts_with("recursion limit exceeded"), "{detail}");
+    // Only a top-level string id counts; nothing is made up.
+    check_err(
+        br#"{"data":{"message_id":"inner"},"message_type":"#,
         ErrorCode::MalformedJson,
         None,
     );

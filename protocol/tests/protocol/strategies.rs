@@ -568,3 +568,35 @@ pub fn envelope(message: impl Strategy<Value = Message>) -> impl Strategy<Value 
             },
         )
 }
+
+/// A JSON value whose nesting is exactly one of the depths that matter
+/// around [`MAX_VALUE_DEPTH`] (or anything below): arbitrary values at the
+/// bottom, each level an array or an object, with a sibling beside it.
+pub fn value_nested_near_the_limit() -> impl Strategy<Value = Value> {
+    let depth = prop_oneof![
+        0..MAX_VALUE_DEPTH - 1,
+        Just(MAX_VALUE_DEPTH - 1),
+        Just(MAX_VALUE_DEPTH),
+        Just(MAX_VALUE_DEPTH + 1),
+        Just(MAX_VALUE_DEPTH + 2),
+    ];
+    let sibling = prop_oneof![Just(Value::Null), text().prop_map(Value::String)];
+    (
+        depth,
+        vec((any::<bool>(), text(), sibling), MAX_VALUE_DEPTH + 2),
+    )
+        .prop_map(|(depth, levels)| {
+            let mut value = Value::from(0);
+            for (as_array, key, sibling) in levels.into_iter().take(depth) {
+                value = if as_array {
+                    Value::Array(vec![sibling, value])
+                } else {
+                    let mut map = Map::new();
+                    map.insert(format!("{key}-"), sibling);
+                    map.insert(key, value);
+                    Value::Object(map)
+                };
+            }
+            value
+        })
+}

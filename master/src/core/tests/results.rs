@@ -345,5 +345,87 @@ fn refusals_pause_or_exclude() {
     check_refusal(ErrorCode::StorageUnavailable, true);
     check_refusal(ErrorCode::InternalError, true);
     check_refusal(ErrorCode::UnsupportedTaskType, false);
-    check_refusal(ErrorCode::InvalidMessage, false);
+}
+
+/// A worker that cannot read an assignment (or finds it invalid) refuses
+/// it with `invalid_message`: no worker would take those bytes, so the task
+/// fails at once with the worker's reason, and the slot is free again.
+#[test]
+fn an_assignment_a_worker_cannot_read_fails_the_task_and_frees_the_slot() {
+    let mut sim = Sim::new();
+    sim.join("a", register(1));
+    sim.set_policy("a", Policy::Refuse(ErrorCode::InvalidMessage));
+    sim.add_worker("b", 1);
+    let id = sim.submit(spec("echo"));
+    let record = &sim.core.tasks[&id].record;
+    assert_eq!(record.state, TaskState::Failed);
+    let error = record.error.clone().unwrap_or_default();
+    assert!(
+        error.starts_with("device a could not accept the assignment"),
+        "{error}"
+    );
+    assert!(sim.worker("b").offers.is_empty(), "not offered again");
+    assert!(sim.active("a").is_empty());
+    assert!(sim.core.devices["a"].paused_until.is_none());
+}
+
+/// A value `depth` arrays deep around a number.
+fn nested(depth: usize) -> serde_json::Value {
+    let mut value = json!(1);
+    for _ in 0..depth {
+        value = json!([value]);
+    }
+    value
+}
+
+/// The third attack, on the master's side: a `python_eval` result
+/// nested deeper than the limit. It is not stored; the attempt fails with
+/// the reason at once (not at its timeout), the slot is free again, and the
+/// worker is answered with `invalid_message`, on which it drops the result.
+/// A result right at the limit is recorded as sent.
+#[test]
+fn a_result_nested_too_deep_fails_the_attempt_and_is_refused() {
+    let mut sim = Sim::new();
+    sim.add_worker("a", 1);
+    sim.set_policy("a", Policy::Accept);
+    let id = sim.submit(spec("python_eval"));
+    assert_eq!(sim.offered("a"), [id.as_str()]);
+    let deep = TaskResult {
+        task_id: id.clone(),
+        attempt: Some(1),
+        status: ResultStatus::Completed,
+        execution_time: Some(0.1),
+        result: json!({ "output": nested(protocol::MAX_VALUE_DEPTH + 1) }),
+        error: None,
+    };
+    let reply = sim.worker_request("a", Message::TaskResult(deep.clone()));
+    assert_eq!(reply.code(), ErrorCode::InvalidMessage);
+    assert!(
+        reply
+            .error()
+            .error
+            .contains("\"output\" nests more than 64"),
+        "{:?}",
+        reply.error()
+    );
+    let record = sim.task(&id);
+    assert_eq!(record.state, TaskState::Failed);
+    assert_eq!(record.result, None, "nothing of it is stored");
+    assert!(record
+        .error
+        .as_deref()
+        .is_some_and(|e| e.contains("refused")));
+    assert!(sim.active("a").is_empty(), "the slot is free");
+
+    // One level less is exactly the limit (each field of a result may nest
+    // as deep as a payload): recorded and shown.
+    let id = sim.submit(spec("python_eval"));
+    let fits = TaskResult {
+        task_id: id.clone(),
+        result: json!({ "output": nested(protocol::MAX_VALUE_DEPTH) }),
+        ..deep
+    };
+    let reply = sim.worker_request("a", Message::TaskResult(fits.clone()));
+    assert_eq!(reply.field("recorded"), json!(true));
+    assert_eq!(sim.task(&id).result, Some(fits.result));
 }
