@@ -324,6 +324,8 @@ pub fn device_table(devices: &[DeviceView], now: SystemTime) -> Table {
         "SLOTS",
         "ACTIVE",
         "LAST-SEEN",
+        "ENROLLED",
+        "FROM",
     ])
     .align_right(&["CORES", "MEM", "SLOTS", "ACTIVE"]);
     for device in devices {
@@ -338,6 +340,8 @@ pub fn device_table(devices: &[DeviceView], now: SystemTime) -> Table {
             device.slots.to_string(),
             device.active_tasks.to_string(),
             or_dash(device.last_heartbeat.as_deref().map(|at| ago(at, now))),
+            or_dash(device.enrolled_at.as_deref().map(|at| ago(at, now))),
+            or_dash(device.enrolled_from.as_deref().map(clean)),
         ]);
     }
     table
@@ -376,6 +380,19 @@ pub fn device(client: &mut Client, device_id: &str, output: &mut Output) -> Resu
                     .as_deref()
                     .map(|at| format!("{at} ({})", ago(at, output.now))),
             ),
+        ),
+        (
+            "enrolled",
+            or_dash(
+                device
+                    .enrolled_at
+                    .as_deref()
+                    .map(|at| format!("{at} ({})", ago(at, output.now))),
+            ),
+        ),
+        (
+            "enrolled from",
+            or_dash(device.enrolled_from.as_deref().map(clean)),
         ),
         ("tags", list(&device.tags)),
         ("cpu cores", device.hardware.cpu_count.to_string()),
@@ -588,6 +605,14 @@ pub fn event_line(event: &Event) -> String {
             }
             line
         }
+        Event::DeviceEnrolled {
+            device_id,
+            enrolled_from,
+        } => format!(
+            "device_enrolled  {}  from={}",
+            clean(device_id),
+            enrolled_from.as_deref().map_or_else(|| "-".into(), clean)
+        ),
         Event::DeviceJoined { device_id } => format!("device_joined    {}", clean(device_id)),
         Event::DeviceLeft { device_id, reason } => {
             format!(
@@ -673,7 +698,8 @@ mod tests {
             "device_id": "nas", "role": "storage", "status": "draining", "platform": "linux",
             "architecture": "x86_64", "hardware": {"cpu_count": 16, "memory_total_gb": 31.25,
             "storage_total_gb": 4000.0}, "slots": 4, "active_tasks": 2,
-            "last_heartbeat": "2024-01-15T10:30:55Z",
+            "last_heartbeat": "2024-01-15T10:30:55Z", "enrolled_at": "2024-01-13T10:31:00Z",
+            "enrolled_from": "192.168.1.20",
         }))
         .expect("a valid device view");
         let pi: DeviceView = serde_json::from_value(json!({
@@ -684,9 +710,9 @@ mod tests {
         .expect("a valid device view");
         assert_eq!(
             device_table(&[device, pi], now).render(),
-            "ID   STATUS    ROLE     PLATFORM  ARCH     CORES    MEM  SLOTS  ACTIVE  LAST-SEEN\n\
-             nas  draining  storage  linux     x86_64      16  31.2G      4       2  5s ago\n\
-             pi   online    worker   linux     aarch64      4   3.7G      1       0  -\n"
+            "ID   STATUS    ROLE     PLATFORM  ARCH     CORES    MEM  SLOTS  ACTIVE  LAST-SEEN  ENROLLED  FROM\n\
+             nas  draining  storage  linux     x86_64      16  31.2G      4       2  5s ago     2d ago    192.168.1.20\n\
+             pi   online    worker   linux     aarch64      4   3.7G      1       0  -          -         -\n"
         );
     }
 
@@ -718,6 +744,14 @@ mod tests {
         check(
             json!({"event": "device_joined", "device_id": "pi"}),
             "device_joined    pi",
+        );
+        check(
+            json!({"event": "device_enrolled", "device_id": "pi", "enrolled_from": "10.0.0.7"}),
+            "device_enrolled  pi  from=10.0.0.7",
+        );
+        check(
+            json!({"event": "device_enrolled", "device_id": "pi"}),
+            "device_enrolled  pi  from=-",
         );
         check(
             json!({"event": "device_left", "device_id": "pi", "reason": "heartbeat timeout"}),

@@ -188,11 +188,16 @@ fn advertised(listen: SocketAddr) -> String {
     }
 }
 
-/// Prints the commands that use the tokens.
+/// Prints the commands that use the tokens. The join token goes in the
+/// worker's environment, not on its command line: every user of a device,
+/// tasks included, can read a process's command line (`ps`,
+/// `/proc/PID/cmdline`), while its environment is readable by its own user
+/// and root only, and by nobody else once the worker is non-dumpable, which
+/// it makes itself at start.
 fn print_commands(secrets: &Secrets, address: &str) {
-    println!("join a worker:");
+    println!("join a worker (the token is needed once; the worker keeps its own key):");
     println!(
-        "  retire-worker --join {address} --token {}",
+        "  RETIRE_JOIN_TOKEN={} retire-worker --join {address}",
         secrets.join.reveal()
     );
     println!("use the CLI:");
@@ -211,7 +216,7 @@ fn print_commands_by_file(data_dir: &std::path::Path, address: &str) {
         dir.display()
     );
     println!(
-        "join a worker: copy {} to the device (keep it private), then:",
+        "join a worker: copy {} to the device (keep it private; delete it once the worker has enrolled), then:",
         dir.join("join.token").display()
     );
     println!("  retire-worker --join {address} --token-file join.token");
@@ -293,7 +298,9 @@ fn real_main() -> Result<()> {
             TokenAction::Show => {}
             TokenAction::RotateJoin => println!(
                 "new join token: workers that already enrolled stay; new ones need this one \
-                 (a running master uses it for its next connections)"
+                 (a running master uses it for its next connections). If the old one leaked, \
+                 look at `retire devices` for enrollments you do not recognise (ENROLLED, \
+                 FROM) and revoke them: `retire devices revoke ID`"
             ),
             TokenAction::RotateAdmin => {
                 println!("new admin token: connections already open stay; new ones need this one")

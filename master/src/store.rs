@@ -733,4 +733,46 @@ mod tests {
         );
         check_restore(126, 0, Some("recursion limit exceeded"));
     }
+
+    #[test]
+    fn device_keys_written_before_enrollment_addresses_were_kept_still_load() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // A key as earlier masters stored it: no `enrolled_from`.
+        Connection::open(dir.path().join(DB_FILE))
+            .and_then(|connection| {
+                connection.execute_batch(
+                    r#"CREATE TABLE device_keys (device_id TEXT PRIMARY KEY, record TEXT NOT NULL);
+                     INSERT INTO device_keys VALUES ('pi', '{"device_id":"pi","public_key":"ab",
+                         "enrolled_unix_ms":1700000000000,"revoked_unix_ms":null}');
+                     PRAGMA user_version = 1;"#,
+                )
+            })
+            .expect("the earlier schema");
+        let mut store = Store::open(dir.path(), Synchronous::Normal).expect("open");
+        let old = DeviceKeyRecord {
+            device_id: "pi".into(),
+            public_key: Some("ab".into()),
+            enrolled_unix_ms: 1_700_000_000_000,
+            enrolled_from: None,
+            revoked_unix_ms: None,
+        };
+        assert_eq!(store.load_device_keys().expect("load"), vec![old]);
+        let new = DeviceKeyRecord {
+            device_id: "nas".into(),
+            public_key: Some("cd".into()),
+            enrolled_unix_ms: 1_800_000_000_000,
+            enrolled_from: Some("192.168.1.20".into()),
+            revoked_unix_ms: None,
+        };
+        store
+            .commit(&[Batch {
+                id: 1,
+                ops: vec![StoreOp::PutDeviceKey(new.clone())],
+            }])
+            .expect("write");
+        drop(store);
+        let store = Store::open(dir.path(), Synchronous::Normal).expect("open again");
+        let keys = store.load_device_keys().expect("load");
+        assert!(keys.contains(&new), "{keys:?}");
+    }
 }

@@ -1157,6 +1157,16 @@ pub enum Event {
         /// events).
         task: Box<TaskView>,
     },
+    /// A new device enrolled with the join token (its key is stored). Comes
+    /// before its `device_joined`; an enrolled device reconnecting does not
+    /// enroll again, so an unexpected one may mean a leaked join token.
+    DeviceEnrolled {
+        /// The device's id.
+        device_id: String,
+        /// The address it enrolled from, when the master knows it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        enrolled_from: Option<String>,
+    },
     /// A device connected and registered.
     DeviceJoined {
         /// The device's id.

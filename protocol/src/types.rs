@@ -468,6 +468,15 @@ pub struct DeviceView {
     /// The rest of its registration profile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<Value>,
+    /// When it enrolled with the join token (RFC 3339); absent for a device
+    /// that never enrolled (an older worker without credentials, a master
+    /// without authentication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrolled_at: Option<String>,
+    /// The address it enrolled from; absent when unknown (never enrolled,
+    /// or enrolled before masters recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrolled_from: Option<String>,
 }
 
 /// Cluster totals, in the shape older status tools read.

@@ -187,7 +187,7 @@ fn a_rotated_join_token_stops_new_enrollments_and_keeps_enrolled_workers() {
     // A new worker with the old token is refused.
     let options = WorkerOptions {
         join_token: Some(old_join.clone()),
-        log: None,
+        ..WorkerOptions::default()
     };
     let mut late = WorkerProcess::start_with(master.addr, "late", 1, &[], options);
     assert!(!late.wait_exit().expect("refused").success());
@@ -197,7 +197,7 @@ fn a_rotated_join_token_stops_new_enrollments_and_keeps_enrolled_workers() {
     enrolled.kill9();
     let options = WorkerOptions {
         join_token: Some(old_join),
-        log: None,
+        ..WorkerOptions::default()
     };
     let _enrolled = WorkerProcess::start_with(
         master.addr,
@@ -210,7 +210,7 @@ fn a_rotated_join_token_stops_new_enrollments_and_keeps_enrolled_workers() {
         .wait_event(|e| matches!(e, Event::DeviceJoined { device_id } if device_id == "enrolled"));
     let options = WorkerOptions {
         join_token: Some(new_join),
-        log: None,
+        ..WorkerOptions::default()
     };
     let _new = WorkerProcess::start_with(master.addr, "new", 1, &[], options);
     events.wait_event(|e| matches!(e, Event::DeviceJoined { device_id } if device_id == "new"));
@@ -225,8 +225,8 @@ fn tokens_appear_neither_in_logs_nor_in_a_task_environment() {
     let master = MasterProcess::start_logged(&data, &[], &master_log);
     let tokens = tokens_for(master.addr).expect("tokens");
     let options = WorkerOptions {
-        join_token: None,
         log: Some(worker_log.clone()),
+        ..WorkerOptions::default()
     };
     let mut events = subscriber(master.addr);
     let _worker = WorkerProcess::start_with(master.addr, "logged", 1, &[], options);
@@ -389,7 +389,7 @@ fn tokens_are_private_files_and_auth_can_be_off_only_on_loopback() {
     let tokens = tests::read_tokens(&data).expect("the tokens were created");
     let stdout = String::from_utf8_lossy(&shown.stdout);
     assert!(
-        stdout.contains(&format!("--token {}", tokens.join))
+        stdout.contains(&format!("RETIRE_JOIN_TOKEN={} retire-worker", tokens.join))
             && stdout.contains(&format!("RETIRE_TOKEN={}", tokens.admin)),
         "{stdout}"
     );

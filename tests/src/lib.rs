@@ -305,15 +305,21 @@ impl WorkerProcess {
         };
         let state_args: Vec<&Path> = state.iter().map(tempfile::TempDir::path).collect();
         let mut command = Command::new(bin("retire-worker"));
-        match options.join_token {
-            Some(token) => {
+        let token = options
+            .join_token
+            .or_else(|| tokens_for(master).map(|tokens| tokens.join));
+        match (token, options.token_via) {
+            (Some(token), TokenVia::Environment) => {
                 command.env("RETIRE_JOIN_TOKEN", token);
             }
-            None => {
-                if let Some(tokens) = tokens_for(master) {
-                    command.env("RETIRE_JOIN_TOKEN", tokens.join);
-                }
+            (Some(token), TokenVia::Argv) => {
+                command.arg("--token").arg(token);
             }
+            (_, TokenVia::Nothing) | (None, _) => {}
+        }
+        if let Some((uid, gid)) = options.run_as {
+            use std::os::unix::process::CommandExt;
+            command.uid(uid).gid(gid);
         }
         let (log_level, stderr) = match &options.log {
             Some(path) => (
@@ -385,8 +391,24 @@ impl Drop for WorkerProcess {
 pub struct WorkerOptions {
     /// The join token to give it (default: its master's, when known).
     pub join_token: Option<String>,
+    /// How it gets the join token.
+    pub token_via: TokenVia,
     /// Write its debug log here instead of to the test's stderr.
     pub log: Option<PathBuf>,
+    /// Run it as this user and group (the test must be root to switch).
+    pub run_as: Option<(u32, u32)>,
+}
+
+/// How a test hands a worker its join token.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum TokenVia {
+    /// `RETIRE_JOIN_TOKEN` in its environment, as the master's printed command does.
+    #[default]
+    Environment,
+    /// `--token TOKEN` on its command line, as older printed commands did.
+    Argv,
+    /// No token at all (a worker that enrolled before).
+    Nothing,
 }
 
 /// Writes a worker config file into `dir` (returns its path, for

@@ -3,9 +3,10 @@
 //! `STATE_DIR/DEVICE_ID/`. The key file is readable by the owner only (0600).
 //!
 //! A worker started with the join token creates its key if it has none and enrolls;
-//! from then on it proves that key, and the join token is needed again only if the
-//! master loses the key. A worker without a token and without a pinned master does not
-//! authenticate (for a master with authentication off, or the legacy switch).
+//! from then on it proves that key and never uses the join token again: a worker that
+//! has pinned its master's key starts without a token, and drops one it is given. A
+//! worker without a token and without a pinned master does not authenticate (for a
+//! master with authentication off, or the legacy switch).
 
 use crate::session::Credentials;
 use protocol::auth::{KeyPair, PublicKey, Token, SECRET_LEN};
@@ -88,6 +89,19 @@ pub fn load(
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
         Err(err) => return Err(io_error(&key_path)(err)),
     };
+    // Once a master key is pinned the worker never enrolls again by itself (see
+    // `session::auth`), so a join token it was given is of no use: it is dropped here
+    // rather than kept in memory for the worker's whole life.
+    let join_token = match (join_token, &master_key, &key) {
+        (Some(_), Some(_), Some(_)) => {
+            log::info!(
+                "{device_id} is already enrolled: the join token is not needed and not kept; \
+                 remove it from this worker's command line, environment or token file"
+            );
+            None
+        }
+        (token, _, _) => token,
+    };
     let key = match (key, &join_token, &master_key) {
         (Some(key), _, _) => key,
         (None, Some(_), _) => {
@@ -140,4 +154,38 @@ pub fn write_private(path: &Path, text: &str) -> Result<(), IdentityError> {
     fs::set_permissions(&temporary, fs::Permissions::from_mode(0o600))
         .map_err(io_error(&temporary))?;
     fs::rename(&temporary, path).map_err(io_error(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::auth::TokenKind;
+
+    fn token() -> Token {
+        Token::from_bytes(TokenKind::Join, [3; SECRET_LEN])
+    }
+
+    #[test]
+    fn an_enrolled_worker_needs_no_join_token_and_keeps_none() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Nothing yet: no token, no enrollment, no credential.
+        assert!(load(dir.path(), "pi", None).expect("load").is_none());
+        // With the token, a key is made to enroll with.
+        let first = load(dir.path(), "pi", Some(token()))
+            .expect("load")
+            .expect("credentials to enroll");
+        assert!(first.join_token.is_some() && first.master_key.is_none());
+        let master = KeyPair::from_seed([9; SECRET_LEN]).public();
+        pin_master_key(dir.path(), "pi", &master).expect("pin");
+        // Enrolled: the same key and the pinned master, with or without a token,
+        // and a token given anyway is not kept.
+        for given in [None, Some(token())] {
+            let again = load(dir.path(), "pi", given)
+                .expect("load")
+                .expect("credentials to prove");
+            assert_eq!(again.key.public(), first.key.public());
+            assert_eq!(again.master_key, Some(master));
+            assert!(again.join_token.is_none());
+        }
+    }
 }

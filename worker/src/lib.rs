@@ -57,6 +57,7 @@ pub mod outbox;
 pub mod pool;
 pub mod profile;
 pub mod sandbox;
+pub mod scrub;
 pub mod session;
 pub mod tasks;
 

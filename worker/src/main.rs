@@ -4,7 +4,7 @@
 //! and signal handling, and calls [`worker::run`]. Everything else lives in the library.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::thread;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use protocol::auth::{Token, TokenKind};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use worker::config::ExecutionConfig;
-use worker::{profile, Handlers, StopHandle, WorkerConfig};
+use worker::{profile, scrub, Handlers, StopHandle, WorkerConfig};
 
 /// Join a Retire-Cluster master and run the tasks it hands out.
 #[derive(Debug, Parser)]
@@ -78,7 +78,9 @@ struct Args {
     )]
     drain_timeout: Duration,
     /// The master's join token (`retire-master token show` prints it). Needed to enroll
-    /// once; afterwards the worker proves its own key, kept in DIR/DEVICE-ID/.
+    /// once; afterwards the worker proves its own key, kept in DIR/DEVICE-ID/. Pass it
+    /// in the environment: on the command line every local user can read it (the
+    /// worker masks it at start and warns).
     #[arg(
         long,
         env = "RETIRE_JOIN_TOKEN",
@@ -136,7 +138,9 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match run(Args::parse()) {
+    let args = Args::parse();
+    protect_join_token(args.token.is_some());
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("retire-worker: error: {error:#}");
@@ -145,7 +149,64 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+/// Takes the join token out of what other processes can read about this one, before
+/// any thread or task starts (see [`worker::scrub`]): its value is masked in the
+/// argument and environment areas (`/proc/PID/cmdline`, `/proc/PID/environ`), the
+/// variable is removed so that no child inherits it, and the worker becomes
+/// non-dumpable. A token on the command line was visible until now and stays in the
+/// shell's history, so that gets a warning.
+fn protect_join_token(have_token: bool) {
+    let on_command_line = std::env::args_os().skip(1).any(|arg| {
+        let arg = arg.to_string_lossy();
+        arg == scrub::TOKEN_FLAG || arg.starts_with(&format!("{}=", scrub::TOKEN_FLAG))
+    });
+    if on_command_line {
+        log::warn!(
+            "the join token was given on the command line, where every user of this machine \
+             can read it (ps, /proc/PID/cmdline) and the shell history keeps it; it is masked \
+             from now on, but pass it as {} or with --token-file instead, and remove it once \
+             the worker has enrolled",
+            scrub::TOKEN_VARIABLE
+        );
+    }
+    if have_token {
+        match scrub::scrub_join_token() {
+            Ok(scrubbed) => log::debug!("join token masked: {scrubbed:?}"),
+            Err(error) => log::warn!(
+                "could not mask the join token in this process's arguments and environment: \
+                 {error}"
+            ),
+        }
+        // Tasks start with a cleared environment anyway; this keeps the variable from
+        // any child, whatever the configuration passes through. No other thread runs
+        // yet.
+        std::env::remove_var(scrub::TOKEN_VARIABLE);
+    }
+    if let Err(error) = scrub::make_non_dumpable() {
+        log::warn!("could not make the worker non-dumpable: {error}");
+    }
+}
+
+/// Reads the join token from `--token` (`RETIRE_JOIN_TOKEN`) or `--token-file`.
+fn join_token(text: Option<String>, file: Option<&Path>) -> anyhow::Result<Option<Token>> {
+    match (text, file) {
+        (Some(text), _) => Token::parse(TokenKind::Join, &text)
+            .map(Some)
+            .context("invalid --token (RETIRE_JOIN_TOKEN)"),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the join token from {}", path.display()))?;
+            Token::parse(TokenKind::Join, &text)
+                .map(Some)
+                .with_context(|| format!("invalid join token in {}", path.display()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn run(mut args: Args) -> anyhow::Result<()> {
+    // The text of the token is not kept past this point.
+    let token = join_token(args.token.take(), args.token_file.as_deref())?;
     let execution = execution_config(&args).context("invalid configuration")?;
     let device_id = match args.id {
         Some(id) => id,
@@ -165,21 +226,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             .collect(),
         state_dir: args.state_dir,
         drain_timeout: args.drain_timeout,
-        token: match (&args.token, &args.token_file) {
-            (Some(text), _) => Some(
-                Token::parse(TokenKind::Join, text)
-                    .context("invalid --token (RETIRE_JOIN_TOKEN)")?,
-            ),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading the join token from {}", path.display()))?;
-                Some(
-                    Token::parse(TokenKind::Join, &text)
-                        .with_context(|| format!("invalid join token in {}", path.display()))?,
-                )
-            }
-            (None, None) => None,
-        },
+        token,
     };
     config.validate().context("invalid configuration")?;
     println!("retire-worker: joining master {} as {device_id}", args.join);

@@ -758,8 +758,9 @@ impl Session {
             let proven = self.proven_on_connection;
             match error.code {
                 ErrorCode::AuthRequired => self.refused_unproven(format!(
-                    "the master requires authentication: start the worker with --token (the \
-                     join token that `retire-master token show` prints) ({})",
+                    "the master requires authentication: start the worker with \
+                     RETIRE_JOIN_TOKEN set or --token-file (the join token that `retire-master \
+                     token show` prints) ({})",
                     error.error
                 )),
                 ErrorCode::DeviceRevoked if proven => self.refuse(error.error.clone()),
@@ -2060,6 +2061,13 @@ mod tests {
             assert!(events(&mut session).contains(&SessionEvent::PinMasterKey {
                 key: master_key().public()
             }));
+            assert!(
+                session
+                    .credentials
+                    .as_ref()
+                    .is_some_and(|credentials| credentials.join_token.is_none()),
+                "the join token is dropped once enrolled"
+            );
             let register = only(sent(&mut session));
             assert!(matches!(register.message, Message::Register(_)));
 

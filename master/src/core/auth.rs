@@ -720,15 +720,27 @@ impl Core {
                     None => {
                         self.check_storage()
                             .map_err(|error| Refusal { error, close: true })?;
+                        let enrolled_from = self.conns.get(&conn).and_then(|c| c.peer_ip.clone());
                         let record = DeviceKeyRecord {
                             device_id: device_id.clone(),
                             public_key: Some(public_key.to_string()),
                             enrolled_unix_ms: now.unix_ms,
+                            enrolled_from: enrolled_from.clone(),
                             revoked_unix_ms: None,
                         };
                         self.persist_device_key(&record);
                         self.device_keys.insert(device_id.clone(), record);
+                        // Enrolling is rare and is what a leaked join token
+                        // allows: the operator sees every one (log, event,
+                        // `retire devices`), once it is on disk.
                         log::info!("device {device_id} enrolled from {peer}");
+                        self.emit(
+                            protocol::Event::DeviceEnrolled {
+                                device_id: device_id.clone(),
+                                enrolled_from,
+                            },
+                            true,
+                        );
                     }
                 }
                 (
@@ -869,6 +881,7 @@ impl Core {
                     device_id: device_id.to_string(),
                     public_key: None,
                     enrolled_unix_ms: now.unix_ms,
+                    enrolled_from: None,
                     revoked_unix_ms: None,
                 })
         };

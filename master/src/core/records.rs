@@ -45,6 +45,10 @@ pub struct DeviceKeyRecord {
     pub public_key: Option<String>,
     /// When it enrolled (Unix ms).
     pub enrolled_unix_ms: i64,
+    /// The address it enrolled from, when known. Records written before
+    /// masters kept it read back as `None`, so no migration is needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrolled_from: Option<String>,
     /// When it was revoked (Unix ms); a revoked device never comes back.
     pub revoked_unix_ms: Option<i64>,
 }

@@ -201,12 +201,15 @@ impl Core {
                     d.hardware.cpu_count.to_string(),
                     format!("{:.1}", d.hardware.memory_total_gb),
                     format!("{}/{}", d.active_tasks, d.slots),
+                    d.enrolled_at.clone().unwrap_or_else(|| "-".into()),
+                    d.enrolled_from.clone().unwrap_or_else(|| "-".into()),
                 ]
             })
             .collect();
         render_table(
             &[
                 "ID", "STATUS", "ROLE", "PLATFORM", "ARCH", "CORES", "MEM_GB", "ACTIVE",
+                "ENROLLED", "FROM",
             ],
             &rows,
         )

@@ -82,7 +82,7 @@ impl Core {
     pub(super) fn device_view(&self, device_id: &str) -> Result<DeviceView, ReplyError> {
         self.devices
             .get(device_id)
-            .map(view_of)
+            .map(|device| self.view_of(device))
             .ok_or_else(|| ReplyError::new(ErrorCode::NotFound, format!("no device {device_id}")))
     }
 
@@ -105,7 +105,7 @@ impl Core {
                     .is_none_or(|role| &device.record.role == role)
             })
             .filter(|device| status.is_none_or(|s| device.record.status == s))
-            .map(view_of)
+            .map(|device| self.view_of(device))
             .collect())
     }
 
@@ -153,7 +153,24 @@ impl Core {
     }
 }
 
-fn view_of(device: &Device) -> DeviceView {
+impl Core {
+    /// A device as replies show it, with when and from where it enrolled
+    /// (kept with its key, not with its registration).
+    fn view_of(&self, device: &Device) -> DeviceView {
+        let mut view = registered_view(device);
+        if let Some(key) = self
+            .device_keys
+            .get(&device.record.device_id)
+            .filter(|key| key.public_key.is_some())
+        {
+            view.enrolled_at = Some(rfc3339(key.enrolled_unix_ms));
+            view.enrolled_from = key.enrolled_from.clone();
+        }
+        view
+    }
+}
+
+fn registered_view(device: &Device) -> DeviceView {
     let record = &device.record;
     let register = &device.register;
     DeviceView {
@@ -179,5 +196,7 @@ fn view_of(device: &Device) -> DeviceView {
             .as_ref()
             .and_then(|metrics| serde_json::to_value(metrics).ok()),
         profile: Some(record.profile.clone()),
+        enrolled_at: None,
+        enrolled_from: None,
     }
 }

@@ -98,6 +98,14 @@ impl Serialize for EventOut<'_> {
                 map.serialize_entry("event", "task_finished")?;
                 map.serialize_entry("task", &ViewOut(task))?;
             }
+            Event::DeviceEnrolled {
+                device_id,
+                enrolled_from,
+            } => {
+                map.serialize_entry("device_id", device_id)?;
+                optional(&mut map, "enrolled_from", enrolled_from)?;
+                map.serialize_entry("event", "device_enrolled")?;
+            }
             Event::DeviceJoined { device_id } => {
                 map.serialize_entry("device_id", device_id)?;
                 map.serialize_entry("event", "device_joined")?;

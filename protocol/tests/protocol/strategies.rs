@@ -508,6 +508,12 @@ pub fn event() -> impl Strategy<Value = Event> {
         task_view().prop_map(|task| Event::TaskFinished {
             task: Box::new(task)
         }),
+        (text(), proptest::option::of(text())).prop_map(|(device_id, enrolled_from)| {
+            Event::DeviceEnrolled {
+                device_id,
+                enrolled_from,
+            }
+        }),
         text().prop_map(|device_id| Event::DeviceJoined { device_id }),
         (text(), text()).prop_map(|(device_id, reason)| Event::DeviceLeft { device_id, reason }),
         text().prop_map(|device_id| Event::DeviceDraining { device_id }),

@@ -19,7 +19,8 @@ pub const REFUSALS_BEFORE_STOPPING: u32 = 3;
 pub struct Credentials {
     /// The device's own key; the master keeps its public half from enrollment on.
     pub key: KeyPair,
-    /// The join token, to enroll (or enroll again when the master lost the key).
+    /// The join token, to enroll; dropped once enrolled (a worker with a pinned master
+    /// key never enrolls again by itself).
     pub join_token: Option<Token>,
     /// The master's public key, pinned when this device enrolled.
     pub master_key: Option<PublicKey>,
@@ -146,9 +147,16 @@ impl Session {
                 self.unproven_refusals = 0;
                 self.proven_on_connection = true;
                 if matches!(hello.method, Method::Join { .. }) {
-                    log::info!("enrolled with the master; its key is pinned from now on");
+                    log::info!(
+                        "enrolled with the master; its key is pinned from now on and the join \
+                         token is no longer needed (remove it from this worker's command line, \
+                         environment or token file)"
+                    );
                     if let Some(credentials) = &mut self.credentials {
                         credentials.master_key = Some(challenge.master_key);
+                        // The device proves its own key from now on; the join token
+                        // is not kept any longer than that needed it.
+                        credentials.join_token = None;
                     }
                     self.events.push_back(SessionEvent::PinMasterKey {
                         key: challenge.master_key,

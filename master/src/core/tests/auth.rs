@@ -706,3 +706,90 @@ fn a_revoked_device_hears_of_it_only_once_the_revocation_is_committed() {
         .expect("the device is told");
     assert_eq!(told.after_batch, Some(batch));
 }
+
+#[test]
+fn an_enrollment_is_an_event_and_the_device_shows_when_and_from_where() {
+    let mut sim = secured();
+    let watcher = admin(&mut sim, "127.0.0.1");
+    sim.request(watcher, Message::Subscribe(protocol::Subscribe::default()));
+    let enrolled_at = sim.now.unix_ms;
+    let key = KeyPair::from_seed([21; 32]);
+    let conn = enroll(&mut sim, "rogue", &key);
+    let key_batch = sim
+        .batches
+        .iter()
+        .find(|batch| {
+            batch.ops.iter().any(
+                |op| matches!(op, StoreOp::PutDeviceKey(record) if record.device_id == "rogue"),
+            )
+        })
+        .map(|batch| batch.id)
+        .expect("a batch with the key");
+    let enrollments: Vec<_> = sim
+        .events(watcher)
+        .into_iter()
+        .filter(|(event, _)| matches!(event, protocol::Event::DeviceEnrolled { .. }))
+        .collect();
+    assert_eq!(
+        enrollments,
+        vec![(
+            protocol::Event::DeviceEnrolled {
+                device_id: "rogue".into(),
+                enrolled_from: Some(LAN_PEER.into()),
+            },
+            Some(key_batch)
+        )],
+        "one event, sent once the key is on disk"
+    );
+    assert_eq!(
+        sim.db.device_keys["rogue"].enrolled_from.as_deref(),
+        Some(LAN_PEER)
+    );
+    sim.request_as(conn, Some("rogue"), Message::Register(register(8)));
+
+    let shown = |sim: &mut Sim| {
+        let client = admin(sim, "127.0.0.1");
+        let reply = sim.request(
+            client,
+            Message::DeviceInfo(DeviceRef {
+                device_id: "rogue".into(),
+            }),
+        );
+        let device = reply.field("device");
+        (
+            device["enrolled_at"].clone(),
+            device["enrolled_from"].clone(),
+        )
+    };
+    let expected = (
+        json!(crate::core::views::rfc3339(enrolled_at)),
+        json!(LAN_PEER),
+    );
+    assert_eq!(shown(&mut sim), expected);
+    // Kept across a restart, and a reconnection is not an enrollment.
+    let mut sim = sim.restart();
+    let watcher = admin(&mut sim, "127.0.0.1");
+    sim.request(watcher, Message::Subscribe(protocol::Subscribe::default()));
+    let (conn, _) = reconnect(&mut sim, "rogue", &key);
+    sim.request_as(conn, None, Message::Register(register(8)));
+    assert_eq!(shown(&mut sim), expected);
+    assert!(sim
+        .events(watcher)
+        .iter()
+        .all(|(event, _)| !matches!(event, protocol::Event::DeviceEnrolled { .. })));
+    // A device that never enrolled (legacy) shows neither.
+    let mut legacy = secured_with(AuthPolicy {
+        allow_legacy_workers: true,
+        ..AuthPolicy::default()
+    });
+    legacy.join("old", register(1));
+    let client = admin(&mut legacy, "127.0.0.1");
+    let reply = legacy.request(
+        client,
+        Message::DeviceInfo(DeviceRef {
+            device_id: "old".into(),
+        }),
+    );
+    let device = reply.field("device");
+    assert!(device.get("enrolled_at").is_none() && device.get("enrolled_from").is_none());
+}
