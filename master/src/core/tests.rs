@@ -10,6 +10,7 @@ mod auth;
 mod durability;
 mod life;
 mod lifecycle;
+mod listing;
 mod prop;
 mod registration;
 mod restart;

@@ -3,7 +3,7 @@
 
 use super::{ConnId, Core, Now, Output};
 use protocol::text::{self, render_table, TextCommand};
-use protocol::{ListDevices, ListTasks, TaskCancel, TaskSpec, TaskSubmit, TaskView};
+use protocol::{ListDevices, ListTasks, TaskCancel, TaskPage, TaskSpec, TaskSubmit, TaskView};
 use serde_json::Value;
 
 impl Core {
@@ -50,9 +50,14 @@ impl Core {
                 let body = self.devices_text();
                 self.reply_text(conn, body);
             }
-            TextCommand::Tasks { state } => {
-                let body = match self.list_tasks(&ListTasks { state, limit: None }) {
-                    Ok(tasks) => tasks_text(&tasks),
+            TextCommand::Tasks { state, before } => {
+                let list = ListTasks {
+                    state,
+                    limit: None,
+                    before,
+                };
+                let body = match self.list_tasks(&list) {
+                    Ok(page) => tasks_text(&page, list.state.as_deref()),
                     Err(error) => format!("error: {}", error.message),
                 };
                 self.reply_text(conn, body);
@@ -153,6 +158,8 @@ impl Core {
         self.send_text(conn, text, Some(self.last_write_batch));
     }
 
+    /// `status` as text. O(devices): the task counts are kept per state
+    /// (see `cluster_stats`) and the queue knows its length.
     fn status_text(&self) -> String {
         let stats = self.cluster_stats();
         let tasks: Vec<String> = stats
@@ -174,6 +181,8 @@ impl Core {
         )
     }
 
+    /// `devices` as text. O(devices), like `list_devices`: bounded by the
+    /// devices registered, which a reader cannot grow.
     fn devices_text(&self) -> String {
         let devices = self
             .list_devices(&ListDevices::default())
@@ -205,7 +214,10 @@ impl Core {
     }
 }
 
-fn tasks_text(tasks: &[TaskView]) -> String {
+/// A page of tasks as a table, and, when older tasks follow, the command
+/// that shows the next page (`more: tasks [STATE] before ID`).
+fn tasks_text(page: &TaskPage, state: Option<&str>) -> String {
+    let tasks = &page.tasks;
     if tasks.is_empty() {
         return "no tasks".into();
     }
@@ -223,7 +235,7 @@ fn tasks_text(tasks: &[TaskView]) -> String {
             ]
         })
         .collect();
-    render_table(
+    let mut text = render_table(
         &[
             "ID",
             "TYPE",
@@ -234,7 +246,12 @@ fn tasks_text(tasks: &[TaskView]) -> String {
             "SUBMITTED",
         ],
         &rows,
-    )
+    );
+    if let Some(cursor) = &page.next_cursor {
+        let state = state.map(|s| format!("{s} ")).unwrap_or_default();
+        text.push_str(&format!("more: tasks {state}before {cursor}\n"));
+    }
+    text
 }
 
 fn task_text(task: &TaskView) -> String {
