@@ -247,10 +247,10 @@ mod tests {
 /// Lays out rows under headers in columns as wide as their widest cell,
 /// separated by two spaces, with no trailing blanks. Used by the master's
 /// text mode and by the `retire` CLI so both print the same tables.
-pub fn render_table<S: AsRef<str>>(headers: &[&str], rows: &[Vec<S>]) -> String {
+pub fn render_table<S: AsRef<str>, R: AsRef<[S]>>(headers: &[&str], rows: &[R]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
-        for (i, cell) in row.iter().enumerate() {
+        for (i, cell) in row.as_ref().iter().enumerate() {
             let width = cell.as_ref().chars().count();
             match widths.get_mut(i) {
                 Some(w) => *w = (*w).max(width),
@@ -258,23 +258,27 @@ pub fn render_table<S: AsRef<str>>(headers: &[&str], rows: &[Vec<S>]) -> String 
             }
         }
     }
-    let mut out = String::new();
+    // One buffer for the whole table, sized up front: a master answers
+    // `tasks` with a table of 100 rows, and readers may ask for it often.
+    let line_width: usize = widths.iter().map(|w| w + 2).sum::<usize>() + 1;
+    let mut out = String::with_capacity(line_width * (rows.len() + 1));
     let mut push_row = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut line = String::new();
+        let start = out.len();
         for (i, cell) in cells.enumerate() {
             if i > 0 {
-                line.push_str("  ");
+                out.push_str("  ");
             }
-            line.push_str(cell);
+            out.push_str(cell);
             let pad = widths[i].saturating_sub(cell.chars().count());
-            line.extend(std::iter::repeat_n(' ', pad));
+            out.extend(std::iter::repeat_n(' ', pad));
         }
-        out.push_str(line.trim_end());
+        let kept = out[start..].trim_end().len();
+        out.truncate(start + kept);
         out.push('\n');
     };
     push_row(&mut headers.iter().copied());
     for row in rows {
-        push_row(&mut row.iter().map(AsRef::as_ref));
+        push_row(&mut row.as_ref().iter().map(AsRef::as_ref));
     }
     out
 }

@@ -1,9 +1,11 @@
 //! Netcat mode: text commands in, aligned plain text out, each reply
 //! ending in a line holding a single `.`.
 
+use super::records::TaskRecord;
+use super::rfc3339;
 use super::{ConnId, Core, Now, Output};
 use protocol::text::{self, render_table, TextCommand};
-use protocol::{ListDevices, ListTasks, TaskCancel, TaskPage, TaskSpec, TaskSubmit, TaskView};
+use protocol::{ListDevices, ListTasks, TaskCancel, TaskSpec, TaskSubmit, TaskView};
 use serde_json::Value;
 
 impl Core {
@@ -56,8 +58,8 @@ impl Core {
                     limit: None,
                     before,
                 };
-                let body = match self.list_tasks(&list) {
-                    Ok(page) => tasks_text(&page, list.state.as_deref()),
+                let body = match self.task_page(&list) {
+                    Ok((records, next)) => tasks_text(&records, next, list.state.as_deref()),
                     Err(error) => format!("error: {}", error.message),
                 };
                 self.reply_text(conn, body);
@@ -215,23 +217,36 @@ impl Core {
 }
 
 /// A page of tasks as a table, and, when older tasks follow, the command
-/// that shows the next page (`more: tasks [STATE] before ID`).
-fn tasks_text(page: &TaskPage, state: Option<&str>) -> String {
-    let tasks = &page.tasks;
+/// that shows the next page (`more: tasks [STATE] before ID`). Made from
+/// the records, with only the columns shown (a reader may send `tasks` on
+/// every line).
+fn tasks_text(tasks: &[&TaskRecord], next: Option<String>, state: Option<&str>) -> String {
     if tasks.is_empty() {
         return "no tasks".into();
     }
-    let rows: Vec<Vec<String>> = tasks
+    // The cells that are not in the record as text already.
+    let made: Vec<[String; 3]> = tasks
         .iter()
         .map(|t| {
-            vec![
-                t.task_id.clone(),
-                t.task_type.clone(),
-                t.state.to_string(),
-                t.priority.to_string(),
+            [
+                t.spec.priority.to_string(),
                 t.attempt.to_string(),
-                t.device_id.clone().unwrap_or_else(|| "-".into()),
-                t.submitted_at.clone(),
+                rfc3339(t.submitted_unix_ms),
+            ]
+        })
+        .collect();
+    let rows: Vec<[&str; 7]> = tasks
+        .iter()
+        .zip(&made)
+        .map(|(t, [priority, attempt, submitted])| {
+            [
+                t.task_id.as_str(),
+                t.spec.task_type.as_str(),
+                t.state.as_str(),
+                priority.as_str(),
+                attempt.as_str(),
+                t.device_id.as_deref().unwrap_or("-"),
+                submitted.as_str(),
             ]
         })
         .collect();
@@ -247,7 +262,7 @@ fn tasks_text(page: &TaskPage, state: Option<&str>) -> String {
         ],
         &rows,
     );
-    if let Some(cursor) = &page.next_cursor {
+    if let Some(cursor) = next {
         let state = state.map(|s| format!("{s} ")).unwrap_or_default();
         text.push_str(&format!("more: tasks {state}before {cursor}\n"));
     }

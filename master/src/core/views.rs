@@ -81,6 +81,24 @@ impl Core {
     /// not at all if it left the state before its page, or entered it after
     /// its place was passed.
     pub(super) fn list_tasks(&self, list: &ListTasks) -> Result<TaskPage, ReplyError> {
+        let (records, next_cursor) = self.task_page(list)?;
+        let tasks: Vec<TaskView> = records
+            .into_iter()
+            .map(|record| self.view_of_task(record, false))
+            .collect();
+        Ok(TaskPage {
+            count: tasks.len(),
+            tasks,
+            next_cursor,
+        })
+    }
+
+    /// The records of one page of `list` (see [`Core::list_tasks`]), newest
+    /// first, and the cursor of the next page if older tasks follow.
+    pub(super) fn task_page(
+        &self,
+        list: &ListTasks,
+    ) -> Result<(Vec<&TaskRecord>, Option<String>), ReplyError> {
         let state = match &list.state {
             None => None,
             Some(name) => Some(TaskState::parse(name).ok_or_else(|| {
@@ -107,21 +125,17 @@ impl Core {
         };
         let limit = list.limit.unwrap_or(DEFAULT_LIST).min(MAX_LIST);
         let page = self.index.listing.page(state, before.as_ref(), limit);
-        let tasks: Vec<TaskView> = page
+        let records: Vec<&TaskRecord> = page
             .ids
             .iter()
             .filter_map(|id| self.tasks.get(*id))
-            .map(|task| self.view_of_task(&task.record, false))
+            .map(|task| &task.record)
             .collect();
         let next_cursor = page
             .more
-            .then(|| tasks.last().map(|task| task.task_id.clone()))
+            .then(|| records.last().map(|record| record.task_id.clone()))
             .flatten();
-        Ok(TaskPage {
-            count: tasks.len(),
-            tasks,
-            next_cursor,
-        })
+        Ok((records, next_cursor))
     }
 
     pub(super) fn device_view(&self, device_id: &str) -> Result<DeviceView, ReplyError> {
