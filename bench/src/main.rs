@@ -12,6 +12,7 @@ mod client;
 mod connections;
 mod footprint;
 mod latency;
+mod listing;
 mod procs;
 mod report;
 mod scheduling;
@@ -50,6 +51,9 @@ enum Scenario {
     /// Cost per assignment in the master's core with a deep queue and
     /// 10 -> 10,000 workers.
     Scheduling(SchedulingArgs),
+    /// Cost of one read (list_tasks, text tasks, status) in the master's
+    /// core with 10,000 -> 200,000 stored tasks.
+    Listing(ListingArgs),
     /// Every scenario in turn, each with its default sizes.
     All,
 }
@@ -128,6 +132,16 @@ struct SchedulingArgs {
     assignments: Option<usize>,
 }
 
+#[derive(Debug, Default, Args)]
+struct ListingArgs {
+    /// Stored task counts, comma-separated [default: 10000,200000; smoke: 100,1000].
+    #[arg(long, alias = "size", value_delimiter = ',')]
+    tasks: Option<Vec<usize>>,
+    /// Timed requests of each kind per size [default: 1000; smoke: 10].
+    #[arg(long)]
+    requests: Option<usize>,
+}
+
 fn pick<T>(value: Option<T>, smoke: bool, small: T, full: T) -> T {
     value.unwrap_or(if smoke { small } else { full })
 }
@@ -184,6 +198,18 @@ fn scheduling(args: &SchedulingArgs, smoke: bool) -> Result<report::Report> {
     })
 }
 
+fn listing(args: &ListingArgs, smoke: bool) -> Result<report::Report> {
+    listing::run(&listing::Params {
+        sizes: pick(
+            args.tasks.clone(),
+            smoke,
+            vec![100, 1000],
+            vec![10_000, 200_000],
+        ),
+        requests: pick(args.requests, smoke, 10, 1000),
+    })
+}
+
 fn print(report: Result<report::Report>) -> bool {
     match report {
         Ok(report) => {
@@ -206,6 +232,7 @@ fn main() -> ExitCode {
         Scenario::Connections(args) => print(connections(args, smoke)),
         Scenario::Footprint(args) => print(footprint(args, smoke)),
         Scenario::Scheduling(args) => print(scheduling(args, smoke)),
+        Scenario::Listing(args) => print(listing(args, smoke)),
         Scenario::All => {
             let results = [
                 print(throughput(&ThroughputArgs::default(), smoke)),
@@ -220,6 +247,7 @@ fn main() -> ExitCode {
                 )),
                 print(footprint(&FootprintArgs::default(), smoke)),
                 print(scheduling(&SchedulingArgs::default(), smoke)),
+                print(listing(&ListingArgs::default(), smoke)),
             ];
             results.iter().all(|ok| *ok)
         }

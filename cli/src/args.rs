@@ -113,9 +113,13 @@ pub enum Command {
         /// failed, timed_out, cancelled).
         #[arg(long, value_parser = parse_task_state)]
         state: Option<String>,
-        /// At most this many.
+        /// At most this many (default 100, at most 1,000).
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
+        /// Only tasks older than this one: the next page, from the id the
+        /// previous page named (`more: retire tasks --before ID`).
+        #[arg(long, value_name = "ID")]
+        before: Option<String>,
     },
     /// Show one task with its result.
     Task {

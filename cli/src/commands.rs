@@ -407,16 +407,36 @@ pub fn device(client: &mut Client, device_id: &str, output: &mut Output) -> Resu
     Ok(exit::OK)
 }
 
-/// `retire tasks`.
+/// `retire tasks`: one page, newest first. When older tasks follow, a note
+/// on stderr gives the command for the next page (stdout keeps the table
+/// alone, for scripts; `--json` has the master's `next_cursor`).
 pub fn tasks(client: &mut Client, filter: ListTasks, output: &mut Output) -> Result<u8, Error> {
-    let ack = client.request(Message::ListTasks(filter))?;
+    let ack = client.request(Message::ListTasks(filter.clone()))?;
     if output.json {
         output.print_result(&ack)?;
         return Ok(exit::OK);
     }
     let tasks: Vec<TaskView> = field(&ack, "tasks")?;
     output.print(&task_table(&tasks, output.now).render())?;
+    // Absent from older masters' replies (and on the last page).
+    if let Some(cursor) = ack.result.get("next_cursor").and_then(Value::as_str) {
+        output.note(&format!("more: {}\n", next_page_command(&filter, cursor)))?;
+    }
     Ok(exit::OK)
+}
+
+/// The `retire tasks` command line that shows the page after `cursor`
+/// with the same filter and limit.
+pub fn next_page_command(filter: &ListTasks, cursor: &str) -> String {
+    let mut command = String::from("retire tasks");
+    if let Some(state) = &filter.state {
+        command.push_str(&format!(" --state {state}"));
+    }
+    if let Some(limit) = filter.limit {
+        command.push_str(&format!(" --limit {limit}"));
+    }
+    command.push_str(&format!(" --before {cursor}"));
+    command
 }
 
 /// Tasks as a table, one row each.

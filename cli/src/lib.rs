@@ -124,10 +124,15 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8, Er
             commands::devices(&mut client, filter, output)
         }
         Command::Device { device_id } => commands::device(&mut client, device_id, output),
-        Command::Tasks { state, limit } => {
+        Command::Tasks {
+            state,
+            limit,
+            before,
+        } => {
             let filter = ListTasks {
                 state: state.clone(),
                 limit: *limit,
+                before: before.clone(),
             };
             commands::tasks(&mut client, filter, output)
         }

@@ -185,6 +185,7 @@ fn an_error_reply_keeps_its_code_and_the_connection_stays_usable() {
         .list_tasks(ListTasks {
             state: Some("running".into()),
             limit: Some(5),
+            before: None,
         })
         .expect("the task list");
     assert_eq!(tasks.len(), 1);
@@ -384,4 +385,55 @@ fn a_master_error_surfaces_as_a_typed_error() {
         cli::Error::Client(ClientError::Master { .. })
     ));
     assert_eq!(out, "");
+}
+
+#[test]
+fn tasks_pages_with_before_and_names_the_next_page_on_stderr() {
+    let (addr, handle) = peer(|peer| {
+        let first = peer.request();
+        assert_eq!(first["message_type"], "list_tasks");
+        assert_eq!(first["data"], json!({"state": "queued", "limit": 2}));
+        peer.ack(
+            &first,
+            json!({"count": 2, "tasks": [task_view("t-9", "queued"), task_view("t-8", "queued")],
+                   "next_cursor": "t-8"}),
+        );
+        peer.until_closed();
+    });
+    let (result, out, err) = retire(&addr, &["tasks", "--state", "queued", "--limit", "2"]);
+    handle.join().expect("the peer ran its script");
+    assert_eq!(result.expect("a listing"), 0);
+    let rows: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().expect("an id"))
+        .collect();
+    assert_eq!(rows, ["t-9", "t-8"], "{out}");
+    assert_eq!(
+        err,
+        "more: retire tasks --state queued --limit 2 --before t-8\n"
+    );
+
+    // The next page: `--before` is sent; the last page (or an older master,
+    // which never sends a cursor) names no next one.
+    let (addr, handle) = peer(|peer| {
+        let next = peer.request();
+        assert_eq!(
+            next["data"],
+            json!({"state": "queued", "limit": 2, "before": "t-8"})
+        );
+        peer.ack(
+            &next,
+            json!({"count": 1, "tasks": [task_view("t-7", "queued")]}),
+        );
+        peer.until_closed();
+    });
+    let args = [
+        "tasks", "--state", "queued", "--limit", "2", "--before", "t-8",
+    ];
+    let (result, out, err) = retire(&addr, &args);
+    handle.join().expect("the peer ran its script");
+    assert_eq!(result.expect("a listing"), 0);
+    assert!(out.contains("t-7"), "{out}");
+    assert_eq!(err, "");
 }

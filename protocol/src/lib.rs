@@ -30,7 +30,7 @@ pub use message::{
 };
 pub use types::{
     ClusterStats, DeviceStatus, DeviceView, HardwareView, Priority, Requirements, ResourceTotals,
-    ResultStatus, TaskSpec, TaskState, TaskView,
+    ResultStatus, TaskPage, TaskSpec, TaskState, TaskView,
 };
 
 /// The TCP port the master listens on by default.

@@ -1017,6 +1017,10 @@ pub struct ListTasks {
     /// At most this many, newest first (default 100, at most 1,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// Only tasks older than this one: the `next_cursor` of the previous
+    /// page (a task id), to read the next page. Older masters ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
 }
 
 /// List devices.

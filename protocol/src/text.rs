@@ -15,10 +15,13 @@ pub enum TextCommand {
     Status,
     /// `devices`: one line per device.
     Devices,
-    /// `tasks [STATE]`: one line per task.
+    /// `tasks [STATE] [before ID]`: one line per task, newest first, a
+    /// page at a time.
     Tasks {
         /// Only tasks in this state.
         state: Option<String>,
+        /// Only tasks older than this one (the previous page's last).
+        before: Option<String>,
     },
     /// `task ID`: one task in full.
     Task {
@@ -63,7 +66,7 @@ commands:
   help                      this list
   status                    cluster totals
   devices                   one line per device
-  tasks [STATE]             recent tasks (STATE: queued, assigned, running, retrying, completed, failed, timed_out, cancelled, dead_letter)
+  tasks [STATE] [before ID] the 100 newest tasks, or those older than task ID (STATE: queued, assigned, running, retrying, completed, failed, timed_out, cancelled, dead_letter)
   task ID                   one task in full
   submit TYPE [JSON]        queue a task, e.g. submit echo {\"message\":\"hi\"}
   cancel ID                 cancel a task
@@ -99,13 +102,19 @@ pub fn parse(line: &str) -> Result<TextCommand, String> {
         "status" => no_args(TextCommand::Status, "status"),
         "devices" => no_args(TextCommand::Devices, "devices"),
         "tasks" => {
-            let mut args = rest.split_whitespace();
-            match (args.next(), args.next()) {
-                (state, None) => Ok(TextCommand::Tasks {
-                    state: state.map(str::to_string),
-                }),
-                _ => Err("usage: tasks [STATE]".into()),
-            }
+            let args: Vec<&str> = rest.split_whitespace().collect();
+            let keyword = |word: &str| word.eq_ignore_ascii_case("before");
+            let (state, before) = match args.as_slice() {
+                [] => (None, None),
+                [word, id] if keyword(word) => (None, Some(*id)),
+                [state] if !keyword(state) => (Some(*state), None),
+                [state, word, id] if keyword(word) && !keyword(state) => (Some(*state), Some(*id)),
+                _ => return Err("usage: tasks [STATE] [before ID]".into()),
+            };
+            Ok(TextCommand::Tasks {
+                state: state.map(str::to_string),
+                before: before.map(str::to_string),
+            })
         }
         "task" => one_arg("task", "ID").map(|task_id| TextCommand::Task { task_id }),
         "cancel" => one_arg("cancel", "ID").map(|task_id| TextCommand::Cancel { task_id }),
@@ -158,12 +167,18 @@ mod tests {
         check("help", Ok(TextCommand::Help));
         check("  STATUS ", Ok(TextCommand::Status));
         check("devices", Ok(TextCommand::Devices));
-        check("tasks", Ok(TextCommand::Tasks { state: None }));
-        check(
-            "tasks running",
+        let tasks = |state: Option<&str>, before: Option<&str>| {
             Ok(TextCommand::Tasks {
-                state: Some("running".into()),
-            }),
+                state: state.map(str::to_string),
+                before: before.map(str::to_string),
+            })
+        };
+        check("tasks", tasks(None, None));
+        check("tasks running", tasks(Some("running"), None));
+        check("tasks before t-9", tasks(None, Some("t-9")));
+        check(
+            "tasks  failed  Before  t-9 ",
+            tasks(Some("failed"), Some("t-9")),
         );
         check(
             "task t-1",
@@ -211,7 +226,16 @@ mod tests {
         check("task", Err("usage: task ID"));
         check("task a b", Err("usage: task ID"));
         check("status now", Err("status takes no arguments"));
-        check("tasks a b", Err("usage: tasks [STATE]"));
+        for line in [
+            "tasks a b",
+            "tasks before",
+            "tasks BEFORE",
+            "tasks running before",
+            "tasks before t-1 t-2",
+            "tasks running after t-1",
+        ] {
+            check(line, Err("usage: tasks [STATE] [before ID]"));
+        }
         check("submit", Err("usage: submit TYPE [JSON-PAYLOAD]"));
         check(
             "frobnicate",
@@ -226,10 +250,10 @@ mod tests {
 /// Lays out rows under headers in columns as wide as their widest cell,
 /// separated by two spaces, with no trailing blanks. Used by the master's
 /// text mode and by the `retire` CLI so both print the same tables.
-pub fn render_table<S: AsRef<str>>(headers: &[&str], rows: &[Vec<S>]) -> String {
+pub fn render_table<S: AsRef<str>, R: AsRef<[S]>>(headers: &[&str], rows: &[R]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
-        for (i, cell) in row.iter().enumerate() {
+        for (i, cell) in row.as_ref().iter().enumerate() {
             let width = cell.as_ref().chars().count();
             match widths.get_mut(i) {
                 Some(w) => *w = (*w).max(width),
@@ -237,23 +261,27 @@ pub fn render_table<S: AsRef<str>>(headers: &[&str], rows: &[Vec<S>]) -> String 
             }
         }
     }
-    let mut out = String::new();
+    // One buffer for the whole table, sized up front: a master answers
+    // `tasks` with a table of 100 rows, and readers may ask for it often.
+    let line_width: usize = widths.iter().map(|w| w + 2).sum::<usize>() + 1;
+    let mut out = String::with_capacity(line_width * (rows.len() + 1));
     let mut push_row = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut line = String::new();
+        let start = out.len();
         for (i, cell) in cells.enumerate() {
             if i > 0 {
-                line.push_str("  ");
+                out.push_str("  ");
             }
-            line.push_str(cell);
+            out.push_str(cell);
             let pad = widths[i].saturating_sub(cell.chars().count());
-            line.extend(std::iter::repeat_n(' ', pad));
+            out.extend(std::iter::repeat_n(' ', pad));
         }
-        out.push_str(line.trim_end());
+        let kept = out[start..].trim_end().len();
+        out.truncate(start + kept);
         out.push('\n');
     };
     push_row(&mut headers.iter().copied());
     for row in rows {
-        push_row(&mut row.iter().map(AsRef::as_ref));
+        push_row(&mut row.as_ref().iter().map(AsRef::as_ref));
     }
     out
 }

@@ -479,6 +479,19 @@ pub struct DeviceView {
     pub enrolled_from: Option<String>,
 }
 
+/// The result of `list_tasks`: one page of task summaries, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskPage {
+    /// How many tasks the page holds.
+    pub count: usize,
+    /// The tasks, newest first, without `payload` (null) and `result`.
+    pub tasks: Vec<TaskView>,
+    /// Set when older tasks (of the same filter) follow: the `before` of
+    /// the request for the next page. Absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
 /// Cluster totals, in the shape older status tools read.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterStats {

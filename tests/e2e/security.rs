@@ -31,6 +31,7 @@ fn all_task_ids(addr: SocketAddr) -> BTreeSet<String> {
         .request(Message::ListTasks(ListTasks {
             state: None,
             limit: Some(1000),
+            before: None,
         }))
         .expect("list tasks");
     let tasks: Vec<protocol::TaskView> =

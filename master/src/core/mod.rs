@@ -176,6 +176,21 @@ struct Task {
     record: TaskRecord,
     /// Devices that refused this task; it is not offered to them again.
     refused_by: BTreeSet<String>,
+    /// The state it is filed under in the listing index (see
+    /// `Core::relist_task`).
+    listed: TaskState,
+}
+
+impl Task {
+    /// A task to be added to `Core::tasks` (and then listed with
+    /// `Core::list_task`).
+    fn new(record: TaskRecord) -> Task {
+        Task {
+            listed: record.state,
+            record,
+            refused_by: BTreeSet::new(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -347,13 +362,15 @@ impl Core {
                 core.needs_dispatch = true;
             }
             let held = matches!(record.state, TaskState::Assigned | TaskState::Running);
-            core.tasks.insert(
-                task_id.clone(),
-                Task {
-                    record,
-                    refused_by: BTreeSet::new(),
-                },
-            );
+            if let Some(twin) = core.tasks.insert(task_id.clone(), Task::new(record)) {
+                // The store cannot hold two records with one id (it is the
+                // key); given them anyway, the last one wins, in the
+                // listing too.
+                core.index
+                    .listing
+                    .remove(twin.listed, twin.record.seq, &task_id);
+            }
+            core.list_task(&task_id);
             if held {
                 // The restart lost track of how long the attempt has run:
                 // its timeout counts again from now, which errs on waiting.
@@ -393,7 +410,9 @@ impl Core {
         let Some(state) = self.conns.remove(&conn) else {
             return;
         };
-        self.index.subscribers.remove(&conn);
+        if let Some(subscription) = &state.subscription {
+            self.index.subscribers.remove(conn, subscription);
+        }
         self.auth_disconnect(conn, &state.auth);
         if let Some(device_id) = state.device_id {
             let bound_here = self
@@ -490,9 +509,7 @@ impl Core {
                 .task_view(&task.task_id)
                 .map(|task| Reply::new(json!({ "task": task }))),
             Message::TaskRetry(task) => self.on_retry(now, &task.task_id),
-            Message::ListTasks(list) => self
-                .list_tasks(&list)
-                .map(|tasks| Reply::new(json!({ "count": tasks.len(), "tasks": tasks }))),
+            Message::ListTasks(list) => self.list_tasks(&list).map(|page| Reply::new(json!(page))),
             Message::Status => Ok(Reply::new(json!({ "cluster_stats": self.cluster_stats() }))),
             Message::ListDevices(list) => self
                 .list_devices(&list)
@@ -504,8 +521,11 @@ impl Core {
             Message::DrainDevice(device) => self.on_drain(&device.device_id),
             Message::Subscribe(subscribe) => {
                 if let Some(state) = self.conns.get_mut(&conn) {
+                    if let Some(old) = state.subscription.take() {
+                        self.index.subscribers.remove(conn, &old);
+                    }
+                    self.index.subscribers.add(conn, &subscribe);
                     state.subscription = Some(subscribe);
-                    self.index.subscribers.insert(conn);
                 }
                 Ok(Reply::new(json!({ "message": "subscribed" })))
             }
@@ -1209,13 +1229,8 @@ impl Core {
             .queues
             .insert(QueueKey::of(&record), &record.spec);
         let task_type = record.spec.task_type.clone();
-        self.tasks.insert(
-            task_id.clone(),
-            Task {
-                record,
-                refused_by: BTreeSet::new(),
-            },
-        );
+        self.tasks.insert(task_id.clone(), Task::new(record));
+        self.list_task(&task_id);
         self.needs_dispatch = true;
         self.emit(
             Event::TaskSubmitted {
@@ -1442,6 +1457,7 @@ impl Core {
         if !self.pending_tasks.contains(task_id) {
             self.pending_tasks.insert(task_id.to_string());
         }
+        self.relist_task(task_id);
         self.last_write_batch = self.open_batch;
     }
 
@@ -1495,19 +1511,9 @@ impl Core {
     /// durable changes wait for the same commit as the change.
     fn emit(&mut self, event: Event, durable: bool) {
         let after = durable.then_some(self.last_write_batch);
-        let targets: Vec<ConnId> = self
-            .index
-            .subscribers
-            .iter()
-            .filter_map(|conn| {
-                let subscription = self.conns.get(conn)?.subscription.as_ref()?;
-                let wanted = subscription.task_ids.is_empty()
-                    || event
-                        .task_id()
-                        .is_some_and(|id| subscription.task_ids.iter().any(|want| want == id));
-                wanted.then_some(*conn)
-            })
-            .collect();
+        // From the index, by the event's task: the cost is the connections
+        // it goes to, whatever the other subscribers follow.
+        let targets = self.index.subscribers.targets(event.task_id());
         // The last subscriber gets the event itself; only the others need
         // a copy (a finished task's carries its payload and result).
         let mut targets = targets.into_iter().peekable();
@@ -1522,7 +1528,8 @@ impl Core {
     }
 
     fn emit_finished(&mut self, task_id: &str) {
-        if self.index.subscribers.is_empty() {
+        // The event carries the task in full: made only for someone.
+        if !self.index.subscribers.want(task_id) {
             return;
         }
         if let Ok(task) = self.task_view(task_id) {

@@ -10,6 +10,7 @@ mod auth;
 mod durability;
 mod life;
 mod lifecycle;
+mod listing;
 mod nesting;
 mod prop;
 mod registration;

@@ -1,6 +1,8 @@
 //! Netcat mode: text commands in, aligned plain text out, each reply
 //! ending in a line holding a single `.`.
 
+use super::records::TaskRecord;
+use super::rfc3339;
 use super::{ConnId, Core, Now, Output};
 use protocol::text::{self, render_table, TextCommand};
 use protocol::{ListDevices, ListTasks, TaskCancel, TaskSpec, TaskSubmit, TaskView};
@@ -50,9 +52,14 @@ impl Core {
                 let body = self.devices_text();
                 self.reply_text(conn, body);
             }
-            TextCommand::Tasks { state } => {
-                let body = match self.list_tasks(&ListTasks { state, limit: None }) {
-                    Ok(tasks) => tasks_text(&tasks),
+            TextCommand::Tasks { state, before } => {
+                let list = ListTasks {
+                    state,
+                    limit: None,
+                    before,
+                };
+                let body = match self.task_page(&list) {
+                    Ok((records, next)) => tasks_text(&records, next, list.state.as_deref()),
                     Err(error) => format!("error: {}", error.message),
                 };
                 self.reply_text(conn, body);
@@ -153,6 +160,8 @@ impl Core {
         self.send_text(conn, text, Some(self.last_write_batch));
     }
 
+    /// `status` as text. O(devices): the task counts are kept per state
+    /// (see `cluster_stats`) and the queue knows its length.
     fn status_text(&self) -> String {
         let stats = self.cluster_stats();
         let tasks: Vec<String> = stats
@@ -182,6 +191,8 @@ impl Core {
         )
     }
 
+    /// `devices` as text. O(devices), like `list_devices`: bounded by the
+    /// devices registered, which a reader cannot grow.
     fn devices_text(&self) -> String {
         let devices = self
             .list_devices(&ListDevices::default())
@@ -216,25 +227,41 @@ impl Core {
     }
 }
 
-fn tasks_text(tasks: &[TaskView]) -> String {
+/// A page of tasks as a table, and, when older tasks follow, the command
+/// that shows the next page (`more: tasks [STATE] before ID`). Made from
+/// the records, with only the columns shown (a reader may send `tasks` on
+/// every line).
+fn tasks_text(tasks: &[&TaskRecord], next: Option<String>, state: Option<&str>) -> String {
     if tasks.is_empty() {
         return "no tasks".into();
     }
-    let rows: Vec<Vec<String>> = tasks
+    // The cells that are not in the record as text already.
+    let made: Vec<[String; 3]> = tasks
         .iter()
         .map(|t| {
-            vec![
-                t.task_id.clone(),
-                t.task_type.clone(),
-                t.state.to_string(),
-                t.priority.to_string(),
+            [
+                t.spec.priority.to_string(),
                 t.attempt.to_string(),
-                t.device_id.clone().unwrap_or_else(|| "-".into()),
-                t.submitted_at.clone(),
+                rfc3339(t.submitted_unix_ms),
             ]
         })
         .collect();
-    render_table(
+    let rows: Vec<[&str; 7]> = tasks
+        .iter()
+        .zip(&made)
+        .map(|(t, [priority, attempt, submitted])| {
+            [
+                t.task_id.as_str(),
+                t.spec.task_type.as_str(),
+                t.state.as_str(),
+                priority.as_str(),
+                attempt.as_str(),
+                t.device_id.as_deref().unwrap_or("-"),
+                submitted.as_str(),
+            ]
+        })
+        .collect();
+    let mut text = render_table(
         &[
             "ID",
             "TYPE",
@@ -245,7 +272,12 @@ fn tasks_text(tasks: &[TaskView]) -> String {
             "SUBMITTED",
         ],
         &rows,
-    )
+    );
+    if let Some(cursor) = next {
+        let state = state.map(|s| format!("{s} ")).unwrap_or_default();
+        text.push_str(&format!("more: tasks {state}before {cursor}\n"));
+    }
+    text
 }
 
 fn task_text(task: &TaskView) -> String {

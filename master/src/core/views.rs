@@ -1,10 +1,19 @@
 //! Read-only views of the registry and the tasks, for replies.
+//!
+//! Any reader (an anonymous loopback connection by default) may ask for
+//! these as often as it likes, so none may cost more than what it returns:
+//! `task_view` and `device_view` are lookups, `list_tasks` walks an index
+//! and stops after its page, and `cluster_stats` reads counts kept as
+//! tasks change. `list_devices` and `cluster_stats` walk every device:
+//! they are bounded by the number of devices, which a reader cannot grow
+//! (registering takes a worker's credentials when authentication is on).
 
+use super::records::TaskRecord;
 use super::{Core, Device, ReplyError, DEFAULT_LIST, MAX_LIST};
 use protocol::message::bytes_to_gib;
 use protocol::{
     ClusterStats, DeviceStatus, DeviceView, ErrorCode, HardwareView, ListDevices, ListTasks,
-    TaskState, TaskView,
+    TaskPage, TaskState, TaskView,
 };
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -15,18 +24,29 @@ pub fn rfc3339(unix_ms: i64) -> String {
 }
 
 impl Core {
+    /// One task in full. O(1): a lookup by id.
     pub(super) fn task_view(&self, task_id: &str) -> Result<TaskView, ReplyError> {
         let task = self
             .tasks
             .get(task_id)
             .ok_or_else(|| ReplyError::new(ErrorCode::NotFound, format!("no task {task_id}")))?;
-        let record = &task.record;
-        Ok(TaskView {
+        Ok(self.view_of_task(&task.record, true))
+    }
+
+    /// A task as replies show it; without `payload` and `result` unless
+    /// `full` (listings are summaries: both can be up to a line each, and
+    /// they are not even copied for a summary).
+    fn view_of_task(&self, record: &TaskRecord, full: bool) -> TaskView {
+        TaskView {
             task_id: record.task_id.clone(),
             task_type: record.spec.task_type.clone(),
             state: record.state,
             priority: record.spec.priority,
-            payload: record.spec.payload.clone(),
+            payload: if full {
+                record.spec.payload.clone()
+            } else {
+                serde_json::Value::Null
+            },
             timeout: record.spec.timeout,
             requirements: record.spec.requirements.clone(),
             attempt: record.attempt,
@@ -36,14 +56,49 @@ impl Core {
             finished_at: record.finished_unix_ms.map(rfc3339),
             retry_at: record.retry_at_unix_ms.map(rfc3339),
             max_retries: self.max_retries(&record.spec),
-            result: record.result.clone(),
+            result: if full { record.result.clone() } else { None },
             exit_code: record.exit_code,
             error: record.error.clone(),
             execution_time: record.execution_time,
+        }
+    }
+
+    /// One page of task summaries, newest first, from the listing index
+    /// (`index::TaskListing`): the cost is the page (at most `limit + 1`
+    /// index entries for one state, `limit + 9` for all, and a lookup per
+    /// task shown), never the history, because any reader may ask for it
+    /// on every line it sends.
+    ///
+    /// Paging: `before` names the last task of the previous page (its
+    /// `next_cursor`), and the page holds the tasks submitted before it
+    /// that are in `state` now. A task's place never changes (it is its
+    /// submission order), so walking every page of an unfiltered listing
+    /// visits every task that existed when it started exactly once, newest
+    /// first, whatever changes state meanwhile; tasks submitted meanwhile
+    /// are newer than the cursor and show on a new first page. With a state
+    /// filter, each page shows the tasks in that state when it is made: a
+    /// task that changes state between pages is shown at most once, and
+    /// not at all if it left the state before its page, or entered it after
+    /// its place was passed.
+    pub(super) fn list_tasks(&self, list: &ListTasks) -> Result<TaskPage, ReplyError> {
+        let (records, next_cursor) = self.task_page(list)?;
+        let tasks: Vec<TaskView> = records
+            .into_iter()
+            .map(|record| self.view_of_task(record, false))
+            .collect();
+        Ok(TaskPage {
+            count: tasks.len(),
+            tasks,
+            next_cursor,
         })
     }
 
-    pub(super) fn list_tasks(&self, list: &ListTasks) -> Result<Vec<TaskView>, ReplyError> {
+    /// The records of one page of `list` (see [`Core::list_tasks`]), newest
+    /// first, and the cursor of the next page if older tasks follow.
+    pub(super) fn task_page(
+        &self,
+        list: &ListTasks,
+    ) -> Result<(Vec<&TaskRecord>, Option<String>), ReplyError> {
         let state = match &list.state {
             None => None,
             Some(name) => Some(TaskState::parse(name).ok_or_else(|| {
@@ -56,27 +111,31 @@ impl Core {
                 )
             })?),
         };
+        let before = match &list.before {
+            None => None,
+            Some(task_id) => {
+                let task = self.tasks.get(task_id).ok_or_else(|| {
+                    ReplyError::new(
+                        ErrorCode::NotFound,
+                        format!("no task {task_id} (the cursor `before` names a task)"),
+                    )
+                })?;
+                Some((task.record.seq, task_id.clone()))
+            }
+        };
         let limit = list.limit.unwrap_or(DEFAULT_LIST).min(MAX_LIST);
-        let mut matching: Vec<&super::Task> = self
-            .tasks
-            .values()
-            .filter(|task| state.is_none_or(|s| task.record.state == s))
+        let page = self.index.listing.page(state, before.as_ref(), limit);
+        let records: Vec<&TaskRecord> = page
+            .ids
+            .iter()
+            .filter_map(|id| self.tasks.get(*id))
+            .map(|task| &task.record)
             .collect();
-        matching.sort_unstable_by_key(|task| std::cmp::Reverse(task.record.seq));
-        // Listings are summaries: payloads and results can be large (up to
-        // a line each), so they are left out; `task_status` shows one task
-        // in full.
-        matching
-            .into_iter()
-            .take(limit)
-            .map(|task| {
-                self.task_view(&task.record.task_id).map(|mut view| {
-                    view.payload = serde_json::Value::Null;
-                    view.result = None;
-                    view
-                })
-            })
-            .collect()
+        let next_cursor = page
+            .more
+            .then(|| records.last().map(|record| record.task_id.clone()))
+            .flatten();
+        Ok((records, next_cursor))
     }
 
     pub(super) fn device_view(&self, device_id: &str) -> Result<DeviceView, ReplyError> {
@@ -140,14 +199,11 @@ impl Core {
         }
         .to_string();
         stats.quarantined = self.quarantined;
+        // Counted as tasks change state (the listing index's set lengths),
+        // not here: any reader may ask for `status` as often as it likes.
         for state in TaskState::ALL {
-            stats.tasks.insert(state.as_str().to_string(), 0);
-        }
-        for task in self.tasks.values() {
-            *stats
-                .tasks
-                .entry(task.record.state.as_str().to_string())
-                .or_default() += 1;
+            let count = self.index.listing.count(state) as u64;
+            stats.tasks.insert(state.as_str().to_string(), count);
         }
         stats
     }

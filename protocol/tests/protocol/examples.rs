@@ -694,6 +694,15 @@ fn client_requests() {
             Message::ListTasks(ListTasks {
                 state: Some("running".into()),
                 limit: Some(10),
+                before: None,
+            }),
+        ),
+        (
+            r#"{"message_type":"list_tasks","data":{"limit":2,"before":"task-18c-7"}}"#,
+            Message::ListTasks(ListTasks {
+                state: None,
+                limit: Some(2),
+                before: Some("task-18c-7".into()),
             }),
         ),
         (

@@ -80,6 +80,27 @@ proptest! {
         round_trip(&envelope)?;
     }
 
+    /// The `list_tasks` ack: a page of summaries and the cursor of the
+    /// next page, which is left out (not `null`) on the last page.
+    #[test]
+    fn a_task_page_round_trips_in_its_ack(
+        tasks in proptest::collection::vec(task_view(), 0..4),
+        next_cursor in proptest::option::of(text()),
+    ) {
+        let page = TaskPage { count: tasks.len(), tasks, next_cursor };
+        let fields = serde_json::to_value(&page).expect("a page is JSON");
+        let envelope = Envelope::new(Message::Ack(Ack::new(Some("l-1".into()), fields)))
+            .from_sender("main-node");
+        round_trip(&envelope)?;
+        let decoded = Envelope::decode(&envelope.to_line()).expect("an ack");
+        let Message::Ack(ack) = decoded.message else {
+            return Err(TestCaseError::fail("not an ack"));
+        };
+        prop_assert_eq!(ack.result.contains_key("next_cursor"), page.next_cursor.is_some());
+        let result = serde_json::Value::Object(ack.result);
+        prop_assert_eq!(serde_json::from_value::<TaskPage>(result).ok(), Some(page));
+    }
+
     #[test]
     fn every_event_round_trips(envelope in envelope(event().prop_map(Message::Event))) {
         round_trip(&envelope)?;

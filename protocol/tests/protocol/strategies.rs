@@ -527,8 +527,16 @@ pub fn small_message() -> impl Strategy<Value = Message> {
     prop_oneof![
         option::of(text()).prop_map(|reason| Message::Goodbye(Goodbye { reason })),
         text().prop_map(|task_id| Message::TaskStatus(TaskRef { task_id })),
-        (option::of(text()), option::of(any::<usize>()))
-            .prop_map(|(state, limit)| Message::ListTasks(ListTasks { state, limit })),
+        (
+            option::of(text()),
+            option::of(any::<usize>()),
+            option::of(text())
+        )
+            .prop_map(|(state, limit, before)| Message::ListTasks(ListTasks {
+                state,
+                limit,
+                before
+            })),
         Just(Message::Status),
         (option::of(text()), option::of(text()))
             .prop_map(|(role, status)| Message::ListDevices(ListDevices { role, status })),

@@ -30,6 +30,7 @@ fn aliases_case_and_separators() {
         "Tasks Running",
         Ok(TextCommand::Tasks {
             state: Some("Running".into()),
+            before: None,
         }),
     );
     // Tabs and runs of blanks separate words.
@@ -49,6 +50,7 @@ fn aliases_case_and_separators() {
         "tasks   queued  ",
         Ok(TextCommand::Tasks {
             state: Some("queued".into()),
+            before: None,
         }),
     );
     check(

@@ -167,7 +167,7 @@ fn list_tasks_filters_by_state_newest_first() {
     let conn = sim.client();
     let list = |state: Option<&str>| ListTasks {
         state: state.map(str::to_string),
-        limit: None,
+        ..ListTasks::default()
     };
     let ids = |reply: super::sim::Reply| -> Vec<String> {
         reply

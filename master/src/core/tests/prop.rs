@@ -3,14 +3,14 @@
 
 use super::sim::{gib, FakeWorker, Policy, Reply, Sim};
 use crate::core::records::TaskRecord;
-use crate::core::{Core, CoreConfig, QueueKey};
+use crate::core::{Core, CoreConfig, QueueKey, DEFAULT_LIST};
 use proptest::prelude::*;
 use protocol::{
-    DeviceStatus, ErrorCode, Heartbeat, Message, Priority, Register, Requirements, ResultStatus,
-    TaskResult, TaskSpec, TaskState,
+    DeviceStatus, ErrorCode, Heartbeat, ListTasks, Message, Priority, Register, Requirements,
+    ResultStatus, TaskPage, TaskResult, TaskSpec, TaskState,
 };
-use serde_json::json;
-use std::collections::{BTreeSet, HashMap};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 /// Short task-life timers, so that random time advances cross backoffs,
@@ -631,10 +631,107 @@ fn pick_task(sim: &Sim, pick: usize) -> String {
     ids[pick % ids.len()].clone()
 }
 
+/// The listing as it was made before the index: every task filtered,
+/// sorted newest first, older than `before`, cut to `limit`.
+fn listed_by_scan(
+    core: &Core,
+    state: Option<TaskState>,
+    before: Option<&str>,
+    limit: usize,
+) -> Vec<String> {
+    let below = before.map(|id| (core.tasks[id].record.seq, id.to_string()));
+    let mut matching: Vec<(u64, String)> = core
+        .tasks
+        .values()
+        .filter(|task| state.is_none_or(|s| task.record.state == s))
+        .map(|task| (task.record.seq, task.record.task_id.clone()))
+        .filter(|key| below.as_ref().is_none_or(|below| key < below))
+        .collect();
+    matching.sort_unstable_by(|a, b| b.cmp(a));
+    matching.into_iter().take(limit).map(|(_, id)| id).collect()
+}
+
+fn list(state: Option<TaskState>, limit: Option<usize>, before: Option<String>) -> ListTasks {
+    ListTasks {
+        state: state.map(|s| s.as_str().to_string()),
+        limit,
+        before,
+    }
+}
+
+/// Every listing the index gives equals the scan's, for every filter,
+/// limit and cursor, shows summaries of exactly the records, and pages
+/// through every matching task once.
+fn check_listing(core: &Core) {
+    let ids = |page: &TaskPage| -> Vec<String> {
+        page.tasks.iter().map(|task| task.task_id.clone()).collect()
+    };
+    let every = listed_by_scan(core, None, None, usize::MAX);
+    let cursors = [
+        None,
+        every.first(),
+        every.get(every.len() / 2),
+        every.last(),
+    ];
+    for state in std::iter::once(None).chain(TaskState::ALL.map(Some)) {
+        for before in cursors {
+            for limit in [Some(0), Some(1), Some(3), None] {
+                let page = core
+                    .list_tasks(&list(state, limit, before.cloned()))
+                    .expect("a listing");
+                let limit = limit.unwrap_or(DEFAULT_LIST);
+                let scan = listed_by_scan(core, state, before.map(String::as_str), limit + 1);
+                let shown = &scan[..scan.len().min(limit)];
+                assert_eq!(
+                    ids(&page),
+                    shown,
+                    "{state:?} before {before:?} limit {limit}"
+                );
+                assert_eq!(page.count, shown.len());
+                let more = scan.len() > limit;
+                assert_eq!(page.next_cursor.as_ref(), shown.last().filter(|_| more));
+                for view in &page.tasks {
+                    let mut full = core.task_view(&view.task_id).expect("a listed task");
+                    full.payload = Value::Null;
+                    full.result = None;
+                    assert_eq!(view, &full, "a listing shows summaries of the records");
+                }
+            }
+        }
+        let mut paged = Vec::new();
+        let mut before = None;
+        loop {
+            let page = core
+                .list_tasks(&list(state, Some(2), before))
+                .expect("a page");
+            paged.extend(ids(&page));
+            match page.next_cursor {
+                Some(cursor) => before = Some(cursor),
+                None => break,
+            }
+        }
+        assert_eq!(
+            paged,
+            listed_by_scan(core, state, None, usize::MAX),
+            "{state:?}"
+        );
+    }
+    let stats = core.cluster_stats();
+    for state in TaskState::ALL {
+        let count = core
+            .tasks
+            .values()
+            .filter(|t| t.record.state == state)
+            .count();
+        assert_eq!(stats.tasks[state.as_str()], count as u64, "{state} count");
+    }
+}
+
 /// Checks every invariant after a step.
 fn check_invariants(sim: &Sim, model: &mut Model) {
     let core = &sim.core;
     core.check_indexes();
+    check_listing(core);
     let queued: BTreeSet<&str> = core.queue.iter().map(|key| key.task_id.as_str()).collect();
     for key in &core.queue {
         let task = core.tasks.get(&key.task_id).expect("a queued task exists");
@@ -823,6 +920,94 @@ proptest! {
         let joins = policies.into_iter().enumerate().map(|(w, policy)| Op::Join { w, policy });
         let all: Vec<Op> = joins.chain(ops).collect();
         run(leases, slow, &all);
+    }
+}
+
+/// Pages through the tasks of `state` (all when `None`), `limit` at a
+/// time, applying each of `between` (a few random operations) between two
+/// pages, and checks what paging promises (see `Core::list_tasks`).
+fn page_while_changing(
+    history: &[Op],
+    between: &[Vec<Op>],
+    limit: usize,
+    state: Option<TaskState>,
+) {
+    let mut sim = Sim::with_config(config());
+    let model = &mut Model::default();
+    let joins = (0..WORKERS.len()).map(|w| Op::Join {
+        w,
+        policy: Policy::Accept,
+    });
+    for op in joins.chain(history.iter().cloned()) {
+        apply(&mut sim, model, &op);
+    }
+    let at_start: BTreeMap<String, u64> = sim
+        .core
+        .tasks
+        .iter()
+        .map(|(id, task)| (id.clone(), task.record.seq))
+        .collect();
+    // Tasks in `state` every time a page was asked for: they must be shown.
+    let mut always: BTreeSet<String> = at_start.keys().cloned().collect();
+    let mut shown: Vec<(u64, String)> = Vec::new();
+    let mut before = None;
+    let mut between = between.iter();
+    loop {
+        let in_state = |sim: &Sim, id: &str| state.is_none_or(|s| sim.state(id) == s);
+        always.retain(|id| in_state(&sim, id));
+        let conn = sim.client();
+        let reply = sim.request(conn, Message::ListTasks(list(state, Some(limit), before)));
+        let page: TaskPage =
+            serde_json::from_value(Value::Object(reply.ack().result.clone())).expect("a page");
+        assert!(page.tasks.len() <= limit);
+        for view in &page.tasks {
+            assert!(in_state(&sim, &view.task_id), "{view:?} is not {state:?}");
+            assert_eq!(Some(view.state), state.or(Some(view.state)));
+            shown.push((sim.task(&view.task_id).seq, view.task_id.clone()));
+        }
+        let Some(cursor) = page.next_cursor else {
+            break;
+        };
+        assert_eq!(Some(&cursor), page.tasks.last().map(|t| &t.task_id));
+        before = Some(cursor);
+        for op in between.next().into_iter().flatten() {
+            apply(&mut sim, model, op);
+        }
+    }
+    // Newest first, each task once: the keys only go down.
+    assert!(
+        shown.windows(2).all(|pair| pair[0] > pair[1]),
+        "{shown:?} is not strictly newest first"
+    );
+    let shown: BTreeSet<String> = shown.into_iter().map(|(_, id)| id).collect();
+    if state.is_none() {
+        // Every task there was at the start, and none submitted since (they
+        // are newer than the cursor).
+        let expected: BTreeSet<String> = at_start.into_keys().collect();
+        assert_eq!(shown, expected);
+    } else {
+        let missing: Vec<&String> = always.difference(&shown).collect();
+        assert!(
+            missing.is_empty(),
+            "{missing:?} stayed {state:?} but was not shown"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn paging_visits_every_task_once_newest_first_while_tasks_change(
+        history in proptest::collection::vec(op(), 1..MAX_OPS),
+        between in proptest::collection::vec(proptest::collection::vec(op(), 0..4), 0..30),
+        limit in 1..5usize,
+        state in proptest::option::weighted(0.6, proptest::sample::select(TaskState::ALL.to_vec())),
+    ) {
+        page_while_changing(&history, &between, limit, state);
     }
 }
 

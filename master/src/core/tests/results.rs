@@ -84,6 +84,44 @@ fn a_subscription_to_some_tasks_gets_only_theirs() {
 }
 
 #[test]
+fn subscriptions_are_matched_by_task_replaced_by_a_new_one_and_gone_at_disconnect() {
+    let mut sim = Sim::new();
+    sim.add_worker("a", 4);
+    let one = sim.submit(super::sim::with_id("one"));
+    let two = sim.submit(super::sim::with_id("two"));
+    let subscribe = |ids: &[&str]| {
+        Message::Subscribe(Subscribe {
+            task_ids: ids.iter().map(|id| id.to_string()).collect(),
+        })
+    };
+    let (first, second, everything) = (sim.connect(), sim.connect(), sim.connect());
+    // A filter naming a task twice, or a task that does not exist, is fine.
+    sim.request(first, subscribe(&["one", "one", "nope"]));
+    sim.request(second, subscribe(&["one", "two"]));
+    // Subscribing again replaces the filter, even with overlapping ids.
+    sim.request(second, subscribe(&["two", "nope"]));
+    sim.request(everything, subscribe(&[]));
+    sim.complete("a", &one);
+    sim.disconnect(first);
+    sim.complete("a", &two);
+    sim.leave("a");
+    let finished = |sim: &Sim, conn| -> Vec<String> {
+        sim.events(conn)
+            .into_iter()
+            .map(|(event, _)| match event {
+                Event::TaskFinished { task } => task.task_id,
+                Event::DeviceLeft { device_id, .. } => format!("left {device_id}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    };
+    assert_eq!(finished(&sim, first), ["one"]);
+    assert_eq!(finished(&sim, second), ["two"]);
+    // Device events go only to the subscribers of everything.
+    assert_eq!(finished(&sim, everything), ["one", "two", "left a"]);
+}
+
+#[test]
 fn failed_result_keeps_its_error_and_exit_code() {
     let mut sim = Sim::new();
     sim.add_worker("a", 1);

@@ -207,3 +207,44 @@ fn drain_auth_and_quit() {
         "quit closes the connection after the reply"
     );
 }
+
+#[test]
+fn tasks_pages_a_hundred_at_a_time_and_names_the_next_page() {
+    let mut sim = Sim::new();
+    let ids: Vec<String> = (0..205).map(|_| sim.submit(spec("echo"))).collect();
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    let rows = |text: &str| -> Vec<String> {
+        text.lines()
+            .skip(1)
+            .filter(|line| !line.starts_with("more: "))
+            .map(|line| line.split_whitespace().next().unwrap().to_string())
+            .collect()
+    };
+    let first = check(&mut sim, "tasks", &[]);
+    assert_eq!(rows(&first), newest_first[..100]);
+    let more = format!("more: tasks before {}", newest_first[99]);
+    assert_eq!(first.lines().last(), Some(more.as_str()));
+    let second = check(&mut sim, &more["more: ".len()..], &[]);
+    assert_eq!(rows(&second), newest_first[100..200]);
+    let third = check(
+        &mut sim,
+        &format!("tasks before {}", newest_first[199]),
+        &[],
+    );
+    assert_eq!(rows(&third), newest_first[200..]);
+    assert!(!third.contains("more: "), "the last page names no next one");
+    // With a state, the next page keeps it.
+    let queued = check(&mut sim, "tasks queued", &[]);
+    assert!(queued.ends_with(&format!("more: tasks queued before {}", newest_first[99])));
+    check(
+        &mut sim,
+        &format!("tasks queued before {}", ids[0]),
+        &["no tasks"],
+    );
+    check(&mut sim, "tasks before nope", &["error: no task nope"]);
+    check(
+        &mut sim,
+        "tasks before",
+        &["error: usage: tasks [STATE] [before ID]"],
+    );
+}
