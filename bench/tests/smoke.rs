@@ -38,7 +38,8 @@ fn every_scenario_runs_at_a_small_size() {
             "connections",
             "connections-ramp",
             "footprint",
-            "scheduling"
+            "scheduling",
+            "attack"
         ],
         "{stdout}"
     );
