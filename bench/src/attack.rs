@@ -143,26 +143,33 @@ fn store_tasks(master: &Master, dir: &Path, count: usize) -> Result<(Worker, Con
     let worker =
         Worker::start_with_token(dir, master.addr, "bench-w0", 8, &token(dir, "join.token")?)?;
     conn.wait_joined(1)?;
-    let mut left = count;
+    // One batch at a time, reading everything that comes meanwhile (as a
+    // well-behaved client does), counting the tasks that finished.
+    let mut finished = 0;
     let mut sent = 0;
-    while left > 0 {
-        let n = left.min(protocol::message::MAX_BATCH);
+    while sent < count {
+        let n = (count - sent).min(protocol::message::MAX_BATCH);
         let tasks = (0..n)
             .map(|i| TaskSpec::new("echo", json!({ "message": sent + i })))
             .collect();
-        conn.send(
-            &format!("store-{sent}"),
-            Message::TaskSubmit(TaskSubmit { tasks, batch: true }),
-        )?;
+        let id = format!("store-{sent}");
+        conn.send(&id, Message::TaskSubmit(TaskSubmit { tasks, batch: true }))?;
         sent += n;
-        left -= n;
+        loop {
+            let value = conn.next_value()?;
+            if value["message_type"] == "error" {
+                bail!("storing tasks: {}", value["data"]);
+            }
+            if value["message_type"] == "event" && value["data"]["event"] == "task_finished" {
+                finished += 1;
+            }
+            if value["message_type"] == "ack" && value["data"]["original_message_id"] == id {
+                break;
+            }
+        }
     }
-    let mut finished = 0;
     while finished < count {
         let value = conn.next_value()?;
-        if value["message_type"] == "error" {
-            bail!("storing tasks: {}", value["data"]);
-        }
         if value["message_type"] == "event" && value["data"]["event"] == "task_finished" {
             finished += 1;
         }

@@ -30,9 +30,12 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default longest line before a peer has authenticated (4 KiB).
 pub const DEFAULT_PRE_AUTH_MAX_LINE: usize = 4096;
 /// Default most bytes queued for one authenticated peer (unsent output
-/// plus replies held for a commit): 16 MiB. Past it the connection is
-/// closed; past half of it nothing more is read from the peer.
-pub const DEFAULT_MAX_PENDING_OUTPUT: usize = 16 * 1024 * 1024;
+/// plus replies held for a commit): 64 MiB. Past it the connection is
+/// closed; past half of it nothing more is read from the peer. Enough for
+/// an admin who submits a few batches of 10,000 tasks while subscribed,
+/// before reading the events; [`DEFAULT_MAX_TOTAL_OUTPUT`] bounds what
+/// all of them together may make the master hold.
+pub const DEFAULT_MAX_PENDING_OUTPUT: usize = 64 * 1024 * 1024;
 /// Default most bytes queued for all connections together: 256 MiB. Past
 /// it the connection with the largest backlog is closed, until the total
 /// is under it again.
