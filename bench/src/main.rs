@@ -8,6 +8,7 @@
 //! shrinks every size so the whole set runs in seconds (CI runs that).
 //! Figures and how they were taken are in `docs/benchmarks.md`.
 
+mod attack;
 mod client;
 mod connections;
 mod footprint;
@@ -54,6 +55,9 @@ enum Scenario {
     /// Cost of one read (list_tasks, text tasks, status) in the master's
     /// core with 10,000 -> 200,000 stored tasks.
     Listing(ListingArgs),
+    /// Hostile peers: non-readers that make the master hold replies (its
+    /// RSS), and a listing flood (others' latency meanwhile).
+    Attack(AttackArgs),
     /// Every scenario in turn, each with its default sizes.
     All,
 }
@@ -142,6 +146,34 @@ struct ListingArgs {
     requests: Option<usize>,
 }
 
+#[derive(Debug, Default, Args)]
+struct AttackArgs {
+    /// Which attack [default: all].
+    #[arg(long, value_enum)]
+    phase: Option<attack::Phase>,
+    /// Seconds each attack lasts [default: 20; smoke: 1].
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Non-reading `help` connections [default: 48; smoke: 4].
+    #[arg(long)]
+    help_conns: Option<usize>,
+    /// Non-reading `list_tasks` readers [default: 8; smoke: 2].
+    #[arg(long)]
+    readers: Option<usize>,
+    /// Tasks stored before the `list` attack [default: 1000; smoke: 20].
+    #[arg(long)]
+    list_tasks: Option<usize>,
+    /// Tasks stored before the flood [default: 10000; smoke: 50].
+    #[arg(long)]
+    flood_tasks: Option<usize>,
+    /// Connections flooding listings [default: 1].
+    #[arg(long)]
+    flooders: Option<usize>,
+    /// Seconds RSS is given to fall after the attackers close [default: 3; smoke: 0.2].
+    #[arg(long)]
+    after_close: Option<f64>,
+}
+
 fn pick<T>(value: Option<T>, smoke: bool, small: T, full: T) -> T {
     value.unwrap_or(if smoke { small } else { full })
 }
@@ -210,6 +242,19 @@ fn listing(args: &ListingArgs, smoke: bool) -> Result<report::Report> {
     })
 }
 
+fn attack(args: &AttackArgs, smoke: bool) -> Result<report::Report> {
+    attack::run(&attack::Params {
+        phase: args.phase.unwrap_or(attack::Phase::All),
+        duration: secs(pick(args.duration, smoke, 1.0, 20.0)),
+        help_conns: pick(args.help_conns, smoke, 4, 48),
+        readers: pick(args.readers, smoke, 2, 8),
+        list_tasks: pick(args.list_tasks, smoke, 20, 1000),
+        flood_tasks: pick(args.flood_tasks, smoke, 50, 10_000),
+        flooders: args.flooders.unwrap_or(1),
+        after_close: secs(pick(args.after_close, smoke, 0.2, 3.0)),
+    })
+}
+
 fn print(report: Result<report::Report>) -> bool {
     match report {
         Ok(report) => {
@@ -233,6 +278,7 @@ fn main() -> ExitCode {
         Scenario::Footprint(args) => print(footprint(args, smoke)),
         Scenario::Scheduling(args) => print(scheduling(args, smoke)),
         Scenario::Listing(args) => print(listing(args, smoke)),
+        Scenario::Attack(args) => print(attack(args, smoke)),
         Scenario::All => {
             let results = [
                 print(throughput(&ThroughputArgs::default(), smoke)),
@@ -248,6 +294,7 @@ fn main() -> ExitCode {
                 print(footprint(&FootprintArgs::default(), smoke)),
                 print(scheduling(&SchedulingArgs::default(), smoke)),
                 print(listing(&ListingArgs::default(), smoke)),
+                print(attack(&AttackArgs::default(), smoke)),
             ];
             results.iter().all(|ok| *ok)
         }

@@ -71,6 +71,24 @@ impl Master {
     /// its log in `dir/master.log`, plus `extra` flags; waits for its
     /// `retire-master listening on ADDR` line.
     pub fn start(dir: &Path, extra: &[String]) -> Result<Master> {
+        // The scenarios measure the steady state. Authentication costs
+        // one handshake when a connection opens and nothing per message
+        // after it, so it is left out here (its cost under a flood is
+        // measured by the e2e security tests).
+        let mut flags = vec!["--no-auth".to_string()];
+        flags.extend_from_slice(extra);
+        Master::spawn(dir, &flags)
+    }
+
+    /// Starts a master like [`Master::start`] but with authentication on,
+    /// as it runs by default (the `attack` scenario: who may do what
+    /// before authenticating is what it measures). Its tokens are in
+    /// `dir/db/secrets/`.
+    pub fn start_authenticated(dir: &Path, extra: &[String]) -> Result<Master> {
+        Master::spawn(dir, extra)
+    }
+
+    fn spawn(dir: &Path, extra: &[String]) -> Result<Master> {
         let log = dir.join("master.log");
         let stderr = std::fs::File::create(&log).context("create the master's log")?;
         let mut child = Command::new(binary("retire-master")?)
@@ -78,11 +96,6 @@ impl Master {
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(dir.join("db"))
-            // The scenarios measure the steady state. Authentication costs
-            // one handshake when a connection opens and nothing per message
-            // after it, so it is left out here (its cost under a flood is
-            // measured by the e2e security tests).
-            .arg("--no-auth")
             .args(extra)
             .env("RUST_LOG", "warn")
             .current_dir(dir)
@@ -163,13 +176,40 @@ impl Worker {
     /// way two bench runs at once never share a worker's state dir, which
     /// its lock would refuse.
     pub fn start(dir: &Path, master: SocketAddr, id: &str, slots: usize) -> Result<Worker> {
+        Worker::spawn(dir, master, id, slots, None)
+    }
+
+    /// Starts a worker like [`Worker::start`] that enrolls with the join
+    /// token `token` (given through the environment, as the printed join
+    /// command does), for a master with authentication on.
+    pub fn start_with_token(
+        dir: &Path,
+        master: SocketAddr,
+        id: &str,
+        slots: usize,
+        token: &str,
+    ) -> Result<Worker> {
+        Worker::spawn(dir, master, id, slots, Some(token))
+    }
+
+    fn spawn(
+        dir: &Path,
+        master: SocketAddr,
+        id: &str,
+        slots: usize,
+        token: Option<&str>,
+    ) -> Result<Worker> {
         let log = dir.join(format!("{id}.log"));
         let stderr = std::fs::File::create(&log).context("create the worker's log")?;
         let state_dir = match std::env::var_os(STATE_DIR_VAR) {
             Some(base) => Path::new(&base).join(dir.file_name().unwrap_or_default()),
             None => dir.join("state"),
         };
-        let child = Command::new(binary("retire-worker")?)
+        let mut command = Command::new(binary("retire-worker")?);
+        if let Some(token) = token {
+            command.env("RETIRE_JOIN_TOKEN", token);
+        }
+        let child = command
             .arg("--state-dir")
             .arg(&state_dir)
             .arg("--join")

@@ -39,7 +39,8 @@ fn every_scenario_runs_at_a_small_size() {
             "connections-ramp",
             "footprint",
             "scheduling",
-            "listing"
+            "listing",
+            "attack"
         ],
         "{stdout}"
     );

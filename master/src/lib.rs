@@ -29,8 +29,38 @@ pub const DEFAULT_MAX_LINE: usize = protocol::DEFAULT_MAX_LINE;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default longest line before a peer has authenticated (4 KiB).
 pub const DEFAULT_PRE_AUTH_MAX_LINE: usize = 4096;
-/// Default most bytes queued for one peer that does not read (64 MiB).
+/// Default most bytes queued for one authenticated peer (unsent output
+/// plus replies held for a commit): 64 MiB. Past it the connection is
+/// closed; past half of it nothing more is read from the peer. Enough for
+/// an admin who submits a few batches of 10,000 tasks while subscribed,
+/// before reading the events; [`DEFAULT_MAX_TOTAL_OUTPUT`] bounds what
+/// all of them together may make the master hold.
 pub const DEFAULT_MAX_PENDING_OUTPUT: usize = 64 * 1024 * 1024;
+/// Default most bytes queued for all connections together: 256 MiB. Past
+/// it the connection with the largest backlog is closed, until the total
+/// is under it again.
+pub const DEFAULT_MAX_TOTAL_OUTPUT: usize = 256 * 1024 * 1024;
+/// Most bytes queued for one connection that has not authenticated (one
+/// still in its handshake, or an anonymous reader from `read_only_from`):
+/// 1 MiB, past half of which nothing more is read from it. A single reply
+/// larger than this (a task with a large payload) is still sent to a peer
+/// that had nothing queued.
+pub const UNTRUSTED_MAX_PENDING_OUTPUT: usize = 1024 * 1024;
+/// Most bytes queued for all connections that have not authenticated,
+/// together: 32 MiB. Past it the one with the largest backlog is closed, so
+/// strangers can never crowd out workers and clients with tokens.
+pub const UNTRUSTED_MAX_TOTAL_OUTPUT: usize = 32 * 1024 * 1024;
+/// Requests of one connection handed to the core per loop turn: 64. The
+/// rest waits for the next turn, after every other connection had its
+/// turn, so one peer's burst cannot starve heartbeats or other clients.
+pub const WORK_FRAMES_PER_TURN: usize = 64;
+/// Time spent on one connection's requests per loop turn: 2 ms (a request
+/// that has started always finishes; the next one waits for the next turn).
+pub const WORK_TIME_PER_TURN: std::time::Duration = std::time::Duration::from_millis(2);
+/// How long a connection the master closes (a deadline passed, a refusal,
+/// a missed heartbeat) may take to receive its last reply: 1 s. After it
+/// the connection is closed whether or not that reply was sent.
+pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Everything the master needs to run.
 #[derive(Debug, Clone)]
@@ -45,8 +75,11 @@ pub struct Config {
     pub pre_auth_max_line: usize,
     /// Most connections at once.
     pub max_connections: usize,
-    /// Most bytes queued for one slow peer before it is disconnected.
+    /// Most bytes queued for one slow authenticated peer before it is
+    /// disconnected.
     pub max_pending_output: usize,
+    /// Most bytes queued for all peers together.
+    pub max_total_output: usize,
     /// SQLite's `synchronous` setting.
     pub synchronous: Synchronous,
 }
@@ -61,6 +94,7 @@ impl Config {
             pre_auth_max_line: DEFAULT_PRE_AUTH_MAX_LINE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_pending_output: DEFAULT_MAX_PENDING_OUTPUT,
+            max_total_output: DEFAULT_MAX_TOTAL_OUTPUT,
             synchronous: Synchronous::default(),
         }
     }
@@ -190,7 +224,12 @@ pub fn run(
         max_line: config.max_line,
         pre_auth_max_line: config.pre_auth_max_line.min(config.max_line),
         max_connections: config.max_connections,
-        max_pending_output: config.max_pending_output,
+        max_pending_output: config.max_pending_output.max(1),
+        max_total_output: config.max_total_output.max(1),
+        untrusted_max_pending_output: UNTRUSTED_MAX_PENDING_OUTPUT
+            .min(config.max_pending_output)
+            .max(1),
+        untrusted_max_total_output: UNTRUSTED_MAX_TOTAL_OUTPUT.min(config.max_total_output),
     };
     let event_loop = EventLoop::new(
         poll,

@@ -112,6 +112,18 @@ struct Args {
     #[arg(long, env = "RETIRE_PRE_AUTH_MAX_LINE", default_value_t = master::DEFAULT_PRE_AUTH_MAX_LINE)]
     pre_auth_max_line: usize,
 
+    /// Most bytes queued for one authenticated peer (replies it has not
+    /// read yet); past half of it the peer is not read, past it the
+    /// connection is closed. Peers that have not authenticated get 1 MiB.
+    #[arg(long, env = "RETIRE_MAX_PENDING_OUTPUT", default_value_t = master::DEFAULT_MAX_PENDING_OUTPUT)]
+    max_pending_output: usize,
+
+    /// Most bytes queued for all peers together; past it the connection
+    /// with the largest backlog is closed. Peers that have not
+    /// authenticated share 32 MiB of it.
+    #[arg(long, env = "RETIRE_MAX_TOTAL_OUTPUT", default_value_t = master::DEFAULT_MAX_TOTAL_OUTPUT)]
+    max_total_output: usize,
+
     /// Manage the tokens instead of running the master.
     #[command(subcommand)]
     command: Option<Subcommand>,
@@ -334,8 +346,9 @@ fn real_main() -> Result<()> {
         max_line: args.max_line.max(1024),
         max_connections: args.max_connections.max(1),
         pre_auth_max_line: args.pre_auth_max_line.max(256),
+        max_pending_output: args.max_pending_output.max(64 * 1024),
+        max_total_output: args.max_total_output.max(1024 * 1024),
         synchronous,
-        ..Config::new(&data_dir)
     };
     // The secrets exist before the master listens, so the commands printed
     // below already work.

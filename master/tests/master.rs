@@ -208,6 +208,59 @@ fn a_peer_that_floods_without_reading_does_not_starve_the_others() {
 }
 
 #[test]
+fn past_the_total_output_budget_the_largest_non_readers_are_closed() {
+    let master = setup(|config| {
+        config.max_pending_output = 512 * 1024;
+        config.max_total_output = 1024 * 1024;
+    });
+    // Eight peers ask for statuses and never read: each is throttled at
+    // half its cap (256 KiB queued), 2 MiB or more in all, twice the total
+    // budget, so the master closes the largest backlogs, though none of
+    // these peers ever becomes writable.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+    let flooders: Vec<_> = (0..8)
+        .map(|_| {
+            let stream = TcpStream::connect(master.addr).expect("connect");
+            let stop = stop.clone();
+            let closed_tx = closed_tx.clone();
+            std::thread::spawn(move || {
+                stream
+                    .set_write_timeout(Some(Duration::from_millis(50)))
+                    .expect("timeout");
+                let line = b"{\"message_type\":\"status\"}\n".repeat(1000);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    match (&stream).write(&line) {
+                        Ok(_) => {}
+                        Err(err)
+                            if matches!(
+                                err.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) => {}
+                        Err(_) => {
+                            let _ = closed_tx.send(());
+                            return;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let first_closed = closed_rx.recv_timeout(Duration::from_secs(30));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for flooder in flooders {
+        flooder.join().expect("a flooder");
+    }
+    assert!(first_closed.is_ok(), "no non-reader was closed");
+    // The others are served all along.
+    let (mut reader, mut writer) = connect(master.addr);
+    writer
+        .write_all(b"{\"message_type\":\"status\"}\n")
+        .expect("send");
+    assert_eq!(reply(&mut reader)["message_type"], "ack");
+}
+
+#[test]
 fn lines_that_arrive_in_pieces_are_all_answered() {
     let master = setup(|_| {});
     let (mut reader, mut writer) = connect(master.addr);

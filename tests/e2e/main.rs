@@ -13,6 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use tests::{retire, text_command, Client, MasterProcess, WorkerProcess, PATIENCE};
 
 mod faults;
+mod hostile;
 mod join_token;
 mod nesting;
 mod security;

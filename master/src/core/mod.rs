@@ -649,6 +649,14 @@ impl Core {
         into.append(&mut self.outputs);
     }
 
+    /// Hands out what to send so far, without running assignment: the
+    /// event loop takes each request's replies as soon as the request is
+    /// handled, to charge them to the connection's output budget before it
+    /// hands the core another request from that connection.
+    pub fn take_outputs(&mut self, into: &mut Vec<Output>) {
+        into.append(&mut self.outputs);
+    }
+
     /// Hands out the changes made since the last call as one batch.
     pub fn take_batch(&mut self) -> Option<Batch> {
         if self.pending_tasks.is_empty()

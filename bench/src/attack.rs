@@ -1,0 +1,463 @@
+//! Scenario `attack`: what hostile peers can make the master hold and how
+//! long they can make others wait (issue 11, items 1 and 2).
+//!
+//! - `help`: N connections with a small receive buffer send `help\n` in a
+//!   loop and never read, against a master with `--read-only-from none`
+//!   (strangers that never authenticate).
+//! - `list`: N loopback readers (anonymous, default flags) send
+//!   `list_tasks` with the largest limit in a loop and never read.
+//! - `flood`: with T tasks stored, K anonymous loopback readers write
+//!   bursts of `tasks\n` as fast as the master takes them (reading the
+//!   replies); meanwhile another client times `status` and a worker's
+//!   round trip (submit -> `task_finished`).
+//!
+//! For `help` and `list` the master's RSS is sampled every 200 ms; the
+//! master is killed if it passes [`RSS_KILL_KIB`], so the run never takes
+//! the machine down. After the attackers close, RSS is read again once it
+//! has had time to be given back.
+
+use crate::client::Conn;
+use crate::procs::{Master, ProcSample, Worker};
+use crate::report::{mib, percentile, round, Report};
+use anyhow::{bail, Context, Result};
+use protocol::{Envelope, ListTasks, Message, TaskSpec, TaskSubmit};
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The master is killed when its RSS passes this (3 GiB), and the run
+/// records when.
+pub const RSS_KILL_KIB: u64 = 3 * 1024 * 1024;
+
+/// The receive buffer the non-reading attackers ask for.
+const SMALL_RCVBUF: i32 = 4096;
+
+/// How long one `status` or round trip may take before it is given up on
+/// (and reported as longer than this).
+const REQUEST_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Bytes of `tasks\n` lines in one flood burst (the issue's 240 KB).
+const BURST: usize = 240 * 1000;
+
+/// Which attack or attacks to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phase {
+    /// Non-reading `help` senders, `--read-only-from none`.
+    Help,
+    /// Non-reading loopback `list_tasks` readers, default flags.
+    List,
+    /// A listing flood while others are timed.
+    Flood,
+    /// All three in turn.
+    All,
+}
+
+/// How the attack scenario runs.
+#[derive(Debug, Clone)]
+pub struct Params {
+    /// Which phase.
+    pub phase: Phase,
+    /// Seconds each attack lasts.
+    pub duration: Duration,
+    /// Connections of the `help` attack.
+    pub help_conns: usize,
+    /// Readers of the `list` attack.
+    pub readers: usize,
+    /// Tasks stored before the `list` attack.
+    pub list_tasks: usize,
+    /// Tasks stored before the `flood`.
+    pub flood_tasks: usize,
+    /// Connections that flood listings.
+    pub flooders: usize,
+    /// How long RSS is given to fall after the attackers close.
+    pub after_close: Duration,
+}
+
+/// Runs the scenario.
+pub fn run(params: &Params) -> Result<Report> {
+    let mut report = Report::new("attack");
+    report.note(format!(
+        "{} s per attack; master killed past {}",
+        params.duration.as_secs_f64(),
+        mib(RSS_KILL_KIB)
+    ));
+    if matches!(params.phase, Phase::Help | Phase::All) {
+        memory_attack(params, Attack::Help, &mut report)?;
+    }
+    if matches!(params.phase, Phase::List | Phase::All) {
+        memory_attack(params, Attack::List, &mut report)?;
+    }
+    if matches!(params.phase, Phase::Flood | Phase::All) {
+        flood(params, &mut report)?;
+    }
+    Ok(report)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Attack {
+    Help,
+    List,
+}
+
+/// Starts a master with authentication on (the bench's usual master runs
+/// with `--no-auth`), plus `extra` flags.
+fn start_authenticated(dir: &Path, extra: &[&str]) -> Result<Master> {
+    let flags: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    Master::start_authenticated(dir, &flags)
+}
+
+/// Reads a token the master keeps in `DATA_DIR/secrets/`.
+fn token(dir: &Path, file: &str) -> Result<String> {
+    let path = dir.join("db").join("secrets").join(file);
+    Ok(std::fs::read_to_string(&path)
+        .with_context(|| format!("read {}", path.display()))?
+        .trim()
+        .to_string())
+}
+
+/// A connection authenticated as admin with the text command `auth`.
+fn admin(addr: SocketAddr, dir: &Path) -> Result<Conn> {
+    let mut conn = Conn::connect(addr)?;
+    conn.send_raw(format!("auth {}\n", token(dir, "admin.token")?).as_bytes())?;
+    loop {
+        let line = conn.next_line()?;
+        if line == b"." {
+            return Ok(conn);
+        }
+        if line.starts_with(b"error") {
+            bail!("auth refused: {}", String::from_utf8_lossy(line));
+        }
+    }
+}
+
+/// Stores `count` echo tasks and waits until a worker has run them all;
+/// returns the worker (it stays for the round trips).
+fn store_tasks(master: &Master, dir: &Path, count: usize) -> Result<(Worker, Conn)> {
+    let mut conn = admin(master.addr, dir)?;
+    conn.subscribe()?;
+    let worker =
+        Worker::start_with_token(dir, master.addr, "bench-w0", 8, &token(dir, "join.token")?)?;
+    conn.wait_joined(1)?;
+    // One batch at a time, reading everything that comes meanwhile (as a
+    // well-behaved client does), counting the tasks that finished.
+    let mut finished = 0;
+    let mut sent = 0;
+    while sent < count {
+        let n = (count - sent).min(protocol::message::MAX_BATCH);
+        let tasks = (0..n)
+            .map(|i| TaskSpec::new("echo", json!({ "message": sent + i })))
+            .collect();
+        let id = format!("store-{sent}");
+        conn.send(&id, Message::TaskSubmit(TaskSubmit { tasks, batch: true }))?;
+        sent += n;
+        loop {
+            let value = conn.next_value()?;
+            if value["message_type"] == "error" {
+                bail!("storing tasks: {}", value["data"]);
+            }
+            if value["message_type"] == "event" && value["data"]["event"] == "task_finished" {
+                finished += 1;
+            }
+            if value["message_type"] == "ack" && value["data"]["original_message_id"] == id {
+                break;
+            }
+        }
+    }
+    while finished < count {
+        let value = conn.next_value()?;
+        if value["message_type"] == "event" && value["data"]["event"] == "task_finished" {
+            finished += 1;
+        }
+    }
+    Ok((worker, conn))
+}
+
+/// Asks for a small receive buffer, so the kernel holds little for the
+/// peer and the master's own buffers are what grows.
+fn shrink_receive_buffer(stream: &TcpStream) {
+    let size = SMALL_RCVBUF;
+    // SAFETY: setsockopt reads an int we own, on a socket we own.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Whether an I/O error only means the timeout passed.
+fn timed_out(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// Writes `burst` again and again until `stop` (returns `false`) or until
+/// the master closes the connection (returns `true`).
+fn write_until(stream: &mut TcpStream, burst: &[u8], stop: &AtomicBool) -> bool {
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    while !stop.load(Ordering::SeqCst) {
+        match stream.write(burst) {
+            Ok(_) => {}
+            Err(err) if timed_out(&err) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// One non-reading attacker: writes `line` in bursts until `stop`, never
+/// reads. Counts itself in `closed` when the master closes it.
+fn non_reader(
+    addr: SocketAddr,
+    line: Vec<u8>,
+    stop: Arc<AtomicBool>,
+    closed: Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let Ok(mut stream) = TcpStream::connect(addr) else {
+            closed.fetch_add(1, Ordering::SeqCst);
+            return;
+        };
+        shrink_receive_buffer(&stream);
+        if write_until(&mut stream, &line.repeat(256), &stop) {
+            closed.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+}
+
+fn memory_attack(params: &Params, attack: Attack, report: &mut Report) -> Result<()> {
+    let dir = tempfile::tempdir().context("a temp dir")?;
+    let (name, master, line, conns) = match attack {
+        Attack::Help => {
+            let master = start_authenticated(dir.path(), &["--read-only-from", "none"])?;
+            ("help", master, b"help\n".to_vec(), params.help_conns)
+        }
+        Attack::List => {
+            let master = start_authenticated(dir.path(), &[])?;
+            let line = Envelope::new(Message::ListTasks(ListTasks {
+                state: None,
+                limit: Some(1000),
+                before: None,
+            }))
+            .with_id("l")
+            .to_line();
+            ("list", master, line, params.readers)
+        }
+    };
+    let mut _kept = None;
+    if attack == Attack::List && params.list_tasks > 0 {
+        _kept = Some(store_tasks(&master, dir.path(), params.list_tasks)?);
+    }
+
+    let pid = master.pid();
+    let addr = master.addr;
+    let mut master = Some(master);
+    let before = ProcSample::of(pid)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..conns)
+        .map(|_| non_reader(addr, line.clone(), stop.clone(), closed.clone()))
+        .collect();
+    let started = Instant::now();
+    let mut peak = 0;
+    let mut killed_at = None;
+    while started.elapsed() < params.duration {
+        std::thread::sleep(Duration::from_millis(200));
+        let Ok(sample) = ProcSample::of(pid) else {
+            break;
+        };
+        peak = peak.max(sample.rss_kib);
+        if sample.rss_kib > RSS_KILL_KIB {
+            killed_at = Some(started.elapsed().as_secs_f64());
+            master = None;
+            break;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for thread in threads {
+        let _ = thread.join();
+    }
+    let closed_by_master = closed.load(Ordering::SeqCst);
+    let label = match attack {
+        Attack::Help => format!("{conns} non-reading `help` senders, --read-only-from none"),
+        Attack::List => format!(
+            "{conns} non-reading loopback `list_tasks` readers, {} tasks stored",
+            params.list_tasks
+        ),
+    };
+    report.note(format!("{name}: {label}"));
+    report.info(format!("{name}: RSS before"), mib(before.rss_kib));
+    match killed_at {
+        Some(at) => {
+            report.info(
+                format!("{name}: peak RSS"),
+                format!("> {} at {at:.1} s (killed)", mib(RSS_KILL_KIB)),
+            );
+            report.set(&format!("{name}_killed_at_secs"), round(at, 1));
+        }
+        None => {
+            std::thread::sleep(params.after_close);
+            let after = ProcSample::of(pid)?;
+            let peak = peak.max(after.peak_rss_kib);
+            report.info(format!("{name}: peak RSS"), mib(peak));
+            report.info(
+                format!(
+                    "{name}: RSS {} s after they closed",
+                    params.after_close.as_secs_f64()
+                ),
+                mib(after.rss_kib),
+            );
+            report.set(&format!("{name}_peak_rss_kib"), peak);
+            report.set(&format!("{name}_after_close_rss_kib"), after.rss_kib);
+            if let Some(master) = master.as_mut() {
+                if !master.running() {
+                    bail!("the master died: {}", master.log_tail());
+                }
+            }
+        }
+    }
+    report.info(
+        format!("{name}: attackers closed by the master"),
+        format!("{closed_by_master} of {conns}"),
+    );
+    report.set(&format!("{name}_closed_by_master"), closed_by_master);
+    report.set(&format!("{name}_before_rss_kib"), before.rss_kib);
+    Ok(())
+}
+
+/// Sends a JSON `status` and waits for its ack; returns the time taken,
+/// or `None` past [`REQUEST_PATIENCE`].
+fn timed_status(conn: &mut Conn, id: &str) -> Option<Duration> {
+    let started = Instant::now();
+    conn.request(id, Message::Status).ok()?;
+    Some(started.elapsed())
+}
+
+/// Submits one echo task and waits for its `task_finished` event.
+fn timed_round_trip(conn: &mut Conn, id: &str) -> Option<Duration> {
+    let started = Instant::now();
+    let mut spec = TaskSpec::new("echo", json!({ "message": id }));
+    spec.task_id = Some(id.to_string());
+    let submit = Message::TaskSubmit(TaskSubmit {
+        tasks: vec![spec],
+        batch: false,
+    });
+    conn.send(&format!("sub-{id}"), submit).ok()?;
+    loop {
+        let value = conn.next_value().ok()?;
+        if value["message_type"] == "event"
+            && value["data"]["event"] == "task_finished"
+            && value["data"]["task"]["task_id"] == id
+        {
+            return Some(started.elapsed());
+        }
+    }
+}
+
+fn flood(params: &Params, report: &mut Report) -> Result<()> {
+    let dir = tempfile::tempdir().context("a temp dir")?;
+    let master = start_authenticated(dir.path(), &[])?;
+    let (_worker, mut admin) = store_tasks(&master, dir.path(), params.flood_tasks)?;
+    admin.writer()?.set_read_timeout(Some(REQUEST_PATIENCE))?;
+    let mut reader = Conn::connect(master.addr)?;
+    reader.writer()?.set_read_timeout(Some(REQUEST_PATIENCE))?;
+    // Baseline, before the flood.
+    let quiet_status = timed_status(&mut reader, "quiet");
+    let quiet_trip = timed_round_trip(&mut admin, "quiet-trip");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    let burst = b"tasks\n".repeat(BURST / 6);
+    for _ in 0..params.flooders {
+        let mut stream = TcpStream::connect(master.addr)?;
+        let mut drain = stream.try_clone()?;
+        let stop_reading = stop.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            let _ = drain.set_read_timeout(Some(Duration::from_millis(200)));
+            while !stop_reading.load(Ordering::SeqCst) {
+                match drain.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(err) if timed_out(&err) => {}
+                    Err(_) => return,
+                }
+            }
+        }));
+        let stop_writing = stop.clone();
+        let burst = burst.clone();
+        threads.push(std::thread::spawn(move || {
+            write_until(&mut stream, &burst, &stop_writing);
+        }));
+    }
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    let mut trips = Vec::new();
+    let mut gave_up = false;
+    let mut i = 0;
+    while started.elapsed() < params.duration && !gave_up {
+        i += 1;
+        match timed_status(&mut reader, &format!("s{i}")) {
+            Some(took) => statuses.push(took.as_secs_f64() * 1e3),
+            None => gave_up = true,
+        }
+        match timed_round_trip(&mut admin, &format!("trip-{i}")) {
+            Some(took) => trips.push(took.as_secs_f64() * 1e3),
+            None => gave_up = true,
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for thread in threads {
+        let _ = thread.join();
+    }
+    let cpu = ProcSample::of(master.pid())?;
+    report.note(format!(
+        "flood: {} tasks stored, {} anonymous loopback connection(s) writing {} KB bursts of `tasks\\n` and reading",
+        params.flood_tasks,
+        params.flooders,
+        BURST / 1000
+    ));
+    let ms = |d: Option<Duration>| {
+        d.map_or(format!("> {} s", REQUEST_PATIENCE.as_secs()), |d| {
+            format!("{:.1} ms", d.as_secs_f64() * 1e3)
+        })
+    };
+    report.info("flood: status, no flood", ms(quiet_status));
+    report.info("flood: round trip, no flood", ms(quiet_trip));
+    for (name, values) in [("status", &mut statuses), ("round trip", &mut trips)] {
+        values.sort_by(f64::total_cmp);
+        let max = values.last().copied().unwrap_or(0.0);
+        report.info(
+            format!("flood: {name} p50 / max ({} samples)", values.len()),
+            format!("{:.1} / {:.1} ms", percentile(values, 50.0), max),
+        );
+        let key = name.replace(' ', "_");
+        report.set(
+            &format!("flood_{key}_p50_ms"),
+            round(percentile(values, 50.0), 1),
+        );
+        report.set(&format!("flood_{key}_max_ms"), round(max, 1));
+    }
+    if gave_up {
+        report.info(
+            "flood: gave up",
+            format!("a request took > {} s", REQUEST_PATIENCE.as_secs()),
+        );
+        report.set("flood_gave_up", true);
+    }
+    report.info(
+        "flood: master CPU, whole run",
+        format!("{:.1} s", cpu.cpu_secs),
+    );
+    Ok(())
+}
