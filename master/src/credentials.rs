@@ -42,6 +42,25 @@ pub enum CredentialsError {
         /// What is wrong.
         detail: String,
     },
+    /// The master key is gone while enrolled devices pinned it.
+    #[error(
+        "{path} is missing, but the database holds {enrolled} enrolled device(s) that pinned \
+         the master key it held and would refuse a new one. Restore {path} from a backup; or, \
+         to go on with a new master key, run `retire-master token show --data-dir {}` (it \
+         creates one) and delete master.pub in each enrolled worker's state dir",
+        data_dir.display()
+    )]
+    MasterKeyLost {
+        /// The missing key file.
+        path: PathBuf,
+        /// How many enrolled, unrevoked devices pinned the lost key.
+        enrolled: usize,
+        /// The data dir.
+        data_dir: PathBuf,
+    },
+    /// The data dir could not be created or made private.
+    #[error(transparent)]
+    DataDir(#[from] crate::store::files::FilesError),
     /// A secret could not be drawn or written.
     #[error(transparent)]
     Write(#[from] IdentityError),
@@ -59,16 +78,51 @@ pub fn secrets_dir(data_dir: &Path) -> PathBuf {
     data_dir.join(SECRETS_DIR)
 }
 
-/// Reads the secrets, creating whichever are missing (first start).
+/// Reads the secrets, creating whichever are missing (first start, or
+/// `retire-master token`).
 pub fn load_or_create(data_dir: &Path) -> Result<Secrets, CredentialsError> {
+    create_missing(data_dir, false)
+}
+
+/// Reads the secrets as a start of the master does. On a first start
+/// (`first_start`: the database was just created) the missing ones are
+/// created. On a later start a missing token is created again with a
+/// warning (enrolled workers do not need the join token; the admin must
+/// take the new admin token), and so is a missing master key, unless
+/// `enrolled` devices pinned the lost one: they would refuse this master,
+/// so the start is refused with what to do.
+pub fn load_for_start(
+    data_dir: &Path,
+    first_start: bool,
+    enrolled: usize,
+) -> Result<Secrets, CredentialsError> {
+    let key_path = secrets_dir(data_dir).join(MASTER_KEY_FILE);
+    if !first_start && enrolled > 0 && !key_path.exists() {
+        return Err(CredentialsError::MasterKeyLost {
+            path: key_path,
+            enrolled,
+            data_dir: data_dir.to_path_buf(),
+        });
+    }
+    create_missing(data_dir, !first_start)
+}
+
+fn create_missing(data_dir: &Path, warn: bool) -> Result<Secrets, CredentialsError> {
+    crate::store::files::private_dir(data_dir)?;
     let dir = secrets_dir(data_dir);
     fs::create_dir_all(&dir).map_err(io_error(&dir))?;
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io_error(&dir))?;
+    let created = |path: &Path| {
+        if warn {
+            log::warn!("{} was missing: created a new one", path.display());
+        }
+    };
     for (file, kind) in [(JOIN_FILE, TokenKind::Join), (ADMIN_FILE, TokenKind::Admin)] {
         let path = dir.join(file);
         if !path.exists() {
             let token = Token::from_bytes(kind, random_bytes()?);
             write_private(&path, &token.reveal())?;
+            created(&path);
         }
     }
     let key_path = dir.join(MASTER_KEY_FILE);
@@ -86,6 +140,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<Secrets, CredentialsError> {
             &key_path,
             &KeyPair::from_seed(random_bytes()?).reveal_seed(),
         )?;
+        created(&key_path);
     }
     load(data_dir)
 }

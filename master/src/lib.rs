@@ -103,15 +103,6 @@ impl Config {
 /// Why the master could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
-    /// The data directory could not be created.
-    #[error("cannot create data directory {path}: {source}")]
-    DataDir {
-        /// The directory.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
     /// The database could not be opened or read.
     #[error(transparent)]
     Store(#[from] store::StoreError),
@@ -164,17 +155,66 @@ impl Shutdown {
     }
 }
 
+/// The data directory as a start found it: see [`open`].
+pub struct Opened {
+    /// The open database.
+    pub store: store::Store,
+    /// Whether this is a first start: the database was missing and has
+    /// been created. An empty or unreadable one is an error instead.
+    pub first_start: bool,
+    /// The secrets, when authentication is on.
+    pub secrets: Option<core::Secrets>,
+}
+
+/// Opens the data directory as a start does: makes it and the database
+/// private (0700, 0600; see `docs/security.md`), opens the database
+/// (creating it when it is missing, a first start) and reads the secrets
+/// (creating missing ones, see [`credentials::load_for_start`]) when
+/// `auth_required`. The binary calls it before it listens, so the commands
+/// it prints work, and [`run`] calls it again.
+pub fn open(
+    data_dir: &std::path::Path,
+    synchronous: Synchronous,
+    auth_required: bool,
+) -> Result<Opened, MasterError> {
+    let store = store::Store::open(data_dir, synchronous)?;
+    let first_start = store.created();
+    let secrets = if auth_required {
+        let enrolled = if first_start {
+            0
+        } else {
+            store
+                .load_device_keys()?
+                .iter()
+                .filter(|key| key.public_key.is_some() && key.revoked_unix_ms.is_none())
+                .count()
+        };
+        Some(credentials::load_for_start(
+            data_dir,
+            first_start,
+            enrolled,
+        )?)
+    } else {
+        None
+    };
+    Ok(Opened {
+        store,
+        first_start,
+        secrets,
+    })
+}
+
 /// Runs the master on `listener` until `shutdown` is triggered.
 pub fn run(
     listener: std::net::TcpListener,
     config: Config,
     shutdown: Shutdown,
 ) -> Result<(), MasterError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| MasterError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
-    let store = store::Store::open(&config.data_dir, config.synchronous)?;
+    let Opened { store, secrets, .. } = open(
+        &config.data_dir,
+        config.synchronous,
+        config.core.auth.required,
+    )?;
     let (devices, tasks) = store.load()?;
     let device_keys = store.load_device_keys()?;
     // Records set aside now (each logged as it was moved) or at an earlier
@@ -207,8 +247,8 @@ pub fn run(
     let mut core = Core::new(core_config, devices, tasks, now);
     core.restore_device_keys(device_keys);
     core.set_quarantined(quarantined.len() as u64);
-    let watch = if config.core.auth.required {
-        core.set_secrets(credentials::load_or_create(&config.data_dir)?);
+    let watch = if let Some(secrets) = secrets {
+        core.set_secrets(secrets);
         credentials::Watch::new(&config.data_dir)
     } else {
         log::warn!("authentication is off: anyone who reaches this port can run tasks");

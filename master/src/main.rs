@@ -22,8 +22,9 @@ struct Args {
     #[arg(long, env = "RETIRE_LISTEN")]
     listen: Option<SocketAddr>,
 
-    /// Directory for the database (created if missing).
-    #[arg(long, env = "RETIRE_DATA_DIR")]
+    /// Directory for the database (created if missing, 0700). Also accepted
+    /// after `token ACTION`.
+    #[arg(long, env = "RETIRE_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
 
     /// Development mode: listen on 127.0.0.1:8080, keep data in ./.retire-dev,
@@ -269,7 +270,8 @@ fn real_main() -> Result<()> {
         (None, false) => PathBuf::from("/var/lib/retire-cluster"),
     };
     if args.check {
-        let store = master::store::Store::open(&data_dir, Synchronous::Normal)
+        // Never creates a database: a missing one is an error here.
+        let store = master::store::Store::open_existing(&data_dir, Synchronous::Normal)
             .with_context(|| format!("opening the database in {}", data_dir.display()))?;
         let verdict = store.integrity_check().context("running integrity_check")?;
         if verdict.is_ok() {
@@ -350,19 +352,14 @@ fn real_main() -> Result<()> {
         max_total_output: args.max_total_output.max(1024 * 1024),
         synchronous,
     };
-    // The secrets exist before the master listens, so the commands printed
-    // below already work.
-    let first_start = !master::credentials::secrets_dir(&data_dir).exists();
-    let secrets = if config.core.auth.required {
-        std::fs::create_dir_all(&data_dir)
-            .with_context(|| format!("creating {}", data_dir.display()))?;
-        Some(
-            master::credentials::load_or_create(&data_dir)
-                .with_context(|| format!("the tokens in {}", data_dir.display()))?,
-        )
-    } else {
-        None
-    };
+    // The database and the secrets exist before the master listens, so the
+    // commands printed below already work. A first start is a missing
+    // database (an empty or unreadable one stops here with an error).
+    let opened = master::open(&data_dir, synchronous, config.core.auth.required)
+        .with_context(|| format!("the data in {}", data_dir.display()))?;
+    // `master::run` opens the database again.
+    drop(opened.store);
+    let (first_start, secrets) = (opened.first_start, opened.secrets);
     let listener =
         TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let bound = listener.local_addr().context("reading the bound address")?;

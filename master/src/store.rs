@@ -6,12 +6,13 @@
 //! for that batch can go out.
 
 mod checkpoint;
+pub mod files;
 
 use crate::core::records::{Batch, DeviceKeyRecord, DeviceRecord, StoreOp, TaskRecord};
 use checkpoint::{Checkpointer, WalAction};
 use crossbeam_channel::{Receiver, Sender};
 use rusqlite::types::ValueRef;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -80,6 +81,10 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// The data directory or the database file cannot be used (see
+    /// [`files`]).
+    #[error(transparent)]
+    Files(#[from] files::FilesError),
     /// The database was written by a newer version.
     #[error("database {path} has schema version {found}; this master understands up to {SCHEMA_VERSION}")]
     TooNew {
@@ -94,17 +99,46 @@ pub enum StoreError {
 pub struct Store {
     connection: Connection,
     path: PathBuf,
+    created: bool,
 }
 
 impl Store {
-    /// Opens (creating if needed) the database in `data_dir`.
+    /// Opens the database in `data_dir`, creating the directory (0700) and
+    /// the database (0600) if they are missing: a first start. An existing
+    /// database must be a readable SQLite file (see [`files::prepare`]).
     pub fn open(data_dir: &Path, synchronous: Synchronous) -> Result<Store, StoreError> {
+        Store::open_with(data_dir, synchronous, files::Create::IfMissing)
+    }
+
+    /// Opens the database in `data_dir`, which must exist (`--check`).
+    pub fn open_existing(data_dir: &Path, synchronous: Synchronous) -> Result<Store, StoreError> {
+        Store::open_with(data_dir, synchronous, files::Create::Never)
+    }
+
+    /// Whether this open created the database (a first start).
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    fn open_with(
+        data_dir: &Path,
+        synchronous: Synchronous,
+        create: files::Create,
+    ) -> Result<Store, StoreError> {
+        let created = files::prepare(data_dir, DB_FILE, create)?;
         let path = data_dir.join(DB_FILE);
         let wrap = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
         };
-        let connection = Connection::open(&path).map_err(wrap)?;
+        // Without `CREATE`: the file exists now (`files::prepare`), and
+        // should it vanish, SQLite must not make a new one with the umask's
+        // mode.
+        let connection = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(wrap)?;
         connection
             .pragma_update(None, "journal_mode", "WAL")
             .map_err(wrap)?;
@@ -158,7 +192,11 @@ impl Store {
         connection
             .pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(wrap)?;
-        Ok(Store { connection, path })
+        Ok(Store {
+            connection,
+            path,
+            created,
+        })
     }
 
     fn sqlite(&self, source: rusqlite::Error) -> StoreError {

@@ -1,5 +1,9 @@
 //! Integration tests of the master library: `master::run` on
-//! `127.0.0.1:0` in a thread, spoken to over real sockets.
+//! `127.0.0.1:0` in a thread, spoken to over real sockets, and the
+//! `retire-master` binary where the files on disk are the subject.
+
+#[path = "master/files.rs"]
+mod files;
 
 use master::core::AuthPolicy;
 use master::{Config, Shutdown};

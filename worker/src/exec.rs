@@ -22,6 +22,7 @@ use std::path::Path;
 use std::process::{Child, ExitStatus, Stdio};
 
 use crate::orphans::{self, SpawnGuard};
+use crate::running::Ledger;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -207,6 +208,16 @@ pub enum ExecError {
         #[source]
         source: io::Error,
     },
+    /// The run could not be recorded in the state dir (see [`crate::running`]), so it
+    /// was not started.
+    #[error("could not record the run of `{program}` in the state dir: {source}")]
+    Record {
+        /// The program that was to be started.
+        program: String,
+        /// Why the record could not be written.
+        #[source]
+        source: io::Error,
+    },
     /// A helper thread could not be started (the process is out of threads or memory).
     /// The command, if it had started, has been killed.
     #[error("could not start a helper thread for `{program}`: {source}")]
@@ -252,7 +263,7 @@ pub fn run(
             command
         }
     };
-    run_configured(command, Stdio::null(), limits, cancel)
+    run_configured(command, Stdio::null(), limits, cancel, None)
 }
 
 /// Runs an already configured [`std::process::Command`] the way [`run`] does.
@@ -266,11 +277,16 @@ pub fn run(
 ///
 /// The run's processes get [`MARKER_ENV`] set to a value unique to the run, so that one
 /// that leaves the process group is still recognised as this run's.
+///
+/// With a `ledger`, the run is recorded in the worker's state dir from before the spawn
+/// until its group is dead, so that a later start of the worker kills it if this one
+/// dies first (see [`crate::running`]).
 pub fn run_configured(
     mut command: std::process::Command,
     stdin: Stdio,
     limits: &ExecLimits,
     cancel: &CancelToken,
+    ledger: Option<&Ledger>,
 ) -> Result<ExecOutcome, ExecError> {
     let program = command.get_program().to_string_lossy().into_owned();
     let started = Instant::now();
@@ -293,6 +309,17 @@ pub fn run_configured(
     orphans::become_subreaper();
     let marker = new_marker();
     command.env(MARKER_ENV, &marker);
+    // Before the spawn, so no process of the run exists without its record. Dropped
+    // (removing the record) at the end of this function, after the group is killed.
+    let mut record = match ledger.map(|ledger| ledger.begin(&marker)).transpose() {
+        Ok(record) => record.flatten(),
+        Err(source) => {
+            return Err(ExecError::Record {
+                program: program.clone(),
+                source,
+            })
+        }
+    };
 
     command
         .stdin(stdin)
@@ -311,6 +338,9 @@ pub fn run_configured(
     })?;
     let process_group = ProcessGroup::of(&child);
     guard.register(process_group.id, Some(marker));
+    if let Some(record) = &mut record {
+        record.started(process_group.id);
+    }
 
     // From here on, every early return must kill the group and reap the child, or it
     // would be left running (and later as a zombie) with nobody watching it.
@@ -378,11 +408,15 @@ pub fn run_configured(
 /// The name of the environment variable that tags a sandboxed run's processes.
 pub const MARKER_ENV: &str = orphans::MARKER_ENV;
 
-/// A marker no other run of this process uses: the pid and a sequence number.
+/// A marker no other run uses: the pid, a random number drawn once per process (so a
+/// later process with the same pid, a restarted worker say, never repeats an earlier
+/// one's markers; the `running` records rely on that) and a sequence number.
 fn new_marker() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let seq = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("{}-{seq}", std::process::id())
+    let process = PROCESS.get_or_init(|| fastrand::u64(..));
+    format!("{}-{process:016x}-{seq}", std::process::id())
 }
 
 /// What the kernel accounted for a reaped child.

@@ -56,6 +56,7 @@ mod orphans;
 pub mod outbox;
 pub mod pool;
 pub mod profile;
+pub mod running;
 pub mod sandbox;
 pub mod scrub;
 pub mod session;
@@ -260,6 +261,15 @@ pub enum WorkerError {
     /// The state dir could not be used (see [`outbox::OutboxError`]).
     #[error("could not open the outbox: {0}")]
     Outbox(#[from] outbox::OutboxError),
+    /// The records of running tasks could not be read or cleared (see [`running`]).
+    #[error("{path}: {source}")]
+    Running {
+        /// The records' folder.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The worker's credential could not be read or created.
     #[error("credential: {0}")]
     Identity(#[from] identity::IdentityError),
@@ -295,7 +305,7 @@ pub fn run_with(
     stop: StopHandle,
 ) -> Result<(), WorkerError> {
     config.validate()?;
-    let executor = Arc::new(Executor::new(execution, handlers.map)?);
+    let mut executor = Executor::new(execution, handlers.map)?;
     let state_dir = match config.state_dir.clone() {
         Some(dir) => dir,
         None => outbox::default_state_dir().ok_or(WorkerError::NoStateDir)?,
@@ -307,6 +317,26 @@ pub fn run_with(
         .unwrap_or_else(|| profile::default_device_id(&device_profile));
     check_device_id(&device_id)?;
     let outbox = outbox::Outbox::open(&state_dir, &device_id)?;
+    // After the outbox, whose lock keeps other workers off this device's records; before
+    // the worker registers, so the master's new runs of the tasks it left never overlap
+    // the old ones.
+    let device_dir = state_dir.join(&device_id);
+    let (ledger, leftovers) =
+        running::Ledger::open(&device_dir).map_err(|source| WorkerError::Running {
+            path: device_dir.join(running::RUNNING_DIR),
+            source,
+        })?;
+    if leftovers.records > 0 {
+        log::info!(
+            "the last run of this worker left {} task run(s) recorded: killed {} process \
+             group(s) and {} other process(es) still running",
+            leftovers.records,
+            leftovers.groups_killed,
+            leftovers.processes_killed
+        );
+    }
+    executor.record_runs_in(Arc::new(ledger));
+    let executor = Arc::new(executor);
     let credentials = identity::load(&state_dir, &device_id, config.token.clone())?;
     let session_config = session::SessionConfig {
         device_id,

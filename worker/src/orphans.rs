@@ -196,31 +196,43 @@ fn reap(pid: libc::pid_t) {
     }
 }
 
-/// One line of `/proc/PID/stat`, the parts the sweep needs.
+/// One line of `/proc/PID/stat`, the parts the sweep and the `running` records need.
 #[derive(Debug)]
-struct ProcStat {
-    pid: libc::pid_t,
-    command: String,
-    state: char,
-    ppid: libc::pid_t,
-    pgid: libc::pid_t,
+pub(crate) struct ProcStat {
+    pub(crate) pid: libc::pid_t,
+    pub(crate) command: String,
+    pub(crate) state: char,
+    pub(crate) ppid: libc::pid_t,
+    pub(crate) pgid: libc::pid_t,
+    /// When the process started, in clock ticks since boot (field 22); with the boot
+    /// id it tells a process from a later one that reused its pid.
+    pub(crate) start_time: Option<u64>,
 }
+
+/// The position of `starttime` (field 22) among the fields after the command name,
+/// which start at field 3 (`state`).
+const START_TIME_AFTER_COMMAND: usize = 22 - 3;
 
 /// Parses `/proc/PID/stat`. The command name is in parentheses and may itself contain
 /// spaces and parentheses, so the fields after it are found from the last `)`.
-fn parse_stat(text: &str) -> Option<ProcStat> {
+pub(crate) fn parse_stat(text: &str) -> Option<ProcStat> {
     let (head, rest) = text.rsplit_once(')')?;
     let (pid, command) = head.split_once(" (")?;
     let mut fields = rest.split_whitespace();
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
     let pgid = fields.next()?.parse().ok()?;
+    // Three fields are read: `state`, `ppid` and `pgid`.
+    let start_time = fields
+        .nth(START_TIME_AFTER_COMMAND - 3)
+        .and_then(|field| field.parse().ok());
     Some(ProcStat {
         pid: pid.trim().parse().ok()?,
         command: command.to_string(),
         state,
         ppid,
         pgid,
+        start_time,
     })
 }
 
@@ -245,7 +257,7 @@ fn children_of(parent: libc::pid_t) -> Vec<ProcStat> {
 }
 
 /// The sandbox marker in a process's environment, if it can be read.
-fn marker_of(pid: libc::pid_t) -> Option<String> {
+pub(crate) fn marker_of(pid: libc::pid_t) -> Option<String> {
     let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
     let prefix = format!("{MARKER_ENV}=");
     environ
@@ -266,6 +278,9 @@ mod tests {
         assert_eq!(stat.state, 'S');
         assert_eq!(stat.ppid, 7);
         assert_eq!(stat.pgid, 42);
+        assert_eq!(stat.start_time, None);
+        let full = "7 (sh) S 1 7 7 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 2498560 221";
+        assert_eq!(parse_stat(full).expect("parses").start_time, Some(123_456));
         assert!(parse_stat("garbage").is_none());
     }
 

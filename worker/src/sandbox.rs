@@ -35,6 +35,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::exec::{self, CancelToken, ExecError, ExecLimits, ExecOutcome};
+use crate::running::Ledger;
 
 /// Environment variables passed from the worker to a task when they are set. Everything
 /// else, including every credential the worker holds, is dropped. `LC_*` variables pass
@@ -252,6 +253,9 @@ pub struct SandboxCommand {
     pub progress: Option<Box<dyn FnMut(String) + Send>>,
     /// A short name for the task directory (the task id, say).
     pub label: String,
+    /// Where the run is recorded while it runs, so that the next start of a worker
+    /// killed meanwhile kills it (see [`crate::running`]); `None` records nothing.
+    pub ledger: Option<Arc<Ledger>>,
 }
 
 impl SandboxCommand {
@@ -264,6 +268,7 @@ impl SandboxCommand {
             env: Vec::new(),
             progress: None,
             label: "task".to_string(),
+            ledger: None,
         }
     }
 }
@@ -387,6 +392,7 @@ impl Sandbox {
             env,
             progress,
             label,
+            ledger,
         } = command;
         let task_dir = TaskDir::create(&self.config.work_dir, &label, self.switch_user)?;
         let stdin = match stdin {
@@ -443,7 +449,8 @@ impl Sandbox {
             timeout: limits.timeout,
             max_output_bytes: limits.max_output_bytes,
         };
-        let outcome = exec::run_configured(std_command, stdin, &exec_limits, cancel)?;
+        let outcome =
+            exec::run_configured(std_command, stdin, &exec_limits, cancel, ledger.as_deref())?;
         if let Some(done) = progress_done {
             // Every progress line goes out before the result: wait for the reader to see
             // the end of the pipe, which comes as soon as the task's processes are gone.

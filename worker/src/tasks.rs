@@ -29,6 +29,7 @@ use crate::config::ExecutionConfig;
 use crate::exec::{self, CancelToken};
 use crate::handlers::{self, Handler, Progress, TaskContext};
 use crate::profile::{self, MetricsSampler};
+use crate::running::Ledger;
 use crate::sandbox::{Sandbox, SandboxCommand, SandboxError, SandboxLimits, SandboxOutcome};
 
 /// The task types this crate implements, in the order they are advertised.
@@ -160,6 +161,8 @@ pub struct Executor {
     sandbox: Arc<Sandbox>,
     /// Every type this worker can run and is allowed to, by name.
     types: BTreeMap<String, Implementation>,
+    /// Where external runs are recorded while they run (see [`crate::running`]).
+    ledger: Option<Arc<Ledger>>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -232,6 +235,7 @@ impl Executor {
             config,
             sandbox,
             types,
+            ledger: None,
         };
         // python_eval is offered only if python3 really runs in the sandbox, as the
         // task's user, with the task's PATH.
@@ -251,6 +255,12 @@ impl Executor {
             }
         }
         Ok(executor)
+    }
+
+    /// Records every external run in `ledger` while it runs, so that the next start
+    /// of a worker killed meanwhile kills what it left running.
+    pub fn record_runs_in(&mut self, ledger: Arc<Ledger>) {
+        self.ledger = Some(ledger);
     }
 
     /// The task types this worker advertises: those it can run and its owner allows.
@@ -418,6 +428,7 @@ impl Executor {
             .task_id
             .clone()
             .unwrap_or_else(|| task.task_type.clone());
+        command.ledger = self.ledger.clone();
         match self.sandbox.run(command, limits, cancel) {
             Ok(outcome) => sandboxed_outcome(outcome, parse_json),
             Err(error) => TaskOutcome::failed(error.to_string()),

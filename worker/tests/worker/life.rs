@@ -271,3 +271,135 @@ fn a_second_sigterm_hands_the_running_task_back_at_once() {
     assert!(wait_within(worker, STEP_LIMIT).success());
     assert_eq!(outbox_results(state.path()), Vec::new());
 }
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !matches!(
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next()),
+            Some("Z") | Some("X") | None
+        )
+    })
+}
+
+/// The live processes as (pid, process group, command line), read from `/proc`.
+fn processes() -> Vec<(u32, u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some(pgid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+            .and_then(|field| field.parse().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if alive(pid) {
+            found.push((pid, pgid, String::from_utf8_lossy(&cmdline).into_owned()));
+        }
+    }
+    found
+}
+
+/// Polls `probe` until it gives a value, failing the test after [`STEP_LIMIT`]. For
+/// what shows up nowhere but in `/proc`: a task's processes starting or dying.
+fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + STEP_LIMIT;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What a failing test must not leave running: its workers and the task processes it
+/// watches (only killed when the test panics, since on success they are gone and their
+/// pids may be anyone's).
+#[derive(Default)]
+struct LeaveNothing {
+    workers: Vec<u32>,
+    tasks: Vec<u32>,
+}
+
+impl Drop for LeaveNothing {
+    fn drop(&mut self) {
+        if !thread::panicking() {
+            return;
+        }
+        for pid in self.workers.iter().chain(&self.tasks) {
+            if let Ok(pid) = libc::pid_t::try_from(*pid) {
+                // SAFETY: kill takes plain integers.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+#[test]
+fn a_task_left_running_by_kill_9_is_killed_when_the_worker_starts_again() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let state = tempfile::tempdir().expect("a temp dir");
+    let mut leave_nothing = LeaveNothing::default();
+    let token = format!(
+        "left-by-kill-9-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    );
+    let worker = start_worker(&listener, state.path(), &[]);
+    leave_nothing.workers.push(worker.id());
+    let (mut master, _) = ScriptedMaster::accept_registered(&listener);
+    master.assign_accepted(
+        "left",
+        1,
+        "shell",
+        json!({"command": format!("sleep 3600 & wait # {token}")}),
+    );
+    // The task's shell (its command line carries the token) and the sleep in its group.
+    let group: Vec<u32> = wait_for("the task's shell and its sleep run", || {
+        let all = processes();
+        let leader = all.iter().find(|(_, _, cmd)| cmd.contains(&token))?.0;
+        let members: Vec<u32> = all
+            .iter()
+            .filter(|(_, pgid, _)| *pgid == leader)
+            .map(|(pid, _, _)| *pid)
+            .collect();
+        (members.len() >= 2).then_some(members)
+    });
+    leave_nothing.tasks.extend(&group);
+
+    let mut worker = worker;
+    worker.kill().expect("kill -9 the worker");
+    wait_within(worker, STEP_LIMIT);
+    drop(master);
+    // The worker's death does not reach its task: left alone, the master would run
+    // the task again beside it.
+    for pid in &group {
+        assert!(alive(*pid), "{pid} died with the worker");
+    }
+
+    let worker = start_worker(&listener, state.path(), &[]);
+    leave_nothing.workers.push(worker.id());
+    let (mut master, _) = ScriptedMaster::accept_registered(&listener);
+    wait_for("the processes the last run left are killed", || {
+        group.iter().all(|pid| !alive(*pid)).then_some(())
+    });
+    assert_eq!(
+        std::fs::read_dir(state.path().join(DEVICE).join("running"))
+            .expect("the records' folder")
+            .count(),
+        0,
+        "the records are removed"
+    );
+    signal(&worker, libc::SIGTERM);
+    master.until_goodbye();
+    assert!(wait_within(worker, STEP_LIMIT).success());
+}
