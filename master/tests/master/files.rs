@@ -8,6 +8,7 @@ use master::Synchronous;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -275,12 +276,66 @@ fn a_file_that_is_not_a_database_is_refused() {
 
 #[test]
 fn an_unreadable_database_is_refused() {
-    // Root reads a file whatever its mode, so only another user can see
-    // this refusal; the garbage-bytes test above covers root.
-    if running_as_root() {
+    const CONTENTS: &[u8] = b"SQLite format 3\0 and more";
+    if !running_as_root() {
+        check_refused(CONTENTS, 0o000, "cannot read");
         return;
     }
-    check_refused(b"SQLite format 3\0 and more", 0o000, "cannot read");
+    // Root reads a file whatever its mode, so as root (as in CI) the data
+    // dir is handed to `nobody` and the binary runs as `nobody`, from a
+    // copy in the temp dir, since the build tree may be in root's home.
+    let root = tempfile::tempdir().expect("temp dir");
+    let data = started_once(root.path());
+    for suffix in ["-wal", "-shm"] {
+        std::fs::remove_file(companion(&data, suffix)).expect("remove a companion file");
+    }
+    let db = data.join(DB_FILE);
+    std::fs::write(&db, CONTENTS).expect("write the database");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    let binary = root.path().join("retire-master");
+    std::fs::copy(MASTER, &binary).expect("copy the binary");
+    for entry in walk(root.path()) {
+        std::os::unix::fs::chown(&entry, Some(NOBODY), Some(NOBODY)).expect("chown");
+    }
+    let name = db.display().to_string();
+    for (what, args) in [
+        ("a start", vec!["--listen", "127.0.0.1:0"]),
+        ("--check", vec!["--check"]),
+    ] {
+        let output = Command::new(&binary)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run retire-master as nobody");
+        let text = said(&output);
+        assert!(!output.status.success(), "{what} succeeded: {text}");
+        assert!(
+            text.contains(&name) && text.contains("cannot read"),
+            "{what} did not name {name} with \"cannot read\": {text}"
+        );
+    }
+    assert_eq!(std::fs::read(&db).expect("root reads it back"), CONTENTS);
+}
+
+/// The user and group id of `nobody` on Debian.
+const NOBODY: u32 = 65534;
+
+/// `dir` and everything under it.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut paths = vec![dir.to_path_buf()];
+    let mut index = 0;
+    while index < paths.len() {
+        if paths[index].is_dir() {
+            let entries = std::fs::read_dir(&paths[index]).expect("read a dir");
+            paths.extend(entries.map(|entry| entry.expect("a dir entry").path()));
+        }
+        index += 1;
+    }
+    paths
 }
 
 #[test]
