@@ -68,19 +68,6 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
-    /// A stored record could not be read back.
-    #[error("database {path}: corrupt {what} record {id}: {source}")]
-    Corrupt {
-        /// The database file.
-        path: PathBuf,
-        /// `task`, `device` or `device key`.
-        what: &'static str,
-        /// The record's id.
-        id: String,
-        /// Why it could not be decoded.
-        #[source]
-        source: serde_json::Error,
-    },
     /// The data directory or the database file cannot be used (see
     /// [`files`]).
     #[error(transparent)]
@@ -221,29 +208,20 @@ impl Store {
 
     /// Reads the devices' credential records back.
     ///
-    /// These are never quarantined: setting one aside would forget a
-    /// revocation, so an unreadable one stops the master instead. They
-    /// hold no free-form value a peer chose.
+    /// An unreadable one is quarantined like any other record, but it fails
+    /// closed: forgetting it could forget a revocation (a revoked device
+    /// could enroll again), so its row is replaced by a revoked record for
+    /// the same id in the same transaction. The device is cut off until the
+    /// operator looks at the quarantine; a row whose id is not even text is
+    /// only set aside, since no device can authenticate under it.
     pub fn load_device_keys(&self) -> Result<Vec<DeviceKeyRecord>, StoreError> {
-        let mut statement = self
-            .connection
-            .prepare("SELECT device_id, record FROM device_keys")
-            .map_err(|e| self.sqlite(e))?;
-        let rows = statement
-            .query_map([], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-            })
-            .map_err(|e| self.sqlite(e))?;
-        let mut records = Vec::new();
-        for row in rows {
-            let (id, json) = row.map_err(|e| self.sqlite(e))?;
-            let record = serde_json::from_str(&json).map_err(|source| StoreError::Corrupt {
-                path: self.path.clone(),
-                what: "device key",
-                id,
-                source,
-            })?;
-            records.push(record);
+        let (mut records, bad) = self.read_records::<DeviceKeyRecord>(DEVICE_KEYS)?;
+        if !bad.is_empty() {
+            let now_ms = self.quarantine(DEVICE_KEYS, &bad)?;
+            records.extend(
+                bad.iter()
+                    .filter_map(|(_, row)| revoked_in_place_of(row, now_ms)),
+            );
         }
         Ok(records)
     }
@@ -281,7 +259,7 @@ impl Store {
             };
             let (id, record) = (text(0)?, text(1)?);
             let rowid: i64 = row.get(2).map_err(|e| self.sqlite(e))?;
-            let id_text = id.clone().unwrap_or_else(|| "(not text)".into());
+            let id_text = id.clone().unwrap_or_else(|| NOT_TEXT.into());
             let outcome = match (&id, &record) {
                 (None, _) => Err("its id is not text".to_string()),
                 (_, None) => Err("its record is not text".to_string()),
@@ -304,8 +282,10 @@ impl Store {
     }
 
     /// Moves `bad` rows of `table` into `quarantine`, in one transaction,
-    /// and logs each.
-    fn quarantine(&self, table: &Table, bad: &[BadRow]) -> Result<(), StoreError> {
+    /// and logs each; a credential row is replaced by a revoked record
+    /// rather than deleted (see [`Store::load_device_keys`]). Returns the
+    /// time it recorded.
+    fn quarantine(&self, table: &Table, bad: &[BadRow]) -> Result<i64, StoreError> {
         let wrap = |source| StoreError::Sqlite {
             path: self.path.clone(),
             source,
@@ -324,18 +304,38 @@ impl Store {
                 )
                 .map_err(wrap)?;
             // By rowid: the row's key may not even be text.
-            transaction
-                .execute(table.delete, params![rowid])
-                .map_err(wrap)?;
+            match (table.revoke_in_place, revoked_in_place_of(row, now_ms)) {
+                (true, Some(revoked)) => {
+                    // A struct of strings and numbers always encodes.
+                    let json = serde_json::to_string(&revoked).unwrap_or_default();
+                    transaction
+                        .execute(
+                            "UPDATE device_keys SET record = ?2 WHERE rowid = ?1",
+                            params![rowid, json],
+                        )
+                        .map_err(wrap)?;
+                }
+                _ => {
+                    transaction
+                        .execute(table.delete, params![rowid])
+                        .map_err(wrap)?;
+                }
+            }
             log::warn!(
-                "quarantined {} record {}: {} (kept in the quarantine table of {})",
+                "quarantined {} record {}: {} (kept in the quarantine table of {}){}",
                 table.what,
                 row.id,
                 row.reason,
-                self.path.display()
+                self.path.display(),
+                if table.revoke_in_place {
+                    "; the device is treated as revoked"
+                } else {
+                    ""
+                }
             );
         }
-        transaction.commit().map_err(wrap)
+        transaction.commit().map_err(wrap)?;
+        Ok(now_ms)
     }
 
     /// Every record set aside so far (the `quarantine` table), oldest
@@ -375,9 +375,15 @@ impl Store {
     /// It changes nothing.
     pub fn unreadable_records(&self) -> Result<Vec<Quarantined>, StoreError> {
         let mut found = self.quarantined()?;
+        let keys = self.read_records::<DeviceKeyRecord>(DEVICE_KEYS)?.1;
         let devices = self.read_records::<DeviceRecord>(DEVICES)?.1;
         let tasks = self.read_records::<TaskRecord>(TASKS)?.1;
-        found.extend(devices.into_iter().chain(tasks).map(|(_, row)| row));
+        found.extend(
+            keys.into_iter()
+                .chain(devices)
+                .chain(tasks)
+                .map(|(_, row)| row),
+        );
         Ok(found)
     }
 
@@ -487,6 +493,9 @@ pub struct Quarantined {
 /// text) and what is reported about it.
 type BadRow = (i64, Quarantined);
 
+/// What a quarantined row's id reads as when the stored key is not text.
+const NOT_TEXT: &str = "(not text)";
+
 /// Where records that cannot be read back are kept, so that nothing is
 /// lost and the operator can look at them.
 const QUARANTINE_TABLE: &str = "CREATE TABLE IF NOT EXISTS quarantine (
@@ -503,6 +512,9 @@ struct Table {
     what: &'static str,
     select: &'static str,
     delete: &'static str,
+    /// Whether an unreadable row is replaced by a revoked credential for its
+    /// id instead of being deleted (fail closed).
+    revoke_in_place: bool,
 }
 
 const DEVICES: &Table = &Table {
@@ -510,13 +522,35 @@ const DEVICES: &Table = &Table {
     what: "device",
     select: "SELECT device_id, record, rowid FROM devices",
     delete: "DELETE FROM devices WHERE rowid = ?1",
+    revoke_in_place: false,
 };
+
+const DEVICE_KEYS: &Table = &Table {
+    name: "device_keys",
+    what: "device key",
+    select: "SELECT device_id, record, rowid FROM device_keys",
+    delete: "DELETE FROM device_keys WHERE rowid = ?1",
+    revoke_in_place: true,
+};
+
+/// The record that stands in for an unreadable credential: the same id,
+/// no key, revoked at `now_ms`. `None` when the row's id is not text.
+fn revoked_in_place_of(row: &Quarantined, now_ms: i64) -> Option<DeviceKeyRecord> {
+    (row.id != NOT_TEXT).then(|| DeviceKeyRecord {
+        device_id: row.id.clone(),
+        public_key: None,
+        enrolled_unix_ms: 0,
+        enrolled_from: None,
+        revoked_unix_ms: Some(now_ms),
+    })
+}
 
 const TASKS: &Table = &Table {
     name: "tasks",
     what: "task",
     select: "SELECT task_id, record, rowid FROM tasks ORDER BY seq",
     delete: "DELETE FROM tasks WHERE rowid = ?1",
+    revoke_in_place: false,
 };
 
 /// A record the master restores at start, and what makes one unreadable.
@@ -540,6 +574,13 @@ impl Restorable for TaskRecord {
             Some(result) => protocol::limits::check_result_depth(result),
             None => Ok(()),
         }
+    }
+}
+
+impl Restorable for DeviceKeyRecord {
+    fn check_depth(&self) -> Result<(), String> {
+        // Written by the master alone: no free-form value in it.
+        Ok(())
     }
 }
 
@@ -812,5 +853,58 @@ mod tests {
         let store = Store::open(dir.path(), Synchronous::Normal).expect("open again");
         let keys = store.load_device_keys().expect("load");
         assert!(keys.contains(&new), "{keys:?}");
+    }
+
+    #[test]
+    fn an_unreadable_credential_is_quarantined_and_its_device_stays_revoked() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let good = DeviceKeyRecord {
+            device_id: "nas".into(),
+            public_key: Some("cd".into()),
+            enrolled_unix_ms: 1_800_000_000_000,
+            enrolled_from: None,
+            revoked_unix_ms: None,
+        };
+        let mut store = Store::open(dir.path(), Synchronous::Normal).expect("open");
+        store
+            .commit(&[Batch {
+                id: 1,
+                ops: vec![StoreOp::PutDeviceKey(good.clone())],
+            }])
+            .expect("write");
+        store
+            .connection
+            .execute(
+                "INSERT INTO device_keys VALUES ('pi', '{\"device_id\":\"pi\",\"revoked')",
+                [],
+            )
+            .expect("a damaged row");
+        let keys = store
+            .load_device_keys()
+            .expect("a bad credential never fails the load");
+        let pi = keys
+            .iter()
+            .find(|key| key.device_id == "pi")
+            .expect("pi is still known");
+        assert!(
+            pi.revoked_unix_ms.is_some() && pi.public_key.is_none(),
+            "{pi:?}"
+        );
+        assert!(keys.contains(&good), "{keys:?}");
+        let quarantined = store.quarantined().expect("list");
+        assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+        assert_eq!(
+            (quarantined[0].table.as_str(), quarantined[0].id.as_str()),
+            ("device_keys", "pi")
+        );
+        // The revocation stands in the table itself, so the next start
+        // reads it without quarantining anything more.
+        drop(store);
+        let store = Store::open(dir.path(), Synchronous::Normal).expect("open again");
+        let again = store.load_device_keys().expect("load again");
+        assert!(again
+            .iter()
+            .any(|key| key.device_id == "pi" && key.revoked_unix_ms.is_some()));
+        assert_eq!(store.quarantined().expect("list").len(), 1);
     }
 }
