@@ -222,7 +222,8 @@ pub fn run(
     let quarantined = store.quarantined()?;
     if !quarantined.is_empty() {
         log::warn!(
-            "{} stored records are quarantined (they could not be read back);              `retire-master --check` lists them",
+            "{} stored records are quarantined (they could not be read back); \
+             `retire-master --check` lists them",
             quarantined.len()
         );
     }

@@ -247,6 +247,15 @@ fn seconds(name: &str, value: f64) -> Result<Duration> {
     Ok(Duration::from_secs_f64(value))
 }
 
+/// Refuses a limit below the smallest the master can work with, naming the
+/// flag, rather than raising it behind the user's back.
+fn at_least(flag: &str, value: usize, minimum: usize) -> anyhow::Result<usize> {
+    if value < minimum {
+        bail!("--{flag} must be at least {minimum}, got {value}");
+    }
+    Ok(value)
+}
+
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     if let Err(err) = real_main() {
@@ -345,11 +354,11 @@ fn real_main() -> Result<()> {
     let config = Config {
         data_dir: data_dir.clone(),
         core,
-        max_line: args.max_line.max(1024),
-        max_connections: args.max_connections.max(1),
-        pre_auth_max_line: args.pre_auth_max_line.max(256),
-        max_pending_output: args.max_pending_output.max(64 * 1024),
-        max_total_output: args.max_total_output.max(1024 * 1024),
+        max_line: at_least("max-line", args.max_line, 1024)?,
+        max_connections: at_least("max-connections", args.max_connections, 1)?,
+        pre_auth_max_line: at_least("pre-auth-max-line", args.pre_auth_max_line, 256)?,
+        max_pending_output: at_least("max-pending-output", args.max_pending_output, 64 * 1024)?,
+        max_total_output: at_least("max-total-output", args.max_total_output, 1024 * 1024)?,
         synchronous,
     };
     // The database and the secrets exist before the master listens, so the
