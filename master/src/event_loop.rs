@@ -198,6 +198,9 @@ pub(crate) struct EventLoop {
     /// Accepting failed; retry at this time.
     accept_retry_at: Option<Instant>,
     outputs: Vec<Output>,
+    /// The event being fanned out and its line, encoded once for its first
+    /// subscriber and kept until its last (see [`EventLoop::event_line`]).
+    event_line: Option<(Arc<Envelope>, Vec<u8>)>,
     /// The time of this turn, read once after `poll` returns rather than
     /// for every message.
     now: Now,
@@ -261,6 +264,7 @@ impl EventLoop {
             throttled: BTreeSet::new(),
             accept_retry_at: None,
             outputs: Vec::new(),
+            event_line: None,
             now: Now {
                 monotonic: started.elapsed(),
                 unix_ms: unix_ms(),
@@ -898,9 +902,17 @@ impl EventLoop {
                 overtake,
             } => {
                 if self.conns.get(conn).is_none_or(|c| c.closed) {
+                    drop(payload);
+                    self.forget_sent_event();
                     return;
                 }
+                // An event is unsolicited: to a peer that has not
+                // authenticated it is never the one message allowed past
+                // the cap (below), so an idle anonymous watcher holds at
+                // most its cap.
+                let event = matches!(payload, Payload::Event(_));
                 let bytes = match payload {
+                    Payload::Event(shared) => self.event_line(shared),
                     Payload::Json(mut envelope) => {
                         envelope.timestamp = Some(self.stamp());
                         envelope.to_line()
@@ -934,10 +946,11 @@ impl EventLoop {
                 // Judged as the backlog grows, not when the peer becomes
                 // writable: a peer that never reads never does. A single
                 // message larger than the cap goes to a peer that had
-                // nothing queued (a large task to a reader that reads).
-                if queued_before > 0
-                    && connection.pending_bytes() > self.limits.cap(connection.trusted)
-                {
+                // nothing queued (a large task to a reader that reads),
+                // unless it is an event to a peer that has not
+                // authenticated.
+                let exempt = queued_before == 0 && (connection.trusted || !event);
+                if !exempt && connection.pending_bytes() > self.limits.cap(connection.trusted) {
                     self.close_now(conn, "does not read its replies");
                 } else {
                     self.recount(conn);
@@ -962,6 +975,58 @@ impl EventLoop {
                     self.close_by(conn, self.now.monotonic + crate::CLOSE_GRACE);
                 }
             }
+        }
+    }
+
+    /// The line of a shared event for one of its subscribers. It is
+    /// encoded once, for the first, and copied for each of the others as
+    /// it is queued (so each copy is charged to its connection, against
+    /// its caps, before the next is made); the last one takes the line
+    /// itself. The outputs of one event are applied one after another, so
+    /// one entry is enough: a different event replaces it.
+    fn event_line(&mut self, shared: Arc<Envelope>) -> Vec<u8> {
+        if let Some((cached, line)) = &self.event_line {
+            if Arc::ptr_eq(cached, &shared) {
+                // Held by this output and the entry only: the last one.
+                if Arc::strong_count(&shared) == 2 {
+                    return self
+                        .event_line
+                        .take()
+                        .map(|(_, line)| line)
+                        .unwrap_or_default();
+                }
+                return line.clone();
+            }
+        }
+        self.event_line = None;
+        let stamp = self.stamp();
+        match Arc::try_unwrap(shared) {
+            Ok(mut envelope) => {
+                envelope.timestamp = Some(stamp);
+                envelope.to_line()
+            }
+            Err(shared) => {
+                // Stamped on a copy: the core's event is shared. One copy
+                // per event, however many subscribers.
+                let mut envelope = Envelope::clone(&shared);
+                envelope.timestamp = Some(stamp);
+                let line = envelope.to_line();
+                drop(envelope);
+                self.event_line = Some((shared, line.clone()));
+                line
+            }
+        }
+    }
+
+    /// Drops the kept event line once no output of that event is left
+    /// (its last subscribers had closed, so none took it).
+    fn forget_sent_event(&mut self) {
+        if self
+            .event_line
+            .as_ref()
+            .is_some_and(|(cached, _)| Arc::strong_count(cached) == 1)
+        {
+            self.event_line = None;
         }
     }
 

@@ -519,3 +519,96 @@ fn a_half_closed_non_reader_and_an_idle_reader_are_closed_and_a_quiet_watch_is_n
         |e| matches!(e, Event::TaskSubmitted { task_id, .. } if task_id == "after-the-quiet"),
     );
 }
+
+/// Anonymous loopback watchers that never read, and one large task that
+/// finishes: the master used to build a full copy of the `task_finished`
+/// event (payload and result) for every watcher before counting any, so
+/// 200 of them and a 900 KB payload took it to 200 MiB and held the
+/// admin's `cancel` reply for 7 s. Now strangers may hold only 64
+/// subscriptions, get the finished task without its payload and result,
+/// and the event is encoded once.
+#[test]
+fn anonymous_watchers_that_never_read_do_not_multiply_a_large_event() {
+    const WATCHERS: usize = 200;
+    let dir = setup();
+    let master = MasterProcess::start(dir.path());
+    // Two that read: an anonymous one and the admin's.
+    let mut reader = Client::connect_anonymous(master.addr).expect("connect");
+    reader
+        .request(Message::Subscribe(protocol::Subscribe::default()))
+        .expect("an anonymous loopback reader may subscribe");
+    let mut watcher = subscriber(master.addr);
+    // The attackers: subscribed (the reply read), then never read again.
+    let mut refused = 0;
+    let attackers: Vec<Client> = (1..WATCHERS)
+        .map(|_| {
+            let mut attacker = Client::connect_anonymous(master.addr).expect("connect");
+            if let Err(error) = attacker.request(Message::Subscribe(protocol::Subscribe::default()))
+            {
+                assert_eq!(error.code, protocol::ErrorCode::TooManyConnections);
+                refused += 1;
+            }
+            attacker
+        })
+        .collect();
+    let mut admin = Client::connect(master.addr);
+    let payload = json!({ "pad": "x".repeat(900_000) });
+    let ack = admin
+        .request(Message::TaskSubmit(TaskSubmit {
+            tasks: vec![TaskSpec::new("nobody-runs-this", payload.clone())],
+            batch: false,
+        }))
+        .expect("submit");
+    let task_id = ack.result["task_id"]
+        .as_str()
+        .expect("a task id")
+        .to_string();
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        let pid = master.pid();
+        std::thread::spawn(move || {
+            let mut peak = rss_kib(pid);
+            while !done.load(Ordering::SeqCst) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak.max(rss_kib(pid))
+        })
+    };
+    let started = Instant::now();
+    admin
+        .request(Message::TaskCancel(protocol::TaskCancel {
+            task_id: task_id.clone(),
+            attempt: None,
+        }))
+        .expect("cancel");
+    let took = started.elapsed();
+    // The event has been fanned out by the time the master answers the
+    // next request on the admin's connection.
+    admin.request(Message::Status).expect("status");
+    done.store(true, Ordering::SeqCst);
+    let peak = sampler.join().expect("the sampler");
+    eprintln!(
+        "{WATCHERS} anonymous watchers ({refused} refused), a 900 KB task cancelled: \
+         peak RSS {peak} KiB, cancel answered in {took:?}"
+    );
+    assert!(peak < RSS_BOUND_KIB, "peak RSS {peak} KiB");
+    assert!(took < LATENCY_BOUND, "cancel answered in {took:?}");
+    assert!(refused > 0, "strangers' subscriptions are limited");
+    // The stranger that reads learns that the task finished, without its
+    // payload and result; the admin's watcher gets them.
+    let finished = |event: &Event| matches!(event, Event::TaskFinished { .. });
+    let Event::TaskFinished { task } = reader.wait_event(finished) else {
+        unreachable!("waited for task_finished")
+    };
+    assert_eq!(task.task_id, task_id);
+    assert_eq!(task.state, protocol::TaskState::Cancelled);
+    assert_eq!(task.payload, serde_json::Value::Null);
+    let Event::TaskFinished { task } = watcher.wait_event(finished) else {
+        unreachable!("waited for task_finished")
+    };
+    assert_eq!(task.task_id, task_id);
+    assert_eq!(task.payload, payload);
+    drop(attackers);
+}
