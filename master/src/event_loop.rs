@@ -217,6 +217,12 @@ pub(crate) struct EventLoop {
     total_out: usize,
     /// The part of `total_out` queued for connections not trusted.
     untrusted_out: usize,
+    /// Open connections with a backlog, by its size, so that the largest
+    /// is found in O(log n) when a total is exceeded: events fan out to
+    /// many connections, and a scan per queued event would be quadratic.
+    by_backlog: BTreeSet<(usize, ConnId)>,
+    /// The untrusted part of `by_backlog`.
+    untrusted_by_backlog: BTreeSet<(usize, ConnId)>,
     /// Connections the master asked to close, by the time they close at
     /// the latest.
     closing: BTreeSet<(Duration, ConnId)>,
@@ -274,6 +280,8 @@ impl EventLoop {
             credentials,
             total_out: 0,
             untrusted_out: 0,
+            by_backlog: BTreeSet::new(),
+            untrusted_by_backlog: BTreeSet::new(),
             closing: BTreeSet::new(),
             idle_checks: BTreeSet::new(),
             pending_cursor: 0,
@@ -522,8 +530,16 @@ impl EventLoop {
         };
         let before = std::mem::replace(&mut connection.counted, now);
         self.total_out = self.total_out - before + now;
+        self.by_backlog.remove(&(before, conn));
+        if now > 0 {
+            self.by_backlog.insert((now, conn));
+        }
         if !connection.trusted {
             self.untrusted_out = self.untrusted_out - before + now;
+            self.untrusted_by_backlog.remove(&(before, conn));
+            if now > 0 {
+                self.untrusted_by_backlog.insert((now, conn));
+            }
         }
     }
 
@@ -551,13 +567,20 @@ impl EventLoop {
     }
 
     /// The open connection with the largest backlog, among all of them or
-    /// only the untrusted ones. A scan: it only runs past a total limit.
+    /// only the untrusted ones. A connection closed since the last reap
+    /// may still be indexed with its backlog (only `close_now` recounts at
+    /// once); it is skipped, and there are few of them.
     fn largest_backlog(&self, trusted_too: bool) -> Option<ConnId> {
-        self.conns
+        let index = if trusted_too {
+            &self.by_backlog
+        } else {
+            &self.untrusted_by_backlog
+        };
+        index
             .iter()
-            .filter(|(_, c)| !c.closed && c.counted > 0 && (trusted_too || !c.trusted))
-            .max_by_key(|(_, c)| c.counted)
-            .map(|(conn, _)| conn)
+            .rev()
+            .map(|&(_, conn)| conn)
+            .find(|&conn| self.conns.get(conn).is_some_and(|c| !c.closed))
     }
 
     fn accept(&mut self) {
@@ -963,6 +986,8 @@ impl EventLoop {
                     if !connection.trusted {
                         connection.trusted = true;
                         self.untrusted_out -= connection.counted;
+                        self.untrusted_by_backlog
+                            .remove(&(connection.counted, conn));
                     }
                 }
             }
@@ -1170,8 +1195,11 @@ impl EventLoop {
             let mut connection = self.conns.remove(conn);
             let _ = self.poll.registry().deregister(&mut connection.stream);
             self.total_out -= connection.counted;
+            self.by_backlog.remove(&(connection.counted, conn));
             if !connection.trusted {
                 self.untrusted_out -= connection.counted;
+                self.untrusted_by_backlog
+                    .remove(&(connection.counted, conn));
             }
             self.freed += connection.out.capacity()
                 + connection.held_bytes
