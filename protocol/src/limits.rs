@@ -40,6 +40,56 @@ use serde_json::{Map, Value};
 /// deeper than any real payload or result.
 pub const MAX_VALUE_DEPTH: usize = 64;
 
+/// The most a device's registration may hold, as the master stores it
+/// (the `register` message's `data` without `sender_id`, encoded as
+/// JSON): its profile, capabilities, tags, task types and unknown fields.
+/// A `register` over it is refused with `invalid_message`.
+///
+/// Why a cap. Devices are kept for good (so that a revocation sticks), and
+/// a registration is stored, held in memory and shown by `device_status`;
+/// without a cap, a holder of the join token could enroll many ids with a
+/// line-sized (1 MiB) profile each. What our worker sends is a few KiB at
+/// most (host, OS, CPU, memory, one entry per file system and one name per
+/// network interface: a host with 100 container interfaces and 20 file
+/// systems sends about 6 KiB), so 16 KiB leaves room to grow.
+pub const MAX_PROFILE_BYTES: usize = 16 * 1024;
+
+/// The length of `value` encoded as compact JSON, counted without building
+/// the string (a value read from one line costs no more to count than that
+/// line did). A value that cannot be encoded counts as `usize::MAX`, so it
+/// is over every limit.
+pub fn json_len<T: serde::Serialize + ?Sized>(value: &T) -> usize {
+    /// A writer that only counts.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+/// Checks that a registration, as stored, is at most
+/// [`MAX_PROFILE_BYTES`]; the error gives its size and the limit.
+pub fn check_profile_size(profile: &Value) -> Result<(), String> {
+    let size = json_len(profile);
+    if size > MAX_PROFILE_BYTES {
+        Err(format!(
+            "the registration is {size} bytes as JSON; the limit is {MAX_PROFILE_BYTES} (MAX_PROFILE_BYTES): send fewer or shorter capabilities, tags or extra fields"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// How deep `value` nests, counting containers (a scalar is 0 deep, `[]`
 /// is 1, `[[1]]` is 2). It stops counting at `MAX_VALUE_DEPTH + 1`, so a
 /// hostile value costs no more than a legal one to check. It walks the
