@@ -122,6 +122,19 @@ fn a_registration_over_the_cap_is_refused_with_a_reason_and_stores_nothing() {
         assert!(!sim.core.devices.contains_key(id), "{id} is not registered");
         assert!(!sim.db.devices.contains_key(id), "{id} is not stored");
     }
+    // What a busy worker still runs when it reconnects does not count: it
+    // is bounded by its slots, and it must always be able to come back.
+    let mut busy = register(1024);
+    busy.running_tasks = (0..1024)
+        .map(|n| protocol::RunningTask {
+            task_id: format!("{n:0>120}"),
+            attempt: 1,
+        })
+        .collect();
+    assert!(json_len(&crate::core::records::profile_value(&busy)) > 8 * MAX_PROFILE_BYTES);
+    let conn = sim.connect();
+    let reply = sim.request_as(conn, Some("busy"), Message::Register(busy));
+    assert_eq!(reply.field("success"), json!(true));
 }
 
 /// The attack: a holder of the join token enrolls many ids, each with as
