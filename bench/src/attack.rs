@@ -10,6 +10,10 @@
 //!   bursts of `tasks\n` as fast as the master takes them (reading the
 //!   replies); meanwhile another client times `status` and a worker's
 //!   round trip (submit -> `task_finished`).
+//! - `watch`: W anonymous loopback connections (default flags) subscribe
+//!   to every event and never read again; the admin submits a task with
+//!   a 900 KB payload and cancels it, and the `cancel` is timed while the
+//!   `task_finished` event fans out. The peak is the master's `VmHWM`.
 //!
 //! For `help` and `list` the master's RSS is sampled every 200 ms; the
 //! master is killed if it passes [`RSS_KILL_KIB`], so the run never takes
@@ -53,7 +57,9 @@ pub enum Phase {
     List,
     /// A listing flood while others are timed.
     Flood,
-    /// All three in turn.
+    /// Non-reading anonymous watchers and one large task finishing.
+    Watch,
+    /// All four in turn.
     All,
 }
 
@@ -74,6 +80,8 @@ pub struct Params {
     pub flood_tasks: usize,
     /// Connections that flood listings.
     pub flooders: usize,
+    /// Anonymous watchers of the `watch` attack.
+    pub watchers: usize,
     /// How long RSS is given to fall after the attackers close.
     pub after_close: Duration,
 }
@@ -94,6 +102,9 @@ pub fn run(params: &Params) -> Result<Report> {
     }
     if matches!(params.phase, Phase::Flood | Phase::All) {
         flood(params, &mut report)?;
+    }
+    if matches!(params.phase, Phase::Watch | Phase::All) {
+        watch(params, &mut report)?;
     }
     Ok(report)
 }
@@ -459,5 +470,100 @@ fn flood(params: &Params, report: &mut Report) -> Result<()> {
         "flood: master CPU, whole run",
         format!("{:.1} s", cpu.cpu_secs),
     );
+    Ok(())
+}
+
+/// The payload of the task whose `task_finished` the `watch` attack fans
+/// out (the 900 KB).
+const WATCH_PAYLOAD: usize = 900 * 1000;
+
+/// An anonymous loopback connection that subscribes to every event, reads
+/// the reply, and never reads again; with whether the master accepted the
+/// subscription (the connection is kept all the same).
+fn idle_watcher(addr: SocketAddr) -> Result<(TcpStream, bool)> {
+    let mut stream = TcpStream::connect(addr)?;
+    shrink_receive_buffer(&stream);
+    stream.set_read_timeout(Some(REQUEST_PATIENCE))?;
+    stream.write_all(b"{\"message_type\":\"subscribe\",\"data\":{}}\n")?;
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while reply.last() != Some(&b'\n') {
+        if stream.read(&mut byte)? == 0 {
+            bail!("the master closed a watcher before answering");
+        }
+        reply.push(byte[0]);
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(&reply).context("a subscribe reply that is not JSON")?;
+    Ok((stream, value["message_type"] == "ack"))
+}
+
+fn watch(params: &Params, report: &mut Report) -> Result<()> {
+    let dir = tempfile::tempdir().context("a temp dir")?;
+    let master = start_authenticated(dir.path(), &[])?;
+    let pid = master.pid();
+    let before = ProcSample::of(pid)?;
+    let mut watchers = Vec::with_capacity(params.watchers);
+    let mut subscribed = 0;
+    for _ in 0..params.watchers {
+        let (stream, accepted) = idle_watcher(master.addr)?;
+        subscribed += usize::from(accepted);
+        watchers.push(stream);
+    }
+    let mut admin = admin(master.addr, dir.path())?;
+    admin.writer()?.set_read_timeout(Some(REQUEST_PATIENCE))?;
+    let mut spec = TaskSpec::new(
+        "nobody-runs-this",
+        json!({ "pad": "x".repeat(WATCH_PAYLOAD) }),
+    );
+    spec.task_id = Some("large".to_string());
+    admin.request(
+        "submit",
+        Message::TaskSubmit(TaskSubmit {
+            tasks: vec![spec],
+            batch: false,
+        }),
+    )?;
+    let started = Instant::now();
+    let cancelled = admin
+        .request(
+            "cancel",
+            Message::TaskCancel(protocol::TaskCancel {
+                task_id: "large".to_string(),
+                attempt: None,
+            }),
+        )
+        .map(|_| started.elapsed());
+    // The fan-out is over once the next request on the admin's connection
+    // is answered.
+    let status = timed_status(&mut admin, "after");
+    let after = ProcSample::of(pid)?;
+    drop(watchers);
+    report.note(format!(
+        "watch: {} anonymous loopback watchers that never read, a {} KB task cancelled",
+        params.watchers,
+        WATCH_PAYLOAD / 1000
+    ));
+    report.info(
+        "watch: subscriptions accepted",
+        format!("{subscribed} of {}", params.watchers),
+    );
+    report.info("watch: RSS before", mib(before.rss_kib));
+    report.info("watch: peak RSS", mib(after.peak_rss_kib));
+    let ms = |d: &Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
+    match &cancelled {
+        Ok(took) => report.info("watch: admin's cancel answered in", ms(took)),
+        Err(err) => report.info("watch: admin's cancel", format!("failed: {err}")),
+    }
+    if let Some(took) = &status {
+        report.info("watch: the next status answered in", ms(took));
+        report.set("watch_status_ms", round(took.as_secs_f64() * 1e3, 1));
+    }
+    report.set("watch_subscribed", subscribed);
+    report.set("watch_before_rss_kib", before.rss_kib);
+    report.set("watch_peak_rss_kib", after.peak_rss_kib);
+    if let Ok(took) = cancelled {
+        report.set("watch_cancel_ms", round(took.as_secs_f64() * 1e3, 1));
+    }
     Ok(())
 }

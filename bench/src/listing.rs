@@ -91,6 +91,7 @@ fn written(core: &mut Core, now: Now, outputs: &mut Vec<Output>) -> usize {
             bytes += match payload {
                 Payload::Json(envelope) => black_box(envelope.to_line()).len(),
                 Payload::Text(text) => black_box(text).len(),
+                Payload::Event(shared) => black_box(shared.to_line()).len(),
                 Payload::HeartbeatAck(_) => 0,
             };
         }

@@ -173,6 +173,9 @@ struct AttackArgs {
     /// Connections flooding listings [default: 1].
     #[arg(long)]
     flooders: Option<usize>,
+    /// Non-reading anonymous watchers of the `watch` attack [default: 300; smoke: 20].
+    #[arg(long)]
+    watchers: Option<usize>,
     /// Seconds RSS is given to fall after the attackers close [default: 3; smoke: 0.2].
     #[arg(long)]
     after_close: Option<f64>,
@@ -264,6 +267,7 @@ fn attack(args: &AttackArgs, smoke: bool) -> Result<report::Report> {
         list_tasks: pick(args.list_tasks, smoke, 20, 1000),
         flood_tasks: pick(args.flood_tasks, smoke, 50, 10_000),
         flooders: args.flooders.unwrap_or(1),
+        watchers: pick(args.watchers, smoke, 20, 300),
         after_close: secs(pick(args.after_close, smoke, 0.2, 3.0)),
     })
 }

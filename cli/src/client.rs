@@ -356,7 +356,13 @@ impl Client {
             while let Some(event) = self.next_event(Some(slice_end))? {
                 match event {
                     Event::TaskFinished { task } if task.task_id == task_id => {
-                        return Ok(Some(*task))
+                        // A connection that has not authenticated is sent
+                        // the task without its payload and result (see
+                        // docs/protocol.md, `task_finished`): ask for them.
+                        if task.payload.is_null() && task.result.is_none() {
+                            return self.task_status(task_id).map(Some);
+                        }
+                        return Ok(Some(*task));
                     }
                     Event::TaskProgress(progress) if progress.task_id == task_id => {
                         on_progress(&progress)

@@ -82,6 +82,12 @@ pub struct LoopLimits {
     /// [`LoopLimits::max_total_output`] for the peers that have not
     /// authenticated, together.
     pub untrusted_max_total_output: usize,
+    /// How long a half-closed connection has to take its last replies
+    /// ([`crate::DEFAULT_DRAIN_TIMEOUT`]).
+    pub drain_timeout: Duration,
+    /// How long an anonymous reader may go without a request and without
+    /// taking any of its replies ([`crate::DEFAULT_READER_IDLE_TIMEOUT`]).
+    pub reader_idle_timeout: Duration,
 }
 
 impl LoopLimits {
@@ -102,10 +108,13 @@ struct Work {
 }
 
 impl Work {
-    fn new() -> Work {
+    /// A connection's own budget for this turn, cut short at `by` when the
+    /// turn's shared budget ends sooner.
+    fn until(by: Option<Instant>) -> Work {
+        let own = Instant::now() + crate::WORK_TIME_PER_TURN;
         Work {
             frames: crate::WORK_FRAMES_PER_TURN,
-            until: Instant::now() + crate::WORK_TIME_PER_TURN,
+            until: by.map_or(own, |by| by.min(own)),
         }
     }
 
@@ -124,10 +133,16 @@ struct Connection {
     /// The peer has authenticated: its limits are the configured ones, not
     /// the smaller ones for strangers.
     trusted: bool,
-    /// The backlog last added to the loop's totals.
+    /// The backlog and held input last added to the loop's totals.
     counted: usize,
-    /// The master asked to close it: by then it is closed, flushed or not.
+    /// The master asked to close it (or its peer half-closed): by then it
+    /// is closed, flushed or not.
     close_at: Option<Duration>,
+    /// When it last sent a request or took some of its replies.
+    active_at: Duration,
+    /// When the loop next checks whether it is an idle reader (its key in
+    /// `EventLoop::idle_checks`); none once it has authenticated.
+    idle_check: Option<Duration>,
     /// Messages waiting for a batch to commit, in order, each with the
     /// batch it waits for (0: none, but queued behind one that does).
     held: VecDeque<(u64, Vec<u8>)>,
@@ -148,6 +163,13 @@ struct Connection {
 impl Connection {
     fn pending_bytes(&self) -> usize {
         self.held_bytes + self.out.len() - self.written
+    }
+
+    /// Input the master holds for it: a partial line and a read that its
+    /// budget cut short. Counted in the totals, not against its own cap
+    /// (only replies are: backpressure on input would never let it drain).
+    fn input_bytes(&self) -> usize {
+        self.codec.buffered() + self.unread.len()
     }
 }
 
@@ -176,6 +198,9 @@ pub(crate) struct EventLoop {
     /// Accepting failed; retry at this time.
     accept_retry_at: Option<Instant>,
     outputs: Vec<Output>,
+    /// The event being fanned out and its line, encoded once for its first
+    /// subscriber and kept until its last (see [`EventLoop::event_line`]).
+    event_line: Option<(Arc<Envelope>, Vec<u8>)>,
     /// The time of this turn, read once after `poll` returns rather than
     /// for every message.
     now: Now,
@@ -195,6 +220,14 @@ pub(crate) struct EventLoop {
     /// Connections the master asked to close, by the time they close at
     /// the latest.
     closing: BTreeSet<(Duration, ConnId)>,
+    /// Connections not authenticated, by when the loop next checks
+    /// whether they are idle readers.
+    idle_checks: BTreeSet<(Duration, ConnId)>,
+    /// The connection in its handshake served last, so the next turn's
+    /// share of [`crate::PENDING_WORK_PER_TURN`] starts after it.
+    pending_cursor: ConnId,
+    /// The reader served last, likewise.
+    reader_cursor: ConnId,
     /// Bytes of connection buffers freed since the allocator was last
     /// asked to give memory back.
     freed: usize,
@@ -231,6 +264,7 @@ impl EventLoop {
             throttled: BTreeSet::new(),
             accept_retry_at: None,
             outputs: Vec::new(),
+            event_line: None,
             now: Now {
                 monotonic: started.elapsed(),
                 unix_ms: unix_ms(),
@@ -241,6 +275,9 @@ impl EventLoop {
             total_out: 0,
             untrusted_out: 0,
             closing: BTreeSet::new(),
+            idle_checks: BTreeSet::new(),
+            pending_cursor: 0,
+            reader_cursor: 0,
             freed: 0,
             trimmed_at: None,
         })
@@ -283,7 +320,11 @@ impl EventLoop {
                 let wait = at.saturating_duration_since(Instant::now());
                 timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
             }
-            if let Some(&(at, _)) = self.closing.first() {
+            for at in [self.closing.first(), self.idle_checks.first()]
+                .into_iter()
+                .flatten()
+                .map(|&(at, _)| at)
+            {
                 let wait = at.saturating_sub(self.started.elapsed()) + Duration::from_millis(1);
                 timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
             }
@@ -325,9 +366,8 @@ impl EventLoop {
                 self.accept();
             }
             self.close_overdue();
-            for conn in std::mem::take(&mut self.readable) {
-                self.read(conn, &mut read_buf);
-            }
+            self.close_idle();
+            self.read_turn(&mut read_buf);
             self.collect_commits();
             let now = self.now;
             if self
@@ -395,6 +435,56 @@ impl EventLoop {
         }
     }
 
+    /// Closes the anonymous readers that sent no request and took none of
+    /// their replies for `reader_idle_timeout`. A subscriber with nothing
+    /// queued is waiting for events, not idle.
+    fn close_idle(&mut self) {
+        let now = self.now.monotonic;
+        let timeout = self.limits.reader_idle_timeout;
+        while let Some(&(at, conn)) = self.idle_checks.first() {
+            if at > now {
+                break;
+            }
+            self.idle_checks.pop_first();
+            let Some(connection) = self.conns.get_mut(conn) else {
+                continue;
+            };
+            connection.idle_check = None;
+            if connection.closed || connection.trusted {
+                continue;
+            }
+            let reader = self.core.is_reader(conn);
+            let waiting = self.core.is_subscribed(conn) && connection.pending_bytes() == 0;
+            let next = if !reader || waiting {
+                // In its handshake (its authentication deadline closes
+                // it), or a quiet subscriber: look again later.
+                now + timeout
+            } else if connection.active_at + timeout <= now {
+                self.close_now(conn, "was idle for longer than the reader idle timeout");
+                continue;
+            } else {
+                connection.active_at + timeout
+            };
+            connection.idle_check = Some(next);
+            self.idle_checks.insert((next, conn));
+        }
+    }
+
+    /// Makes `conn` close by `at` at the latest (an earlier deadline it
+    /// already has stays).
+    fn close_by(&mut self, conn: ConnId, at: Duration) {
+        let Some(connection) = self.conns.get_mut(conn) else {
+            return;
+        };
+        if connection.closed || connection.close_at.is_some_and(|old| old <= at) {
+            return;
+        }
+        if let Some(old) = connection.close_at.replace(at) {
+            self.closing.remove(&(old, conn));
+        }
+        self.closing.insert((at, conn));
+    }
+
     /// Closes `conn` at once, dropping whatever it had queued, and takes
     /// its backlog off the totals.
     fn close_now(&mut self, conn: ConnId, why: &str) {
@@ -428,7 +518,7 @@ impl EventLoop {
         let now = if connection.closed {
             0
         } else {
-            connection.pending_bytes()
+            connection.pending_bytes() + connection.input_bytes()
         };
         let before = std::mem::replace(&mut connection.counted, now);
         self.total_out = self.total_out - before + now;
@@ -515,6 +605,8 @@ impl EventLoop {
                         trusted: false,
                         counted: 0,
                         close_at: None,
+                        active_at: self.now.monotonic,
+                        idle_check: None,
                         held: VecDeque::new(),
                         held_bytes: 0,
                         out: Vec::new(),
@@ -528,10 +620,14 @@ impl EventLoop {
                     let now = self.now;
                     self.core
                         .handle_connect(now, conn, Some(peer.ip().to_string()), nonce);
-                    if self.core.is_trusted(conn) {
-                        if let Some(connection) = self.conns.get_mut(conn) {
+                    if let Some(connection) = self.conns.get_mut(conn) {
+                        if self.core.is_trusted(conn) {
                             connection.codec.set_max_line(self.limits.max_line);
                             connection.trusted = true;
+                        } else {
+                            let at = self.now.monotonic + self.limits.reader_idle_timeout;
+                            connection.idle_check = Some(at);
+                            self.idle_checks.insert((at, conn));
                         }
                     }
                     log::debug!("connection {conn} from {peer}");
@@ -551,19 +647,97 @@ impl EventLoop {
         }
     }
 
+    /// Reads the connections that have something to read, as far as this
+    /// turn's budgets allow. Authenticated ones (workers, admins) first,
+    /// each with its own [`Work`]; then those that have not authenticated,
+    /// which share [`crate::UNTRUSTED_WORK_PER_TURN`] in all: those in
+    /// their handshake (at most `--max-unauthenticated`) get the first
+    /// [`crate::PENDING_WORK_PER_TURN`] of it, readers the rest. Each group
+    /// is served round-robin from after the one served last, so every
+    /// connection progresses whatever their number; those the budget did
+    /// not reach stay in `readable` for the next turn.
+    fn read_turn(&mut self, buf: &mut [u8]) {
+        let mut pending = Vec::new();
+        let mut readers = Vec::new();
+        let mut served_trusted = false;
+        for conn in std::mem::take(&mut self.readable) {
+            match self.conns.get(conn) {
+                None => {}
+                Some(connection) if connection.trusted => {
+                    self.read(conn, buf, Work::until(None));
+                    served_trusted = true;
+                }
+                Some(_) if self.core.is_reader(conn) => readers.push(conn),
+                Some(_) => pending.push(conn),
+            }
+        }
+        if pending.is_empty() && readers.is_empty() {
+            return;
+        }
+        if served_trusted {
+            // The authenticated peers' replies (and the changes they made)
+            // go out now, not after the strangers' share of the turn.
+            self.collect_commits();
+            self.settle();
+        }
+        let started = Instant::now();
+        self.pending_cursor = self.read_shared(
+            &pending,
+            self.pending_cursor,
+            started + crate::PENDING_WORK_PER_TURN,
+            buf,
+        );
+        self.reader_cursor = self.read_shared(
+            &readers,
+            self.reader_cursor,
+            started + crate::UNTRUSTED_WORK_PER_TURN,
+            buf,
+        );
+    }
+
+    /// Reads `conns` (in ascending order) round-robin from the first one
+    /// after `cursor`, until `until`; returns the last one served, where
+    /// the next turn goes on from.
+    fn read_shared(
+        &mut self,
+        conns: &[ConnId],
+        cursor: ConnId,
+        until: Instant,
+        buf: &mut [u8],
+    ) -> ConnId {
+        let first = conns.partition_point(|&conn| conn <= cursor);
+        let mut last = cursor;
+        for &conn in conns[first..].iter().chain(&conns[..first]) {
+            if Instant::now() >= until {
+                self.readable.insert(conn);
+                continue;
+            }
+            self.read(conn, buf, Work::until(Some(until)));
+            last = conn;
+        }
+        last
+    }
+
     /// Reads `conn` and hands its requests to the core, one at a time,
     /// while its budgets allow: at most `READ_BUDGET` bytes and
-    /// [`Work`] (requests and time) per turn, and only while its backlog
+    /// `work` (requests and time) per turn, and only while its backlog
     /// is at most half its cap, counting the replies each request has just
     /// produced. What is left waits in `unread` (the socket is not read
     /// again until it is used up) and the connection goes to `readable`
     /// (the next turn comes back to it) or `throttled` (a write that
     /// drains its backlog does).
-    fn read(&mut self, conn: ConnId, buf: &mut [u8]) {
-        let mut work = Work::new();
+    fn read(&mut self, conn: ConnId, buf: &mut [u8], mut work: Work) {
+        self.read_budgeted(conn, buf, &mut work);
+        // What it left unread counts in the totals too.
+        self.recount(conn);
+        self.enforce_totals();
+    }
+
+    /// [`EventLoop::read`] without the accounting.
+    fn read_budgeted(&mut self, conn: ConnId, buf: &mut [u8], work: &mut Work) {
         if self.conns.get(conn).is_some_and(|c| !c.unread.is_empty()) {
             let unread = std::mem::take(&mut self.conns[conn].unread);
-            let used = self.serve(conn, &unread, &mut work);
+            let used = self.serve(conn, &unread, work);
             if used < unread.len() {
                 self.keep_unread(conn, &unread[used..]);
                 return;
@@ -597,11 +771,13 @@ impl EventLoop {
                 Ok(0) => {
                     // The peer half-closed: it may still read. Answer what
                     // it sent, including an unterminated last line and the
-                    // replies held for a commit, then close.
+                    // replies held for a commit, then close, by the drain
+                    // deadline at the latest (it may never read them).
                     let mut frames = Vec::new();
                     connection.codec.finish(&mut frames);
                     connection.close_when_flushed = true;
                     self.dirty.insert(conn);
+                    self.close_by(conn, self.now.monotonic + self.limits.drain_timeout);
                     for frame in frames {
                         self.feed(conn, frame);
                     }
@@ -616,7 +792,7 @@ impl EventLoop {
                     // hang-up the poller already reported raises none, so
                     // then the loop reads on to the end of the stream.
                     let drained = n < chunk && !connection.hung_up;
-                    let used = self.serve(conn, &buf[..n], &mut work);
+                    let used = self.serve(conn, &buf[..n], work);
                     if used < n {
                         self.keep_unread(conn, &buf[used..n]);
                         return;
@@ -694,6 +870,9 @@ impl EventLoop {
     /// next request.
     fn feed(&mut self, conn: ConnId, frame: Frame) {
         let now = self.now;
+        if let Some(connection) = self.conns.get_mut(conn) {
+            connection.active_at = now.monotonic;
+        }
         match frame {
             Frame::Json(bytes) => match Envelope::decode(&bytes) {
                 Ok(envelope) => self.core.handle_message(now, conn, envelope),
@@ -723,9 +902,17 @@ impl EventLoop {
                 overtake,
             } => {
                 if self.conns.get(conn).is_none_or(|c| c.closed) {
+                    drop(payload);
+                    self.forget_sent_event();
                     return;
                 }
+                // An event is unsolicited: to a peer that has not
+                // authenticated it is never the one message allowed past
+                // the cap (below), so an idle anonymous watcher holds at
+                // most its cap.
+                let event = matches!(payload, Payload::Event(_));
                 let bytes = match payload {
+                    Payload::Event(shared) => self.event_line(shared),
                     Payload::Json(mut envelope) => {
                         envelope.timestamp = Some(self.stamp());
                         envelope.to_line()
@@ -759,10 +946,11 @@ impl EventLoop {
                 // Judged as the backlog grows, not when the peer becomes
                 // writable: a peer that never reads never does. A single
                 // message larger than the cap goes to a peer that had
-                // nothing queued (a large task to a reader that reads).
-                if queued_before > 0
-                    && connection.pending_bytes() > self.limits.cap(connection.trusted)
-                {
+                // nothing queued (a large task to a reader that reads),
+                // unless it is an event to a peer that has not
+                // authenticated.
+                let exempt = queued_before == 0 && (connection.trusted || !event);
+                if !exempt && connection.pending_bytes() > self.limits.cap(connection.trusted) {
                     self.close_now(conn, "does not read its replies");
                 } else {
                     self.recount(conn);
@@ -783,14 +971,62 @@ impl EventLoop {
                     connection.close_when_flushed = true;
                     // Nothing more of what it sent is answered.
                     connection.unread = Vec::new();
-                    if connection.close_at.is_none() && !connection.closed {
-                        let at = self.now.monotonic + crate::CLOSE_GRACE;
-                        connection.close_at = Some(at);
-                        self.closing.insert((at, conn));
-                    }
                     self.dirty.insert(conn);
+                    self.close_by(conn, self.now.monotonic + crate::CLOSE_GRACE);
                 }
             }
+        }
+    }
+
+    /// The line of a shared event for one of its subscribers. It is
+    /// encoded once, for the first, and copied for each of the others as
+    /// it is queued (so each copy is charged to its connection, against
+    /// its caps, before the next is made); the last one takes the line
+    /// itself. The outputs of one event are applied one after another, so
+    /// one entry is enough: a different event replaces it.
+    fn event_line(&mut self, shared: Arc<Envelope>) -> Vec<u8> {
+        if let Some((cached, line)) = &self.event_line {
+            if Arc::ptr_eq(cached, &shared) {
+                // Held by this output and the entry only: the last one.
+                if Arc::strong_count(&shared) == 2 {
+                    return self
+                        .event_line
+                        .take()
+                        .map(|(_, line)| line)
+                        .unwrap_or_default();
+                }
+                return line.clone();
+            }
+        }
+        self.event_line = None;
+        let stamp = self.stamp();
+        match Arc::try_unwrap(shared) {
+            Ok(mut envelope) => {
+                envelope.timestamp = Some(stamp);
+                envelope.to_line()
+            }
+            Err(shared) => {
+                // Stamped on a copy: the core's event is shared. One copy
+                // per event, however many subscribers.
+                let mut envelope = Envelope::clone(&shared);
+                envelope.timestamp = Some(stamp);
+                let line = envelope.to_line();
+                drop(envelope);
+                self.event_line = Some((shared, line.clone()));
+                line
+            }
+        }
+    }
+
+    /// Drops the kept event line once no output of that event is left
+    /// (its last subscribers had closed, so none took it).
+    fn forget_sent_event(&mut self) {
+        if self
+            .event_line
+            .as_ref()
+            .is_some_and(|(cached, _)| Arc::strong_count(cached) == 1)
+        {
+            self.event_line = None;
         }
     }
 
@@ -846,7 +1082,10 @@ impl EventLoop {
                         connection.closed = true;
                         break;
                     }
-                    Ok(n) => connection.written += n,
+                    Ok(n) => {
+                        connection.written += n;
+                        connection.active_at = self.now.monotonic;
+                    }
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                     Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                     Err(err) => {
@@ -940,6 +1179,9 @@ impl EventLoop {
                 + connection.codec.buffered();
             if let Some(at) = connection.close_at {
                 self.closing.remove(&(at, conn));
+            }
+            if let Some(at) = connection.idle_check {
+                self.idle_checks.remove(&(at, conn));
             }
             log::debug!("connection {conn} from {:?} closed", connection.peer);
             self.holding.remove(&conn);

@@ -57,6 +57,36 @@ pub const WORK_FRAMES_PER_TURN: usize = 64;
 /// Time spent on one connection's requests per loop turn: 2 ms (a request
 /// that has started always finishes; the next one waits for the next turn).
 pub const WORK_TIME_PER_TURN: std::time::Duration = std::time::Duration::from_millis(2);
+/// Time spent on the requests of all connections that have not
+/// authenticated (in their handshake, or anonymous readers), together, per
+/// loop turn: 4 ms. They share it round-robin, each turn starting after
+/// the last one served, so every one of them progresses however many
+/// there are; connections that authenticated are served before them, each
+/// with its own [`WORK_FRAMES_PER_TURN`] and [`WORK_TIME_PER_TURN`]. A
+/// request that has started always finishes, so a turn gives strangers at
+/// most this plus one request of each kind (a handshake step, a listing
+/// page).
+pub const UNTRUSTED_WORK_PER_TURN: std::time::Duration = std::time::Duration::from_millis(4);
+/// The part of [`UNTRUSTED_WORK_PER_TURN`] that connections in their
+/// handshake get first: 2 ms. A worker that reconnects is one of them, so
+/// it never waits behind every anonymous reader (there may be thousands);
+/// readers get the rest, at least 2 ms, so a handshake flood cannot starve
+/// them either.
+pub const PENDING_WORK_PER_TURN: std::time::Duration = std::time::Duration::from_millis(2);
+/// Default time a connection whose peer half-closed (shut down its
+/// sending side) has to take the replies still queued for it: 30 s. After
+/// it the connection is closed whether or not they were written, so a
+/// peer that half-closes and never reads cannot keep up to its cap
+/// (64 MiB with a token) queued for good. One-shot tools (`nc -N`) read
+/// their replies at once.
+pub const DEFAULT_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Default time an anonymous reader may stay without sending a request
+/// and without taking any of its replies: 10 minutes. A quiet `retire
+/// watch` (subscribed, with nothing queued) is never idle, whatever the
+/// time; a subscriber that stops reading its events is. Long enough for a
+/// person at a netcat prompt; short enough that connections a local user
+/// opens and forgets do not pile up towards `--max-connections`.
+pub const DEFAULT_READER_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 /// How long a connection the master closes (a deadline passed, a refusal,
 /// a missed heartbeat) may take to receive its last reply: 1 s. After it
 /// the connection is closed whether or not that reply was sent.
@@ -82,6 +112,11 @@ pub struct Config {
     pub max_total_output: usize,
     /// SQLite's `synchronous` setting.
     pub synchronous: Synchronous,
+    /// How long a half-closed connection has to take its last replies.
+    pub drain_timeout: std::time::Duration,
+    /// How long an anonymous reader may stay idle (see
+    /// [`DEFAULT_READER_IDLE_TIMEOUT`]).
+    pub reader_idle_timeout: std::time::Duration,
 }
 
 impl Config {
@@ -96,6 +131,8 @@ impl Config {
             max_pending_output: DEFAULT_MAX_PENDING_OUTPUT,
             max_total_output: DEFAULT_MAX_TOTAL_OUTPUT,
             synchronous: Synchronous::default(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            reader_idle_timeout: DEFAULT_READER_IDLE_TIMEOUT,
         }
     }
 }
@@ -271,6 +308,8 @@ pub fn run(
             .min(config.max_pending_output)
             .max(1),
         untrusted_max_total_output: UNTRUSTED_MAX_TOTAL_OUTPUT.min(config.max_total_output),
+        drain_timeout: config.drain_timeout,
+        reader_idle_timeout: config.reader_idle_timeout,
     };
     let event_loop = EventLoop::new(
         poll,

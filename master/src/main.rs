@@ -125,6 +125,17 @@ struct Args {
     #[arg(long, env = "RETIRE_MAX_TOTAL_OUTPUT", default_value_t = master::DEFAULT_MAX_TOTAL_OUTPUT)]
     max_total_output: usize,
 
+    /// Seconds a connection whose peer half-closed has to take the replies
+    /// still queued for it; then it is closed.
+    #[arg(long, env = "RETIRE_DRAIN_TIMEOUT", default_value_t = master::DEFAULT_DRAIN_TIMEOUT.as_secs_f64())]
+    drain_timeout: f64,
+
+    /// Seconds an anonymous reader may go without a request and without
+    /// taking any of its replies before it is closed. A subscriber with
+    /// nothing waiting (a quiet `retire watch`) is never idle.
+    #[arg(long, env = "RETIRE_READER_IDLE_TIMEOUT", default_value_t = master::DEFAULT_READER_IDLE_TIMEOUT.as_secs_f64())]
+    reader_idle_timeout: f64,
+
     /// Manage the tokens instead of running the master.
     #[command(subcommand)]
     command: Option<Subcommand>,
@@ -360,6 +371,8 @@ fn real_main() -> Result<()> {
         max_pending_output: at_least("max-pending-output", args.max_pending_output, 64 * 1024)?,
         max_total_output: at_least("max-total-output", args.max_total_output, 1024 * 1024)?,
         synchronous,
+        drain_timeout: seconds("drain-timeout", args.drain_timeout)?,
+        reader_idle_timeout: seconds("reader-idle-timeout", args.reader_idle_timeout)?,
     };
     // The database and the secrets exist before the master listens, so the
     // commands printed below already work. A first start is a missing

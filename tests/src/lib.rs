@@ -549,6 +549,12 @@ impl Client {
         })
     }
 
+    /// The connection's socket, for tests that read, write or shut it
+    /// down themselves.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
     /// Sends raw bytes.
     pub fn send_raw(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("write to the master");

@@ -413,10 +413,16 @@ pub const MARKER_ENV: &str = orphans::MARKER_ENV;
 /// one's markers; the `running` records rely on that) and a sequence number.
 fn new_marker() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let seq = NEXT.fetch_add(1, Ordering::Relaxed);
-    let process = PROCESS.get_or_init(|| fastrand::u64(..));
-    format!("{}-{process:016x}-{seq}", std::process::id())
+    format!("{}{seq}", marker_prefix())
+}
+
+/// What every marker this process hands out starts with: its pid and a random number
+/// drawn once, so that neither a later worker that gets the same pid nor anything else
+/// that sets the variable makes markers the sweep would take for this worker's own.
+pub(crate) fn marker_prefix() -> &'static str {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PREFIX.get_or_init(|| format!("{}-{:016x}-", std::process::id(), fastrand::u64(..)))
 }
 
 /// What the kernel accounted for a reaped child.

@@ -10,7 +10,8 @@
 //!
 //! A child of the worker that the worker did not start itself is a task's orphan when
 //! its process group is the group of a task that just ended, or when its environment
-//! carries [`MARKER_ENV`] with the marker of a task that is no longer running. Children
+//! carries [`MARKER_ENV`] with a marker this worker process handed out to a task that
+//! is no longer running. Children
 //! with neither (a program embedding the worker may start its own) are never touched.
 //! What remains possible is documented in `docs/sandbox.md`: a process that both leaves
 //! the group and rewrites its environment survives until the worker stops.
@@ -151,10 +152,13 @@ fn sweep_locked(registry: &Registry) -> usize {
                 continue;
             }
             let marker = marker_of(child.pid);
+            // Only markers this process handed out: a child that carries another
+            // (a program embedding the worker, a test) is not a task's.
             let orphan = ended_groups.contains(&child.pgid)
-                || marker
-                    .as_deref()
-                    .is_some_and(|marker| !live_markers.contains(marker));
+                || marker.as_deref().is_some_and(|marker| {
+                    marker.starts_with(crate::exec::marker_prefix())
+                        && !live_markers.contains(marker)
+                });
             if !orphan {
                 continue;
             }

@@ -291,6 +291,23 @@ impl Core {
         })
     }
 
+    /// Whether `conn` is an anonymous reader: no token, from a read-only
+    /// source, and it has started reading (it has no authentication
+    /// deadline any more; the loop closes it when it is idle).
+    pub fn is_reader(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|state| state.auth.role == Role::Reader)
+    }
+
+    /// Whether `conn` is subscribed to events (a `retire watch`): with
+    /// nothing queued for it, it is waiting, not idle.
+    pub fn is_subscribed(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|state| state.subscription.is_some())
+    }
+
     /// Sets up a new connection's authentication: open when it is off,
     /// otherwise pending with a deadline, closing the connection that has
     /// waited longest when too many are pending.

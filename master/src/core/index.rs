@@ -905,6 +905,15 @@ impl Core {
             })
             .collect();
         assert_eq!(self.index.subscribers.filters(), subscribers, "subscribers");
+        let untrusted = self
+            .conns
+            .values()
+            .filter(|state| state.untrusted_subscriber)
+            .count();
+        assert_eq!(
+            self.untrusted_subscribers, untrusted,
+            "untrusted subscribers counted"
+        );
         assert_eq!(self.index.queues.keys(), self.queue, "queues by placement");
         assert_eq!(self.index.queues.len(), self.queue.len(), "queued tasks");
         let listed: BTreeMap<ListKey, TaskState> = self

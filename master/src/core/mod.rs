@@ -115,6 +115,13 @@ pub enum Payload {
     /// The `ack` to a heartbeat, which the loop writes without building
     /// its envelope (see [`HeartbeatAck`]).
     HeartbeatAck(HeartbeatAck),
+    /// An event, built once and shared by every subscriber it goes to:
+    /// a `task_finished` event carries a whole task (payload and result,
+    /// up to about 1 MiB each), so a copy per subscriber, all made before
+    /// the loop counts any, let a few hundred idle watchers make the
+    /// master hold hundreds of MiB. The loop encodes it once and charges
+    /// each connection as it queues the bytes there.
+    Event(std::sync::Arc<Envelope>),
 }
 
 /// One thing for the event loop to do.
@@ -161,6 +168,13 @@ pub const MAX_DEVICE_LIST: usize = 1000;
 /// device at once.
 pub const DEFAULT_DEVICE_LIST: usize = 500;
 
+/// The most connections that have not authenticated (anonymous readers)
+/// subscribed at once; the next one's `subscribe` is refused with
+/// `too_many_connections`. Their events are summaries (a few hundred bytes,
+/// see `Core::emit`) and their backlogs share the 32 MiB untrusted total,
+/// so this bounds the work one event costs for strangers, not memory.
+pub const MAX_UNTRUSTED_SUBSCRIBERS: usize = 64;
+
 #[derive(Debug)]
 struct Device {
     record: DeviceRecord,
@@ -204,6 +218,11 @@ struct Conn {
     peer_ip: Option<String>,
     device_id: Option<String>,
     subscription: Option<Subscribe>,
+    /// It subscribed before authenticating and counts against
+    /// [`MAX_UNTRUSTED_SUBSCRIBERS`] until it unsubscribes or leaves
+    /// (authenticating later does not give the place back early: simpler,
+    /// and only ever stricter).
+    untrusted_subscriber: bool,
     auth: auth::ConnAuth,
 }
 
@@ -252,6 +271,9 @@ pub struct Core {
     attempt_deadlines: BTreeSet<(Duration, String, u32)>,
     /// Whether the store can commit; changes are refused while it cannot.
     storage_available: bool,
+    /// Subscribed connections that had not authenticated when they
+    /// subscribed (see [`MAX_UNTRUSTED_SUBSCRIBERS`]).
+    untrusted_subscribers: usize,
     /// Stored records the store set aside at start because they could not
     /// be read back (shown by `status`).
     quarantined: u64,
@@ -304,6 +326,7 @@ impl Core {
             auth_pending: BTreeSet::new(),
             scratch: Vec::new(),
             storage_available: true,
+            untrusted_subscribers: 0,
             quarantined: 0,
             index: index::Indexes::default(),
         };
@@ -443,6 +466,9 @@ impl Core {
         if let Some(subscription) = &state.subscription {
             self.index.subscribers.remove(conn, subscription);
         }
+        if state.untrusted_subscriber {
+            self.untrusted_subscribers -= 1;
+        }
         self.auth_disconnect(conn, &state.auth);
         if let Some(device_id) = state.device_id {
             let bound_here = self
@@ -549,16 +575,7 @@ impl Core {
                 .map(|device| Reply::new(json!({ "device": device }))),
             Message::TaskCancel(cancel) => self.on_cancel(now, cancel),
             Message::DrainDevice(device) => self.on_drain(&device.device_id),
-            Message::Subscribe(subscribe) => {
-                if let Some(state) = self.conns.get_mut(&conn) {
-                    if let Some(old) = state.subscription.take() {
-                        self.index.subscribers.remove(conn, &old);
-                    }
-                    self.index.subscribers.add(conn, &subscribe);
-                    state.subscription = Some(subscribe);
-                }
-                Ok(Reply::new(json!({ "message": "subscribed" })))
-            }
+            Message::Subscribe(subscribe) => self.on_subscribe(conn, subscribe),
             Message::Ack(ack) => {
                 self.on_worker_ack(now, conn, sender, ack);
                 return;
@@ -603,6 +620,38 @@ impl Core {
                 self.send(conn, Message::Error(reply), after);
             }
         }
+    }
+
+    /// Starts (or replaces) `conn`'s subscription. A connection that has
+    /// not authenticated takes one of the [`MAX_UNTRUSTED_SUBSCRIBERS`]
+    /// places, kept until it leaves.
+    fn on_subscribe(&mut self, conn: ConnId, subscribe: Subscribe) -> Result<Reply, ReplyError> {
+        let trusted = self.is_trusted(conn);
+        let Some(state) = self.conns.get_mut(&conn) else {
+            return Err(ReplyError::new(
+                ErrorCode::InternalError,
+                "unknown connection",
+            ));
+        };
+        if !trusted && !state.untrusted_subscriber {
+            if self.untrusted_subscribers >= MAX_UNTRUSTED_SUBSCRIBERS {
+                return Err(ReplyError::new(
+                    ErrorCode::TooManyConnections,
+                    format!(
+                        "too many unauthenticated watchers ({MAX_UNTRUSTED_SUBSCRIBERS}); \
+                         authenticate or try again later"
+                    ),
+                ));
+            }
+            state.untrusted_subscriber = true;
+            self.untrusted_subscribers += 1;
+        }
+        if let Some(old) = state.subscription.take() {
+            self.index.subscribers.remove(conn, &old);
+        }
+        self.index.subscribers.add(conn, &subscribe);
+        state.subscription = Some(subscribe);
+        Ok(Reply::new(json!({ "message": "subscribed" })))
     }
 
     /// A timer fired: find workers whose heartbeats stopped.
@@ -1557,21 +1606,51 @@ impl Core {
 
     /// Streams an event to every subscriber that wants it. Events about
     /// durable changes wait for the same commit as the change.
+    ///
+    /// The event is built once and shared (see [`Payload::Event`]): its
+    /// cost here is a pointer per subscriber, and the loop charges each
+    /// connection its bytes as it queues them, against its caps. Peers that
+    /// have not authenticated (anonymous readers) get a `task_finished`
+    /// without the task's payload and result (see [`summary`]): they can
+    /// ask `task ID` for them, a request that is charged to them, and one
+    /// event then costs a few hundred bytes each.
     fn emit(&mut self, event: Event, durable: bool) {
-        let after = durable.then_some(self.last_write_batch);
         // From the index, by the event's task: the cost is the connections
         // it goes to, whatever the other subscribers follow.
         let targets = self.index.subscribers.targets(event.task_id());
-        // The last subscriber gets the event itself; only the others need
-        // a copy (a finished task's carries its payload and result).
-        let mut targets = targets.into_iter().peekable();
-        while let Some(conn) = targets.next() {
-            if targets.peek().is_some() {
-                self.send(conn, Message::Event(event.clone()), after);
-            } else {
-                self.send(conn, Message::Event(event), after);
-                break;
-            }
+        if targets.is_empty() {
+            return;
+        }
+        // Messages that reveal no state need no commit and may overtake
+        // held ones (see `send`): the storage events.
+        let reveals_nothing = matches!(event, Event::StorageFailing | Event::StorageRecovered);
+        let after_batch = if reveals_nothing || !durable {
+            None
+        } else {
+            Some(self.last_write_batch).filter(|&batch| batch > 0)
+        };
+        let envelope = |event: Event, master_id: &str| {
+            std::sync::Arc::new(Envelope::new(Message::Event(event)).from_sender(master_id))
+        };
+        // The summary is made only when someone gets it.
+        let untrusted = targets
+            .iter()
+            .any(|&conn| !self.is_trusted(conn))
+            .then(|| summary(&event))
+            .flatten()
+            .map(|event| envelope(event, &self.config.master_id));
+        let full = envelope(event, &self.config.master_id);
+        for conn in targets {
+            let shared = match &untrusted {
+                Some(summary) if !self.is_trusted(conn) => summary,
+                _ => &full,
+            };
+            self.outputs.push(Output::Send {
+                conn,
+                payload: Payload::Event(std::sync::Arc::clone(shared)),
+                after_batch,
+                overtake: reveals_nothing,
+            });
         }
     }
 
@@ -1589,6 +1668,40 @@ impl Core {
             );
         }
     }
+}
+
+/// What a peer that has not authenticated gets instead of `event`, when
+/// that differs: a `task_finished` without the task's payload and result
+/// (`payload` is `null`, `result` absent), so that anonymous watchers cost
+/// the master little per event. `None` when everyone gets `event` itself.
+fn summary(event: &Event) -> Option<Event> {
+    let Event::TaskFinished { task } = event else {
+        return None;
+    };
+    // Field by field, so the payload and result are never copied.
+    let task = protocol::TaskView {
+        task_id: task.task_id.clone(),
+        task_type: task.task_type.clone(),
+        state: task.state,
+        priority: task.priority,
+        payload: Value::Null,
+        timeout: task.timeout,
+        requirements: task.requirements.clone(),
+        attempt: task.attempt,
+        device_id: task.device_id.clone(),
+        submitted_at: task.submitted_at.clone(),
+        started_at: task.started_at.clone(),
+        finished_at: task.finished_at.clone(),
+        retry_at: task.retry_at.clone(),
+        max_retries: task.max_retries,
+        result: None,
+        exit_code: task.exit_code,
+        error: task.error.clone(),
+        execution_time: task.execution_time,
+    };
+    Some(Event::TaskFinished {
+        task: Box::new(task),
+    })
 }
 
 /// A successful reply's fields.

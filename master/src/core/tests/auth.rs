@@ -793,3 +793,79 @@ fn an_enrollment_is_an_event_and_the_device_shows_when_and_from_where() {
     let device = reply.field("device");
     assert!(device.get("enrolled_at").is_none() && device.get("enrolled_from").is_none());
 }
+
+#[test]
+fn strangers_may_hold_a_few_subscriptions_and_see_finished_tasks_without_their_data() {
+    use crate::core::MAX_UNTRUSTED_SUBSCRIBERS;
+    let mut sim = secured();
+    let subscribe = || Message::Subscribe(protocol::Subscribe::default());
+    let watcher = admin(&mut sim, "127.0.0.1");
+    sim.request(watcher, subscribe()).ack();
+    // Anonymous loopback readers, up to the limit; subscribing again keeps
+    // one's place.
+    let readers: Vec<ConnId> = (0..MAX_UNTRUSTED_SUBSCRIBERS)
+        .map(|_| {
+            let conn = sim.connect_from(Some("127.0.0.1"));
+            sim.request(conn, subscribe()).ack();
+            conn
+        })
+        .collect();
+    sim.request(readers[0], subscribe()).ack();
+    let extra = sim.connect_from(Some("127.0.0.1"));
+    assert_eq!(
+        sim.request(extra, subscribe()).code(),
+        ErrorCode::TooManyConnections
+    );
+    // An admin is not limited, and a place is given back when its reader
+    // leaves.
+    let another_admin = admin(&mut sim, "127.0.0.1");
+    sim.request(another_admin, subscribe()).ack();
+    sim.disconnect(readers[1]);
+    sim.request(extra, subscribe()).ack();
+    // A finished task: the admin's watcher gets it whole, the strangers
+    // without its payload and result.
+    let payload = json!({ "pad": "x".repeat(1000) });
+    let submitted = sim.request(
+        watcher,
+        Message::TaskSubmit(TaskSubmit {
+            tasks: vec![TaskSpec::new("nobody-runs-this", payload.clone())],
+            batch: false,
+        }),
+    );
+    let task_id = submitted
+        .field("task_id")
+        .as_str()
+        .expect("an id")
+        .to_string();
+    sim.request(
+        watcher,
+        Message::TaskCancel(protocol::TaskCancel {
+            task_id: task_id.clone(),
+            attempt: None,
+        }),
+    )
+    .ack();
+    let finished = |sim: &Sim, conn: ConnId| -> TaskView {
+        sim.events(conn)
+            .into_iter()
+            .find_map(|(event, _)| match event {
+                protocol::Event::TaskFinished { task } => Some(*task),
+                _ => None,
+            })
+            .expect("a task_finished event")
+    };
+    let whole = finished(&sim, watcher);
+    assert_eq!(
+        (whole.task_id.as_str(), &whole.payload),
+        (task_id.as_str(), &payload)
+    );
+    let summary = finished(&sim, extra);
+    assert_eq!(
+        summary,
+        TaskView {
+            payload: Value::Null,
+            result: None,
+            ..whole
+        }
+    );
+}

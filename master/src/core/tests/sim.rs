@@ -91,7 +91,7 @@ impl Delivery {
         match &self.payload {
             Payload::Json(envelope) => Some(envelope),
             // Stored as the envelope it stands for (see `drive`).
-            Payload::Text(_) | Payload::HeartbeatAck(_) => None,
+            Payload::Text(_) | Payload::HeartbeatAck(_) | Payload::Event(_) => None,
         }
     }
 }
@@ -467,6 +467,10 @@ impl Sim {
                             Payload::HeartbeatAck(ack) => {
                                 Payload::Json(ack.envelope(&self.config.master_id))
                             }
+                            // And an event as the one its subscriber gets.
+                            Payload::Event(shared) => {
+                                Payload::Json(std::sync::Arc::unwrap_or_clone(shared))
+                            }
                             other => other,
                         };
                         if let Payload::Json(envelope) = &payload {
@@ -589,7 +593,7 @@ impl Sim {
             .iter()
             .filter_map(|d| match &d.payload {
                 Payload::Text(text) => Some((text.clone(), d.after_batch)),
-                Payload::Json(_) | Payload::HeartbeatAck(_) => None,
+                Payload::Json(_) | Payload::HeartbeatAck(_) | Payload::Event(_) => None,
             })
             .collect();
         assert_eq!(texts.len(), 1, "one text reply to {line:?}");
