@@ -6,8 +6,12 @@
 //! `drain_outputs`, and each reply is encoded to the bytes the event loop
 //! would write.
 //!
+//! The device reads (`list_devices`, `text_devices`, `device_status`) run
+//! on a core with N devices connected and registered with a profile the
+//! size of our worker's, as `--devices` says.
+//!
 //! Each read is its own never-inlined function (`list_all`, `list_queued`,
-//! `text_tasks`, `status`), so that `valgrind --tool=callgrind` can count
+//! `text_tasks`, `status`, and the three above), so that `valgrind --tool=callgrind` can count
 //! the instructions of one read, setup excluded, with
 //! `--toggle-collect=bench::listing::list_all` (docs/benchmarks.md).
 
@@ -16,7 +20,7 @@ use anyhow::{bail, Result};
 use master::core::records::TaskRecord;
 use master::core::{AuthPolicy, ConnId, Core, CoreConfig, Now, Output, Payload};
 use protocol::auth::Nonce;
-use protocol::{Envelope, ListTasks, Message, TaskSpec, TaskState};
+use protocol::{Envelope, ListDevices, ListTasks, Message, Register, TaskSpec, TaskState};
 use serde_json::json;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -33,6 +37,9 @@ pub struct Params {
     pub sizes: Vec<usize>,
     /// Timed requests of each kind per size.
     pub requests: usize,
+    /// Connected device counts to measure the device reads with, smallest
+    /// first (none: skip them).
+    pub device_sizes: Vec<usize>,
 }
 
 /// The reader's connection.
@@ -127,6 +134,143 @@ fn status(core: &mut Core, now: Now, outputs: &mut Vec<Output>) -> usize {
     request(core, now, outputs, Message::Status)
 }
 
+/// `list_devices` with no filter and the default limit.
+#[inline(never)]
+fn list_devices(core: &mut Core, now: Now, outputs: &mut Vec<Output>) -> usize {
+    request(
+        core,
+        now,
+        outputs,
+        Message::ListDevices(ListDevices::default()),
+    )
+}
+
+/// The text command `devices`.
+#[inline(never)]
+fn text_devices(core: &mut Core, now: Now, outputs: &mut Vec<Output>) -> usize {
+    core.handle_text(now, CONN, "devices");
+    written(core, now, outputs)
+}
+
+/// `status` with N connected devices (its own function, so callgrind
+/// counts it apart from `status` over the task history).
+#[inline(never)]
+fn device_status(core: &mut Core, now: Now, outputs: &mut Vec<Output>) -> usize {
+    request(core, now, outputs, Message::Status)
+}
+
+/// The device reads, each measured with N connected devices.
+const DEVICE_READS: [Read; 3] = [
+    ("list_devices", list_devices),
+    ("text devices", text_devices),
+    ("status", device_status),
+];
+
+/// A registration the size of our worker's on a small server (about
+/// 1.4 KiB as stored): OS, CPU, a few file systems and interfaces.
+fn worker_register(i: usize) -> Register {
+    let mut register = Register {
+        hostname: Some(format!("host-{i}")),
+        platform: Some(if i % 4 == 0 { "android" } else { "linux" }.into()),
+        architecture: Some("aarch64".into()),
+        os_version: Some("Debian GNU/Linux 12 (bookworm)".into()),
+        kernel_version: Some("6.1.0-18-arm64".into()),
+        cpu_model: Some("Cortex-A76".into()),
+        role: Some(if i % 3 == 0 { "compute" } else { "worker" }.into()),
+        cpu_cores: Some(4),
+        memory_total_bytes: Some(8 << 30),
+        disk_total_bytes: Some(64 << 30),
+        network_interfaces: vec!["eth0".into(), "lo".into(), "wlan0".into(), "docker0".into()],
+        tags: vec!["linux".into(), "worker".into()],
+        task_types: Some(vec!["echo".into(), "shell".into(), "python_eval".into()]),
+        slots: Some(2),
+        leases: true,
+        ..Register::default()
+    };
+    let disks: Vec<_> = ["/", "/boot/firmware", "/home", "/var/lib/docker"]
+        .iter()
+        .map(|mount| {
+            json!({"mount_point": mount, "file_system": "ext4",
+                   "total_bytes": 32u64 << 30, "available_bytes": 12u64 << 30})
+        })
+        .collect();
+    register.extra.insert("disks".into(), json!(disks));
+    register
+        .extra
+        .insert("worker_version".into(), json!("0.1.0"));
+    register
+}
+
+/// One size's figures for the device reads.
+struct DeviceSize {
+    devices: usize,
+    reads: Vec<(f64, usize)>,
+}
+
+fn measure_devices(size: usize, requests: usize) -> Result<DeviceSize> {
+    let now = Now {
+        monotonic: Duration::from_secs(1),
+        unix_ms: 1_800_000_000_000,
+    };
+    let config = CoreConfig {
+        auth: AuthPolicy::off(),
+        ..CoreConfig::default()
+    };
+    let mut core = Core::new(config, Vec::new(), Vec::new(), now);
+    let mut outputs = Vec::new();
+    // Every device connected and registered, as on a busy master.
+    for i in 0..size {
+        let conn = CONN + 1 + i as ConnId;
+        core.handle_connect(now, conn, Some("192.0.2.1".into()), Nonce([0; 32]));
+        let envelope = Envelope::new(Message::Register(worker_register(i)))
+            .from_sender(format!("dev-{i:05}"))
+            .with_id("reg");
+        core.handle_message(now, conn, envelope);
+        core.drain_outputs(now, &mut outputs);
+        outputs.clear();
+        drop(core.take_batch());
+    }
+    core.handle_connect(now, CONN, Some("127.0.0.1".into()), Nonce([0; 32]));
+    written(&mut core, now, &mut outputs);
+    let reads = time_reads(
+        &mut core,
+        now,
+        &DEVICE_READS,
+        requests,
+        &format!("{size} devices"),
+    )?;
+    Ok(DeviceSize {
+        devices: size,
+        reads,
+    })
+}
+
+/// Per read kind, microseconds per request (over `requests` of them, after
+/// one untimed) and the bytes of its reply.
+fn time_reads(
+    core: &mut Core,
+    now: Now,
+    kinds: &[Read],
+    requests: usize,
+    what: &str,
+) -> Result<Vec<(f64, usize)>> {
+    let mut outputs = Vec::new();
+    let mut reads = Vec::new();
+    for (name, read) in kinds {
+        let bytes = read(core, now, &mut outputs);
+        if bytes == 0 {
+            bail!("{name} with {what} got no reply");
+        }
+        let started = Instant::now();
+        for _ in 0..requests {
+            read(core, now, &mut outputs);
+        }
+        let us = started.elapsed().as_secs_f64() * 1e6 / requests.max(1) as f64;
+        reads.push((us, bytes));
+    }
+    Ok(reads)
+}
+
 /// One read kind: its name and the function that makes one request.
 type Read = (&'static str, fn(&mut Core, Now, &mut Vec<Output>) -> usize);
 
@@ -163,19 +307,7 @@ fn measure(size: usize, requests: usize) -> Result<Size> {
     let mut outputs = Vec::new();
     written(&mut core, now, &mut outputs);
     let setup = started.elapsed();
-    let mut reads = Vec::new();
-    for (name, read) in READS {
-        let bytes = read(&mut core, now, &mut outputs);
-        if bytes == 0 {
-            bail!("{name} with {size} tasks got no reply");
-        }
-        let started = Instant::now();
-        for _ in 0..requests {
-            read(&mut core, now, &mut outputs);
-        }
-        let us = started.elapsed().as_secs_f64() * 1e6 / requests.max(1) as f64;
-        reads.push((us, bytes));
-    }
+    let reads = time_reads(&mut core, now, &READS, requests, &format!("{size} tasks"))?;
     Ok(Size {
         tasks: size,
         setup,
@@ -233,6 +365,23 @@ pub fn run(params: &Params) -> Result<Report> {
         format!("<= {TARGET_GROWTH}x"),
         growth <= TARGET_GROWTH,
     );
+    let mut json_devices = Vec::new();
+    for &size in &params.device_sizes {
+        let measured = measure_devices(size, params.requests)?;
+        let mut json_reads = serde_json::Map::new();
+        for ((name, _), (us, bytes)) in DEVICE_READS.iter().zip(&measured.reads) {
+            report.info(
+                format!("{name}, {} devices", thousands(measured.devices as f64)),
+                format!("{} us per request ({bytes} bytes)", round(*us, 1)),
+            );
+            json_reads.insert(
+                (*name).to_string(),
+                json!({ "us_per_request": round(*us, 2), "reply_bytes": bytes }),
+            );
+        }
+        json_devices.push(json!({ "devices": measured.devices, "reads": json_reads }));
+    }
+    report.set("device_sizes", json!(json_devices));
     report.set("requests", params.requests);
     report.set("sizes", json!(json_sizes));
     report.set("list_tasks_growth", round(growth, 3));

@@ -144,6 +144,10 @@ struct ListingArgs {
     /// Timed requests of each kind per size [default: 1000; smoke: 10].
     #[arg(long)]
     requests: Option<usize>,
+    /// Connected device counts for the device reads, comma-separated
+    /// [default: 100,10000; smoke: 10,100]; 0 skips them.
+    #[arg(long, value_delimiter = ',')]
+    devices: Option<Vec<usize>>,
 }
 
 #[derive(Debug, Default, Args)]
@@ -242,6 +246,15 @@ fn listing(args: &ListingArgs, smoke: bool) -> Result<report::Report> {
             vec![10_000, 200_000],
         ),
         requests: pick(args.requests, smoke, 10, 1000),
+        device_sizes: pick(
+            args.devices.clone(),
+            smoke,
+            vec![10, 100],
+            vec![100, 10_000],
+        )
+        .into_iter()
+        .filter(|&n| n > 0)
+        .collect(),
     })
 }
 

@@ -101,6 +101,14 @@ pub enum Command {
         /// Only devices with this status (online, draining, offline).
         #[arg(long, value_parser = parse_device_status)]
         status: Option<String>,
+        /// At most this many, newest registered first (default 500, at
+        /// most 1,000).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Only devices registered before this one: the next page, from the
+        /// id the previous page named (`more: retire devices --before ID`).
+        #[arg(long, value_name = "ID")]
+        before: Option<String>,
     },
     /// Show one device.
     Device {

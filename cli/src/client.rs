@@ -269,7 +269,9 @@ impl Client {
         field(&ack, "cluster_stats")
     }
 
-    /// Devices, optionally filtered by role and status.
+    /// One page of device summaries (newest registered first; the filter's
+    /// `limit` and `before` choose the page), optionally filtered by role
+    /// and status.
     pub fn list_devices(&mut self, filter: ListDevices) -> Result<Vec<DeviceView>, ClientError> {
         let ack = self.request(Message::ListDevices(filter))?;
         field(&ack, "devices")

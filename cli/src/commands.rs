@@ -301,14 +301,38 @@ fn join_counts<'a, N: std::fmt::Display + 'a>(
 
 /// `retire devices`.
 pub fn devices(client: &mut Client, filter: ListDevices, output: &mut Output) -> Result<u8, Error> {
-    let ack = client.request(Message::ListDevices(filter))?;
+    let ack = client.request(Message::ListDevices(filter.clone()))?;
     if output.json {
         output.print_result(&ack)?;
         return Ok(exit::OK);
     }
     let devices: Vec<DeviceView> = field(&ack, "devices")?;
     output.print(&device_table(&devices, output.now).render())?;
+    // Absent from older masters' replies (and on the last page).
+    if let Some(cursor) = ack.result.get("next_cursor").and_then(Value::as_str) {
+        output.note(&format!(
+            "more: {}\n",
+            next_devices_command(&filter, cursor)
+        ))?;
+    }
     Ok(exit::OK)
+}
+
+/// The `retire devices` command line that shows the page after `cursor`
+/// with the same filter and limit.
+pub fn next_devices_command(filter: &ListDevices, cursor: &str) -> String {
+    let mut command = String::from("retire devices");
+    if let Some(role) = &filter.role {
+        command.push_str(&format!(" --role {role}"));
+    }
+    if let Some(status) = &filter.status {
+        command.push_str(&format!(" --status {status}"));
+    }
+    if let Some(limit) = filter.limit {
+        command.push_str(&format!(" --limit {limit}"));
+    }
+    command.push_str(&format!(" --before {cursor}"));
+    command
 }
 
 /// Devices as a table, one row each.

@@ -116,10 +116,14 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8, Er
             action: None,
             role,
             status,
+            limit,
+            before,
         } => {
             let filter = ListDevices {
                 role: role.clone(),
                 status: status.clone(),
+                limit: *limit,
+                before: before.clone(),
             };
             commands::devices(&mut client, filter, output)
         }

@@ -387,6 +387,60 @@ fn a_master_error_surfaces_as_a_typed_error() {
     assert_eq!(out, "");
 }
 
+fn device_view(device_id: &str) -> Value {
+    json!({"device_id": device_id, "role": "worker", "status": "online", "platform": "linux",
+           "hardware": {"cpu_count": 4, "memory_total_gb": 8.0, "storage_total_gb": 64.0},
+           "slots": 2, "active_tasks": 0})
+}
+
+#[test]
+fn devices_pages_with_before_and_names_the_next_page_on_stderr() {
+    let (addr, handle) = peer(|peer| {
+        let first = peer.request();
+        assert_eq!(first["message_type"], "list_devices");
+        assert_eq!(first["data"], json!({"role": "worker", "limit": 2}));
+        peer.ack(
+            &first,
+            json!({"count": 2, "devices": [device_view("pi-9"), device_view("pi-8")],
+                   "next_cursor": "pi-8"}),
+        );
+        peer.until_closed();
+    });
+    let (result, out, err) = retire(&addr, &["devices", "--role", "worker", "--limit", "2"]);
+    handle.join().expect("the peer ran its script");
+    assert_eq!(result.expect("a listing"), 0);
+    let rows: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().expect("an id"))
+        .collect();
+    assert_eq!(rows, ["pi-9", "pi-8"], "{out}");
+    assert_eq!(
+        err,
+        "more: retire devices --role worker --limit 2 --before pi-8\n"
+    );
+
+    // The next page: `--before` is sent; the last page (or an older master,
+    // which never sends a cursor) names no next one.
+    let (addr, handle) = peer(|peer| {
+        let next = peer.request();
+        assert_eq!(
+            next["data"],
+            json!({"role": "worker", "limit": 2, "before": "pi-8"})
+        );
+        peer.ack(&next, json!({"count": 1, "devices": [device_view("pi-7")]}));
+        peer.until_closed();
+    });
+    let args = [
+        "devices", "--role", "worker", "--limit", "2", "--before", "pi-8",
+    ];
+    let (result, out, err) = retire(&addr, &args);
+    handle.join().expect("the peer ran its script");
+    assert_eq!(result.expect("a listing"), 0);
+    assert!(out.contains("pi-7"), "{out}");
+    assert_eq!(err, "");
+}
+
 #[test]
 fn tasks_pages_with_before_and_names_the_next_page_on_stderr() {
     let (addr, handle) = peer(|peer| {

@@ -29,8 +29,8 @@ pub use message::{
     TaskRef, TaskResult, TaskSubmit,
 };
 pub use types::{
-    ClusterStats, DeviceStatus, DeviceView, HardwareView, Priority, Requirements, ResourceTotals,
-    ResultStatus, TaskPage, TaskSpec, TaskState, TaskView,
+    ClusterStats, DevicePage, DeviceStatus, DeviceView, HardwareView, Priority, Requirements,
+    ResourceTotals, ResultStatus, TaskPage, TaskSpec, TaskState, TaskView,
 };
 
 /// The TCP port the master listens on by default.

@@ -40,6 +40,64 @@ use serde_json::{Map, Value};
 /// deeper than any real payload or result.
 pub const MAX_VALUE_DEPTH: usize = 64;
 
+/// The most a device's registration may hold, as the master stores it
+/// (the `register` message's `data` in the nested shape, encoded as
+/// compact JSON): its profile, capabilities, tags, task types and unknown
+/// fields. `running_tasks` is not counted: it is what a reconnecting
+/// worker still runs, bounded by its slots (at most 1,024 ids of at most
+/// 128 bytes), and a busy worker must always be able to come back. A
+/// `register` over it is refused with `invalid_message`.
+///
+/// Why a cap. Devices are kept for good (so that a revocation sticks), and
+/// a registration is stored, held in memory and shown by `device_status`;
+/// without a cap, a holder of the join token could enroll many ids with a
+/// line-sized (1 MiB) profile each. What our worker sends is under 1 KiB
+/// on an ordinary machine (host, OS, CPU, memory, one entry per file
+/// system and one name per network interface), and about 10 KiB on an
+/// extreme container host (200 interfaces, 40 file systems with 90-byte
+/// mount points; the worker's test `what_the_worker_registers_stays_far_below_the_masters_cap`),
+/// so 16 KiB leaves room while keeping what 10,000 enrolled ids can make
+/// the master hold to about 160 MiB.
+pub const MAX_PROFILE_BYTES: usize = 16 * 1024;
+
+/// The length of `value` encoded as compact JSON, counted without building
+/// the string (a value read from one line costs no more to count than that
+/// line did). A value that cannot be encoded counts as `usize::MAX`, so it
+/// is over every limit.
+pub fn json_len<T: serde::Serialize + ?Sized>(value: &T) -> usize {
+    /// A writer that only counts.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+/// Checks that a registration, as stored, is at most
+/// [`MAX_PROFILE_BYTES`] (not counting its `running_tasks`); the error
+/// gives its size and the limit.
+pub fn check_profile_size(profile: &Value) -> Result<(), String> {
+    let running = profile.get("running_tasks").map_or(0, json_len);
+    let size = json_len(profile).saturating_sub(running);
+    if size > MAX_PROFILE_BYTES {
+        Err(format!(
+            "the registration is {size} bytes as JSON; the limit is {MAX_PROFILE_BYTES} (MAX_PROFILE_BYTES): send fewer or shorter capabilities, tags or extra fields"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// How deep `value` nests, counting containers (a scalar is 0 deep, `[]`
 /// is 1, `[[1]]` is 2). It stops counting at `MAX_VALUE_DEPTH + 1`, so a
 /// hostile value costs no more than a legal one to check. It walks the

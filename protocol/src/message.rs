@@ -1032,6 +1032,15 @@ pub struct ListDevices {
     /// Only devices with this status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// At most this many, newest registered first (default 500, at most
+    /// 1,000). Older masters ignore it and send every device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Only devices registered before this one: the `next_cursor` of the
+    /// previous page (a device id), to read the next page. Older masters
+    /// ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
 }
 
 /// Stream events on this connection.

@@ -13,8 +13,13 @@ pub enum TextCommand {
     Help,
     /// `status`: cluster totals.
     Status,
-    /// `devices`: one line per device.
-    Devices,
+    /// `devices [before ID]`: one line per device, newest registered
+    /// first, a page at a time.
+    Devices {
+        /// Only devices registered before this one (the previous page's
+        /// last).
+        before: Option<String>,
+    },
     /// `tasks [STATE] [before ID]`: one line per task, newest first, a
     /// page at a time.
     Tasks {
@@ -65,7 +70,7 @@ pub const HELP: &str = "\
 commands:
   help                      this list
   status                    cluster totals
-  devices                   one line per device
+  devices [before ID]       the 500 newest devices, or those registered before device ID
   tasks [STATE] [before ID] the 100 newest tasks, or those older than task ID (STATE: queued, assigned, running, retrying, completed, failed, timed_out, cancelled, dead_letter)
   task ID                   one task in full
   submit TYPE [JSON]        queue a task, e.g. submit echo {\"message\":\"hi\"}
@@ -100,7 +105,16 @@ pub fn parse(line: &str) -> Result<TextCommand, String> {
     match word.as_str() {
         "help" | "?" => no_args(TextCommand::Help, "help"),
         "status" => no_args(TextCommand::Status, "status"),
-        "devices" => no_args(TextCommand::Devices, "devices"),
+        "devices" => {
+            let args: Vec<&str> = rest.split_whitespace().collect();
+            match args.as_slice() {
+                [] => Ok(TextCommand::Devices { before: None }),
+                [word, id] if word.eq_ignore_ascii_case("before") => Ok(TextCommand::Devices {
+                    before: Some(id.to_string()),
+                }),
+                _ => Err("usage: devices [before ID]".into()),
+            }
+        }
         "tasks" => {
             let args: Vec<&str> = rest.split_whitespace().collect();
             let keyword = |word: &str| word.eq_ignore_ascii_case("before");
@@ -166,7 +180,15 @@ mod tests {
     fn commands() {
         check("help", Ok(TextCommand::Help));
         check("  STATUS ", Ok(TextCommand::Status));
-        check("devices", Ok(TextCommand::Devices));
+        check("devices", Ok(TextCommand::Devices { before: None }));
+        check(
+            "devices BEFORE pi-1",
+            Ok(TextCommand::Devices {
+                before: Some("pi-1".into()),
+            }),
+        );
+        check("devices pi-1", Err("usage: devices [before ID]"));
+        check("devices before", Err("usage: devices [before ID]"));
         let tasks = |state: Option<&str>, before: Option<&str>| {
             Ok(TextCommand::Tasks {
                 state: state.map(str::to_string),

@@ -492,6 +492,22 @@ pub struct TaskPage {
     pub next_cursor: Option<String>,
 }
 
+/// The result of `list_devices`: one page of device summaries, newest
+/// registered first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DevicePage {
+    /// How many devices the page holds.
+    pub count: usize,
+    /// The devices, without `profile` and without the metrics' unknown
+    /// fields (`device_status` shows one device in full).
+    pub devices: Vec<DeviceView>,
+    /// Set when devices registered earlier (of the same filter) follow: the
+    /// `before` of the request for the next page. Absent on the last page,
+    /// and from older masters' replies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
 /// Cluster totals, in the shape older status tools read.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterStats {

@@ -1202,6 +1202,52 @@ mod tests {
         }
     }
 
+    /// The registration as the master stores it and holds to
+    /// `MAX_PROFILE_BYTES`: `data` without the tasks still running.
+    fn stored_size(register: Register) -> usize {
+        let wire = Envelope::new(Message::Register(register)).to_value();
+        let mut data = wire["data"].clone();
+        if let Some(data) = data.as_object_mut() {
+            data.remove("running_tasks");
+        }
+        protocol::limits::json_len(&data)
+    }
+
+    #[test]
+    fn what_the_worker_registers_stays_far_below_the_masters_cap() {
+        let config = SessionConfig {
+            device_id: DEVICE.into(),
+            task_types: crate::tasks::BUILTIN_TYPES
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
+            slots: 64,
+            role: "worker".into(),
+            tags: (0..8).map(|n| format!("a-longish-tag-{n}")).collect(),
+            message_id_prefix: "test".into(),
+        };
+        // This machine, whatever it is.
+        let here = stored_size(register_template(&config, &DeviceProfile::collect()));
+        // A big container host: 200 interfaces, 40 file systems, long names.
+        let mut host = profile();
+        host.cpu_model = Some("AMD EPYC 9654 96-Core Processor".into());
+        host.network_interfaces = (0..200).map(|n| format!("veth{n:07x}")).collect();
+        host.disks = (0..40)
+            .map(|n| DiskInfo {
+                mount_point: format!("/var/lib/docker/overlay2/{n:064x}/merged"),
+                total_bytes: 1 << 40,
+                available_bytes: 1 << 39,
+            })
+            .collect();
+        let big = stored_size(register_template(&config, &host));
+        eprintln!("register as stored: {here} bytes here, {big} bytes on a big host");
+        assert!(
+            here <= protocol::limits::MAX_PROFILE_BYTES / 4,
+            "{here} bytes"
+        );
+        assert!(big < protocol::limits::MAX_PROFILE_BYTES, "{big} bytes");
+    }
+
     #[test]
     fn register_message_has_profile_types_slots_role_and_tags() {
         let mut session = session_with_slots(3);

@@ -13,12 +13,18 @@
 //!   of each placement instead of walking tasks that nobody free can take;
 //! - [`TaskListing`]: every task by state, newest first, so that a listing
 //!   (which any reader may ask for on every line it sends) costs its page,
-//!   not the history, and the count of tasks per state is at hand.
+//!   not the history, and the count of tasks per state is at hand;
+//! - [`DeviceListing`]: every device, newest registered first, so that a
+//!   device listing costs its page too;
+//! - [`DeviceTotals`]: the counts and resources of the connected devices,
+//!   kept as devices connect, re-register and leave, so `status` adds
+//!   nothing up.
 //!
 //! All of them are plain data, sans-IO like the rest of the core.
 
 use super::{ConnId, Core, Device, Now, QueueKey};
-use protocol::{DeviceStatus, Subscribe, TaskSpec, TaskState};
+use protocol::message::bytes_to_gib;
+use protocol::{DeviceStatus, ResourceTotals, Subscribe, TaskSpec, TaskState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -40,6 +46,10 @@ pub(super) struct Indexes {
     pub(super) queues: PlacementQueues,
     /// Every task by state, newest first.
     pub(super) listing: TaskListing,
+    /// Every device, newest registered first.
+    pub(super) devices: DeviceListing,
+    /// Totals over the connected devices.
+    pub(super) totals: DeviceTotals,
 }
 
 /// What the indexes hold for one device, kept in the device itself so that
@@ -164,6 +174,157 @@ impl Deadlines {
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.at.len()
+    }
+}
+
+/// Where a device stands in [`DeviceListing`]: when it first registered
+/// (Unix milliseconds, kept across re-registrations and restarts), then its
+/// id.
+pub(super) type DeviceKey = (i64, String);
+
+/// Every device, by when it first registered. Devices are never removed
+/// (a revoked one stays, so that its revocation shows), and a device's
+/// place never changes, so a keyset cursor (`before`, a device id) walks
+/// every device that existed when the walk started exactly once.
+#[derive(Debug, Default)]
+pub(super) struct DeviceListing {
+    order: BTreeSet<DeviceKey>,
+}
+
+impl DeviceListing {
+    /// Adds a device (new, or restored).
+    pub(super) fn insert(&mut self, registered_unix_ms: i64, device_id: &str) {
+        self.order
+            .insert((registered_unix_ms, device_id.to_string()));
+    }
+
+    /// Up to `limit` ids of devices for which `keep` holds, newest first,
+    /// registered before `before` (all when `None`), and whether another
+    /// such device follows. The walk visits the page and the devices
+    /// `keep` turns down on the way (a comparison each, nothing copied);
+    /// without a filter, that is `limit + 1` entries.
+    pub(super) fn page<'a>(
+        &'a self,
+        before: Option<&DeviceKey>,
+        limit: usize,
+        keep: impl Fn(&str) -> bool,
+    ) -> Page<'a> {
+        let walk: Box<dyn Iterator<Item = &'a DeviceKey>> = match before {
+            Some(before) => Box::new(self.order.range(..before.clone()).rev()),
+            None => Box::new(self.order.iter().rev()),
+        };
+        let mut ids = Vec::new();
+        let mut more = false;
+        for (_, id) in walk.filter(|(_, id)| keep(id)) {
+            if ids.len() == limit {
+                more = true;
+                break;
+            }
+            ids.push(id.as_str());
+        }
+        Page { ids, more }
+    }
+
+    /// Every entry, for the consistency check.
+    #[cfg(test)]
+    pub(super) fn entries(&self) -> &BTreeSet<DeviceKey> {
+        &self.order
+    }
+}
+
+/// The totals `status` shows, over the connected devices (online or
+/// draining): kept by adding a device when it connects and taking it away,
+/// as it was added, before it re-registers or when it leaves. Sums are
+/// integers (bytes, not GiB) so that taking a device away undoes adding it
+/// exactly, and wide enough that hostile figures cannot overflow them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(super) struct DeviceTotals {
+    online: u64,
+    cpu_cores: u64,
+    memory_bytes: u128,
+    disk_bytes: u128,
+    by_role: BTreeMap<String, u32>,
+    by_platform: BTreeMap<String, u32>,
+}
+
+impl DeviceTotals {
+    /// Counts `device` if it is connected.
+    pub(super) fn add(&mut self, device: &Device) {
+        if device.conn.is_none() {
+            return;
+        }
+        let register = &device.register;
+        self.online += 1;
+        self.cpu_cores += u64::from(register.cpu_cores.unwrap_or(0));
+        self.memory_bytes += u128::from(register.memory_total_bytes.unwrap_or(0));
+        self.disk_bytes += u128::from(register.disk_total_bytes.unwrap_or(0));
+        *self.by_role.entry(device.record.role.clone()).or_default() += 1;
+        *self.by_platform.entry(platform_of(device)).or_default() += 1;
+    }
+
+    /// Stops counting `device`, which must be as it was when added.
+    pub(super) fn remove(&mut self, device: &Device) {
+        if device.conn.is_none() {
+            return;
+        }
+        let register = &device.register;
+        self.online = self.online.saturating_sub(1);
+        self.cpu_cores = self
+            .cpu_cores
+            .saturating_sub(u64::from(register.cpu_cores.unwrap_or(0)));
+        self.memory_bytes = self
+            .memory_bytes
+            .saturating_sub(u128::from(register.memory_total_bytes.unwrap_or(0)));
+        self.disk_bytes = self
+            .disk_bytes
+            .saturating_sub(u128::from(register.disk_total_bytes.unwrap_or(0)));
+        decrement(&mut self.by_role, &device.record.role);
+        decrement(&mut self.by_platform, &platform_of(device));
+    }
+
+    /// Connected devices.
+    pub(super) fn online(&self) -> u32 {
+        u32::try_from(self.online).unwrap_or(u32::MAX)
+    }
+
+    /// Their summed resources, as `status` shows them.
+    pub(super) fn resources(&self) -> ResourceTotals {
+        let gib = |bytes: u128| bytes_to_gib(u64::try_from(bytes).unwrap_or(u64::MAX));
+        ResourceTotals {
+            cpu_cores: u32::try_from(self.cpu_cores).unwrap_or(u32::MAX),
+            memory_gb: gib(self.memory_bytes),
+            storage_gb: gib(self.disk_bytes),
+        }
+    }
+
+    /// Connected devices per role.
+    pub(super) fn by_role(&self) -> &BTreeMap<String, u32> {
+        &self.by_role
+    }
+
+    /// Connected devices per platform.
+    pub(super) fn by_platform(&self) -> &BTreeMap<String, u32> {
+        &self.by_platform
+    }
+}
+
+/// The platform a device counts under in `status`.
+fn platform_of(device: &Device) -> String {
+    device
+        .register
+        .platform
+        .clone()
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Counts one less under `key`, forgetting keys that reach zero (so the
+/// maps hold only what is connected now).
+fn decrement(counts: &mut BTreeMap<String, u32>, key: &str) {
+    if let Some(count) = counts.get_mut(key) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(key);
+        }
     }
 }
 
@@ -764,6 +925,21 @@ impl Core {
             })
             .collect();
         assert_eq!(self.index.listing.entries(), listed, "tasks by state");
+        let devices: BTreeSet<DeviceKey> = self
+            .devices
+            .iter()
+            .map(|(id, device)| (device.record.registered_unix_ms, id.clone()))
+            .collect();
+        assert_eq!(
+            self.index.devices.entries(),
+            &devices,
+            "devices by registration"
+        );
+        let mut totals = DeviceTotals::default();
+        for device in self.devices.values() {
+            totals.add(device);
+        }
+        assert_eq!(self.index.totals, totals, "totals of connected devices");
         for state in TaskState::ALL {
             let count = listed.values().filter(|&&s| s == state).count();
             assert_eq!(self.index.listing.count(state), count, "{state} count");

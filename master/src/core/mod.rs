@@ -161,6 +161,12 @@ pub enum Output {
 pub const MAX_LIST: usize = 1000;
 /// Tasks a listing returns when no limit is given.
 pub const DEFAULT_LIST: usize = 100;
+/// The most devices a `list_devices` page holds.
+pub const MAX_DEVICE_LIST: usize = 1000;
+/// Devices a `list_devices` page holds when no limit is given: enough that
+/// a home cluster (and an older client, which does not page) sees every
+/// device at once.
+pub const DEFAULT_DEVICE_LIST: usize = 500;
 
 /// The most connections that have not authenticated (anonymous readers)
 /// subscribed at once; the next one's `subscribe` is refused with
@@ -325,11 +331,35 @@ impl Core {
             index: index::Indexes::default(),
         };
         for mut record in devices {
-            let register = register_from_profile(&record.profile);
-            if record.status != DeviceStatus::Offline {
-                record.status = DeviceStatus::Offline;
+            let mut register = register_from_profile(&record.profile);
+            let mut changed = record.status != DeviceStatus::Offline;
+            record.status = DeviceStatus::Offline;
+            if let Err(why) = protocol::limits::check_profile_size(&record.profile) {
+                // Stored by an older master, before the cap: keep what the
+                // master uses (resources, platform, role) and drop the
+                // free-form rest, which the device sends again when it
+                // registers. It is readable, so not quarantined.
+                log::warn!(
+                    "device {}: {why}; keeping it without its capabilities and extra fields",
+                    record.device_id
+                );
+                let bytes = protocol::limits::json_len(&record.profile);
+                register.capabilities = None;
+                register.extra.clear();
+                register.network_interfaces.clear();
+                register.running_tasks.clear();
+                register
+                    .extra
+                    .insert("profile_truncated_from_bytes".into(), json!(bytes));
+                record.profile = records::profile_value(&register);
+                changed = true;
+            }
+            if changed {
                 core.persist_device(&record);
             }
+            core.index
+                .devices
+                .insert(record.registered_unix_ms, &record.device_id);
             core.devices.insert(
                 record.device_id.clone(),
                 Device {
@@ -537,9 +567,9 @@ impl Core {
             Message::TaskRetry(task) => self.on_retry(now, &task.task_id),
             Message::ListTasks(list) => self.list_tasks(&list).map(|page| Reply::new(json!(page))),
             Message::Status => Ok(Reply::new(json!({ "cluster_stats": self.cluster_stats() }))),
-            Message::ListDevices(list) => self
-                .list_devices(&list)
-                .map(|devices| Reply::new(json!({ "count": devices.len(), "devices": devices }))),
+            Message::ListDevices(list) => {
+                self.list_devices(&list).map(|page| Reply::new(json!(page)))
+            }
             Message::DeviceInfo(device) => self
                 .device_view(&device.device_id)
                 .map(|device| Reply::new(json!({ "device": device }))),
@@ -802,11 +832,14 @@ impl Core {
             .clone()
             .or_else(|| self.conns.get(&conn).and_then(|c| c.peer_ip.clone()))
             .unwrap_or_default();
+        let profile = records::profile_value(&register);
+        protocol::limits::check_profile_size(&profile)
+            .map_err(|detail| ReplyError::new(ErrorCode::InvalidMessage, detail))?;
         let record = DeviceRecord {
             device_id: device_id.clone(),
             role,
             status: DeviceStatus::Online,
-            profile: records::profile_value(&register),
+            profile,
             tags: register.tags.clone(),
             task_types: register.task_types.clone(),
             slots,
@@ -829,20 +862,26 @@ impl Core {
             .map(|d| d.indexed)
             .unwrap_or_default();
         self.persist_device(&record);
-        self.devices.insert(
-            device_id.clone(),
-            Device {
-                record,
-                register,
-                conn: Some(conn),
-                active: BTreeSet::new(),
-                last_seen: now.monotonic,
-                metrics: None,
-                paused_until: None,
-                lease_until: None,
-                indexed,
-            },
-        );
+        match self.devices.get(&device_id) {
+            Some(old) => self.index.totals.remove(old),
+            None => self
+                .index
+                .devices
+                .insert(record.registered_unix_ms, &device_id),
+        }
+        let device = Device {
+            record,
+            register,
+            conn: Some(conn),
+            active: BTreeSet::new(),
+            last_seen: now.monotonic,
+            metrics: None,
+            paused_until: None,
+            lease_until: None,
+            indexed,
+        };
+        self.index.totals.add(&device);
+        self.devices.insert(device_id.clone(), device);
         self.set_heartbeat_due(
             &device_id,
             Some(now.monotonic + self.config.heartbeat_timeout),
@@ -1223,7 +1262,7 @@ impl Core {
         // A task must fit in the `task_assign` line a worker will receive;
         // otherwise every worker it is offered to drops the connection.
         for (index, spec) in submit.tasks.iter().enumerate() {
-            let size = json_len(spec);
+            let size = protocol::limits::json_len(spec);
             if size > self.config.max_task_bytes {
                 return Err(ReplyError::new(
                     ErrorCode::InvalidMessage,
@@ -1407,6 +1446,7 @@ impl Core {
         let Some(device) = self.devices.get_mut(device_id) else {
             return;
         };
+        self.index.totals.remove(device);
         device.conn = None;
         device.record.status = DeviceStatus::Offline;
         let record = device.record.clone();
@@ -1706,25 +1746,6 @@ fn register_from_profile(profile: &Value) -> Register {
             ..
         }) => register,
         _ => Register::default(),
-    }
-}
-
-/// The length of `value` as JSON, counted without writing it anywhere.
-fn json_len<T: serde::Serialize>(value: &T) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0 += bytes.len();
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    match serde_json::to_writer(&mut count, value) {
-        Ok(()) => count.0,
-        Err(_) => usize::MAX,
     }
 }
 

@@ -7,6 +7,7 @@
 mod sim;
 
 mod auth;
+mod devices;
 mod durability;
 mod life;
 mod lifecycle;

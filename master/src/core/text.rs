@@ -28,7 +28,7 @@ impl Core {
         let changes = match &command {
             TextCommand::Help | TextCommand::Quit | TextCommand::Auth { .. } => None,
             TextCommand::Status
-            | TextCommand::Devices
+            | TextCommand::Devices { .. }
             | TextCommand::Tasks { .. }
             | TextCommand::Task { .. } => Some(false),
             TextCommand::Submit { .. }
@@ -48,8 +48,8 @@ impl Core {
                 let body = self.status_text();
                 self.reply_text(conn, body);
             }
-            TextCommand::Devices => {
-                let body = self.devices_text();
+            TextCommand::Devices { before } => {
+                let body = self.devices_text(before);
                 self.reply_text(conn, body);
             }
             TextCommand::Tasks { state, before } => {
@@ -160,8 +160,9 @@ impl Core {
         self.send_text(conn, text, Some(self.last_write_batch));
     }
 
-    /// `status` as text. O(devices): the task counts are kept per state
-    /// (see `cluster_stats`) and the queue knows its length.
+    /// `status` as text. Counts nothing: the device and task totals are
+    /// kept as they change (see `cluster_stats`) and the queue knows its
+    /// length.
     fn status_text(&self) -> String {
         let stats = self.cluster_stats();
         let tasks: Vec<String> = stats
@@ -191,12 +192,22 @@ impl Core {
         )
     }
 
-    /// `devices` as text. O(devices), like `list_devices`: bounded by the
-    /// devices registered, which a reader cannot grow.
-    fn devices_text(&self) -> String {
-        let devices = self
-            .list_devices(&ListDevices::default())
-            .unwrap_or_default();
+    /// `devices [before ID]` as text: one page of summaries, newest
+    /// registered first, like `list_devices`, and when more follow, the
+    /// command that shows them (`more: devices before ID`).
+    fn devices_text(&self, before: Option<String>) -> String {
+        let list = ListDevices {
+            before,
+            ..ListDevices::default()
+        };
+        let (devices, next) = match self.device_page(&list) {
+            Ok(page) => page,
+            Err(error) => return format!("error: {}", error.message),
+        };
+        let devices: Vec<_> = devices
+            .into_iter()
+            .map(|device| self.view_of(device, false))
+            .collect();
         if devices.is_empty() {
             return "no devices".into();
         }
@@ -217,13 +228,17 @@ impl Core {
                 ]
             })
             .collect();
-        render_table(
+        let mut text = render_table(
             &[
                 "ID", "STATUS", "ROLE", "PLATFORM", "ARCH", "CORES", "MEM_GB", "ACTIVE",
                 "ENROLLED", "FROM",
             ],
             &rows,
-        )
+        );
+        if let Some(cursor) = next {
+            text.push_str(&format!("more: devices before {cursor}\n"));
+        }
+        text
     }
 }
 

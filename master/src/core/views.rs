@@ -4,16 +4,17 @@
 //! these as often as it likes, so none may cost more than what it returns:
 //! `task_view` and `device_view` are lookups, `list_tasks` walks an index
 //! and stops after its page, and `cluster_stats` reads counts kept as
-//! tasks change. `list_devices` and `cluster_stats` walk every device:
-//! they are bounded by the number of devices, which a reader cannot grow
-//! (registering takes a worker's credentials when authentication is on).
+//! tasks change, and devices connect and leave. `list_devices` walks an
+//! index like `list_tasks` and shows summaries without the profile.
 
 use super::records::TaskRecord;
-use super::{Core, Device, ReplyError, DEFAULT_LIST, MAX_LIST};
+use super::{
+    Core, Device, ReplyError, DEFAULT_DEVICE_LIST, DEFAULT_LIST, MAX_DEVICE_LIST, MAX_LIST,
+};
 use protocol::message::bytes_to_gib;
 use protocol::{
-    ClusterStats, DeviceStatus, DeviceView, ErrorCode, HardwareView, ListDevices, ListTasks,
-    TaskPage, TaskState, TaskView,
+    ClusterStats, DevicePage, DeviceStatus, DeviceView, ErrorCode, HardwareView, ListDevices,
+    ListTasks, Metrics, TaskPage, TaskState, TaskView,
 };
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -138,14 +139,46 @@ impl Core {
         Ok((records, next_cursor))
     }
 
+    /// One device in full, with its registration profile. O(1).
     pub(super) fn device_view(&self, device_id: &str) -> Result<DeviceView, ReplyError> {
         self.devices
             .get(device_id)
-            .map(|device| self.view_of(device))
+            .map(|device| self.view_of(device, true))
             .ok_or_else(|| ReplyError::new(ErrorCode::NotFound, format!("no device {device_id}")))
     }
 
-    pub(super) fn list_devices(&self, list: &ListDevices) -> Result<Vec<DeviceView>, ReplyError> {
+    /// One page of device summaries, newest registered first, from the
+    /// device listing index (`index::DeviceListing`): without a filter the
+    /// cost is the page (`limit + 1` index entries and a lookup per device
+    /// shown), never the number of devices ever enrolled; a role or status
+    /// filter also passes over the devices it turns down (a comparison
+    /// each). Summaries leave out the profile and the metrics' unknown
+    /// fields, which are what a device controls the size of, so a page
+    /// costs at most `limit` small views however devices registered.
+    ///
+    /// Paging works as for tasks (see [`Core::list_tasks`]): `before` names
+    /// the last device of the previous page, and a device's place (when it
+    /// first registered) never changes.
+    pub(super) fn list_devices(&self, list: &ListDevices) -> Result<DevicePage, ReplyError> {
+        let (devices, next_cursor) = self.device_page(list)?;
+        let devices: Vec<DeviceView> = devices
+            .into_iter()
+            .map(|device| self.view_of(device, false))
+            .collect();
+        Ok(DevicePage {
+            count: devices.len(),
+            devices,
+            next_cursor,
+        })
+    }
+
+    /// The devices of one page of `list` (see [`Core::list_devices`]),
+    /// newest registered first, and the cursor of the next page if more
+    /// follow.
+    pub(super) fn device_page(
+        &self,
+        list: &ListDevices,
+    ) -> Result<(Vec<&Device>, Option<String>), ReplyError> {
         let status = match &list.status {
             None => None,
             Some(name) => Some(DeviceStatus::parse(name).ok_or_else(|| {
@@ -155,39 +188,57 @@ impl Core {
                 )
             })?),
         };
-        Ok(self
-            .devices
-            .values()
-            .filter(|device| {
+        let before = match &list.before {
+            None => None,
+            Some(device_id) => {
+                let device = self.devices.get(device_id).ok_or_else(|| {
+                    ReplyError::new(
+                        ErrorCode::NotFound,
+                        format!("no device {device_id} (the cursor `before` names a device)"),
+                    )
+                })?;
+                Some((device.record.registered_unix_ms, device_id.clone()))
+            }
+        };
+        let limit = list
+            .limit
+            .unwrap_or(DEFAULT_DEVICE_LIST)
+            .min(MAX_DEVICE_LIST);
+        let keep = |id: &str| {
+            self.devices.get(id).is_some_and(|device| {
                 list.role
                     .as_ref()
                     .is_none_or(|role| &device.record.role == role)
+                    && status.is_none_or(|s| device.record.status == s)
             })
-            .filter(|device| status.is_none_or(|s| device.record.status == s))
-            .map(|device| self.view_of(device))
-            .collect())
+        };
+        let page = self.index.devices.page(before.as_ref(), limit, keep);
+        let devices: Vec<&Device> = page
+            .ids
+            .iter()
+            .filter_map(|id| self.devices.get(*id))
+            .collect();
+        let next_cursor = page
+            .more
+            .then(|| devices.last().map(|device| device.record.device_id.clone()))
+            .flatten();
+        Ok((devices, next_cursor))
     }
 
+    /// Cluster totals. O(distinct roles and platforms connected): the
+    /// device counts and resources are kept as devices connect and leave
+    /// (`index::DeviceTotals`), the task counts as tasks change state, so
+    /// any reader may ask as often as it likes.
     pub(super) fn cluster_stats(&self) -> ClusterStats {
+        let totals = &self.index.totals;
         let mut stats = ClusterStats {
-            total_devices: self.devices.len() as u32,
+            total_devices: u32::try_from(self.devices.len()).unwrap_or(u32::MAX),
+            online_devices: totals.online(),
+            total_resources: totals.resources(),
+            by_role: totals.by_role().clone(),
+            by_platform: totals.by_platform().clone(),
             ..ClusterStats::default()
         };
-        for device in self.devices.values().filter(|d| d.conn.is_some()) {
-            stats.online_devices += 1;
-            let register = &device.register;
-            stats.total_resources.cpu_cores += register.cpu_cores.unwrap_or(0);
-            stats.total_resources.memory_gb +=
-                bytes_to_gib(register.memory_total_bytes.unwrap_or(0));
-            stats.total_resources.storage_gb +=
-                bytes_to_gib(register.disk_total_bytes.unwrap_or(0));
-            *stats.by_role.entry(device.record.role.clone()).or_default() += 1;
-            let platform = register
-                .platform
-                .clone()
-                .unwrap_or_else(|| "unknown".into());
-            *stats.by_platform.entry(platform).or_default() += 1;
-        }
         if stats.total_devices > 0 {
             stats.health_percentage =
                 f64::from(stats.online_devices) * 100.0 / f64::from(stats.total_devices);
@@ -211,9 +262,10 @@ impl Core {
 
 impl Core {
     /// A device as replies show it, with when and from where it enrolled
-    /// (kept with its key, not with its registration).
-    fn view_of(&self, device: &Device) -> DeviceView {
-        let mut view = registered_view(device);
+    /// (kept with its key, not with its registration); with its profile
+    /// and every metric only when `full`.
+    pub(super) fn view_of(&self, device: &Device, full: bool) -> DeviceView {
+        let mut view = registered_view(device, full);
         if let Some(key) = self
             .device_keys
             .get(&device.record.device_id)
@@ -226,7 +278,10 @@ impl Core {
     }
 }
 
-fn registered_view(device: &Device) -> DeviceView {
+/// The most load averages a summary shows (the 1, 5 and 15 minute ones).
+const SUMMARY_LOAD_AVERAGES: usize = 3;
+
+fn registered_view(device: &Device, full: bool) -> DeviceView {
     let record = &device.record;
     let register = &device.register;
     DeviceView {
@@ -247,11 +302,27 @@ fn registered_view(device: &Device) -> DeviceView {
         task_types: record.task_types.clone().unwrap_or_default(),
         slots: record.slots,
         active_tasks: device.active.len() as u32,
-        metrics: device
-            .metrics
-            .as_ref()
-            .and_then(|metrics| serde_json::to_value(metrics).ok()),
-        profile: Some(record.profile.clone()),
+        metrics: device.metrics.as_ref().and_then(|metrics| {
+            if full {
+                serde_json::to_value(metrics).ok()
+            } else {
+                // The known figures only: a heartbeat's unknown fields and
+                // a long load list are as big as the device makes them.
+                let summary = Metrics {
+                    cpu_usage: metrics.cpu_usage,
+                    memory_usage: metrics.memory_usage,
+                    disk_usage: metrics.disk_usage,
+                    load_average: metrics
+                        .load_average
+                        .as_ref()
+                        .map(|loads| loads.iter().copied().take(SUMMARY_LOAD_AVERAGES).collect()),
+                    uptime: metrics.uptime,
+                    extra: serde_json::Map::new(),
+                };
+                serde_json::to_value(summary).ok()
+            }
+        }),
+        profile: full.then(|| record.profile.clone()),
         enrolled_at: None,
         enrolled_from: None,
     }

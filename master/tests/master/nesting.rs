@@ -137,9 +137,16 @@ fn a_register_with_capabilities_123_deep_is_refused_and_devices_still_list() {
     );
     let devices = &listing["data"]["result"]["devices"];
     assert_eq!(devices[0]["device_id"], "deep-1", "{listing}");
+    // A listing shows summaries; the device in full shows its profile.
+    let shown = request(
+        &mut other_reader,
+        &mut other,
+        r#"{"message_type":"device_info","data":{"device_id":"deep-1"}}"#,
+    );
     assert_eq!(
-        devices[0]["profile"]["capabilities"].to_string(),
-        nested(MAX_VALUE_DEPTH)
+        shown["data"]["result"]["device"]["profile"]["capabilities"].to_string(),
+        nested(MAX_VALUE_DEPTH),
+        "{shown}"
     );
     let shown = text(&mut other_reader, &mut other, "devices");
     assert!(shown.contains("deep-1"), "{shown}");

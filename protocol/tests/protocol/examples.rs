@@ -664,7 +664,16 @@ fn client_requests() {
             r#"{"message_type":"list_devices","data":{"role":"worker"}}"#,
             Message::ListDevices(ListDevices {
                 role: Some("worker".into()),
-                status: None,
+                ..ListDevices::default()
+            }),
+        ),
+        (
+            r#"{"message_type":"list_devices","data":{"status":"online","limit":50,"before":"pi-2"}}"#,
+            Message::ListDevices(ListDevices {
+                role: None,
+                status: Some("online".into()),
+                limit: Some(50),
+                before: Some("pi-2".into()),
             }),
         ),
         (

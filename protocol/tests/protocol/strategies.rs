@@ -538,8 +538,20 @@ pub fn small_message() -> impl Strategy<Value = Message> {
                 before
             })),
         Just(Message::Status),
-        (option::of(text()), option::of(text()))
-            .prop_map(|(role, status)| Message::ListDevices(ListDevices { role, status })),
+        (
+            option::of(text()),
+            option::of(text()),
+            option::of(0usize..5000),
+            option::of(text())
+        )
+            .prop_map(
+                |(role, status, limit, before)| Message::ListDevices(ListDevices {
+                    role,
+                    status,
+                    limit,
+                    before
+                })
+            ),
         text().prop_map(|device_id| Message::DeviceInfo(DeviceRef { device_id })),
         text().prop_map(|device_id| Message::DrainDevice(DeviceRef { device_id })),
         vec(text(), 0..3).prop_map(|task_ids| Message::Subscribe(Subscribe { task_ids })),

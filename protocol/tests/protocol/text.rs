@@ -18,7 +18,7 @@ fn aliases_case_and_separators() {
     check("HELP", Ok(TextCommand::Help));
     check("exit", Ok(TextCommand::Quit));
     check("Quit", Ok(TextCommand::Quit));
-    check("\tdevices\t", Ok(TextCommand::Devices));
+    check("\tdevices\t", Ok(TextCommand::Devices { before: None }));
     // The command word is case-blind; its arguments keep their case.
     check(
         "TASK Task-ABC",
@@ -110,7 +110,7 @@ fn more_mistakes() {
     check("", Err("empty command; type help"));
     check("   \t ", Err("empty command; type help"));
     check("help me", Err("help takes no arguments"));
-    check("devices all", Err("devices takes no arguments"));
+    check("devices all", Err("usage: devices [before ID]"));
     check("quit now", Err("quit takes no arguments"));
     check("exit 1", Err("quit takes no arguments"));
     check("cancel", Err("usage: cancel ID"));

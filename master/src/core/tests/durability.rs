@@ -126,7 +126,9 @@ fn status_and_listings_answer_in_the_older_shapes() {
             )
         })
         .collect();
-    assert_eq!(statuses, [("a", "online"), ("b", "offline")]);
+    // Newest registered first (registered in the same millisecond: by id,
+    // last first).
+    assert_eq!(statuses, [("b", "offline"), ("a", "online")]);
 
     let device = sim
         .request(

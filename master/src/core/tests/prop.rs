@@ -3,11 +3,12 @@
 
 use super::sim::{gib, FakeWorker, Policy, Reply, Sim};
 use crate::core::records::TaskRecord;
-use crate::core::{Core, CoreConfig, QueueKey, DEFAULT_LIST};
+use crate::core::{Core, CoreConfig, QueueKey, DEFAULT_DEVICE_LIST, DEFAULT_LIST};
 use proptest::prelude::*;
+use protocol::message::bytes_to_gib;
 use protocol::{
-    DeviceStatus, ErrorCode, Heartbeat, ListTasks, Message, Priority, Register, Requirements,
-    ResultStatus, TaskPage, TaskResult, TaskSpec, TaskState,
+    ClusterStats, DevicePage, DeviceStatus, ErrorCode, Heartbeat, ListDevices, ListTasks, Message,
+    Priority, Register, Requirements, ResultStatus, TaskPage, TaskResult, TaskSpec, TaskState,
 };
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -727,11 +728,166 @@ fn check_listing(core: &Core) {
     }
 }
 
+/// The devices a device listing shows, by scanning every device the way
+/// `list_devices` did before it had an index (filter, then newest
+/// registered first).
+fn devices_by_scan(
+    core: &Core,
+    role: Option<&str>,
+    status: Option<DeviceStatus>,
+    before: Option<&str>,
+    limit: usize,
+) -> Vec<String> {
+    let below = before.map(|id| (core.devices[id].record.registered_unix_ms, id.to_string()));
+    let mut matching: Vec<(i64, String)> = core
+        .devices
+        .values()
+        .filter(|device| role.is_none_or(|role| device.record.role == role))
+        .filter(|device| status.is_none_or(|s| device.record.status == s))
+        .map(|device| {
+            (
+                device.record.registered_unix_ms,
+                device.record.device_id.clone(),
+            )
+        })
+        .filter(|key| below.as_ref().is_none_or(|below| key < below))
+        .collect();
+    matching.sort_unstable_by(|a, b| b.cmp(a));
+    matching.into_iter().take(limit).map(|(_, id)| id).collect()
+}
+
+/// `status`'s device figures as the master computed them before it kept
+/// them up to date: a walk over every connected device.
+fn device_stats_by_scan(core: &Core) -> ClusterStats {
+    let mut stats = ClusterStats {
+        total_devices: core.devices.len() as u32,
+        ..ClusterStats::default()
+    };
+    let (mut memory, mut disk) = (0u64, 0u64);
+    for device in core.devices.values().filter(|d| d.conn.is_some()) {
+        stats.online_devices += 1;
+        let register = &device.register;
+        stats.total_resources.cpu_cores += register.cpu_cores.unwrap_or(0);
+        memory += register.memory_total_bytes.unwrap_or(0);
+        disk += register.disk_total_bytes.unwrap_or(0);
+        *stats.by_role.entry(device.record.role.clone()).or_default() += 1;
+        let platform = register
+            .platform
+            .clone()
+            .unwrap_or_else(|| "unknown".into());
+        *stats.by_platform.entry(platform).or_default() += 1;
+    }
+    stats.total_resources.memory_gb = bytes_to_gib(memory);
+    stats.total_resources.storage_gb = bytes_to_gib(disk);
+    stats
+}
+
+/// Every device listing the index gives equals the scan's, for every
+/// filter, limit and cursor, shows summaries (the full view without the
+/// profile), pages through every matching device once; and `status`'s
+/// device figures equal a recomputation.
+fn check_device_listing(core: &Core) {
+    let ids = |page: &DevicePage| -> Vec<String> {
+        page.devices
+            .iter()
+            .map(|device| device.device_id.clone())
+            .collect()
+    };
+    let every = devices_by_scan(core, None, None, None, usize::MAX);
+    let cursors = [
+        None,
+        every.first(),
+        every.get(every.len() / 2),
+        every.last(),
+    ];
+    let statuses = [
+        None,
+        Some(DeviceStatus::Online),
+        Some(DeviceStatus::Draining),
+        Some(DeviceStatus::Offline),
+    ];
+    for role in [None, Some("worker"), Some("mobile")] {
+        for status in statuses {
+            for before in cursors {
+                for limit in [Some(0), Some(1), Some(2), None] {
+                    let list = ListDevices {
+                        role: role.map(str::to_string),
+                        status: status.map(|s| s.to_string()),
+                        limit,
+                        before: before.cloned(),
+                    };
+                    let page = core.list_devices(&list).expect("a listing");
+                    let limit = limit.unwrap_or(DEFAULT_DEVICE_LIST);
+                    let scan =
+                        devices_by_scan(core, role, status, before.map(String::as_str), limit + 1);
+                    let shown = &scan[..scan.len().min(limit)];
+                    assert_eq!(ids(&page), shown, "{list:?}");
+                    assert_eq!(page.count, shown.len());
+                    let more = scan.len() > limit;
+                    assert_eq!(page.next_cursor.as_ref(), shown.last().filter(|_| more));
+                    for view in &page.devices {
+                        let full = core.device_view(&view.device_id).expect("a listed device");
+                        assert!(full.profile.is_some() && view.profile.is_none());
+                        assert_eq!(
+                            view.device_id, full.device_id,
+                            "a listing shows summaries of the devices"
+                        );
+                        let mut summary = full.clone();
+                        summary.profile = None;
+                        assert_eq!(view, &summary);
+                    }
+                }
+            }
+            let mut paged = Vec::new();
+            let mut before = None;
+            loop {
+                let list = ListDevices {
+                    role: role.map(str::to_string),
+                    status: status.map(|s| s.to_string()),
+                    limit: Some(1),
+                    before,
+                };
+                let page = core.list_devices(&list).expect("a page");
+                paged.extend(ids(&page));
+                match page.next_cursor {
+                    Some(cursor) => before = Some(cursor),
+                    None => break,
+                }
+            }
+            assert_eq!(
+                paged,
+                devices_by_scan(core, role, status, None, usize::MAX),
+                "{role:?} {status:?}"
+            );
+        }
+    }
+    let stats = core.cluster_stats();
+    let scan = device_stats_by_scan(core);
+    assert_eq!(
+        (
+            stats.total_devices,
+            stats.online_devices,
+            &stats.total_resources,
+            &stats.by_role,
+            &stats.by_platform
+        ),
+        (
+            scan.total_devices,
+            scan.online_devices,
+            &scan.total_resources,
+            &scan.by_role,
+            &scan.by_platform
+        ),
+        "status equals a recomputation over every device"
+    );
+}
+
 /// Checks every invariant after a step.
 fn check_invariants(sim: &Sim, model: &mut Model) {
     let core = &sim.core;
     core.check_indexes();
     check_listing(core);
+    check_device_listing(core);
     let queued: BTreeSet<&str> = core.queue.iter().map(|key| key.task_id.as_str()).collect();
     for key in &core.queue {
         let task = core.tasks.get(&key.task_id).expect("a queued task exists");
