@@ -14,7 +14,7 @@ use protocol::auth::{KeyPair, Token, TokenKind};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use worker::identity::{random_bytes, write_private, IdentityError};
+use worker::state::identity::{random_bytes, write_private, IdentityError};
 
 /// The folder under the data dir that holds the secrets.
 pub const SECRETS_DIR: &str = "secrets";

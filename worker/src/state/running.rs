@@ -45,7 +45,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::orphans;
+use crate::device::proc;
 
 /// The folder under the device's state dir that holds the records.
 pub const RUNNING_DIR: &str = "running";
@@ -72,7 +72,7 @@ fn boot_id() -> Option<String> {
 /// The start time of process `pid` (clock ticks since boot), if it is alive.
 fn start_time(pid: libc::pid_t) -> Option<u64> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let stat = orphans::parse_stat(&text)?;
+    let stat = proc::parse_stat(&text)?;
     if matches!(stat.state, 'Z' | 'X') {
         return None;
     }
@@ -264,10 +264,10 @@ fn marked_processes(markers: &HashMap<String, u64>) -> Vec<(libc::pid_t, libc::p
         .filter_map(|entry| entry.file_name().to_str()?.parse::<libc::pid_t>().ok())
         .filter(|pid| *pid > 1 && *pid != me)
         .filter_map(|pid| {
-            let marker = orphans::marker_of(pid)?;
+            let marker = proc::marker_of(pid)?;
             let not_before = *markers.get(&marker)?;
             let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let stat = orphans::parse_stat(&text)?;
+            let stat = proc::parse_stat(&text)?;
             let started = stat.start_time?;
             (started >= not_before && !matches!(stat.state, 'Z' | 'X')).then_some((
                 pid,
@@ -337,7 +337,7 @@ mod tests {
     fn spawn_group(script: &str, marker: &str) -> Child {
         Command::new("/bin/sh")
             .args(["-c", script])
-            .env(orphans::MARKER_ENV, marker)
+            .env(proc::MARKER_ENV, marker)
             .process_group(0)
             .spawn()
             .expect("spawn sh")

@@ -73,11 +73,14 @@ use std::time::SystemTime;
 
 use protocol::{Envelope, Message, TaskResult};
 
-/// The most results the outbox keeps on disk at once.
-pub const MAX_RESULTS: usize = 10_000;
+use crate::session::StoredResult;
+
+/// The most results the outbox keeps on disk at once (10,000): as many as the session
+/// lets wait for acks ([`crate::session::MAX_UNACKNOWLEDGED_RESULTS`]).
+pub const MAX_RESULTS: usize = crate::session::MAX_UNACKNOWLEDGED_RESULTS;
 
 /// The most bytes of waiting results the outbox keeps at once (256 MiB). One result is at
-/// most about 900 KiB (`worker::tasks::MAX_RESULT_BYTES`), so this holds at least 280 of
+/// most about 900 KiB (`worker::tasks::executor::MAX_RESULT_BYTES`), so this holds at least 280 of
 /// the largest results and many thousands of ordinary ones.
 pub const MAX_BYTES: u64 = 256 << 20;
 
@@ -169,15 +172,6 @@ pub enum SaveError {
     /// Writing failed (disk full, I/O error, …).
     #[error("writing the result failed: {0}")]
     Io(#[from] io::Error),
-}
-
-/// A result loaded from disk: send it again under the same message id.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredResult {
-    /// The `message_id` it was (or would have been) sent with.
-    pub message_id: String,
-    /// The result.
-    pub result: TaskResult,
 }
 
 /// Where a waiting result's line is: which log, at which offset, how long.

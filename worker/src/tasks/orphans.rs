@@ -10,7 +10,7 @@
 //!
 //! A child of the worker that the worker did not start itself is a task's orphan when
 //! its process group is the group of a task that just ended, or when its environment
-//! carries [`MARKER_ENV`] with the marker of a task that is no longer running. Children
+//! carries [`MARKER_ENV`](crate::device::proc::MARKER_ENV) with the marker of a task that is no longer running. Children
 //! with neither (a program embedding the worker may start its own) are never touched.
 //! What remains possible is documented in `docs/sandbox.md`: a process that both leaves
 //! the group and rewrites its environment survives until the worker stops.
@@ -20,9 +20,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, Once, PoisonError};
 
-/// The environment variable that tags every process of a sandboxed task with the
-/// task's marker, so that an escaped process can still be told apart.
-pub const MARKER_ENV: &str = "RETIRE_SANDBOX_ID";
+use crate::device::proc::{marker_of, parse_stat, ProcStat};
 
 /// How many ended task groups are remembered, so that members of a group that die
 /// late (and become the worker's zombies) are still recognised and reaped.
@@ -196,46 +194,6 @@ fn reap(pid: libc::pid_t) {
     }
 }
 
-/// One line of `/proc/PID/stat`, the parts the sweep and the `running` records need.
-#[derive(Debug)]
-pub(crate) struct ProcStat {
-    pub(crate) pid: libc::pid_t,
-    pub(crate) command: String,
-    pub(crate) state: char,
-    pub(crate) ppid: libc::pid_t,
-    pub(crate) pgid: libc::pid_t,
-    /// When the process started, in clock ticks since boot (field 22); with the boot
-    /// id it tells a process from a later one that reused its pid.
-    pub(crate) start_time: Option<u64>,
-}
-
-/// The position of `starttime` (field 22) among the fields after the command name,
-/// which start at field 3 (`state`).
-const START_TIME_AFTER_COMMAND: usize = 22 - 3;
-
-/// Parses `/proc/PID/stat`. The command name is in parentheses and may itself contain
-/// spaces and parentheses, so the fields after it are found from the last `)`.
-pub(crate) fn parse_stat(text: &str) -> Option<ProcStat> {
-    let (head, rest) = text.rsplit_once(')')?;
-    let (pid, command) = head.split_once(" (")?;
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    let pgid = fields.next()?.parse().ok()?;
-    // Three fields are read: `state`, `ppid` and `pgid`.
-    let start_time = fields
-        .nth(START_TIME_AFTER_COMMAND - 3)
-        .and_then(|field| field.parse().ok());
-    Some(ProcStat {
-        pid: pid.trim().parse().ok()?,
-        command: command.to_string(),
-        state,
-        ppid,
-        pgid,
-        start_time,
-    })
-}
-
 /// The processes whose parent is `parent`, read from `/proc`.
 fn children_of(parent: libc::pid_t) -> Vec<ProcStat> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -256,33 +214,9 @@ fn children_of(parent: libc::pid_t) -> Vec<ProcStat> {
         .collect()
 }
 
-/// The sandbox marker in a process's environment, if it can be read.
-pub(crate) fn marker_of(pid: libc::pid_t) -> Option<String> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    let prefix = format!("{MARKER_ENV}=");
-    environ
-        .split(|byte| *byte == 0)
-        .find_map(|entry| entry.strip_prefix(prefix.as_bytes()))
-        .map(|value| String::from_utf8_lossy(value).into_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stat_lines_with_odd_command_names_parse() {
-        let stat = parse_stat("42 (my (odd) prog) S 7 42 42 0 -1 4194560 0 0").expect("parses");
-        assert_eq!(stat.pid, 42);
-        assert_eq!(stat.command, "my (odd) prog");
-        assert_eq!(stat.state, 'S');
-        assert_eq!(stat.ppid, 7);
-        assert_eq!(stat.pgid, 42);
-        assert_eq!(stat.start_time, None);
-        let full = "7 (sh) S 1 7 7 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 2498560 221";
-        assert_eq!(parse_stat(full).expect("parses").start_time, Some(123_456));
-        assert!(parse_stat("garbage").is_none());
-    }
 
     #[test]
     fn this_process_can_become_a_subreaper() {

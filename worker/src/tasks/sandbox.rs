@@ -1,6 +1,6 @@
 //! The sandbox every external process of a task runs in.
 //!
-//! [`exec`](crate::exec) gives each command its own process group, a timeout, cancel,
+//! [`exec`] gives each command its own process group, a timeout, cancel,
 //! capped output, and the kill of everything it started (including processes that left
 //! the group). On top of that, a [`Sandbox`] gives each run:
 //!
@@ -34,8 +34,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::exec::{self, CancelToken, ExecError, ExecLimits, ExecOutcome};
-use crate::running::Ledger;
+use crate::state::running::Ledger;
+use crate::tasks::exec::{self, CancelToken, ExecError, ExecLimits, ExecOutcome};
 
 /// Environment variables passed from the worker to a task when they are set. Everything
 /// else, including every credential the worker holds, is dropped. `LC_*` variables pass
@@ -254,7 +254,7 @@ pub struct SandboxCommand {
     /// A short name for the task directory (the task id, say).
     pub label: String,
     /// Where the run is recorded while it runs, so that the next start of a worker
-    /// killed meanwhile kills it (see [`crate::running`]); `None` records nothing.
+    /// killed meanwhile kills it (see [`crate::state::running`]); `None` records nothing.
     pub ledger: Option<Arc<Ledger>>,
 }
 
@@ -321,10 +321,10 @@ impl Sandbox {
                 io::Error::last_os_error()
             );
         }
-        crate::orphans::become_subreaper();
+        crate::tasks::orphans::become_subreaper();
         let landlock = if !config.landlock {
             LandlockState::Disabled
-        } else if crate::profile::is_android() {
+        } else if crate::device::profile::is_android() {
             LandlockState::NotOnAndroid
         } else {
             landlock::probe(&config.work_dir)
@@ -460,7 +460,7 @@ impl Sandbox {
 
         let enforcement = Enforcement {
             process_group: true,
-            escapees_caught: crate::orphans::become_subreaper(),
+            escapees_caught: crate::tasks::orphans::become_subreaper(),
             private_dir: true,
             clean_env: true,
             no_new_privs: true,

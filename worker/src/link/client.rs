@@ -37,13 +37,13 @@ use protocol::{
 };
 use serde_json::Value;
 
-use crate::exec::CancelToken;
-use crate::outbox::{Outbox, StoredResult};
-use crate::pool::{Job, Pool, PoolClosed, Runner};
-use crate::profile::{DeviceProfile, MetricsSampler};
-use crate::session::{Session, SessionConfig, SessionEvent};
-use crate::tasks::TaskOutcome;
-use crate::{StopHandle, WorkerError};
+use crate::device::profile::MetricsSampler;
+use crate::link::StopHandle;
+use crate::session::{DeviceProfile, Session, SessionConfig, SessionEvent, StoredResult};
+use crate::state::outbox::Outbox;
+use crate::tasks::exec::CancelToken;
+use crate::tasks::pool::{Job, Pool, PoolClosed, Runner};
+use crate::tasks::task::TaskOutcome;
 
 /// How long one connection attempt (per resolved address) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -372,6 +372,18 @@ struct Client {
     authenticates: bool,
 }
 
+/// Why the link ended other than by a requested stop; [`crate::run`] reports it as the
+/// matching [`crate::WorkerError`].
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// A thread of the worker could not be started.
+    #[error("could not start the worker's threads: {0}")]
+    Threads(#[source] std::io::Error),
+    /// The master refused this worker for good (revoked, wrong token, …).
+    #[error("the master refused this worker: {0}")]
+    Refused(String),
+}
+
 /// Runs the worker until `stop` is stopped; see [`crate::run`]. `outbox` is the opened
 /// outbox with the results an earlier run left in it.
 pub(crate) fn run(
@@ -382,11 +394,11 @@ pub(crate) fn run(
     identity: Identity,
     drain_timeout: Duration,
     stop: &StopHandle,
-) -> Result<(), WorkerError> {
+) -> Result<(), LinkError> {
     let (result_sender, results) = crossbeam_channel::unbounded();
     let (progress_sender, progress) = crossbeam_channel::bounded(PROGRESS_QUEUE);
     let pool = Pool::with_progress(config.slots, runner, result_sender, Some(progress_sender))
-        .map_err(WorkerError::Threads)?;
+        .map_err(LinkError::Threads)?;
     log::info!(
         "worker {} joining {master} with {} slot(s), running {}",
         config.device_id,
@@ -434,7 +446,7 @@ pub(crate) fn run(
     let refusal = client.session.refusal().map(str::to_string);
     client.shut_down();
     match refusal {
-        Some(reason) => Err(WorkerError::Refused(reason)),
+        Some(reason) => Err(LinkError::Refused(reason)),
         None => Ok(()),
     }
 }
@@ -606,7 +618,7 @@ impl Client {
                 self.connected_at = Some(Instant::now());
                 let now = self.now();
                 let nonce = if self.authenticates {
-                    match crate::identity::random_bytes() {
+                    match crate::state::identity::random_bytes() {
                         Ok(bytes) => Some(protocol::auth::Nonce(bytes)),
                         Err(error) => {
                             return self.disconnect(&format!("no nonce for the handshake: {error}"))
@@ -740,7 +752,7 @@ impl Client {
             SessionEvent::PinMasterKey { key } => {
                 let device_id = self.session.device_id().to_string();
                 if let Err(error) =
-                    crate::identity::pin_master_key(&self.state_dir, &device_id, &key)
+                    crate::state::identity::pin_master_key(&self.state_dir, &device_id, &key)
                 {
                     // The next connection enrolls again with the join token instead.
                     log::error!("could not keep the master's key: {error}");
@@ -899,7 +911,7 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::WorkerConfig;
+    use crate::{WorkerConfig, WorkerError};
     use serde_json::json;
     use std::io::{BufRead, BufReader};
     use std::net::{SocketAddr, TcpListener};
@@ -1072,7 +1084,7 @@ mod tests {
         assert_eq!(data["tags"], json!(["ci"]));
         assert_eq!(data["device_info"]["role"], json!("worker"));
         let types = data["task_types"].as_array().expect("task_types is a list");
-        for builtin in crate::tasks::BUILTIN_TYPES {
+        for builtin in crate::tasks::executor::BUILTIN_TYPES {
             assert!(types.contains(&json!(builtin)), "{types:?}");
         }
         assert_eq!(data.get("running_tasks").cloned(), running_tasks);
@@ -1174,7 +1186,7 @@ mod tests {
         master.ack(&goodbye, json!({"message": "goodbye"}));
         join_within(worker, STEP_LIMIT);
         assert!(
-            stopped_at.elapsed() < Duration::from_secs(1) + crate::exec::KILL_GRACE_PERIOD,
+            stopped_at.elapsed() < Duration::from_secs(1) + crate::tasks::exec::KILL_GRACE_PERIOD,
             "stopping took {:?}",
             stopped_at.elapsed()
         );
@@ -1366,7 +1378,7 @@ mod tests {
         master.ack(&goodbye, json!({}));
         join_within(worker, STEP_LIMIT);
         assert!(
-            stopped_at.elapsed() < Duration::from_secs(1) + crate::exec::KILL_GRACE_PERIOD,
+            stopped_at.elapsed() < Duration::from_secs(1) + crate::tasks::exec::KILL_GRACE_PERIOD,
             "stopping took {:?}",
             stopped_at.elapsed()
         );

@@ -21,8 +21,8 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, ExitStatus, Stdio};
 
-use crate::orphans::{self, SpawnGuard};
-use crate::running::Ledger;
+use crate::state::running::Ledger;
+use crate::tasks::orphans::{self, SpawnGuard};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -208,7 +208,7 @@ pub enum ExecError {
         #[source]
         source: io::Error,
     },
-    /// The run could not be recorded in the state dir (see [`crate::running`]), so it
+    /// The run could not be recorded in the state dir (see [`crate::state::running`]), so it
     /// was not started.
     #[error("could not record the run of `{program}` in the state dir: {source}")]
     Record {
@@ -280,7 +280,7 @@ pub fn run(
 ///
 /// With a `ledger`, the run is recorded in the worker's state dir from before the spawn
 /// until its group is dead, so that a later start of the worker kills it if this one
-/// dies first (see [`crate::running`]).
+/// dies first (see [`crate::state::running`]).
 pub fn run_configured(
     mut command: std::process::Command,
     stdin: Stdio,
@@ -406,7 +406,7 @@ pub fn run_configured(
 }
 
 /// The name of the environment variable that tags a sandboxed run's processes.
-pub const MARKER_ENV: &str = orphans::MARKER_ENV;
+pub const MARKER_ENV: &str = crate::device::proc::MARKER_ENV;
 
 /// A marker no other run uses: the pid, a random number drawn once per process (so a
 /// later process with the same pid, a restarted worker say, never repeats an earlier
