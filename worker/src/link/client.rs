@@ -618,7 +618,7 @@ impl Client {
                 self.connected_at = Some(Instant::now());
                 let now = self.now();
                 let nonce = if self.authenticates {
-                    match crate::state::identity::random_bytes() {
+                    match keyfile::random_bytes() {
                         Ok(bytes) => Some(protocol::auth::Nonce(bytes)),
                         Err(error) => {
                             return self.disconnect(&format!("no nonce for the handshake: {error}"))
