@@ -318,7 +318,9 @@ fn list_interfaces() -> Vec<InterfaceAddress> {
     interfaces
 }
 
-/// Walks the list `getifaddrs` returns; `None` when the call fails.
+/// Walks the list `getifaddrs` returns; `None` when the call fails. This stays a libc
+/// call (the worker's last hand-written pointer walk besides `wait4`): rustix has no
+/// `getifaddrs`, whose Linux version is a netlink conversation the libc does for us.
 fn read_ifaddrs() -> Option<Vec<InterfaceAddress>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: `getifaddrs` only writes the list head through the pointer it is given,

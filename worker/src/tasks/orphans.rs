@@ -20,6 +20,9 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, Once, PoisonError};
 
+use rustix::io::Errno;
+use rustix::process::{kill_process, kill_process_group, waitpid, Pid, Signal, WaitOptions};
+
 use crate::device::proc::{marker_of, parse_stat, ProcStat};
 
 /// How many ended task groups are remembered, so that members of a group that die
@@ -59,16 +62,14 @@ fn registry() -> MutexGuard<'static, Registry> {
 /// Makes this process a child subreaper, once. Returns whether it is one.
 pub fn become_subreaper() -> bool {
     SUBREAPER.call_once(|| {
-        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes integers only.
-        let result = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        if result == 0 {
-            IS_SUBREAPER.store(true, Ordering::SeqCst);
-        } else {
-            log::warn!(
+        // Any pid sets the flag; the kernel keeps only whether it is non-zero.
+        match rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
+            Ok(()) => IS_SUBREAPER.store(true, Ordering::SeqCst),
+            Err(error) => log::warn!(
                 "could not become a child subreaper ({}); processes that leave a task's \
                  process group will not be caught",
-                io::Error::last_os_error()
-            );
+                io::Error::from(error)
+            ),
         }
     });
     IS_SUBREAPER.load(Ordering::SeqCst)
@@ -137,8 +138,7 @@ fn sweep_locked(registry: &Registry) -> usize {
         .filter_map(|live| live.marker.as_deref())
         .collect();
     let ended_groups: HashSet<libc::pid_t> = registry.ended_groups.iter().copied().collect();
-    // SAFETY: getpid has no preconditions.
-    let me = unsafe { libc::getpid() };
+    let me = rustix::process::getpid().as_raw_pid();
     let mut n_killed = 0;
     for _ in 0..MAX_SWEEP_ROUNDS {
         let mut found = false;
@@ -165,15 +165,16 @@ fn sweep_locked(registry: &Registry) -> usize {
                     child.command
                 );
             }
-            // SAFETY: kill and killpg take integers only. The pid is our own child and
-            // is not reaped yet, so it cannot have been reused.
-            unsafe {
-                if child.pgid == child.pid && child.pgid > 1 {
-                    libc::killpg(child.pgid, libc::SIGKILL);
-                }
-                libc::kill(child.pid, libc::SIGKILL);
+            // The pid is our own child and is not reaped yet, so it cannot have been
+            // reused; a pid read from /proc is never 0.
+            let Some(pid) = Pid::from_raw(child.pid) else {
+                continue;
+            };
+            if child.pgid == child.pid && child.pgid > 1 {
+                let _ = kill_process_group(pid, Signal::KILL);
             }
-            reap(child.pid);
+            let _ = kill_process(pid, Signal::KILL);
+            reap(pid);
         }
         if !found {
             break;
@@ -183,15 +184,8 @@ fn sweep_locked(registry: &Registry) -> usize {
 }
 
 /// Waits for one child that was just killed.
-fn reap(pid: libc::pid_t) {
-    loop {
-        let mut status = 0;
-        // SAFETY: `status` is a valid place for waitpid to write to.
-        let result = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if result >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return;
-        }
-    }
+fn reap(pid: Pid) {
+    while let Err(Errno::INTR) = waitpid(Some(pid), WaitOptions::empty()) {}
 }
 
 /// The processes whose parent is `parent`, read from `/proc`.
@@ -221,18 +215,7 @@ mod tests {
     #[test]
     fn this_process_can_become_a_subreaper() {
         assert!(become_subreaper());
-        // SAFETY: PR_GET_CHILD_SUBREAPER writes an int through the pointer.
-        let mut value: libc::c_int = 0;
-        let result = unsafe {
-            libc::prctl(
-                libc::PR_GET_CHILD_SUBREAPER,
-                &mut value as *mut libc::c_int as libc::c_ulong,
-                0,
-                0,
-                0,
-            )
-        };
-        assert_eq!(result, 0);
-        assert_eq!(value, 1);
+        // PR_GET_CHILD_SUBREAPER reports the flag as 1.
+        assert_eq!(rustix::process::child_subreaper(), Ok(Pid::from_raw(1)));
     }
 }
