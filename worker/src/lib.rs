@@ -123,7 +123,7 @@ pub struct WorkerConfig {
     pub tags: Vec<String>,
     /// Where the worker keeps its state: the outbox of results not yet acknowledged, in
     /// `STATE_DIR/DEVICE_ID/outbox/` (see [`outbox`]). `None` means
-    /// [`outbox::default_state_dir`] (`$XDG_STATE_HOME/retire-worker`, else
+    /// [`state::default_state_dir`] (`$XDG_STATE_HOME/retire-worker`, else
     /// `~/.local/state/retire-worker`).
     pub state_dir: Option<PathBuf>,
     /// How long [`StopHandle::stop`] waits for running tasks (and the acks of their
@@ -257,7 +257,7 @@ pub fn run_with(
     let mut executor = Executor::new(execution, handlers.map)?;
     let state_dir = match config.state_dir.clone() {
         Some(dir) => dir,
-        None => outbox::default_state_dir().ok_or(WorkerError::NoStateDir)?,
+        None => state::default_state_dir().ok_or(WorkerError::NoStateDir)?,
     };
     let slots = config.slots.unwrap_or_else(pool::default_slots);
     let device_profile = profile::collect();
