@@ -1,6 +1,8 @@
 //! Integration tests of the `retire-worker` binary against a scripted
 //! master on `127.0.0.1:0`.
 
+#[path = "worker/layout.rs"]
+mod layout;
 #[path = "worker/life.rs"]
 mod life;
 
