@@ -1,10 +1,12 @@
-//! The link to the master: the one socket, reconnecting with backoff, that drives the
-//! sans-IO [`crate::session`] with what the socket, the clock, the task pool and the
-//! state dir report ([`client`]).
+//! The link to the master: the one socket ([`connection`]), reconnecting with
+//! backoff ([`backoff`]), and the loop that drives the sans-IO [`crate::session`] with
+//! what the socket, the clock, the task pool and the state dir report ([`client`]).
 //!
-//! Architecture invariant: only this folder touches the master's socket.
+//! Architecture invariant: only [`connection`] reads or writes the master's socket.
 
+pub mod backoff;
 pub mod client;
+pub mod connection;
 
 use crossbeam_channel::Receiver;
 
