@@ -11,10 +11,10 @@ use crate::core::{Core, Secrets};
 use protocol::auth::{KeyPair, Token, TokenKind};
 // The worker writes its key the same way; the master links the worker
 // anyway (for `--dev`), so both use one writer.
+use keyfile::{random_bytes, write_private, KeyfileError as IdentityError};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use worker::identity::{random_bytes, write_private, IdentityError};
 
 /// The folder under the data dir that holds the secrets.
 pub const SECRETS_DIR: &str = "secrets";

@@ -12,10 +12,9 @@
 use std::thread;
 
 use serde_json::json;
-use worker::config::ExecutionConfig;
-use worker::handlers::Progress;
-use worker::tasks::TaskOutcome;
+use worker::ExecutionConfig;
 use worker::{Handlers, StopHandle, WorkerConfig};
+use worker::{Progress, TaskOutcome};
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use protocol::{ResultStatus, TaskSpec};
 use serde_json::json;
-use worker::config::ExecutionConfig;
-use worker::exec::{self, CancelToken};
-use worker::handlers::TaskContext;
-use worker::tasks::Executor;
+use worker::tasks::exec::{self, CancelToken};
+use worker::tasks::executor::Executor;
+use worker::ExecutionConfig;
+use worker::TaskContext;
 
 fn main() -> anyhow::Result<()> {
     let n_runs: usize = match std::env::args().nth(1) {

@@ -5,31 +5,29 @@
 //! hands it. This crate holds the building blocks the `retire-worker` binary is made of,
 //! and [`run`], the entry point both that binary and the master's `--dev` mode call:
 //!
-//! - [`profile`]: what the device is (OS, architecture, cores, memory, disks, network)
-//!   and how busy it is right now (CPU, memory, disk, load, uptime), sampled cheaply
-//!   enough to run every few seconds on a Pi.
-//! - [`exec`]: running an external command in its own process group with a timeout,
-//!   cancellation and capped output, killing the whole group when it has to stop.
+//! The folders follow the roles, and the arrows between them point one way:
+//!
 //! - [`session`]: the worker's side of the protocol as a state machine with no I/O
-//!   (register, heartbeat schedule, accepting tasks, the outbox of unacknowledged
-//!   results), tested on simulated time.
-//! - [`client`]: the one persistent socket to the master, reconnecting with backoff.
-//! - [`outbox`]: finished results on disk (in the state dir) until the master
-//!   acknowledges them, so they survive a restart of the worker.
-//! - [`pool`]: the fixed set of task threads, one per slot.
-//! - [`tasks`]: the built-in task types (`echo`, `sleep`, `system_info`, `shell`,
-//!   `python_eval`, `http_request`) and the [`tasks::Executor`] that runs every type.
-//! - [`sandbox`]: what every external process runs in (process group, rlimits, private
-//!   directory, cleared environment, Landlock); [`config`]: the owner's policy and
-//!   limits (a TOML file); [`handlers`]: custom task types, from a handlers folder or
-//!   written in Rust.
+//!   (handshake, register, heartbeat schedule, accepting tasks, results awaiting acks),
+//!   tested on simulated time; it defines the plain values it exchanges with the rest.
+//! - [`link`]: the one persistent socket to the master, reconnecting with backoff, that
+//!   drives the session, the task pool and the outbox.
+//! - [`state`]: what lives in the state dir: the [`state::outbox`] of results until the
+//!   master acknowledges them, the device's key ([`state::identity`]), the records of
+//!   running process groups ([`state::running`]).
+//! - [`tasks`]: running tasks: the slot threads ([`tasks::pool`]), the interface of a
+//!   task type ([`tasks::task`]), the built-in types and the
+//!   [`tasks::executor::Executor`] that runs every type, custom types
+//!   ([`tasks::handlers`]), the owner's policy ([`tasks::config`]), and for external
+//!   commands the process groups ([`tasks::exec`]) and the [`tasks::sandbox`].
+//! - [`device`]: what the device is and how busy it is ([`device::profile`]).
+//! - [`scrub`]: the process hardening `main` does first (the join token masked, not
+//!   dumpable).
 //!
 //! A program can embed a worker with task types of its own, written in Rust:
 //!
 //! ```no_run
-//! use worker::{Handlers, StopHandle, WorkerConfig};
-//! use worker::config::ExecutionConfig;
-//! use worker::tasks::TaskOutcome;
+//! use worker::{ExecutionConfig, Handlers, StopHandle, TaskOutcome, WorkerConfig};
 //!
 //! let handlers = Handlers::new().add("word_count", |task, _context| {
 //!     let text = task.payload["text"].as_str().unwrap_or_default();
@@ -46,33 +44,31 @@
 //! static `aarch64-unknown-linux-musl` binary with nothing but rustup's target and
 //! `rust-lld`.
 
-pub mod client;
-pub mod config;
-pub mod exec;
-pub mod handlers;
-mod http;
-pub mod identity;
-mod orphans;
-pub mod outbox;
-pub mod pool;
-pub mod profile;
-pub mod running;
-pub mod sandbox;
+pub mod device;
+pub mod link;
 pub mod scrub;
 pub mod session;
+pub mod state;
 pub mod tasks;
+
+use crate::device::profile;
+use crate::link::client::{self, LinkError};
+use crate::state::{identity, outbox, running};
+use crate::tasks::pool;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::Receiver;
 use protocol::TaskSpec;
 
-use crate::config::ExecutionConfig;
-use crate::handlers::{Handler, TaskContext};
-use crate::tasks::{Executor, TaskOutcome};
+use crate::tasks::executor::{Executor, ExecutorError};
+use crate::tasks::task::Handler;
+
+pub use crate::link::StopHandle;
+pub use crate::tasks::config::ExecutionConfig;
+pub use crate::tasks::task::{Progress, TaskContext, TaskOutcome};
 
 /// Task types written in Rust, for [`run_with`].
 #[derive(Clone, Default)]
@@ -127,7 +123,7 @@ pub struct WorkerConfig {
     pub tags: Vec<String>,
     /// Where the worker keeps its state: the outbox of results not yet acknowledged, in
     /// `STATE_DIR/DEVICE_ID/outbox/` (see [`outbox`]). `None` means
-    /// [`outbox::default_state_dir`] (`$XDG_STATE_HOME/retire-worker`, else
+    /// [`state::default_state_dir`] (`$XDG_STATE_HOME/retire-worker`, else
     /// `~/.local/state/retire-worker`).
     pub state_dir: Option<PathBuf>,
     /// How long [`StopHandle::stop`] waits for running tasks (and the acks of their
@@ -170,62 +166,6 @@ impl Default for WorkerConfig {
     }
 }
 
-/// Asks a running worker to stop. Clones share the request; stopping is permanent.
-///
-/// [`StopHandle::stop`] asks for a graceful leave (drain, then goodbye);
-/// [`StopHandle::stop_now`] for an immediate one, also in the middle of a drain. Either
-/// wakes the worker at once wherever it waits (connected, connecting or backing off):
-/// each level is a channel that never carries a message and is closed by stopping,
-/// which the worker's `select!` sees immediately.
-#[derive(Debug, Clone, Default)]
-pub struct StopHandle {
-    // Stopping is cancelling: the same one-shot, wake-everyone flag that stops a
-    // running command stops the whole worker.
-    token: exec::CancelToken,
-    now: exec::CancelToken,
-}
-
-impl StopHandle {
-    /// A handle that has not been stopped.
-    pub fn new() -> Self {
-        StopHandle::default()
-    }
-
-    /// Asks the worker to leave gracefully: it takes no new tasks, waits up to its drain
-    /// timeout for the running ones and for the acks of their results, then says
-    /// goodbye, handing back whatever still runs. Calling it again is harmless.
-    pub fn stop(&self) {
-        self.token.cancel();
-    }
-
-    /// Asks the worker to leave at once: it says goodbye, handing back its running tasks,
-    /// and cancels them, whether it was serving or draining.
-    pub fn stop_now(&self) {
-        self.now.cancel();
-        self.token.cancel();
-    }
-
-    /// Whether [`StopHandle::stop`] or [`StopHandle::stop_now`] has been called.
-    pub fn is_stopped(&self) -> bool {
-        self.token.is_cancelled()
-    }
-
-    /// Whether [`StopHandle::stop_now`] has been called.
-    pub fn is_stopped_now(&self) -> bool {
-        self.now.is_cancelled()
-    }
-
-    /// A receiver that becomes ready (disconnected) once stopped, for `select!`.
-    pub(crate) fn stopped_receiver(&self) -> &Receiver<()> {
-        self.token.cancelled_receiver()
-    }
-
-    /// A receiver that becomes ready once stopped at once, for `select!`.
-    pub(crate) fn stopped_now_receiver(&self) -> &Receiver<()> {
-        self.now.cancelled_receiver()
-    }
-}
-
 /// Why a worker could not run at all. Losing the master is not an error: the worker
 /// keeps reconnecting until it is stopped.
 #[derive(Debug, thiserror::Error)]
@@ -254,7 +194,7 @@ pub enum WorkerError {
     Threads(#[source] std::io::Error),
     /// The sandbox or the handlers could not be set up.
     #[error(transparent)]
-    Execution(#[from] tasks::ExecutorError),
+    Execution(#[from] ExecutorError),
     /// No state dir was given and none could be derived (no `$HOME`, no binary path).
     #[error("no state dir: set --state-dir (RETIRE_STATE_DIR), XDG_STATE_HOME or HOME")]
     NoStateDir,
@@ -278,6 +218,15 @@ pub enum WorkerError {
     Refused(String),
 }
 
+impl From<LinkError> for WorkerError {
+    fn from(error: LinkError) -> WorkerError {
+        match error {
+            LinkError::Threads(source) => WorkerError::Threads(source),
+            LinkError::Refused(reason) => WorkerError::Refused(reason),
+        }
+    }
+}
+
 /// Runs a worker until `stop` is stopped: joins the master at `config.master`, keeps
 /// the connection (reconnecting with backoff whenever it drops) and runs the tasks the
 /// master assigns. Results are kept in the outbox under `config.state_dir` until the
@@ -289,7 +238,7 @@ pub enum WorkerError {
 /// acknowledged. Then (or at once on [`StopHandle::stop_now`]) it says goodbye, which
 /// hands the tasks still running back to the master, cancels them, waits for the task
 /// threads to end and returns, well under a second plus the task kill grace
-/// ([`exec::KILL_GRACE_PERIOD`]) after that, whether or not it is connected. With
+/// ([`tasks::exec::KILL_GRACE_PERIOD`]) after that, whether or not it is connected. With
 /// nothing running and nothing to deliver it returns promptly.
 pub fn run(config: WorkerConfig, stop: StopHandle) -> Result<(), WorkerError> {
     run_with(config, ExecutionConfig::default(), Handlers::new(), stop)
@@ -308,7 +257,7 @@ pub fn run_with(
     let mut executor = Executor::new(execution, handlers.map)?;
     let state_dir = match config.state_dir.clone() {
         Some(dir) => dir,
-        None => outbox::default_state_dir().ok_or(WorkerError::NoStateDir)?,
+        None => state::default_state_dir().ok_or(WorkerError::NoStateDir)?,
     };
     let slots = config.slots.unwrap_or_else(pool::default_slots);
     let device_profile = profile::collect();
@@ -361,6 +310,7 @@ pub fn run_with(
         config.drain_timeout,
         &stop,
     )
+    .map_err(WorkerError::from)
 }
 
 fn check_device_id(device_id: &str) -> Result<(), WorkerError> {

@@ -14,8 +14,9 @@ use clap::Parser;
 use protocol::auth::{Token, TokenKind};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use worker::config::ExecutionConfig;
-use worker::{profile, scrub, Handlers, StopHandle, WorkerConfig};
+use worker::device::profile;
+use worker::ExecutionConfig;
+use worker::{scrub, Handlers, StopHandle, WorkerConfig};
 
 /// Join a Retire-Cluster master and run the tasks it hands out.
 #[derive(Debug, Parser)]

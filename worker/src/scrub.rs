@@ -140,10 +140,7 @@ pub fn scrub_join_token() -> Result<Scrubbed, ScrubError> {
 /// not run as root) can no longer read its memory or environment through `/proc` or
 /// attach a debugger, and it leaves no core dump. Returns the error of `prctl`.
 pub fn make_non_dumpable() -> io::Result<()> {
-    // SAFETY: prctl with PR_SET_DUMPABLE takes integers only.
-    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)?;
     Ok(())
 }
 

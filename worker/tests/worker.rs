@@ -1,6 +1,8 @@
 //! Integration tests of the `retire-worker` binary against a scripted
 //! master on `127.0.0.1:0`.
 
+#[path = "worker/layout.rs"]
+mod layout;
 #[path = "worker/life.rs"]
 mod life;
 
@@ -132,10 +134,10 @@ use std::time::Instant;
 
 use protocol::{ResultStatus, TaskSpec};
 use serde_json::{json, Value};
-use worker::config::ExecutionConfig;
-use worker::exec::CancelToken;
-use worker::handlers::TaskContext;
-use worker::tasks::{Executor, TaskOutcome};
+use worker::tasks::exec::CancelToken;
+use worker::tasks::executor::Executor;
+use worker::ExecutionConfig;
+use worker::{TaskContext, TaskOutcome};
 
 fn executor(config: &str) -> Executor {
     let config = ExecutionConfig::from_toml(config).expect("the test config parses");

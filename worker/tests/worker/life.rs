@@ -158,8 +158,8 @@ fn wait_within(child: Child, limit: Duration) -> ExitStatus {
 
 /// The results waiting in the worker's outbox under `state`, as a reader of the disk
 /// sees them.
-fn outbox_results(state: &Path) -> Vec<worker::outbox::StoredResult> {
-    worker::outbox::Outbox::peek(state, DEVICE).expect("the outbox can be read")
+fn outbox_results(state: &Path) -> Vec<worker::session::StoredResult> {
+    worker::state::outbox::Outbox::peek(state, DEVICE).expect("the outbox can be read")
 }
 
 fn task_results(messages: &[Value]) -> Vec<&Value> {

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use crate::exec::CancelToken;
-use crate::tasks::TaskOutcome;
+use crate::tasks::exec::CancelToken;
+use crate::tasks::task::TaskOutcome;
 
 /// Whether this build can run `http_request` tasks.
 pub const AVAILABLE: bool = true;

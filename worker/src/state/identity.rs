@@ -9,10 +9,9 @@
 //! master with authentication off, or the legacy switch).
 
 use crate::session::Credentials;
-use protocol::auth::{KeyPair, PublicKey, Token, SECRET_LEN};
+use keyfile::{random_bytes, write_private, KeyfileError};
+use protocol::auth::{KeyPair, PublicKey, Token};
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 const KEY_FILE: &str = "identity.key";
@@ -38,9 +37,9 @@ pub enum IdentityError {
         /// What is wrong.
         detail: String,
     },
-    /// The operating system gave no random bytes.
-    #[error("no random bytes from the operating system: {0}")]
-    Random(String),
+    /// A secret could not be made or written (see [`keyfile`]).
+    #[error(transparent)]
+    Keyfile(#[from] KeyfileError),
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
@@ -48,13 +47,6 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// A fresh random value from the operating system.
-pub fn random_bytes() -> Result<[u8; SECRET_LEN], IdentityError> {
-    let mut bytes = [0u8; SECRET_LEN];
-    getrandom::fill(&mut bytes).map_err(|err| IdentityError::Random(err.to_string()))?;
-    Ok(bytes)
 }
 
 /// The credential of `device_id` in `state_dir`: `None` when the worker has neither a
@@ -130,36 +122,14 @@ pub fn pin_master_key(
     write_private(
         &state_dir.join(device_id).join(MASTER_FILE),
         &key.to_string(),
-    )
-}
-
-/// Writes `text` and a newline to `path`, readable by its owner only (0600), replacing
-/// any old file atomically (a new file, synced, renamed over it). The folder is
-/// created if missing. The master keeps its tokens with this too.
-pub fn write_private(path: &Path, text: &str) -> Result<(), IdentityError> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(io_error(dir))?;
-    }
-    let temporary = path.with_extension("new");
-    let _ = fs::remove_file(&temporary);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temporary)
-        .map_err(io_error(&temporary))?;
-    file.write_all(format!("{text}\n").as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(io_error(&temporary))?;
-    fs::set_permissions(&temporary, fs::Permissions::from_mode(0o600))
-        .map_err(io_error(&temporary))?;
-    fs::rename(&temporary, path).map_err(io_error(path))
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::auth::TokenKind;
+    use protocol::auth::{TokenKind, SECRET_LEN};
 
     fn token() -> Token {
         Token::from_bytes(TokenKind::Join, [3; SECRET_LEN])

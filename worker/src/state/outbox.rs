@@ -6,7 +6,7 @@
 //! (or a `kill -9`, or a power cut) of the worker itself: on start the worker loads the
 //! outbox and sends it after its register ack.
 //!
-//! Layout, under the state dir (`--state-dir`, see [`default_state_dir`]):
+//! Layout, under the state dir (`--state-dir`, see [`super::default_state_dir`]):
 //!
 //! ```text
 //! STATE_DIR/
@@ -63,21 +63,23 @@
 //! session also stops accepting tasks while that many results wait for acks.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use protocol::{Envelope, Message, TaskResult};
 
-/// The most results the outbox keeps on disk at once.
-pub const MAX_RESULTS: usize = 10_000;
+use crate::session::StoredResult;
+use crate::state::try_lock;
+
+/// The most results the outbox keeps on disk at once (10,000): as many as the session
+/// lets wait for acks ([`crate::session::MAX_UNACKNOWLEDGED_RESULTS`]).
+pub const MAX_RESULTS: usize = crate::session::MAX_UNACKNOWLEDGED_RESULTS;
 
 /// The most bytes of waiting results the outbox keeps at once (256 MiB). One result is at
-/// most about 900 KiB (`worker::tasks::MAX_RESULT_BYTES`), so this holds at least 280 of
+/// most about 900 KiB (`worker::tasks::executor::MAX_RESULT_BYTES`), so this holds at least 280 of
 /// the largest results and many thousands of ordinary ones.
 pub const MAX_BYTES: u64 = 256 << 20;
 
@@ -90,44 +92,10 @@ const OUTBOX_DIR: &str = "outbox";
 /// The name of the lock file inside `STATE_DIR/DEVICE_ID/`.
 const LOCK_FILE: &str = "lock";
 
-/// The directory name the default state dir ends in.
-const APP_DIR: &str = "retire-worker";
-
 /// How a log's file name starts and ends; the number between is zero-padded so that
 /// names sort in the order the logs were made.
 const LOG_PREFIX: &str = "log-";
 const LOG_SUFFIX: &str = ".jsonl";
-
-/// The state dir used when none is given: `$XDG_STATE_HOME/retire-worker`, else
-/// `~/.local/state/retire-worker`, else (no home at all, as under some service
-/// managers) `retire-worker-state` next to the binary. `None` only when not even the
-/// binary's own path is known.
-pub fn default_state_dir() -> Option<PathBuf> {
-    state_dir_from(
-        std::env::var_os("XDG_STATE_HOME"),
-        std::env::var_os("HOME"),
-        std::env::current_exe().ok(),
-    )
-}
-
-/// [`default_state_dir`] from explicit values, for tests.
-fn state_dir_from(
-    xdg_state_home: Option<OsString>,
-    home: Option<OsString>,
-    exe: Option<PathBuf>,
-) -> Option<PathBuf> {
-    // The XDG base directory spec says a relative value is invalid and must be ignored.
-    if let Some(xdg) = xdg_state_home
-        .map(PathBuf::from)
-        .filter(|dir| dir.is_absolute())
-    {
-        return Some(xdg.join(APP_DIR));
-    }
-    if let Some(home) = home.filter(|home| !home.is_empty()) {
-        return Some(PathBuf::from(home).join(".local/state").join(APP_DIR));
-    }
-    Some(exe?.parent()?.join(format!("{APP_DIR}-state")))
-}
 
 /// Why the outbox could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -169,15 +137,6 @@ pub enum SaveError {
     /// Writing failed (disk full, I/O error, …).
     #[error("writing the result failed: {0}")]
     Io(#[from] io::Error),
-}
-
-/// A result loaded from disk: send it again under the same message id.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredResult {
-    /// The `message_id` it was (or would have been) sent with.
-    pub message_id: String,
-    /// The result.
-    pub result: TaskResult,
 }
 
 /// Where a waiting result's line is: which log, at which offset, how long.
@@ -1036,23 +995,6 @@ fn is_safe_message_id(id: &str) -> bool {
             .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
 }
 
-/// Takes an exclusive advisory lock on `file` without waiting: `Ok(false)` when another
-/// process holds it. The lock ends with the process, so a crashed worker never leaves a
-/// stale one behind.
-fn try_lock(file: &File) -> io::Result<bool> {
-    // SAFETY: flock only reads the descriptor, which `file` keeps open for the call.
-    let outcome = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if outcome == 0 {
-        return Ok(true);
-    }
-    let error = io::Error::last_os_error();
-    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(error)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1482,31 +1424,5 @@ mod tests {
             outbox.save("../escape", &result("t-1", 1)),
             Err(SaveError::BadId(_))
         ));
-    }
-
-    #[test]
-    fn the_default_state_dir_follows_xdg_then_home_then_the_binary() {
-        let exe = Some(PathBuf::from("/opt/retire/bin/retire-worker"));
-        assert_eq!(
-            state_dir_from(
-                Some("/var/state".into()),
-                Some("/home/pi".into()),
-                exe.clone()
-            ),
-            Some(PathBuf::from("/var/state/retire-worker"))
-        );
-        assert_eq!(
-            state_dir_from(
-                Some("relative".into()),
-                Some("/home/pi".into()),
-                exe.clone()
-            ),
-            Some(PathBuf::from("/home/pi/.local/state/retire-worker"))
-        );
-        assert_eq!(
-            state_dir_from(None, Some("".into()), exe.clone()),
-            Some(PathBuf::from("/opt/retire/bin/retire-worker-state"))
-        );
-        assert_eq!(state_dir_from(None, None, None), None);
     }
 }

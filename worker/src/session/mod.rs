@@ -16,7 +16,7 @@
 //! until the master acknowledges that exact message, and the whole outbox is sent again
 //! after each register ack, so no result is lost to a dropped connection. The session
 //! asks the caller to make each result durable ([`SessionEvent::SaveResult`], see
-//! [`crate::outbox`]) before it is sent, and to delete it once it is settled
+//! [`crate::state::outbox`]) before it is sent, and to delete it once it is settled
 //! ([`SessionEvent::ForgetResult`]); results saved by an earlier run of the worker come
 //! back through [`Session::restore_outbox`].
 
@@ -29,11 +29,10 @@ use protocol::{
 };
 use serde_json::{json, Map, Value};
 
-use crate::outbox::StoredResult;
-use crate::profile::{DeviceProfile, LiveMetrics};
-
 mod auth;
+mod types;
 pub use auth::Credentials;
+pub use types::{DeviceProfile, DiskInfo, LiveMetrics, StoredResult};
 
 /// The heartbeat interval used until the master's register ack says otherwise.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -60,9 +59,9 @@ pub const MIN_SILENCE_BEFORE_RECONNECT: Duration = Duration::from_secs(15);
 
 /// How many results may wait for the master's ack before the session refuses new
 /// assignments (with `no_free_slot`): the same bound as the outbox on disk
-/// ([`crate::outbox::MAX_RESULTS`]), so that a master that keeps refusing results cannot
-/// make the worker pile up more of them than it can keep.
-pub const MAX_UNACKNOWLEDGED_RESULTS: usize = crate::outbox::MAX_RESULTS;
+/// (`state::outbox::MAX_RESULTS` is this number), so that a master that keeps refusing
+/// results cannot make the worker pile up more of them than it can keep.
+pub const MAX_UNACKNOWLEDGED_RESULTS: usize = 10_000;
 
 /// Message types that never get a reply, so the session never answers them, not even
 /// when they arrive malformed. Answering one could start an endless error exchange.
@@ -110,7 +109,7 @@ pub enum SessionEvent {
         /// Why, for the log.
         reason: String,
     },
-    /// A finished result entered the outbox: make it durable (see [`crate::outbox`])
+    /// A finished result entered the outbox: make it durable (see [`crate::state::outbox`])
     /// before writing anything the session queued after this event, which includes the
     /// result itself.
     SaveResult {
@@ -1054,7 +1053,6 @@ fn register_template(config: &SessionConfig, profile: &DeviceProfile) -> Registe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::DiskInfo;
     use protocol::{ResultStatus, TaskSpec};
     use std::collections::HashSet;
 
@@ -1217,7 +1215,7 @@ mod tests {
     fn what_the_worker_registers_stays_far_below_the_masters_cap() {
         let config = SessionConfig {
             device_id: DEVICE.into(),
-            task_types: crate::tasks::BUILTIN_TYPES
+            task_types: crate::tasks::executor::BUILTIN_TYPES
                 .iter()
                 .map(|t| t.to_string())
                 .collect(),

@@ -1,38 +1,79 @@
-//! Custom task types: executables in a handlers folder, and handlers written in Rust by a
-//! program that embeds the worker.
-//!
-//! **A handlers folder** (`retire-worker --handlers DIR`) holds one executable per task
-//! type, named exactly after the type (`DIR/resize` runs `resize` tasks). The worker
-//! looks at the folder when it starts. Each task runs the executable in the sandbox
-//! with:
-//!
-//! - the task's payload as JSON on stdin;
-//! - `RETIRE_TASK_ID`, `RETIRE_TASK_TYPE`, `RETIRE_ATTEMPT` and `RETIRE_PROGRESS_FD` in
-//!   its environment (plus the sandbox's allowlist, `HOME` and `TMPDIR`);
-//! - a progress channel on file descriptor 3 (`RETIRE_PROGRESS_FD`): each line written
-//!   there becomes a `task_progress` message. A line is a JSON object with any of
-//!   `fraction` (0 to 1), `done`, `total` and `message`; a bare number is a fraction;
-//!   any other text is a message.
-//!
-//! Its stdout is the task's `output`, parsed as JSON when it is valid JSON, else kept as
-//! text; exit code 0 means completed.
-//!
-//! **Rust handlers** are [`Handler`] closures given to [`crate::run_with_handlers`].
-//! They run inside the worker process, on the task's slot thread, and are trusted code:
-//! the sandbox is for external processes.
+//! The interface of a task type: what a running task is given besides its payload
+//! ([`TaskContext`]: its id, attempt, cancel token and progress channel) and what it
+//! gives back ([`TaskOutcome`]). Every task type, built-in, external or written in Rust
+//! ([`Handler`]), meets here, so the modules that run them import this one and not each
+//! other.
 
-use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use protocol::{TaskProgress, TaskSpec};
-use serde_json::Value;
+use protocol::{ResultStatus, TaskProgress, TaskResult, TaskSpec};
+use serde_json::{json, Map, Value};
 
-use crate::exec::CancelToken;
-use crate::tasks::TaskOutcome;
+use crate::tasks::exec::CancelToken;
+
+/// How one run of a task ended, before it is wrapped into a [`TaskResult`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskOutcome {
+    /// Completed, failed, timeout or cancelled.
+    pub status: ResultStatus,
+    /// The `result` object sent to the master; always holds `output` and `exit_code`.
+    pub result: Map<String, Value>,
+    /// A one-line reason when the task did not complete.
+    pub error: Option<String>,
+}
+
+impl TaskOutcome {
+    /// A successful outcome whose `output` is `output` and whose `exit_code` is 0.
+    pub fn completed(output: Value) -> TaskOutcome {
+        TaskOutcome {
+            status: ResultStatus::Completed,
+            result: base_result(output, Some(0)),
+            error: None,
+        }
+    }
+
+    /// An outcome that did not complete, with `null` output and exit code.
+    pub fn unsuccessful(status: ResultStatus, error: impl Into<String>) -> TaskOutcome {
+        TaskOutcome {
+            status,
+            result: base_result(Value::Null, None),
+            error: Some(error.into()),
+        }
+    }
+
+    /// A failed outcome, for bad payloads and handlers that could not do their work.
+    pub fn failed(error: impl Into<String>) -> TaskOutcome {
+        TaskOutcome::unsuccessful(ResultStatus::Failed, error)
+    }
+
+    /// Adds one more field to the `result` object.
+    pub fn with_field(mut self, key: &str, value: Value) -> TaskOutcome {
+        self.result.insert(key.to_string(), value);
+        self
+    }
+
+    /// Wraps the outcome into the `task_result` a worker sends for attempt `attempt`.
+    pub fn into_task_result(self, task_id: String, attempt: u32, elapsed: Duration) -> TaskResult {
+        TaskResult {
+            task_id,
+            attempt: Some(attempt),
+            status: self.status,
+            execution_time: Some(elapsed.as_secs_f64()),
+            result: Value::Object(self.result),
+            error: self.error,
+        }
+    }
+}
+
+/// The `result` object every outcome starts from: `output` and `exit_code`.
+pub(crate) fn base_result(output: Value, exit_code: Option<i32>) -> Map<String, Value> {
+    let mut result = Map::new();
+    result.insert("output".into(), output);
+    result.insert("exit_code".into(), json!(exit_code));
+    result
+}
 
 /// A task type implemented in Rust by a program that embeds the worker.
 pub type Handler = Arc<dyn Fn(&TaskSpec, &TaskContext) -> TaskOutcome + Send + Sync>;
@@ -184,37 +225,6 @@ impl ProgressReporter {
     }
 }
 
-/// Finds the handlers in `dir`: every executable regular file whose name is a valid
-/// task type. Other files are skipped with a warning.
-pub fn scan_folder(dir: &Path) -> std::io::Result<BTreeMap<String, PathBuf>> {
-    let mut found = BTreeMap::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        // Follow symlinks: a handler may well be a link to a program elsewhere.
-        let Ok(metadata) = std::fs::metadata(&path) else {
-            continue;
-        };
-        if name.starts_with('.') || !metadata.is_file() {
-            continue;
-        }
-        if metadata.permissions().mode() & 0o111 == 0 {
-            log::warn!(
-                "handlers folder: {} is not executable; skipped",
-                path.display()
-            );
-            continue;
-        }
-        if let Err(reason) = protocol::types::validate_id("task type", &name) {
-            log::warn!("handlers folder: {}: {reason}; skipped", path.display());
-            continue;
-        }
-        found.insert(name, path);
-    }
-    Ok(found)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,22 +268,5 @@ mod tests {
         assert_eq!(sent[0].attempt, Some(2));
         assert_eq!(sent[1].fraction, Some(1.0));
         assert_eq!(sent[1].message.as_ref().map(String::len), Some(200));
-    }
-
-    #[test]
-    fn the_folder_scan_keeps_executables_named_like_types() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let write = |name: &str, mode: u32| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, "#!/bin/sh\n").expect("write");
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-        };
-        write("resize", 0o755);
-        write("notes.txt", 0o644);
-        write(".hidden", 0o755);
-        write("has space", 0o755);
-        std::fs::create_dir(dir.path().join("subdir")).expect("mkdir");
-        let found = scan_folder(dir.path()).expect("scan");
-        assert_eq!(found.keys().collect::<Vec<_>>(), ["resize"]);
     }
 }

@@ -11,8 +11,9 @@ use std::ffi::CStr;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
 use sysinfo::{CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, RefreshKind, System};
+
+use crate::session::{DeviceProfile, DiskInfo, LiveMetrics};
 
 /// Where systemd (and most other Linux init systems) keep the per-installation machine id.
 const MACHINE_ID_PATH: &str = "/etc/machine-id";
@@ -48,51 +49,6 @@ const VIRTUAL_INTERFACE_PREFIXES: &[&str] = &[
     "lxc",
     "lxd",
 ];
-
-/// One mounted file system, as reported in the device profile.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DiskInfo {
-    /// Where the file system is mounted, for example `/` or `/mnt/usb`.
-    pub mount_point: String,
-    /// Size of the file system in bytes.
-    pub total_bytes: u64,
-    /// Bytes available to unprivileged users when the profile was collected.
-    pub available_bytes: u64,
-}
-
-/// The static description of a device that a worker registers with.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeviceProfile {
-    /// The device's hostname, as the operating system reports it.
-    pub hostname: String,
-    /// The platform family: `"linux"`, `"android"` (also under Termux), `"macos"`,
-    /// `"windows"`, `"freebsd"`, ... (the values of `std::env::consts::OS`, except that
-    /// Android is detected at run time because a Linux binary runs there too).
-    pub platform: String,
-    /// The CPU architecture the worker was built for, as in `std::env::consts::ARCH`
-    /// (`"x86_64"`, `"aarch64"`, `"arm"`, ...).
-    pub architecture: String,
-    /// The operating system's name and version, for example `"Debian GNU/Linux 12"`.
-    pub os_version: Option<String>,
-    /// The kernel version, for example `"6.1.0-18-arm64"`.
-    pub kernel_version: Option<String>,
-    /// The CPU model as the CPU reports it, when it reports one (many ARM boards do not).
-    pub cpu_model: Option<String>,
-    /// The number of logical CPUs; never less than one.
-    pub cpu_cores: u32,
-    /// Physical memory in bytes.
-    pub memory_total_bytes: u64,
-    /// The total size of all distinct file systems in `disks`, in bytes.
-    pub disk_total_bytes: u64,
-    /// The mounted file systems, one per underlying device.
-    pub disks: Vec<DiskInfo>,
-    /// The names of the network interfaces, sorted.
-    pub network_interfaces: Vec<String>,
-    /// The first IPv4 address of a physical-looking interface that is neither loopback
-    /// nor link-local, if there is one. The network client may know better (the local
-    /// address of its socket to the master) and should prefer that when it has it.
-    pub ip_address: Option<String>,
-}
 
 impl DeviceProfile {
     /// Gathers the profile of the device this process runs on.
@@ -362,7 +318,9 @@ fn list_interfaces() -> Vec<InterfaceAddress> {
     interfaces
 }
 
-/// Walks the list `getifaddrs` returns; `None` when the call fails.
+/// Walks the list `getifaddrs` returns; `None` when the call fails. This stays a libc
+/// call (the worker's last hand-written pointer walk besides `wait4`): rustix has no
+/// `getifaddrs`, whose Linux version is a netlink conversation the libc does for us.
 fn read_ifaddrs() -> Option<Vec<InterfaceAddress>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: `getifaddrs` only writes the list head through the pointer it is given,
@@ -426,22 +384,6 @@ fn is_virtual_interface(name: &str) -> bool {
     VIRTUAL_INTERFACE_PREFIXES
         .iter()
         .any(|prefix| name.starts_with(prefix))
-}
-
-/// The live numbers a worker reports with every heartbeat.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LiveMetrics {
-    /// CPU usage across all CPUs since the previous sample, in percent (0 to 100).
-    pub cpu_usage: f64,
-    /// Memory in use (total minus available), in percent of physical memory.
-    pub memory_usage: f64,
-    /// Space in use on the root file system (or the largest one, when there is no root
-    /// file system to be seen), in percent of its size.
-    pub disk_usage: f64,
-    /// The 1, 5 and 15 minute load averages (zeros where the OS has none).
-    pub load_average: [f64; 3],
-    /// Seconds since the device booted.
-    pub uptime_secs: u64,
 }
 
 /// Samples [`LiveMetrics`] cheaply, again and again.

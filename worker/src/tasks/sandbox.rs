@@ -1,6 +1,6 @@
 //! The sandbox every external process of a task runs in.
 //!
-//! [`exec`](crate::exec) gives each command its own process group, a timeout, cancel,
+//! [`exec`] gives each command its own process group, a timeout, cancel,
 //! capped output, and the kill of everything it started (including processes that left
 //! the group). On top of that, a [`Sandbox`] gives each run:
 //!
@@ -23,7 +23,7 @@
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -34,8 +34,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::exec::{self, CancelToken, ExecError, ExecLimits, ExecOutcome};
-use crate::running::Ledger;
+use crate::state::running::Ledger;
+use crate::tasks::exec::{self, CancelToken, ExecError, ExecLimits, ExecOutcome};
+use rustix::process::{Resource, Rlimit};
 
 /// Environment variables passed from the worker to a task when they are set. Everything
 /// else, including every credential the worker holds, is dropped. `LC_*` variables pass
@@ -129,8 +130,7 @@ pub struct SandboxConfig {
 
 impl Default for SandboxConfig {
     fn default() -> Self {
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
+        let euid = rustix::process::geteuid().as_raw();
         SandboxConfig {
             work_dir: std::env::temp_dir().join(format!("retire-worker-{euid}")),
             landlock: true,
@@ -254,7 +254,7 @@ pub struct SandboxCommand {
     /// A short name for the task directory (the task id, say).
     pub label: String,
     /// Where the run is recorded while it runs, so that the next start of a worker
-    /// killed meanwhile kills it (see [`crate::running`]); `None` records nothing.
+    /// killed meanwhile kills it (see [`crate::state::running`]); `None` records nothing.
     pub ledger: Option<Arc<Ledger>>,
 }
 
@@ -310,21 +310,21 @@ impl Sandbox {
     /// worker a child subreaper and non-dumpable (so that a task running as the same
     /// user cannot read the worker's memory or environment through `/proc`).
     pub fn new(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
-        // SAFETY: geteuid has no preconditions.
-        let is_root = unsafe { libc::geteuid() } == 0;
+        let is_root = rustix::process::geteuid().is_root();
         let switch_user = is_root.then_some(config.task_user);
         make_work_dir(&config.work_dir, switch_user.is_some())?;
-        // SAFETY: prctl with PR_SET_DUMPABLE takes integers only.
-        if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        if let Err(error) =
+            rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        {
             log::warn!(
                 "could not make the worker non-dumpable: {}",
-                io::Error::last_os_error()
+                io::Error::from(error)
             );
         }
-        crate::orphans::become_subreaper();
+        crate::tasks::orphans::become_subreaper();
         let landlock = if !config.landlock {
             LandlockState::Disabled
-        } else if crate::profile::is_android() {
+        } else if crate::device::profile::is_android() {
             LandlockState::NotOnAndroid
         } else {
             landlock::probe(&config.work_dir)
@@ -422,10 +422,9 @@ impl Sandbox {
         if let Some((uid, gid)) = self.switch_user {
             std_command.uid(uid).gid(gid);
         }
-        // SAFETY: getuid has no preconditions.
         let uid = self
             .switch_user
-            .map_or_else(|| unsafe { libc::getuid() }, |(uid, _)| uid);
+            .map_or_else(|| rustix::process::getuid().as_raw(), |(uid, _)| uid);
 
         let rlimits = RlimitPlan::new(limits, uid);
         let (progress_pipe, progress_done) = match progress {
@@ -460,7 +459,7 @@ impl Sandbox {
 
         let enforcement = Enforcement {
             process_group: true,
-            escapees_caught: crate::orphans::become_subreaper(),
+            escapees_caught: crate::tasks::orphans::become_subreaper(),
             private_dir: true,
             clean_env: true,
             no_new_privs: true,
@@ -507,8 +506,7 @@ fn make_work_dir(work_dir: &Path, other_user: bool) -> Result<(), SandboxError> 
     // A directory someone else made first (in a shared /tmp, say) could be swapped or
     // watched by them: refuse it rather than run tasks in it.
     let owner = fs::symlink_metadata(work_dir).map_err(error)?;
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
+    let euid = rustix::process::geteuid().as_raw();
     if std::os::unix::fs::MetadataExt::uid(&owner) != euid || !owner.is_dir() {
         return Err(error(io::Error::new(
             io::ErrorKind::PermissionDenied,
@@ -635,16 +633,16 @@ impl RlimitPlan {
             Some(budget) if uid != 0 => {
                 let value = count_user_tasks(uid)
                     .saturating_add(budget)
-                    .min(current_hard_limit(libc::RLIMIT_NPROC as _));
+                    .min(current_hard_limit(Resource::Nproc));
                 (Some(budget), Some(value))
             }
             _ => (None, None),
         };
         RlimitPlan {
-            cpu_secs: cap(libc::RLIMIT_CPU as _, limits.cpu_secs),
-            memory_bytes: cap(libc::RLIMIT_AS as _, limits.memory_bytes),
-            file_size_bytes: cap(libc::RLIMIT_FSIZE as _, limits.file_size_bytes),
-            open_files: cap(libc::RLIMIT_NOFILE as _, limits.open_files),
+            cpu_secs: cap(Resource::Cpu, limits.cpu_secs),
+            memory_bytes: cap(Resource::As, limits.memory_bytes),
+            file_size_bytes: cap(Resource::Fsize, limits.file_size_bytes),
+            open_files: cap(Resource::Nofile, limits.open_files),
             processes,
             nproc_value,
         }
@@ -653,20 +651,20 @@ impl RlimitPlan {
     /// Applies the plan in the child. Only system calls: this runs between fork and
     /// exec.
     fn apply(&self) -> io::Result<()> {
-        set_rlimit(libc::RLIMIT_CORE as _, 0, 0)?;
+        set_rlimit(Resource::Core, 0, 0)?;
         if let Some(secs) = self.cpu_secs {
             set_rlimit(
-                libc::RLIMIT_CPU as _,
+                Resource::Cpu,
                 secs,
                 secs.saturating_add(CPU_HARD_MARGIN_SECS)
-                    .min(current_hard_limit(libc::RLIMIT_CPU as _)),
+                    .min(current_hard_limit(Resource::Cpu)),
             )?;
         }
         for (resource, value) in [
-            (libc::RLIMIT_AS as _, self.memory_bytes),
-            (libc::RLIMIT_FSIZE as _, self.file_size_bytes),
-            (libc::RLIMIT_NOFILE as _, self.open_files),
-            (libc::RLIMIT_NPROC as _, self.nproc_value),
+            (Resource::As, self.memory_bytes),
+            (Resource::Fsize, self.file_size_bytes),
+            (Resource::Nofile, self.open_files),
+            (Resource::Nproc, self.nproc_value),
         ] {
             if let Some(value) = value {
                 set_rlimit(resource, value, value)?;
@@ -676,51 +674,25 @@ impl RlimitPlan {
     }
 }
 
-/// The resource argument type of `getrlimit`/`setrlimit`, which differs between libcs.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-type Resource = libc::__rlimit_resource_t;
-/// The resource argument type of `getrlimit`/`setrlimit`, which differs between libcs.
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-type Resource = libc::c_int;
-
-// `rlim_t` is 64 bits on most targets but 32 on some (32-bit glibc), so the
-// conversions below are needed there and useless here.
-#[allow(clippy::useless_conversion)]
+/// The hard limit on `resource` in this process; `u64::MAX` when there is none.
 fn current_hard_limit(resource: Resource) -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid place for getrlimit to write to.
-    if unsafe { libc::getrlimit(resource, &mut limit) } != 0 {
-        return u64::MAX;
-    }
-    if limit.rlim_max == libc::RLIM_INFINITY {
-        u64::MAX
-    } else {
-        u64::try_from(limit.rlim_max).unwrap_or(u64::MAX)
-    }
+    rustix::process::getrlimit(resource)
+        .maximum
+        .unwrap_or(u64::MAX)
 }
 
-#[allow(clippy::useless_conversion)]
+/// Sets `resource` to `soft` (at most `hard`) and `hard`; `u64::MAX` is no limit. Only a
+/// system call, so it may run between fork and exec.
 fn set_rlimit(resource: Resource, soft: u64, hard: u64) -> io::Result<()> {
-    let to_rlim = |value: u64| {
-        if value == u64::MAX {
-            libc::RLIM_INFINITY
-        } else {
-            libc::rlim_t::try_from(value).unwrap_or(libc::RLIM_INFINITY)
-        }
-    };
-    let limit = libc::rlimit {
-        rlim_cur: to_rlim(soft.min(hard)),
-        rlim_max: to_rlim(hard),
-    };
-    // SAFETY: `limit` is a valid rlimit; setrlimit only reads it.
-    if unsafe { libc::setrlimit(resource, &limit) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    let limit = |value: u64| (value != u64::MAX).then_some(value);
+    rustix::process::setrlimit(
+        resource,
+        Rlimit {
+            current: limit(soft.min(hard)),
+            maximum: limit(hard),
+        },
+    )?;
+    Ok(())
 }
 
 /// Counts the processes and threads whose real user is `uid`, the number
@@ -763,13 +735,7 @@ fn count_user_tasks(uid: u32) -> u64 {
 
 /// A pipe whose two ends are closed on exec.
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded, so both are fresh descriptors owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }
 
 /// Reads progress lines until every writer has closed the pipe. The returned receiver
@@ -836,10 +802,7 @@ fn install_pre_exec(
     let ruleset = Mutex::new(ruleset);
     let closure = move || {
         rlimits.apply()?;
-        // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes integers only.
-        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        rustix::thread::set_no_new_privs(true)?;
         let taken = ruleset
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -849,14 +812,16 @@ fn install_pre_exec(
         }
         if let Some(write_end) = &progress_write_end {
             let fd = write_end.as_raw_fd();
-            // SAFETY: dup2/fcntl on descriptors this process owns.
-            unsafe {
-                if fd == PROGRESS_FD {
-                    // dup2 onto itself keeps close-on-exec; clear it instead.
-                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                } else if libc::dup2(fd, PROGRESS_FD) < 0 {
+            if fd == PROGRESS_FD {
+                // dup2 onto itself keeps close-on-exec; clear it instead.
+                rustix::io::fcntl_setfd(write_end, rustix::io::FdFlags::empty())?;
+            } else {
+                // This stays a libc call: rustix's `dup2` wants the target as an
+                // `OwnedFd`, and fd 3 in the child belongs to no such value (it is the
+                // parent's placeholder, inherited); making one would take an unsafe
+                // `from_raw_fd` and a `forget` instead of this one call.
+                // SAFETY: dup2 on a descriptor this process owns, onto a number.
+                if unsafe { libc::dup2(fd, PROGRESS_FD) } < 0 {
                     return Err(io::Error::last_os_error());
                 }
             }
@@ -864,7 +829,7 @@ fn install_pre_exec(
         Ok(())
     };
     // SAFETY: the closure only makes system calls (setrlimit, prctl,
-    // landlock_restrict_self, dup2, fcntl) and takes an uncontended lock: nothing that
+    // landlock_restrict_self, dup2, fcntl; rustix's are raw system calls too) and takes an uncontended lock: nothing that
     // allocates or could deadlock after fork. Its errors are all OS errors (std
     // reports any other kind as EINVAL).
     unsafe {
@@ -893,13 +858,10 @@ fn reserve_progress_fd() {
     } else {
         // F_DUPFD_CLOEXEC takes the lowest free descriptor from PROGRESS_FD up, in one
         // step: it never replaces a descriptor someone else holds (dup2 would).
-        // SAFETY: fcntl on a descriptor this function owns.
-        let fd = unsafe { libc::fcntl(null.as_raw_fd(), libc::F_DUPFD_CLOEXEC, PROGRESS_FD) };
-        if fd < 0 {
+        let Ok(fd) = rustix::io::fcntl_dupfd_cloexec(&null, PROGRESS_FD) else {
             return;
-        }
-        // SAFETY: fcntl succeeded, so `fd` is a fresh descriptor owned by nobody else.
-        unsafe { OwnedFd::from_raw_fd(fd) }
+        };
+        fd
     };
     if placeholder.as_raw_fd() == PROGRESS_FD {
         // Only one holder of fd 3 at a time, so no other thread can have set it since.
@@ -1125,8 +1087,7 @@ mod tests {
 
     #[test]
     fn a_work_dir_owned_by_someone_else_is_refused() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !rustix::process::geteuid().is_root() {
             // Only root can make a directory owned by another user to test with; an
             // unprivileged run checks the symlink case below instead.
             println!("NOTE: not root; the foreign-owner case of the work dir is not tested");

@@ -14,11 +14,11 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use protocol::{ResultStatus, TaskProgress, TaskResult, TaskSpec};
 
-use crate::exec::CancelToken;
-use crate::handlers::TaskContext;
-use crate::tasks::{self, TaskOutcome};
+use crate::tasks::exec::CancelToken;
+use crate::tasks::executor;
+use crate::tasks::task::{TaskContext, TaskOutcome};
 
-/// What runs one task: the worker's [`tasks::Executor`], or anything an embedding
+/// What runs one task: the worker's [`executor::Executor`], or anything an embedding
 /// program supplies. The context carries the cancel token and the progress reporter.
 pub type Runner = Arc<dyn Fn(&TaskSpec, &TaskContext) -> TaskOutcome + Send + Sync>;
 
@@ -65,7 +65,7 @@ impl Pool {
     /// send each result to `results`.
     pub fn with_builtins(slots: usize, results: Sender<TaskResult>) -> std::io::Result<Pool> {
         let runner: Runner = Arc::new(|task: &TaskSpec, context: &TaskContext| {
-            tasks::run_builtin(task, &context.cancel)
+            executor::run_builtin(task, &context.cancel)
         });
         Pool::new(slots, runner, results)
     }

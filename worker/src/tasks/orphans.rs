@@ -10,8 +10,8 @@
 //!
 //! A child of the worker that the worker did not start itself is a task's orphan when
 //! its process group is the group of a task that just ended, or when its environment
-//! carries [`MARKER_ENV`] with a marker this worker process handed out to a task that
-//! is no longer running. Children
+//! carries [`MARKER_ENV`](crate::device::proc::MARKER_ENV) with a marker this worker
+//! process handed out to a task that is no longer running. Children
 //! with neither (a program embedding the worker may start its own) are never touched.
 //! What remains possible is documented in `docs/sandbox.md`: a process that both leaves
 //! the group and rewrites its environment survives until the worker stops.
@@ -21,9 +21,10 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, Once, PoisonError};
 
-/// The environment variable that tags every process of a sandboxed task with the
-/// task's marker, so that an escaped process can still be told apart.
-pub const MARKER_ENV: &str = "RETIRE_SANDBOX_ID";
+use rustix::io::Errno;
+use rustix::process::{kill_process, kill_process_group, waitpid, Pid, Signal, WaitOptions};
+
+use crate::device::proc::{marker_of, parse_stat, ProcStat};
 
 /// How many ended task groups are remembered, so that members of a group that die
 /// late (and become the worker's zombies) are still recognised and reaped.
@@ -62,16 +63,14 @@ fn registry() -> MutexGuard<'static, Registry> {
 /// Makes this process a child subreaper, once. Returns whether it is one.
 pub fn become_subreaper() -> bool {
     SUBREAPER.call_once(|| {
-        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes integers only.
-        let result = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        if result == 0 {
-            IS_SUBREAPER.store(true, Ordering::SeqCst);
-        } else {
-            log::warn!(
+        // Any pid sets the flag; the kernel keeps only whether it is non-zero.
+        match rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
+            Ok(()) => IS_SUBREAPER.store(true, Ordering::SeqCst),
+            Err(error) => log::warn!(
                 "could not become a child subreaper ({}); processes that leave a task's \
                  process group will not be caught",
-                io::Error::last_os_error()
-            );
+                io::Error::from(error)
+            ),
         }
     });
     IS_SUBREAPER.load(Ordering::SeqCst)
@@ -140,8 +139,7 @@ fn sweep_locked(registry: &Registry) -> usize {
         .filter_map(|live| live.marker.as_deref())
         .collect();
     let ended_groups: HashSet<libc::pid_t> = registry.ended_groups.iter().copied().collect();
-    // SAFETY: getpid has no preconditions.
-    let me = unsafe { libc::getpid() };
+    let me = rustix::process::getpid().as_raw_pid();
     let mut n_killed = 0;
     for _ in 0..MAX_SWEEP_ROUNDS {
         let mut found = false;
@@ -156,7 +154,7 @@ fn sweep_locked(registry: &Registry) -> usize {
             // (a program embedding the worker, a test) is not a task's.
             let orphan = ended_groups.contains(&child.pgid)
                 || marker.as_deref().is_some_and(|marker| {
-                    marker.starts_with(crate::exec::marker_prefix())
+                    marker.starts_with(crate::tasks::exec::marker_prefix())
                         && !live_markers.contains(marker)
                 });
             if !orphan {
@@ -171,15 +169,16 @@ fn sweep_locked(registry: &Registry) -> usize {
                     child.command
                 );
             }
-            // SAFETY: kill and killpg take integers only. The pid is our own child and
-            // is not reaped yet, so it cannot have been reused.
-            unsafe {
-                if child.pgid == child.pid && child.pgid > 1 {
-                    libc::killpg(child.pgid, libc::SIGKILL);
-                }
-                libc::kill(child.pid, libc::SIGKILL);
+            // The pid is our own child and is not reaped yet, so it cannot have been
+            // reused; a pid read from /proc is never 0.
+            let Some(pid) = Pid::from_raw(child.pid) else {
+                continue;
+            };
+            if child.pgid == child.pid && child.pgid > 1 {
+                let _ = kill_process_group(pid, Signal::KILL);
             }
-            reap(child.pid);
+            let _ = kill_process(pid, Signal::KILL);
+            reap(pid);
         }
         if !found {
             break;
@@ -189,55 +188,8 @@ fn sweep_locked(registry: &Registry) -> usize {
 }
 
 /// Waits for one child that was just killed.
-fn reap(pid: libc::pid_t) {
-    loop {
-        let mut status = 0;
-        // SAFETY: `status` is a valid place for waitpid to write to.
-        let result = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if result >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return;
-        }
-    }
-}
-
-/// One line of `/proc/PID/stat`, the parts the sweep and the `running` records need.
-#[derive(Debug)]
-pub(crate) struct ProcStat {
-    pub(crate) pid: libc::pid_t,
-    pub(crate) command: String,
-    pub(crate) state: char,
-    pub(crate) ppid: libc::pid_t,
-    pub(crate) pgid: libc::pid_t,
-    /// When the process started, in clock ticks since boot (field 22); with the boot
-    /// id it tells a process from a later one that reused its pid.
-    pub(crate) start_time: Option<u64>,
-}
-
-/// The position of `starttime` (field 22) among the fields after the command name,
-/// which start at field 3 (`state`).
-const START_TIME_AFTER_COMMAND: usize = 22 - 3;
-
-/// Parses `/proc/PID/stat`. The command name is in parentheses and may itself contain
-/// spaces and parentheses, so the fields after it are found from the last `)`.
-pub(crate) fn parse_stat(text: &str) -> Option<ProcStat> {
-    let (head, rest) = text.rsplit_once(')')?;
-    let (pid, command) = head.split_once(" (")?;
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    let pgid = fields.next()?.parse().ok()?;
-    // Three fields are read: `state`, `ppid` and `pgid`.
-    let start_time = fields
-        .nth(START_TIME_AFTER_COMMAND - 3)
-        .and_then(|field| field.parse().ok());
-    Some(ProcStat {
-        pid: pid.trim().parse().ok()?,
-        command: command.to_string(),
-        state,
-        ppid,
-        pgid,
-        start_time,
-    })
+fn reap(pid: Pid) {
+    while let Err(Errno::INTR) = waitpid(Some(pid), WaitOptions::empty()) {}
 }
 
 /// The processes whose parent is `parent`, read from `/proc`.
@@ -260,49 +212,14 @@ fn children_of(parent: libc::pid_t) -> Vec<ProcStat> {
         .collect()
 }
 
-/// The sandbox marker in a process's environment, if it can be read.
-pub(crate) fn marker_of(pid: libc::pid_t) -> Option<String> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    let prefix = format!("{MARKER_ENV}=");
-    environ
-        .split(|byte| *byte == 0)
-        .find_map(|entry| entry.strip_prefix(prefix.as_bytes()))
-        .map(|value| String::from_utf8_lossy(value).into_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn stat_lines_with_odd_command_names_parse() {
-        let stat = parse_stat("42 (my (odd) prog) S 7 42 42 0 -1 4194560 0 0").expect("parses");
-        assert_eq!(stat.pid, 42);
-        assert_eq!(stat.command, "my (odd) prog");
-        assert_eq!(stat.state, 'S');
-        assert_eq!(stat.ppid, 7);
-        assert_eq!(stat.pgid, 42);
-        assert_eq!(stat.start_time, None);
-        let full = "7 (sh) S 1 7 7 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 2498560 221";
-        assert_eq!(parse_stat(full).expect("parses").start_time, Some(123_456));
-        assert!(parse_stat("garbage").is_none());
-    }
-
-    #[test]
     fn this_process_can_become_a_subreaper() {
         assert!(become_subreaper());
-        // SAFETY: PR_GET_CHILD_SUBREAPER writes an int through the pointer.
-        let mut value: libc::c_int = 0;
-        let result = unsafe {
-            libc::prctl(
-                libc::PR_GET_CHILD_SUBREAPER,
-                &mut value as *mut libc::c_int as libc::c_ulong,
-                0,
-                0,
-                0,
-            )
-        };
-        assert_eq!(result, 0);
-        assert_eq!(value, 1);
+        // PR_GET_CHILD_SUBREAPER reports the flag as 1.
+        assert_eq!(rustix::process::child_subreaper(), Ok(Pid::from_raw(1)));
     }
 }

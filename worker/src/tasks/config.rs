@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::sandbox::{SandboxConfig, SandboxLimits};
+use crate::tasks::sandbox::{SandboxConfig, SandboxLimits};
 
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]

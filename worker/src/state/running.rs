@@ -45,7 +45,9 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::orphans;
+use rustix::process::{kill_process, kill_process_group, Pid, Signal};
+
+use crate::device::proc;
 
 /// The folder under the device's state dir that holds the records.
 pub const RUNNING_DIR: &str = "running";
@@ -72,7 +74,7 @@ fn boot_id() -> Option<String> {
 /// The start time of process `pid` (clock ticks since boot), if it is alive.
 fn start_time(pid: libc::pid_t) -> Option<u64> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let stat = orphans::parse_stat(&text)?;
+    let stat = proc::parse_stat(&text)?;
     if matches!(stat.state, 'Z' | 'X') {
         return None;
     }
@@ -151,8 +153,7 @@ impl Ledger {
             Err(err) => return Err(err),
         }
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
-        // SAFETY: getpid has no preconditions.
-        let me = unsafe { libc::getpid() };
+        let me = rustix::process::getpid().as_raw_pid();
         let worker_start = start_time(me).unwrap_or(0);
         let boot_id = boot_id();
         if boot_id.is_none() {
@@ -187,8 +188,11 @@ impl Ledger {
                                 "killing process group {pgid}, left running by a task when \
                                  this worker was last stopped abruptly"
                             );
-                            // SAFETY: killpg takes integers only; the group is above 1.
-                            unsafe { libc::killpg(pgid, libc::SIGKILL) };
+                            // The group is above 1 (`Entry::parse`); one gone meanwhile
+                            // is what was wanted.
+                            if let Some(group) = Pid::from_raw(pgid) {
+                                let _ = kill_process_group(group, Signal::KILL);
+                            }
                             killed.push(pgid);
                             leftovers.groups_killed += 1;
                         }
@@ -212,8 +216,10 @@ impl Ledger {
                     "killing process {pid} ({command}), left running by a task when this \
                      worker was last stopped abruptly"
                 );
-                // SAFETY: kill takes integers only; the pid is above 1.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                // The pid is above 1; one gone meanwhile is what was wanted.
+                if let Some(process) = Pid::from_raw(pid) {
+                    let _ = kill_process(process, Signal::KILL);
+                }
                 killed.push(pid);
                 leftovers.processes_killed += 1;
             }
@@ -254,8 +260,7 @@ impl Ledger {
 /// The live processes (pid, process group, command) carrying one of `markers` in
 /// their environment that started no earlier than the worker that recorded the marker.
 fn marked_processes(markers: &HashMap<String, u64>) -> Vec<(libc::pid_t, libc::pid_t, String)> {
-    // SAFETY: getpid has no preconditions.
-    let me = unsafe { libc::getpid() };
+    let me = rustix::process::getpid().as_raw_pid();
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -264,10 +269,10 @@ fn marked_processes(markers: &HashMap<String, u64>) -> Vec<(libc::pid_t, libc::p
         .filter_map(|entry| entry.file_name().to_str()?.parse::<libc::pid_t>().ok())
         .filter(|pid| *pid > 1 && *pid != me)
         .filter_map(|pid| {
-            let marker = orphans::marker_of(pid)?;
+            let marker = proc::marker_of(pid)?;
             let not_before = *markers.get(&marker)?;
             let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let stat = orphans::parse_stat(&text)?;
+            let stat = proc::parse_stat(&text)?;
             let started = stat.start_time?;
             (started >= not_before && !matches!(stat.state, 'Z' | 'X')).then_some((
                 pid,
@@ -337,7 +342,7 @@ mod tests {
     fn spawn_group(script: &str, marker: &str) -> Child {
         Command::new("/bin/sh")
             .args(["-c", script])
-            .env(orphans::MARKER_ENV, marker)
+            .env(proc::MARKER_ENV, marker)
             .process_group(0)
             .spawn()
             .expect("spawn sh")

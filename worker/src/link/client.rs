@@ -1,7 +1,7 @@
 //! The worker's network client: one persistent socket to the master, kept alive.
 //!
-//! The client is the only part of the worker that touches the socket and the clock. It
-//! drives a [`Session`] (which decides what to say) and a [`Pool`] (which runs the
+//! The client is the part of the worker that reads the clock and owns the connection
+//! ([`Connection`], the only code that reads or writes the socket). It drives a [`Session`] (which decides what to say) and a [`Pool`] (which runs the
 //! tasks). One main thread waits in a `select!` on everything that can happen:
 //!
 //! - a message decoded by the reader thread of the current connection;
@@ -25,38 +25,23 @@
 //! `goodbye` (handing back what still runs), cancels the rest and returns.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime};
+use std::io;
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver, RecvError, Sender};
-use protocol::{
-    DecodeError, Envelope, Frame, LineCodec, ResultStatus, TaskProgress, TaskResult,
-    DEFAULT_MAX_LINE,
-};
-use serde_json::Value;
+use crossbeam_channel::{select, Receiver, RecvError};
+use protocol::{Envelope, ResultStatus, TaskProgress, TaskResult};
 
-use crate::exec::CancelToken;
-use crate::outbox::{Outbox, StoredResult};
-use crate::pool::{Job, Pool, PoolClosed, Runner};
-use crate::profile::{DeviceProfile, MetricsSampler};
-use crate::session::{Session, SessionConfig, SessionEvent};
-use crate::tasks::TaskOutcome;
-use crate::{StopHandle, WorkerError};
-
-/// How long one connection attempt (per resolved address) may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long a write to the master may block before the connection counts as dead. A
-/// master that stops reading would otherwise stall the worker's main loop for ever.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The first reconnect delay's upper bound; it doubles after each failed attempt.
-pub const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
-
-/// The largest reconnect delay's upper bound.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+use crate::device::profile::MetricsSampler;
+use crate::link::backoff::{connection_earned_fresh_backoff, Backoff};
+use crate::link::connection::{connect, Connection, Incoming};
+use crate::link::StopHandle;
+use crate::session::{DeviceProfile, Session, SessionConfig, SessionEvent, StoredResult};
+use crate::state::outbox::Outbox;
+use crate::tasks::exec::CancelToken;
+use crate::tasks::pool::{Job, Pool, PoolClosed, Runner};
+use crate::tasks::task::TaskOutcome;
 
 /// How long a stopping worker waits for the master to acknowledge its `goodbye` before
 /// it closes the socket anyway.
@@ -70,243 +55,6 @@ const PROGRESS_QUEUE: usize = 1024;
 /// are not kept waiting behind a flood of results.
 const MAX_RESULTS_PER_TURN: usize = 1024;
 
-/// How long a connection must have lasted (after a register ack) before losing it starts
-/// the reconnect backoff afresh; an acknowledged result on it counts as well. A master
-/// that accepts and at once drops the connection (crash loop, overload, a proxy in the
-/// way) therefore meets a growing backoff, not a tight reconnect loop.
-pub const HEALTHY_CONNECTION: Duration = Duration::from_secs(10);
-
-// TCP keepalive and TCP_USER_TIMEOUT on the worker's socket. The kernel defaults (first
-// keepalive probe after 2 hours; unacknowledged data retransmitted for about 15 minutes)
-// suit nothing on a home network, where a dead peer is a master that lost power, a
-// router that rebooted or a phone that left the Wi-Fi. The values match the master's
-// (`master::event_loop`) and the heartbeat defaults (every 5 s, 15 s of silence):
-// - keepalive: first probe after 15 s idle, then every 5 s, 3 probes: a silent dead path
-//   is noticed in about 30 s. Idle connections barely exist (heartbeats go out every 5 s),
-//   so this mostly guards a worker whose master set a long heartbeat interval.
-// - TCP_USER_TIMEOUT 30 s: data the master has not acknowledged for 30 s (a heartbeat, a
-//   result) ends the connection with an error instead of minutes of retransmissions. It
-//   is long enough to ride out a Wi-Fi roam or a brief radio dropout on a phone, where a
-//   few seconds of loss are normal.
-// The session's own check (nothing heard for 4 heartbeat intervals, at least 15 s) still
-// runs; these catch a dead path at the transport level, also while a write blocks.
-
-/// TCP keepalive: idle time before the first probe.
-pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
-
-/// TCP keepalive: time between probes.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-
-/// TCP keepalive: unanswered probes before the connection is dropped.
-pub const KEEPALIVE_PROBES: u32 = 3;
-
-/// TCP_USER_TIMEOUT (Linux and Android): how long sent data may stay unacknowledged
-/// before the connection is dropped.
-pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The size of each read from the socket.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
-
-/// Exponential backoff with full jitter: each delay is drawn uniformly from zero to a
-/// ceiling that doubles with every failure, so that many workers losing the same master
-/// at once do not all come back in the same instant.
-#[derive(Debug, Clone, Default)]
-pub struct Backoff {
-    n_failures: u32,
-}
-
-impl Backoff {
-    /// A backoff that has seen no failure yet.
-    pub fn new() -> Backoff {
-        Backoff::default()
-    }
-
-    /// The ceiling for the next delay: [`INITIAL_BACKOFF`] doubled once per earlier
-    /// failure, at most [`MAX_BACKOFF`].
-    pub fn ceiling(&self) -> Duration {
-        let doublings = self.n_failures.min(16);
-        INITIAL_BACKOFF
-            .saturating_mul(1 << doublings)
-            .min(MAX_BACKOFF)
-    }
-
-    /// Records a failure and returns how long to wait before the next attempt.
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.ceiling();
-        self.n_failures = self.n_failures.saturating_add(1);
-        let ceiling_nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(fastrand::u64(0..=ceiling_nanos))
-    }
-
-    /// Forgets earlier failures, once a connection has worked.
-    pub fn reset(&mut self) {
-        self.n_failures = 0;
-    }
-}
-
-/// Whether a connection that just ended worked well enough to start the backoff
-/// afresh: it got a register ack, and it either lasted [`HEALTHY_CONNECTION`] or carried
-/// an acknowledged result. `lived` is `None` when no connection was open.
-fn connection_earned_fresh_backoff(
-    registered: bool,
-    lived: Option<Duration>,
-    n_results_acknowledged: u32,
-) -> bool {
-    registered
-        && lived.is_some_and(|lived| lived >= HEALTHY_CONNECTION || n_results_acknowledged > 0)
-}
-
-/// What the reader thread of a connection reports.
-#[derive(Debug)]
-enum Incoming {
-    /// A decoded message (boxed: it is far larger than the other variants).
-    Message(Box<Envelope>),
-    /// A JSON frame that is not a valid message, with its `message_type` if readable.
-    Undecodable {
-        error: DecodeError,
-        message_type: Option<String>,
-    },
-    /// The connection is over; the reader has ended.
-    Closed(String),
-}
-
-/// One open connection to the master.
-#[derive(Debug)]
-struct Connection {
-    stream: TcpStream,
-    incoming: Receiver<Incoming>,
-    reader: Option<JoinHandle<()>>,
-}
-
-impl Connection {
-    /// Configures a freshly connected socket and starts its reader thread.
-    fn open(stream: TcpStream) -> io::Result<Connection> {
-        // Messages are small and each one matters now (an ack the master waits for, a
-        // heartbeat), so Nagle's algorithm would only add latency.
-        stream.set_nodelay(true)?;
-        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-        set_keepalive(&stream);
-        let read_half = stream.try_clone()?;
-        let (sender, incoming) = crossbeam_channel::unbounded();
-        let reader = thread::Builder::new()
-            .name("master-reader".into())
-            .spawn(move || read_loop(read_half, &sender))?;
-        Ok(Connection {
-            stream,
-            incoming,
-            reader: Some(reader),
-        })
-    }
-
-    /// Writes `envelopes` in one go, each stamped with the current time.
-    fn write(&mut self, envelopes: Vec<Envelope>) -> io::Result<()> {
-        let timestamp = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-        let mut bytes = Vec::new();
-        for mut envelope in envelopes {
-            log::trace!("sending {}", envelope.message.message_type());
-            envelope.timestamp = Some(timestamp.clone());
-            bytes.extend_from_slice(&envelope.to_line());
-        }
-        self.stream.write_all(&bytes)?;
-        self.stream.flush()
-    }
-
-    /// Closes the socket, which ends the reader thread's blocking read, and joins it.
-    fn close(mut self) {
-        // The socket may already be dead; shutting it down is only about waking the
-        // reader, and a failure means it is awake already.
-        let _ = self.stream.shutdown(Shutdown::Both);
-        if let Some(reader) = self.reader.take() {
-            if reader.join().is_err() {
-                log::error!("the connection's reader thread panicked");
-            }
-        }
-    }
-}
-
-/// Sets TCP keepalive and TCP_USER_TIMEOUT (see [`KEEPALIVE_IDLE`] and the comment above
-/// it). A failure is only logged: the session's silence check still catches a dead master.
-fn set_keepalive(stream: &TcpStream) {
-    let socket = socket2::SockRef::from(stream);
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(KEEPALIVE_IDLE)
-        .with_interval(KEEPALIVE_INTERVAL)
-        .with_retries(KEEPALIVE_PROBES);
-    if let Err(error) = socket.set_tcp_keepalive(&keepalive) {
-        log::warn!("could not set TCP keepalive on the connection to the master: {error}");
-    }
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    if let Err(error) = socket.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT)) {
-        log::warn!("could not set TCP_USER_TIMEOUT on the connection to the master: {error}");
-    }
-}
-
-/// Reads the socket until it closes, sending every frame to `incoming`.
-fn read_loop(mut stream: TcpStream, incoming: &Sender<Incoming>) {
-    let mut codec = LineCodec::new(DEFAULT_MAX_LINE);
-    let mut buffer = vec![0u8; READ_CHUNK_BYTES];
-    let mut frames = Vec::new();
-    let reason = loop {
-        let n_read = match stream.read(&mut buffer) {
-            Ok(0) => break "the master closed the connection".to_string(),
-            Ok(n_read) => n_read,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-            Err(error) => break format!("reading from the master failed: {error}"),
-        };
-        if let Err(error) = codec.decode(&buffer[..n_read], &mut frames) {
-            break format!("the master sent a {error}");
-        }
-        for frame in frames.drain(..) {
-            let item = match frame {
-                Frame::Json(bytes) => decode_frame(&bytes),
-                Frame::Text(text) => {
-                    log::warn!("ignoring a text line from the master: {text:?}");
-                    continue;
-                }
-            };
-            if incoming.send(item).is_err() {
-                // The main loop has given this connection up.
-                return;
-            }
-        }
-    };
-    // The main loop may have given the connection up already, and then nobody needs
-    // to hear that it closed.
-    let _ = incoming.send(Incoming::Closed(reason));
-}
-
-/// Decodes one JSON frame, keeping its `message_type` when the rest is invalid so that
-/// the session can tell whether the sender expects a reply.
-fn decode_frame(bytes: &[u8]) -> Incoming {
-    let value: Value = match serde_json::from_slice(bytes) {
-        Ok(value) => value,
-        Err(_) => {
-            return match Envelope::decode(bytes) {
-                Ok(envelope) => Incoming::Message(Box::new(envelope)),
-                // Too deep (or too broken) to parse: its type is found
-                // leniently, so that an assignment is still refused by its
-                // id (the decoder found that the same way) and its task
-                // does not wait on a slot that is not taken.
-                Err(error) => Incoming::Undecodable {
-                    error,
-                    message_type: protocol::limits::salvage_string(bytes, &["message_type"]),
-                },
-            };
-        }
-    };
-    let message_type = value
-        .get("message_type")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    match Envelope::from_value(value) {
-        Ok(envelope) => Incoming::Message(Box::new(envelope)),
-        Err(error) => Incoming::Undecodable {
-            error,
-            message_type,
-        },
-    }
-}
-
 /// The wire name of a result status, for the log.
 fn status_name(status: ResultStatus) -> &'static str {
     match status {
@@ -315,23 +63,6 @@ fn status_name(status: ResultStatus) -> &'static str {
         ResultStatus::Timeout => "timed out",
         ResultStatus::Cancelled => "cancelled",
     }
-}
-
-/// Resolves `master` and connects to the first address that answers.
-fn connect(master: &str) -> io::Result<TcpStream> {
-    let mut last_error = None;
-    for address in master.to_socket_addrs()? {
-        match TcpStream::connect_timeout(&address, CONNECT_TIMEOUT) {
-            Ok(stream) => return Ok(stream),
-            Err(error) => last_error = Some(error),
-        }
-    }
-    Err(last_error.unwrap_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("{master} resolves to no address"),
-        )
-    }))
 }
 
 /// Where the client stands with the master.
@@ -372,6 +103,18 @@ struct Client {
     authenticates: bool,
 }
 
+/// Why the link ended other than by a requested stop; [`crate::run`] reports it as the
+/// matching [`crate::WorkerError`].
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// A thread of the worker could not be started.
+    #[error("could not start the worker's threads: {0}")]
+    Threads(#[source] std::io::Error),
+    /// The master refused this worker for good (revoked, wrong token, …).
+    #[error("the master refused this worker: {0}")]
+    Refused(String),
+}
+
 /// Runs the worker until `stop` is stopped; see [`crate::run`]. `outbox` is the opened
 /// outbox with the results an earlier run left in it.
 pub(crate) fn run(
@@ -382,11 +125,11 @@ pub(crate) fn run(
     identity: Identity,
     drain_timeout: Duration,
     stop: &StopHandle,
-) -> Result<(), WorkerError> {
+) -> Result<(), LinkError> {
     let (result_sender, results) = crossbeam_channel::unbounded();
     let (progress_sender, progress) = crossbeam_channel::bounded(PROGRESS_QUEUE);
     let pool = Pool::with_progress(config.slots, runner, result_sender, Some(progress_sender))
-        .map_err(WorkerError::Threads)?;
+        .map_err(LinkError::Threads)?;
     log::info!(
         "worker {} joining {master} with {} slot(s), running {}",
         config.device_id,
@@ -434,7 +177,7 @@ pub(crate) fn run(
     let refusal = client.session.refusal().map(str::to_string);
     client.shut_down();
     match refusal {
-        Some(reason) => Err(WorkerError::Refused(reason)),
+        Some(reason) => Err(LinkError::Refused(reason)),
         None => Ok(()),
     }
 }
@@ -606,7 +349,7 @@ impl Client {
                 self.connected_at = Some(Instant::now());
                 let now = self.now();
                 let nonce = if self.authenticates {
-                    match crate::identity::random_bytes() {
+                    match keyfile::random_bytes() {
                         Ok(bytes) => Some(protocol::auth::Nonce(bytes)),
                         Err(error) => {
                             return self.disconnect(&format!("no nonce for the handshake: {error}"))
@@ -740,7 +483,7 @@ impl Client {
             SessionEvent::PinMasterKey { key } => {
                 let device_id = self.session.device_id().to_string();
                 if let Err(error) =
-                    crate::identity::pin_master_key(&self.state_dir, &device_id, &key)
+                    crate::state::identity::pin_master_key(&self.state_dir, &device_id, &key)
                 {
                     // The next connection enrolls again with the join token instead.
                     log::error!("could not keep the master's key: {error}");
@@ -899,11 +642,12 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::WorkerConfig;
-    use serde_json::json;
-    use std::io::{BufRead, BufReader};
+    use crate::{WorkerConfig, WorkerError};
+    use serde_json::{json, Value};
+    use std::io::{BufRead, BufReader, Write};
     use std::net::{SocketAddr, TcpListener};
     use std::path::Path;
+    use std::thread::JoinHandle;
 
     /// The longest any single step of these tests may take before it counts as hung.
     const STEP_LIMIT: Duration = Duration::from_secs(10);
@@ -1072,7 +816,7 @@ mod tests {
         assert_eq!(data["tags"], json!(["ci"]));
         assert_eq!(data["device_info"]["role"], json!("worker"));
         let types = data["task_types"].as_array().expect("task_types is a list");
-        for builtin in crate::tasks::BUILTIN_TYPES {
+        for builtin in crate::tasks::executor::BUILTIN_TYPES {
             assert!(types.contains(&json!(builtin)), "{types:?}");
         }
         assert_eq!(data.get("running_tasks").cloned(), running_tasks);
@@ -1174,7 +918,7 @@ mod tests {
         master.ack(&goodbye, json!({"message": "goodbye"}));
         join_within(worker, STEP_LIMIT);
         assert!(
-            stopped_at.elapsed() < Duration::from_secs(1) + crate::exec::KILL_GRACE_PERIOD,
+            stopped_at.elapsed() < Duration::from_secs(1) + crate::tasks::exec::KILL_GRACE_PERIOD,
             "stopping took {:?}",
             stopped_at.elapsed()
         );
@@ -1366,7 +1110,7 @@ mod tests {
         master.ack(&goodbye, json!({}));
         join_within(worker, STEP_LIMIT);
         assert!(
-            stopped_at.elapsed() < Duration::from_secs(1) + crate::exec::KILL_GRACE_PERIOD,
+            stopped_at.elapsed() < Duration::from_secs(1) + crate::tasks::exec::KILL_GRACE_PERIOD,
             "stopping took {:?}",
             stopped_at.elapsed()
         );
@@ -1526,57 +1270,6 @@ mod tests {
         join_within(worker, STEP_LIMIT);
     }
 
-    #[test]
-    fn only_a_connection_that_worked_starts_the_backoff_afresh() {
-        let short = Some(Duration::from_millis(50));
-        let long = Some(HEALTHY_CONNECTION);
-        assert!(!connection_earned_fresh_backoff(false, long, 3));
-        assert!(!connection_earned_fresh_backoff(true, None, 3));
-        assert!(!connection_earned_fresh_backoff(true, short, 0));
-        assert!(connection_earned_fresh_backoff(true, short, 1));
-        assert!(connection_earned_fresh_backoff(true, long, 0));
-    }
-
-    #[test]
-    fn the_socket_gets_keepalive_and_a_user_timeout() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let stream = TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
-        set_keepalive(&stream);
-        let socket = socket2::SockRef::from(&stream);
-        assert!(socket.keepalive().expect("SO_KEEPALIVE"));
-        assert_eq!(socket.tcp_keepalive_time().expect("idle"), KEEPALIVE_IDLE);
-        assert_eq!(
-            socket.tcp_keepalive_interval().expect("interval"),
-            KEEPALIVE_INTERVAL
-        );
-        assert_eq!(
-            socket.tcp_keepalive_retries().expect("retries"),
-            KEEPALIVE_PROBES
-        );
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        assert_eq!(
-            socket.tcp_user_timeout().expect("user timeout"),
-            Some(TCP_USER_TIMEOUT)
-        );
-    }
-
-    #[test]
-    fn backoff_doubles_its_ceiling_up_to_the_cap_and_resets() {
-        let mut backoff = Backoff::new();
-        let mut ceilings = Vec::new();
-        for _ in 0..12 {
-            ceilings.push(backoff.ceiling());
-            let delay = backoff.next_delay();
-            assert!(delay <= *ceilings.last().expect("just pushed"));
-        }
-        assert_eq!(ceilings[0], INITIAL_BACKOFF);
-        assert_eq!(ceilings[1], INITIAL_BACKOFF * 2);
-        assert_eq!(ceilings[3], INITIAL_BACKOFF * 8);
-        assert_eq!(*ceilings.last().expect("twelve ceilings"), MAX_BACKOFF);
-        backoff.reset();
-        assert_eq!(backoff.ceiling(), INITIAL_BACKOFF);
-    }
-
     /// The issue's first attack as a worker saw it: an assignment whose payload nests
     /// 126 deep, so that the line is deeper than `serde_json` reads. The worker refuses
     /// it by the id it finds in the raw line, with `invalid_message` (on which the master
@@ -1649,31 +1342,5 @@ mod tests {
         assert_eq!(goodbye["message_type"], "goodbye", "{goodbye}");
         master.ack(&goodbye, json!({"message": "goodbye"}));
         join_within(worker, STEP_LIMIT);
-    }
-
-    #[test]
-    fn frames_decode_into_messages_or_errors_with_their_type() {
-        let frame = br#"{"message_type":"ack","data":{"original_message_id":"x","result":{}}}"#;
-        assert!(matches!(decode_frame(frame), Incoming::Message(_)));
-        match decode_frame(br#"{"message_type":"task_assign","message_id":"m","data":{}}"#) {
-            Incoming::Undecodable {
-                error,
-                message_type,
-            } => {
-                assert_eq!(message_type.as_deref(), Some("task_assign"));
-                assert_eq!(error.message_id.as_deref(), Some("m"));
-            }
-            other => panic!("expected an undecodable frame, got {other:?}"),
-        }
-        match decode_frame(b"{oops") {
-            Incoming::Undecodable {
-                error,
-                message_type,
-            } => {
-                assert_eq!(message_type, None);
-                assert_eq!(error.code, protocol::ErrorCode::MalformedJson);
-            }
-            other => panic!("expected an undecodable frame, got {other:?}"),
-        }
     }
 }

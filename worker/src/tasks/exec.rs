@@ -21,8 +21,10 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, ExitStatus, Stdio};
 
-use crate::orphans::{self, SpawnGuard};
-use crate::running::Ledger;
+use crate::state::running::Ledger;
+use crate::tasks::orphans::{self, SpawnGuard};
+use rustix::io::Errno;
+use rustix::process::{kill_process_group, Pid, Signal};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -208,7 +210,7 @@ pub enum ExecError {
         #[source]
         source: io::Error,
     },
-    /// The run could not be recorded in the state dir (see [`crate::running`]), so it
+    /// The run could not be recorded in the state dir (see [`crate::state::running`]), so it
     /// was not started.
     #[error("could not record the run of `{program}` in the state dir: {source}")]
     Record {
@@ -280,7 +282,7 @@ pub fn run(
 ///
 /// With a `ledger`, the run is recorded in the worker's state dir from before the spawn
 /// until its group is dead, so that a later start of the worker kills it if this one
-/// dies first (see [`crate::running`]).
+/// dies first (see [`crate::state::running`]).
 pub fn run_configured(
     mut command: std::process::Command,
     stdin: Stdio,
@@ -347,7 +349,7 @@ pub fn run_configured(
     let output_readers = match start_output_readers(&mut child, &program, limits.max_output_bytes) {
         Ok(readers) => readers,
         Err(error) => {
-            process_group.signal(libc::SIGKILL);
+            process_group.signal(Signal::KILL);
             // The child was just killed, so this wait returns at once; its result adds
             // nothing to the thread error being reported.
             let _ = wait_with_usage(process_group.id);
@@ -380,7 +382,7 @@ pub fn run_configured(
     // The leader is gone; anything it left running in its group goes too, so that a task
     // cannot outlive its slot through a background process, and so does anything that
     // left the group and has become this process's child.
-    process_group.signal(libc::SIGKILL);
+    process_group.signal(Signal::KILL);
     let orphans_killed = orphans::unregister_and_sweep(process_group.id);
     let elapsed = started.elapsed();
 
@@ -406,7 +408,7 @@ pub fn run_configured(
 }
 
 /// The name of the environment variable that tags a sandboxed run's processes.
-pub const MARKER_ENV: &str = orphans::MARKER_ENV;
+pub const MARKER_ENV: &str = crate::device::proc::MARKER_ENV;
 
 /// A marker no other run uses: the pid, a random number drawn once per process (so a
 /// later process with the same pid, a restarted worker say, never repeats an earlier
@@ -436,7 +438,8 @@ struct Usage {
 type Exit = io::Result<(ExitStatus, Usage)>;
 
 /// Waits for the child `pid` with `wait4`, which also returns its resource usage
-/// (std's `Child::wait` does not).
+/// (std's `Child::wait` does not). This stays a libc call: rustix's `waitpid` and
+/// `waitid` do not return the resource usage.
 fn wait_with_usage(pid: libc::pid_t) -> Exit {
     loop {
         let mut status: libc::c_int = 0;
@@ -492,16 +495,14 @@ impl ProcessGroup {
     /// Sends `signal` to every process in the group. A group that no longer exists
     /// (`ESRCH`) is what we want anyway; any other failure is only logged, because there
     /// is nothing more the caller could do about it.
-    fn signal(self, signal: libc::c_int) {
+    fn signal(self, signal: Signal) {
         // Never signal group 0 or 1 (our own group, or init's) if a pid were ever odd.
-        if self.id <= 1 {
+        let Some(group) = Pid::from_raw(self.id).filter(|_| self.id > 1) else {
             return;
-        }
-        // SAFETY: `killpg` takes two plain integers and touches no memory of ours.
-        let result = unsafe { libc::killpg(self.id, signal) };
-        if result != 0 {
-            let error = io::Error::last_os_error();
-            if error.raw_os_error() != Some(libc::ESRCH) {
+        };
+        if let Err(error) = kill_process_group(group, signal) {
+            if error != Errno::SRCH {
+                let signal = signal.as_raw();
                 log::warn!(
                     "could not send signal {signal} to process group {}: {error}",
                     self.id
@@ -514,11 +515,11 @@ impl ProcessGroup {
 /// Asks the group to stop with `SIGTERM`, gives it [`KILL_GRACE_PERIOD`], then kills it
 /// with `SIGKILL`, and returns the leader's exit status once it has been reaped.
 fn stop_group(process_group: ProcessGroup, exit_receiver: &Receiver<Exit>) -> Exit {
-    process_group.signal(libc::SIGTERM);
+    process_group.signal(Signal::TERM);
     match exit_receiver.recv_timeout(KILL_GRACE_PERIOD) {
         Ok(result) => result,
         Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-            process_group.signal(libc::SIGKILL);
+            process_group.signal(Signal::KILL);
             flatten_exit(exit_receiver.recv())
         }
         Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(waiter_vanished()),
@@ -562,7 +563,7 @@ fn spawn_waiter(child: Child, program: &str) -> Result<Receiver<Exit>, ExecError
     match spawned {
         Ok(_) => Ok(receiver),
         Err(source) => {
-            process_group.signal(libc::SIGKILL);
+            process_group.signal(Signal::KILL);
             let child = shared_child
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -725,10 +726,12 @@ mod tests {
     /// grandchild whose parent already died is re-parented to pid 1, and in a container
     /// pid 1 may never reap it, so a zombie counts as gone (it runs no code any more).
     fn process_is_gone(pid: libc::pid_t) -> bool {
-        // SAFETY: signal 0 only checks whether the process exists; nothing is sent.
-        let alive = unsafe { libc::kill(pid, 0) } == 0;
-        if !alive {
-            return io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        // Signal 0 only checks whether the process exists; nothing is sent.
+        let Some(process) = Pid::from_raw(pid) else {
+            return false;
+        };
+        if let Err(error) = rustix::process::test_kill_process(process) {
+            return error == Errno::SRCH;
         }
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // The state is the first field after the parenthesised command name.
@@ -928,8 +931,10 @@ mod tests {
         let escaped = read_pid(&pid_file);
         let gone = process_is_gone(escaped);
         if !gone {
-            // SAFETY: `kill` takes plain integers; this only cleans up the test's process.
-            unsafe { libc::kill(escaped, libc::SIGKILL) };
+            // This only cleans up the test's process.
+            if let Some(process) = Pid::from_raw(escaped) {
+                let _ = rustix::process::kill_process(process, Signal::KILL);
+            }
         }
         assert!(gone, "the escaped process {escaped} outlived its task");
         assert_eq!(outcome.exit_code, Some(0));

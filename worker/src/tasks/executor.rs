@@ -22,15 +22,16 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use protocol::{ResultStatus, TaskResult, TaskSpec};
+use protocol::{ResultStatus, TaskSpec};
 use serde_json::{json, Map, Value};
 
-use crate::config::ExecutionConfig;
-use crate::exec::{self, CancelToken};
-use crate::handlers::{self, Handler, Progress, TaskContext};
-use crate::profile::{self, MetricsSampler};
-use crate::running::Ledger;
-use crate::sandbox::{Sandbox, SandboxCommand, SandboxError, SandboxLimits, SandboxOutcome};
+use crate::device::profile::{self, MetricsSampler};
+use crate::state::running::Ledger;
+use crate::tasks::config::ExecutionConfig;
+use crate::tasks::exec::{self, CancelToken};
+use crate::tasks::handlers;
+use crate::tasks::sandbox::{Sandbox, SandboxCommand, SandboxError, SandboxLimits, SandboxOutcome};
+use crate::tasks::task::{base_result, Handler, Progress, TaskContext, TaskOutcome};
 
 /// The task types this crate implements, in the order they are advertised.
 /// `python_eval` is advertised only where `python3` runs in the sandbox, and
@@ -43,67 +44,6 @@ pub const BUILTIN_TYPES: &[&str] = &[
     "python_eval",
     "http_request",
 ];
-
-/// How one run of a task ended, before it is wrapped into a [`TaskResult`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskOutcome {
-    /// Completed, failed, timeout or cancelled.
-    pub status: ResultStatus,
-    /// The `result` object sent to the master; always holds `output` and `exit_code`.
-    pub result: Map<String, Value>,
-    /// A one-line reason when the task did not complete.
-    pub error: Option<String>,
-}
-
-impl TaskOutcome {
-    /// A successful outcome whose `output` is `output` and whose `exit_code` is 0.
-    pub fn completed(output: Value) -> TaskOutcome {
-        TaskOutcome {
-            status: ResultStatus::Completed,
-            result: base_result(output, Some(0)),
-            error: None,
-        }
-    }
-
-    /// An outcome that did not complete, with `null` output and exit code.
-    pub fn unsuccessful(status: ResultStatus, error: impl Into<String>) -> TaskOutcome {
-        TaskOutcome {
-            status,
-            result: base_result(Value::Null, None),
-            error: Some(error.into()),
-        }
-    }
-
-    /// A failed outcome, for bad payloads and handlers that could not do their work.
-    pub fn failed(error: impl Into<String>) -> TaskOutcome {
-        TaskOutcome::unsuccessful(ResultStatus::Failed, error)
-    }
-
-    /// Adds one more field to the `result` object.
-    pub fn with_field(mut self, key: &str, value: Value) -> TaskOutcome {
-        self.result.insert(key.to_string(), value);
-        self
-    }
-
-    /// Wraps the outcome into the `task_result` a worker sends for attempt `attempt`.
-    pub fn into_task_result(self, task_id: String, attempt: u32, elapsed: Duration) -> TaskResult {
-        TaskResult {
-            task_id,
-            attempt: Some(attempt),
-            status: self.status,
-            execution_time: Some(elapsed.as_secs_f64()),
-            result: Value::Object(self.result),
-            error: self.error,
-        }
-    }
-}
-
-fn base_result(output: Value, exit_code: Option<i32>) -> Map<String, Value> {
-    let mut result = Map::new();
-    result.insert("output".into(), output);
-    result.insert("exit_code".into(), json!(exit_code));
-    result
-}
 
 /// Tells whether `task_type` is one of [`BUILTIN_TYPES`].
 pub fn is_builtin(task_type: &str) -> bool {
@@ -161,7 +101,7 @@ pub struct Executor {
     sandbox: Arc<Sandbox>,
     /// Every type this worker can run and is allowed to, by name.
     types: BTreeMap<String, Implementation>,
-    /// Where external runs are recorded while they run (see [`crate::running`]).
+    /// Where external runs are recorded while they run (see [`crate::state::running`]).
     ledger: Option<Arc<Ledger>>,
 }
 
@@ -196,7 +136,7 @@ impl Executor {
         config: ExecutionConfig,
         rust_handlers: BTreeMap<String, Handler>,
     ) -> Result<Executor, ExecutorError> {
-        let sandbox = if config.sandbox == crate::sandbox::SandboxConfig::default() {
+        let sandbox = if config.sandbox == crate::tasks::sandbox::SandboxConfig::default() {
             Sandbox::shared_default().map_err(SandboxError::Unavailable)?
         } else {
             Arc::new(Sandbox::new(config.sandbox.clone())?)
@@ -205,7 +145,7 @@ impl Executor {
         for name in ["echo", "sleep", "system_info", "shell"] {
             types.insert(name.to_string(), Implementation::Builtin);
         }
-        if crate::http::AVAILABLE {
+        if crate::tasks::http::AVAILABLE {
             types.insert("http_request".to_string(), Implementation::Builtin);
         }
         if let Some(dir) = &config.handlers_dir {
@@ -360,7 +300,7 @@ impl Executor {
                     Ok(command) => self.run_sandboxed(command, task, &limits, cancel, true),
                     Err(error) => TaskOutcome::failed(error),
                 },
-                "http_request" => crate::http::request(payload, limits.timeout, cancel),
+                "http_request" => crate::tasks::http::request(payload, limits.timeout, cancel),
                 other => TaskOutcome::failed(format!("unsupported task type {other:?}")),
             },
         }

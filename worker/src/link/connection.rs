@@ -1,0 +1,275 @@
+//! One connection to the master: connecting (with a timeout per address), the
+//! socket's options (no Nagle, a write timeout, TCP keepalive and `TCP_USER_TIMEOUT`),
+//! a reader thread that turns the bytes into messages, and writing envelopes. This is
+//! the only code of the worker that reads or writes the master's socket; the
+//! [`client`](super::client) decides when.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender};
+use protocol::{DecodeError, Envelope, Frame, LineCodec, DEFAULT_MAX_LINE};
+use serde_json::Value;
+
+/// How long one connection attempt (per resolved address) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a write to the master may block before the connection counts as dead. A
+/// master that stops reading would otherwise stall the worker's main loop for ever.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+// TCP keepalive and TCP_USER_TIMEOUT on the worker's socket. The kernel defaults (first
+// keepalive probe after 2 hours; unacknowledged data retransmitted for about 15 minutes)
+// suit nothing on a home network, where a dead peer is a master that lost power, a
+// router that rebooted or a phone that left the Wi-Fi. The values match the master's
+// (`master::event_loop`) and the heartbeat defaults (every 5 s, 15 s of silence):
+// - keepalive: first probe after 15 s idle, then every 5 s, 3 probes: a silent dead path
+//   is noticed in about 30 s. Idle connections barely exist (heartbeats go out every 5 s),
+//   so this mostly guards a worker whose master set a long heartbeat interval.
+// - TCP_USER_TIMEOUT 30 s: data the master has not acknowledged for 30 s (a heartbeat, a
+//   result) ends the connection with an error instead of minutes of retransmissions. It
+//   is long enough to ride out a Wi-Fi roam or a brief radio dropout on a phone, where a
+//   few seconds of loss are normal.
+// The session's own check (nothing heard for 4 heartbeat intervals, at least 15 s) still
+// runs; these catch a dead path at the transport level, also while a write blocks.
+
+/// TCP keepalive: idle time before the first probe.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+
+/// TCP keepalive: time between probes.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// TCP keepalive: unanswered probes before the connection is dropped.
+pub const KEEPALIVE_PROBES: u32 = 3;
+
+/// TCP_USER_TIMEOUT (Linux and Android): how long sent data may stay unacknowledged
+/// before the connection is dropped.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The size of each read from the socket.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// What the reader thread of a connection reports.
+#[derive(Debug)]
+pub(super) enum Incoming {
+    /// A decoded message (boxed: it is far larger than the other variants).
+    Message(Box<Envelope>),
+    /// A JSON frame that is not a valid message, with its `message_type` if readable.
+    Undecodable {
+        error: DecodeError,
+        message_type: Option<String>,
+    },
+    /// The connection is over; the reader has ended.
+    Closed(String),
+}
+
+/// One open connection to the master.
+#[derive(Debug)]
+pub(super) struct Connection {
+    pub(super) stream: TcpStream,
+    pub(super) incoming: Receiver<Incoming>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Connection {
+    /// Configures a freshly connected socket and starts its reader thread.
+    pub(super) fn open(stream: TcpStream) -> io::Result<Connection> {
+        // Messages are small and each one matters now (an ack the master waits for, a
+        // heartbeat), so Nagle's algorithm would only add latency.
+        stream.set_nodelay(true)?;
+        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        set_keepalive(&stream);
+        let read_half = stream.try_clone()?;
+        let (sender, incoming) = crossbeam_channel::unbounded();
+        let reader = thread::Builder::new()
+            .name("master-reader".into())
+            .spawn(move || read_loop(read_half, &sender))?;
+        Ok(Connection {
+            stream,
+            incoming,
+            reader: Some(reader),
+        })
+    }
+
+    /// Writes `envelopes` in one go, each stamped with the current time.
+    pub(super) fn write(&mut self, envelopes: Vec<Envelope>) -> io::Result<()> {
+        let timestamp = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let mut bytes = Vec::new();
+        for mut envelope in envelopes {
+            log::trace!("sending {}", envelope.message.message_type());
+            envelope.timestamp = Some(timestamp.clone());
+            bytes.extend_from_slice(&envelope.to_line());
+        }
+        self.stream.write_all(&bytes)?;
+        self.stream.flush()
+    }
+
+    /// Closes the socket, which ends the reader thread's blocking read, and joins it.
+    pub(super) fn close(mut self) {
+        // The socket may already be dead; shutting it down is only about waking the
+        // reader, and a failure means it is awake already.
+        let _ = self.stream.shutdown(Shutdown::Both);
+        if let Some(reader) = self.reader.take() {
+            if reader.join().is_err() {
+                log::error!("the connection's reader thread panicked");
+            }
+        }
+    }
+}
+
+/// Sets TCP keepalive and TCP_USER_TIMEOUT (see [`KEEPALIVE_IDLE`] and the comment above
+/// it). A failure is only logged: the session's silence check still catches a dead master.
+fn set_keepalive(stream: &TcpStream) {
+    let socket = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    if let Err(error) = socket.set_tcp_keepalive(&keepalive) {
+        log::warn!("could not set TCP keepalive on the connection to the master: {error}");
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(error) = socket.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT)) {
+        log::warn!("could not set TCP_USER_TIMEOUT on the connection to the master: {error}");
+    }
+}
+
+/// Reads the socket until it closes, sending every frame to `incoming`.
+fn read_loop(mut stream: TcpStream, incoming: &Sender<Incoming>) {
+    let mut codec = LineCodec::new(DEFAULT_MAX_LINE);
+    let mut buffer = vec![0u8; READ_CHUNK_BYTES];
+    let mut frames = Vec::new();
+    let reason = loop {
+        let n_read = match stream.read(&mut buffer) {
+            Ok(0) => break "the master closed the connection".to_string(),
+            Ok(n_read) => n_read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => break format!("reading from the master failed: {error}"),
+        };
+        if let Err(error) = codec.decode(&buffer[..n_read], &mut frames) {
+            break format!("the master sent a {error}");
+        }
+        for frame in frames.drain(..) {
+            let item = match frame {
+                Frame::Json(bytes) => decode_frame(&bytes),
+                Frame::Text(text) => {
+                    log::warn!("ignoring a text line from the master: {text:?}");
+                    continue;
+                }
+            };
+            if incoming.send(item).is_err() {
+                // The main loop has given this connection up.
+                return;
+            }
+        }
+    };
+    // The main loop may have given the connection up already, and then nobody needs
+    // to hear that it closed.
+    let _ = incoming.send(Incoming::Closed(reason));
+}
+
+/// Decodes one JSON frame, keeping its `message_type` when the rest is invalid so that
+/// the session can tell whether the sender expects a reply.
+fn decode_frame(bytes: &[u8]) -> Incoming {
+    let value: Value = match serde_json::from_slice(bytes) {
+        Ok(value) => value,
+        Err(_) => {
+            return match Envelope::decode(bytes) {
+                Ok(envelope) => Incoming::Message(Box::new(envelope)),
+                // Too deep (or too broken) to parse: its type is found
+                // leniently, so that an assignment is still refused by its
+                // id (the decoder found that the same way) and its task
+                // does not wait on a slot that is not taken.
+                Err(error) => Incoming::Undecodable {
+                    error,
+                    message_type: protocol::limits::salvage_string(bytes, &["message_type"]),
+                },
+            };
+        }
+    };
+    let message_type = value
+        .get("message_type")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    match Envelope::from_value(value) {
+        Ok(envelope) => Incoming::Message(Box::new(envelope)),
+        Err(error) => Incoming::Undecodable {
+            error,
+            message_type,
+        },
+    }
+}
+
+/// Resolves `master` and connects to the first address that answers.
+pub(super) fn connect(master: &str) -> io::Result<TcpStream> {
+    let mut last_error = None;
+    for address in master.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&address, CONNECT_TIMEOUT) {
+            Ok(stream) => return Ok(stream),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{master} resolves to no address"),
+        )
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn the_socket_gets_keepalive_and_a_user_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let stream = TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
+        set_keepalive(&stream);
+        let socket = socket2::SockRef::from(&stream);
+        assert!(socket.keepalive().expect("SO_KEEPALIVE"));
+        assert_eq!(socket.tcp_keepalive_time().expect("idle"), KEEPALIVE_IDLE);
+        assert_eq!(
+            socket.tcp_keepalive_interval().expect("interval"),
+            KEEPALIVE_INTERVAL
+        );
+        assert_eq!(
+            socket.tcp_keepalive_retries().expect("retries"),
+            KEEPALIVE_PROBES
+        );
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        assert_eq!(
+            socket.tcp_user_timeout().expect("user timeout"),
+            Some(TCP_USER_TIMEOUT)
+        );
+    }
+
+    #[test]
+    fn frames_decode_into_messages_or_errors_with_their_type() {
+        let frame = br#"{"message_type":"ack","data":{"original_message_id":"x","result":{}}}"#;
+        assert!(matches!(decode_frame(frame), Incoming::Message(_)));
+        match decode_frame(br#"{"message_type":"task_assign","message_id":"m","data":{}}"#) {
+            Incoming::Undecodable {
+                error,
+                message_type,
+            } => {
+                assert_eq!(message_type.as_deref(), Some("task_assign"));
+                assert_eq!(error.message_id.as_deref(), Some("m"));
+            }
+            other => panic!("expected an undecodable frame, got {other:?}"),
+        }
+        match decode_frame(b"{oops") {
+            Incoming::Undecodable {
+                error,
+                message_type,
+            } => {
+                assert_eq!(message_type, None);
+                assert_eq!(error.code, protocol::ErrorCode::MalformedJson);
+            }
+            other => panic!("expected an undecodable frame, got {other:?}"),
+        }
+    }
+}
