@@ -396,29 +396,20 @@ fn real_main() -> Result<()> {
     )
     .context("installing the SIGXFSZ handler")?;
     let shutdown = Shutdown::new();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .context("installing signal handlers")?;
     let on_signal = shutdown.clone();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut signals = signals.forever();
-            if let Some(signal) = signals.next() {
-                log::info!("signal {signal} received; stopping (send it again to stop at once)");
-                on_signal.trigger();
-            }
-            if let Some(signal) = signals.next() {
-                // A second signal means the operator will not wait. Nothing
-                // unacknowledged is lost by exiting, and everything
-                // acknowledged is already on disk.
-                log::warn!("signal {signal} received again; exiting now");
-                std::process::exit(130);
-            }
-        })
-        .context("starting the signal thread")?;
+    daemon::watch_signals(move |signal, count| {
+        if count == 1 {
+            log::info!("signal {signal} received; stopping (send it again to stop at once)");
+            on_signal.trigger();
+        } else {
+            // A second signal means the operator will not wait. Nothing
+            // unacknowledged is lost by exiting, and everything
+            // acknowledged is already on disk.
+            log::warn!("signal {signal} received again; exiting now");
+            std::process::exit(130);
+        }
+    })
+    .context("installing signal handlers")?;
 
     // Tests and scripts read this first line to learn the port when they
     // ask for port 0.

@@ -6,14 +6,11 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::thread;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use protocol::auth::{Token, TokenKind};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 use worker::device::profile;
 use worker::ExecutionConfig;
 use worker::{scrub, Handlers, StopHandle, WorkerConfig};
@@ -239,23 +236,16 @@ fn run(mut args: Args) -> anyhow::Result<()> {
 /// by `--drain-timeout`) and the second into an immediate one (goodbye, hand back the
 /// running tasks, cancel them), for an operator who will not wait.
 fn watch_signals(stop: StopHandle) -> anyhow::Result<()> {
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
-    thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for signal in signals.forever() {
-                if stop.is_stopped_now() {
-                    log::debug!("received signal {signal} while already stopping");
-                } else if stop.is_stopped() {
-                    log::warn!("received signal {signal} again, leaving at once");
-                    stop.stop_now();
-                } else {
-                    log::info!(
-                        "received signal {signal}, draining (send it again to leave at once)"
-                    );
-                    stop.stop();
-                }
-            }
-        })?;
+    daemon::watch_signals(move |signal, _count| {
+        if stop.is_stopped_now() {
+            log::debug!("received signal {signal} while already stopping");
+        } else if stop.is_stopped() {
+            log::warn!("received signal {signal} again, leaving at once");
+            stop.stop_now();
+        } else {
+            log::info!("received signal {signal}, draining (send it again to leave at once)");
+            stop.stop();
+        }
+    })?;
     Ok(())
 }
