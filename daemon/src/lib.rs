@@ -106,7 +106,7 @@ mod tests {
     use std::sync::mpsc;
 
     #[test]
-    fn a_socket_gets_keepalive_and_a_user_timeout() {
+    fn the_socket_gets_keepalive_and_a_user_timeout() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let stream = TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
         let errors = set_keepalive(&stream);

@@ -186,31 +186,6 @@ pub(super) fn connect(master: &str) -> io::Result<TcpStream> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use daemon::{KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES, TCP_USER_TIMEOUT};
-    use std::net::TcpListener;
-
-    #[test]
-    fn the_socket_gets_keepalive_and_a_user_timeout() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let stream = TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
-        set_keepalive(&stream);
-        let socket = socket2::SockRef::from(&stream);
-        assert!(socket.keepalive().expect("SO_KEEPALIVE"));
-        assert_eq!(socket.tcp_keepalive_time().expect("idle"), KEEPALIVE_IDLE);
-        assert_eq!(
-            socket.tcp_keepalive_interval().expect("interval"),
-            KEEPALIVE_INTERVAL
-        );
-        assert_eq!(
-            socket.tcp_keepalive_retries().expect("retries"),
-            KEEPALIVE_PROBES
-        );
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        assert_eq!(
-            socket.tcp_user_timeout().expect("user timeout"),
-            Some(TCP_USER_TIMEOUT)
-        );
-    }
 
     #[test]
     fn frames_decode_into_messages_or_errors_with_their_type() {
