@@ -6,6 +6,9 @@
 //! (`target/<profile>/`). `cargo test --workspace` builds them, because
 //! each of their crates has an integration test.
 
+pub mod launch;
+
+use launch::{master_command, wait_listening, worker_command};
 use protocol::auth::{
     master_proof_from_reply, Challenge, Hello, Method, Nonce, Proof, Token, TokenKind, Transcript,
 };
@@ -159,21 +162,15 @@ impl MasterProcess {
                 || "warn".into(),
                 |value| value.to_string_lossy().into_owned(),
             );
-        let mut child = command
-            .arg("--listen")
-            .arg(listen)
-            .arg("--data-dir")
-            .arg(data_dir)
+        let mut child = master_command(&mut command, listen, data_dir)
             .args(extra)
             .env("RUST_LOG", log_level)
             // A `--dev` master's local worker keeps its outbox in the default state dir:
             // keep it inside the test's data dir, not in the real home.
             .env("XDG_STATE_HOME", data_dir.join("xdg-state"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
             .spawn()
             .expect("start retire-master");
-        let addr = read_listening_line(&mut child);
+        let addr = wait_listening(&mut child, PATIENCE).expect("retire-master listens");
         if !extra.contains(&"--no-auth") {
             if let Some(tokens) = read_tokens(data_dir) {
                 remember_tokens(addr, tokens);
@@ -241,23 +238,6 @@ impl Drop for MasterProcess {
     }
 }
 
-/// Reads the master's first stdout line, `retire-master listening on ADDR`.
-fn read_listening_line(child: &mut Child) -> SocketAddr {
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut lines = BufReader::new(stdout).lines();
-    loop {
-        let line = lines
-            .next()
-            .expect("retire-master exited before it listened")
-            .expect("read retire-master's stdout");
-        if let Some(addr) = line.strip_prefix("retire-master listening on ") {
-            // Keep draining stdout so the master never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return addr.trim().parse().expect("a socket address");
-        }
-    }
-}
-
 fn libc_sigterm() -> i32 {
     15
 }
@@ -304,7 +284,7 @@ impl WorkerProcess {
             Some(tempfile::tempdir().expect("a temp state dir for the worker"))
         };
         let state_args: Vec<&Path> = state.iter().map(tempfile::TempDir::path).collect();
-        let mut command = Command::new(bin("retire-worker"));
+        let mut command = worker_command(&bin("retire-worker"), master, id, slots);
         let token = options
             .join_token
             .or_else(|| tokens_for(master).map(|tokens| tokens.join));
@@ -329,12 +309,6 @@ impl WorkerProcess {
             None => ("warn", Stdio::inherit()),
         };
         let child = command
-            .arg("--join")
-            .arg(master.to_string())
-            .arg("--id")
-            .arg(id)
-            .arg("--slots")
-            .arg(slots.to_string())
             .args(
                 state_args
                     .iter()
@@ -342,8 +316,6 @@ impl WorkerProcess {
             )
             .args(extra)
             .env("RUST_LOG", log_level)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
             .expect("start retire-worker");
