@@ -1,11 +1,12 @@
 //! `retire-master`: parses flags and environment, sets up logging and
 //! signals, binds the listener and calls [`master::run`].
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use master::core::{AuthPolicy, CoreConfig, Network, Secrets};
 use master::{Config, Shutdown, Synchronous};
 use protocol::auth::TokenKind;
+use protocol::text::{seconds_to_duration, Shortest};
 use std::io::IsTerminal;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -252,10 +253,7 @@ fn print_commands_by_file(data_dir: &std::path::Path, address: &str) {
 }
 
 fn seconds(name: &str, value: f64) -> Result<Duration> {
-    if !value.is_finite() || value <= 0.0 {
-        bail!("--{name} must be a positive number of seconds, got {value}");
-    }
-    Ok(Duration::from_secs_f64(value))
+    seconds_to_duration(value, Shortest::AboveZero).map_err(|error| anyhow!("--{name} {error}"))
 }
 
 /// Refuses a limit below the smallest the master can work with, naming the

@@ -6,8 +6,10 @@
 
 use serde_json::Value;
 
+mod duration;
 mod table;
 
+pub use duration::{parse_duration, seconds_to_duration, DurationError, Shortest};
 pub use table::{clean, render_table, Align, Table};
 
 /// One parsed text command.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use protocol::auth::{Token, TokenKind};
+use protocol::text::{parse_duration, DurationError, Shortest};
 use worker::device::profile;
 use worker::ExecutionConfig;
 use worker::{scrub, Handlers, StopHandle, WorkerConfig};
@@ -65,7 +66,7 @@ struct Args {
     /// [default: $XDG_STATE_HOME/retire-worker, else ~/.local/state/retire-worker].
     #[arg(long, env = "RETIRE_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// On SIGTERM/SIGINT, seconds to wait for running tasks before handing them back to
+    /// On SIGTERM/SIGINT, seconds (or a duration like 1m30s) to wait for running tasks before handing them back to
     /// the master (a second signal leaves at once).
     #[arg(
         long,
@@ -122,16 +123,9 @@ fn execution_config(args: &Args) -> anyhow::Result<ExecutionConfig> {
     Ok(execution)
 }
 
-/// Parses a non-negative number of seconds (fractions allowed).
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    if !seconds.is_finite() || seconds < 0.0 {
-        return Err(format!("{text:?} is not a number of seconds ≥ 0"));
-    }
-    Duration::try_from_secs_f64(seconds).map_err(|error| error.to_string())
+/// Parses a non-negative duration: seconds (fractions allowed) or a duration like `1m30s`.
+fn parse_seconds(text: &str) -> Result<Duration, DurationError> {
+    parse_duration(text, Shortest::Zero)
 }
 
 fn main() -> ExitCode {
