@@ -8,12 +8,13 @@
 
 pub mod launch;
 
+use cli::lines::{Lines, LinesError};
 use launch::{master_command, wait_listening, worker_command};
 use protocol::auth::{
     master_proof_from_reply, Challenge, Hello, Method, Nonce, Proof, Token, TokenKind, Transcript,
 };
-use protocol::{Ack, Envelope, ErrorReply, Event, Frame, LineCodec, Message};
-use std::io::{BufRead, BufReader, Read, Write};
+use protocol::{Ack, Envelope, ErrorReply, Event, Frame, Message};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -427,8 +428,7 @@ pub fn retire(master: SocketAddr, args: &[&str]) -> Output {
 
 /// A JSON-lines client on a real socket, for tests.
 pub struct Client {
-    stream: TcpStream,
-    codec: LineCodec,
+    lines: Lines,
     pending: std::collections::VecDeque<Envelope>,
     next_id: u64,
 }
@@ -512,10 +512,8 @@ impl Client {
     /// Connects without authenticating.
     pub fn connect_anonymous(addr: SocketAddr) -> std::io::Result<Client> {
         let stream = TcpStream::connect(addr)?;
-        stream.set_read_timeout(Some(PATIENCE))?;
         Ok(Client {
-            stream,
-            codec: LineCodec::new(protocol::DEFAULT_MAX_LINE),
+            lines: Lines::new(stream, protocol::DEFAULT_MAX_LINE),
             pending: Default::default(),
             next_id: 0,
         })
@@ -524,12 +522,12 @@ impl Client {
     /// The connection's socket, for tests that read, write or shut it
     /// down themselves.
     pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        self.lines.stream()
     }
 
     /// Sends raw bytes.
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write to the master");
+        self.lines.write(bytes, None).expect("write to the master");
     }
 
     /// Sends a message with a fresh `message_id`; returns that id.
@@ -543,7 +541,7 @@ impl Client {
         let id = format!("test-{}", self.next_id);
         let mut envelope = Envelope::new(message).with_id(id.clone());
         envelope.sender_id = sender.map(str::to_string);
-        self.stream.write_all(&envelope.to_line())?;
+        self.lines.write(&envelope.to_line(), None)?;
         Ok(id)
     }
 
@@ -559,30 +557,21 @@ impl Client {
         if let Some(envelope) = self.pending.pop_front() {
             return Ok(envelope);
         }
-        loop {
-            let mut frames = Vec::new();
-            let mut buf = [0u8; 65536];
-            let n = self.stream.read(&mut buf)?;
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the master closed the connection",
-                ));
+        match self.lines.next_frame(Some(Instant::now() + PATIENCE)) {
+            Ok(Some(Frame::Json(bytes))) => {
+                Ok(Envelope::decode(&bytes).expect("the master sends valid messages"))
             }
-            self.codec
-                .decode(&buf[..n], &mut frames)
-                .expect("a short line");
-            for frame in frames {
-                match frame {
-                    Frame::Json(bytes) => self.pending.push_back(
-                        Envelope::decode(&bytes).expect("the master sends valid messages"),
-                    ),
-                    Frame::Text(text) => panic!("unexpected text from the master: {text}"),
-                }
-            }
-            if let Some(envelope) = self.pending.pop_front() {
-                return Ok(envelope);
-            }
+            Ok(Some(Frame::Text(text))) => panic!("unexpected text from the master: {text}"),
+            Ok(None) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("nothing from the master within {PATIENCE:?}"),
+            )),
+            Err(LinesError::Closed) => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the master closed the connection",
+            )),
+            Err(LinesError::Io(err)) => Err(err),
+            Err(LinesError::Decode(err)) => panic!("a short line: {err}"),
         }
     }
 
