@@ -512,6 +512,8 @@ impl Client {
     /// Connects without authenticating.
     pub fn connect_anonymous(addr: SocketAddr) -> std::io::Result<Client> {
         let stream = TcpStream::connect(addr)?;
+        // For tests that read `stream()` themselves; `Lines` sets its own per read.
+        stream.set_read_timeout(Some(PATIENCE))?;
         Ok(Client {
             lines: Lines::new(stream, protocol::DEFAULT_MAX_LINE),
             pending: Default::default(),
