@@ -379,9 +379,9 @@ fn flood(params: &Params, report: &mut Report) -> Result<()> {
     let dir = tempfile::tempdir().context("a temp dir")?;
     let master = start_authenticated(dir.path(), &[])?;
     let (_worker, mut admin) = store_tasks(&master, dir.path(), params.flood_tasks)?;
-    admin.writer()?.set_read_timeout(Some(REQUEST_PATIENCE))?;
+    admin.set_patience(REQUEST_PATIENCE);
     let mut reader = Conn::connect(master.addr)?;
-    reader.writer()?.set_read_timeout(Some(REQUEST_PATIENCE))?;
+    reader.set_patience(REQUEST_PATIENCE);
     // Baseline, before the flood.
     let quiet_status = timed_status(&mut reader, "quiet");
     let quiet_trip = timed_round_trip(&mut admin, "quiet-trip");
@@ -511,7 +511,7 @@ fn watch(params: &Params, report: &mut Report) -> Result<()> {
         watchers.push(stream);
     }
     let mut admin = admin(master.addr, dir.path())?;
-    admin.writer()?.set_read_timeout(Some(REQUEST_PATIENCE))?;
+    admin.set_patience(REQUEST_PATIENCE);
     let mut spec = TaskSpec::new(
         "nobody-runs-this",
         json!({ "pad": "x".repeat(WATCH_PAYLOAD) }),

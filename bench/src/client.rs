@@ -1,21 +1,23 @@
 //! A small JSON-lines client on a real socket: what a script or the
-//! `retire` CLI does, without the parts the bench does not need.
+//! `retire` CLI does, without the parts the bench does not need. It reads
+//! and writes through the CLI's framing (`cli::lines`), and hands out raw
+//! lines so that the scenarios decode only what they measure.
 
 use anyhow::{bail, Context, Result};
-use protocol::{Envelope, Message, Subscribe};
+use cli::lines::Lines;
+use protocol::{Envelope, Frame, Message, Subscribe};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long one read may wait before the bench gives up on the master.
 pub const PATIENCE: Duration = Duration::from_secs(120);
 
 /// One connection to the master, read line by line.
 pub struct Conn {
-    writer: TcpStream,
-    reader: BufReader<TcpStream>,
+    lines: Lines,
     line: Vec<u8>,
+    patience: Duration,
 }
 
 impl Conn {
@@ -23,24 +25,27 @@ impl Conn {
     pub fn connect(addr: SocketAddr) -> Result<Conn> {
         let stream = TcpStream::connect(addr).context("connect to the master")?;
         stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(PATIENCE))?;
-        let reader = BufReader::with_capacity(1 << 20, stream.try_clone()?);
         Ok(Conn {
-            writer: stream,
-            reader,
+            lines: Lines::new(stream, cli::client::MAX_REPLY_LINE),
             line: Vec::new(),
+            patience: PATIENCE,
         })
+    }
+
+    /// Sets how long one read may wait (default [`PATIENCE`]).
+    pub fn set_patience(&mut self, patience: Duration) {
+        self.patience = patience;
     }
 
     /// A second handle on the same socket, for writing from another
     /// thread while this one reads.
     pub fn writer(&self) -> Result<TcpStream> {
-        Ok(self.writer.try_clone()?)
+        Ok(self.lines.stream().try_clone()?)
     }
 
     /// Writes raw bytes (whole lines).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        self.writer.write_all(bytes).context("write to the master")
+        self.lines.write(bytes, None).context("write to the master")
     }
 
     /// Sends `message` with `message_id` `id`.
@@ -49,19 +54,19 @@ impl Conn {
         self.send_raw(&line)
     }
 
-    /// The next line from the master, without its newline.
+    /// The next line from the master, without its newline (blank lines are
+    /// skipped).
     pub fn next_line(&mut self) -> Result<&[u8]> {
-        self.line.clear();
-        let n = self
-            .reader
-            .read_until(b'\n', &mut self.line)
-            .context("read from the master")?;
-        if n == 0 {
-            bail!("the master closed the connection");
-        }
-        if self.line.last() == Some(&b'\n') {
-            self.line.pop();
-        }
+        let deadline = Instant::now() + self.patience;
+        self.line = match self
+            .lines
+            .next_frame(Some(deadline))
+            .context("read from the master")?
+        {
+            Some(Frame::Json(bytes)) => bytes,
+            Some(Frame::Text(text)) => text.into_bytes(),
+            None => bail!("nothing from the master within {:?}", self.patience),
+        };
         Ok(&self.line)
     }
 

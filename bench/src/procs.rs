@@ -2,12 +2,12 @@
 //! reading what a process costs from `/proc`.
 
 use anyhow::{anyhow, bail, Context, Result};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command};
 use std::time::Duration;
+use tests::launch::{master_command, wait_listening, worker_command};
 
 /// Environment variable that overrides where the cluster's binaries are
 /// looked for (by default: the directory of the `bench` executable).
@@ -58,12 +58,57 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// A running binary of the cluster with its log file, killed when dropped.
+pub struct Process {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The last lines of its log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A running `retire-master`, killed when dropped.
 pub struct Master {
-    child: Child,
+    process: Process,
     /// The address it listens on.
     pub addr: SocketAddr,
-    log: PathBuf,
+}
+
+impl Deref for Master {
+    type Target = Process;
+
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl DerefMut for Master {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
 }
 
 impl Master {
@@ -91,81 +136,37 @@ impl Master {
     fn spawn(dir: &Path, extra: &[String]) -> Result<Master> {
         let log = dir.join("master.log");
         let stderr = std::fs::File::create(&log).context("create the master's log")?;
-        let mut child = Command::new(binary("retire-master")?)
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(dir.join("db"))
+        let mut command = Command::new(binary("retire-master")?);
+        let child = master_command(&mut command, "127.0.0.1:0", &dir.join("db"))
             .args(extra)
             .env("RUST_LOG", "warn")
             .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
             .context("start retire-master")?;
-        let stdout = child
-            .stdout
-            .take()
-            .context("the master's stdout is piped")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let mut told = false;
-            for line in lines.by_ref() {
-                let Ok(line) = line else { break };
-                if !told {
-                    if let Some(addr) = line.strip_prefix("retire-master listening on ") {
-                        let _ = tx.send(addr.trim().to_string());
-                        told = true;
-                    }
-                }
-                // Keep draining, so the master never blocks on a full pipe.
-            }
-        });
-        let mut master = Master {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            log,
-        };
-        let addr = match rx.recv_timeout(START_PATIENCE) {
-            Ok(addr) => addr,
-            Err(_) => bail!(
-                "retire-master did not start listening; its log says:\n{}",
-                master.log_tail()
-            ),
-        };
-        master.addr = addr.parse().context("the master printed a bad address")?;
-        Ok(master)
-    }
-
-    /// Its process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Whether it is still running.
-    pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// The last lines of its log, for error messages.
-    pub fn log_tail(&self) -> String {
-        tail(&self.log)
-    }
-}
-
-impl Drop for Master {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let mut process = Process { child, log };
+        match wait_listening(&mut process.child, START_PATIENCE) {
+            Ok(addr) => Ok(Master { process, addr }),
+            Err(error) => bail!("{error}; its log says:\n{}", process.log_tail()),
+        }
     }
 }
 
 /// A running `retire-worker`, killed when dropped.
-pub struct Worker {
-    child: Child,
-    log: PathBuf,
+pub struct Worker(Process);
+
+impl Deref for Worker {
+    type Target = Process;
+
+    fn deref(&self) -> &Process {
+        &self.0
+    }
+}
+
+impl DerefMut for Worker {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.0
+    }
 }
 
 impl Worker {
@@ -205,56 +206,20 @@ impl Worker {
             Some(base) => Path::new(&base).join(dir.file_name().unwrap_or_default()),
             None => dir.join("state"),
         };
-        let mut command = Command::new(binary("retire-worker")?);
+        let mut command = worker_command(&binary("retire-worker")?, master, id, slots);
         if let Some(token) = token {
             command.env("RETIRE_JOIN_TOKEN", token);
         }
         let child = command
             .arg("--state-dir")
             .arg(&state_dir)
-            .arg("--join")
-            .arg(master.to_string())
-            .arg("--id")
-            .arg(id)
-            .arg("--slots")
-            .arg(slots.to_string())
             .env("RUST_LOG", "warn")
             .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
             .context("start retire-worker")?;
-        Ok(Worker { child, log })
+        Ok(Worker(Process { child, log }))
     }
-
-    /// Its process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Whether it is still running.
-    pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// The last lines of its log, for error messages.
-    pub fn log_tail(&self) -> String {
-        tail(&self.log)
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// What a process has cost so far, from `/proc/PID`.

@@ -135,7 +135,7 @@ pub fn run(params: &Params) -> Result<Report> {
         }
     });
 
-    let pids: Vec<u32> = workers.iter().map(Worker::pid).collect();
+    let pids: Vec<u32> = workers.iter().map(|worker| worker.pid()).collect();
     let master_before = ProcSample::of(master.pid())?;
     let workers_before = pids
         .iter()

@@ -5,6 +5,7 @@
 
 use crate::require::{parse_requirement, Requirement, KEYS};
 use clap::{Args, Parser, Subcommand};
+use protocol::text::{DurationError, Shortest};
 use protocol::types::validate_id;
 use protocol::{DeviceStatus, Priority, TaskState};
 use serde_json::Value;
@@ -223,23 +224,8 @@ fn require_help() -> String {
 
 /// A duration given as seconds (`90`, `0.5`) or in humantime form (`1m30s`);
 /// it must be positive.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration = match text.trim().parse::<f64>() {
-        Ok(seconds) if seconds.is_finite() && seconds > 0.0 => {
-            Duration::try_from_secs_f64(seconds).map_err(|err| err.to_string())?
-        }
-        Ok(_) => {
-            return Err(format!(
-                "must be a positive number of seconds, got {text:?}"
-            ))
-        }
-        Err(_) => humantime::parse_duration(text.trim())
-            .map_err(|err| format!("expected seconds or a duration like 1m30s: {err}"))?,
-    };
-    if duration.is_zero() {
-        return Err("must be longer than zero".into());
-    }
-    Ok(duration)
+fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    protocol::text::parse_duration(text, Shortest::AboveZero)
 }
 
 fn parse_json(text: &str) -> Result<Value, String> {
@@ -370,23 +356,5 @@ mod tests {
         assert_eq!(cli.reply_timeout, Duration::from_millis(2500));
         assert!(cli.json);
         assert_eq!(cli.master, "nas:9000");
-    }
-
-    #[test]
-    fn durations() {
-        let check = |text: &str, expect: Result<Duration, ()>| {
-            assert_eq!(
-                parse_duration(text).map_err(|_| ()),
-                expect,
-                "input: {text:?}"
-            )
-        };
-        check("10", Ok(Duration::from_secs(10)));
-        check("0.25", Ok(Duration::from_millis(250)));
-        check("1m30s", Ok(Duration::from_secs(90)));
-        check("0", Err(()));
-        check("-1", Err(()));
-        check("0s", Err(()));
-        check("soon", Err(()));
     }
 }

@@ -6,16 +6,17 @@
 //! `subscribe` may arrive at any moment, including while a reply is awaited,
 //! so they are queued and handed out later by [`Client::next_event`].
 
+use crate::lines::{Lines, LinesError};
 use protocol::auth::{master_proof_from_reply, Challenge, Hello, Method, Nonce, Token, Transcript};
 use protocol::message::{result_field, submitted_ids};
 use protocol::{
-    Ack, ClusterStats, DeviceRef, DeviceView, Envelope, ErrorCode, Event, Frame, LineCodec,
-    ListDevices, ListTasks, Message, Subscribe, TaskCancel, TaskProgress, TaskRef, TaskSpec,
-    TaskSubmit, TaskView, DEFAULT_MAX_LINE,
+    Ack, ClusterStats, DeviceRef, DeviceView, Envelope, ErrorCode, Event, Frame, ListDevices,
+    ListTasks, Message, Subscribe, TaskCancel, TaskProgress, TaskRef, TaskSpec, TaskSubmit,
+    TaskView, DEFAULT_MAX_LINE,
 };
 use serde_json::{Map, Value};
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -30,9 +31,6 @@ pub const MAX_REPLY_LINE: usize = 256 * DEFAULT_MAX_LINE;
 /// the task's state, so that a master that went silent is noticed and a
 /// missed event does not leave the client waiting forever.
 pub const STATUS_POLL_INTERVAL: Duration = Duration::from_secs(30);
-
-/// How much one `read` takes from the socket at most.
-const READ_CHUNK: usize = 64 * 1024;
 
 /// Numbers the messages of every client in this process, so that ids stay
 /// unique even when a test opens several clients.
@@ -114,12 +112,9 @@ enum Incoming {
 /// A connection to the master.
 #[derive(Debug)]
 pub struct Client {
-    stream: TcpStream,
-    codec: LineCodec,
-    frames: VecDeque<Frame>,
+    lines: Lines,
     events: VecDeque<Event>,
     reply_timeout: Option<Duration>,
-    read_buffer: Vec<u8>,
 }
 
 impl Client {
@@ -153,12 +148,9 @@ impl Client {
         // so Nagle's algorithm would only add latency.
         stream.set_nodelay(true)?;
         Ok(Client {
-            stream,
-            codec: LineCodec::new(MAX_REPLY_LINE),
-            frames: VecDeque::new(),
+            lines: Lines::new(stream, MAX_REPLY_LINE),
             events: VecDeque::new(),
             reply_timeout: None,
-            read_buffer: vec![0; READ_CHUNK],
         })
     }
 
@@ -173,10 +165,9 @@ impl Client {
     pub fn send(&mut self, message: Message) -> Result<String, ClientError> {
         let message_id = next_message_id();
         let line = Envelope::new(message).with_id(message_id.clone()).to_line();
-        self.stream
-            .set_write_timeout(self.reply_timeout)
+        self.lines
+            .write(&line, self.reply_timeout)
             .map_err(ClientError::io)?;
-        self.stream.write_all(&line).map_err(ClientError::io)?;
         Ok(message_id)
     }
 
@@ -387,47 +378,14 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<Option<Vec<u8>>, ClientError> {
         loop {
-            while let Some(frame) = self.frames.pop_front() {
-                if let Frame::Json(bytes) = frame {
-                    return Ok(Some(bytes));
-                }
+            match self.lines.next_frame(deadline) {
+                Ok(Some(Frame::Json(bytes))) => return Ok(Some(bytes)),
+                Ok(Some(Frame::Text(_))) => {}
+                Ok(None) => return Ok(None),
+                Err(LinesError::Closed) => return Err(ClientError::Closed),
+                Err(LinesError::Io(err)) => return Err(ClientError::io(err)),
+                Err(LinesError::Decode(err)) => return Err(ClientError::Protocol(err.to_string())),
             }
-            let read_timeout = match deadline {
-                None => None,
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Ok(None);
-                    }
-                    Some(left)
-                }
-            };
-            self.stream
-                .set_read_timeout(read_timeout)
-                .map_err(ClientError::io)?;
-            let read = match self.stream.read(&mut self.read_buffer) {
-                Ok(0) => return Err(ClientError::Closed),
-                Ok(read) => read,
-                // The timeout expired (the kind differs between platforms)
-                // or a signal interrupted the read: the loop checks the
-                // deadline again.
-                Err(err)
-                    if matches!(
-                        err.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue
-                }
-                Err(err) => return Err(ClientError::io(err)),
-            };
-            let mut frames = Vec::new();
-            self.codec
-                .decode(&self.read_buffer[..read], &mut frames)
-                .map_err(|err| ClientError::Protocol(err.to_string()))?;
-            self.frames.extend(frames);
         }
     }
 }

@@ -148,7 +148,7 @@ pub fn progress_line(progress: &TaskProgress) -> String {
         _ => {}
     }
     if let Some(message) = &progress.message {
-        parts.push(clean(message));
+        parts.push(clean(message).into_owned());
     }
     format!("progress {}: {}", progress.task_id, parts.join(" "))
 }

@@ -1,7 +1,9 @@
 //! The `retire` command-line client, as a library.
 //!
 //! - [`client`] is a blocking client for the master's TCP port; other
-//!   crates' tests use it to drive a real master.
+//!   crates' tests use it to drive a real master. [`lines`] is its framing
+//!   (a socket, the line codec, reads with a deadline), which the
+//!   end-to-end tests' own client shares.
 //! - [`args`] is the command line, [`commands`] runs each subcommand, and
 //!   [`table`] prints aligned tables for people.
 //! - [`run`] ties them together; the `retire` binary only parses the command
@@ -10,6 +12,7 @@
 pub mod args;
 pub mod client;
 pub mod commands;
+pub mod lines;
 pub mod require;
 pub mod table;
 

@@ -1265,34 +1265,16 @@ impl EventLoop {
     }
 }
 
-/// TCP keepalive: first probe after this much idle time.
-pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
-/// TCP keepalive: time between probes.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-/// TCP keepalive: unanswered probes before the connection is dropped.
-pub const KEEPALIVE_PROBES: u32 = 3;
-/// TCP_USER_TIMEOUT: unacknowledged data older than this drops the
-/// connection.
-pub const USER_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Makes the kernel notice a peer that vanished without closing (a phone
 /// that left the Wi-Fi, a Pi that lost power) within about 30 seconds,
 /// even on a connection with nothing to send, instead of the default two
-/// hours of keepalive silence or fifteen minutes of retransmissions. The
+/// hours of keepalive silence or fifteen minutes of retransmissions (the
+/// numbers are [`daemon::KEEPALIVE_IDLE`] and its neighbours). The
 /// heartbeat timeout catches it at the protocol level too; this also
-/// frees the socket. Failures are ignored: the option is an optimisation.
+/// frees the socket. Failures are only logged: the option is an optimisation.
 fn set_keepalive(stream: &TcpStream) {
-    let socket = socket2::SockRef::from(stream);
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(KEEPALIVE_IDLE)
-        .with_interval(KEEPALIVE_INTERVAL)
-        .with_retries(KEEPALIVE_PROBES);
-    if let Err(err) = socket.set_tcp_keepalive(&keepalive) {
-        log::debug!("cannot set TCP keepalive: {err}");
-    }
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    if let Err(err) = socket.set_tcp_user_timeout(Some(USER_TIMEOUT)) {
-        log::debug!("cannot set TCP_USER_TIMEOUT: {err}");
+    for error in daemon::set_keepalive(stream) {
+        log::debug!("{error}");
     }
 }
 

@@ -1,11 +1,12 @@
 //! `retire-master`: parses flags and environment, sets up logging and
 //! signals, binds the listener and calls [`master::run`].
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use master::core::{AuthPolicy, CoreConfig, Network, Secrets};
 use master::{Config, Shutdown, Synchronous};
 use protocol::auth::TokenKind;
+use protocol::text::{seconds_to_duration, Shortest};
 use std::io::IsTerminal;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -252,10 +253,7 @@ fn print_commands_by_file(data_dir: &std::path::Path, address: &str) {
 }
 
 fn seconds(name: &str, value: f64) -> Result<Duration> {
-    if !value.is_finite() || value <= 0.0 {
-        bail!("--{name} must be a positive number of seconds, got {value}");
-    }
-    Ok(Duration::from_secs_f64(value))
+    seconds_to_duration(value, Shortest::AboveZero).map_err(|error| anyhow!("--{name} {error}"))
 }
 
 /// Refuses a limit below the smallest the master can work with, naming the
@@ -396,29 +394,20 @@ fn real_main() -> Result<()> {
     )
     .context("installing the SIGXFSZ handler")?;
     let shutdown = Shutdown::new();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .context("installing signal handlers")?;
     let on_signal = shutdown.clone();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut signals = signals.forever();
-            if let Some(signal) = signals.next() {
-                log::info!("signal {signal} received; stopping (send it again to stop at once)");
-                on_signal.trigger();
-            }
-            if let Some(signal) = signals.next() {
-                // A second signal means the operator will not wait. Nothing
-                // unacknowledged is lost by exiting, and everything
-                // acknowledged is already on disk.
-                log::warn!("signal {signal} received again; exiting now");
-                std::process::exit(130);
-            }
-        })
-        .context("starting the signal thread")?;
+    daemon::watch_signals(move |signal, count| {
+        if count == 1 {
+            log::info!("signal {signal} received; stopping (send it again to stop at once)");
+            on_signal.trigger();
+        } else {
+            // A second signal means the operator will not wait. Nothing
+            // unacknowledged is lost by exiting, and everything
+            // acknowledged is already on disk.
+            log::warn!("signal {signal} received again; exiting now");
+            std::process::exit(130);
+        }
+    })
+    .context("installing signal handlers")?;
 
     // Tests and scripts read this first line to learn the port when they
     // ask for port 0.

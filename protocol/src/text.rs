@@ -6,6 +6,12 @@
 
 use serde_json::Value;
 
+mod duration;
+mod table;
+
+pub use duration::{parse_duration, seconds_to_duration, DurationError, Shortest};
+pub use table::{clean, render_table, Align, Table};
+
 /// One parsed text command.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TextCommand {
@@ -266,60 +272,5 @@ mod tests {
         assert!(
             parse("submit echo {nope").is_err_and(|e| e.starts_with("payload is not valid JSON"))
         );
-    }
-}
-
-/// Lays out rows under headers in columns as wide as their widest cell,
-/// separated by two spaces, with no trailing blanks. Used by the master's
-/// text mode and by the `retire` CLI so both print the same tables.
-pub fn render_table<S: AsRef<str>, R: AsRef<[S]>>(headers: &[&str], rows: &[R]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (i, cell) in row.as_ref().iter().enumerate() {
-            let width = cell.as_ref().chars().count();
-            match widths.get_mut(i) {
-                Some(w) => *w = (*w).max(width),
-                None => widths.push(width),
-            }
-        }
-    }
-    // One buffer for the whole table, sized up front: a master answers
-    // `tasks` with a table of 100 rows, and readers may ask for it often.
-    let line_width: usize = widths.iter().map(|w| w + 2).sum::<usize>() + 1;
-    let mut out = String::with_capacity(line_width * (rows.len() + 1));
-    let mut push_row = |cells: &mut dyn Iterator<Item = &str>| {
-        let start = out.len();
-        for (i, cell) in cells.enumerate() {
-            if i > 0 {
-                out.push_str("  ");
-            }
-            out.push_str(cell);
-            let pad = widths[i].saturating_sub(cell.chars().count());
-            out.extend(std::iter::repeat_n(' ', pad));
-        }
-        let kept = out[start..].trim_end().len();
-        out.truncate(start + kept);
-        out.push('\n');
-    };
-    push_row(&mut headers.iter().copied());
-    for row in rows {
-        push_row(&mut row.as_ref().iter().map(AsRef::as_ref));
-    }
-    out
-}
-
-#[cfg(test)]
-mod table_tests {
-    use super::render_table;
-
-    #[test]
-    fn columns_align() {
-        let rows = vec![vec!["pi-kitchen", "online"], vec!["nas", "offline"]];
-        assert_eq!(
-            render_table(&["ID", "STATUS"], &rows),
-            "ID          STATUS\npi-kitchen  online\nnas         offline\n"
-        );
-        let empty: Vec<Vec<String>> = Vec::new();
-        assert_eq!(render_table(&["A", "B"], &empty), "A  B\n");
     }
 }

@@ -6,11 +6,15 @@
 //! (`target/<profile>/`). `cargo test --workspace` builds them, because
 //! each of their crates has an integration test.
 
+pub mod launch;
+
+use cli::lines::{Lines, LinesError};
+use launch::{master_command, wait_listening, worker_command};
 use protocol::auth::{
     master_proof_from_reply, Challenge, Hello, Method, Nonce, Proof, Token, TokenKind, Transcript,
 };
-use protocol::{Ack, Envelope, ErrorReply, Event, Frame, LineCodec, Message};
-use std::io::{BufRead, BufReader, Read, Write};
+use protocol::{Ack, Envelope, ErrorReply, Event, Frame, Message};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -159,21 +163,15 @@ impl MasterProcess {
                 || "warn".into(),
                 |value| value.to_string_lossy().into_owned(),
             );
-        let mut child = command
-            .arg("--listen")
-            .arg(listen)
-            .arg("--data-dir")
-            .arg(data_dir)
+        let mut child = master_command(&mut command, listen, data_dir)
             .args(extra)
             .env("RUST_LOG", log_level)
             // A `--dev` master's local worker keeps its outbox in the default state dir:
             // keep it inside the test's data dir, not in the real home.
             .env("XDG_STATE_HOME", data_dir.join("xdg-state"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
             .spawn()
             .expect("start retire-master");
-        let addr = read_listening_line(&mut child);
+        let addr = wait_listening(&mut child, PATIENCE).expect("retire-master listens");
         if !extra.contains(&"--no-auth") {
             if let Some(tokens) = read_tokens(data_dir) {
                 remember_tokens(addr, tokens);
@@ -241,23 +239,6 @@ impl Drop for MasterProcess {
     }
 }
 
-/// Reads the master's first stdout line, `retire-master listening on ADDR`.
-fn read_listening_line(child: &mut Child) -> SocketAddr {
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut lines = BufReader::new(stdout).lines();
-    loop {
-        let line = lines
-            .next()
-            .expect("retire-master exited before it listened")
-            .expect("read retire-master's stdout");
-        if let Some(addr) = line.strip_prefix("retire-master listening on ") {
-            // Keep draining stdout so the master never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return addr.trim().parse().expect("a socket address");
-        }
-    }
-}
-
 fn libc_sigterm() -> i32 {
     15
 }
@@ -304,7 +285,7 @@ impl WorkerProcess {
             Some(tempfile::tempdir().expect("a temp state dir for the worker"))
         };
         let state_args: Vec<&Path> = state.iter().map(tempfile::TempDir::path).collect();
-        let mut command = Command::new(bin("retire-worker"));
+        let mut command = worker_command(&bin("retire-worker"), master, id, slots);
         let token = options
             .join_token
             .or_else(|| tokens_for(master).map(|tokens| tokens.join));
@@ -329,12 +310,6 @@ impl WorkerProcess {
             None => ("warn", Stdio::inherit()),
         };
         let child = command
-            .arg("--join")
-            .arg(master.to_string())
-            .arg("--id")
-            .arg(id)
-            .arg("--slots")
-            .arg(slots.to_string())
             .args(
                 state_args
                     .iter()
@@ -342,8 +317,6 @@ impl WorkerProcess {
             )
             .args(extra)
             .env("RUST_LOG", log_level)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
             .expect("start retire-worker");
@@ -455,8 +428,7 @@ pub fn retire(master: SocketAddr, args: &[&str]) -> Output {
 
 /// A JSON-lines client on a real socket, for tests.
 pub struct Client {
-    stream: TcpStream,
-    codec: LineCodec,
+    lines: Lines,
     pending: std::collections::VecDeque<Envelope>,
     next_id: u64,
 }
@@ -540,10 +512,10 @@ impl Client {
     /// Connects without authenticating.
     pub fn connect_anonymous(addr: SocketAddr) -> std::io::Result<Client> {
         let stream = TcpStream::connect(addr)?;
+        // For tests that read `stream()` themselves; `Lines` sets its own per read.
         stream.set_read_timeout(Some(PATIENCE))?;
         Ok(Client {
-            stream,
-            codec: LineCodec::new(protocol::DEFAULT_MAX_LINE),
+            lines: Lines::new(stream, protocol::DEFAULT_MAX_LINE),
             pending: Default::default(),
             next_id: 0,
         })
@@ -552,12 +524,12 @@ impl Client {
     /// The connection's socket, for tests that read, write or shut it
     /// down themselves.
     pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        self.lines.stream()
     }
 
     /// Sends raw bytes.
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write to the master");
+        self.lines.write(bytes, None).expect("write to the master");
     }
 
     /// Sends a message with a fresh `message_id`; returns that id.
@@ -571,7 +543,7 @@ impl Client {
         let id = format!("test-{}", self.next_id);
         let mut envelope = Envelope::new(message).with_id(id.clone());
         envelope.sender_id = sender.map(str::to_string);
-        self.stream.write_all(&envelope.to_line())?;
+        self.lines.write(&envelope.to_line(), None)?;
         Ok(id)
     }
 
@@ -587,30 +559,21 @@ impl Client {
         if let Some(envelope) = self.pending.pop_front() {
             return Ok(envelope);
         }
-        loop {
-            let mut frames = Vec::new();
-            let mut buf = [0u8; 65536];
-            let n = self.stream.read(&mut buf)?;
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the master closed the connection",
-                ));
+        match self.lines.next_frame(Some(Instant::now() + PATIENCE)) {
+            Ok(Some(Frame::Json(bytes))) => {
+                Ok(Envelope::decode(&bytes).expect("the master sends valid messages"))
             }
-            self.codec
-                .decode(&buf[..n], &mut frames)
-                .expect("a short line");
-            for frame in frames {
-                match frame {
-                    Frame::Json(bytes) => self.pending.push_back(
-                        Envelope::decode(&bytes).expect("the master sends valid messages"),
-                    ),
-                    Frame::Text(text) => panic!("unexpected text from the master: {text}"),
-                }
-            }
-            if let Some(envelope) = self.pending.pop_front() {
-                return Ok(envelope);
-            }
+            Ok(Some(Frame::Text(text))) => panic!("unexpected text from the master: {text}"),
+            Ok(None) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("nothing from the master within {PATIENCE:?}"),
+            )),
+            Err(LinesError::Closed) => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the master closed the connection",
+            )),
+            Err(LinesError::Io(err)) => Err(err),
+            Err(LinesError::Decode(err)) => panic!("a short line: {err}"),
         }
     }
 

@@ -6,14 +6,12 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::thread;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use protocol::auth::{Token, TokenKind};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
+use protocol::text::{parse_duration, DurationError, Shortest};
 use worker::device::profile;
 use worker::ExecutionConfig;
 use worker::{scrub, Handlers, StopHandle, WorkerConfig};
@@ -68,7 +66,7 @@ struct Args {
     /// [default: $XDG_STATE_HOME/retire-worker, else ~/.local/state/retire-worker].
     #[arg(long, env = "RETIRE_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// On SIGTERM/SIGINT, seconds to wait for running tasks before handing them back to
+    /// On SIGTERM/SIGINT, seconds (or a duration like 1m30s) to wait for running tasks before handing them back to
     /// the master (a second signal leaves at once).
     #[arg(
         long,
@@ -125,16 +123,9 @@ fn execution_config(args: &Args) -> anyhow::Result<ExecutionConfig> {
     Ok(execution)
 }
 
-/// Parses a non-negative number of seconds (fractions allowed).
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    if !seconds.is_finite() || seconds < 0.0 {
-        return Err(format!("{text:?} is not a number of seconds ≥ 0"));
-    }
-    Duration::try_from_secs_f64(seconds).map_err(|error| error.to_string())
+/// Parses a non-negative duration: seconds (fractions allowed) or a duration like `1m30s`.
+fn parse_seconds(text: &str) -> Result<Duration, DurationError> {
+    parse_duration(text, Shortest::Zero)
 }
 
 fn main() -> ExitCode {
@@ -239,23 +230,16 @@ fn run(mut args: Args) -> anyhow::Result<()> {
 /// by `--drain-timeout`) and the second into an immediate one (goodbye, hand back the
 /// running tasks, cancel them), for an operator who will not wait.
 fn watch_signals(stop: StopHandle) -> anyhow::Result<()> {
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
-    thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for signal in signals.forever() {
-                if stop.is_stopped_now() {
-                    log::debug!("received signal {signal} while already stopping");
-                } else if stop.is_stopped() {
-                    log::warn!("received signal {signal} again, leaving at once");
-                    stop.stop_now();
-                } else {
-                    log::info!(
-                        "received signal {signal}, draining (send it again to leave at once)"
-                    );
-                    stop.stop();
-                }
-            }
-        })?;
+    daemon::watch_signals(move |signal, _count| {
+        if stop.is_stopped_now() {
+            log::debug!("received signal {signal} while already stopping");
+        } else if stop.is_stopped() {
+            log::warn!("received signal {signal} again, leaving at once");
+            stop.stop_now();
+        } else {
+            log::info!("received signal {signal}, draining (send it again to leave at once)");
+            stop.stop();
+        }
+    })?;
     Ok(())
 }

@@ -20,34 +20,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// master that stops reading would otherwise stall the worker's main loop for ever.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-// TCP keepalive and TCP_USER_TIMEOUT on the worker's socket. The kernel defaults (first
-// keepalive probe after 2 hours; unacknowledged data retransmitted for about 15 minutes)
-// suit nothing on a home network, where a dead peer is a master that lost power, a
-// router that rebooted or a phone that left the Wi-Fi. The values match the master's
-// (`master::event_loop`) and the heartbeat defaults (every 5 s, 15 s of silence):
-// - keepalive: first probe after 15 s idle, then every 5 s, 3 probes: a silent dead path
-//   is noticed in about 30 s. Idle connections barely exist (heartbeats go out every 5 s),
-//   so this mostly guards a worker whose master set a long heartbeat interval.
-// - TCP_USER_TIMEOUT 30 s: data the master has not acknowledged for 30 s (a heartbeat, a
-//   result) ends the connection with an error instead of minutes of retransmissions. It
-//   is long enough to ride out a Wi-Fi roam or a brief radio dropout on a phone, where a
-//   few seconds of loss are normal.
-// The session's own check (nothing heard for 4 heartbeat intervals, at least 15 s) still
-// runs; these catch a dead path at the transport level, also while a write blocks.
-
-/// TCP keepalive: idle time before the first probe.
-pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
-
-/// TCP keepalive: time between probes.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-
-/// TCP keepalive: unanswered probes before the connection is dropped.
-pub const KEEPALIVE_PROBES: u32 = 3;
-
-/// TCP_USER_TIMEOUT (Linux and Android): how long sent data may stay unacknowledged
-/// before the connection is dropped.
-pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The size of each read from the socket.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -119,20 +91,12 @@ impl Connection {
     }
 }
 
-/// Sets TCP keepalive and TCP_USER_TIMEOUT (see [`KEEPALIVE_IDLE`] and the comment above
-/// it). A failure is only logged: the session's silence check still catches a dead master.
+/// Sets TCP keepalive and TCP_USER_TIMEOUT (the numbers and why are in
+/// [`daemon::KEEPALIVE_IDLE`] and its neighbours). A failure is only logged: the
+/// session's silence check still catches a dead master.
 fn set_keepalive(stream: &TcpStream) {
-    let socket = socket2::SockRef::from(stream);
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(KEEPALIVE_IDLE)
-        .with_interval(KEEPALIVE_INTERVAL)
-        .with_retries(KEEPALIVE_PROBES);
-    if let Err(error) = socket.set_tcp_keepalive(&keepalive) {
-        log::warn!("could not set TCP keepalive on the connection to the master: {error}");
-    }
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    if let Err(error) = socket.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT)) {
-        log::warn!("could not set TCP_USER_TIMEOUT on the connection to the master: {error}");
+    for error in daemon::set_keepalive(stream) {
+        log::warn!("on the connection to the master: {error}");
     }
 }
 
@@ -222,30 +186,6 @@ pub(super) fn connect(master: &str) -> io::Result<TcpStream> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
-
-    #[test]
-    fn the_socket_gets_keepalive_and_a_user_timeout() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let stream = TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
-        set_keepalive(&stream);
-        let socket = socket2::SockRef::from(&stream);
-        assert!(socket.keepalive().expect("SO_KEEPALIVE"));
-        assert_eq!(socket.tcp_keepalive_time().expect("idle"), KEEPALIVE_IDLE);
-        assert_eq!(
-            socket.tcp_keepalive_interval().expect("interval"),
-            KEEPALIVE_INTERVAL
-        );
-        assert_eq!(
-            socket.tcp_keepalive_retries().expect("retries"),
-            KEEPALIVE_PROBES
-        );
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        assert_eq!(
-            socket.tcp_user_timeout().expect("user timeout"),
-            Some(TCP_USER_TIMEOUT)
-        );
-    }
 
     #[test]
     fn frames_decode_into_messages_or_errors_with_their_type() {

@@ -1,0 +1,150 @@
+//! What the master and the worker daemons both ask of the operating system.
+//!
+//! [`set_keepalive`] makes the kernel notice a peer that vanished without closing, and
+//! [`watch_signals`] runs the thread that turns SIGINT and SIGTERM into a stop. Both
+//! daemons need exactly these, with the same numbers, so they live here once. The crate
+//! is deliberately tiny: it depends on `socket2` and `signal-hook` only, both pure Rust
+//! over the C library's system calls, so the worker still cross-builds to static musl.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::thread;
+use std::time::Duration;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+// TCP keepalive and TCP_USER_TIMEOUT on every connection between the master and a
+// worker, on both ends. The kernel defaults (first keepalive probe after 2 hours;
+// unacknowledged data retransmitted for about 15 minutes) suit nothing on a home
+// network, where a dead peer is a master that lost power, a router that rebooted or a
+// phone that left the Wi-Fi. The values match the heartbeat defaults (every 5 s, 15 s
+// of silence):
+// - keepalive: first probe after 15 s idle, then every 5 s, 3 probes: a silent dead path
+//   is noticed in about 30 s. Idle connections barely exist (heartbeats go out every
+//   5 s), so this mostly guards a connection whose heartbeat interval is long.
+// - TCP_USER_TIMEOUT 30 s: data the peer has not acknowledged for 30 s (a heartbeat, a
+//   result) ends the connection with an error instead of minutes of retransmissions. It
+//   is long enough to ride out a Wi-Fi roam or a brief radio dropout on a phone, where a
+//   few seconds of loss are normal.
+// The protocol's own silence checks still run; these catch a dead path at the transport
+// level, also while a write blocks, and free the socket.
+
+/// TCP keepalive: idle time before the first probe.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+
+/// TCP keepalive: time between probes.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// TCP keepalive: unanswered probes before the connection is dropped.
+pub const KEEPALIVE_PROBES: u32 = 3;
+
+/// TCP_USER_TIMEOUT (Linux and Android): how long sent data may stay unacknowledged
+/// before the connection is dropped.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which of the two socket options could not be set.
+#[derive(Debug, thiserror::Error)]
+pub enum KeepaliveError {
+    /// SO_KEEPALIVE with its idle time, interval and probe count.
+    #[error("cannot set TCP keepalive: {0}")]
+    Keepalive(#[source] io::Error),
+    /// TCP_USER_TIMEOUT.
+    #[error("cannot set TCP_USER_TIMEOUT: {0}")]
+    UserTimeout(#[source] io::Error),
+}
+
+/// Sets TCP keepalive ([`KEEPALIVE_IDLE`], [`KEEPALIVE_INTERVAL`], [`KEEPALIVE_PROBES`])
+/// and, on Linux and Android, [`TCP_USER_TIMEOUT`] on `stream` (a standard or a mio
+/// TCP stream). Every option is tried
+/// even when one fails; the errors are returned for the caller to log, since the
+/// options are an optimisation and the protocol's silence checks still catch a dead
+/// peer.
+pub fn set_keepalive(stream: &impl AsFd) -> Vec<KeepaliveError> {
+    let socket = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    let mut errors = Vec::new();
+    if let Err(error) = socket.set_tcp_keepalive(&keepalive) {
+        errors.push(KeepaliveError::Keepalive(error));
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(error) = socket.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT)) {
+        errors.push(KeepaliveError::UserTimeout(error));
+    }
+    errors
+}
+
+/// Starts the thread (named `signals`) that calls `on_signal(signal, count)` for every
+/// SIGINT or SIGTERM the process receives, `count` being 1 for the first, 2 for the
+/// second and so on. The daemons stop gracefully on the first and at once on the
+/// second, for an operator who will not wait; what "stop" means is theirs to say.
+///
+/// The handlers are installed before this returns, so a signal that arrives after it is
+/// never lost to the default action (which would kill the process).
+pub fn watch_signals(
+    mut on_signal: impl FnMut(i32, u32) + Send + 'static,
+) -> io::Result<thread::JoinHandle<()>> {
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut count = 0u32;
+            for signal in signals.forever() {
+                count = count.saturating_add(1);
+                on_signal(signal, count);
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::mpsc;
+
+    #[test]
+    fn the_socket_gets_keepalive_and_a_user_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let stream = TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
+        let errors = set_keepalive(&stream);
+        assert!(errors.is_empty(), "{errors:?}");
+        let socket = socket2::SockRef::from(&stream);
+        assert!(socket.keepalive().expect("SO_KEEPALIVE"));
+        assert_eq!(socket.tcp_keepalive_time().expect("idle"), KEEPALIVE_IDLE);
+        assert_eq!(
+            socket.tcp_keepalive_interval().expect("interval"),
+            KEEPALIVE_INTERVAL
+        );
+        assert_eq!(
+            socket.tcp_keepalive_retries().expect("retries"),
+            KEEPALIVE_PROBES
+        );
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        assert_eq!(
+            socket.tcp_user_timeout().expect("user timeout"),
+            Some(TCP_USER_TIMEOUT)
+        );
+    }
+
+    #[test]
+    fn signals_are_counted_in_the_order_they_arrive() {
+        let (sender, received) = mpsc::channel();
+        watch_signals(move |signal, count| {
+            let _ = sender.send((signal, count));
+        })
+        .expect("the signal thread starts");
+        signal_hook::low_level::raise(SIGTERM).expect("raise SIGTERM");
+        assert_eq!(
+            received.recv_timeout(Duration::from_secs(10)),
+            Ok((SIGTERM, 1))
+        );
+        signal_hook::low_level::raise(SIGINT).expect("raise SIGINT");
+        assert_eq!(
+            received.recv_timeout(Duration::from_secs(10)),
+            Ok((SIGINT, 2))
+        );
+    }
+}
