@@ -54,6 +54,29 @@ pub enum KeepaliveError {
     UserTimeout(#[source] io::Error),
 }
 
+/// How many connections the kernel may hold for the master before it
+/// accepts them (the kernel caps it at `net.core.somaxconn`, 4096 on current
+/// Linux). The standard library's 128 overflows when a restarted master's
+/// workers all reconnect at once, or a flood arrives: the kernel then drops
+/// the handshakes it has no room for, and the peers whose connections it
+/// completes only later (a second or more) arrive after newer ones.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds a TCP listener on `addr` with [`LISTEN_BACKLOG`], with
+/// `SO_REUSEADDR` as the standard library sets it, so a restarted master
+/// can listen again while old connections linger in `TIME_WAIT`.
+pub fn listen(addr: std::net::SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
 /// Sets TCP keepalive ([`KEEPALIVE_IDLE`], [`KEEPALIVE_INTERVAL`], [`KEEPALIVE_PROBES`])
 /// and, on Linux and Android, [`TCP_USER_TIMEOUT`] on `stream` (a standard or a mio
 /// TCP stream). Every option is tried
@@ -146,5 +169,34 @@ mod tests {
             received.recv_timeout(Duration::from_secs(10)),
             Ok((SIGINT, 2))
         );
+    }
+}
+
+#[cfg(test)]
+mod listen_tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// More connections than the standard library's backlog of 128 wait
+    /// to be accepted, and every one of them is completed and queued by
+    /// the kernel. With a backlog of 128 the kernel drops the handshakes
+    /// past it, so the later connects time out here.
+    #[test]
+    fn more_than_128_waiting_connections_are_all_queued() {
+        const WAITING: usize = 400;
+        let listener = listen("127.0.0.1:0".parse().expect("an address")).expect("listen");
+        let addr = listener.local_addr().expect("its address");
+        let clients: Vec<_> = (0..WAITING)
+            .map(|i| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                    .unwrap_or_else(|err| panic!("connection {i} was not queued: {err}"))
+            })
+            .collect();
+        listener.set_nonblocking(true).expect("non-blocking");
+        let mut accepted = 0;
+        while listener.accept().is_ok() {
+            accepted += 1;
+        }
+        assert_eq!(accepted, clients.len());
     }
 }

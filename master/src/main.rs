@@ -8,7 +8,7 @@ use master::{Config, Shutdown, Synchronous};
 use protocol::auth::TokenKind;
 use protocol::text::{seconds_to_duration, Shortest};
 use std::io::IsTerminal;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -380,8 +380,7 @@ fn real_main() -> Result<()> {
     // `master::run` opens the database again.
     drop(opened.store);
     let (first_start, secrets) = (opened.first_start, opened.secrets);
-    let listener =
-        TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = daemon::listen(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let bound = listener.local_addr().context("reading the bound address")?;
 
     // With a file-size limit (RLIMIT_FSIZE) reached, the kernel would kill
