@@ -6,14 +6,15 @@
 //! outputs: messages to send ([`Output`]), changes to persist
 //! ([`Core::take_batch`]) and the next time it wants to be woken
 //! ([`Core::next_deadline`]). Messages that promise durability carry the
-//! id of the batch they wait for; the loop holds them until that batch has
-//! committed.
+//! id of the batch they wait for; the loop puts them in an [`outbox::Outbox`],
+//! which holds them until that batch has committed.
 
 mod auth;
 mod dispatch;
 mod heartbeat_ack;
 mod index;
 mod life;
+pub mod outbox;
 pub mod records;
 mod text;
 mod views;

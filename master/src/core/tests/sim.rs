@@ -137,7 +137,8 @@ pub struct Db {
 }
 
 impl Db {
-    fn apply(&mut self, batch: &Batch) {
+    /// Applies a committed batch.
+    pub fn apply(&mut self, batch: &Batch) {
         for op in &batch.ops {
             match op {
                 StoreOp::PutDevice(device) => {
