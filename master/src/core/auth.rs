@@ -11,6 +11,7 @@
 //! own tasks and ask for status, and nothing else.
 
 use super::records::DeviceKeyRecord;
+use super::timers::{TimerKey, TimerKind};
 use super::{ConnId, Core, Now, Output, Reply, ReplyError};
 use protocol::auth::{self, Challenge, Hello, KeyPair, Method, Nonce, Proof, Token, Transcript};
 use protocol::{ErrorCode, ErrorReply, Message};
@@ -333,11 +334,12 @@ impl Core {
         state.auth.nonce = Some(nonce);
         state.auth.may_read = may_read;
         state.auth.deadline = Some(deadline);
-        self.auth_pending.insert((deadline, conn));
-        while self.auth_pending.len() > max_pending {
-            let Some((_, oldest)) = self.auth_pending.pop_first() else {
+        self.timers.set(TimerKey::Auth(conn), deadline);
+        while self.timers.len(TimerKind::Auth) > max_pending {
+            let Some((_, &TimerKey::Auth(oldest))) = self.timers.first(TimerKind::Auth) else {
                 break;
             };
+            self.timers.remove(&TimerKey::Auth(oldest));
             self.refuse_and_close(
                 oldest,
                 None,
@@ -352,23 +354,17 @@ impl Core {
 
     /// A connection went away: forget its deadline.
     pub(super) fn auth_disconnect(&mut self, conn: ConnId, auth: &ConnAuth) {
-        if let Some(deadline) = auth.deadline {
-            self.auth_pending.remove(&(deadline, conn));
+        if auth.deadline.is_some() {
+            self.timers.remove(&TimerKey::Auth(conn));
         }
-    }
-
-    /// The earliest authentication deadline.
-    pub(super) fn next_auth_deadline(&self) -> Option<Duration> {
-        self.auth_pending.first().map(|&(deadline, _)| deadline)
     }
 
     /// Closes the connections whose time to authenticate ran out.
     pub(super) fn expire_auth(&mut self, now: Now) {
-        while let Some(&(deadline, conn)) = self.auth_pending.first() {
-            if deadline > now.monotonic {
-                break;
-            }
-            self.auth_pending.pop_first();
+        while let Some(key) = self.timers.pop_due(TimerKind::Auth, now.monotonic) {
+            let TimerKey::Auth(conn) = key else {
+                continue;
+            };
             self.refuse_and_close(
                 conn,
                 None,
@@ -529,8 +525,8 @@ impl Core {
     fn become_reader(&mut self, conn: ConnId) {
         if let Some(state) = self.conns.get_mut(&conn) {
             state.auth.role = Role::Reader;
-            if let Some(deadline) = state.auth.deadline.take() {
-                self.auth_pending.remove(&(deadline, conn));
+            if state.auth.deadline.take().is_some() {
+                self.timers.remove(&TimerKey::Auth(conn));
             }
         }
     }
@@ -539,8 +535,8 @@ impl Core {
     /// lifts its small line limit.
     fn trust(&mut self, conn: ConnId) {
         if let Some(state) = self.conns.get_mut(&conn) {
-            if let Some(deadline) = state.auth.deadline.take() {
-                self.auth_pending.remove(&(deadline, conn));
+            if state.auth.deadline.take().is_some() {
+                self.timers.remove(&TimerKey::Auth(conn));
             }
         }
         self.outputs.push(Output::Trusted { conn });
@@ -560,8 +556,8 @@ impl Core {
             return;
         }
         state.auth.closing = true;
-        if let Some(deadline) = state.auth.deadline.take() {
-            self.auth_pending.remove(&(deadline, conn));
+        if state.auth.deadline.take().is_some() {
+            self.timers.remove(&TimerKey::Auth(conn));
         }
         // A refusal that follows from a change (a revocation) waits for its
         // commit like every reply; the others reveal nothing and go at once.

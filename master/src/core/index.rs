@@ -2,8 +2,6 @@
 //! loop, an event or a placement costs about O(log n) in the number of
 //! devices, connections and queued tasks, not O(n):
 //!
-//! - [`Deadlines`]: per device, when its heartbeat, pause or lease may run
-//!   out (the loop asks for the earliest one on every turn);
 //! - [`Subscribers`]: the subscribed connections by the tasks they follow,
 //!   so an event costs the connections it goes to, not every filter;
 //! - [`FreeSlots`]: devices that can take a task now, least loaded first,
@@ -22,6 +20,7 @@
 //!
 //! All of them are plain data, sans-IO like the rest of the core.
 
+use super::timers::{TimerKey, TimerKind};
 use super::{ConnId, Core, Device, Now, QueueKey};
 use protocol::message::bytes_to_gib;
 use protocol::{DeviceStatus, ResourceTotals, Subscribe, TaskSpec, TaskState};
@@ -31,13 +30,6 @@ use std::time::Duration;
 /// Every index of the core.
 #[derive(Debug, Default)]
 pub(super) struct Indexes {
-    /// When a connected device's heartbeats stop counting:
-    /// `last_seen + heartbeat_timeout`.
-    pub(super) heartbeats: TimeIndex,
-    /// When a device's pause may end: a lower bound of `paused_until`.
-    pub(super) pauses: Deadlines,
-    /// When a device's lease may run out: a lower bound of `lease_until`.
-    pub(super) leases: Deadlines,
     /// Connections with a subscription.
     pub(super) subscribers: Subscribers,
     /// Devices that can take a task now.
@@ -53,128 +45,12 @@ pub(super) struct Indexes {
 }
 
 /// What the indexes hold for one device, kept in the device itself so that
-/// the two indexes every connected device is in need no map of their own
-/// (with 10,000 workers, that is memory the master would notice).
+/// the index every connected device is in needs no map of its own (with
+/// 10,000 workers, that is memory the master would notice).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Indexed {
-    /// Its entry in [`Indexes::heartbeats`].
-    pub(super) heartbeat: Option<Duration>,
     /// Its entry in [`Indexes::free`].
     pub(super) slots: Option<SlotEntry>,
-}
-
-/// Keys ordered by time; the owner keeps each key's current time and
-/// passes it when it changes.
-#[derive(Debug, Default)]
-pub(super) struct TimeIndex {
-    by_time: BTreeSet<(Duration, String)>,
-}
-
-impl TimeIndex {
-    /// Moves `id` from `old` to `new`.
-    pub(super) fn update(&mut self, id: &str, old: Option<Duration>, new: Option<Duration>) {
-        if old == new {
-            return;
-        }
-        let entry = match old {
-            Some(old) => self.by_time.take(&(old, id.to_string())),
-            None => None,
-        };
-        if let Some(new) = new {
-            let mut entry = entry.unwrap_or_else(|| (new, id.to_string()));
-            entry.0 = new;
-            self.by_time.insert(entry);
-        }
-    }
-
-    /// The earliest time.
-    pub(super) fn first(&self) -> Option<Duration> {
-        self.by_time.first().map(|(due, _)| *due)
-    }
-
-    /// Removes and returns the keys due at or before `now`, in key order.
-    /// The owner must forget their times.
-    pub(super) fn pop_due(&mut self, now: Duration) -> Vec<String> {
-        let mut due = Vec::new();
-        while self.by_time.first().is_some_and(|(at, _)| *at <= now) {
-            if let Some((_, id)) = self.by_time.pop_first() {
-                due.push(id);
-            }
-        }
-        due.sort();
-        due
-    }
-
-    /// Whether `id` is indexed at `at`.
-    #[cfg(test)]
-    pub(super) fn contains(&self, id: &str, at: Duration) -> bool {
-        self.by_time.contains(&(at, id.to_string()))
-    }
-
-    /// Number of entries.
-    #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
-        self.by_time.len()
-    }
-}
-
-/// Per key, the earliest time something may be due. Lazy: an entry is a
-/// lower bound of the real deadline, which the owner checks when the entry
-/// comes due (and schedules again if it moved on). So a deadline that only
-/// moves later, like a heartbeat's, costs nothing to keep up to date.
-#[derive(Debug, Default)]
-pub(super) struct Deadlines {
-    by_time: BTreeSet<(Duration, String)>,
-    at: HashMap<String, Duration>,
-}
-
-impl Deadlines {
-    /// Makes sure `id` comes due no later than `due` (an earlier entry is
-    /// kept).
-    pub(super) fn schedule(&mut self, id: &str, due: Duration) {
-        match self.at.get_mut(id) {
-            Some(at) if *at <= due => {}
-            Some(at) => {
-                self.by_time.remove(&(*at, id.to_string()));
-                *at = due;
-                self.by_time.insert((due, id.to_string()));
-            }
-            None => {
-                self.at.insert(id.to_string(), due);
-                self.by_time.insert((due, id.to_string()));
-            }
-        }
-    }
-
-    /// The earliest entry.
-    pub(super) fn first(&self) -> Option<Duration> {
-        self.by_time.first().map(|(due, _)| *due)
-    }
-
-    /// Removes and returns the keys due at or before `now`, in key order.
-    pub(super) fn pop_due(&mut self, now: Duration) -> Vec<String> {
-        let mut due = Vec::new();
-        while self.by_time.first().is_some_and(|(at, _)| *at <= now) {
-            if let Some((_, id)) = self.by_time.pop_first() {
-                self.at.remove(&id);
-                due.push(id);
-            }
-        }
-        due.sort();
-        due
-    }
-
-    /// The entry for `id`, if any.
-    #[cfg(test)]
-    pub(super) fn get(&self, id: &str) -> Option<Duration> {
-        self.at.get(id).copied()
-    }
-
-    /// Number of entries.
-    #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
-        self.at.len()
-    }
 }
 
 /// Where a device stands in [`DeviceListing`]: when it first registered
@@ -794,11 +670,13 @@ impl Core {
     /// Sets when device `device_id`'s heartbeats stop counting (`None`:
     /// it is not connected).
     pub(super) fn set_heartbeat_due(&mut self, device_id: &str, due: Option<Duration>) {
-        let Some(device) = self.devices.get_mut(device_id) else {
-            return;
-        };
-        let old = std::mem::replace(&mut device.indexed.heartbeat, due);
-        self.index.heartbeats.update(device_id, old, due);
+        let key = TimerKey::Heartbeat(device_id.to_string());
+        match due {
+            Some(due) if self.devices.contains_key(device_id) => self.timers.set(key, due),
+            _ => {
+                self.timers.remove(&key);
+            }
+        }
     }
 
     /// Adds a new (or restored) task to the listing under its state.
@@ -833,7 +711,7 @@ impl Core {
     /// Ends the pauses that are over; whether any ended.
     pub(super) fn resume_paused(&mut self, now: Now) -> bool {
         let mut resumed = false;
-        for device_id in self.index.pauses.pop_due(now.monotonic) {
+        for device_id in self.timers.pop_due_devices(TimerKind::Pause, now.monotonic) {
             let Some(device) = self.devices.get_mut(&device_id) else {
                 continue;
             };
@@ -843,11 +721,22 @@ impl Core {
                     resumed = true;
                     self.refresh_slots(&device_id);
                 }
-                Some(until) => self.index.pauses.schedule(&device_id, until),
+                Some(until) => self.timers.set(TimerKey::Pause(device_id), until),
                 None => {}
             }
         }
         resumed
+    }
+
+    /// The tasks waiting out a retry backoff, with when each may run again.
+    #[cfg(test)]
+    pub(super) fn retry_timers(&self) -> impl Iterator<Item = (Duration, &str)> {
+        self.timers
+            .iter(TimerKind::Retry)
+            .filter_map(|(at, key)| match key {
+                TimerKey::Retry(id) => Some((at, id.as_str())),
+                _ => None,
+            })
     }
 
     /// Panics unless every index agrees with the state it indexes.
@@ -860,23 +749,18 @@ impl Core {
             let due = device
                 .conn
                 .map(|_| device.last_seen + self.config.heartbeat_timeout);
-            assert_eq!(device.indexed.heartbeat, due, "device {id}: heartbeat");
-            if let Some(due) = due {
-                heartbeats += 1;
-                assert!(
-                    self.index.heartbeats.contains(id, due),
-                    "device {id}: heartbeat deadline not indexed"
-                );
-            }
+            let timer = self.timers.get(&TimerKey::Heartbeat(id.clone()));
+            assert_eq!(timer, due, "device {id}: heartbeat");
+            heartbeats += usize::from(due.is_some());
             if let Some(until) = device.paused_until {
-                let due = self.index.pauses.get(id);
+                let due = self.timers.get(&TimerKey::Pause(id.clone()));
                 assert!(
                     due.is_some_and(|due| due <= until),
                     "device {id}: pause indexed as {due:?}"
                 );
             }
             if let Some(until) = device.lease_until {
-                let due = self.index.leases.get(id);
+                let due = self.timers.get(&TimerKey::Lease(id.clone()));
                 assert!(
                     due.is_some_and(|due| due <= until),
                     "device {id}: lease indexed as {due:?}"
@@ -893,7 +777,11 @@ impl Core {
                 );
             }
         }
-        assert_eq!(self.index.heartbeats.len(), heartbeats, "heartbeat entries");
+        assert_eq!(
+            self.timers.len(TimerKind::Heartbeat),
+            heartbeats,
+            "heartbeat entries"
+        );
         assert_eq!(self.index.free.len(), free, "free slot entries");
         assert_eq!(self.index.free.total(), free_total, "free slot total");
         let subscribers: BTreeMap<ConnId, BTreeSet<String>> = self
@@ -952,31 +840,6 @@ mod tests {
     use super::*;
     use protocol::Requirements;
 
-    fn secs(s: u64) -> Duration {
-        Duration::from_secs(s)
-    }
-
-    #[test]
-    fn deadlines_keep_the_earliest_entry_and_pop_what_is_due_in_key_order() {
-        let mut deadlines = Deadlines::default();
-        assert_eq!(deadlines.first(), None);
-        deadlines.schedule("b", secs(10));
-        deadlines.schedule("a", secs(12));
-        deadlines.schedule("b", secs(20)); // later: the earlier entry stays
-        assert_eq!(deadlines.get("b"), Some(secs(10)));
-        deadlines.schedule("a", secs(5)); // earlier: replaces
-        assert_eq!(deadlines.get("a"), Some(secs(5)));
-        assert_eq!(deadlines.len(), 2);
-        assert_eq!(deadlines.first(), Some(secs(5)));
-        assert!(deadlines.pop_due(secs(4)).is_empty());
-        deadlines.schedule("c", secs(7));
-        assert_eq!(deadlines.pop_due(secs(10)), vec!["a", "b", "c"]);
-        assert_eq!(deadlines.first(), None);
-        assert_eq!(deadlines.len(), 0);
-        deadlines.schedule("a", secs(30));
-        assert_eq!(deadlines.first(), Some(secs(30)));
-    }
-
     fn entry(active: u64, slots: u64) -> Option<SlotEntry> {
         (active < slots).then(|| SlotEntry {
             load: active * 1_000_000 / slots,
@@ -1006,25 +869,6 @@ mod tests {
         free.update("b", entry(3, 4), None);
         assert_eq!(free.total(), 0);
         assert_eq!(free.least_loaded().count(), 0);
-    }
-
-    #[test]
-    fn time_index_moves_keys_and_pops_what_is_due() {
-        let mut index = TimeIndex::default();
-        index.update("a", None, Some(secs(10)));
-        index.update("b", None, Some(secs(5)));
-        index.update("a", Some(secs(10)), Some(secs(3)));
-        assert_eq!(index.first(), Some(secs(3)));
-        index.update("a", Some(secs(3)), Some(secs(20)));
-        assert_eq!(index.first(), Some(secs(5)));
-        assert!(index.contains("a", secs(20)));
-        assert_eq!(index.len(), 2);
-        assert!(index.pop_due(secs(4)).is_empty());
-        assert_eq!(index.pop_due(secs(20)), vec!["a", "b"]);
-        assert_eq!(index.first(), None);
-        index.update("c", None, Some(secs(1)));
-        index.update("c", Some(secs(1)), None);
-        assert_eq!(index.len(), 0);
     }
 
     /// A listing of `size` tasks `t{seq}`: nine in ten completed, the rest

@@ -5,6 +5,7 @@
 //! Every timer here runs on the monotonic clock the core is handed (`now`),
 //! so a wall-clock jump changes none of them.
 
+use super::timers::{TimerKey, TimerKind};
 use super::{Core, Now, QueueKey, Reply, ReplyError};
 use protocol::{ErrorCode, Event, Message, ResultStatus, TaskCancel, TaskSpec, TaskState};
 use serde_json::json;
@@ -65,8 +66,8 @@ impl Core {
             record.state = TaskState::Retrying;
             record.retry_at_unix_ms = Some(now.unix_ms + delay.as_millis() as i64);
             let record = record.clone();
-            self.retry_wait
-                .insert((now.monotonic + delay, task_id.to_string()));
+            self.timers
+                .set(TimerKey::Retry(task_id.to_string()), now.monotonic + delay);
             self.persist_task(&record.task_id);
             log::info!(
                 "task {task_id} attempt {} {}; retry {} of {max_retries} in {delay:?}",
@@ -183,11 +184,10 @@ impl Core {
     /// passed, attempts past their timeout and grace, and leases that ran
     /// out.
     pub(super) fn tick_task_life(&mut self, now: Now) {
-        while let Some((due, task_id)) = self.retry_wait.first().cloned() {
-            if due > now.monotonic {
-                break;
-            }
-            self.retry_wait.pop_first();
+        while let Some(key) = self.timers.pop_due(TimerKind::Retry, now.monotonic) {
+            let TimerKey::Retry(task_id) = key else {
+                continue;
+            };
             let Some(task) = self.tasks.get_mut(&task_id) else {
                 continue;
             };
@@ -207,24 +207,23 @@ impl Core {
             self.persist_task(&record.task_id);
             self.needs_dispatch = true;
         }
-        while let Some((due, task_id, attempt)) = self.attempt_deadlines.first().cloned() {
-            if due > now.monotonic {
-                break;
-            }
-            self.attempt_deadlines.pop_first();
+        while let Some(key) = self.timers.pop_due(TimerKind::Attempt, now.monotonic) {
+            let TimerKey::Attempt(task_id, attempt) = key else {
+                continue;
+            };
             self.master_timeout(now, &task_id, attempt);
         }
         // Only devices whose lease may have run out (the index holds a
         // lower bound of each lease's end).
         let mut expired = Vec::new();
-        for device_id in self.index.leases.pop_due(now.monotonic) {
+        for device_id in self.timers.pop_due_devices(TimerKind::Lease, now.monotonic) {
             let Some(until) = self.devices.get(&device_id).and_then(|d| d.lease_until) else {
                 continue;
             };
             if until <= now.monotonic {
                 expired.push(device_id);
             } else {
-                self.index.leases.schedule(&device_id, until);
+                self.timers.set(TimerKey::Lease(device_id), until);
             }
         }
         for device_id in expired {
@@ -241,14 +240,6 @@ impl Core {
                 self.lose_attempt(now, &device_id, &task_id);
             }
         }
-    }
-
-    /// The earliest task-life timer.
-    pub(super) fn next_task_life_deadline(&self) -> Option<Duration> {
-        let retry = self.retry_wait.first().map(|(due, _)| *due);
-        let timeout = self.attempt_deadlines.first().map(|(due, _, _)| *due);
-        let lease = self.index.leases.first();
-        [retry, timeout, lease].into_iter().flatten().min()
     }
 
     /// Starts the master's own clock on an attempt that has a timeout.
@@ -272,8 +263,8 @@ impl Core {
         else {
             return;
         };
-        self.attempt_deadlines
-            .insert((due, task_id.to_string(), task.record.attempt));
+        let key = TimerKey::Attempt(task_id.to_string(), task.record.attempt);
+        self.timers.set(key, due);
     }
 
     /// The worker has not reported an attempt by its timeout plus grace:

@@ -17,11 +17,14 @@ mod life;
 pub mod outbox;
 pub mod records;
 mod text;
+mod timers;
 mod views;
 
 pub use auth::{AuthPolicy, Network, Secrets, DEFAULT_AUTH_DEADLINE, DEFAULT_MAX_UNAUTHENTICATED};
 pub use heartbeat_ack::HeartbeatAck;
 pub use views::rfc3339;
+
+use timers::{TimerKey, TimerKind, TimerTable};
 
 use protocol::message::RunningTask;
 use protocol::{
@@ -266,10 +269,9 @@ pub struct Core {
     last_write_batch: u64,
     needs_dispatch: bool,
     shutting_down: bool,
-    /// Tasks waiting out a retry backoff, by when they may run again.
-    retry_wait: BTreeSet<(Duration, String)>,
-    /// Attempts with a timeout, by when the master stops waiting for them.
-    attempt_deadlines: BTreeSet<(Duration, String, u32)>,
+    /// Every deadline: heartbeats, pauses, leases, retries, attempts and
+    /// authentication.
+    timers: TimerTable,
     /// Whether the store can commit; changes are refused while it cannot.
     storage_available: bool,
     /// Subscribed connections that had not authenticated when they
@@ -278,7 +280,7 @@ pub struct Core {
     /// Stored records the store set aside at start because they could not
     /// be read back (shown by `status`).
     quarantined: u64,
-    /// Deadlines, subscribers, free slots and queues by placement, kept so
+    /// Subscribers, free slots and queues by placement, kept so
     /// that no step scans every device, connection or queued task.
     index: index::Indexes,
     /// The tokens and the master's key; `None` while authentication is off.
@@ -287,8 +289,6 @@ pub struct Core {
     device_keys: HashMap<String, DeviceKeyRecord>,
     /// Key records changed since the last batch.
     pending_keys: BTreeMap<String, DeviceKeyRecord>,
-    /// Connections that have not authenticated, by their deadline.
-    auth_pending: BTreeSet<(Duration, ConnId)>,
     /// The buffer task records are encoded in for the store.
     scratch: Vec<u8>,
 }
@@ -319,12 +319,10 @@ impl Core {
             last_write_batch: 0,
             needs_dispatch: false,
             shutting_down: false,
-            retry_wait: BTreeSet::new(),
-            attempt_deadlines: BTreeSet::new(),
+            timers: TimerTable::default(),
             secrets: None,
             device_keys: HashMap::new(),
             pending_keys: BTreeMap::new(),
-            auth_pending: BTreeSet::new(),
             scratch: Vec::new(),
             storage_available: true,
             untrusted_subscribers: 0,
@@ -390,7 +388,8 @@ impl Core {
                         device.active.insert(task_id.clone());
                         let until = now.monotonic + core.config.lease_grace;
                         device.lease_until = Some(until);
-                        core.index.leases.schedule(&device.record.device_id, until);
+                        core.timers
+                            .set(TimerKey::Lease(device.record.device_id.clone()), until);
                     }
                     None => {
                         record.state = TaskState::Queued;
@@ -403,10 +402,10 @@ impl Core {
                 let wait_ms = record
                     .retry_at_unix_ms
                     .map_or(0, |at| (at - now.unix_ms).max(0));
-                core.retry_wait.insert((
+                core.timers.set(
+                    TimerKey::Retry(task_id.clone()),
                     now.monotonic + Duration::from_millis(wait_ms as u64),
-                    task_id.clone(),
-                ));
+                );
             }
             if record.state == TaskState::Queued {
                 core.queue.insert(QueueKey::of(&record));
@@ -661,11 +660,13 @@ impl Core {
         self.tick_task_life(now);
         // Only devices whose heartbeat deadline has passed, from the index.
         let mut expired: Vec<(String, ConnId)> = Vec::new();
-        for device_id in self.index.heartbeats.pop_due(now.monotonic) {
-            let Some(device) = self.devices.get_mut(&device_id) else {
+        for device_id in self
+            .timers
+            .pop_due_devices(TimerKind::Heartbeat, now.monotonic)
+        {
+            let Some(device) = self.devices.get(&device_id) else {
                 continue;
             };
-            device.indexed.heartbeat = None;
             let Some(conn) = device.conn else {
                 continue;
             };
@@ -706,18 +707,10 @@ impl Core {
 
     /// The earliest monotonic time at which [`Core::handle_tick`] has work.
     pub fn next_deadline(&self) -> Option<Duration> {
-        // Lower bounds, from the index: a deadline that moved later (a
-        // heartbeat arrived) only costs an early wake-up that finds
-        // nothing due and looks again.
-        [
-            self.index.heartbeats.first(),
-            self.index.pauses.first(),
-            self.next_task_life_deadline(),
-            self.next_auth_deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        // From the timer table, which holds every deadline. An entry is
+        // checked when it fires, so one whose reason went away only costs
+        // a wake-up that finds nothing to do.
+        self.timers.next()
     }
 
     /// Runs assignment if anything changed, then hands out what to send.
@@ -942,9 +935,8 @@ impl Core {
         device.record.last_seen_unix_ms = now.unix_ms;
         device.metrics = Some(heartbeat.metrics);
         if device.conn.is_some() {
-            let due = Some(now.monotonic + self.config.heartbeat_timeout);
-            let old = std::mem::replace(&mut device.indexed.heartbeat, due);
-            self.index.heartbeats.update(&device_id, old, due);
+            let due = now.monotonic + self.config.heartbeat_timeout;
+            self.timers.set(TimerKey::Heartbeat(device_id.clone()), due);
         }
         // A worker that is leaving gracefully says so in its heartbeats: it
         // gets no new work from then on.
@@ -997,9 +989,8 @@ impl Core {
         if let Some(device) = self.devices.get_mut(&device_id) {
             device.last_seen = now.monotonic;
             if device.conn.is_some() {
-                let due = Some(now.monotonic + self.config.heartbeat_timeout);
-                let old = std::mem::replace(&mut device.indexed.heartbeat, due);
-                self.index.heartbeats.update(&device_id, old, due);
+                let due = now.monotonic + self.config.heartbeat_timeout;
+                self.timers.set(TimerKey::Heartbeat(device_id.clone()), due);
             }
         }
         let Some(task) = self.tasks.get(&result.task_id) else {
@@ -1219,7 +1210,7 @@ impl Core {
             if !permanent {
                 let until = now.monotonic + self.config.full_worker_pause;
                 device.paused_until = Some(until);
-                self.index.pauses.schedule(&device_id, until);
+                self.timers.set(TimerKey::Pause(device_id.clone()), until);
             }
         }
         self.refresh_slots(&device_id);
@@ -1367,7 +1358,7 @@ impl Core {
         self.index.queues.remove(&QueueKey::of(&record));
         if was == TaskState::Retrying {
             // Its backoff must not fire into a later one (after a retry).
-            self.retry_wait.retain(|(_, id)| *id != task_id);
+            self.timers.remove(&TimerKey::Retry(task_id.clone()));
         }
         self.persist_task(&record.task_id);
         if matches!(was, TaskState::Assigned | TaskState::Running) {
@@ -1451,14 +1442,15 @@ impl Core {
         device.conn = None;
         device.record.status = DeviceStatus::Offline;
         let record = device.record.clone();
-        let old = device.indexed.heartbeat.take();
-        self.index.heartbeats.update(device_id, old, None);
+        self.timers
+            .remove(&TimerKey::Heartbeat(device_id.to_string()));
         if !handed_back && device.record.leases && !device.active.is_empty() {
             // The worker keeps running its tasks while it is away and comes
             // back with their results: hold them for it for a while.
             let until = now.monotonic + self.config.lease_grace;
             device.lease_until = Some(until);
-            self.index.leases.schedule(device_id, until);
+            self.timers
+                .set(TimerKey::Lease(device_id.to_string()), until);
             log::info!(
                 "device {device_id} holds {} tasks on a lease for {:?}",
                 device.active.len(),

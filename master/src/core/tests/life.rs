@@ -58,10 +58,9 @@ fn unplaceable() -> TaskSpec {
 fn retry_due(sim: &Sim, task_id: &str) -> Duration {
     let due: Vec<Duration> = sim
         .core
-        .retry_wait
-        .iter()
-        .filter(|(_, id)| id == task_id)
-        .map(|(due, _)| *due)
+        .retry_timers()
+        .filter(|(_, id)| *id == task_id)
+        .map(|(due, _)| due)
         .collect();
     assert_eq!(due.len(), 1, "{task_id} waits once: {due:?}");
     due[0]
@@ -180,7 +179,7 @@ fn check_retries(
     assert_eq!(task.attempt, attempts, "{case}");
     assert_eq!(task.finished_unix_ms, Some(sim.now.unix_ms), "{case}");
     assert_eq!(task.retry_at_unix_ms, None, "{case}");
-    assert!(sim.core.retry_wait.is_empty(), "{case}");
+    assert_eq!(sim.core.retry_timers().count(), 0, "{case}");
     assert_eq!(sim.db.tasks[&id], task, "{case}: stored");
     let finished = finished_events(&sim, events, &id);
     assert_eq!(finished.len(), 1, "{case}: one task_finished: {finished:?}");

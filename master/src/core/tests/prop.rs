@@ -898,8 +898,8 @@ fn check_invariants(sim: &Sim, model: &mut Model) {
         );
     }
     let mut waits: HashMap<&str, usize> = HashMap::new();
-    for (_, id) in &core.retry_wait {
-        *waits.entry(id.as_str()).or_default() += 1;
+    for (_, id) in core.retry_timers() {
+        *waits.entry(id).or_default() += 1;
     }
     for (id, task) in &core.tasks {
         let record = &task.record;
