@@ -22,15 +22,14 @@ impl Core {
         if free_slots == 0 {
             return;
         }
-        let mut heads = self.index.queues.heads();
+        let mut heads = self.queue.heads();
         while free_slots > 0 {
             let Some((key, placement)) = heads.pop_first() else {
                 break;
             };
-            let next = self.index.queues.next_after(placement, &key);
+            let next = self.queue.next_after(placement, &key);
             let Some(task) = self.tasks.get(&key.task_id) else {
                 self.queue.remove(&key);
-                self.index.queues.remove(&key);
                 if let Some(next) = next {
                     heads.insert((next, placement));
                 }
@@ -64,7 +63,6 @@ impl Core {
 
     fn assign(&mut self, now: Now, key: &QueueKey, device_id: &str) {
         self.queue.remove(key);
-        self.index.queues.remove(key);
         let Some(task) = self.tasks.get_mut(&key.task_id) else {
             return;
         };

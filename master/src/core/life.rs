@@ -166,10 +166,7 @@ impl Core {
         record.error = None;
         task.refused_by.clear();
         let record = record.clone();
-        self.queue.insert(QueueKey::of(&record));
-        self.index
-            .queues
-            .insert(QueueKey::of(&record), &record.spec);
+        self.queue.insert(QueueKey::of(&record), &record.spec);
         self.persist_task(&record.task_id);
         self.needs_dispatch = true;
         let _ = now;
@@ -200,10 +197,7 @@ impl Core {
             // the task's result any more, nor may a device take it back.
             task.record.device_id = None;
             let record = task.record.clone();
-            self.queue.insert(QueueKey::of(&record));
-            self.index
-                .queues
-                .insert(QueueKey::of(&record), &record.spec);
+            self.queue.insert(QueueKey::of(&record), &record.spec);
             self.persist_task(&record.task_id);
             self.needs_dispatch = true;
         }

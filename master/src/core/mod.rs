@@ -15,6 +15,7 @@ mod heartbeat_ack;
 mod index;
 mod life;
 pub mod outbox;
+mod queue;
 pub mod records;
 mod text;
 mod timers;
@@ -24,6 +25,7 @@ pub use auth::{AuthPolicy, Network, Secrets, DEFAULT_AUTH_DEADLINE, DEFAULT_MAX_
 pub use heartbeat_ack::HeartbeatAck;
 pub use views::rfc3339;
 
+use queue::{QueueKey, TaskQueue};
 use timers::{TimerKey, TimerKind, TimerTable};
 
 use protocol::message::RunningTask;
@@ -230,31 +232,14 @@ struct Conn {
     auth: auth::ConnAuth,
 }
 
-/// Key of a queued task: higher priority first, then submission order.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct QueueKey {
-    priority: std::cmp::Reverse<u8>,
-    seq: u64,
-    task_id: String,
-}
-
-impl QueueKey {
-    fn of(record: &TaskRecord) -> QueueKey {
-        QueueKey {
-            priority: std::cmp::Reverse(record.spec.priority.0),
-            seq: record.seq,
-            task_id: record.task_id.clone(),
-        }
-    }
-}
-
 /// The master's state machine.
 #[derive(Debug)]
 pub struct Core {
     config: CoreConfig,
     devices: BTreeMap<String, Device>,
     tasks: HashMap<String, Task>,
-    queue: BTreeSet<QueueKey>,
+    /// The queued tasks, by placement.
+    queue: TaskQueue,
     conns: HashMap<ConnId, Conn>,
     next_seq: u64,
     outputs: Vec<Output>,
@@ -309,7 +294,7 @@ impl Core {
             config,
             devices: BTreeMap::new(),
             tasks: HashMap::new(),
-            queue: BTreeSet::new(),
+            queue: TaskQueue::default(),
             conns: HashMap::new(),
             next_seq: 1,
             outputs: Vec::new(),
@@ -408,10 +393,7 @@ impl Core {
                 );
             }
             if record.state == TaskState::Queued {
-                core.queue.insert(QueueKey::of(&record));
-                core.index
-                    .queues
-                    .insert(QueueKey::of(&record), &record.spec);
+                core.queue.insert(QueueKey::of(&record), &record.spec);
                 core.needs_dispatch = true;
             }
             let held = matches!(record.state, TaskState::Assigned | TaskState::Running);
@@ -1069,7 +1051,6 @@ impl Core {
         if task.record.state == TaskState::Queued {
             let key = QueueKey::of(&task.record);
             self.queue.remove(&key);
-            self.index.queues.remove(&key);
         }
         let record = &mut task.record;
         record.exit_code = result
@@ -1312,10 +1293,7 @@ impl Core {
         spec.task_id = Some(task_id.clone());
         let record = TaskRecord::queued(task_id.clone(), seq, spec, now.unix_ms);
         self.persist_task(&task_id);
-        self.queue.insert(QueueKey::of(&record));
-        self.index
-            .queues
-            .insert(QueueKey::of(&record), &record.spec);
+        self.queue.insert(QueueKey::of(&record), &record.spec);
         let task_type = record.spec.task_type.clone();
         self.tasks.insert(task_id.clone(), Task::new(record));
         self.list_task(&task_id);
@@ -1355,7 +1333,6 @@ impl Core {
         record.error = Some("cancelled by a client".into());
         let record = record.clone();
         self.queue.remove(&QueueKey::of(&record));
-        self.index.queues.remove(&QueueKey::of(&record));
         if was == TaskState::Retrying {
             // Its backoff must not fire into a later one (after a retry).
             self.timers.remove(&TimerKey::Retry(task_id.clone()));
@@ -1499,7 +1476,6 @@ impl Core {
         if record.state == TaskState::Queued {
             let key = QueueKey::of(record);
             self.queue.remove(&key);
-            self.index.queues.remove(&key);
         }
         if record.state != TaskState::Running {
             record.state = TaskState::Running;
@@ -1532,10 +1508,7 @@ impl Core {
         }
         task.record.state = TaskState::Queued;
         let record = task.record.clone();
-        self.queue.insert(QueueKey::of(&record));
-        self.index
-            .queues
-            .insert(QueueKey::of(&record), &record.spec);
+        self.queue.insert(QueueKey::of(&record), &record.spec);
         self.persist_task(&record.task_id);
         self.needs_dispatch = true;
     }

@@ -888,8 +888,10 @@ fn check_invariants(sim: &Sim, model: &mut Model) {
     core.check_indexes();
     check_listing(core);
     check_device_listing(core);
-    let queued: BTreeSet<&str> = core.queue.iter().map(|key| key.task_id.as_str()).collect();
-    for key in &core.queue {
+    let keys = core.queue.keys();
+    assert_eq!(keys.len(), core.queue.len(), "queued tasks");
+    let queued: BTreeSet<&str> = keys.iter().map(|key| key.task_id.as_str()).collect();
+    for key in &keys {
         let task = core.tasks.get(&key.task_id).expect("a queued task exists");
         assert_eq!(
             *key,

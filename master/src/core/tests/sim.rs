@@ -893,8 +893,9 @@ impl Sim {
     pub fn queue(&self) -> Vec<String> {
         self.core
             .queue
-            .iter()
-            .map(|key| key.task_id.clone())
+            .keys()
+            .into_iter()
+            .map(|key| key.task_id)
             .collect()
     }
 
