@@ -279,18 +279,24 @@ impl Core {
         record.error = Some("no result within the task's timeout and grace period".into());
         record.exit_code = None;
         let holder = record.device_id.clone();
-        if let Some(conn) = holder
-            .as_ref()
+        self.cancel_on_holder(holder.as_deref(), task_id, attempt);
+        self.end_attempt(now, task_id, AttemptEnd::MasterTimeout);
+    }
+
+    /// Tells the device holding `attempt` of `task_id`, if it is
+    /// connected, to stop it. The one place the master sends `task_cancel`:
+    /// it names the attempt, so a worker never stops a later one.
+    pub(super) fn cancel_on_holder(&mut self, holder: Option<&str>, task_id: &str, attempt: u32) {
+        let conn = holder
             .and_then(|id| self.devices.get(id))
-            .and_then(|d| d.conn)
-        {
+            .and_then(|device| device.conn);
+        if let Some(conn) = conn {
             let cancel = TaskCancel {
                 task_id: task_id.to_string(),
                 attempt: Some(attempt),
             };
             self.send(conn, Message::TaskCancel(cancel), None);
         }
-        self.end_attempt(now, task_id, AttemptEnd::MasterTimeout);
     }
 
     /// Refuses a change while the store cannot save changes.

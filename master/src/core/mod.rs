@@ -1341,17 +1341,7 @@ impl Core {
         if matches!(was, TaskState::Assigned | TaskState::Running) {
             // The device keeps the slot until it reports the attempt's end,
             // because its process may still be running until then.
-            if let Some(conn) = holder
-                .as_ref()
-                .and_then(|id| self.devices.get(id))
-                .and_then(|d| d.conn)
-            {
-                let cancel = TaskCancel {
-                    task_id: task_id.clone(),
-                    attempt: Some(attempt),
-                };
-                self.send(conn, Message::TaskCancel(cancel), None);
-            }
+            self.cancel_on_holder(holder.as_deref(), &task_id, attempt);
         }
         self.emit_finished(&task_id);
         let view = self.task_view(&task_id)?;
