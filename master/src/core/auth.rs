@@ -539,7 +539,7 @@ impl Core {
                 self.timers.remove(&TimerKey::Auth(conn));
             }
         }
-        self.outputs.push(Output::Trusted { conn });
+        self.out.push(Output::Trusted { conn });
     }
 
     fn refuse_and_close(
@@ -561,13 +561,13 @@ impl Core {
         }
         // A refusal that follows from a change (a revocation) waits for its
         // commit like every reply; the others reveal nothing and go at once.
-        let after = (code == ErrorCode::DeviceRevoked).then_some(self.last_write_batch);
-        self.send(
+        let after = (code == ErrorCode::DeviceRevoked).then_some(self.changes.last_write_batch());
+        self.out.send(
             conn,
             Message::Error(ErrorReply::new(reply_to, code, message)),
             after,
         );
-        self.outputs.push(Output::Close { conn });
+        self.out.close(conn);
     }
 
     /// Answers a refusal from [`Core::authorize`].
@@ -581,7 +581,7 @@ impl Core {
             self.refuse_and_close(conn, reply_to, refusal.error.code, refusal.error.message);
         } else {
             let reply = ErrorReply::new(reply_to, refusal.error.code, refusal.error.message);
-            self.send(conn, Message::Error(reply), None);
+            self.out.send(conn, Message::Error(reply), None);
         }
     }
 
@@ -685,12 +685,13 @@ impl Core {
         reply_to: Option<String>,
         proof: Proof,
     ) {
-        let written_before = self.last_write_batch;
+        let written_before = self.changes.last_write_batch();
         let result = self.auth_proof(now, conn, proof);
         // An enrollment is acknowledged only once the key is on disk; a
         // handshake that wrote nothing waits for nothing (so clients can
         // still authenticate, and read, while the disk is failing).
-        let after = (self.last_write_batch != written_before).then_some(self.last_write_batch);
+        let after = (self.changes.last_write_batch() != written_before)
+            .then_some(self.changes.last_write_batch());
         self.finish_auth_step(conn, reply_to, result, after);
     }
 
@@ -865,7 +866,7 @@ impl Core {
         match result {
             Ok(reply) => {
                 let ack = protocol::Ack::new(reply_to, reply.fields);
-                self.send(conn, Message::Ack(ack), after);
+                self.out.send(conn, Message::Ack(ack), after);
             }
             Err(refusal) => self.send_refusal(conn, reply_to, refusal),
         }

@@ -90,7 +90,7 @@ impl Core {
         device.active.insert(key.task_id.clone());
         self.refresh_slots(device_id);
         if let Some((conn, assign)) = assign {
-            self.send(conn, Message::TaskAssign(assign), None);
+            self.out.send(conn, Message::TaskAssign(assign), None);
         }
         self.emit(
             Event::TaskAssigned {

@@ -295,7 +295,7 @@ impl Core {
                 task_id: task_id.to_string(),
                 attempt: Some(attempt),
             };
-            self.send(conn, Message::TaskCancel(cancel), None);
+            self.out.send(conn, Message::TaskCancel(cancel), None);
         }
     }
 

@@ -10,11 +10,13 @@
 //! which holds them until that batch has committed.
 
 mod auth;
+mod changes;
 mod dispatch;
 mod heartbeat_ack;
 mod index;
 mod life;
 pub mod outbox;
+mod outgoing;
 mod queue;
 pub mod records;
 mod text;
@@ -25,6 +27,8 @@ pub use auth::{AuthPolicy, Network, Secrets, DEFAULT_AUTH_DEADLINE, DEFAULT_MAX_
 pub use heartbeat_ack::HeartbeatAck;
 pub use views::rfc3339;
 
+use changes::Changes;
+use outgoing::Outgoing;
 use queue::{QueueKey, TaskQueue};
 use timers::{TimerKey, TimerKind, TimerTable};
 
@@ -33,7 +37,7 @@ use protocol::{
     Ack, DecodeError, DeviceStatus, Envelope, ErrorCode, ErrorReply, Event, Goodbye, Heartbeat,
     Message, Metrics, Register, Subscribe, TaskCancel, TaskResult, TaskSpec, TaskState, TaskSubmit,
 };
-use records::{Batch, DeviceKeyRecord, DeviceRecord, EncodedTask, StoreOp, TaskRecord};
+use records::{Batch, DeviceKeyRecord, DeviceRecord, TaskRecord};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -242,16 +246,10 @@ pub struct Core {
     queue: TaskQueue,
     conns: HashMap<ConnId, Conn>,
     next_seq: u64,
-    outputs: Vec<Output>,
-    /// Tasks changed since the last batch; the batch takes their records
-    /// as they are then (one copy per task and batch, however many times
-    /// it changed).
-    pending_tasks: BTreeSet<String>,
-    pending_devices: BTreeMap<String, DeviceRecord>,
-    /// Id the next batch handed to the store will have.
-    open_batch: u64,
-    /// The newest batch (open or handed out) that holds any write.
-    last_write_batch: u64,
+    /// What to do on connections, not yet taken by the loop.
+    out: Outgoing,
+    /// Changes not yet handed to the store, and the batch ids.
+    changes: Changes,
     needs_dispatch: bool,
     shutting_down: bool,
     /// Every deadline: heartbeats, pauses, leases, retries, attempts and
@@ -272,10 +270,6 @@ pub struct Core {
     secrets: Option<Secrets>,
     /// Enrolled devices' public keys and revocations, by device id.
     device_keys: HashMap<String, DeviceKeyRecord>,
-    /// Key records changed since the last batch.
-    pending_keys: BTreeMap<String, DeviceKeyRecord>,
-    /// The buffer task records are encoded in for the store.
-    scratch: Vec<u8>,
 }
 
 impl Core {
@@ -291,24 +285,19 @@ impl Core {
         now: Now,
     ) -> Core {
         let mut core = Core {
+            out: Outgoing::new(config.master_id.clone()),
             config,
             devices: BTreeMap::new(),
             tasks: HashMap::new(),
             queue: TaskQueue::default(),
             conns: HashMap::new(),
             next_seq: 1,
-            outputs: Vec::new(),
-            pending_tasks: BTreeSet::new(),
-            pending_devices: BTreeMap::new(),
-            open_batch: 1,
-            last_write_batch: 0,
+            changes: Changes::default(),
             needs_dispatch: false,
             shutting_down: false,
             timers: TimerTable::default(),
             secrets: None,
             device_keys: HashMap::new(),
-            pending_keys: BTreeMap::new(),
-            scratch: Vec::new(),
             storage_available: true,
             untrusted_subscribers: 0,
             quarantined: 0,
@@ -467,7 +456,7 @@ impl Core {
     /// connection stays open and nothing else changes.
     pub fn handle_decode_error(&mut self, conn: ConnId, error: DecodeError) {
         let reply = ErrorReply::new(error.message_id, error.code, error.detail);
-        self.send(conn, Message::Error(reply), None);
+        self.out.send(conn, Message::Error(reply), None);
     }
 
     /// The connection sent a line longer than its limit: answer, then close.
@@ -477,8 +466,8 @@ impl Core {
             ErrorCode::LineTooLong,
             format!("line longer than {max} bytes; closing the connection"),
         );
-        self.send(conn, Message::Error(reply), None);
-        self.outputs.push(Output::Close { conn });
+        self.out.send(conn, Message::Error(reply), None);
+        self.out.close(conn);
     }
 
     /// The id the master sends its messages under (`sender_id`).
@@ -525,7 +514,7 @@ impl Core {
                             original_message_id: reply_to,
                             heartbeat_interval: self.config.heartbeat_interval.as_secs_f64(),
                         };
-                        self.outputs.push(Output::Send {
+                        self.out.push(Output::Send {
                             conn,
                             payload: Payload::HeartbeatAck(ack),
                             after_batch: None,
@@ -589,17 +578,18 @@ impl Core {
         // master from serving reads at all. They may then show changes
         // that were never acknowledged.
         let after = if self.storage_available || !is_read {
-            Some(self.last_write_batch)
+            Some(self.changes.last_write_batch())
         } else {
             None
         };
         match result {
             Ok(reply) => {
-                self.send(conn, Message::Ack(Ack::new(reply_to, reply.fields)), after);
+                self.out
+                    .send(conn, Message::Ack(Ack::new(reply_to, reply.fields)), after);
             }
             Err(error) => {
                 let reply = ErrorReply::new(reply_to, error.code, error.message);
-                self.send(conn, Message::Error(reply), after);
+                self.out.send(conn, Message::Error(reply), after);
             }
         }
     }
@@ -666,7 +656,7 @@ impl Core {
             if let Some(state) = self.conns.get_mut(&conn) {
                 state.device_id = None;
             }
-            self.outputs.push(Output::Close { conn });
+            self.out.close(conn);
         }
         if self.resume_paused(now) {
             self.needs_dispatch = true;
@@ -683,7 +673,7 @@ impl Core {
             let goodbye = Goodbye {
                 reason: Some("the master is shutting down".into()),
             };
-            self.send(conn, Message::Goodbye(goodbye), None);
+            self.out.send(conn, Message::Goodbye(goodbye), None);
         }
     }
 
@@ -701,7 +691,7 @@ impl Core {
             self.needs_dispatch = false;
             self.dispatch(now);
         }
-        into.append(&mut self.outputs);
+        self.out.take(into);
     }
 
     /// Hands out what to send so far, without running assignment: the
@@ -709,36 +699,14 @@ impl Core {
     /// handled, to charge them to the connection's output budget before it
     /// hands the core another request from that connection.
     pub fn take_outputs(&mut self, into: &mut Vec<Output>) {
-        into.append(&mut self.outputs);
+        self.out.take(into);
     }
 
     /// Hands out the changes made since the last call as one batch.
     pub fn take_batch(&mut self) -> Option<Batch> {
-        if self.pending_tasks.is_empty()
-            && self.pending_devices.is_empty()
-            && self.pending_keys.is_empty()
-        {
-            return None;
-        }
-        let mut ops: Vec<StoreOp> = std::mem::take(&mut self.pending_keys)
-            .into_values()
-            .map(StoreOp::PutDeviceKey)
-            .collect();
-        ops.extend(
-            std::mem::take(&mut self.pending_devices)
-                .into_values()
-                .map(StoreOp::PutDevice),
-        );
-        let scratch = &mut self.scratch;
-        ops.extend(
-            std::mem::take(&mut self.pending_tasks)
-                .into_iter()
-                .filter_map(|id| self.tasks.get(&id))
-                .map(|task| StoreOp::PutTask(EncodedTask::new(&task.record, scratch))),
-        );
-        let id = self.open_batch;
-        self.open_batch += 1;
-        Some(Batch { id, ops })
+        let tasks = &self.tasks;
+        self.changes
+            .take_batch(|id| tasks.get(id).map(|task| &task.record))
     }
 
     /// Number of queued tasks.
@@ -788,7 +756,7 @@ impl Core {
             if let Some(state) = self.conns.get_mut(&old) {
                 state.device_id = None;
             }
-            self.outputs.push(Output::Close { conn: old });
+            self.out.close(old);
         }
         let still_running: BTreeMap<String, u32> = register
             .running_tasks
@@ -1507,57 +1475,16 @@ impl Core {
     /// (every task is in `tasks` by then, and is never removed), so callers
     /// need no copy of their own.
     fn persist_task(&mut self, task_id: &str) {
-        if !self.pending_tasks.contains(task_id) {
-            self.pending_tasks.insert(task_id.to_string());
-        }
+        self.changes.task(task_id);
         self.relist_task(task_id);
-        self.last_write_batch = self.open_batch;
     }
 
     fn persist_device_key(&mut self, record: &DeviceKeyRecord) {
-        self.pending_keys
-            .insert(record.device_id.clone(), record.clone());
-        self.last_write_batch = self.open_batch;
+        self.changes.device_key(record);
     }
 
     fn persist_device(&mut self, record: &DeviceRecord) {
-        self.pending_devices
-            .insert(record.device_id.clone(), record.clone());
-        self.last_write_batch = self.open_batch;
-    }
-
-    fn send(&mut self, conn: ConnId, message: Message, after_batch: Option<u64>) {
-        let mut envelope = Envelope::new(message).from_sender(self.config.master_id.clone());
-        if let Message::TaskAssign(assign) = &envelope.message {
-            if let Some(task_id) = &assign.task.task_id {
-                envelope.message_id = Some(assign_message_id(task_id, assign.attempt));
-            }
-        }
-        // Messages that reveal no state need no commit and may overtake
-        // held ones: storage events and `storage_unavailable` refusals (they
-        // must arrive while the disk is failing, not after it recovers).
-        // Heartbeat acks do too; they are sent by `handle_message` itself.
-        let reveals_nothing = match &envelope.message {
-            Message::Event(Event::StorageFailing | Event::StorageRecovered) => true,
-            Message::Error(error) => error.code == ErrorCode::StorageUnavailable,
-            _ => false,
-        };
-        let after_batch = if reveals_nothing { None } else { after_batch };
-        self.outputs.push(Output::Send {
-            conn,
-            payload: Payload::Json(envelope),
-            after_batch: after_batch.filter(|&batch| batch > 0),
-            overtake: reveals_nothing,
-        });
-    }
-
-    fn send_text(&mut self, conn: ConnId, text: String, after_batch: Option<u64>) {
-        self.outputs.push(Output::Send {
-            conn,
-            payload: Payload::Text(text),
-            after_batch: after_batch.filter(|&batch| batch > 0),
-            overtake: false,
-        });
+        self.changes.device(record);
     }
 
     /// Streams an event to every subscriber that wants it. Events about
@@ -1583,7 +1510,7 @@ impl Core {
         let after_batch = if reveals_nothing || !durable {
             None
         } else {
-            Some(self.last_write_batch).filter(|&batch| batch > 0)
+            Some(self.changes.last_write_batch()).filter(|&batch| batch > 0)
         };
         let envelope = |event: Event, master_id: &str| {
             std::sync::Arc::new(Envelope::new(Message::Event(event)).from_sender(master_id))
@@ -1601,7 +1528,7 @@ impl Core {
                 Some(summary) if !self.is_trusted(conn) => summary,
                 _ => &full,
             };
-            self.outputs.push(Output::Send {
+            self.out.push(Output::Send {
                 conn,
                 payload: Payload::Event(std::sync::Arc::clone(shared)),
                 after_batch,
