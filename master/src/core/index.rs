@@ -549,7 +549,7 @@ impl Core {
     /// now. Called after every change to a device's connection, status,
     /// pause, slots or active tasks.
     pub(super) fn refresh_slots(&mut self, device_id: &str) {
-        let Some(device) = self.devices.get_mut(device_id) else {
+        let Some(device) = self.registry.devices.get_mut(device_id) else {
             return;
         };
         let new = SlotEntry::of(device);
@@ -562,7 +562,7 @@ impl Core {
     pub(super) fn set_heartbeat_due(&mut self, device_id: &str, due: Option<Duration>) {
         let key = TimerKey::Heartbeat(device_id.to_string());
         match due {
-            Some(due) if self.devices.contains_key(device_id) => self.timers.set(key, due),
+            Some(due) if self.registry.devices.contains_key(device_id) => self.timers.set(key, due),
             _ => {
                 self.timers.remove(&key);
             }
@@ -571,7 +571,7 @@ impl Core {
 
     /// Adds a new (or restored) task to the listing under its state.
     pub(super) fn list_task(&mut self, task_id: &str) {
-        let Some(task) = self.tasks.get_mut(task_id) else {
+        let Some(task) = self.tasks.by_id.get_mut(task_id) else {
             return;
         };
         task.listed = task.record.state;
@@ -586,7 +586,7 @@ impl Core {
     /// (and `check_indexes` checks, after every step of the sans-IO tests,
     /// that none was missed).
     pub(super) fn relist_task(&mut self, task_id: &str) {
-        let Some(task) = self.tasks.get_mut(task_id) else {
+        let Some(task) = self.tasks.by_id.get_mut(task_id) else {
             return;
         };
         let new = task.record.state;
@@ -602,7 +602,7 @@ impl Core {
     pub(super) fn resume_paused(&mut self, now: Now) -> bool {
         let mut resumed = false;
         for device_id in self.timers.pop_due_devices(TimerKind::Pause, now.monotonic) {
-            let Some(device) = self.devices.get_mut(&device_id) else {
+            let Some(device) = self.registry.devices.get_mut(&device_id) else {
                 continue;
             };
             match device.paused_until {
@@ -635,7 +635,7 @@ impl Core {
         let mut heartbeats = 0;
         let mut free = 0;
         let mut free_total = 0;
-        for (id, device) in &self.devices {
+        for (id, device) in &self.registry.devices {
             let due = device
                 .conn
                 .map(|_| device.last_seen + self.config.heartbeat_timeout);
@@ -675,6 +675,7 @@ impl Core {
         assert_eq!(self.index.free.len(), free, "free slot entries");
         assert_eq!(self.index.free.total(), free_total, "free slot total");
         let subscribers: BTreeMap<ConnId, BTreeSet<String>> = self
+            .registry
             .conns
             .iter()
             .filter_map(|(&conn, state)| {
@@ -684,16 +685,18 @@ impl Core {
             .collect();
         assert_eq!(self.index.subscribers.filters(), subscribers, "subscribers");
         let untrusted = self
+            .registry
             .conns
             .values()
             .filter(|state| state.untrusted_subscriber)
             .count();
         assert_eq!(
-            self.untrusted_subscribers, untrusted,
+            self.registry.untrusted_subscribers, untrusted,
             "untrusted subscribers counted"
         );
         let listed: BTreeMap<ListKey, TaskState> = self
             .tasks
+            .by_id
             .iter()
             .map(|(id, task)| {
                 assert_eq!(task.listed, task.record.state, "task {id}: listed state");
@@ -702,6 +705,7 @@ impl Core {
             .collect();
         assert_eq!(self.index.listing.entries(), listed, "tasks by state");
         let devices: BTreeSet<DeviceKey> = self
+            .registry
             .devices
             .iter()
             .map(|(id, device)| (device.record.registered_unix_ms, id.clone()))
@@ -712,7 +716,7 @@ impl Core {
             "devices by registration"
         );
         let mut totals = DeviceTotals::default();
-        for device in self.devices.values() {
+        for device in self.registry.devices.values() {
             totals.add(device);
         }
         assert_eq!(self.index.totals, totals, "totals of connected devices");

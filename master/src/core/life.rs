@@ -30,11 +30,11 @@ impl Core {
     /// terminal, or `retrying` with a backoff. The caller has recorded the
     /// attempt's result on the record already.
     pub(super) fn end_attempt(&mut self, now: Now, task_id: &str, end: AttemptEnd) {
-        let Some(task) = self.tasks.get(task_id) else {
+        let Some(task) = self.tasks.by_id.get(task_id) else {
             return;
         };
         let max_retries = self.max_retries(&task.record.spec);
-        let Some(task) = self.tasks.get_mut(task_id) else {
+        let Some(task) = self.tasks.by_id.get_mut(task_id) else {
             return;
         };
         let record = &mut task.record;
@@ -97,13 +97,13 @@ impl Core {
     /// device holds is lost: a task that has moved on since (its attempt
     /// ended, or it runs elsewhere) is only no longer counted there.
     pub(super) fn lose_attempt(&mut self, now: Now, device_id: &str, task_id: &str) {
-        let Some(task) = self.tasks.get_mut(task_id) else {
+        let Some(task) = self.tasks.by_id.get_mut(task_id) else {
             return;
         };
         if task.record.device_id.as_deref() != Some(device_id)
             || !matches!(task.record.state, TaskState::Assigned | TaskState::Running)
         {
-            if let Some(device) = self.devices.get_mut(device_id) {
+            if let Some(device) = self.registry.devices.get_mut(device_id) {
                 device.active.remove(task_id);
             }
             self.refresh_slots(device_id);
@@ -115,7 +115,7 @@ impl Core {
                 .record
                 .device_id
                 .as_ref()
-                .and_then(|id| self.devices.get_mut(id))
+                .and_then(|id| self.registry.devices.get_mut(id))
             {
                 device.active.remove(task_id);
             }
@@ -139,7 +139,7 @@ impl Core {
     /// the queue with a fresh retry budget.
     pub(super) fn on_retry(&mut self, now: Now, task_id: &str) -> Result<Reply, ReplyError> {
         self.check_storage()?;
-        let Some(task) = self.tasks.get_mut(task_id) else {
+        let Some(task) = self.tasks.by_id.get_mut(task_id) else {
             return Err(ReplyError::new(
                 ErrorCode::NotFound,
                 format!("no task {task_id}"),
@@ -166,7 +166,7 @@ impl Core {
         record.error = None;
         task.refused_by.clear();
         let record = record.clone();
-        self.queue.insert(QueueKey::of(&record), &record.spec);
+        self.tasks.queue.insert(QueueKey::of(&record), &record.spec);
         self.persist_task(&record.task_id);
         self.needs_dispatch = true;
         let _ = now;
@@ -185,7 +185,7 @@ impl Core {
             let TimerKey::Retry(task_id) = key else {
                 continue;
             };
-            let Some(task) = self.tasks.get_mut(&task_id) else {
+            let Some(task) = self.tasks.by_id.get_mut(&task_id) else {
                 continue;
             };
             if task.record.state != TaskState::Retrying {
@@ -197,7 +197,7 @@ impl Core {
             // the task's result any more, nor may a device take it back.
             task.record.device_id = None;
             let record = task.record.clone();
-            self.queue.insert(QueueKey::of(&record), &record.spec);
+            self.tasks.queue.insert(QueueKey::of(&record), &record.spec);
             self.persist_task(&record.task_id);
             self.needs_dispatch = true;
         }
@@ -211,7 +211,12 @@ impl Core {
         // lower bound of each lease's end).
         let mut expired = Vec::new();
         for device_id in self.timers.pop_due_devices(TimerKind::Lease, now.monotonic) {
-            let Some(until) = self.devices.get(&device_id).and_then(|d| d.lease_until) else {
+            let Some(until) = self
+                .registry
+                .devices
+                .get(&device_id)
+                .and_then(|d| d.lease_until)
+            else {
                 continue;
             };
             if until <= now.monotonic {
@@ -221,7 +226,7 @@ impl Core {
             }
         }
         for device_id in expired {
-            let Some(device) = self.devices.get_mut(&device_id) else {
+            let Some(device) = self.registry.devices.get_mut(&device_id) else {
                 continue;
             };
             device.lease_until = None;
@@ -238,7 +243,7 @@ impl Core {
 
     /// Starts the master's own clock on an attempt that has a timeout.
     pub(super) fn watch_attempt(&mut self, now: Now, task_id: &str) {
-        let Some(task) = self.tasks.get(task_id) else {
+        let Some(task) = self.tasks.by_id.get(task_id) else {
             return;
         };
         let Some(timeout) = task
@@ -266,7 +271,7 @@ impl Core {
     /// stop it. The device keeps the slot until it reports, because its
     /// process may still be running.
     fn master_timeout(&mut self, now: Now, task_id: &str, attempt: u32) {
-        let Some(task) = self.tasks.get_mut(task_id) else {
+        let Some(task) = self.tasks.by_id.get_mut(task_id) else {
             return;
         };
         let record = &mut task.record;
@@ -287,9 +292,7 @@ impl Core {
     /// connected, to stop it. The one place the master sends `task_cancel`:
     /// it names the attempt, so a worker never stops a later one.
     pub(super) fn cancel_on_holder(&mut self, holder: Option<&str>, task_id: &str, attempt: u32) {
-        let conn = holder
-            .and_then(|id| self.devices.get(id))
-            .and_then(|device| device.conn);
+        let conn = holder.and_then(|id| self.registry.conn_of(id));
         if let Some(conn) = conn {
             let cancel = TaskCancel {
                 task_id: task_id.to_string(),

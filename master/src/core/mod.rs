@@ -19,6 +19,8 @@ pub mod outbox;
 mod outgoing;
 mod queue;
 pub mod records;
+mod registry;
+mod tasks;
 mod text;
 mod timers;
 mod views;
@@ -29,17 +31,19 @@ pub use views::rfc3339;
 
 use changes::Changes;
 use outgoing::Outgoing;
-use queue::{QueueKey, TaskQueue};
+use queue::QueueKey;
+use registry::{Conn, Device, Registry};
+use tasks::{Task, Tasks};
 use timers::{TimerKey, TimerKind, TimerTable};
 
 use protocol::message::RunningTask;
 use protocol::{
     Ack, DecodeError, DeviceStatus, Envelope, ErrorCode, ErrorReply, Event, Goodbye, Heartbeat,
-    Message, Metrics, Register, Subscribe, TaskCancel, TaskResult, TaskSpec, TaskState, TaskSubmit,
+    Message, Register, Subscribe, TaskCancel, TaskResult, TaskSpec, TaskState, TaskSubmit,
 };
 use records::{Batch, DeviceKeyRecord, DeviceRecord, TaskRecord};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// Identifies one connection; the event loop's slab key.
@@ -185,67 +189,14 @@ pub const DEFAULT_DEVICE_LIST: usize = 500;
 /// so this bounds the work one event costs for strangers, not memory.
 pub const MAX_UNTRUSTED_SUBSCRIBERS: usize = 64;
 
-#[derive(Debug)]
-struct Device {
-    record: DeviceRecord,
-    register: Register,
-    conn: Option<ConnId>,
-    /// Tasks given to this device whose attempt it has not yet reported.
-    active: BTreeSet<String>,
-    last_seen: Duration,
-    metrics: Option<Metrics>,
-    paused_until: Option<Duration>,
-    /// While offline: until when the master holds its tasks for it.
-    lease_until: Option<Duration>,
-    /// Its entries in the core's indexes.
-    indexed: index::Indexed,
-}
-
-#[derive(Debug)]
-struct Task {
-    record: TaskRecord,
-    /// Devices that refused this task; it is not offered to them again.
-    refused_by: BTreeSet<String>,
-    /// The state it is filed under in the listing index (see
-    /// `Core::relist_task`).
-    listed: TaskState,
-}
-
-impl Task {
-    /// A task to be added to `Core::tasks` (and then listed with
-    /// `Core::list_task`).
-    fn new(record: TaskRecord) -> Task {
-        Task {
-            listed: record.state,
-            record,
-            refused_by: BTreeSet::new(),
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct Conn {
-    peer_ip: Option<String>,
-    device_id: Option<String>,
-    subscription: Option<Subscribe>,
-    /// It subscribed before authenticating and counts against
-    /// [`MAX_UNTRUSTED_SUBSCRIBERS`] until it unsubscribes or leaves
-    /// (authenticating later does not give the place back early: simpler,
-    /// and only ever stricter).
-    untrusted_subscriber: bool,
-    auth: auth::ConnAuth,
-}
-
 /// The master's state machine.
 #[derive(Debug)]
 pub struct Core {
     config: CoreConfig,
-    devices: BTreeMap<String, Device>,
-    tasks: HashMap<String, Task>,
-    /// The queued tasks, by placement.
-    queue: TaskQueue,
-    conns: HashMap<ConnId, Conn>,
-    next_seq: u64,
+    /// Devices, connections and keys.
+    registry: Registry,
+    /// Every task, and the queue.
+    tasks: Tasks,
     /// What to do on connections, not yet taken by the loop.
     out: Outgoing,
     /// Changes not yet handed to the store, and the batch ids.
@@ -257,9 +208,6 @@ pub struct Core {
     timers: TimerTable,
     /// Whether the store can commit; changes are refused while it cannot.
     storage_available: bool,
-    /// Subscribed connections that had not authenticated when they
-    /// subscribed (see [`MAX_UNTRUSTED_SUBSCRIBERS`]).
-    untrusted_subscribers: usize,
     /// Stored records the store set aside at start because they could not
     /// be read back (shown by `status`).
     quarantined: u64,
@@ -268,8 +216,6 @@ pub struct Core {
     index: index::Indexes,
     /// The tokens and the master's key; `None` while authentication is off.
     secrets: Option<Secrets>,
-    /// Enrolled devices' public keys and revocations, by device id.
-    device_keys: HashMap<String, DeviceKeyRecord>,
 }
 
 impl Core {
@@ -287,19 +233,14 @@ impl Core {
         let mut core = Core {
             out: Outgoing::new(config.master_id.clone()),
             config,
-            devices: BTreeMap::new(),
-            tasks: HashMap::new(),
-            queue: TaskQueue::default(),
-            conns: HashMap::new(),
-            next_seq: 1,
+            registry: Registry::default(),
+            tasks: Tasks::default(),
             changes: Changes::default(),
             needs_dispatch: false,
             shutting_down: false,
             timers: TimerTable::default(),
             secrets: None,
-            device_keys: HashMap::new(),
             storage_available: true,
-            untrusted_subscribers: 0,
             quarantined: 0,
             index: index::Indexes::default(),
         };
@@ -333,7 +274,7 @@ impl Core {
             core.index
                 .devices
                 .insert(record.registered_unix_ms, &record.device_id);
-            core.devices.insert(
+            core.registry.devices.insert(
                 record.device_id.clone(),
                 Device {
                     record,
@@ -349,13 +290,13 @@ impl Core {
             );
         }
         for mut record in tasks {
-            core.next_seq = core.next_seq.max(record.seq + 1);
+            core.tasks.next_seq = core.tasks.next_seq.max(record.seq + 1);
             let task_id = record.task_id.clone();
             if matches!(record.state, TaskState::Assigned | TaskState::Running) {
                 let holder = record
                     .device_id
                     .as_ref()
-                    .and_then(|id| core.devices.get_mut(id))
+                    .and_then(|id| core.registry.devices.get_mut(id))
                     .filter(|device| device.record.leases);
                 match holder {
                     Some(device) => {
@@ -382,11 +323,11 @@ impl Core {
                 );
             }
             if record.state == TaskState::Queued {
-                core.queue.insert(QueueKey::of(&record), &record.spec);
+                core.tasks.queue.insert(QueueKey::of(&record), &record.spec);
                 core.needs_dispatch = true;
             }
             let held = matches!(record.state, TaskState::Assigned | TaskState::Running);
-            if let Some(twin) = core.tasks.insert(task_id.clone(), Task::new(record)) {
+            if let Some(twin) = core.tasks.by_id.insert(task_id.clone(), Task::new(record)) {
                 // The store cannot hold two records with one id (it is the
                 // key); given them anyway, the last one wins, in the
                 // listing too.
@@ -419,7 +360,7 @@ impl Core {
         peer_ip: Option<String>,
         nonce: protocol::auth::Nonce,
     ) {
-        self.conns.insert(
+        self.registry.conns.insert(
             conn,
             Conn {
                 peer_ip,
@@ -431,18 +372,19 @@ impl Core {
 
     /// A connection closed (by the peer, an error, or the loop).
     pub fn handle_disconnect(&mut self, now: Now, conn: ConnId) {
-        let Some(state) = self.conns.remove(&conn) else {
+        let Some(state) = self.registry.conns.remove(&conn) else {
             return;
         };
         if let Some(subscription) = &state.subscription {
             self.index.subscribers.remove(conn, subscription);
         }
         if state.untrusted_subscriber {
-            self.untrusted_subscribers -= 1;
+            self.registry.untrusted_subscribers -= 1;
         }
         self.auth_disconnect(conn, &state.auth);
         if let Some(device_id) = state.device_id {
             let bound_here = self
+                .registry
                 .devices
                 .get(&device_id)
                 .is_some_and(|device| device.conn == Some(conn));
@@ -480,6 +422,7 @@ impl Core {
         let reply_to = envelope.message_id.clone();
         let sender = envelope.sender_id.clone();
         if self
+            .registry
             .conns
             .get(&conn)
             .is_some_and(|state| state.auth.closing)
@@ -599,14 +542,14 @@ impl Core {
     /// places, kept until it leaves.
     fn on_subscribe(&mut self, conn: ConnId, subscribe: Subscribe) -> Result<Reply, ReplyError> {
         let trusted = self.is_trusted(conn);
-        let Some(state) = self.conns.get_mut(&conn) else {
+        let Some(state) = self.registry.conns.get_mut(&conn) else {
             return Err(ReplyError::new(
                 ErrorCode::InternalError,
                 "unknown connection",
             ));
         };
         if !trusted && !state.untrusted_subscriber {
-            if self.untrusted_subscribers >= MAX_UNTRUSTED_SUBSCRIBERS {
+            if self.registry.untrusted_subscribers >= MAX_UNTRUSTED_SUBSCRIBERS {
                 return Err(ReplyError::new(
                     ErrorCode::TooManyConnections,
                     format!(
@@ -616,7 +559,7 @@ impl Core {
                 ));
             }
             state.untrusted_subscriber = true;
-            self.untrusted_subscribers += 1;
+            self.registry.untrusted_subscribers += 1;
         }
         if let Some(old) = state.subscription.take() {
             self.index.subscribers.remove(conn, &old);
@@ -636,7 +579,7 @@ impl Core {
             .timers
             .pop_due_devices(TimerKind::Heartbeat, now.monotonic)
         {
-            let Some(device) = self.devices.get(&device_id) else {
+            let Some(device) = self.registry.devices.get(&device_id) else {
                 continue;
             };
             let Some(conn) = device.conn else {
@@ -653,7 +596,7 @@ impl Core {
         for (device_id, conn) in expired {
             log::warn!("device {device_id} missed its heartbeats; closing its connection");
             self.device_gone(now, &device_id, "heartbeat timeout", false);
-            if let Some(state) = self.conns.get_mut(&conn) {
+            if let Some(state) = self.registry.conns.get_mut(&conn) {
                 state.device_id = None;
             }
             self.out.close(conn);
@@ -668,7 +611,7 @@ impl Core {
     /// waiting for a heartbeat to fail (its tasks stay with it on a lease).
     pub fn begin_shutdown(&mut self) {
         self.shutting_down = true;
-        let connected: Vec<ConnId> = self.devices.values().filter_map(|d| d.conn).collect();
+        let connected = self.registry.connected();
         for conn in connected {
             let goodbye = Goodbye {
                 reason: Some("the master is shutting down".into()),
@@ -705,13 +648,12 @@ impl Core {
     /// Hands out the changes made since the last call as one batch.
     pub fn take_batch(&mut self) -> Option<Batch> {
         let tasks = &self.tasks;
-        self.changes
-            .take_batch(|id| tasks.get(id).map(|task| &task.record))
+        self.changes.take_batch(|id| tasks.record(id))
     }
 
     /// Number of queued tasks.
     pub fn queued(&self) -> usize {
-        self.queue.len()
+        self.tasks.queue.len()
     }
 
     // ----- worker messages -----
@@ -741,7 +683,12 @@ impl Core {
         }
         // A connection speaks for one device; a second register under
         // another id would leave the first one's tasks stranded.
-        if let Some(bound) = self.conns.get(&conn).and_then(|c| c.device_id.clone()) {
+        if let Some(bound) = self
+            .registry
+            .conns
+            .get(&conn)
+            .and_then(|c| c.device_id.clone())
+        {
             if bound != device_id {
                 return Err(ReplyError::new(
                     ErrorCode::InvalidState,
@@ -749,11 +696,11 @@ impl Core {
                 ));
             }
         }
-        let previous_conn = self.devices.get(&device_id).and_then(|d| d.conn);
+        let previous_conn = self.registry.devices.get(&device_id).and_then(|d| d.conn);
         if let Some(old) = previous_conn.filter(|&old| old != conn) {
             // The device reconnected before its old socket was noticed as
             // dead: the new connection wins and the old one is closed.
-            if let Some(state) = self.conns.get_mut(&old) {
+            if let Some(state) = self.registry.conns.get_mut(&old) {
                 state.device_id = None;
             }
             self.out.close(old);
@@ -774,7 +721,12 @@ impl Core {
         let ip_address = register
             .ip_address
             .clone()
-            .or_else(|| self.conns.get(&conn).and_then(|c| c.peer_ip.clone()))
+            .or_else(|| {
+                self.registry
+                    .conns
+                    .get(&conn)
+                    .and_then(|c| c.peer_ip.clone())
+            })
             .unwrap_or_default();
         let profile = records::profile_value(&register);
         protocol::limits::check_profile_size(&profile)
@@ -789,6 +741,7 @@ impl Core {
             slots,
             ip_address,
             registered_unix_ms: self
+                .registry
                 .devices
                 .get(&device_id)
                 .map_or(now.unix_ms, |d| d.record.registered_unix_ms),
@@ -796,17 +749,19 @@ impl Core {
             leases: register.leases,
         };
         let previous_active = self
+            .registry
             .devices
             .get(&device_id)
             .map(|d| d.active.clone())
             .unwrap_or_default();
         let indexed = self
+            .registry
             .devices
             .get(&device_id)
             .map(|d| d.indexed)
             .unwrap_or_default();
         self.persist_device(&record);
-        match self.devices.get(&device_id) {
+        match self.registry.devices.get(&device_id) {
             Some(old) => self.index.totals.remove(old),
             None => self
                 .index
@@ -825,12 +780,12 @@ impl Core {
             indexed,
         };
         self.index.totals.add(&device);
-        self.devices.insert(device_id.clone(), device);
+        self.registry.devices.insert(device_id.clone(), device);
         self.set_heartbeat_due(
             &device_id,
             Some(now.monotonic + self.config.heartbeat_timeout),
         );
-        if let Some(state) = self.conns.get_mut(&conn) {
+        if let Some(state) = self.registry.conns.get_mut(&conn) {
             state.device_id = Some(device_id.clone());
         }
         // Tasks the master thinks this device holds: keep the ones it says
@@ -838,6 +793,7 @@ impl Core {
         for task_id in previous_active {
             let kept = self
                 .tasks
+                .by_id
                 .get(&task_id)
                 .is_some_and(|task| still_running.get(&task_id) == Some(&task.record.attempt));
             if !kept {
@@ -878,7 +834,7 @@ impl Core {
         heartbeat: Heartbeat,
     ) -> Result<(), ReplyError> {
         let device_id = self.speaker(conn, sender)?;
-        let Some(device) = self.devices.get_mut(&device_id) else {
+        let Some(device) = self.registry.devices.get_mut(&device_id) else {
             return Err(not_registered());
         };
         device.last_seen = now.monotonic;
@@ -917,7 +873,7 @@ impl Core {
         let Ok(device_id) = self.speaker(conn, sender) else {
             return;
         };
-        let current = self.tasks.get(&progress.task_id).is_some_and(|task| {
+        let current = self.tasks.by_id.get(&progress.task_id).is_some_and(|task| {
             task.record.device_id.as_deref() == Some(device_id.as_str())
                 && !task.record.state.is_terminal()
                 && progress.attempt.is_none_or(|a| a == task.record.attempt)
@@ -936,14 +892,14 @@ impl Core {
     ) -> Result<Reply, ReplyError> {
         self.check_storage()?;
         let device_id = self.speaker(conn, sender)?;
-        if let Some(device) = self.devices.get_mut(&device_id) {
+        if let Some(device) = self.registry.devices.get_mut(&device_id) {
             device.last_seen = now.monotonic;
             if device.conn.is_some() {
                 let due = now.monotonic + self.config.heartbeat_timeout;
                 self.timers.set(TimerKey::Heartbeat(device_id.clone()), due);
             }
         }
-        let Some(task) = self.tasks.get(&result.task_id) else {
+        let Some(task) = self.tasks.by_id.get(&result.task_id) else {
             return Err(ReplyError::new(
                 ErrorCode::NotFound,
                 format!("no task {}", result.task_id),
@@ -963,13 +919,13 @@ impl Core {
         if same_attempt || !holds_current {
             // Whatever happens to the record, this attempt no longer holds
             // one of the device's slots.
-            if let Some(device) = self.devices.get_mut(&device_id) {
+            if let Some(device) = self.registry.devices.get_mut(&device_id) {
                 if device.active.remove(&result.task_id) {
                     self.needs_dispatch = true;
                 }
             }
             // (`refresh_slots`, spelled out: `record` is still borrowed.)
-            if let Some(device) = self.devices.get_mut(&device_id) {
+            if let Some(device) = self.registry.devices.get_mut(&device_id) {
                 let new = index::SlotEntry::of(device);
                 let old = std::mem::replace(&mut device.indexed.slots, new);
                 self.index.free.update(&device_id, old, new);
@@ -1010,7 +966,7 @@ impl Core {
             result.result = Value::Null;
             result.error = Some(format!("the worker's result was refused: {reason}"));
         }
-        let Some(task) = self.tasks.get_mut(&task_id) else {
+        let Some(task) = self.tasks.by_id.get_mut(&task_id) else {
             return Err(ReplyError::new(
                 ErrorCode::NotFound,
                 format!("no task {task_id}"),
@@ -1018,7 +974,7 @@ impl Core {
         };
         if task.record.state == TaskState::Queued {
             let key = QueueKey::of(&task.record);
-            self.queue.remove(&key);
+            self.tasks.queue.remove(&key);
         }
         let record = &mut task.record;
         record.exit_code = result
@@ -1060,12 +1016,13 @@ impl Core {
         let reason = goodbye.reason.unwrap_or_else(|| "goodbye".into());
         log::info!("device {device_id} said goodbye: {reason}");
         if self
+            .registry
             .devices
             .get(&device_id)
             .is_some_and(|d| d.conn == Some(conn))
         {
             self.device_gone(now, &device_id, &reason, true);
-            if let Some(state) = self.conns.get_mut(&conn) {
+            if let Some(state) = self.registry.conns.get_mut(&conn) {
                 state.device_id = None;
             }
         }
@@ -1081,7 +1038,7 @@ impl Core {
         let Ok(device_id) = self.speaker(conn, sender) else {
             return;
         };
-        let Some(task) = self.tasks.get_mut(&task_id) else {
+        let Some(task) = self.tasks.by_id.get_mut(&task_id) else {
             return;
         };
         let record = &mut task.record;
@@ -1118,7 +1075,7 @@ impl Core {
         let Ok(device_id) = self.speaker(conn, sender) else {
             return;
         };
-        let current = self.tasks.get(&task_id).is_some_and(|task| {
+        let current = self.tasks.by_id.get(&task_id).is_some_and(|task| {
             task.record.attempt == attempt
                 && task.record.device_id.as_deref() == Some(device_id.as_str())
                 && task.record.state == TaskState::Assigned
@@ -1129,12 +1086,12 @@ impl Core {
             // the worker reports it. The worker never ran it and will send
             // no result, so the refusal is that end and gives the slot
             // back, unless the device holds the task's current attempt.
-            let ended_here = self.tasks.get(&task_id).is_some_and(|task| {
+            let ended_here = self.tasks.by_id.get(&task_id).is_some_and(|task| {
                 !(task.record.device_id.as_deref() == Some(device_id.as_str())
                     && matches!(task.record.state, TaskState::Assigned | TaskState::Running))
             });
             if ended_here {
-                if let Some(device) = self.devices.get_mut(&device_id) {
+                if let Some(device) = self.registry.devices.get_mut(&device_id) {
                     if device.active.remove(&task_id) {
                         self.needs_dispatch = true;
                     }
@@ -1154,7 +1111,7 @@ impl Core {
         // (`invalid_message`) fails the task, below.
         let unreadable = error.code == ErrorCode::InvalidMessage;
         let permanent = error.code == ErrorCode::UnsupportedTaskType || unreadable;
-        if let Some(device) = self.devices.get_mut(&device_id) {
+        if let Some(device) = self.registry.devices.get_mut(&device_id) {
             device.active.remove(&task_id);
             if !permanent {
                 let until = now.monotonic + self.config.full_worker_pause;
@@ -1168,7 +1125,7 @@ impl Core {
             // the task ends now, saying why, instead of waiting in the
             // queue (or on a slot) for a device that never comes.
             self.needs_dispatch = true;
-            if let Some(task) = self.tasks.get_mut(&task_id) {
+            if let Some(task) = self.tasks.by_id.get_mut(&task_id) {
                 let record = &mut task.record;
                 record.state = TaskState::Failed;
                 record.finished_unix_ms = Some(now.unix_ms);
@@ -1183,7 +1140,7 @@ impl Core {
             return;
         }
         if permanent {
-            if let Some(task) = self.tasks.get_mut(&task_id) {
+            if let Some(task) = self.tasks.by_id.get_mut(&task_id) {
                 task.refused_by.insert(device_id.clone());
             }
         }
@@ -1241,18 +1198,18 @@ impl Core {
     /// client-chosen id already exists is not queued again (idempotent
     /// submit).
     fn submit_one(&mut self, now: Now, mut spec: TaskSpec) -> (String, bool) {
-        let mut seq = self.next_seq;
-        self.next_seq += 1;
+        let mut seq = self.tasks.next_seq;
+        self.tasks.next_seq += 1;
         let task_id = match spec.task_id.clone() {
-            Some(id) if self.tasks.contains_key(&id) => return (id, false),
+            Some(id) if self.tasks.by_id.contains_key(&id) => return (id, false),
             Some(id) => id,
             None => {
                 let mut id = generated_task_id(now, seq);
                 // A client may already have chosen this very id for a task
                 // of its own; inserting over it would lose that task.
-                while self.tasks.contains_key(&id) {
-                    seq = self.next_seq;
-                    self.next_seq += 1;
+                while self.tasks.by_id.contains_key(&id) {
+                    seq = self.tasks.next_seq;
+                    self.tasks.next_seq += 1;
                     id = generated_task_id(now, seq);
                 }
                 id
@@ -1261,9 +1218,9 @@ impl Core {
         spec.task_id = Some(task_id.clone());
         let record = TaskRecord::queued(task_id.clone(), seq, spec, now.unix_ms);
         self.persist_task(&task_id);
-        self.queue.insert(QueueKey::of(&record), &record.spec);
+        self.tasks.queue.insert(QueueKey::of(&record), &record.spec);
         let task_type = record.spec.task_type.clone();
-        self.tasks.insert(task_id.clone(), Task::new(record));
+        self.tasks.by_id.insert(task_id.clone(), Task::new(record));
         self.list_task(&task_id);
         self.needs_dispatch = true;
         self.emit(
@@ -1279,7 +1236,7 @@ impl Core {
     fn on_cancel(&mut self, now: Now, cancel: TaskCancel) -> Result<Reply, ReplyError> {
         self.check_storage()?;
         let task_id = cancel.task_id;
-        let Some(task) = self.tasks.get_mut(&task_id) else {
+        let Some(task) = self.tasks.by_id.get_mut(&task_id) else {
             return Err(ReplyError::new(
                 ErrorCode::NotFound,
                 format!("no task {task_id}"),
@@ -1300,7 +1257,7 @@ impl Core {
         record.retry_at_unix_ms = None;
         record.error = Some("cancelled by a client".into());
         let record = record.clone();
-        self.queue.remove(&QueueKey::of(&record));
+        self.tasks.queue.remove(&QueueKey::of(&record));
         if was == TaskState::Retrying {
             // Its backoff must not fire into a later one (after a retry).
             self.timers.remove(&TimerKey::Retry(task_id.clone()));
@@ -1320,7 +1277,7 @@ impl Core {
 
     fn on_drain(&mut self, device_id: &str) -> Result<Reply, ReplyError> {
         self.check_storage()?;
-        let Some(device) = self.devices.get_mut(device_id) else {
+        let Some(device) = self.registry.devices.get_mut(device_id) else {
             return Err(ReplyError::new(
                 ErrorCode::NotFound,
                 format!("no device {device_id}"),
@@ -1354,7 +1311,12 @@ impl Core {
     /// connection, or, for older one-shot workers that open a connection
     /// per message, the known device named by `sender_id`.
     fn speaker(&self, conn: ConnId, sender: Option<String>) -> Result<String, ReplyError> {
-        if let Some(bound) = self.conns.get(&conn).and_then(|c| c.device_id.clone()) {
+        if let Some(bound) = self
+            .registry
+            .conns
+            .get(&conn)
+            .and_then(|c| c.device_id.clone())
+        {
             return Ok(bound);
         }
         // Only a device that may speak on this connection: the one it
@@ -1362,7 +1324,11 @@ impl Core {
         // device without credentials.
         let sender = sender.or_else(|| self.authenticated_device(conn).map(str::to_string));
         match sender {
-            Some(id) if self.devices.contains_key(&id) && self.may_speak_for(conn, &id) => Ok(id),
+            Some(id)
+                if self.registry.devices.contains_key(&id) && self.may_speak_for(conn, &id) =>
+            {
+                Ok(id)
+            }
             _ => Err(not_registered()),
         }
     }
@@ -1370,7 +1336,7 @@ impl Core {
     /// A device lost its connection: it is offline and its tasks go back
     /// to the queue at once.
     fn device_gone(&mut self, now: Now, device_id: &str, reason: &str, handed_back: bool) {
-        let Some(device) = self.devices.get_mut(device_id) else {
+        let Some(device) = self.registry.devices.get_mut(device_id) else {
             return;
         };
         self.index.totals.remove(device);
@@ -1418,7 +1384,7 @@ impl Core {
     /// `attempt` of it, if that attempt is still current; otherwise the
     /// device's copy is stale and its result will be fenced off.
     fn take_back(&mut self, now: Now, device_id: &str, task_id: &str, attempt: u32) {
-        let Some(task) = self.tasks.get_mut(task_id) else {
+        let Some(task) = self.tasks.by_id.get_mut(task_id) else {
             return;
         };
         let record = &mut task.record;
@@ -1433,7 +1399,7 @@ impl Core {
         }
         if record.state == TaskState::Queued {
             let key = QueueKey::of(record);
-            self.queue.remove(&key);
+            self.tasks.queue.remove(&key);
         }
         if record.state != TaskState::Running {
             record.state = TaskState::Running;
@@ -1441,7 +1407,7 @@ impl Core {
             let record = record.clone();
             self.persist_task(&record.task_id);
         }
-        if let Some(device) = self.devices.get_mut(device_id) {
+        if let Some(device) = self.registry.devices.get_mut(device_id) {
             device.active.insert(task_id.to_string());
         }
         self.refresh_slots(device_id);
@@ -1452,11 +1418,11 @@ impl Core {
     /// whose current attempt is not that device's (it ended, or the task
     /// runs elsewhere now) stays as it is.
     fn requeue(&mut self, device_id: &str, task_id: &str) {
-        if let Some(device) = self.devices.get_mut(device_id) {
+        if let Some(device) = self.registry.devices.get_mut(device_id) {
             device.active.remove(task_id);
         }
         self.refresh_slots(device_id);
-        let Some(task) = self.tasks.get_mut(task_id) else {
+        let Some(task) = self.tasks.by_id.get_mut(task_id) else {
             return;
         };
         if task.record.device_id.as_deref() != Some(device_id)
@@ -1466,7 +1432,7 @@ impl Core {
         }
         task.record.state = TaskState::Queued;
         let record = task.record.clone();
-        self.queue.insert(QueueKey::of(&record), &record.spec);
+        self.tasks.queue.insert(QueueKey::of(&record), &record.spec);
         self.persist_task(&record.task_id);
         self.needs_dispatch = true;
     }

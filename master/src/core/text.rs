@@ -19,6 +19,7 @@ impl Core {
             }
         };
         if self
+            .registry
             .conns
             .get(&conn)
             .is_some_and(|state| state.auth.closing)
@@ -129,7 +130,7 @@ impl Core {
                         conn,
                         "error: authentication failed; closing the connection".to_string(),
                     );
-                    if let Some(state) = self.conns.get_mut(&conn) {
+                    if let Some(state) = self.registry.conns.get_mut(&conn) {
                         state.auth.closing = true;
                     }
                     self.out.close(conn);
@@ -188,7 +189,7 @@ impl Core {
             stats.total_resources.cpu_cores,
             stats.total_resources.memory_gb,
             stats.total_resources.storage_gb,
-            self.queue.len(),
+            self.tasks.queue.len(),
             if tasks.is_empty() { "none".to_string() } else { tasks.join(", ") },
         )
     }

@@ -882,7 +882,7 @@ impl Sim {
     // ----- looking inside -----
 
     pub fn task(&self, task_id: &str) -> &TaskRecord {
-        &self.core.tasks[task_id].record
+        &self.core.tasks.by_id[task_id].record
     }
 
     pub fn state(&self, task_id: &str) -> TaskState {
@@ -892,6 +892,7 @@ impl Sim {
     /// Queued task ids in the order they will be handed out.
     pub fn queue(&self) -> Vec<String> {
         self.core
+            .tasks
             .queue
             .keys()
             .into_iter()
@@ -901,11 +902,15 @@ impl Sim {
 
     /// Task ids the master counts against device `id`'s slots.
     pub fn active(&self, id: &str) -> Vec<String> {
-        self.core.devices[id].active.iter().cloned().collect()
+        self.core.registry.devices[id]
+            .active
+            .iter()
+            .cloned()
+            .collect()
     }
 
     pub fn device(&self, id: &str) -> &DeviceRecord {
-        &self.core.devices[id].record
+        &self.core.registry.devices[id].record
     }
 
     pub fn batch(&self, id: u64) -> &Batch {
