@@ -14,7 +14,7 @@
 //! except those that reveal no state (`overtake`), which leave at once.
 
 use super::ConnId;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
 /// How many bytes a held message stands for, so the event loop can charge
 /// what waits for a commit against a connection's backlog cap.
@@ -44,7 +44,10 @@ struct Held<T> {
 pub struct Outbox<T> {
     /// The highest batch known to have committed.
     committed: u64,
-    held: HashMap<ConnId, Held<T>>,
+    /// By connection id: the event loop's slab keys are small and reused,
+    /// so a vector indexed by them needs no hashing on the hot path (every
+    /// reply passes here, and its backlog is looked up as it grows).
+    held: Vec<Held<T>>,
     /// Connections with something held, in a fixed order so that release
     /// is deterministic.
     holding: BTreeSet<ConnId>,
@@ -54,7 +57,7 @@ impl<T> Default for Outbox<T> {
     fn default() -> Outbox<T> {
         Outbox {
             committed: 0,
-            held: HashMap::new(),
+            held: Vec::new(),
             holding: BTreeSet::new(),
         }
     }
@@ -75,10 +78,13 @@ impl<T: Weigh> Outbox<T> {
         if overtake && after_batch.is_none() {
             return Some(message);
         }
-        let held = self.held.entry(conn).or_insert_with(|| Held {
-            queue: VecDeque::new(),
-            bytes: 0,
-        });
+        if self.held.len() <= conn {
+            self.held.resize_with(conn + 1, || Held {
+                queue: VecDeque::new(),
+                bytes: 0,
+            });
+        }
+        let held = &mut self.held[conn];
         held.bytes += message.weight();
         held.queue.push_back((after_batch.unwrap_or(0), message));
         self.holding.insert(conn);
@@ -102,7 +108,7 @@ impl<T: Weigh> Outbox<T> {
         let committed = self.committed;
         let mut still_holding = BTreeSet::new();
         for conn in std::mem::take(&mut self.holding) {
-            let Some(held) = self.held.get_mut(&conn) else {
+            let Some(held) = self.held.get_mut(conn) else {
                 continue;
             };
             while held
@@ -126,19 +132,23 @@ impl<T: Weigh> Outbox<T> {
 
     /// The bytes held for `conn`.
     pub fn held_bytes(&self, conn: ConnId) -> usize {
-        self.held.get(&conn).map_or(0, |held| held.bytes)
+        self.held.get(conn).map_or(0, |held| held.bytes)
     }
 
     /// Whether anything is held for `conn`.
     pub fn is_holding(&self, conn: ConnId) -> bool {
         self.held
-            .get(&conn)
+            .get(conn)
             .is_some_and(|held| !held.queue.is_empty())
     }
 
     /// Drops what is held for `conn` (it closed); returns its bytes.
     pub fn forget(&mut self, conn: ConnId) -> usize {
         self.holding.remove(&conn);
-        self.held.remove(&conn).map_or(0, |held| held.bytes)
+        self.held.get_mut(conn).map_or(0, |held| {
+            // The memory goes with the connection.
+            held.queue = VecDeque::new();
+            std::mem::take(&mut held.bytes)
+        })
     }
 }
