@@ -372,14 +372,11 @@ impl Core {
 
     /// A connection closed (by the peer, an error, or the loop).
     pub fn handle_disconnect(&mut self, now: Now, conn: ConnId) {
-        let Some(state) = self.registry.conns.remove(&conn) else {
+        let Some(state) = self.registry.disconnect(conn) else {
             return;
         };
         if let Some(subscription) = &state.subscription {
             self.index.subscribers.remove(conn, subscription);
-        }
-        if state.untrusted_subscriber {
-            self.registry.untrusted_subscribers -= 1;
         }
         self.auth_disconnect(conn, &state.auth);
         if let Some(device_id) = state.device_id {
@@ -542,30 +539,13 @@ impl Core {
     /// places, kept until it leaves.
     fn on_subscribe(&mut self, conn: ConnId, subscribe: Subscribe) -> Result<Reply, ReplyError> {
         let trusted = self.is_trusted(conn);
-        let Some(state) = self.registry.conns.get_mut(&conn) else {
-            return Err(ReplyError::new(
-                ErrorCode::InternalError,
-                "unknown connection",
-            ));
-        };
-        if !trusted && !state.untrusted_subscriber {
-            if self.registry.untrusted_subscribers >= MAX_UNTRUSTED_SUBSCRIBERS {
-                return Err(ReplyError::new(
-                    ErrorCode::TooManyConnections,
-                    format!(
-                        "too many unauthenticated watchers ({MAX_UNTRUSTED_SUBSCRIBERS}); \
-                         authenticate or try again later"
-                    ),
-                ));
-            }
-            state.untrusted_subscriber = true;
-            self.registry.untrusted_subscribers += 1;
-        }
-        if let Some(old) = state.subscription.take() {
+        let old = self.registry.subscribe(conn, trusted, subscribe)?;
+        if let Some(old) = old {
             self.index.subscribers.remove(conn, &old);
         }
-        self.index.subscribers.add(conn, &subscribe);
-        state.subscription = Some(subscribe);
+        if let Some(new) = self.registry.subscription(conn) {
+            self.index.subscribers.add(conn, new);
+        }
         Ok(Reply::new(json!({ "message": "subscribed" })))
     }
 

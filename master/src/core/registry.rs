@@ -8,8 +8,8 @@
 use super::auth;
 use super::index;
 use super::records::{DeviceKeyRecord, DeviceRecord};
-use super::ConnId;
-use protocol::{Metrics, Register, Subscribe};
+use super::{ConnId, ReplyError, MAX_UNTRUSTED_SUBSCRIBERS};
+use protocol::{ErrorCode, Metrics, Register, Subscribe};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -60,6 +60,54 @@ impl Registry {
     /// The connection device `device_id` is bound to, if it is online.
     pub(super) fn conn_of(&self, device_id: &str) -> Option<ConnId> {
         self.devices.get(device_id).and_then(|device| device.conn)
+    }
+
+    /// Starts (or replaces) `conn`'s subscription; returns the one it
+    /// replaces. A connection that has not authenticated (`trusted` is
+    /// false) takes one of the [`MAX_UNTRUSTED_SUBSCRIBERS`] places, kept
+    /// until it leaves (authenticating later does not give the place back
+    /// early: simpler, and only ever stricter).
+    pub(super) fn subscribe(
+        &mut self,
+        conn: ConnId,
+        trusted: bool,
+        subscribe: Subscribe,
+    ) -> Result<Option<Subscribe>, ReplyError> {
+        let Some(state) = self.conns.get_mut(&conn) else {
+            return Err(ReplyError::new(
+                ErrorCode::InternalError,
+                "unknown connection",
+            ));
+        };
+        if !trusted && !state.untrusted_subscriber {
+            if self.untrusted_subscribers >= MAX_UNTRUSTED_SUBSCRIBERS {
+                return Err(ReplyError::new(
+                    ErrorCode::TooManyConnections,
+                    format!(
+                        "too many unauthenticated watchers ({MAX_UNTRUSTED_SUBSCRIBERS}); \
+                         authenticate or try again later"
+                    ),
+                ));
+            }
+            state.untrusted_subscriber = true;
+            self.untrusted_subscribers += 1;
+        }
+        Ok(state.subscription.replace(subscribe))
+    }
+
+    /// `conn`'s subscription, if it has one.
+    pub(super) fn subscription(&self, conn: ConnId) -> Option<&Subscribe> {
+        self.conns.get(&conn)?.subscription.as_ref()
+    }
+
+    /// Forgets connection `conn` (it closed) and gives back its place among
+    /// the unauthenticated subscribers; returns its state.
+    pub(super) fn disconnect(&mut self, conn: ConnId) -> Option<Conn> {
+        let state = self.conns.remove(&conn)?;
+        if state.untrusted_subscriber {
+            self.untrusted_subscribers -= 1;
+        }
+        Some(state)
     }
 
     /// The connections of every online device.
