@@ -6,7 +6,7 @@
 //! so a wall-clock jump changes none of them.
 
 use super::timers::{TimerKey, TimerKind};
-use super::{Core, Now, QueueKey, Reply, ReplyError};
+use super::{Core, Now, Reply, ReplyError};
 use protocol::{ErrorCode, Event, Message, ResultStatus, TaskCancel, TaskSpec, TaskState};
 use serde_json::json;
 use std::time::Duration;
@@ -165,9 +165,8 @@ impl Core {
         record.retry_at_unix_ms = None;
         record.error = None;
         task.refused_by.clear();
-        let record = record.clone();
-        self.tasks.queue.insert(QueueKey::of(&record), &record.spec);
-        self.persist_task(&record.task_id);
+        self.tasks.enqueue(task_id);
+        self.persist_task(task_id);
         self.needs_dispatch = true;
         let _ = now;
         let view = self.task_view(task_id)?;
@@ -196,9 +195,8 @@ impl Core {
             // The last attempt ended: no device's report of it may count as
             // the task's result any more, nor may a device take it back.
             task.record.device_id = None;
-            let record = task.record.clone();
-            self.tasks.queue.insert(QueueKey::of(&record), &record.spec);
-            self.persist_task(&record.task_id);
+            self.tasks.enqueue(&task_id);
+            self.persist_task(&task_id);
             self.needs_dispatch = true;
         }
         while let Some(key) = self.timers.pop_due(TimerKind::Attempt, now.monotonic) {

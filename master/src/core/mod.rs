@@ -1411,9 +1411,8 @@ impl Core {
             return;
         }
         task.record.state = TaskState::Queued;
-        let record = task.record.clone();
-        self.tasks.queue.insert(QueueKey::of(&record), &record.spec);
-        self.persist_task(&record.task_id);
+        self.tasks.enqueue(task_id);
+        self.persist_task(task_id);
         self.needs_dispatch = true;
     }
 

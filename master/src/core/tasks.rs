@@ -1,7 +1,7 @@
 //! The tasks: every task the master knows, by id, and the queue of those
 //! waiting for a device.
 
-use super::queue::TaskQueue;
+use super::queue::{QueueKey, TaskQueue};
 use super::records::TaskRecord;
 use protocol::TaskState;
 use std::collections::{BTreeSet, HashMap};
@@ -50,6 +50,15 @@ impl Default for Tasks {
 }
 
 impl Tasks {
+    /// Puts task `task_id`, whose state is `queued`, in the queue under
+    /// its record's key (without copying the record).
+    pub(super) fn enqueue(&mut self, task_id: &str) {
+        if let Some(task) = self.by_id.get(task_id) {
+            self.queue
+                .insert(QueueKey::of(&task.record), &task.record.spec);
+        }
+    }
+
     /// The record of task `task_id`.
     pub(super) fn record(&self, task_id: &str) -> Option<&TaskRecord> {
         self.by_id.get(task_id).map(|task| &task.record)
