@@ -185,7 +185,7 @@ pub const DEFAULT_DEVICE_LIST: usize = 500;
 /// The most connections that have not authenticated (anonymous readers)
 /// subscribed at once; the next one's `subscribe` is refused with
 /// `too_many_connections`. Their events are summaries (a few hundred bytes,
-/// see `Core::emit`) and their backlogs share the 32 MiB untrusted total,
+/// see `Outgoing::event`) and their backlogs share the 32 MiB untrusted total,
 /// so this bounds the work one event costs for strangers, not memory.
 pub const MAX_UNTRUSTED_SUBSCRIBERS: usize = 64;
 
@@ -1432,16 +1432,9 @@ impl Core {
         self.changes.device(record);
     }
 
-    /// Streams an event to every subscriber that wants it. Events about
-    /// durable changes wait for the same commit as the change.
-    ///
-    /// The event is built once and shared (see [`Payload::Event`]): its
-    /// cost here is a pointer per subscriber, and the loop charges each
-    /// connection its bytes as it queues them, against its caps. Peers that
-    /// have not authenticated (anonymous readers) get a `task_finished`
-    /// without the task's payload and result (see [`summary`]): they can
-    /// ask `task ID` for them, a request that is charged to them, and one
-    /// event then costs a few hundred bytes each.
+    /// Streams an event to every subscriber that wants it (see
+    /// `Outgoing::event`). Events about durable changes wait for the same
+    /// commit as the change.
     fn emit(&mut self, event: Event, durable: bool) {
         // From the index, by the event's task: the cost is the connections
         // it goes to, whatever the other subscribers follow.
@@ -1449,37 +1442,12 @@ impl Core {
         if targets.is_empty() {
             return;
         }
-        // Messages that reveal no state need no commit and may overtake
-        // held ones (see `send`): the storage events.
-        let reveals_nothing = matches!(event, Event::StorageFailing | Event::StorageRecovered);
-        let after_batch = if reveals_nothing || !durable {
-            None
-        } else {
-            Some(self.changes.last_write_batch()).filter(|&batch| batch > 0)
-        };
-        let envelope = |event: Event, master_id: &str| {
-            std::sync::Arc::new(Envelope::new(Message::Event(event)).from_sender(master_id))
-        };
-        // The summary is made only when someone gets it.
-        let untrusted = targets
-            .iter()
-            .any(|&conn| !self.is_trusted(conn))
-            .then(|| summary(&event))
-            .flatten()
-            .map(|event| envelope(event, &self.config.master_id));
-        let full = envelope(event, &self.config.master_id);
-        for conn in targets {
-            let shared = match &untrusted {
-                Some(summary) if !self.is_trusted(conn) => summary,
-                _ => &full,
-            };
-            self.out.push(Output::Send {
-                conn,
-                payload: Payload::Event(std::sync::Arc::clone(shared)),
-                after_batch,
-                overtake: reveals_nothing,
-            });
-        }
+        let targets: Vec<(ConnId, bool)> = targets
+            .into_iter()
+            .map(|conn| (conn, self.is_trusted(conn)))
+            .collect();
+        let after_batch = durable.then(|| self.changes.last_write_batch());
+        self.out.event(event, after_batch, &targets);
     }
 
     fn emit_finished(&mut self, task_id: &str) {
@@ -1496,40 +1464,6 @@ impl Core {
             );
         }
     }
-}
-
-/// What a peer that has not authenticated gets instead of `event`, when
-/// that differs: a `task_finished` without the task's payload and result
-/// (`payload` is `null`, `result` absent), so that anonymous watchers cost
-/// the master little per event. `None` when everyone gets `event` itself.
-fn summary(event: &Event) -> Option<Event> {
-    let Event::TaskFinished { task } = event else {
-        return None;
-    };
-    // Field by field, so the payload and result are never copied.
-    let task = protocol::TaskView {
-        task_id: task.task_id.clone(),
-        task_type: task.task_type.clone(),
-        state: task.state,
-        priority: task.priority,
-        payload: Value::Null,
-        timeout: task.timeout,
-        requirements: task.requirements.clone(),
-        attempt: task.attempt,
-        device_id: task.device_id.clone(),
-        submitted_at: task.submitted_at.clone(),
-        started_at: task.started_at.clone(),
-        finished_at: task.finished_at.clone(),
-        retry_at: task.retry_at.clone(),
-        max_retries: task.max_retries,
-        result: None,
-        exit_code: task.exit_code,
-        error: task.error.clone(),
-        execution_time: task.execution_time,
-    };
-    Some(Event::TaskFinished {
-        task: Box::new(task),
-    })
 }
 
 /// A successful reply's fields.
