@@ -1,6 +1,7 @@
 //! The only code that touches sockets: a mio poll loop over a slab of
 //! connections, feeding the core and writing what it returns.
 
+use crate::core::outbox::Outbox;
 use crate::core::records::Batch;
 use crate::core::{ConnId, Core, Now, Output, Payload};
 use crate::store::StoreEvent;
@@ -10,7 +11,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use protocol::{Envelope, Frame, LineCodec};
 use slab::Slab;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -143,10 +144,6 @@ struct Connection {
     /// When the loop next checks whether it is an idle reader (its key in
     /// `EventLoop::idle_checks`); none once it has authenticated.
     idle_check: Option<Duration>,
-    /// Messages waiting for a batch to commit, in order, each with the
-    /// batch it waits for (0: none, but queued behind one that does).
-    held: VecDeque<(u64, Vec<u8>)>,
-    held_bytes: usize,
     out: Vec<u8>,
     written: usize,
     close_when_flushed: bool,
@@ -161,8 +158,10 @@ struct Connection {
 }
 
 impl Connection {
-    fn pending_bytes(&self) -> usize {
-        self.held_bytes + self.out.len() - self.written
+    /// Its backlog: what waits to be written, and `held`, the bytes the
+    /// outbox holds for it until a commit.
+    fn pending_bytes(&self, held: usize) -> usize {
+        held + self.out.len() - self.written
     }
 
     /// Input the master holds for it: a partial line and a read that its
@@ -182,10 +181,10 @@ pub(crate) struct EventLoop {
     limits: LoopLimits,
     batches: Sender<Batch>,
     store_events: Receiver<StoreEvent>,
-    committed: u64,
     started: Instant,
-    /// Connections with held messages.
-    holding: BTreeSet<ConnId>,
+    /// Messages waiting for a batch to commit (the held-reply rule, kept
+    /// sans-IO in the core).
+    outbox: Outbox<Vec<u8>>,
     /// Connections with bytes to write.
     dirty: BTreeSet<ConnId>,
     /// Connections that may have more to read: their read budget ran out
@@ -262,9 +261,8 @@ impl EventLoop {
             limits,
             batches,
             store_events,
-            committed: 0,
             started,
-            holding: BTreeSet::new(),
+            outbox: Outbox::default(),
             dirty: BTreeSet::new(),
             readable: BTreeSet::new(),
             throttled: BTreeSet::new(),
@@ -462,7 +460,8 @@ impl EventLoop {
                 continue;
             }
             let reader = self.core.is_reader(conn);
-            let waiting = self.core.is_subscribed(conn) && connection.pending_bytes() == 0;
+            let waiting = self.core.is_subscribed(conn)
+                && connection.pending_bytes(self.outbox.held_bytes(conn)) == 0;
             let next = if !reader || waiting {
                 // In its handshake (its authentication deadline closes
                 // it), or a quiet subscriber: look again later.
@@ -508,11 +507,9 @@ impl EventLoop {
         );
         connection.closed = true;
         self.freed +=
-            connection.out.capacity() + connection.held_bytes + connection.unread.capacity();
+            connection.out.capacity() + self.outbox.forget(conn) + connection.unread.capacity();
         connection.out = Vec::new();
         connection.written = 0;
-        connection.held = VecDeque::new();
-        connection.held_bytes = 0;
         connection.unread = Vec::new();
         self.newly_closed.push(conn);
         self.recount(conn);
@@ -526,7 +523,7 @@ impl EventLoop {
         let now = if connection.closed {
             0
         } else {
-            connection.pending_bytes() + connection.input_bytes()
+            connection.pending_bytes(self.outbox.held_bytes(conn)) + connection.input_bytes()
         };
         let before = std::mem::replace(&mut connection.counted, now);
         self.total_out = self.total_out - before + now;
@@ -630,8 +627,6 @@ impl EventLoop {
                         close_at: None,
                         active_at: self.now.monotonic,
                         idle_check: None,
-                        held: VecDeque::new(),
-                        held_bytes: 0,
                         out: Vec::new(),
                         written: 0,
                         close_when_flushed: false,
@@ -775,7 +770,9 @@ impl EventLoop {
             if connection.closed || connection.close_when_flushed {
                 return;
             }
-            if connection.pending_bytes() > self.limits.cap(connection.trusted) / 2 {
+            if connection.pending_bytes(self.outbox.held_bytes(conn))
+                > self.limits.cap(connection.trusted) / 2
+            {
                 // Backpressure: a peer that does not read its replies is not
                 // read either, until it catches up.
                 self.throttled.insert(conn);
@@ -861,7 +858,9 @@ impl EventLoop {
             if connection.closed || connection.close_when_flushed {
                 return used;
             }
-            if connection.pending_bytes() > self.limits.cap(connection.trusted) / 2 {
+            if connection.pending_bytes(self.outbox.held_bytes(conn))
+                > self.limits.cap(connection.trusted) / 2
+            {
                 self.throttled.insert(conn);
                 return used;
             }
@@ -951,8 +950,9 @@ impl EventLoop {
                 let Some(connection) = self.conns.get_mut(conn) else {
                     return;
                 };
-                let queued_before = connection.pending_bytes();
-                if overtake && after_batch.is_none() {
+                let queued_before = connection.pending_bytes(self.outbox.held_bytes(conn));
+                // Held until its batch commits, unless it reveals nothing.
+                if let Some(bytes) = self.outbox.push(conn, after_batch, overtake, bytes) {
                     if connection.out.capacity() == 0 {
                         // Nothing waits (the usual case): the message becomes
                         // the buffer, rather than being copied into a new one.
@@ -961,10 +961,6 @@ impl EventLoop {
                         connection.out.extend_from_slice(&bytes);
                     }
                     self.dirty.insert(conn);
-                } else {
-                    connection.held_bytes += bytes.len();
-                    connection.held.push_back((after_batch.unwrap_or(0), bytes));
-                    self.holding.insert(conn);
                 }
                 // Judged as the backlog grows, not when the peer becomes
                 // writable: a peer that never reads never does. A single
@@ -973,7 +969,10 @@ impl EventLoop {
                 // unless it is an event to a peer that has not
                 // authenticated.
                 let exempt = queued_before == 0 && (connection.trusted || !event);
-                if !exempt && connection.pending_bytes() > self.limits.cap(connection.trusted) {
+                if !exempt
+                    && connection.pending_bytes(self.outbox.held_bytes(conn))
+                        > self.limits.cap(connection.trusted)
+                {
                     self.close_now(conn, "does not read its replies");
                 } else {
                     self.recount(conn);
@@ -1058,7 +1057,7 @@ impl EventLoop {
     fn collect_commits(&mut self) {
         for event in self.store_events.try_iter() {
             match event {
-                StoreEvent::Committed(id) => self.committed = self.committed.max(id),
+                StoreEvent::Committed(id) => self.outbox.handle_committed(id),
                 StoreEvent::Failing => self.core.set_storage_available(false),
                 StoreEvent::Recovered => self.core.set_storage_available(true),
             }
@@ -1067,27 +1066,14 @@ impl EventLoop {
 
     /// Moves held messages whose batch has committed to the write buffer.
     fn release_held(&mut self) {
-        let committed = self.committed;
-        let mut still_holding = BTreeSet::new();
-        for conn in std::mem::take(&mut self.holding) {
-            let Some(connection) = self.conns.get_mut(conn) else {
-                continue;
-            };
-            while let Some((batch, _)) = connection.held.front() {
-                if *batch > committed {
-                    break;
-                }
-                if let Some((_, bytes)) = connection.held.pop_front() {
-                    connection.held_bytes -= bytes.len();
-                    connection.out.extend_from_slice(&bytes);
-                }
+        let conns = &mut self.conns;
+        let dirty = &mut self.dirty;
+        self.outbox.release(|conn, bytes| {
+            if let Some(connection) = conns.get_mut(conn) {
+                connection.out.extend_from_slice(&bytes);
+                dirty.insert(conn);
             }
-            if !connection.held.is_empty() {
-                still_holding.insert(conn);
-            }
-            self.dirty.insert(conn);
-        }
-        self.holding = still_holding;
+        });
     }
 
     fn flush_dirty(&mut self) {
@@ -1137,7 +1123,7 @@ impl EventLoop {
                     connection.out.clear();
                 }
                 connection.written = 0;
-                if connection.close_when_flushed && connection.held.is_empty() {
+                if connection.close_when_flushed && !self.outbox.is_holding(conn) {
                     connection.closed = true;
                     discard_unread(&mut connection.stream);
                 }
@@ -1152,7 +1138,8 @@ impl EventLoop {
             }
             // The backlog's cap is judged as it grows (`apply`); here it
             // only shrinks.
-            if connection.pending_bytes() <= self.limits.cap(connection.trusted) / 2
+            if connection.pending_bytes(self.outbox.held_bytes(conn))
+                <= self.limits.cap(connection.trusted) / 2
                 && self.throttled.remove(&conn)
             {
                 self.readable.insert(conn);
@@ -1202,7 +1189,7 @@ impl EventLoop {
                     .remove(&(connection.counted, conn));
             }
             self.freed += connection.out.capacity()
-                + connection.held_bytes
+                + self.outbox.forget(conn)
                 + connection.unread.capacity()
                 + connection.codec.buffered();
             if let Some(at) = connection.close_at {
@@ -1212,7 +1199,6 @@ impl EventLoop {
                 self.idle_checks.remove(&(at, conn));
             }
             log::debug!("connection {conn} from {:?} closed", connection.peer);
-            self.holding.remove(&conn);
             self.dirty.remove(&conn);
             self.readable.remove(&conn);
             self.throttled.remove(&conn);
@@ -1241,7 +1227,7 @@ impl EventLoop {
             let pending = self
                 .conns
                 .iter()
-                .any(|(_, c)| !c.closed && (c.pending_bytes() > 0));
+                .any(|(conn, c)| !c.closed && (c.pending_bytes(self.outbox.held_bytes(conn)) > 0));
             if !pending {
                 break;
             }

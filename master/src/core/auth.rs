@@ -11,6 +11,7 @@
 //! own tasks and ask for status, and nothing else.
 
 use super::records::DeviceKeyRecord;
+use super::timers::{TimerKey, TimerKind};
 use super::{ConnId, Core, Now, Output, Reply, ReplyError};
 use protocol::auth::{self, Challenge, Hello, KeyPair, Method, Nonce, Proof, Token, Transcript};
 use protocol::{ErrorCode, ErrorReply, Message};
@@ -274,7 +275,7 @@ impl Core {
 
     /// Restores the enrolled devices' public keys and revocations.
     pub fn restore_device_keys(&mut self, keys: Vec<DeviceKeyRecord>) {
-        self.device_keys = keys
+        self.registry.device_keys = keys
             .into_iter()
             .map(|key| (key.device_id.clone(), key))
             .collect();
@@ -283,7 +284,7 @@ impl Core {
     /// Whether `conn` may still only send small lines (it has not
     /// authenticated).
     pub fn is_trusted(&self, conn: ConnId) -> bool {
-        self.conns.get(&conn).is_some_and(|state| {
+        self.registry.conns.get(&conn).is_some_and(|state| {
             matches!(
                 state.auth.role,
                 Role::Worker(_) | Role::Legacy(_) | Role::Admin | Role::Open
@@ -295,7 +296,8 @@ impl Core {
     /// source, and it has started reading (it has no authentication
     /// deadline any more; the loop closes it when it is idle).
     pub fn is_reader(&self, conn: ConnId) -> bool {
-        self.conns
+        self.registry
+            .conns
             .get(&conn)
             .is_some_and(|state| state.auth.role == Role::Reader)
     }
@@ -303,7 +305,8 @@ impl Core {
     /// Whether `conn` is subscribed to events (a `retire watch`): with
     /// nothing queued for it, it is waiting, not idle.
     pub fn is_subscribed(&self, conn: ConnId) -> bool {
-        self.conns
+        self.registry
+            .conns
             .get(&conn)
             .is_some_and(|state| state.subscription.is_some())
     }
@@ -316,14 +319,14 @@ impl Core {
         let required = policy.required;
         let deadline = now.monotonic + policy.deadline;
         let max_pending = policy.max_unauthenticated.max(1);
-        let may_read = self.conns.get(&conn).is_some_and(|state| {
+        let may_read = self.registry.conns.get(&conn).is_some_and(|state| {
             state
                 .peer_ip
                 .as_deref()
                 .and_then(|ip| ip.parse::<IpAddr>().ok())
                 .is_some_and(|ip| policy.read_only_from.iter().any(|net| net.contains(ip)))
         });
-        let Some(state) = self.conns.get_mut(&conn) else {
+        let Some(state) = self.registry.conns.get_mut(&conn) else {
             return;
         };
         if !required {
@@ -333,11 +336,12 @@ impl Core {
         state.auth.nonce = Some(nonce);
         state.auth.may_read = may_read;
         state.auth.deadline = Some(deadline);
-        self.auth_pending.insert((deadline, conn));
-        while self.auth_pending.len() > max_pending {
-            let Some((_, oldest)) = self.auth_pending.pop_first() else {
+        self.timers.set(TimerKey::Auth(conn), deadline);
+        while self.timers.len(TimerKind::Auth) > max_pending {
+            let Some((_, &TimerKey::Auth(oldest))) = self.timers.first(TimerKind::Auth) else {
                 break;
             };
+            self.timers.remove(&TimerKey::Auth(oldest));
             self.refuse_and_close(
                 oldest,
                 None,
@@ -352,23 +356,17 @@ impl Core {
 
     /// A connection went away: forget its deadline.
     pub(super) fn auth_disconnect(&mut self, conn: ConnId, auth: &ConnAuth) {
-        if let Some(deadline) = auth.deadline {
-            self.auth_pending.remove(&(deadline, conn));
+        if auth.deadline.is_some() {
+            self.timers.remove(&TimerKey::Auth(conn));
         }
-    }
-
-    /// The earliest authentication deadline.
-    pub(super) fn next_auth_deadline(&self) -> Option<Duration> {
-        self.auth_pending.first().map(|&(deadline, _)| deadline)
     }
 
     /// Closes the connections whose time to authenticate ran out.
     pub(super) fn expire_auth(&mut self, now: Now) {
-        while let Some(&(deadline, conn)) = self.auth_pending.first() {
-            if deadline > now.monotonic {
-                break;
-            }
-            self.auth_pending.pop_first();
+        while let Some(key) = self.timers.pop_due(TimerKind::Auth, now.monotonic) {
+            let TimerKey::Auth(conn) = key else {
+                continue;
+            };
             self.refuse_and_close(
                 conn,
                 None,
@@ -404,7 +402,7 @@ impl Core {
         message: &Message,
     ) -> Result<Grant, Refusal> {
         let allow_legacy = self.config.auth.allow_legacy_workers;
-        let Some(state) = self.conns.get(&conn) else {
+        let Some(state) = self.registry.conns.get(&conn) else {
             return Err(Refusal::close(
                 ErrorCode::InternalError,
                 "unknown connection",
@@ -480,7 +478,7 @@ impl Core {
                 _ => Err(auth_required()),
             };
         };
-        match self.device_keys.get(id) {
+        match self.registry.device_keys.get(id) {
             Some(key) if key.revoked_unix_ms.is_some() => Err(Refusal::close(
                 ErrorCode::DeviceRevoked,
                 format!("device {id} was revoked"),
@@ -496,7 +494,7 @@ impl Core {
     /// A registration on a pending connection under the legacy switch
     /// makes it a legacy worker for that device.
     pub(super) fn note_legacy_register(&mut self, conn: ConnId, device_id: &str) {
-        if let Some(state) = self.conns.get_mut(&conn) {
+        if let Some(state) = self.registry.conns.get_mut(&conn) {
             if matches!(state.auth.role, Role::Pending | Role::Reader) {
                 state.auth.role = Role::Legacy(device_id.to_string());
                 log::warn!("device {device_id} registered without credentials (legacy switch)");
@@ -507,7 +505,7 @@ impl Core {
 
     /// The device this connection authenticated as, if any.
     pub(super) fn authenticated_device(&self, conn: ConnId) -> Option<&str> {
-        match &self.conns.get(&conn)?.auth.role {
+        match &self.registry.conns.get(&conn)?.auth.role {
             Role::Worker(id) => Some(id),
             _ => None,
         }
@@ -516,21 +514,22 @@ impl Core {
     /// Whether a worker message on `conn` may speak for `device_id` by
     /// naming it in `sender_id` (older one-shot workers do).
     pub(super) fn may_speak_for(&self, conn: ConnId, device_id: &str) -> bool {
-        match self.conns.get(&conn).map(|state| &state.auth.role) {
+        match self.registry.conns.get(&conn).map(|state| &state.auth.role) {
             Some(Role::Open) => true,
             Some(Role::Worker(id)) => id == device_id,
             Some(Role::Legacy(_) | Role::Pending | Role::Reader) => {
-                self.config.auth.allow_legacy_workers && !self.device_keys.contains_key(device_id)
+                self.config.auth.allow_legacy_workers
+                    && !self.registry.device_keys.contains_key(device_id)
             }
             _ => false,
         }
     }
 
     fn become_reader(&mut self, conn: ConnId) {
-        if let Some(state) = self.conns.get_mut(&conn) {
+        if let Some(state) = self.registry.conns.get_mut(&conn) {
             state.auth.role = Role::Reader;
-            if let Some(deadline) = state.auth.deadline.take() {
-                self.auth_pending.remove(&(deadline, conn));
+            if state.auth.deadline.take().is_some() {
+                self.timers.remove(&TimerKey::Auth(conn));
             }
         }
     }
@@ -538,12 +537,12 @@ impl Core {
     /// The connection authenticated: it leaves the pending set and the loop
     /// lifts its small line limit.
     fn trust(&mut self, conn: ConnId) {
-        if let Some(state) = self.conns.get_mut(&conn) {
-            if let Some(deadline) = state.auth.deadline.take() {
-                self.auth_pending.remove(&(deadline, conn));
+        if let Some(state) = self.registry.conns.get_mut(&conn) {
+            if state.auth.deadline.take().is_some() {
+                self.timers.remove(&TimerKey::Auth(conn));
             }
         }
-        self.outputs.push(Output::Trusted { conn });
+        self.out.push(Output::Trusted { conn });
     }
 
     fn refuse_and_close(
@@ -553,25 +552,25 @@ impl Core {
         code: ErrorCode,
         message: String,
     ) {
-        let Some(state) = self.conns.get_mut(&conn) else {
+        let Some(state) = self.registry.conns.get_mut(&conn) else {
             return;
         };
         if state.auth.closing {
             return;
         }
         state.auth.closing = true;
-        if let Some(deadline) = state.auth.deadline.take() {
-            self.auth_pending.remove(&(deadline, conn));
+        if state.auth.deadline.take().is_some() {
+            self.timers.remove(&TimerKey::Auth(conn));
         }
         // A refusal that follows from a change (a revocation) waits for its
         // commit like every reply; the others reveal nothing and go at once.
-        let after = (code == ErrorCode::DeviceRevoked).then_some(self.last_write_batch);
-        self.send(
+        let after = (code == ErrorCode::DeviceRevoked).then_some(self.changes.last_write_batch());
+        self.out.send(
             conn,
             Message::Error(ErrorReply::new(reply_to, code, message)),
             after,
         );
-        self.outputs.push(Output::Close { conn });
+        self.out.close(conn);
     }
 
     /// Answers a refusal from [`Core::authorize`].
@@ -585,7 +584,7 @@ impl Core {
             self.refuse_and_close(conn, reply_to, refusal.error.code, refusal.error.message);
         } else {
             let reply = ErrorReply::new(reply_to, refusal.error.code, refusal.error.message);
-            self.send(conn, Message::Error(reply), None);
+            self.out.send(conn, Message::Error(reply), None);
         }
     }
 
@@ -603,7 +602,7 @@ impl Core {
             ));
         };
         let master_key = secrets.master_key.public();
-        let Some(state) = self.conns.get(&conn) else {
+        let Some(state) = self.registry.conns.get(&conn) else {
             return Err(Refusal::close(
                 ErrorCode::InternalError,
                 "unknown connection",
@@ -646,13 +645,13 @@ impl Core {
                 // nothing about holding the device's key: an enrolled device
                 // authenticates with `device`, never with `join` again.
                 let _ = public_key;
-                match self.device_keys.get(device_id) {
+                match self.registry.device_keys.get(device_id) {
                     Some(key) if key.revoked_unix_ms.is_some() => return Err(revoked(device_id)),
                     Some(_) => return Err(taken(device_id)),
                     None => {}
                 }
             }
-            Method::Device { device_id } => match self.device_keys.get(device_id) {
+            Method::Device { device_id } => match self.registry.device_keys.get(device_id) {
                 Some(key) if key.revoked_unix_ms.is_some() => return Err(revoked(device_id)),
                 Some(key) if key.public_key.is_some() => {}
                 _ => {
@@ -670,7 +669,7 @@ impl Core {
             server_nonce: nonce,
             master_key,
         };
-        if let Some(state) = self.conns.get_mut(&conn) {
+        if let Some(state) = self.registry.conns.get_mut(&conn) {
             state.auth.hello_seen = true;
             state.auth.handshake = Some(Box::new((hello, challenge)));
         }
@@ -689,12 +688,13 @@ impl Core {
         reply_to: Option<String>,
         proof: Proof,
     ) {
-        let written_before = self.last_write_batch;
+        let written_before = self.changes.last_write_batch();
         let result = self.auth_proof(now, conn, proof);
         // An enrollment is acknowledged only once the key is on disk; a
         // handshake that wrote nothing waits for nothing (so clients can
         // still authenticate, and read, while the disk is failing).
-        let after = (self.last_write_batch != written_before).then_some(self.last_write_batch);
+        let after = (self.changes.last_write_batch() != written_before)
+            .then_some(self.changes.last_write_batch());
         self.finish_auth_step(conn, reply_to, result, after);
     }
 
@@ -707,6 +707,7 @@ impl Core {
         };
         let peer = self.peer_label(conn);
         let handshake = self
+            .registry
             .conns
             .get_mut(&conn)
             .and_then(|state| state.auth.handshake.take());
@@ -731,13 +732,17 @@ impl Core {
                 }
                 // Another connection may have enrolled the id, or it may have
                 // been revoked, since the hello.
-                match self.device_keys.get(device_id) {
+                match self.registry.device_keys.get(device_id) {
                     Some(key) if key.revoked_unix_ms.is_some() => return Err(revoked(device_id)),
                     Some(_) => return Err(taken(device_id)),
                     None => {
                         self.check_storage()
                             .map_err(|error| Refusal { error, close: true })?;
-                        let enrolled_from = self.conns.get(&conn).and_then(|c| c.peer_ip.clone());
+                        let enrolled_from = self
+                            .registry
+                            .conns
+                            .get(&conn)
+                            .and_then(|c| c.peer_ip.clone());
                         let record = DeviceKeyRecord {
                             device_id: device_id.clone(),
                             public_key: Some(public_key.to_string()),
@@ -746,7 +751,7 @@ impl Core {
                             revoked_unix_ms: None,
                         };
                         self.persist_device_key(&record);
-                        self.device_keys.insert(device_id.clone(), record);
+                        self.registry.device_keys.insert(device_id.clone(), record);
                         // Enrolling is rare and is what a leaked join token
                         // allows: the operator sees every one (log, event,
                         // `retire devices`), once it is on disk.
@@ -767,6 +772,7 @@ impl Core {
             }
             Method::Device { device_id } => {
                 let key = self
+                    .registry
                     .device_keys
                     .get(device_id)
                     .filter(|key| key.revoked_unix_ms.is_none())
@@ -798,7 +804,7 @@ impl Core {
             Role::Worker(id) => Some(id.clone()),
             _ => None,
         };
-        if let Some(state) = self.conns.get_mut(&conn) {
+        if let Some(state) = self.registry.conns.get_mut(&conn) {
             state.auth.role = role;
         }
         self.trust(conn);
@@ -818,7 +824,7 @@ impl Core {
             .as_ref()
             .is_some_and(|secrets| secrets.admin.matches_text(token));
         if matched {
-            if let Some(state) = self.conns.get_mut(&conn) {
+            if let Some(state) = self.registry.conns.get_mut(&conn) {
                 if matches!(state.auth.role, Role::Pending | Role::Reader) {
                     state.auth.role = Role::Admin;
                 }
@@ -835,7 +841,7 @@ impl Core {
 
     /// What a text command may do on `conn`: `Ok` or the reason it may not.
     pub(super) fn authorize_text(&mut self, conn: ConnId, changes: bool) -> Result<(), String> {
-        let Some(state) = self.conns.get(&conn) else {
+        let Some(state) = self.registry.conns.get(&conn) else {
             return Err("unknown connection".into());
         };
         match (&state.auth.role, changes) {
@@ -869,7 +875,7 @@ impl Core {
         match result {
             Ok(reply) => {
                 let ack = protocol::Ack::new(reply_to, reply.fields);
-                self.send(conn, Message::Ack(ack), after);
+                self.out.send(conn, Message::Ack(ack), after);
             }
             Err(refusal) => self.send_refusal(conn, reply_to, refusal),
         }
@@ -879,8 +885,8 @@ impl Core {
     /// for good; its connection closes and its tasks go back to the queue.
     pub(super) fn on_revoke(&mut self, now: Now, device_id: &str) -> Result<Reply, ReplyError> {
         self.check_storage()?;
-        let known =
-            self.devices.contains_key(device_id) || self.device_keys.contains_key(device_id);
+        let known = self.registry.devices.contains_key(device_id)
+            || self.registry.device_keys.contains_key(device_id);
         if !known {
             return Err(ReplyError::new(
                 ErrorCode::NotFound,
@@ -891,6 +897,7 @@ impl Core {
             device_id: device_id.to_string(),
             revoked_unix_ms: Some(now.unix_ms),
             ..self
+                .registry
                 .device_keys
                 .get(device_id)
                 .cloned()
@@ -903,10 +910,12 @@ impl Core {
                 })
         };
         self.persist_device_key(&record);
-        self.device_keys.insert(device_id.to_string(), record);
+        self.registry
+            .device_keys
+            .insert(device_id.to_string(), record);
         self.device_gone(now, device_id, "revoked", true);
         let speaking: Vec<ConnId> = self
-            .conns
+            .registry.conns
             .iter()
             .filter(|(_, state)| {
                 state.device_id.as_deref() == Some(device_id)
@@ -915,7 +924,7 @@ impl Core {
             .map(|(&conn, _)| conn)
             .collect();
         for conn in speaking {
-            if let Some(state) = self.conns.get_mut(&conn) {
+            if let Some(state) = self.registry.conns.get_mut(&conn) {
                 state.device_id = None;
             }
             self.refuse_and_close(
@@ -934,13 +943,15 @@ impl Core {
 
     /// Whether `device_id` was revoked.
     pub(super) fn is_revoked(&self, device_id: &str) -> bool {
-        self.device_keys
+        self.registry
+            .device_keys
             .get(device_id)
             .is_some_and(|key| key.revoked_unix_ms.is_some())
     }
 
     fn peer_label(&self, conn: ConnId) -> String {
-        self.conns
+        self.registry
+            .conns
             .get(&conn)
             .and_then(|state| state.peer_ip.clone())
             .unwrap_or_else(|| format!("connection {conn}"))

@@ -22,15 +22,14 @@ impl Core {
         if free_slots == 0 {
             return;
         }
-        let mut heads = self.index.queues.heads();
+        let mut heads = self.tasks.queue.heads();
         while free_slots > 0 {
             let Some((key, placement)) = heads.pop_first() else {
                 break;
             };
-            let next = self.index.queues.next_after(placement, &key);
-            let Some(task) = self.tasks.get(&key.task_id) else {
-                self.queue.remove(&key);
-                self.index.queues.remove(&key);
+            let next = self.tasks.queue.next_after(placement, &key);
+            let Some(task) = self.tasks.by_id.get(&key.task_id) else {
+                self.tasks.queue.remove(&key);
                 if let Some(next) = next {
                     heads.insert((next, placement));
                 }
@@ -57,15 +56,14 @@ impl Core {
             .free
             .least_loaded()
             .filter(|id| !task.refused_by.contains(*id))
-            .filter_map(|id| self.devices.get(id))
+            .filter_map(|id| self.registry.devices.get(id))
             .find(|device| device_matches(device, task))
             .map(|device| device.record.device_id.clone())
     }
 
     fn assign(&mut self, now: Now, key: &QueueKey, device_id: &str) {
-        self.queue.remove(key);
-        self.index.queues.remove(key);
-        let Some(task) = self.tasks.get_mut(&key.task_id) else {
+        self.tasks.queue.remove(key);
+        let Some(task) = self.tasks.by_id.get_mut(&key.task_id) else {
             return;
         };
         let record = &mut task.record;
@@ -76,7 +74,7 @@ impl Core {
         let attempt = record.attempt;
         // Only the task goes out, and only to a connected device; the
         // record itself is copied once, into the batch.
-        let conn = self.devices.get(device_id).and_then(|device| device.conn);
+        let conn = self.registry.conn_of(device_id);
         let assign = conn.map(|conn| {
             let assign = TaskAssign {
                 task: record.spec.clone(),
@@ -86,13 +84,13 @@ impl Core {
         });
         self.persist_task(&key.task_id);
         self.watch_attempt(now, &key.task_id);
-        let Some(device) = self.devices.get_mut(device_id) else {
+        let Some(device) = self.registry.devices.get_mut(device_id) else {
             return;
         };
         device.active.insert(key.task_id.clone());
         self.refresh_slots(device_id);
         if let Some((conn, assign)) = assign {
-            self.send(conn, Message::TaskAssign(assign), None);
+            self.out.send(conn, Message::TaskAssign(assign), None);
         }
         self.emit(
             Event::TaskAssigned {

@@ -5,7 +5,8 @@
 //! Every timer here runs on the monotonic clock the core is handed (`now`),
 //! so a wall-clock jump changes none of them.
 
-use super::{Core, Now, QueueKey, Reply, ReplyError};
+use super::timers::{TimerKey, TimerKind};
+use super::{Core, Now, Reply, ReplyError};
 use protocol::{ErrorCode, Event, Message, ResultStatus, TaskCancel, TaskSpec, TaskState};
 use serde_json::json;
 use std::time::Duration;
@@ -29,11 +30,11 @@ impl Core {
     /// terminal, or `retrying` with a backoff. The caller has recorded the
     /// attempt's result on the record already.
     pub(super) fn end_attempt(&mut self, now: Now, task_id: &str, end: AttemptEnd) {
-        let Some(task) = self.tasks.get(task_id) else {
+        let Some(task) = self.tasks.by_id.get(task_id) else {
             return;
         };
         let max_retries = self.max_retries(&task.record.spec);
-        let Some(task) = self.tasks.get_mut(task_id) else {
+        let Some(task) = self.tasks.by_id.get_mut(task_id) else {
             return;
         };
         let record = &mut task.record;
@@ -65,8 +66,8 @@ impl Core {
             record.state = TaskState::Retrying;
             record.retry_at_unix_ms = Some(now.unix_ms + delay.as_millis() as i64);
             let record = record.clone();
-            self.retry_wait
-                .insert((now.monotonic + delay, task_id.to_string()));
+            self.timers
+                .set(TimerKey::Retry(task_id.to_string()), now.monotonic + delay);
             self.persist_task(&record.task_id);
             log::info!(
                 "task {task_id} attempt {} {}; retry {} of {max_retries} in {delay:?}",
@@ -96,13 +97,13 @@ impl Core {
     /// device holds is lost: a task that has moved on since (its attempt
     /// ended, or it runs elsewhere) is only no longer counted there.
     pub(super) fn lose_attempt(&mut self, now: Now, device_id: &str, task_id: &str) {
-        let Some(task) = self.tasks.get_mut(task_id) else {
+        let Some(task) = self.tasks.by_id.get_mut(task_id) else {
             return;
         };
         if task.record.device_id.as_deref() != Some(device_id)
             || !matches!(task.record.state, TaskState::Assigned | TaskState::Running)
         {
-            if let Some(device) = self.devices.get_mut(device_id) {
+            if let Some(device) = self.registry.devices.get_mut(device_id) {
                 device.active.remove(task_id);
             }
             self.refresh_slots(device_id);
@@ -114,7 +115,7 @@ impl Core {
                 .record
                 .device_id
                 .as_ref()
-                .and_then(|id| self.devices.get_mut(id))
+                .and_then(|id| self.registry.devices.get_mut(id))
             {
                 device.active.remove(task_id);
             }
@@ -138,7 +139,7 @@ impl Core {
     /// the queue with a fresh retry budget.
     pub(super) fn on_retry(&mut self, now: Now, task_id: &str) -> Result<Reply, ReplyError> {
         self.check_storage()?;
-        let Some(task) = self.tasks.get_mut(task_id) else {
+        let Some(task) = self.tasks.by_id.get_mut(task_id) else {
             return Err(ReplyError::new(
                 ErrorCode::NotFound,
                 format!("no task {task_id}"),
@@ -164,12 +165,8 @@ impl Core {
         record.retry_at_unix_ms = None;
         record.error = None;
         task.refused_by.clear();
-        let record = record.clone();
-        self.queue.insert(QueueKey::of(&record));
-        self.index
-            .queues
-            .insert(QueueKey::of(&record), &record.spec);
-        self.persist_task(&record.task_id);
+        self.tasks.enqueue(task_id);
+        self.persist_task(task_id);
         self.needs_dispatch = true;
         let _ = now;
         let view = self.task_view(task_id)?;
@@ -183,12 +180,11 @@ impl Core {
     /// passed, attempts past their timeout and grace, and leases that ran
     /// out.
     pub(super) fn tick_task_life(&mut self, now: Now) {
-        while let Some((due, task_id)) = self.retry_wait.first().cloned() {
-            if due > now.monotonic {
-                break;
-            }
-            self.retry_wait.pop_first();
-            let Some(task) = self.tasks.get_mut(&task_id) else {
+        while let Some(key) = self.timers.pop_due(TimerKind::Retry, now.monotonic) {
+            let TimerKey::Retry(task_id) = key else {
+                continue;
+            };
+            let Some(task) = self.tasks.by_id.get_mut(&task_id) else {
                 continue;
             };
             if task.record.state != TaskState::Retrying {
@@ -199,36 +195,36 @@ impl Core {
             // The last attempt ended: no device's report of it may count as
             // the task's result any more, nor may a device take it back.
             task.record.device_id = None;
-            let record = task.record.clone();
-            self.queue.insert(QueueKey::of(&record));
-            self.index
-                .queues
-                .insert(QueueKey::of(&record), &record.spec);
-            self.persist_task(&record.task_id);
+            self.tasks.enqueue(&task_id);
+            self.persist_task(&task_id);
             self.needs_dispatch = true;
         }
-        while let Some((due, task_id, attempt)) = self.attempt_deadlines.first().cloned() {
-            if due > now.monotonic {
-                break;
-            }
-            self.attempt_deadlines.pop_first();
+        while let Some(key) = self.timers.pop_due(TimerKind::Attempt, now.monotonic) {
+            let TimerKey::Attempt(task_id, attempt) = key else {
+                continue;
+            };
             self.master_timeout(now, &task_id, attempt);
         }
         // Only devices whose lease may have run out (the index holds a
         // lower bound of each lease's end).
         let mut expired = Vec::new();
-        for device_id in self.index.leases.pop_due(now.monotonic) {
-            let Some(until) = self.devices.get(&device_id).and_then(|d| d.lease_until) else {
+        for device_id in self.timers.pop_due_devices(TimerKind::Lease, now.monotonic) {
+            let Some(until) = self
+                .registry
+                .devices
+                .get(&device_id)
+                .and_then(|d| d.lease_until)
+            else {
                 continue;
             };
             if until <= now.monotonic {
                 expired.push(device_id);
             } else {
-                self.index.leases.schedule(&device_id, until);
+                self.timers.set(TimerKey::Lease(device_id), until);
             }
         }
         for device_id in expired {
-            let Some(device) = self.devices.get_mut(&device_id) else {
+            let Some(device) = self.registry.devices.get_mut(&device_id) else {
                 continue;
             };
             device.lease_until = None;
@@ -243,17 +239,9 @@ impl Core {
         }
     }
 
-    /// The earliest task-life timer.
-    pub(super) fn next_task_life_deadline(&self) -> Option<Duration> {
-        let retry = self.retry_wait.first().map(|(due, _)| *due);
-        let timeout = self.attempt_deadlines.first().map(|(due, _, _)| *due);
-        let lease = self.index.leases.first();
-        [retry, timeout, lease].into_iter().flatten().min()
-    }
-
     /// Starts the master's own clock on an attempt that has a timeout.
     pub(super) fn watch_attempt(&mut self, now: Now, task_id: &str) {
-        let Some(task) = self.tasks.get(task_id) else {
+        let Some(task) = self.tasks.by_id.get(task_id) else {
             return;
         };
         let Some(timeout) = task
@@ -272,8 +260,8 @@ impl Core {
         else {
             return;
         };
-        self.attempt_deadlines
-            .insert((due, task_id.to_string(), task.record.attempt));
+        let key = TimerKey::Attempt(task_id.to_string(), task.record.attempt);
+        self.timers.set(key, due);
     }
 
     /// The worker has not reported an attempt by its timeout plus grace:
@@ -281,7 +269,7 @@ impl Core {
     /// stop it. The device keeps the slot until it reports, because its
     /// process may still be running.
     fn master_timeout(&mut self, now: Now, task_id: &str, attempt: u32) {
-        let Some(task) = self.tasks.get_mut(task_id) else {
+        let Some(task) = self.tasks.by_id.get_mut(task_id) else {
             return;
         };
         let record = &mut task.record;
@@ -294,18 +282,22 @@ impl Core {
         record.error = Some("no result within the task's timeout and grace period".into());
         record.exit_code = None;
         let holder = record.device_id.clone();
-        if let Some(conn) = holder
-            .as_ref()
-            .and_then(|id| self.devices.get(id))
-            .and_then(|d| d.conn)
-        {
+        self.cancel_on_holder(holder.as_deref(), task_id, attempt);
+        self.end_attempt(now, task_id, AttemptEnd::MasterTimeout);
+    }
+
+    /// Tells the device holding `attempt` of `task_id`, if it is
+    /// connected, to stop it. The one place the master sends `task_cancel`:
+    /// it names the attempt, so a worker never stops a later one.
+    pub(super) fn cancel_on_holder(&mut self, holder: Option<&str>, task_id: &str, attempt: u32) {
+        let conn = holder.and_then(|id| self.registry.conn_of(id));
+        if let Some(conn) = conn {
             let cancel = TaskCancel {
                 task_id: task_id.to_string(),
                 attempt: Some(attempt),
             };
-            self.send(conn, Message::TaskCancel(cancel), None);
+            self.out.send(conn, Message::TaskCancel(cancel), None);
         }
-        self.end_attempt(now, task_id, AttemptEnd::MasterTimeout);
     }
 
     /// Refuses a change while the store cannot save changes.

@@ -6,30 +6,44 @@
 //! outputs: messages to send ([`Output`]), changes to persist
 //! ([`Core::take_batch`]) and the next time it wants to be woken
 //! ([`Core::next_deadline`]). Messages that promise durability carry the
-//! id of the batch they wait for; the loop holds them until that batch has
-//! committed.
+//! id of the batch they wait for; the loop puts them in an [`outbox::Outbox`],
+//! which holds them until that batch has committed.
 
 mod auth;
+mod changes;
 mod dispatch;
 mod heartbeat_ack;
 mod index;
 mod life;
+pub mod outbox;
+mod outgoing;
+mod queue;
 pub mod records;
+mod registry;
+mod tasks;
 mod text;
+mod timers;
 mod views;
 
 pub use auth::{AuthPolicy, Network, Secrets, DEFAULT_AUTH_DEADLINE, DEFAULT_MAX_UNAUTHENTICATED};
 pub use heartbeat_ack::HeartbeatAck;
 pub use views::rfc3339;
 
+use changes::Changes;
+use outgoing::Outgoing;
+use queue::QueueKey;
+use registry::{Conn, Device, Registry};
+use tasks::{Task, Tasks};
+use timers::{TimerKey, TimerKind, TimerTable};
+
 use protocol::message::RunningTask;
 use protocol::{
     Ack, DecodeError, DeviceStatus, Envelope, ErrorCode, ErrorReply, Event, Goodbye, Heartbeat,
-    Message, Metrics, Register, Subscribe, TaskCancel, TaskResult, TaskSpec, TaskState, TaskSubmit,
+    Message, Register, Subscribe, TaskCancel, TaskResult, TaskSpec, TaskState, TaskSubmit,
 };
-use records::{Batch, DeviceKeyRecord, DeviceRecord, EncodedTask, StoreOp, TaskRecord};
+use records::{Batch, DeviceKeyRecord, DeviceRecord, TaskRecord};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// Identifies one connection; the event loop's slab key.
@@ -171,125 +185,37 @@ pub const DEFAULT_DEVICE_LIST: usize = 500;
 /// The most connections that have not authenticated (anonymous readers)
 /// subscribed at once; the next one's `subscribe` is refused with
 /// `too_many_connections`. Their events are summaries (a few hundred bytes,
-/// see `Core::emit`) and their backlogs share the 32 MiB untrusted total,
+/// see `Outgoing::event`) and their backlogs share the 32 MiB untrusted total,
 /// so this bounds the work one event costs for strangers, not memory.
 pub const MAX_UNTRUSTED_SUBSCRIBERS: usize = 64;
-
-#[derive(Debug)]
-struct Device {
-    record: DeviceRecord,
-    register: Register,
-    conn: Option<ConnId>,
-    /// Tasks given to this device whose attempt it has not yet reported.
-    active: BTreeSet<String>,
-    last_seen: Duration,
-    metrics: Option<Metrics>,
-    paused_until: Option<Duration>,
-    /// While offline: until when the master holds its tasks for it.
-    lease_until: Option<Duration>,
-    /// Its entries in the core's indexes.
-    indexed: index::Indexed,
-}
-
-#[derive(Debug)]
-struct Task {
-    record: TaskRecord,
-    /// Devices that refused this task; it is not offered to them again.
-    refused_by: BTreeSet<String>,
-    /// The state it is filed under in the listing index (see
-    /// `Core::relist_task`).
-    listed: TaskState,
-}
-
-impl Task {
-    /// A task to be added to `Core::tasks` (and then listed with
-    /// `Core::list_task`).
-    fn new(record: TaskRecord) -> Task {
-        Task {
-            listed: record.state,
-            record,
-            refused_by: BTreeSet::new(),
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct Conn {
-    peer_ip: Option<String>,
-    device_id: Option<String>,
-    subscription: Option<Subscribe>,
-    /// It subscribed before authenticating and counts against
-    /// [`MAX_UNTRUSTED_SUBSCRIBERS`] until it unsubscribes or leaves
-    /// (authenticating later does not give the place back early: simpler,
-    /// and only ever stricter).
-    untrusted_subscriber: bool,
-    auth: auth::ConnAuth,
-}
-
-/// Key of a queued task: higher priority first, then submission order.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct QueueKey {
-    priority: std::cmp::Reverse<u8>,
-    seq: u64,
-    task_id: String,
-}
-
-impl QueueKey {
-    fn of(record: &TaskRecord) -> QueueKey {
-        QueueKey {
-            priority: std::cmp::Reverse(record.spec.priority.0),
-            seq: record.seq,
-            task_id: record.task_id.clone(),
-        }
-    }
-}
 
 /// The master's state machine.
 #[derive(Debug)]
 pub struct Core {
     config: CoreConfig,
-    devices: BTreeMap<String, Device>,
-    tasks: HashMap<String, Task>,
-    queue: BTreeSet<QueueKey>,
-    conns: HashMap<ConnId, Conn>,
-    next_seq: u64,
-    outputs: Vec<Output>,
-    /// Tasks changed since the last batch; the batch takes their records
-    /// as they are then (one copy per task and batch, however many times
-    /// it changed).
-    pending_tasks: BTreeSet<String>,
-    pending_devices: BTreeMap<String, DeviceRecord>,
-    /// Id the next batch handed to the store will have.
-    open_batch: u64,
-    /// The newest batch (open or handed out) that holds any write.
-    last_write_batch: u64,
+    /// Devices, connections and keys.
+    registry: Registry,
+    /// Every task, and the queue.
+    tasks: Tasks,
+    /// What to do on connections, not yet taken by the loop.
+    out: Outgoing,
+    /// Changes not yet handed to the store, and the batch ids.
+    changes: Changes,
     needs_dispatch: bool,
     shutting_down: bool,
-    /// Tasks waiting out a retry backoff, by when they may run again.
-    retry_wait: BTreeSet<(Duration, String)>,
-    /// Attempts with a timeout, by when the master stops waiting for them.
-    attempt_deadlines: BTreeSet<(Duration, String, u32)>,
+    /// Every deadline: heartbeats, pauses, leases, retries, attempts and
+    /// authentication.
+    timers: TimerTable,
     /// Whether the store can commit; changes are refused while it cannot.
     storage_available: bool,
-    /// Subscribed connections that had not authenticated when they
-    /// subscribed (see [`MAX_UNTRUSTED_SUBSCRIBERS`]).
-    untrusted_subscribers: usize,
     /// Stored records the store set aside at start because they could not
     /// be read back (shown by `status`).
     quarantined: u64,
-    /// Deadlines, subscribers, free slots and queues by placement, kept so
+    /// Subscribers, free slots and queues by placement, kept so
     /// that no step scans every device, connection or queued task.
     index: index::Indexes,
     /// The tokens and the master's key; `None` while authentication is off.
     secrets: Option<Secrets>,
-    /// Enrolled devices' public keys and revocations, by device id.
-    device_keys: HashMap<String, DeviceKeyRecord>,
-    /// Key records changed since the last batch.
-    pending_keys: BTreeMap<String, DeviceKeyRecord>,
-    /// Connections that have not authenticated, by their deadline.
-    auth_pending: BTreeSet<(Duration, ConnId)>,
-    /// The buffer task records are encoded in for the store.
-    scratch: Vec<u8>,
 }
 
 impl Core {
@@ -305,28 +231,16 @@ impl Core {
         now: Now,
     ) -> Core {
         let mut core = Core {
+            out: Outgoing::new(config.master_id.clone()),
             config,
-            devices: BTreeMap::new(),
-            tasks: HashMap::new(),
-            queue: BTreeSet::new(),
-            conns: HashMap::new(),
-            next_seq: 1,
-            outputs: Vec::new(),
-            pending_tasks: BTreeSet::new(),
-            pending_devices: BTreeMap::new(),
-            open_batch: 1,
-            last_write_batch: 0,
+            registry: Registry::default(),
+            tasks: Tasks::default(),
+            changes: Changes::default(),
             needs_dispatch: false,
             shutting_down: false,
-            retry_wait: BTreeSet::new(),
-            attempt_deadlines: BTreeSet::new(),
+            timers: TimerTable::default(),
             secrets: None,
-            device_keys: HashMap::new(),
-            pending_keys: BTreeMap::new(),
-            auth_pending: BTreeSet::new(),
-            scratch: Vec::new(),
             storage_available: true,
-            untrusted_subscribers: 0,
             quarantined: 0,
             index: index::Indexes::default(),
         };
@@ -360,7 +274,7 @@ impl Core {
             core.index
                 .devices
                 .insert(record.registered_unix_ms, &record.device_id);
-            core.devices.insert(
+            core.registry.devices.insert(
                 record.device_id.clone(),
                 Device {
                     record,
@@ -376,20 +290,21 @@ impl Core {
             );
         }
         for mut record in tasks {
-            core.next_seq = core.next_seq.max(record.seq + 1);
+            core.tasks.next_seq = core.tasks.next_seq.max(record.seq + 1);
             let task_id = record.task_id.clone();
             if matches!(record.state, TaskState::Assigned | TaskState::Running) {
                 let holder = record
                     .device_id
                     .as_ref()
-                    .and_then(|id| core.devices.get_mut(id))
+                    .and_then(|id| core.registry.devices.get_mut(id))
                     .filter(|device| device.record.leases);
                 match holder {
                     Some(device) => {
                         device.active.insert(task_id.clone());
                         let until = now.monotonic + core.config.lease_grace;
                         device.lease_until = Some(until);
-                        core.index.leases.schedule(&device.record.device_id, until);
+                        core.timers
+                            .set(TimerKey::Lease(device.record.device_id.clone()), until);
                     }
                     None => {
                         record.state = TaskState::Queued;
@@ -402,20 +317,17 @@ impl Core {
                 let wait_ms = record
                     .retry_at_unix_ms
                     .map_or(0, |at| (at - now.unix_ms).max(0));
-                core.retry_wait.insert((
+                core.timers.set(
+                    TimerKey::Retry(task_id.clone()),
                     now.monotonic + Duration::from_millis(wait_ms as u64),
-                    task_id.clone(),
-                ));
+                );
             }
             if record.state == TaskState::Queued {
-                core.queue.insert(QueueKey::of(&record));
-                core.index
-                    .queues
-                    .insert(QueueKey::of(&record), &record.spec);
+                core.tasks.queue.insert(QueueKey::of(&record), &record.spec);
                 core.needs_dispatch = true;
             }
             let held = matches!(record.state, TaskState::Assigned | TaskState::Running);
-            if let Some(twin) = core.tasks.insert(task_id.clone(), Task::new(record)) {
+            if let Some(twin) = core.tasks.by_id.insert(task_id.clone(), Task::new(record)) {
                 // The store cannot hold two records with one id (it is the
                 // key); given them anyway, the last one wins, in the
                 // listing too.
@@ -448,7 +360,7 @@ impl Core {
         peer_ip: Option<String>,
         nonce: protocol::auth::Nonce,
     ) {
-        self.conns.insert(
+        self.registry.conns.insert(
             conn,
             Conn {
                 peer_ip,
@@ -460,18 +372,16 @@ impl Core {
 
     /// A connection closed (by the peer, an error, or the loop).
     pub fn handle_disconnect(&mut self, now: Now, conn: ConnId) {
-        let Some(state) = self.conns.remove(&conn) else {
+        let Some(state) = self.registry.disconnect(conn) else {
             return;
         };
         if let Some(subscription) = &state.subscription {
             self.index.subscribers.remove(conn, subscription);
         }
-        if state.untrusted_subscriber {
-            self.untrusted_subscribers -= 1;
-        }
         self.auth_disconnect(conn, &state.auth);
         if let Some(device_id) = state.device_id {
             let bound_here = self
+                .registry
                 .devices
                 .get(&device_id)
                 .is_some_and(|device| device.conn == Some(conn));
@@ -485,7 +395,7 @@ impl Core {
     /// connection stays open and nothing else changes.
     pub fn handle_decode_error(&mut self, conn: ConnId, error: DecodeError) {
         let reply = ErrorReply::new(error.message_id, error.code, error.detail);
-        self.send(conn, Message::Error(reply), None);
+        self.out.send(conn, Message::Error(reply), None);
     }
 
     /// The connection sent a line longer than its limit: answer, then close.
@@ -495,8 +405,8 @@ impl Core {
             ErrorCode::LineTooLong,
             format!("line longer than {max} bytes; closing the connection"),
         );
-        self.send(conn, Message::Error(reply), None);
-        self.outputs.push(Output::Close { conn });
+        self.out.send(conn, Message::Error(reply), None);
+        self.out.close(conn);
     }
 
     /// The id the master sends its messages under (`sender_id`).
@@ -509,6 +419,7 @@ impl Core {
         let reply_to = envelope.message_id.clone();
         let sender = envelope.sender_id.clone();
         if self
+            .registry
             .conns
             .get(&conn)
             .is_some_and(|state| state.auth.closing)
@@ -543,7 +454,7 @@ impl Core {
                             original_message_id: reply_to,
                             heartbeat_interval: self.config.heartbeat_interval.as_secs_f64(),
                         };
-                        self.outputs.push(Output::Send {
+                        self.out.push(Output::Send {
                             conn,
                             payload: Payload::HeartbeatAck(ack),
                             after_batch: None,
@@ -607,17 +518,18 @@ impl Core {
         // master from serving reads at all. They may then show changes
         // that were never acknowledged.
         let after = if self.storage_available || !is_read {
-            Some(self.last_write_batch)
+            Some(self.changes.last_write_batch())
         } else {
             None
         };
         match result {
             Ok(reply) => {
-                self.send(conn, Message::Ack(Ack::new(reply_to, reply.fields)), after);
+                self.out
+                    .send(conn, Message::Ack(Ack::new(reply_to, reply.fields)), after);
             }
             Err(error) => {
                 let reply = ErrorReply::new(reply_to, error.code, error.message);
-                self.send(conn, Message::Error(reply), after);
+                self.out.send(conn, Message::Error(reply), after);
             }
         }
     }
@@ -627,30 +539,13 @@ impl Core {
     /// places, kept until it leaves.
     fn on_subscribe(&mut self, conn: ConnId, subscribe: Subscribe) -> Result<Reply, ReplyError> {
         let trusted = self.is_trusted(conn);
-        let Some(state) = self.conns.get_mut(&conn) else {
-            return Err(ReplyError::new(
-                ErrorCode::InternalError,
-                "unknown connection",
-            ));
-        };
-        if !trusted && !state.untrusted_subscriber {
-            if self.untrusted_subscribers >= MAX_UNTRUSTED_SUBSCRIBERS {
-                return Err(ReplyError::new(
-                    ErrorCode::TooManyConnections,
-                    format!(
-                        "too many unauthenticated watchers ({MAX_UNTRUSTED_SUBSCRIBERS}); \
-                         authenticate or try again later"
-                    ),
-                ));
-            }
-            state.untrusted_subscriber = true;
-            self.untrusted_subscribers += 1;
-        }
-        if let Some(old) = state.subscription.take() {
+        let old = self.registry.subscribe(conn, trusted, subscribe)?;
+        if let Some(old) = old {
             self.index.subscribers.remove(conn, &old);
         }
-        self.index.subscribers.add(conn, &subscribe);
-        state.subscription = Some(subscribe);
+        if let Some(new) = self.registry.subscription(conn) {
+            self.index.subscribers.add(conn, new);
+        }
         Ok(Reply::new(json!({ "message": "subscribed" })))
     }
 
@@ -660,11 +555,13 @@ impl Core {
         self.tick_task_life(now);
         // Only devices whose heartbeat deadline has passed, from the index.
         let mut expired: Vec<(String, ConnId)> = Vec::new();
-        for device_id in self.index.heartbeats.pop_due(now.monotonic) {
-            let Some(device) = self.devices.get_mut(&device_id) else {
+        for device_id in self
+            .timers
+            .pop_due_devices(TimerKind::Heartbeat, now.monotonic)
+        {
+            let Some(device) = self.registry.devices.get(&device_id) else {
                 continue;
             };
-            device.indexed.heartbeat = None;
             let Some(conn) = device.conn else {
                 continue;
             };
@@ -679,10 +576,10 @@ impl Core {
         for (device_id, conn) in expired {
             log::warn!("device {device_id} missed its heartbeats; closing its connection");
             self.device_gone(now, &device_id, "heartbeat timeout", false);
-            if let Some(state) = self.conns.get_mut(&conn) {
+            if let Some(state) = self.registry.conns.get_mut(&conn) {
                 state.device_id = None;
             }
-            self.outputs.push(Output::Close { conn });
+            self.out.close(conn);
         }
         if self.resume_paused(now) {
             self.needs_dispatch = true;
@@ -694,29 +591,21 @@ impl Core {
     /// waiting for a heartbeat to fail (its tasks stay with it on a lease).
     pub fn begin_shutdown(&mut self) {
         self.shutting_down = true;
-        let connected: Vec<ConnId> = self.devices.values().filter_map(|d| d.conn).collect();
+        let connected = self.registry.connected();
         for conn in connected {
             let goodbye = Goodbye {
                 reason: Some("the master is shutting down".into()),
             };
-            self.send(conn, Message::Goodbye(goodbye), None);
+            self.out.send(conn, Message::Goodbye(goodbye), None);
         }
     }
 
     /// The earliest monotonic time at which [`Core::handle_tick`] has work.
     pub fn next_deadline(&self) -> Option<Duration> {
-        // Lower bounds, from the index: a deadline that moved later (a
-        // heartbeat arrived) only costs an early wake-up that finds
-        // nothing due and looks again.
-        [
-            self.index.heartbeats.first(),
-            self.index.pauses.first(),
-            self.next_task_life_deadline(),
-            self.next_auth_deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        // From the timer table, which holds every deadline. An entry is
+        // checked when it fires, so one whose reason went away only costs
+        // a wake-up that finds nothing to do.
+        self.timers.next()
     }
 
     /// Runs assignment if anything changed, then hands out what to send.
@@ -725,7 +614,7 @@ impl Core {
             self.needs_dispatch = false;
             self.dispatch(now);
         }
-        into.append(&mut self.outputs);
+        self.out.take(into);
     }
 
     /// Hands out what to send so far, without running assignment: the
@@ -733,41 +622,18 @@ impl Core {
     /// handled, to charge them to the connection's output budget before it
     /// hands the core another request from that connection.
     pub fn take_outputs(&mut self, into: &mut Vec<Output>) {
-        into.append(&mut self.outputs);
+        self.out.take(into);
     }
 
     /// Hands out the changes made since the last call as one batch.
     pub fn take_batch(&mut self) -> Option<Batch> {
-        if self.pending_tasks.is_empty()
-            && self.pending_devices.is_empty()
-            && self.pending_keys.is_empty()
-        {
-            return None;
-        }
-        let mut ops: Vec<StoreOp> = std::mem::take(&mut self.pending_keys)
-            .into_values()
-            .map(StoreOp::PutDeviceKey)
-            .collect();
-        ops.extend(
-            std::mem::take(&mut self.pending_devices)
-                .into_values()
-                .map(StoreOp::PutDevice),
-        );
-        let scratch = &mut self.scratch;
-        ops.extend(
-            std::mem::take(&mut self.pending_tasks)
-                .into_iter()
-                .filter_map(|id| self.tasks.get(&id))
-                .map(|task| StoreOp::PutTask(EncodedTask::new(&task.record, scratch))),
-        );
-        let id = self.open_batch;
-        self.open_batch += 1;
-        Some(Batch { id, ops })
+        let tasks = &self.tasks;
+        self.changes.take_batch(|id| tasks.record(id))
     }
 
     /// Number of queued tasks.
     pub fn queued(&self) -> usize {
-        self.queue.len()
+        self.tasks.queue.len()
     }
 
     // ----- worker messages -----
@@ -797,7 +663,12 @@ impl Core {
         }
         // A connection speaks for one device; a second register under
         // another id would leave the first one's tasks stranded.
-        if let Some(bound) = self.conns.get(&conn).and_then(|c| c.device_id.clone()) {
+        if let Some(bound) = self
+            .registry
+            .conns
+            .get(&conn)
+            .and_then(|c| c.device_id.clone())
+        {
             if bound != device_id {
                 return Err(ReplyError::new(
                     ErrorCode::InvalidState,
@@ -805,14 +676,14 @@ impl Core {
                 ));
             }
         }
-        let previous_conn = self.devices.get(&device_id).and_then(|d| d.conn);
+        let previous_conn = self.registry.devices.get(&device_id).and_then(|d| d.conn);
         if let Some(old) = previous_conn.filter(|&old| old != conn) {
             // The device reconnected before its old socket was noticed as
             // dead: the new connection wins and the old one is closed.
-            if let Some(state) = self.conns.get_mut(&old) {
+            if let Some(state) = self.registry.conns.get_mut(&old) {
                 state.device_id = None;
             }
-            self.outputs.push(Output::Close { conn: old });
+            self.out.close(old);
         }
         let still_running: BTreeMap<String, u32> = register
             .running_tasks
@@ -830,7 +701,12 @@ impl Core {
         let ip_address = register
             .ip_address
             .clone()
-            .or_else(|| self.conns.get(&conn).and_then(|c| c.peer_ip.clone()))
+            .or_else(|| {
+                self.registry
+                    .conns
+                    .get(&conn)
+                    .and_then(|c| c.peer_ip.clone())
+            })
             .unwrap_or_default();
         let profile = records::profile_value(&register);
         protocol::limits::check_profile_size(&profile)
@@ -845,6 +721,7 @@ impl Core {
             slots,
             ip_address,
             registered_unix_ms: self
+                .registry
                 .devices
                 .get(&device_id)
                 .map_or(now.unix_ms, |d| d.record.registered_unix_ms),
@@ -852,17 +729,19 @@ impl Core {
             leases: register.leases,
         };
         let previous_active = self
+            .registry
             .devices
             .get(&device_id)
             .map(|d| d.active.clone())
             .unwrap_or_default();
         let indexed = self
+            .registry
             .devices
             .get(&device_id)
             .map(|d| d.indexed)
             .unwrap_or_default();
         self.persist_device(&record);
-        match self.devices.get(&device_id) {
+        match self.registry.devices.get(&device_id) {
             Some(old) => self.index.totals.remove(old),
             None => self
                 .index
@@ -881,12 +760,12 @@ impl Core {
             indexed,
         };
         self.index.totals.add(&device);
-        self.devices.insert(device_id.clone(), device);
+        self.registry.devices.insert(device_id.clone(), device);
         self.set_heartbeat_due(
             &device_id,
             Some(now.monotonic + self.config.heartbeat_timeout),
         );
-        if let Some(state) = self.conns.get_mut(&conn) {
+        if let Some(state) = self.registry.conns.get_mut(&conn) {
             state.device_id = Some(device_id.clone());
         }
         // Tasks the master thinks this device holds: keep the ones it says
@@ -894,6 +773,7 @@ impl Core {
         for task_id in previous_active {
             let kept = self
                 .tasks
+                .by_id
                 .get(&task_id)
                 .is_some_and(|task| still_running.get(&task_id) == Some(&task.record.attempt));
             if !kept {
@@ -934,16 +814,15 @@ impl Core {
         heartbeat: Heartbeat,
     ) -> Result<(), ReplyError> {
         let device_id = self.speaker(conn, sender)?;
-        let Some(device) = self.devices.get_mut(&device_id) else {
+        let Some(device) = self.registry.devices.get_mut(&device_id) else {
             return Err(not_registered());
         };
         device.last_seen = now.monotonic;
         device.record.last_seen_unix_ms = now.unix_ms;
         device.metrics = Some(heartbeat.metrics);
         if device.conn.is_some() {
-            let due = Some(now.monotonic + self.config.heartbeat_timeout);
-            let old = std::mem::replace(&mut device.indexed.heartbeat, due);
-            self.index.heartbeats.update(&device_id, old, due);
+            let due = now.monotonic + self.config.heartbeat_timeout;
+            self.timers.set(TimerKey::Heartbeat(device_id.clone()), due);
         }
         // A worker that is leaving gracefully says so in its heartbeats: it
         // gets no new work from then on.
@@ -974,7 +853,7 @@ impl Core {
         let Ok(device_id) = self.speaker(conn, sender) else {
             return;
         };
-        let current = self.tasks.get(&progress.task_id).is_some_and(|task| {
+        let current = self.tasks.by_id.get(&progress.task_id).is_some_and(|task| {
             task.record.device_id.as_deref() == Some(device_id.as_str())
                 && !task.record.state.is_terminal()
                 && progress.attempt.is_none_or(|a| a == task.record.attempt)
@@ -993,15 +872,14 @@ impl Core {
     ) -> Result<Reply, ReplyError> {
         self.check_storage()?;
         let device_id = self.speaker(conn, sender)?;
-        if let Some(device) = self.devices.get_mut(&device_id) {
+        if let Some(device) = self.registry.devices.get_mut(&device_id) {
             device.last_seen = now.monotonic;
             if device.conn.is_some() {
-                let due = Some(now.monotonic + self.config.heartbeat_timeout);
-                let old = std::mem::replace(&mut device.indexed.heartbeat, due);
-                self.index.heartbeats.update(&device_id, old, due);
+                let due = now.monotonic + self.config.heartbeat_timeout;
+                self.timers.set(TimerKey::Heartbeat(device_id.clone()), due);
             }
         }
-        let Some(task) = self.tasks.get(&result.task_id) else {
+        let Some(task) = self.tasks.by_id.get(&result.task_id) else {
             return Err(ReplyError::new(
                 ErrorCode::NotFound,
                 format!("no task {}", result.task_id),
@@ -1021,13 +899,13 @@ impl Core {
         if same_attempt || !holds_current {
             // Whatever happens to the record, this attempt no longer holds
             // one of the device's slots.
-            if let Some(device) = self.devices.get_mut(&device_id) {
+            if let Some(device) = self.registry.devices.get_mut(&device_id) {
                 if device.active.remove(&result.task_id) {
                     self.needs_dispatch = true;
                 }
             }
             // (`refresh_slots`, spelled out: `record` is still borrowed.)
-            if let Some(device) = self.devices.get_mut(&device_id) {
+            if let Some(device) = self.registry.devices.get_mut(&device_id) {
                 let new = index::SlotEntry::of(device);
                 let old = std::mem::replace(&mut device.indexed.slots, new);
                 self.index.free.update(&device_id, old, new);
@@ -1068,7 +946,7 @@ impl Core {
             result.result = Value::Null;
             result.error = Some(format!("the worker's result was refused: {reason}"));
         }
-        let Some(task) = self.tasks.get_mut(&task_id) else {
+        let Some(task) = self.tasks.by_id.get_mut(&task_id) else {
             return Err(ReplyError::new(
                 ErrorCode::NotFound,
                 format!("no task {task_id}"),
@@ -1076,8 +954,7 @@ impl Core {
         };
         if task.record.state == TaskState::Queued {
             let key = QueueKey::of(&task.record);
-            self.queue.remove(&key);
-            self.index.queues.remove(&key);
+            self.tasks.queue.remove(&key);
         }
         let record = &mut task.record;
         record.exit_code = result
@@ -1119,12 +996,13 @@ impl Core {
         let reason = goodbye.reason.unwrap_or_else(|| "goodbye".into());
         log::info!("device {device_id} said goodbye: {reason}");
         if self
+            .registry
             .devices
             .get(&device_id)
             .is_some_and(|d| d.conn == Some(conn))
         {
             self.device_gone(now, &device_id, &reason, true);
-            if let Some(state) = self.conns.get_mut(&conn) {
+            if let Some(state) = self.registry.conns.get_mut(&conn) {
                 state.device_id = None;
             }
         }
@@ -1140,7 +1018,7 @@ impl Core {
         let Ok(device_id) = self.speaker(conn, sender) else {
             return;
         };
-        let Some(task) = self.tasks.get_mut(&task_id) else {
+        let Some(task) = self.tasks.by_id.get_mut(&task_id) else {
             return;
         };
         let record = &mut task.record;
@@ -1177,7 +1055,7 @@ impl Core {
         let Ok(device_id) = self.speaker(conn, sender) else {
             return;
         };
-        let current = self.tasks.get(&task_id).is_some_and(|task| {
+        let current = self.tasks.by_id.get(&task_id).is_some_and(|task| {
             task.record.attempt == attempt
                 && task.record.device_id.as_deref() == Some(device_id.as_str())
                 && task.record.state == TaskState::Assigned
@@ -1188,12 +1066,12 @@ impl Core {
             // the worker reports it. The worker never ran it and will send
             // no result, so the refusal is that end and gives the slot
             // back, unless the device holds the task's current attempt.
-            let ended_here = self.tasks.get(&task_id).is_some_and(|task| {
+            let ended_here = self.tasks.by_id.get(&task_id).is_some_and(|task| {
                 !(task.record.device_id.as_deref() == Some(device_id.as_str())
                     && matches!(task.record.state, TaskState::Assigned | TaskState::Running))
             });
             if ended_here {
-                if let Some(device) = self.devices.get_mut(&device_id) {
+                if let Some(device) = self.registry.devices.get_mut(&device_id) {
                     if device.active.remove(&task_id) {
                         self.needs_dispatch = true;
                     }
@@ -1213,12 +1091,12 @@ impl Core {
         // (`invalid_message`) fails the task, below.
         let unreadable = error.code == ErrorCode::InvalidMessage;
         let permanent = error.code == ErrorCode::UnsupportedTaskType || unreadable;
-        if let Some(device) = self.devices.get_mut(&device_id) {
+        if let Some(device) = self.registry.devices.get_mut(&device_id) {
             device.active.remove(&task_id);
             if !permanent {
                 let until = now.monotonic + self.config.full_worker_pause;
                 device.paused_until = Some(until);
-                self.index.pauses.schedule(&device_id, until);
+                self.timers.set(TimerKey::Pause(device_id.clone()), until);
             }
         }
         self.refresh_slots(&device_id);
@@ -1227,7 +1105,7 @@ impl Core {
             // the task ends now, saying why, instead of waiting in the
             // queue (or on a slot) for a device that never comes.
             self.needs_dispatch = true;
-            if let Some(task) = self.tasks.get_mut(&task_id) {
+            if let Some(task) = self.tasks.by_id.get_mut(&task_id) {
                 let record = &mut task.record;
                 record.state = TaskState::Failed;
                 record.finished_unix_ms = Some(now.unix_ms);
@@ -1242,7 +1120,7 @@ impl Core {
             return;
         }
         if permanent {
-            if let Some(task) = self.tasks.get_mut(&task_id) {
+            if let Some(task) = self.tasks.by_id.get_mut(&task_id) {
                 task.refused_by.insert(device_id.clone());
             }
         }
@@ -1300,18 +1178,18 @@ impl Core {
     /// client-chosen id already exists is not queued again (idempotent
     /// submit).
     fn submit_one(&mut self, now: Now, mut spec: TaskSpec) -> (String, bool) {
-        let mut seq = self.next_seq;
-        self.next_seq += 1;
+        let mut seq = self.tasks.next_seq;
+        self.tasks.next_seq += 1;
         let task_id = match spec.task_id.clone() {
-            Some(id) if self.tasks.contains_key(&id) => return (id, false),
+            Some(id) if self.tasks.by_id.contains_key(&id) => return (id, false),
             Some(id) => id,
             None => {
                 let mut id = generated_task_id(now, seq);
                 // A client may already have chosen this very id for a task
                 // of its own; inserting over it would lose that task.
-                while self.tasks.contains_key(&id) {
-                    seq = self.next_seq;
-                    self.next_seq += 1;
+                while self.tasks.by_id.contains_key(&id) {
+                    seq = self.tasks.next_seq;
+                    self.tasks.next_seq += 1;
                     id = generated_task_id(now, seq);
                 }
                 id
@@ -1320,12 +1198,9 @@ impl Core {
         spec.task_id = Some(task_id.clone());
         let record = TaskRecord::queued(task_id.clone(), seq, spec, now.unix_ms);
         self.persist_task(&task_id);
-        self.queue.insert(QueueKey::of(&record));
-        self.index
-            .queues
-            .insert(QueueKey::of(&record), &record.spec);
+        self.tasks.queue.insert(QueueKey::of(&record), &record.spec);
         let task_type = record.spec.task_type.clone();
-        self.tasks.insert(task_id.clone(), Task::new(record));
+        self.tasks.by_id.insert(task_id.clone(), Task::new(record));
         self.list_task(&task_id);
         self.needs_dispatch = true;
         self.emit(
@@ -1341,7 +1216,7 @@ impl Core {
     fn on_cancel(&mut self, now: Now, cancel: TaskCancel) -> Result<Reply, ReplyError> {
         self.check_storage()?;
         let task_id = cancel.task_id;
-        let Some(task) = self.tasks.get_mut(&task_id) else {
+        let Some(task) = self.tasks.by_id.get_mut(&task_id) else {
             return Err(ReplyError::new(
                 ErrorCode::NotFound,
                 format!("no task {task_id}"),
@@ -1362,27 +1237,16 @@ impl Core {
         record.retry_at_unix_ms = None;
         record.error = Some("cancelled by a client".into());
         let record = record.clone();
-        self.queue.remove(&QueueKey::of(&record));
-        self.index.queues.remove(&QueueKey::of(&record));
+        self.tasks.queue.remove(&QueueKey::of(&record));
         if was == TaskState::Retrying {
             // Its backoff must not fire into a later one (after a retry).
-            self.retry_wait.retain(|(_, id)| *id != task_id);
+            self.timers.remove(&TimerKey::Retry(task_id.clone()));
         }
         self.persist_task(&record.task_id);
         if matches!(was, TaskState::Assigned | TaskState::Running) {
             // The device keeps the slot until it reports the attempt's end,
             // because its process may still be running until then.
-            if let Some(conn) = holder
-                .as_ref()
-                .and_then(|id| self.devices.get(id))
-                .and_then(|d| d.conn)
-            {
-                let cancel = TaskCancel {
-                    task_id: task_id.clone(),
-                    attempt: Some(attempt),
-                };
-                self.send(conn, Message::TaskCancel(cancel), None);
-            }
+            self.cancel_on_holder(holder.as_deref(), &task_id, attempt);
         }
         self.emit_finished(&task_id);
         let view = self.task_view(&task_id)?;
@@ -1393,7 +1257,7 @@ impl Core {
 
     fn on_drain(&mut self, device_id: &str) -> Result<Reply, ReplyError> {
         self.check_storage()?;
-        let Some(device) = self.devices.get_mut(device_id) else {
+        let Some(device) = self.registry.devices.get_mut(device_id) else {
             return Err(ReplyError::new(
                 ErrorCode::NotFound,
                 format!("no device {device_id}"),
@@ -1427,7 +1291,12 @@ impl Core {
     /// connection, or, for older one-shot workers that open a connection
     /// per message, the known device named by `sender_id`.
     fn speaker(&self, conn: ConnId, sender: Option<String>) -> Result<String, ReplyError> {
-        if let Some(bound) = self.conns.get(&conn).and_then(|c| c.device_id.clone()) {
+        if let Some(bound) = self
+            .registry
+            .conns
+            .get(&conn)
+            .and_then(|c| c.device_id.clone())
+        {
             return Ok(bound);
         }
         // Only a device that may speak on this connection: the one it
@@ -1435,7 +1304,11 @@ impl Core {
         // device without credentials.
         let sender = sender.or_else(|| self.authenticated_device(conn).map(str::to_string));
         match sender {
-            Some(id) if self.devices.contains_key(&id) && self.may_speak_for(conn, &id) => Ok(id),
+            Some(id)
+                if self.registry.devices.contains_key(&id) && self.may_speak_for(conn, &id) =>
+            {
+                Ok(id)
+            }
             _ => Err(not_registered()),
         }
     }
@@ -1443,21 +1316,22 @@ impl Core {
     /// A device lost its connection: it is offline and its tasks go back
     /// to the queue at once.
     fn device_gone(&mut self, now: Now, device_id: &str, reason: &str, handed_back: bool) {
-        let Some(device) = self.devices.get_mut(device_id) else {
+        let Some(device) = self.registry.devices.get_mut(device_id) else {
             return;
         };
         self.index.totals.remove(device);
         device.conn = None;
         device.record.status = DeviceStatus::Offline;
         let record = device.record.clone();
-        let old = device.indexed.heartbeat.take();
-        self.index.heartbeats.update(device_id, old, None);
+        self.timers
+            .remove(&TimerKey::Heartbeat(device_id.to_string()));
         if !handed_back && device.record.leases && !device.active.is_empty() {
             // The worker keeps running its tasks while it is away and comes
             // back with their results: hold them for it for a while.
             let until = now.monotonic + self.config.lease_grace;
             device.lease_until = Some(until);
-            self.index.leases.schedule(device_id, until);
+            self.timers
+                .set(TimerKey::Lease(device_id.to_string()), until);
             log::info!(
                 "device {device_id} holds {} tasks on a lease for {:?}",
                 device.active.len(),
@@ -1490,7 +1364,7 @@ impl Core {
     /// `attempt` of it, if that attempt is still current; otherwise the
     /// device's copy is stale and its result will be fenced off.
     fn take_back(&mut self, now: Now, device_id: &str, task_id: &str, attempt: u32) {
-        let Some(task) = self.tasks.get_mut(task_id) else {
+        let Some(task) = self.tasks.by_id.get_mut(task_id) else {
             return;
         };
         let record = &mut task.record;
@@ -1505,8 +1379,7 @@ impl Core {
         }
         if record.state == TaskState::Queued {
             let key = QueueKey::of(record);
-            self.queue.remove(&key);
-            self.index.queues.remove(&key);
+            self.tasks.queue.remove(&key);
         }
         if record.state != TaskState::Running {
             record.state = TaskState::Running;
@@ -1514,7 +1387,7 @@ impl Core {
             let record = record.clone();
             self.persist_task(&record.task_id);
         }
-        if let Some(device) = self.devices.get_mut(device_id) {
+        if let Some(device) = self.registry.devices.get_mut(device_id) {
             device.active.insert(task_id.to_string());
         }
         self.refresh_slots(device_id);
@@ -1525,11 +1398,11 @@ impl Core {
     /// whose current attempt is not that device's (it ended, or the task
     /// runs elsewhere now) stays as it is.
     fn requeue(&mut self, device_id: &str, task_id: &str) {
-        if let Some(device) = self.devices.get_mut(device_id) {
+        if let Some(device) = self.registry.devices.get_mut(device_id) {
             device.active.remove(task_id);
         }
         self.refresh_slots(device_id);
-        let Some(task) = self.tasks.get_mut(task_id) else {
+        let Some(task) = self.tasks.by_id.get_mut(task_id) else {
             return;
         };
         if task.record.device_id.as_deref() != Some(device_id)
@@ -1538,12 +1411,8 @@ impl Core {
             return;
         }
         task.record.state = TaskState::Queued;
-        let record = task.record.clone();
-        self.queue.insert(QueueKey::of(&record));
-        self.index
-            .queues
-            .insert(QueueKey::of(&record), &record.spec);
-        self.persist_task(&record.task_id);
+        self.tasks.enqueue(task_id);
+        self.persist_task(task_id);
         self.needs_dispatch = true;
     }
 
@@ -1551,69 +1420,21 @@ impl Core {
     /// (every task is in `tasks` by then, and is never removed), so callers
     /// need no copy of their own.
     fn persist_task(&mut self, task_id: &str) {
-        if !self.pending_tasks.contains(task_id) {
-            self.pending_tasks.insert(task_id.to_string());
-        }
+        self.changes.task(task_id);
         self.relist_task(task_id);
-        self.last_write_batch = self.open_batch;
     }
 
     fn persist_device_key(&mut self, record: &DeviceKeyRecord) {
-        self.pending_keys
-            .insert(record.device_id.clone(), record.clone());
-        self.last_write_batch = self.open_batch;
+        self.changes.device_key(record);
     }
 
     fn persist_device(&mut self, record: &DeviceRecord) {
-        self.pending_devices
-            .insert(record.device_id.clone(), record.clone());
-        self.last_write_batch = self.open_batch;
+        self.changes.device(record);
     }
 
-    fn send(&mut self, conn: ConnId, message: Message, after_batch: Option<u64>) {
-        let mut envelope = Envelope::new(message).from_sender(self.config.master_id.clone());
-        if let Message::TaskAssign(assign) = &envelope.message {
-            if let Some(task_id) = &assign.task.task_id {
-                envelope.message_id = Some(assign_message_id(task_id, assign.attempt));
-            }
-        }
-        // Messages that reveal no state need no commit and may overtake
-        // held ones: storage events and `storage_unavailable` refusals (they
-        // must arrive while the disk is failing, not after it recovers).
-        // Heartbeat acks do too; they are sent by `handle_message` itself.
-        let reveals_nothing = match &envelope.message {
-            Message::Event(Event::StorageFailing | Event::StorageRecovered) => true,
-            Message::Error(error) => error.code == ErrorCode::StorageUnavailable,
-            _ => false,
-        };
-        let after_batch = if reveals_nothing { None } else { after_batch };
-        self.outputs.push(Output::Send {
-            conn,
-            payload: Payload::Json(envelope),
-            after_batch: after_batch.filter(|&batch| batch > 0),
-            overtake: reveals_nothing,
-        });
-    }
-
-    fn send_text(&mut self, conn: ConnId, text: String, after_batch: Option<u64>) {
-        self.outputs.push(Output::Send {
-            conn,
-            payload: Payload::Text(text),
-            after_batch: after_batch.filter(|&batch| batch > 0),
-            overtake: false,
-        });
-    }
-
-    /// Streams an event to every subscriber that wants it. Events about
-    /// durable changes wait for the same commit as the change.
-    ///
-    /// The event is built once and shared (see [`Payload::Event`]): its
-    /// cost here is a pointer per subscriber, and the loop charges each
-    /// connection its bytes as it queues them, against its caps. Peers that
-    /// have not authenticated (anonymous readers) get a `task_finished`
-    /// without the task's payload and result (see [`summary`]): they can
-    /// ask `task ID` for them, a request that is charged to them, and one
-    /// event then costs a few hundred bytes each.
+    /// Streams an event to every subscriber that wants it (see
+    /// `Outgoing::event`). Events about durable changes wait for the same
+    /// commit as the change.
     fn emit(&mut self, event: Event, durable: bool) {
         // From the index, by the event's task: the cost is the connections
         // it goes to, whatever the other subscribers follow.
@@ -1621,37 +1442,12 @@ impl Core {
         if targets.is_empty() {
             return;
         }
-        // Messages that reveal no state need no commit and may overtake
-        // held ones (see `send`): the storage events.
-        let reveals_nothing = matches!(event, Event::StorageFailing | Event::StorageRecovered);
-        let after_batch = if reveals_nothing || !durable {
-            None
-        } else {
-            Some(self.last_write_batch).filter(|&batch| batch > 0)
-        };
-        let envelope = |event: Event, master_id: &str| {
-            std::sync::Arc::new(Envelope::new(Message::Event(event)).from_sender(master_id))
-        };
-        // The summary is made only when someone gets it.
-        let untrusted = targets
-            .iter()
-            .any(|&conn| !self.is_trusted(conn))
-            .then(|| summary(&event))
-            .flatten()
-            .map(|event| envelope(event, &self.config.master_id));
-        let full = envelope(event, &self.config.master_id);
-        for conn in targets {
-            let shared = match &untrusted {
-                Some(summary) if !self.is_trusted(conn) => summary,
-                _ => &full,
-            };
-            self.outputs.push(Output::Send {
-                conn,
-                payload: Payload::Event(std::sync::Arc::clone(shared)),
-                after_batch,
-                overtake: reveals_nothing,
-            });
-        }
+        let targets: Vec<(ConnId, bool)> = targets
+            .into_iter()
+            .map(|conn| (conn, self.is_trusted(conn)))
+            .collect();
+        let after_batch = durable.then(|| self.changes.last_write_batch());
+        self.out.event(event, after_batch, &targets);
     }
 
     fn emit_finished(&mut self, task_id: &str) {
@@ -1668,40 +1464,6 @@ impl Core {
             );
         }
     }
-}
-
-/// What a peer that has not authenticated gets instead of `event`, when
-/// that differs: a `task_finished` without the task's payload and result
-/// (`payload` is `null`, `result` absent), so that anonymous watchers cost
-/// the master little per event. `None` when everyone gets `event` itself.
-fn summary(event: &Event) -> Option<Event> {
-    let Event::TaskFinished { task } = event else {
-        return None;
-    };
-    // Field by field, so the payload and result are never copied.
-    let task = protocol::TaskView {
-        task_id: task.task_id.clone(),
-        task_type: task.task_type.clone(),
-        state: task.state,
-        priority: task.priority,
-        payload: Value::Null,
-        timeout: task.timeout,
-        requirements: task.requirements.clone(),
-        attempt: task.attempt,
-        device_id: task.device_id.clone(),
-        submitted_at: task.submitted_at.clone(),
-        started_at: task.started_at.clone(),
-        finished_at: task.finished_at.clone(),
-        retry_at: task.retry_at.clone(),
-        max_retries: task.max_retries,
-        result: None,
-        exit_code: task.exit_code,
-        error: task.error.clone(),
-        execution_time: task.execution_time,
-    };
-    Some(Event::TaskFinished {
-        task: Box::new(task),
-    })
 }
 
 /// A successful reply's fields.

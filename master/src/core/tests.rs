@@ -9,6 +9,7 @@ mod sim;
 mod auth;
 mod devices;
 mod durability;
+mod held;
 mod life;
 mod lifecycle;
 mod listing;

@@ -3,7 +3,7 @@
 
 use super::records::TaskRecord;
 use super::rfc3339;
-use super::{ConnId, Core, Now, Output};
+use super::{ConnId, Core, Now};
 use protocol::text::{self, render_table, TextCommand};
 use protocol::{ListDevices, ListTasks, TaskCancel, TaskSpec, TaskSubmit, TaskView};
 use serde_json::Value;
@@ -19,6 +19,7 @@ impl Core {
             }
         };
         if self
+            .registry
             .conns
             .get(&conn)
             .is_some_and(|state| state.auth.closing)
@@ -129,15 +130,15 @@ impl Core {
                         conn,
                         "error: authentication failed; closing the connection".to_string(),
                     );
-                    if let Some(state) = self.conns.get_mut(&conn) {
+                    if let Some(state) = self.registry.conns.get_mut(&conn) {
                         state.auth.closing = true;
                     }
-                    self.outputs.push(Output::Close { conn });
+                    self.out.close(conn);
                 }
             }
             TextCommand::Quit => {
                 self.reply_text(conn, "bye".to_string());
-                self.outputs.push(Output::Close { conn });
+                self.out.close(conn);
             }
         }
     }
@@ -157,7 +158,8 @@ impl Core {
         text.push_str(".\n");
         // Text replies, like JSON ones, wait for everything changed so far
         // to be on disk.
-        self.send_text(conn, text, Some(self.last_write_batch));
+        self.out
+            .send_text(conn, text, Some(self.changes.last_write_batch()));
     }
 
     /// `status` as text. Counts nothing: the device and task totals are
@@ -187,7 +189,7 @@ impl Core {
             stats.total_resources.cpu_cores,
             stats.total_resources.memory_gb,
             stats.total_resources.storage_gb,
-            self.queue.len(),
+            self.tasks.queue.len(),
             if tasks.is_empty() { "none".to_string() } else { tasks.join(", ") },
         )
     }

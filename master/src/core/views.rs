@@ -27,10 +27,10 @@ pub fn rfc3339(unix_ms: i64) -> String {
 impl Core {
     /// One task in full. O(1): a lookup by id.
     pub(super) fn task_view(&self, task_id: &str) -> Result<TaskView, ReplyError> {
-        let task = self
-            .tasks
-            .get(task_id)
-            .ok_or_else(|| ReplyError::new(ErrorCode::NotFound, format!("no task {task_id}")))?;
+        let task =
+            self.tasks.by_id.get(task_id).ok_or_else(|| {
+                ReplyError::new(ErrorCode::NotFound, format!("no task {task_id}"))
+            })?;
         Ok(self.view_of_task(&task.record, true))
     }
 
@@ -115,7 +115,7 @@ impl Core {
         let before = match &list.before {
             None => None,
             Some(task_id) => {
-                let task = self.tasks.get(task_id).ok_or_else(|| {
+                let task = self.tasks.by_id.get(task_id).ok_or_else(|| {
                     ReplyError::new(
                         ErrorCode::NotFound,
                         format!("no task {task_id} (the cursor `before` names a task)"),
@@ -129,7 +129,7 @@ impl Core {
         let records: Vec<&TaskRecord> = page
             .ids
             .iter()
-            .filter_map(|id| self.tasks.get(*id))
+            .filter_map(|id| self.tasks.by_id.get(*id))
             .map(|task| &task.record)
             .collect();
         let next_cursor = page
@@ -141,7 +141,8 @@ impl Core {
 
     /// One device in full, with its registration profile. O(1).
     pub(super) fn device_view(&self, device_id: &str) -> Result<DeviceView, ReplyError> {
-        self.devices
+        self.registry
+            .devices
             .get(device_id)
             .map(|device| self.view_of(device, true))
             .ok_or_else(|| ReplyError::new(ErrorCode::NotFound, format!("no device {device_id}")))
@@ -191,7 +192,7 @@ impl Core {
         let before = match &list.before {
             None => None,
             Some(device_id) => {
-                let device = self.devices.get(device_id).ok_or_else(|| {
+                let device = self.registry.devices.get(device_id).ok_or_else(|| {
                     ReplyError::new(
                         ErrorCode::NotFound,
                         format!("no device {device_id} (the cursor `before` names a device)"),
@@ -205,7 +206,7 @@ impl Core {
             .unwrap_or(DEFAULT_DEVICE_LIST)
             .min(MAX_DEVICE_LIST);
         let keep = |id: &str| {
-            self.devices.get(id).is_some_and(|device| {
+            self.registry.devices.get(id).is_some_and(|device| {
                 list.role
                     .as_ref()
                     .is_none_or(|role| &device.record.role == role)
@@ -216,7 +217,7 @@ impl Core {
         let devices: Vec<&Device> = page
             .ids
             .iter()
-            .filter_map(|id| self.devices.get(*id))
+            .filter_map(|id| self.registry.devices.get(*id))
             .collect();
         let next_cursor = page
             .more
@@ -232,7 +233,7 @@ impl Core {
     pub(super) fn cluster_stats(&self) -> ClusterStats {
         let totals = &self.index.totals;
         let mut stats = ClusterStats {
-            total_devices: u32::try_from(self.devices.len()).unwrap_or(u32::MAX),
+            total_devices: u32::try_from(self.registry.devices.len()).unwrap_or(u32::MAX),
             online_devices: totals.online(),
             total_resources: totals.resources(),
             by_role: totals.by_role().clone(),
@@ -267,6 +268,7 @@ impl Core {
     pub(super) fn view_of(&self, device: &Device, full: bool) -> DeviceView {
         let mut view = registered_view(device, full);
         if let Some(key) = self
+            .registry
             .device_keys
             .get(&device.record.device_id)
             .filter(|key| key.public_key.is_some())

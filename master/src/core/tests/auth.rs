@@ -127,7 +127,10 @@ fn submit_message(id: &str) -> Message {
 
 /// Nothing about task `id` reached the core or the store.
 fn assert_no_task(sim: &Sim, id: &str) {
-    assert!(!sim.core.tasks.contains_key(id), "{id} is not in the core");
+    assert!(
+        !sim.core.tasks.by_id.contains_key(id),
+        "{id} is not in the core"
+    );
     assert!(!sim.db.tasks.contains_key(id), "{id} is not stored");
 }
 
@@ -169,7 +172,7 @@ fn requests_without_authentication_are_refused_and_change_nothing() {
         assert_eq!(reply.code(), ErrorCode::AuthRequired);
     }
     assert_no_task(&sim, "sneaky");
-    assert!(sim.core.devices.is_empty());
+    assert!(sim.core.registry.devices.is_empty());
     assert!(sim.batches.is_empty(), "nothing was written");
 }
 
@@ -293,7 +296,7 @@ fn a_worker_credential_can_only_do_worker_things() {
     // It may not register, or speak, for another device.
     let reply = sim.request_as(conn, Some("nas"), Message::Register(register(2)));
     assert_eq!(reply.code(), ErrorCode::Forbidden);
-    assert!(!sim.core.devices.contains_key("nas"));
+    assert!(!sim.core.registry.devices.contains_key("nas"));
     // An id enrolled with another key cannot be taken over.
     let conn = sim.connect_from(Some(LAN_PEER));
     let method = Method::Join {
@@ -473,7 +476,7 @@ fn netcat_reads_from_loopback_but_changes_need_auth_token() {
         reply.starts_with("error:") && reply.contains("auth TOKEN"),
         "{reply}"
     );
-    assert!(sim.core.tasks.is_empty());
+    assert!(sim.core.tasks.by_id.is_empty());
     let token = secrets().admin.reveal();
     assert_eq!(
         sim.text(local, &format!("auth {token}")).0,
@@ -576,7 +579,7 @@ fn the_join_token_and_a_public_key_are_not_enough_to_become_an_enrolled_device()
     assert_eq!(reply.code(), ErrorCode::DeviceIdTaken);
     assert!(sim.closed.contains(&thief));
     assert!(!sim.closed.contains(&conn), "the real device stays");
-    assert_eq!(sim.core.devices["pi"].conn, Some(conn));
+    assert_eq!(sim.core.registry.devices["pi"].conn, Some(conn));
 }
 
 #[test]
@@ -632,7 +635,7 @@ fn a_legacy_connection_speaks_only_for_the_device_it_registered_as() {
     let reply = sim.request_as(conn, Some("other-old"), Message::Register(register(1)));
     assert_eq!(reply.code(), ErrorCode::Forbidden);
     assert_eq!(
-        sim.core.devices["pi"].conn,
+        sim.core.registry.devices["pi"].conn,
         Some(pi),
         "pi keeps its connection"
     );

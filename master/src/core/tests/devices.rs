@@ -119,7 +119,10 @@ fn a_registration_over_the_cap_is_refused_with_a_reason_and_stores_nothing() {
             error.contains("MAX_PROFILE_BYTES") && error.contains("16384"),
             "{id}: {error}"
         );
-        assert!(!sim.core.devices.contains_key(id), "{id} is not registered");
+        assert!(
+            !sim.core.registry.devices.contains_key(id),
+            "{id} is not registered"
+        );
         assert!(!sim.db.devices.contains_key(id), "{id} is not stored");
     }
     // What a busy worker still runs when it reconnects does not count: it
@@ -266,7 +269,7 @@ fn an_oversized_profile_stored_by_an_older_master_is_kept_without_its_free_form_
     record.profile["capabilities"] = json!(["z".repeat(1 << 20)]);
     let stored = json_len(&record.profile);
     let mut sim = sim.restart();
-    let device = &sim.core.devices["old"];
+    let device = &sim.core.registry.devices["old"];
     let size = json_len(&device.record.profile);
     assert!(size <= MAX_PROFILE_BYTES, "{size}");
     assert_eq!(

@@ -58,10 +58,9 @@ fn unplaceable() -> TaskSpec {
 fn retry_due(sim: &Sim, task_id: &str) -> Duration {
     let due: Vec<Duration> = sim
         .core
-        .retry_wait
-        .iter()
-        .filter(|(_, id)| id == task_id)
-        .map(|(due, _)| *due)
+        .retry_timers()
+        .filter(|(_, id)| *id == task_id)
+        .map(|(due, _)| due)
         .collect();
     assert_eq!(due.len(), 1, "{task_id} waits once: {due:?}");
     due[0]
@@ -180,7 +179,7 @@ fn check_retries(
     assert_eq!(task.attempt, attempts, "{case}");
     assert_eq!(task.finished_unix_ms, Some(sim.now.unix_ms), "{case}");
     assert_eq!(task.retry_at_unix_ms, None, "{case}");
-    assert!(sim.core.retry_wait.is_empty(), "{case}");
+    assert_eq!(sim.core.retry_timers().count(), 0, "{case}");
     assert_eq!(sim.db.tasks[&id], task, "{case}: stored");
     let finished = finished_events(&sim, events, &id);
     assert_eq!(finished.len(), 1, "{case}: one task_finished: {finished:?}");
@@ -316,7 +315,7 @@ fn bring_to(sim: &mut Sim, before: Before) -> String {
         }
         Before::LostTooOften => {
             let id = sim.submit(retries(None));
-            sim.core.tasks.get_mut(&id).unwrap().record.lost = sim.config.max_lost_attempts;
+            sim.core.tasks.by_id.get_mut(&id).unwrap().record.lost = sim.config.max_lost_attempts;
             sim.worker_mut("a").running.clear();
             sim.join("a", register(1));
             id
@@ -619,7 +618,10 @@ fn check_lease(leases: bool, then: Then, held: bool, expect: (TaskState, u32, &s
     );
     assert_eq!(sim.active(expect.2), [id.as_str()], "{case}");
     assert!(sim.queue().is_empty(), "{case}");
-    assert!(sim.core.devices["a"].lease_until.is_none(), "{case}");
+    assert!(
+        sim.core.registry.devices["a"].lease_until.is_none(),
+        "{case}"
+    );
     let attempt = task.attempt;
     if attempt == 1 {
         // Kept: it was never offered again, and its result is recorded.
@@ -711,7 +713,7 @@ fn check_restart_with_leases(after: AfterRestart) {
     assert_eq!(sim.device("a").status, DeviceStatus::Offline);
     assert_eq!(sim.active("a"), [t1.clone(), t2.clone()]);
     let until = sim.now.monotonic + sim.config.lease_grace;
-    assert_eq!(sim.core.devices["a"].lease_until, Some(until));
+    assert_eq!(sim.core.registry.devices["a"].lease_until, Some(until));
     assert_eq!(sim.core.next_deadline(), Some(until));
     sim.add_worker("b", 3);
     assert_eq!(sim.worker("b").offers, [(plain.clone(), 2)]);
@@ -910,7 +912,10 @@ fn check_goodbye(leases: bool) {
     assert_eq!(reply.field("success"), json!(true));
     assert_eq!(sim.device("a").status, DeviceStatus::Offline);
     assert!(sim.active("a").is_empty(), "leases {leases}");
-    assert_eq!(sim.core.devices["a"].lease_until, None, "leases {leases}");
+    assert_eq!(
+        sim.core.registry.devices["a"].lease_until, None,
+        "leases {leases}"
+    );
     for id in [&t1, &t2] {
         let task = sim.task(id);
         assert_eq!(
@@ -943,11 +948,13 @@ fn snapshot(sim: &Sim) -> Snapshot {
     let tasks = sim
         .core
         .tasks
+        .by_id
         .iter()
         .map(|(id, t)| (id.clone(), t.record.clone()))
         .collect();
     let devices = sim
         .core
+        .registry
         .devices
         .values()
         .map(|d| (d.record.device_id.clone(), d.record.status, d.active.len()))
@@ -1046,7 +1053,7 @@ fn while_storage_fails_changes_are_refused_and_reads_go_on() {
     assert_eq!(sim.retry(&cancelled).field("success"), json!(true));
     assert_eq!(sim.task(&cancelled).device_id.as_deref(), Some("b"));
     let new = sim.submit(spec("echo"));
-    assert!(sim.core.tasks.contains_key(&new));
+    assert!(sim.core.tasks.by_id.contains_key(&new));
     assert_eq!(sim.drain("a").field("success"), json!(true));
     assert!(sim.batches.len() > batches);
 }
@@ -1293,7 +1300,7 @@ fn batch_submit_with_retries_while_storage_fails_is_one_refusal() {
     };
     let reply = sim.request(conn, Message::TaskSubmit(submit));
     assert_eq!(reply.code(), ErrorCode::StorageUnavailable);
-    assert!(sim.core.tasks.is_empty());
+    assert!(sim.core.tasks.by_id.is_empty());
     assert!(sim.batches.is_empty());
 }
 

@@ -117,7 +117,7 @@ fn a_reconnect_keeps_the_tasks_the_worker_still_runs() {
     // Its disconnect (reported by the harness) did not take the device
     // offline: the new connection speaks for it.
     assert_eq!(sim.device("a").status, DeviceStatus::Online);
-    assert_eq!(sim.core.devices["a"].conn, Some(new));
+    assert_eq!(sim.core.registry.devices["a"].conn, Some(new));
 
     let task = sim.task(&t1);
     assert_eq!(
@@ -149,7 +149,7 @@ fn a_reconnect_listing_a_wrong_attempt_or_an_unknown_task_requeues() {
     let task = sim.task(&t1);
     assert_eq!((task.state, task.attempt), (TaskState::Running, 2));
     assert_eq!(sim.active("a"), [t1]);
-    assert!(!sim.core.tasks.contains_key("ghost"));
+    assert!(!sim.core.tasks.by_id.contains_key("ghost"));
 }
 
 #[test]
@@ -277,7 +277,7 @@ fn submit_with_a_client_id_is_idempotent() {
     });
     assert_eq!(again.field("task_id"), json!("job-1"));
     assert_eq!(again.field("created"), json!(false));
-    assert_eq!(sim.core.tasks.len(), 1);
+    assert_eq!(sim.core.tasks.by_id.len(), 1);
     assert_eq!(
         sim.task("job-1").spec.priority,
         Priority::NORMAL,
@@ -315,7 +315,7 @@ fn batch_submit_gives_ids_in_order() {
     assert!(ids[1].starts_with("task-"));
     assert_eq!(reply.field("message"), json!("5 tasks accepted (3 new)"));
     assert_eq!(sim.queue(), ["old", "x", ids[1].as_str(), "y"]);
-    assert_eq!(sim.core.tasks.len(), 4);
+    assert_eq!(sim.core.tasks.by_id.len(), 4);
 }
 
 #[test]
@@ -332,7 +332,7 @@ fn shutting_down_refuses_new_work() {
     sim.core.begin_shutdown();
     let reply = sim.submit_reply(spec("echo"));
     assert_eq!(reply.code(), ErrorCode::ShuttingDown);
-    assert!(sim.core.tasks.is_empty());
+    assert!(sim.core.tasks.by_id.is_empty());
 }
 
 #[test]
@@ -347,7 +347,7 @@ fn a_generated_id_never_replaces_a_client_s_task() {
     });
     let generated = sim.submit(spec("echo"));
     assert_ne!(generated, taken);
-    assert_eq!(sim.core.tasks.len(), 2);
+    assert_eq!(sim.core.tasks.by_id.len(), 2);
     assert_eq!(sim.task(&taken).spec.payload, json!({"mine": true}));
     assert_eq!(sim.queue(), [taken, generated]);
 }
@@ -410,7 +410,7 @@ fn a_task_too_large_to_assign_is_refused_at_submit() {
     let big = TaskSpec::new("echo", json!({ "message": "x".repeat(300) }));
     let reply = sim.submit_reply(big);
     assert_eq!(reply.code(), ErrorCode::InvalidMessage);
-    assert!(sim.queue().is_empty() && sim.core.tasks.is_empty());
+    assert!(sim.queue().is_empty() && sim.core.tasks.by_id.is_empty());
     let small = TaskSpec::new("echo", json!({ "message": "x" }));
     assert_eq!(sim.submit_reply(small).field("success"), json!(true));
 }

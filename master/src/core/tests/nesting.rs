@@ -115,7 +115,7 @@ fn check(payload: Value) -> Result<(), TestCaseError> {
             ErrorCode::MalformedJson
         };
         prop_assert_eq!(error.code, expected);
-        prop_assert!(sim.core.tasks.is_empty() && sim.db.tasks.is_empty());
+        prop_assert!(sim.core.tasks.by_id.is_empty() && sim.db.tasks.is_empty());
         return Ok(());
     }
     let reply = sim.request(client, decoded.expect("accepted").message);
@@ -125,7 +125,7 @@ fn check(payload: Value) -> Result<(), TestCaseError> {
     // restored by a new core.
     prop_assert_eq!(&sim.db.tasks["t-1"].spec.payload, &payload);
     let mut sim = sim.restart();
-    prop_assert_eq!(&sim.core.tasks["t-1"].record.spec.payload, &payload);
+    prop_assert_eq!(&sim.core.tasks.by_id["t-1"].record.spec.payload, &payload);
 
     // Shown: in full by `task_status`, and a listing reads.
     prop_assert_eq!(task_status_payload(&mut sim, "t-1"), payload.clone());

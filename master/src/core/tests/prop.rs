@@ -255,7 +255,7 @@ fn send_result(sim: &mut Sim, id: &str, result: TaskResult) -> (Reply, TaskRecor
     let task_id = result.task_id.clone();
     let before = sim.task(&task_id).clone();
     let mut after = None;
-    let check = |core: &Core| after = Some(core.tasks[&task_id].record.clone());
+    let check = |core: &Core| after = Some(core.tasks.by_id[&task_id].record.clone());
     let message = Message::TaskResult(result);
     let reply = if connected(sim, id) {
         let conn = sim.conn_of(id);
@@ -302,13 +302,13 @@ fn apply(sim: &mut Sim, model: &mut Model, op: &Op) {
             let existed = spec
                 .task_id
                 .as_ref()
-                .and_then(|id| sim.core.tasks.get(id))
+                .and_then(|id| sim.core.tasks.by_id.get(id))
                 .is_some();
-            let count = sim.core.tasks.len();
+            let count = sim.core.tasks.by_id.len();
             let reply = sim.submit_reply(spec);
             if !storage {
                 assert_eq!(reply.code(), ErrorCode::StorageUnavailable);
-                assert_eq!(sim.core.tasks.len(), count);
+                assert_eq!(sim.core.tasks.by_id.len(), count);
                 return;
             }
             assert_eq!(reply.field("created"), json!(!existed));
@@ -394,7 +394,7 @@ fn apply(sim: &mut Sim, model: &mut Model, op: &Op) {
                 assert_eq!(after.state, after_attempt(&before, status), "{before:?}");
             } else {
                 assert_eq!(after, before, "a stale result changes nothing");
-                let device = &sim.core.devices[id];
+                let device = &sim.core.registry.devices[id];
                 let holds_now = sim.task(&task_id).device_id.as_deref() == Some(id)
                     && matches!(
                         sim.state(&task_id),
@@ -438,13 +438,13 @@ fn apply(sim: &mut Sim, model: &mut Model, op: &Op) {
         }
         Op::Cancel { pick } => {
             let task_id = pick_task(sim, pick);
-            let before = sim.core.tasks.get(&task_id).map(|t| t.record.clone());
+            let before = sim.core.tasks.by_id.get(&task_id).map(|t| t.record.clone());
             let reply = sim.cancel(&task_id);
             match before {
                 _ if !storage => {
                     assert_eq!(reply.code(), ErrorCode::StorageUnavailable);
                     assert_eq!(
-                        sim.core.tasks.get(&task_id).map(|t| &t.record),
+                        sim.core.tasks.by_id.get(&task_id).map(|t| &t.record),
                         before.as_ref()
                     );
                 }
@@ -460,13 +460,13 @@ fn apply(sim: &mut Sim, model: &mut Model, op: &Op) {
         }
         Op::Retry { pick } => {
             let task_id = pick_task(sim, pick);
-            let before = sim.core.tasks.get(&task_id).map(|t| t.record.clone());
+            let before = sim.core.tasks.by_id.get(&task_id).map(|t| t.record.clone());
             let reply = sim.retry(&task_id);
             match before {
                 _ if !storage => {
                     assert_eq!(reply.code(), ErrorCode::StorageUnavailable);
                     assert_eq!(
-                        sim.core.tasks.get(&task_id).map(|t| &t.record),
+                        sim.core.tasks.by_id.get(&task_id).map(|t| &t.record),
                         before.as_ref()
                     );
                 }
@@ -500,7 +500,7 @@ fn apply(sim: &mut Sim, model: &mut Model, op: &Op) {
         }
         Op::Drain { w } => {
             let id = WORKERS[w];
-            let known = sim.core.devices.contains_key(id);
+            let known = sim.core.registry.devices.contains_key(id);
             let reply = sim.drain(id);
             if !storage {
                 assert_eq!(reply.code(), ErrorCode::StorageUnavailable);
@@ -584,6 +584,7 @@ fn scope(sim: &Sim, op: &Op) -> Scope {
 fn held(sim: &Sim) -> Vec<(String, String, u32)> {
     sim.core
         .tasks
+        .by_id
         .values()
         .map(|task| &task.record)
         .filter(|record| matches!(record.state, TaskState::Assigned | TaskState::Running))
@@ -626,7 +627,7 @@ fn held_task(sim: &Sim, pick: usize) -> Option<String> {
 
 /// The `pick`-th known task id (modulo), or an unknown one.
 fn pick_task(sim: &Sim, pick: usize) -> String {
-    let mut ids: Vec<String> = sim.core.tasks.keys().cloned().collect();
+    let mut ids: Vec<String> = sim.core.tasks.by_id.keys().cloned().collect();
     ids.sort();
     ids.push("nope".into());
     ids[pick % ids.len()].clone()
@@ -640,9 +641,10 @@ fn listed_by_scan(
     before: Option<&str>,
     limit: usize,
 ) -> Vec<String> {
-    let below = before.map(|id| (core.tasks[id].record.seq, id.to_string()));
+    let below = before.map(|id| (core.tasks.by_id[id].record.seq, id.to_string()));
     let mut matching: Vec<(u64, String)> = core
         .tasks
+        .by_id
         .values()
         .filter(|task| state.is_none_or(|s| task.record.state == s))
         .map(|task| (task.record.seq, task.record.task_id.clone()))
@@ -721,6 +723,7 @@ fn check_listing(core: &Core) {
     for state in TaskState::ALL {
         let count = core
             .tasks
+            .by_id
             .values()
             .filter(|t| t.record.state == state)
             .count();
@@ -738,8 +741,14 @@ fn devices_by_scan(
     before: Option<&str>,
     limit: usize,
 ) -> Vec<String> {
-    let below = before.map(|id| (core.devices[id].record.registered_unix_ms, id.to_string()));
+    let below = before.map(|id| {
+        (
+            core.registry.devices[id].record.registered_unix_ms,
+            id.to_string(),
+        )
+    });
     let mut matching: Vec<(i64, String)> = core
+        .registry
         .devices
         .values()
         .filter(|device| role.is_none_or(|role| device.record.role == role))
@@ -760,11 +769,11 @@ fn devices_by_scan(
 /// them up to date: a walk over every connected device.
 fn device_stats_by_scan(core: &Core) -> ClusterStats {
     let mut stats = ClusterStats {
-        total_devices: core.devices.len() as u32,
+        total_devices: core.registry.devices.len() as u32,
         ..ClusterStats::default()
     };
     let (mut memory, mut disk) = (0u64, 0u64);
-    for device in core.devices.values().filter(|d| d.conn.is_some()) {
+    for device in core.registry.devices.values().filter(|d| d.conn.is_some()) {
         stats.online_devices += 1;
         let register = &device.register;
         stats.total_resources.cpu_cores += register.cpu_cores.unwrap_or(0);
@@ -888,9 +897,15 @@ fn check_invariants(sim: &Sim, model: &mut Model) {
     core.check_indexes();
     check_listing(core);
     check_device_listing(core);
-    let queued: BTreeSet<&str> = core.queue.iter().map(|key| key.task_id.as_str()).collect();
-    for key in &core.queue {
-        let task = core.tasks.get(&key.task_id).expect("a queued task exists");
+    let keys = core.tasks.queue.keys();
+    assert_eq!(keys.len(), core.tasks.queue.len(), "queued tasks");
+    let queued: BTreeSet<&str> = keys.iter().map(|key| key.task_id.as_str()).collect();
+    for key in &keys {
+        let task = core
+            .tasks
+            .by_id
+            .get(&key.task_id)
+            .expect("a queued task exists");
         assert_eq!(
             *key,
             QueueKey::of(&task.record),
@@ -898,10 +913,10 @@ fn check_invariants(sim: &Sim, model: &mut Model) {
         );
     }
     let mut waits: HashMap<&str, usize> = HashMap::new();
-    for (_, id) in &core.retry_wait {
-        *waits.entry(id.as_str()).or_default() += 1;
+    for (_, id) in core.retry_timers() {
+        *waits.entry(id).or_default() += 1;
     }
-    for (id, task) in &core.tasks {
+    for (id, task) in &core.tasks.by_id {
         let record = &task.record;
         let state = record.state;
         let in_queue = queued.contains(id.as_str());
@@ -911,7 +926,7 @@ fn check_invariants(sim: &Sim, model: &mut Model) {
             && record
                 .device_id
                 .as_ref()
-                .and_then(|d| core.devices.get(d))
+                .and_then(|d| core.registry.devices.get(d))
                 .is_some_and(|device| device.active.contains(id));
         // Every task not finished is in exactly one place, the one its
         // state says; a finished one is in none.
@@ -943,14 +958,17 @@ fn check_invariants(sim: &Sim, model: &mut Model) {
         *seen = record.attempt;
     }
     assert!(
-        waits.keys().all(|id| core.tasks.contains_key(*id)),
+        waits.keys().all(|id| core.tasks.by_id.contains_key(*id)),
         "only known tasks wait"
     );
     assert!(
-        model.terminal.keys().all(|id| core.tasks.contains_key(id)),
+        model
+            .terminal
+            .keys()
+            .all(|id| core.tasks.by_id.contains_key(id)),
         "no task disappears"
     );
-    for device in core.devices.values() {
+    for device in core.registry.devices.values() {
         let id = &device.record.device_id;
         assert!(
             device.active.len() <= device.record.slots as usize,
@@ -962,7 +980,10 @@ fn check_invariants(sim: &Sim, model: &mut Model) {
             "{id}"
         );
         assert!(
-            device.active.iter().all(|t| core.tasks.contains_key(t)),
+            device
+                .active
+                .iter()
+                .all(|t| core.tasks.by_id.contains_key(t)),
             "{id} counts known tasks"
         );
         if device.conn.is_some() {
@@ -978,7 +999,7 @@ fn check_invariants(sim: &Sim, model: &mut Model) {
     }
     // The master's slot accounting matches what the workers really hold.
     for worker in sim.workers.values() {
-        let device = core.devices.get(&worker.id);
+        let device = core.registry.devices.get(&worker.id);
         match worker.conn {
             None => assert!(
                 device.is_none_or(|d| d.conn.is_none()),
@@ -1005,7 +1026,7 @@ fn check_invariants(sim: &Sim, model: &mut Model) {
                     .map(|(t, &a)| (t, a))
                     .chain(worker.pending.iter().map(|(t, p)| (t, p.attempt)))
                 {
-                    let record = &core.tasks[task_id].record;
+                    let record = &core.tasks.by_id[task_id].record;
                     assert!(attempt <= record.attempt, "{task_id}");
                     let current = record.device_id.as_deref() == Some(worker.id.as_str())
                         && record.attempt == attempt
@@ -1046,10 +1067,10 @@ fn run(leases: [bool; 3], slow: [bool; 3], ops: &[Op]) {
         check_invariants(&sim, model);
     }
     // And the database agrees with the core at the end.
-    for (id, task) in &sim.core.tasks {
+    for (id, task) in &sim.core.tasks.by_id {
         assert_eq!(sim.db.tasks.get(id), Some(&task.record), "stored {id}");
     }
-    for (id, device) in &sim.core.devices {
+    for (id, device) in &sim.core.registry.devices {
         assert_eq!(
             sim.db.devices.get(id).map(|d| d.status),
             Some(device.record.status),
@@ -1100,6 +1121,7 @@ fn page_while_changing(
     let at_start: BTreeMap<String, u64> = sim
         .core
         .tasks
+        .by_id
         .iter()
         .map(|(id, task)| (id.clone(), task.record.seq))
         .collect();

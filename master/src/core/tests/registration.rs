@@ -53,7 +53,7 @@ fn register_without_sender_id_is_invalid_and_changes_nothing() {
     let reply = sim.request_as(conn, None, Message::Register(register(1)));
     assert_eq!(reply.code(), ErrorCode::InvalidMessage);
     assert_eq!(reply.after_batch, None);
-    assert!(sim.core.devices.is_empty());
+    assert!(sim.core.registry.devices.is_empty());
     assert!(sim.batches.is_empty());
 }
 
@@ -63,7 +63,7 @@ fn register_with_a_bad_sender_id_is_invalid() {
     let conn = sim.connect();
     let reply = sim.request_as(conn, Some("two words"), Message::Register(register(1)));
     assert_eq!(reply.code(), ErrorCode::InvalidMessage);
-    assert!(sim.core.devices.is_empty());
+    assert!(sim.core.registry.devices.is_empty());
 }
 
 #[test]
@@ -83,7 +83,7 @@ fn a_connection_speaks_for_one_device() {
     let conn = sim.add_worker("a", 1);
     let reply = sim.request_as(conn, Some("b"), Message::Register(register(1)));
     assert_eq!(reply.code(), ErrorCode::InvalidState);
-    assert!(!sim.core.devices.contains_key("b"));
+    assert!(!sim.core.registry.devices.contains_key("b"));
 }
 
 /// Registers `data` (a register message's JSON `data`) and checks the
@@ -96,7 +96,7 @@ fn check_register(data: Value, expect: (u32, &str, &str, &str, u32)) {
     let device = sim.device("d");
     assert_eq!(device.slots, slots, "slots of {data}");
     assert_eq!(device.role, role, "role of {data}");
-    let registered = &sim.core.devices["d"].register;
+    let registered = &sim.core.registry.devices["d"].register;
     assert_eq!(registered.platform.as_deref(), Some(platform), "{data}");
     assert_eq!(
         registered.architecture.as_deref().unwrap_or(""),
@@ -147,7 +147,7 @@ fn flat_register_keeps_memory_tags_and_address() {
     assert_eq!(device.tags, ["linux", "worker"]);
     assert_eq!(device.ip_address, "10.0.0.5");
     assert_eq!(
-        sim.core.devices["pi"].register.memory_total_bytes,
+        sim.core.registry.devices["pi"].register.memory_total_bytes,
         Some(gib(8))
     );
 }
@@ -173,7 +173,10 @@ fn older_heartbeat_shape_is_accepted() {
     .unwrap();
     sim.core.handle_message(sim.now, conn, envelope);
     sim.drive();
-    let metrics = sim.core.devices["a"].metrics.clone().expect("metrics kept");
+    let metrics = sim.core.registry.devices["a"]
+        .metrics
+        .clone()
+        .expect("metrics kept");
     assert_eq!(metrics.disk_usage, Some(30.0));
 }
 
@@ -209,7 +212,7 @@ fn heartbeats_keep_a_worker_alive() {
     }
     assert!(sim.closed.is_empty());
     assert_eq!(sim.device("a").status, DeviceStatus::Online);
-    assert_eq!(sim.core.devices["a"].conn, Some(conn));
+    assert_eq!(sim.core.registry.devices["a"].conn, Some(conn));
 }
 
 #[test]

@@ -16,6 +16,7 @@ fn task(id: &str, priority: Priority) -> protocol::TaskSpec {
 fn states(sim: &Sim) -> BTreeMap<String, (TaskState, u32)> {
     sim.core
         .tasks
+        .by_id
         .values()
         .map(|t| (t.record.task_id.clone(), (t.record.state, t.record.attempt)))
         .collect()
@@ -58,7 +59,14 @@ fn restart_from_the_database() {
     assert_eq!(states(&sim), expect_before);
     assert_eq!(sim.queue(), ["t6", "t3"]);
     let finished = sim.task("t5").clone();
-    let max_seq = sim.core.tasks.values().map(|t| t.record.seq).max().unwrap();
+    let max_seq = sim
+        .core
+        .tasks
+        .by_id
+        .values()
+        .map(|t| t.record.seq)
+        .max()
+        .unwrap();
 
     let mut sim = sim.restart();
 
@@ -123,8 +131,8 @@ fn restart_from_the_database() {
 fn restart_of_an_empty_master() {
     let sim = Sim::new();
     let sim = sim.restart();
-    assert!(sim.core.tasks.is_empty());
-    assert!(sim.core.devices.is_empty());
+    assert!(sim.core.tasks.by_id.is_empty());
+    assert!(sim.core.registry.devices.is_empty());
     assert!(sim.batches.is_empty(), "nothing to write");
 }
 

@@ -278,7 +278,7 @@ fn no_free_slot_pauses_the_device_and_the_task_goes_elsewhere() {
     assert_eq!(sim.worker("b").offers, [(first.clone(), 2)]);
     let pause = sim.config.full_worker_pause;
     assert_eq!(
-        sim.core.devices["a"].paused_until,
+        sim.core.registry.devices["a"].paused_until,
         Some(sim.now.monotonic + pause)
     );
     // While paused, a gets nothing even though it is the less loaded.
@@ -367,8 +367,8 @@ fn check_refusal(code: ErrorCode, expect_paused: bool) {
     sim.add_worker("b", 1);
     let id = sim.submit(spec("echo"));
     assert_eq!(sim.worker("b").offers, [(id.clone(), 2)], "{code}");
-    let paused = sim.core.devices["a"].paused_until.is_some();
-    let excluded = sim.core.tasks[&id].refused_by.contains("a");
+    let paused = sim.core.registry.devices["a"].paused_until.is_some();
+    let excluded = sim.core.tasks.by_id[&id].refused_by.contains("a");
     assert_eq!(
         (paused, excluded),
         (expect_paused, !expect_paused),
@@ -395,7 +395,7 @@ fn an_assignment_a_worker_cannot_read_fails_the_task_and_frees_the_slot() {
     sim.set_policy("a", Policy::Refuse(ErrorCode::InvalidMessage));
     sim.add_worker("b", 1);
     let id = sim.submit(spec("echo"));
-    let record = &sim.core.tasks[&id].record;
+    let record = &sim.core.tasks.by_id[&id].record;
     assert_eq!(record.state, TaskState::Failed);
     let error = record.error.clone().unwrap_or_default();
     assert!(
@@ -404,7 +404,7 @@ fn an_assignment_a_worker_cannot_read_fails_the_task_and_frees_the_slot() {
     );
     assert!(sim.worker("b").offers.is_empty(), "not offered again");
     assert!(sim.active("a").is_empty());
-    assert!(sim.core.devices["a"].paused_until.is_none());
+    assert!(sim.core.registry.devices["a"].paused_until.is_none());
 }
 
 /// A value `depth` arrays deep around a number.

@@ -137,7 +137,8 @@ pub struct Db {
 }
 
 impl Db {
-    fn apply(&mut self, batch: &Batch) {
+    /// Applies a committed batch.
+    pub fn apply(&mut self, batch: &Batch) {
         for op in &batch.ops {
             match op {
                 StoreOp::PutDevice(device) => {
@@ -881,7 +882,7 @@ impl Sim {
     // ----- looking inside -----
 
     pub fn task(&self, task_id: &str) -> &TaskRecord {
-        &self.core.tasks[task_id].record
+        &self.core.tasks.by_id[task_id].record
     }
 
     pub fn state(&self, task_id: &str) -> TaskState {
@@ -891,19 +892,25 @@ impl Sim {
     /// Queued task ids in the order they will be handed out.
     pub fn queue(&self) -> Vec<String> {
         self.core
+            .tasks
             .queue
-            .iter()
-            .map(|key| key.task_id.clone())
+            .keys()
+            .into_iter()
+            .map(|key| key.task_id)
             .collect()
     }
 
     /// Task ids the master counts against device `id`'s slots.
     pub fn active(&self, id: &str) -> Vec<String> {
-        self.core.devices[id].active.iter().cloned().collect()
+        self.core.registry.devices[id]
+            .active
+            .iter()
+            .cloned()
+            .collect()
     }
 
     pub fn device(&self, id: &str) -> &DeviceRecord {
-        &self.core.devices[id].record
+        &self.core.registry.devices[id].record
     }
 
     pub fn batch(&self, id: u64) -> &Batch {
