@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
-use master::core::{AuthPolicy, CoreConfig, Network, Secrets};
+use master::core::{parse_network, AuthPolicy, CoreConfig, Secrets};
 use master::{Config, Shutdown, Synchronous};
 use protocol::auth::TokenKind;
 use protocol::text::{seconds_to_duration, Shortest};
@@ -179,7 +179,7 @@ fn auth_policy(args: &Args, listen: SocketAddr) -> Result<AuthPolicy> {
         .iter()
         .map(|text| text.trim())
         .filter(|text| !text.is_empty() && *text != "none")
-        .map(|text| text.parse::<Network>().map_err(anyhow::Error::msg))
+        .map(|text| parse_network(text).map_err(anyhow::Error::msg))
         .collect::<Result<Vec<_>>>()
         .context("--read-only-from")?;
     Ok(AuthPolicy {

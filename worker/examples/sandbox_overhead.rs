@@ -47,7 +47,11 @@ fn main() -> anyhow::Result<()> {
     let bare: Vec<Duration> = (0..n_runs)
         .map(|_| {
             let started = Instant::now();
-            let outcome = exec::run(&plain, &exec::ExecLimits::default(), &CancelToken::new());
+            let outcome = exec::run(
+                &plain,
+                &worker::tasks::limits::TaskLimits::default(),
+                &CancelToken::new(),
+            );
             assert!(outcome.is_ok_and(|outcome| outcome.succeeded()));
             started.elapsed()
         })

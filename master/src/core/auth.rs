@@ -13,10 +13,11 @@
 use super::records::DeviceKeyRecord;
 use super::timers::{TimerKey, TimerKind};
 use super::{ConnId, Core, Now, Output, Reply, ReplyError};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use protocol::auth::{self, Challenge, Hello, KeyPair, Method, Nonce, Proof, Token, Transcript};
 use protocol::{ErrorCode, ErrorReply, Message};
 use serde_json::json;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 /// The secrets the master checks proofs with and proves itself with.
@@ -31,66 +32,34 @@ pub struct Secrets {
 }
 
 /// A network and prefix length, such as `127.0.0.0/8` or `::1/128`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Network {
-    address: IpAddr,
-    prefix: u8,
+pub type Network = IpNet;
+
+/// Reads `ADDRESS/PREFIX` or a bare address (a network of one: `/32` or
+/// `/128`), as `--read-only-from` takes them.
+pub fn parse_network(text: &str) -> Result<Network, String> {
+    let (address, prefix) = match text.split_once('/') {
+        Some((address, prefix)) => (address, Some(prefix)),
+        None => (text, None),
+    };
+    let address: IpAddr = address
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not an IP address or ADDRESS/PREFIX"))?;
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        Some(prefix) => prefix.trim().parse::<u8>().ok().filter(|&p| p <= max),
+        None => Some(max),
+    };
+    prefix
+        .and_then(|prefix| IpNet::new(address, prefix).ok())
+        .ok_or_else(|| format!("{text:?}: the prefix must be 0 to {max}"))
 }
 
-impl Network {
-    /// Whether `ip` lies in this network (an IPv4 address written as an
-    /// IPv4-mapped IPv6 address counts as IPv4).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        match (self.address, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl std::str::FromStr for Network {
-    type Err = String;
-
-    /// Reads `ADDRESS/PREFIX` or a bare address (a network of one).
-    fn from_str(text: &str) -> Result<Network, String> {
-        let (address, prefix) = match text.split_once('/') {
-            Some((address, prefix)) => (address, Some(prefix)),
-            None => (text, None),
-        };
-        let address: IpAddr = address
-            .trim()
-            .parse()
-            .map_err(|_| format!("{text:?} is not an IP address or ADDRESS/PREFIX"))?;
-        let max = if address.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(prefix) => prefix
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|&p| p <= max)
-                .ok_or_else(|| format!("{text:?}: the prefix must be 0 to {max}"))?,
-            None => max,
-        };
-        Ok(Network { address, prefix })
-    }
-}
-
-impl std::fmt::Display for Network {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.address, self.prefix)
-    }
+/// Whether `ip` lies in `network`. An IPv4 address written as an
+/// IPv4-mapped IPv6 address counts as IPv4, since a dual-stack listener
+/// reports IPv4 peers that way.
+pub(super) fn network_contains(network: &Network, ip: IpAddr) -> bool {
+    network.contains(&ip.to_canonical())
 }
 
 /// Authentication settings.
@@ -131,14 +100,8 @@ impl AuthPolicy {
     /// The loopback networks, which may read without a token by default.
     pub fn loopback() -> Vec<Network> {
         vec![
-            Network {
-                address: IpAddr::from([127, 0, 0, 0]),
-                prefix: 8,
-            },
-            Network {
-                address: IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
-                prefix: 128,
-            },
+            IpNet::from(Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8)),
+            IpNet::from(Ipv6Net::new_assert(Ipv6Addr::LOCALHOST, 128)),
         ]
     }
 }
@@ -324,7 +287,12 @@ impl Core {
                 .peer_ip
                 .as_deref()
                 .and_then(|ip| ip.parse::<IpAddr>().ok())
-                .is_some_and(|ip| policy.read_only_from.iter().any(|net| net.contains(ip)))
+                .is_some_and(|ip| {
+                    policy
+                        .read_only_from
+                        .iter()
+                        .any(|net| network_contains(net, ip))
+                })
         });
         let Some(state) = self.registry.conns.get_mut(&conn) else {
             return;

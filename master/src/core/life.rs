@@ -338,17 +338,10 @@ fn retry_delay(config: &super::CoreConfig, seq: u64, failures: u32) -> Duration 
         .retry_backoff
         .saturating_mul(1u32 << exponent)
         .min(config.max_retry_backoff);
-    let fraction =
-        (splitmix64(seq ^ (u64::from(failures) << 40)) >> 11) as f64 / (1u64 << 53) as f64;
+    // Seeded from the task and the retry alone, never from a global source,
+    // so the delay is a pure function of them.
+    let fraction = fastrand::Rng::with_seed(seq ^ (u64::from(failures) << 40)).f64();
     full / 2 + full.mul_f64(fraction / 2.0)
-}
-
-/// A well-mixed 64-bit hash, for jitter.
-fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
 }
 
 #[cfg(test)]

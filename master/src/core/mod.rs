@@ -25,7 +25,9 @@ mod text;
 mod timers;
 mod views;
 
-pub use auth::{AuthPolicy, Network, Secrets, DEFAULT_AUTH_DEADLINE, DEFAULT_MAX_UNAUTHENTICATED};
+pub use auth::{
+    parse_network, AuthPolicy, Network, Secrets, DEFAULT_AUTH_DEADLINE, DEFAULT_MAX_UNAUTHENTICATED,
+};
 pub use heartbeat_ack::HeartbeatAck;
 pub use views::rfc3339;
 

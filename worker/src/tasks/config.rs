@@ -38,7 +38,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::tasks::sandbox::{SandboxConfig, SandboxLimits};
+use crate::tasks::limits::TaskLimits;
+use crate::tasks::sandbox::SandboxConfig;
 
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +67,9 @@ pub enum ConfigError {
 }
 
 /// The `[limits]` and `[types.NAME]` tables. Sizes are in MiB (KiB for output);
-/// 0 means no limit.
+/// 0 means no limit. A table is laid over the defaults of
+/// [`TaskLimits`] (a key left out keeps what is there), so it is a type of its
+/// own: every field may be missing, in the owner's units.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSection {
@@ -88,7 +91,7 @@ pub struct LimitsSection {
 }
 
 impl LimitsSection {
-    fn apply_to(&self, limits: &mut SandboxLimits) {
+    fn apply_to(&self, limits: &mut TaskLimits) {
         let some_unless_zero = |value: u64| (value > 0).then_some(value);
         if let Some(secs) = self.cpu_secs {
             limits.cpu_secs = some_unless_zero(secs);
@@ -234,8 +237,8 @@ impl ExecutionConfig {
     }
 
     /// The limits for one task of `task_type` that asked for `task_timeout`.
-    pub fn limits_for(&self, task_type: &str, task_timeout: Option<Duration>) -> SandboxLimits {
-        let mut limits = SandboxLimits::default();
+    pub fn limits_for(&self, task_type: &str, task_timeout: Option<Duration>) -> TaskLimits {
+        let mut limits = TaskLimits::default();
         self.limits.apply_to(&mut limits);
         let type_limits = self.type_limits.get(task_type);
         if let Some(section) = type_limits {
@@ -289,7 +292,7 @@ mod tests {
         let config = ExecutionConfig::from_toml("[limits]\nmemory_mb = 0\n").expect("parses");
         let limits = config.limits_for("shell", None);
         assert_eq!(limits.memory_bytes, None);
-        assert_eq!(limits.open_files, SandboxLimits::default().open_files);
+        assert_eq!(limits.open_files, TaskLimits::default().open_files);
         assert_eq!(limits.timeout, None);
         assert!(config.allows("anything"));
     }

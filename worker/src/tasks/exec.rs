@@ -11,7 +11,7 @@
 //!
 //! Three helper threads serve each run: two keep reading stdout and stderr (a child
 //! whose pipe fills up would otherwise block for ever) while keeping only the first
-//! [`ExecLimits::max_output_bytes`] of each, and one blocks in `wait4()` and reports the
+//! [`TaskLimits::max_output_bytes`] of each, and one blocks in `wait4()` and reports the
 //! exit, with the CPU time and peak memory the kernel accounted, over a channel. The
 //! calling thread sleeps in a `select!` on that channel, the [`CancelToken`] and the
 //! deadline, so no one polls.
@@ -37,8 +37,7 @@ use crossbeam_channel::{Receiver, Sender};
 /// task does not hold a worker slot.
 pub const KILL_GRACE_PERIOD: Duration = Duration::from_millis(500);
 
-/// The default cap on captured output, per stream (stdout and stderr each): 1 MiB.
-pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+use crate::tasks::limits::TaskLimits;
 
 /// How long to keep waiting for the output pipes to close once the process group is
 /// dead. Only a process that escaped the group (with `setsid`, say) can still hold them
@@ -60,26 +59,6 @@ pub enum Command {
     /// A program and its arguments, run directly without a shell; the first element is
     /// the program, looked up on the `PATH` when it contains no `/`.
     Argv(Vec<String>),
-}
-
-/// Limits on one run of a command.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecLimits {
-    /// How long the command may run before it is stopped; `None` lets it run until it
-    /// ends or is cancelled.
-    pub timeout: Option<Duration>,
-    /// How many bytes of stdout, and separately of stderr, are kept; the rest is read and
-    /// thrown away, and the outcome says the stream was truncated.
-    pub max_output_bytes: usize,
-}
-
-impl Default for ExecLimits {
-    fn default() -> Self {
-        ExecLimits {
-            timeout: None,
-            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
-        }
-    }
 }
 
 /// A flag that asks a running command (or anything else holding a clone) to stop.
@@ -249,7 +228,7 @@ pub enum ExecError {
 /// `cancelled`.
 pub fn run(
     cmd: &Command,
-    limits: &ExecLimits,
+    limits: &TaskLimits,
     cancel: &CancelToken,
 ) -> Result<ExecOutcome, ExecError> {
     let command = match cmd {
@@ -286,7 +265,7 @@ pub fn run(
 pub fn run_configured(
     mut command: std::process::Command,
     stdin: Stdio,
-    limits: &ExecLimits,
+    limits: &TaskLimits,
     cancel: &CancelToken,
     ledger: Option<&Ledger>,
 ) -> Result<ExecOutcome, ExecError> {
@@ -706,20 +685,21 @@ fn spawn_reader(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tasks::limits::DEFAULT_MAX_OUTPUT_BYTES;
 
     fn shell(script: &str) -> Command {
         Command::Shell(script.to_string())
     }
 
-    fn with_timeout(timeout: Duration) -> ExecLimits {
-        ExecLimits {
+    fn with_timeout(timeout: Duration) -> TaskLimits {
+        TaskLimits {
             timeout: Some(timeout),
-            ..ExecLimits::default()
+            ..TaskLimits::default()
         }
     }
 
     fn run_simply(command: &Command) -> ExecOutcome {
-        run(command, &ExecLimits::default(), &CancelToken::new()).expect("command runs")
+        run(command, &TaskLimits::default(), &CancelToken::new()).expect("command runs")
     }
 
     /// Tells whether a process is gone for good: no such pid, or a zombie. A killed
@@ -816,7 +796,7 @@ mod tests {
     #[test]
     fn missing_program_is_a_spawn_error() {
         let command = Command::Argv(vec!["/nonexistent/retire-cluster-no-such-program".into()]);
-        match run(&command, &ExecLimits::default(), &CancelToken::new()) {
+        match run(&command, &TaskLimits::default(), &CancelToken::new()) {
             Err(ExecError::Spawn { program, source }) => {
                 assert_eq!(program, "/nonexistent/retire-cluster-no-such-program");
                 assert_eq!(source.kind(), io::ErrorKind::NotFound);
@@ -829,7 +809,7 @@ mod tests {
     fn empty_argv_is_an_error() {
         let result = run(
             &Command::Argv(Vec::new()),
-            &ExecLimits::default(),
+            &TaskLimits::default(),
             &CancelToken::new(),
         );
         assert!(matches!(result, Err(ExecError::EmptyArgv)), "{result:?}");
@@ -969,9 +949,10 @@ mod tests {
     fn output_over_the_cap_is_truncated_and_the_child_still_finishes() {
         let outcome = run(
             &shell("head -c 3000000 /dev/zero; echo tail >&2"),
-            &ExecLimits {
+            &TaskLimits {
                 timeout: Some(Duration::from_secs(30)),
                 max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+                ..TaskLimits::default()
             },
             &CancelToken::new(),
         )
@@ -989,9 +970,10 @@ mod tests {
     fn small_cap_keeps_exactly_the_first_bytes() {
         let outcome = run(
             &shell("printf 0123456789"),
-            &ExecLimits {
+            &TaskLimits {
                 timeout: None,
                 max_output_bytes: 4,
+                ..TaskLimits::default()
             },
             &CancelToken::new(),
         )
@@ -1023,7 +1005,7 @@ mod tests {
             })
         };
         let script = format!("touch '{}'; exec sleep 30", started_marker.display());
-        let outcome = run(&shell(&script), &ExecLimits::default(), &cancel).expect("runs");
+        let outcome = run(&shell(&script), &TaskLimits::default(), &cancel).expect("runs");
         assert!(canceller.join().expect("canceller thread"), "never started");
         assert!(outcome.cancelled);
         assert!(!outcome.timed_out);
@@ -1038,7 +1020,7 @@ mod tests {
         let cancel = CancelToken::new();
         cancel.cancel();
         let script = format!("touch '{}'", marker.display());
-        let outcome = run(&shell(&script), &ExecLimits::default(), &cancel).expect("runs");
+        let outcome = run(&shell(&script), &TaskLimits::default(), &cancel).expect("runs");
         assert!(outcome.cancelled);
         assert_eq!(outcome.exit_code, None);
         assert!(!marker.exists());

@@ -30,7 +30,8 @@ use crate::state::running::Ledger;
 use crate::tasks::config::ExecutionConfig;
 use crate::tasks::exec::{self, CancelToken};
 use crate::tasks::handlers;
-use crate::tasks::sandbox::{Sandbox, SandboxCommand, SandboxError, SandboxLimits, SandboxOutcome};
+use crate::tasks::limits::TaskLimits;
+use crate::tasks::sandbox::{Sandbox, SandboxCommand, SandboxError, SandboxOutcome};
 use crate::tasks::task::{base_result, Handler, Progress, TaskContext, TaskOutcome};
 
 /// The task types this crate implements, in the order they are advertised.
@@ -218,7 +219,7 @@ impl Executor {
             "python3",
             vec!["-I".into(), "-c".into(), "print(6 * 7)".into()],
         );
-        let limits = SandboxLimits {
+        let limits = TaskLimits {
             timeout: Some(Duration::from_secs(20)),
             ..self.config.limits_for("python_eval", None)
         };
@@ -311,7 +312,7 @@ impl Executor {
         path: &std::path::Path,
         task: &TaskSpec,
         context: &TaskContext,
-        limits: &SandboxLimits,
+        limits: &TaskLimits,
     ) -> TaskOutcome {
         let mut command = SandboxCommand::new(path.as_os_str(), Vec::new());
         command.stdin = Some(serde_json::to_vec(&task.payload).unwrap_or_default());
@@ -331,7 +332,7 @@ impl Executor {
         &self,
         command: exec::Command,
         task: &TaskSpec,
-        limits: &SandboxLimits,
+        limits: &TaskLimits,
         cancel: &CancelToken,
         parse_json: bool,
     ) -> TaskOutcome {
@@ -360,7 +361,7 @@ impl Executor {
         &self,
         mut command: SandboxCommand,
         task: &TaskSpec,
-        limits: &SandboxLimits,
+        limits: &TaskLimits,
         cancel: &CancelToken,
         parse_json: bool,
     ) -> TaskOutcome {

@@ -10,6 +10,7 @@ pub mod exec;
 pub mod executor;
 pub mod handlers;
 pub(crate) mod http;
+pub mod limits;
 pub(crate) mod orphans;
 pub mod pool;
 pub mod sandbox;

@@ -30,12 +30,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread;
-use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::state::running::Ledger;
-use crate::tasks::exec::{self, CancelToken, ExecError, ExecLimits, ExecOutcome};
+use crate::tasks::exec::{self, CancelToken, ExecError, ExecOutcome};
+use crate::tasks::limits::TaskLimits;
 use rustix::process::{Resource, Rlimit};
 
 /// Environment variables passed from the worker to a task when they are set. Everything
@@ -68,52 +68,6 @@ pub const PROGRESS_FD: libc::c_int = 3;
 
 /// The longest progress line kept; longer lines are cut.
 pub const MAX_PROGRESS_LINE: usize = 4096;
-
-/// Default CPU seconds per process.
-pub const DEFAULT_CPU_SECS: u64 = 3600;
-/// Default address space per process: 2 GiB.
-pub const DEFAULT_MEMORY_BYTES: u64 = 2 << 30;
-/// Default largest file a task may write: 1 GiB.
-pub const DEFAULT_FILE_SIZE_BYTES: u64 = 1 << 30;
-/// Default open files per process.
-pub const DEFAULT_OPEN_FILES: u64 = 256;
-/// Default number of processes (and threads) a task may have at once.
-pub const DEFAULT_PROCESSES: u64 = 64;
-
-/// Resource limits of one run. `None` leaves a limit as the worker has it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SandboxLimits {
-    /// Wall-clock time before the whole task is stopped.
-    pub timeout: Option<Duration>,
-    /// CPU seconds per process (`RLIMIT_CPU`): `SIGXCPU` at the limit, `SIGKILL` a few
-    /// seconds later.
-    pub cpu_secs: Option<u64>,
-    /// Address space per process (`RLIMIT_AS`), in bytes.
-    pub memory_bytes: Option<u64>,
-    /// Largest file the task may write (`RLIMIT_FSIZE`), in bytes.
-    pub file_size_bytes: Option<u64>,
-    /// Open file descriptors per process (`RLIMIT_NOFILE`).
-    pub open_files: Option<u64>,
-    /// Processes and threads the task may have at once (`RLIMIT_NPROC`, see
-    /// `docs/sandbox.md` for how that works unprivileged).
-    pub processes: Option<u64>,
-    /// Bytes of stdout, and separately of stderr, that are kept.
-    pub max_output_bytes: usize,
-}
-
-impl Default for SandboxLimits {
-    fn default() -> Self {
-        SandboxLimits {
-            timeout: None,
-            cpu_secs: Some(DEFAULT_CPU_SECS),
-            memory_bytes: Some(DEFAULT_MEMORY_BYTES),
-            file_size_bytes: Some(DEFAULT_FILE_SIZE_BYTES),
-            open_files: Some(DEFAULT_OPEN_FILES),
-            processes: Some(DEFAULT_PROCESSES),
-            max_output_bytes: exec::DEFAULT_MAX_OUTPUT_BYTES,
-        }
-    }
-}
 
 /// How the owner set the sandbox up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,7 +148,8 @@ impl LandlockState {
 }
 
 /// The resource limits a run actually got (after capping at the worker's own hard
-/// limits), for the result.
+/// limits), for the result: the wire's view of a [`TaskLimits`], with its names
+/// and units (`result.sandbox.limits` in `docs/protocol.md`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EnforcedLimits {
     /// CPU seconds per process.
@@ -382,7 +337,7 @@ impl Sandbox {
     pub fn run(
         &self,
         command: SandboxCommand,
-        limits: &SandboxLimits,
+        limits: &TaskLimits,
         cancel: &CancelToken,
     ) -> Result<SandboxOutcome, SandboxError> {
         let SandboxCommand {
@@ -444,12 +399,7 @@ impl Sandbox {
         };
         install_pre_exec(&mut std_command, rlimits.clone(), progress_pipe, ruleset);
 
-        let exec_limits = ExecLimits {
-            timeout: limits.timeout,
-            max_output_bytes: limits.max_output_bytes,
-        };
-        let outcome =
-            exec::run_configured(std_command, stdin, &exec_limits, cancel, ledger.as_deref())?;
+        let outcome = exec::run_configured(std_command, stdin, limits, cancel, ledger.as_deref())?;
         if let Some(done) = progress_done {
             // Every progress line goes out before the result: wait for the reader to see
             // the end of the pipe, which comes as soon as the task's processes are gone.
@@ -622,7 +572,7 @@ struct RlimitPlan {
 const CPU_HARD_MARGIN_SECS: u64 = 2;
 
 impl RlimitPlan {
-    fn new(limits: &SandboxLimits, uid: u32) -> RlimitPlan {
+    fn new(limits: &TaskLimits, uid: u32) -> RlimitPlan {
         let cap = |resource, wanted: Option<u64>| {
             wanted.map(|wanted| wanted.min(current_hard_limit(resource)))
         };
@@ -1061,7 +1011,7 @@ mod tests {
         SandboxCommand::new("sh", vec!["-c".into(), script.into()])
     }
 
-    fn run(command: SandboxCommand, limits: &SandboxLimits) -> SandboxOutcome {
+    fn run(command: SandboxCommand, limits: &TaskLimits) -> SandboxOutcome {
         sandbox()
             .run(command, limits, &CancelToken::new())
             .expect("the command runs")
@@ -1071,7 +1021,7 @@ mod tests {
     fn the_task_runs_in_a_private_directory_that_is_removed_afterwards() {
         let outcome = run(
             sh("pwd; echo \"$HOME|$TMPDIR\"; touch made-here && echo ok"),
-            &SandboxLimits::default(),
+            &TaskLimits::default(),
         );
         assert_eq!(outcome.exec.exit_code, Some(0), "{outcome:?}");
         let mut lines = outcome.exec.stdout.lines();
@@ -1108,12 +1058,12 @@ mod tests {
 
     #[test]
     fn limits_are_set_before_exec() {
-        let limits = SandboxLimits {
+        let limits = TaskLimits {
             cpu_secs: Some(7),
             memory_bytes: Some(300 << 20),
             file_size_bytes: Some(5 << 20),
             open_files: Some(33),
-            ..SandboxLimits::default()
+            ..TaskLimits::default()
         };
         let outcome = run(
             sh("ulimit -t; ulimit -v; ulimit -f; ulimit -n; ulimit -c"),
@@ -1129,14 +1079,11 @@ mod tests {
         let mut command = sh("cat");
         command.stdin = Some(b"{\"a\":1}".to_vec());
         assert_eq!(
-            run(command, &SandboxLimits::default()).exec.stdout,
+            run(command, &TaskLimits::default()).exec.stdout,
             "{\"a\":1}"
         );
         assert_eq!(
-            run(sh("wc -c"), &SandboxLimits::default())
-                .exec
-                .stdout
-                .trim(),
+            run(sh("wc -c"), &TaskLimits::default()).exec.stdout.trim(),
             "0"
         );
     }
@@ -1148,7 +1095,7 @@ mod tests {
         command.progress = Some(Box::new(move |line| {
             let _ = sender.send(line);
         }));
-        let outcome = run(command, &SandboxLimits::default());
+        let outcome = run(command, &TaskLimits::default());
         assert_eq!(outcome.exec.exit_code, Some(0), "{outcome:?}");
         let lines: Vec<String> = received.iter().collect();
         assert_eq!(lines, ["half", "{\"fraction\":1}"]);

@@ -4,7 +4,7 @@
 
 use super::sim::{register, Reply, Sim};
 use crate::core::records::StoreOp;
-use crate::core::{AuthPolicy, ConnId, CoreConfig, Network, Secrets};
+use crate::core::{parse_network, AuthPolicy, ConnId, CoreConfig, Secrets};
 use protocol::auth::{
     Challenge, Hello, KeyPair, Method, Nonce, Proof, Token, TokenKind, Transcript,
 };
@@ -451,7 +451,7 @@ fn reads_need_no_token_from_read_only_sources_only() {
     );
     // Configured sources read too; `none` (an empty list) closes loopback.
     let mut sim = secured_with(AuthPolicy {
-        read_only_from: vec!["192.0.2.0/24".parse::<Network>().expect("a network")],
+        read_only_from: vec![parse_network("192.0.2.0/24").expect("a network")],
         ..AuthPolicy::default()
     });
     let lan = sim.connect_from(Some(LAN_PEER));
@@ -871,4 +871,38 @@ fn strangers_may_hold_a_few_subscriptions_and_see_finished_tasks_without_their_d
             ..whole
         }
     );
+}
+
+/// `--read-only-from` takes a network or a bare address (a network of one),
+/// counts IPv4-mapped IPv6 peers as IPv4, and names what is wrong with bad input.
+#[test]
+fn read_only_networks_parse_and_match() {
+    let contains = |net: &str, ip: &str| {
+        let net = parse_network(net).expect("a network");
+        crate::core::auth::network_contains(&net, ip.parse().expect("an address"))
+    };
+    for (net, ip, expect) in [
+        ("192.0.2.0/24", "192.0.2.200", true),
+        ("192.0.2.0/24", "192.0.3.1", false),
+        ("192.0.2.7", "192.0.2.7", true),
+        ("192.0.2.7", "192.0.2.8", false),
+        ("127.0.0.0/8", "::ffff:127.0.0.1", true),
+        ("0.0.0.0/0", "203.0.113.9", true),
+        ("0.0.0.0/0", "::1", false),
+        ("::1", "::1", true),
+        ("fd00::/8", "fd12::1", true),
+    ] {
+        assert_eq!(contains(net, ip), expect, "{ip} in {net}");
+    }
+    for (text, expect) in [
+        (
+            "nonsense",
+            "\"nonsense\" is not an IP address or ADDRESS/PREFIX",
+        ),
+        ("10.0.0.0/33", "\"10.0.0.0/33\": the prefix must be 0 to 32"),
+        ("::/129", "\"::/129\": the prefix must be 0 to 128"),
+        ("10.0.0.0/x", "\"10.0.0.0/x\": the prefix must be 0 to 32"),
+    ] {
+        assert_eq!(parse_network(text).expect_err(text), expect);
+    }
 }
