@@ -646,7 +646,8 @@ impl Core {
         register: Register,
     ) -> Result<Reply, ReplyError> {
         self.check_storage()?;
-        let sender = sender.or_else(|| self.authenticated_device(conn).map(str::to_string));
+        let sender =
+            sender.or_else(|| self.registry.authenticated_device(conn).map(str::to_string));
         let device_id = sender.ok_or_else(|| {
             ReplyError::new(
                 ErrorCode::InvalidMessage,
@@ -813,7 +814,9 @@ impl Core {
         sender: Option<String>,
         heartbeat: Heartbeat,
     ) -> Result<(), ReplyError> {
-        let device_id = self.speaker(conn, sender)?;
+        let device_id =
+            self.registry
+                .speaker(conn, sender, self.config.auth.allow_legacy_workers)?;
         let Some(device) = self.registry.devices.get_mut(&device_id) else {
             return Err(not_registered());
         };
@@ -850,7 +853,10 @@ impl Core {
         sender: Option<String>,
         progress: protocol::TaskProgress,
     ) {
-        let Ok(device_id) = self.speaker(conn, sender) else {
+        let Ok(device_id) =
+            self.registry
+                .speaker(conn, sender, self.config.auth.allow_legacy_workers)
+        else {
             return;
         };
         let current = self.tasks.by_id.get(&progress.task_id).is_some_and(|task| {
@@ -871,7 +877,9 @@ impl Core {
         result: TaskResult,
     ) -> Result<Reply, ReplyError> {
         self.check_storage()?;
-        let device_id = self.speaker(conn, sender)?;
+        let device_id =
+            self.registry
+                .speaker(conn, sender, self.config.auth.allow_legacy_workers)?;
         if let Some(device) = self.registry.devices.get_mut(&device_id) {
             device.last_seen = now.monotonic;
             if device.conn.is_some() {
@@ -992,7 +1000,9 @@ impl Core {
         sender: Option<String>,
         goodbye: Goodbye,
     ) -> Result<Reply, ReplyError> {
-        let device_id = self.speaker(conn, sender)?;
+        let device_id =
+            self.registry
+                .speaker(conn, sender, self.config.auth.allow_legacy_workers)?;
         let reason = goodbye.reason.unwrap_or_else(|| "goodbye".into());
         log::info!("device {device_id} said goodbye: {reason}");
         if self
@@ -1015,7 +1025,10 @@ impl Core {
         else {
             return;
         };
-        let Ok(device_id) = self.speaker(conn, sender) else {
+        let Ok(device_id) =
+            self.registry
+                .speaker(conn, sender, self.config.auth.allow_legacy_workers)
+        else {
             return;
         };
         let Some(task) = self.tasks.by_id.get_mut(&task_id) else {
@@ -1052,7 +1065,10 @@ impl Core {
             );
             return;
         };
-        let Ok(device_id) = self.speaker(conn, sender) else {
+        let Ok(device_id) =
+            self.registry
+                .speaker(conn, sender, self.config.auth.allow_legacy_workers)
+        else {
             return;
         };
         let current = self.tasks.by_id.get(&task_id).is_some_and(|task| {
@@ -1286,32 +1302,6 @@ impl Core {
     }
 
     // ----- helpers -----
-
-    /// The device a worker message speaks for: the one registered on this
-    /// connection, or, for older one-shot workers that open a connection
-    /// per message, the known device named by `sender_id`.
-    fn speaker(&self, conn: ConnId, sender: Option<String>) -> Result<String, ReplyError> {
-        if let Some(bound) = self
-            .registry
-            .conns
-            .get(&conn)
-            .and_then(|c| c.device_id.clone())
-        {
-            return Ok(bound);
-        }
-        // Only a device that may speak on this connection: the one it
-        // authenticated as, or (legacy switch, or authentication off) a
-        // device without credentials.
-        let sender = sender.or_else(|| self.authenticated_device(conn).map(str::to_string));
-        match sender {
-            Some(id)
-                if self.registry.devices.contains_key(&id) && self.may_speak_for(conn, &id) =>
-            {
-                Ok(id)
-            }
-            _ => Err(not_registered()),
-        }
-    }
 
     /// A device lost its connection: it is offline and its tasks go back
     /// to the queue at once.

@@ -5,10 +5,10 @@
 //! (`Conn::device_id`) and a device is bound to at most one connection
 //! (`Device::conn`); the two always agree.
 
-use super::auth;
+use super::auth::{self, Role};
 use super::index;
 use super::records::{DeviceKeyRecord, DeviceRecord};
-use super::{ConnId, ReplyError, MAX_UNTRUSTED_SUBSCRIBERS};
+use super::{not_registered, ConnId, ReplyError, MAX_UNTRUSTED_SUBSCRIBERS};
 use protocol::{ErrorCode, Metrics, Register, Subscribe};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -40,6 +40,17 @@ pub(super) struct Conn {
     /// and only ever stricter).
     pub(super) untrusted_subscriber: bool,
     pub(super) auth: auth::ConnAuth,
+}
+
+impl Conn {
+    /// Whether it has authenticated (or authentication is off), so it may
+    /// send full-size lines.
+    pub(super) fn is_trusted(&self) -> bool {
+        matches!(
+            self.auth.role,
+            Role::Worker(_) | Role::Legacy(_) | Role::Admin | Role::Open
+        )
+    }
 }
 
 /// Devices, connections and keys.
@@ -116,5 +127,60 @@ impl Registry {
             .values()
             .filter_map(|device| device.conn)
             .collect()
+    }
+
+    /// Whether connection `conn` has authenticated (see [`Conn::is_trusted`]).
+    pub(super) fn is_trusted(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(Conn::is_trusted)
+    }
+
+    /// The device this connection authenticated as, if any.
+    pub(super) fn authenticated_device(&self, conn: ConnId) -> Option<&str> {
+        match &self.conns.get(&conn)?.auth.role {
+            Role::Worker(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// Whether a worker message on `conn` may speak for `device_id` by
+    /// naming it in `sender_id` (older one-shot workers do). A legacy or
+    /// not yet authenticated connection may, when `allow_legacy` (the
+    /// legacy switch) is on, speak for a device without enrolled keys.
+    pub(super) fn may_speak_for(&self, conn: ConnId, device_id: &str, allow_legacy: bool) -> bool {
+        match self.conns.get(&conn).map(|state| &state.auth.role) {
+            Some(Role::Open) => true,
+            Some(Role::Worker(id)) => id == device_id,
+            Some(Role::Legacy(_) | Role::Pending | Role::Reader) => {
+                allow_legacy && !self.device_keys.contains_key(device_id)
+            }
+            _ => false,
+        }
+    }
+
+    /// The device a worker message speaks for: the one registered on this
+    /// connection, or, for older one-shot workers that open a connection
+    /// per message, the known device named by `sender_id`.
+    pub(super) fn speaker(
+        &self,
+        conn: ConnId,
+        sender: Option<String>,
+        allow_legacy: bool,
+    ) -> Result<String, ReplyError> {
+        if let Some(bound) = self.conns.get(&conn).and_then(|c| c.device_id.clone()) {
+            return Ok(bound);
+        }
+        // Only a device that may speak on this connection: the one it
+        // authenticated as, or (legacy switch, or authentication off) a
+        // device without credentials.
+        let sender = sender.or_else(|| self.authenticated_device(conn).map(str::to_string));
+        match sender {
+            Some(id)
+                if self.devices.contains_key(&id)
+                    && self.may_speak_for(conn, &id, allow_legacy) =>
+            {
+                Ok(id)
+            }
+            _ => Err(not_registered()),
+        }
     }
 }
