@@ -1193,30 +1193,12 @@ impl Core {
     /// Queues one task; returns its id and whether it is new. A task whose
     /// client-chosen id already exists is not queued again (idempotent
     /// submit).
-    fn submit_one(&mut self, now: Now, mut spec: TaskSpec) -> (String, bool) {
-        let mut seq = self.tasks.next_seq;
-        self.tasks.next_seq += 1;
-        let task_id = match spec.task_id.clone() {
-            Some(id) if self.tasks.by_id.contains_key(&id) => return (id, false),
-            Some(id) => id,
-            None => {
-                let mut id = generated_task_id(now, seq);
-                // A client may already have chosen this very id for a task
-                // of its own; inserting over it would lose that task.
-                while self.tasks.by_id.contains_key(&id) {
-                    seq = self.tasks.next_seq;
-                    self.tasks.next_seq += 1;
-                    id = generated_task_id(now, seq);
-                }
-                id
-            }
+    fn submit_one(&mut self, now: Now, spec: TaskSpec) -> (String, bool) {
+        let (task_id, task_type) = match self.tasks.submit(now, spec) {
+            Ok(new) => new,
+            Err(existing) => return (existing, false),
         };
-        spec.task_id = Some(task_id.clone());
-        let record = TaskRecord::queued(task_id.clone(), seq, spec, now.unix_ms);
         self.persist_task(&task_id);
-        self.tasks.queue.insert(QueueKey::of(&record), &record.spec);
-        let task_type = record.spec.task_type.clone();
-        self.tasks.by_id.insert(task_id.clone(), Task::new(record));
         self.list_task(&task_id);
         self.needs_dispatch = true;
         self.emit(
@@ -1354,28 +1336,11 @@ impl Core {
     /// `attempt` of it, if that attempt is still current; otherwise the
     /// device's copy is stale and its result will be fenced off.
     fn take_back(&mut self, now: Now, device_id: &str, task_id: &str, attempt: u32) {
-        let Some(task) = self.tasks.by_id.get_mut(task_id) else {
+        let Some(changed) = self.tasks.resume(now, device_id, task_id, attempt) else {
             return;
         };
-        let record = &mut task.record;
-        let current = record.attempt == attempt
-            && record.device_id.as_deref() == Some(device_id)
-            && matches!(
-                record.state,
-                TaskState::Queued | TaskState::Assigned | TaskState::Running
-            );
-        if !current {
-            return;
-        }
-        if record.state == TaskState::Queued {
-            let key = QueueKey::of(record);
-            self.tasks.queue.remove(&key);
-        }
-        if record.state != TaskState::Running {
-            record.state = TaskState::Running;
-            record.started_unix_ms.get_or_insert(now.unix_ms);
-            let record = record.clone();
-            self.persist_task(&record.task_id);
+        if changed {
+            self.persist_task(task_id);
         }
         if let Some(device) = self.registry.devices.get_mut(device_id) {
             device.active.insert(task_id.to_string());
@@ -1392,18 +1357,10 @@ impl Core {
             device.active.remove(task_id);
         }
         self.refresh_slots(device_id);
-        let Some(task) = self.tasks.by_id.get_mut(task_id) else {
-            return;
-        };
-        if task.record.device_id.as_deref() != Some(device_id)
-            || !matches!(task.record.state, TaskState::Assigned | TaskState::Running)
-        {
-            return;
+        if self.tasks.requeue(device_id, task_id) {
+            self.persist_task(task_id);
+            self.needs_dispatch = true;
         }
-        task.record.state = TaskState::Queued;
-        self.tasks.enqueue(task_id);
-        self.persist_task(task_id);
-        self.needs_dispatch = true;
     }
 
     /// Marks a task changed. The batch copies its record when it is taken
@@ -1502,10 +1459,6 @@ fn register_from_profile(profile: &Value) -> Register {
 }
 
 /// Task ids the master makes up: time-ordered and unique within a master.
-fn generated_task_id(now: Now, seq: u64) -> String {
-    format!("task-{:x}-{seq}", now.unix_ms)
-}
-
 /// The `message_id` of an assignment, so the worker's `ack`/`error` names
 /// the task and attempt it answers.
 fn assign_message_id(task_id: &str, attempt: u32) -> String {

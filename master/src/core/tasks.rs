@@ -3,7 +3,8 @@
 
 use super::queue::{QueueKey, TaskQueue};
 use super::records::TaskRecord;
-use protocol::TaskState;
+use super::Now;
+use protocol::{TaskSpec, TaskState};
 use std::collections::{BTreeSet, HashMap};
 
 #[derive(Debug)]
@@ -63,4 +64,93 @@ impl Tasks {
     pub(super) fn record(&self, task_id: &str) -> Option<&TaskRecord> {
         self.by_id.get(task_id).map(|task| &task.record)
     }
+
+    /// Adds task `spec` to the tasks and the queue; returns its id and
+    /// type, or, if its client-chosen id already exists, that id as the
+    /// error (idempotent submit: it is not queued again). Every call uses
+    /// up a `seq`, so submission order stays the order of arrival.
+    pub(super) fn submit(
+        &mut self,
+        now: Now,
+        mut spec: TaskSpec,
+    ) -> Result<(String, String), String> {
+        let mut seq = self.next_seq;
+        self.next_seq += 1;
+        let task_id = match spec.task_id.clone() {
+            Some(id) if self.by_id.contains_key(&id) => return Err(id),
+            Some(id) => id,
+            None => {
+                let mut id = generated_task_id(now, seq);
+                // A client may already have chosen this very id for a task
+                // of its own; inserting over it would lose that task.
+                while self.by_id.contains_key(&id) {
+                    seq = self.next_seq;
+                    self.next_seq += 1;
+                    id = generated_task_id(now, seq);
+                }
+                id
+            }
+        };
+        spec.task_id = Some(task_id.clone());
+        let record = TaskRecord::queued(task_id.clone(), seq, spec, now.unix_ms);
+        self.queue.insert(QueueKey::of(&record), &record.spec);
+        let task_type = record.spec.task_type.clone();
+        self.by_id.insert(task_id.clone(), Task::new(record));
+        Ok((task_id, task_type))
+    }
+
+    /// Task `task_id` is running on device `device_id`, which reports it
+    /// still runs `attempt` of it: takes it out of the queue and marks it
+    /// running. `None` if that attempt is not current (the device's copy is
+    /// stale); otherwise whether the record changed.
+    pub(super) fn resume(
+        &mut self,
+        now: Now,
+        device_id: &str,
+        task_id: &str,
+        attempt: u32,
+    ) -> Option<bool> {
+        let record = &mut self.by_id.get_mut(task_id)?.record;
+        let current = record.attempt == attempt
+            && record.device_id.as_deref() == Some(device_id)
+            && matches!(
+                record.state,
+                TaskState::Queued | TaskState::Assigned | TaskState::Running
+            );
+        if !current {
+            return None;
+        }
+        if record.state == TaskState::Queued {
+            self.queue.remove(&QueueKey::of(record));
+        }
+        if record.state == TaskState::Running {
+            return Some(false);
+        }
+        record.state = TaskState::Running;
+        record.started_unix_ms.get_or_insert(now.unix_ms);
+        Some(true)
+    }
+
+    /// Puts task `task_id`, held by device `device_id`, back in the queue
+    /// in its original place; whether it did. A task whose current attempt
+    /// is not that device's (it ended, or it runs elsewhere now) stays as
+    /// it is.
+    pub(super) fn requeue(&mut self, device_id: &str, task_id: &str) -> bool {
+        let Some(task) = self.by_id.get_mut(task_id) else {
+            return false;
+        };
+        if task.record.device_id.as_deref() != Some(device_id)
+            || !matches!(task.record.state, TaskState::Assigned | TaskState::Running)
+        {
+            return false;
+        }
+        task.record.state = TaskState::Queued;
+        self.enqueue(task_id);
+        true
+    }
+}
+
+/// The id of a task whose client chose none: the time and its `seq`.
+fn generated_task_id(now: Now, seq: u64) -> String {
+    format!("task-{:x}-{seq}", now.unix_ms)
 }
