@@ -131,6 +131,36 @@ impl Tasks {
         Some(true)
     }
 
+    /// Task `task_id` lost its worker `device_id`. Only the attempt that
+    /// device holds is lost: a task that has moved on since is left as it
+    /// is. A task that has lost more than `max_lost` workers is
+    /// dead-lettered. `None` for an unknown task.
+    pub(super) fn lose_attempt(
+        &mut self,
+        now: Now,
+        device_id: &str,
+        task_id: &str,
+        max_lost: u32,
+    ) -> Option<Lost> {
+        let record = &mut self.by_id.get_mut(task_id)?.record;
+        if record.device_id.as_deref() != Some(device_id)
+            || !matches!(record.state, TaskState::Assigned | TaskState::Running)
+        {
+            return Some(Lost::NotHeld);
+        }
+        record.lost += 1;
+        if record.lost <= max_lost {
+            return Some(Lost::Requeue);
+        }
+        record.state = TaskState::DeadLetter;
+        record.finished_unix_ms = Some(now.unix_ms);
+        record.error = Some(format!(
+            "lost its worker {} times; it may be crashing the devices it runs on",
+            record.lost
+        ));
+        Some(Lost::DeadLetter)
+    }
+
     /// Puts task `task_id`, held by device `device_id`, back in the queue
     /// in its original place; whether it did. A task whose current attempt
     /// is not that device's (it ended, or it runs elsewhere now) stays as
@@ -148,6 +178,19 @@ impl Tasks {
         self.enqueue(task_id);
         true
     }
+}
+
+/// What became of a task whose worker was lost (see
+/// [`Tasks::lose_attempt`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lost {
+    /// That device did not hold its current attempt: nothing changed.
+    NotHeld,
+    /// It lost too many workers and is dead-lettered.
+    DeadLetter,
+    /// It counts one more lost worker and goes back to the queue (the
+    /// caller requeues it).
+    Requeue,
 }
 
 /// The id of a task whose client chose none: the time and its `seq`.
