@@ -271,8 +271,8 @@ impl Core {
             if changed {
                 core.persist_device(&record);
             }
-            core.index
-                .devices
+            core.registry
+                .by_registration
                 .insert(record.registered_unix_ms, &record.device_id);
             core.registry.devices.insert(
                 record.device_id.clone(),
@@ -375,9 +375,6 @@ impl Core {
         let Some(state) = self.registry.disconnect(conn) else {
             return;
         };
-        if let Some(subscription) = &state.subscription {
-            self.index.subscribers.remove(conn, subscription);
-        }
         self.auth_disconnect(conn, &state.auth);
         if let Some(device_id) = state.device_id {
             let bound_here = self
@@ -539,13 +536,7 @@ impl Core {
     /// places, kept until it leaves.
     fn on_subscribe(&mut self, conn: ConnId, subscribe: Subscribe) -> Result<Reply, ReplyError> {
         let trusted = self.is_trusted(conn);
-        let old = self.registry.subscribe(conn, trusted, subscribe)?;
-        if let Some(old) = old {
-            self.index.subscribers.remove(conn, &old);
-        }
-        if let Some(new) = self.registry.subscription(conn) {
-            self.index.subscribers.add(conn, new);
-        }
+        self.registry.subscribe(conn, trusted, subscribe)?;
         Ok(Reply::new(json!({ "message": "subscribed" })))
     }
 
@@ -743,10 +734,10 @@ impl Core {
             .unwrap_or_default();
         self.persist_device(&record);
         match self.registry.devices.get(&device_id) {
-            Some(old) => self.index.totals.remove(old),
+            Some(old) => self.registry.totals.remove(old),
             None => self
-                .index
-                .devices
+                .registry
+                .by_registration
                 .insert(record.registered_unix_ms, &device_id),
         }
         let device = Device {
@@ -760,7 +751,7 @@ impl Core {
             lease_until: None,
             indexed,
         };
-        self.index.totals.add(&device);
+        self.registry.totals.add(&device);
         self.registry.devices.insert(device_id.clone(), device);
         self.set_heartbeat_due(
             &device_id,
@@ -916,7 +907,7 @@ impl Core {
             if let Some(device) = self.registry.devices.get_mut(&device_id) {
                 let new = index::SlotEntry::of(device);
                 let old = std::mem::replace(&mut device.indexed.slots, new);
-                self.index.free.update(&device_id, old, new);
+                self.registry.free.update(&device_id, old, new);
             }
         }
         // A requeued task whose attempt nobody else has taken yet still
@@ -1291,7 +1282,7 @@ impl Core {
         let Some(device) = self.registry.devices.get_mut(device_id) else {
             return;
         };
-        self.index.totals.remove(device);
+        self.registry.totals.remove(device);
         device.conn = None;
         device.record.status = DeviceStatus::Offline;
         let record = device.record.clone();
@@ -1385,7 +1376,7 @@ impl Core {
     fn emit(&mut self, event: Event, durable: bool) {
         // From the index, by the event's task: the cost is the connections
         // it goes to, whatever the other subscribers follow.
-        let targets = self.index.subscribers.targets(event.task_id());
+        let targets = self.registry.subscribers.targets(event.task_id());
         if targets.is_empty() {
             return;
         }
@@ -1399,7 +1390,7 @@ impl Core {
 
     fn emit_finished(&mut self, task_id: &str) {
         // The event carries the task in full: made only for someone.
-        if !self.index.subscribers.want(task_id) {
+        if !self.registry.subscribers.want(task_id) {
             return;
         }
         if let Ok(task) = self.task_view(task_id) {

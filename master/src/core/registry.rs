@@ -65,16 +65,35 @@ pub(super) struct Registry {
     /// Subscribed connections that had not authenticated when they
     /// subscribed (see [`super::MAX_UNTRUSTED_SUBSCRIBERS`]).
     pub(super) untrusted_subscribers: usize,
+    /// Connections with a subscription, by the tasks they follow.
+    pub(super) subscribers: index::Subscribers,
+    /// Devices that can take a task now, least loaded first.
+    pub(super) free: index::FreeSlots,
+    /// Every device, newest registered first.
+    pub(super) by_registration: index::DeviceListing,
+    /// Totals over the connected devices.
+    pub(super) totals: index::DeviceTotals,
 }
 
 impl Registry {
+    /// Records whether, and how loaded, device `device_id` can take a task
+    /// now (see [`index::FreeSlots`]).
+    pub(super) fn refresh_slots(&mut self, device_id: &str) {
+        let Some(device) = self.devices.get_mut(device_id) else {
+            return;
+        };
+        let new = index::SlotEntry::of(device);
+        let old = std::mem::replace(&mut device.indexed.slots, new);
+        self.free.update(device_id, old, new);
+    }
+
     /// The connection device `device_id` is bound to, if it is online.
     pub(super) fn conn_of(&self, device_id: &str) -> Option<ConnId> {
         self.devices.get(device_id).and_then(|device| device.conn)
     }
 
-    /// Starts (or replaces) `conn`'s subscription; returns the one it
-    /// replaces. A connection that has not authenticated (`trusted` is
+    /// Starts (or replaces) `conn`'s subscription, in the connection and
+    /// in the subscribers' index. A connection that has not authenticated (`trusted` is
     /// false) takes one of the [`MAX_UNTRUSTED_SUBSCRIBERS`] places, kept
     /// until it leaves (authenticating later does not give the place back
     /// early: simpler, and only ever stricter).
@@ -83,7 +102,7 @@ impl Registry {
         conn: ConnId,
         trusted: bool,
         subscribe: Subscribe,
-    ) -> Result<Option<Subscribe>, ReplyError> {
+    ) -> Result<(), ReplyError> {
         let Some(state) = self.conns.get_mut(&conn) else {
             return Err(ReplyError::new(
                 ErrorCode::InternalError,
@@ -103,18 +122,23 @@ impl Registry {
             state.untrusted_subscriber = true;
             self.untrusted_subscribers += 1;
         }
-        Ok(state.subscription.replace(subscribe))
+        // The old one out first: the new one may follow some of its tasks.
+        if let Some(old) = state.subscription.replace(subscribe) {
+            self.subscribers.remove(conn, &old);
+        }
+        if let Some(new) = &state.subscription {
+            self.subscribers.add(conn, new);
+        }
+        Ok(())
     }
 
-    /// `conn`'s subscription, if it has one.
-    pub(super) fn subscription(&self, conn: ConnId) -> Option<&Subscribe> {
-        self.conns.get(&conn)?.subscription.as_ref()
-    }
-
-    /// Forgets connection `conn` (it closed) and gives back its place among
-    /// the unauthenticated subscribers; returns its state.
+    /// Forgets connection `conn` (it closed), its subscription, and its
+    /// place among the unauthenticated subscribers; returns its state.
     pub(super) fn disconnect(&mut self, conn: ConnId) -> Option<Conn> {
         let state = self.conns.remove(&conn)?;
+        if let Some(subscription) = &state.subscription {
+            self.subscribers.remove(conn, subscription);
+        }
         if state.untrusted_subscriber {
             self.untrusted_subscribers -= 1;
         }
