@@ -143,9 +143,7 @@ impl Tasks {
         max_lost: u32,
     ) -> Option<Lost> {
         let record = &mut self.by_id.get_mut(task_id)?.record;
-        if record.device_id.as_deref() != Some(device_id)
-            || !matches!(record.state, TaskState::Assigned | TaskState::Running)
-        {
+        if !held_by(record, device_id) {
             return Some(Lost::NotHeld);
         }
         record.lost += 1;
@@ -169,9 +167,7 @@ impl Tasks {
         let Some(task) = self.by_id.get_mut(task_id) else {
             return false;
         };
-        if task.record.device_id.as_deref() != Some(device_id)
-            || !matches!(task.record.state, TaskState::Assigned | TaskState::Running)
-        {
+        if !held_by(&task.record, device_id) {
             return false;
         }
         task.record.state = TaskState::Queued;
@@ -191,6 +187,13 @@ pub(super) enum Lost {
     /// It counts one more lost worker and goes back to the queue (the
     /// caller requeues it).
     Requeue,
+}
+
+/// Whether device `device_id` holds the current attempt of the task of
+/// `record` (it was given it, and the attempt has not ended).
+fn held_by(record: &TaskRecord, device_id: &str) -> bool {
+    record.device_id.as_deref() == Some(device_id)
+        && matches!(record.state, TaskState::Assigned | TaskState::Running)
 }
 
 /// The id of a task whose client chose none: the time and its `seq`.
