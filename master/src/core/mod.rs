@@ -1205,33 +1205,8 @@ impl Core {
     fn on_cancel(&mut self, now: Now, cancel: TaskCancel) -> Result<Reply, ReplyError> {
         self.check_storage()?;
         let task_id = cancel.task_id;
-        let Some(task) = self.tasks.by_id.get_mut(&task_id) else {
-            return Err(ReplyError::new(
-                ErrorCode::NotFound,
-                format!("no task {task_id}"),
-            ));
-        };
-        let record = &mut task.record;
-        if record.state.is_terminal() {
-            return Err(ReplyError::new(
-                ErrorCode::InvalidState,
-                format!("task {task_id} already {}", record.state),
-            ));
-        }
-        let was = record.state;
-        let holder = record.device_id.clone();
-        let attempt = record.attempt;
-        record.state = TaskState::Cancelled;
-        record.finished_unix_ms = Some(now.unix_ms);
-        record.retry_at_unix_ms = None;
-        record.error = Some("cancelled by a client".into());
-        let record = record.clone();
-        self.tasks.queue.remove(&QueueKey::of(&record));
-        if was == TaskState::Retrying {
-            // Its backoff must not fire into a later one (after a retry).
-            self.timers.remove(&TimerKey::Retry(task_id.clone()));
-        }
-        self.persist_task(&record.task_id);
+        let (was, holder, attempt) = self.tasks.cancel(now, &task_id, &mut self.timers)?;
+        self.persist_task(&task_id);
         if matches!(was, TaskState::Assigned | TaskState::Running) {
             // The device keeps the slot until it reports the attempt's end,
             // because its process may still be running until then.

@@ -3,8 +3,9 @@
 
 use super::queue::{QueueKey, TaskQueue};
 use super::records::TaskRecord;
-use super::Now;
-use protocol::{TaskSpec, TaskState};
+use super::timers::{TimerKey, TimerTable};
+use super::{Now, ReplyError};
+use protocol::{ErrorCode, TaskSpec, TaskState};
 use std::collections::{BTreeSet, HashMap};
 
 #[derive(Debug)]
@@ -157,6 +158,44 @@ impl Tasks {
             record.lost
         ));
         Some(Lost::DeadLetter)
+    }
+
+    /// Cancels task `task_id` (a client asked): out of the queue, and its
+    /// backoff, which `timers` holds, removed so it cannot fire into a
+    /// later retry. Returns the state it was in, and its holder and
+    /// attempt then, so the caller can tell the holder to stop it.
+    pub(super) fn cancel(
+        &mut self,
+        now: Now,
+        task_id: &str,
+        timers: &mut TimerTable,
+    ) -> Result<(TaskState, Option<String>, u32), ReplyError> {
+        let Some(task) = self.by_id.get_mut(task_id) else {
+            return Err(ReplyError::new(
+                ErrorCode::NotFound,
+                format!("no task {task_id}"),
+            ));
+        };
+        let record = &mut task.record;
+        if record.state.is_terminal() {
+            return Err(ReplyError::new(
+                ErrorCode::InvalidState,
+                format!("task {task_id} already {}", record.state),
+            ));
+        }
+        let was = record.state;
+        let holder = record.device_id.clone();
+        let attempt = record.attempt;
+        record.state = TaskState::Cancelled;
+        record.finished_unix_ms = Some(now.unix_ms);
+        record.retry_at_unix_ms = None;
+        record.error = Some("cancelled by a client".into());
+        self.queue.remove(&QueueKey::of(record));
+        if was == TaskState::Retrying {
+            // Its backoff must not fire into a later one (after a retry).
+            timers.remove(&TimerKey::Retry(task_id.to_string()));
+        }
+        Ok((was, holder, attempt))
     }
 
     /// Puts task `task_id`, held by device `device_id`, back in the queue
