@@ -247,12 +247,7 @@ impl Core {
     /// Whether `conn` may still only send small lines (it has not
     /// authenticated).
     pub fn is_trusted(&self, conn: ConnId) -> bool {
-        self.registry.conns.get(&conn).is_some_and(|state| {
-            matches!(
-                state.auth.role,
-                Role::Worker(_) | Role::Legacy(_) | Role::Admin | Role::Open
-            )
-        })
+        self.registry.is_trusted(conn)
     }
 
     /// Whether `conn` is an anonymous reader: no token, from a read-only
@@ -468,28 +463,6 @@ impl Core {
                 log::warn!("device {device_id} registered without credentials (legacy switch)");
                 self.trust(conn);
             }
-        }
-    }
-
-    /// The device this connection authenticated as, if any.
-    pub(super) fn authenticated_device(&self, conn: ConnId) -> Option<&str> {
-        match &self.registry.conns.get(&conn)?.auth.role {
-            Role::Worker(id) => Some(id),
-            _ => None,
-        }
-    }
-
-    /// Whether a worker message on `conn` may speak for `device_id` by
-    /// naming it in `sender_id` (older one-shot workers do).
-    pub(super) fn may_speak_for(&self, conn: ConnId, device_id: &str) -> bool {
-        match self.registry.conns.get(&conn).map(|state| &state.auth.role) {
-            Some(Role::Open) => true,
-            Some(Role::Worker(id)) => id == device_id,
-            Some(Role::Legacy(_) | Role::Pending | Role::Reader) => {
-                self.config.auth.allow_legacy_workers
-                    && !self.registry.device_keys.contains_key(device_id)
-            }
-            _ => false,
         }
     }
 

@@ -18,7 +18,7 @@ impl Core {
     pub(super) fn dispatch(&mut self, now: Now) {
         // A pause that is over counts as over even before the timer ran.
         self.resume_paused(now);
-        let mut free_slots = self.index.free.total();
+        let mut free_slots = self.registry.free.total();
         if free_slots == 0 {
             return;
         }
@@ -52,7 +52,7 @@ impl Core {
     }
 
     fn best_device(&self, task: &Task) -> Option<String> {
-        self.index
+        self.registry
             .free
             .least_loaded()
             .filter(|id| !task.refused_by.contains(*id))

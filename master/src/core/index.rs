@@ -24,19 +24,13 @@ use protocol::{DeviceStatus, ResourceTotals, Subscribe, TaskState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-/// Every index of the core.
+/// The index of the tasks' side; the devices' and connections' indexes
+/// ([`Subscribers`], [`FreeSlots`], [`DeviceListing`], [`DeviceTotals`])
+/// are held by the registry, next to what they index.
 #[derive(Debug, Default)]
 pub(super) struct Indexes {
-    /// Connections with a subscription.
-    pub(super) subscribers: Subscribers,
-    /// Devices that can take a task now.
-    pub(super) free: FreeSlots,
     /// Every task by state, newest first.
     pub(super) listing: TaskListing,
-    /// Every device, newest registered first.
-    pub(super) devices: DeviceListing,
-    /// Totals over the connected devices.
-    pub(super) totals: DeviceTotals,
 }
 
 /// What the indexes hold for one device, kept in the device itself so that
@@ -549,12 +543,7 @@ impl Core {
     /// now. Called after every change to a device's connection, status,
     /// pause, slots or active tasks.
     pub(super) fn refresh_slots(&mut self, device_id: &str) {
-        let Some(device) = self.registry.devices.get_mut(device_id) else {
-            return;
-        };
-        let new = SlotEntry::of(device);
-        let old = std::mem::replace(&mut device.indexed.slots, new);
-        self.index.free.update(device_id, old, new);
+        self.registry.refresh_slots(device_id);
     }
 
     /// Sets when device `device_id`'s heartbeats stop counting (`None`:
@@ -662,7 +651,7 @@ impl Core {
                 free += 1;
                 free_total += entry.free;
                 assert!(
-                    self.index.free.contains(id, entry),
+                    self.registry.free.contains(id, entry),
                     "device {id}: free slots not indexed"
                 );
             }
@@ -672,8 +661,8 @@ impl Core {
             heartbeats,
             "heartbeat entries"
         );
-        assert_eq!(self.index.free.len(), free, "free slot entries");
-        assert_eq!(self.index.free.total(), free_total, "free slot total");
+        assert_eq!(self.registry.free.len(), free, "free slot entries");
+        assert_eq!(self.registry.free.total(), free_total, "free slot total");
         let subscribers: BTreeMap<ConnId, BTreeSet<String>> = self
             .registry
             .conns
@@ -683,7 +672,11 @@ impl Core {
                 Some((conn, subscription.task_ids.iter().cloned().collect()))
             })
             .collect();
-        assert_eq!(self.index.subscribers.filters(), subscribers, "subscribers");
+        assert_eq!(
+            self.registry.subscribers.filters(),
+            subscribers,
+            "subscribers"
+        );
         let untrusted = self
             .registry
             .conns
@@ -711,7 +704,7 @@ impl Core {
             .map(|(id, device)| (device.record.registered_unix_ms, id.clone()))
             .collect();
         assert_eq!(
-            self.index.devices.entries(),
+            self.registry.by_registration.entries(),
             &devices,
             "devices by registration"
         );
@@ -719,7 +712,7 @@ impl Core {
         for device in self.registry.devices.values() {
             totals.add(device);
         }
-        assert_eq!(self.index.totals, totals, "totals of connected devices");
+        assert_eq!(self.registry.totals, totals, "totals of connected devices");
         for state in TaskState::ALL {
             let count = listed.values().filter(|&&s| s == state).count();
             assert_eq!(self.index.listing.count(state), count, "{state} count");

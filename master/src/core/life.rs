@@ -5,6 +5,7 @@
 //! Every timer here runs on the monotonic clock the core is handed (`now`),
 //! so a wall-clock jump changes none of them.
 
+use super::tasks::Lost;
 use super::timers::{TimerKey, TimerKind};
 use super::{Core, Now, Reply, ReplyError};
 use protocol::{ErrorCode, Event, Message, ResultStatus, TaskCancel, TaskSpec, TaskState};
@@ -97,42 +98,23 @@ impl Core {
     /// device holds is lost: a task that has moved on since (its attempt
     /// ended, or it runs elsewhere) is only no longer counted there.
     pub(super) fn lose_attempt(&mut self, now: Now, device_id: &str, task_id: &str) {
-        let Some(task) = self.tasks.by_id.get_mut(task_id) else {
-            return;
-        };
-        if task.record.device_id.as_deref() != Some(device_id)
-            || !matches!(task.record.state, TaskState::Assigned | TaskState::Running)
-        {
-            if let Some(device) = self.registry.devices.get_mut(device_id) {
-                device.active.remove(task_id);
+        let max_lost = self.config.max_lost_attempts;
+        match self.tasks.lose_attempt(now, device_id, task_id, max_lost) {
+            None => {}
+            Some(Lost::Requeue) => self.requeue(device_id, task_id),
+            Some(lost) => {
+                if let Some(device) = self.registry.devices.get_mut(device_id) {
+                    device.active.remove(task_id);
+                }
+                if lost == Lost::DeadLetter {
+                    self.persist_task(task_id);
+                    self.refresh_slots(device_id);
+                    self.emit_finished(task_id);
+                } else {
+                    self.refresh_slots(device_id);
+                }
             }
-            self.refresh_slots(device_id);
-            return;
         }
-        task.record.lost += 1;
-        if task.record.lost > self.config.max_lost_attempts {
-            if let Some(device) = task
-                .record
-                .device_id
-                .as_ref()
-                .and_then(|id| self.registry.devices.get_mut(id))
-            {
-                device.active.remove(task_id);
-            }
-            let record = &mut task.record;
-            record.state = TaskState::DeadLetter;
-            record.finished_unix_ms = Some(now.unix_ms);
-            record.error = Some(format!(
-                "lost its worker {} times; it may be crashing the devices it runs on",
-                record.lost
-            ));
-            let record = record.clone();
-            self.persist_task(&record.task_id);
-            self.refresh_slots(device_id);
-            self.emit_finished(task_id);
-            return;
-        }
-        self.requeue(device_id, task_id);
     }
 
     /// `task_retry`: a finished task that did not complete goes back to

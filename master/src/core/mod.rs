@@ -273,8 +273,8 @@ impl Core {
             if changed {
                 core.persist_device(&record);
             }
-            core.index
-                .devices
+            core.registry
+                .by_registration
                 .insert(record.registered_unix_ms, &record.device_id);
             core.registry.devices.insert(
                 record.device_id.clone(),
@@ -377,9 +377,6 @@ impl Core {
         let Some(state) = self.registry.disconnect(conn) else {
             return;
         };
-        if let Some(subscription) = &state.subscription {
-            self.index.subscribers.remove(conn, subscription);
-        }
         self.auth_disconnect(conn, &state.auth);
         if let Some(device_id) = state.device_id {
             let bound_here = self
@@ -541,13 +538,7 @@ impl Core {
     /// places, kept until it leaves.
     fn on_subscribe(&mut self, conn: ConnId, subscribe: Subscribe) -> Result<Reply, ReplyError> {
         let trusted = self.is_trusted(conn);
-        let old = self.registry.subscribe(conn, trusted, subscribe)?;
-        if let Some(old) = old {
-            self.index.subscribers.remove(conn, &old);
-        }
-        if let Some(new) = self.registry.subscription(conn) {
-            self.index.subscribers.add(conn, new);
-        }
+        self.registry.subscribe(conn, trusted, subscribe)?;
         Ok(Reply::new(json!({ "message": "subscribed" })))
     }
 
@@ -648,7 +639,8 @@ impl Core {
         register: Register,
     ) -> Result<Reply, ReplyError> {
         self.check_storage()?;
-        let sender = sender.or_else(|| self.authenticated_device(conn).map(str::to_string));
+        let sender =
+            sender.or_else(|| self.registry.authenticated_device(conn).map(str::to_string));
         let device_id = sender.ok_or_else(|| {
             ReplyError::new(
                 ErrorCode::InvalidMessage,
@@ -744,10 +736,10 @@ impl Core {
             .unwrap_or_default();
         self.persist_device(&record);
         match self.registry.devices.get(&device_id) {
-            Some(old) => self.index.totals.remove(old),
+            Some(old) => self.registry.totals.remove(old),
             None => self
-                .index
-                .devices
+                .registry
+                .by_registration
                 .insert(record.registered_unix_ms, &device_id),
         }
         let device = Device {
@@ -761,7 +753,7 @@ impl Core {
             lease_until: None,
             indexed,
         };
-        self.index.totals.add(&device);
+        self.registry.totals.add(&device);
         self.registry.devices.insert(device_id.clone(), device);
         self.set_heartbeat_due(
             &device_id,
@@ -815,7 +807,9 @@ impl Core {
         sender: Option<String>,
         heartbeat: Heartbeat,
     ) -> Result<(), ReplyError> {
-        let device_id = self.speaker(conn, sender)?;
+        let device_id =
+            self.registry
+                .speaker(conn, sender, self.config.auth.allow_legacy_workers)?;
         let Some(device) = self.registry.devices.get_mut(&device_id) else {
             return Err(not_registered());
         };
@@ -852,7 +846,10 @@ impl Core {
         sender: Option<String>,
         progress: protocol::TaskProgress,
     ) {
-        let Ok(device_id) = self.speaker(conn, sender) else {
+        let Ok(device_id) =
+            self.registry
+                .speaker(conn, sender, self.config.auth.allow_legacy_workers)
+        else {
             return;
         };
         let current = self.tasks.by_id.get(&progress.task_id).is_some_and(|task| {
@@ -873,7 +870,9 @@ impl Core {
         result: TaskResult,
     ) -> Result<Reply, ReplyError> {
         self.check_storage()?;
-        let device_id = self.speaker(conn, sender)?;
+        let device_id =
+            self.registry
+                .speaker(conn, sender, self.config.auth.allow_legacy_workers)?;
         if let Some(device) = self.registry.devices.get_mut(&device_id) {
             device.last_seen = now.monotonic;
             if device.conn.is_some() {
@@ -910,7 +909,7 @@ impl Core {
             if let Some(device) = self.registry.devices.get_mut(&device_id) {
                 let new = index::SlotEntry::of(device);
                 let old = std::mem::replace(&mut device.indexed.slots, new);
-                self.index.free.update(&device_id, old, new);
+                self.registry.free.update(&device_id, old, new);
             }
         }
         // A requeued task whose attempt nobody else has taken yet still
@@ -994,7 +993,9 @@ impl Core {
         sender: Option<String>,
         goodbye: Goodbye,
     ) -> Result<Reply, ReplyError> {
-        let device_id = self.speaker(conn, sender)?;
+        let device_id =
+            self.registry
+                .speaker(conn, sender, self.config.auth.allow_legacy_workers)?;
         let reason = goodbye.reason.unwrap_or_else(|| "goodbye".into());
         log::info!("device {device_id} said goodbye: {reason}");
         if self
@@ -1017,7 +1018,10 @@ impl Core {
         else {
             return;
         };
-        let Ok(device_id) = self.speaker(conn, sender) else {
+        let Ok(device_id) =
+            self.registry
+                .speaker(conn, sender, self.config.auth.allow_legacy_workers)
+        else {
             return;
         };
         let Some(task) = self.tasks.by_id.get_mut(&task_id) else {
@@ -1054,7 +1058,10 @@ impl Core {
             );
             return;
         };
-        let Ok(device_id) = self.speaker(conn, sender) else {
+        let Ok(device_id) =
+            self.registry
+                .speaker(conn, sender, self.config.auth.allow_legacy_workers)
+        else {
             return;
         };
         let current = self.tasks.by_id.get(&task_id).is_some_and(|task| {
@@ -1179,30 +1186,12 @@ impl Core {
     /// Queues one task; returns its id and whether it is new. A task whose
     /// client-chosen id already exists is not queued again (idempotent
     /// submit).
-    fn submit_one(&mut self, now: Now, mut spec: TaskSpec) -> (String, bool) {
-        let mut seq = self.tasks.next_seq;
-        self.tasks.next_seq += 1;
-        let task_id = match spec.task_id.clone() {
-            Some(id) if self.tasks.by_id.contains_key(&id) => return (id, false),
-            Some(id) => id,
-            None => {
-                let mut id = generated_task_id(now, seq);
-                // A client may already have chosen this very id for a task
-                // of its own; inserting over it would lose that task.
-                while self.tasks.by_id.contains_key(&id) {
-                    seq = self.tasks.next_seq;
-                    self.tasks.next_seq += 1;
-                    id = generated_task_id(now, seq);
-                }
-                id
-            }
+    fn submit_one(&mut self, now: Now, spec: TaskSpec) -> (String, bool) {
+        let (task_id, task_type) = match self.tasks.submit(now, spec) {
+            Ok(new) => new,
+            Err(existing) => return (existing, false),
         };
-        spec.task_id = Some(task_id.clone());
-        let record = TaskRecord::queued(task_id.clone(), seq, spec, now.unix_ms);
         self.persist_task(&task_id);
-        self.tasks.queue.insert(QueueKey::of(&record), &record.spec);
-        let task_type = record.spec.task_type.clone();
-        self.tasks.by_id.insert(task_id.clone(), Task::new(record));
         self.list_task(&task_id);
         self.needs_dispatch = true;
         self.emit(
@@ -1218,33 +1207,8 @@ impl Core {
     fn on_cancel(&mut self, now: Now, cancel: TaskCancel) -> Result<Reply, ReplyError> {
         self.check_storage()?;
         let task_id = cancel.task_id;
-        let Some(task) = self.tasks.by_id.get_mut(&task_id) else {
-            return Err(ReplyError::new(
-                ErrorCode::NotFound,
-                format!("no task {task_id}"),
-            ));
-        };
-        let record = &mut task.record;
-        if record.state.is_terminal() {
-            return Err(ReplyError::new(
-                ErrorCode::InvalidState,
-                format!("task {task_id} already {}", record.state),
-            ));
-        }
-        let was = record.state;
-        let holder = record.device_id.clone();
-        let attempt = record.attempt;
-        record.state = TaskState::Cancelled;
-        record.finished_unix_ms = Some(now.unix_ms);
-        record.retry_at_unix_ms = None;
-        record.error = Some("cancelled by a client".into());
-        let record = record.clone();
-        self.tasks.queue.remove(&QueueKey::of(&record));
-        if was == TaskState::Retrying {
-            // Its backoff must not fire into a later one (after a retry).
-            self.timers.remove(&TimerKey::Retry(task_id.clone()));
-        }
-        self.persist_task(&record.task_id);
+        let (was, holder, attempt) = self.tasks.cancel(now, &task_id, &mut self.timers)?;
+        self.persist_task(&task_id);
         if matches!(was, TaskState::Assigned | TaskState::Running) {
             // The device keeps the slot until it reports the attempt's end,
             // because its process may still be running until then.
@@ -1289,39 +1253,13 @@ impl Core {
 
     // ----- helpers -----
 
-    /// The device a worker message speaks for: the one registered on this
-    /// connection, or, for older one-shot workers that open a connection
-    /// per message, the known device named by `sender_id`.
-    fn speaker(&self, conn: ConnId, sender: Option<String>) -> Result<String, ReplyError> {
-        if let Some(bound) = self
-            .registry
-            .conns
-            .get(&conn)
-            .and_then(|c| c.device_id.clone())
-        {
-            return Ok(bound);
-        }
-        // Only a device that may speak on this connection: the one it
-        // authenticated as, or (legacy switch, or authentication off) a
-        // device without credentials.
-        let sender = sender.or_else(|| self.authenticated_device(conn).map(str::to_string));
-        match sender {
-            Some(id)
-                if self.registry.devices.contains_key(&id) && self.may_speak_for(conn, &id) =>
-            {
-                Ok(id)
-            }
-            _ => Err(not_registered()),
-        }
-    }
-
     /// A device lost its connection: it is offline and its tasks go back
     /// to the queue at once.
     fn device_gone(&mut self, now: Now, device_id: &str, reason: &str, handed_back: bool) {
         let Some(device) = self.registry.devices.get_mut(device_id) else {
             return;
         };
-        self.index.totals.remove(device);
+        self.registry.totals.remove(device);
         device.conn = None;
         device.record.status = DeviceStatus::Offline;
         let record = device.record.clone();
@@ -1366,28 +1304,11 @@ impl Core {
     /// `attempt` of it, if that attempt is still current; otherwise the
     /// device's copy is stale and its result will be fenced off.
     fn take_back(&mut self, now: Now, device_id: &str, task_id: &str, attempt: u32) {
-        let Some(task) = self.tasks.by_id.get_mut(task_id) else {
+        let Some(changed) = self.tasks.resume(now, device_id, task_id, attempt) else {
             return;
         };
-        let record = &mut task.record;
-        let current = record.attempt == attempt
-            && record.device_id.as_deref() == Some(device_id)
-            && matches!(
-                record.state,
-                TaskState::Queued | TaskState::Assigned | TaskState::Running
-            );
-        if !current {
-            return;
-        }
-        if record.state == TaskState::Queued {
-            let key = QueueKey::of(record);
-            self.tasks.queue.remove(&key);
-        }
-        if record.state != TaskState::Running {
-            record.state = TaskState::Running;
-            record.started_unix_ms.get_or_insert(now.unix_ms);
-            let record = record.clone();
-            self.persist_task(&record.task_id);
+        if changed {
+            self.persist_task(task_id);
         }
         if let Some(device) = self.registry.devices.get_mut(device_id) {
             device.active.insert(task_id.to_string());
@@ -1404,18 +1325,10 @@ impl Core {
             device.active.remove(task_id);
         }
         self.refresh_slots(device_id);
-        let Some(task) = self.tasks.by_id.get_mut(task_id) else {
-            return;
-        };
-        if task.record.device_id.as_deref() != Some(device_id)
-            || !matches!(task.record.state, TaskState::Assigned | TaskState::Running)
-        {
-            return;
+        if self.tasks.requeue(device_id, task_id) {
+            self.persist_task(task_id);
+            self.needs_dispatch = true;
         }
-        task.record.state = TaskState::Queued;
-        self.tasks.enqueue(task_id);
-        self.persist_task(task_id);
-        self.needs_dispatch = true;
     }
 
     /// Marks a task changed. The batch copies its record when it is taken
@@ -1440,7 +1353,7 @@ impl Core {
     fn emit(&mut self, event: Event, durable: bool) {
         // From the index, by the event's task: the cost is the connections
         // it goes to, whatever the other subscribers follow.
-        let targets = self.index.subscribers.targets(event.task_id());
+        let targets = self.registry.subscribers.targets(event.task_id());
         if targets.is_empty() {
             return;
         }
@@ -1454,7 +1367,7 @@ impl Core {
 
     fn emit_finished(&mut self, task_id: &str) {
         // The event carries the task in full: made only for someone.
-        if !self.index.subscribers.want(task_id) {
+        if !self.registry.subscribers.want(task_id) {
             return;
         }
         if let Ok(task) = self.task_view(task_id) {
@@ -1514,10 +1427,6 @@ fn register_from_profile(profile: &Value) -> Register {
 }
 
 /// Task ids the master makes up: time-ordered and unique within a master.
-fn generated_task_id(now: Now, seq: u64) -> String {
-    format!("task-{:x}-{seq}", now.unix_ms)
-}
-
 /// The `message_id` of an assignment, so the worker's `ack`/`error` names
 /// the task and attempt it answers.
 fn assign_message_id(task_id: &str, attempt: u32) -> String {

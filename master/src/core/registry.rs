@@ -5,10 +5,10 @@
 //! (`Conn::device_id`) and a device is bound to at most one connection
 //! (`Device::conn`); the two always agree.
 
-use super::auth;
+use super::auth::{self, Role};
 use super::index;
 use super::records::{DeviceKeyRecord, DeviceRecord};
-use super::{ConnId, ReplyError, MAX_UNTRUSTED_SUBSCRIBERS};
+use super::{not_registered, ConnId, ReplyError, MAX_UNTRUSTED_SUBSCRIBERS};
 use protocol::{ErrorCode, Metrics, Register, Subscribe};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -42,6 +42,17 @@ pub(super) struct Conn {
     pub(super) auth: auth::ConnAuth,
 }
 
+impl Conn {
+    /// Whether it has authenticated (or authentication is off), so it may
+    /// send full-size lines.
+    pub(super) fn is_trusted(&self) -> bool {
+        matches!(
+            self.auth.role,
+            Role::Worker(_) | Role::Legacy(_) | Role::Admin | Role::Open
+        )
+    }
+}
+
 /// Devices, connections and keys.
 #[derive(Debug, Default)]
 pub(super) struct Registry {
@@ -54,16 +65,35 @@ pub(super) struct Registry {
     /// Subscribed connections that had not authenticated when they
     /// subscribed (see [`super::MAX_UNTRUSTED_SUBSCRIBERS`]).
     pub(super) untrusted_subscribers: usize,
+    /// Connections with a subscription, by the tasks they follow.
+    pub(super) subscribers: index::Subscribers,
+    /// Devices that can take a task now, least loaded first.
+    pub(super) free: index::FreeSlots,
+    /// Every device, newest registered first.
+    pub(super) by_registration: index::DeviceListing,
+    /// Totals over the connected devices.
+    pub(super) totals: index::DeviceTotals,
 }
 
 impl Registry {
+    /// Records whether, and how loaded, device `device_id` can take a task
+    /// now (see [`index::FreeSlots`]).
+    pub(super) fn refresh_slots(&mut self, device_id: &str) {
+        let Some(device) = self.devices.get_mut(device_id) else {
+            return;
+        };
+        let new = index::SlotEntry::of(device);
+        let old = std::mem::replace(&mut device.indexed.slots, new);
+        self.free.update(device_id, old, new);
+    }
+
     /// The connection device `device_id` is bound to, if it is online.
     pub(super) fn conn_of(&self, device_id: &str) -> Option<ConnId> {
         self.devices.get(device_id).and_then(|device| device.conn)
     }
 
-    /// Starts (or replaces) `conn`'s subscription; returns the one it
-    /// replaces. A connection that has not authenticated (`trusted` is
+    /// Starts (or replaces) `conn`'s subscription, in the connection and
+    /// in the subscribers' index. A connection that has not authenticated (`trusted` is
     /// false) takes one of the [`MAX_UNTRUSTED_SUBSCRIBERS`] places, kept
     /// until it leaves (authenticating later does not give the place back
     /// early: simpler, and only ever stricter).
@@ -72,7 +102,7 @@ impl Registry {
         conn: ConnId,
         trusted: bool,
         subscribe: Subscribe,
-    ) -> Result<Option<Subscribe>, ReplyError> {
+    ) -> Result<(), ReplyError> {
         let Some(state) = self.conns.get_mut(&conn) else {
             return Err(ReplyError::new(
                 ErrorCode::InternalError,
@@ -92,18 +122,23 @@ impl Registry {
             state.untrusted_subscriber = true;
             self.untrusted_subscribers += 1;
         }
-        Ok(state.subscription.replace(subscribe))
+        // The old one out first: the new one may follow some of its tasks.
+        if let Some(old) = state.subscription.replace(subscribe) {
+            self.subscribers.remove(conn, &old);
+        }
+        if let Some(new) = &state.subscription {
+            self.subscribers.add(conn, new);
+        }
+        Ok(())
     }
 
-    /// `conn`'s subscription, if it has one.
-    pub(super) fn subscription(&self, conn: ConnId) -> Option<&Subscribe> {
-        self.conns.get(&conn)?.subscription.as_ref()
-    }
-
-    /// Forgets connection `conn` (it closed) and gives back its place among
-    /// the unauthenticated subscribers; returns its state.
+    /// Forgets connection `conn` (it closed), its subscription, and its
+    /// place among the unauthenticated subscribers; returns its state.
     pub(super) fn disconnect(&mut self, conn: ConnId) -> Option<Conn> {
         let state = self.conns.remove(&conn)?;
+        if let Some(subscription) = &state.subscription {
+            self.subscribers.remove(conn, subscription);
+        }
         if state.untrusted_subscriber {
             self.untrusted_subscribers -= 1;
         }
@@ -116,5 +151,60 @@ impl Registry {
             .values()
             .filter_map(|device| device.conn)
             .collect()
+    }
+
+    /// Whether connection `conn` has authenticated (see [`Conn::is_trusted`]).
+    pub(super) fn is_trusted(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(Conn::is_trusted)
+    }
+
+    /// The device this connection authenticated as, if any.
+    pub(super) fn authenticated_device(&self, conn: ConnId) -> Option<&str> {
+        match &self.conns.get(&conn)?.auth.role {
+            Role::Worker(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// Whether a worker message on `conn` may speak for `device_id` by
+    /// naming it in `sender_id` (older one-shot workers do). A legacy or
+    /// not yet authenticated connection may, when `allow_legacy` (the
+    /// legacy switch) is on, speak for a device without enrolled keys.
+    pub(super) fn may_speak_for(&self, conn: ConnId, device_id: &str, allow_legacy: bool) -> bool {
+        match self.conns.get(&conn).map(|state| &state.auth.role) {
+            Some(Role::Open) => true,
+            Some(Role::Worker(id)) => id == device_id,
+            Some(Role::Legacy(_) | Role::Pending | Role::Reader) => {
+                allow_legacy && !self.device_keys.contains_key(device_id)
+            }
+            _ => false,
+        }
+    }
+
+    /// The device a worker message speaks for: the one registered on this
+    /// connection, or, for older one-shot workers that open a connection
+    /// per message, the known device named by `sender_id`.
+    pub(super) fn speaker(
+        &self,
+        conn: ConnId,
+        sender: Option<String>,
+        allow_legacy: bool,
+    ) -> Result<String, ReplyError> {
+        if let Some(bound) = self.conns.get(&conn).and_then(|c| c.device_id.clone()) {
+            return Ok(bound);
+        }
+        // Only a device that may speak on this connection: the one it
+        // authenticated as, or (legacy switch, or authentication off) a
+        // device without credentials.
+        let sender = sender.or_else(|| self.authenticated_device(conn).map(str::to_string));
+        match sender {
+            Some(id)
+                if self.devices.contains_key(&id)
+                    && self.may_speak_for(conn, &id, allow_legacy) =>
+            {
+                Ok(id)
+            }
+            _ => Err(not_registered()),
+        }
     }
 }

@@ -3,7 +3,9 @@
 
 use super::queue::{QueueKey, TaskQueue};
 use super::records::TaskRecord;
-use protocol::TaskState;
+use super::timers::{TimerKey, TimerTable};
+use super::{Now, ReplyError};
+use protocol::{ErrorCode, TaskSpec, TaskState};
 use std::collections::{BTreeSet, HashMap};
 
 #[derive(Debug)]
@@ -63,4 +65,177 @@ impl Tasks {
     pub(super) fn record(&self, task_id: &str) -> Option<&TaskRecord> {
         self.by_id.get(task_id).map(|task| &task.record)
     }
+
+    /// Adds task `spec` to the tasks and the queue; returns its id and
+    /// type, or, if its client-chosen id already exists, that id as the
+    /// error (idempotent submit: it is not queued again). Every call uses
+    /// up a `seq`, so submission order stays the order of arrival.
+    pub(super) fn submit(
+        &mut self,
+        now: Now,
+        mut spec: TaskSpec,
+    ) -> Result<(String, String), String> {
+        let mut seq = self.next_seq;
+        self.next_seq += 1;
+        let task_id = match spec.task_id.clone() {
+            Some(id) if self.by_id.contains_key(&id) => return Err(id),
+            Some(id) => id,
+            None => {
+                let mut id = generated_task_id(now, seq);
+                // A client may already have chosen this very id for a task
+                // of its own; inserting over it would lose that task.
+                while self.by_id.contains_key(&id) {
+                    seq = self.next_seq;
+                    self.next_seq += 1;
+                    id = generated_task_id(now, seq);
+                }
+                id
+            }
+        };
+        spec.task_id = Some(task_id.clone());
+        let record = TaskRecord::queued(task_id.clone(), seq, spec, now.unix_ms);
+        self.queue.insert(QueueKey::of(&record), &record.spec);
+        let task_type = record.spec.task_type.clone();
+        self.by_id.insert(task_id.clone(), Task::new(record));
+        Ok((task_id, task_type))
+    }
+
+    /// Task `task_id` is running on device `device_id`, which reports it
+    /// still runs `attempt` of it: takes it out of the queue and marks it
+    /// running. `None` if that attempt is not current (the device's copy is
+    /// stale); otherwise whether the record changed.
+    pub(super) fn resume(
+        &mut self,
+        now: Now,
+        device_id: &str,
+        task_id: &str,
+        attempt: u32,
+    ) -> Option<bool> {
+        let record = &mut self.by_id.get_mut(task_id)?.record;
+        let current = record.attempt == attempt
+            && record.device_id.as_deref() == Some(device_id)
+            && matches!(
+                record.state,
+                TaskState::Queued | TaskState::Assigned | TaskState::Running
+            );
+        if !current {
+            return None;
+        }
+        if record.state == TaskState::Queued {
+            self.queue.remove(&QueueKey::of(record));
+        }
+        if record.state == TaskState::Running {
+            return Some(false);
+        }
+        record.state = TaskState::Running;
+        record.started_unix_ms.get_or_insert(now.unix_ms);
+        Some(true)
+    }
+
+    /// Task `task_id` lost its worker `device_id`. Only the attempt that
+    /// device holds is lost: a task that has moved on since is left as it
+    /// is. A task that has lost more than `max_lost` workers is
+    /// dead-lettered. `None` for an unknown task.
+    pub(super) fn lose_attempt(
+        &mut self,
+        now: Now,
+        device_id: &str,
+        task_id: &str,
+        max_lost: u32,
+    ) -> Option<Lost> {
+        let record = &mut self.by_id.get_mut(task_id)?.record;
+        if !held_by(record, device_id) {
+            return Some(Lost::NotHeld);
+        }
+        record.lost += 1;
+        if record.lost <= max_lost {
+            return Some(Lost::Requeue);
+        }
+        record.state = TaskState::DeadLetter;
+        record.finished_unix_ms = Some(now.unix_ms);
+        record.error = Some(format!(
+            "lost its worker {} times; it may be crashing the devices it runs on",
+            record.lost
+        ));
+        Some(Lost::DeadLetter)
+    }
+
+    /// Cancels task `task_id` (a client asked): out of the queue, and its
+    /// backoff, which `timers` holds, removed so it cannot fire into a
+    /// later retry. Returns the state it was in, and its holder and
+    /// attempt then, so the caller can tell the holder to stop it.
+    pub(super) fn cancel(
+        &mut self,
+        now: Now,
+        task_id: &str,
+        timers: &mut TimerTable,
+    ) -> Result<(TaskState, Option<String>, u32), ReplyError> {
+        let Some(task) = self.by_id.get_mut(task_id) else {
+            return Err(ReplyError::new(
+                ErrorCode::NotFound,
+                format!("no task {task_id}"),
+            ));
+        };
+        let record = &mut task.record;
+        if record.state.is_terminal() {
+            return Err(ReplyError::new(
+                ErrorCode::InvalidState,
+                format!("task {task_id} already {}", record.state),
+            ));
+        }
+        let was = record.state;
+        let holder = record.device_id.clone();
+        let attempt = record.attempt;
+        record.state = TaskState::Cancelled;
+        record.finished_unix_ms = Some(now.unix_ms);
+        record.retry_at_unix_ms = None;
+        record.error = Some("cancelled by a client".into());
+        self.queue.remove(&QueueKey::of(record));
+        if was == TaskState::Retrying {
+            // Its backoff must not fire into a later one (after a retry).
+            timers.remove(&TimerKey::Retry(task_id.to_string()));
+        }
+        Ok((was, holder, attempt))
+    }
+
+    /// Puts task `task_id`, held by device `device_id`, back in the queue
+    /// in its original place; whether it did. A task whose current attempt
+    /// is not that device's (it ended, or it runs elsewhere now) stays as
+    /// it is.
+    pub(super) fn requeue(&mut self, device_id: &str, task_id: &str) -> bool {
+        let Some(task) = self.by_id.get_mut(task_id) else {
+            return false;
+        };
+        if !held_by(&task.record, device_id) {
+            return false;
+        }
+        task.record.state = TaskState::Queued;
+        self.enqueue(task_id);
+        true
+    }
+}
+
+/// What became of a task whose worker was lost (see
+/// [`Tasks::lose_attempt`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lost {
+    /// That device did not hold its current attempt: nothing changed.
+    NotHeld,
+    /// It lost too many workers and is dead-lettered.
+    DeadLetter,
+    /// It counts one more lost worker and goes back to the queue (the
+    /// caller requeues it).
+    Requeue,
+}
+
+/// Whether device `device_id` holds the current attempt of the task of
+/// `record` (it was given it, and the attempt has not ended).
+fn held_by(record: &TaskRecord, device_id: &str) -> bool {
+    record.device_id.as_deref() == Some(device_id)
+        && matches!(record.state, TaskState::Assigned | TaskState::Running)
+}
+
+/// The id of a task whose client chose none: the time and its `seq`.
+fn generated_task_id(now: Now, seq: u64) -> String {
+    format!("task-{:x}-{seq}", now.unix_ms)
 }

@@ -213,7 +213,10 @@ impl Core {
                     && status.is_none_or(|s| device.record.status == s)
             })
         };
-        let page = self.index.devices.page(before.as_ref(), limit, keep);
+        let page = self
+            .registry
+            .by_registration
+            .page(before.as_ref(), limit, keep);
         let devices: Vec<&Device> = page
             .ids
             .iter()
@@ -231,7 +234,7 @@ impl Core {
     /// (`index::DeviceTotals`), the task counts as tasks change state, so
     /// any reader may ask as often as it likes.
     pub(super) fn cluster_stats(&self) -> ClusterStats {
-        let totals = &self.index.totals;
+        let totals = &self.registry.totals;
         let mut stats = ClusterStats {
             total_devices: u32::try_from(self.registry.devices.len()).unwrap_or(u32::MAX),
             online_devices: totals.online(),
