@@ -224,7 +224,7 @@ impl Refusal {
 fn auth_required() -> Refusal {
     Refusal::stay(
         ErrorCode::AuthRequired,
-        "authenticate first: workers join with `retire-worker --token`, clients set RETIRE_TOKEN \
+        "authenticate first: workers join with RETIRE_JOIN_TOKEN (or `--token-file`), clients set RETIRE_TOKEN \
          (the admin token), netcat users type `auth TOKEN`",
     )
 }
