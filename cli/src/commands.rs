@@ -321,18 +321,28 @@ pub fn devices(client: &mut Client, filter: ListDevices, output: &mut Output) ->
 /// The `retire devices` command line that shows the page after `cursor`
 /// with the same filter and limit.
 pub fn next_devices_command(filter: &ListDevices, cursor: &str) -> String {
-    let mut command = String::from("retire devices");
-    if let Some(role) = &filter.role {
-        command.push_str(&format!(" --role {role}"));
+    next_page_line(
+        "devices",
+        &[
+            ("--role", filter.role.clone()),
+            ("--status", filter.status.clone()),
+            ("--limit", filter.limit.map(|limit| limit.to_string())),
+        ],
+        cursor,
+    )
+}
+
+/// `retire COMMAND` with the flags that are set, then `--before CURSOR`:
+/// the command line for the next page of a listing.
+fn next_page_line(command: &str, flags: &[(&str, Option<String>)], cursor: &str) -> String {
+    let mut line = format!("retire {command}");
+    for (flag, value) in flags {
+        if let Some(value) = value {
+            line.push_str(&format!(" {flag} {value}"));
+        }
     }
-    if let Some(status) = &filter.status {
-        command.push_str(&format!(" --status {status}"));
-    }
-    if let Some(limit) = filter.limit {
-        command.push_str(&format!(" --limit {limit}"));
-    }
-    command.push_str(&format!(" --before {cursor}"));
-    command
+    line.push_str(&format!(" --before {cursor}"));
+    line
 }
 
 /// Devices as a table, one row each.
@@ -452,15 +462,14 @@ pub fn tasks(client: &mut Client, filter: ListTasks, output: &mut Output) -> Res
 /// The `retire tasks` command line that shows the page after `cursor`
 /// with the same filter and limit.
 pub fn next_page_command(filter: &ListTasks, cursor: &str) -> String {
-    let mut command = String::from("retire tasks");
-    if let Some(state) = &filter.state {
-        command.push_str(&format!(" --state {state}"));
-    }
-    if let Some(limit) = filter.limit {
-        command.push_str(&format!(" --limit {limit}"));
-    }
-    command.push_str(&format!(" --before {cursor}"));
-    command
+    next_page_line(
+        "tasks",
+        &[
+            ("--state", filter.state.clone()),
+            ("--limit", filter.limit.map(|limit| limit.to_string())),
+        ],
+        cursor,
+    )
 }
 
 /// Tasks as a table, one row each.
