@@ -104,7 +104,7 @@ pub enum Command {
         status: Option<String>,
         /// At most this many, newest registered first (default 500, at
         /// most 1,000).
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = parse_limit)]
         limit: Option<usize>,
         /// Only devices registered before this one: the next page, from the
         /// id the previous page named (`more: retire devices --before ID`).
@@ -123,7 +123,7 @@ pub enum Command {
         #[arg(long, value_parser = parse_task_state)]
         state: Option<String>,
         /// At most this many (default 100, at most 1,000).
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = parse_limit)]
         limit: Option<usize>,
         /// Only tasks older than this one: the next page, from the id the
         /// previous page named (`more: retire tasks --before ID`).
@@ -246,6 +246,17 @@ fn parse_task_id(text: &str) -> Result<String, String> {
     Ok(text.to_string())
 }
 
+/// A page size: a listing of no entries would show nothing and name no
+/// next page, so 0 is refused rather than answered with an empty table.
+fn parse_limit(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) | Err(_) => Err(format!(
+            "expected a whole number of at least 1, got {text:?}"
+        )),
+        Ok(limit) => Ok(limit),
+    }
+}
+
 fn parse_task_state(text: &str) -> Result<String, String> {
     TaskState::parse(text)
         .map(|state| state.as_str().to_string())
@@ -339,6 +350,24 @@ mod tests {
             submit(&["--type", "echo", "--wait-timeout", "5"]).err(),
             Some(ErrorKind::MissingRequiredArgument)
         );
+    }
+
+    #[test]
+    fn listing_limits_are_at_least_one() {
+        for (args, parses) in [
+            (["retire", "tasks", "--limit", "1"], true),
+            (["retire", "tasks", "--limit", "0"], false),
+            (["retire", "tasks", "--limit", "three"], false),
+            (["retire", "devices", "--limit", "500"], true),
+            (["retire", "devices", "--limit", "0"], false),
+        ] {
+            let outcome = Cli::try_parse_from(args);
+            assert_eq!(outcome.is_ok(), parses, "{args:?}: {outcome:?}");
+            if let Err(error) = outcome {
+                assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+                assert!(error.to_string().contains("at least 1"), "{error}");
+            }
+        }
     }
 
     #[test]
