@@ -262,15 +262,7 @@ mod tests {
 
     #[test]
     fn the_documented_example_parses() {
-        let doc = include_str!("config.rs");
-        let example: String = doc
-            .lines()
-            .skip_while(|line| !line.starts_with("//! ```toml"))
-            .skip(1)
-            .take_while(|line| !line.starts_with("//! ```"))
-            .map(|line| line.trim_start_matches("//!").trim_start_matches(' '))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let example = daemon::settings::doc_example(include_str!("config.rs"));
         let config = ExecutionConfig::from_toml(&example).expect("the example parses");
         assert!(config.allows("python_eval"));
         assert!(!config.allows("http_request"));
