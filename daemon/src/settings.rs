@@ -10,7 +10,8 @@
 //!
 //! A file that cannot be read and a file with an unknown key, a value of the wrong
 //! type or a value out of range are different mistakes with different exit codes
-//! ([`EXIT_UNREADABLE`], [`EXIT_INVALID`]); both messages name the file, and the
+//! ([`EXIT_UNREADABLE`], [`EXIT_INVALID`]; [`EXIT_MISSING`] for a required setting
+//! given nowhere); both messages name the file, and the
 //! second also the key and its line.
 
 use std::collections::BTreeMap;
@@ -30,6 +31,11 @@ pub const EXIT_UNREADABLE: u8 = 66;
 /// unknown key, a value of the wrong type or out of range, whether it came from the
 /// file, a flag or the environment: 78, `EX_CONFIG` of sysexits.h.
 pub const EXIT_INVALID: u8 = 78;
+
+/// Exit code of a daemon missing a setting that has no default (the worker's
+/// `join`): 2, what clap gives for a required flag that is missing, since the
+/// setting is one.
+pub const EXIT_MISSING: u8 = 2;
 
 /// Where a setting's value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,14 +103,24 @@ pub enum SettingsError {
         /// What is wrong.
         message: String,
     },
+    /// A setting that has no default was not given anywhere.
+    #[error("{key} is not set: give {how}")]
+    Missing {
+        /// The key in the file.
+        key: String,
+        /// The ways to give it, for the message.
+        how: String,
+    },
 }
 
 impl SettingsError {
-    /// The exit code for this mistake: [`EXIT_UNREADABLE`] or [`EXIT_INVALID`].
+    /// The exit code for this mistake: [`EXIT_UNREADABLE`], [`EXIT_INVALID`] or
+    /// [`EXIT_MISSING`].
     pub fn exit_code(&self) -> u8 {
         match self {
             SettingsError::Unreadable { .. } => EXIT_UNREADABLE,
             SettingsError::File { .. } | SettingsError::Value { .. } => EXIT_INVALID,
+            SettingsError::Missing { .. } => EXIT_MISSING,
         }
     }
 
@@ -125,6 +141,19 @@ impl SettingsError {
             },
         }
     }
+}
+
+/// The exit status for `error`: a [`SettingsError`]'s own when it is one or was
+/// caused by one (anywhere in its `source` chain), else `otherwise`.
+pub fn exit_code(error: &(dyn std::error::Error + 'static), otherwise: u8) -> u8 {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(settings) = error.downcast_ref::<SettingsError>() {
+            return settings.exit_code();
+        }
+        cause = error.source();
+    }
+    otherwise
 }
 
 /// What the flags and the environment set, by key (the flag's name with `_` for
@@ -180,6 +209,25 @@ impl Given {
         given
     }
 
+    /// clap's defaults in `command` (what `--help` shows) as if they were flags,
+    /// but for the arguments in `skip`: a daemon's test resolves them and checks
+    /// that they are the defaults it uses.
+    pub fn clap_defaults(command: &clap::Command, skip: &[&str]) -> Given {
+        let mut given = Given::new();
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            let defaults: Vec<&str> = arg
+                .get_default_values()
+                .iter()
+                .filter_map(|value| value.to_str())
+                .collect();
+            if !defaults.is_empty() && !skip.contains(&id) {
+                given = given.flag(id, &defaults);
+            }
+        }
+        given
+    }
+
     /// `key` set by the flag `--KEY` (with dashes) to `values`.
     pub fn flag(mut self, key: &str, values: &[&str]) -> Given {
         let source = Source::Flag(format!("--{}", key.replace('_', "-")));
@@ -204,6 +252,20 @@ impl Given {
 
 fn owned(values: &[&str]) -> Vec<String> {
     values.iter().map(|value| value.to_string()).collect()
+}
+
+/// The value and the source on the line that [`render`] printed for `key`, as
+/// text: the inverse of [`render`], for whoever reads `config`'s output (the
+/// tests of both daemons). `None` when no line sets `key`.
+pub fn printed(output: &str, key: &str) -> Option<(String, String)> {
+    let line = output
+        .lines()
+        .find(|line| line.starts_with(&format!("{key} = ")))?;
+    let (value, source) = line.split_once("  # ")?;
+    Some((
+        value[key.len() + 3..].trim().to_string(),
+        source.trim().to_string(),
+    ))
 }
 
 /// A config file that was read: its text and the line of every key.
@@ -766,5 +828,31 @@ mod tests {
              token = \"(redacted)\"  # env TOKEN\n\
              # slots = none        # default\n"
         );
+        let output = render(&lines);
+        let read_back = |key| printed(&output, key);
+        assert_eq!(
+            read_back("listen"),
+            Some(("\"0.0.0.0:1\"".into(), "default".into()))
+        );
+        assert_eq!(
+            read_back("token"),
+            Some(("\"(redacted)\"".into(), "env TOKEN".into()))
+        );
+        assert_eq!(read_back("slots"), None, "commented out");
+    }
+
+    /// A settings mistake keeps its status however deep in the causes it is.
+    #[test]
+    fn the_exit_code_is_found_among_the_causes() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("starting")]
+        struct Starting(#[source] SettingsError);
+        let unreadable = || SettingsError::Unreadable {
+            path: "x".into(),
+            source: std::io::Error::other("gone"),
+        };
+        assert_eq!(exit_code(&Starting(unreadable()), 1), EXIT_UNREADABLE);
+        assert_eq!(exit_code(&unreadable(), 1), EXIT_UNREADABLE);
+        assert_eq!(exit_code(&std::io::Error::other("other"), 1), 1);
     }
 }

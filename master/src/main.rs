@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser};
-use daemon::settings::{Given, SettingsError, SettingsFile};
+use daemon::settings::{Given, SettingsFile};
 use master::config::Settings;
 use master::core::Secrets;
 use master::{Shutdown, Synchronous};
@@ -255,10 +255,7 @@ fn main() -> ExitCode {
         Err(err) => {
             eprintln!("retire-master: error: {err:#}");
             // A configuration mistake has its own status (see the README).
-            let settings = err
-                .chain()
-                .find_map(|cause| cause.downcast_ref::<SettingsError>());
-            ExitCode::from(settings.map_or(1, SettingsError::exit_code))
+            ExitCode::from(daemon::settings::exit_code(err.as_ref(), 1))
         }
     }
 }
@@ -462,18 +459,7 @@ mod tests {
     /// values: the two must agree, key by key.
     #[test]
     fn the_help_shows_the_defaults_the_master_uses() {
-        let mut given = Given::new();
-        for arg in Args::command().get_arguments() {
-            let id = arg.get_id().as_str();
-            let defaults: Vec<&str> = arg
-                .get_default_values()
-                .iter()
-                .filter_map(|value| value.to_str())
-                .collect();
-            if !defaults.is_empty() && !["dev", "check"].contains(&id) {
-                given = given.flag(id, &defaults);
-            }
-        }
+        let given = Given::clap_defaults(&Args::command(), &["dev", "check"]);
         let shown = Settings::resolve(&given, None, false).expect("valid defaults");
         let used = Settings::resolve(&Given::new(), None, false).expect("valid defaults");
         for (shown, used) in shown.lines().into_iter().zip(used.lines()) {

@@ -3,6 +3,7 @@
 //! tells a missing file from a wrong one by its exit status.
 
 use super::setup;
+use daemon::settings::printed;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use tests::launch::wait_listening;
@@ -85,17 +86,9 @@ fn a_master_takes_its_listen_address_data_dir_and_policy_from_the_file() {
     assert!(status.contains("devices"), "{status}");
 }
 
-/// The line of `output` that sets `key`, split into its value and source.
+/// The value and source `config` printed for `key`.
 fn line_of(output: &str, key: &str) -> (String, String) {
-    let line = output
-        .lines()
-        .find(|line| line.starts_with(&format!("{key} = ")))
-        .unwrap_or_else(|| panic!("no {key} in {output}"));
-    let (value, source) = line.split_once("  # ").expect("a source");
-    (
-        value[key.len() + 3..].trim().to_string(),
-        source.trim().to_string(),
-    )
+    printed(output, key).unwrap_or_else(|| panic!("no {key} in {output}"))
 }
 
 fn run(command: &mut Command) -> (Output, String, String) {
