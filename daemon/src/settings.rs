@@ -322,6 +322,11 @@ impl SettingsFile {
         })
     }
 
+    /// Whether the file sets `key` (dotted for a nested one).
+    pub fn contains(&self, key: &str) -> bool {
+        self.lines.contains_key(key)
+    }
+
     /// Where a value of `key` (dotted for a nested one) came from: this file, at the
     /// key's line.
     pub fn source(&self, key: &str) -> Source {
@@ -593,7 +598,7 @@ impl Line {
 
 /// What `config` prints: a line `key = value  # source` per setting, columns
 /// aligned, so that it reads as a TOML file; a secret's value is `"(redacted)"`
-/// and a value that is not set reads `none`, in the comment.
+/// and a value that is not set reads `none`, both commented out.
 pub fn render(lines: &[Line]) -> String {
     let shown: Vec<(String, &Source)> = lines
         .iter()
@@ -601,7 +606,9 @@ pub fn render(lines: &[Line]) -> String {
             let value = match &line.value {
                 Some(value) if value == "none" => format!("# {} = none", line.key),
                 Some(value) => format!("{} = {value}", line.key),
-                None => format!("{} = \"(redacted)\"", line.key),
+                // Commented out: a secret is never a key of the file, so the
+                // printout still reads back as one.
+                None => format!("# {} = \"(redacted)\"", line.key),
             };
             (value, &line.source)
         })
@@ -824,9 +831,9 @@ mod tests {
         ];
         assert_eq!(
             render(&lines),
-            "listen = \"0.0.0.0:1\"  # default\n\
-             token = \"(redacted)\"  # env TOKEN\n\
-             # slots = none        # default\n"
+            "listen = \"0.0.0.0:1\"    # default\n\
+             # token = \"(redacted)\"  # env TOKEN\n\
+             # slots = none          # default\n"
         );
         let output = render(&lines);
         let read_back = |key| printed(&output, key);
@@ -834,10 +841,7 @@ mod tests {
             read_back("listen"),
             Some(("\"0.0.0.0:1\"".into(), "default".into()))
         );
-        assert_eq!(
-            read_back("token"),
-            Some(("\"(redacted)\"".into(), "env TOKEN".into()))
-        );
+        assert_eq!(read_back("token"), None, "commented out");
         assert_eq!(read_back("slots"), None, "commented out");
     }
 

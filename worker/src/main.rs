@@ -13,7 +13,7 @@ use daemon::settings::{Given, SettingsError, SettingsFile};
 use protocol::auth::{Token, TokenKind};
 use protocol::text::{parse_duration, DurationError, Shortest};
 use worker::device::profile;
-use worker::settings::WorkerSettings;
+use worker::settings::{policy_lines, WorkerSettings};
 use worker::{scrub, Handlers, StopHandle, WorkerConfig};
 
 /// Join a Retire-Cluster master and run the tasks it hands out.
@@ -203,7 +203,9 @@ fn run(mut args: Args, given: &Given) -> anyhow::Result<()> {
             Some(file) => println!("# config file: {}", file.path().display()),
             None => println!("# no config file (--config PATH or RETIRE_CONFIG)"),
         }
-        print!("{}", daemon::settings::render(&settings.lines()));
+        let mut lines = settings.lines();
+        lines.extend(policy_lines(&execution, file.as_ref()));
+        print!("{}", daemon::settings::render(&lines));
         return Ok(());
     }
     let Some(join) = settings.join.value else {

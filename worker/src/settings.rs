@@ -7,7 +7,9 @@
 
 use std::path::PathBuf;
 
-use daemon::settings::{pick, Given, Line, Seconds, Setting, SettingsError, SettingsFile, Source};
+use daemon::settings::{
+    pick, Given, Line, Seconds, Setting, SettingValue, SettingsError, SettingsFile, Source,
+};
 
 use crate::tasks::config::{names, ConfigError, ConfigFile, ExecutionConfig};
 
@@ -151,6 +153,98 @@ impl WorkerSettings {
     }
 }
 
+/// What `retire-worker config` prints after the settings: the policy's
+/// sandbox and limits in effect, as dotted keys in the file's units (`0`: no
+/// limit), each from the file (with its line) or the default, and every
+/// `[types.NAME]` key the file sets.
+pub fn policy_lines(execution: &ExecutionConfig, file: Option<&SettingsFile>) -> Vec<Line> {
+    let source = |key: &str| match file {
+        Some(file) if file.contains(key) => file.source(key),
+        _ => Source::Default,
+    };
+    let line = |key: &str, value: String| Line {
+        key: key.to_string(),
+        value: Some(value),
+        source: source(key),
+    };
+    let sandbox = &execution.sandbox;
+    let pass_env = Setting {
+        value: sandbox.pass_env.clone(),
+        source: Source::Default,
+    };
+    let mut lines = vec![
+        line("sandbox.work_dir", sandbox.work_dir.to_toml()),
+        line("sandbox.landlock", sandbox.landlock.to_toml()),
+        line("sandbox.task_uid", sandbox.task_user.0.to_toml()),
+        line("sandbox.task_gid", sandbox.task_user.1.to_toml()),
+        line("sandbox.pass_env", pass_env.value.to_toml()),
+    ];
+    // Every type gets these unless its own table says otherwise.
+    let limits = execution.limits_for("", None);
+    let number = |value: Option<u64>| value.unwrap_or(0).to_string();
+    let timeout = execution.limits.timeout_secs;
+    lines.extend([
+        line(
+            "limits.timeout_secs",
+            timeout.map_or_else(|| "none".to_string(), |secs| secs.to_string()),
+        ),
+        line("limits.cpu_secs", number(limits.cpu_secs)),
+        line(
+            "limits.memory_mb",
+            number(limits.memory_bytes.map(|b| b >> 20)),
+        ),
+        line(
+            "limits.file_size_mb",
+            number(limits.file_size_bytes.map(|b| b >> 20)),
+        ),
+        line("limits.open_files", number(limits.open_files)),
+        line("limits.processes", number(limits.processes)),
+        line(
+            "limits.output_kb",
+            (limits.max_output_bytes / 1024).to_string(),
+        ),
+    ]);
+    for (name, section) in &execution.type_limits {
+        let set = [
+            (
+                "timeout_secs",
+                section.timeout_secs.map(|secs| secs.to_string()),
+            ),
+            ("cpu_secs", section.cpu_secs.map(|v| v.to_string())),
+            ("memory_mb", section.memory_mb.map(|v| v.to_string())),
+            ("file_size_mb", section.file_size_mb.map(|v| v.to_string())),
+            ("open_files", section.open_files.map(|v| v.to_string())),
+            ("processes", section.processes.map(|v| v.to_string())),
+            ("output_kb", section.output_kb.map(|v| v.to_string())),
+        ];
+        for (key, value) in set {
+            if let Some(value) = value {
+                // The file's lines are by the name as parsed; the printout
+                // quotes it when TOML needs that.
+                lines.push(Line {
+                    key: format!("types.{}.{key}", toml_key(name)),
+                    value: Some(value),
+                    source: source(&format!("types.{name}.{key}")),
+                });
+            }
+        }
+    }
+    lines
+}
+
+/// A table name as a TOML key: bare when it can be, quoted otherwise.
+fn toml_key(name: &str) -> String {
+    let bare = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if bare {
+        name.to_string()
+    } else {
+        daemon::settings::toml_string(name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,7 +351,7 @@ mod tests {
             assert!(!printed.contains(token), "{printed}");
             let source = given.get("token").expect("given").1;
             assert!(
-                printed.contains(&format!("token = \"(redacted)\"  # {source}")),
+                printed.contains(&format!("# token = \"(redacted)\"  # {source}")),
                 "{printed}"
             );
         }
@@ -313,5 +407,38 @@ mod tests {
             "",
             "env RETIRE_SLOTS: invalid digit",
         );
+    }
+
+    /// The sandbox and limits in effect show in the file's units, each from the
+    /// file (with its line) or the default, and a printout reads back as TOML.
+    #[test]
+    fn the_policy_in_effect_is_shown_with_its_sources() {
+        let file = settings_file(
+            "[sandbox]\nlandlock = false\n[limits]\nmemory_mb = 512\n[types.\"my type\"]\ntimeout_secs = 2.5\n",
+        );
+        let (_, execution) = WorkerSettings::resolve(&Given::new(), Some(&file)).expect("valid");
+        let printed = daemon::settings::render(&policy_lines(&execution, Some(&file)));
+        let read = |key| daemon::settings::printed(&printed, key).expect(key);
+        assert_eq!(
+            read("sandbox.landlock"),
+            ("false".into(), "file w.toml:2".into())
+        );
+        assert_eq!(
+            read("limits.memory_mb"),
+            ("512".into(), "file w.toml:4".into())
+        );
+        assert_eq!(
+            read("limits.processes"),
+            (
+                crate::tasks::limits::DEFAULT_PROCESSES.to_string(),
+                "default".into()
+            )
+        );
+        assert_eq!(
+            read("types.\"my type\".timeout_secs"),
+            ("2.5".into(), "file w.toml:6".into())
+        );
+        let again: toml::Table = toml::from_str(&printed).expect("TOML");
+        assert_eq!(again["limits"]["memory_mb"].as_integer(), Some(512));
     }
 }

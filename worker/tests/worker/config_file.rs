@@ -57,7 +57,6 @@ fn retire_worker_config_shows_each_source_and_hides_the_join_token() {
         ("role", "\"pi\"", "flag --role".into()),
         ("deny_types", "[\"shell\"]", format!("file {config}:5")),
         ("drain_timeout", "30", "default".into()),
-        ("token", "\"(redacted)\"", "env RETIRE_JOIN_TOKEN".into()),
     ];
     for (key, value, source) in expect {
         assert_eq!(
@@ -66,6 +65,30 @@ fn retire_worker_config_shows_each_source_and_hides_the_join_token() {
             "{stdout}"
         );
     }
+    let redacted = stdout
+        .lines()
+        .find(|line| line.starts_with("# token = "))
+        .unwrap_or_else(|| panic!("no token line in {stdout}"));
+    assert!(
+        redacted.starts_with("# token = \"(redacted)\""),
+        "{redacted}"
+    );
+    assert!(redacted.ends_with("# env RETIRE_JOIN_TOKEN"), "{redacted}");
+    // What it prints is a config file the worker reads back.
+    let copy = dir.path().join("copy.toml");
+    std::fs::write(&copy, &stdout).expect("write the copy");
+    let (output, again, stderr) = run(&mut worker(&[
+        "--config",
+        &copy.to_string_lossy(),
+        "config",
+    ]));
+    assert_eq!(output.status.code(), Some(0), "{again}{stderr}");
+    assert_eq!(line_of(&again, "slots").0, "3", "{again}");
+    let processes = line_of(&again, "limits.processes").1;
+    assert!(
+        processes.starts_with(&format!("file {}:", copy.display())),
+        "{again}"
+    );
     assert!(
         !stdout.contains(token) && !stderr.contains(token),
         "{stdout}{stderr}"
