@@ -161,6 +161,8 @@ enum Subcommand {
     /// Print the effective configuration, every key with its value and where
     /// it came from (flag, env, file PATH:LINE or default), then check it.
     Config,
+    /// Check the database in --data-dir, as --check does.
+    Check,
     /// Show or replace the tokens in --data-dir (creating them if missing).
     Token {
         /// `show` (the default), `rotate-join` (new workers need the new
@@ -278,7 +280,7 @@ fn real_main() -> Result<()> {
     }
     let listen = settings.listen.value;
     let data_dir = settings.data_dir.value.clone();
-    if args.check {
+    if args.check || matches!(args.command, Some(Subcommand::Check)) {
         // Never creates a database: a missing one is an error here.
         let store = master::store::Store::open_existing(&data_dir, Synchronous::Normal)
             .with_context(|| format!("opening the database in {}", data_dir.display()))?;

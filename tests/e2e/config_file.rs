@@ -21,7 +21,7 @@ impl Drop for Started {
 }
 
 /// `retire-master` with only the environment the test gives it.
-fn master(dir: &Path) -> Command {
+fn master_command(dir: &Path) -> Command {
     let mut command = Command::new(bin("retire-master"));
     command
         .env("RUST_LOG", "warn")
@@ -43,7 +43,7 @@ fn write_config(dir: &Path, text: &str) -> String {
 
 /// Starts a master from `config` (and `env`) and returns it with its address.
 fn start(dir: &Path, config: &str, env: &[(&str, &str)]) -> (Started, std::net::SocketAddr) {
-    let mut command = master(dir);
+    let mut command = master_command(dir);
     command
         .args(["--config", config])
         .envs(env.iter().copied())
@@ -105,7 +105,7 @@ fn retire_master_config_prints_each_value_with_where_it_came_from() {
         dir.path(),
         "data_dir = \"/srv/retire\"\n\nheartbeat_interval = \"1m\"\nheartbeat_timeout = 300\nmax_line = 4096\n",
     );
-    let (output, stdout, stderr) = run(master(dir.path())
+    let (output, stdout, stderr) = run(master_command(dir.path())
         .args(["--config", &config, "--max-line", "2048", "config"])
         .env("RETIRE_HEARTBEAT_TIMEOUT", "10m"));
     assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
@@ -136,7 +136,7 @@ fn retire_master_config_prints_each_value_with_where_it_came_from() {
     let copy = dir.path().join("copy.toml");
     std::fs::write(&copy, &stdout).expect("write the copy");
     let (output, again, stderr) =
-        run(master(dir.path()).args(["--config", &copy.to_string_lossy(), "config"]));
+        run(master_command(dir.path()).args(["--config", &copy.to_string_lossy(), "config"]));
     assert_eq!(output.status.code(), Some(0), "{again}{stderr}");
     assert_eq!(line_of(&again, "max_line").0, "2048", "{again}");
     assert_eq!(line_of(&again, "heartbeat_timeout").0, "600", "{again}");
@@ -146,7 +146,7 @@ fn retire_master_config_prints_each_value_with_where_it_came_from() {
 fn a_wrong_or_missing_config_file_stops_the_master_with_its_own_status() {
     let dir = setup();
     let config = write_config(dir.path(), "listen = \"127.0.0.1:0\"\nheartbeat = 3\n");
-    let (output, stdout, stderr) = run(master(dir.path()).args(["--config", &config]));
+    let (output, stdout, stderr) = run(master_command(dir.path()).args(["--config", &config]));
     assert_eq!(output.status.code(), Some(78), "{stdout}{stderr}");
     assert!(
         stderr.contains(&format!("{config}:2: heartbeat: unknown field `heartbeat`")),
@@ -155,7 +155,7 @@ fn a_wrong_or_missing_config_file_stops_the_master_with_its_own_status() {
     assert!(!stdout.contains("listening"), "{stdout}");
 
     write_config(dir.path(), "max_connections = \"many\"\n");
-    let (output, _, stderr) = run(master(dir.path())
+    let (output, _, stderr) = run(master_command(dir.path())
         .args(["config"])
         .env("RETIRE_CONFIG", &config));
     assert_eq!(output.status.code(), Some(78), "{stderr}");
@@ -168,7 +168,7 @@ fn a_wrong_or_missing_config_file_stops_the_master_with_its_own_status() {
 
     let missing = dir.path().join("missing.toml");
     let (output, _, stderr) =
-        run(master(dir.path()).args(["--config", &missing.to_string_lossy()]));
+        run(master_command(dir.path()).args(["--config", &missing.to_string_lossy()]));
     assert_eq!(output.status.code(), Some(66), "{stderr}");
     assert!(
         stderr.contains(&format!(
@@ -176,5 +176,43 @@ fn a_wrong_or_missing_config_file_stops_the_master_with_its_own_status() {
             missing.display()
         )),
         "{stderr}"
+    );
+}
+
+/// `retire-master check` is `--check`, and a config file's `data_dir` is where
+/// it looks.
+#[test]
+fn check_is_also_a_subcommand_and_finds_the_data_dir_in_the_file() {
+    let dir = setup();
+    let data = dir.path().join("data");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = '{}'\n",
+            data.display()
+        ),
+    );
+    let (master, _) = start(dir.path(), &config, &[]);
+    drop(master);
+    for args in [&["check"][..], &["--check"][..]] {
+        let (output, stdout, stderr) = run(master_command(dir.path())
+            .args(["--config", &config])
+            .args(args));
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {stdout}{stderr}");
+        assert!(
+            stdout.starts_with(&format!(
+                "ok: {} passes integrity_check",
+                data.join("retire.db").display()
+            )),
+            "{args:?}: {stdout}"
+        );
+    }
+    let empty = dir.path().join("empty");
+    let (output, _, stderr) =
+        run(master_command(dir.path()).args(["check", "--data-dir", &empty.to_string_lossy()]));
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a missing database: {stderr}"
     );
 }
