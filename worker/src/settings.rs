@@ -441,4 +441,21 @@ mod tests {
         let again: toml::Table = toml::from_str(&printed).expect("TOML");
         assert_eq!(again["limits"]["memory_mb"].as_integer(), Some(512));
     }
+
+    /// The README's worker.toml is a file the worker takes.
+    #[test]
+    fn the_readme_example_is_a_valid_worker_file() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("`/etc/retire-worker/worker.toml` for `retire-worker --config`:\n\n```toml\n")
+            .expect("the README shows a worker.toml");
+        let text = &readme[start..];
+        let text = &text[text.find("```toml\n").expect("a block") + 8..];
+        let text = &text[..text.find("```").expect("its end")];
+        let file = settings_file(text);
+        let (settings, execution) =
+            WorkerSettings::resolve(&Given::new(), Some(&file)).expect("valid");
+        assert_eq!(settings.join.value.as_deref(), Some("nas.local:8080"));
+        assert!(!execution.allows("http_request"));
+    }
 }
