@@ -3,8 +3,14 @@
 //! [`set_keepalive`] makes the kernel notice a peer that vanished without closing, and
 //! [`watch_signals`] runs the thread that turns SIGINT and SIGTERM into a stop. Both
 //! daemons need exactly these, with the same numbers, so they live here once. The crate
-//! is deliberately tiny: it depends on `socket2` and `signal-hook` only, both pure Rust
-//! over the C library's system calls, so the worker still cross-builds to static musl.
+//! is deliberately small and pure Rust (`socket2` and `signal-hook` over the C library's
+//! system calls; `clap`, `toml` and `serde`, which both daemons use anyway, for
+//! [`settings`]), so the worker still cross-builds to static musl.
+//!
+//! [`settings`] lays the flags, the environment and a config file over the defaults and
+//! remembers where each value came from, for both daemons' `--config` and `config`.
+
+pub mod settings;
 
 use std::io;
 use std::os::fd::AsFd;

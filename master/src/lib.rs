@@ -9,7 +9,10 @@
 //! - `event_loop`: the only code that touches sockets.
 //! - [`store`]: the only code that touches SQLite.
 //! - [`credentials`]: the tokens and the master's key on disk.
+//! - [`config`]: the settings from flags, environment, config file and
+//!   defaults, with where each came from.
 
+pub mod config;
 pub mod core;
 pub mod credentials;
 mod event_loop;

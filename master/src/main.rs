@@ -1,24 +1,37 @@
 //! `retire-master`: parses flags and environment, sets up logging and
 //! signals, binds the listener and calls [`master::run`].
 
-use anyhow::{anyhow, bail, Context, Result};
-use clap::Parser;
-use master::core::{parse_network, AuthPolicy, CoreConfig, Secrets};
-use master::{Config, Shutdown, Synchronous};
+use anyhow::{bail, Context, Result};
+use clap::{CommandFactory, FromArgMatches, Parser};
+use daemon::settings::{Given, SettingsFile};
+use master::config::Settings;
+use master::core::Secrets;
+use master::{Shutdown, Synchronous};
 use protocol::auth::TokenKind;
-use protocol::text::{seconds_to_duration, Shortest};
+use protocol::text::Shortest;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 /// The Retire-Cluster master: registry, queue and scheduler for your idle devices.
 ///
-/// Every flag can also be set through the environment variable shown; a flag
-/// wins over the environment, which wins over the default.
+/// Every flag can also be set through the environment variable shown, and in
+/// the config file under its name with `_` for `-`: a flag wins over the
+/// environment, which wins over the file, which wins over the default
+/// (`retire-master config` shows the outcome).
+// The settings are read from the matches as typed (`Given`) and picked by
+// `master::config`; clap only checks them here, so most fields are not read.
 #[derive(Parser, Debug)]
 #[command(name = "retire-master", version)]
+#[allow(dead_code)]
 struct Args {
+    /// A TOML file of settings, keys named like the flags (`data_dir`,
+    /// `heartbeat_interval`, `read_only_from = [...]`; see the README).
+    #[arg(long, env = "RETIRE_CONFIG", value_name = "PATH", global = true)]
+    config: Option<PathBuf>,
+
     /// Address to listen on for workers, clients and netcat.
     #[arg(long, env = "RETIRE_LISTEN")]
     listen: Option<SocketAddr>,
@@ -34,12 +47,12 @@ struct Args {
     dev: bool,
 
     /// Seconds between worker heartbeats (told to workers at registration).
-    #[arg(long, env = "RETIRE_HEARTBEAT_INTERVAL", default_value_t = 5.0)]
-    heartbeat_interval: f64,
+    #[arg(long, env = "RETIRE_HEARTBEAT_INTERVAL", default_value = "5", value_parser = parse_seconds)]
+    heartbeat_interval: Duration,
 
     /// Seconds of silence after which a worker is considered gone.
-    #[arg(long, env = "RETIRE_HEARTBEAT_TIMEOUT", default_value_t = 15.0)]
-    heartbeat_timeout: f64,
+    #[arg(long, env = "RETIRE_HEARTBEAT_TIMEOUT", default_value = "15", value_parser = parse_seconds)]
+    heartbeat_timeout: Duration,
 
     /// Longest line a peer may send, in bytes.
     #[arg(long, env = "RETIRE_MAX_LINE", default_value_t = master::DEFAULT_MAX_LINE)]
@@ -60,13 +73,13 @@ struct Args {
 
     /// Seconds past a task's timeout before the master itself gives up on
     /// the attempt.
-    #[arg(long, env = "RETIRE_TIMEOUT_GRACE", default_value_t = 10.0)]
-    timeout_grace: f64,
+    #[arg(long, env = "RETIRE_TIMEOUT_GRACE", default_value = "10", value_parser = parse_seconds)]
+    timeout_grace: Duration,
 
     /// Seconds the master holds the tasks of a worker it lost (one that
     /// keeps running them while away) before it requeues them.
-    #[arg(long, env = "RETIRE_LEASE_GRACE", default_value_t = 60.0)]
-    lease_grace: f64,
+    #[arg(long, env = "RETIRE_LEASE_GRACE", default_value = "60", value_parser = parse_seconds)]
+    lease_grace: Duration,
 
     /// Check the database in --data-dir (SQLite's integrity_check, and that
     /// every task and device record reads back), print the verdict and
@@ -102,8 +115,8 @@ struct Args {
 
     /// Seconds a new connection has to authenticate (or, from a read-only
     /// address, to start reading).
-    #[arg(long, env = "RETIRE_AUTH_DEADLINE", default_value_t = 5.0)]
-    auth_deadline: f64,
+    #[arg(long, env = "RETIRE_AUTH_DEADLINE", default_value = "5", value_parser = parse_seconds)]
+    auth_deadline: Duration,
 
     /// Most connections waiting to authenticate at once; past it the one
     /// that waited longest is closed.
@@ -128,16 +141,16 @@ struct Args {
 
     /// Seconds a connection whose peer half-closed has to take the replies
     /// still queued for it; then it is closed.
-    #[arg(long, env = "RETIRE_DRAIN_TIMEOUT", default_value_t = master::DEFAULT_DRAIN_TIMEOUT.as_secs_f64())]
-    drain_timeout: f64,
+    #[arg(long, env = "RETIRE_DRAIN_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    drain_timeout: Duration,
 
     /// Seconds an anonymous reader may go without a request and without
     /// taking any of its replies before it is closed. A subscriber with
     /// nothing waiting (a quiet `retire watch`) is never idle.
-    #[arg(long, env = "RETIRE_READER_IDLE_TIMEOUT", default_value_t = master::DEFAULT_READER_IDLE_TIMEOUT.as_secs_f64())]
-    reader_idle_timeout: f64,
+    #[arg(long, env = "RETIRE_READER_IDLE_TIMEOUT", default_value = "600", value_parser = parse_seconds)]
+    reader_idle_timeout: Duration,
 
-    /// Manage the tokens instead of running the master.
+    /// Manage the tokens or show the configuration instead of running the master.
     #[command(subcommand)]
     command: Option<Subcommand>,
 }
@@ -145,6 +158,11 @@ struct Args {
 /// What `retire-master` can do besides running.
 #[derive(clap::Subcommand, Debug)]
 enum Subcommand {
+    /// Print the effective configuration, every key with its value and where
+    /// it came from (flag, env, file PATH:LINE or default), then check it.
+    Config,
+    /// Check the database in --data-dir, as --check does.
+    Check,
     /// Show or replace the tokens in --data-dir (creating them if missing).
     Token {
         /// `show` (the default), `rotate-join` (new workers need the new
@@ -163,32 +181,6 @@ enum TokenAction {
     RotateJoin,
     /// Replace the admin token.
     RotateAdmin,
-}
-
-/// The authentication settings from the flags; authentication may be off
-/// only on a loopback address.
-fn auth_policy(args: &Args, listen: SocketAddr) -> Result<AuthPolicy> {
-    if args.no_auth && !listen.ip().is_loopback() {
-        bail!(
-            "--no-auth is refused on {listen}: without authentication anyone who reaches the \
-             port runs code on every worker; listen on 127.0.0.1 or keep authentication on"
-        );
-    }
-    let read_only_from = args
-        .read_only_from
-        .iter()
-        .map(|text| text.trim())
-        .filter(|text| !text.is_empty() && *text != "none")
-        .map(|text| parse_network(text).map_err(anyhow::Error::msg))
-        .collect::<Result<Vec<_>>>()
-        .context("--read-only-from")?;
-    Ok(AuthPolicy {
-        required: !args.no_auth,
-        allow_legacy_workers: args.allow_legacy_workers,
-        read_only_from,
-        deadline: seconds("auth-deadline", args.auth_deadline)?,
-        max_unauthenticated: args.max_unauthenticated.max(1),
-    })
 }
 
 /// The address workers should join: the listening one, or this machine's
@@ -252,42 +244,43 @@ fn print_commands_by_file(data_dir: &std::path::Path, address: &str) {
     );
 }
 
-fn seconds(name: &str, value: f64) -> Result<Duration> {
-    seconds_to_duration(value, Shortest::AboveZero).map_err(|error| anyhow!("--{name} {error}"))
+/// Reads a duration as every duration setting takes it (seconds or `1m30s`);
+/// `master::config` checks the ones that must be longer than zero.
+fn parse_seconds(text: &str) -> Result<Duration, protocol::text::DurationError> {
+    protocol::text::parse_duration(text, Shortest::Zero)
 }
 
-/// Refuses a limit below the smallest the master can work with, naming the
-/// flag, rather than raising it behind the user's back.
-fn at_least(flag: &str, value: usize, minimum: usize) -> anyhow::Result<usize> {
-    if value < minimum {
-        bail!("--{flag} must be at least {minimum}, got {value}");
-    }
-    Ok(value)
-}
-
-fn main() {
+fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    if let Err(err) = real_main() {
-        eprintln!("retire-master: error: {err:#}");
-        std::process::exit(1);
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("retire-master: error: {err:#}");
+            // A configuration mistake has its own status (see the README).
+            ExitCode::from(daemon::settings::exit_code(err.as_ref(), 1))
+        }
     }
 }
 
 fn real_main() -> Result<()> {
-    let args = Args::parse();
-    let listen = args.listen.unwrap_or_else(|| {
-        if args.dev {
-            SocketAddr::from(([127, 0, 0, 1], protocol::DEFAULT_PORT))
-        } else {
-            SocketAddr::from(([0, 0, 0, 0], protocol::DEFAULT_PORT))
+    let command = Args::command();
+    let matches = command.clone().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    let given = Given::from_matches(&command, &matches, &["config", "dev", "check"]);
+    let file = args.config.as_deref().map(SettingsFile::read).transpose()?;
+    let settings = Settings::resolve(&given, file.as_ref(), args.dev)?;
+    if let Some(Subcommand::Config) = args.command {
+        match &file {
+            Some(file) => println!("# config file: {}", file.path().display()),
+            None => println!("# no config file (--config PATH or RETIRE_CONFIG)"),
         }
-    });
-    let data_dir = match (&args.data_dir, args.dev) {
-        (Some(dir), _) => dir.clone(),
-        (None, true) => PathBuf::from(".retire-dev"),
-        (None, false) => PathBuf::from("/var/lib/retire-cluster"),
-    };
-    if args.check {
+        print!("{}", daemon::settings::render(&settings.lines()));
+        settings.config()?;
+        return Ok(());
+    }
+    let listen = settings.listen.value;
+    let data_dir = settings.data_dir.value.clone();
+    if args.check || matches!(args.command, Some(Subcommand::Check)) {
         // Never creates a database: a missing one is an error here.
         let store = master::store::Store::open_existing(&data_dir, Synchronous::Normal)
             .with_context(|| format!("opening the database in {}", data_dir.display()))?;
@@ -341,41 +334,11 @@ fn real_main() -> Result<()> {
         print_commands(&secrets, &advertised(listen));
         return Ok(());
     }
-    let auth = auth_policy(&args, listen)?;
-    let synchronous = Synchronous::parse(&args.synchronous).with_context(|| {
-        format!(
-            "--synchronous must be normal or full, got {:?}",
-            args.synchronous
-        )
-    })?;
-    let core = CoreConfig {
-        heartbeat_interval: seconds("heartbeat-interval", args.heartbeat_interval)?,
-        heartbeat_timeout: seconds("heartbeat-timeout", args.heartbeat_timeout)?,
-        default_max_retries: args.default_max_retries,
-        timeout_grace: seconds("timeout-grace", args.timeout_grace)?,
-        lease_grace: seconds("lease-grace", args.lease_grace)?,
-        auth,
-        ..CoreConfig::default()
-    };
-    if core.heartbeat_timeout <= core.heartbeat_interval {
-        bail!("--heartbeat-timeout must be longer than --heartbeat-interval");
-    }
-    let config = Config {
-        data_dir: data_dir.clone(),
-        core,
-        max_line: at_least("max-line", args.max_line, 1024)?,
-        max_connections: at_least("max-connections", args.max_connections, 1)?,
-        pre_auth_max_line: at_least("pre-auth-max-line", args.pre_auth_max_line, 256)?,
-        max_pending_output: at_least("max-pending-output", args.max_pending_output, 64 * 1024)?,
-        max_total_output: at_least("max-total-output", args.max_total_output, 1024 * 1024)?,
-        synchronous,
-        drain_timeout: seconds("drain-timeout", args.drain_timeout)?,
-        reader_idle_timeout: seconds("reader-idle-timeout", args.reader_idle_timeout)?,
-    };
+    let config = settings.config()?;
     // The database and the secrets exist before the master listens, so the
     // commands printed below already work. A first start is a missing
     // database (an empty or unreadable one stops here with an error).
-    let opened = master::open(&data_dir, synchronous, config.core.auth.required)
+    let opened = master::open(&data_dir, config.synchronous, config.core.auth.required)
         .with_context(|| format!("the data in {}", data_dir.display()))?;
     // `master::run` opens the database again.
     drop(opened.store);
@@ -434,7 +397,7 @@ fn real_main() -> Result<()> {
         let worker_config = worker::WorkerConfig {
             master: bound.to_string(),
             device_id: Some("local".into()),
-            slots: args.dev_slots,
+            slots: settings.dev_slots.value,
             // The local worker keeps its outbox with the master's data, so
             // `--dev` leaves nothing in the home directory.
             state_dir: Some(data_dir.join("worker-state")),
@@ -488,4 +451,25 @@ fn real_main() -> Result<()> {
     result.context("master stopped with an error")?;
     log::info!("stopped cleanly");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--help` shows clap's defaults while `master::config` picks the
+    /// values: the two must agree, key by key.
+    #[test]
+    fn the_help_shows_the_defaults_the_master_uses() {
+        let given = Given::clap_defaults(&Args::command(), &["dev", "check"]);
+        let shown = Settings::resolve(&given, None, false).expect("valid defaults");
+        let used = Settings::resolve(&Given::new(), None, false).expect("valid defaults");
+        for (shown, used) in shown.lines().into_iter().zip(used.lines()) {
+            assert_eq!(
+                shown.value, used.value,
+                "--help shows another default for {}",
+                shown.key
+            );
+        }
+    }
 }

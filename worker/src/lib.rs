@@ -48,6 +48,7 @@ pub mod device;
 pub mod link;
 pub mod scrub;
 pub mod session;
+pub mod settings;
 pub mod state;
 pub mod tasks;
 

@@ -3,26 +3,34 @@
 //! This binary is thin glue: it reads flags and environment variables, sets up logging
 //! and signal handling, and calls [`worker::run`]. Everything else lives in the library.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use daemon::settings::{Given, SettingsError, SettingsFile};
 use protocol::auth::{Token, TokenKind};
 use protocol::text::{parse_duration, DurationError, Shortest};
 use worker::device::profile;
-use worker::ExecutionConfig;
+use worker::settings::{policy_lines, WorkerSettings};
 use worker::{scrub, Handlers, StopHandle, WorkerConfig};
 
 /// Join a Retire-Cluster master and run the tasks it hands out.
+///
+/// Every setting but the join token can also be in the config file, under the
+/// flag's name with `_` for `-` (`tags` for `--tag`): a flag wins over the
+/// environment, which wins over the file, which wins over the default.
+// The settings are read from the matches as typed (`Given`) and picked by
+// `WorkerSettings`; clap only checks them here, so most fields are not read.
 #[derive(Debug, Parser)]
 #[command(name = "retire-worker", version)]
+#[allow(dead_code)]
 struct Args {
-    /// The master's worker port to join.
+    /// The master's worker port to join (required here, in the environment or in
+    /// the config file).
     #[arg(long, env = "RETIRE_JOIN", value_name = "HOST:PORT")]
-    join: String,
+    join: Option<String>,
     /// The id to register under [default: hostname plus a machine-id prefix].
     #[arg(long, env = "RETIRE_DEVICE_ID", value_name = "NAME")]
     id: Option<String>,
@@ -40,8 +48,9 @@ struct Args {
         value_delimiter = ','
     )]
     tags: Vec<String>,
-    /// A TOML file with the owner's policy, sandbox set-up and limits (see docs/sandbox.md).
-    #[arg(long, env = "RETIRE_CONFIG", value_name = "PATH")]
+    /// A TOML file with these settings and the owner's policy, sandbox set-up and
+    /// limits (see docs/sandbox.md).
+    #[arg(long, env = "RETIRE_CONFIG", value_name = "PATH", global = true)]
     config: Option<PathBuf>,
     /// Accept only these task types (comma-separated); overrides the config file.
     #[arg(
@@ -96,31 +105,17 @@ struct Args {
         conflicts_with = "token"
     )]
     token_file: Option<PathBuf>,
+    /// Show the configuration instead of joining.
+    #[command(subcommand)]
+    command: Option<Subcommand>,
 }
 
-/// The owner's policy: the config file, then the flags over it.
-fn execution_config(args: &Args) -> anyhow::Result<ExecutionConfig> {
-    let mut execution = match &args.config {
-        Some(path) => ExecutionConfig::from_file(path)?,
-        None => ExecutionConfig::default(),
-    };
-    let names = |types: &[String]| -> BTreeSet<String> {
-        types
-            .iter()
-            .map(|name| name.trim().to_string())
-            .filter(|name| !name.is_empty())
-            .collect()
-    };
-    if let Some(allow) = &args.allow_types {
-        execution.allow_types = Some(names(allow));
-    }
-    if let Some(deny) = &args.deny_types {
-        execution.deny_types = names(deny);
-    }
-    if let Some(dir) = &args.handlers {
-        execution.handlers_dir = Some(dir.clone());
-    }
-    Ok(execution)
+/// What `retire-worker` can do besides joining.
+#[derive(Debug, clap::Subcommand)]
+enum Subcommand {
+    /// Print the effective configuration, every setting with its value and where it
+    /// came from (flag, env, file PATH:LINE or default), the join token redacted.
+    Config,
 }
 
 /// Parses a non-negative duration: seconds (fractions allowed) or a duration like `1m30s`.
@@ -130,13 +125,17 @@ fn parse_seconds(text: &str) -> Result<Duration, DurationError> {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let args = Args::parse();
+    let command = Args::command();
+    let matches = command.clone().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     protect_join_token(args.token.is_some());
-    match run(args) {
+    let given = Given::from_matches(&command, &matches, &["config"]);
+    match run(args, &given) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("retire-worker: error: {error:#}");
-            ExitCode::FAILURE
+            // A configuration mistake has its own status (see the README).
+            ExitCode::from(daemon::settings::exit_code(error.as_ref(), 1))
         }
     }
 }
@@ -196,34 +195,53 @@ fn join_token(text: Option<String>, file: Option<&Path>) -> anyhow::Result<Optio
     }
 }
 
-fn run(mut args: Args) -> anyhow::Result<()> {
+fn run(mut args: Args, given: &Given) -> anyhow::Result<()> {
+    let file = args.config.as_deref().map(SettingsFile::read).transpose()?;
+    let (settings, execution) = WorkerSettings::resolve(given, file.as_ref())?;
+    if let Some(Subcommand::Config) = args.command {
+        match &file {
+            Some(file) => println!("# config file: {}", file.path().display()),
+            None => println!("# no config file (--config PATH or RETIRE_CONFIG)"),
+        }
+        let mut lines = settings.lines();
+        lines.extend(policy_lines(&execution, file.as_ref()));
+        print!("{}", daemon::settings::render(&lines));
+        return Ok(());
+    }
+    let Some(join) = settings.join.value else {
+        return Err(SettingsError::Missing {
+            key: "join".into(),
+            how: "--join HOST:PORT, RETIRE_JOIN or `join` in the config file".into(),
+        }
+        .into());
+    };
     // The text of the token is not kept past this point.
-    let token = join_token(args.token.take(), args.token_file.as_deref())?;
-    let execution = execution_config(&args).context("invalid configuration")?;
-    let device_id = match args.id {
+    let token = join_token(args.token.take(), settings.token_file.value.as_deref())?;
+    let device_id = match settings.id.value {
         Some(id) => id,
         None => profile::default_device_id(&profile::collect()),
     };
     let stop = StopHandle::new();
     watch_signals(stop.clone()).context("could not install the SIGINT/SIGTERM handler")?;
     let config = WorkerConfig {
-        master: args.join.clone(),
+        master: join.clone(),
         device_id: Some(device_id.clone()),
-        slots: args.slots,
-        role: args.role,
-        tags: args
+        slots: settings.slots.value,
+        role: settings.role.value,
+        tags: settings
             .tags
+            .value
             .into_iter()
             .filter(|tag| !tag.trim().is_empty())
             .collect(),
-        state_dir: args.state_dir,
-        drain_timeout: args.drain_timeout,
+        state_dir: settings.state_dir.value,
+        drain_timeout: settings.drain_timeout.value.0,
         token,
     };
     config.validate().context("invalid configuration")?;
-    println!("retire-worker: joining master {} as {device_id}", args.join);
+    println!("retire-worker: joining master {join} as {device_id}");
     worker::run_with(config, execution, Handlers::new(), stop)
-        .with_context(|| format!("could not run a worker for {}", args.join))
+        .with_context(|| format!("could not run a worker for {join}"))
 }
 
 /// Turns the first SIGINT or SIGTERM into a graceful leave (drain, then goodbye; bounded
@@ -242,4 +260,25 @@ fn watch_signals(stop: StopHandle) -> anyhow::Result<()> {
         }
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--help` shows clap's defaults while `WorkerSettings` picks the values:
+    /// the two must agree, setting by setting.
+    #[test]
+    fn the_help_shows_the_defaults_the_worker_uses() {
+        let given = Given::clap_defaults(&Args::command(), &[]);
+        let (shown, _) = WorkerSettings::resolve(&given, None).expect("valid defaults");
+        let (used, _) = WorkerSettings::resolve(&Given::new(), None).expect("valid defaults");
+        for (shown, used) in shown.lines().into_iter().zip(used.lines()) {
+            assert_eq!(
+                shown.value, used.value,
+                "--help shows another default for {}",
+                shown.key
+            );
+        }
+    }
 }

@@ -1,6 +1,8 @@
 //! Integration tests of the `retire-worker` binary against a scripted
 //! master on `127.0.0.1:0`.
 
+#[path = "worker/config_file.rs"]
+mod config_file;
 #[path = "worker/layout.rs"]
 mod layout;
 #[path = "worker/life.rs"]

@@ -2,11 +2,23 @@
 //! where custom handlers live, how the sandbox is set up, and the resource limits, by
 //! default and per task type.
 //!
-//! It comes from a TOML file (`retire-worker --config PATH`), and the flags
-//! `--allow-types`, `--deny-types` and `--handlers` override the file. An example,
-//! with every key (all are optional):
+//! It comes from a TOML file (`retire-worker --config PATH`, or `RETIRE_CONFIG`),
+//! which also holds the worker's other settings under the names of their flags
+//! ([`crate::settings::WorkerSettings`]): a flag wins over its environment variable, which wins over
+//! the file, which wins over the default, and `retire-worker config` prints what is
+//! in effect and where each value came from (the join token redacted). An unknown
+//! key or a value of the wrong type stops the worker with the key and its line. An
+//! example, with every key (all are optional, `join` given here or as a flag):
 //!
 //! ```toml
+//! join = "nas.local:8080"                   # the master (--join)
+//! id = "pi-kitchen"                         # default: host name + machine id
+//! slots = 4                                 # default: one per CPU
+//! role = "worker"
+//! tags = ["gpio", "camera"]
+//! state_dir = "/var/lib/retire-worker"      # default: $XDG_STATE_HOME/retire-worker
+//! drain_timeout = "1m"                      # seconds or a duration like "1m30s"; default 30
+//! token_file = "/etc/retire-worker/join.token"  # the join token itself only in the environment
 //! allow_types = ["echo", "shell", "python_eval", "resize"]  # default: everything it can run
 //! deny_types = ["http_request"]
 //! handlers = "/home/pi/retire-handlers"
@@ -33,9 +45,10 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use daemon::settings::Seconds;
 use serde::Deserialize;
 
 use crate::tasks::limits::TaskLimits;
@@ -44,15 +57,6 @@ use crate::tasks::sandbox::SandboxConfig;
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("could not read the config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// What failed.
-        #[source]
-        source: std::io::Error,
-    },
     /// The file is not valid TOML or has unknown or mistyped keys.
     #[error("invalid config file {path}: {message}")]
     Parse {
@@ -62,8 +66,13 @@ pub enum ConfigError {
         message: String,
     },
     /// A value is out of range.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
+    #[error("invalid configuration: {key} {message}")]
+    Invalid {
+        /// The key, dotted (`types.shell.timeout_secs`).
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 /// The `[limits]` and `[types.NAME]` tables. Sizes are in MiB (KiB for output);
@@ -117,9 +126,10 @@ impl LimitsSection {
     fn check(&self, name: &str) -> Result<(), ConfigError> {
         if let Some(secs) = self.timeout_secs {
             if !(secs.is_finite() && secs > 0.0 && Duration::try_from_secs_f64(secs).is_ok()) {
-                return Err(ConfigError::Invalid(format!(
-                    "{name}.timeout_secs must be a positive number of seconds, got {secs}"
-                )));
+                return Err(ConfigError::Invalid {
+                    key: format!("{name}.timeout_secs"),
+                    message: format!("must be a positive number of seconds, got {secs}"),
+                });
             }
         }
         Ok(())
@@ -147,11 +157,27 @@ pub struct SandboxSection {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
+    /// The master to join (`--join`).
+    pub join: Option<String>,
+    /// The device id (`--id`).
+    pub id: Option<String>,
+    /// Tasks at once (`--slots`).
+    pub slots: Option<usize>,
+    /// The role (`--role`).
+    pub role: Option<String>,
+    /// The tags (`--tag`).
+    pub tags: Option<Vec<String>>,
+    /// The state dir (`--state-dir`).
+    pub state_dir: Option<PathBuf>,
+    /// The graceful stop's wait (`--drain-timeout`).
+    pub drain_timeout: Option<Seconds>,
+    /// The file with the join token (`--token-file`). The token itself is never
+    /// a key: a config file is read by more people than the worker's environment.
+    pub token_file: Option<PathBuf>,
     /// Task types accepted; absent means every type the worker can run.
     pub allow_types: Option<Vec<String>>,
     /// Task types refused, even when allowed above.
-    #[serde(default)]
-    pub deny_types: Vec<String>,
+    pub deny_types: Option<Vec<String>>,
     /// The custom handlers folder.
     pub handlers: Option<PathBuf>,
     /// Sandbox set-up.
@@ -183,27 +209,18 @@ pub struct ExecutionConfig {
 }
 
 impl ExecutionConfig {
-    /// Reads a TOML config file.
-    pub fn from_file(path: &Path) -> Result<ExecutionConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        ExecutionConfig::from_toml(&text).map_err(|error| match error {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_path_buf(),
-                message,
-            },
-            other => other,
-        })
-    }
-
     /// Parses the text of a TOML config file.
     pub fn from_toml(text: &str) -> Result<ExecutionConfig, ConfigError> {
         let file: ConfigFile = toml::from_str(text).map_err(|error| ConfigError::Parse {
             path: PathBuf::new(),
             message: error.to_string(),
         })?;
+        ExecutionConfig::from_keys(file)
+    }
+
+    /// The policy, sandbox and limits from the keys of a config file (the
+    /// worker's other settings in it are [`crate::settings::WorkerSettings`]'s).
+    pub fn from_keys(file: ConfigFile) -> Result<ExecutionConfig, ConfigError> {
         file.limits.check("limits")?;
         for (name, section) in &file.types {
             section.check(&format!("types.{name}"))?;
@@ -219,8 +236,8 @@ impl ExecutionConfig {
             pass_env: file.sandbox.pass_env,
         };
         Ok(ExecutionConfig {
-            allow_types: file.allow_types.map(|types| types.into_iter().collect()),
-            deny_types: file.deny_types.into_iter().collect(),
+            allow_types: file.allow_types.map(|types| names(&types)),
+            deny_types: names(&file.deny_types.unwrap_or_default()),
             handlers_dir: file.handlers,
             sandbox,
             limits: file.limits,
@@ -256,21 +273,22 @@ impl ExecutionConfig {
     }
 }
 
+/// Task type names as a set, blanks dropped.
+pub(crate) fn names(types: &[String]) -> BTreeSet<String> {
+    types
+        .iter()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_documented_example_parses() {
-        let doc = include_str!("config.rs");
-        let example: String = doc
-            .lines()
-            .skip_while(|line| !line.starts_with("//! ```toml"))
-            .skip(1)
-            .take_while(|line| !line.starts_with("//! ```"))
-            .map(|line| line.trim_start_matches("//!").trim_start_matches(' '))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let example = daemon::settings::doc_example(include_str!("config.rs"));
         let config = ExecutionConfig::from_toml(&example).expect("the example parses");
         assert!(config.allows("python_eval"));
         assert!(!config.allows("http_request"));
