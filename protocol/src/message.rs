@@ -10,6 +10,7 @@ mod encode;
 
 use crate::auth;
 use crate::error::{DecodeError, ErrorCode};
+use crate::reply::Reply;
 use crate::types::{ResultStatus, TaskSpec, TaskView};
 use encode::EnvelopeOut;
 use serde::de::DeserializeOwned;
@@ -1056,12 +1057,22 @@ pub struct Subscribe {
 pub struct Ack {
     /// The request's `message_id`, if it had one.
     pub original_message_id: Option<String>,
-    /// The result object; it always holds `success: true`.
-    pub result: Map<String, Value>,
+    /// The result document; it always holds `success: true`.
+    pub result: Reply,
 }
 
 impl Ack {
-    /// An ack whose result is `{"success": true}` plus `fields`.
+    /// An ack whose result is the master's typed document `reply`.
+    pub fn reply(original_message_id: Option<String>, reply: impl Into<Reply>) -> Ack {
+        Ack {
+            original_message_id,
+            result: reply.into(),
+        }
+    }
+
+    /// An ack whose result is `{"success": true}` plus `fields`: a worker's
+    /// answer to an assignment or a cancel, which no request reads as a
+    /// document.
     pub fn new(original_message_id: Option<String>, fields: Value) -> Ack {
         let mut result = Map::new();
         result.insert("success".into(), Value::Bool(true));
@@ -1070,7 +1081,7 @@ impl Ack {
         }
         Ack {
             original_message_id,
-            result,
+            result: Reply::Fields(result),
         }
     }
 
@@ -1087,7 +1098,7 @@ impl Ack {
         };
         Ack {
             original_message_id,
-            result,
+            result: Reply::Fields(result),
         }
     }
 
@@ -1216,36 +1227,4 @@ impl Event {
             _ => None,
         }
     }
-}
-
-/// Reads the task ids out of a `task_submit` ack.
-pub fn submitted_ids(ack: &Ack) -> Vec<String> {
-    match ack.result.get("task_ids") {
-        Some(Value::Array(ids)) => ids
-            .iter()
-            .filter_map(|id| id.as_str().map(str::to_string))
-            .collect(),
-        _ => ack
-            .result
-            .get("task_id")
-            .and_then(Value::as_str)
-            .map(|id| vec![id.to_string()])
-            .unwrap_or_default(),
-    }
-}
-
-/// Reads a typed field out of an ack's result.
-pub fn result_field<T: DeserializeOwned>(ack: &Ack, key: &str) -> Result<T, DecodeError> {
-    let value = ack.result.get(key).cloned().ok_or_else(|| {
-        DecodeError::new(
-            ErrorCode::InvalidMessage,
-            format!("ack result has no {key}"),
-        )
-    })?;
-    serde_json::from_value(value).map_err(|err| {
-        DecodeError::new(
-            ErrorCode::InvalidMessage,
-            format!("ack result {key}: {err}"),
-        )
-    })
 }

@@ -15,8 +15,7 @@ use super::timers::{TimerKey, TimerKind};
 use super::{ConnId, Core, Now, Output, Reply, ReplyError};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use protocol::auth::{self, Challenge, Hello, KeyPair, Method, Nonce, Proof, Token, Transcript};
-use protocol::{ErrorCode, ErrorReply, Message};
-use serde_json::json;
+use protocol::{AuthChallenge, Authenticated, ErrorCode, ErrorReply, Message, Revoked, Success};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
@@ -614,10 +613,11 @@ impl Core {
             state.auth.hello_seen = true;
             state.auth.handshake = Some(Box::new((hello, challenge)));
         }
-        Ok(Reply::new(json!({
-            "challenge": challenge.server_nonce.to_string(),
-            "master_key": challenge.master_key.to_string(),
-        })))
+        Ok(Reply::from(AuthChallenge {
+            challenge: challenge.server_nonce.to_string(),
+            master_key: challenge.master_key.to_string(),
+            success: Success,
+        }))
     }
 
     /// `auth_proof`: check it against the hello's transcript; on success
@@ -749,11 +749,12 @@ impl Core {
             state.auth.role = role;
         }
         self.trust(conn);
-        Ok(Reply::new(json!({
-            "role": role_name,
-            "device_id": device_id,
-            "master_proof": master_proof.to_string(),
-        })))
+        Ok(Reply::from(Authenticated {
+            device_id,
+            master_proof: master_proof.to_string(),
+            role: role_name.into(),
+            success: Success,
+        }))
     }
 
     /// `auth TOKEN` in text mode: the admin token itself, compared in
@@ -815,7 +816,7 @@ impl Core {
     ) {
         match result {
             Ok(reply) => {
-                let ack = protocol::Ack::new(reply_to, reply.fields);
+                let ack = protocol::Ack::reply(reply_to, reply);
                 self.out.send(conn, Message::Ack(ack), after);
             }
             Err(refusal) => self.send_refusal(conn, reply_to, refusal),
@@ -876,10 +877,11 @@ impl Core {
             );
         }
         log::warn!("device {device_id} revoked");
-        Ok(Reply::new(json!({
-            "message": format!("revoked {device_id}"),
-            "device_id": device_id,
-        })))
+        Ok(Reply::from(Revoked {
+            device_id: device_id.to_string(),
+            message: format!("revoked {device_id}"),
+            success: Success,
+        }))
     }
 
     /// Whether `device_id` was revoked.

@@ -14,7 +14,7 @@ use super::{
 use protocol::message::bytes_to_gib;
 use protocol::{
     ClusterStats, DevicePage, DeviceStatus, DeviceView, ErrorCode, HardwareView, ListDevices,
-    ListTasks, Metrics, TaskPage, TaskState, TaskView,
+    ListTasks, Metrics, Success, TaskPage, TaskState, TaskView,
 };
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -91,6 +91,7 @@ impl Core {
             count: tasks.len(),
             tasks,
             next_cursor,
+            success: Success,
         })
     }
 
@@ -170,6 +171,7 @@ impl Core {
             count: devices.len(),
             devices,
             next_cursor,
+            success: Success,
         })
     }
 

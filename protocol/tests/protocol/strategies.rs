@@ -412,7 +412,7 @@ pub fn ack() -> impl Strategy<Value = Ack> {
     (option::of(text()), btree_map(text(), json_value(), 0..4)).prop_map(
         |(original_message_id, result)| Ack {
             original_message_id,
-            result: result.into_iter().collect(),
+            result: Reply::Fields(result.into_iter().collect()),
         },
     )
 }

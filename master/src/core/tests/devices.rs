@@ -15,7 +15,7 @@ use std::time::Duration;
 fn page(sim: &mut Sim, list: ListDevices) -> (DevicePage, Value, usize) {
     let conn = sim.client();
     let reply = sim.request(conn, Message::ListDevices(list));
-    let result = Value::Object(reply.ack().result.clone());
+    let result = Value::Object(reply.ack().result.fields().into_owned());
     let size = json_len(&result);
     let page = serde_json::from_value(result.clone()).expect("a page of devices");
     (page, result, size)

@@ -60,7 +60,7 @@ fn batch_submit_waits_for_every_task() {
     };
     let reply = sim.request(conn, Message::TaskSubmit(submit));
     let batch = reply.after_batch.expect("durable");
-    let ids = protocol::message::submitted_ids(reply.ack());
+    let ids = reply.parse::<protocol::BatchSubmitted>().task_ids;
     assert_eq!(ids.len(), 3);
     for id in &ids {
         assert!(

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 fn page(sim: &mut Sim, list: ListTasks) -> (TaskPage, Value) {
     let conn = sim.client();
     let reply = sim.request(conn, Message::ListTasks(list));
-    let result = Value::Object(reply.ack().result.clone());
+    let result = Value::Object(reply.ack().result.fields().into_owned());
     let page = serde_json::from_value(result.clone()).expect("a page of tasks");
     (page, result)
 }

@@ -125,8 +125,8 @@ fn replies_of_a_handshake() -> Vec<(&'static str, String)> {
         client_nonce: Nonce([7; 32]),
     };
     let challenge = sim.request(conn, Message::AuthHello(hello.clone()));
-    let parsed =
-        protocol::auth::Challenge::from_reply(&challenge.ack().result).expect("a challenge");
+    let parsed = protocol::auth::Challenge::from_reply(&challenge.ack().result.fields())
+        .expect("a challenge");
     let transcript = Transcript::new(&hello, &parsed);
     let proven = sim.request(conn, Message::AuthProof(transcript.client_mac(&token)));
     vec![
