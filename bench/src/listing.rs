@@ -115,7 +115,7 @@ fn list_all(core: &mut Core, now: Now, outputs: &mut Vec<Output>) -> usize {
 #[inline(never)]
 fn list_queued(core: &mut Core, now: Now, outputs: &mut Vec<Output>) -> usize {
     let list = ListTasks {
-        state: Some("queued".into()),
+        state: Some(protocol::TaskState::Queued),
         ..ListTasks::default()
     };
     request(core, now, outputs, Message::ListTasks(list))

@@ -478,7 +478,10 @@ pub fn next_page_command(filter: &ListTasks, cursor: &str) -> String {
     next_page_line(
         "tasks",
         &[
-            ("--state", filter.state.clone()),
+            (
+                "--state",
+                filter.state.map(|state| state.as_str().to_string()),
+            ),
             ("--limit", filter.limit.map(|limit| limit.to_string())),
         ],
         cursor,

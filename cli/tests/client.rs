@@ -183,7 +183,7 @@ fn an_error_reply_keeps_its_code_and_the_connection_stays_usable() {
 
     let tasks = client
         .list_tasks(ListTasks {
-            state: Some("running".into()),
+            state: Some(protocol::TaskState::Running),
             limit: Some(5),
             before: None,
         })

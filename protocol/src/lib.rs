@@ -38,7 +38,7 @@ pub use reply::{
 };
 pub use types::{
     ClusterStats, DevicePage, DeviceStatus, DeviceView, HardwareView, Priority, Requirements,
-    ResourceTotals, ResultStatus, TaskPage, TaskSpec, TaskState, TaskView,
+    ResourceTotals, ResultStatus, TaskPage, TaskSpec, TaskState, TaskView, UnknownState,
 };
 
 /// The TCP port the master listens on by default.

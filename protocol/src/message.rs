@@ -11,7 +11,7 @@ mod encode;
 use crate::auth;
 use crate::error::{DecodeError, ErrorCode};
 use crate::reply::Reply;
-use crate::types::{ResultStatus, TaskSpec, TaskView};
+use crate::types::{ResultStatus, TaskSpec, TaskState, TaskView};
 use encode::EnvelopeOut;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -1012,9 +1012,14 @@ pub struct DeviceRef {
 /// List tasks.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListTasks {
-    /// Only tasks in this state.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<String>,
+    /// Only tasks in this state. A name that is no state is refused when
+    /// the message is decoded (`invalid_message`, naming the states).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "state_filter"
+    )]
+    pub state: Option<TaskState>,
     /// At most this many, newest first (default 100, at most 1,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
@@ -1022,6 +1027,16 @@ pub struct ListTasks {
     /// page (a task id), to read the next page. Older masters ignore it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub before: Option<String>,
+}
+
+/// Reads `list_tasks`'s `state`: a state's wire name, `timeout`, or
+/// `null`.
+fn state_filter<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<TaskState>, D::Error> {
+    let name = Option::<String>::deserialize(deserializer)?;
+    name.map(|name| name.parse().map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// List devices.

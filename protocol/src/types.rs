@@ -293,6 +293,34 @@ impl TaskState {
     }
 }
 
+/// A task state name that is none of [`TaskState::ALL`] (nor `timeout`),
+/// as a `list_tasks` filter or a `tasks STATE` text command may give one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownState(pub String);
+
+impl fmt::Display for UnknownState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown state {:?}; use one of {}",
+            self.0,
+            TaskState::ALL.map(TaskState::as_str).join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownState {}
+
+impl std::str::FromStr for TaskState {
+    type Err = UnknownState;
+
+    /// Parses a wire name, as [`TaskState::parse`], saying which names
+    /// there are when it is none of them.
+    fn from_str(text: &str) -> Result<TaskState, UnknownState> {
+        TaskState::parse(text).ok_or_else(|| UnknownState(text.to_string()))
+    }
+}
+
 impl fmt::Display for TaskState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

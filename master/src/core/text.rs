@@ -5,7 +5,9 @@ use super::records::TaskRecord;
 use super::rfc3339;
 use super::{ConnId, Core, Now};
 use protocol::text::{self, render_table, TextCommand};
-use protocol::{ListDevices, ListTasks, Reply, TaskCancel, TaskSpec, TaskSubmit, TaskView};
+use protocol::{
+    ListDevices, ListTasks, Reply, TaskCancel, TaskSpec, TaskState, TaskSubmit, TaskView,
+};
 
 impl Core {
     /// A text command arrived on `conn`.
@@ -53,13 +55,22 @@ impl Core {
                 self.reply_text(conn, body);
             }
             TextCommand::Tasks { state, before } => {
+                let state = match state.map(|name| name.parse::<TaskState>()).transpose() {
+                    Ok(state) => state,
+                    Err(unknown) => {
+                        self.reply_text(conn, format!("error: {unknown}"));
+                        return;
+                    }
+                };
                 let list = ListTasks {
                     state,
                     limit: None,
                     before,
                 };
                 let body = match self.task_page(&list) {
-                    Ok((records, next)) => tasks_text(&records, next, list.state.as_deref()),
+                    Ok((records, next)) => {
+                        tasks_text(&records, next, list.state.map(TaskState::as_str))
+                    }
                     Err(error) => format!("error: {}", error.message),
                 };
                 self.reply_text(conn, body);

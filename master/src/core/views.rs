@@ -101,18 +101,7 @@ impl Core {
         &self,
         list: &ListTasks,
     ) -> Result<(Vec<&TaskRecord>, Option<String>), ReplyError> {
-        let state = match &list.state {
-            None => None,
-            Some(name) => Some(TaskState::parse(name).ok_or_else(|| {
-                ReplyError::new(
-                    ErrorCode::InvalidMessage,
-                    format!(
-                        "unknown state {name:?}; use one of {}",
-                        TaskState::ALL.map(TaskState::as_str).join(", ")
-                    ),
-                )
-            })?),
-        };
+        let state = list.state;
         let before = match &list.before {
             None => None,
             Some(task_id) => {

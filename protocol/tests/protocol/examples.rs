@@ -701,7 +701,7 @@ fn client_requests() {
         (
             r#"{"message_type":"list_tasks","data":{"state":"running","limit":10}}"#,
             Message::ListTasks(ListTasks {
-                state: Some("running".into()),
+                state: Some(TaskState::Running),
                 limit: Some(10),
                 before: None,
             }),

@@ -528,7 +528,7 @@ pub fn small_message() -> impl Strategy<Value = Message> {
         option::of(text()).prop_map(|reason| Message::Goodbye(Goodbye { reason })),
         text().prop_map(|task_id| Message::TaskStatus(TaskRef { task_id })),
         (
-            option::of(text()),
+            option::of(task_state()),
             option::of(any::<usize>()),
             option::of(text())
         )

@@ -71,7 +71,7 @@ fn a_cursor_keeps_its_place_when_its_task_changes_state() {
     let mut sim = Sim::new();
     let t: Vec<String> = (0..4).map(|_| sim.submit(spec("echo"))).collect();
     let queued = |n: usize, before: Option<String>| ListTasks {
-        state: Some("queued".into()),
+        state: Some(protocol::TaskState::Queued),
         limit: Some(n),
         before,
     };

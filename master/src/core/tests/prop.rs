@@ -656,7 +656,7 @@ fn listed_by_scan(
 
 fn list(state: Option<TaskState>, limit: Option<usize>, before: Option<String>) -> ListTasks {
     ListTasks {
-        state: state.map(|s| s.as_str().to_string()),
+        state,
         limit,
         before,
     }
