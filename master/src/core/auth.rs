@@ -277,16 +277,12 @@ impl Core {
         let deadline = now.monotonic + policy.deadline;
         let max_pending = policy.max_unauthenticated.max(1);
         let may_read = self.registry.conns.get(&conn).is_some_and(|state| {
-            state
-                .peer_ip
-                .as_deref()
-                .and_then(|ip| ip.parse::<IpAddr>().ok())
-                .is_some_and(|ip| {
-                    policy
-                        .read_only_from
-                        .iter()
-                        .any(|net| network_contains(net, ip))
-                })
+            state.peer_ip.is_some_and(|ip| {
+                policy
+                    .read_only_from
+                    .iter()
+                    .any(|net| network_contains(net, ip))
+            })
         });
         let Some(state) = self.registry.conns.get_mut(&conn) else {
             return;
@@ -683,7 +679,8 @@ impl Core {
                             .registry
                             .conns
                             .get(&conn)
-                            .and_then(|c| c.peer_ip.clone());
+                            .and_then(|c| c.peer_ip)
+                            .map(|ip| ip.to_string());
                         let record = DeviceKeyRecord {
                             device_id: device_id.clone(),
                             public_key: Some(public_key.to_string()),
@@ -896,8 +893,8 @@ impl Core {
         self.registry
             .conns
             .get(&conn)
-            .and_then(|state| state.peer_ip.clone())
-            .unwrap_or_else(|| format!("connection {conn}"))
+            .and_then(|state| state.peer_ip)
+            .map_or_else(|| format!("connection {conn}"), |ip| ip.to_string())
     }
 }
 

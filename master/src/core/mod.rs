@@ -361,7 +361,7 @@ impl Core {
         &mut self,
         now: Now,
         conn: ConnId,
-        peer_ip: Option<String>,
+        peer_ip: Option<std::net::IpAddr>,
         nonce: protocol::auth::Nonce,
     ) {
         self.registry.conns.insert(
@@ -711,7 +711,8 @@ impl Core {
                 self.registry
                     .conns
                     .get(&conn)
-                    .and_then(|c| c.peer_ip.clone())
+                    .and_then(|c| c.peer_ip)
+                    .map(|ip| ip.to_string())
             })
             .unwrap_or_default();
         let profile = records::profile_value(&register);

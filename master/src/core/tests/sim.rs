@@ -533,7 +533,7 @@ impl Sim {
         self.core.handle_connect(
             self.now,
             conn,
-            peer_ip.map(str::to_string),
+            peer_ip.map(|ip| ip.parse().expect("an IP address")),
             protocol::auth::Nonce(nonce),
         );
         conn
