@@ -778,6 +778,24 @@ impl Register {
     }
 }
 
+/// A registration as a value is its `data` object in the design's shape:
+/// the master stores it so, and reads it back through the wire's own
+/// decoder, so a stored registration and a received one are the same value.
+impl Serialize for Register {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.to_data().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Register {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Register, D::Error> {
+        // `null` reads as an empty registration, as an absent `data` does.
+        let data = Option::<Map<String, Value>>::deserialize(deserializer)?;
+        Register::from_data(data.unwrap_or_default())
+            .map_err(|err| serde::de::Error::custom(err.detail))
+    }
+}
+
 /// Live metrics, in one domain shape whichever wire shape they came in.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {

@@ -249,10 +249,11 @@ impl Core {
             index: index::Indexes::default(),
         };
         for mut record in devices {
-            let mut register = register_from_profile(&record.profile);
+            let mut register = record.profile.clone();
             let mut changed = record.status != DeviceStatus::Offline;
             record.status = DeviceStatus::Offline;
-            if let Err(why) = protocol::limits::check_profile_size(&record.profile) {
+            let profile = records::profile_value(&record.profile);
+            if let Err(why) = protocol::limits::check_profile_size(&profile) {
                 // Stored by an older master, before the cap: keep what the
                 // master uses (resources, platform, role) and drop the
                 // free-form rest, which the device sends again when it
@@ -261,7 +262,7 @@ impl Core {
                     "device {}: {why}; keeping it without its capabilities and extra fields",
                     record.device_id
                 );
-                let bytes = protocol::limits::json_len(&record.profile);
+                let bytes = protocol::limits::json_len(&profile);
                 register.capabilities = None;
                 register.extra.clear();
                 register.network_interfaces.clear();
@@ -269,7 +270,7 @@ impl Core {
                 register
                     .extra
                     .insert("profile_truncated_from_bytes".into(), json!(bytes));
-                record.profile = records::profile_value(&register);
+                record.profile = register.clone();
                 changed = true;
             }
             if changed {
@@ -722,7 +723,7 @@ impl Core {
             device_id: device_id.clone(),
             role,
             status: DeviceStatus::Online,
-            profile,
+            profile: register.clone(),
             tags: register.tags.clone(),
             task_types: register.task_types.clone(),
             slots,
@@ -1432,17 +1433,6 @@ fn not_registered() -> ReplyError {
         ErrorCode::NotRegistered,
         "send register first: this connection speaks for no known device",
     )
-}
-
-fn register_from_profile(profile: &Value) -> Register {
-    let envelope = json!({ "message_type": "register", "data": profile });
-    match Envelope::from_value(envelope) {
-        Ok(Envelope {
-            message: Message::Register(register),
-            ..
-        }) => register,
-        _ => Register::default(),
-    }
 }
 
 /// Task ids the master makes up: time-ordered and unique within a master.

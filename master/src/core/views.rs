@@ -318,7 +318,7 @@ fn registered_view(device: &Device, full: bool) -> DeviceView {
                 serde_json::to_value(summary).ok()
             }
         }),
-        profile: full.then(|| record.profile.clone()),
+        profile: full.then(|| super::records::profile_value(&record.profile)),
         enrolled_at: None,
         enrolled_from: None,
     }
