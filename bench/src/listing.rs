@@ -115,7 +115,7 @@ fn list_all(core: &mut Core, now: Now, outputs: &mut Vec<Output>) -> usize {
 #[inline(never)]
 fn list_queued(core: &mut Core, now: Now, outputs: &mut Vec<Output>) -> usize {
     let list = ListTasks {
-        state: Some("queued".into()),
+        state: Some(protocol::TaskState::Queued),
         ..ListTasks::default()
     };
     request(core, now, outputs, Message::ListTasks(list))
@@ -221,7 +221,7 @@ fn measure_devices(size: usize, requests: usize) -> Result<DeviceSize> {
     // Every device connected and registered, as on a busy master.
     for i in 0..size {
         let conn = CONN + 1 + i as ConnId;
-        core.handle_connect(now, conn, Some("192.0.2.1".into()), Nonce([0; 32]));
+        core.handle_connect(now, conn, Some([192, 0, 2, 1].into()), Nonce([0; 32]));
         let envelope = Envelope::new(Message::Register(worker_register(i)))
             .from_sender(format!("dev-{i:05}"))
             .with_id("reg");
@@ -230,7 +230,12 @@ fn measure_devices(size: usize, requests: usize) -> Result<DeviceSize> {
         outputs.clear();
         drop(core.take_batch());
     }
-    core.handle_connect(now, CONN, Some("127.0.0.1".into()), Nonce([0; 32]));
+    core.handle_connect(
+        now,
+        CONN,
+        Some(std::net::Ipv4Addr::LOCALHOST.into()),
+        Nonce([0; 32]),
+    );
     written(&mut core, now, &mut outputs);
     let reads = time_reads(
         &mut core,
@@ -303,7 +308,12 @@ fn measure(size: usize, requests: usize) -> Result<Size> {
     };
     let mut core = Core::new(config, Vec::new(), history(size, now), now);
     drop(core.take_batch());
-    core.handle_connect(now, CONN, Some("127.0.0.1".into()), Nonce([0; 32]));
+    core.handle_connect(
+        now,
+        CONN,
+        Some(std::net::Ipv4Addr::LOCALHOST.into()),
+        Nonce([0; 32]),
+    );
     let mut outputs = Vec::new();
     written(&mut core, now, &mut outputs);
     let setup = started.elapsed();

@@ -195,9 +195,12 @@ fn measure(workers: usize, params: &Params) -> Result<Size> {
         let profile = worker_profile(index);
         slots += u64::from(profile.slots.unwrap_or(1));
         let now = bench.clock.tick();
-        bench
-            .core
-            .handle_connect(now, conn, Some("127.0.0.1".into()), Nonce([0; 32]));
+        bench.core.handle_connect(
+            now,
+            conn,
+            Some(std::net::Ipv4Addr::LOCALHOST.into()),
+            Nonce([0; 32]),
+        );
         bench.devices.push(id.clone());
         bench.message(
             conn,

@@ -121,7 +121,7 @@ pub enum Command {
         /// Only tasks in this state (queued, assigned, running, completed,
         /// failed, timed_out, cancelled).
         #[arg(long, value_parser = parse_task_state)]
-        state: Option<String>,
+        state: Option<TaskState>,
         /// At most this many (default 100, at most 1,000).
         #[arg(long, value_name = "N", value_parser = parse_limit)]
         limit: Option<usize>,
@@ -257,13 +257,11 @@ fn parse_limit(text: &str) -> Result<usize, String> {
     }
 }
 
-fn parse_task_state(text: &str) -> Result<String, String> {
-    TaskState::parse(text)
-        .map(|state| state.as_str().to_string())
-        .ok_or_else(|| {
-            let names: Vec<&str> = TaskState::ALL.iter().map(|state| state.as_str()).collect();
-            format!("expected one of {}, got {text:?}", names.join(", "))
-        })
+fn parse_task_state(text: &str) -> Result<TaskState, String> {
+    TaskState::parse(text).ok_or_else(|| {
+        let names: Vec<&str> = TaskState::ALL.iter().map(|state| state.as_str()).collect();
+        format!("expected one of {}, got {text:?}", names.join(", "))
+    })
 }
 
 fn parse_device_status(text: &str) -> Result<String, String> {

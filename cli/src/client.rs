@@ -8,12 +8,13 @@
 
 use crate::lines::{Lines, LinesError};
 use protocol::auth::{master_proof_from_reply, Challenge, Hello, Method, Nonce, Token, Transcript};
-use protocol::message::{result_field, submitted_ids};
 use protocol::{
-    Ack, ClusterStats, DeviceRef, DeviceView, Envelope, ErrorCode, Event, Frame, ListDevices,
-    ListTasks, Message, Subscribe, TaskCancel, TaskProgress, TaskRef, TaskSpec, TaskSubmit,
-    TaskView, DEFAULT_MAX_LINE,
+    Ack, BatchSubmitted, ClusterStats, DevicePage, DeviceRef, DeviceReply, DeviceView, Draining,
+    Envelope, ErrorCode, Event, Frame, ListDevices, ListTasks, Message, StatusReply, Submitted,
+    Subscribe, TaskCancel, TaskChanged, TaskPage, TaskProgress, TaskRef, TaskReply, TaskSpec,
+    TaskSubmit, TaskView, DEFAULT_MAX_LINE,
 };
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use std::collections::VecDeque;
 use std::io;
@@ -207,6 +208,15 @@ impl Client {
         }
     }
 
+    /// Sends `message` and reads its reply as the document `R` the request
+    /// is answered with (see [`protocol::reply`]).
+    pub fn ask<R: DeserializeOwned>(&mut self, message: Message) -> Result<R, ClientError> {
+        let ack = self.request(message)?;
+        ack.result
+            .parse()
+            .map_err(|err| ClientError::Protocol(err.detail))
+    }
+
     /// The next event, queued or read from the socket. Returns `None` once
     /// `deadline` has passed; `None` as deadline waits without limit.
     pub fn next_event(&mut self, deadline: Option<Instant>) -> Result<Option<Event>, ClientError> {
@@ -223,74 +233,72 @@ impl Client {
 
     /// Queues one task and returns its id.
     pub fn submit(&mut self, task: TaskSpec) -> Result<String, ClientError> {
-        let ack = self.request(Message::TaskSubmit(TaskSubmit {
+        let submitted: Submitted = self.ask(Message::TaskSubmit(TaskSubmit {
             tasks: vec![task],
             batch: false,
         }))?;
-        submitted_ids(&ack)
-            .into_iter()
-            .next()
-            .ok_or_else(|| ClientError::Protocol("the task_submit ack has no task_id".into()))
+        Ok(submitted.task_id)
     }
 
     /// Queues several tasks in one durable batch and returns their ids, in
     /// the order given.
     pub fn submit_batch(&mut self, tasks: Vec<TaskSpec>) -> Result<Vec<String>, ClientError> {
-        let ack = self.request(Message::TaskSubmit(TaskSubmit { tasks, batch: true }))?;
-        Ok(submitted_ids(&ack))
+        let batch: BatchSubmitted =
+            self.ask(Message::TaskSubmit(TaskSubmit { tasks, batch: true }))?;
+        Ok(batch.task_ids)
     }
 
     /// One task's state and result.
     pub fn task_status(&mut self, task_id: &str) -> Result<TaskView, ClientError> {
-        let ack = self.request(Message::TaskStatus(TaskRef {
+        let reply: TaskReply = self.ask(Message::TaskStatus(TaskRef {
             task_id: task_id.to_string(),
         }))?;
-        field(&ack, "task")
+        Ok(reply.task)
     }
 
     /// Tasks, newest first.
     pub fn list_tasks(&mut self, filter: ListTasks) -> Result<Vec<TaskView>, ClientError> {
-        let ack = self.request(Message::ListTasks(filter))?;
-        field(&ack, "tasks")
+        let page: TaskPage = self.ask(Message::ListTasks(filter))?;
+        Ok(page.tasks)
     }
 
     /// Cluster totals.
     pub fn cluster_status(&mut self) -> Result<ClusterStats, ClientError> {
-        let ack = self.request(Message::Status)?;
-        field(&ack, "cluster_stats")
+        let reply: StatusReply = self.ask(Message::Status)?;
+        Ok(reply.cluster_stats)
     }
 
     /// One page of device summaries (newest registered first; the filter's
     /// `limit` and `before` choose the page), optionally filtered by role
     /// and status.
     pub fn list_devices(&mut self, filter: ListDevices) -> Result<Vec<DeviceView>, ClientError> {
-        let ack = self.request(Message::ListDevices(filter))?;
-        field(&ack, "devices")
+        let page: DevicePage = self.ask(Message::ListDevices(filter))?;
+        Ok(page.devices)
     }
 
     /// One device.
     pub fn device_info(&mut self, device_id: &str) -> Result<DeviceView, ClientError> {
-        let ack = self.request(Message::DeviceInfo(DeviceRef {
+        let reply: DeviceReply = self.ask(Message::DeviceInfo(DeviceRef {
             device_id: device_id.to_string(),
         }))?;
-        field(&ack, "device")
+        Ok(reply.device)
     }
 
     /// Cancels a task and returns its state after the cancel.
     pub fn cancel(&mut self, task_id: &str) -> Result<TaskView, ClientError> {
-        let ack = self.request(Message::TaskCancel(TaskCancel {
+        let reply: TaskChanged = self.ask(Message::TaskCancel(TaskCancel {
             task_id: task_id.to_string(),
             attempt: None,
         }))?;
-        field(&ack, "task")
+        Ok(reply.task)
     }
 
     /// Stops giving a device new work and returns it as it now is.
     pub fn drain(&mut self, device_id: &str) -> Result<DeviceView, ClientError> {
-        let ack = self.request(Message::DrainDevice(DeviceRef {
+        let reply: Draining = self.ask(Message::DrainDevice(DeviceRef {
             device_id: device_id.to_string(),
         }))?;
-        field(&ack, "device")
+        Ok(reply.device)
     }
 
     /// Proves the admin token to the master (see [`protocol::auth`]) and checks the
@@ -304,11 +312,11 @@ impl Client {
             client_nonce: Nonce(nonce),
         };
         let ack = self.request(Message::AuthHello(hello.clone()))?;
-        let challenge = Challenge::from_reply(&ack.result)
+        let challenge = Challenge::from_reply(&ack.result.fields())
             .map_err(|err| ClientError::Protocol(err.to_string()))?;
         let transcript = Transcript::new(&hello, &challenge);
         let ack = self.request(Message::AuthProof(transcript.client_mac(token)))?;
-        let proven = master_proof_from_reply(&ack.result)
+        let proven = master_proof_from_reply(&ack.result.fields())
             .is_ok_and(|proof| transcript.verify_master_mac(token, &proof));
         if proven {
             Ok(())
@@ -439,8 +447,4 @@ fn classify(bytes: &[u8]) -> Result<Incoming, ClientError> {
         },
         _ => Ok(Incoming::Ignored),
     }
-}
-
-fn field<T: serde::de::DeserializeOwned>(ack: &Ack, key: &str) -> Result<T, ClientError> {
-    result_field(ack, key).map_err(|err| ClientError::Protocol(err.detail))
 }

@@ -1,16 +1,19 @@
 //! One function per subcommand: send the request, then print the reply as a
-//! table for people or as the master's JSON result for scripts.
+//! table for people or, for scripts, as the master's reply document (a type
+//! of `protocol::reply`, the same document the HTTP API serves).
 
 use crate::args::SubmitArgs;
 use crate::client::{Client, ClientError};
 use crate::require::requirements_from;
 use crate::table::{ago, clean, gigabytes, or_dash, Table};
 use crate::{exit, Error};
-use protocol::message::{result_field, submitted_ids};
 use protocol::{
-    Ack, ClusterStats, DeviceRef, DeviceView, Event, ListDevices, ListTasks, Message, TaskCancel,
-    TaskProgress, TaskRef, TaskSpec, TaskState, TaskSubmit, TaskView,
+    DevicePage, DeviceRef, DeviceReply, DeviceView, Draining, Event, ListDevices, ListTasks,
+    Message, Revoked, StatusReply, Submitted, Success, TaskCancel, TaskChanged, TaskPage,
+    TaskProgress, TaskRef, TaskReply, TaskSpec, TaskState, TaskSubmit, TaskView,
 };
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::time::{Instant, SystemTime};
@@ -37,16 +40,33 @@ impl Output<'_> {
         self.err.write_all(text.as_bytes()).map_err(Error::Output)
     }
 
-    /// Prints an ack's whole result object, pretty.
-    fn print_result(&mut self, ack: &Ack) -> Result<(), Error> {
-        self.print_json(&Value::Object(ack.result.clone()))
-    }
-
-    fn print_json(&mut self, value: &Value) -> Result<(), Error> {
+    /// Prints a reply document, pretty.
+    fn print_json(&mut self, value: &impl Serialize) -> Result<(), Error> {
         let text = serde_json::to_string_pretty(value)
             .map_err(|err| ClientError::Protocol(err.to_string()))?;
         self.print(&format!("{text}\n"))
     }
+}
+
+/// Sends `message` and waits for its reply. With `--json` the reply
+/// document is printed as the master sent it (newer fields included) and
+/// `None` is returned; otherwise the document is returned read as `R`, the
+/// type the request is answered with.
+fn reply<R: DeserializeOwned>(
+    client: &mut Client,
+    message: Message,
+    output: &mut Output,
+) -> Result<Option<R>, Error> {
+    let ack = client.request(message)?;
+    if output.json {
+        output.print_json(&ack.result)?;
+        return Ok(None);
+    }
+    let document = ack
+        .result
+        .parse()
+        .map_err(|err| ClientError::Protocol(err.detail))?;
+    Ok(Some(document))
 }
 
 /// Builds the task `retire submit` queues, without its id.
@@ -86,13 +106,8 @@ pub fn submit(client: &mut Client, args: &SubmitArgs, output: &mut Output) -> Re
     // after a lost reply finds the same task instead of queuing a second.
     task.task_id.get_or_insert_with(random_task_id);
     if !args.wait {
-        let ack = client.request(submit_message(task))?;
-        if output.json {
-            output.print_result(&ack)?;
-        } else {
-            for task_id in submitted_ids(&ack) {
-                output.print(&format!("{task_id}\n"))?;
-            }
+        if let Some(submitted) = reply::<Submitted>(client, submit_message(task), output)? {
+            output.print(&format!("{}\n", submitted.task_id))?;
         }
         return Ok(exit::OK);
     }
@@ -102,8 +117,8 @@ pub fn submit(client: &mut Client, args: &SubmitArgs, output: &mut Output) -> Re
     // cannot slip past between the submit and the subscribe.
     let task_id = task.task_id.get_or_insert_with(random_task_id).clone();
     client.subscribe(vec![task_id.clone()])?;
-    let ack = client.request(submit_message(task))?;
-    let task_id = submitted_ids(&ack).into_iter().next().unwrap_or(task_id);
+    let submitted: Submitted = client.ask(submit_message(task))?;
+    let task_id = submitted.task_id;
     output.note(&format!("waiting for task {task_id}\n"))?;
 
     let started = Instant::now();
@@ -157,9 +172,11 @@ pub fn progress_line(progress: &TaskProgress) -> String {
 /// exit code `retire submit --wait` ends with.
 fn report_finished(task: &TaskView, output: &mut Output) -> Result<u8, Error> {
     if output.json {
-        let value =
-            serde_json::to_value(task).map_err(|err| ClientError::Protocol(err.to_string()))?;
-        output.print_json(&value)?;
+        // The document `retire task ID --json` prints for the task.
+        output.print_json(&TaskReply {
+            success: Success,
+            task: task.clone(),
+        })?;
         return Ok(task_exit_code(task));
     }
     let result = task.result.as_ref();
@@ -245,12 +262,10 @@ fn process_code(code: i64) -> u8 {
 
 /// `retire status`.
 pub fn status(client: &mut Client, output: &mut Output) -> Result<u8, Error> {
-    let ack = client.request(Message::Status)?;
-    if output.json {
-        output.print_result(&ack)?;
+    let Some(reply) = reply::<StatusReply>(client, Message::Status, output)? else {
         return Ok(exit::OK);
-    }
-    let stats: ClusterStats = field(&ack, "cluster_stats")?;
+    };
+    let stats = reply.cluster_stats;
     let counts = |map: &std::collections::BTreeMap<String, u32>| join_counts(map.iter());
     let table = Table::pairs(
         [
@@ -301,15 +316,13 @@ fn join_counts<'a, N: std::fmt::Display + 'a>(
 
 /// `retire devices`.
 pub fn devices(client: &mut Client, filter: ListDevices, output: &mut Output) -> Result<u8, Error> {
-    let ack = client.request(Message::ListDevices(filter.clone()))?;
-    if output.json {
-        output.print_result(&ack)?;
+    let Some(page) = reply::<DevicePage>(client, Message::ListDevices(filter.clone()), output)?
+    else {
         return Ok(exit::OK);
-    }
-    let devices: Vec<DeviceView> = field(&ack, "devices")?;
-    output.print(&device_table(&devices, output.now).render())?;
+    };
+    output.print(&device_table(&page.devices, output.now).render())?;
     // Absent from older masters' replies (and on the last page).
-    if let Some(cursor) = ack.result.get("next_cursor").and_then(Value::as_str) {
+    if let Some(cursor) = &page.next_cursor {
         output.note(&format!(
             "more: {}\n",
             next_devices_command(&filter, cursor)
@@ -383,14 +396,17 @@ pub fn device_table(devices: &[DeviceView], now: SystemTime) -> Table {
 
 /// `retire device ID`.
 pub fn device(client: &mut Client, device_id: &str, output: &mut Output) -> Result<u8, Error> {
-    let ack = client.request(Message::DeviceInfo(DeviceRef {
-        device_id: device_id.to_string(),
-    }))?;
-    if output.json {
-        output.print_result(&ack)?;
+    let Some(reply) = reply::<DeviceReply>(
+        client,
+        Message::DeviceInfo(DeviceRef {
+            device_id: device_id.to_string(),
+        }),
+        output,
+    )?
+    else {
         return Ok(exit::OK);
-    }
-    let device: DeviceView = field(&ack, "device")?;
+    };
+    let device = reply.device;
     let list = |items: &[String]| {
         if items.is_empty() {
             "-".to_string()
@@ -445,15 +461,12 @@ pub fn device(client: &mut Client, device_id: &str, output: &mut Output) -> Resu
 /// on stderr gives the command for the next page (stdout keeps the table
 /// alone, for scripts; `--json` has the master's `next_cursor`).
 pub fn tasks(client: &mut Client, filter: ListTasks, output: &mut Output) -> Result<u8, Error> {
-    let ack = client.request(Message::ListTasks(filter.clone()))?;
-    if output.json {
-        output.print_result(&ack)?;
+    let Some(page) = reply::<TaskPage>(client, Message::ListTasks(filter.clone()), output)? else {
         return Ok(exit::OK);
-    }
-    let tasks: Vec<TaskView> = field(&ack, "tasks")?;
-    output.print(&task_table(&tasks, output.now).render())?;
+    };
+    output.print(&task_table(&page.tasks, output.now).render())?;
     // Absent from older masters' replies (and on the last page).
-    if let Some(cursor) = ack.result.get("next_cursor").and_then(Value::as_str) {
+    if let Some(cursor) = &page.next_cursor {
         output.note(&format!("more: {}\n", next_page_command(&filter, cursor)))?;
     }
     Ok(exit::OK)
@@ -465,7 +478,10 @@ pub fn next_page_command(filter: &ListTasks, cursor: &str) -> String {
     next_page_line(
         "tasks",
         &[
-            ("--state", filter.state.clone()),
+            (
+                "--state",
+                filter.state.map(|state| state.as_str().to_string()),
+            ),
             ("--limit", filter.limit.map(|limit| limit.to_string())),
         ],
         cursor,
@@ -500,14 +516,17 @@ pub fn task_table(tasks: &[TaskView], now: SystemTime) -> Table {
 
 /// `retire task ID`.
 pub fn task(client: &mut Client, task_id: &str, output: &mut Output) -> Result<u8, Error> {
-    let ack = client.request(Message::TaskStatus(TaskRef {
-        task_id: task_id.to_string(),
-    }))?;
-    if output.json {
-        output.print_result(&ack)?;
+    let Some(reply) = reply::<TaskReply>(
+        client,
+        Message::TaskStatus(TaskRef {
+            task_id: task_id.to_string(),
+        }),
+        output,
+    )?
+    else {
         return Ok(exit::OK);
-    }
-    let task: TaskView = field(&ack, "task")?;
+    };
+    let task = reply.task;
     let at = |timestamp: &Option<String>| {
         or_dash(
             timestamp
@@ -551,54 +570,52 @@ pub fn task(client: &mut Client, task_id: &str, output: &mut Output) -> Result<u
 
 /// `retire cancel ID`: prints the task as it is after the cancel.
 pub fn cancel(client: &mut Client, task_id: &str, output: &mut Output) -> Result<u8, Error> {
-    let ack = client.request(Message::TaskCancel(TaskCancel {
+    let message = Message::TaskCancel(TaskCancel {
         task_id: task_id.to_string(),
         attempt: None,
-    }))?;
-    print_task_of(&ack, output)
+    });
+    print_task_of(client, message, output)
 }
 
-/// Prints the `task` an ack carries, as JSON or as a one-row table.
-fn print_task_of(ack: &protocol::Ack, output: &mut Output) -> Result<u8, Error> {
-    if output.json {
-        output.print_result(ack)?;
-        return Ok(exit::OK);
+/// Sends a cancel or retry and prints the task it changed, as the reply
+/// document or as a one-row table.
+fn print_task_of(client: &mut Client, message: Message, output: &mut Output) -> Result<u8, Error> {
+    if let Some(reply) = reply::<TaskChanged>(client, message, output)? {
+        output.print(&task_table(&[reply.task], output.now).render())?;
     }
-    let task: TaskView = field(ack, "task")?;
-    output.print(&task_table(&[task], output.now).render())?;
     Ok(exit::OK)
 }
 
 /// `retire retry ID`: prints the task as it is after being queued again.
 pub fn retry(client: &mut Client, task_id: &str, output: &mut Output) -> Result<u8, Error> {
-    let ack = client.request(Message::TaskRetry(TaskRef {
+    let message = Message::TaskRetry(TaskRef {
         task_id: task_id.to_string(),
-    }))?;
-    print_task_of(&ack, output)
+    });
+    print_task_of(client, message, output)
 }
 
 /// `retire drain DEVICE`: prints the device as it is after the drain.
 pub fn drain(client: &mut Client, device_id: &str, output: &mut Output) -> Result<u8, Error> {
-    let ack = client.request(Message::DrainDevice(DeviceRef {
-        device_id: device_id.to_string(),
-    }))?;
-    if output.json {
-        output.print_result(&ack)?;
+    let Some(reply) = reply::<Draining>(
+        client,
+        Message::DrainDevice(DeviceRef {
+            device_id: device_id.to_string(),
+        }),
+        output,
+    )?
+    else {
         return Ok(exit::OK);
-    }
-    let device: DeviceView = field(&ack, "device")?;
-    output.print(&device_table(&[device], output.now).render())?;
+    };
+    output.print(&device_table(&[reply.device], output.now).render())?;
     Ok(exit::OK)
 }
 
 /// `retire devices revoke ID`: the device's credential stops working for good.
 pub fn revoke(client: &mut Client, device_id: &str, output: &mut Output) -> Result<u8, Error> {
-    let ack = client.request(Message::RevokeDevice(DeviceRef {
+    let message = Message::RevokeDevice(DeviceRef {
         device_id: device_id.to_string(),
-    }))?;
-    if output.json {
-        output.print_result(&ack)?;
-    } else {
+    });
+    if reply::<Revoked>(client, message, output)?.is_some() {
         output.print(&format!(
             "revoked {device_id}: it cannot connect again under this id\n"
         ))?;
@@ -680,10 +697,6 @@ pub fn event_line(event: &Event) -> String {
         }
         Event::StorageRecovered => "storage_recovered".into(),
     }
-}
-
-fn field<T: serde::de::DeserializeOwned>(ack: &Ack, key: &str) -> Result<T, Error> {
-    result_field(ack, key).map_err(|err| Error::Client(ClientError::Protocol(err.detail)))
 }
 
 #[cfg(test)]

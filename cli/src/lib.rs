@@ -137,7 +137,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8, Er
             before,
         } => {
             let filter = ListTasks {
-                state: state.clone(),
+                state: *state,
                 limit: *limit,
                 before: before.clone(),
             };

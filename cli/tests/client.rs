@@ -183,7 +183,7 @@ fn an_error_reply_keeps_its_code_and_the_connection_stays_usable() {
 
     let tasks = client
         .list_tasks(ListTasks {
-            state: Some("running".into()),
+            state: Some(protocol::TaskState::Running),
             limit: Some(5),
             before: None,
         })
@@ -297,6 +297,45 @@ fn submit_wait_subscribes_first_and_exits_with_the_tasks_code() {
     assert!(lines[1].ends_with(": 50% 1/2 halfway"), "{err}");
     assert_eq!(lines[2], "careful");
     assert!(lines[3].ends_with(" failed: exit status 3"), "{err}");
+}
+
+/// `submit --wait --json` prints the finished task's document: the one
+/// `task ID --json` prints, as the master answers `task_status`.
+#[test]
+fn submit_wait_json_prints_the_task_document() {
+    let mut done = task_view("job-2", "completed");
+    done["max_retries"] = json!(0);
+    done["result"] = json!({"output": "hi", "exit_code": 0});
+    let answer = done.clone();
+    let (addr, handle) = peer(move |peer| {
+        let subscribe = peer.request();
+        peer.ack(&subscribe, json!({}));
+        let submit = peer.request();
+        peer.ack(&submit, json!({"task_id": "job-2"}));
+        let status = peer.request();
+        assert_eq!(status["message_type"], "task_status");
+        peer.ack(&status, json!({"task": answer}));
+        peer.until_closed();
+    });
+    let args = [
+        "--json", "submit", "--type", "echo", "--id", "job-2", "--wait",
+    ];
+    let (result, waited, _) = retire(&addr, &args);
+    handle.join().expect("the peer ran its script");
+    assert_eq!(result.expect("the wait succeeded"), 0);
+    let printed: Value = serde_json::from_str(&waited).expect("JSON output");
+    assert_eq!(printed, json!({"success": true, "task": done}));
+
+    let answer = done.clone();
+    let (addr, handle) = peer(move |peer| {
+        let status = peer.request();
+        peer.ack(&status, json!({"task": answer}));
+        peer.until_closed();
+    });
+    let (result, shown, _) = retire(&addr, &["--json", "task", "job-2"]);
+    handle.join().expect("the peer ran its script");
+    assert_eq!(result.expect("shown"), 0);
+    assert_eq!(waited, shown);
 }
 
 #[test]

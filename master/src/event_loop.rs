@@ -636,8 +636,7 @@ impl EventLoop {
                         peer: Some(peer),
                     });
                     let now = self.now;
-                    self.core
-                        .handle_connect(now, conn, Some(peer.ip().to_string()), nonce);
+                    self.core.handle_connect(now, conn, Some(peer.ip()), nonce);
                     if let Some(connection) = self.conns.get_mut(conn) {
                         if self.core.is_trusted(conn) {
                             connection.codec.set_max_line(self.limits.max_line);

@@ -589,7 +589,8 @@ impl Restorable for DeviceRecord {
         // The profile is a register's `data`: its free-form values sit one
         // level (capabilities, unknown fields) or two (unknown fields of
         // `device_info` / `hardware_specs`) below it.
-        let Some(profile) = self.profile.as_object() else {
+        let profile = crate::core::records::profile_value(&self.profile);
+        let Some(profile) = profile.as_object() else {
             return Ok(());
         };
         for (key, value) in profile {
@@ -753,6 +754,77 @@ mod tests {
             })
             .expect("read the state column");
         assert_eq!(state, "completed");
+    }
+
+    /// A device's registration is a typed `Register` now, where it was a
+    /// JSON value: rows written then load with their registration, in
+    /// either wire shape, and a registration is stored as the same JSON.
+    #[test]
+    fn devices_stored_with_a_json_profile_load_with_their_registration() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = Store::open(dir.path(), Synchronous::Normal).expect("open");
+        // As the master wrote them when the profile was a `Value`: the
+        // design's shape (with fields nobody knows, kept), the older flat
+        // shape, and `null`.
+        let row = |id: &str, profile: serde_json::Value| {
+            json!({
+                "device_id": id, "role": "worker", "status": "online", "profile": profile,
+                "tags": ["lab"], "task_types": null, "slots": 2, "ip_address": "10.0.0.9",
+                "registered_unix_ms": 1, "last_seen_unix_ms": 2,
+            })
+            .to_string()
+        };
+        let design = json!({
+            "device_info": {"hostname": "pi", "platform": "linux", "architecture": "aarch64",
+                            "board": "rpi4"},
+            "hardware_specs": {"cpu_cores": 4, "memory_total": 4_294_967_296_u64,
+                               "disk_space": 34_359_738_368_u64, "network_interfaces": []},
+            "capabilities": ["gpio"], "slots": 2, "tags": ["lab"], "leases": true,
+        });
+        let flat = json!({"hostname": "old", "platform": "linux", "cpu_count": 2});
+        for (id, profile) in [("pi", design), ("old", flat), ("bare", json!(null))] {
+            store
+                .connection
+                .execute(
+                    "INSERT INTO devices (device_id, status, record) VALUES (?1, 'online', ?2)",
+                    rusqlite::params![id, row(id, profile)],
+                )
+                .expect("an older row");
+        }
+        let (devices, _) = store.load().expect("load");
+        assert_eq!(store.quarantined().expect("the quarantine"), Vec::new());
+        let by_id: std::collections::BTreeMap<&str, &DeviceRecord> = devices
+            .iter()
+            .map(|device| (device.device_id.as_str(), device))
+            .collect();
+        let pi = &by_id["pi"].profile;
+        assert_eq!(pi.hostname.as_deref(), Some("pi"));
+        assert_eq!(pi.architecture.as_deref(), Some("aarch64"));
+        assert_eq!(pi.cpu_cores, Some(4));
+        assert_eq!(pi.memory_total_bytes, Some(4 << 30));
+        assert_eq!(pi.capabilities, Some(json!(["gpio"])));
+        assert_eq!(pi.extra["board"], json!("rpi4"));
+        assert!(pi.leases);
+        assert_eq!(by_id["old"].profile.hostname.as_deref(), Some("old"));
+        assert_eq!(by_id["old"].profile.cpu_cores, Some(2));
+        assert_eq!(by_id["bare"].profile, protocol::Register::default());
+
+        // Written again, a registration is the JSON its register message's
+        // `data` is, as when the record held that JSON.
+        let record = by_id["pi"];
+        let stored = serde_json::to_value(record).expect("a record is JSON");
+        let data = protocol::Envelope::new(protocol::Message::Register(record.profile.clone()))
+            .to_value()["data"]
+            .clone();
+        assert_eq!(stored["profile"], data);
+        store
+            .commit(&[Batch {
+                id: 1,
+                ops: vec![StoreOp::PutDevice(record.clone())],
+            }])
+            .expect("write");
+        let (again, _) = store.load().expect("load again");
+        assert!(again.contains(record));
     }
 
     /// `depth` arrays around a number.

@@ -6,6 +6,8 @@
 //!   objects without a newline, and text commands).
 //! - [`message`] holds the envelope and every message as domain types, and
 //!   converts them from and to both the design's and the older JSON shapes.
+//! - [`reply`] holds the master's answers, one document type per reply,
+//!   which `retire --json` prints as they are.
 //! - [`text`] parses the plain-text commands a person types with netcat.
 //! - [`types`] holds the values several messages share.
 //!
@@ -17,6 +19,7 @@ pub mod codec;
 pub mod error;
 pub mod limits;
 pub mod message;
+pub mod reply;
 pub mod text;
 pub mod types;
 
@@ -28,9 +31,14 @@ pub use message::{
     Message, Metrics, Register, RunningTask, Subscribe, TaskAssign, TaskCancel, TaskProgress,
     TaskRef, TaskResult, TaskSubmit,
 };
+pub use reply::{
+    AuthChallenge, Authenticated, BatchSubmitted, DeviceReply, Done, Draining, HeartbeatReceived,
+    Registered, Reply, ResultRecorded, Revoked, StatusReply, Submitted, Success, TaskChanged,
+    TaskReply,
+};
 pub use types::{
     ClusterStats, DevicePage, DeviceStatus, DeviceView, HardwareView, Priority, Requirements,
-    ResourceTotals, ResultStatus, TaskPage, TaskSpec, TaskState, TaskView,
+    ResourceTotals, ResultStatus, TaskPage, TaskSpec, TaskState, TaskView, UnknownState,
 };
 
 /// The TCP port the master listens on by default.

@@ -10,7 +10,8 @@ mod encode;
 
 use crate::auth;
 use crate::error::{DecodeError, ErrorCode};
-use crate::types::{ResultStatus, TaskSpec, TaskView};
+use crate::reply::Reply;
+use crate::types::{ResultStatus, TaskSpec, TaskState, TaskView};
 use encode::EnvelopeOut;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -777,6 +778,24 @@ impl Register {
     }
 }
 
+/// A registration as a value is its `data` object in the design's shape:
+/// the master stores it so, and reads it back through the wire's own
+/// decoder, so a stored registration and a received one are the same value.
+impl Serialize for Register {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.to_data().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Register {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Register, D::Error> {
+        // `null` reads as an empty registration, as an absent `data` does.
+        let data = Option::<Map<String, Value>>::deserialize(deserializer)?;
+        Register::from_data(data.unwrap_or_default())
+            .map_err(|err| serde::de::Error::custom(err.detail))
+    }
+}
+
 /// Live metrics, in one domain shape whichever wire shape they came in.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
@@ -1011,9 +1030,14 @@ pub struct DeviceRef {
 /// List tasks.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListTasks {
-    /// Only tasks in this state.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<String>,
+    /// Only tasks in this state. A name that is no state is refused when
+    /// the message is decoded (`invalid_message`, naming the states).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "state_filter"
+    )]
+    pub state: Option<TaskState>,
     /// At most this many, newest first (default 100, at most 1,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
@@ -1021,6 +1045,16 @@ pub struct ListTasks {
     /// page (a task id), to read the next page. Older masters ignore it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub before: Option<String>,
+}
+
+/// Reads `list_tasks`'s `state`: a state's wire name, `timeout`, or
+/// `null`.
+fn state_filter<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<TaskState>, D::Error> {
+    let name = Option::<String>::deserialize(deserializer)?;
+    name.map(|name| name.parse().map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// List devices.
@@ -1056,12 +1090,22 @@ pub struct Subscribe {
 pub struct Ack {
     /// The request's `message_id`, if it had one.
     pub original_message_id: Option<String>,
-    /// The result object; it always holds `success: true`.
-    pub result: Map<String, Value>,
+    /// The result document; it always holds `success: true`.
+    pub result: Reply,
 }
 
 impl Ack {
-    /// An ack whose result is `{"success": true}` plus `fields`.
+    /// An ack whose result is the master's typed document `reply`.
+    pub fn reply(original_message_id: Option<String>, reply: impl Into<Reply>) -> Ack {
+        Ack {
+            original_message_id,
+            result: reply.into(),
+        }
+    }
+
+    /// An ack whose result is `{"success": true}` plus `fields`: a worker's
+    /// answer to an assignment or a cancel, which no request reads as a
+    /// document.
     pub fn new(original_message_id: Option<String>, fields: Value) -> Ack {
         let mut result = Map::new();
         result.insert("success".into(), Value::Bool(true));
@@ -1070,7 +1114,7 @@ impl Ack {
         }
         Ack {
             original_message_id,
-            result,
+            result: Reply::Fields(result),
         }
     }
 
@@ -1087,7 +1131,7 @@ impl Ack {
         };
         Ack {
             original_message_id,
-            result,
+            result: Reply::Fields(result),
         }
     }
 
@@ -1216,36 +1260,4 @@ impl Event {
             _ => None,
         }
     }
-}
-
-/// Reads the task ids out of a `task_submit` ack.
-pub fn submitted_ids(ack: &Ack) -> Vec<String> {
-    match ack.result.get("task_ids") {
-        Some(Value::Array(ids)) => ids
-            .iter()
-            .filter_map(|id| id.as_str().map(str::to_string))
-            .collect(),
-        _ => ack
-            .result
-            .get("task_id")
-            .and_then(Value::as_str)
-            .map(|id| vec![id.to_string()])
-            .unwrap_or_default(),
-    }
-}
-
-/// Reads a typed field out of an ack's result.
-pub fn result_field<T: DeserializeOwned>(ack: &Ack, key: &str) -> Result<T, DecodeError> {
-    let value = ack.result.get(key).cloned().ok_or_else(|| {
-        DecodeError::new(
-            ErrorCode::InvalidMessage,
-            format!("ack result has no {key}"),
-        )
-    })?;
-    serde_json::from_value(value).map_err(|err| {
-        DecodeError::new(
-            ErrorCode::InvalidMessage,
-            format!("ack result {key}: {err}"),
-        )
-    })
 }

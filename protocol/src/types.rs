@@ -2,6 +2,7 @@
 //! task specifications, task states and the read-only views that replies
 //! carry.
 
+use crate::reply::Success;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -103,6 +104,12 @@ impl<'de> Deserialize<'de> for Priority {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Requirements {
+    /// Exactly this CPU architecture (`x86_64`, `aarch64`, `arm`, …).
+    #[serde(skip_serializing_if = "Option::is_none", alias = "arch")]
+    pub architecture: Option<String>,
+    /// Only this device (pinning).
+    #[serde(skip_serializing_if = "Option::is_none", alias = "device")]
+    pub device_id: Option<String>,
     /// At least this many CPU cores.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_cpu_cores: Option<u32>,
@@ -115,18 +122,12 @@ pub struct Requirements {
     /// Exactly this platform (`linux`, `android`, `macos`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub platform: Option<String>,
-    /// Exactly this CPU architecture (`x86_64`, `aarch64`, `arm`, …).
-    #[serde(skip_serializing_if = "Option::is_none", alias = "arch")]
-    pub architecture: Option<String>,
     /// Exactly this role.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
     /// Every one of these tags.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
-    /// Only this device (pinning).
-    #[serde(skip_serializing_if = "Option::is_none", alias = "device")]
-    pub device_id: Option<String>,
 }
 
 impl Requirements {
@@ -292,6 +293,34 @@ impl TaskState {
     }
 }
 
+/// A task state name that is none of [`TaskState::ALL`] (nor `timeout`),
+/// as a `list_tasks` filter or a `tasks STATE` text command may give one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownState(pub String);
+
+impl fmt::Display for UnknownState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown state {:?}; use one of {}",
+            self.0,
+            TaskState::ALL.map(TaskState::as_str).join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownState {}
+
+impl std::str::FromStr for TaskState {
+    type Err = UnknownState;
+
+    /// Parses a wire name, as [`TaskState::parse`], saying which names
+    /// there are when it is none of them.
+    fn from_str(text: &str) -> Result<TaskState, UnknownState> {
+        TaskState::parse(text).ok_or_else(|| UnknownState(text.to_string()))
+    }
+}
+
 impl fmt::Display for TaskState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -367,53 +396,53 @@ impl fmt::Display for DeviceStatus {
 /// A task as replies and events show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskView {
-    /// The task's id.
-    pub task_id: String,
-    /// Its type.
-    pub task_type: String,
-    /// Its current state.
-    pub state: TaskState,
-    /// Its priority.
-    pub priority: Priority,
-    /// Its handler input.
-    pub payload: Value,
-    /// Its timeout in seconds, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<f64>,
-    /// Its requirements.
-    #[serde(default, skip_serializing_if = "Requirements::is_empty")]
-    pub requirements: Requirements,
     /// The current (or last) attempt; 0 before the first assignment.
     pub attempt: u32,
     /// The device of the current or last attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
-    /// When it was submitted (RFC 3339).
-    pub submitted_at: String,
-    /// When its last attempt started.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
-    /// When it reached a terminal state.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<String>,
-    /// While `retrying`: when the next attempt may start.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_at: Option<String>,
-    /// Retries it may use after its first attempt.
-    #[serde(default)]
-    pub max_retries: u32,
-    /// The worker's `result` object once the task has finished.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
-    /// The exit code, when the handler had one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
     /// A one-line reason for failure or cancellation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Seconds the last attempt ran, as the worker measured it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_time: Option<f64>,
+    /// The exit code, when the handler had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// When it reached a terminal state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Retries it may use after its first attempt.
+    #[serde(default)]
+    pub max_retries: u32,
+    /// Its handler input.
+    pub payload: Value,
+    /// Its priority.
+    pub priority: Priority,
+    /// Its requirements.
+    #[serde(default, skip_serializing_if = "Requirements::is_empty")]
+    pub requirements: Requirements,
+    /// The worker's `result` object once the task has finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// While `retrying`: when the next attempt may start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<String>,
+    /// When its last attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// Its current state.
+    pub state: TaskState,
+    /// When it was submitted (RFC 3339).
+    pub submitted_at: String,
+    /// The task's id.
+    pub task_id: String,
+    /// Its type.
+    pub task_type: String,
+    /// Its timeout in seconds, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
 }
 
 /// Hardware totals in the units older tools expect.
@@ -430,44 +459,13 @@ pub struct HardwareView {
 /// A device as replies and events show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceView {
-    /// The device's id.
-    pub device_id: String,
-    /// Its role.
-    pub role: String,
-    /// Online, draining or offline.
-    pub status: DeviceStatus,
-    /// Its platform.
-    pub platform: String,
+    /// Tasks the master has given it that are not finished.
+    pub active_tasks: u32,
     /// Its CPU architecture.
     #[serde(default)]
     pub architecture: String,
-    /// Its host name.
-    #[serde(default)]
-    pub hostname: String,
-    /// The address it connected from, or reported.
-    #[serde(default)]
-    pub ip_address: String,
-    /// Last message received (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_heartbeat: Option<String>,
-    /// Its tags.
-    #[serde(default)]
-    pub tags: Vec<String>,
-    /// Its totals.
-    pub hardware: HardwareView,
-    /// Task types it runs; empty means it did not say (older workers).
-    #[serde(default)]
-    pub task_types: Vec<String>,
-    /// Tasks it may run at once.
-    pub slots: u32,
-    /// Tasks the master has given it that are not finished.
-    pub active_tasks: u32,
-    /// Its last reported live metrics.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics: Option<Value>,
-    /// The rest of its registration profile.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub profile: Option<Value>,
+    /// The device's id.
+    pub device_id: String,
     /// When it enrolled with the join token (RFC 3339); absent for a device
     /// that never enrolled (an older worker without credentials, a master
     /// without authentication).
@@ -477,26 +475,65 @@ pub struct DeviceView {
     /// or enrolled before masters recorded it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrolled_from: Option<String>,
+    /// Its totals.
+    pub hardware: HardwareView,
+    /// Its host name.
+    #[serde(default)]
+    pub hostname: String,
+    /// The address it connected from, or reported.
+    #[serde(default)]
+    pub ip_address: String,
+    /// Last message received (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat: Option<String>,
+    /// Its last reported live metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Value>,
+    /// Its platform.
+    pub platform: String,
+    /// The rest of its registration profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Value>,
+    /// Its role.
+    pub role: String,
+    /// Tasks it may run at once.
+    pub slots: u32,
+    /// Online, draining or offline.
+    pub status: DeviceStatus,
+    /// Its tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Task types it runs; empty means it did not say (older workers).
+    #[serde(default)]
+    pub task_types: Vec<String>,
 }
 
-/// The result of `list_tasks`: one page of task summaries, newest first.
+/// The answer to `list_tasks` (the `result` of its `ack`): one page of
+/// task summaries, newest first.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskPage {
-    /// How many tasks the page holds.
+    /// How many tasks the page holds (absent from some older
+    /// masters' replies).
+    #[serde(default)]
     pub count: usize,
-    /// The tasks, newest first, without `payload` (null) and `result`.
-    pub tasks: Vec<TaskView>,
     /// Set when older tasks (of the same filter) follow: the `before` of
     /// the request for the next page. Absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+    /// Always `true` (this page is the `result` of an `ack`).
+    #[serde(default)]
+    pub success: Success,
+    /// The tasks, newest first, without `payload` (null) and `result`.
+    pub tasks: Vec<TaskView>,
 }
 
-/// The result of `list_devices`: one page of device summaries, newest
-/// registered first.
+/// The answer to `list_devices` (the `result` of its `ack`): one page of
+/// device summaries, newest registered first.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DevicePage {
-    /// How many devices the page holds.
+    /// How many devices the page holds (absent from some older
+    /// masters' replies).
+    #[serde(default)]
     pub count: usize,
     /// The devices, without `profile` and without the metrics' unknown
     /// fields (`device_status` shows one device in full).
@@ -506,33 +543,36 @@ pub struct DevicePage {
     /// and from older masters' replies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+    /// Always `true` (this page is the `result` of an `ack`).
+    #[serde(default)]
+    pub success: Success,
 }
 
 /// Cluster totals, in the shape older status tools read.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterStats {
-    /// Devices ever registered.
-    pub total_devices: u32,
-    /// Devices connected now (online or draining).
-    pub online_devices: u32,
-    /// `online_devices / total_devices` as a percentage.
-    pub health_percentage: f64,
-    /// Sum over connected devices.
-    pub total_resources: ResourceTotals,
-    /// Connected devices per role.
-    pub by_role: std::collections::BTreeMap<String, u32>,
     /// Connected devices per platform.
     pub by_platform: std::collections::BTreeMap<String, u32>,
-    /// Tasks per state.
-    #[serde(default)]
-    pub tasks: std::collections::BTreeMap<String, u64>,
-    /// `ok`, or `failing` while the master cannot save changes.
-    #[serde(default)]
-    pub storage: String,
+    /// Connected devices per role.
+    pub by_role: std::collections::BTreeMap<String, u32>,
+    /// `online_devices / total_devices` as a percentage.
+    pub health_percentage: f64,
+    /// Devices connected now (online or draining).
+    pub online_devices: u32,
     /// Stored records the master could not read back at its start and set
     /// aside (see `docs/guarantees.md`); absent when there are none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub quarantined: u64,
+    /// `ok`, or `failing` while the master cannot save changes.
+    #[serde(default)]
+    pub storage: String,
+    /// Tasks per state.
+    #[serde(default)]
+    pub tasks: std::collections::BTreeMap<String, u64>,
+    /// Devices ever registered.
+    pub total_devices: u32,
+    /// Sum over connected devices.
+    pub total_resources: ResourceTotals,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -14,7 +14,6 @@
 //! which must know that a task's process has finished while the master is
 //! down, something no event can say (see there).
 
-use protocol::message::{result_field, submitted_ids};
 use protocol::{
     Ack, ErrorCode, Event, Message, Subscribe, TaskRef, TaskSpec, TaskState, TaskSubmit, TaskView,
 };
@@ -76,7 +75,8 @@ fn task_status(client: &mut Client, task_id: &str) -> TaskView {
             task_id: task_id.to_string(),
         }))
         .unwrap_or_else(|err| panic!("task_status {task_id}: {}", err.error));
-    result_field(&ack, "task").expect("a task view")
+    let reply: protocol::TaskReply = ack.result.parse().expect("a task view");
+    reply.task
 }
 
 /// The status of every id, asked on one connection in pipelined chunks;
@@ -101,7 +101,8 @@ fn statuses(addr: SocketAddr, ids: &BTreeSet<String>) -> BTreeMap<String, TaskVi
                 Message::Ack(ack) => {
                     let key = ack.original_message_id.clone().unwrap_or_default();
                     let id = asked.remove(&key).expect("a reply to a question asked");
-                    let view: TaskView = result_field(&ack, "task").expect("a task view");
+                    let reply: protocol::TaskReply = ack.result.parse().expect("a task view");
+                    let view = reply.task;
                     assert_eq!(view.task_id, id);
                     views.insert(id, view);
                 }
@@ -309,13 +310,12 @@ fn submit_batches(
                 }
             }
         };
-        let returned = submitted_ids(&ack);
+        let batch: protocol::BatchSubmitted = ack.result.parse().expect("a batch's ids");
+        let returned = batch.task_ids;
         assert_eq!(returned, ids, "the ack names the batch's tasks in order");
         if resent {
             report.resent_batches += 1;
-            if ack.result.get("message").and_then(Value::as_str)
-                == Some(&format!("{BATCH} tasks accepted (0 new)"))
-            {
+            if batch.message == format!("{BATCH} tasks accepted (0 new)") {
                 report.already_known += 1;
             }
         }
@@ -682,10 +682,8 @@ fn storage_state(addr: SocketAddr) -> String {
     let ack = Client::connect(addr)
         .request(Message::Status)
         .expect("status");
-    ack.result["cluster_stats"]["storage"]
-        .as_str()
-        .unwrap_or("?")
-        .to_string()
+    let reply: protocol::StatusReply = ack.result.parse().expect("the cluster's status");
+    reply.cluster_stats.storage
 }
 
 /// Waits for a storage event on `events`; on a timeout, says what `status`
@@ -793,7 +791,8 @@ fn a_disk_that_fills_up_refuses_changes_and_recovers() {
         &mut Client::connect(addr),
         shell("after-recovery", "echo yes"),
     );
-    assert_eq!(ack.result["created"], json!(true));
+    let submitted: protocol::Submitted = ack.result.parse().expect("a submit's document");
+    assert!(submitted.created);
     acked.insert("after-recovery".into());
     let refused_status = Client::connect(addr)
         .request(Message::TaskStatus(TaskRef {

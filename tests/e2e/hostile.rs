@@ -559,10 +559,8 @@ fn anonymous_watchers_that_never_read_do_not_multiply_a_large_event() {
             batch: false,
         }))
         .expect("submit");
-    let task_id = ack.result["task_id"]
-        .as_str()
-        .expect("a task id")
-        .to_string();
+    let submitted: protocol::Submitted = ack.result.parse().expect("a task id");
+    let task_id = submitted.task_id;
     let done = Arc::new(AtomicBool::new(false));
     let sampler = {
         let done = done.clone();

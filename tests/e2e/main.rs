@@ -56,7 +56,8 @@ fn task_status(client: &mut Client, task_id: &str) -> TaskView {
             task_id: task_id.to_string(),
         }))
         .unwrap_or_else(|err| panic!("task_status {task_id}: {}", err.error));
-    protocol::message::result_field(&ack, "task").expect("a task view")
+    let reply: protocol::TaskReply = ack.result.parse().expect("a task view");
+    reply.task
 }
 
 /// Waits until every id in `ids` has finished; returns the final views.
@@ -242,7 +243,8 @@ fn huge_output_is_truncated_and_the_worker_keeps_its_connection() {
                 batch: false,
             }))
             .expect("submit");
-        ids.extend(protocol::message::submitted_ids(&ack));
+        let submitted: protocol::Submitted = ack.result.parse().expect("a task id");
+        ids.insert(submitted.task_id);
     }
     let finished = wait_finished(&mut events, &ids);
     for task in finished.values() {
@@ -458,7 +460,8 @@ fn acknowledged_tasks_survive_kill_9_of_the_master_and_then_complete() {
             batch: true,
         }))
         .expect("batch submit");
-    let early_ids: BTreeSet<String> = protocol::message::submitted_ids(&ack).into_iter().collect();
+    let batch: protocol::BatchSubmitted = ack.result.parse().expect("a batch's ids");
+    let early_ids: BTreeSet<String> = batch.task_ids.into_iter().collect();
     wait_finished(&mut events, &early_ids);
     drop(workers);
 
@@ -480,7 +483,8 @@ fn acknowledged_tasks_survive_kill_9_of_the_master_and_then_complete() {
                 let envelope = client.next_message();
                 if let Message::Ack(ack) = envelope.message {
                     if ack.original_message_id.as_deref() == Some(id.as_str()) {
-                        return protocol::message::submitted_ids(&ack);
+                        let submitted: protocol::Submitted = ack.result.parse().expect("a task id");
+                        return vec![submitted.task_id];
                     }
                 }
             }));

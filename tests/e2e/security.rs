@@ -34,9 +34,8 @@ fn all_task_ids(addr: SocketAddr) -> BTreeSet<String> {
             before: None,
         }))
         .expect("list tasks");
-    let tasks: Vec<protocol::TaskView> =
-        protocol::message::result_field(&ack, "tasks").expect("tasks");
-    tasks.into_iter().map(|task| task.task_id).collect()
+    let page: protocol::TaskPage = ack.result.parse().expect("tasks");
+    page.tasks.into_iter().map(|task| task.task_id).collect()
 }
 
 #[test]

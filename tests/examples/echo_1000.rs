@@ -43,7 +43,8 @@ fn main() {
                     batch: true,
                 }))
                 .expect("batch submit");
-            ids.extend(protocol::message::submitted_ids(&ack));
+            let batch: protocol::BatchSubmitted = ack.result.parse().expect("a batch's ids");
+            ids.extend(batch.task_ids);
         } else {
             for spec in specs {
                 let ack = client
@@ -52,7 +53,8 @@ fn main() {
                         batch: false,
                     }))
                     .expect("submit");
-                ids.extend(protocol::message::submitted_ids(&ack));
+                let submitted: protocol::Submitted = ack.result.parse().expect("a task id");
+                ids.insert(submitted.task_id);
             }
         }
         let submitted = started.elapsed();

@@ -461,7 +461,7 @@ impl Client {
             Ok(done) => done,
             Err(error) => return Ok(Err(error)),
         };
-        let proof = master_proof_from_reply(&reply.result).ok();
+        let proof = master_proof_from_reply(&reply.result.fields()).ok();
         assert!(
             proof.is_some_and(|proof| transcript.verify_master_mac(token, &proof)),
             "the master proves it holds the admin token"
@@ -502,7 +502,7 @@ impl Client {
             Ok(ack) => ack,
             Err(error) => return Ok(Err(error)),
         };
-        let challenge = Challenge::from_reply(&ack.result)
+        let challenge = Challenge::from_reply(&ack.result.fields())
             .map_err(|err| std::io::Error::other(err.to_string()))?;
         let transcript = Transcript::new(&hello, &challenge);
         let reply = self.try_request(Message::AuthProof(prove(&transcript)))?;

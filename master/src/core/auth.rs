@@ -15,8 +15,7 @@ use super::timers::{TimerKey, TimerKind};
 use super::{ConnId, Core, Now, Output, Reply, ReplyError};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use protocol::auth::{self, Challenge, Hello, KeyPair, Method, Nonce, Proof, Token, Transcript};
-use protocol::{ErrorCode, ErrorReply, Message};
-use serde_json::json;
+use protocol::{AuthChallenge, Authenticated, ErrorCode, ErrorReply, Message, Revoked, Success};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
@@ -278,16 +277,12 @@ impl Core {
         let deadline = now.monotonic + policy.deadline;
         let max_pending = policy.max_unauthenticated.max(1);
         let may_read = self.registry.conns.get(&conn).is_some_and(|state| {
-            state
-                .peer_ip
-                .as_deref()
-                .and_then(|ip| ip.parse::<IpAddr>().ok())
-                .is_some_and(|ip| {
-                    policy
-                        .read_only_from
-                        .iter()
-                        .any(|net| network_contains(net, ip))
-                })
+            state.peer_ip.is_some_and(|ip| {
+                policy
+                    .read_only_from
+                    .iter()
+                    .any(|net| network_contains(net, ip))
+            })
         });
         let Some(state) = self.registry.conns.get_mut(&conn) else {
             return;
@@ -614,10 +609,11 @@ impl Core {
             state.auth.hello_seen = true;
             state.auth.handshake = Some(Box::new((hello, challenge)));
         }
-        Ok(Reply::new(json!({
-            "challenge": challenge.server_nonce.to_string(),
-            "master_key": challenge.master_key.to_string(),
-        })))
+        Ok(Reply::from(AuthChallenge {
+            challenge: challenge.server_nonce.to_string(),
+            master_key: challenge.master_key.to_string(),
+            success: Success,
+        }))
     }
 
     /// `auth_proof`: check it against the hello's transcript; on success
@@ -683,7 +679,8 @@ impl Core {
                             .registry
                             .conns
                             .get(&conn)
-                            .and_then(|c| c.peer_ip.clone());
+                            .and_then(|c| c.peer_ip)
+                            .map(|ip| ip.to_string());
                         let record = DeviceKeyRecord {
                             device_id: device_id.clone(),
                             public_key: Some(public_key.to_string()),
@@ -749,11 +746,12 @@ impl Core {
             state.auth.role = role;
         }
         self.trust(conn);
-        Ok(Reply::new(json!({
-            "role": role_name,
-            "device_id": device_id,
-            "master_proof": master_proof.to_string(),
-        })))
+        Ok(Reply::from(Authenticated {
+            device_id,
+            master_proof: master_proof.to_string(),
+            role: role_name.into(),
+            success: Success,
+        }))
     }
 
     /// `auth TOKEN` in text mode: the admin token itself, compared in
@@ -815,7 +813,7 @@ impl Core {
     ) {
         match result {
             Ok(reply) => {
-                let ack = protocol::Ack::new(reply_to, reply.fields);
+                let ack = protocol::Ack::reply(reply_to, reply);
                 self.out.send(conn, Message::Ack(ack), after);
             }
             Err(refusal) => self.send_refusal(conn, reply_to, refusal),
@@ -876,10 +874,11 @@ impl Core {
             );
         }
         log::warn!("device {device_id} revoked");
-        Ok(Reply::new(json!({
-            "message": format!("revoked {device_id}"),
-            "device_id": device_id,
-        })))
+        Ok(Reply::from(Revoked {
+            device_id: device_id.to_string(),
+            message: format!("revoked {device_id}"),
+            success: Success,
+        }))
     }
 
     /// Whether `device_id` was revoked.
@@ -894,8 +893,8 @@ impl Core {
         self.registry
             .conns
             .get(&conn)
-            .and_then(|state| state.peer_ip.clone())
-            .unwrap_or_else(|| format!("connection {conn}"))
+            .and_then(|state| state.peer_ip)
+            .map_or_else(|| format!("connection {conn}"), |ip| ip.to_string())
     }
 }
 

@@ -3,8 +3,7 @@
 //! answers and its timestamp, so it is written straight into the
 //! connection's buffer instead of going through a tree of JSON values.
 
-use protocol::{Ack, Envelope, Message};
-use serde_json::json;
+use protocol::{Ack, Envelope, HeartbeatReceived, Message, Success};
 
 /// The `ack` to one heartbeat.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,12 +20,13 @@ impl HeartbeatAck {
     ///
     /// [`write_line`]: HeartbeatAck::write_line
     pub fn envelope(&self, master_id: &str) -> Envelope {
-        let result = json!({
-            "message": "heartbeat received",
-            "heartbeat_received": true,
-            "heartbeat_interval": self.heartbeat_interval,
-        });
-        Envelope::new(Message::Ack(Ack::new(
+        let result = HeartbeatReceived {
+            heartbeat_interval: self.heartbeat_interval,
+            heartbeat_received: true,
+            message: "heartbeat received".into(),
+            success: Success,
+        };
+        Envelope::new(Message::Ack(Ack::reply(
             self.original_message_id.clone(),
             result,
         )))

@@ -8,8 +8,9 @@
 use super::tasks::Lost;
 use super::timers::{TimerKey, TimerKind};
 use super::{Core, Now, Reply, ReplyError};
-use protocol::{ErrorCode, Event, Message, ResultStatus, TaskCancel, TaskSpec, TaskState};
-use serde_json::json;
+use protocol::{
+    ErrorCode, Event, Message, ResultStatus, Success, TaskCancel, TaskChanged, TaskSpec, TaskState,
+};
 use std::time::Duration;
 
 /// How an attempt ended, as far as the task's life is concerned.
@@ -152,10 +153,11 @@ impl Core {
         self.needs_dispatch = true;
         let _ = now;
         let view = self.task_view(task_id)?;
-        Ok(Reply::new(json!({
-            "message": format!("task {task_id} queued again"),
-            "task": view,
-        })))
+        Ok(Reply::from(TaskChanged {
+            message: format!("task {task_id} queued again"),
+            success: Success,
+            task: view,
+        }))
     }
 
     /// Fires the task-life timers that are due: retries whose backoff has

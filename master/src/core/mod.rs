@@ -40,8 +40,10 @@ use timers::{TimerKey, TimerKind, TimerTable};
 
 use protocol::message::RunningTask;
 use protocol::{
-    Ack, DecodeError, DeviceStatus, Envelope, ErrorCode, ErrorReply, Event, Goodbye, Heartbeat,
-    Message, Register, Subscribe, TaskCancel, TaskResult, TaskSpec, TaskState, TaskSubmit,
+    Ack, BatchSubmitted, DecodeError, DeviceReply, DeviceStatus, Done, Draining, Envelope,
+    ErrorCode, ErrorReply, Event, Goodbye, Heartbeat, Message, Register, Registered, Reply,
+    ResultRecorded, StatusReply, Submitted, Subscribe, Success, TaskCancel, TaskChanged, TaskReply,
+    TaskResult, TaskSpec, TaskState, TaskSubmit,
 };
 use records::{Batch, DeviceKeyRecord, DeviceRecord, TaskRecord};
 use serde_json::{json, Value};
@@ -247,10 +249,11 @@ impl Core {
             index: index::Indexes::default(),
         };
         for mut record in devices {
-            let mut register = register_from_profile(&record.profile);
+            let mut register = record.profile.clone();
             let mut changed = record.status != DeviceStatus::Offline;
             record.status = DeviceStatus::Offline;
-            if let Err(why) = protocol::limits::check_profile_size(&record.profile) {
+            let profile = records::profile_value(&record.profile);
+            if let Err(why) = protocol::limits::check_profile_size(&profile) {
                 // Stored by an older master, before the cap: keep what the
                 // master uses (resources, platform, role) and drop the
                 // free-form rest, which the device sends again when it
@@ -259,7 +262,7 @@ impl Core {
                     "device {}: {why}; keeping it without its capabilities and extra fields",
                     record.device_id
                 );
-                let bytes = protocol::limits::json_len(&record.profile);
+                let bytes = protocol::limits::json_len(&profile);
                 register.capabilities = None;
                 register.extra.clear();
                 register.network_interfaces.clear();
@@ -267,7 +270,7 @@ impl Core {
                 register
                     .extra
                     .insert("profile_truncated_from_bytes".into(), json!(bytes));
-                record.profile = records::profile_value(&register);
+                record.profile = register.clone();
                 changed = true;
             }
             if changed {
@@ -359,7 +362,7 @@ impl Core {
         &mut self,
         now: Now,
         conn: ConnId,
-        peer_ip: Option<String>,
+        peer_ip: Option<std::net::IpAddr>,
         nonce: protocol::auth::Nonce,
     ) {
         self.registry.conns.insert(
@@ -471,18 +474,25 @@ impl Core {
             }
             Message::Goodbye(goodbye) => self.on_goodbye(now, conn, sender, goodbye),
             Message::TaskSubmit(submit) => self.on_submit(now, submit),
-            Message::TaskStatus(task) => self
-                .task_view(&task.task_id)
-                .map(|task| Reply::new(json!({ "task": task }))),
+            Message::TaskStatus(task) => self.task_view(&task.task_id).map(|task| {
+                Reply::from(TaskReply {
+                    success: Success,
+                    task,
+                })
+            }),
             Message::TaskRetry(task) => self.on_retry(now, &task.task_id),
-            Message::ListTasks(list) => self.list_tasks(&list).map(|page| Reply::new(json!(page))),
-            Message::Status => Ok(Reply::new(json!({ "cluster_stats": self.cluster_stats() }))),
-            Message::ListDevices(list) => {
-                self.list_devices(&list).map(|page| Reply::new(json!(page)))
-            }
-            Message::DeviceInfo(device) => self
-                .device_view(&device.device_id)
-                .map(|device| Reply::new(json!({ "device": device }))),
+            Message::ListTasks(list) => self.list_tasks(&list).map(Reply::from),
+            Message::Status => Ok(Reply::from(StatusReply {
+                cluster_stats: self.cluster_stats(),
+                success: Success,
+            })),
+            Message::ListDevices(list) => self.list_devices(&list).map(Reply::from),
+            Message::DeviceInfo(device) => self.device_view(&device.device_id).map(|device| {
+                Reply::from(DeviceReply {
+                    device,
+                    success: Success,
+                })
+            }),
             Message::TaskCancel(cancel) => self.on_cancel(now, cancel),
             Message::DrainDevice(device) => self.on_drain(&device.device_id),
             Message::Subscribe(subscribe) => self.on_subscribe(conn, subscribe),
@@ -524,7 +534,7 @@ impl Core {
         match result {
             Ok(reply) => {
                 self.out
-                    .send(conn, Message::Ack(Ack::new(reply_to, reply.fields)), after);
+                    .send(conn, Message::Ack(Ack::reply(reply_to, reply)), after);
             }
             Err(error) => {
                 let reply = ErrorReply::new(reply_to, error.code, error.message);
@@ -539,7 +549,10 @@ impl Core {
     fn on_subscribe(&mut self, conn: ConnId, subscribe: Subscribe) -> Result<Reply, ReplyError> {
         let trusted = self.is_trusted(conn);
         self.registry.subscribe(conn, trusted, subscribe)?;
-        Ok(Reply::new(json!({ "message": "subscribed" })))
+        Ok(Reply::from(Done {
+            message: "subscribed".into(),
+            success: Success,
+        }))
     }
 
     /// A timer fired: find workers whose heartbeats stopped.
@@ -699,7 +712,8 @@ impl Core {
                 self.registry
                     .conns
                     .get(&conn)
-                    .and_then(|c| c.peer_ip.clone())
+                    .and_then(|c| c.peer_ip)
+                    .map(|ip| ip.to_string())
             })
             .unwrap_or_default();
         let profile = records::profile_value(&register);
@@ -709,7 +723,7 @@ impl Core {
             device_id: device_id.clone(),
             role,
             status: DeviceStatus::Online,
-            profile,
+            profile: register.clone(),
             tags: register.tags.clone(),
             task_types: register.task_types.clone(),
             slots,
@@ -793,11 +807,12 @@ impl Core {
         );
         self.note_legacy_register(conn, &device_id);
         log::info!("device {device_id} registered");
-        Ok(Reply::new(json!({
-            "message": format!("registered {device_id}"),
-            "device_id": device_id,
-            "heartbeat_interval": self.config.heartbeat_interval.as_secs_f64(),
-        })))
+        Ok(Reply::from(Registered {
+            message: format!("registered {device_id}"),
+            device_id,
+            heartbeat_interval: self.config.heartbeat_interval.as_secs_f64(),
+            success: Success,
+        }))
     }
 
     fn on_heartbeat(
@@ -928,11 +943,12 @@ impl Core {
                 result.task_id,
                 result.attempt
             );
-            return Ok(Reply::new(json!({
-                "message": "result discarded: the attempt is no longer current",
-                "task_id": result.task_id,
-                "recorded": false,
-            })));
+            return Ok(Reply::from(ResultRecorded {
+                message: "result discarded: the attempt is no longer current".into(),
+                recorded: false,
+                success: Success,
+                task_id: result.task_id,
+            }));
         }
         let task_id = result.task_id.clone();
         // A result nested too deep could be stored but never sent back
@@ -979,11 +995,12 @@ impl Core {
                 format!("result of {task_id} refused, the attempt failed: {reason}"),
             ));
         }
-        Ok(Reply::new(json!({
-            "message": "result recorded",
-            "task_id": task_id,
-            "recorded": true,
-        })))
+        Ok(Reply::from(ResultRecorded {
+            message: "result recorded".into(),
+            recorded: true,
+            success: Success,
+            task_id,
+        }))
     }
 
     fn on_goodbye(
@@ -1009,7 +1026,10 @@ impl Core {
                 state.device_id = None;
             }
         }
-        Ok(Reply::new(json!({ "message": "goodbye" })))
+        Ok(Reply::from(Done {
+            message: "goodbye".into(),
+            success: Success,
+        }))
     }
 
     /// A worker accepted an assignment: the task is running.
@@ -1167,20 +1187,27 @@ impl Core {
             created += usize::from(new);
             ids.push(task_id);
         }
-        let fields = if submit.batch {
-            json!({
-                "message": format!("{} tasks accepted ({created} new)", ids.len()),
+        let reply = if submit.batch {
+            Reply::from(BatchSubmitted {
+                message: format!("{} tasks accepted ({created} new)", ids.len()),
+                success: Success,
                 // Moved, not copied: a batch holds up to 10,000 ids.
-                "task_ids": Value::Array(ids.into_iter().map(Value::String).collect()),
+                task_ids: ids,
             })
         } else {
-            json!({
-                "message": if created == 1 { "task accepted" } else { "task already exists" },
-                "task_id": ids[0],
-                "created": created == 1,
+            let message = if created == 1 {
+                "task accepted"
+            } else {
+                "task already exists"
+            };
+            Reply::from(Submitted {
+                created: created == 1,
+                message: message.into(),
+                success: Success,
+                task_id: ids.into_iter().next().unwrap_or_default(),
             })
         };
-        Ok(Reply::new(fields))
+        Ok(reply)
     }
 
     /// Queues one task; returns its id and whether it is new. A task whose
@@ -1216,9 +1243,11 @@ impl Core {
         }
         self.emit_finished(&task_id);
         let view = self.task_view(&task_id)?;
-        Ok(Reply::new(
-            json!({ "message": format!("task {task_id} cancelled"), "task": view }),
-        ))
+        Ok(Reply::from(TaskChanged {
+            message: format!("task {task_id} cancelled"),
+            success: Success,
+            task: view,
+        }))
     }
 
     fn on_drain(&mut self, device_id: &str) -> Result<Reply, ReplyError> {
@@ -1246,9 +1275,11 @@ impl Core {
             true,
         );
         let view = self.device_view(device_id)?;
-        Ok(Reply::new(
-            json!({ "message": format!("device {device_id} is draining"), "device": view }),
-        ))
+        Ok(Reply::from(Draining {
+            device: view,
+            message: format!("device {device_id} is draining"),
+            success: Success,
+        }))
     }
 
     // ----- helpers -----
@@ -1381,17 +1412,6 @@ impl Core {
     }
 }
 
-/// A successful reply's fields.
-struct Reply {
-    fields: Value,
-}
-
-impl Reply {
-    fn new(fields: Value) -> Reply {
-        Reply { fields }
-    }
-}
-
 /// A failed reply.
 #[derive(Debug)]
 struct ReplyError {
@@ -1413,17 +1433,6 @@ fn not_registered() -> ReplyError {
         ErrorCode::NotRegistered,
         "send register first: this connection speaks for no known device",
     )
-}
-
-fn register_from_profile(profile: &Value) -> Register {
-    let envelope = json!({ "message_type": "register", "data": profile });
-    match Envelope::from_value(envelope) {
-        Ok(Envelope {
-            message: Message::Register(register),
-            ..
-        }) => register,
-        _ => Register::default(),
-    }
 }
 
 /// Task ids the master makes up: time-ordered and unique within a master.

@@ -15,8 +15,10 @@ pub struct DeviceRecord {
     pub role: String,
     /// Its status when written.
     pub status: DeviceStatus,
-    /// Its registration data in the design's JSON shape.
-    pub profile: Value,
+    /// Its registration, stored as the register's `data` object in the
+    /// design's JSON shape (so rows written when this was a JSON value read
+    /// back as they are).
+    pub profile: Register,
     /// Its tags.
     pub tags: Vec<String>,
     /// Task types it runs (`None`: it did not say).
@@ -132,13 +134,11 @@ impl TaskRecord {
     }
 }
 
-/// Builds the stored profile of a registration.
+/// A registration as the JSON object it is stored and shown as.
 pub fn profile_value(register: &Register) -> Value {
-    protocol::Envelope::new(protocol::Message::Register(register.clone()))
-        .to_value()
-        .get("data")
-        .cloned()
-        .unwrap_or(Value::Null)
+    // A registration holds only strings, numbers and JSON values with
+    // string keys, so it always converts.
+    serde_json::to_value(register).unwrap_or(Value::Null)
 }
 
 /// A task record as the store writes it, encoded once when the batch is

@@ -11,6 +11,7 @@ use super::records::{DeviceKeyRecord, DeviceRecord};
 use super::{not_registered, ConnId, ReplyError, MAX_UNTRUSTED_SUBSCRIBERS};
 use protocol::{ErrorCode, Metrics, Register, Subscribe};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::time::Duration;
 
 #[derive(Debug)]
@@ -31,7 +32,8 @@ pub(super) struct Device {
 
 #[derive(Debug, Default)]
 pub(super) struct Conn {
-    pub(super) peer_ip: Option<String>,
+    /// The address the connection came from, when the loop knows it.
+    pub(super) peer_ip: Option<IpAddr>,
     pub(super) device_id: Option<String>,
     pub(super) subscription: Option<Subscribe>,
     /// It subscribed before authenticating and counts against

@@ -16,6 +16,7 @@ mod listing;
 mod nesting;
 mod prop;
 mod registration;
+mod replies;
 mod restart;
 mod results;
 mod scheduling;

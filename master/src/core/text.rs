@@ -5,8 +5,9 @@ use super::records::TaskRecord;
 use super::rfc3339;
 use super::{ConnId, Core, Now};
 use protocol::text::{self, render_table, TextCommand};
-use protocol::{ListDevices, ListTasks, TaskCancel, TaskSpec, TaskSubmit, TaskView};
-use serde_json::Value;
+use protocol::{
+    ListDevices, ListTasks, Reply, TaskCancel, TaskSpec, TaskState, TaskSubmit, TaskView,
+};
 
 impl Core {
     /// A text command arrived on `conn`.
@@ -54,13 +55,22 @@ impl Core {
                 self.reply_text(conn, body);
             }
             TextCommand::Tasks { state, before } => {
+                let state = match state.map(|name| name.parse::<TaskState>()).transpose() {
+                    Ok(state) => state,
+                    Err(unknown) => {
+                        self.reply_text(conn, format!("error: {unknown}"));
+                        return;
+                    }
+                };
                 let list = ListTasks {
                     state,
                     limit: None,
                     before,
                 };
                 let body = match self.task_page(&list) {
-                    Ok((records, next)) => tasks_text(&records, next, list.state.as_deref()),
+                    Ok((records, next)) => {
+                        tasks_text(&records, next, list.state.map(TaskState::as_str))
+                    }
                     Err(error) => format!("error: {}", error.message),
                 };
                 self.reply_text(conn, body);
@@ -78,14 +88,8 @@ impl Core {
                     batch: false,
                 };
                 let body = match self.on_submit(now, submit) {
-                    Ok(reply) => format!(
-                        "submitted {}",
-                        reply
-                            .fields
-                            .get("task_id")
-                            .and_then(Value::as_str)
-                            .unwrap_or("?")
-                    ),
+                    Ok(Reply::Submitted(submitted)) => format!("submitted {}", submitted.task_id),
+                    Ok(_) => "submitted ?".into(),
                     Err(error) => format!("error: {}", error.message),
                 };
                 self.reply_text(conn, body);
@@ -319,7 +323,9 @@ fn task_text(task: &TaskView) -> String {
     }
     if let Some(result) = &task.result {
         match result.get("output") {
-            Some(Value::String(output)) => lines.push(format!("output:\n{}", output.trim_end())),
+            Some(serde_json::Value::String(output)) => {
+                lines.push(format!("output:\n{}", output.trim_end()))
+            }
             Some(output) => lines.push(format!("output:    {output}")),
             None => lines.push(format!("result:    {result}")),
         }

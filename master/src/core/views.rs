@@ -14,7 +14,7 @@ use super::{
 use protocol::message::bytes_to_gib;
 use protocol::{
     ClusterStats, DevicePage, DeviceStatus, DeviceView, ErrorCode, HardwareView, ListDevices,
-    ListTasks, Metrics, TaskPage, TaskState, TaskView,
+    ListTasks, Metrics, Success, TaskPage, TaskState, TaskView,
 };
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -91,6 +91,7 @@ impl Core {
             count: tasks.len(),
             tasks,
             next_cursor,
+            success: Success,
         })
     }
 
@@ -100,18 +101,7 @@ impl Core {
         &self,
         list: &ListTasks,
     ) -> Result<(Vec<&TaskRecord>, Option<String>), ReplyError> {
-        let state = match &list.state {
-            None => None,
-            Some(name) => Some(TaskState::parse(name).ok_or_else(|| {
-                ReplyError::new(
-                    ErrorCode::InvalidMessage,
-                    format!(
-                        "unknown state {name:?}; use one of {}",
-                        TaskState::ALL.map(TaskState::as_str).join(", ")
-                    ),
-                )
-            })?),
-        };
+        let state = list.state;
         let before = match &list.before {
             None => None,
             Some(task_id) => {
@@ -170,6 +160,7 @@ impl Core {
             count: devices.len(),
             devices,
             next_cursor,
+            success: Success,
         })
     }
 
@@ -327,7 +318,7 @@ fn registered_view(device: &Device, full: bool) -> DeviceView {
                 serde_json::to_value(summary).ok()
             }
         }),
-        profile: full.then(|| record.profile.clone()),
+        profile: full.then(|| super::records::profile_value(&record.profile)),
         enrolled_at: None,
         enrolled_from: None,
     }

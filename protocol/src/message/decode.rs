@@ -119,7 +119,7 @@ fn ack_from_data(data: &str) -> Option<Ack> {
     };
     Some(Ack {
         original_message_id: wire.original_message_id,
-        result,
+        result: crate::reply::Reply::Fields(result),
     })
 }
 

@@ -431,3 +431,40 @@ fn task_states_and_device_statuses_parse() {
     }
     assert_eq!(DeviceStatus::parse("asleep"), None);
 }
+
+/// `list_tasks`'s `state` is read into a `TaskState` as the line is
+/// decoded: a name that is no state is refused there, with the message the
+/// master gave when it parsed the name itself, and `timeout` and `null`
+/// still read.
+#[test]
+fn a_task_listing_filter_is_a_state() {
+    let detail = check_err(
+        br#"{"message_type":"list_tasks","message_id":"q-1","data":{"state":"sleeping"}}"#,
+        ErrorCode::InvalidMessage,
+        Some("q-1"),
+    );
+    assert_eq!(
+        detail,
+        "unknown state \"sleeping\"; use one of queued, assigned, running, retrying, \
+         completed, failed, timed_out, cancelled, dead_letter"
+    );
+    for (state, expect) in [
+        (json!("timeout"), Some(TaskState::TimedOut)),
+        (json!("dead_letter"), Some(TaskState::DeadLetter)),
+        (json!(null), None),
+    ] {
+        let line = json!({"message_type": "list_tasks", "data": {"state": state}}).to_string();
+        match Envelope::decode(line.as_bytes()).map(|envelope| envelope.message) {
+            Ok(Message::ListTasks(list)) => assert_eq!(list.state, expect, "{line}"),
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        "done".parse::<TaskState>().map_err(|err| err.to_string()),
+        Err(
+            "unknown state \"done\"; use one of queued, assigned, running, retrying, \
+             completed, failed, timed_out, cancelled, dead_letter"
+                .to_string()
+        )
+    );
+}

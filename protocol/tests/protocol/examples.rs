@@ -567,7 +567,7 @@ fn replies() {
         ack,
         Message::Ack(Ack {
             original_message_id: Some("9".into()),
-            result: map(json!({"success": true, "n": 1})),
+            result: Reply::Fields(map(json!({"success": true, "n": 1}))),
         })
     );
     // An ack whose `result` is not an object keeps it under `value`.
@@ -576,7 +576,7 @@ fn replies() {
         ack,
         Message::Ack(Ack {
             original_message_id: None,
-            result: map(json!({"value": 5})),
+            result: Reply::Fields(map(json!({"value": 5}))),
         })
     );
 }
@@ -701,7 +701,7 @@ fn client_requests() {
         (
             r#"{"message_type":"list_tasks","data":{"state":"running","limit":10}}"#,
             Message::ListTasks(ListTasks {
-                state: Some("running".into()),
+                state: Some(TaskState::Running),
                 limit: Some(10),
                 before: None,
             }),
@@ -797,15 +797,19 @@ fn only_requests_expect_a_reply() {
 }
 
 #[test]
-fn submitted_ids_and_result_fields() {
+fn replies_are_read_as_the_document_their_request_expects() {
     let single = Ack::new(None, json!({"task_id": "t-1"}));
-    assert_eq!(message::submitted_ids(&single), vec!["t-1".to_string()]);
+    let submitted: Submitted = single.result.parse().expect("a submit's document");
+    assert_eq!(submitted.task_id, "t-1");
     let batch = Ack::new(None, json!({"task_ids": ["a", "b"]}));
-    assert_eq!(
-        message::submitted_ids(&batch),
-        vec!["a".to_string(), "b".to_string()]
-    );
-    assert!(message::submitted_ids(&Ack::new(None, json!({}))).is_empty());
+    let batch: BatchSubmitted = batch.result.parse().expect("a batch's document");
+    assert_eq!(batch.task_ids, vec!["a".to_string(), "b".to_string()]);
+    let empty = Ack::new(None, json!({}));
+    let refused = empty
+        .result
+        .parse::<BatchSubmitted>()
+        .expect_err("no task_ids");
+    assert_eq!(refused.code, ErrorCode::InvalidMessage);
 
     let stats = ClusterStats {
         total_devices: 2,
@@ -814,14 +818,33 @@ fn submitted_ids_and_result_fields() {
         ..ClusterStats::default()
     };
     let ack = Ack::new(None, json!({"cluster_stats": stats}));
-    assert_eq!(
-        message::result_field::<ClusterStats>(&ack, "cluster_stats"),
-        Ok(stats)
-    );
-    let missing = message::result_field::<u32>(&ack, "nope").expect_err("no such field");
+    let status: StatusReply = ack.result.parse().expect("a status document");
+    assert_eq!(status.cluster_stats, stats);
+    let missing = ack.result.parse::<TaskReply>().expect_err("no task");
     assert_eq!(missing.code, ErrorCode::InvalidMessage);
-    let mistyped = message::result_field::<u32>(&ack, "success").expect_err("success is a bool");
+    let mistyped = Ack::new(None, json!({"task_ids": 5}));
+    let mistyped = mistyped
+        .result
+        .parse::<BatchSubmitted>()
+        .expect_err("not a list");
     assert_eq!(mistyped.code, ErrorCode::InvalidMessage);
+
+    // A typed reply goes on the wire as the document a client reads back.
+    let sent = Ack::reply(
+        Some("m-1".into()),
+        StatusReply {
+            cluster_stats: stats.clone(),
+            success: Success,
+        },
+    );
+    let line = Envelope::new(Message::Ack(sent)).to_line();
+    let received = Envelope::decode(&line).expect("an ack");
+    let Message::Ack(received) = received.message else {
+        panic!("decoded {received:?}");
+    };
+    assert_eq!(received.result.fields()["success"], json!(true));
+    let status: StatusReply = received.result.parse().expect("a status document");
+    assert_eq!(status.cluster_stats, stats);
 }
 
 #[test]

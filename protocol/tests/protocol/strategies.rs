@@ -412,7 +412,7 @@ pub fn ack() -> impl Strategy<Value = Ack> {
     (option::of(text()), btree_map(text(), json_value(), 0..4)).prop_map(
         |(original_message_id, result)| Ack {
             original_message_id,
-            result: result.into_iter().collect(),
+            result: Reply::Fields(result.into_iter().collect()),
         },
     )
 }
@@ -528,7 +528,7 @@ pub fn small_message() -> impl Strategy<Value = Message> {
         option::of(text()).prop_map(|reason| Message::Goodbye(Goodbye { reason })),
         text().prop_map(|task_id| Message::TaskStatus(TaskRef { task_id })),
         (
-            option::of(text()),
+            option::of(task_state()),
             option::of(any::<usize>()),
             option::of(text())
         )

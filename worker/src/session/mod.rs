@@ -657,7 +657,7 @@ impl Session {
         let original = ack.original_message_id.as_deref();
         if let Link::Authenticating { request_id, .. } = &self.link {
             if original.is_none() || original == Some(request_id.as_str()) {
-                self.on_auth_ack(now, &ack.result);
+                self.on_auth_ack(now, &ack.result.fields());
                 return;
             }
         }
@@ -665,7 +665,7 @@ impl Session {
             // An older master may not echo the id; while registering, an ack without
             // one can only be the register's.
             if original.is_none() || original == Some(register_id.as_str()) {
-                self.on_registered(now, &ack.result);
+                self.on_registered(now, &ack.result.fields());
                 return;
             }
         }
@@ -684,7 +684,7 @@ impl Session {
         {
             let entry = self.outbox.remove(position);
             self.acked_on_connection = self.acked_on_connection.saturating_add(1);
-            let recorded = ack.result.get("recorded").and_then(Value::as_bool);
+            let recorded = ack.result.fields().get("recorded").and_then(Value::as_bool);
             log::debug!(
                 "the master acknowledged the result of {} attempt {}{}",
                 entry.result.task_id,
@@ -1194,7 +1194,7 @@ mod tests {
         match &envelope.message {
             Message::Ack(ack) => {
                 assert_eq!(ack.original_message_id.as_deref(), original);
-                ack.result.clone()
+                ack.result.fields().into_owned()
             }
             other => panic!("expected an ack, got {other:?}"),
         }

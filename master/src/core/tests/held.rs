@@ -276,7 +276,8 @@ impl Harness {
         };
         match promise {
             Promise::Submitted => {
-                let task_id = ack.result.get("task_id").and_then(|id| id.as_str());
+                let task_id = ack.result.fields().get("task_id").cloned();
+                let task_id = task_id.as_ref().and_then(|id| id.as_str());
                 let task_id = task_id.expect("a submit's ack names its task");
                 assert!(
                     self.db.tasks.contains_key(task_id),

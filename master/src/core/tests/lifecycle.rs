@@ -309,7 +309,7 @@ fn batch_submit_gives_ids_in_order() {
         batch: true,
     };
     let reply = sim.request(conn, Message::TaskSubmit(submit));
-    let ids = protocol::message::submitted_ids(reply.ack());
+    let ids = reply.parse::<protocol::BatchSubmitted>().task_ids;
     assert_eq!(ids.len(), 5);
     assert_eq!([&ids[0], &ids[2], &ids[3], &ids[4]], ["x", "old", "y", "x"]);
     assert!(ids[1].starts_with("task-"));

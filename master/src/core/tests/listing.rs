@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 fn page(sim: &mut Sim, list: ListTasks) -> (TaskPage, Value) {
     let conn = sim.client();
     let reply = sim.request(conn, Message::ListTasks(list));
-    let result = Value::Object(reply.ack().result.clone());
+    let result = Value::Object(reply.ack().result.fields().into_owned());
     let page = serde_json::from_value(result.clone()).expect("a page of tasks");
     (page, result)
 }
@@ -71,7 +71,7 @@ fn a_cursor_keeps_its_place_when_its_task_changes_state() {
     let mut sim = Sim::new();
     let t: Vec<String> = (0..4).map(|_| sim.submit(spec("echo"))).collect();
     let queued = |n: usize, before: Option<String>| ListTasks {
-        state: Some("queued".into()),
+        state: Some(protocol::TaskState::Queued),
         limit: Some(n),
         before,
     };

@@ -79,7 +79,7 @@ fn task_status_payload(sim: &mut Sim, task_id: &str) -> Value {
         }),
     );
     match as_read(&reply.envelope).message {
-        Message::Ack(ack) => ack.result["task"]["payload"].clone(),
+        Message::Ack(ack) => ack.result.fields()["task"]["payload"].clone(),
         other => panic!("task_status: {other:?}"),
     }
 }

@@ -656,7 +656,7 @@ fn listed_by_scan(
 
 fn list(state: Option<TaskState>, limit: Option<usize>, before: Option<String>) -> ListTasks {
     ListTasks {
-        state: state.map(|s| s.as_str().to_string()),
+        state,
         limit,
         before,
     }
@@ -1136,7 +1136,8 @@ fn page_while_changing(
         let conn = sim.client();
         let reply = sim.request(conn, Message::ListTasks(list(state, Some(limit), before)));
         let page: TaskPage =
-            serde_json::from_value(Value::Object(reply.ack().result.clone())).expect("a page");
+            serde_json::from_value(Value::Object(reply.ack().result.fields().into_owned()))
+                .expect("a page");
         assert!(page.tasks.len() <= limit);
         for view in &page.tasks {
             assert!(in_state(&sim, &view.task_id), "{view:?} is not {state:?}");

@@ -241,7 +241,7 @@ fn a_batch_is_spread_by_load() {
         batch: true,
     };
     let reply = sim.request(conn, protocol::Message::TaskSubmit(submit));
-    let ids = protocol::message::submitted_ids(reply.ack());
+    let ids = reply.parse::<protocol::BatchSubmitted>().task_ids;
     assert_eq!(sim.offered("a"), [ids[0].as_str(), ids[3].as_str()]);
     assert_eq!(
         sim.offered("b"),

@@ -112,7 +112,17 @@ impl Reply {
     }
 
     pub fn field(&self, key: &str) -> Value {
-        self.ack().result.get(key).cloned().unwrap_or(Value::Null)
+        self.ack()
+            .result
+            .fields()
+            .get(key)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// The ack's document, read as the reply type its request expects.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> T {
+        self.ack().result.parse().expect("the reply document")
     }
 
     pub fn error(&self) -> &ErrorReply {
@@ -523,7 +533,7 @@ impl Sim {
         self.core.handle_connect(
             self.now,
             conn,
-            peer_ip.map(str::to_string),
+            peer_ip.map(|ip| ip.parse().expect("an IP address")),
             protocol::auth::Nonce(nonce),
         );
         conn
