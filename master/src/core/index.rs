@@ -663,30 +663,7 @@ impl Core {
         );
         assert_eq!(self.registry.free.len(), free, "free slot entries");
         assert_eq!(self.registry.free.total(), free_total, "free slot total");
-        let subscribers: BTreeMap<ConnId, BTreeSet<String>> = self
-            .registry
-            .conns
-            .iter()
-            .filter_map(|(&conn, state)| {
-                let subscription = state.subscription.as_ref()?;
-                Some((conn, subscription.task_ids.iter().cloned().collect()))
-            })
-            .collect();
-        assert_eq!(
-            self.registry.subscribers.filters(),
-            subscribers,
-            "subscribers"
-        );
-        let untrusted = self
-            .registry
-            .conns
-            .values()
-            .filter(|state| state.untrusted_subscriber)
-            .count();
-        assert_eq!(
-            self.registry.untrusted_subscribers, untrusted,
-            "untrusted subscribers counted"
-        );
+        self.registry.check_connections();
         let listed: BTreeMap<ListKey, TaskState> = self
             .tasks
             .by_id

@@ -12,6 +12,7 @@
 mod auth;
 mod changes;
 mod dispatch;
+mod handshake;
 mod heartbeat_ack;
 mod index;
 mod life;
@@ -34,7 +35,7 @@ pub use views::rfc3339;
 use changes::Changes;
 use outgoing::Outgoing;
 use queue::QueueKey;
-use registry::{Conn, Device, Registry};
+use registry::{Device, Registry};
 use tasks::{Task, Tasks};
 use timers::{TimerKey, TimerKind, TimerTable};
 
@@ -362,14 +363,7 @@ impl Core {
         peer_ip: Option<String>,
         nonce: protocol::auth::Nonce,
     ) {
-        self.registry.conns.insert(
-            conn,
-            Conn {
-                peer_ip,
-                ..Conn::default()
-            },
-        );
-        self.auth_connect(now, conn, nonce);
+        self.auth_connect(now, conn, peer_ip, nonce);
     }
 
     /// A connection closed (by the peer, an error, or the loop).
@@ -377,7 +371,7 @@ impl Core {
         let Some(state) = self.registry.disconnect(conn) else {
             return;
         };
-        self.auth_disconnect(conn, &state.auth);
+        self.auth_disconnect(conn, state.auth());
         if let Some(device_id) = state.device_id {
             let bound_here = self
                 .registry
@@ -417,12 +411,7 @@ impl Core {
     pub fn handle_message(&mut self, now: Now, conn: ConnId, envelope: Envelope) {
         let reply_to = envelope.message_id.clone();
         let sender = envelope.sender_id.clone();
-        if self
-            .registry
-            .conns
-            .get(&conn)
-            .is_some_and(|state| state.auth.closing)
-        {
+        if self.registry.is_closing(conn) {
             return;
         }
         if let Err(refusal) = self.authorize(conn, sender.as_deref(), &envelope.message) {

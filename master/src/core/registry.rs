@@ -5,11 +5,13 @@
 //! (`Conn::device_id`) and a device is bound to at most one connection
 //! (`Device::conn`); the two always agree.
 
-use super::auth::{self, Role};
+use super::auth::{auth_required, revoked, taken, Refusal};
+use super::handshake::{ConnAuth, Role};
 use super::index;
 use super::records::{DeviceKeyRecord, DeviceRecord};
 use super::{not_registered, ConnId, ReplyError, MAX_UNTRUSTED_SUBSCRIBERS};
-use protocol::{ErrorCode, Metrics, Register, Subscribe};
+use protocol::auth::PublicKey;
+use protocol::{ErrorCode, Message, Metrics, Register, Subscribe};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -38,18 +40,16 @@ pub(super) struct Conn {
     /// [`MAX_UNTRUSTED_SUBSCRIBERS`] until it unsubscribes or leaves
     /// (authenticating later does not give the place back early: simpler,
     /// and only ever stricter).
-    pub(super) untrusted_subscriber: bool,
-    pub(super) auth: auth::ConnAuth,
+    untrusted_subscriber: bool,
+    /// Its role and handshake; only the registry hands it out, by
+    /// connection ([`Registry::auth`], [`Registry::auth_mut`]).
+    auth: ConnAuth,
 }
 
 impl Conn {
-    /// Whether it has authenticated (or authentication is off), so it may
-    /// send full-size lines.
-    pub(super) fn is_trusted(&self) -> bool {
-        matches!(
-            self.auth.role,
-            Role::Worker(_) | Role::Legacy(_) | Role::Admin | Role::Open
-        )
+    /// Its role and handshake.
+    pub(super) fn auth(&self) -> &ConnAuth {
+        &self.auth
     }
 }
 
@@ -61,10 +61,10 @@ pub(super) struct Registry {
     /// The open connections.
     pub(super) conns: HashMap<ConnId, Conn>,
     /// Enrolled devices' public keys and revocations, by device id.
-    pub(super) device_keys: HashMap<String, DeviceKeyRecord>,
+    device_keys: HashMap<String, DeviceKeyRecord>,
     /// Subscribed connections that had not authenticated when they
     /// subscribed (see [`super::MAX_UNTRUSTED_SUBSCRIBERS`]).
-    pub(super) untrusted_subscribers: usize,
+    untrusted_subscribers: usize,
     /// Connections with a subscription, by the tasks they follow.
     pub(super) subscribers: index::Subscribers,
     /// Devices that can take a task now, least loaded first.
@@ -153,17 +153,15 @@ impl Registry {
             .collect()
     }
 
-    /// Whether connection `conn` has authenticated (see [`Conn::is_trusted`]).
+    /// Whether connection `conn` has authenticated (see
+    /// [`ConnAuth::is_trusted`]).
     pub(super) fn is_trusted(&self, conn: ConnId) -> bool {
-        self.conns.get(&conn).is_some_and(Conn::is_trusted)
+        self.auth(conn).is_some_and(ConnAuth::is_trusted)
     }
 
     /// The device this connection authenticated as, if any.
     pub(super) fn authenticated_device(&self, conn: ConnId) -> Option<&str> {
-        match &self.conns.get(&conn)?.auth.role {
-            Role::Worker(id) => Some(id),
-            _ => None,
-        }
+        self.auth(conn)?.device()
     }
 
     /// Whether a worker message on `conn` may speak for `device_id` by
@@ -171,7 +169,7 @@ impl Registry {
     /// not yet authenticated connection may, when `allow_legacy` (the
     /// legacy switch) is on, speak for a device without enrolled keys.
     pub(super) fn may_speak_for(&self, conn: ConnId, device_id: &str, allow_legacy: bool) -> bool {
-        match self.conns.get(&conn).map(|state| &state.auth.role) {
+        match self.auth(conn).map(ConnAuth::role) {
             Some(Role::Open) => true,
             Some(Role::Worker(id)) => id == device_id,
             Some(Role::Legacy(_) | Role::Pending | Role::Reader) => {
@@ -206,5 +204,206 @@ impl Registry {
             }
             _ => Err(not_registered()),
         }
+    }
+
+    // ----- connections -----
+
+    /// Opens connection `conn` from `peer_ip`, with its authentication.
+    pub(super) fn connect(&mut self, conn: ConnId, peer_ip: Option<String>, auth: ConnAuth) {
+        self.conns.insert(
+            conn,
+            Conn {
+                peer_ip,
+                auth,
+                ..Conn::default()
+            },
+        );
+    }
+
+    /// Connection `conn`'s authentication.
+    pub(super) fn auth(&self, conn: ConnId) -> Option<&ConnAuth> {
+        self.conns.get(&conn).map(|state| &state.auth)
+    }
+
+    /// Connection `conn`'s authentication, to change it.
+    pub(super) fn auth_mut(&mut self, conn: ConnId) -> Option<&mut ConnAuth> {
+        self.conns.get_mut(&conn).map(|state| &mut state.auth)
+    }
+
+    /// Whether the core is closing connection `conn` (nothing more it sends
+    /// is handled).
+    pub(super) fn is_closing(&self, conn: ConnId) -> bool {
+        self.auth(conn).is_some_and(ConnAuth::is_closing)
+    }
+
+    /// Whether connection `conn` is subscribed to events.
+    pub(super) fn is_subscribed(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|state| state.subscription.is_some())
+    }
+
+    /// The address connection `conn` came from, if known.
+    pub(super) fn peer_ip(&self, conn: ConnId) -> Option<&str> {
+        self.conns.get(&conn)?.peer_ip.as_deref()
+    }
+
+    /// How logs name connection `conn`: its address, or its number.
+    pub(super) fn peer_label(&self, conn: ConnId) -> String {
+        self.peer_ip(conn)
+            .map_or_else(|| format!("connection {conn}"), str::to_string)
+    }
+
+    // ----- keys -----
+
+    /// Replaces the enrolled keys and revocations with `keys` (at start).
+    pub(super) fn restore_keys(&mut self, keys: Vec<DeviceKeyRecord>) {
+        self.device_keys = keys
+            .into_iter()
+            .map(|key| (key.device_id.clone(), key))
+            .collect();
+    }
+
+    /// Device `device_id`'s key record (its key and when and from where it
+    /// enrolled, or its revocation), if it has one.
+    pub(super) fn key(&self, device_id: &str) -> Option<&DeviceKeyRecord> {
+        self.device_keys.get(device_id)
+    }
+
+    /// Keeps `record` as its device's key (an enrollment).
+    pub(super) fn set_key(&mut self, record: DeviceKeyRecord) {
+        self.device_keys.insert(record.device_id.clone(), record);
+    }
+
+    /// Whether `device_id` was revoked.
+    pub(super) fn is_revoked(&self, device_id: &str) -> bool {
+        self.device_keys
+            .get(device_id)
+            .is_some_and(|key| key.revoked_unix_ms.is_some())
+    }
+
+    /// Whether `device_id` is known, as a device or by its key.
+    pub(super) fn is_known(&self, device_id: &str) -> bool {
+        self.devices.contains_key(device_id) || self.device_keys.contains_key(device_id)
+    }
+
+    /// `Ok` if `device_id` may enroll with the join token: it holds no key
+    /// (an enrolled id authenticates with its own key) and was not revoked.
+    pub(super) fn check_unenrolled(&self, device_id: &str) -> Result<(), Refusal> {
+        match self.device_keys.get(device_id) {
+            Some(key) if key.revoked_unix_ms.is_some() => Err(revoked(device_id)),
+            Some(_) => Err(taken(device_id)),
+            None => Ok(()),
+        }
+    }
+
+    /// `Ok` if `device_id` may authenticate with its own key: it enrolled
+    /// one and was not revoked.
+    pub(super) fn check_enrolled(&self, device_id: &str) -> Result<(), Refusal> {
+        match self.device_keys.get(device_id) {
+            Some(key) if key.revoked_unix_ms.is_some() => Err(revoked(device_id)),
+            Some(key) if key.public_key.is_some() => Ok(()),
+            _ => Err(Refusal::close(
+                ErrorCode::AuthFailed,
+                format!("device {device_id} is not enrolled here; join with the join token"),
+            )),
+        }
+    }
+
+    /// The public key device `device_id` proves itself with, unless it was
+    /// revoked (or its stored key cannot be read).
+    pub(super) fn public_key(&self, device_id: &str) -> Option<PublicKey> {
+        self.device_keys
+            .get(device_id)
+            .filter(|key| key.revoked_unix_ms.is_none())
+            .and_then(|key| key.public_key.as_deref())
+            .and_then(|key| key.parse::<PublicKey>().ok())
+    }
+
+    /// An older worker without credentials (legacy switch on): it may
+    /// register under an id no enrolled device holds, and send worker
+    /// messages for such a device.
+    pub(super) fn legacy_speaker_allowed(
+        &self,
+        sender: Option<&str>,
+        message: &Message,
+    ) -> Result<(), Refusal> {
+        let Some(id) = sender else {
+            return match message {
+                Message::Register(_) => Ok(()),
+                _ => Err(auth_required()),
+            };
+        };
+        match self.device_keys.get(id) {
+            Some(key) if key.revoked_unix_ms.is_some() => Err(Refusal::close(
+                ErrorCode::DeviceRevoked,
+                format!("device {id} was revoked"),
+            )),
+            Some(_) => Err(Refusal::stay(
+                ErrorCode::AuthRequired,
+                format!("device {id} is enrolled: it must authenticate with its own credential"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Revokes `device_id`'s key at `unix_ms` (keeping what it enrolled
+    /// with, if it did); returns the record to persist.
+    pub(super) fn revoke_key(&mut self, device_id: &str, unix_ms: i64) -> DeviceKeyRecord {
+        let record = DeviceKeyRecord {
+            device_id: device_id.to_string(),
+            revoked_unix_ms: Some(unix_ms),
+            ..self
+                .device_keys
+                .get(device_id)
+                .cloned()
+                .unwrap_or(DeviceKeyRecord {
+                    device_id: device_id.to_string(),
+                    public_key: None,
+                    enrolled_unix_ms: unix_ms,
+                    enrolled_from: None,
+                    revoked_unix_ms: None,
+                })
+        };
+        self.device_keys
+            .insert(device_id.to_string(), record.clone());
+        record
+    }
+
+    /// Unbinds every connection that speaks for `device_id` (registered as
+    /// it, or authenticated as it) and returns them, to be closed.
+    pub(super) fn unbind_speakers(&mut self, device_id: &str) -> Vec<ConnId> {
+        let mut speaking = Vec::new();
+        for (&conn, state) in &mut self.conns {
+            if state.device_id.as_deref() == Some(device_id) || state.auth.speaks_for(device_id) {
+                state.device_id = None;
+                speaking.push(conn);
+            }
+        }
+        speaking
+    }
+
+    /// Panics unless the subscribers' index and the count of unauthenticated
+    /// subscribers agree with the connections (for the sans-IO tests).
+    #[cfg(test)]
+    pub(super) fn check_connections(&self) {
+        let subscribers: BTreeMap<ConnId, BTreeSet<String>> = self
+            .conns
+            .iter()
+            .filter_map(|(&conn, state)| {
+                let subscription = state.subscription.as_ref()?;
+                Some((conn, subscription.task_ids.iter().cloned().collect()))
+            })
+            .collect();
+        assert_eq!(self.subscribers.filters(), subscribers, "subscribers");
+        let untrusted = self
+            .conns
+            .values()
+            .filter(|state| state.untrusted_subscriber)
+            .count();
+        assert_eq!(
+            self.untrusted_subscribers, untrusted,
+            "untrusted subscribers counted"
+        );
     }
 }

@@ -272,8 +272,7 @@ impl Core {
         let mut view = registered_view(device, full);
         if let Some(key) = self
             .registry
-            .device_keys
-            .get(&device.record.device_id)
+            .key(&device.record.device_id)
             .filter(|key| key.public_key.is_some())
         {
             view.enrolled_at = Some(rfc3339(key.enrolled_unix_ms));
