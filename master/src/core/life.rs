@@ -22,6 +22,38 @@ pub(super) enum AttemptEnd {
 }
 
 impl Core {
+    /// Sets when device `device_id`'s heartbeats stop counting (`None`:
+    /// it is not connected).
+    pub(super) fn set_heartbeat_due(&mut self, device_id: &str, due: Option<Duration>) {
+        let key = TimerKey::Heartbeat(device_id.to_string());
+        match due {
+            Some(due) if self.registry.devices.contains_key(device_id) => self.timers.set(key, due),
+            _ => {
+                self.timers.remove(&key);
+            }
+        }
+    }
+
+    /// Ends the pauses that are over; whether any ended.
+    pub(super) fn resume_paused(&mut self, now: Now) -> bool {
+        let mut resumed = false;
+        for device_id in self.timers.pop_due_devices(TimerKind::Pause, now.monotonic) {
+            let Some(device) = self.registry.devices.get_mut(&device_id) else {
+                continue;
+            };
+            match device.paused_until {
+                Some(until) if until <= now.monotonic => {
+                    device.paused_until = None;
+                    resumed = true;
+                    self.refresh_slots(&device_id);
+                }
+                Some(until) => self.timers.set(TimerKey::Pause(device_id), until),
+                None => {}
+            }
+        }
+        resumed
+    }
+
     /// Retries the task may use after its first attempt.
     pub(super) fn max_retries(&self, spec: &TaskSpec) -> u32 {
         spec.max_retries.unwrap_or(self.config.default_max_retries)

@@ -14,10 +14,10 @@ mod changes;
 mod dispatch;
 mod handshake;
 mod heartbeat_ack;
-mod index;
 mod life;
 pub mod outbox;
 mod outgoing;
+mod page;
 mod queue;
 pub mod records;
 mod registry;
@@ -35,7 +35,7 @@ pub use views::rfc3339;
 use changes::Changes;
 use outgoing::Outgoing;
 use queue::QueueKey;
-use registry::{Device, Registry};
+use registry::{index, Device, Registry};
 use tasks::{Task, Tasks};
 use timers::{TimerKey, TimerKind, TimerTable};
 
@@ -214,9 +214,6 @@ pub struct Core {
     /// Stored records the store set aside at start because they could not
     /// be read back (shown by `status`).
     quarantined: u64,
-    /// Subscribers, free slots and queues by placement, kept so
-    /// that no step scans every device, connection or queued task.
-    index: index::Indexes,
     /// The tokens and the master's key; `None` while authentication is off.
     secrets: Option<Secrets>,
 }
@@ -245,7 +242,6 @@ impl Core {
             secrets: None,
             storage_available: true,
             quarantined: 0,
-            index: index::Indexes::default(),
         };
         for mut record in devices {
             let mut register = register_from_profile(&record.profile);
@@ -293,7 +289,6 @@ impl Core {
             );
         }
         for mut record in tasks {
-            core.tasks.next_seq = core.tasks.next_seq.max(record.seq + 1);
             let task_id = record.task_id.clone();
             if matches!(record.state, TaskState::Assigned | TaskState::Running) {
                 let holder = record
@@ -326,19 +321,10 @@ impl Core {
                 );
             }
             if record.state == TaskState::Queued {
-                core.tasks.queue.insert(QueueKey::of(&record), &record.spec);
                 core.needs_dispatch = true;
             }
             let held = matches!(record.state, TaskState::Assigned | TaskState::Running);
-            if let Some(twin) = core.tasks.by_id.insert(task_id.clone(), Task::new(record)) {
-                // The store cannot hold two records with one id (it is the
-                // key); given them anyway, the last one wins, in the
-                // listing too.
-                core.index
-                    .listing
-                    .remove(twin.listed, twin.record.seq, &task_id);
-            }
-            core.list_task(&task_id);
+            core.tasks.restore(record);
             if held {
                 // The restart lost track of how long the attempt has run:
                 // its timeout counts again from now, which errs on waiting.
@@ -1322,10 +1308,25 @@ impl Core {
 
     /// Marks a task changed. The batch copies its record when it is taken
     /// (every task is in `tasks` by then, and is never removed), so callers
-    /// need no copy of their own.
+    /// need no copy of their own. Every change to a task's record passes
+    /// here, so this is where the tasks refile it in their listing.
     fn persist_task(&mut self, task_id: &str) {
         self.changes.task(task_id);
-        self.relist_task(task_id);
+        self.tasks.relist(task_id);
+    }
+
+    /// Makes sure a new task is in the listing. `Tasks::submit` files it
+    /// already; this only refiles it if its state changed since (a no-op
+    /// lookup, kept so that `submit_one` reads as before).
+    fn list_task(&mut self, task_id: &str) {
+        self.tasks.relist(task_id);
+    }
+
+    /// Records whether, and how loaded, device `device_id` can take a task
+    /// now. Called after every change to a device's connection, status,
+    /// pause, slots or active tasks.
+    fn refresh_slots(&mut self, device_id: &str) {
+        self.registry.refresh_slots(device_id);
     }
 
     fn persist_device_key(&mut self, record: &DeviceKeyRecord) {

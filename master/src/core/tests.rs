@@ -4,6 +4,30 @@
 
 #![allow(clippy::unwrap_used)]
 
+use super::timers::{TimerKey, TimerKind};
+use super::Core;
+use std::time::Duration;
+
+impl Core {
+    /// The tasks waiting out a retry backoff, with when each may run again.
+    pub(super) fn retry_timers(&self) -> impl Iterator<Item = (Duration, &str)> {
+        self.timers
+            .iter(TimerKind::Retry)
+            .filter_map(|(at, key)| match key {
+                TimerKey::Retry(id) => Some((at, id.as_str())),
+                _ => None,
+            })
+    }
+
+    /// Panics unless every index agrees with the state it indexes: the
+    /// registry's (and the timer entries of its devices), and the tasks'.
+    pub(super) fn check_indexes(&self) {
+        self.registry
+            .check_indexes(&self.timers, self.config.heartbeat_timeout);
+        self.tasks.check_indexes();
+    }
+}
+
 mod sim;
 
 mod auth;

@@ -7,7 +7,8 @@
 
 use super::auth::{auth_required, revoked, taken, Refusal};
 use super::handshake::{ConnAuth, Role};
-use super::index;
+pub(super) mod index;
+
 use super::records::{DeviceKeyRecord, DeviceRecord};
 use super::{not_registered, ConnId, ReplyError, MAX_UNTRUSTED_SUBSCRIBERS};
 use protocol::auth::PublicKey;

@@ -1,10 +1,14 @@
 //! The tasks: every task the master knows, by id, and the queue of those
 //! waiting for a device.
 
+mod listing;
+
+use super::page::Page;
 use super::queue::{QueueKey, TaskQueue};
 use super::records::TaskRecord;
 use super::timers::{TimerKey, TimerTable};
 use super::{Now, ReplyError};
+use listing::TaskListing;
 use protocol::{ErrorCode, TaskSpec, TaskState};
 use std::collections::{BTreeSet, HashMap};
 
@@ -13,15 +17,14 @@ pub(super) struct Task {
     pub(super) record: TaskRecord,
     /// Devices that refused this task; it is not offered to them again.
     pub(super) refused_by: BTreeSet<String>,
-    /// The state it is filed under in the listing index (see
-    /// `Core::relist_task`).
-    pub(super) listed: TaskState,
+    /// The state it is filed under in the listing (see [`Tasks::relist`]).
+    listed: TaskState,
 }
 
 impl Task {
-    /// A task to be added to `Tasks::by_id` (and then listed with
-    /// `Core::list_task`).
-    pub(super) fn new(record: TaskRecord) -> Task {
+    /// A task to be added to `Tasks::by_id`, filed in the listing under
+    /// its record's state.
+    fn new(record: TaskRecord) -> Task {
         Task {
             listed: record.state,
             record,
@@ -38,7 +41,10 @@ pub(super) struct Tasks {
     /// The queued tasks, by placement.
     pub(super) queue: TaskQueue,
     /// The `seq` the next new task gets (submission order).
-    pub(super) next_seq: u64,
+    next_seq: u64,
+    /// Every task by state in submission order, for listings and the
+    /// counts per state; moved only by the methods below.
+    listing: TaskListing,
 }
 
 impl Default for Tasks {
@@ -47,6 +53,7 @@ impl Default for Tasks {
             by_id: HashMap::new(),
             queue: TaskQueue::default(),
             next_seq: 1,
+            listing: TaskListing::default(),
         }
     }
 }
@@ -96,8 +103,78 @@ impl Tasks {
         let record = TaskRecord::queued(task_id.clone(), seq, spec, now.unix_ms);
         self.queue.insert(QueueKey::of(&record), &record.spec);
         let task_type = record.spec.task_type.clone();
+        self.listing.insert(record.state, record.seq, &task_id);
         self.by_id.insert(task_id.clone(), Task::new(record));
         Ok((task_id, task_type))
+    }
+
+    /// Adds a task the store loaded (its state already settled by the
+    /// caller): listed, and queued if its state is `queued`. The store
+    /// cannot hold two records with one id (it is the key); given them
+    /// anyway, the last one wins, in the listing too.
+    pub(super) fn restore(&mut self, record: TaskRecord) {
+        self.next_seq = self.next_seq.max(record.seq + 1);
+        if record.state == TaskState::Queued {
+            self.queue.insert(QueueKey::of(&record), &record.spec);
+        }
+        let task_id = record.task_id.clone();
+        let (state, seq) = (record.state, record.seq);
+        if let Some(twin) = self.by_id.insert(task_id.clone(), Task::new(record)) {
+            self.listing.remove(twin.listed, twin.record.seq, &task_id);
+        }
+        self.listing.insert(state, seq, &task_id);
+    }
+
+    /// Moves task `task_id` to the listing's set of its current state, if
+    /// it changed since it was filed. `Core::persist_task` calls it: every
+    /// change to a task's record is persisted, so every change of state
+    /// passes here (and the sans-IO tests check, after every step, that
+    /// none was missed).
+    pub(super) fn relist(&mut self, task_id: &str) {
+        let Some(task) = self.by_id.get_mut(task_id) else {
+            return;
+        };
+        let new = task.record.state;
+        if task.listed != new {
+            let old = std::mem::replace(&mut task.listed, new);
+            self.listing.update(task.record.seq, task_id, old, new);
+        }
+    }
+
+    /// Tasks in `state`, O(1) (the length of its set in the listing).
+    pub(super) fn count(&self, state: TaskState) -> usize {
+        self.listing.count(state)
+    }
+
+    /// Up to `limit` ids of tasks in `state` (every state when `None`)
+    /// submitted before `before` (its `seq` and id), newest first (see
+    /// [`TaskListing::page`]).
+    pub(super) fn page(
+        &self,
+        state: Option<TaskState>,
+        before: Option<&(u64, String)>,
+        limit: usize,
+    ) -> Page<'_> {
+        self.listing.page(state, before, limit)
+    }
+
+    /// Panics unless the listing files every task under its state (for the
+    /// sans-IO tests).
+    #[cfg(test)]
+    pub(super) fn check_indexes(&self) {
+        let listed: std::collections::BTreeMap<listing::ListKey, TaskState> = self
+            .by_id
+            .iter()
+            .map(|(id, task)| {
+                assert_eq!(task.listed, task.record.state, "task {id}: listed state");
+                ((task.record.seq, id.clone()), task.record.state)
+            })
+            .collect();
+        assert_eq!(self.listing.entries(), listed, "tasks by state");
+        for state in TaskState::ALL {
+            let count = listed.values().filter(|&&s| s == state).count();
+            assert_eq!(self.listing.count(state), count, "{state} count");
+        }
     }
 
     /// Task `task_id` is running on device `device_id`, which reports it
