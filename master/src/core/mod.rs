@@ -1296,10 +1296,7 @@ impl Core {
     /// whose current attempt is not that device's (it ended, or the task
     /// runs elsewhere now) stays as it is.
     fn requeue(&mut self, device_id: &str, task_id: &str) {
-        if let Some(device) = self.registry.devices.get_mut(device_id) {
-            device.active.remove(task_id);
-        }
-        self.refresh_slots(device_id);
+        self.registry.take_away(device_id, task_id);
         if self.tasks.requeue(device_id, task_id) {
             self.persist_task(task_id);
             self.needs_dispatch = true;

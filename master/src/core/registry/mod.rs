@@ -54,6 +54,18 @@ impl Conn {
     }
 }
 
+/// What a device's timer found when it fired (see [`Registry::end_pause`],
+/// [`Registry::end_lease`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Due<T> {
+    /// It was due and has ended, with what the caller needs of it.
+    Now(T),
+    /// It runs on until this later time; the timer is set again.
+    Later(Duration),
+    /// There is nothing to end (an unknown device, or none set).
+    Not,
+}
+
 /// Devices, connections and keys.
 #[derive(Debug, Default)]
 pub(super) struct Registry {
@@ -204,6 +216,75 @@ impl Registry {
                 Ok(id)
             }
             _ => Err(not_registered()),
+        }
+    }
+
+    // ----- devices -----
+
+    /// Counts task `task_id` on device `device_id` (it was given it, or
+    /// takes it back) and refiles the device's free slots.
+    pub(super) fn give(&mut self, device_id: &str, task_id: &str) {
+        if let Some(device) = self.devices.get_mut(device_id) {
+            device.active.insert(task_id.to_string());
+        }
+        self.refresh_slots(device_id);
+    }
+
+    /// Stops counting task `task_id` on device `device_id` and refiles the
+    /// device's free slots; whether the device counted it.
+    pub(super) fn take_away(&mut self, device_id: &str, task_id: &str) -> bool {
+        let counted = self
+            .devices
+            .get_mut(device_id)
+            .is_some_and(|device| device.active.remove(task_id));
+        self.refresh_slots(device_id);
+        counted
+    }
+
+    /// Free slots over every device that can take a task now.
+    pub(super) fn free_slots(&self) -> usize {
+        self.free.total()
+    }
+
+    /// The devices that can take a task now, least loaded first.
+    pub(super) fn free_devices(&self) -> impl Iterator<Item = &Device> {
+        self.free
+            .least_loaded()
+            .filter_map(|id| self.devices.get(id))
+    }
+
+    /// Device `device_id`'s pause (after it said it had no free slot), as
+    /// its timer fires at `now`: over (ended here, its slots refiled), or
+    /// still on until a later time (the timer held a lower bound).
+    pub(super) fn end_pause(&mut self, device_id: &str, now: Duration) -> Due<()> {
+        let Some(device) = self.devices.get_mut(device_id) else {
+            return Due::Not;
+        };
+        match device.paused_until {
+            Some(until) if until <= now => {
+                device.paused_until = None;
+                self.refresh_slots(device_id);
+                Due::Now(())
+            }
+            Some(until) => Due::Later(until),
+            None => Due::Not,
+        }
+    }
+
+    /// Offline device `device_id`'s lease, as its timer fires at `now`: run
+    /// out (ended here; the tasks it held, which the caller takes as lost),
+    /// or on until a later time.
+    pub(super) fn end_lease(&mut self, device_id: &str, now: Duration) -> Due<Vec<String>> {
+        let Some(device) = self.devices.get_mut(device_id) else {
+            return Due::Not;
+        };
+        match device.lease_until {
+            Some(until) if until <= now => {
+                device.lease_until = None;
+                Due::Now(device.active.iter().cloned().collect())
+            }
+            Some(until) => Due::Later(until),
+            None => Due::Not,
         }
     }
 

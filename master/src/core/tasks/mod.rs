@@ -9,8 +9,9 @@ use super::records::TaskRecord;
 use super::timers::{TimerKey, TimerTable};
 use super::{Now, ReplyError};
 use listing::TaskListing;
-use protocol::{ErrorCode, TaskSpec, TaskState};
+use protocol::{ErrorCode, ResultStatus, TaskSpec, TaskState};
 use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
 
 #[derive(Debug)]
 pub(super) struct Task {
@@ -290,6 +291,184 @@ impl Tasks {
         self.enqueue(task_id);
         true
     }
+
+    /// Moves task `task_id`, whose current attempt just ended (`end`, its
+    /// result already on the record), to its next state: terminal, or
+    /// `retrying` after `delay(seq, failures)` while it has retries left of
+    /// `max_retries`. `None` for an unknown task.
+    pub(super) fn end_attempt(
+        &mut self,
+        now: Now,
+        task_id: &str,
+        end: AttemptEnd,
+        max_retries: u32,
+        delay: impl FnOnce(u64, u32) -> Duration,
+    ) -> Option<Ended> {
+        let record = &mut self.by_id.get_mut(task_id)?.record;
+        let failed_as = match end {
+            AttemptEnd::Reported(ResultStatus::Completed) => None,
+            AttemptEnd::Reported(ResultStatus::Cancelled) => {
+                record.state = TaskState::Cancelled;
+                record.finished_unix_ms = Some(now.unix_ms);
+                return Some(Ended::Finished);
+            }
+            AttemptEnd::Reported(ResultStatus::Failed) => Some(TaskState::Failed),
+            AttemptEnd::Reported(ResultStatus::Timeout) | AttemptEnd::MasterTimeout => {
+                Some(TaskState::TimedOut)
+            }
+        };
+        let Some(failed_as) = failed_as else {
+            record.state = TaskState::Completed;
+            record.finished_unix_ms = Some(now.unix_ms);
+            record.retry_at_unix_ms = None;
+            return Some(Ended::Finished);
+        };
+        record.failures += 1;
+        if record.failures <= max_retries {
+            let delay = delay(record.seq, record.failures);
+            record.state = TaskState::Retrying;
+            record.retry_at_unix_ms = Some(now.unix_ms + delay.as_millis() as i64);
+            log::info!(
+                "task {task_id} attempt {} {}; retry {} of {max_retries} in {delay:?}",
+                record.attempt,
+                failed_as,
+                record.failures
+            );
+            return Some(Ended::Retry(delay));
+        }
+        // A task that asked for no retries simply failed; one that used up
+        // its retries goes to the dead-letter state, from which `retire
+        // retry` can queue it again.
+        record.state = if max_retries == 0 {
+            failed_as
+        } else {
+            TaskState::DeadLetter
+        };
+        record.finished_unix_ms = Some(now.unix_ms);
+        record.retry_at_unix_ms = None;
+        Some(Ended::Finished)
+    }
+
+    /// Task `task_id`'s backoff is over: if it is still `retrying`, it goes
+    /// back to the queue; whether it did. The last attempt ended, so no
+    /// device's report of it may count as the task's result any more, nor
+    /// may a device take it back.
+    pub(super) fn retry_due(&mut self, task_id: &str) -> bool {
+        let Some(task) = self.by_id.get_mut(task_id) else {
+            return false;
+        };
+        if task.record.state != TaskState::Retrying {
+            return false;
+        }
+        task.record.state = TaskState::Queued;
+        task.record.retry_at_unix_ms = None;
+        task.record.device_id = None;
+        self.enqueue(task_id);
+        true
+    }
+
+    /// `task_retry`: a finished task that did not complete goes back to
+    /// the queue with a fresh retry budget, as after a backoff: the last
+    /// attempt ended, and nothing of it counts for the task any more.
+    pub(super) fn retry(&mut self, task_id: &str) -> Result<(), ReplyError> {
+        let Some(task) = self.by_id.get_mut(task_id) else {
+            return Err(ReplyError::new(
+                ErrorCode::NotFound,
+                format!("no task {task_id}"),
+            ));
+        };
+        let record = &mut task.record;
+        if !record.state.is_terminal() || record.state == TaskState::Completed {
+            return Err(ReplyError::new(
+                ErrorCode::InvalidState,
+                format!(
+                    "task {task_id} is {}; only failed, timed-out, cancelled or dead-lettered tasks are retried",
+                    record.state
+                ),
+            ));
+        }
+        record.state = TaskState::Queued;
+        record.device_id = None;
+        record.failures = 0;
+        record.lost = 0;
+        record.finished_unix_ms = None;
+        record.retry_at_unix_ms = None;
+        record.error = None;
+        task.refused_by.clear();
+        self.enqueue(task_id);
+        Ok(())
+    }
+
+    /// When the master gives up on task `task_id`'s current attempt if it
+    /// has a timeout: that attempt, and the time (its timeout plus `grace`
+    /// from now). `None` without a timeout, or one too large to add to
+    /// the clock (it is never reached).
+    pub(super) fn attempt_deadline(
+        &self,
+        now: Now,
+        task_id: &str,
+        grace: Duration,
+    ) -> Option<(u32, Duration)> {
+        let record = &self.by_id.get(task_id)?.record;
+        let timeout = record
+            .spec
+            .timeout
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())?;
+        let due = now.monotonic.checked_add(timeout)?.checked_add(grace)?;
+        Some((record.attempt, due))
+    }
+
+    /// The master gives up on `attempt` of task `task_id` (no result by its
+    /// timeout and grace): if it is still the current attempt, assigned or
+    /// running, it is marked so and its holder returned (`Some(None)`: it
+    /// has none); the caller ends the attempt. `None` if it moved on.
+    pub(super) fn time_out(&mut self, task_id: &str, attempt: u32) -> Option<Option<String>> {
+        let record = &mut self.by_id.get_mut(task_id)?.record;
+        if record.attempt != attempt
+            || !matches!(record.state, TaskState::Assigned | TaskState::Running)
+        {
+            return None;
+        }
+        log::warn!("task {task_id} attempt {attempt} gave no result within its timeout and grace");
+        record.error = Some("no result within the task's timeout and grace period".into());
+        record.exit_code = None;
+        Some(record.device_id.clone())
+    }
+
+    /// Hands the task of queue entry `key` to device `device_id`: out of
+    /// the queue, assigned, with a new attempt. Returns its record.
+    pub(super) fn assign(
+        &mut self,
+        now: Now,
+        key: &QueueKey,
+        device_id: &str,
+    ) -> Option<&TaskRecord> {
+        self.queue.remove(key);
+        let record = &mut self.by_id.get_mut(&key.task_id)?.record;
+        record.state = TaskState::Assigned;
+        record.attempt += 1;
+        record.device_id = Some(device_id.to_string());
+        record.started_unix_ms = Some(now.unix_ms);
+        Some(record)
+    }
+}
+
+/// How an attempt ended, as far as the task's life is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AttemptEnd {
+    /// The worker reported it.
+    Reported(ResultStatus),
+    /// The master gave up waiting for it (timeout plus grace).
+    MasterTimeout,
+}
+
+/// What became of a task whose attempt ended (see [`Tasks::end_attempt`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ended {
+    /// It reached a terminal state.
+    Finished,
+    /// It waits this long, `retrying`, before it is queued again.
+    Retry(Duration),
 }
 
 /// What became of a task whose worker was lost (see
