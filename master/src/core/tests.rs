@@ -20,10 +20,38 @@ impl Core {
     }
 
     /// Panics unless every index agrees with the state it indexes: the
-    /// registry's (and the timer entries of its devices), and the tasks'.
+    /// timer entries of the devices (the heartbeats of the connected ones,
+    /// pauses, leases), the registry's indexes and the tasks' listing.
     pub(super) fn check_indexes(&self) {
-        self.registry
-            .check_indexes(&self.timers, self.config.heartbeat_timeout);
+        let mut heartbeats = 0;
+        for (id, device) in &self.registry.devices {
+            let due = device
+                .conn
+                .map(|_| device.last_seen + self.config.heartbeat_timeout);
+            let timer = self.timers.get(&TimerKey::Heartbeat(id.clone()));
+            assert_eq!(timer, due, "device {id}: heartbeat");
+            heartbeats += usize::from(due.is_some());
+            if let Some(until) = device.paused_until {
+                let due = self.timers.get(&TimerKey::Pause(id.clone()));
+                assert!(
+                    due.is_some_and(|due| due <= until),
+                    "device {id}: pause indexed as {due:?}"
+                );
+            }
+            if let Some(until) = device.lease_until {
+                let due = self.timers.get(&TimerKey::Lease(id.clone()));
+                assert!(
+                    due.is_some_and(|due| due <= until),
+                    "device {id}: lease indexed as {due:?}"
+                );
+            }
+        }
+        assert_eq!(
+            self.timers.len(TimerKind::Heartbeat),
+            heartbeats,
+            "heartbeat entries"
+        );
+        self.registry.check_indexes();
         self.tasks.check_indexes();
     }
 }
