@@ -35,7 +35,7 @@ pub use views::rfc3339;
 use changes::Changes;
 use outgoing::Outgoing;
 use queue::QueueKey;
-use registry::{index, Device, Registry};
+use registry::{index, Device, Due, Registry};
 use tasks::{Task, Tasks};
 use timers::{TimerKey, TimerKind, TimerTable};
 
@@ -523,30 +523,24 @@ impl Core {
         self.tick_task_life(now);
         // Only devices whose heartbeat deadline has passed, from the index.
         let mut expired: Vec<(String, ConnId)> = Vec::new();
+        let timeout = self.config.heartbeat_timeout;
         for device_id in self
             .timers
             .pop_due_devices(TimerKind::Heartbeat, now.monotonic)
         {
-            let Some(device) = self.registry.devices.get(&device_id) else {
-                continue;
-            };
-            let Some(conn) = device.conn else {
-                continue;
-            };
-            let silent = now.monotonic.saturating_sub(device.last_seen);
-            if silent >= self.config.heartbeat_timeout {
-                expired.push((device_id, conn));
-            } else {
-                let due = device.last_seen + self.config.heartbeat_timeout;
-                self.set_heartbeat_due(&device_id, Some(due));
+            match self
+                .registry
+                .heartbeat_due(&device_id, now.monotonic, timeout)
+            {
+                Due::Now(conn) => expired.push((device_id, conn)),
+                Due::Later(due) => self.set_heartbeat_due(&device_id, Some(due)),
+                Due::Not => {}
             }
         }
         for (device_id, conn) in expired {
             log::warn!("device {device_id} missed its heartbeats; closing its connection");
             self.device_gone(now, &device_id, "heartbeat timeout", false);
-            if let Some(state) = self.registry.conns.get_mut(&conn) {
-                state.device_id = None;
-            }
+            self.registry.unbind(conn);
             self.out.close(conn);
         }
         if self.resume_paused(now) {

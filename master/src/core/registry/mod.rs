@@ -271,6 +271,29 @@ impl Registry {
         }
     }
 
+    /// Device `device_id`'s heartbeat deadline, as its timer fires at
+    /// `now`: passed (silent for `timeout`; its connection, which the
+    /// caller closes), or moved to a later time by a heartbeat since. An
+    /// offline device has none.
+    pub(super) fn heartbeat_due(
+        &self,
+        device_id: &str,
+        now: Duration,
+        timeout: Duration,
+    ) -> Due<ConnId> {
+        let Some(device) = self.devices.get(device_id) else {
+            return Due::Not;
+        };
+        let Some(conn) = device.conn else {
+            return Due::Not;
+        };
+        if now.saturating_sub(device.last_seen) >= timeout {
+            Due::Now(conn)
+        } else {
+            Due::Later(device.last_seen + timeout)
+        }
+    }
+
     /// Offline device `device_id`'s lease, as its timer fires at `now`: run
     /// out (ended here; the tasks it held, which the caller takes as lost),
     /// or on until a later time.
@@ -300,6 +323,14 @@ impl Registry {
                 ..Conn::default()
             },
         );
+    }
+
+    /// Connection `conn` no longer speaks for its device (the device was
+    /// taken away from it, and it is being closed).
+    pub(super) fn unbind(&mut self, conn: ConnId) {
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.device_id = None;
+        }
     }
 
     /// Connection `conn`'s authentication.
