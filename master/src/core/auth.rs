@@ -9,6 +9,13 @@
 //! becomes a `Reader`. With the legacy switch on, an older worker that
 //! cannot authenticate registers as `Legacy`: it may heartbeat, report its
 //! own tasks and ask for status, and nothing else.
+//!
+//! A connection's own state (its role, the handshake in progress, its
+//! deadline) is its [`ConnAuth`], with its own methods (`handshake.rs`); the
+//! enrolled keys are the registry's. This file holds the policy and the
+//! secrets, and routes what needs several parts: a connection's
+//! `ConnAuth`, the registry's keys, the deadlines in the timer table,
+//! persisting an enrollment or a revocation, and the replies.
 
 use super::handshake::{ConnAuth, Grant, Role};
 use super::records::DeviceKeyRecord;

@@ -4,6 +4,11 @@
 //!
 //! Every timer here runs on the monotonic clock the core is handed (`now`),
 //! so a wall-clock jump changes none of them.
+//!
+//! The changes themselves are the parts' methods (`Tasks::end_attempt`,
+//! `retry_due`, `time_out`, `Registry::end_lease`, `end_pause`, ...); this
+//! file routes between them, the timer table, the changes to persist and
+//! the events. It also sets devices' heartbeat deadlines and ends pauses.
 
 use super::registry::Due;
 use super::tasks::{Ended, Lost};
