@@ -76,10 +76,9 @@ impl Core {
         });
         self.persist_task(&key.task_id);
         self.watch_attempt(now, &key.task_id);
-        if !self.registry.devices.contains_key(device_id) {
+        if !self.registry.give(device_id, &key.task_id) {
             return;
         }
-        self.registry.give(device_id, &key.task_id);
         if let Some((conn, assign)) = assign {
             self.out.send(conn, Message::TaskAssign(assign), None);
         }

@@ -92,12 +92,9 @@ impl Registry {
     /// Records whether, and how loaded, device `device_id` can take a task
     /// now (see [`index::FreeSlots`]).
     pub(super) fn refresh_slots(&mut self, device_id: &str) {
-        let Some(device) = self.devices.get_mut(device_id) else {
-            return;
-        };
-        let new = index::SlotEntry::of(device);
-        let old = std::mem::replace(&mut device.indexed.slots, new);
-        self.free.update(device_id, old, new);
+        if let Some(device) = self.devices.get_mut(device_id) {
+            refile(&mut self.free, device_id, device);
+        }
     }
 
     /// The connection device `device_id` is bound to, if it is online.
@@ -221,23 +218,25 @@ impl Registry {
 
     // ----- devices -----
 
-    /// Counts task `task_id` on device `device_id` (it was given it, or
-    /// takes it back) and refiles the device's free slots.
-    pub(super) fn give(&mut self, device_id: &str, task_id: &str) {
-        if let Some(device) = self.devices.get_mut(device_id) {
-            device.active.insert(task_id.to_string());
-        }
-        self.refresh_slots(device_id);
+    /// Counts task `task_id` on device `device_id` (it was given it) and
+    /// refiles the device's free slots; whether the device is known.
+    pub(super) fn give(&mut self, device_id: &str, task_id: &str) -> bool {
+        let Some(device) = self.devices.get_mut(device_id) else {
+            return false;
+        };
+        device.active.insert(task_id.to_string());
+        refile(&mut self.free, device_id, device);
+        true
     }
 
     /// Stops counting task `task_id` on device `device_id` and refiles the
     /// device's free slots; whether the device counted it.
     pub(super) fn take_away(&mut self, device_id: &str, task_id: &str) -> bool {
-        let counted = self
-            .devices
-            .get_mut(device_id)
-            .is_some_and(|device| device.active.remove(task_id));
-        self.refresh_slots(device_id);
+        let Some(device) = self.devices.get_mut(device_id) else {
+            return false;
+        };
+        let counted = device.active.remove(task_id);
+        refile(&mut self.free, device_id, device);
         counted
     }
 
@@ -519,4 +518,12 @@ impl Registry {
             "untrusted subscribers counted"
         );
     }
+}
+
+/// Files `device` (by id `device_id`) in `free` as it stands now: whether,
+/// and how loaded, it can take a task (see [`index::FreeSlots`]).
+fn refile(free: &mut index::FreeSlots, device_id: &str, device: &mut Device) {
+    let new = index::SlotEntry::of(device);
+    let old = std::mem::replace(&mut device.indexed.slots, new);
+    free.update(device_id, old, new);
 }
