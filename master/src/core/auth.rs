@@ -9,7 +9,15 @@
 //! becomes a `Reader`. With the legacy switch on, an older worker that
 //! cannot authenticate registers as `Legacy`: it may heartbeat, report its
 //! own tasks and ask for status, and nothing else.
+//!
+//! A connection's own state (its role, the handshake in progress, its
+//! deadline) is its [`ConnAuth`], with its own methods (`handshake.rs`); the
+//! enrolled keys are the registry's. This file holds the policy and the
+//! secrets, and routes what needs several parts: a connection's
+//! `ConnAuth`, the registry's keys, the deadlines in the timer table,
+//! persisting an enrollment or a revocation, and the replies.
 
+use super::handshake::{ConnAuth, Grant, Role};
 use super::records::DeviceKeyRecord;
 use super::timers::{TimerKey, TimerKind};
 use super::{ConnId, Core, Now, Output, Reply, ReplyError};
@@ -117,87 +125,6 @@ impl Default for AuthPolicy {
     }
 }
 
-/// What a connection may do.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub(super) enum Role {
-    /// Not authenticated yet.
-    #[default]
-    Pending,
-    /// Not authenticated, from a read-only source, and reading.
-    Reader,
-    /// Authenticated as this enrolled device.
-    Worker(String),
-    /// An older worker accepted by the legacy switch, as this device.
-    Legacy(String),
-    /// Authenticated with the admin token.
-    Admin,
-    /// Authentication is off: everything is allowed.
-    Open,
-}
-
-/// A connection's authentication state.
-#[derive(Debug, Default)]
-pub(super) struct ConnAuth {
-    pub(super) role: Role,
-    /// The master's nonce for this connection's handshake.
-    nonce: Option<Nonce>,
-    /// A hello that is waiting for its proof.
-    /// (Boxed: it is large, and a connection holds it only between hello
-    /// and proof; inline, it made every connection's state 4× larger.)
-    handshake: Option<Box<(Hello, Challenge)>>,
-    /// Whether the hello has been used (one handshake per connection).
-    hello_seen: bool,
-    /// Until when it may stay without authenticating.
-    deadline: Option<Duration>,
-    /// It comes from a read-only source.
-    may_read: bool,
-    /// The core asked the loop to close it; it is ignored until it goes.
-    pub(super) closing: bool,
-}
-
-/// What a message asks for, for the role check.
-enum Need {
-    Worker,
-    Read,
-    Change,
-    Handshake,
-    Nothing,
-}
-
-fn need(message: &Message) -> Need {
-    match message {
-        Message::Register(_)
-        | Message::Heartbeat(_)
-        | Message::TaskResult(_)
-        | Message::TaskProgress(_)
-        | Message::Goodbye(_)
-        | Message::Ack(_)
-        | Message::Error(_) => Need::Worker,
-        Message::Status
-        | Message::ListTasks(_)
-        | Message::ListDevices(_)
-        | Message::TaskStatus(_)
-        | Message::DeviceInfo(_)
-        | Message::Subscribe(_) => Need::Read,
-        Message::TaskSubmit(_)
-        | Message::TaskCancel(_)
-        | Message::TaskRetry(_)
-        | Message::DrainDevice(_)
-        | Message::RevokeDevice(_) => Need::Change,
-        Message::AuthHello(_) | Message::AuthProof(_) => Need::Handshake,
-        Message::TaskAssign(_) | Message::Event(_) => Need::Nothing,
-    }
-}
-
-/// What [`Core::authorize`] allows.
-#[derive(Debug, PartialEq, Eq)]
-enum Grant {
-    /// The message, in the connection's current role.
-    AsIs,
-    /// A read from a read-only source, which makes the connection a reader.
-    AsReader,
-}
-
 /// A refusal: the reply, and whether the connection closes after it.
 pub(super) struct Refusal {
     pub(super) error: ReplyError,
@@ -205,14 +132,14 @@ pub(super) struct Refusal {
 }
 
 impl Refusal {
-    fn stay(code: ErrorCode, message: impl Into<String>) -> Refusal {
+    pub(super) fn stay(code: ErrorCode, message: impl Into<String>) -> Refusal {
         Refusal {
             error: ReplyError::new(code, message),
             close: false,
         }
     }
 
-    fn close(code: ErrorCode, message: impl Into<String>) -> Refusal {
+    pub(super) fn close(code: ErrorCode, message: impl Into<String>) -> Refusal {
         Refusal {
             error: ReplyError::new(code, message),
             close: true,
@@ -220,12 +147,24 @@ impl Refusal {
     }
 }
 
-fn auth_required() -> Refusal {
+pub(super) fn auth_required() -> Refusal {
     Refusal::stay(
         ErrorCode::AuthRequired,
         "authenticate first: workers join with RETIRE_JOIN_TOKEN (or `--token-file`), clients set RETIRE_TOKEN \
          (the admin token), netcat users type `auth TOKEN`",
     )
+}
+
+impl AuthPolicy {
+    /// Whether a connection from `peer_ip` may read without authenticating
+    /// (its address is in `read_only_from`).
+    fn may_read_from(&self, peer_ip: Option<IpAddr>) -> bool {
+        peer_ip.is_some_and(|ip| {
+            self.read_only_from
+                .iter()
+                .any(|net| network_contains(net, ip))
+        })
+    }
 }
 
 impl Core {
@@ -237,10 +176,7 @@ impl Core {
 
     /// Restores the enrolled devices' public keys and revocations.
     pub fn restore_device_keys(&mut self, keys: Vec<DeviceKeyRecord>) {
-        self.registry.device_keys = keys
-            .into_iter()
-            .map(|key| (key.device_id.clone(), key))
-            .collect();
+        self.registry.restore_keys(keys);
     }
 
     /// Whether `conn` may still only send small lines (it has not
@@ -254,46 +190,37 @@ impl Core {
     /// deadline any more; the loop closes it when it is idle).
     pub fn is_reader(&self, conn: ConnId) -> bool {
         self.registry
-            .conns
-            .get(&conn)
-            .is_some_and(|state| state.auth.role == Role::Reader)
+            .auth(conn)
+            .is_some_and(|auth| *auth.role() == Role::Reader)
     }
 
     /// Whether `conn` is subscribed to events (a `retire watch`): with
     /// nothing queued for it, it is waiting, not idle.
     pub fn is_subscribed(&self, conn: ConnId) -> bool {
-        self.registry
-            .conns
-            .get(&conn)
-            .is_some_and(|state| state.subscription.is_some())
+        self.registry.is_subscribed(conn)
     }
 
-    /// Sets up a new connection's authentication: open when it is off,
-    /// otherwise pending with a deadline, closing the connection that has
-    /// waited longest when too many are pending.
-    pub(super) fn auth_connect(&mut self, now: Now, conn: ConnId, nonce: Nonce) {
+    /// Opens connection `conn` from `peer_ip` in the registry with its
+    /// authentication: open when it is off, otherwise pending with a
+    /// deadline (an entry of the timer table), closing the connection that
+    /// has waited longest when too many are pending.
+    pub(super) fn auth_connect(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        peer_ip: Option<IpAddr>,
+        nonce: Nonce,
+    ) {
         let policy = &self.config.auth;
-        let required = policy.required;
-        let deadline = now.monotonic + policy.deadline;
-        let max_pending = policy.max_unauthenticated.max(1);
-        let may_read = self.registry.conns.get(&conn).is_some_and(|state| {
-            state.peer_ip.is_some_and(|ip| {
-                policy
-                    .read_only_from
-                    .iter()
-                    .any(|net| network_contains(net, ip))
-            })
-        });
-        let Some(state) = self.registry.conns.get_mut(&conn) else {
-            return;
-        };
-        if !required {
-            state.auth.role = Role::Open;
+        if !policy.required {
+            self.registry.connect(conn, peer_ip, ConnAuth::open());
             return;
         }
-        state.auth.nonce = Some(nonce);
-        state.auth.may_read = may_read;
-        state.auth.deadline = Some(deadline);
+        let max_pending = policy.max_unauthenticated.max(1);
+        let deadline = now.monotonic + policy.deadline;
+        let may_read = policy.may_read_from(peer_ip);
+        self.registry
+            .connect(conn, peer_ip, ConnAuth::pending(nonce, may_read, deadline));
         self.timers.set(TimerKey::Auth(conn), deadline);
         while self.timers.len(TimerKind::Auth) > max_pending {
             let Some((_, &TimerKey::Auth(oldest))) = self.timers.first(TimerKind::Auth) else {
@@ -314,7 +241,7 @@ impl Core {
 
     /// A connection went away: forget its deadline.
     pub(super) fn auth_disconnect(&mut self, conn: ConnId, auth: &ConnAuth) {
-        if auth.deadline.is_some() {
+        if auth.has_deadline() {
             self.timers.remove(&TimerKey::Auth(conn));
         }
     }
@@ -337,146 +264,64 @@ impl Core {
         }
     }
 
-    /// Whether `conn` may send `message`; a pending connection from a
-    /// read-only source that reads becomes a reader.
+    /// Whether `conn` may send `message`: its role decides
+    /// ([`ConnAuth::access`]), and the registry's keys for a legacy
+    /// speaker; a pending connection from a read-only source that reads
+    /// becomes a reader.
     pub(super) fn authorize(
         &mut self,
         conn: ConnId,
         sender: Option<&str>,
         message: &Message,
     ) -> Result<(), Refusal> {
-        if self.access(conn, sender, message)? == Grant::AsReader {
-            self.become_reader(conn);
-        }
-        Ok(())
-    }
-
-    /// The decision of [`Core::authorize`], made without changing anything
-    /// (and without copying the role: this runs for every message).
-    fn access(
-        &self,
-        conn: ConnId,
-        sender: Option<&str>,
-        message: &Message,
-    ) -> Result<Grant, Refusal> {
-        let allow_legacy = self.config.auth.allow_legacy_workers;
-        let Some(state) = self.registry.conns.get(&conn) else {
+        let Some(auth) = self.registry.auth(conn) else {
             return Err(Refusal::close(
                 ErrorCode::InternalError,
                 "unknown connection",
             ));
         };
-        let role = &state.auth.role;
-        let may_read = state.auth.may_read;
-        let allowed = match need(message) {
-            Need::Nothing | Need::Handshake => Ok(()),
-            Need::Worker => match role {
-                Role::Open => Ok(()),
-                // A legacy worker speaks for the device it registered as,
-                // and only for that one (it proved nothing else).
-                Role::Legacy(id) => match sender {
-                    Some(sender) if sender != id => Err(Refusal::stay(
-                        ErrorCode::Forbidden,
-                        format!("this connection registered as device {id}, not {sender}"),
-                    )),
-                    _ => Ok(()),
-                },
-                Role::Worker(id) => match (message, sender) {
-                    (Message::Register(_), Some(sender)) if sender != id => Err(Refusal::stay(
-                        ErrorCode::Forbidden,
-                        format!("this connection authenticated as device {id}, not {sender}"),
-                    )),
-                    _ => Ok(()),
-                },
-                Role::Admin => Err(Refusal::stay(
-                    ErrorCode::Forbidden,
-                    "an admin connection cannot speak for a worker; workers authenticate with \
-                     their own credential",
-                )),
-                Role::Pending | Role::Reader if allow_legacy => {
-                    self.legacy_speaker_allowed(sender, message)
-                }
-                Role::Pending | Role::Reader => Err(auth_required()),
-            },
-            Need::Read => match role {
-                Role::Open | Role::Admin | Role::Reader => Ok(()),
-                Role::Legacy(_) if matches!(message, Message::Status) => Ok(()),
-                Role::Pending if may_read => return Ok(Grant::AsReader),
-                Role::Pending => Err(auth_required()),
-                Role::Worker(_) | Role::Legacy(_) => Err(Refusal::stay(
-                    ErrorCode::Forbidden,
-                    "a worker credential may register, heartbeat and report its own tasks, \
-                     nothing else",
-                )),
-            },
-            Need::Change => match role {
-                Role::Open | Role::Admin => Ok(()),
-                Role::Pending | Role::Reader => Err(auth_required()),
-                Role::Worker(_) | Role::Legacy(_) => Err(Refusal::stay(
-                    ErrorCode::Forbidden,
-                    "a worker credential cannot submit, cancel, drain or revoke; use the \
-                     admin token",
-                )),
-            },
-        };
-        allowed.map(|()| Grant::AsIs)
-    }
-
-    /// An older worker without credentials (legacy switch on): it may
-    /// register under an id no enrolled device holds, and send worker
-    /// messages for such a device.
-    fn legacy_speaker_allowed(
-        &self,
-        sender: Option<&str>,
-        message: &Message,
-    ) -> Result<(), Refusal> {
-        let Some(id) = sender else {
-            return match message {
-                Message::Register(_) => Ok(()),
-                _ => Err(auth_required()),
-            };
-        };
-        match self.registry.device_keys.get(id) {
-            Some(key) if key.revoked_unix_ms.is_some() => Err(Refusal::close(
-                ErrorCode::DeviceRevoked,
-                format!("device {id} was revoked"),
-            )),
-            Some(_) => Err(Refusal::stay(
-                ErrorCode::AuthRequired,
-                format!("device {id} is enrolled: it must authenticate with its own credential"),
-            )),
-            None => Ok(()),
+        match auth.access(sender, message, self.config.auth.allow_legacy_workers)? {
+            Grant::AsIs => Ok(()),
+            Grant::IfLegacySpeaker => self.registry.legacy_speaker_allowed(sender, message),
+            Grant::AsReader => {
+                self.become_reader(conn);
+                Ok(())
+            }
         }
     }
 
     /// A registration on a pending connection under the legacy switch
     /// makes it a legacy worker for that device.
     pub(super) fn note_legacy_register(&mut self, conn: ConnId, device_id: &str) {
-        if let Some(state) = self.registry.conns.get_mut(&conn) {
-            if matches!(state.auth.role, Role::Pending | Role::Reader) {
-                state.auth.role = Role::Legacy(device_id.to_string());
-                log::warn!("device {device_id} registered without credentials (legacy switch)");
-                self.trust(conn);
-            }
+        let made_legacy = self
+            .registry
+            .auth_mut(conn)
+            .is_some_and(|auth| auth.register_legacy(device_id));
+        if made_legacy {
+            log::warn!("device {device_id} registered without credentials (legacy switch)");
+            self.trust(conn, None);
         }
     }
 
     fn become_reader(&mut self, conn: ConnId) {
-        if let Some(state) = self.registry.conns.get_mut(&conn) {
-            state.auth.role = Role::Reader;
-            if state.auth.deadline.take().is_some() {
-                self.timers.remove(&TimerKey::Auth(conn));
-            }
+        if self
+            .registry
+            .auth_mut(conn)
+            .is_some_and(ConnAuth::become_reader)
+        {
+            self.timers.remove(&TimerKey::Auth(conn));
         }
     }
 
-    /// The connection authenticated: it leaves the pending set and the loop
-    /// lifts its small line limit.
-    fn trust(&mut self, conn: ConnId) {
-        if let Some(state) = self.registry.conns.get_mut(&conn) {
-            if state.auth.deadline.take().is_some() {
-                self.timers.remove(&TimerKey::Auth(conn));
-            }
+    /// The connection authenticated (as `role`, or in the role it has): it
+    /// leaves the pending set and the loop lifts its small line limit.
+    fn trust(&mut self, conn: ConnId, role: Option<Role>) {
+        if self
+            .registry
+            .auth_mut(conn)
+            .is_some_and(|auth| auth.authenticated(role))
+        {
+            self.timers.remove(&TimerKey::Auth(conn));
         }
         self.out.push(Output::Trusted { conn });
     }
@@ -488,14 +333,14 @@ impl Core {
         code: ErrorCode,
         message: String,
     ) {
-        let Some(state) = self.registry.conns.get_mut(&conn) else {
+        let Some(had_deadline) = self
+            .registry
+            .auth_mut(conn)
+            .and_then(ConnAuth::start_closing)
+        else {
             return;
         };
-        if state.auth.closing {
-            return;
-        }
-        state.auth.closing = true;
-        if state.auth.deadline.take().is_some() {
+        if had_deadline {
             self.timers.remove(&TimerKey::Auth(conn));
         }
         // A refusal that follows from a change (a revocation) waits for its
@@ -538,39 +383,13 @@ impl Core {
             ));
         };
         let master_key = secrets.master_key.public();
-        let Some(state) = self.registry.conns.get(&conn) else {
+        let Some(auth) = self.registry.auth(conn) else {
             return Err(Refusal::close(
                 ErrorCode::InternalError,
                 "unknown connection",
             ));
         };
-        match state.auth.role {
-            Role::Pending | Role::Reader => {}
-            Role::Open => {
-                return Err(Refusal::stay(
-                    ErrorCode::InvalidState,
-                    "authentication is turned off on this master; send requests directly",
-                ))
-            }
-            _ => {
-                return Err(Refusal::stay(
-                    ErrorCode::InvalidState,
-                    "this connection has already authenticated",
-                ))
-            }
-        }
-        if state.auth.hello_seen {
-            return Err(Refusal::close(
-                ErrorCode::AuthFailed,
-                "one handshake per connection; reconnect to try again",
-            ));
-        }
-        let Some(nonce) = state.auth.nonce else {
-            return Err(Refusal::close(
-                ErrorCode::InternalError,
-                "no nonce for this connection",
-            ));
-        };
+        let nonce = auth.hello_allowed()?;
         match &hello.method {
             Method::Join {
                 device_id,
@@ -581,33 +400,17 @@ impl Core {
                 // nothing about holding the device's key: an enrolled device
                 // authenticates with `device`, never with `join` again.
                 let _ = public_key;
-                match self.registry.device_keys.get(device_id) {
-                    Some(key) if key.revoked_unix_ms.is_some() => return Err(revoked(device_id)),
-                    Some(_) => return Err(taken(device_id)),
-                    None => {}
-                }
+                self.registry.check_unenrolled(device_id)?;
             }
-            Method::Device { device_id } => match self.registry.device_keys.get(device_id) {
-                Some(key) if key.revoked_unix_ms.is_some() => return Err(revoked(device_id)),
-                Some(key) if key.public_key.is_some() => {}
-                _ => {
-                    return Err(Refusal::close(
-                        ErrorCode::AuthFailed,
-                        format!(
-                            "device {device_id} is not enrolled here; join with the join token"
-                        ),
-                    ))
-                }
-            },
+            Method::Device { device_id } => self.registry.check_enrolled(device_id)?,
             Method::Admin => {}
         }
         let challenge = Challenge {
             server_nonce: nonce,
             master_key,
         };
-        if let Some(state) = self.registry.conns.get_mut(&conn) {
-            state.auth.hello_seen = true;
-            state.auth.handshake = Some(Box::new((hello, challenge)));
+        if let Some(auth) = self.registry.auth_mut(conn) {
+            auth.start_handshake(hello, challenge);
         }
         Ok(Reply::from(AuthChallenge {
             challenge: challenge.server_nonce.to_string(),
@@ -642,13 +445,12 @@ impl Core {
                 "authentication is turned off on this master; send requests directly",
             ));
         };
-        let peer = self.peer_label(conn);
+        let peer = self.registry.peer_label(conn);
         let handshake = self
             .registry
-            .conns
-            .get_mut(&conn)
-            .and_then(|state| state.auth.handshake.take());
-        let Some((hello, challenge)) = handshake.map(|boxed| *boxed) else {
+            .auth_mut(conn)
+            .and_then(ConnAuth::take_handshake);
+        let Some((hello, challenge)) = handshake else {
             return Err(Refusal::close(
                 ErrorCode::AuthFailed,
                 "auth_proof must follow auth_hello on the same connection",
@@ -669,54 +471,15 @@ impl Core {
                 }
                 // Another connection may have enrolled the id, or it may have
                 // been revoked, since the hello.
-                match self.registry.device_keys.get(device_id) {
-                    Some(key) if key.revoked_unix_ms.is_some() => return Err(revoked(device_id)),
-                    Some(_) => return Err(taken(device_id)),
-                    None => {
-                        self.check_storage()
-                            .map_err(|error| Refusal { error, close: true })?;
-                        let enrolled_from = self
-                            .registry
-                            .conns
-                            .get(&conn)
-                            .and_then(|c| c.peer_ip)
-                            .map(|ip| ip.to_string());
-                        let record = DeviceKeyRecord {
-                            device_id: device_id.clone(),
-                            public_key: Some(public_key.to_string()),
-                            enrolled_unix_ms: now.unix_ms,
-                            enrolled_from: enrolled_from.clone(),
-                            revoked_unix_ms: None,
-                        };
-                        self.persist_device_key(&record);
-                        self.registry.device_keys.insert(device_id.clone(), record);
-                        // Enrolling is rare and is what a leaked join token
-                        // allows: the operator sees every one (log, event,
-                        // `retire devices`), once it is on disk.
-                        log::info!("device {device_id} enrolled from {peer}");
-                        self.emit(
-                            protocol::Event::DeviceEnrolled {
-                                device_id: device_id.clone(),
-                                enrolled_from,
-                            },
-                            true,
-                        );
-                    }
-                }
+                self.registry.check_unenrolled(device_id)?;
+                self.enroll(now, conn, device_id, public_key, &peer)?;
                 (
                     Role::Worker(device_id.clone()),
                     transcript.master_mac(&secrets.join),
                 )
             }
             Method::Device { device_id } => {
-                let key = self
-                    .registry
-                    .device_keys
-                    .get(device_id)
-                    .filter(|key| key.revoked_unix_ms.is_none())
-                    .and_then(|key| key.public_key.as_deref())
-                    .and_then(|key| key.parse::<auth::PublicKey>().ok());
-                let Some(key) = key else {
+                let Some(key) = self.registry.public_key(device_id) else {
                     return Err(failed(&format!("device {device_id} has no usable key")));
                 };
                 if !transcript.verify_device_signature(&key, &proof) {
@@ -742,16 +505,49 @@ impl Core {
             Role::Worker(id) => Some(id.clone()),
             _ => None,
         };
-        if let Some(state) = self.registry.conns.get_mut(&conn) {
-            state.auth.role = role;
-        }
-        self.trust(conn);
+        self.trust(conn, Some(role));
         Ok(Reply::from(Authenticated {
             device_id,
             master_proof: master_proof.to_string(),
             role: role_name.into(),
             success: Success,
         }))
+    }
+
+    /// Enrolls device `device_id` with `public_key` (its join proof
+    /// checked): the key is persisted, kept in the registry and announced.
+    fn enroll(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        device_id: &str,
+        public_key: &auth::PublicKey,
+        peer: &str,
+    ) -> Result<(), Refusal> {
+        self.check_storage()
+            .map_err(|error| Refusal { error, close: true })?;
+        let enrolled_from = self.registry.peer_ip(conn).map(|ip| ip.to_string());
+        let record = DeviceKeyRecord {
+            device_id: device_id.to_string(),
+            public_key: Some(public_key.to_string()),
+            enrolled_unix_ms: now.unix_ms,
+            enrolled_from: enrolled_from.clone(),
+            revoked_unix_ms: None,
+        };
+        self.persist_device_key(&record);
+        self.registry.set_key(record);
+        // Enrolling is rare and is what a leaked join token allows: the
+        // operator sees every one (log, event, `retire devices`), once it
+        // is on disk.
+        log::info!("device {device_id} enrolled from {peer}");
+        self.emit(
+            protocol::Event::DeviceEnrolled {
+                device_id: device_id.to_string(),
+                enrolled_from,
+            },
+            true,
+        );
+        Ok(())
     }
 
     /// `auth TOKEN` in text mode: the admin token itself, compared in
@@ -763,16 +559,14 @@ impl Core {
             .as_ref()
             .is_some_and(|secrets| secrets.admin.matches_text(token));
         if matched {
-            if let Some(state) = self.registry.conns.get_mut(&conn) {
-                if matches!(state.auth.role, Role::Pending | Role::Reader) {
-                    state.auth.role = Role::Admin;
-                }
+            if let Some(auth) = self.registry.auth_mut(conn) {
+                auth.text_admin();
             }
-            self.trust(conn);
+            self.trust(conn, None);
         } else {
             log::warn!(
                 "text-mode authentication failed from {}",
-                self.peer_label(conn)
+                self.registry.peer_label(conn)
             );
         }
         matched
@@ -780,28 +574,13 @@ impl Core {
 
     /// What a text command may do on `conn`: `Ok` or the reason it may not.
     pub(super) fn authorize_text(&mut self, conn: ConnId, changes: bool) -> Result<(), String> {
-        let Some(state) = self.registry.conns.get(&conn) else {
+        let Some(auth) = self.registry.auth(conn) else {
             return Err("unknown connection".into());
         };
-        match (&state.auth.role, changes) {
-            (Role::Open | Role::Admin, _) => Ok(()),
-            (Role::Reader, false) => Ok(()),
-            (Role::Pending, false) if state.auth.may_read => {
-                self.become_reader(conn);
-                Ok(())
-            }
-            (Role::Worker(_) | Role::Legacy(_), _) => {
-                Err("a worker connection cannot use text commands".into())
-            }
-            (_, true) => Err(
-                "this command changes the cluster: send `auth TOKEN` (the admin \
-                 token) first"
-                    .into(),
-            ),
-            (_, false) => Err("send `auth TOKEN` first (only help works without it from \
-                 this address)"
-                .into()),
+        if auth.access_text(changes)? {
+            self.become_reader(conn);
         }
+        Ok(())
     }
 
     fn finish_auth_step(
@@ -824,48 +603,16 @@ impl Core {
     /// for good; its connection closes and its tasks go back to the queue.
     pub(super) fn on_revoke(&mut self, now: Now, device_id: &str) -> Result<Reply, ReplyError> {
         self.check_storage()?;
-        let known = self.registry.devices.contains_key(device_id)
-            || self.registry.device_keys.contains_key(device_id);
-        if !known {
+        if !self.registry.is_known(device_id) {
             return Err(ReplyError::new(
                 ErrorCode::NotFound,
                 format!("no device {device_id}"),
             ));
         }
-        let record = DeviceKeyRecord {
-            device_id: device_id.to_string(),
-            revoked_unix_ms: Some(now.unix_ms),
-            ..self
-                .registry
-                .device_keys
-                .get(device_id)
-                .cloned()
-                .unwrap_or(DeviceKeyRecord {
-                    device_id: device_id.to_string(),
-                    public_key: None,
-                    enrolled_unix_ms: now.unix_ms,
-                    enrolled_from: None,
-                    revoked_unix_ms: None,
-                })
-        };
+        let record = self.registry.revoke_key(device_id, now.unix_ms);
         self.persist_device_key(&record);
-        self.registry
-            .device_keys
-            .insert(device_id.to_string(), record);
         self.device_gone(now, device_id, "revoked", true);
-        let speaking: Vec<ConnId> = self
-            .registry.conns
-            .iter()
-            .filter(|(_, state)| {
-                state.device_id.as_deref() == Some(device_id)
-                    || matches!(&state.auth.role, Role::Worker(id) | Role::Legacy(id) if id == device_id)
-            })
-            .map(|(&conn, _)| conn)
-            .collect();
-        for conn in speaking {
-            if let Some(state) = self.registry.conns.get_mut(&conn) {
-                state.device_id = None;
-            }
+        for conn in self.registry.unbind_speakers(device_id) {
             self.refuse_and_close(
                 conn,
                 None,
@@ -883,22 +630,11 @@ impl Core {
 
     /// Whether `device_id` was revoked.
     pub(super) fn is_revoked(&self, device_id: &str) -> bool {
-        self.registry
-            .device_keys
-            .get(device_id)
-            .is_some_and(|key| key.revoked_unix_ms.is_some())
-    }
-
-    fn peer_label(&self, conn: ConnId) -> String {
-        self.registry
-            .conns
-            .get(&conn)
-            .and_then(|state| state.peer_ip)
-            .map_or_else(|| format!("connection {conn}"), |ip| ip.to_string())
+        self.registry.is_revoked(device_id)
     }
 }
 
-fn taken(device_id: &str) -> Refusal {
+pub(super) fn taken(device_id: &str) -> Refusal {
     Refusal::close(
         ErrorCode::DeviceIdTaken,
         format!(
@@ -908,7 +644,7 @@ fn taken(device_id: &str) -> Refusal {
     )
 }
 
-fn revoked(device_id: &str) -> Refusal {
+pub(super) fn revoked(device_id: &str) -> Refusal {
     Refusal::close(
         ErrorCode::DeviceRevoked,
         format!("device {device_id} was revoked; it cannot connect again under this id"),

@@ -2,7 +2,7 @@
 
 use super::{Core, Device, Now, QueueKey, Task};
 use protocol::message::bytes_to_gib;
-use protocol::{Event, Message, TaskAssign, TaskState};
+use protocol::{Event, Message, TaskAssign};
 
 impl Core {
     /// Hands queued tasks, highest priority and oldest first, to devices
@@ -18,7 +18,7 @@ impl Core {
     pub(super) fn dispatch(&mut self, now: Now) {
         // A pause that is over counts as over even before the timer ran.
         self.resume_paused(now);
-        let mut free_slots = self.registry.free.total();
+        let mut free_slots = self.registry.free_slots();
         if free_slots == 0 {
             return;
         }
@@ -53,28 +53,20 @@ impl Core {
 
     fn best_device(&self, task: &Task) -> Option<String> {
         self.registry
-            .free
-            .least_loaded()
-            .filter(|id| !task.refused_by.contains(*id))
-            .filter_map(|id| self.registry.devices.get(id))
+            .free_devices()
+            .filter(|device| !task.refused_by.contains(&device.record.device_id))
             .find(|device| device_matches(device, task))
             .map(|device| device.record.device_id.clone())
     }
 
     fn assign(&mut self, now: Now, key: &QueueKey, device_id: &str) {
-        self.tasks.queue.remove(key);
-        let Some(task) = self.tasks.by_id.get_mut(&key.task_id) else {
-            return;
-        };
-        let record = &mut task.record;
-        record.state = TaskState::Assigned;
-        record.attempt += 1;
-        record.device_id = Some(device_id.to_string());
-        record.started_unix_ms = Some(now.unix_ms);
-        let attempt = record.attempt;
         // Only the task goes out, and only to a connected device; the
         // record itself is copied once, into the batch.
         let conn = self.registry.conn_of(device_id);
+        let Some(record) = self.tasks.assign(now, key, device_id) else {
+            return;
+        };
+        let attempt = record.attempt;
         let assign = conn.map(|conn| {
             let assign = TaskAssign {
                 task: record.spec.clone(),
@@ -84,11 +76,9 @@ impl Core {
         });
         self.persist_task(&key.task_id);
         self.watch_attempt(now, &key.task_id);
-        let Some(device) = self.registry.devices.get_mut(device_id) else {
+        if !self.registry.give(device_id, &key.task_id) {
             return;
-        };
-        device.active.insert(key.task_id.clone());
-        self.refresh_slots(device_id);
+        }
         if let Some((conn, assign)) = assign {
             self.out.send(conn, Message::TaskAssign(assign), None);
         }

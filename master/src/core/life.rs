@@ -4,93 +4,77 @@
 //!
 //! Every timer here runs on the monotonic clock the core is handed (`now`),
 //! so a wall-clock jump changes none of them.
+//!
+//! The changes themselves are the parts' methods (`Tasks::end_attempt`,
+//! `retry_due`, `time_out`, `Registry::end_lease`, `end_pause`, ...); this
+//! file routes between them, the timer table, the changes to persist and
+//! the events. It also sets devices' heartbeat deadlines and ends pauses.
 
-use super::tasks::Lost;
+use super::registry::Due;
+use super::tasks::{Ended, Lost};
 use super::timers::{TimerKey, TimerKind};
 use super::{Core, Now, Reply, ReplyError};
-use protocol::{
-    ErrorCode, Event, Message, ResultStatus, Success, TaskCancel, TaskChanged, TaskSpec, TaskState,
-};
+use protocol::{ErrorCode, Event, Message, Success, TaskCancel, TaskChanged, TaskSpec};
 use std::time::Duration;
 
-/// How an attempt ended, as far as the task's life is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum AttemptEnd {
-    /// The worker reported it.
-    Reported(ResultStatus),
-    /// The master gave up waiting for it (timeout plus grace).
-    MasterTimeout,
-}
+pub(super) use super::tasks::AttemptEnd;
 
 impl Core {
+    /// Sets when device `device_id`'s heartbeats stop counting (`None`:
+    /// it is not connected).
+    pub(super) fn set_heartbeat_due(&mut self, device_id: &str, due: Option<Duration>) {
+        let key = TimerKey::Heartbeat(device_id.to_string());
+        match due {
+            Some(due) if self.registry.devices.contains_key(device_id) => self.timers.set(key, due),
+            _ => {
+                self.timers.remove(&key);
+            }
+        }
+    }
+
+    /// Ends the pauses that are over; whether any ended.
+    pub(super) fn resume_paused(&mut self, now: Now) -> bool {
+        let mut resumed = false;
+        for device_id in self.timers.pop_due_devices(TimerKind::Pause, now.monotonic) {
+            match self.registry.end_pause(&device_id, now.monotonic) {
+                Due::Now(()) => resumed = true,
+                Due::Later(until) => self.timers.set(TimerKey::Pause(device_id), until),
+                Due::Not => {}
+            }
+        }
+        resumed
+    }
+
     /// Retries the task may use after its first attempt.
     pub(super) fn max_retries(&self, spec: &TaskSpec) -> u32 {
         spec.max_retries.unwrap_or(self.config.default_max_retries)
     }
 
     /// Moves a task whose current attempt just ended to its next state:
-    /// terminal, or `retrying` with a backoff. The caller has recorded the
-    /// attempt's result on the record already.
+    /// terminal, or `retrying` with a backoff (see [`Tasks::end_attempt`]).
+    /// The caller has recorded the attempt's result on the record already.
     pub(super) fn end_attempt(&mut self, now: Now, task_id: &str, end: AttemptEnd) {
-        let Some(task) = self.tasks.by_id.get(task_id) else {
+        let Some(record) = self.tasks.record(task_id) else {
             return;
         };
-        let max_retries = self.max_retries(&task.record.spec);
-        let Some(task) = self.tasks.by_id.get_mut(task_id) else {
-            return;
-        };
-        let record = &mut task.record;
-        let failed_as = match end {
-            AttemptEnd::Reported(ResultStatus::Completed) => None,
-            AttemptEnd::Reported(ResultStatus::Cancelled) => {
-                record.state = TaskState::Cancelled;
-                record.finished_unix_ms = Some(now.unix_ms);
+        let max_retries = self.max_retries(&record.spec);
+        let config = &self.config;
+        let delay = |seq, failures| retry_delay(config, seq, failures);
+        match self
+            .tasks
+            .end_attempt(now, task_id, end, max_retries, delay)
+        {
+            None => {}
+            Some(Ended::Finished) => {
                 self.persist_task(task_id);
                 self.emit_finished(task_id);
-                return;
             }
-            AttemptEnd::Reported(ResultStatus::Failed) => Some(TaskState::Failed),
-            AttemptEnd::Reported(ResultStatus::Timeout) | AttemptEnd::MasterTimeout => {
-                Some(TaskState::TimedOut)
+            Some(Ended::Retry(delay)) => {
+                self.timers
+                    .set(TimerKey::Retry(task_id.to_string()), now.monotonic + delay);
+                self.persist_task(task_id);
             }
-        };
-        let Some(failed_as) = failed_as else {
-            record.state = TaskState::Completed;
-            record.finished_unix_ms = Some(now.unix_ms);
-            record.retry_at_unix_ms = None;
-            self.persist_task(task_id);
-            self.emit_finished(task_id);
-            return;
-        };
-        record.failures += 1;
-        if record.failures <= max_retries {
-            let delay = retry_delay(&self.config, record.seq, record.failures);
-            record.state = TaskState::Retrying;
-            record.retry_at_unix_ms = Some(now.unix_ms + delay.as_millis() as i64);
-            let record = record.clone();
-            self.timers
-                .set(TimerKey::Retry(task_id.to_string()), now.monotonic + delay);
-            self.persist_task(&record.task_id);
-            log::info!(
-                "task {task_id} attempt {} {}; retry {} of {max_retries} in {delay:?}",
-                record.attempt,
-                failed_as,
-                record.failures
-            );
-            return;
         }
-        // A task that asked for no retries simply failed; one that used up
-        // its retries goes to the dead-letter state, from which `retire
-        // retry` can queue it again.
-        record.state = if max_retries == 0 {
-            failed_as
-        } else {
-            TaskState::DeadLetter
-        };
-        record.finished_unix_ms = Some(now.unix_ms);
-        record.retry_at_unix_ms = None;
-        self.persist_task(task_id);
-        self.emit_finished(task_id);
     }
 
     /// A task lost its worker `device_id` (disconnect without a lease,
@@ -103,17 +87,13 @@ impl Core {
         match self.tasks.lose_attempt(now, device_id, task_id, max_lost) {
             None => {}
             Some(Lost::Requeue) => self.requeue(device_id, task_id),
-            Some(lost) => {
-                if let Some(device) = self.registry.devices.get_mut(device_id) {
-                    device.active.remove(task_id);
-                }
-                if lost == Lost::DeadLetter {
-                    self.persist_task(task_id);
-                    self.refresh_slots(device_id);
-                    self.emit_finished(task_id);
-                } else {
-                    self.refresh_slots(device_id);
-                }
+            Some(Lost::NotHeld) => {
+                self.registry.take_away(device_id, task_id);
+            }
+            Some(Lost::DeadLetter) => {
+                self.registry.take_away(device_id, task_id);
+                self.persist_task(task_id);
+                self.emit_finished(task_id);
             }
         }
     }
@@ -122,33 +102,7 @@ impl Core {
     /// the queue with a fresh retry budget.
     pub(super) fn on_retry(&mut self, now: Now, task_id: &str) -> Result<Reply, ReplyError> {
         self.check_storage()?;
-        let Some(task) = self.tasks.by_id.get_mut(task_id) else {
-            return Err(ReplyError::new(
-                ErrorCode::NotFound,
-                format!("no task {task_id}"),
-            ));
-        };
-        let record = &mut task.record;
-        if !record.state.is_terminal() || record.state == TaskState::Completed {
-            return Err(ReplyError::new(
-                ErrorCode::InvalidState,
-                format!(
-                    "task {task_id} is {}; only failed, timed-out, cancelled or dead-lettered tasks are retried",
-                    record.state
-                ),
-            ));
-        }
-        record.state = TaskState::Queued;
-        // As after a backoff: the last attempt ended, and nothing of it
-        // counts for the task any more.
-        record.device_id = None;
-        record.failures = 0;
-        record.lost = 0;
-        record.finished_unix_ms = None;
-        record.retry_at_unix_ms = None;
-        record.error = None;
-        task.refused_by.clear();
-        self.tasks.enqueue(task_id);
+        self.tasks.retry(task_id)?;
         self.persist_task(task_id);
         self.needs_dispatch = true;
         let _ = now;
@@ -168,20 +122,10 @@ impl Core {
             let TimerKey::Retry(task_id) = key else {
                 continue;
             };
-            let Some(task) = self.tasks.by_id.get_mut(&task_id) else {
-                continue;
-            };
-            if task.record.state != TaskState::Retrying {
-                continue;
+            if self.tasks.retry_due(&task_id) {
+                self.persist_task(&task_id);
+                self.needs_dispatch = true;
             }
-            task.record.state = TaskState::Queued;
-            task.record.retry_at_unix_ms = None;
-            // The last attempt ended: no device's report of it may count as
-            // the task's result any more, nor may a device take it back.
-            task.record.device_id = None;
-            self.tasks.enqueue(&task_id);
-            self.persist_task(&task_id);
-            self.needs_dispatch = true;
         }
         while let Some(key) = self.timers.pop_due(TimerKind::Attempt, now.monotonic) {
             let TimerKey::Attempt(task_id, attempt) = key else {
@@ -189,30 +133,17 @@ impl Core {
             };
             self.master_timeout(now, &task_id, attempt);
         }
-        // Only devices whose lease may have run out (the index holds a
+        // Only devices whose lease may have run out (the timer holds a
         // lower bound of each lease's end).
         let mut expired = Vec::new();
         for device_id in self.timers.pop_due_devices(TimerKind::Lease, now.monotonic) {
-            let Some(until) = self
-                .registry
-                .devices
-                .get(&device_id)
-                .and_then(|d| d.lease_until)
-            else {
-                continue;
-            };
-            if until <= now.monotonic {
-                expired.push(device_id);
-            } else {
-                self.timers.set(TimerKey::Lease(device_id), until);
+            match self.registry.end_lease(&device_id, now.monotonic) {
+                Due::Now(held) => expired.push((device_id, held)),
+                Due::Later(until) => self.timers.set(TimerKey::Lease(device_id), until),
+                Due::Not => {}
             }
         }
-        for device_id in expired {
-            let Some(device) = self.registry.devices.get_mut(&device_id) else {
-                continue;
-            };
-            device.lease_until = None;
-            let held: Vec<String> = device.active.iter().cloned().collect();
+        for (device_id, held) in expired {
             log::info!(
                 "device {device_id} did not come back within its lease; requeueing {} tasks",
                 held.len()
@@ -225,27 +156,11 @@ impl Core {
 
     /// Starts the master's own clock on an attempt that has a timeout.
     pub(super) fn watch_attempt(&mut self, now: Now, task_id: &str) {
-        let Some(task) = self.tasks.by_id.get(task_id) else {
-            return;
-        };
-        let Some(timeout) = task
-            .record
-            .spec
-            .timeout
-            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-        else {
-            return;
-        };
-        // A timeout too large to add to the clock is never reached.
-        let Some(due) = now
-            .monotonic
-            .checked_add(timeout)
-            .and_then(|due| due.checked_add(self.config.timeout_grace))
-        else {
-            return;
-        };
-        let key = TimerKey::Attempt(task_id.to_string(), task.record.attempt);
-        self.timers.set(key, due);
+        let grace = self.config.timeout_grace;
+        if let Some((attempt, due)) = self.tasks.attempt_deadline(now, task_id, grace) {
+            self.timers
+                .set(TimerKey::Attempt(task_id.to_string(), attempt), due);
+        }
     }
 
     /// The worker has not reported an attempt by its timeout plus grace:
@@ -253,19 +168,9 @@ impl Core {
     /// stop it. The device keeps the slot until it reports, because its
     /// process may still be running.
     fn master_timeout(&mut self, now: Now, task_id: &str, attempt: u32) {
-        let Some(task) = self.tasks.by_id.get_mut(task_id) else {
+        let Some(holder) = self.tasks.time_out(task_id, attempt) else {
             return;
         };
-        let record = &mut task.record;
-        if record.attempt != attempt
-            || !matches!(record.state, TaskState::Assigned | TaskState::Running)
-        {
-            return;
-        }
-        log::warn!("task {task_id} attempt {attempt} gave no result within its timeout and grace");
-        record.error = Some("no result within the task's timeout and grace period".into());
-        record.exit_code = None;
-        let holder = record.device_id.clone();
         self.cancel_on_holder(holder.as_deref(), task_id, attempt);
         self.end_attempt(now, task_id, AttemptEnd::MasterTimeout);
     }

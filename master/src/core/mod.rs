@@ -12,11 +12,12 @@
 mod auth;
 mod changes;
 mod dispatch;
+mod handshake;
 mod heartbeat_ack;
-mod index;
 mod life;
 pub mod outbox;
 mod outgoing;
+mod page;
 mod queue;
 pub mod records;
 mod registry;
@@ -34,7 +35,7 @@ pub use views::rfc3339;
 use changes::Changes;
 use outgoing::Outgoing;
 use queue::QueueKey;
-use registry::{Conn, Device, Registry};
+use registry::{index, Device, Due, Registry};
 use tasks::{Task, Tasks};
 use timers::{TimerKey, TimerKind, TimerTable};
 
@@ -215,9 +216,6 @@ pub struct Core {
     /// Stored records the store set aside at start because they could not
     /// be read back (shown by `status`).
     quarantined: u64,
-    /// Subscribers, free slots and queues by placement, kept so
-    /// that no step scans every device, connection or queued task.
-    index: index::Indexes,
     /// The tokens and the master's key; `None` while authentication is off.
     secrets: Option<Secrets>,
 }
@@ -246,7 +244,6 @@ impl Core {
             secrets: None,
             storage_available: true,
             quarantined: 0,
-            index: index::Indexes::default(),
         };
         for mut record in devices {
             let mut register = record.profile.clone();
@@ -295,7 +292,6 @@ impl Core {
             );
         }
         for mut record in tasks {
-            core.tasks.next_seq = core.tasks.next_seq.max(record.seq + 1);
             let task_id = record.task_id.clone();
             if matches!(record.state, TaskState::Assigned | TaskState::Running) {
                 let holder = record
@@ -328,19 +324,10 @@ impl Core {
                 );
             }
             if record.state == TaskState::Queued {
-                core.tasks.queue.insert(QueueKey::of(&record), &record.spec);
                 core.needs_dispatch = true;
             }
             let held = matches!(record.state, TaskState::Assigned | TaskState::Running);
-            if let Some(twin) = core.tasks.by_id.insert(task_id.clone(), Task::new(record)) {
-                // The store cannot hold two records with one id (it is the
-                // key); given them anyway, the last one wins, in the
-                // listing too.
-                core.index
-                    .listing
-                    .remove(twin.listed, twin.record.seq, &task_id);
-            }
-            core.list_task(&task_id);
+            core.tasks.restore(record);
             if held {
                 // The restart lost track of how long the attempt has run:
                 // its timeout counts again from now, which errs on waiting.
@@ -365,14 +352,7 @@ impl Core {
         peer_ip: Option<std::net::IpAddr>,
         nonce: protocol::auth::Nonce,
     ) {
-        self.registry.conns.insert(
-            conn,
-            Conn {
-                peer_ip,
-                ..Conn::default()
-            },
-        );
-        self.auth_connect(now, conn, nonce);
+        self.auth_connect(now, conn, peer_ip, nonce);
     }
 
     /// A connection closed (by the peer, an error, or the loop).
@@ -380,7 +360,7 @@ impl Core {
         let Some(state) = self.registry.disconnect(conn) else {
             return;
         };
-        self.auth_disconnect(conn, &state.auth);
+        self.auth_disconnect(conn, state.auth());
         if let Some(device_id) = state.device_id {
             let bound_here = self
                 .registry
@@ -420,12 +400,7 @@ impl Core {
     pub fn handle_message(&mut self, now: Now, conn: ConnId, envelope: Envelope) {
         let reply_to = envelope.message_id.clone();
         let sender = envelope.sender_id.clone();
-        if self
-            .registry
-            .conns
-            .get(&conn)
-            .is_some_and(|state| state.auth.closing)
-        {
+        if self.registry.is_closing(conn) {
             return;
         }
         if let Err(refusal) = self.authorize(conn, sender.as_deref(), &envelope.message) {
@@ -561,30 +536,24 @@ impl Core {
         self.tick_task_life(now);
         // Only devices whose heartbeat deadline has passed, from the index.
         let mut expired: Vec<(String, ConnId)> = Vec::new();
+        let timeout = self.config.heartbeat_timeout;
         for device_id in self
             .timers
             .pop_due_devices(TimerKind::Heartbeat, now.monotonic)
         {
-            let Some(device) = self.registry.devices.get(&device_id) else {
-                continue;
-            };
-            let Some(conn) = device.conn else {
-                continue;
-            };
-            let silent = now.monotonic.saturating_sub(device.last_seen);
-            if silent >= self.config.heartbeat_timeout {
-                expired.push((device_id, conn));
-            } else {
-                let due = device.last_seen + self.config.heartbeat_timeout;
-                self.set_heartbeat_due(&device_id, Some(due));
+            match self
+                .registry
+                .heartbeat_due(&device_id, now.monotonic, timeout)
+            {
+                Due::Now(conn) => expired.push((device_id, conn)),
+                Due::Later(due) => self.set_heartbeat_due(&device_id, Some(due)),
+                Due::Not => {}
             }
         }
         for (device_id, conn) in expired {
             log::warn!("device {device_id} missed its heartbeats; closing its connection");
             self.device_gone(now, &device_id, "heartbeat timeout", false);
-            if let Some(state) = self.registry.conns.get_mut(&conn) {
-                state.device_id = None;
-            }
+            self.registry.unbind(conn);
             self.out.close(conn);
         }
         if self.resume_paused(now) {
@@ -1219,7 +1188,6 @@ impl Core {
             Err(existing) => return (existing, false),
         };
         self.persist_task(&task_id);
-        self.list_task(&task_id);
         self.needs_dispatch = true;
         self.emit(
             Event::TaskSubmitted {
@@ -1352,10 +1320,7 @@ impl Core {
     /// whose current attempt is not that device's (it ended, or the task
     /// runs elsewhere now) stays as it is.
     fn requeue(&mut self, device_id: &str, task_id: &str) {
-        if let Some(device) = self.registry.devices.get_mut(device_id) {
-            device.active.remove(task_id);
-        }
-        self.refresh_slots(device_id);
+        self.registry.take_away(device_id, task_id);
         if self.tasks.requeue(device_id, task_id) {
             self.persist_task(task_id);
             self.needs_dispatch = true;
@@ -1364,10 +1329,18 @@ impl Core {
 
     /// Marks a task changed. The batch copies its record when it is taken
     /// (every task is in `tasks` by then, and is never removed), so callers
-    /// need no copy of their own.
+    /// need no copy of their own. Every change to a task's record passes
+    /// here, so this is where the tasks refile it in their listing.
     fn persist_task(&mut self, task_id: &str) {
         self.changes.task(task_id);
-        self.relist_task(task_id);
+        self.tasks.relist(task_id);
+    }
+
+    /// Records whether, and how loaded, device `device_id` can take a task
+    /// now. Called after every change to a device's connection, status,
+    /// pause, slots or active tasks.
+    fn refresh_slots(&mut self, device_id: &str) {
+        self.registry.refresh_slots(device_id);
     }
 
     fn persist_device_key(&mut self, record: &DeviceKeyRecord) {

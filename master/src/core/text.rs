@@ -19,12 +19,7 @@ impl Core {
                 return;
             }
         };
-        if self
-            .registry
-            .conns
-            .get(&conn)
-            .is_some_and(|state| state.auth.closing)
-        {
+        if self.registry.is_closing(conn) {
             return;
         }
         let changes = match &command {
@@ -134,8 +129,8 @@ impl Core {
                         conn,
                         "error: authentication failed; closing the connection".to_string(),
                     );
-                    if let Some(state) = self.registry.conns.get_mut(&conn) {
-                        state.auth.closing = true;
+                    if let Some(auth) = self.registry.auth_mut(conn) {
+                        auth.mark_closing();
                     }
                     self.out.close(conn);
                 }

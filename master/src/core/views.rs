@@ -65,7 +65,7 @@ impl Core {
     }
 
     /// One page of task summaries, newest first, from the listing index
-    /// (`index::TaskListing`): the cost is the page (at most `limit + 1`
+    /// (`tasks::listing::TaskListing`): the cost is the page (at most `limit + 1`
     /// index entries for one state, `limit + 9` for all, and a lookup per
     /// task shown), never the history, because any reader may ask for it
     /// on every line it sends.
@@ -115,7 +115,7 @@ impl Core {
             }
         };
         let limit = list.limit.unwrap_or(DEFAULT_LIST).min(MAX_LIST);
-        let page = self.index.listing.page(state, before.as_ref(), limit);
+        let page = self.tasks.page(state, before.as_ref(), limit);
         let records: Vec<&TaskRecord> = page
             .ids
             .iter()
@@ -139,7 +139,7 @@ impl Core {
     }
 
     /// One page of device summaries, newest registered first, from the
-    /// device listing index (`index::DeviceListing`): without a filter the
+    /// device listing index (`registry::index::DeviceListing`): without a filter the
     /// cost is the page (`limit + 1` index entries and a lookup per device
     /// shown), never the number of devices ever enrolled; a role or status
     /// filter also passes over the devices it turns down (a comparison
@@ -222,7 +222,7 @@ impl Core {
 
     /// Cluster totals. O(distinct roles and platforms connected): the
     /// device counts and resources are kept as devices connect and leave
-    /// (`index::DeviceTotals`), the task counts as tasks change state, so
+    /// (`registry::index::DeviceTotals`), the task counts as tasks change state, so
     /// any reader may ask as often as it likes.
     pub(super) fn cluster_stats(&self) -> ClusterStats {
         let totals = &self.registry.totals;
@@ -248,7 +248,7 @@ impl Core {
         // Counted as tasks change state (the listing index's set lengths),
         // not here: any reader may ask for `status` as often as it likes.
         for state in TaskState::ALL {
-            let count = self.index.listing.count(state) as u64;
+            let count = self.tasks.count(state) as u64;
             stats.tasks.insert(state.as_str().to_string(), count);
         }
         stats
@@ -263,8 +263,7 @@ impl Core {
         let mut view = registered_view(device, full);
         if let Some(key) = self
             .registry
-            .device_keys
-            .get(&device.record.device_id)
+            .key(&device.record.device_id)
             .filter(|key| key.public_key.is_some())
         {
             view.enrolled_at = Some(rfc3339(key.enrolled_unix_ms));

@@ -4,6 +4,10 @@
 //! master would link the worker's device profiling, sandbox and HTTP client. Cargo
 //! cannot give a dependency to a binary alone, so this test reads the sources and fails
 //! on any path into the `worker` crate outside `src/main.rs`.
+//!
+//! It also reads the master's core: each part (registry, tasks, timers, queue, changes,
+//! outgoing, outbox, a connection's handshake) names only the parts it owns or is handed,
+//! and never `Core`, so what needs several parts stays routed by `Core`.
 
 use std::path::{Path, PathBuf};
 
@@ -85,5 +89,141 @@ fn the_check_sees_every_way_of_naming_the_worker_crate() {
         ("/// the worker's key", false),
     ] {
         assert_eq!(!worker_references(line).is_empty(), named, "{line}");
+    }
+}
+
+/// The parts of the master's core, each a struct that owns its state, and the other
+/// parts of the core each may name (always through a module path, `super::x::` or
+/// `crate::core::x::`). A part never names `Core`: what needs several parts is routed by
+/// `Core` (in `core/mod.rs`, `auth.rs`, `life.rs`, `dispatch.rs`, `views.rs`, `text.rs`),
+/// so one part never reaches into another's state. The registry holds each connection's
+/// authentication (`handshake`) and answers refusals (`auth`'s error types); the tasks
+/// hold the queue and are handed the timer table to drop a cancelled task's backoff.
+const PARTS: &[(&str, &[&str])] = &[
+    ("registry", &["auth", "handshake", "records", "page"]),
+    ("tasks", &["queue", "timers", "records", "page"]),
+    ("handshake.rs", &["auth"]),
+    ("queue.rs", &["records"]),
+    ("timers.rs", &[]),
+    ("changes.rs", &["records"]),
+    ("outgoing.rs", &["outbox"]),
+    ("outbox.rs", &[]),
+    ("page.rs", &[]),
+];
+
+/// The modules of the core that a line of `file` names by path, and whether it names
+/// `Core`. In a file inside a part's folder (not its `mod.rs`), `super::` is the part
+/// itself, so only `super::super::` and `crate::core::` lead to the core.
+fn core_references(text: &str, nested: bool) -> (Vec<String>, bool) {
+    let mut modules = Vec::new();
+    let mut names_core = false;
+    for line in text.lines() {
+        let code = line.split("//").next().unwrap_or("");
+        let prefixes: &[&str] = if nested {
+            &["super::super::", "crate::core::"]
+        } else {
+            &["super::super::", "crate::core::", "super::"]
+        };
+        for prefix in prefixes {
+            for (at, _) in code.match_indices(prefix) {
+                // `super::super::x` also contains `super::x`; count it once.
+                if *prefix == "super::" && code[..at].ends_with("super::") {
+                    continue;
+                }
+                let rest = &code[at + prefix.len()..];
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                // A module is a path that goes on (`x::`); `super::a_function` is not.
+                if !name.is_empty() && rest[name.len()..].starts_with("::") {
+                    modules.push(name);
+                }
+            }
+        }
+        names_core |= code.match_indices("Core").any(|(at, _)| {
+            let before = code[..at].chars().next_back();
+            let after = code[at + 4..].chars().next();
+            !before.is_some_and(|c| c.is_alphanumeric() || c == '_')
+                && !after.is_some_and(|c| c.is_alphanumeric() || c == '_')
+        });
+    }
+    (modules, names_core)
+}
+
+#[test]
+fn a_part_of_the_core_reaches_only_into_the_parts_it_owns_or_is_handed() {
+    let core = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/core");
+    let mut checked = 0;
+    let mut offending = Vec::new();
+    for (part, allowed) in PARTS {
+        let path = core.join(part);
+        let mut files = Vec::new();
+        if path.is_dir() {
+            rust_files(&path, &mut files);
+        } else {
+            files.push(path.clone());
+        }
+        for file in files {
+            let nested = file.parent() != Some(core.as_path())
+                && file.file_name().is_some_and(|name| name != "mod.rs");
+            let text = std::fs::read_to_string(&file).expect("a source file of the core");
+            let (modules, names_core) = core_references(&text, nested);
+            let relative = file
+                .strip_prefix(&core)
+                .expect("under core")
+                .display()
+                .to_string();
+            if names_core {
+                offending.push(format!("{relative} names Core"));
+            }
+            for module in modules {
+                if !allowed.contains(&module.as_str()) {
+                    offending.push(format!("{relative} reaches into core::{module}"));
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= PARTS.len() + 2, "{checked} files");
+    assert!(
+        offending.is_empty(),
+        "a part of the core reaches past what it owns (route it through Core instead):\n{}",
+        offending.join("\n")
+    );
+}
+
+#[test]
+fn the_part_check_sees_paths_into_the_core_and_core_itself() {
+    for (text, nested, modules, names_core) in [
+        ("use super::tasks::Tasks;", false, vec!["tasks"], false),
+        ("use super::{Core, Now};", false, vec![], true),
+        ("impl Core {", false, vec![], true),
+        ("use super::Device;", true, vec![], false),
+        (
+            "use super::super::timers::TimerKey;",
+            true,
+            vec!["timers"],
+            false,
+        ),
+        ("use crate::core::page::Page;", true, vec!["page"], false),
+        ("use super::not_registered;", false, vec![], false),
+        ("/// See `super::tasks::x` and Core.", false, vec![], false),
+        (
+            "let core_count = CoreConfig::default();",
+            false,
+            vec![],
+            false,
+        ),
+    ] {
+        let (found, core) = core_references(text, nested);
+        assert_eq!(
+            (found, core),
+            (
+                modules.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+                names_core
+            ),
+            "{text}"
+        );
     }
 }
