@@ -103,6 +103,12 @@ impl<'de> Deserialize<'de> for Priority {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Requirements {
+    /// Exactly this CPU architecture (`x86_64`, `aarch64`, `arm`, …).
+    #[serde(skip_serializing_if = "Option::is_none", alias = "arch")]
+    pub architecture: Option<String>,
+    /// Only this device (pinning).
+    #[serde(skip_serializing_if = "Option::is_none", alias = "device")]
+    pub device_id: Option<String>,
     /// At least this many CPU cores.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_cpu_cores: Option<u32>,
@@ -115,18 +121,12 @@ pub struct Requirements {
     /// Exactly this platform (`linux`, `android`, `macos`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub platform: Option<String>,
-    /// Exactly this CPU architecture (`x86_64`, `aarch64`, `arm`, …).
-    #[serde(skip_serializing_if = "Option::is_none", alias = "arch")]
-    pub architecture: Option<String>,
     /// Exactly this role.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
     /// Every one of these tags.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
-    /// Only this device (pinning).
-    #[serde(skip_serializing_if = "Option::is_none", alias = "device")]
-    pub device_id: Option<String>,
 }
 
 impl Requirements {
@@ -139,27 +139,27 @@ impl Requirements {
 /// A task as a client submits it and as the master assigns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
-    /// A client-chosen id makes the submit idempotent; the master picks one
-    /// otherwise. Assignments always carry it.
+    /// How many times a failed attempt is retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub task_id: Option<String>,
-    /// Which handler runs the task (`echo`, `shell`, …).
-    pub task_type: String,
+    pub max_retries: Option<u32>,
     /// Handler input; an object by convention.
     #[serde(default = "empty_object")]
     pub payload: Value,
     /// Scheduling priority.
     #[serde(default)]
     pub priority: Priority,
-    /// Seconds the task may run before it is killed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<f64>,
     /// Where the task may run.
     #[serde(default, skip_serializing_if = "Requirements::is_empty")]
     pub requirements: Requirements,
-    /// How many times a failed attempt is retried.
+    /// A client-chosen id makes the submit idempotent; the master picks one
+    /// otherwise. Assignments always carry it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_retries: Option<u32>,
+    pub task_id: Option<String>,
+    /// Which handler runs the task (`echo`, `shell`, …).
+    pub task_type: String,
+    /// Seconds the task may run before it is killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
 }
 
 fn empty_object() -> Value {
@@ -367,53 +367,53 @@ impl fmt::Display for DeviceStatus {
 /// A task as replies and events show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskView {
-    /// The task's id.
-    pub task_id: String,
-    /// Its type.
-    pub task_type: String,
-    /// Its current state.
-    pub state: TaskState,
-    /// Its priority.
-    pub priority: Priority,
-    /// Its handler input.
-    pub payload: Value,
-    /// Its timeout in seconds, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<f64>,
-    /// Its requirements.
-    #[serde(default, skip_serializing_if = "Requirements::is_empty")]
-    pub requirements: Requirements,
     /// The current (or last) attempt; 0 before the first assignment.
     pub attempt: u32,
     /// The device of the current or last attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
-    /// When it was submitted (RFC 3339).
-    pub submitted_at: String,
-    /// When its last attempt started.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
-    /// When it reached a terminal state.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<String>,
-    /// While `retrying`: when the next attempt may start.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_at: Option<String>,
-    /// Retries it may use after its first attempt.
-    #[serde(default)]
-    pub max_retries: u32,
-    /// The worker's `result` object once the task has finished.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
-    /// The exit code, when the handler had one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
     /// A one-line reason for failure or cancellation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Seconds the last attempt ran, as the worker measured it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_time: Option<f64>,
+    /// The exit code, when the handler had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// When it reached a terminal state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Retries it may use after its first attempt.
+    #[serde(default)]
+    pub max_retries: u32,
+    /// Its handler input.
+    pub payload: Value,
+    /// Its priority.
+    pub priority: Priority,
+    /// Its requirements.
+    #[serde(default, skip_serializing_if = "Requirements::is_empty")]
+    pub requirements: Requirements,
+    /// The worker's `result` object once the task has finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// While `retrying`: when the next attempt may start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<String>,
+    /// When its last attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// Its current state.
+    pub state: TaskState,
+    /// When it was submitted (RFC 3339).
+    pub submitted_at: String,
+    /// The task's id.
+    pub task_id: String,
+    /// Its type.
+    pub task_type: String,
+    /// Its timeout in seconds, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
 }
 
 /// Hardware totals in the units older tools expect.

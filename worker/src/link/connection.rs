@@ -137,32 +137,26 @@ fn read_loop(mut stream: TcpStream, incoming: &Sender<Incoming>) {
 /// Decodes one JSON frame, keeping its `message_type` when the rest is invalid so that
 /// the session can tell whether the sender expects a reply.
 fn decode_frame(bytes: &[u8]) -> Incoming {
-    let value: Value = match serde_json::from_slice(bytes) {
-        Ok(value) => value,
-        Err(_) => {
-            return match Envelope::decode(bytes) {
-                Ok(envelope) => Incoming::Message(Box::new(envelope)),
-                // Too deep (or too broken) to parse: its type is found
-                // leniently, so that an assignment is still refused by its
-                // id (the decoder found that the same way) and its task
-                // does not wait on a slot that is not taken.
-                Err(error) => Incoming::Undecodable {
-                    error,
-                    message_type: protocol::limits::salvage_string(bytes, &["message_type"]),
-                },
-            };
-        }
-    };
-    let message_type = value
-        .get("message_type")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    match Envelope::from_value(value) {
+    match Envelope::decode(bytes) {
         Ok(envelope) => Incoming::Message(Box::new(envelope)),
-        Err(error) => Incoming::Undecodable {
-            error,
-            message_type,
-        },
+        Err(error) => {
+            // Only a refused frame is read a second time, for its type: from the
+            // document when it parses (the last `message_type` counts, as in the
+            // decoder), else leniently, so that a line too deep (or too broken) to
+            // parse is still refused by its id (the decoder found that the same way)
+            // and its task does not wait on a slot that is not taken.
+            let message_type = match serde_json::from_slice::<Value>(bytes) {
+                Ok(value) => value
+                    .get("message_type")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                Err(_) => protocol::limits::salvage_string(bytes, &["message_type"]),
+            };
+            Incoming::Undecodable {
+                error,
+                message_type,
+            }
+        }
     }
 }
 
