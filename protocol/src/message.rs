@@ -108,6 +108,47 @@ impl Envelope {
     }
 }
 
+/// An envelope encoded once, without its `timestamp`, to be written any number of
+/// times, each with the time of that write.
+///
+/// A worker's result is one: its line is saved to the outbox and sent (after a
+/// reconnect, again) as these same bytes. The `timestamp` is the envelope's last key in
+/// the wire layout (keys are sorted), so stamping it only inserts the field before the
+/// closing brace: the bytes are exactly those of [`Envelope::to_line`] for the envelope
+/// with that timestamp set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedEnvelope(std::sync::Arc<[u8]>);
+
+impl EncodedEnvelope {
+    /// Encodes `envelope`, leaving its `timestamp` out.
+    pub fn new(envelope: &Envelope) -> EncodedEnvelope {
+        let line = if envelope.timestamp.is_some() {
+            let mut unstamped = envelope.clone();
+            unstamped.timestamp = None;
+            unstamped.to_line()
+        } else {
+            envelope.to_line()
+        };
+        EncodedEnvelope(line.into())
+    }
+
+    /// The line without a timestamp, ending in `\n`.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Appends the line with `timestamp` set to `out`.
+    pub fn write_stamped(&self, timestamp: &str, out: &mut Vec<u8>) {
+        // `to_line` always ends an envelope in `}\n`.
+        let body = self.0.strip_suffix(b"}\n").unwrap_or(&self.0);
+        out.extend_from_slice(body);
+        out.extend_from_slice(b",\"timestamp\":");
+        // Writing a string into a buffer cannot fail.
+        let _ = serde_json::to_writer(&mut *out, timestamp);
+        out.extend_from_slice(b"}\n");
+    }
+}
+
 thread_local! {
     /// The buffer [`Envelope::to_line`] writes into.
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };

@@ -205,3 +205,25 @@ proptest! {
         prop_assert_eq!(String::from_utf8_lossy(&line), String::from_utf8_lossy(&expected));
     }
 }
+
+proptest! {
+    /// A line encoded once and stamped at each write is byte for byte the
+    /// line of the envelope with that timestamp.
+    #[test]
+    fn a_stamped_encoded_envelope_is_the_envelope_s_line(
+        envelope in envelope(any_message()),
+        timestamp in text(),
+    ) {
+        let encoded = EncodedEnvelope::new(&envelope);
+        let mut unstamped = envelope.clone();
+        unstamped.timestamp = None;
+        let unstamped_line = unstamped.to_line();
+        prop_assert_eq!(encoded.as_bytes(), &unstamped_line[..]);
+        let mut stamped = Vec::new();
+        encoded.write_stamped(&timestamp, &mut stamped);
+        let mut expected = envelope;
+        expected.timestamp = Some(timestamp);
+        let expected = expected.to_line();
+        prop_assert_eq!(String::from_utf8_lossy(&stamped), String::from_utf8_lossy(&expected));
+    }
+}

@@ -13,6 +13,8 @@ use crossbeam_channel::{Receiver, Sender};
 use protocol::{DecodeError, Envelope, Frame, LineCodec, DEFAULT_MAX_LINE};
 use serde_json::Value;
 
+use crate::session::Outgoing;
+
 /// How long one connection attempt (per resolved address) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -65,14 +67,24 @@ impl Connection {
         })
     }
 
-    /// Writes `envelopes` in one go, each stamped with the current time.
-    pub(super) fn write(&mut self, envelopes: Vec<Envelope>) -> io::Result<()> {
+    /// Writes `outgoing` in one go, each stamped with the current time: a message is
+    /// encoded here, a result's line (encoded once, when it was saved) is written as it
+    /// is, with the `timestamp` inserted.
+    pub(super) fn write(&mut self, outgoing: Vec<Outgoing>) -> io::Result<()> {
         let timestamp = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         let mut bytes = Vec::new();
-        for mut envelope in envelopes {
-            log::trace!("sending {}", envelope.message.message_type());
-            envelope.timestamp = Some(timestamp.clone());
-            bytes.extend_from_slice(&envelope.to_line());
+        for item in outgoing {
+            match item {
+                Outgoing::Message(mut envelope) => {
+                    log::trace!("sending {}", envelope.message.message_type());
+                    envelope.timestamp = Some(timestamp.clone());
+                    bytes.extend_from_slice(&envelope.to_line());
+                }
+                Outgoing::Encoded(line) => {
+                    log::trace!("sending a saved line");
+                    line.write_stamped(&timestamp, &mut bytes);
+                }
+            }
         }
         self.stream.write_all(&bytes)?;
         self.stream.flush()
