@@ -33,43 +33,40 @@ const STRICT_DEPTH: usize = 120;
 
 /// Decodes one JSON frame (without its newline).
 pub(super) fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-    let malformed = |err: serde_json::Error| {
+    let malformed = |detail: String| {
         // A line too deep (or too broken) to parse still names the request
         // when its `message_id` can be found, so that the sender learns
         // which of its messages was refused (a worker then drops a refused
         // result instead of resending it).
-        let mut error = DecodeError::new(ErrorCode::MalformedJson, err.to_string());
+        let mut error = DecodeError::new(ErrorCode::MalformedJson, detail);
         error.message_id = crate::limits::salvage_string(bytes, &["message_id"]);
         error
     };
-    let text = match std::str::from_utf8(bytes) {
-        Ok(text) => text,
-        Err(_) => {
-            check_strictly(bytes).map_err(malformed)?;
-            // serde_json refuses invalid UTF-8 anywhere, so this is not
-            // reached; the error stays `malformed_json` all the same.
-            return Err(DecodeError::new(
-                ErrorCode::MalformedJson,
-                "the line is not valid UTF-8",
-            ));
-        }
+    // Where raw reading fails, or may pass what it should not, the full
+    // parse names the fault as every document's is named.
+    let strictly = |fallback: String| match check_strictly(bytes) {
+        Err(err) => malformed(err.to_string()),
+        Ok(()) => malformed(fallback),
     };
+    let text = std::str::from_utf8(bytes)
+        .map_err(|err| strictly(format!("the line is not UTF-8: {err}")))?;
     if needs_strict_check(text) {
-        check_strictly(bytes).map_err(malformed)?;
+        if let Err(err) = check_strictly(bytes) {
+            return Err(malformed(err.to_string()));
+        }
     }
     if !text.trim_start().starts_with('{') {
         // Valid JSON that is not an object, or not JSON at all.
-        check_strictly(bytes).map_err(malformed)?;
+        if let Err(err) = check_strictly(bytes) {
+            return Err(malformed(err.to_string()));
+        }
         return Err(DecodeError::new(
             ErrorCode::InvalidMessage,
             "a message must be a JSON object",
         ));
     }
-    let raw: RawEnvelope<'_> = serde_json::from_str(text).map_err(|err| {
-        // The full parse names the fault as every document's is named
-        // (reading raw text may place it a column apart).
-        malformed(check_strictly(bytes).err().unwrap_or(err))
-    })?;
+    let raw: RawEnvelope<'_> =
+        serde_json::from_str(text).map_err(|err| strictly(err.to_string()))?;
     raw.into_envelope()
 }
 
