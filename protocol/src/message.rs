@@ -914,10 +914,31 @@ impl Ack {
 
     // Decoding and encoding an ack's `data` are these two functions.
 
-    /// An ack from its `data` object: the design's `result` object, any
-    /// other `result` as `{"value": …}`, or (the older flat shape) the
-    /// other fields of `data` themselves.
-    fn from_data(mut data: Map<String, Value>) -> Ack {
+    /// An ack from the text of its `data` object: the design's `result`
+    /// object, any other `result` as `{"value": …}`, or (the older flat
+    /// shape) the other fields of `data` themselves.
+    fn from_data(data: &str) -> Result<Ack, DecodeError> {
+        /// The design's shape (a worker's ack of every assignment), read
+        /// straight into its fields; any other shape, a numeric id or a key
+        /// given twice is read from the object as a map below.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Design {
+            #[serde(default)]
+            original_message_id: Option<String>,
+            result: Map<String, Value>,
+        }
+        if let Ok(Design {
+            original_message_id,
+            result,
+        }) = serde_json::from_str(data)
+        {
+            return Ok(Ack {
+                original_message_id,
+                result,
+            });
+        }
+        let mut data: Map<String, Value> = serde_json::from_str(data).map_err(decode::invalid)?;
         let original_message_id = data.remove("original_message_id").and_then(id_text);
         let result = match data.remove("result") {
             Some(Value::Object(result)) => result,
@@ -928,10 +949,10 @@ impl Ack {
             }
             None => data,
         };
-        Ack {
+        Ok(Ack {
             original_message_id,
             result,
-        }
+        })
     }
 
     /// Writes the ack's `data` object, its keys in sorted order.

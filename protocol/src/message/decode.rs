@@ -148,9 +148,13 @@ impl RawEnvelope<'_> {
 }
 
 /// A raw envelope field as a value. The text was parsed once already, as
-/// part of the line, so it parses again (the `Null` is never used).
+/// part of the line, so it parses again (the `Null` is never used). A
+/// string, by far the most common, is read as one.
 fn small_value(raw: &RawValue) -> Value {
-    serde_json::from_str(raw.get()).unwrap_or(Value::Null)
+    match serde_json::from_str::<String>(raw.get()) {
+        Ok(text) => Value::String(text),
+        Err(_) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+    }
 }
 
 /// Message ids may arrive as strings or numbers; both become text. Any
@@ -199,7 +203,7 @@ fn message_from_data(message_type: &str, data: &str) -> Result<Message, DecodeEr
         "device_info" => Message::DeviceInfo(parse(data)?),
         "drain_device" | "drain" => Message::DrainDevice(parse(data)?),
         "subscribe" => Message::Subscribe(parse(data)?),
-        "ack" => Message::Ack(Ack::from_data(parse(data)?)),
+        "ack" => Message::Ack(Ack::from_data(data)?),
         "error" => Message::Error(parse(data)?),
         "event" => Message::Event(parse(data)?),
         "auth_hello" => Message::AuthHello(parse::<AuthHelloData>(data)?.into_domain()?),
@@ -235,7 +239,7 @@ fn parse<T: DeserializeOwned>(data: &str) -> Result<T, DecodeError> {
 }
 
 /// A wire struct's error as an `invalid_message`.
-fn invalid(err: serde_json::Error) -> DecodeError {
+pub(super) fn invalid(err: serde_json::Error) -> DecodeError {
     DecodeError::new(ErrorCode::InvalidMessage, err.to_string())
 }
 
@@ -299,24 +303,24 @@ fn may_nest_deeply(text: &str) -> bool {
     if opened < STRICT_DEPTH {
         return false;
     }
+    // One pass, a byte at a time: a call per string (to skip it) would
+    // cost more than the bytes of the short strings most lines hold.
     let mut depth = 0usize;
-    let mut at = 0;
-    while let Some(&byte) = bytes.get(at) {
-        match byte {
-            b'"' => {
-                // Skip the string: to its closing quote, past escapes.
-                at += 1;
-                loop {
-                    match memchr::memchr2(b'"', b'\\', bytes.get(at..).unwrap_or_default()) {
-                        Some(offset) if bytes[at + offset] == b'\\' => at += offset + 2,
-                        Some(offset) => {
-                            at += offset;
-                            break;
-                        }
-                        None => return false,
-                    }
-                }
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
             }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
             b'{' | b'[' => {
                 depth += 1;
                 if depth >= STRICT_DEPTH {
@@ -326,7 +330,6 @@ fn may_nest_deeply(text: &str) -> bool {
             b'}' | b']' => depth = depth.saturating_sub(1),
             _ => {}
         }
-        at += 1;
     }
     false
 }
