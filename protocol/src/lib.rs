@@ -27,9 +27,9 @@ pub use codec::{Frame, LineCodec, LineTooLong, DEFAULT_MAX_LINE};
 pub use error::{DecodeError, ErrorCode};
 pub use limits::MAX_VALUE_DEPTH;
 pub use message::{
-    Ack, DeviceRef, Envelope, ErrorReply, Event, Goodbye, Heartbeat, ListDevices, ListTasks,
-    Message, Metrics, Register, RunningTask, Subscribe, TaskAssign, TaskCancel, TaskProgress,
-    TaskRef, TaskResult, TaskSubmit,
+    Ack, DeviceRef, EncodedEnvelope, Envelope, ErrorReply, Event, Goodbye, Heartbeat, ListDevices,
+    ListTasks, Message, Metrics, Register, RunningTask, Subscribe, TaskAssign, TaskCancel,
+    TaskProgress, TaskRef, TaskResult, TaskSubmit,
 };
 pub use reply::{
     AuthChallenge, Authenticated, BatchSubmitted, DeviceReply, Done, Draining, HeartbeatReceived,

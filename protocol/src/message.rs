@@ -12,9 +12,9 @@ use crate::auth;
 use crate::error::{DecodeError, ErrorCode};
 use crate::reply::Reply;
 use crate::types::{ResultStatus, TaskSpec, TaskState, TaskView};
-use encode::EnvelopeOut;
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use decode::id_text;
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{json, Map, Value};
 
 /// One message with its envelope fields.
@@ -56,28 +56,19 @@ impl Envelope {
         self
     }
 
-    /// The JSON value of the whole message, in the design's shape.
+    /// The JSON value of the whole message, in the design's shape: the
+    /// [`Envelope::to_line`] bytes as a `Value`, for callers that look
+    /// inside a message.
     pub fn to_value(&self) -> Value {
-        let mut object = Map::new();
-        object.insert("message_type".into(), json!(self.message.message_type()));
-        object.insert("sender_id".into(), json!(self.sender_id));
-        object.insert("target_id".into(), json!(self.target_id));
-        if let Some(id) = &self.message_id {
-            object.insert("message_id".into(), json!(id));
-        }
-        if let Some(timestamp) = &self.timestamp {
-            object.insert("timestamp".into(), json!(timestamp));
-        }
-        object.insert("data".into(), self.message.data_value());
-        Value::Object(object)
+        // Serializing a message cannot fail: it holds only strings, numbers
+        // and maps with string keys.
+        serde_json::to_value(self).unwrap_or(Value::Null)
     }
 
     /// The message as one line of JSON, ending in `\n`.
     ///
-    /// The bytes are exactly those of [`Envelope::to_value`] written out
-    /// (every object's keys in sorted order), but the messages the master
-    /// sends per task (acks, errors, events, assignments) are written
-    /// straight from their fields, without building a `Value` tree first.
+    /// Every object's keys are written in sorted order, straight from the
+    /// message's fields (see `message/encode.rs`).
     pub fn to_line(&self) -> Vec<u8> {
         // The line is written into a buffer kept per thread and copied
         // out at its size: one allocation per line instead of a buffer
@@ -102,90 +93,59 @@ impl Envelope {
         })
     }
 
-    /// Decodes one JSON frame (without its newline).
-    ///
-    /// The result is always that of [`Envelope::decode_value_tree`]; the
-    /// common messages are read without building a `Value` tree on the way.
+    /// Decodes one JSON frame (without its newline): the one way every
+    /// JSON message is read (see `message/decode.rs`).
     pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-        match decode::decode_direct(bytes) {
-            Some(envelope) => Ok(envelope),
-            None => Envelope::decode_value_tree(bytes),
-        }
+        decode::decode(bytes)
     }
 
-    /// Decodes one JSON frame by way of a `serde_json::Value`: the
-    /// reference for [`Envelope::decode`], which only takes a shorter way
-    /// when it arrives at the same message.
-    pub fn decode_value_tree(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|err| {
-            // A line too deep (or too broken) to parse still names the
-            // request when its `message_id` can be found, so that the
-            // sender learns which of its messages was refused (a worker
-            // then drops a refused result instead of resending it).
-            let mut error = DecodeError::new(ErrorCode::MalformedJson, err.to_string());
-            error.message_id = crate::limits::salvage_string(bytes, &["message_id"]);
-            error
-        })?;
-        Envelope::from_value(value)
-    }
-
-    /// Decodes an already parsed JSON value.
+    /// Decodes an already parsed JSON value, as [`Envelope::decode`] decodes
+    /// its text.
     pub fn from_value(value: Value) -> Result<Envelope, DecodeError> {
-        let Value::Object(mut object) = value else {
-            return Err(DecodeError::new(
-                ErrorCode::InvalidMessage,
-                "a message must be a JSON object",
-            ));
+        let line = serde_json::to_vec(&value)
+            .map_err(|err| DecodeError::new(ErrorCode::MalformedJson, err.to_string()))?;
+        Envelope::decode(&line)
+    }
+}
+
+/// An envelope encoded once, without its `timestamp`, to be written any number of
+/// times, each with the time of that write.
+///
+/// A worker's result is one: its line is saved to the outbox and sent (after a
+/// reconnect, again) as these same bytes. The `timestamp` is the envelope's last key in
+/// the wire layout (keys are sorted), so stamping it only inserts the field before the
+/// closing brace: the bytes are exactly those of [`Envelope::to_line`] for the envelope
+/// with that timestamp set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedEnvelope(std::sync::Arc<[u8]>);
+
+impl EncodedEnvelope {
+    /// Encodes `envelope`, leaving its `timestamp` out.
+    pub fn new(envelope: &Envelope) -> EncodedEnvelope {
+        let line = if envelope.timestamp.is_some() {
+            let mut unstamped = envelope.clone();
+            unstamped.timestamp = None;
+            unstamped.to_line()
+        } else {
+            envelope.to_line()
         };
-        let data = object.remove("data");
-        Envelope::from_fields(
-            |key| object.remove(key),
-            |message_type| Message::from_data_value(message_type, data),
-        )
+        EncodedEnvelope(line.into())
     }
 
-    /// Builds an envelope from its fields, taken one by one by `take`, and
-    /// its message, made by `message` once the envelope's own fields are
-    /// valid. Both ways of decoding share it, so they check the same
-    /// things in the same order.
-    fn from_fields(
-        mut take: impl FnMut(&str) -> Option<Value>,
-        message: impl FnOnce(&str) -> Result<Message, DecodeError>,
-    ) -> Result<Envelope, DecodeError> {
-        let message_id = take("message_id").and_then(id_text);
-        let with_id = |mut err: DecodeError| {
-            err.message_id = message_id.clone();
-            err
-        };
-        let message_type = match take("message_type") {
-            Some(Value::String(name)) => name,
-            Some(_) => {
-                return Err(with_id(DecodeError::new(
-                    ErrorCode::InvalidMessage,
-                    "message_type must be a string",
-                )))
-            }
-            None => {
-                return Err(with_id(DecodeError::new(
-                    ErrorCode::InvalidMessage,
-                    "missing message_type",
-                )))
-            }
-        };
-        let sender_id = optional_string(take("sender_id"), "sender_id").map_err(with_id)?;
-        let mut target_id = optional_string(take("target_id"), "target_id").map_err(with_id)?;
-        if target_id.is_none() {
-            target_id = optional_string(take("receiver_id"), "receiver_id").map_err(with_id)?;
-        }
-        let timestamp = optional_string(take("timestamp"), "timestamp").map_err(with_id)?;
-        let message = message(&message_type).map_err(with_id)?;
-        Ok(Envelope {
-            sender_id,
-            target_id,
-            message_id,
-            timestamp,
-            message,
-        })
+    /// The line without a timestamp, ending in `\n`.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Appends the line with `timestamp` set to `out`.
+    pub fn write_stamped(&self, timestamp: &str, out: &mut Vec<u8>) {
+        // `to_line` always ends an envelope in `}\n`.
+        let body = self.0.strip_suffix(b"}\n").unwrap_or(&self.0);
+        out.extend_from_slice(body);
+        out.extend_from_slice(b",\"timestamp\":");
+        // Writing a string into a buffer cannot fail.
+        let _ = serde_json::to_writer(&mut *out, timestamp);
+        out.extend_from_slice(b"}\n");
     }
 }
 
@@ -200,29 +160,8 @@ const MAX_SCRATCH: usize = 64 * 1024;
 fn write_line(envelope: &Envelope, out: &mut Vec<u8>) {
     // Straight into bytes: `to_string` goes through `fmt`; the output is
     // the same.
-    let _ = serde_json::to_writer(&mut *out, &EnvelopeOut(envelope));
+    let _ = serde_json::to_writer(&mut *out, envelope);
     out.push(b'\n');
-}
-
-/// Message ids may arrive as strings or numbers; both become text.
-fn id_text(value: Value) -> Option<String> {
-    match value {
-        Value::String(text) => Some(text),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-fn optional_string(value: Option<Value>, key: &str) -> Result<Option<String>, DecodeError> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) => Ok(Some(text)),
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(_) => Err(DecodeError::new(
-            ErrorCode::InvalidMessage,
-            format!("{key} must be a string"),
-        )),
-    }
 }
 
 /// Every message of the protocol.
@@ -312,57 +251,6 @@ impl Message {
         )
     }
 
-    /// The message from its type and its `data` field (absent, `null` or
-    /// an object).
-    fn from_data_value(message_type: &str, data: Option<Value>) -> Result<Message, DecodeError> {
-        let data = match data {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(data)) => data,
-            Some(_) => {
-                return Err(DecodeError::new(
-                    ErrorCode::InvalidMessage,
-                    "data must be a JSON object",
-                ))
-            }
-        };
-        Message::from_parts(message_type, data)
-    }
-
-    fn from_parts(message_type: &str, data: Map<String, Value>) -> Result<Message, DecodeError> {
-        let message = match message_type {
-            "register" => Message::Register(Register::from_data(data)?),
-            "heartbeat" => Message::Heartbeat(Heartbeat::from_data(data)?),
-            "task_result" => Message::TaskResult(parse(data)?),
-            "task_progress" => Message::TaskProgress(parse(data)?),
-            "goodbye" | "unregister" | "disconnect" => Message::Goodbye(parse(data)?),
-            "task_assign" => Message::TaskAssign(parse(data)?),
-            "task_cancel" | "cancel_task" => Message::TaskCancel(parse(data)?),
-            "task_submit" | "submit_task" => Message::TaskSubmit(TaskSubmit::from_data(data)?),
-            "task_status" => Message::TaskStatus(parse(data)?),
-            "task_retry" | "retry_task" => Message::TaskRetry(parse(data)?),
-            "list_tasks" => Message::ListTasks(parse(data)?),
-            "status" | "cluster_status" | "get_cluster_status" => Message::Status,
-            "list_devices" => Message::ListDevices(parse(data)?),
-            "device_info" => Message::DeviceInfo(parse(data)?),
-            "drain_device" | "drain" => Message::DrainDevice(parse(data)?),
-            "subscribe" => Message::Subscribe(parse(data)?),
-            "ack" => Message::Ack(Ack::from_data(data)),
-            "error" => Message::Error(parse(data)?),
-            "event" => Message::Event(parse(data)?),
-            "auth_hello" => Message::AuthHello(parse::<AuthHelloData>(data)?.into_domain()?),
-            "auth_proof" => Message::AuthProof(parse::<AuthProofData>(data)?.into_domain()?),
-            "revoke_device" | "revoke" => Message::RevokeDevice(parse(data)?),
-            other => {
-                return Err(DecodeError::new(
-                    ErrorCode::UnknownMessageType,
-                    format!("unknown message_type {other:?}"),
-                ))
-            }
-        };
-        message.check()?;
-        Ok(message)
-    }
-
     /// The checks serde cannot make, after a message is decoded.
     ///
     /// Every free-form value a peer sends for the master to store or relay
@@ -413,55 +301,17 @@ impl Message {
             _ => Ok(()),
         }
     }
-
-    fn data_value(&self) -> Value {
-        match self {
-            Message::Register(register) => register.to_data(),
-            Message::Heartbeat(heartbeat) => heartbeat.to_data(),
-            Message::TaskResult(result) => to_data(result),
-            Message::TaskProgress(progress) => to_data(progress),
-            Message::Goodbye(goodbye) => to_data(goodbye),
-            Message::TaskAssign(assign) => to_data(assign),
-            Message::TaskCancel(cancel) => to_data(cancel),
-            Message::TaskSubmit(submit) => submit.to_data(),
-            Message::TaskStatus(task) => to_data(task),
-            Message::TaskRetry(task) => to_data(task),
-            Message::ListTasks(list) => to_data(list),
-            Message::Status => json!({}),
-            Message::ListDevices(list) => to_data(list),
-            Message::DeviceInfo(device) => to_data(device),
-            Message::DrainDevice(device) => to_data(device),
-            Message::Subscribe(subscribe) => to_data(subscribe),
-            Message::Ack(ack) => ack.to_data(),
-            Message::Error(error) => to_data(error),
-            Message::Event(event) => to_data(event),
-            Message::AuthHello(hello) => to_data(&AuthHelloData::from_domain(hello)),
-            Message::AuthProof(proof) => json!({ "proof": proof.to_string() }),
-            Message::RevokeDevice(device) => to_data(device),
-        }
-    }
-}
-
-fn parse<T: DeserializeOwned>(data: Map<String, Value>) -> Result<T, DecodeError> {
-    serde_json::from_value(Value::Object(data))
-        .map_err(|err| DecodeError::new(ErrorCode::InvalidMessage, err.to_string()))
-}
-
-fn to_data<T: Serialize>(value: &T) -> Value {
-    // Serializing these plain structs into a Value cannot fail: they hold
-    // only strings, numbers, maps and values with string keys.
-    serde_json::to_value(value).unwrap_or_else(|_| json!({}))
 }
 
 /// `auth_hello` as it is written on the wire.
 #[derive(Debug, Serialize, Deserialize)]
 struct AuthHelloData {
-    method: String,
+    client_nonce: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     device_id: Option<String>,
+    method: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     public_key: Option<String>,
-    client_nonce: String,
 }
 
 impl AuthHelloData {
@@ -680,14 +530,13 @@ struct RegisterWire {
 }
 
 impl Register {
-    fn from_data(data: Map<String, Value>) -> Result<Register, DecodeError> {
-        let wire: RegisterWire = parse(data)?;
+    fn from_wire(wire: RegisterWire) -> Register {
         let info = wire.device_info.unwrap_or_default();
         let hardware = wire.hardware_specs.unwrap_or_default();
         let mut extra = wire.extra;
         extra.extend(info.extra);
         extra.extend(hardware.extra);
-        Ok(Register {
+        Register {
             hostname: info.hostname.or(wire.hostname),
             platform: info.platform.or(wire.platform),
             architecture: info.architecture.or(wire.architecture),
@@ -712,7 +561,7 @@ impl Register {
             running_tasks: wire.running_tasks,
             leases: wire.leases,
             extra,
-        })
+        }
     }
 
     fn to_data(&self) -> Value {
@@ -790,9 +639,8 @@ impl Serialize for Register {
 impl<'de> Deserialize<'de> for Register {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Register, D::Error> {
         // `null` reads as an empty registration, as an absent `data` does.
-        let data = Option::<Map<String, Value>>::deserialize(deserializer)?;
-        Register::from_data(data.unwrap_or_default())
-            .map_err(|err| serde::de::Error::custom(err.detail))
+        let wire = Option::<RegisterWire>::deserialize(deserializer)?;
+        Ok(wire.map(Register::from_wire).unwrap_or_default())
     }
 }
 
@@ -851,10 +699,6 @@ struct HeartbeatWire {
 }
 
 impl Heartbeat {
-    fn from_data(data: Map<String, Value>) -> Result<Heartbeat, DecodeError> {
-        Ok(Heartbeat::from_wire(parse(data)?))
-    }
-
     fn from_wire(wire: HeartbeatWire) -> Heartbeat {
         Heartbeat {
             metrics: wire.system_metrics.or(wire.metrics).unwrap_or_default(),
@@ -867,7 +711,10 @@ impl Heartbeat {
 
     fn to_data(&self) -> Value {
         let mut data = self.extra.clone();
-        data.insert("system_metrics".into(), to_data(&self.metrics));
+        // Metrics hold only numbers and maps with string keys, so they
+        // always serialize.
+        let metrics = serde_json::to_value(&self.metrics).unwrap_or(Value::Null);
+        data.insert("system_metrics".into(), metrics);
         if let Some(status) = &self.status {
             data.insert("status".into(), json!(status));
         }
@@ -884,44 +731,44 @@ impl Heartbeat {
 /// An attempt's outcome, from the worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskResult {
-    /// The task's id.
-    pub task_id: String,
     /// The attempt this result belongs to; older workers omit it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
-    /// How it ended.
-    pub status: ResultStatus,
+    /// A one-line reason for failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// Seconds it ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_time: Option<f64>,
     /// Output, exit code, metrics, …: an object by convention.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub result: Value,
-    /// A one-line reason for failure.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    /// How it ended.
+    pub status: ResultStatus,
+    /// The task's id.
+    pub task_id: String,
 }
 
 /// An attempt's progress, from the worker. Never answered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskProgress {
-    /// The task's id.
-    pub task_id: String,
     /// The attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
-    /// Fraction done, 0.0 to 1.0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fraction: Option<f64>,
     /// Units done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub done: Option<u64>,
-    /// Units in all.
+    /// Fraction done, 0.0 to 1.0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub total: Option<u64>,
+    pub fraction: Option<f64>,
     /// A short message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The task's id.
+    pub task_id: String,
+    /// Units in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
 }
 
 /// A worker leaving on purpose.
@@ -935,21 +782,21 @@ pub struct Goodbye {
 /// The master giving a worker a task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskAssign {
-    /// The task, with its id set.
-    pub task: TaskSpec,
     /// The attempt number; results must carry it back.
     #[serde(default)]
     pub attempt: u32,
+    /// The task, with its id set.
+    pub task: TaskSpec,
 }
 
 /// Stop a task (client → master), or stop an attempt (master → worker).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskCancel {
-    /// The task's id.
-    pub task_id: String,
     /// The attempt to stop (master → worker only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
+    /// The task's id.
+    pub task_id: String,
 }
 
 /// Queue one task or a batch.
@@ -973,10 +820,6 @@ struct TaskSubmitWire {
 pub const MAX_BATCH: usize = 10_000;
 
 impl TaskSubmit {
-    fn from_data(data: Map<String, Value>) -> Result<TaskSubmit, DecodeError> {
-        TaskSubmit::from_wire(parse(data)?)
-    }
-
     fn from_wire(wire: TaskSubmitWire) -> Result<TaskSubmit, DecodeError> {
         let submit = match (wire.task, wire.tasks) {
             (Some(task), None) => TaskSubmit {
@@ -1004,13 +847,6 @@ impl TaskSubmit {
         };
         Ok(submit)
     }
-
-    fn to_data(&self) -> Value {
-        match (self.batch, self.tasks.as_slice()) {
-            (false, [task]) => json!({ "task": task }),
-            _ => json!({ "tasks": self.tasks }),
-        }
-    }
 }
 
 /// Names one task.
@@ -1030,6 +866,13 @@ pub struct DeviceRef {
 /// List tasks.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListTasks {
+    /// Only tasks older than this one: the `next_cursor` of the previous
+    /// page (a task id), to read the next page. Older masters ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
+    /// At most this many, newest first (default 100, at most 1,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
     /// Only tasks in this state. A name that is no state is refused when
     /// the message is decoded (`invalid_message`, naming the states).
     #[serde(
@@ -1038,13 +881,6 @@ pub struct ListTasks {
         deserialize_with = "state_filter"
     )]
     pub state: Option<TaskState>,
-    /// At most this many, newest first (default 100, at most 1,000).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<usize>,
-    /// Only tasks older than this one: the `next_cursor` of the previous
-    /// page (a task id), to read the next page. Older masters ignore it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub before: Option<String>,
 }
 
 /// Reads `list_tasks`'s `state`: a state's wire name, `timeout`, or
@@ -1060,21 +896,21 @@ fn state_filter<'de, D: serde::Deserializer<'de>>(
 /// List devices.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListDevices {
+    /// Only devices registered before this one: the `next_cursor` of the
+    /// previous page (a device id), to read the next page. Older masters
+    /// ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
+    /// At most this many, newest registered first (default 500, at most
+    /// 1,000). Older masters ignore it and send every device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
     /// Only devices of this role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
     /// Only devices with this status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
-    /// At most this many, newest registered first (default 500, at most
-    /// 1,000). Older masters ignore it and send every device.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<usize>,
-    /// Only devices registered before this one: the `next_cursor` of the
-    /// previous page (a device id), to read the next page. Older masters
-    /// ignore it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub before: Option<String>,
 }
 
 /// Stream events on this connection.
@@ -1118,7 +954,33 @@ impl Ack {
         }
     }
 
-    fn from_data(mut data: Map<String, Value>) -> Ack {
+    // Decoding and encoding an ack's `data` are these two functions.
+
+    /// An ack from the text of its `data` object: the design's `result`
+    /// object, any other `result` as `{"value": …}`, or (the older flat
+    /// shape) the other fields of `data` themselves.
+    fn from_data(data: &str) -> Result<Ack, DecodeError> {
+        /// The design's shape (a worker's ack of every assignment), read
+        /// straight into its fields; any other shape, a numeric id or a key
+        /// given twice is read from the object as a map below.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Design {
+            #[serde(default)]
+            original_message_id: Option<String>,
+            result: Map<String, Value>,
+        }
+        if let Ok(Design {
+            original_message_id,
+            result,
+        }) = serde_json::from_str(data)
+        {
+            return Ok(Ack {
+                original_message_id,
+                result: Reply::Fields(result),
+            });
+        }
+        let mut data: Map<String, Value> = serde_json::from_str(data).map_err(decode::invalid)?;
         let original_message_id = data.remove("original_message_id").and_then(id_text);
         let result = match data.remove("result") {
             Some(Value::Object(result)) => result,
@@ -1129,31 +991,32 @@ impl Ack {
             }
             None => data,
         };
-        Ack {
+        Ok(Ack {
             original_message_id,
             result: Reply::Fields(result),
-        }
+        })
     }
 
-    fn to_data(&self) -> Value {
-        json!({
-            "original_message_id": self.original_message_id,
-            "result": self.result,
-        })
+    /// Writes the ack's `data` object, its keys in sorted order.
+    fn write_data<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("original_message_id", &self.original_message_id)?;
+        map.serialize_entry("result", &self.result)?;
+        map.end()
     }
 }
 
 /// A failed reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorReply {
-    /// The request's `message_id`, if it had one.
-    #[serde(default)]
-    pub original_message_id: Option<String>,
-    /// Human-readable explanation.
-    pub error: String,
     /// Machine-readable code.
     #[serde(with = "code_serde")]
     pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub error: String,
+    /// The request's `message_id`, if it had one.
+    #[serde(default)]
+    pub original_message_id: Option<String>,
 }
 
 impl ErrorReply {
@@ -1187,7 +1050,7 @@ mod code_serde {
 }
 
 /// Something that happened, streamed to subscribers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// A task was queued.

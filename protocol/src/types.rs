@@ -140,27 +140,27 @@ impl Requirements {
 /// A task as a client submits it and as the master assigns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
-    /// A client-chosen id makes the submit idempotent; the master picks one
-    /// otherwise. Assignments always carry it.
+    /// How many times a failed attempt is retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub task_id: Option<String>,
-    /// Which handler runs the task (`echo`, `shell`, …).
-    pub task_type: String,
+    pub max_retries: Option<u32>,
     /// Handler input; an object by convention.
     #[serde(default = "empty_object")]
     pub payload: Value,
     /// Scheduling priority.
     #[serde(default)]
     pub priority: Priority,
-    /// Seconds the task may run before it is killed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<f64>,
     /// Where the task may run.
     #[serde(default, skip_serializing_if = "Requirements::is_empty")]
     pub requirements: Requirements,
-    /// How many times a failed attempt is retried.
+    /// A client-chosen id makes the submit idempotent; the master picks one
+    /// otherwise. Assignments always carry it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_retries: Option<u32>,
+    pub task_id: Option<String>,
+    /// Which handler runs the task (`echo`, `shell`, …).
+    pub task_type: String,
+    /// Seconds the task may run before it is killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
 }
 
 fn empty_object() -> Value {

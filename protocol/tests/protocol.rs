@@ -9,12 +9,12 @@
 
 #[path = "protocol/codec.rs"]
 mod codec;
+#[path = "protocol/decoding.rs"]
+mod decoding;
 #[path = "protocol/errors.rs"]
 mod errors;
 #[path = "protocol/examples.rs"]
 mod examples;
-#[path = "protocol/fastpath.rs"]
-mod fastpath;
 #[path = "protocol/nesting.rs"]
 mod nesting;
 #[path = "protocol/roundtrip.rs"]

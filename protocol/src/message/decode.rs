@@ -1,131 +1,250 @@
-//! Decoding a line straight into domain types.
+//! Decoding a line into an [`Envelope`]: the one way every JSON message is
+//! read.
 //!
-//! The reference decoder (`Envelope::decode_value_tree`) parses a line into
-//! a `serde_json::Value` and converts that into the message. For the
-//! messages that arrive once per task (results, the workers' acks of
-//! assignments, batches of submitted tasks) and for heartbeats (one per
-//! worker per second) that tree costs more than the rest of the work, so [`decode_direct`] reads the envelope's fields as
-//! raw JSON text borrowed from the line and deserializes `data` straight
-//! into the message's type.
+//! The envelope's fields are read as raw JSON text borrowed from the line
+//! (a key given twice keeps its last value, as in any JSON object here),
+//! and `data` is deserialized straight into the message's wire struct once
+//! `message_type` says which one, without a `serde_json::Value` tree on the
+//! way (for results, acks, submits and heartbeats that tree would cost more
+//! than the rest of the work).
 //!
-//! It only ever gives the answer the reference decoder gives: whenever
-//! anything is unusual (an error of any kind, a duplicate key inside a
-//! typed `data`, an id sent as a number, a `\ud8..` escape that might be a
-//! lone surrogate, a number that might not fit an `f64`) it declines, and
-//! the caller runs the reference decoder, which then produces the same
-//! message or the same coded error as always. (The last two matter because
-//! the fast path skips the values of unknown keys without reading them,
-//! where the reference decoder refuses such a value anywhere in the line.)
+//! Reading raw text skips the values nobody reads, and serde_json checks
+//! less of what it skips than of what it reads: a lone surrogate escape
+//! (`\ud800`), a number too large for an `f64`, or nesting deeper than its
+//! limit of 128 levels pass unnoticed there. A message with any of those
+//! anywhere is refused as `malformed_json` all the same, so a cheap scan
+//! looks for them first ([`needs_strict_check`]) and the rare line where
+//! one may be is parsed in full once to find out ([`check_strictly`]).
 
 use super::{
-    Ack, Envelope, Heartbeat, HeartbeatWire, Message, TaskResult, TaskSubmit, TaskSubmitWire,
+    Ack, AuthHelloData, AuthProofData, Envelope, Heartbeat, HeartbeatWire, Message, Register,
+    RegisterWire, TaskSubmit, TaskSubmitWire,
 };
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use crate::error::{DecodeError, ErrorCode};
+use serde::de::{Deserialize, DeserializeOwned, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::fmt;
 
-/// Decodes `bytes` without a `Value` tree, or returns `None` when the
-/// reference decoder must decide.
-pub(super) fn decode_direct(bytes: &[u8]) -> Option<Envelope> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    if may_hold_surrogate_escape(text) || may_hold_huge_number(text) {
-        return None;
+/// The nesting at which a line is parsed in full before it is decoded: a
+/// little under serde_json's own limit (a document 128 containers deep is
+/// refused), which the full parse then applies exactly.
+const STRICT_DEPTH: usize = 120;
+
+/// Decodes one JSON frame (without its newline).
+pub(super) fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+    let malformed = |detail: String| {
+        // A line too deep (or too broken) to parse still names the request
+        // when its `message_id` can be found, so that the sender learns
+        // which of its messages was refused (a worker then drops a refused
+        // result instead of resending it).
+        let mut error = DecodeError::new(ErrorCode::MalformedJson, detail);
+        error.message_id = crate::limits::salvage_string(bytes, &["message_id"]);
+        error
+    };
+    // Where raw reading fails, or may pass what it should not, the full
+    // parse names the fault as every document's is named.
+    let strictly = |fallback: String| match check_strictly(bytes) {
+        Err(err) => malformed(err.to_string()),
+        Ok(()) => malformed(fallback),
+    };
+    let text = std::str::from_utf8(bytes)
+        .map_err(|err| strictly(format!("the line is not UTF-8: {err}")))?;
+    if needs_strict_check(text) {
+        if let Err(err) = check_strictly(bytes) {
+            return Err(malformed(err.to_string()));
+        }
     }
-    let raw: RawEnvelope<'_> = serde_json::from_str(text).ok()?;
-    let message_type: &str = serde_json::from_str(raw.message_type?.get()).ok()?;
-    let message_id = match raw.message_id {
-        None => None,
-        // A `null` or numeric id is left to the reference decoder (it
-        // drops the one and turns the other into text).
-        Some(id) => Some(serde_json::from_str::<String>(id.get()).ok()?),
-    };
-    let sender_id = optional_string(raw.sender_id)?;
-    let target_id = match optional_string(raw.target_id)? {
-        Some(id) => Some(id),
-        None => optional_string(raw.receiver_id)?,
-    };
-    let timestamp = optional_string(raw.timestamp)?;
-    let data = match raw.data {
-        None => "{}",
-        Some(data) if data.get() == "null" => "{}",
-        Some(data) if data.get().starts_with('{') => data.get(),
-        Some(_) => return None,
-    };
-    let message = message_from_data(message_type, data)?;
-    Some(Envelope {
-        sender_id,
-        target_id,
-        message_id,
-        timestamp,
-        message,
-    })
+    if !text.trim_start().starts_with('{') {
+        // Valid JSON that is not an object, or not JSON at all.
+        if let Err(err) = check_strictly(bytes) {
+            return Err(malformed(err.to_string()));
+        }
+        return Err(DecodeError::new(
+            ErrorCode::InvalidMessage,
+            "a message must be a JSON object",
+        ));
+    }
+    let raw: RawEnvelope<'_> =
+        serde_json::from_str(text).map_err(|err| strictly(err.to_string()))?;
+    raw.into_envelope()
 }
 
-/// A string field that may be absent or `null`; `None` (decline) for any
-/// other type.
-fn optional_string(raw: Option<&RawValue>) -> Option<Option<String>> {
-    match raw {
-        None => Some(None),
-        Some(raw) => serde_json::from_str::<Option<String>>(raw.get()).ok(),
+/// Whether `text` may hold what reading raw text does not check (see the
+/// module's comment).
+fn needs_strict_check(text: &str) -> bool {
+    may_hold_surrogate_escape(text) || may_hold_huge_number(text) || may_nest_deeply(text)
+}
+
+/// Parses the whole line, as serde_json checks a document it reads.
+fn check_strictly(bytes: &[u8]) -> Result<(), serde_json::Error> {
+    serde_json::from_slice::<Value>(bytes).map(drop)
+}
+
+/// The envelope's fields as raw JSON, borrowed from the line. A key that
+/// appears twice keeps its last value; unknown keys are parsed (so they are
+/// checked like any value) and dropped.
+#[derive(Default)]
+struct RawEnvelope<'a> {
+    message_id: Option<&'a RawValue>,
+    message_type: Option<&'a RawValue>,
+    sender_id: Option<&'a RawValue>,
+    target_id: Option<&'a RawValue>,
+    receiver_id: Option<&'a RawValue>,
+    timestamp: Option<&'a RawValue>,
+    data: Option<&'a RawValue>,
+}
+
+impl RawEnvelope<'_> {
+    /// The envelope: its own fields first, each in a fixed order (so a line
+    /// with several faults always gets the same error), then the message.
+    /// Every error carries the `message_id` once it is read.
+    fn into_envelope(self) -> Result<Envelope, DecodeError> {
+        let message_id = self.message_id.and_then(|raw| id_text(small_value(raw)));
+        let with_id = |mut err: DecodeError| {
+            err.message_id = message_id.clone();
+            err
+        };
+        let message_type = match self.message_type.map(small_value) {
+            Some(Value::String(name)) => name,
+            Some(_) => {
+                return Err(with_id(DecodeError::new(
+                    ErrorCode::InvalidMessage,
+                    "message_type must be a string",
+                )))
+            }
+            None => {
+                return Err(with_id(DecodeError::new(
+                    ErrorCode::InvalidMessage,
+                    "missing message_type",
+                )))
+            }
+        };
+        let sender_id = optional_string(self.sender_id, "sender_id").map_err(with_id)?;
+        let mut target_id = optional_string(self.target_id, "target_id").map_err(with_id)?;
+        if target_id.is_none() {
+            target_id = optional_string(self.receiver_id, "receiver_id").map_err(with_id)?;
+        }
+        let timestamp = optional_string(self.timestamp, "timestamp").map_err(with_id)?;
+        let data = match self.data.map(RawValue::get) {
+            None | Some("null") => "{}",
+            Some(data) if data.starts_with('{') => data,
+            Some(_) => {
+                return Err(with_id(DecodeError::new(
+                    ErrorCode::InvalidMessage,
+                    "data must be a JSON object",
+                )))
+            }
+        };
+        let message = message_from_data(&message_type, data).map_err(with_id)?;
+        Ok(Envelope {
+            sender_id,
+            target_id,
+            message_id,
+            timestamp,
+            message,
+        })
     }
 }
 
-fn message_from_data(message_type: &str, data: &str) -> Option<Message> {
-    let message = match message_type {
-        "task_result" => Message::TaskResult(serde_json::from_str::<TaskResult>(data).ok()?),
-        "ack" => Message::Ack(ack_from_data(data)?),
-        // By far the most frequent message: straight into its wire struct. A
-        // field twice is refused by the struct, so the reference decoder
-        // decides that case (where the last one counts).
-        "heartbeat" => Message::Heartbeat(Heartbeat::from_wire(
-            serde_json::from_str::<HeartbeatWire>(data).ok()?,
+/// A raw envelope field as a value. The text was parsed once already, as
+/// part of the line, so it parses again (the `Null` is never used). A
+/// string, by far the most common, is read as one.
+fn small_value(raw: &RawValue) -> Value {
+    match serde_json::from_str::<String>(raw.get()) {
+        Ok(text) => Value::String(text),
+        Err(_) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+    }
+}
+
+/// Message ids may arrive as strings or numbers; both become text. Any
+/// other id is no id.
+pub(super) fn id_text(value: Value) -> Option<String> {
+    match value {
+        Value::String(text) => Some(text),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A string field of the envelope: absent or `null` is none, a number
+/// becomes its text, anything else is refused.
+fn optional_string(raw: Option<&RawValue>, key: &str) -> Result<Option<String>, DecodeError> {
+    match raw.map(small_value) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(DecodeError::new(
+            ErrorCode::InvalidMessage,
+            format!("{key} must be a string"),
         )),
-        "task_submit" | "submit_task" => {
-            let wire: TaskSubmitWire = serde_json::from_str(data).ok()?;
-            Message::TaskSubmit(TaskSubmit::from_wire(wire).ok()?)
-        }
-        // Every other message is parsed as the reference decoder parses
-        // it, from the object `data` holds.
-        other => {
-            let data: Map<String, Value> = serde_json::from_str(data).ok()?;
-            return Message::from_parts(other, data).ok();
-        }
-    };
-    message.check().ok()?;
-    Some(message)
+    }
 }
 
-/// A worker's `ack`: `original_message_id` and an object `result`, nothing
-/// else (other shapes are left to the reference decoder).
-fn ack_from_data(data: &str) -> Option<Ack> {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct AckWire<'a> {
-        #[serde(default)]
-        original_message_id: Option<String>,
-        #[serde(borrow, default, deserialize_with = "present")]
-        result: Option<&'a RawValue>,
-    }
-    // `Option` would read `null` as absent; here `null` is a value.
-    fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-        <&RawValue>::deserialize(d).map(Some)
-    }
-    let wire: AckWire<'_> = serde_json::from_str(data).ok()?;
-    let result = match wire.result {
-        None => Map::new(),
-        Some(result) if result.get().starts_with('{') => serde_json::from_str(result.get()).ok()?,
-        Some(_) => return None,
+/// The message `message_type` names, from the text of its `data` object.
+fn message_from_data(message_type: &str, data: &str) -> Result<Message, DecodeError> {
+    let message = match message_type {
+        "register" => Message::Register(Register::from_wire(parse::<RegisterWire>(data)?)),
+        "heartbeat" => Message::Heartbeat(Heartbeat::from_wire(parse::<HeartbeatWire>(data)?)),
+        "task_result" => Message::TaskResult(parse(data)?),
+        "task_progress" => Message::TaskProgress(parse(data)?),
+        "goodbye" | "unregister" | "disconnect" => Message::Goodbye(parse(data)?),
+        "task_assign" => Message::TaskAssign(parse(data)?),
+        "task_cancel" | "cancel_task" => Message::TaskCancel(parse(data)?),
+        "task_submit" | "submit_task" => {
+            Message::TaskSubmit(TaskSubmit::from_wire(parse::<TaskSubmitWire>(data)?)?)
+        }
+        "task_status" => Message::TaskStatus(parse(data)?),
+        "task_retry" | "retry_task" => Message::TaskRetry(parse(data)?),
+        "list_tasks" => Message::ListTasks(parse(data)?),
+        // Its data, whatever it holds, says nothing.
+        "status" | "cluster_status" | "get_cluster_status" => Message::Status,
+        "list_devices" => Message::ListDevices(parse(data)?),
+        "device_info" => Message::DeviceInfo(parse(data)?),
+        "drain_device" | "drain" => Message::DrainDevice(parse(data)?),
+        "subscribe" => Message::Subscribe(parse(data)?),
+        "ack" => Message::Ack(Ack::from_data(data)?),
+        "error" => Message::Error(parse(data)?),
+        "event" => Message::Event(parse(data)?),
+        "auth_hello" => Message::AuthHello(parse::<AuthHelloData>(data)?.into_domain()?),
+        "auth_proof" => Message::AuthProof(parse::<AuthProofData>(data)?.into_domain()?),
+        "revoke_device" | "revoke" => Message::RevokeDevice(parse(data)?),
+        other => {
+            return Err(DecodeError::new(
+                ErrorCode::UnknownMessageType,
+                format!("unknown message_type {other:?}"),
+            ))
+        }
     };
-    Some(Ack {
-        original_message_id: wire.original_message_id,
-        result: crate::reply::Reply::Fields(result),
+    message.check()?;
+    Ok(message)
+}
+
+/// Deserializes `data` (an object's text) into its wire struct.
+///
+/// A key given twice keeps its last value, as it does in every JSON object
+/// the protocol reads (the envelope's, or a free-form value's). A derived
+/// struct reads the keys as they come instead: it refuses a field given
+/// twice, or the first bad value of one, even one a later value replaces.
+/// So an object the struct refuses is read once more, as a map (which keeps
+/// the last of each key at every level), and the same struct is read from
+/// that map: it decides, and a refusal names the first bad field in key
+/// order, whatever order the peer wrote them in. Only refused objects pay
+/// for the map.
+fn parse<T: DeserializeOwned>(data: &str) -> Result<T, DecodeError> {
+    serde_json::from_str(data).or_else(|_| {
+        let object: Map<String, Value> = serde_json::from_str(data).map_err(invalid)?;
+        serde_json::from_value(Value::Object(object)).map_err(invalid)
     })
+}
+
+/// A wire struct's error as an `invalid_message`.
+pub(super) fn invalid(err: serde_json::Error) -> DecodeError {
+    DecodeError::new(ErrorCode::InvalidMessage, err.to_string())
 }
 
 /// Whether `text` holds `\u` followed by `d8` to `df`: an escape that may be
-/// half of a surrogate pair. The raw parts of the fast path would pass a
-/// lone one that the reference decoder refuses, so such lines go to it.
+/// half of a surrogate pair, which serde_json checks only where it reads.
 fn may_hold_surrogate_escape(text: &str) -> bool {
     // Most lines hold no backslash at all: look only where there is one.
     let bytes = text.as_bytes();
@@ -135,11 +254,11 @@ fn may_hold_surrogate_escape(text: &str) -> bool {
     })
 }
 
-/// Whether `text` may hold a number too large for an `f64` (the reference
-/// decoder refuses one as `malformed_json`). A number reaches 1e308 only
-/// with about 300 digits before its point or with a positive exponent of
-/// two digits or more, so a line with either goes the longer way (digits
-/// inside strings count too: such a line is only decoded more slowly).
+/// Whether `text` may hold a number too large for an `f64` (refused as
+/// `malformed_json`). A number reaches 1e308 only with about 300 digits
+/// before its point or with a positive exponent of two digits or more, so a
+/// line with either is checked in full (digits inside strings count too:
+/// such a line is only decoded more slowly).
 fn may_hold_huge_number(text: &str) -> bool {
     let bytes = text.as_bytes();
     // A run of 300 digits covers at least 36 whole aligned 8-byte chunks.
@@ -173,18 +292,46 @@ fn all_digits(word: u64) -> bool {
     word & HIGH == THREES && word.wrapping_add(SIXES) & HIGH == THREES
 }
 
-/// The envelope's fields as raw JSON, borrowed from the line. A key that
-/// appears twice keeps its last value, as in a `Value`; unknown keys are
-/// parsed (so they are checked exactly as before) and dropped.
-#[derive(Default)]
-struct RawEnvelope<'a> {
-    message_id: Option<&'a RawValue>,
-    message_type: Option<&'a RawValue>,
-    sender_id: Option<&'a RawValue>,
-    target_id: Option<&'a RawValue>,
-    receiver_id: Option<&'a RawValue>,
-    timestamp: Option<&'a RawValue>,
-    data: Option<&'a RawValue>,
+/// Whether `text` nests [`STRICT_DEPTH`] containers deep or more, outside
+/// strings. Most lines open far fewer containers than that in all, which a
+/// count finds out at once.
+fn may_nest_deeply(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let opened = memchr::memchr2_iter(b'{', b'[', bytes)
+        .take(STRICT_DEPTH)
+        .count();
+    if opened < STRICT_DEPTH {
+        return false;
+    }
+    // One pass, a byte at a time: a call per string (to skip it) would
+    // cost more than the bytes of the short strings most lines hold.
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth >= STRICT_DEPTH {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 impl<'de> Deserialize<'de> for RawEnvelope<'de> {
@@ -261,170 +408,22 @@ impl<'de> Deserialize<'de> for Key {
     }
 }
 
-/// Heartbeats and odd lines: the direct way and the tree agree.
 #[cfg(test)]
-mod heartbeat_tests {
+mod tests {
     use super::*;
-    use crate::error::DecodeError;
-    use proptest::prelude::*;
-
-    /// Decoding through the tree only, as every line was decoded before.
-    fn through_the_tree(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-        Envelope::decode_value_tree(bytes)
-    }
-
-    fn same(line: &str) {
-        assert_eq!(
-            Envelope::decode(line.as_bytes()),
-            through_the_tree(line.as_bytes()),
-            "{line}"
-        );
-    }
-
-    const HEARTBEAT: &str = r#"{"message_type":"heartbeat","sender_id":"sim-1","message_id":"hb-1-7","data":{"active_tasks":0,"status":"online","system_metrics":{"cpu_usage":1.5,"disk_usage":40.2,"load_average":[0.1,0.2,0.3],"memory_usage":30.0,"uptime":7.0}}}"#;
 
     #[test]
-    fn a_heartbeat_is_decoded_without_the_tree_to_the_same_message() {
-        assert!(matches!(
-            decode_direct(HEARTBEAT.as_bytes()),
-            Some(Envelope {
-                message: Message::Heartbeat(_),
-                ..
-            })
-        ));
-        same(HEARTBEAT);
-    }
-
-    #[test]
-    fn every_odd_line_decodes_as_through_the_tree() {
-        for line in [
-            HEARTBEAT,
-            // The older flat shape, extra fields, nulls, numbers as ids.
-            r#"{"message_type":"heartbeat","sender_id":7,"message_id":8,"data":{"metrics":{"cpu_usage":2,"storage_usage":3,"gpu":"x"},"battery":50,"status":null}}"#,
-            r#"{"message_type":"heartbeat","sender_id":"a","data":null}"#,
-            r#"{"message_type":"heartbeat","sender_id":"a"}"#,
-            r#"{"message_type":"heartbeat","sender_id":"a","data":{}}"#,
-            r#"{"message_type":"heartbeat","sender_id":"a","data":[1]}"#,
-            r#"{"message_type":"heartbeat","sender_id":"a","data":"x"}"#,
-            r#" { "data" : { "status" : "draining" } , "message_type" : "heartbeat" } "#,
-            // Bad values inside and outside the data.
-            r#"{"message_type":"heartbeat","sender_id":"a","data":{"active_tasks":1.5}}"#,
-            r#"{"message_type":"heartbeat","sender_id":"a","data":{"active_tasks":-1}}"#,
-            r#"{"message_type":"heartbeat","sender_id":"a","data":{"system_metrics":{"cpu_usage":"high"}}}"#,
-            r#"{"message_type":"heartbeat","sender_id":"a","data":{"system_metrics":{"cpu_usage":1e999}}}"#,
-            r#"{"message_type":"heartbeat","sender_id":"a","data":{"x":1e999}}"#,
-            r#"{"message_type":"heartbeat","sender_id":{"a":1},"data":{}}"#,
-            r#"{"message_type":"heartbeat","message_id":"m","timestamp":5,"data":{}}"#,
-            r#"{"message_type":"heartbeat","target_id":null,"receiver_id":[],"data":{}}"#,
-            r#"{"message_type":7,"message_id":"m"}"#,
-            r#"{"message_id":"m"}"#,
-            r#"{"message_type":"nonsense","message_id":"m","data":{}}"#,
-            r#"{"message_type":"heartbeat","junk":1e999}"#,
-            // A field twice: the last one counts.
-            r#"{"message_type":"status","message_type":"heartbeat","data":{}}"#,
-            r#"{"message_type":"heartbeat","data":{"status":"a","status":"draining"}}"#,
-            r#"{"message_type":"heartbeat","data":{"x":1,"x":2}}"#,
-            r#"{"message_type":"heartbeat","data":{"status":"a"},"data":{"status":"b"}}"#,
-            // Escapes and what skipping would not check.
-            r#"{"message_type":"heart\u0062eat","data":{}}"#,
-            r#"{"message_type":"heartbeat","data":{"status":"\ud800"}}"#,
-            r#"{"message_type":"heartbeat","x":"\ud800","data":{}}"#,
-            r#"{"message_type":"heartbeat","sender_id":"a\"b","data":{}}"#,
-            // Not an object, not JSON, trailing characters.
-            r#"{"message_type":"heartbeat"}{}"#,
-            r#"{"message_type":"heartbeat""#,
-            r#"{"message_type":"heartbeat",}"#,
-            "[1,2]",
-            // Other messages.
-            r#"{"message_type":"status","message_id":"s1"}"#,
-            r#"{"message_type":"task_result","sender_id":"a","data":{"task_id":"t","status":"success","result":{"output":"hi"}}}"#,
-            r#"{"message_type":"ack","data":{"original_message_id":"assign:t:1","result":{"success":true}}}"#,
-        ] {
-            same(line);
-        }
-        // Invalid UTF-8.
-        let mut bytes = HEARTBEAT.as_bytes().to_vec();
-        let at = HEARTBEAT.find("online").expect("status") + 1;
-        bytes[at] = 0xff;
-        assert_eq!(Envelope::decode(&bytes), through_the_tree(&bytes));
-    }
-
-    fn scalar() -> impl Strategy<Value = Value> {
-        prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(Value::from),
-            any::<u32>().prop_map(Value::from),
-            (-1e6f64..1e6).prop_map(Value::from),
-            "[a-z\"\\\\ ]{0,6}".prop_map(Value::from),
-            Just(Value::from("draining")),
-        ]
-    }
-
-    fn json_value() -> impl Strategy<Value = Value> {
-        scalar().prop_recursive(3, 12, 4, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
-                prop::collection::btree_map("[a-z_]{1,6}", inner, 0..4)
-                    .prop_map(|map| Value::Object(map.into_iter().collect())),
-            ]
-        })
-    }
-
-    fn key() -> impl Strategy<Value = String> {
-        prop_oneof![
-            Just("status".to_string()),
-            Just("active_tasks".to_string()),
-            Just("last_activity".to_string()),
-            Just("metrics".to_string()),
-            Just("system_metrics".to_string()),
-            Just("cpu_usage".to_string()),
-            Just("storage_usage".to_string()),
-            Just("disk_usage".to_string()),
-            Just("load_average".to_string()),
-            Just("uptime".to_string()),
-            "[a-z]{1,3}",
-        ]
-    }
-
-    /// A JSON object written out by hand, so that keys may repeat.
-    fn object(depth: u32) -> BoxedStrategy<String> {
-        let value = if depth == 0 {
-            json_value().prop_map(|v| v.to_string()).boxed()
-        } else {
-            prop_oneof![
-                3 => json_value().prop_map(|v| v.to_string()),
-                1 => object(depth - 1),
-            ]
-            .boxed()
-        };
-        prop::collection::vec((key(), value), 0..6)
-            .prop_map(|fields| {
-                let fields: Vec<String> = fields
-                    .into_iter()
-                    .map(|(key, value)| format!("{:?}:{value}", key))
-                    .collect();
-                format!("{{{}}}", fields.join(","))
-            })
-            .boxed()
-    }
-
-    proptest! {
-        #[test]
-        fn any_heartbeat_line_decodes_as_through_the_tree(
-            data in object(1),
-            sender in scalar(),
-            id in scalar(),
-            extra in prop::option::of(json_value()),
-        ) {
-            let mut line = format!(
-                "{{\"message_type\":\"heartbeat\",\"sender_id\":{sender},\"message_id\":{id},\"data\":{data}"
-            );
-            if let Some(extra) = extra {
-                line.push_str(&format!(",\"x\":{extra}"));
-            }
-            line.push('}');
-            prop_assert_eq!(Envelope::decode(line.as_bytes()), through_the_tree(line.as_bytes()), "{}", line);
-        }
+    fn the_depth_scan_skips_strings_and_counts_only_containers() {
+        let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(!may_nest_deeply(&nested(STRICT_DEPTH - 1)));
+        assert!(may_nest_deeply(&nested(STRICT_DEPTH)));
+        // Many containers side by side are not deep.
+        let wide = format!("[{}]", vec!["{}"; 1000].join(","));
+        assert!(!may_nest_deeply(&wide));
+        // Brackets inside strings, escaped quotes included, are text.
+        let quoted = format!(r#"["\"{}"]"#, "[".repeat(500));
+        assert!(!may_nest_deeply(&quoted));
+        let after = format!(r#"["\\",{}]"#, nested(STRICT_DEPTH));
+        assert!(may_nest_deeply(&after));
     }
 }

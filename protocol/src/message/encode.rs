@@ -1,75 +1,80 @@
-//! Writing messages straight to bytes.
+//! Writing messages: the one `Serialize` of the envelope and of each
+//! message's `data`.
 //!
-//! The wire layout is the one `Envelope::to_value` gives: every object's
-//! keys in sorted order, because a `serde_json::Map` is sorted. The
-//! messages the master sends for every task (acks, errors, events and
-//! assignments) are written here field by field in that order, so the bytes
-//! stay exactly what they were without building a `Value` tree per message.
-//! The other messages are rare and go through their `Value`.
+//! The wire layout writes every object's keys in sorted order (the order a
+//! `serde_json::Map` keeps, which is what the first encoder wrote and what
+//! existing peers and tests compare byte for byte). The wire structs
+//! declare their fields in that order, so the derived `Serialize` writes
+//! straight to bytes in it; the few messages that carry fields of their
+//! own choosing (`register`, `heartbeat`) build a sorted map of their
+//! `data`, and an event, whose `event` tag sits among its fields, is
+//! written field by field.
 
-use super::{Envelope, Event, Message};
-use crate::types::{Requirements, TaskSpec, TaskView};
-use serde::ser::{Error as _, Serialize, SerializeMap, Serializer};
+use super::{AuthHelloData, Envelope, Event, Message};
+use serde::ser::{Serialize, SerializeMap, Serializer};
 
-/// An envelope in its wire layout.
-pub(super) struct EnvelopeOut<'a>(pub(super) &'a Envelope);
-
-impl Serialize for EnvelopeOut<'_> {
+impl Serialize for Envelope {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let envelope = self.0;
         let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("data", &DataOut(&envelope.message))?;
-        if let Some(id) = &envelope.message_id {
+        map.serialize_entry("data", &self.message)?;
+        if let Some(id) = &self.message_id {
             map.serialize_entry("message_id", id)?;
         }
-        map.serialize_entry("message_type", envelope.message.message_type())?;
-        map.serialize_entry("sender_id", &envelope.sender_id)?;
-        map.serialize_entry("target_id", &envelope.target_id)?;
-        if let Some(timestamp) = &envelope.timestamp {
+        map.serialize_entry("message_type", self.message.message_type())?;
+        map.serialize_entry("sender_id", &self.sender_id)?;
+        map.serialize_entry("target_id", &self.target_id)?;
+        if let Some(timestamp) = &self.timestamp {
             map.serialize_entry("timestamp", timestamp)?;
         }
         map.end()
     }
 }
 
-/// A message's `data` object.
-struct DataOut<'a>(&'a Message);
-
-impl Serialize for DataOut<'_> {
+/// A message serializes as its `data` object.
+impl Serialize for Message {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            Message::Ack(ack) => {
-                let mut map = serializer.serialize_map(Some(2))?;
-                map.serialize_entry("original_message_id", &ack.original_message_id)?;
-                map.serialize_entry("result", &ack.result)?;
+        match self {
+            Message::Register(register) => register.to_data().serialize(serializer),
+            Message::Heartbeat(heartbeat) => heartbeat.to_data().serialize(serializer),
+            Message::TaskResult(result) => result.serialize(serializer),
+            Message::TaskProgress(progress) => progress.serialize(serializer),
+            Message::Goodbye(goodbye) => goodbye.serialize(serializer),
+            Message::TaskAssign(assign) => assign.serialize(serializer),
+            Message::TaskCancel(cancel) => cancel.serialize(serializer),
+            Message::TaskSubmit(submit) => {
+                let mut map = serializer.serialize_map(Some(1))?;
+                match (submit.batch, submit.tasks.as_slice()) {
+                    (false, [task]) => map.serialize_entry("task", task)?,
+                    _ => map.serialize_entry("tasks", &submit.tasks)?,
+                }
                 map.end()
             }
-            Message::Error(error) => {
-                let mut map = serializer.serialize_map(Some(3))?;
-                map.serialize_entry("code", error.code.as_str())?;
-                map.serialize_entry("error", &error.error)?;
-                map.serialize_entry("original_message_id", &error.original_message_id)?;
+            Message::TaskStatus(task) | Message::TaskRetry(task) => task.serialize(serializer),
+            Message::ListTasks(list) => list.serialize(serializer),
+            Message::Status => serializer.serialize_map(Some(0))?.end(),
+            Message::ListDevices(list) => list.serialize(serializer),
+            Message::DeviceInfo(device)
+            | Message::DrainDevice(device)
+            | Message::RevokeDevice(device) => device.serialize(serializer),
+            Message::Subscribe(subscribe) => subscribe.serialize(serializer),
+            Message::Ack(ack) => ack.write_data(serializer),
+            Message::Error(error) => error.serialize(serializer),
+            Message::Event(event) => event.serialize(serializer),
+            Message::AuthHello(hello) => AuthHelloData::from_domain(hello).serialize(serializer),
+            Message::AuthProof(proof) => {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("proof", &proof.to_string())?;
                 map.end()
             }
-            Message::TaskAssign(assign) => {
-                let mut map = serializer.serialize_map(Some(2))?;
-                map.serialize_entry("attempt", &assign.attempt)?;
-                map.serialize_entry("task", &SpecOut(&assign.task))?;
-                map.end()
-            }
-            Message::Event(event) => EventOut(event).serialize(serializer),
-            other => other.data_value().serialize(serializer),
         }
     }
 }
 
 /// An event: its fields and the `event` tag, in sorted order.
-struct EventOut<'a>(&'a Event);
-
-impl Serialize for EventOut<'_> {
+impl Serialize for Event {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
-        match self.0 {
+        match self {
             Event::TaskSubmitted { task_id, task_type } => {
                 map.serialize_entry("event", "task_submitted")?;
                 map.serialize_entry("task_id", task_id)?;
@@ -96,7 +101,7 @@ impl Serialize for EventOut<'_> {
             }
             Event::TaskFinished { task } => {
                 map.serialize_entry("event", "task_finished")?;
-                map.serialize_entry("task", &ViewOut(task))?;
+                map.serialize_entry("task", task)?;
             }
             Event::DeviceEnrolled {
                 device_id,
@@ -126,53 +131,6 @@ impl Serialize for EventOut<'_> {
     }
 }
 
-/// A task as submitted or assigned, in sorted order.
-struct SpecOut<'a>(&'a TaskSpec);
-
-impl Serialize for SpecOut<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let spec = self.0;
-        let mut map = serializer.serialize_map(None)?;
-        optional(&mut map, "max_retries", &spec.max_retries)?;
-        map.serialize_entry("payload", &spec.payload)?;
-        map.serialize_entry("priority", &spec.priority)?;
-        requirements(&mut map, &spec.requirements)?;
-        optional(&mut map, "task_id", &spec.task_id)?;
-        map.serialize_entry("task_type", &spec.task_type)?;
-        optional(&mut map, "timeout", &spec.timeout)?;
-        map.end()
-    }
-}
-
-/// A task view, in sorted order.
-struct ViewOut<'a>(&'a TaskView);
-
-impl Serialize for ViewOut<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let view = self.0;
-        let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("attempt", &view.attempt)?;
-        optional(&mut map, "device_id", &view.device_id)?;
-        optional(&mut map, "error", &view.error)?;
-        optional(&mut map, "execution_time", &view.execution_time)?;
-        optional(&mut map, "exit_code", &view.exit_code)?;
-        optional(&mut map, "finished_at", &view.finished_at)?;
-        map.serialize_entry("max_retries", &view.max_retries)?;
-        map.serialize_entry("payload", &view.payload)?;
-        map.serialize_entry("priority", &view.priority)?;
-        requirements(&mut map, &view.requirements)?;
-        optional(&mut map, "result", &view.result)?;
-        optional(&mut map, "retry_at", &view.retry_at)?;
-        optional(&mut map, "started_at", &view.started_at)?;
-        map.serialize_entry("state", &view.state)?;
-        map.serialize_entry("submitted_at", &view.submitted_at)?;
-        map.serialize_entry("task_id", &view.task_id)?;
-        map.serialize_entry("task_type", &view.task_type)?;
-        optional(&mut map, "timeout", &view.timeout)?;
-        map.end()
-    }
-}
-
 /// Writes `key` only when `value` is set, as `skip_serializing_if =
 /// "Option::is_none"` does.
 fn optional<M: SerializeMap, T: Serialize>(
@@ -184,14 +142,4 @@ fn optional<M: SerializeMap, T: Serialize>(
         Some(value) => map.serialize_entry(key, value),
         None => Ok(()),
     }
-}
-
-/// Writes `requirements` unless it is empty. Requirements are rare and
-/// small, so they go through their `Value`, which sorts their keys.
-fn requirements<M: SerializeMap>(map: &mut M, requirements: &Requirements) -> Result<(), M::Error> {
-    if requirements.is_empty() {
-        return Ok(());
-    }
-    let value = serde_json::to_value(requirements).map_err(M::Error::custom)?;
-    map.serialize_entry("requirements", &value)
 }

@@ -31,13 +31,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, RecvError};
-use protocol::{Envelope, ResultStatus, TaskProgress, TaskResult};
+use protocol::{EncodedEnvelope, ResultStatus, TaskProgress, TaskResult};
 
 use crate::device::profile::MetricsSampler;
 use crate::link::backoff::{connection_earned_fresh_backoff, Backoff};
 use crate::link::connection::{connect, Connection, Incoming};
 use crate::link::StopHandle;
-use crate::session::{DeviceProfile, Session, SessionConfig, SessionEvent, StoredResult};
+use crate::session::{DeviceProfile, Outgoing, Session, SessionConfig, SessionEvent, StoredResult};
 use crate::state::outbox::Outbox;
 use crate::tasks::exec::CancelToken;
 use crate::tasks::pool::{Job, Pool, PoolClosed, Runner};
@@ -414,8 +414,18 @@ impl Client {
             let mut to_save = Vec::new();
             while let Some(event) = self.session.poll_event() {
                 match event {
-                    SessionEvent::SaveResult { message_id, result } => {
-                        to_save.push((message_id, result));
+                    SessionEvent::SaveResult {
+                        message_id,
+                        task_id,
+                        attempt,
+                        line,
+                    } => {
+                        to_save.push(ToSave {
+                            message_id,
+                            task_id,
+                            attempt,
+                            line,
+                        });
                     }
                     other => {
                         self.save_results(std::mem::take(&mut to_save));
@@ -424,7 +434,7 @@ impl Client {
                 }
             }
             self.save_results(to_save);
-            let outgoing: Vec<Envelope> =
+            let outgoing: Vec<Outgoing> =
                 std::iter::from_fn(|| self.session.poll_transmit()).collect();
             if outgoing.is_empty() {
                 return;
@@ -476,9 +486,17 @@ impl Client {
                 }
             }
             SessionEvent::Reconnect { reason } => self.disconnect(&reason),
-            SessionEvent::SaveResult { message_id, result } => {
-                self.save_results(vec![(message_id, result)])
-            }
+            SessionEvent::SaveResult {
+                message_id,
+                task_id,
+                attempt,
+                line,
+            } => self.save_results(vec![ToSave {
+                message_id,
+                task_id,
+                attempt,
+                line,
+            }]),
             SessionEvent::ForgetResult { message_id } => self.outbox.remove(&message_id),
             SessionEvent::PinMasterKey { key } => {
                 let device_id = self.session.device_id().to_string();
@@ -499,23 +517,23 @@ impl Client {
     /// Makes results durable before they are sent, all with one flush. A result that
     /// cannot be saved is still sent and kept in memory until acknowledged; only a
     /// restart of the worker before the ack can lose it then.
-    fn save_results(&mut self, batch: Vec<(String, TaskResult)>) {
+    fn save_results(&mut self, batch: Vec<ToSave>) {
         if batch.is_empty() {
             return;
         }
         let failed = self.outbox.save_all(
             batch
                 .iter()
-                .map(|(message_id, result)| (message_id.as_str(), result)),
+                .map(|save| (save.message_id.as_str(), save.line.as_bytes())),
         );
         for (message_id, error) in failed {
-            let Some((_, result)) = batch.iter().find(|(id, _)| *id == message_id) else {
+            let Some(save) = batch.iter().find(|save| save.message_id == message_id) else {
                 continue;
             };
             log::error!(
                 "could not keep the result of {} attempt {} in {}: {error}; it is held in memory only until the master acknowledges it",
-                result.task_id,
-                result.attempt.unwrap_or(0),
+                save.task_id,
+                save.attempt,
                 self.outbox.dir().display()
             );
         }
@@ -637,6 +655,15 @@ impl Client {
             }
         }
     }
+}
+
+/// A result to make durable, as [`SessionEvent::SaveResult`] gives it.
+struct ToSave {
+    message_id: String,
+    task_id: String,
+    attempt: u32,
+    /// The line that is saved, and sent as it is.
+    line: EncodedEnvelope,
 }
 
 #[cfg(test)]
@@ -792,6 +819,22 @@ mod tests {
     }
 
     /// The results waiting in the outbox of `state`, as a reader of the disk sees them.
+    /// Every line of the outbox's logs, as JSON.
+    fn saved_lines(state: &Path) -> Vec<Value> {
+        let dir = state.join("test-worker").join("outbox");
+        let mut lines = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("the outbox dir") {
+            let bytes = std::fs::read(entry.expect("an entry").path()).expect("a log");
+            for line in bytes
+                .split(|&byte| byte == b'\n')
+                .filter(|line| !line.is_empty())
+            {
+                lines.push(serde_json::from_slice(line).expect("a JSON line"));
+            }
+        }
+        lines
+    }
+
     fn outbox_results(state: &Path) -> Vec<StoredResult> {
         Outbox::peek(state, "test-worker").expect("the outbox can be read")
     }
@@ -864,11 +907,23 @@ mod tests {
         // It was on disk before it was sent.
         let stored = outbox_results(state.path());
         assert_eq!(stored.len(), 1, "{stored:?}");
-        let mut envelope = Envelope::new(protocol::Message::TaskResult(stored[0].result.clone()));
+        let mut envelope =
+            protocol::Envelope::new(protocol::Message::TaskResult(stored[0].result.clone()));
         envelope.message_id = Some(stored[0].message_id.clone());
         let on_disk: Value = serde_json::from_slice(&envelope.to_line()).expect("JSON");
         assert_eq!(on_disk["message_id"], unacked["message_id"]);
         assert_eq!(on_disk["data"], unacked["data"]);
+        // The log holds the very line that was sent, but for the timestamp of the send.
+        let mut sent_line = unacked.clone();
+        sent_line
+            .as_object_mut()
+            .expect("an object")
+            .remove("timestamp")
+            .expect("a timestamp");
+        assert!(
+            saved_lines(state.path()).contains(&sent_line),
+            "{sent_line} is not in the outbox's logs"
+        );
         drop(master);
 
         // Second connection: re-register, listing the finished but

@@ -13,6 +13,8 @@ use crossbeam_channel::{Receiver, Sender};
 use protocol::{DecodeError, Envelope, Frame, LineCodec, DEFAULT_MAX_LINE};
 use serde_json::Value;
 
+use crate::session::Outgoing;
+
 /// How long one connection attempt (per resolved address) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -65,14 +67,24 @@ impl Connection {
         })
     }
 
-    /// Writes `envelopes` in one go, each stamped with the current time.
-    pub(super) fn write(&mut self, envelopes: Vec<Envelope>) -> io::Result<()> {
+    /// Writes `outgoing` in one go, each stamped with the current time: a message is
+    /// encoded here, a result's line (encoded once, when it was saved) is written as it
+    /// is, with the `timestamp` inserted.
+    pub(super) fn write(&mut self, outgoing: Vec<Outgoing>) -> io::Result<()> {
         let timestamp = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         let mut bytes = Vec::new();
-        for mut envelope in envelopes {
-            log::trace!("sending {}", envelope.message.message_type());
-            envelope.timestamp = Some(timestamp.clone());
-            bytes.extend_from_slice(&envelope.to_line());
+        for item in outgoing {
+            match item {
+                Outgoing::Message(mut envelope) => {
+                    log::trace!("sending {}", envelope.message.message_type());
+                    envelope.timestamp = Some(timestamp.clone());
+                    bytes.extend_from_slice(&envelope.to_line());
+                }
+                Outgoing::Encoded(line) => {
+                    log::trace!("sending a saved line");
+                    line.write_stamped(&timestamp, &mut bytes);
+                }
+            }
         }
         self.stream.write_all(&bytes)?;
         self.stream.flush()
@@ -137,32 +149,26 @@ fn read_loop(mut stream: TcpStream, incoming: &Sender<Incoming>) {
 /// Decodes one JSON frame, keeping its `message_type` when the rest is invalid so that
 /// the session can tell whether the sender expects a reply.
 fn decode_frame(bytes: &[u8]) -> Incoming {
-    let value: Value = match serde_json::from_slice(bytes) {
-        Ok(value) => value,
-        Err(_) => {
-            return match Envelope::decode(bytes) {
-                Ok(envelope) => Incoming::Message(Box::new(envelope)),
-                // Too deep (or too broken) to parse: its type is found
-                // leniently, so that an assignment is still refused by its
-                // id (the decoder found that the same way) and its task
-                // does not wait on a slot that is not taken.
-                Err(error) => Incoming::Undecodable {
-                    error,
-                    message_type: protocol::limits::salvage_string(bytes, &["message_type"]),
-                },
-            };
-        }
-    };
-    let message_type = value
-        .get("message_type")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    match Envelope::from_value(value) {
+    match Envelope::decode(bytes) {
         Ok(envelope) => Incoming::Message(Box::new(envelope)),
-        Err(error) => Incoming::Undecodable {
-            error,
-            message_type,
-        },
+        Err(error) => {
+            // Only a refused frame is read a second time, for its type: from the
+            // document when it parses (the last `message_type` counts, as in the
+            // decoder), else leniently, so that a line too deep (or too broken) to
+            // parse is still refused by its id (the decoder found that the same way)
+            // and its task does not wait on a slot that is not taken.
+            let message_type = match serde_json::from_slice::<Value>(bytes) {
+                Ok(value) => value
+                    .get("message_type")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                Err(_) => protocol::limits::salvage_string(bytes, &["message_type"]),
+            };
+            Incoming::Undecodable {
+                error,
+                message_type,
+            }
+        }
     }
 }
 

@@ -6,7 +6,8 @@
 //! uses the moment it started; tests use simulated time), and then drains what the
 //! session wants done:
 //!
-//! - [`Session::poll_transmit`]: envelopes to write to the master, in order;
+//! - [`Session::poll_transmit`]: messages to write to the master, in order ([`Outgoing`]:
+//!   an envelope, or a result's line encoded once);
 //! - [`Session::poll_event`]: tasks to start or cancel, and connections to give up on;
 //! - [`Session::poll_timeout`]: when to call [`Session::handle_timeout`] next.
 //!
@@ -18,14 +19,17 @@
 //! asks the caller to make each result durable ([`SessionEvent::SaveResult`], see
 //! [`crate::state::outbox`]) before it is sent, and to delete it once it is settled
 //! ([`SessionEvent::ForgetResult`]); results saved by an earlier run of the worker come
-//! back through [`Session::restore_outbox`].
+//! back through [`Session::restore_outbox`]. A result is encoded once, when it enters
+//! the outbox ([`EncodedEnvelope`]): the caller saves those bytes and writes them to the
+//! socket (stamped with the time of each write) on every send.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use protocol::{
-    Ack, DecodeError, Envelope, ErrorCode, ErrorReply, Goodbye, Heartbeat, Message, Metrics,
-    Register, RunningTask, TaskAssign, TaskCancel, TaskProgress, TaskResult, TaskSpec,
+    Ack, DecodeError, EncodedEnvelope, Envelope, ErrorCode, ErrorReply, Goodbye, Heartbeat,
+    Message, Metrics, Register, RunningTask, TaskAssign, TaskCancel, TaskProgress, TaskResult,
+    TaskSpec,
 };
 use serde_json::{json, Map, Value};
 
@@ -115,8 +119,13 @@ pub enum SessionEvent {
     SaveResult {
         /// The id the result is sent with, every time.
         message_id: String,
-        /// The result.
-        result: TaskResult,
+        /// The task, for the log.
+        task_id: String,
+        /// The attempt, for the log.
+        attempt: u32,
+        /// The `task_result` line, exactly the bytes that are sent (but for the
+        /// `timestamp` each write adds).
+        line: EncodedEnvelope,
     },
     /// A result left the outbox (the master acknowledged it, or refused it for good):
     /// delete its durable copy.
@@ -158,13 +167,29 @@ enum Link {
     Registered,
 }
 
+/// Something for the caller to write to the master.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    /// A message: stamp its `timestamp` and encode it (boxed: it is far larger than
+    /// a line).
+    Message(Box<Envelope>),
+    /// A result, encoded once when it entered the outbox: write these bytes with the
+    /// `timestamp` stamped in ([`EncodedEnvelope::write_stamped`]).
+    Encoded(EncodedEnvelope),
+}
+
 /// A finished task's result waiting for the master's ack.
 #[derive(Debug, Clone, PartialEq)]
 struct OutboxEntry {
     /// The id of the `task_result` message; the same on every resend, so an ack for
     /// any transmission settles it.
     message_id: String,
-    result: TaskResult,
+    /// The task the result is for.
+    task_id: String,
+    /// The attempt it is for (older results may lack one).
+    attempt: Option<u32>,
+    /// The `task_result` envelope, encoded once: saved and sent as these bytes.
+    line: EncodedEnvelope,
     /// The master refused it with a retryable error: send it again at the next
     /// heartbeat.
     resend_at_heartbeat: bool,
@@ -182,7 +207,7 @@ pub struct Session {
     /// Attempts accepted and not yet reported finished, as (task id, attempt).
     running: BTreeSet<(String, u32)>,
     outbox: Vec<OutboxEntry>,
-    transmit: VecDeque<Envelope>,
+    transmit: VecDeque<Outgoing>,
     events: VecDeque<SessionEvent>,
     next_message_seq: u64,
     /// Leaving gracefully: no new tasks, heartbeats say `draining`.
@@ -244,7 +269,8 @@ impl Session {
     /// Puts results that an earlier run of the worker saved (and the master never
     /// acknowledged) back in the outbox, to be sent after the next register ack under
     /// their old message ids. They are already durable: no
-    /// [`SessionEvent::SaveResult`] is emitted for them.
+    /// [`SessionEvent::SaveResult`] is emitted for them. Each is encoded once here, with
+    /// this device as its sender (a line an older worker saved has none).
     pub fn restore_outbox(&mut self, stored: Vec<StoredResult>) {
         for StoredResult { message_id, result } in stored {
             if self
@@ -254,11 +280,24 @@ impl Session {
             {
                 continue;
             }
-            self.outbox.push(OutboxEntry {
-                message_id,
-                result,
-                resend_at_heartbeat: false,
-            });
+            let entry = self.outbox_entry(message_id, result);
+            self.outbox.push(entry);
+        }
+    }
+
+    /// A result's outbox entry: the result encoded once, under `message_id`.
+    fn outbox_entry(&self, message_id: String, result: TaskResult) -> OutboxEntry {
+        let task_id = result.task_id.clone();
+        let attempt = result.attempt;
+        let envelope = Envelope::new(Message::TaskResult(result))
+            .from_sender(self.config.device_id.clone())
+            .with_id(message_id.clone());
+        OutboxEntry {
+            message_id,
+            task_id,
+            attempt,
+            line: EncodedEnvelope::new(&envelope),
+            resend_at_heartbeat: false,
         }
     }
 
@@ -287,8 +326,8 @@ impl Session {
             attempt: *attempt,
         });
         let finished = self.outbox.iter().filter_map(|entry| {
-            entry.result.attempt.map(|attempt| RunningTask {
-                task_id: entry.result.task_id.clone(),
+            entry.attempt.map(|attempt| RunningTask {
+                task_id: entry.task_id.clone(),
                 attempt,
             })
         });
@@ -499,14 +538,13 @@ impl Session {
             );
             return;
         }
-        let entry = OutboxEntry {
-            message_id: self.new_message_id("res"),
-            result,
-            resend_at_heartbeat: false,
-        };
+        let message_id = self.new_message_id("res");
+        let entry = self.outbox_entry(message_id, result);
         self.events.push_back(SessionEvent::SaveResult {
             message_id: entry.message_id.clone(),
-            result: entry.result.clone(),
+            task_id: entry.task_id.clone(),
+            attempt,
+            line: entry.line.clone(),
         });
         if self.link == Link::Registered {
             self.push_result(&entry);
@@ -621,8 +659,8 @@ impl Session {
         }
     }
 
-    /// The next envelope to write to the master.
-    pub fn poll_transmit(&mut self) -> Option<Envelope> {
+    /// The next message to write to the master.
+    pub fn poll_transmit(&mut self) -> Option<Outgoing> {
         self.transmit.pop_front()
     }
 
@@ -687,8 +725,8 @@ impl Session {
             let recorded = ack.result.fields().get("recorded").and_then(Value::as_bool);
             log::debug!(
                 "the master acknowledged the result of {} attempt {}{}",
-                entry.result.task_id,
-                entry.result.attempt.unwrap_or(0),
+                entry.task_id,
+                entry.attempt.unwrap_or(0),
                 if recorded == Some(false) {
                     " (discarded: the attempt was no longer current)"
                 } else {
@@ -782,7 +820,7 @@ impl Session {
                 let entry = &mut self.outbox[position];
                 log::warn!(
                     "the master could not take the result of {} yet ({}: {}); it will be sent again",
-                    entry.result.task_id,
+                    entry.task_id,
                     error.code,
                     error.error
                 );
@@ -792,8 +830,8 @@ impl Session {
                 let entry = self.outbox.remove(position);
                 log::error!(
                     "the master rejected the result of {} attempt {}: {} ({}); dropping it",
-                    entry.result.task_id,
-                    entry.result.attempt.unwrap_or(0),
+                    entry.task_id,
+                    entry.attempt.unwrap_or(0),
                     error.error,
                     error.code
                 );
@@ -851,9 +889,10 @@ impl Session {
             }
         };
         let key = (task_id.clone(), attempt);
-        let already_finished = self.outbox.iter().any(|entry| {
-            entry.result.task_id == task_id && entry.result.attempt.unwrap_or(0) == attempt
-        });
+        let already_finished = self
+            .outbox
+            .iter()
+            .any(|entry| entry.task_id == task_id && entry.attempt.unwrap_or(0) == attempt);
         if self.running.contains(&key) || already_finished {
             // The master sent the same attempt again (its first assign's ack was lost
             // with a connection): confirm it without running the task twice.
@@ -953,14 +992,13 @@ impl Session {
     fn push(&mut self, message: Message, message_id: Option<String>) {
         let mut envelope = Envelope::new(message).from_sender(self.config.device_id.clone());
         envelope.message_id = message_id;
-        self.transmit.push_back(envelope);
+        self.transmit
+            .push_back(Outgoing::Message(Box::new(envelope)));
     }
 
     fn push_result(&mut self, entry: &OutboxEntry) {
-        self.push(
-            Message::TaskResult(entry.result.clone()),
-            Some(entry.message_id.clone()),
-        );
+        self.transmit
+            .push_back(Outgoing::Encoded(entry.line.clone()));
     }
 
     fn push_heartbeat(&mut self, live: LiveMetrics) {
@@ -1105,8 +1143,17 @@ mod tests {
         }
     }
 
+    /// What the session wrote, each as the master reads it.
     fn sent(session: &mut Session) -> Vec<Envelope> {
-        std::iter::from_fn(|| session.poll_transmit()).collect()
+        std::iter::from_fn(|| session.poll_transmit())
+            .map(|outgoing| match outgoing {
+                Outgoing::Message(envelope) => *envelope,
+                Outgoing::Encoded(line) => {
+                    let bytes = line.as_bytes();
+                    Envelope::decode(&bytes[..bytes.len() - 1]).expect("a result's line decodes")
+                }
+            })
+            .collect()
     }
 
     fn events(session: &mut Session) -> Vec<SessionEvent> {
@@ -1757,7 +1804,13 @@ mod tests {
             events(&mut session),
             vec![SessionEvent::SaveResult {
                 message_id: result_id.clone(),
-                result: finished("t-1", 4),
+                task_id: "t-1".into(),
+                attempt: 4,
+                line: EncodedEnvelope::new(
+                    &Envelope::new(Message::TaskResult(finished("t-1", 4)))
+                        .from_sender(session.device_id())
+                        .with_id(result_id.clone())
+                ),
             }]
         );
         // A retryable refusal keeps it (on disk too); a final one forgets it.
@@ -1803,6 +1856,9 @@ mod tests {
         let resent = only(sent(&mut session));
         assert_eq!(id_of(&resent), "res-old-7");
         assert!(matches!(&resent.message, Message::TaskResult(r) if r.attempt == Some(2)));
+        // Restored (perhaps from a line an older worker saved without a sender), it is
+        // sent from this device, as every message is.
+        assert_eq!(resent.sender_id.as_deref(), Some(session.device_id()));
         assert!(events(&mut session).is_empty(), "already on disk");
         // The same attempt assigned again is confirmed without running it twice.
         session.handle_message(secs(0.2), assign("t-7", "echo", 2));

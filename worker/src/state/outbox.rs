@@ -16,8 +16,12 @@
 //!       log-00000000000000000007.jsonl   one outbox; results go into append-only logs
 //! ```
 //!
-//! A log holds one line per result (the `task_result` line exactly as sent) and one line
-//! `{"forget":"MESSAGE_ID"}` per result of it the master acknowledged.
+//! A log holds one line per result and one line `{"forget":"MESSAGE_ID"}` per result of
+//! it the master acknowledged. A result's line is its `task_result` envelope exactly as
+//! it is sent, but for the `timestamp` each send adds: the session encodes a result once
+//! ([`protocol::EncodedEnvelope`]), and the same bytes are saved here and written to the
+//! socket. Reading a log back decodes each line; lines older workers wrote (without a
+//! `sender_id`) read the same way.
 //!
 //! **Group commit.** [`Outbox::save_all`] appends every result it is given with one
 //! `write` and one `fdatasync`, however many there are: the worker hands it all the
@@ -69,7 +73,7 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use protocol::{Envelope, Message, TaskResult};
+use protocol::{Envelope, Message};
 
 use crate::session::StoredResult;
 use crate::state::try_lock;
@@ -379,9 +383,9 @@ impl Outbox {
         self.disk.n_flushes
     }
 
-    /// Writes `result` durably under `message_id`; see [`Outbox::save_all`].
-    pub fn save(&mut self, message_id: &str, result: &TaskResult) -> Result<(), SaveError> {
-        match self.save_all([(message_id, result)]).pop() {
+    /// Writes `line` durably under `message_id`; see [`Outbox::save_all`].
+    pub fn save(&mut self, message_id: &str, line: &[u8]) -> Result<(), SaveError> {
+        match self.save_all([(message_id, line)]).pop() {
             Some((_, error)) => Err(error),
             None => Ok(()),
         }
@@ -390,15 +394,19 @@ impl Outbox {
     /// Writes every result durably under its message id, with one write and one flush
     /// for the whole batch. Returns the ones that could not be saved, each with why; the
     /// rest are on disk when this returns. Saving an id already saved is a no-op.
+    ///
+    /// Each result comes as its `task_result` line, exactly as it is sent
+    /// ([`protocol::EncodedEnvelope`]: the session encodes a result once, and those
+    /// bytes are both saved here and written to the socket); it is stored as it is.
     pub fn save_all<'a>(
         &mut self,
-        batch: impl IntoIterator<Item = (&'a str, &'a TaskResult)>,
+        batch: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     ) -> Vec<(String, SaveError)> {
         let mut failed = Vec::new();
-        let mut lines: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut lines: Vec<(String, &[u8])> = Vec::new();
         let mut in_batch = HashSet::new();
         let mut n_batch_bytes = 0;
-        for (message_id, result) in batch {
+        for (message_id, line) in batch {
             if self.waiting.contains_key(message_id) || in_batch.contains(message_id) {
                 continue;
             }
@@ -409,9 +417,6 @@ impl Outbox {
                 ));
                 continue;
             }
-            let mut envelope = Envelope::new(Message::TaskResult(result.clone()));
-            envelope.message_id = Some(message_id.to_string());
-            let line = envelope.to_line();
             let size = line.len() as u64;
             if self.waiting.len() + lines.len() >= MAX_RESULTS
                 || self.n_waiting_bytes + n_batch_bytes + size > MAX_BYTES
@@ -516,7 +521,7 @@ impl Outbox {
 
     /// Appends the lines to the current log (a new one when there is none) with one
     /// write and one flush, and records them as waiting.
-    fn append(&mut self, lines: &[(String, Vec<u8>)]) -> io::Result<()> {
+    fn append(&mut self, lines: &[(String, &[u8])]) -> io::Result<()> {
         let mut log = match self.current.take() {
             Some(log) => log,
             None => self.create_log()?,
@@ -998,7 +1003,7 @@ fn is_safe_message_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::ResultStatus;
+    use protocol::{EncodedEnvelope, ResultStatus, TaskResult};
     use serde_json::json;
 
     fn result(task_id: &str, attempt: u32) -> TaskResult {
@@ -1010,6 +1015,32 @@ mod tests {
             result: json!({"output": format!("out of {task_id}"), "exit_code": 0}),
             error: None,
         }
+    }
+
+    /// Saving as the worker does: each result's line, encoded once under its id.
+    trait Put {
+        fn put(&mut self, message_id: &str, result: &TaskResult) -> Result<(), SaveError>;
+        fn put_all(&mut self, batch: &[(&str, &TaskResult)]) -> Vec<(String, SaveError)>;
+    }
+
+    impl Put for Outbox {
+        fn put(&mut self, message_id: &str, result: &TaskResult) -> Result<(), SaveError> {
+            self.save(message_id, encoded(message_id, result).as_bytes())
+        }
+
+        fn put_all(&mut self, batch: &[(&str, &TaskResult)]) -> Vec<(String, SaveError)> {
+            let lines: Vec<(&str, EncodedEnvelope)> = batch
+                .iter()
+                .map(|(id, result)| (*id, encoded(id, result)))
+                .collect();
+            self.save_all(lines.iter().map(|(id, line)| (*id, line.as_bytes())))
+        }
+    }
+
+    fn encoded(message_id: &str, result: &TaskResult) -> EncodedEnvelope {
+        EncodedEnvelope::new(
+            &Envelope::new(Message::TaskResult(result.clone())).with_id(message_id),
+        )
     }
 
     fn stored(message_id: &str, task_id: &str, attempt: u32) -> StoredResult {
@@ -1057,10 +1088,10 @@ mod tests {
         let state = tempfile::tempdir().expect("temp dir");
         let (mut outbox, loaded) = Outbox::open(state.path(), "pi").expect("open");
         assert!(loaded.is_empty());
-        outbox.save("res-a-1", &result("t-1", 1)).expect("save");
-        outbox.save("res-a-2", &result("t-2", 3)).expect("save");
+        outbox.put("res-a-1", &result("t-1", 1)).expect("save");
+        outbox.put("res-a-2", &result("t-2", 3)).expect("save");
         outbox
-            .save("res-a-2", &result("t-2", 3))
+            .put("res-a-2", &result("t-2", 3))
             .expect("saving twice is a no-op");
         assert_eq!(outbox.len(), 2);
         outbox.remove("res-a-1");
@@ -1095,7 +1126,7 @@ mod tests {
         let one = result("t-1", 1);
         let two = result("t-2", 1);
         let three = result("t-3", 2);
-        let failed = outbox.save_all([
+        let failed = outbox.put_all(&[
             ("res-b-1", &one),
             ("../escape", &two),
             ("res-b-3", &three),
@@ -1110,7 +1141,7 @@ mod tests {
         assert_eq!(file_names(outbox.dir()).len(), 1);
         assert_eq!(peeked_ids(state.path()), ["res-b-1", "res-b-3"]);
         // An empty batch writes nothing.
-        assert!(outbox.save_all([]).is_empty());
+        assert!(outbox.put_all(&[]).is_empty());
         assert_eq!(outbox.len(), 2);
     }
 
@@ -1208,7 +1239,7 @@ mod tests {
             for idx in 0..5 {
                 let id = format!("res-c-{round:02}{idx:03}");
                 outbox
-                    .save(&id, &result(&format!("t-{round}-{idx}"), 1))
+                    .put(&id, &result(&format!("t-{round}-{idx}"), 1))
                     .expect("save");
                 if idx == 0 {
                     pinned.push(id);
@@ -1261,15 +1292,15 @@ mod tests {
     fn a_forget_line_cut_short_by_a_full_disk_loses_no_later_result() {
         let state = tempfile::tempdir().expect("temp dir");
         let (mut outbox, _) = Outbox::open(state.path(), "pi").expect("open");
-        outbox.save("res-a-1", &result("t-1", 1)).expect("save");
-        outbox.save("res-a-2", &result("t-2", 1)).expect("save");
+        outbox.put("res-a-1", &result("t-1", 1)).expect("save");
+        outbox.put("res-a-2", &result("t-2", 1)).expect("save");
         // The disk fills up in the middle of the forget line for res-a-1.
         outbox.disk.space_left = Some(5);
         outbox.remove("res-a-1");
         // Space again: the next results must not follow the partial line.
         outbox.disk.space_left = None;
-        outbox.save("res-a-3", &result("t-3", 1)).expect("save");
-        outbox.save("res-a-4", &result("t-4", 1)).expect("save");
+        outbox.put("res-a-3", &result("t-3", 1)).expect("save");
+        outbox.put("res-a-4", &result("t-4", 1)).expect("save");
         outbox.remove("res-a-4");
         assert_eq!(outbox.n_bytes_on_disk(), real_bytes(outbox.dir()));
         drop(outbox);
@@ -1284,11 +1315,11 @@ mod tests {
     fn a_save_that_fails_half_way_is_reported_and_the_next_one_starts_a_new_log() {
         let state = tempfile::tempdir().expect("temp dir");
         let (mut outbox, _) = Outbox::open(state.path(), "pi").expect("open");
-        outbox.save("res-a-1", &result("t-1", 1)).expect("save");
+        outbox.put("res-a-1", &result("t-1", 1)).expect("save");
         outbox.disk.space_left = Some(30);
         let one = result("t-2", 1);
         let two = result("t-3", 1);
-        let failed = outbox.save_all([("res-a-2", &one), ("res-a-3", &two)]);
+        let failed = outbox.put_all(&[("res-a-2", &one), ("res-a-3", &two)]);
         assert_eq!(failed.len(), 2);
         for (_, error) in &failed {
             match error {
@@ -1298,7 +1329,7 @@ mod tests {
         }
         assert_eq!(outbox.len(), 1);
         outbox.disk.space_left = None;
-        outbox.save("res-a-4", &result("t-4", 1)).expect("save");
+        outbox.put("res-a-4", &result("t-4", 1)).expect("save");
         outbox.remove("res-a-1");
         assert_eq!(outbox.len(), 1);
         assert_eq!(outbox.n_bytes_on_disk(), real_bytes(outbox.dir()));
@@ -1330,7 +1361,7 @@ mod tests {
                 ["log-00000000000000000003.jsonl", "res-old-1.json"]
             );
             outbox.disk.space_left = None;
-            outbox.save("res-z-1", &result("t-z1", 1)).expect("save");
+            outbox.put("res-z-1", &result("t-z1", 1)).expect("save");
         }
         let (_outbox, loaded) = Outbox::open(state.path(), "pi").expect("reopen");
         assert_eq!(ids(&loaded), ["res-old-1", "res-y-1", "res-y-2", "res-z-1"]);
@@ -1351,7 +1382,7 @@ mod tests {
         let save = |outbox: &mut Outbox, round: usize, idx: usize| {
             let id = format!("res-c-{round:02}{idx:03}");
             outbox
-                .save(&id, &result(&format!("t-{round}-{idx}"), 1))
+                .put(&id, &result(&format!("t-{round}-{idx}"), 1))
                 .expect("save");
             id
         };
@@ -1399,7 +1430,7 @@ mod tests {
         let (mut outbox, _) = Outbox::open(state.path(), "pi").expect("open");
         // Pretend the disk already holds nearly the most bytes allowed.
         outbox.n_waiting_bytes = MAX_BYTES - 10;
-        match outbox.save("res-a-1", &result("t-1", 1)) {
+        match outbox.put("res-a-1", &result("t-1", 1)) {
             Err(SaveError::Full { .. }) => {}
             other => panic!("expected Full, got {other:?}"),
         }
@@ -1413,7 +1444,7 @@ mod tests {
             outbox.waiting.insert(format!("fake-{idx}"), nowhere);
         }
         // One more fits; in a batch of two, the second does not.
-        let failed = outbox.save_all([
+        let failed = outbox.put_all(&[
             ("res-a-1", &result("t-1", 1)),
             ("res-a-2", &result("t-2", 1)),
         ]);
@@ -1421,7 +1452,7 @@ mod tests {
         assert_eq!(failed[0].0, "res-a-2");
         assert!(matches!(failed[0].1, SaveError::Full { .. }));
         assert!(matches!(
-            outbox.save("../escape", &result("t-1", 1)),
+            outbox.put("../escape", &result("t-1", 1)),
             Err(SaveError::BadId(_))
         ));
     }
