@@ -1,10 +1,15 @@
 //! What the master and the worker daemons both ask of the operating system.
 //!
-//! [`set_keepalive`] makes the kernel notice a peer that vanished without closing, and
-//! [`watch_signals`] runs the thread that turns SIGINT and SIGTERM into a stop. Both
+//! [`set_keepalive`] makes the kernel notice a peer that vanished without closing,
+//! [`watch_signals`] runs the thread that turns SIGINT and SIGTERM into a stop,
+//! [`logging`] writes lines journald understands when systemd runs the daemon, and
+//! [`notify`] speaks systemd's notify protocol (readiness, status, watchdog). Both
 //! daemons need exactly these, with the same numbers, so they live here once. The crate
-//! is deliberately tiny: it depends on `socket2` and `signal-hook` only, both pure Rust
-//! over the C library's system calls, so the worker still cross-builds to static musl.
+//! is deliberately small: `socket2`, `signal-hook` and `sd-notify` are pure Rust over the
+//! C library's system calls, so the worker still cross-builds to static musl.
+
+pub mod logging;
+pub mod notify;
 
 use std::io;
 use std::os::fd::AsFd;

@@ -266,9 +266,10 @@ fn at_least(flag: &str, value: usize, minimum: usize) -> anyhow::Result<usize> {
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    daemon::logging::init();
     if let Err(err) = real_main() {
-        eprintln!("retire-master: error: {err:#}");
+        let prefix = daemon::logging::stderr_prefix(log::Level::Error);
+        eprintln!("{prefix}retire-master: error: {err:#}");
         std::process::exit(1);
     }
 }

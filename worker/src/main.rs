@@ -129,13 +129,14 @@ fn parse_seconds(text: &str) -> Result<Duration, DurationError> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    daemon::logging::init();
     let args = Args::parse();
     protect_join_token(args.token.is_some());
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("retire-worker: error: {error:#}");
+            let prefix = daemon::logging::stderr_prefix(log::Level::Error);
+            eprintln!("{prefix}retire-worker: error: {error:#}");
             ExitCode::FAILURE
         }
     }

@@ -1,0 +1,299 @@
+//! The master under systemd: the shipped unit files pass `systemd-analyze verify`, the
+//! real binary speaks the notify protocol to a socket the test owns, and it logs with
+//! journald's priority prefixes when its standard error is the journal.
+
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use tests::launch::{master_command, wait_listening};
+use tests::{bin, signal, PATIENCE};
+
+/// What to install when `systemd-analyze` is missing.
+const INSTALL_SCRIPT: &str = "scripts/install-test-deps";
+
+/// The repository's `deploy/systemd/` folder.
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("deploy")
+        .join("systemd")
+}
+
+/// The `KEY=VALUE` lines of a unit file, in order (comments and sections left out).
+fn directives(unit: &str) -> Vec<(String, String)> {
+    unit.lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#') && !line.starts_with('['))
+        .filter_map(|line| line.split_once('='))
+        .map(|(key, value)| (key.trim().to_string(), value.trim().to_string()))
+        .collect()
+}
+
+/// `systemd-analyze` (Debian's `systemd` package), or a failure that says how to get it:
+/// a test that needs it never passes without it.
+fn systemd_analyze() -> Command {
+    let found = Command::new("systemd-analyze")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    assert!(
+        found,
+        "systemd-analyze is missing (Debian package `systemd`): run {INSTALL_SCRIPT} \
+         (as root), which installs what the tests need"
+    );
+    Command::new("systemd-analyze")
+}
+
+/// Both units as shipped, with only the path of the binary in `ExecStart=` pointed at
+/// the one this build made (verify checks that it exists and is executable), pass
+/// `systemd-analyze verify` without a word of complaint.
+#[test]
+fn the_shipped_units_pass_systemd_analyze_verify() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mut units = Vec::new();
+    for (unit, binary) in [
+        ("retire-master.service", "retire-master"),
+        ("retire-worker.service", "retire-worker"),
+    ] {
+        let shipped = std::fs::read_to_string(deploy_dir().join(unit)).expect("read the unit");
+        let installed = format!("/usr/local/bin/{binary}");
+        assert!(
+            shipped.contains(&format!("ExecStart={installed} ")),
+            "{unit} starts {installed}"
+        );
+        let path = dir.path().join(unit);
+        let built = bin(binary);
+        std::fs::write(
+            &path,
+            shipped.replace(&installed, &built.display().to_string()),
+        )
+        .expect("write the unit");
+        units.push(path);
+    }
+    let output = systemd_analyze()
+        .arg("verify")
+        .arg("--man=no")
+        .args(&units)
+        .output()
+        .expect("run systemd-analyze verify");
+    let complaints = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && complaints.trim().is_empty(),
+        "systemd-analyze verify: {:?}\n{complaints}",
+        output.status
+    );
+}
+
+/// The hardening the issue asks for is in the units as shipped, and stays there.
+#[test]
+fn the_shipped_units_are_hardened() {
+    let check = |unit: &str, key: &str, expect: &str| {
+        let text = std::fs::read_to_string(deploy_dir().join(unit)).expect("read the unit");
+        let values: Vec<String> = directives(&text)
+            .into_iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v)
+            .collect();
+        assert!(
+            values.iter().any(|value| value == expect),
+            "{unit}: {key}={expect} expected, found {values:?}"
+        );
+    };
+    for (unit, state) in [
+        ("retire-master.service", "retire-cluster"),
+        ("retire-worker.service", "retire-worker"),
+    ] {
+        check(unit, "StateDirectory", state);
+        check(unit, "ProtectSystem", "strict");
+        check(unit, "ProtectHome", "yes");
+        check(unit, "PrivateTmp", "yes");
+        check(unit, "NoNewPrivileges", "yes");
+        check(unit, "Restart", "on-failure");
+    }
+    let master = "retire-master.service";
+    check(master, "Type", "notify");
+    check(master, "WatchdogSec", "30s");
+    check(master, "User", "retire");
+    check(master, "LimitNOFILE", "65536");
+    check(
+        master,
+        "RestrictAddressFamilies",
+        "AF_INET AF_INET6 AF_UNIX",
+    );
+    check(master, "SystemCallFilter", "@system-service");
+    let worker = "retire-worker.service";
+    check(
+        worker,
+        "SystemCallFilter",
+        "@system-service landlock_create_ruleset landlock_add_rule landlock_restrict_self",
+    );
+    check(
+        worker,
+        "RestrictAddressFamilies",
+        "AF_INET AF_INET6 AF_UNIX AF_NETLINK",
+    );
+}
+
+/// A started master, killed when the test ends however it ends, so a failing test
+/// leaves no process behind.
+struct Started(Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A datagram the master sent to the notify socket, one `KEY=VALUE` per line.
+fn next_datagram(socket: &UnixDatagram) -> Vec<String> {
+    let mut buf = vec![0u8; 4096];
+    let len = socket
+        .recv(&mut buf)
+        .expect("a notification within the patience");
+    String::from_utf8_lossy(&buf[..len])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The real master with `NOTIFY_SOCKET` pointing at a datagram socket this test owns and
+/// a watchdog of 200 ms: it says READY=1 with a status line naming its address, then
+/// WATCHDOG=1 from its loop, and STOPPING=1 when it is told to stop, in that order.
+#[test]
+fn the_master_speaks_the_notify_protocol() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    socket
+        .set_read_timeout(Some(PATIENCE))
+        .expect("a read timeout");
+    let mut command = Command::new(bin("retire-master"));
+    master_command(&mut command, "127.0.0.1:0", &dir.path().join("data"))
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000")
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::inherit());
+    let mut master = Started(command.spawn().expect("start retire-master"));
+    let child = &mut master.0;
+    let addr = wait_listening(child, PATIENCE).expect("retire-master listens");
+
+    let ready = next_datagram(&socket);
+    assert!(ready.contains(&"READY=1".to_string()), "{ready:?}");
+    let status = format!("STATUS=serving on {addr}: 0 workers online, 0 queued");
+    assert!(ready.contains(&status), "{ready:?}");
+
+    let ping = next_datagram(&socket);
+    assert_eq!(ping, ["WATCHDOG=1"]);
+
+    signal(child.id(), 15);
+    let mut seen = Vec::new();
+    let stopping = loop {
+        let datagram = next_datagram(&socket);
+        if datagram.contains(&"STOPPING=1".to_string()) {
+            break datagram;
+        }
+        // Only pings may come between the first one and the stop.
+        assert_eq!(datagram, ["WATCHDOG=1"], "after {seen:?}");
+        seen.push(datagram);
+    };
+    assert!(
+        stopping
+            .iter()
+            .any(|line| line.starts_with("STATUS=stopping")),
+        "{stopping:?}"
+    );
+    let exit = child.wait().expect("wait for retire-master");
+    assert!(exit.success(), "{exit:?}");
+    // Nothing follows STOPPING=1: no ping from a loop that has stopped.
+    socket.set_nonblocking(true).expect("non-blocking");
+    let mut buf = [0u8; 512];
+    assert!(
+        socket.recv(&mut buf).is_err(),
+        "a datagram after STOPPING=1"
+    );
+}
+
+/// Runs the real master with standard error in a file, `JOURNAL_STREAM` naming that
+/// file (`journal`) or another stream, and returns what it logged. With `listen`, it
+/// runs until it listens and is then stopped with SIGTERM; without, it fails at once.
+fn logged(journal: bool, args: &[&str], listen: bool) -> String {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let log = dir.path().join("stderr");
+    let file = std::fs::File::create(&log).expect("create the log");
+    let meta = file.metadata().expect("the log's metadata");
+    let stream = if journal {
+        format!("{}:{}", meta.dev(), meta.ino())
+    } else {
+        // Inherited from a unit, but this standard error is not the journal.
+        format!("{}:{}", meta.dev(), meta.ino() + 1)
+    };
+    let mut command = Command::new(bin("retire-master"));
+    master_command(&mut command, "127.0.0.1:0", &dir.path().join("data"))
+        .args(args)
+        .env("JOURNAL_STREAM", stream)
+        .env("RUST_LOG", "info")
+        .stderr(file);
+    let mut master = Started(command.spawn().expect("start retire-master"));
+    let child = &mut master.0;
+    if listen {
+        wait_listening(child, PATIENCE).expect("retire-master listens");
+        signal(child.id(), 15);
+    }
+    let exit = child.wait().expect("wait for retire-master");
+    assert_eq!(exit.success(), listen, "{exit:?}");
+    std::fs::read_to_string(&log).expect("read the log")
+}
+
+/// Whether `line` holds an RFC 3339 date such as `2026-12-07T13:54:08`.
+fn has_timestamp(line: &str) -> bool {
+    line.as_bytes().windows(11).any(|w| {
+        w[..4].iter().all(u8::is_ascii_digit)
+            && w[4] == b'-'
+            && w[5..7].iter().all(u8::is_ascii_digit)
+            && w[7] == b'-'
+            && w[8..10].iter().all(u8::is_ascii_digit)
+            && w[10] == b'T'
+    })
+}
+
+/// On the journal every line starts with its syslog priority and has no timestamp, so
+/// `journalctl -p warning` finds the warnings; anywhere else the lines are as before.
+#[test]
+fn on_the_journal_lines_carry_priorities_and_no_timestamp() {
+    let warning = "authentication is off";
+    let info = "stopped cleanly";
+    let serve = ["--no-auth"];
+    let fail = ["--heartbeat-interval", "5", "--heartbeat-timeout", "1"];
+    let error = "retire-master: error: --heartbeat-timeout must be longer";
+
+    let journal = logged(true, &serve, true);
+    assert!(!journal.trim().is_empty());
+    for line in journal.lines() {
+        let priority = line
+            .strip_prefix('<')
+            .and_then(|rest| rest.split_once('>'))
+            .and_then(|(n, _)| n.parse::<u8>().ok());
+        assert!(priority.is_some_and(|n| n <= 7), "no priority: {line:?}");
+        assert!(!has_timestamp(line), "a timestamp: {line:?}");
+    }
+    let has = |text: &str, prefix: &str, words: &str| {
+        text.lines()
+            .any(|line| line.starts_with(prefix) && line.contains(words))
+    };
+    assert!(has(&journal, "<4>", warning), "{journal}");
+    assert!(has(&journal, "<6>", info), "{journal}");
+    let failed = logged(true, &fail, false);
+    assert!(has(&failed, &format!("<3>{error}"), ""), "{failed}");
+
+    let elsewhere = logged(false, &serve, true);
+    for line in elsewhere.lines() {
+        assert!(line.starts_with('[') && has_timestamp(line), "{line:?}");
+    }
+    assert!(has(&elsewhere, "[", warning), "{elsewhere}");
+    let failed = logged(false, &fail, false);
+    assert!(has(&failed, error, ""), "{failed}");
+}
