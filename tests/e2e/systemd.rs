@@ -87,6 +87,33 @@ fn the_shipped_units_pass_systemd_analyze_verify() {
     );
 }
 
+/// The shipped sysusers file creates the `retire` user the master's unit runs as:
+/// `systemd-sysusers` applies it to an empty root in a temp dir.
+#[test]
+fn the_sysusers_file_creates_the_masters_user() {
+    systemd_analyze();
+    let root = tempfile::tempdir().expect("a temp dir");
+    std::fs::create_dir(root.path().join("etc")).expect("etc");
+    let output = Command::new("systemd-sysusers")
+        .arg(format!("--root={}", root.path().display()))
+        .arg(deploy_dir().join("retire-cluster.sysusers"))
+        .output()
+        .expect("run systemd-sysusers (Debian package `systemd`)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let passwd = std::fs::read_to_string(root.path().join("etc/passwd")).expect("etc/passwd");
+    let user = passwd
+        .lines()
+        .find(|line| line.starts_with("retire:"))
+        .unwrap_or_else(|| panic!("no retire user in {passwd:?}"));
+    let fields: Vec<&str> = user.split(':').collect();
+    assert_eq!(fields.get(5), Some(&"/var/lib/retire-cluster"), "{user}");
+    assert_eq!(fields.get(6), Some(&"/usr/sbin/nologin"), "{user}");
+}
+
 /// The hardening the issue asks for is in the units as shipped, and stays there.
 #[test]
 fn the_shipped_units_are_hardened() {
