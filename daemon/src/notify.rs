@@ -37,6 +37,8 @@ pub struct Notifier {
     last_status: String,
     /// Whether a send already failed (logged once, not on every turn).
     failed: bool,
+    /// Whether STOPPING=1 was sent: nothing but it is sent afterwards.
+    stopped: bool,
 }
 
 impl Notifier {
@@ -58,6 +60,7 @@ impl Notifier {
             next_status: None,
             last_status: String::new(),
             failed: false,
+            stopped: false,
         }
     }
 
@@ -70,6 +73,7 @@ impl Notifier {
             next_status: None,
             last_status: String::new(),
             failed: false,
+            stopped: false,
         }
     }
 
@@ -86,7 +90,7 @@ impl Notifier {
     /// Says `READY=1` with a first status line, and starts the watchdog pings and status
     /// updates that [`Notifier::tick`] sends.
     pub fn ready(&mut self, now: Instant, status: &str) {
-        if !self.enabled {
+        if !self.enabled || self.stopped {
             return;
         }
         self.send(&[
@@ -128,11 +132,13 @@ impl Notifier {
         }
     }
 
-    /// Says `STOPPING=1` with a last status line; no more pings or status lines follow.
+    /// Says `STOPPING=1` with a last status line; nothing follows it (no ping, status
+    /// line or READY=1), and a second call sends nothing.
     pub fn stopping(&mut self, status: &str) {
-        if !self.enabled {
+        if !self.enabled || self.stopped {
             return;
         }
+        self.stopped = true;
         self.send(&[
             sd_notify::NotifyState::Stopping,
             sd_notify::NotifyState::Status(status),

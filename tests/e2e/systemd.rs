@@ -7,7 +7,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use tests::launch::{master_command, wait_listening};
-use tests::{bin, signal, PATIENCE};
+use tests::{bin, signal, text_command, MasterProcess, WorkerOptions, WorkerProcess, PATIENCE};
 
 /// What to install when `systemd-analyze` is missing.
 const INSTALL_SCRIPT: &str = "scripts/install-test-deps";
@@ -139,10 +139,10 @@ fn the_shipped_units_are_hardened() {
         check(unit, "PrivateTmp", "yes");
         check(unit, "NoNewPrivileges", "yes");
         check(unit, "Restart", "on-failure");
+        check(unit, "Type", "notify");
+        check(unit, "WatchdogSec", "30s");
     }
     let master = "retire-master.service";
-    check(master, "Type", "notify");
-    check(master, "WatchdogSec", "30s");
     check(master, "User", "retire");
     check(master, "LimitNOFILE", "65536");
     check(
@@ -187,17 +187,61 @@ fn next_datagram(socket: &UnixDatagram) -> Vec<String> {
         .collect()
 }
 
+/// A notify socket bound in `dir`, owned by the test, and its path.
+fn notify_socket(dir: &Path) -> (UnixDatagram, PathBuf) {
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+    socket
+        .set_read_timeout(Some(PATIENCE))
+        .expect("a read timeout");
+    (socket, path)
+}
+
+/// Checks that the first datagram says READY=1 with the `status` line, and the next
+/// one is a watchdog ping.
+fn ready_then_ping(socket: &UnixDatagram, status: &str) {
+    let ready = next_datagram(socket);
+    assert!(ready.contains(&"READY=1".to_string()), "{ready:?}");
+    assert!(ready.iter().any(|line| line == status), "{ready:?}");
+    assert_eq!(next_datagram(socket), ["WATCHDOG=1"]);
+}
+
+/// Waits for the datagram with `STOPPING=1` and a `STATUS=stopping…` line, allowing
+/// only watchdog pings before it.
+fn until_stopping(socket: &UnixDatagram) {
+    loop {
+        let datagram = next_datagram(socket);
+        if datagram.contains(&"STOPPING=1".to_string()) {
+            assert!(
+                datagram
+                    .iter()
+                    .any(|line| line.starts_with("STATUS=stopping")),
+                "{datagram:?}"
+            );
+            return;
+        }
+        assert_eq!(datagram, ["WATCHDOG=1"], "only pings come before the stop");
+    }
+}
+
+/// Checks that nothing followed STOPPING=1 once the process exited: no ping from a
+/// loop that has stopped.
+fn assert_silent(socket: &UnixDatagram) {
+    socket.set_nonblocking(true).expect("non-blocking");
+    let mut buf = [0u8; 512];
+    assert!(
+        socket.recv(&mut buf).is_err(),
+        "a datagram after STOPPING=1"
+    );
+}
+
 /// The real master with `NOTIFY_SOCKET` pointing at a datagram socket this test owns and
 /// a watchdog of 200 ms: it says READY=1 with a status line naming its address, then
 /// WATCHDOG=1 from its loop, and STOPPING=1 when it is told to stop, in that order.
 #[test]
 fn the_master_speaks_the_notify_protocol() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let socket_path = dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
-    socket
-        .set_read_timeout(Some(PATIENCE))
-        .expect("a read timeout");
+    let (socket, socket_path) = notify_socket(dir.path());
     let mut command = Command::new(bin("retire-master"));
     master_command(&mut command, "127.0.0.1:0", &dir.path().join("data"))
         .env("NOTIFY_SOCKET", &socket_path)
@@ -208,40 +252,50 @@ fn the_master_speaks_the_notify_protocol() {
     let child = &mut master.0;
     let addr = wait_listening(child, PATIENCE).expect("retire-master listens");
 
-    let ready = next_datagram(&socket);
-    assert!(ready.contains(&"READY=1".to_string()), "{ready:?}");
-    let status = format!("STATUS=serving on {addr}: 0 workers online, 0 queued");
-    assert!(ready.contains(&status), "{ready:?}");
-
-    let ping = next_datagram(&socket);
-    assert_eq!(ping, ["WATCHDOG=1"]);
+    ready_then_ping(
+        &socket,
+        &format!("STATUS=serving on {addr}: 0 workers online, 0 queued"),
+    );
 
     signal(child.id(), 15);
-    let mut seen = Vec::new();
-    let stopping = loop {
-        let datagram = next_datagram(&socket);
-        if datagram.contains(&"STOPPING=1".to_string()) {
-            break datagram;
-        }
-        // Only pings may come between the first one and the stop.
-        assert_eq!(datagram, ["WATCHDOG=1"], "after {seen:?}");
-        seen.push(datagram);
-    };
-    assert!(
-        stopping
-            .iter()
-            .any(|line| line.starts_with("STATUS=stopping")),
-        "{stopping:?}"
-    );
+    until_stopping(&socket);
     let exit = child.wait().expect("wait for retire-master");
     assert!(exit.success(), "{exit:?}");
-    // Nothing follows STOPPING=1: no ping from a loop that has stopped.
-    socket.set_nonblocking(true).expect("non-blocking");
-    let mut buf = [0u8; 512];
-    assert!(
-        socket.recv(&mut buf).is_err(),
-        "a datagram after STOPPING=1"
+    assert_silent(&socket);
+}
+
+/// The real worker with `NOTIFY_SOCKET` and a 200 ms watchdog: READY=1 once it has
+/// registered (the master lists it by then), with a status line naming its master and
+/// id, then WATCHDOG=1 from its main loop, and STOPPING=1 when told to stop.
+#[test]
+fn the_worker_says_ready_once_registered_and_pings_from_its_loop() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let master = MasterProcess::start(&dir.path().join("data"));
+    let (socket, socket_path) = notify_socket(dir.path());
+    let options = WorkerOptions {
+        env: vec![
+            ("NOTIFY_SOCKET".into(), socket_path.display().to_string()),
+            ("WATCHDOG_USEC".into(), "200000".into()),
+        ],
+        ..WorkerOptions::default()
+    };
+    let mut worker = WorkerProcess::start_with(master.addr, "under-systemd", 1, &[], options);
+
+    ready_then_ping(
+        &socket,
+        &format!(
+            "STATUS=registered with {} as under-systemd: 0 tasks running",
+            master.addr
+        ),
     );
+    let devices = text_command(master.addr, "devices");
+    assert!(devices.contains("under-systemd"), "{devices}");
+
+    signal(worker.pid(), 15);
+    until_stopping(&socket);
+    let exit = worker.wait_exit().expect("the worker stops");
+    assert!(exit.success(), "{exit:?}");
+    assert_silent(&socket);
 }
 
 /// Runs the real master with standard error in a file, `JOURNAL_STREAM` naming that

@@ -220,6 +220,7 @@ fn run(mut args: Args) -> anyhow::Result<()> {
         state_dir: args.state_dir,
         drain_timeout: args.drain_timeout,
         token,
+        notify: true,
     };
     config.validate().context("invalid configuration")?;
     println!("retire-worker: joining master {} as {device_id}", args.join);
