@@ -7,7 +7,10 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use tests::launch::{master_command, wait_listening};
-use tests::{bin, signal, text_command, MasterProcess, WorkerOptions, WorkerProcess, PATIENCE};
+use tests::{
+    bin, retire, shared_dir, signal, text_command, tokens_for, MasterProcess, WorkerOptions,
+    WorkerProcess, PATIENCE,
+};
 
 /// What to install when `systemd-analyze` is missing.
 const INSTALL_SCRIPT: &str = "scripts/install-test-deps";
@@ -414,4 +417,123 @@ fn on_the_journal_lines_carry_priorities_and_no_timestamp() {
     assert!(has(&elsewhere, "[", warning), "{elsewhere}");
     let failed = logged(false, &fail, false);
     assert!(has(&failed, error, ""), "{failed}");
+}
+
+/// The capabilities the worker's unit keeps (`CapabilityBoundingSet=`), in `setpriv`'s
+/// spelling: `+setuid,+setgid,…`.
+fn unit_capabilities() -> String {
+    let unit = std::fs::read_to_string(deploy_dir().join("retire-worker.service"))
+        .expect("read the worker's unit");
+    let (_, caps) = directives(&unit)
+        .into_iter()
+        .find(|(key, _)| key == "CapabilityBoundingSet")
+        .expect("the worker's unit bounds its capabilities");
+    caps.split_whitespace()
+        .map(|cap| format!("+{}", cap.trim_start_matches("CAP_").to_lowercase()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The processes running `sleep 6017`.
+fn sleeping_6017() -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            std::fs::read(entry.path().join("cmdline"))
+                .is_ok_and(|cmdline| cmdline == b"sleep\x006017\x00")
+        })
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// A real `shell` task runs on a worker confined as its unit confines it, as far as
+/// that can be done without a running systemd: `setpriv` starts it with
+/// `no_new_privs` and, when the test is root (as in CI), with only the capabilities in
+/// the unit's `CapabilityBoundingSet=`. The task runs (as `nobody` under a root
+/// worker), writes in its own directory, cannot write to `/etc`, and its directory is
+/// gone afterwards. The system call filter and the unit's mount namespace need
+/// systemd itself: docs/systemd.md reasons them through.
+#[test]
+fn a_task_runs_on_a_worker_with_only_its_units_capabilities() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let master = MasterProcess::start(&dir.path().join("data"));
+    let (socket, socket_path) = notify_socket(dir.path());
+    let shared = shared_dir(dir.path(), "shared");
+    let work = shared.join("work");
+    let config = dir.path().join("worker.toml");
+    std::fs::write(
+        &config,
+        format!("[sandbox]\nwork_dir = \"{}\"\n", work.display()),
+    )
+    .expect("write the worker config");
+    let is_root = std::fs::metadata("/proc/self")
+        .map(|meta| meta.uid() == 0)
+        .unwrap_or(false);
+    let mut command = Command::new("setpriv");
+    command.arg("--no-new-privs");
+    if is_root {
+        command.arg(format!("--bounding-set=-all,{}", unit_capabilities()));
+    }
+    command
+        .arg("--")
+        .arg(bin("retire-worker"))
+        .args(["--join", &master.addr.to_string(), "--id", "confined"])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--config")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    if let Some(tokens) = tokens_for(master.addr) {
+        command.env("RETIRE_JOIN_TOKEN", tokens.join);
+    }
+    let mut worker = Started(command.spawn().expect("run setpriv (util-linux)"));
+    let ready = next_datagram(&socket);
+    assert!(ready.contains(&"READY=1".to_string()), "{ready:?}");
+
+    let output = retire(
+        master.addr,
+        &[
+            "submit",
+            "--wait",
+            // A worker that cannot kill the `sleep` below waits for it to close the
+            // task's output: fail then, rather than hang.
+            "--wait-timeout",
+            "60",
+            "--",
+            "sh",
+            "-c",
+            "id -u; echo written > here && cat here; \
+             (echo x > /etc/retire-probe) 2>/dev/null && echo wrote-etc || echo no-etc; \
+             sleep 6017 &",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    let uid = if is_root {
+        "65534".to_string()
+    } else {
+        std::fs::metadata("/proc/self")
+            .map(|meta| meta.uid().to_string())
+            .expect("my uid")
+    };
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines, [uid.as_str(), "written", "no-etc"], "{stdout}");
+    // The `sleep` the task left behind was killed with the task's group (as `nobody`'s
+    // process, that takes the unit's CAP_KILL) before the result was reported.
+    let left_running = sleeping_6017();
+    assert!(left_running.is_empty(), "still running: {left_running:?}");
+
+    signal(worker.0.id(), 15);
+    until_stopping(&socket);
+    let exit = worker.0.wait().expect("wait for the worker");
+    assert!(exit.success(), "{exit:?}");
+    let left: Vec<_> = std::fs::read_dir(&work)
+        .expect("the worker made its work dir")
+        .collect();
+    assert!(left.is_empty(), "task directories left behind: {left:?}");
 }
