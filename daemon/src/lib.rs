@@ -1,15 +1,19 @@
 //! What the master and the worker daemons both ask of the operating system.
 //!
-//! [`set_keepalive`] makes the kernel notice a peer that vanished without closing, and
-//! [`watch_signals`] runs the thread that turns SIGINT and SIGTERM into a stop. Both
+//! [`set_keepalive`] makes the kernel notice a peer that vanished without closing,
+//! [`watch_signals`] runs the thread that turns SIGINT and SIGTERM into a stop,
+//! [`logging`] writes lines journald understands when systemd runs the daemon, and
+//! [`notify`] speaks systemd's notify protocol (readiness, status, watchdog). Both
 //! daemons need exactly these, with the same numbers, so they live here once. The crate
-//! is deliberately small and pure Rust (`socket2` and `signal-hook` over the C library's
-//! system calls; `clap`, `toml` and `serde`, which both daemons use anyway, for
-//! [`settings`]), so the worker still cross-builds to static musl.
+//! is deliberately small and pure Rust (`socket2`, `signal-hook` and `sd-notify` over the
+//! C library's system calls; `clap`, `toml` and `serde`, which both daemons use anyway,
+//! for [`settings`]), so the worker still cross-builds to static musl.
 //!
 //! [`settings`] lays the flags, the environment and a config file over the defaults and
 //! remembers where each value came from, for both daemons' `--config` and `config`.
 
+pub mod logging;
+pub mod notify;
 pub mod settings;
 
 use std::io;

@@ -238,6 +238,9 @@ pub(crate) struct EventLoop {
     freed: usize,
     /// When it was last asked.
     trimmed_at: Option<Instant>,
+    /// Tells systemd the master is ready, how it is doing, that this loop
+    /// still turns (the watchdog), and that it stops.
+    notifier: daemon::notify::Notifier,
 }
 
 impl EventLoop {
@@ -286,7 +289,14 @@ impl EventLoop {
             reader_cursor: 0,
             freed: 0,
             trimmed_at: None,
+            notifier: daemon::notify::Notifier::disabled(),
         })
+    }
+
+    /// Has the loop tell the service manager behind `notifier` that it is
+    /// ready, how it is doing, that it still turns, and that it stops.
+    pub(crate) fn set_notifier(&mut self, notifier: daemon::notify::Notifier) {
+        self.notifier = notifier;
     }
 
     pub(crate) fn make_waker(poll: &Poll) -> io::Result<Arc<Waker>> {
@@ -318,6 +328,9 @@ impl EventLoop {
         // Work restored from the database (queued tasks) may be waiting.
         self.tick_clock();
         self.settle();
+        // The store is open and the listener listens: the master serves.
+        let status = self.status_line();
+        self.notifier.ready(Instant::now(), &status);
         while !shutdown.is_triggered() {
             let mut timeout = self.core.next_deadline().map(|deadline| {
                 deadline.saturating_sub(self.started.elapsed()) + Duration::from_millis(1)
@@ -335,6 +348,9 @@ impl EventLoop {
                 timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
             }
             if let Some(wait) = self.trim_wait() {
+                timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
+            }
+            if let Some(wait) = self.notifier.next_wake(Instant::now()) {
                 timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
             }
             if !self.readable.is_empty() {
@@ -384,8 +400,19 @@ impl EventLoop {
                 self.core.handle_tick(now);
             }
             self.settle();
+            // The watchdog ping comes from here, after a whole turn, so a
+            // loop stuck anywhere in it stops the pings and systemd
+            // restarts the master.
+            let (core, listener) = (&self.core, &self.listener);
+            self.notifier
+                .tick(Instant::now(), || status_line(core, listener));
         }
         self.shut_down()
+    }
+
+    /// What `systemctl status` shows while the master serves.
+    fn status_line(&self) -> String {
+        status_line(&self.core, &self.listener)
     }
 
     /// Applies the core's outputs, hands its changes to the store, writes,
@@ -1210,6 +1237,8 @@ impl EventLoop {
     /// everything, and gives held replies a short time to reach their peers.
     fn shut_down(mut self) -> io::Result<()> {
         log::info!("shutting down");
+        self.notifier
+            .stopping("stopping: committing and sending the last replies");
         if self.listening {
             let _ = self.poll.registry().deregister(&mut self.listener);
             self.listening = false;
@@ -1248,6 +1277,19 @@ impl EventLoop {
         }
         Ok(())
     }
+}
+
+/// The status line for the service manager, e.g. `serving on
+/// 0.0.0.0:8080: 3 workers online, 12 queued`.
+fn status_line(core: &Core, listener: &TcpListener) -> String {
+    let address = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |address| address.to_string());
+    format!(
+        "serving on {address}: {} workers online, {} queued",
+        core.online_devices(),
+        core.queued()
+    )
 }
 
 /// Makes the kernel notice a peer that vanished without closing (a phone

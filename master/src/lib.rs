@@ -314,7 +314,7 @@ pub fn run(
         drain_timeout: config.drain_timeout,
         reader_idle_timeout: config.reader_idle_timeout,
     };
-    let event_loop = EventLoop::new(
+    let mut event_loop = EventLoop::new(
         poll,
         listener,
         core,
@@ -323,6 +323,8 @@ pub fn run(
         started,
         watch,
     )?;
+    // systemd's notify socket and watchdog, when it started the master.
+    event_loop.set_notifier(daemon::notify::Notifier::from_env());
     let result = event_loop.run(&shutdown);
     // The loop dropped its batch sender, so the store thread finishes the
     // last commit and ends.

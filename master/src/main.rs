@@ -251,11 +251,12 @@ fn parse_seconds(text: &str) -> Result<Duration, protocol::text::DurationError> 
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    daemon::logging::init();
     match real_main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("retire-master: error: {err:#}");
+            let prefix = daemon::logging::stderr_prefix(log::Level::Error);
+            eprintln!("{prefix}retire-master: error: {err:#}");
             // A configuration mistake has its own status (see the README).
             ExitCode::from(daemon::settings::exit_code(err.as_ref(), 1))
         }

@@ -18,6 +18,7 @@ mod hostile;
 mod join_token;
 mod nesting;
 mod security;
+mod systemd;
 
 fn setup() -> tempfile::TempDir {
     tempfile::tempdir().expect("a temp dir")

@@ -298,6 +298,7 @@ impl WorkerProcess {
             }
             (_, TokenVia::Nothing) | (None, _) => {}
         }
+        command.envs(options.env.iter().map(|(key, value)| (key, value)));
         if let Some((uid, gid)) = options.run_as {
             use std::os::unix::process::CommandExt;
             command.uid(uid).gid(gid);
@@ -370,6 +371,8 @@ pub struct WorkerOptions {
     pub log: Option<PathBuf>,
     /// Run it as this user and group (the test must be root to switch).
     pub run_as: Option<(u32, u32)>,
+    /// Extra environment variables (`NOTIFY_SOCKET`, say).
+    pub env: Vec<(String, String)>,
 }
 
 /// How a test hands a worker its join token.

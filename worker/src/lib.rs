@@ -133,6 +133,12 @@ pub struct WorkerConfig {
     /// The master's join token, to enroll; after enrolling the worker proves its own
     /// key (see [`identity`]).
     pub token: Option<protocol::auth::Token>,
+    /// Whether to speak systemd's notify protocol when systemd started the process
+    /// (`NOTIFY_SOCKET`): READY=1 once registered, a STATUS= line, WATCHDOG=1 from the
+    /// main loop, STOPPING=1 on a stop. The `retire-worker` binary turns it on; it is
+    /// off by default so that a worker embedded in another daemon (the master's
+    /// `--dev`) never speaks for that daemon.
+    pub notify: bool,
 }
 
 impl WorkerConfig {
@@ -163,6 +169,7 @@ impl Default for WorkerConfig {
             state_dir: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             token: None,
+            notify: false,
         }
     }
 }
@@ -308,7 +315,14 @@ pub fn run_with(
             state_dir,
             credentials,
         },
-        config.drain_timeout,
+        client::Service {
+            drain_timeout: config.drain_timeout,
+            notifier: if config.notify {
+                daemon::notify::Notifier::from_env()
+            } else {
+                daemon::notify::Notifier::disabled()
+            },
+        },
         &stop,
     )
     .map_err(WorkerError::from)

@@ -124,7 +124,7 @@ fn parse_seconds(text: &str) -> Result<Duration, DurationError> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    daemon::logging::init();
     let command = Args::command();
     let matches = command.clone().get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
@@ -133,7 +133,8 @@ fn main() -> ExitCode {
     match run(args, &given) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("retire-worker: error: {error:#}");
+            let prefix = daemon::logging::stderr_prefix(log::Level::Error);
+            eprintln!("{prefix}retire-worker: error: {error:#}");
             // A configuration mistake has its own status (see the README).
             ExitCode::from(daemon::settings::exit_code(error.as_ref(), 1))
         }
@@ -237,6 +238,7 @@ fn run(mut args: Args, given: &Given) -> anyhow::Result<()> {
         state_dir: settings.state_dir.value,
         drain_timeout: settings.drain_timeout.value.0,
         token,
+        notify: true,
     };
     config.validate().context("invalid configuration")?;
     println!("retire-worker: joining master {join} as {device_id}");

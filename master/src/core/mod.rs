@@ -611,6 +611,12 @@ impl Core {
         self.tasks.queue.len()
     }
 
+    /// Number of devices online now, for the status line the service
+    /// manager shows (kept as devices come and go: O(1)).
+    pub fn online_devices(&self) -> u32 {
+        self.registry.totals.online()
+    }
+
     // ----- worker messages -----
 
     fn on_register(

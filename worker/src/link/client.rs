@@ -65,6 +65,19 @@ fn status_name(status: ResultStatus) -> &'static str {
     }
 }
 
+/// The status line for the service manager, e.g. `registered with nas.local:8080
+/// as pi-1: 2 tasks running`.
+fn status_line(session: &Session, master: &str, running: usize) -> String {
+    if session.is_registered() {
+        format!(
+            "registered with {master} as {}: {running} tasks running",
+            session.device_id()
+        )
+    } else {
+        format!("reconnecting to {master}: {running} tasks running")
+    }
+}
+
 /// Where the client stands with the master.
 #[derive(Debug)]
 enum Link {
@@ -97,10 +110,24 @@ struct Client {
     outbox: Outbox,
     /// How long a graceful stop waits for running tasks.
     drain_timeout: Duration,
+    /// Tells systemd the worker registered, how it is doing, that this loop still
+    /// turns (the watchdog), and that it stops.
+    notifier: daemon::notify::Notifier,
+    /// Whether READY=1 was sent (at the first registration).
+    ready: bool,
     /// Where the worker's credential lives (the pinned master key is written there).
     state_dir: std::path::PathBuf,
     /// Whether the worker authenticates (it has credentials).
     authenticates: bool,
+}
+
+/// How the worker behaves as a service: how long a graceful stop waits, and what it
+/// tells the service manager.
+pub(crate) struct Service {
+    /// How long a graceful stop waits for running tasks.
+    pub(crate) drain_timeout: Duration,
+    /// systemd's notify socket, or a notifier that does nothing.
+    pub(crate) notifier: daemon::notify::Notifier,
 }
 
 /// Why the link ended other than by a requested stop; [`crate::run`] reports it as the
@@ -123,7 +150,7 @@ pub(crate) fn run(
     profile: &DeviceProfile,
     runner: Runner,
     identity: Identity,
-    drain_timeout: Duration,
+    service: Service,
     stop: &StopHandle,
 ) -> Result<(), LinkError> {
     let (result_sender, results) = crossbeam_channel::unbounded();
@@ -169,7 +196,9 @@ pub(crate) fn run(
         link: Link::Waiting { retry_at: origin },
         connected_at: None,
         outbox,
-        drain_timeout,
+        drain_timeout: service.drain_timeout,
+        notifier: service.notifier,
+        ready: false,
         state_dir: identity.state_dir,
         authenticates,
     };
@@ -204,6 +233,8 @@ impl Client {
         self.serve(stop.stopped_receiver(), None, |session| {
             session.refusal().is_some()
         });
+        self.notifier
+            .stopping("stopping: finishing the running tasks, then saying goodbye");
         if stop.is_stopped_now() || self.session.refusal().is_some() {
             return;
         }
@@ -267,6 +298,10 @@ impl Client {
                     .map(|deadline| self.origin + deadline),
             };
             let timer = wake_at.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
+            let notify = self
+                .notifier
+                .next_wake(Instant::now())
+                .map_or_else(crossbeam_channel::never, crossbeam_channel::after);
             let results = self.results.clone();
             let progress = self.progress.clone();
             select! {
@@ -292,9 +327,31 @@ impl Client {
                 recv(connect_outcome) -> outcome => self.on_connect_outcome(outcome),
                 recv(incoming) -> item => self.on_incoming(item),
                 recv(timer) -> _ => self.on_timer(),
+                recv(notify) -> _ => {},
             }
             self.drive();
+            self.notify_service_manager();
         }
+    }
+
+    /// READY=1 at the first registration, then, from this loop after every event,
+    /// the watchdog ping and the status line when they are due (see
+    /// [`daemon::notify::Notifier`]).
+    fn notify_service_manager(&mut self) {
+        let now = Instant::now();
+        if !self.ready && self.session.is_registered() {
+            self.ready = true;
+            let status = self.status_line();
+            self.notifier.ready(now, &status);
+        }
+        let (session, master, running) = (&self.session, &self.master, self.cancels.len());
+        self.notifier
+            .tick(now, || status_line(session, master, running));
+    }
+
+    /// What `systemctl status` shows.
+    fn status_line(&self) -> String {
+        status_line(&self.session, &self.master, self.cancels.len())
     }
 
     fn on_timer(&mut self) {
@@ -799,6 +856,7 @@ mod tests {
             state_dir: Some(state.to_path_buf()),
             drain_timeout: crate::DEFAULT_DRAIN_TIMEOUT,
             token: None,
+            notify: false,
         }
     }
 
