@@ -12,15 +12,16 @@ pub(super) mod index;
 use super::records::{DeviceKeyRecord, DeviceRecord};
 use super::{not_registered, ConnId, ReplyError, MAX_UNTRUSTED_SUBSCRIBERS};
 use protocol::auth::PublicKey;
-use protocol::{ErrorCode, Message, Metrics, Register, Subscribe};
+use protocol::{ErrorCode, Message, Metrics, Subscribe};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
 
 #[derive(Debug)]
 pub(super) struct Device {
+    /// What is persisted, with the registration it last sent
+    /// (`record.profile`).
     pub(super) record: DeviceRecord,
-    pub(super) register: Register,
     pub(super) conn: Option<ConnId>,
     /// Tasks given to this device whose attempt it has not yet reported.
     pub(super) active: BTreeSet<String>,
@@ -240,6 +241,28 @@ impl Registry {
         let counted = device.active.remove(task_id);
         refile(&mut self.free, device_id, device);
         counted
+    }
+
+    /// Device `device_id` was heard from at `now` (a result, say);
+    /// whether it is online, so its heartbeat deadline moves too.
+    pub(super) fn seen(&mut self, device_id: &str, now: Duration) -> bool {
+        let Some(device) = self.devices.get_mut(device_id) else {
+            return false;
+        };
+        device.last_seen = now;
+        device.conn.is_some()
+    }
+
+    /// Gives device `device_id` no new task until `until` (it said it had
+    /// no free slot) and refiles its free slots; whether the device is
+    /// known, so the caller sets its timer.
+    pub(super) fn pause(&mut self, device_id: &str, until: Duration) -> bool {
+        let Some(device) = self.devices.get_mut(device_id) else {
+            return false;
+        };
+        device.paused_until = Some(until);
+        refile(&mut self.free, device_id, device);
+        true
     }
 
     /// Free slots over every device that can take a task now.
