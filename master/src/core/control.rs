@@ -4,8 +4,8 @@
 
 use super::{ConnId, Core, Now, ReplyError};
 use protocol::{
-    BatchSubmitted, DeviceStatus, Done, Draining, ErrorCode, Event, Reply, Submitted, Subscribe,
-    Success, TaskCancel, TaskChanged, TaskSpec, TaskState, TaskSubmit,
+    BatchSubmitted, Done, Draining, ErrorCode, Event, Reply, Submitted, Subscribe, Success,
+    TaskCancel, TaskChanged, TaskSpec, TaskState, TaskSubmit,
 };
 
 impl Core {
@@ -122,22 +122,8 @@ impl Core {
     /// Drains an online device: it finishes its tasks and gets no new ones.
     pub(super) fn on_drain(&mut self, device_id: &str) -> Result<Reply, ReplyError> {
         self.check_storage()?;
-        let Some(device) = self.registry.devices.get_mut(device_id) else {
-            return Err(ReplyError::new(
-                ErrorCode::NotFound,
-                format!("no device {device_id}"),
-            ));
-        };
-        if device.conn.is_none() {
-            return Err(ReplyError::new(
-                ErrorCode::InvalidState,
-                format!("device {device_id} is offline"),
-            ));
-        }
-        device.record.status = DeviceStatus::Draining;
-        let record = device.record.clone();
+        let record = self.registry.drain(device_id)?;
         self.persist_device(&record);
-        self.refresh_slots(device_id);
         self.emit(
             Event::DeviceDraining {
                 device_id: device_id.to_string(),

@@ -7,14 +7,14 @@
 //! and the events.
 
 use super::records::{self, DeviceRecord};
-use super::registry::{Device, Due};
+use super::registry::{Due, Left};
 use super::timers::{TimerKey, TimerKind};
-use super::{not_registered, ConnId, Core, Now, ReplyError};
+use super::{ConnId, Core, Now, ReplyError};
 use protocol::message::RunningTask;
 use protocol::{
     DeviceStatus, Done, ErrorCode, Event, Goodbye, Heartbeat, Register, Registered, Reply, Success,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 impl Core {
     /// A device registers (or registers again) on `conn`: its record is
@@ -112,45 +112,12 @@ impl Core {
             leases: register.leases,
             profile: register,
         };
-        let previous_active = self
-            .registry
-            .devices
-            .get(&device_id)
-            .map(|d| d.active.clone())
-            .unwrap_or_default();
-        let indexed = self
-            .registry
-            .devices
-            .get(&device_id)
-            .map(|d| d.indexed)
-            .unwrap_or_default();
         self.persist_device(&record);
-        match self.registry.devices.get(&device_id) {
-            Some(old) => self.registry.totals.remove(old),
-            None => self
-                .registry
-                .by_registration
-                .insert(record.registered_unix_ms, &device_id),
-        }
-        let device = Device {
-            record,
-            conn: Some(conn),
-            active: BTreeSet::new(),
-            last_seen: now.monotonic,
-            metrics: None,
-            paused_until: None,
-            lease_until: None,
-            indexed,
-        };
-        self.registry.totals.add(&device);
-        self.registry.devices.insert(device_id.clone(), device);
+        let previous_active = self.registry.join(conn, record, now.monotonic);
         self.set_heartbeat_due(
             &device_id,
             Some(now.monotonic + self.config.heartbeat_timeout),
         );
-        if let Some(state) = self.registry.conns.get_mut(&conn) {
-            state.device_id = Some(device_id.clone());
-        }
         // Tasks the master thinks this device holds: keep the ones it says
         // it still runs, requeue the rest.
         for task_id in previous_active {
@@ -202,32 +169,23 @@ impl Core {
         let device_id =
             self.registry
                 .speaker(conn, sender, self.config.auth.allow_legacy_workers)?;
-        let Some(device) = self.registry.devices.get_mut(&device_id) else {
-            return Err(not_registered());
-        };
-        device.last_seen = now.monotonic;
-        device.record.last_seen_unix_ms = now.unix_ms;
-        device.metrics = Some(heartbeat.metrics);
-        if device.conn.is_some() {
+        // A worker that is leaving gracefully says so in its heartbeats: it
+        // gets no new work from then on.
+        let draining = heartbeat.status.as_deref() == Some("draining");
+        let beat = self.registry.heartbeat(
+            &device_id,
+            now.monotonic,
+            now.unix_ms,
+            heartbeat.metrics,
+            draining,
+        )?;
+        if beat.online {
             let due = now.monotonic + self.config.heartbeat_timeout;
             self.timers.set(TimerKey::Heartbeat(device_id.clone()), due);
         }
-        // A worker that is leaving gracefully says so in its heartbeats: it
-        // gets no new work from then on.
-        if heartbeat.status.as_deref() == Some("draining")
-            && device.record.status == DeviceStatus::Online
-            && device.conn.is_some()
-        {
-            device.record.status = DeviceStatus::Draining;
-            let record = device.record.clone();
+        if let Some(record) = beat.drained {
             self.persist_device(&record);
-            self.refresh_slots(&device_id);
-            self.emit(
-                Event::DeviceDraining {
-                    device_id: device_id.clone(),
-                },
-                true,
-            );
+            self.emit(Event::DeviceDraining { device_id }, true);
         }
         Ok(())
     }
@@ -271,35 +229,33 @@ impl Core {
         reason: &str,
         handed_back: bool,
     ) {
-        let Some(device) = self.registry.devices.get_mut(device_id) else {
+        // The worker keeps running its tasks while it is away and comes
+        // back with their results: hold them for it for a while, unless it
+        // handed them back.
+        let until = now.monotonic + self.config.lease_grace;
+        let lease = (!handed_back).then_some(until);
+        let Some((record, left)) = self.registry.leave(device_id, lease) else {
             return;
         };
-        self.registry.totals.remove(device);
-        device.conn = None;
-        device.record.status = DeviceStatus::Offline;
-        let record = device.record.clone();
         self.timers
             .remove(&TimerKey::Heartbeat(device_id.to_string()));
-        if !handed_back && device.record.leases && !device.active.is_empty() {
-            // The worker keeps running its tasks while it is away and comes
-            // back with their results: hold them for it for a while.
-            let until = now.monotonic + self.config.lease_grace;
-            device.lease_until = Some(until);
-            self.timers
-                .set(TimerKey::Lease(device_id.to_string()), until);
-            log::info!(
-                "device {device_id} holds {} tasks on a lease for {:?}",
-                device.active.len(),
-                self.config.lease_grace
-            );
-        } else {
-            let active = std::mem::take(&mut device.active);
-            self.persist_device(&record);
-            for task_id in active {
-                if handed_back {
-                    self.requeue(device_id, &task_id);
-                } else {
-                    self.lose_attempt(now, device_id, &task_id);
+        match left {
+            Left::Leased(held) => {
+                self.timers
+                    .set(TimerKey::Lease(device_id.to_string()), until);
+                log::info!(
+                    "device {device_id} holds {held} tasks on a lease for {:?}",
+                    self.config.lease_grace
+                );
+            }
+            Left::Gave(active) => {
+                self.persist_device(&record);
+                for task_id in active {
+                    if handed_back {
+                        self.requeue(device_id, &task_id);
+                    } else {
+                        self.lose_attempt(now, device_id, &task_id);
+                    }
                 }
             }
         }
