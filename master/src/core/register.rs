@@ -166,9 +166,7 @@ impl Core {
         sender: Option<String>,
         heartbeat: Heartbeat,
     ) -> Result<(), ReplyError> {
-        let device_id =
-            self.registry
-                .speaker(conn, sender, self.config.auth.allow_legacy_workers)?;
+        let device_id = self.speaker(conn, sender)?;
         // A worker that is leaving gracefully says so in its heartbeats: it
         // gets no new work from then on.
         let draining = heartbeat.status.as_deref() == Some("draining");
@@ -198,9 +196,7 @@ impl Core {
         sender: Option<String>,
         goodbye: Goodbye,
     ) -> Result<Reply, ReplyError> {
-        let device_id =
-            self.registry
-                .speaker(conn, sender, self.config.auth.allow_legacy_workers)?;
+        let device_id = self.speaker(conn, sender)?;
         let reason = goodbye.reason.unwrap_or_else(|| "goodbye".into());
         log::info!("device {device_id} said goodbye: {reason}");
         if self
@@ -285,6 +281,18 @@ impl Core {
             device.active.insert(task_id.to_string());
         }
         self.refresh_slots(device_id);
+    }
+
+    /// The device a worker's message on `conn` speaks for (see
+    /// `Registry::speaker`), under the configured policy on older
+    /// one-shot workers.
+    pub(super) fn speaker(
+        &self,
+        conn: ConnId,
+        sender: Option<String>,
+    ) -> Result<String, ReplyError> {
+        self.registry
+            .speaker(conn, sender, self.config.auth.allow_legacy_workers)
     }
 
     /// Closes the connections of devices whose heartbeats stopped: only

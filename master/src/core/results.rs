@@ -21,10 +21,7 @@ impl Core {
         sender: Option<String>,
         progress: protocol::TaskProgress,
     ) {
-        let Ok(device_id) =
-            self.registry
-                .speaker(conn, sender, self.config.auth.allow_legacy_workers)
-        else {
+        let Ok(device_id) = self.speaker(conn, sender) else {
             return;
         };
         let current = self.tasks.by_id.get(&progress.task_id).is_some_and(|task| {
@@ -47,9 +44,7 @@ impl Core {
         result: TaskResult,
     ) -> Result<Reply, ReplyError> {
         self.check_storage()?;
-        let device_id =
-            self.registry
-                .speaker(conn, sender, self.config.auth.allow_legacy_workers)?;
+        let device_id = self.speaker(conn, sender)?;
         if self.registry.seen(&device_id, now.monotonic) {
             let due = now.monotonic + self.config.heartbeat_timeout;
             self.timers.set(TimerKey::Heartbeat(device_id.clone()), due);
@@ -166,10 +161,7 @@ impl Core {
         else {
             return;
         };
-        let Ok(device_id) =
-            self.registry
-                .speaker(conn, sender, self.config.auth.allow_legacy_workers)
-        else {
+        let Ok(device_id) = self.speaker(conn, sender) else {
             return;
         };
         let Some(task) = self.tasks.by_id.get_mut(&task_id) else {
@@ -206,10 +198,7 @@ impl Core {
             );
             return;
         };
-        let Ok(device_id) =
-            self.registry
-                .speaker(conn, sender, self.config.auth.allow_legacy_workers)
-        else {
+        let Ok(device_id) = self.speaker(conn, sender) else {
             return;
         };
         let current = self.tasks.by_id.get(&task_id).is_some_and(|task| {
