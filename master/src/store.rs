@@ -5,6 +5,7 @@
 //! the event loop which batch is durable and wakes it, so the replies held
 //! for that batch can go out.
 
+pub mod backup;
 mod checkpoint;
 pub mod files;
 
