@@ -163,6 +163,14 @@ enum Subcommand {
     Config,
     /// Check the database in --data-dir, as --check does.
     Check,
+    /// Copy the database in --data-dir to FILE while the master runs
+    /// (SQLite's online backup; work goes on). FILE must not exist. Exit
+    /// status 66: no database; 73: FILE exists or cannot be created; 74:
+    /// the copy failed (nothing is left behind).
+    Backup {
+        /// Where the copy goes (a new file, mode 0600).
+        file: PathBuf,
+    },
     /// Show or replace the tokens in --data-dir (creating them if missing).
     Token {
         /// `show` (the default), `rotate-join` (new workers need the new
@@ -257,8 +265,13 @@ fn main() -> ExitCode {
         Err(err) => {
             let prefix = daemon::logging::stderr_prefix(log::Level::Error);
             eprintln!("{prefix}retire-master: error: {err:#}");
-            // A configuration mistake has its own status (see the README).
-            ExitCode::from(daemon::settings::exit_code(err.as_ref(), 1))
+            // A configuration mistake and a refused backup have their own
+            // statuses (see the README).
+            let code = match err.downcast_ref::<master::store::backup::BackupError>() {
+                Some(backup) => backup.exit_code(),
+                None => daemon::settings::exit_code(err.as_ref(), 1),
+            };
+            ExitCode::from(code)
         }
     }
 }
@@ -312,6 +325,17 @@ fn real_main() -> Result<()> {
             }
             Err(problem) => bail!("the database is damaged: {problem}"),
         };
+    }
+    if let Some(Subcommand::Backup { file }) = &args.command {
+        let copied = master::store::backup::backup(&data_dir, file)?;
+        println!(
+            "backed up {} to {} ({} pages, {} bytes)",
+            data_dir.join(master::store::DB_FILE).display(),
+            file.display(),
+            copied.pages,
+            copied.bytes
+        );
+        return Ok(());
     }
     if let Some(Subcommand::Token { action }) = args.command {
         let secrets = match action {

@@ -5,8 +5,10 @@
 //! the event loop which batch is durable and wakes it, so the replies held
 //! for that batch can go out.
 
+pub mod backup;
 mod checkpoint;
 pub mod files;
+mod schema;
 
 use crate::core::records::{Batch, DeviceKeyRecord, DeviceRecord, StoreOp, TaskRecord};
 use checkpoint::{Checkpointer, WalAction};
@@ -21,8 +23,8 @@ use std::time::Duration;
 /// The database file's name inside the data directory.
 pub const DB_FILE: &str = "retire.db";
 
-/// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+/// Schema version written to `PRAGMA user_version` (see [`schema`]).
+pub const SCHEMA_VERSION: i64 = schema::VERSION;
 
 /// Longest pause between retries of a failed commit.
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
@@ -107,6 +109,14 @@ impl Store {
         self.created
     }
 
+    /// The database's schema version (`PRAGMA user_version`); after an
+    /// open it is [`SCHEMA_VERSION`].
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(|e| self.sqlite(e))
+    }
+
     fn open_with(
         data_dir: &Path,
         synchronous: Synchronous,
@@ -176,9 +186,7 @@ impl Store {
                  );",
             )
             .map_err(wrap)?;
-        connection
-            .pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(wrap)?;
+        schema::migrate(&connection, version).map_err(wrap)?;
         Ok(Store {
             connection,
             path,

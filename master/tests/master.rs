@@ -17,6 +17,8 @@ use std::time::Duration;
 mod layout;
 #[path = "master/nesting.rs"]
 mod nesting;
+#[path = "master/schema.rs"]
+mod schema;
 
 struct Running {
     addr: SocketAddr,

@@ -12,6 +12,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use tests::{retire, text_command, Client, MasterProcess, WorkerProcess, PATIENCE};
 
+mod backup;
 mod config_file;
 mod faults;
 mod hostile;

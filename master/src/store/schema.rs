@@ -1,0 +1,160 @@
+//! The database's schema version (`PRAGMA user_version`) and the
+//! migrations that bring an older database up to it.
+//!
+//! Version 1 is the schema the master has always created with `CREATE
+//! TABLE IF NOT EXISTS` (`devices`, `tasks`, `device_keys`); a database
+//! without a version (0, a first start or a master from before versions)
+//! gets those tables and counts as version 1. Every later change is a
+//! [`Migration`] in [`MIGRATIONS`], from version N to N + 1, run in order
+//! when the store opens. A step that can run in a transaction runs in one
+//! with the new `user_version` written in the same transaction, so a crash
+//! leaves the database at N or at N + 1, never half way. A step that
+//! cannot (SQLite refuses `VACUUM` inside a transaction) is written so that
+//! running it again is harmless, and the version is raised after it.
+//!
+//! A database written by a newer master is refused (the store's
+//! `TooNew`): this master cannot know what that schema means.
+//! `master/tests/fixtures/schema-v1.db`, written by the master of version
+//! 1, must keep opening with its tasks and devices after every change
+//! (`tests/master/schema.rs`).
+
+use rusqlite::Connection;
+
+/// The version of the tables `CREATE TABLE IF NOT EXISTS` makes.
+pub(crate) const BASE_VERSION: i64 = 1;
+
+/// The version this master writes: the base plus one per migration.
+pub(crate) const VERSION: i64 = BASE_VERSION + MIGRATIONS.len() as i64;
+
+/// One step from a version to the next.
+pub(crate) struct Migration {
+    /// What it changes, for the log.
+    what: &'static str,
+    /// Whether it runs inside a transaction (with the version raised in
+    /// it); when not, running it twice must be harmless.
+    in_transaction: bool,
+    /// The change itself.
+    run: fn(&Connection) -> rusqlite::Result<()>,
+}
+
+/// Every migration, in order: the one at index `i` takes a database from
+/// version `BASE_VERSION + i` to `BASE_VERSION + i + 1`.
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    // 1 → 2.
+    Migration {
+        what: "incremental auto-vacuum, so the file shrinks after pruning",
+        // `auto_vacuum` changes on an existing database only through a
+        // `VACUUM`, which cannot run in a transaction; both are harmless
+        // to run again.
+        in_transaction: false,
+        run: |connection| connection.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;"),
+    },
+];
+
+/// Brings a database at version `found` (at most [`VERSION`]) up to
+/// [`VERSION`] with [`MIGRATIONS`].
+pub(crate) fn migrate(connection: &Connection, found: i64) -> rusqlite::Result<()> {
+    migrate_with(connection, found, MIGRATIONS)
+}
+
+/// Runs `steps` (the first one from [`BASE_VERSION`]) on a database at
+/// version `found`, each from its version to the next, and records each
+/// version reached.
+fn migrate_with(connection: &Connection, found: i64, steps: &[Migration]) -> rusqlite::Result<()> {
+    let mut version = found.max(BASE_VERSION);
+    if found < BASE_VERSION {
+        set_version(connection, version)?;
+    }
+    let start = usize::try_from(version - BASE_VERSION).unwrap_or(usize::MAX);
+    for step in steps.iter().skip(start) {
+        let next = version + 1;
+        log::info!("database schema {version} → {next}: {}", step.what);
+        if step.in_transaction {
+            let transaction = connection.unchecked_transaction()?;
+            (step.run)(&transaction)?;
+            set_version(&transaction, next)?;
+            transaction.commit()?;
+        } else {
+            (step.run)(connection)?;
+            set_version(connection, next)?;
+        }
+        version = next;
+    }
+    Ok(())
+}
+
+fn set_version(connection: &Connection, version: i64) -> rusqlite::Result<()> {
+    connection.pragma_update(None, "user_version", version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(connection: &Connection) -> i64 {
+        connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .expect("user_version")
+    }
+
+    fn names(connection: &Connection) -> Vec<String> {
+        let mut statement = connection
+            .prepare("SELECT name FROM t ORDER BY rowid")
+            .expect("prepare");
+        let rows = statement
+            .query_map([], |row| row.get(0))
+            .expect("query")
+            .collect::<Result<Vec<String>, _>>();
+        rows.expect("rows")
+    }
+
+    const STEPS: &[Migration] = &[
+        Migration {
+            what: "2",
+            in_transaction: true,
+            run: |c| c.execute_batch("INSERT INTO t VALUES ('to 2')"),
+        },
+        Migration {
+            what: "3",
+            in_transaction: true,
+            run: |c| c.execute_batch("INSERT INTO t VALUES ('to 3')"),
+        },
+        Migration {
+            what: "4 fails half way",
+            in_transaction: true,
+            run: |c| c.execute_batch("INSERT INTO t VALUES ('to 4'); SELECT no_such_function();"),
+        },
+    ];
+
+    /// Steps run in order from the version found, each once; a step that
+    /// fails leaves its changes and the version as they were before it.
+    #[test]
+    fn migrations_run_in_order_from_the_version_found_and_a_failed_one_changes_nothing() {
+        for (found, ran) in [
+            (0, vec!["to 2", "to 3"]),
+            (1, vec!["to 2", "to 3"]),
+            (2, vec!["to 3"]),
+            (3, vec![]),
+        ] {
+            let connection = Connection::open_in_memory().expect("open");
+            connection
+                .execute_batch("CREATE TABLE t (name TEXT)")
+                .expect("table");
+            set_version(&connection, found).expect("version");
+            migrate_with(&connection, found, &STEPS[..2]).expect("migrate");
+            assert_eq!(names(&connection), ran, "from {found}");
+            assert_eq!(version(&connection), 3, "from {found}");
+
+            let failed = migrate_with(&connection, 3, STEPS);
+            assert!(failed.is_err());
+            assert_eq!(names(&connection), ran, "the failed step left nothing");
+            assert_eq!(version(&connection), 3);
+        }
+    }
+
+    #[test]
+    fn the_version_is_the_base_plus_one_per_migration() {
+        assert_eq!(VERSION, BASE_VERSION + MIGRATIONS.len() as i64);
+        assert_eq!(VERSION, 2);
+    }
+}
