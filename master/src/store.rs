@@ -9,8 +9,10 @@ mod checkpoint;
 pub mod files;
 
 use crate::core::records::{Batch, DeviceKeyRecord, DeviceRecord, StoreOp, TaskRecord};
+use crate::core::{ReadAnswer, ReadRequest};
 use checkpoint::{Checkpointer, WalAction};
 use crossbeam_channel::{Receiver, Sender};
+use protocol::TaskState;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -166,9 +168,9 @@ impl Store {
                      state TEXT NOT NULL,
                      record TEXT NOT NULL
                  );
-                 -- Nothing reads tasks by state (the master loads every
-                 -- task at start and keeps them in memory), and an index
-                 -- on it cost two more B-tree writes at every state change.
+                 -- A full index on the state cost two more B-tree writes
+                 -- at every state change; the partial ones of
+                 -- `HISTORY_INDEXES` replace it.
                  DROP INDEX IF EXISTS tasks_by_state;
                  CREATE TABLE IF NOT EXISTS device_keys (
                      device_id TEXT PRIMARY KEY,
@@ -176,6 +178,7 @@ impl Store {
                  );",
             )
             .map_err(wrap)?;
+        connection.execute_batch(HISTORY_INDEXES).map_err(wrap)?;
         connection
             .pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(wrap)?;
@@ -204,6 +207,45 @@ impl Store {
         let devices = self.load_records::<DeviceRecord>(DEVICES)?;
         let tasks = self.load_records::<TaskRecord>(TASKS)?;
         Ok((devices, tasks))
+    }
+
+    /// Reads every device and the live tasks back (queued, assigned,
+    /// running, retrying), quarantining unreadable ones as [`Store::load`]
+    /// does, and counts the finished tasks, which stay in the store: the
+    /// master reads them when asked (`core/history.rs`), so a start costs
+    /// the live tasks, not the history.
+    pub fn load_live(&self) -> Result<(Vec<DeviceRecord>, Vec<TaskRecord>, History), StoreError> {
+        let devices = self.load_records::<DeviceRecord>(DEVICES)?;
+        let tasks = self.load_records::<TaskRecord>(LIVE_TASKS)?;
+        let history = self.history().map_err(|e| self.sqlite(e))?;
+        Ok((devices, tasks, history))
+    }
+
+    /// The finished tasks per state and the highest `seq`, from the
+    /// indexes (no record is read).
+    fn history(&self) -> rusqlite::Result<History> {
+        let mut statement = self.connection.prepare(&format!(
+            "SELECT state, count(*) FROM tasks WHERE {FINISHED} GROUP BY state"
+        ))?;
+        let mut finished = Vec::new();
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            let state: String = row.get(0)?;
+            let count: i64 = row.get(1)?;
+            if let Ok(state) = state.parse::<TaskState>() {
+                finished.push((state, count.max(0) as u64));
+            }
+        }
+        let max_seq = |condition: &str| -> rusqlite::Result<i64> {
+            self.connection.query_row(
+                &format!("SELECT coalesce(max(seq), 0) FROM tasks WHERE {condition}"),
+                [],
+                |row| row.get(0),
+            )
+        };
+        let live = max_seq("state IN ('queued', 'assigned', 'running', 'retrying')")?;
+        let max_seq = live.max(max_seq(FINISHED)?).max(0) as u64;
+        Ok(History { finished, max_seq })
     }
 
     /// Reads the devices' credential records back.
@@ -506,6 +548,37 @@ const QUARANTINE_TABLE: &str = "CREATE TABLE IF NOT EXISTS quarantine (
     quarantined_unix_ms INTEGER NOT NULL
 );";
 
+/// The indexes the master reads its history through: finished tasks live
+/// in the store only (see `core/history.rs`). Each is partial, so a task
+/// moving between live states touches only `tasks_live`, and a finished
+/// one enters the other two once. `tasks_live` loads the live tasks at
+/// start without reading the history; `tasks_finished` serves listings of
+/// every state by `seq`, and `tasks_finished_by_state` those of one state
+/// (and the counts per state at start). Created when missing, which on an
+/// older database of many tasks takes one pass over it, once.
+const HISTORY_INDEXES: &str = "
+    CREATE INDEX IF NOT EXISTS tasks_live ON tasks(seq)
+        WHERE state IN ('queued', 'assigned', 'running', 'retrying');
+    CREATE INDEX IF NOT EXISTS tasks_finished ON tasks(seq)
+        WHERE state IN ('completed', 'failed', 'timed_out', 'cancelled', 'dead_letter');
+    CREATE INDEX IF NOT EXISTS tasks_finished_by_state ON tasks(state, seq)
+        WHERE state IN ('completed', 'failed', 'timed_out', 'cancelled', 'dead_letter');
+";
+
+/// The condition of `HISTORY_INDEXES`' finished ones, spelled the same so
+/// SQLite uses them.
+const FINISHED: &str = "state IN ('completed', 'failed', 'timed_out', 'cancelled', 'dead_letter')";
+
+/// What a start leaves in the store without loading it (see
+/// [`Store::load_live`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct History {
+    /// Finished tasks per state.
+    pub finished: Vec<(TaskState, u64)>,
+    /// The highest `seq` of any task.
+    pub max_seq: u64,
+}
+
 /// A table of records the master restores.
 struct Table {
     name: &'static str,
@@ -544,6 +617,16 @@ fn revoked_in_place_of(row: &Quarantined, now_ms: i64) -> Option<DeviceKeyRecord
         revoked_unix_ms: Some(now_ms),
     })
 }
+
+/// The live tasks: what a start loads.
+const LIVE_TASKS: &Table = &Table {
+    name: "tasks",
+    what: "task",
+    select: "SELECT task_id, record, rowid FROM tasks
+             WHERE state IN ('queued', 'assigned', 'running', 'retrying') ORDER BY seq",
+    delete: "DELETE FROM tasks WHERE rowid = ?1",
+    revoke_in_place: false,
+};
 
 const TASKS: &Table = &Table {
     name: "tasks",
@@ -604,6 +687,141 @@ impl Restorable for DeviceRecord {
             }
         }
         Ok(())
+    }
+}
+
+/// A read-only connection to the database, which answers the core's reads
+/// of finished tasks (`Output::Read`) on the event loop's thread. Every
+/// read is a lookup by key or a walk of one index that stops after its
+/// page, so it costs what it returns. In WAL mode it reads the last
+/// commit without waiting for the writer; the core keeps a finished task
+/// until its write has committed, so what it asks for is there.
+pub struct Reader {
+    connection: Connection,
+}
+
+impl Reader {
+    /// Opens the database in `data_dir` for reading (the store opened it
+    /// first, so it exists and is in WAL mode).
+    pub fn open(data_dir: &Path) -> Result<Reader, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        let connection = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|connection| {
+            connection.busy_timeout(Duration::from_secs(5))?;
+            Ok(connection)
+        })
+        .map_err(|source| StoreError::Sqlite { path, source })?;
+        Ok(Reader { connection })
+    }
+
+    /// Answers `request`.
+    pub fn read(&self, request: &ReadRequest) -> rusqlite::Result<ReadAnswer> {
+        match request {
+            ReadRequest::Task { task_id } => {
+                let mut statement = self
+                    .connection
+                    .prepare_cached("SELECT record FROM tasks WHERE task_id = ?1")?;
+                let json: Option<String> = statement
+                    .query_row(params![task_id], |row| row.get(0))
+                    .optional()?;
+                Ok(ReadAnswer::Tasks {
+                    records: json
+                        .and_then(|json| decoded(task_id, &json))
+                        .into_iter()
+                        .collect(),
+                    before_seq: None,
+                })
+            }
+            ReadRequest::Exists { task_ids } => {
+                let mut statement = self
+                    .connection
+                    .prepare_cached("SELECT 1 FROM tasks WHERE task_id = ?1")?;
+                let mut found = Vec::new();
+                for task_id in task_ids {
+                    if statement.exists(params![task_id])? {
+                        found.push(task_id.clone());
+                    }
+                }
+                Ok(ReadAnswer::Ids(found))
+            }
+            ReadRequest::Page {
+                state,
+                before,
+                before_seq,
+                limit,
+            } => {
+                let before_seq = match (before, before_seq) {
+                    (Some(task_id), None) => {
+                        let seq: Option<i64> = self
+                            .connection
+                            .prepare_cached("SELECT seq FROM tasks WHERE task_id = ?1")?
+                            .query_row(params![task_id], |row| row.get(0))
+                            .optional()?;
+                        match seq {
+                            Some(seq) => Some(seq.max(0) as u64),
+                            None => return Ok(ReadAnswer::NoCursor),
+                        }
+                    }
+                    (_, seq) => *seq,
+                };
+                let upper = before_seq.map_or(i64::MAX, |seq| seq as i64);
+                let rows = (*limit as i64).saturating_add(1);
+                let records = match state {
+                    Some(state) if !state.is_terminal() => Vec::new(),
+                    Some(state) => self.page(
+                        &format!(
+                            "SELECT task_id, record FROM tasks INDEXED BY tasks_finished_by_state
+                             WHERE state = ?3 AND {FINISHED} AND seq < ?1
+                             ORDER BY state DESC, seq DESC LIMIT ?2"
+                        ),
+                        params![upper, rows, state.as_str()],
+                    )?,
+                    None => self.page(
+                        &format!(
+                            "SELECT task_id, record FROM tasks INDEXED BY tasks_finished
+                             WHERE {FINISHED} AND seq < ?1 ORDER BY seq DESC LIMIT ?2"
+                        ),
+                        params![upper, rows],
+                    )?,
+                };
+                Ok(ReadAnswer::Tasks {
+                    records,
+                    before_seq,
+                })
+            }
+        }
+    }
+
+    /// The records of a page query, newest first; an unreadable one is
+    /// left out (and logged).
+    fn page(
+        &self,
+        sql: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> rusqlite::Result<Vec<TaskRecord>> {
+        let mut statement = self.connection.prepare_cached(sql)?;
+        let mut rows = statement.query(params)?;
+        let mut records = Vec::new();
+        while let Some(row) = rows.next()? {
+            let task_id: String = row.get(0)?;
+            let json: String = row.get(1)?;
+            records.extend(decoded(&task_id, &json));
+        }
+        Ok(records)
+    }
+}
+
+/// A stored task record, or `None` (logged) if it cannot be read back.
+fn decoded(task_id: &str, json: &str) -> Option<TaskRecord> {
+    match <TaskRecord as Restorable>::restore(json) {
+        Ok(record) => Some(record),
+        Err(why) => {
+            log::warn!("stored task {task_id} cannot be read back: {why}");
+            None
+        }
     }
 }
 

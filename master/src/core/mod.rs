@@ -14,6 +14,7 @@ mod changes;
 mod dispatch;
 mod handshake;
 mod heartbeat_ack;
+mod history;
 mod life;
 pub mod outbox;
 mod outgoing;
@@ -30,9 +31,11 @@ pub use auth::{
     parse_network, AuthPolicy, Network, Secrets, DEFAULT_AUTH_DEADLINE, DEFAULT_MAX_UNAUTHENTICATED,
 };
 pub use heartbeat_ack::HeartbeatAck;
+pub use history::{Read, ReadAnswer, ReadRequest};
 pub use views::rfc3339;
 
 use changes::Changes;
+use history::Routed;
 use outgoing::Outgoing;
 use queue::QueueKey;
 use registry::{index, Device, Due, Registry};
@@ -43,7 +46,7 @@ use protocol::message::RunningTask;
 use protocol::{
     Ack, BatchSubmitted, DecodeError, DeviceReply, DeviceStatus, Done, Draining, Envelope,
     ErrorCode, ErrorReply, Event, Goodbye, Heartbeat, Message, Register, Registered, Reply,
-    ResultRecorded, StatusReply, Submitted, Subscribe, Success, TaskCancel, TaskChanged, TaskReply,
+    ResultRecorded, StatusReply, Submitted, Subscribe, Success, TaskCancel, TaskChanged,
     TaskResult, TaskSpec, TaskState, TaskSubmit,
 };
 use records::{Batch, DeviceKeyRecord, DeviceRecord, TaskRecord};
@@ -174,6 +177,9 @@ pub enum Output {
         /// The connection.
         conn: ConnId,
     },
+    /// Ask the store, then hand its answer to [`Core::handle_read`]
+    /// before the connection's next frame (see `core/history.rs`).
+    Read(Box<Read>),
 }
 
 /// The most tasks a listing returns.
@@ -218,6 +224,11 @@ pub struct Core {
     quarantined: u64,
     /// The tokens and the master's key; `None` while authentication is off.
     secrets: Option<Secrets>,
+    /// The newest batch the store has committed (`handle_committed`).
+    committed: u64,
+    /// Finished tasks whose last write committed but that a device still
+    /// counts as running; they leave memory once it reports them.
+    lingering: BTreeSet<String>,
 }
 
 impl Core {
@@ -244,6 +255,8 @@ impl Core {
             secrets: None,
             storage_available: true,
             quarantined: 0,
+            committed: 0,
+            lingering: BTreeSet::new(),
         };
         for mut record in devices {
             let mut register = record.profile.clone();
@@ -448,15 +461,30 @@ impl Core {
                 return;
             }
             Message::Goodbye(goodbye) => self.on_goodbye(now, conn, sender, goodbye),
-            Message::TaskSubmit(submit) => self.on_submit(now, submit),
-            Message::TaskStatus(task) => self.task_view(&task.task_id).map(|task| {
-                Reply::from(TaskReply {
-                    success: Success,
-                    task,
-                })
-            }),
-            Message::TaskRetry(task) => self.on_retry(now, &task.task_id),
-            Message::ListTasks(list) => self.list_tasks(&list).map(Reply::from),
+            // These may need a finished task from the store: answered
+            // now from memory, or after a read (`core/history.rs`).
+            Message::TaskSubmit(submit) => {
+                match self.route_submit(now, conn, reply_to.clone(), submit) {
+                    Routed::Now(result) => result,
+                    Routed::Deferred => return,
+                }
+            }
+            Message::TaskStatus(task) => {
+                match self.route_task_status(conn, reply_to.clone(), &task.task_id) {
+                    Routed::Now(result) => result,
+                    Routed::Deferred => return,
+                }
+            }
+            Message::TaskRetry(task) => {
+                match self.route_retry(now, conn, reply_to.clone(), &task.task_id) {
+                    Routed::Now(result) => result,
+                    Routed::Deferred => return,
+                }
+            }
+            Message::ListTasks(list) => match self.route_list(conn, reply_to.clone(), list) {
+                Routed::Now(result) => result,
+                Routed::Deferred => return,
+            },
             Message::Status => Ok(Reply::from(StatusReply {
                 cluster_stats: self.cluster_stats(),
                 success: Success,
@@ -468,7 +496,12 @@ impl Core {
                     success: Success,
                 })
             }),
-            Message::TaskCancel(cancel) => self.on_cancel(now, cancel),
+            Message::TaskCancel(cancel) => {
+                match self.route_cancel(now, conn, reply_to.clone(), cancel) {
+                    Routed::Now(result) => result,
+                    Routed::Deferred => return,
+                }
+            }
             Message::DrainDevice(device) => self.on_drain(&device.device_id),
             Message::Subscribe(subscribe) => self.on_subscribe(conn, subscribe),
             Message::Ack(ack) => {
@@ -1133,7 +1166,14 @@ impl Core {
 
     // ----- client messages -----
 
-    fn on_submit(&mut self, now: Now, submit: TaskSubmit) -> Result<Reply, ReplyError> {
+    /// `stored`: client-chosen ids the store holds (finished tasks no
+    /// longer in memory), which exist as much as those in memory do.
+    fn on_submit(
+        &mut self,
+        now: Now,
+        submit: TaskSubmit,
+        stored: &BTreeSet<String>,
+    ) -> Result<Reply, ReplyError> {
         self.check_storage()?;
         if self.shutting_down {
             return Err(ReplyError::new(
@@ -1158,7 +1198,10 @@ impl Core {
         let mut ids = Vec::with_capacity(submit.tasks.len());
         let mut created = 0usize;
         for spec in submit.tasks {
-            let (task_id, new) = self.submit_one(now, spec);
+            let (task_id, new) = match spec.task_id.as_ref().filter(|id| stored.contains(*id)) {
+                Some(id) => (id.clone(), false),
+                None => self.submit_one(now, spec),
+            };
             created += usize::from(new);
             ids.push(task_id);
         }
@@ -1340,6 +1383,8 @@ impl Core {
     fn persist_task(&mut self, task_id: &str) {
         self.changes.task(task_id);
         self.tasks.relist(task_id);
+        self.tasks
+            .note_written(task_id, self.changes.last_write_batch());
     }
 
     /// Records whether, and how loaded, device `device_id` can take a task
