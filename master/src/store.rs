@@ -935,6 +935,85 @@ mod tests {
     }
 
     #[test]
+    fn a_start_loads_the_live_tasks_and_the_reader_serves_the_finished_ones() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = Store::open(dir.path(), Synchronous::Normal).expect("open");
+        let states = [
+            TaskState::Queued,
+            TaskState::Completed,
+            TaskState::Failed,
+            TaskState::Completed,
+            TaskState::Running,
+        ];
+        for (i, state) in states.into_iter().enumerate() {
+            let seq = i as u64 + 1;
+            let mut record =
+                TaskRecord::queued(format!("t{seq}"), seq, TaskSpec::new("echo", json!({})), 5);
+            record.state = state;
+            store.commit(&[put(&record, seq)]).expect("commit");
+        }
+        let (_, live, history) = store.load_live().expect("load");
+        let live: Vec<&str> = live.iter().map(|r| r.task_id.as_str()).collect();
+        assert_eq!(live, ["t1", "t5"]);
+        let mut finished = history.finished.clone();
+        finished.sort_by_key(|(state, _)| state.as_str());
+        assert_eq!(
+            finished,
+            [(TaskState::Completed, 2), (TaskState::Failed, 1)]
+        );
+        assert_eq!(history.max_seq, 5);
+
+        let reader = Reader::open(dir.path()).expect("reader");
+        let ids = |answer: ReadAnswer| match answer {
+            ReadAnswer::Tasks {
+                records,
+                before_seq,
+            } => (
+                records.into_iter().map(|r| r.task_id).collect::<Vec<_>>(),
+                before_seq,
+            ),
+            other => panic!("not tasks: {other:?}"),
+        };
+        let read = |request: ReadRequest| reader.read(&request).expect("read");
+        let task = |id: &str| read(ReadRequest::Task { task_id: id.into() });
+        assert_eq!(ids(task("t2")), (vec!["t2".to_string()], None));
+        assert_eq!(ids(task("nope")), (vec![], None));
+        assert_eq!(
+            read(ReadRequest::Exists {
+                task_ids: vec!["t1".into(), "nope".into(), "t4".into()]
+            }),
+            ReadAnswer::Ids(vec!["t1".into(), "t4".into()])
+        );
+        let page = |state, before: Option<&str>, before_seq, limit| {
+            read(ReadRequest::Page {
+                state,
+                before: before.map(str::to_string),
+                before_seq,
+                limit,
+            })
+        };
+        // Finished tasks only, newest first, one past the page.
+        assert_eq!(
+            ids(page(None, None, None, 1)),
+            (vec!["t4".to_string(), "t3".to_string()], None)
+        );
+        // A cursor the store looks up, or the one the core knew.
+        assert_eq!(
+            ids(page(Some(TaskState::Completed), Some("t4"), None, 5)),
+            (vec!["t2".to_string()], Some(4))
+        );
+        assert_eq!(
+            ids(page(None, Some("t5"), Some(5), 5)),
+            (vec!["t4".into(), "t3".into(), "t2".into()], Some(5))
+        );
+        assert_eq!(page(None, Some("nope"), None, 5), ReadAnswer::NoCursor);
+        assert_eq!(
+            ids(page(Some(TaskState::Queued), None, None, 5)),
+            (vec![], None)
+        );
+    }
+
+    #[test]
     fn a_task_written_again_is_updated_in_place_and_the_state_index_is_dropped() {
         let dir = tempfile::tempdir().expect("temp dir");
         // A database as earlier masters created it, index included.
