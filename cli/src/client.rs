@@ -7,7 +7,7 @@
 //! so they are queued and handed out later by [`Client::next_event`].
 
 use crate::lines::{Lines, LinesError};
-use protocol::auth::{master_proof_from_reply, Challenge, Hello, Method, Nonce, Token, Transcript};
+use protocol::auth::{ClientHandshake, Method, Nonce, Token};
 use protocol::{
     Ack, BatchSubmitted, ClusterStats, DevicePage, DeviceRef, DeviceReply, DeviceView, Draining,
     Envelope, ErrorCode, Event, Frame, ListDevices, ListTasks, Message, StatusReply, Submitted,
@@ -307,17 +307,15 @@ impl Client {
         let mut nonce = [0u8; protocol::auth::SECRET_LEN];
         getrandom::fill(&mut nonce)
             .map_err(|err| ClientError::Protocol(format!("no random bytes: {err}")))?;
-        let hello = Hello {
-            method: Method::Admin,
-            client_nonce: Nonce(nonce),
-        };
-        let ack = self.request(Message::AuthHello(hello.clone()))?;
-        let challenge = Challenge::from_reply(&ack.result.fields())
+        let mut handshake = ClientHandshake::new(Method::Admin, Nonce(nonce));
+        let ack = self.request(Message::AuthHello(handshake.hello()))?;
+        let proof = handshake
+            .prove(&ack.result.fields(), |transcript| {
+                transcript.client_mac(token)
+            })
             .map_err(|err| ClientError::Protocol(err.to_string()))?;
-        let transcript = Transcript::new(&hello, &challenge);
-        let ack = self.request(Message::AuthProof(transcript.client_mac(token)))?;
-        let proven = master_proof_from_reply(&ack.result.fields())
-            .is_ok_and(|proof| transcript.verify_master_mac(token, &proof));
+        let ack = self.request(Message::AuthProof(proof))?;
+        let proven = handshake.master_proves(token, &ack.result.fields());
         if proven {
             Ok(())
         } else {

@@ -7,6 +7,7 @@ use crate::client::{Client, ClientError};
 use crate::require::requirements_from;
 use crate::table::{ago, clean, gigabytes, or_dash, Table};
 use crate::{exit, Error};
+use protocol::text::TASK_COLUMNS;
 use protocol::{
     DevicePage, DeviceRef, DeviceReply, DeviceView, Draining, Event, ListDevices, ListTasks,
     Message, Revoked, StatusReply, Submitted, Success, TaskCancel, TaskChanged, TaskPage,
@@ -490,16 +491,7 @@ pub fn next_page_command(filter: &ListTasks, cursor: &str) -> String {
 
 /// Tasks as a table, one row each.
 pub fn task_table(tasks: &[TaskView], now: SystemTime) -> Table {
-    let mut table = Table::new(&[
-        "ID",
-        "TYPE",
-        "STATE",
-        "PRIORITY",
-        "ATTEMPT",
-        "DEVICE",
-        "SUBMITTED",
-    ])
-    .align_right(&["ATTEMPT"]);
+    let mut table = Table::new(&TASK_COLUMNS).align_right(&["ATTEMPT"]);
     for task in tasks {
         table.push(vec![
             task.task_id.clone(),

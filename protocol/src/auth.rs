@@ -379,6 +379,63 @@ pub fn master_proof_from_reply(result: &Map<String, Value>) -> Result<Proof, Aut
     Proof::parse(text)
 }
 
+/// A client's half of the handshake (the CLI's and the tests' admin
+/// connections, a test's device), with no I/O: the caller sends
+/// [`ClientHandshake::hello`], hands the `result` of the master's `ack`
+/// to [`ClientHandshake::prove`] and sends the proof it returns, then
+/// checks the master's own proof in the `ack` to that
+/// ([`ClientHandshake::master_proves`]). Written once, so every client
+/// proves and checks the same way.
+#[derive(Debug, Clone)]
+pub struct ClientHandshake {
+    hello: Hello,
+    transcript: Option<Transcript>,
+}
+
+impl ClientHandshake {
+    /// A handshake by `method`, with the client's fresh `client_nonce`
+    /// (randomness comes in as a parameter).
+    pub fn new(method: Method, client_nonce: Nonce) -> ClientHandshake {
+        ClientHandshake {
+            hello: Hello {
+                method,
+                client_nonce,
+            },
+            transcript: None,
+        }
+    }
+
+    /// The `auth_hello` to send first.
+    pub fn hello(&self) -> Hello {
+        self.hello.clone()
+    }
+
+    /// Reads the master's challenge from the `result` of its `ack` to the
+    /// hello and returns the proof to send (`auth_proof`), made by `prove`
+    /// over the transcript.
+    pub fn prove(
+        &mut self,
+        result: &Map<String, Value>,
+        prove: impl FnOnce(&Transcript) -> Proof,
+    ) -> Result<Proof, AuthError> {
+        let challenge = Challenge::from_reply(result)?;
+        let transcript = Transcript::new(&self.hello, &challenge);
+        let proof = prove(&transcript);
+        self.transcript = Some(transcript);
+        Ok(proof)
+    }
+
+    /// Whether the `result` of the master's `ack` to the proof holds the
+    /// master's proof that it has `token` too (false before [`Self::prove`]).
+    pub fn master_proves(&self, token: &Token, result: &Map<String, Value>) -> bool {
+        let Some(transcript) = &self.transcript else {
+            return false;
+        };
+        master_proof_from_reply(result)
+            .is_ok_and(|proof| transcript.verify_master_mac(token, &proof))
+    }
+}
+
 /// Everything both sides said in a handshake, in a fixed layout; every
 /// proof covers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -482,6 +539,41 @@ mod tests {
             server_nonce: Nonce([nonce; 32]),
             master_key: KeyPair::from_seed([9; 32]).public(),
         }
+    }
+
+    #[test]
+    fn a_client_handshake_proves_the_token_and_checks_the_masters_proof() {
+        let token = Token::from_bytes(TokenKind::Admin, [3; 32]);
+        let other = Token::from_bytes(TokenKind::Admin, [4; 32]);
+        let mut handshake = ClientHandshake::new(Method::Admin, Nonce([1; 32]));
+        assert_eq!(handshake.hello(), hello(Method::Admin));
+        let field = |pairs: &[(&str, String)]| -> Map<String, Value> {
+            pairs
+                .iter()
+                .map(|(key, value)| (key.to_string(), Value::String(value.clone())))
+                .collect()
+        };
+        let master = Transcript::new(&hello(Method::Admin), &challenge(5));
+        let proved = field(&[("master_proof", master.master_mac(&token).to_string())]);
+        // Before the challenge there is nothing to check against.
+        assert!(!handshake.master_proves(&token, &proved));
+        assert!(matches!(
+            handshake.prove(&Map::new(), |t| t.client_mac(&token)),
+            Err(AuthError::MissingField("challenge"))
+        ));
+        let challenged = field(&[
+            ("challenge", challenge(5).server_nonce.to_string()),
+            ("master_key", challenge(5).master_key.to_string()),
+        ]);
+        let proof = handshake
+            .prove(&challenged, |t| t.client_mac(&token))
+            .expect("a whole challenge");
+        assert!(master.verify_client_mac(&token, &proof));
+        assert!(handshake.master_proves(&token, &proved));
+        assert!(!handshake.master_proves(&other, &proved));
+        let forged = field(&[("master_proof", master.master_mac(&other).to_string())]);
+        assert!(!handshake.master_proves(&token, &forged));
+        assert!(!handshake.master_proves(&token, &Map::new()));
     }
 
     #[test]

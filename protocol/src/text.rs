@@ -10,7 +10,7 @@ mod duration;
 mod table;
 
 pub use duration::{parse_duration, seconds_to_duration, DurationError, Shortest};
-pub use table::{clean, render_table, Align, Table};
+pub use table::{clean, render_table, Align, Table, TASK_COLUMNS};
 
 /// One parsed text command.
 #[derive(Debug, Clone, PartialEq)]

@@ -10,9 +10,7 @@ pub mod launch;
 
 use cli::lines::{Lines, LinesError};
 use launch::{master_command, wait_listening, worker_command};
-use protocol::auth::{
-    master_proof_from_reply, Challenge, Hello, Method, Nonce, Proof, Token, TokenKind, Transcript,
-};
+use protocol::auth::{ClientHandshake, Method, Nonce, Proof, Token, TokenKind, Transcript};
 use protocol::{Ack, Envelope, ErrorReply, Event, Frame, Message};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -460,13 +458,12 @@ impl Client {
     /// Proves the admin token and checks the master's proof; the outer
     /// error is I/O, the inner one the master's refusal.
     pub fn authenticate_admin(&mut self, token: &Token) -> std::io::Result<Result<(), ErrorReply>> {
-        let (transcript, reply) = match self.handshake(Method::Admin, |t| t.client_mac(token))? {
+        let (handshake, reply) = match self.handshake(Method::Admin, |t| t.client_mac(token))? {
             Ok(done) => done,
             Err(error) => return Ok(Err(error)),
         };
-        let proof = master_proof_from_reply(&reply.result.fields()).ok();
         assert!(
-            proof.is_some_and(|proof| transcript.verify_master_mac(token, &proof)),
+            handshake.master_proves(token, &reply.result.fields()),
             "the master proves it holds the admin token"
         );
         Ok(Ok(()))
@@ -491,25 +488,23 @@ impl Client {
     }
 
     /// Sends `auth_hello` and `auth_proof` (computed by `prove`); returns
-    /// the transcript and the master's `ack` to the proof.
+    /// the handshake and the master's `ack` to the proof.
     fn handshake(
         &mut self,
         method: Method,
         prove: impl FnOnce(&Transcript) -> Proof,
-    ) -> std::io::Result<Result<(Transcript, Ack), ErrorReply>> {
-        let hello = Hello {
-            method,
-            client_nonce: Nonce(std::array::from_fn(|_| fastrand::u8(..))),
-        };
-        let ack = match self.try_request(Message::AuthHello(hello.clone()))? {
+    ) -> std::io::Result<Result<(ClientHandshake, Ack), ErrorReply>> {
+        let nonce = Nonce(std::array::from_fn(|_| fastrand::u8(..)));
+        let mut handshake = ClientHandshake::new(method, nonce);
+        let ack = match self.try_request(Message::AuthHello(handshake.hello()))? {
             Ok(ack) => ack,
             Err(error) => return Ok(Err(error)),
         };
-        let challenge = Challenge::from_reply(&ack.result.fields())
+        let proof = handshake
+            .prove(&ack.result.fields(), prove)
             .map_err(|err| std::io::Error::other(err.to_string()))?;
-        let transcript = Transcript::new(&hello, &challenge);
-        let reply = self.try_request(Message::AuthProof(prove(&transcript)))?;
-        Ok(reply.map(|ack| (transcript, ack)))
+        let reply = self.try_request(Message::AuthProof(proof))?;
+        Ok(reply.map(|ack| (handshake, ack)))
     }
 
     /// Connects without authenticating.

@@ -108,7 +108,7 @@ fn normalize_arch(arch: &str) -> String {
 pub(super) fn device_matches(device: &Device, task: &Task) -> bool {
     let spec = &task.record.spec;
     let wanted = &spec.requirements;
-    let register = &device.register;
+    let register = &device.record.profile;
     let record = &device.record;
     if let Some(types) = &record.task_types {
         if !types.iter().any(|t| t == &spec.task_type) {

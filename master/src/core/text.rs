@@ -4,7 +4,7 @@
 use super::records::TaskRecord;
 use super::rfc3339;
 use super::{ConnId, Core, Now};
-use protocol::text::{self, render_table, TextCommand};
+use protocol::text::{self, render_table, TextCommand, TASK_COLUMNS};
 use protocol::{
     ListDevices, ListTasks, Reply, TaskCancel, TaskSpec, TaskState, TaskSubmit, TaskView,
 };
@@ -292,18 +292,7 @@ pub(super) fn tasks_text(
             ]
         })
         .collect();
-    let mut text = render_table(
-        &[
-            "ID",
-            "TYPE",
-            "STATE",
-            "PRIORITY",
-            "ATTEMPT",
-            "DEVICE",
-            "SUBMITTED",
-        ],
-        &rows,
-    );
+    let mut text = render_table(&TASK_COLUMNS, &rows);
     if let Some(cursor) = next {
         let state = state.map(|s| format!("{s} ")).unwrap_or_default();
         text.push_str(&format!("more: tasks {state}before {cursor}\n"));

@@ -278,7 +278,7 @@ const SUMMARY_LOAD_AVERAGES: usize = 3;
 
 fn registered_view(device: &Device, full: bool) -> DeviceView {
     let record = &device.record;
-    let register = &device.register;
+    let register = &device.record.profile;
     DeviceView {
         device_id: record.device_id.clone(),
         role: record.role.clone(),

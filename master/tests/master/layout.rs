@@ -7,7 +7,9 @@
 //!
 //! It also reads the master's core: each part (registry, tasks, timers, queue, changes,
 //! outgoing, outbox, a connection's handshake) names only the parts it owns or is handed,
-//! and never `Core`, so what needs several parts stays routed by `Core`.
+//! and never `Core`, so what needs several parts stays routed by `Core`. And `core/mod.rs`
+//! is the core's public face only: its `impl Core` holds the public API and no handler,
+//! which live in the routing files by role (`register.rs`, `results.rs`, `control.rs`, ...).
 
 use std::path::{Path, PathBuf};
 
@@ -95,7 +97,9 @@ fn the_check_sees_every_way_of_naming_the_worker_crate() {
 /// The parts of the master's core, each a struct that owns its state, and the other
 /// parts of the core each may name (always through a module path, `super::x::` or
 /// `crate::core::x::`). A part never names `Core`: what needs several parts is routed by
-/// `Core` (in `core/mod.rs`, `auth.rs`, `life.rs`, `dispatch.rs`, `views.rs`, `text.rs`),
+/// `Core` (in `core/mod.rs` and the routing files: `register.rs`, `results.rs`,
+/// `control.rs`, `effects.rs`, `restore.rs`, `auth.rs`, `life.rs`, `dispatch.rs`,
+/// `views.rs`, `text.rs`),
 /// so one part never reaches into another's state. The registry holds each connection's
 /// authentication (`handshake`) and answers refusals (`auth`'s error types); the tasks
 /// hold the queue and are handed the timer table to drop a cancelled task's backoff.
@@ -225,5 +229,65 @@ fn the_part_check_sees_paths_into_the_core_and_core_itself() {
             ),
             "{text}"
         );
+    }
+}
+
+/// The methods of `impl Core` in `text` (the core's `mod.rs`) that are not public API:
+/// each `fn` of that block that is not `pub fn`, and any handler (`fn on_`) anywhere in
+/// the file. A handler belongs in a routing file by role, so `mod.rs` stays the face a
+/// newcomer reads: the struct, its construction, the public types and the routing match.
+fn private_in_the_face(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut in_core = false;
+    for (number, line) in text.lines().enumerate() {
+        if line.starts_with("impl Core {") {
+            in_core = true;
+        } else if line.starts_with('}') {
+            in_core = false;
+        }
+        let code = line.trim_start();
+        let declares = code.starts_with("fn ")
+            || code.starts_with("pub(super) fn ")
+            || code.starts_with("pub(crate) fn ")
+            || code.starts_with("pub fn ");
+        let handler = declares && code.contains("fn on_");
+        let private = in_core && declares && !code.starts_with("pub fn ");
+        if handler || private {
+            found.push(format!("{}: {}", number + 1, code));
+        }
+    }
+    found
+}
+
+#[test]
+fn the_cores_mod_rs_is_its_public_face_and_holds_no_handler() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/core/mod.rs");
+    let text = std::fs::read_to_string(path).expect("src/core/mod.rs");
+    assert!(
+        text.contains("impl Core {"),
+        "the check reads Core's impl block"
+    );
+    let found = private_in_the_face(&text);
+    assert!(
+        found.is_empty(),
+        "core/mod.rs holds what is not public API (move it to a routing file by role):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_face_check_sees_handlers_and_private_methods() {
+    for (text, found) in [
+        ("impl Core {\n    pub fn handle_tick(&mut self) {}\n}", 0),
+        ("impl Core {\n    fn on_submit(&mut self) {}\n}", 1),
+        ("impl Core {\n    pub(super) fn requeue(&mut self) {}\n}", 1),
+        ("impl Core {\n}\nfn not_registered() -> ReplyError {}", 0),
+        (
+            "impl Default for CoreConfig {\n    fn default() -> CoreConfig {}\n}",
+            0,
+        ),
+        ("fn on_result() {}", 1),
+    ] {
+        assert_eq!(private_in_the_face(text).len(), found, "{text}");
     }
 }

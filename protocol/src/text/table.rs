@@ -5,6 +5,19 @@
 
 use std::borrow::Cow;
 
+/// The columns of a task listing, in order: the header of the master's
+/// text-mode `tasks` and of `retire tasks`, written once so the two read
+/// alike (the cells differ: the CLI shows the submission's age).
+pub const TASK_COLUMNS: [&str; 7] = [
+    "ID",
+    "TYPE",
+    "STATE",
+    "PRIORITY",
+    "ATTEMPT",
+    "DEVICE",
+    "SUBMITTED",
+];
+
 /// Which side of its column a cell sticks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Align {

@@ -106,7 +106,7 @@ impl DeviceTotals {
         if device.conn.is_none() {
             return;
         }
-        let register = &device.register;
+        let register = &device.record.profile;
         self.online += 1;
         self.cpu_cores += u64::from(register.cpu_cores.unwrap_or(0));
         self.memory_bytes += u128::from(register.memory_total_bytes.unwrap_or(0));
@@ -120,7 +120,7 @@ impl DeviceTotals {
         if device.conn.is_none() {
             return;
         }
-        let register = &device.register;
+        let register = &device.record.profile;
         self.online = self.online.saturating_sub(1);
         self.cpu_cores = self
             .cpu_cores
@@ -164,7 +164,8 @@ impl DeviceTotals {
 /// The platform a device counts under in `status`.
 fn platform_of(device: &Device) -> String {
     device
-        .register
+        .record
+        .profile
         .platform
         .clone()
         .unwrap_or_else(|| "unknown".into())

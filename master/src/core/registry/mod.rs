@@ -12,15 +12,16 @@ pub(super) mod index;
 use super::records::{DeviceKeyRecord, DeviceRecord};
 use super::{not_registered, ConnId, ReplyError, MAX_UNTRUSTED_SUBSCRIBERS};
 use protocol::auth::PublicKey;
-use protocol::{ErrorCode, Message, Metrics, Register, Subscribe};
+use protocol::{DeviceStatus, ErrorCode, Message, Metrics, Subscribe};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
 
 #[derive(Debug)]
 pub(super) struct Device {
+    /// What is persisted, with the registration it last sent
+    /// (`record.profile`).
     pub(super) record: DeviceRecord,
-    pub(super) register: Register,
     pub(super) conn: Option<ConnId>,
     /// Tasks given to this device whose attempt it has not yet reported.
     pub(super) active: BTreeSet<String>,
@@ -66,6 +67,24 @@ pub(super) enum Due<T> {
     Later(Duration),
     /// There is nothing to end (an unknown device, or none set).
     Not,
+}
+
+/// What became of a device's tasks when it left (see [`Registry::leave`]).
+#[derive(Debug)]
+pub(super) enum Left {
+    /// It holds this many on a lease: it keeps running them while away.
+    Leased(usize),
+    /// It gave these up.
+    Gave(BTreeSet<String>),
+}
+
+/// What a heartbeat changed (see [`Registry::heartbeat`]).
+#[derive(Debug)]
+pub(super) struct Beat {
+    /// The device is online: its heartbeat deadline moves.
+    pub(super) online: bool,
+    /// It started draining with this heartbeat: its record to persist.
+    pub(super) drained: Option<DeviceRecord>,
 }
 
 /// Devices, connections and keys.
@@ -240,6 +259,145 @@ impl Registry {
         let counted = device.active.remove(task_id);
         refile(&mut self.free, device_id, device);
         counted
+    }
+
+    /// Puts device `record.device_id` online on `conn`, replacing what
+    /// was known of it (it keeps its place in the listing by first
+    /// registration and its index entries); `conn` speaks for it from now
+    /// on. Returns the tasks the master had counted on it, which the
+    /// caller keeps or takes as lost.
+    pub(super) fn join(
+        &mut self,
+        conn: ConnId,
+        record: DeviceRecord,
+        now: Duration,
+    ) -> BTreeSet<String> {
+        let device_id = record.device_id.clone();
+        let (previous_active, indexed) = match self.devices.get_mut(&device_id) {
+            Some(old) => {
+                self.totals.remove(old);
+                (std::mem::take(&mut old.active), old.indexed)
+            }
+            None => {
+                self.by_registration
+                    .insert(record.registered_unix_ms, &device_id);
+                Default::default()
+            }
+        };
+        let device = Device {
+            record,
+            conn: Some(conn),
+            active: BTreeSet::new(),
+            last_seen: now,
+            metrics: None,
+            paused_until: None,
+            lease_until: None,
+            indexed,
+        };
+        self.totals.add(&device);
+        self.devices.insert(device_id.clone(), device);
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.device_id = Some(device_id);
+        }
+        previous_active
+    }
+
+    /// Device `device_id` lost its connection: it is offline. Offered a
+    /// lease (`lease_until`), a device that supports leases and holds
+    /// tasks keeps them until then ([`Left::Leased`], how many); otherwise
+    /// it gives every task up ([`Left::Gave`]), for the caller to requeue
+    /// or take as lost. Also returns its record to persist; `None` for an
+    /// unknown device.
+    pub(super) fn leave(
+        &mut self,
+        device_id: &str,
+        lease_until: Option<Duration>,
+    ) -> Option<(DeviceRecord, Left)> {
+        let device = self.devices.get_mut(device_id)?;
+        self.totals.remove(device);
+        device.conn = None;
+        device.record.status = DeviceStatus::Offline;
+        let record = device.record.clone();
+        let left = match lease_until {
+            Some(until) if device.record.leases && !device.active.is_empty() => {
+                device.lease_until = Some(until);
+                Left::Leased(device.active.len())
+            }
+            _ => Left::Gave(std::mem::take(&mut device.active)),
+        };
+        Some((record, left))
+    }
+
+    /// A heartbeat from device `device_id` at `now` (`unix_ms` by the wall
+    /// clock) with its metrics; `draining` when the worker says it is
+    /// leaving, which takes an online device out of the free slots. Says
+    /// whether the device is online (its heartbeat deadline moves) and,
+    /// when it started draining here, its record to persist.
+    pub(super) fn heartbeat(
+        &mut self,
+        device_id: &str,
+        now: Duration,
+        unix_ms: i64,
+        metrics: Metrics,
+        draining: bool,
+    ) -> Result<Beat, ReplyError> {
+        let Some(device) = self.devices.get_mut(device_id) else {
+            return Err(not_registered());
+        };
+        device.last_seen = now;
+        device.record.last_seen_unix_ms = unix_ms;
+        device.metrics = Some(metrics);
+        let online = device.conn.is_some();
+        let mut drained = None;
+        if draining && device.record.status == DeviceStatus::Online && online {
+            device.record.status = DeviceStatus::Draining;
+            drained = Some(device.record.clone());
+            refile(&mut self.free, device_id, device);
+        }
+        Ok(Beat { online, drained })
+    }
+
+    /// Drains online device `device_id` (an operator asked): no new work
+    /// for it from now on. Returns its record to persist.
+    pub(super) fn drain(&mut self, device_id: &str) -> Result<DeviceRecord, ReplyError> {
+        let Some(device) = self.devices.get_mut(device_id) else {
+            return Err(ReplyError::new(
+                ErrorCode::NotFound,
+                format!("no device {device_id}"),
+            ));
+        };
+        if device.conn.is_none() {
+            return Err(ReplyError::new(
+                ErrorCode::InvalidState,
+                format!("device {device_id} is offline"),
+            ));
+        }
+        device.record.status = DeviceStatus::Draining;
+        let record = device.record.clone();
+        refile(&mut self.free, device_id, device);
+        Ok(record)
+    }
+
+    /// Device `device_id` was heard from at `now` (a result, say);
+    /// whether it is online, so its heartbeat deadline moves too.
+    pub(super) fn seen(&mut self, device_id: &str, now: Duration) -> bool {
+        let Some(device) = self.devices.get_mut(device_id) else {
+            return false;
+        };
+        device.last_seen = now;
+        device.conn.is_some()
+    }
+
+    /// Gives device `device_id` no new task until `until` (it said it had
+    /// no free slot) and refiles its free slots; whether the device is
+    /// known, so the caller sets its timer.
+    pub(super) fn pause(&mut self, device_id: &str, until: Duration) -> bool {
+        let Some(device) = self.devices.get_mut(device_id) else {
+            return false;
+        };
+        device.paused_until = Some(until);
+        refile(&mut self.free, device_id, device);
+        true
     }
 
     /// Free slots over every device that can take a task now.

@@ -279,7 +279,7 @@ fn an_oversized_profile_stored_by_an_older_master_is_kept_without_its_free_form_
         device.record.profile
     );
     assert_eq!(
-        device.register.cpu_cores,
+        device.record.profile.cpu_cores,
         Some(4),
         "what the master uses stays"
     );

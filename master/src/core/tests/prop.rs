@@ -775,7 +775,7 @@ fn device_stats_by_scan(core: &Core) -> ClusterStats {
     let (mut memory, mut disk) = (0u64, 0u64);
     for device in core.registry.devices.values().filter(|d| d.conn.is_some()) {
         stats.online_devices += 1;
-        let register = &device.register;
+        let register = &device.record.profile;
         stats.total_resources.cpu_cores += register.cpu_cores.unwrap_or(0);
         memory += register.memory_total_bytes.unwrap_or(0);
         disk += register.disk_total_bytes.unwrap_or(0);

@@ -95,7 +95,7 @@ fn check_register(data: Value, expect: (u32, &str, &str, &str, u32)) {
     let device = sim.device("d");
     assert_eq!(device.slots, slots, "slots of {data}");
     assert_eq!(device.role, role, "role of {data}");
-    let registered = &sim.core.registry.devices["d"].register;
+    let registered = &sim.core.registry.devices["d"].record.profile;
     assert_eq!(registered.platform.as_deref(), Some(platform), "{data}");
     assert_eq!(
         registered.architecture.as_deref().unwrap_or(""),
@@ -146,7 +146,10 @@ fn flat_register_keeps_memory_tags_and_address() {
     assert_eq!(device.tags, ["linux", "worker"]);
     assert_eq!(device.ip_address, "10.0.0.5");
     assert_eq!(
-        sim.core.registry.devices["pi"].register.memory_total_bytes,
+        sim.core.registry.devices["pi"]
+            .record
+            .profile
+            .memory_total_bytes,
         Some(gib(8))
     );
 }
