@@ -229,3 +229,31 @@ fn text_commands_read_finished_tasks_from_the_store() {
         "{retry}"
     );
 }
+
+#[test]
+fn a_page_where_the_store_and_memory_overlap_skips_and_repeats_nothing() {
+    // Older finished tasks only in the store; newer ones finished but still
+    // in memory (their commits not reported yet), so the store's newest
+    // rows are tasks memory shows: the page stops where the store's rows
+    // end and its cursor resumes right below.
+    let mut sim = evicting();
+    sim.add_worker("a", 4);
+    let old = run(&mut sim, 5);
+    sim.evict = false;
+    let recent = run(&mut sim, 4);
+    assert!(recent.iter().all(|id| in_memory(&sim, id)));
+    assert!(old.iter().all(|id| !in_memory(&sim, id)));
+    let mut everything: Vec<String> = old.iter().chain(&recent).cloned().collect();
+    everything.reverse();
+    for limit in [1, 2, 3, 4, 10] {
+        assert_eq!(walk(&mut sim, None, limit), everything, "limit {limit}");
+    }
+    let completed: Vec<String> = everything
+        .iter()
+        .filter(|id| sim.db.tasks[*id].state == TaskState::Completed)
+        .cloned()
+        .collect();
+    for limit in [1, 2, 5] {
+        assert_eq!(walk(&mut sim, Some(TaskState::Completed), limit), completed);
+    }
+}
