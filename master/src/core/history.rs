@@ -19,8 +19,8 @@ use super::records::TaskRecord;
 use super::text::{task_text, tasks_text};
 use super::{ConnId, Core, Now, Output, ReplyError, DEFAULT_LIST, MAX_LIST};
 use protocol::{
-    Ack, ErrorCode, ErrorReply, ListTasks, Message, Reply, Success, TaskCancel, TaskPage,
-    TaskReply, TaskState, TaskSubmit, TaskView,
+    Ack, ErrorCode, ErrorReply, ListTasks, Message, Reply, ResultRecorded, Success, TaskCancel,
+    TaskPage, TaskReply, TaskResult, TaskState, TaskSubmit, TaskView,
 };
 use std::collections::BTreeSet;
 
@@ -112,6 +112,10 @@ enum Purpose {
     Submit {
         reply_to: Option<String>,
         submit: TaskSubmit,
+    },
+    StaleResult {
+        reply_to: Option<String>,
+        task_id: String,
     },
     SubmitText {
         submit: TaskSubmit,
@@ -210,6 +214,30 @@ impl Core {
             return self.defer(conn, request, Purpose::Cancel { reply_to, task_id });
         }
         Routed::Now(self.on_cancel(now, cancel))
+    }
+
+    /// `task_result`: a result for a task that is not in memory is stale
+    /// if the task is in the store (finished, so no attempt of it is
+    /// current): acknowledged as discarded, as a finished task's late
+    /// result always was, so the worker forgets it; unknown otherwise.
+    pub(super) fn route_result(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        sender: Option<String>,
+        reply_to: Option<String>,
+        result: TaskResult,
+    ) -> Routed {
+        let task_id = result.task_id.clone();
+        let outcome = self.on_result(now, conn, sender, result);
+        let unknown = matches!(&outcome, Err(error) if error.code == ErrorCode::NotFound);
+        if unknown && self.stored_only(&task_id) {
+            let request = ReadRequest::Task {
+                task_id: task_id.clone(),
+            };
+            return self.defer(conn, request, Purpose::StaleResult { reply_to, task_id });
+        }
+        Routed::Now(outcome)
     }
 
     /// `task_submit`: a client-chosen id that is not in memory may be a
@@ -377,6 +405,29 @@ impl Core {
                 let result = answer
                     .map_err(failed)
                     .and_then(|answer| self.on_submit(now, submit, &stored_ids(answer)));
+                (reply_to, false, result)
+            }
+            Purpose::StaleResult { reply_to, task_id } => {
+                let stored = matches!(
+                    &answer,
+                    Ok(ReadAnswer::Tasks { records, .. }) if !records.is_empty()
+                );
+                let result = if stored {
+                    log::info!("discarding stale result for finished task {task_id}");
+                    Ok(Reply::from(ResultRecorded {
+                        message: "result discarded: the attempt is no longer current".into(),
+                        recorded: false,
+                        success: Success,
+                        task_id,
+                    }))
+                } else {
+                    answer.map_err(failed).and_then(|_| {
+                        Err(ReplyError::new(
+                            ErrorCode::NotFound,
+                            format!("no task {task_id}"),
+                        ))
+                    })
+                };
                 (reply_to, false, result)
             }
             Purpose::TaskText => {

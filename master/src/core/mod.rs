@@ -372,7 +372,12 @@ impl Core {
                     Err(error) => Err(error),
                 }
             }
-            Message::TaskResult(result) => self.on_result(now, conn, sender, result),
+            Message::TaskResult(result) => {
+                match self.route_result(now, conn, sender, reply_to.clone(), result) {
+                    Routed::Now(result) => result,
+                    Routed::Deferred => return,
+                }
+            }
             Message::TaskProgress(progress) => {
                 self.on_progress(conn, sender, progress);
                 return;

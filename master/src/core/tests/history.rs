@@ -257,3 +257,18 @@ fn a_page_where_the_store_and_memory_overlap_skips_and_repeats_nothing() {
         assert_eq!(walk(&mut sim, Some(TaskState::Completed), limit), completed);
     }
 }
+
+#[test]
+fn a_late_result_for_a_finished_task_in_the_store_is_discarded_as_before() {
+    let mut sim = evicting();
+    sim.add_worker("a", 1);
+    let t = sim.submit(spec("echo"));
+    sim.complete("a", &t);
+    assert!(!in_memory(&sim, &t));
+    // The worker sends it again (it never saw the ack, say).
+    let again = sim.report("a", &t, 1, ResultStatus::Completed);
+    assert_eq!(again.field("recorded"), json!(false), "{:?}", again);
+    assert_eq!(sim.db.tasks[&t].state, TaskState::Completed);
+    let unknown = sim.report("a", "nope", 1, ResultStatus::Completed);
+    assert_eq!(unknown.code(), ErrorCode::NotFound);
+}
