@@ -12,6 +12,7 @@ mod attack;
 mod client;
 mod connections;
 mod footprint;
+mod history;
 mod latency;
 mod listing;
 mod procs;
@@ -58,6 +59,10 @@ enum Scenario {
     /// Hostile peers: non-readers that make the master hold replies (its
     /// RSS), and a listing flood (others' latency meanwhile).
     Attack(AttackArgs),
+    /// A long history: a master started on 1,000,000 finished and 10,000
+    /// queued tasks; its start time, RSS and `task_status` of finished
+    /// tasks (read from the store).
+    History(HistoryArgs),
     /// Every scenario in turn, each with its default sizes.
     All,
 }
@@ -148,6 +153,22 @@ struct ListingArgs {
     /// [default: 100,10000; smoke: 10,100]; 0 skips them.
     #[arg(long, value_delimiter = ',')]
     devices: Option<Vec<usize>>,
+}
+
+#[derive(Debug, Default, Args)]
+struct HistoryArgs {
+    /// Finished tasks in the database [default: 1000000; smoke: 2000].
+    #[arg(long, alias = "size")]
+    finished: Option<usize>,
+    /// Queued tasks after them [default: 10000; smoke: 100].
+    #[arg(long)]
+    queued: Option<usize>,
+    /// Timed task_status requests [default: 2000; smoke: 20].
+    #[arg(long)]
+    requests: Option<usize>,
+    /// Timed runs of `retire task ID` [default: 200; smoke: 3].
+    #[arg(long)]
+    cli_runs: Option<usize>,
 }
 
 #[derive(Debug, Default, Args)]
@@ -272,6 +293,15 @@ fn attack(args: &AttackArgs, smoke: bool) -> Result<report::Report> {
     })
 }
 
+fn history(args: &HistoryArgs, smoke: bool) -> Result<report::Report> {
+    history::run(&history::Params {
+        finished: pick(args.finished, smoke, 2000, 1_000_000),
+        queued: pick(args.queued, smoke, 100, 10_000),
+        requests: pick(args.requests, smoke, 20, 2000),
+        cli_runs: pick(args.cli_runs, smoke, 3, 200),
+    })
+}
+
 fn print(report: Result<report::Report>) -> bool {
     match report {
         Ok(report) => {
@@ -296,6 +326,7 @@ fn main() -> ExitCode {
         Scenario::Scheduling(args) => print(scheduling(args, smoke)),
         Scenario::Listing(args) => print(listing(args, smoke)),
         Scenario::Attack(args) => print(attack(args, smoke)),
+        Scenario::History(args) => print(history(args, smoke)),
         Scenario::All => {
             let results = [
                 print(throughput(&ThroughputArgs::default(), smoke)),
@@ -312,6 +343,7 @@ fn main() -> ExitCode {
                 print(scheduling(&SchedulingArgs::default(), smoke)),
                 print(listing(&ListingArgs::default(), smoke)),
                 print(attack(&AttackArgs::default(), smoke)),
+                print(history(&HistoryArgs::default(), smoke)),
             ];
             results.iter().all(|ok| *ok)
         }

@@ -40,7 +40,8 @@ fn every_scenario_runs_at_a_small_size() {
             "footprint",
             "scheduling",
             "listing",
-            "attack"
+            "attack",
+            "history"
         ],
         "{stdout}"
     );

@@ -241,6 +241,9 @@ pub(crate) struct EventLoop {
     /// Tells systemd the master is ready, how it is doing, that this loop
     /// still turns (the watchdog), and that it stops.
     notifier: daemon::notify::Notifier,
+    /// The store's read-only connection, which answers the core's reads
+    /// of finished tasks (`Output::Read`).
+    reader: Option<crate::store::Reader>,
 }
 
 impl EventLoop {
@@ -290,7 +293,13 @@ impl EventLoop {
             freed: 0,
             trimmed_at: None,
             notifier: daemon::notify::Notifier::disabled(),
+            reader: None,
         })
+    }
+
+    /// Gives the loop the store's reader, which answers the core's reads.
+    pub(crate) fn set_reader(&mut self, reader: crate::store::Reader) {
+        self.reader = Some(reader);
     }
 
     /// Has the loop tell the service manager behind `notifier` that it is
@@ -943,6 +952,25 @@ impl EventLoop {
 
     fn apply(&mut self, output: Output) {
         match output {
+            Output::Read(read) => {
+                // Answered at once, before the connection's next frame, so
+                // its replies keep their order; the store's reader sees
+                // every committed write, and a finished task stays in the
+                // core until its last write has committed.
+                if self.conns.get(read.conn).is_none_or(|c| c.closed) {
+                    return;
+                }
+                let answer = match &self.reader {
+                    Some(reader) => reader.read(&read.request).map_err(|err| err.to_string()),
+                    None => Err("no store reader".to_string()),
+                };
+                self.core.handle_read(self.now, *read, answer);
+                let mut outputs = Vec::new();
+                self.core.take_outputs(&mut outputs);
+                for output in outputs {
+                    self.apply(output);
+                }
+            }
             Output::Send {
                 conn,
                 payload,
@@ -1083,7 +1111,12 @@ impl EventLoop {
     fn collect_commits(&mut self) {
         for event in self.store_events.try_iter() {
             match event {
-                StoreEvent::Committed(id) => self.outbox.handle_committed(id),
+                StoreEvent::Committed(id) => {
+                    self.outbox.handle_committed(id);
+                    // Finished tasks written by then leave the core's
+                    // memory; reads find them in the store.
+                    self.core.handle_committed(id);
+                }
                 StoreEvent::Failing => self.core.set_storage_available(false),
                 StoreEvent::Recovered => self.core.set_storage_available(true),
             }

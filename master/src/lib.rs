@@ -255,7 +255,11 @@ pub fn run(
         config.synchronous,
         config.core.auth.required,
     )?;
-    let (devices, tasks) = store.load()?;
+    // Only the live tasks: the finished ones stay in the store and are
+    // read when asked for (`core/history.rs`), so a start and the
+    // master's memory cost the live tasks, not the history.
+    let (devices, tasks, history) = store.load_live()?;
+    let reader = store::Reader::open(&config.data_dir)?;
     let device_keys = store.load_device_keys()?;
     // Records set aside now (each logged as it was moved) or at an earlier
     // start stay visible: in this line, in `status` and in `--check`.
@@ -268,9 +272,10 @@ pub fn run(
         );
     }
     log::info!(
-        "restored {} devices and {} tasks from {}",
+        "restored {} devices and {} live tasks ({} finished ones stay in the store) from {}",
         devices.len(),
         tasks.len(),
+        history.finished.iter().map(|(_, count)| count).sum::<u64>(),
         config.data_dir.join(store::DB_FILE).display()
     );
     let started = Instant::now();
@@ -286,6 +291,7 @@ pub fn run(
         .saturating_sub(crate::core::ASSIGN_OVERHEAD)
         .max(1);
     let mut core = Core::new(core_config, devices, tasks, now);
+    core.restore_history(&history.finished, history.max_seq);
     core.restore_device_keys(device_keys);
     core.set_quarantined(quarantined.len() as u64);
     let watch = if let Some(secrets) = secrets {
@@ -324,6 +330,7 @@ pub fn run(
         watch,
     )?;
     // systemd's notify socket and watchdog, when it started the master.
+    event_loop.set_reader(reader);
     event_loop.set_notifier(daemon::notify::Notifier::from_env());
     let result = event_loop.run(&shutdown);
     // The loop dropped its batch sender, so the store thread finishes the

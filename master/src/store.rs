@@ -11,8 +11,10 @@ pub mod files;
 mod schema;
 
 use crate::core::records::{Batch, DeviceKeyRecord, DeviceRecord, StoreOp, TaskRecord};
+use crate::core::{ReadAnswer, ReadRequest};
 use checkpoint::{Checkpointer, WalAction};
 use crossbeam_channel::{Receiver, Sender};
+use protocol::TaskState;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -176,9 +178,9 @@ impl Store {
                      state TEXT NOT NULL,
                      record TEXT NOT NULL
                  );
-                 -- Nothing reads tasks by state (the master loads every
-                 -- task at start and keeps them in memory), and an index
-                 -- on it cost two more B-tree writes at every state change.
+                 -- A full index on the state cost two more B-tree writes
+                 -- at every state change; the partial ones of
+                 -- the history indexes of schema 3 (`store/schema.rs`) replace it.
                  DROP INDEX IF EXISTS tasks_by_state;
                  CREATE TABLE IF NOT EXISTS device_keys (
                      device_id TEXT PRIMARY KEY,
@@ -212,6 +214,45 @@ impl Store {
         let devices = self.load_records::<DeviceRecord>(DEVICES)?;
         let tasks = self.load_records::<TaskRecord>(TASKS)?;
         Ok((devices, tasks))
+    }
+
+    /// Reads every device and the live tasks back (queued, assigned,
+    /// running, retrying), quarantining unreadable ones as [`Store::load`]
+    /// does, and counts the finished tasks, which stay in the store: the
+    /// master reads them when asked (`core/history.rs`), so a start costs
+    /// the live tasks, not the history.
+    pub fn load_live(&self) -> Result<(Vec<DeviceRecord>, Vec<TaskRecord>, History), StoreError> {
+        let devices = self.load_records::<DeviceRecord>(DEVICES)?;
+        let tasks = self.load_records::<TaskRecord>(LIVE_TASKS)?;
+        let history = self.history().map_err(|e| self.sqlite(e))?;
+        Ok((devices, tasks, history))
+    }
+
+    /// The finished tasks per state and the highest `seq`, from the
+    /// indexes (no record is read).
+    fn history(&self) -> rusqlite::Result<History> {
+        let mut statement = self.connection.prepare(&format!(
+            "SELECT state, count(*) FROM tasks WHERE {FINISHED} GROUP BY state"
+        ))?;
+        let mut finished = Vec::new();
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            let state: String = row.get(0)?;
+            let count: i64 = row.get(1)?;
+            if let Ok(state) = state.parse::<TaskState>() {
+                finished.push((state, count.max(0) as u64));
+            }
+        }
+        let max_seq = |condition: &str| -> rusqlite::Result<i64> {
+            self.connection.query_row(
+                &format!("SELECT coalesce(max(seq), 0) FROM tasks WHERE {condition}"),
+                [],
+                |row| row.get(0),
+            )
+        };
+        let live = max_seq("state IN ('queued', 'assigned', 'running', 'retrying')")?;
+        let max_seq = live.max(max_seq(FINISHED)?).max(0) as u64;
+        Ok(History { finished, max_seq })
     }
 
     /// Reads the devices' credential records back.
@@ -514,6 +555,20 @@ const QUARANTINE_TABLE: &str = "CREATE TABLE IF NOT EXISTS quarantine (
     quarantined_unix_ms INTEGER NOT NULL
 );";
 
+/// The condition of the finished history indexes (schema 3, `store/schema.rs`), spelled the same so
+/// SQLite uses them.
+const FINISHED: &str = "state IN ('completed', 'failed', 'timed_out', 'cancelled', 'dead_letter')";
+
+/// What a start leaves in the store without loading it (see
+/// [`Store::load_live`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct History {
+    /// Finished tasks per state.
+    pub finished: Vec<(TaskState, u64)>,
+    /// The highest `seq` of any task.
+    pub max_seq: u64,
+}
+
 /// A table of records the master restores.
 struct Table {
     name: &'static str,
@@ -552,6 +607,16 @@ fn revoked_in_place_of(row: &Quarantined, now_ms: i64) -> Option<DeviceKeyRecord
         revoked_unix_ms: Some(now_ms),
     })
 }
+
+/// The live tasks: what a start loads.
+const LIVE_TASKS: &Table = &Table {
+    name: "tasks",
+    what: "task",
+    select: "SELECT task_id, record, rowid FROM tasks
+             WHERE state IN ('queued', 'assigned', 'running', 'retrying') ORDER BY seq",
+    delete: "DELETE FROM tasks WHERE rowid = ?1",
+    revoke_in_place: false,
+};
 
 const TASKS: &Table = &Table {
     name: "tasks",
@@ -612,6 +677,141 @@ impl Restorable for DeviceRecord {
             }
         }
         Ok(())
+    }
+}
+
+/// A read-only connection to the database, which answers the core's reads
+/// of finished tasks (`Output::Read`) on the event loop's thread. Every
+/// read is a lookup by key or a walk of one index that stops after its
+/// page, so it costs what it returns. In WAL mode it reads the last
+/// commit without waiting for the writer; the core keeps a finished task
+/// until its write has committed, so what it asks for is there.
+pub struct Reader {
+    connection: Connection,
+}
+
+impl Reader {
+    /// Opens the database in `data_dir` for reading (the store opened it
+    /// first, so it exists and is in WAL mode).
+    pub fn open(data_dir: &Path) -> Result<Reader, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        let connection = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|connection| {
+            connection.busy_timeout(Duration::from_secs(5))?;
+            Ok(connection)
+        })
+        .map_err(|source| StoreError::Sqlite { path, source })?;
+        Ok(Reader { connection })
+    }
+
+    /// Answers `request`.
+    pub fn read(&self, request: &ReadRequest) -> rusqlite::Result<ReadAnswer> {
+        match request {
+            ReadRequest::Task { task_id } => {
+                let mut statement = self
+                    .connection
+                    .prepare_cached("SELECT record FROM tasks WHERE task_id = ?1")?;
+                let json: Option<String> = statement
+                    .query_row(params![task_id], |row| row.get(0))
+                    .optional()?;
+                Ok(ReadAnswer::Tasks {
+                    records: json
+                        .and_then(|json| decoded(task_id, &json))
+                        .into_iter()
+                        .collect(),
+                    before_seq: None,
+                })
+            }
+            ReadRequest::Exists { task_ids } => {
+                let mut statement = self
+                    .connection
+                    .prepare_cached("SELECT 1 FROM tasks WHERE task_id = ?1")?;
+                let mut found = Vec::new();
+                for task_id in task_ids {
+                    if statement.exists(params![task_id])? {
+                        found.push(task_id.clone());
+                    }
+                }
+                Ok(ReadAnswer::Ids(found))
+            }
+            ReadRequest::Page {
+                state,
+                before,
+                before_seq,
+                limit,
+            } => {
+                let before_seq = match (before, before_seq) {
+                    (Some(task_id), None) => {
+                        let seq: Option<i64> = self
+                            .connection
+                            .prepare_cached("SELECT seq FROM tasks WHERE task_id = ?1")?
+                            .query_row(params![task_id], |row| row.get(0))
+                            .optional()?;
+                        match seq {
+                            Some(seq) => Some(seq.max(0) as u64),
+                            None => return Ok(ReadAnswer::NoCursor),
+                        }
+                    }
+                    (_, seq) => *seq,
+                };
+                let upper = before_seq.map_or(i64::MAX, |seq| seq as i64);
+                let rows = (*limit as i64).saturating_add(1);
+                let records = match state {
+                    Some(state) if !state.is_terminal() => Vec::new(),
+                    Some(state) => self.page(
+                        &format!(
+                            "SELECT task_id, record FROM tasks INDEXED BY tasks_finished_by_state
+                             WHERE state = ?3 AND {FINISHED} AND seq < ?1
+                             ORDER BY state DESC, seq DESC LIMIT ?2"
+                        ),
+                        params![upper, rows, state.as_str()],
+                    )?,
+                    None => self.page(
+                        &format!(
+                            "SELECT task_id, record FROM tasks INDEXED BY tasks_finished
+                             WHERE {FINISHED} AND seq < ?1 ORDER BY seq DESC LIMIT ?2"
+                        ),
+                        params![upper, rows],
+                    )?,
+                };
+                Ok(ReadAnswer::Tasks {
+                    records,
+                    before_seq,
+                })
+            }
+        }
+    }
+
+    /// The records of a page query, newest first; an unreadable one is
+    /// left out (and logged).
+    fn page(
+        &self,
+        sql: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> rusqlite::Result<Vec<TaskRecord>> {
+        let mut statement = self.connection.prepare_cached(sql)?;
+        let mut rows = statement.query(params)?;
+        let mut records = Vec::new();
+        while let Some(row) = rows.next()? {
+            let task_id: String = row.get(0)?;
+            let json: String = row.get(1)?;
+            records.extend(decoded(&task_id, &json));
+        }
+        Ok(records)
+    }
+}
+
+/// A stored task record, or `None` (logged) if it cannot be read back.
+fn decoded(task_id: &str, json: &str) -> Option<TaskRecord> {
+    match <TaskRecord as Restorable>::restore(json) {
+        Ok(record) => Some(record),
+        Err(why) => {
+            log::warn!("stored task {task_id} cannot be read back: {why}");
+            None
+        }
     }
 }
 
@@ -722,6 +922,85 @@ mod tests {
             id,
             ops: vec![StoreOp::PutTask(EncodedTask::new(record, &mut Vec::new()))],
         }
+    }
+
+    #[test]
+    fn a_start_loads_the_live_tasks_and_the_reader_serves_the_finished_ones() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = Store::open(dir.path(), Synchronous::Normal).expect("open");
+        let states = [
+            TaskState::Queued,
+            TaskState::Completed,
+            TaskState::Failed,
+            TaskState::Completed,
+            TaskState::Running,
+        ];
+        for (i, state) in states.into_iter().enumerate() {
+            let seq = i as u64 + 1;
+            let mut record =
+                TaskRecord::queued(format!("t{seq}"), seq, TaskSpec::new("echo", json!({})), 5);
+            record.state = state;
+            store.commit(&[put(&record, seq)]).expect("commit");
+        }
+        let (_, live, history) = store.load_live().expect("load");
+        let live: Vec<&str> = live.iter().map(|r| r.task_id.as_str()).collect();
+        assert_eq!(live, ["t1", "t5"]);
+        let mut finished = history.finished.clone();
+        finished.sort_by_key(|(state, _)| state.as_str());
+        assert_eq!(
+            finished,
+            [(TaskState::Completed, 2), (TaskState::Failed, 1)]
+        );
+        assert_eq!(history.max_seq, 5);
+
+        let reader = Reader::open(dir.path()).expect("reader");
+        let ids = |answer: ReadAnswer| match answer {
+            ReadAnswer::Tasks {
+                records,
+                before_seq,
+            } => (
+                records.into_iter().map(|r| r.task_id).collect::<Vec<_>>(),
+                before_seq,
+            ),
+            other => panic!("not tasks: {other:?}"),
+        };
+        let read = |request: ReadRequest| reader.read(&request).expect("read");
+        let task = |id: &str| read(ReadRequest::Task { task_id: id.into() });
+        assert_eq!(ids(task("t2")), (vec!["t2".to_string()], None));
+        assert_eq!(ids(task("nope")), (vec![], None));
+        assert_eq!(
+            read(ReadRequest::Exists {
+                task_ids: vec!["t1".into(), "nope".into(), "t4".into()]
+            }),
+            ReadAnswer::Ids(vec!["t1".into(), "t4".into()])
+        );
+        let page = |state, before: Option<&str>, before_seq, limit| {
+            read(ReadRequest::Page {
+                state,
+                before: before.map(str::to_string),
+                before_seq,
+                limit,
+            })
+        };
+        // Finished tasks only, newest first, one past the page.
+        assert_eq!(
+            ids(page(None, None, None, 1)),
+            (vec!["t4".to_string(), "t3".to_string()], None)
+        );
+        // A cursor the store looks up, or the one the core knew.
+        assert_eq!(
+            ids(page(Some(TaskState::Completed), Some("t4"), None, 5)),
+            (vec!["t2".to_string()], Some(4))
+        );
+        assert_eq!(
+            ids(page(None, Some("t5"), Some(5), 5)),
+            (vec!["t4".into(), "t3".into(), "t2".into()], Some(5))
+        );
+        assert_eq!(page(None, Some("nope"), None, 5), ReadAnswer::NoCursor);
+        assert_eq!(
+            ids(page(Some(TaskState::Queued), None, None, 5)),
+            (vec![], None)
+        );
     }
 
     #[test]

@@ -13,6 +13,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+#[path = "master/history.rs"]
+mod history;
 #[path = "master/layout.rs"]
 mod layout;
 #[path = "master/nesting.rs"]

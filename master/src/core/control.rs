@@ -26,8 +26,15 @@ impl Core {
     }
 
     /// Submits one task or a batch, each checked against the largest task
-    /// a worker can be sent.
-    pub(super) fn on_submit(&mut self, now: Now, submit: TaskSubmit) -> Result<Reply, ReplyError> {
+    /// a worker can be sent. `stored`: client-chosen ids the store holds
+    /// (finished tasks no longer in memory), which exist as much as those
+    /// in memory do.
+    pub(super) fn on_submit(
+        &mut self,
+        now: Now,
+        submit: TaskSubmit,
+        stored: &std::collections::BTreeSet<String>,
+    ) -> Result<Reply, ReplyError> {
         self.check_storage()?;
         if self.shutting_down {
             return Err(ReplyError::new(
@@ -52,7 +59,10 @@ impl Core {
         let mut ids = Vec::with_capacity(submit.tasks.len());
         let mut created = 0usize;
         for spec in submit.tasks {
-            let (task_id, new) = self.submit_one(now, spec);
+            let (task_id, new) = match spec.task_id.as_ref().filter(|id| stored.contains(*id)) {
+                Some(id) => (id.clone(), false),
+                None => self.submit_one(now, spec),
+            };
             created += usize::from(new);
             ids.push(task_id);
         }

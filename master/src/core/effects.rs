@@ -8,12 +8,15 @@ use protocol::Event;
 
 impl Core {
     /// Marks a task changed. The batch copies its record when it is taken
-    /// (every task is in `tasks` by then, and is never removed), so callers
-    /// need no copy of their own. Every change to a task's record passes
-    /// here, so this is where the tasks refile it in their listing.
+    /// (a task leaves memory only once its last write has committed), so
+    /// callers need no copy of their own. Every change to a task's record
+    /// passes here, so this is where the tasks refile it in their listing
+    /// and note the batch a finished one waits for before it may leave.
     pub(super) fn persist_task(&mut self, task_id: &str) {
         self.changes.task(task_id);
         self.tasks.relist(task_id);
+        self.tasks
+            .note_written(task_id, self.changes.last_write_batch());
     }
 
     /// Records whether, and how loaded, device `device_id` can take a task

@@ -16,6 +16,7 @@ mod dispatch;
 mod effects;
 mod handshake;
 mod heartbeat_ack;
+mod history;
 mod life;
 pub mod outbox;
 mod outgoing;
@@ -35,9 +36,11 @@ pub use auth::{
     parse_network, AuthPolicy, Network, Secrets, DEFAULT_AUTH_DEADLINE, DEFAULT_MAX_UNAUTHENTICATED,
 };
 pub use heartbeat_ack::HeartbeatAck;
+pub use history::{Read, ReadAnswer, ReadRequest};
 pub use views::rfc3339;
 
 use changes::Changes;
+use history::Routed;
 use outgoing::Outgoing;
 use queue::QueueKey;
 use registry::{Device, Registry};
@@ -46,7 +49,7 @@ use timers::TimerTable;
 
 use protocol::{
     Ack, DecodeError, DeviceReply, Envelope, ErrorCode, ErrorReply, Goodbye, Message, Reply,
-    StatusReply, Success, TaskReply,
+    StatusReply, Success,
 };
 use records::{Batch, DeviceRecord, TaskRecord};
 use std::time::Duration;
@@ -174,6 +177,9 @@ pub enum Output {
         /// The connection.
         conn: ConnId,
     },
+    /// Ask the store, then hand its answer to [`Core::handle_read`]
+    /// before the connection's next frame (see `core/history.rs`).
+    Read(Box<Read>),
 }
 
 /// The most tasks a listing returns.
@@ -218,6 +224,11 @@ pub struct Core {
     quarantined: u64,
     /// The tokens and the master's key; `None` while authentication is off.
     secrets: Option<Secrets>,
+    /// The newest batch the store has committed (`handle_committed`).
+    committed: u64,
+    /// Finished tasks whose last write committed but that a device still
+    /// counts as running; they leave memory once it reports them.
+    lingering: std::collections::BTreeSet<String>,
 }
 
 impl Core {
@@ -244,6 +255,8 @@ impl Core {
             secrets: None,
             storage_available: true,
             quarantined: 0,
+            committed: 0,
+            lingering: std::collections::BTreeSet::new(),
         };
         for record in devices {
             core.restore_device(record, now);
@@ -359,21 +372,41 @@ impl Core {
                     Err(error) => Err(error),
                 }
             }
-            Message::TaskResult(result) => self.on_result(now, conn, sender, result),
+            Message::TaskResult(result) => {
+                match self.route_result(now, conn, sender, reply_to.clone(), result) {
+                    Routed::Now(result) => result,
+                    Routed::Deferred => return,
+                }
+            }
             Message::TaskProgress(progress) => {
                 self.on_progress(conn, sender, progress);
                 return;
             }
             Message::Goodbye(goodbye) => self.on_goodbye(now, conn, sender, goodbye),
-            Message::TaskSubmit(submit) => self.on_submit(now, submit),
-            Message::TaskStatus(task) => self.task_view(&task.task_id).map(|task| {
-                Reply::from(TaskReply {
-                    success: Success,
-                    task,
-                })
-            }),
-            Message::TaskRetry(task) => self.on_retry(now, &task.task_id),
-            Message::ListTasks(list) => self.list_tasks(&list).map(Reply::from),
+            // These may need a finished task from the store: answered
+            // now from memory, or after a read (`core/history.rs`).
+            Message::TaskSubmit(submit) => {
+                match self.route_submit(now, conn, reply_to.clone(), submit) {
+                    Routed::Now(result) => result,
+                    Routed::Deferred => return,
+                }
+            }
+            Message::TaskStatus(task) => {
+                match self.route_task_status(conn, reply_to.clone(), &task.task_id) {
+                    Routed::Now(result) => result,
+                    Routed::Deferred => return,
+                }
+            }
+            Message::TaskRetry(task) => {
+                match self.route_retry(now, conn, reply_to.clone(), &task.task_id) {
+                    Routed::Now(result) => result,
+                    Routed::Deferred => return,
+                }
+            }
+            Message::ListTasks(list) => match self.route_list(conn, reply_to.clone(), list) {
+                Routed::Now(result) => result,
+                Routed::Deferred => return,
+            },
             Message::Status => Ok(Reply::from(StatusReply {
                 cluster_stats: self.cluster_stats(),
                 success: Success,
@@ -385,7 +418,12 @@ impl Core {
                     success: Success,
                 })
             }),
-            Message::TaskCancel(cancel) => self.on_cancel(now, cancel),
+            Message::TaskCancel(cancel) => {
+                match self.route_cancel(now, conn, reply_to.clone(), cancel) {
+                    Routed::Now(result) => result,
+                    Routed::Deferred => return,
+                }
+            }
             Message::DrainDevice(device) => self.on_drain(&device.device_id),
             Message::Subscribe(subscribe) => self.on_subscribe(conn, subscribe),
             Message::Ack(ack) => {

@@ -62,6 +62,7 @@ mod auth;
 mod devices;
 mod durability;
 mod held;
+mod history;
 mod life;
 mod lifecycle;
 mod listing;

@@ -62,6 +62,9 @@ impl Core {
                     limit: None,
                     before,
                 };
+                if self.route_text_list(conn, &list).is_some() {
+                    return;
+                }
                 let body = match self.task_page(&list) {
                     Ok((records, next)) => {
                         tasks_text(&records, next, list.state.map(TaskState::as_str))
@@ -71,6 +74,9 @@ impl Core {
                 self.reply_text(conn, body);
             }
             TextCommand::Task { task_id } => {
+                if self.route_text_task(conn, &task_id).is_some() {
+                    return;
+                }
                 let body = match self.task_view(&task_id) {
                     Ok(task) => task_text(&task),
                     Err(error) => format!("error: {}", error.message),
@@ -82,14 +88,16 @@ impl Core {
                     tasks: vec![TaskSpec::new(task_type, payload)],
                     batch: false,
                 };
-                let body = match self.on_submit(now, submit) {
-                    Ok(Reply::Submitted(submitted)) => format!("submitted {}", submitted.task_id),
-                    Ok(_) => "submitted ?".into(),
-                    Err(error) => format!("error: {}", error.message),
-                };
+                if self.route_text_submit(conn, &submit).is_some() {
+                    return;
+                }
+                let body = submitted_text(self.on_submit(now, submit, &Default::default()));
                 self.reply_text(conn, body);
             }
             TextCommand::Cancel { task_id } => {
+                if self.route_text_cancel(conn, &task_id).is_some() {
+                    return;
+                }
                 let body = match self.on_cancel(
                     now,
                     TaskCancel {
@@ -103,6 +111,9 @@ impl Core {
                 self.reply_text(conn, body);
             }
             TextCommand::Retry { task_id } => {
+                if self.route_text_retry(conn, &task_id).is_some() {
+                    return;
+                }
                 let body = match self.on_retry(now, &task_id) {
                     Ok(_) => format!("queued {task_id} again"),
                     Err(error) => format!("error: {}", error.message),
@@ -142,7 +153,7 @@ impl Core {
         }
     }
 
-    fn reply_text(&mut self, conn: ConnId, body: String) {
+    pub(super) fn reply_text(&mut self, conn: ConnId, body: String) {
         // A body line holding a lone `.` would end the reply early, so
         // every line that starts with `.` gets one more, as in SMTP;
         // readers drop the first `.` of any line that starts with `..`.
@@ -247,7 +258,11 @@ impl Core {
 /// that shows the next page (`more: tasks [STATE] before ID`). Made from
 /// the records, with only the columns shown (a reader may send `tasks` on
 /// every line).
-fn tasks_text(tasks: &[&TaskRecord], next: Option<String>, state: Option<&str>) -> String {
+pub(super) fn tasks_text(
+    tasks: &[&TaskRecord],
+    next: Option<String>,
+    state: Option<&str>,
+) -> String {
     if tasks.is_empty() {
         return "no tasks".into();
     }
@@ -285,7 +300,7 @@ fn tasks_text(tasks: &[&TaskRecord], next: Option<String>, state: Option<&str>) 
     text
 }
 
-fn task_text(task: &TaskView) -> String {
+pub(super) fn task_text(task: &TaskView) -> String {
     let mut lines = vec![
         format!("id:        {}", task.task_id),
         format!("type:      {}", task.task_type),
@@ -315,4 +330,13 @@ fn task_text(task: &TaskView) -> String {
         }
     }
     lines.join("\n")
+}
+
+/// The text reply to `submit`.
+pub(super) fn submitted_text(result: Result<Reply, super::ReplyError>) -> String {
+    match result {
+        Ok(Reply::Submitted(submitted)) => format!("submitted {}", submitted.task_id),
+        Ok(_) => "submitted ?".into(),
+        Err(error) => format!("error: {}", error.message),
+    }
 }

@@ -37,7 +37,7 @@ impl Core {
     /// A task as replies show it; without `payload` and `result` unless
     /// `full` (listings are summaries: both can be up to a line each, and
     /// they are not even copied for a summary).
-    fn view_of_task(&self, record: &TaskRecord, full: bool) -> TaskView {
+    pub(super) fn view_of_task(&self, record: &TaskRecord, full: bool) -> TaskView {
         TaskView {
             task_id: record.task_id.clone(),
             task_type: record.spec.task_type.clone(),

@@ -49,6 +49,30 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         in_transaction: false,
         run: |connection| connection.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;"),
     },
+    // 2 → 3.
+    Migration {
+        what:
+            "the history indexes: finished tasks are read from the store, live ones loaded at start",
+        // The indexes the master reads its history through: finished tasks
+        // live in the store only (see `core/history.rs`). Each is partial, so
+        // a task moving between live states touches only `tasks_live`, and a
+        // finished one enters the other two once. `tasks_live` loads the live
+        // tasks at start without reading the history; `tasks_finished` serves
+        // listings of every state by `seq`, and `tasks_finished_by_state`
+        // those of one state (and the counts per state at start). On an older
+        // database of many tasks this step takes one pass over it, once.
+        in_transaction: true,
+        run: |connection| {
+            connection.execute_batch(
+                "CREATE INDEX IF NOT EXISTS tasks_live ON tasks(seq)
+                     WHERE state IN ('queued', 'assigned', 'running', 'retrying');
+                 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks(seq)
+                     WHERE state IN ('completed', 'failed', 'timed_out', 'cancelled', 'dead_letter');
+                 CREATE INDEX IF NOT EXISTS tasks_finished_by_state ON tasks(state, seq)
+                     WHERE state IN ('completed', 'failed', 'timed_out', 'cancelled', 'dead_letter');",
+            )
+        },
+    },
 ];
 
 /// Brings a database at version `found` (at most [`VERSION`]) up to
@@ -155,6 +179,6 @@ mod tests {
     #[test]
     fn the_version_is_the_base_plus_one_per_migration() {
         assert_eq!(VERSION, BASE_VERSION + MIGRATIONS.len() as i64);
-        assert_eq!(VERSION, 2);
+        assert_eq!(VERSION, 3);
     }
 }

@@ -153,7 +153,7 @@ fn a_register_with_capabilities_123_deep_is_refused_and_devices_still_list() {
 }
 
 /// Runs the master library on `dir` while `body` talks to it.
-fn run_once(dir: &Path, body: impl FnOnce(SocketAddr)) {
+pub(super) fn run_once(dir: &Path, body: impl FnOnce(SocketAddr)) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("address");
     let mut config = Config::new(dir);

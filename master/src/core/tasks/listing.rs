@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 pub(super) type ListKey = (u64, String);
 
 /// The number of task states, one ordered set each in [`TaskListing`].
-const STATES: usize = TaskState::ALL.len();
+pub(super) const STATES: usize = TaskState::ALL.len();
 
 /// Every task, one ordered set per state, newest (highest `seq`) last in
 /// each set and so first when walked backwards.
@@ -128,7 +128,7 @@ impl TaskListing {
 }
 
 /// Where a state's set is in [`TaskListing::by_state`].
-fn state_slot(state: TaskState) -> usize {
+pub(super) fn state_slot(state: TaskState) -> usize {
     match state {
         TaskState::Queued => 0,
         TaskState::Assigned => 1,

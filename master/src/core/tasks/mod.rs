@@ -10,7 +10,7 @@ use super::timers::{TimerKey, TimerTable};
 use super::{Now, ReplyError};
 use listing::TaskListing;
 use protocol::{ErrorCode, ResultStatus, TaskSpec, TaskState};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 #[derive(Debug)]
@@ -20,6 +20,10 @@ pub(super) struct Task {
     pub(super) refused_by: BTreeSet<String>,
     /// The state it is filed under in the listing (see [`Tasks::relist`]).
     listed: TaskState,
+    /// The batch that holds the newest write of its record (0: none
+    /// since it was loaded); it may leave memory once that batch has
+    /// committed (see [`Tasks::note_written`]).
+    written: u64,
 }
 
 impl Task {
@@ -30,6 +34,7 @@ impl Task {
             listed: record.state,
             record,
             refused_by: BTreeSet::new(),
+            written: 0,
         }
     }
 }
@@ -37,7 +42,9 @@ impl Task {
 /// Every task, and the queue.
 #[derive(Debug)]
 pub(super) struct Tasks {
-    /// Every task, by id. Tasks are never removed.
+    /// Every task in memory, by id: the live ones (queued, assigned,
+    /// running, retrying) and finished ones until their last write has
+    /// committed (see [`Tasks::evict`]); the others are in the store only.
     pub(super) by_id: HashMap<String, Task>,
     /// The queued tasks, by placement.
     pub(super) queue: TaskQueue,
@@ -46,6 +53,15 @@ pub(super) struct Tasks {
     /// Every task by state in submission order, for listings and the
     /// counts per state; moved only by the methods below.
     listing: TaskListing,
+    /// Finished tasks per state that are in the store only (evicted, or
+    /// never loaded at start): added to the listing's counts.
+    stored: [u64; listing::STATES],
+    /// Finished tasks by the batch of their last write, oldest first:
+    /// each may leave memory once that batch has committed. An entry is
+    /// checked when its batch commits, so a stale one (the task was
+    /// written again, or retried) is skipped; the deque holds at most the
+    /// tasks finished since the last commit.
+    finishing: VecDeque<(u64, String)>,
 }
 
 impl Default for Tasks {
@@ -55,6 +71,8 @@ impl Default for Tasks {
             queue: TaskQueue::default(),
             next_seq: 1,
             listing: TaskListing::default(),
+            stored: [0; listing::STATES],
+            finishing: VecDeque::new(),
         }
     }
 }
@@ -142,9 +160,98 @@ impl Tasks {
         }
     }
 
-    /// Tasks in `state`, O(1) (the length of its set in the listing).
+    /// Tasks in `state`, O(1): the length of its set in the listing, plus
+    /// the finished ones that are in the store only.
     pub(super) fn count(&self, state: TaskState) -> usize {
-        self.listing.count(state)
+        self.listing.count(state) + self.stored[listing::state_slot(state)] as usize
+    }
+
+    /// Whether the store holds finished tasks that are not in memory in
+    /// `state` (any state when `None`): a read of them must go there.
+    pub(super) fn in_store(&self, state: Option<TaskState>) -> bool {
+        match state {
+            Some(state) => self.stored[listing::state_slot(state)] > 0,
+            None => self.stored.iter().any(|&count| count > 0),
+        }
+    }
+
+    /// The history a start left in the store: how many finished tasks of
+    /// each state it holds (`counts`), and the highest `seq` it ever gave,
+    /// so new tasks keep their place after every stored one.
+    pub(super) fn set_history(&mut self, counts: &[(TaskState, u64)], max_seq: u64) {
+        for &(state, count) in counts {
+            self.stored[listing::state_slot(state)] += count;
+        }
+        self.next_seq = self.next_seq.max(max_seq + 1);
+    }
+
+    /// Task `task_id`'s record was just written into batch `batch`. A
+    /// finished task is noted, to leave memory once the batch commits.
+    pub(super) fn note_written(&mut self, task_id: &str, batch: u64) {
+        let Some(task) = self.by_id.get_mut(task_id) else {
+            return;
+        };
+        task.written = batch;
+        if task.record.state.is_terminal() {
+            self.finishing.push_back((batch, task_id.to_string()));
+        }
+    }
+
+    /// The finished tasks whose last write is in a batch up to
+    /// `committed`: candidates to leave memory (see [`Tasks::evict`]).
+    pub(super) fn committed(&mut self, committed: u64) -> Vec<String> {
+        let mut due = Vec::new();
+        while self
+            .finishing
+            .front()
+            .is_some_and(|(batch, _)| *batch <= committed)
+        {
+            if let Some((_, task_id)) = self.finishing.pop_front() {
+                due.push(task_id);
+            }
+        }
+        due
+    }
+
+    /// Forgets finished task `task_id`, whose last write has committed
+    /// (checked against `committed`): from then on it is read from the
+    /// store, and counted as stored. Whether it left memory.
+    pub(super) fn evict(&mut self, task_id: &str, committed: u64) -> bool {
+        let evictable = self
+            .by_id
+            .get(task_id)
+            .is_some_and(|task| task.record.state.is_terminal() && task.written <= committed);
+        if !evictable {
+            return false;
+        }
+        let Some(task) = self.by_id.remove(task_id) else {
+            return false;
+        };
+        self.listing.remove(task.listed, task.record.seq, task_id);
+        self.stored[listing::state_slot(task.listed)] += 1;
+        true
+    }
+
+    /// Brings a finished task the store returned back into memory (to be
+    /// retried), no longer counted as stored. A task already in memory is
+    /// left as it is: memory is newer than the store.
+    pub(super) fn reload(&mut self, record: TaskRecord) {
+        if self.by_id.contains_key(&record.task_id) || !record.state.is_terminal() {
+            return;
+        }
+        let slot = &mut self.stored[listing::state_slot(record.state)];
+        *slot = slot.saturating_sub(1);
+        // Should it not be retried after all, it leaves again at the next
+        // commit (it is as the store has it).
+        self.finishing.push_front((0, record.task_id.clone()));
+        self.restore(record);
+    }
+
+    /// The place of task `task_id` in listings, when it is in memory.
+    pub(super) fn list_key(&self, task_id: &str) -> Option<(u64, String)> {
+        self.by_id
+            .get(task_id)
+            .map(|task| (task.record.seq, task_id.to_string()))
     }
 
     /// Up to `limit` ids of tasks in `state` (every state when `None`)

@@ -4,7 +4,7 @@
 //! promises durability may reach its peer before the change it reports is
 //! committed, and a connection's messages keep their order.
 
-use super::sim::{register, with_id, Db, T0};
+use super::sim::{answer_read, register, with_id, Db, T0};
 use crate::core::outbox::{Outbox, Weigh};
 use crate::core::records::Batch;
 use crate::core::{ConnId, Core, CoreConfig, Now, Output, Payload};
@@ -170,8 +170,15 @@ impl Harness {
                 self.uncommitted.push_back(batch);
             }
             let mut closing = Vec::new();
-            for output in outputs {
+            let mut outputs = VecDeque::from(outputs);
+            while let Some(output) = outputs.pop_front() {
                 match output {
+                    // The store's reader sees only what has committed:
+                    // a finished task leaves the core once its write
+                    // has, so the reply must not miss a change.
+                    Output::Read(read) => {
+                        answer_read(&mut self.core, &self.db, self.now, *read, &mut outputs);
+                    }
                     Output::Send {
                         conn,
                         payload,
@@ -303,6 +310,9 @@ impl Harness {
             self.db.apply(&batch);
             self.committed = batch.id;
             self.outbox.handle_committed(batch.id);
+            // As the event loop does: finished tasks whose write has
+            // committed leave the core's memory.
+            self.core.handle_committed(batch.id);
         }
         self.settle();
     }

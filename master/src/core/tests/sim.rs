@@ -6,7 +6,9 @@
 //! disconnects, exactly as the event loop does.
 
 use crate::core::records::{Batch, DeviceKeyRecord, DeviceRecord, StoreOp, TaskRecord};
-use crate::core::{AuthPolicy, ConnId, Core, CoreConfig, Now, Output, Payload, Secrets};
+use crate::core::{
+    AuthPolicy, ConnId, Core, CoreConfig, Now, Output, Payload, ReadAnswer, ReadRequest, Secrets,
+};
 use protocol::{
     Ack, DeviceRef, Envelope, ErrorCode, ErrorReply, Event, Goodbye, Heartbeat, Message, Priority,
     Register, ResultStatus, RunningTask, TaskCancel, TaskRef, TaskResult, TaskSpec, TaskState,
@@ -173,11 +175,76 @@ impl Db {
         devices
     }
 
+    /// Answers a read as the store's `Reader` does, from what has
+    /// committed (the store's semantics, kept in one place for the tests).
+    pub fn answer(&self, request: &ReadRequest) -> ReadAnswer {
+        match request {
+            ReadRequest::Task { task_id } => ReadAnswer::Tasks {
+                records: self.tasks.get(task_id).cloned().into_iter().collect(),
+                before_seq: None,
+            },
+            ReadRequest::Exists { task_ids } => ReadAnswer::Ids(
+                task_ids
+                    .iter()
+                    .filter(|id| self.tasks.contains_key(*id))
+                    .cloned()
+                    .collect(),
+            ),
+            ReadRequest::Page {
+                state,
+                before,
+                before_seq,
+                limit,
+            } => {
+                let before_seq = match (before, before_seq) {
+                    (Some(id), None) => match self.tasks.get(id) {
+                        Some(record) => Some(record.seq),
+                        None => return ReadAnswer::NoCursor,
+                    },
+                    (_, seq) => *seq,
+                };
+                let mut records: Vec<TaskRecord> = self
+                    .tasks
+                    .values()
+                    .filter(|r| r.state.is_terminal())
+                    .filter(|r| state.is_none_or(|state| r.state == state))
+                    .filter(|r| before_seq.is_none_or(|seq| r.seq < seq))
+                    .cloned()
+                    .collect();
+                records.sort_by_key(|r| std::cmp::Reverse(r.seq));
+                records.truncate(limit + 1);
+                ReadAnswer::Tasks {
+                    records,
+                    before_seq,
+                }
+            }
+        }
+    }
+
     /// Tasks, newest id first, so the core cannot rely on load order.
     pub fn task_list(&self) -> Vec<TaskRecord> {
         let mut tasks: Vec<TaskRecord> = self.tasks.values().cloned().collect();
         tasks.sort_by(|a, b| b.task_id.cmp(&a.task_id));
         tasks
+    }
+}
+
+/// Has `db` answer `read` as the store's reader would, and puts the
+/// core's replies at the front of `outputs`, as the event loop applies them
+/// before anything else.
+pub fn answer_read(
+    core: &mut Core,
+    db: &Db,
+    now: Now,
+    read: crate::core::Read,
+    outputs: &mut std::collections::VecDeque<Output>,
+) {
+    let answer = db.answer(&read.request);
+    core.handle_read(now, read, Ok(answer));
+    let mut more = Vec::new();
+    core.take_outputs(&mut more);
+    for output in more.into_iter().rev() {
+        outputs.push_front(output);
     }
 }
 
@@ -352,6 +419,9 @@ pub struct Sim {
     pub secrets: Option<Secrets>,
     /// Connections the core said authenticated, in order.
     pub trusted: Vec<ConnId>,
+    /// Whether the core is told of each commit, so finished tasks leave
+    /// its memory and are read from `db` (see `core/history.rs`).
+    pub evict: bool,
 }
 
 impl Sim {
@@ -397,6 +467,7 @@ impl Sim {
             client: None,
             secrets: None,
             trusted: Vec::new(),
+            evict: false,
         }
     }
 
@@ -456,6 +527,9 @@ impl Sim {
                     "batch ids increase"
                 );
                 self.db.apply(&batch);
+                if self.evict {
+                    self.core.handle_committed(batch.id);
+                }
                 self.batches.push(batch);
             }
             if outputs.is_empty() {
@@ -464,8 +538,14 @@ impl Sim {
             }
             let mut answers = Vec::new();
             let mut closing = Vec::new();
-            for output in outputs {
+            let mut outputs = std::collections::VecDeque::from(outputs);
+            while let Some(output) = outputs.pop_front() {
                 match output {
+                    // Answered at once, before anything else, as the
+                    // event loop does.
+                    Output::Read(read) => {
+                        answer_read(&mut self.core, &self.db, self.now, *read, &mut outputs);
+                    }
                     Output::Send {
                         conn,
                         payload,
