@@ -1058,10 +1058,11 @@ mod tests {
     /// The lock can outlive `drop(outbox)` for a moment: another test of this process
     /// may be spawning a process right then, and between its fork and its exec the
     /// child holds a copy of every open file description, the lock's included
-    /// (close-on-exec closes it only at the exec). A worker is never reopened in the
-    /// process that dropped it, so only tests see this; they wait for the release (a
-    /// blocking `flock` on another thread, at most [`LOCK_PATIENCE`]) instead of
-    /// failing with `InUse`.
+    /// (close-on-exec closes it only at the exec). A worker holds its lock for its whole
+    /// life, so while it runs such a copy changes nothing; only a start a moment after a
+    /// worker exited in the middle of a spawn could see it. Tests reopen in the process
+    /// that dropped the outbox, so they wait for the release (a blocking `flock` on
+    /// another thread, at most [`LOCK_PATIENCE`]) instead of failing with `InUse`.
     fn reopen(state: &Path) -> (Outbox, Vec<StoredResult>) {
         let deadline = std::time::Instant::now() + LOCK_PATIENCE;
         loop {
