@@ -852,6 +852,26 @@ fn wait_for_file(path: &Path) {
     }
 }
 
+/// Polls (as [`wait_for_file`] does) until a file in `dir` holds `text`.
+fn wait_until_a_file_holds(dir: &Path, text: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    let holds = || {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries.filter_map(Result::ok).any(|entry| {
+                std::fs::read_to_string(entry.path()).is_ok_and(|body| body.contains(text))
+            })
+        })
+    };
+    while !holds() {
+        assert!(
+            Instant::now() < deadline,
+            "no file in {} holds {text}",
+            dir.display()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn worker_outbox_results_are_recorded_once_across_a_master_restart() {
     let dir = setup();
@@ -882,11 +902,14 @@ fn worker_outbox_results_are_recorded_once_across_a_master_restart() {
     master.kill9();
     drop(events);
     // The task ends while the master is down; its result goes to the
-    // worker's outbox. Its last line appended to `ends`; give the worker a
-    // moment to see its exit (the only sleep that is not a poll: nothing
-    // outside the worker shows the result entering the outbox).
+    // worker's outbox, which the worker's state dir shows.
     wait_for_file(&ends);
-    thread::sleep(Duration::from_millis(500));
+    let outbox = keeper
+        .state_dir()
+        .expect("the worker's own state dir")
+        .join("keeper")
+        .join("outbox");
+    wait_until_a_file_holds(&outbox, "\"task_id\":\"outboxed\"");
     // Hold the worker while the master restarts, so the subscriber below is
     // in place before the worker can come back with its result.
     signal(keeper.pid(), SIGSTOP);

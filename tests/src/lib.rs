@@ -269,6 +269,12 @@ impl WorkerProcess {
         WorkerProcess::start_with(master, id, slots, extra, WorkerOptions::default())
     }
 
+    /// The state dir the worker was given, when the test did not pass
+    /// `--state-dir` itself (its own temp dir).
+    pub fn state_dir(&self) -> Option<&Path> {
+        self._state.as_ref().map(tempfile::TempDir::path)
+    }
+
     /// Starts a worker like [`WorkerProcess::start`], with `options`.
     pub fn start_with(
         master: SocketAddr,

@@ -1050,6 +1050,92 @@ mod tests {
         }
     }
 
+    /// How long a test waits for the lock of an outbox it dropped to be free again.
+    const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Opens the outbox of `pi` under `state` again, after the test dropped it.
+    ///
+    /// The lock can outlive `drop(outbox)` for a moment: another test of this process
+    /// may be spawning a process right then, and between its fork and its exec the
+    /// child holds a copy of every open file description, the lock's included
+    /// (close-on-exec closes it only at the exec). A worker holds its lock for its whole
+    /// life, so while it runs such a copy changes nothing; only a start a moment after a
+    /// worker exited in the middle of a spawn could see it. Tests reopen in the process
+    /// that dropped the outbox, so they wait for the release (a blocking `flock` on
+    /// another thread, at most [`LOCK_PATIENCE`]) instead of failing with `InUse`.
+    fn reopen(state: &Path) -> (Outbox, Vec<StoredResult>) {
+        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+        loop {
+            match Outbox::open(state, "pi") {
+                Err(OutboxError::InUse { path }) => {
+                    wait_for_the_lock(&path.join(LOCK_FILE), deadline);
+                }
+                other => return other.expect("reopen"),
+            }
+        }
+    }
+
+    /// Waits until the lock at `path` can be taken (taking it and letting it go at
+    /// once), at most until `deadline`.
+    fn wait_for_the_lock(path: &Path, deadline: std::time::Instant) {
+        let file = File::open(path).expect("open the lock file");
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let taken = rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive);
+            // `file` is closed here, which lets the lock go again.
+            let _ = sender.send(taken);
+        });
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match receiver.recv_timeout(left) {
+            Ok(taken) => taken.expect("flock"),
+            Err(_) => panic!(
+                "{} was still locked after {LOCK_PATIENCE:?}",
+                path.display()
+            ),
+        }
+    }
+
+    #[test]
+    fn a_forked_child_holds_the_lock_until_it_execs_and_reopen_waits_for_it() {
+        use std::os::unix::process::CommandExt;
+        let state = tempfile::tempdir().expect("temp dir");
+        let (outbox, _) = Outbox::open(state.path(), "pi").expect("open");
+        // A child that stops between its fork and its exec until the pipe has a byte.
+        // Close-on-exec, so no other test's child keeps them.
+        let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("a pipe");
+        let (gate_read, gate_write) = pipe();
+        let (forked_read, forked_write) = pipe();
+        let gate = std::os::fd::AsRawFd::as_raw_fd(&gate_read);
+        let forked = std::os::fd::AsRawFd::as_raw_fd(&forked_write);
+        let mut command = std::process::Command::new("/bin/true");
+        // SAFETY: the closure only makes the system calls `write` and `read` on fds that
+        // stay open in the child; it allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                let gate = std::os::fd::BorrowedFd::borrow_raw(gate);
+                let forked = std::os::fd::BorrowedFd::borrow_raw(forked);
+                let _ = rustix::io::write(forked, b"f");
+                let _ = rustix::io::read(gate, &mut [0u8; 1]);
+                Ok(())
+            });
+        }
+        let spawner = std::thread::spawn(move || command.status().expect("run true"));
+        rustix::io::read(&forked_read, &mut [0u8; 1]).expect("the child forked");
+        drop(outbox);
+        // The child's copy of the lock's file description keeps the lock.
+        assert!(matches!(
+            Outbox::open(state.path(), "pi"),
+            Err(OutboxError::InUse { .. })
+        ));
+        let release = std::thread::spawn(move || {
+            rustix::io::write(&gate_write, b"g").expect("let the child exec");
+        });
+        let (_outbox, loaded) = reopen(state.path());
+        assert!(loaded.is_empty());
+        release.join().expect("the gate opened");
+        assert!(spawner.join().expect("the spawn").success());
+    }
+
     /// The names of the files in `dir`, sorted.
     fn file_names(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(dir)
@@ -1102,7 +1188,7 @@ mod tests {
         assert_eq!(peeked_ids(state.path()), ["res-a-2"]);
         drop(outbox);
 
-        let (outbox, loaded) = Outbox::open(state.path(), "pi").expect("reopen");
+        let (outbox, loaded) = reopen(state.path());
         assert_eq!(loaded, vec![stored("res-a-2", "t-2", 3)]);
         assert_eq!(outbox.n_bytes(), n_bytes);
         assert!(outbox.dir().starts_with(state.path().join("pi")));
@@ -1213,7 +1299,7 @@ mod tests {
         );
         drop(outbox);
         // Reopening finds the same results, now all in one log.
-        let (_outbox, again) = Outbox::open(state.path(), "pi").expect("reopen");
+        let (_outbox, again) = reopen(state.path());
         assert_eq!(again, loaded);
     }
 
@@ -1263,7 +1349,7 @@ mod tests {
         );
         assert_eq!(peeked_ids(state.path()), pinned);
         drop(outbox);
-        let (_outbox, loaded) = Outbox::open(state.path(), "pi").expect("reopen");
+        let (_outbox, loaded) = reopen(state.path());
         let ids: Vec<String> = loaded.into_iter().map(|stored| stored.message_id).collect();
         assert_eq!(ids, pinned);
     }
@@ -1304,7 +1390,7 @@ mod tests {
         outbox.remove("res-a-4");
         assert_eq!(outbox.n_bytes_on_disk(), real_bytes(outbox.dir()));
         drop(outbox);
-        let (_outbox, loaded) = Outbox::open(state.path(), "pi").expect("reopen");
+        let (_outbox, loaded) = reopen(state.path());
         // res-a-1 comes back (its forget was lost, the master will ignore it); every
         // result still waiting is there.
         assert_eq!(ids(&loaded), ["res-a-1", "res-a-2", "res-a-3"]);
@@ -1334,7 +1420,7 @@ mod tests {
         assert_eq!(outbox.len(), 1);
         assert_eq!(outbox.n_bytes_on_disk(), real_bytes(outbox.dir()));
         drop(outbox);
-        let (_outbox, loaded) = Outbox::open(state.path(), "pi").expect("reopen");
+        let (_outbox, loaded) = reopen(state.path());
         // The first log, torn by the failed write, went as soon as res-a-1 was
         // acknowledged; res-a-4 is there; the failed ones were never durable.
         assert_eq!(ids(&loaded), ["res-a-4"]);
@@ -1363,7 +1449,7 @@ mod tests {
             outbox.disk.space_left = None;
             outbox.put("res-z-1", &result("t-z1", 1)).expect("save");
         }
-        let (_outbox, loaded) = Outbox::open(state.path(), "pi").expect("reopen");
+        let (_outbox, loaded) = reopen(state.path());
         assert_eq!(ids(&loaded), ["res-old-1", "res-y-1", "res-y-2", "res-z-1"]);
         assert_eq!(
             file_names(&dir),
@@ -1419,7 +1505,7 @@ mod tests {
         pinned.push(save(&mut outbox, 99, 0));
         assert_eq!(outbox.n_flushes(), flushes_before + 1);
         drop(outbox);
-        let (_outbox, loaded) = Outbox::open(state.path(), "pi").expect("reopen");
+        let (_outbox, loaded) = reopen(state.path());
         let loaded: Vec<String> = loaded.into_iter().map(|stored| stored.message_id).collect();
         assert_eq!(loaded, pinned);
     }

@@ -471,6 +471,11 @@ mod tests {
             .parse()
             .expect("a pid");
         assert!(alive(member));
+        // The member may still be on its way from the quitter's fork to `sleep`; while the
+        // kernel sets up the new program its environment (and so its marker) reads as
+        // empty, and a start looking right then would not see it. A worker that dies
+        // leaves its tasks' processes long past that moment; so does this test.
+        wait_until_running(member, "sleep", &orphan_marker);
         record_entry_without_group(state.path(), &boot, &orphan_marker, ledger.worker_start);
         drop(ledger);
 
@@ -486,6 +491,30 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    /// How long a test waits for a process it started to reach a state.
+    const PATIENCE: Duration = Duration::from_secs(60);
+
+    /// Waits (at most [`PATIENCE`]) until `pid` runs `command` with `marker` in its
+    /// environment, that is until its exec is complete. There is no event to wait on for
+    /// another process's exec, so this reads `/proc` until it says so.
+    fn wait_until_running(pid: libc::pid_t, command: &str, marker: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let text = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let runs = proc::parse_stat(&text).is_some_and(|stat| stat.command == command);
+            // The command name changes before the new environment is in place, so the
+            // marker is read after it.
+            if runs && proc::marker_of(pid).as_deref() == Some(marker) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process {pid} does not run {command} with its marker after {PATIENCE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     fn record_entry_without_group(dir: &Path, boot: &str, marker: &str, worker_start: u64) {

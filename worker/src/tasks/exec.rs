@@ -721,6 +721,17 @@ mod tests {
         matches!(state, Some("Z") | Some("X"))
     }
 
+    /// How long the timeout tests give a script to set its trap or write its pid file
+    /// before the timeout strikes: a shell on a loaded two-core machine can take more
+    /// than the few hundred milliseconds that suffice when it is idle, and a timeout
+    /// that strikes first kills the script before it is what the test is about.
+    const TIME_TO_GET_READY: Duration = Duration::from_secs(3);
+
+    /// The bound on how long a timed-out run and the death of its processes may take:
+    /// far less than the two-minute `sleep` they would otherwise wait for, and far more
+    /// than a loaded machine needs to deliver a signal.
+    const LONG_BEFORE_THE_SLEEP_ENDS: Duration = Duration::from_secs(60);
+
     /// Polls until `condition` holds or `limit` passes, and tells whether it held.
     fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
         let give_up = Instant::now() + limit;
@@ -818,7 +829,7 @@ mod tests {
     #[test]
     fn timeout_kills_a_long_sleep() {
         let outcome = run(
-            &shell("sleep 30"),
+            &shell("sleep 120"),
             &with_timeout(Duration::from_millis(200)),
             &CancelToken::new(),
         )
@@ -828,21 +839,21 @@ mod tests {
         assert_eq!(outcome.exit_code, None);
         assert_eq!(outcome.signal, Some(libc::SIGTERM));
         assert!(outcome.elapsed >= Duration::from_millis(200), "{outcome:?}");
-        assert!(outcome.elapsed < Duration::from_secs(5), "{outcome:?}");
+        assert!(outcome.elapsed < LONG_BEFORE_THE_SLEEP_ENDS, "{outcome:?}");
     }
 
     #[test]
     fn timeout_escalates_to_sigkill_when_sigterm_is_ignored() {
         let outcome = run(
-            &shell("trap '' TERM; sleep 30; echo not reached"),
-            &with_timeout(Duration::from_millis(200)),
+            &shell("trap '' TERM; sleep 120; echo not reached"),
+            &with_timeout(TIME_TO_GET_READY),
             &CancelToken::new(),
         )
         .expect("command runs");
         assert!(outcome.timed_out);
         assert_eq!(outcome.signal, Some(libc::SIGKILL));
-        assert!(outcome.elapsed >= Duration::from_millis(200) + KILL_GRACE_PERIOD);
-        assert!(outcome.elapsed < Duration::from_secs(5), "{outcome:?}");
+        assert!(outcome.elapsed >= TIME_TO_GET_READY + KILL_GRACE_PERIOD);
+        assert!(outcome.elapsed < LONG_BEFORE_THE_SLEEP_ENDS, "{outcome:?}");
     }
 
     #[test]
@@ -850,20 +861,20 @@ mod tests {
         let directory = tempfile::tempdir().expect("temp dir");
         let pid_file = directory.path().join("grandchild.pid");
         let script = format!(
-            "sh -c 'trap \"\" TERM; sleep 30' & echo $! > '{}'; wait",
+            "sh -c 'trap \"\" TERM; sleep 120' & echo $! > '{}'; wait",
             pid_file.display()
         );
         let outcome = run(
             &shell(&script),
-            &with_timeout(Duration::from_millis(300)),
+            &with_timeout(TIME_TO_GET_READY),
             &CancelToken::new(),
         )
         .expect("command runs");
         assert!(outcome.timed_out);
-        assert!(outcome.elapsed < Duration::from_secs(5), "{outcome:?}");
+        assert!(outcome.elapsed < LONG_BEFORE_THE_SLEEP_ENDS, "{outcome:?}");
         let grandchild = read_pid(&pid_file);
         assert!(
-            eventually(Duration::from_secs(5), || process_is_gone(grandchild)),
+            eventually(LONG_BEFORE_THE_SLEEP_ENDS, || process_is_gone(grandchild)),
             "grandchild {grandchild} survived the timeout"
         );
     }
