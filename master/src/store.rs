@@ -250,7 +250,7 @@ impl Store {
                 |row| row.get(0),
             )
         };
-        let live = max_seq("state IN ('queued', 'assigned', 'running', 'retrying')")?;
+        let live = max_seq(live_condition!())?;
         let max_seq = live.max(max_seq(FINISHED)?).max(0) as u64;
         Ok(History { finished, max_seq })
     }
@@ -452,11 +452,7 @@ impl Store {
                 // An update in place: `INSERT OR REPLACE` would delete the
                 // row and insert it again under a new rowid, rewriting the
                 // primary key's index entry too, at every state change.
-                .prepare_cached(
-                    "INSERT INTO tasks (task_id, seq, state, record) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (task_id) DO UPDATE
-                     SET seq = excluded.seq, state = excluded.state, record = excluded.record",
-                )
+                .prepare_cached(PUT_TASK)
                 .map_err(wrap)?;
             let mut put_key = transaction
                 .prepare_cached(
@@ -555,9 +551,35 @@ const QUARANTINE_TABLE: &str = "CREATE TABLE IF NOT EXISTS quarantine (
     quarantined_unix_ms INTEGER NOT NULL
 );";
 
-/// The condition of the finished history indexes (schema 3, `store/schema.rs`), spelled the same so
-/// SQLite uses them.
-const FINISHED: &str = "state IN ('completed', 'failed', 'timed_out', 'cancelled', 'dead_letter')";
+/// The condition of the live history index (schema 3, `store/schema.rs`).
+/// A query spells it the same so that SQLite uses the index. It is a chain
+/// of `OR`s, not `state IN (…)`: SQLite evaluates a partial index's
+/// condition at every write of a row, and an `IN` list of more than two
+/// values costs a temporary b-tree each time (nine per task update, which
+/// tripled the master's instructions per task in `bench throughput`).
+macro_rules! live_condition {
+    () => {
+        "(state = 'queued' OR state = 'assigned' OR state = 'running' OR state = 'retrying')"
+    };
+}
+pub(crate) use live_condition;
+
+/// The condition of the finished history indexes, likewise.
+macro_rules! finished_condition {
+    () => {
+        "(state = 'completed' OR state = 'failed' OR state = 'timed_out' \
+         OR state = 'cancelled' OR state = 'dead_letter')"
+    };
+}
+pub(crate) use finished_condition;
+
+/// Writes a task's record: an update in place when the task exists.
+const PUT_TASK: &str = "INSERT INTO tasks (task_id, seq, state, record) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (task_id) DO UPDATE
+     SET seq = excluded.seq, state = excluded.state, record = excluded.record";
+
+/// [`finished_condition`] as a value, for queries built with `format!`.
+const FINISHED: &str = finished_condition!();
 
 /// What a start leaves in the store without loading it (see
 /// [`Store::load_live`]).
@@ -612,8 +634,11 @@ fn revoked_in_place_of(row: &Quarantined, now_ms: i64) -> Option<DeviceKeyRecord
 const LIVE_TASKS: &Table = &Table {
     name: "tasks",
     what: "task",
-    select: "SELECT task_id, record, rowid FROM tasks
-             WHERE state IN ('queued', 'assigned', 'running', 'retrying') ORDER BY seq",
+    select: concat!(
+        "SELECT task_id, record, rowid FROM tasks WHERE ",
+        live_condition!(),
+        " ORDER BY seq"
+    ),
     delete: "DELETE FROM tasks WHERE rowid = ?1",
     revoke_in_place: false,
 };
@@ -922,6 +947,53 @@ mod tests {
             id,
             ops: vec![StoreOp::PutTask(EncodedTask::new(record, &mut Vec::new()))],
         }
+    }
+
+    /// The SQLite opcodes of `sql`, as `EXPLAIN` lists them.
+    fn opcodes(connection: &Connection, sql: &str) -> Vec<String> {
+        let mut statement = connection
+            .prepare(&format!("EXPLAIN {sql}"))
+            .expect("explain");
+        // EXPLAIN compiles the statement only; its parameters stay unbound.
+        let unbound = vec![rusqlite::types::Null; statement.parameter_count()];
+        let rows = statement
+            .query_map(rusqlite::params_from_iter(unbound), |row| {
+                row.get::<_, String>(1)
+            })
+            .expect("opcodes");
+        rows.map(|row| row.expect("an opcode")).collect()
+    }
+
+    /// A task's write keeps three partial indexes up to date, and SQLite
+    /// checks each one's condition at every write: spelled as an `IN` list
+    /// it built a temporary b-tree per check (nine per write, three times
+    /// the master's work per task), spelled as `OR`s it compares in place.
+    /// The reads still use the indexes.
+    #[test]
+    fn a_task_write_checks_the_history_indexes_without_temporary_tables() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), Synchronous::Normal).expect("open");
+        let ops = opcodes(&store.connection, PUT_TASK);
+        assert!(ops.iter().any(|op| op == "IdxInsert"), "{ops:?}");
+        assert!(!ops.iter().any(|op| op == "OpenEphemeral"), "{ops:?}");
+        let plan = |sql: &str| -> String {
+            let mut statement = store
+                .connection
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .expect("plan");
+            let rows = statement
+                .query_map([], |row| row.get::<_, String>(3))
+                .expect("plan rows");
+            rows.map(|row| row.expect("a plan row"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let live = plan(LIVE_TASKS.select);
+        assert!(live.contains("tasks_live"), "{live}");
+        let page = plan(&format!(
+            "SELECT record FROM tasks WHERE {FINISHED} AND seq < 10 ORDER BY seq DESC LIMIT 5"
+        ));
+        assert!(page.contains("tasks_finished"), "{page}");
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! 1, must keep opening with its tasks and devices after every change
 //! (`tests/master/schema.rs`).
 
+use super::{finished_condition, live_condition};
 use rusqlite::Connection;
 
 /// The version of the tables `CREATE TABLE IF NOT EXISTS` makes.
@@ -60,17 +61,19 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         // tasks at start without reading the history; `tasks_finished` serves
         // listings of every state by `seq`, and `tasks_finished_by_state`
         // those of one state (and the counts per state at start). On an older
-        // database of many tasks this step takes one pass over it, once.
+        // database of many tasks this step takes one pass over it, once. The
+        // conditions are `OR` chains, not `IN` lists (see `live_condition`).
         in_transaction: true,
         run: |connection| {
-            connection.execute_batch(
-                "CREATE INDEX IF NOT EXISTS tasks_live ON tasks(seq)
-                     WHERE state IN ('queued', 'assigned', 'running', 'retrying');
-                 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks(seq)
-                     WHERE state IN ('completed', 'failed', 'timed_out', 'cancelled', 'dead_letter');
-                 CREATE INDEX IF NOT EXISTS tasks_finished_by_state ON tasks(state, seq)
-                     WHERE state IN ('completed', 'failed', 'timed_out', 'cancelled', 'dead_letter');",
-            )
+            connection.execute_batch(concat!(
+                "CREATE INDEX IF NOT EXISTS tasks_live ON tasks(seq) WHERE ",
+                live_condition!(),
+                "; CREATE INDEX IF NOT EXISTS tasks_finished ON tasks(seq) WHERE ",
+                finished_condition!(),
+                "; CREATE INDEX IF NOT EXISTS tasks_finished_by_state ON tasks(state, seq) WHERE ",
+                finished_condition!(),
+                ";"
+            ))
         },
     },
 ];
