@@ -8,6 +8,7 @@
 pub mod backup;
 mod checkpoint;
 pub mod files;
+pub mod retention;
 mod schema;
 
 use crate::core::records::{Batch, DeviceKeyRecord, DeviceRecord, StoreOp, TaskRecord};
@@ -453,9 +454,11 @@ impl Store {
                 // row and insert it again under a new rowid, rewriting the
                 // primary key's index entry too, at every state change.
                 .prepare_cached(
-                    "INSERT INTO tasks (task_id, seq, state, record) VALUES (?1, ?2, ?3, ?4)
+                    "INSERT INTO tasks (task_id, seq, state, record, finished_unix_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT (task_id) DO UPDATE
-                     SET seq = excluded.seq, state = excluded.state, record = excluded.record",
+                     SET seq = excluded.seq, state = excluded.state, record = excluded.record,
+                         finished_unix_ms = excluded.finished_unix_ms",
                 )
                 .map_err(wrap)?;
             let mut put_key = transaction
@@ -483,7 +486,8 @@ impl Store {
                                 task.task_id,
                                 task.seq as i64,
                                 task.state.as_str(),
-                                task.json
+                                task.json,
+                                task.finished_unix_ms
                             ])
                             .map_err(wrap)?;
                     }
@@ -816,8 +820,17 @@ fn decoded(task_id: &str, json: &str) -> Option<TaskRecord> {
 }
 
 /// What the store thread tells the event loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreEvent {
+    /// Retention deleted these finished tasks; every batch up to
+    /// `committed` had committed before (so a task the core wrote later
+    /// is back in the store, or will be).
+    Pruned {
+        /// The last batch committed before the delete.
+        committed: u64,
+        /// What was deleted.
+        pruned: retention::Pruned,
+    },
     /// Every batch up to and including this id is durable.
     Committed(u64),
     /// A commit failed; the store keeps retrying it.
@@ -841,10 +854,76 @@ impl Wake for mio::Waker {
     }
 }
 
+/// When the store thread prunes next, and whether a batch is due now.
+struct Pruning {
+    retention: Option<retention::Retention>,
+    /// The last batch was full: more is due right after the next commit.
+    more: bool,
+    /// When to look again otherwise.
+    next: std::time::Instant,
+}
+
+impl Pruning {
+    fn new(retention: Option<retention::Retention>) -> Pruning {
+        Pruning {
+            retention,
+            more: false,
+            // The first look soon after start, not at once: a start has
+            // enough to do.
+            next: std::time::Instant::now()
+                + retention.map_or(Duration::ZERO, |retention| retention.interval()),
+        }
+    }
+
+    /// Runs one pruning batch if one is due; what it deleted, if anything.
+    /// A failure is logged and tried again at the next look: pruning is
+    /// housekeeping, never a reason to stop committing.
+    fn run(&mut self, store: &mut Store, shutdown: &crate::Shutdown) -> Option<retention::Pruned> {
+        let retention = self.retention?;
+        let now = std::time::Instant::now();
+        if shutdown.is_triggered() || (!self.more && now < self.next) {
+            return None;
+        }
+        let now_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let outcome = store.prune_batch(&retention, now_unix_ms, retention::PRUNE_BATCH);
+        self.more = matches!(&outcome, Ok(pruned) if pruned.tasks.len() >= retention::PRUNE_BATCH);
+        if !self.more {
+            self.next = now + retention.interval();
+        }
+        match outcome {
+            Ok(pruned) if pruned.tasks.is_empty() => None,
+            Ok(pruned) => {
+                log::debug!("retention deleted {} finished tasks", pruned.tasks.len());
+                Some(pruned)
+            }
+            Err(err) => {
+                log::warn!("retention: pruning failed, trying again later: {err}");
+                None
+            }
+        }
+    }
+
+    /// How long the thread may wait for a batch before pruning is due.
+    fn wait(&self) -> Duration {
+        match self.retention {
+            None => Duration::from_secs(3600),
+            Some(_) if self.more => Duration::ZERO,
+            Some(_) => self
+                .next
+                .saturating_duration_since(std::time::Instant::now()),
+        }
+    }
+}
+
 /// Starts the store thread. It ends when the batch sender is dropped and
-/// everything sent has been committed.
+/// everything sent has been committed. With a `retention`, it also prunes
+/// finished tasks past it between commits (see [`retention`]) and reports
+/// what it deleted ([`StoreEvent::Pruned`]).
 pub fn spawn(
     mut store: Store,
+    retention: Option<retention::Retention>,
     waker: Arc<dyn Wake>,
     shutdown: crate::Shutdown,
 ) -> std::io::Result<(Sender<Batch>, Receiver<StoreEvent>, JoinHandle<()>)> {
@@ -858,7 +937,26 @@ pub fn spawn(
             // connection closes.
             let checkpointer = checkpointer;
             let mut wal = checkpoint::WalWatch::default();
-            while let Ok(first) = batch_rx.recv() {
+            let mut last_committed = 0;
+            let mut pruning = Pruning::new(retention);
+            loop {
+                // Retention between group commits: one small batch at a
+                // time (see `retention`), so a commit waits for one at most.
+                if let Some(pruned) = pruning.run(&mut store, &shutdown) {
+                    let event = StoreEvent::Pruned {
+                        committed: last_committed,
+                        pruned,
+                    };
+                    if event_tx.send(event).is_err() {
+                        return;
+                    }
+                    waker.wake();
+                }
+                let first = match batch_rx.recv_timeout(pruning.wait()) {
+                    Ok(first) => first,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                };
                 // Group commit: everything that queued up while the last
                 // transaction ran goes into this one.
                 let mut batches = vec![first];
@@ -891,6 +989,7 @@ pub fn spawn(
                     pause = (pause * 2).min(MAX_RETRY_PAUSE);
                 }
                 let last = batches.last().map_or(0, |batch| batch.id);
+                last_committed = last;
                 if failing && event_tx.send(StoreEvent::Recovered).is_err() {
                     break;
                 }

@@ -155,6 +155,9 @@ pub struct EncodedTask {
     pub state: TaskState,
     /// The whole [`TaskRecord`] as JSON.
     pub json: String,
+    /// When a finished task finished (its submission time if the record
+    /// has none); `None` for a live one. Retention prunes by it.
+    pub finished_unix_ms: Option<i64>,
 }
 
 impl EncodedTask {
@@ -170,6 +173,10 @@ impl EncodedTask {
             seq: record.seq,
             state: record.state,
             json: std::str::from_utf8(scratch).map_or_else(|_| String::new(), str::to_owned),
+            finished_unix_ms: record
+                .state
+                .is_terminal()
+                .then(|| record.finished_unix_ms.unwrap_or(record.submitted_unix_ms)),
         }
     }
 
