@@ -881,7 +881,13 @@ impl Pruning {
     fn run(&mut self, store: &mut Store, shutdown: &crate::Shutdown) -> Option<retention::Pruned> {
         let retention = self.retention?;
         let now = std::time::Instant::now();
-        if shutdown.is_triggered() || (!self.more && now < self.next) {
+        if shutdown.is_triggered() {
+            // Stopping: no more pruning, and no busy wait for it either.
+            self.more = false;
+            self.next = now + retention.interval();
+            return None;
+        }
+        if !self.more && now < self.next {
             return None;
         }
         let now_unix_ms = std::time::SystemTime::now()

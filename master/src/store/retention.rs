@@ -31,6 +31,10 @@ pub const PRUNE_BATCH: usize = 500;
 /// the last look found none left (sooner if a retention is shorter).
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The shortest wait between looks, whatever the retention: a retention
+/// of milliseconds (a test) must not make the store thread spin.
+pub const MIN_PRUNE_INTERVAL: Duration = Duration::from_millis(100);
+
 /// How long finished tasks are kept: completed and cancelled ones for
 /// `retention` (default [`DEFAULT_RETENTION`], 30 days, which suits a home
 /// NAS: a month of history at a few MB per thousand tasks), failed, timed
@@ -63,12 +67,13 @@ impl Default for Retention {
 impl Retention {
     /// How long the store thread waits between looks when nothing is left
     /// to prune: [`PRUNE_INTERVAL`], or the shorter retention if it is
-    /// shorter still (a soak with a retention of seconds).
+    /// shorter still (a soak with a retention of seconds), but never less
+    /// than [`MIN_PRUNE_INTERVAL`].
     pub fn interval(&self) -> Duration {
         PRUNE_INTERVAL
             .min(self.retention)
             .min(self.retention_failed)
-            .max(Duration::from_millis(100))
+            .max(MIN_PRUNE_INTERVAL)
     }
 }
 
