@@ -1121,6 +1121,9 @@ impl EventLoop {
                     // Retention deleted them: off the counts of `status`.
                     self.core.handle_pruned(committed, &pruned.tasks);
                 }
+                StoreEvent::PruneDone { job, outcome } => {
+                    self.core.handle_prune_done(job, outcome);
+                }
                 StoreEvent::Failing => self.core.set_storage_available(false),
                 StoreEvent::Recovered => self.core.set_storage_available(true),
             }

@@ -480,6 +480,9 @@ impl Store {
                             .execute(params![record.device_id, record.status.as_str(), json])
                             .map_err(wrap)?;
                     }
+                    // Run after the commit, between later ones (see
+                    // `spawn`): not part of this transaction.
+                    StoreOp::Prune(_) => {}
                     StoreOp::PutTask(task) => {
                         put_task
                             .execute(params![
@@ -822,6 +825,15 @@ fn decoded(task_id: &str, json: &str) -> Option<TaskRecord> {
 /// What the store thread tells the event loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreEvent {
+    /// A `prune` request is done: every task it deleted was reported in
+    /// a [`StoreEvent::Pruned`] before; `outcome` is the totals per state,
+    /// or why it stopped.
+    PruneDone {
+        /// The request.
+        job: crate::core::records::PruneJob,
+        /// Deleted tasks per state, or the error.
+        outcome: Result<Vec<(TaskState, u64)>, String>,
+    },
     /// Retention deleted these finished tasks; every batch up to
     /// `committed` had committed before (so a task the core wrote later
     /// is back in the store, or will be).
@@ -857,6 +869,9 @@ impl Wake for mio::Waker {
 /// When the store thread prunes next, and whether a batch is due now.
 struct Pruning {
     retention: Option<retention::Retention>,
+    /// `prune` requests whose batch has committed, oldest first, each with
+    /// what it has deleted so far.
+    manual: std::collections::VecDeque<(crate::core::records::PruneJob, Vec<(TaskState, u64)>)>,
     /// The last batch was full: more is due right after the next commit.
     more: bool,
     /// When to look again otherwise.
@@ -867,6 +882,7 @@ impl Pruning {
     fn new(retention: Option<retention::Retention>) -> Pruning {
         Pruning {
             retention,
+            manual: std::collections::VecDeque::new(),
             more: false,
             // The first look soon after start, not at once: a start has
             // enough to do.
@@ -875,10 +891,67 @@ impl Pruning {
         }
     }
 
-    /// Runs one pruning batch if one is due; what it deleted, if anything.
-    /// A failure is logged and tried again at the next look: pruning is
-    /// housekeeping, never a reason to stop committing.
-    fn run(&mut self, store: &mut Store, shutdown: &crate::Shutdown) -> Option<retention::Pruned> {
+    /// The `prune` requests of batches that just committed.
+    fn take_requests(&mut self, batches: &[Batch]) {
+        for op in batches.iter().flat_map(|batch| &batch.ops) {
+            if let StoreOp::Prune(job) = op {
+                self.manual.push_back((job.clone(), Vec::new()));
+            }
+        }
+    }
+
+    /// Runs one pruning batch if one is due, for a `prune` request first:
+    /// what it deleted, if anything, and the request it finished, if it
+    /// did.
+    #[allow(clippy::type_complexity)]
+    fn run(
+        &mut self,
+        store: &mut Store,
+        shutdown: &crate::Shutdown,
+    ) -> (
+        Option<retention::Pruned>,
+        Option<(
+            crate::core::records::PruneJob,
+            Result<Vec<(TaskState, u64)>, String>,
+        )>,
+    ) {
+        if shutdown.is_triggered() {
+            self.manual.clear();
+        }
+        let Some((job, _)) = self.manual.front() else {
+            return (self.run_retention(store, shutdown), None);
+        };
+        match store.prune_before(job.before_unix_ms, retention::PRUNE_BATCH) {
+            Ok(pruned) => {
+                let full = pruned.tasks.len() >= retention::PRUNE_BATCH;
+                if let Some((_, total)) = self.manual.front_mut() {
+                    retention::add_counts(total, &pruned.per_state());
+                }
+                let reported = (!pruned.tasks.is_empty()).then_some(pruned);
+                if full {
+                    return (reported, None);
+                }
+                let done = self.manual.pop_front().map(|(job, total)| (job, Ok(total)));
+                (reported, done)
+            }
+            Err(err) => {
+                let done = self
+                    .manual
+                    .pop_front()
+                    .map(|(job, _)| (job, Err(err.to_string())));
+                (None, done)
+            }
+        }
+    }
+
+    /// Runs one retention batch if one is due; what it deleted, if
+    /// anything. A failure is logged and tried again at the next look:
+    /// pruning is housekeeping, never a reason to stop committing.
+    fn run_retention(
+        &mut self,
+        store: &mut Store,
+        shutdown: &crate::Shutdown,
+    ) -> Option<retention::Pruned> {
         let retention = self.retention?;
         let now = std::time::Instant::now();
         if shutdown.is_triggered() {
@@ -913,6 +986,9 @@ impl Pruning {
 
     /// How long the thread may wait for a batch before pruning is due.
     fn wait(&self) -> Duration {
+        if !self.manual.is_empty() {
+            return Duration::ZERO;
+        }
         match self.retention {
             None => Duration::from_secs(3600),
             Some(_) if self.more => Duration::ZERO,
@@ -948,14 +1024,22 @@ pub fn spawn(
             loop {
                 // Retention between group commits: one small batch at a
                 // time (see `retention`), so a commit waits for one at most.
-                if let Some(pruned) = pruning.run(&mut store, &shutdown) {
-                    let event = StoreEvent::Pruned {
+                let (pruned, done) = pruning.run(&mut store, &shutdown);
+                let events = pruned
+                    .map(|pruned| StoreEvent::Pruned {
                         committed: last_committed,
                         pruned,
-                    };
+                    })
+                    .into_iter()
+                    .chain(done.map(|(job, outcome)| StoreEvent::PruneDone { job, outcome }));
+                let mut any = false;
+                for event in events {
+                    any = true;
                     if event_tx.send(event).is_err() {
                         return;
                     }
+                }
+                if any {
                     waker.wake();
                 }
                 let first = match batch_rx.recv_timeout(pruning.wait()) {
@@ -996,6 +1080,7 @@ pub fn spawn(
                 }
                 let last = batches.last().map_or(0, |batch| batch.id);
                 last_committed = last;
+                pruning.take_requests(&batches);
                 if failing && event_tx.send(StoreEvent::Recovered).is_err() {
                     break;
                 }

@@ -198,6 +198,21 @@ pub enum StoreOp {
     PutDeviceKey(DeviceKeyRecord),
     /// Insert or replace a task.
     PutTask(EncodedTask),
+    /// Not a write of this batch: once it has committed, delete the
+    /// finished tasks that finished before a time, in small batches, and
+    /// hand the job back (see `core/prune.rs`).
+    Prune(PruneJob),
+}
+
+/// A `prune` request on its way through the store and back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PruneJob {
+    /// The connection that asked.
+    pub conn: super::ConnId,
+    /// The request's `message_id`, for the reply.
+    pub reply_to: Option<String>,
+    /// The cutoff: tasks that finished before this are deleted.
+    pub before_unix_ms: i64,
 }
 
 /// Changes the store commits in one transaction.

@@ -95,14 +95,21 @@ pub struct Pruned {
 impl Pruned {
     /// How many were deleted per state, in the order states first appear.
     pub fn per_state(&self) -> Vec<(TaskState, u64)> {
-        let mut counts: Vec<(TaskState, u64)> = Vec::new();
+        let mut counts = Vec::new();
         for (_, state) in &self.tasks {
-            match counts.iter_mut().find(|(known, _)| known == state) {
-                Some((_, count)) => *count += 1,
-                None => counts.push((*state, 1)),
-            }
+            add_counts(&mut counts, &[(*state, 1)]);
         }
         counts
+    }
+}
+
+/// Adds `counts` per state to `total`.
+pub(crate) fn add_counts(total: &mut Vec<(TaskState, u64)>, counts: &[(TaskState, u64)]) {
+    for &(state, count) in counts {
+        match total.iter_mut().find(|(known, _)| *known == state) {
+            Some((_, sum)) => *sum += count,
+            None => total.push((state, count)),
+        }
     }
 }
 
@@ -117,10 +124,36 @@ impl Store {
         limit: usize,
     ) -> Result<Pruned, StoreError> {
         let cutoff = |age: Duration| now_unix_ms.saturating_sub(age.as_millis() as i64);
-        let classes = [
-            (KEPT_LONG, cutoff(retention.retention_failed)),
-            (KEPT_SHORT, cutoff(retention.retention)),
-        ];
+        self.prune_classes(
+            [
+                (KEPT_LONG, cutoff(retention.retention_failed)),
+                (KEPT_SHORT, cutoff(retention.retention)),
+            ],
+            limit,
+        )
+    }
+
+    /// Deletes at most `limit` finished tasks, of any finished state, that
+    /// finished before `before_unix_ms` (`retire prune --before`), in one
+    /// transaction, then shrinks the file by the pages that freed.
+    pub fn prune_before(
+        &mut self,
+        before_unix_ms: i64,
+        limit: usize,
+    ) -> Result<Pruned, StoreError> {
+        self.prune_classes(
+            [(KEPT_LONG, before_unix_ms), (KEPT_SHORT, before_unix_ms)],
+            limit,
+        )
+    }
+
+    /// Deletes at most `limit` tasks of each class's states that finished
+    /// before its cutoff, the classes in order, in one transaction.
+    fn prune_classes(
+        &mut self,
+        classes: [(&str, i64); 2],
+        limit: usize,
+    ) -> Result<Pruned, StoreError> {
         let path = self.path.clone();
         let wrap = |source| StoreError::Sqlite {
             path: path.clone(),

@@ -329,3 +329,51 @@ fn a_pruned_task_in_memory_is_judged_by_its_last_write() {
     assert_eq!(counted(&mut sim, "completed"), json!(0));
     sim.core.check_indexes();
 }
+
+/// `prune` deletes the tasks that finished before its cutoff, in the
+/// store and in memory alike, answers with the totals per state, and
+/// leaves live and younger tasks; `status` follows.
+#[test]
+fn prune_deletes_what_finished_before_the_cutoff_and_answers_the_totals() {
+    let mut sim = evicting();
+    sim.add_worker("a", 8);
+    let old = run(&mut sim, 3);
+    sim.advance(std::time::Duration::from_secs(3600));
+    let cutoff = sim.now.unix_ms;
+    sim.advance(std::time::Duration::from_secs(60));
+    let young = run(&mut sim, 1);
+    sim.leave("a");
+    let live = sim.submit(spec("nobody"));
+    let conn = sim.client();
+    let reply = sim.request(
+        conn,
+        Message::Prune(protocol::Prune {
+            before_unix_ms: cutoff,
+        }),
+    );
+    let result = Value::Object(reply.ack().result.fields().into_owned());
+    assert_eq!(
+        result,
+        json!({
+            "pruned": {"completed": 2, "failed": 1},
+            "total": 3,
+            "message": "pruned 3 finished tasks",
+            "success": true,
+        })
+    );
+    for task_id in &old {
+        assert_eq!(sim.task_status(task_id).code(), ErrorCode::NotFound);
+    }
+    assert_eq!(
+        sim.task_status(&young[0]).field("task")["state"],
+        json!("completed")
+    );
+    assert_eq!(
+        sim.task_status(&live).field("task")["state"],
+        json!("queued")
+    );
+    assert_eq!(counted(&mut sim, "completed"), json!(1));
+    assert_eq!(counted(&mut sim, "failed"), json!(0));
+    assert_eq!(counted(&mut sim, "queued"), json!(1));
+    sim.core.check_indexes();
+}
