@@ -154,6 +154,61 @@ pub enum Command {
     },
     /// Print every cluster event as it happens, until interrupted.
     Watch,
+    /// Delete the finished tasks (completed, failed, timed out, cancelled,
+    /// dead-lettered) that finished before a date or longer ago than an age,
+    /// now rather than at their retention; live tasks are never deleted.
+    /// Needs the admin token.
+    Prune {
+        /// A date (`2026-12-01`, UTC midnight, or RFC 3339 like
+        /// `2026-12-01T12:00:00Z`) or an age (`7d`, `12h`, `90m`).
+        #[arg(long, value_name = "DATE|AGE", value_parser = parse_cutoff)]
+        before: Cutoff,
+    },
+}
+
+/// `retire prune --before`: a point in time, or an age counted back from
+/// when the command runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cutoff {
+    /// Milliseconds since the Unix epoch.
+    At(i64),
+    /// Older than this.
+    Age(Duration),
+}
+
+impl Cutoff {
+    /// The cutoff in milliseconds since the Unix epoch, with `now` for an
+    /// age.
+    pub fn unix_ms(self, now: std::time::SystemTime) -> i64 {
+        let ms = |time: std::time::SystemTime| {
+            time.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as i64)
+        };
+        match self {
+            Cutoff::At(unix_ms) => unix_ms,
+            Cutoff::Age(age) => ms(now).saturating_sub(age.as_millis() as i64),
+        }
+    }
+}
+
+/// A date (`YYYY-MM-DD`, RFC 3339) or a positive age (`7d`, `12h`, seconds).
+fn parse_cutoff(text: &str) -> Result<Cutoff, String> {
+    let text = text.trim();
+    let date = if text.len() == 10 {
+        humantime::parse_rfc3339_weak(&format!("{text} 00:00:00"))
+    } else {
+        humantime::parse_rfc3339_weak(text)
+    };
+    if let Ok(time) = date {
+        let unix_ms = time
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| format!("{text} is before 1970"))?
+            .as_millis() as i64;
+        return Ok(Cutoff::At(unix_ms));
+    }
+    parse_duration(text).map(Cutoff::Age).map_err(|_| {
+        format!("expected a date (2026-12-01, or RFC 3339) or an age (7d, 12h), got {text:?}")
+    })
 }
 
 /// What `retire devices` can do to one device.
@@ -278,6 +333,28 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// `retire prune --before`: a date (UTC midnight), an RFC 3339 time or
+    /// an age; anything else is refused.
+    #[test]
+    fn prune_takes_a_date_or_an_age() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        fn check(text: &str, now: std::time::SystemTime, expect: Option<i64>) {
+            let parsed = parse_cutoff(text).map(|cutoff| cutoff.unix_ms(now));
+            assert_eq!(parsed.as_ref().ok().copied(), expect, "{text}: {parsed:?}");
+        }
+        check("2026-12-01", now, Some(1_796_083_200_000));
+        check("2026-12-01T12:00:00Z", now, Some(1_796_126_400_000));
+        check("7d", now, Some(1_800_000_000_000 - 7 * 86_400_000));
+        check("12h", now, Some(1_800_000_000_000 - 12 * 3_600_000));
+        check("90", now, Some(1_800_000_000_000 - 90_000));
+        check("0", now, None);
+        check("-3d", now, None);
+        check("yesterday", now, None);
+        check("2026-13-01", now, None);
+        let argv = ["retire", "prune", "--before", "soon"];
+        assert!(Cli::try_parse_from(argv).is_err());
     }
 
     fn submit(args: &[&str]) -> Result<SubmitArgs, clap::error::ErrorKind> {

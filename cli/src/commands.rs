@@ -615,6 +615,32 @@ pub fn revoke(client: &mut Client, device_id: &str, output: &mut Output) -> Resu
     Ok(exit::OK)
 }
 
+/// `retire prune --before DATE|AGE`: deletes the finished tasks that
+/// finished before the cutoff and says how many, per state.
+pub fn prune(
+    client: &mut Client,
+    before: crate::args::Cutoff,
+    output: &mut Output,
+) -> Result<u8, Error> {
+    let message = Message::Prune(protocol::Prune {
+        before_unix_ms: before.unix_ms(SystemTime::now()),
+    });
+    if let Some(reply) = reply::<protocol::Pruned>(client, message, output)? {
+        let per_state: Vec<String> = reply
+            .pruned
+            .iter()
+            .map(|(state, count)| format!("{state} {count}"))
+            .collect();
+        let detail = if per_state.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", per_state.join(", "))
+        };
+        output.print(&format!("pruned {} finished tasks{detail}\n", reply.total))?;
+    }
+    Ok(exit::OK)
+}
+
 /// `retire watch`: one line per event until the connection ends, which
 /// is always an error since only the master can end it.
 pub fn watch(client: &mut Client, output: &mut Output) -> Result<u8, Error> {

@@ -31,6 +31,8 @@
 //! max_total_output = 268435456
 //! drain_timeout = 30
 //! reader_idle_timeout = 600
+//! retention = "30d"                         # finished tasks are deleted after this
+//! retention_failed = "90d"                  # failed, timed_out, dead_letter ones after this
 //! ```
 
 use std::net::SocketAddr;
@@ -141,6 +143,10 @@ settings! { dev;
     drain_timeout: Seconds = Seconds(crate::DEFAULT_DRAIN_TIMEOUT),
     /// Time an anonymous reader may stay idle.
     reader_idle_timeout: Seconds = Seconds(crate::DEFAULT_READER_IDLE_TIMEOUT),
+    /// Age after which a completed or cancelled task is deleted.
+    retention: Seconds = Seconds(crate::store::retention::DEFAULT_RETENTION),
+    /// Age after which a failed, timed-out or dead-lettered task is deleted.
+    retention_failed: Seconds = Seconds(crate::store::retention::DEFAULT_RETENTION_FAILED),
 }
 
 impl Settings {
@@ -229,6 +235,10 @@ impl Settings {
             synchronous,
             drain_timeout: above_zero("drain_timeout", &self.drain_timeout)?,
             reader_idle_timeout: above_zero("reader_idle_timeout", &self.reader_idle_timeout)?,
+            retention: crate::store::retention::Retention {
+                retention: above_zero("retention", &self.retention)?,
+                retention_failed: above_zero("retention_failed", &self.retention_failed)?,
+            },
         })
     }
 }
@@ -469,6 +479,31 @@ mod tests {
             none().env("drain_timeout", "RETIRE_DRAIN_TIMEOUT", &["later"]),
             "",
             "env RETIRE_DRAIN_TIMEOUT: expected seconds or a duration",
+        );
+        check(
+            none(),
+            "retention = 0\n",
+            "m.toml:1: retention: must be longer than zero",
+        );
+        check(
+            none(),
+            "retention_failed = -5\n",
+            "m.toml:1: retention_failed: ",
+        );
+        check(
+            none(),
+            "retention = \"a month\"\n",
+            "m.toml:1: retention: expected seconds or a duration",
+        );
+        check(
+            none().flag("retention", &["0s"]),
+            "",
+            "flag --retention: must be longer than zero",
+        );
+        check(
+            none().env("retention_failed", "RETIRE_RETENTION_FAILED", &["-1d"]),
+            "",
+            "env RETIRE_RETENTION_FAILED: ",
         );
         check(
             none().flag("listen", &["0.0.0.0:1"]),

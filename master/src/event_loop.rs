@@ -1117,6 +1117,13 @@ impl EventLoop {
                     // memory; reads find them in the store.
                     self.core.handle_committed(id);
                 }
+                StoreEvent::Pruned { committed, pruned } => {
+                    // Retention deleted them: off the counts of `status`.
+                    self.core.handle_pruned(committed, &pruned.tasks);
+                }
+                StoreEvent::PruneDone { job, outcome } => {
+                    self.core.handle_prune_done(job, outcome);
+                }
                 StoreEvent::Failing => self.core.set_storage_available(false),
                 StoreEvent::Recovered => self.core.set_storage_available(true),
             }

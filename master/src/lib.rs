@@ -120,6 +120,8 @@ pub struct Config {
     /// How long an anonymous reader may stay idle (see
     /// [`DEFAULT_READER_IDLE_TIMEOUT`]).
     pub reader_idle_timeout: std::time::Duration,
+    /// How long finished tasks are kept (see [`store::retention`]).
+    pub retention: store::retention::Retention,
 }
 
 impl Config {
@@ -136,6 +138,7 @@ impl Config {
             synchronous: Synchronous::default(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             reader_idle_timeout: DEFAULT_READER_IDLE_TIMEOUT,
+            retention: store::retention::Retention::default(),
         }
     }
 }
@@ -304,7 +307,8 @@ pub fn run(
     let poll = mio::Poll::new()?;
     let waker = EventLoop::make_waker(&poll)?;
     shutdown.set_waker(waker.clone());
-    let (batches, store_events, store_thread) = store::spawn(store, waker, shutdown.clone())?;
+    let (batches, store_events, store_thread) =
+        store::spawn(store, Some(config.retention), waker, shutdown.clone())?;
     listener.set_nonblocking(true)?;
     let listener = mio::net::TcpListener::from_std(listener);
     let limits = LoopLimits {

@@ -150,6 +150,17 @@ struct Args {
     #[arg(long, env = "RETIRE_READER_IDLE_TIMEOUT", default_value = "600", value_parser = parse_seconds)]
     reader_idle_timeout: Duration,
 
+    /// Age after which a finished task that completed or was cancelled is
+    /// deleted from the database (seconds or a duration like `30d`, `12h`).
+    /// Pruning runs in small batches between commits, and the file shrinks.
+    #[arg(long, env = "RETIRE_RETENTION", default_value = "30d", value_parser = parse_seconds)]
+    retention: Duration,
+
+    /// Age after which a failed, timed-out or dead-lettered task is deleted:
+    /// kept longer by default, for whoever comes back to look at them.
+    #[arg(long, env = "RETIRE_RETENTION_FAILED", default_value = "90d", value_parser = parse_seconds)]
+    retention_failed: Duration,
+
     /// Manage the tokens or show the configuration instead of running the master.
     #[command(subcommand)]
     command: Option<Subcommand>,

@@ -8,6 +8,7 @@
 pub mod backup;
 mod checkpoint;
 pub mod files;
+pub mod retention;
 mod schema;
 
 use crate::core::records::{Batch, DeviceKeyRecord, DeviceRecord, StoreOp, TaskRecord};
@@ -473,13 +474,17 @@ impl Store {
                             .execute(params![record.device_id, record.status.as_str(), json])
                             .map_err(wrap)?;
                     }
+                    // Run after the commit, between later ones (see
+                    // `spawn`): not part of this transaction.
+                    StoreOp::Prune(_) => {}
                     StoreOp::PutTask(task) => {
                         put_task
                             .execute(params![
                                 task.task_id,
                                 task.seq as i64,
                                 task.state.as_str(),
-                                task.json
+                                task.json,
+                                task.finished_unix_ms
                             ])
                             .map_err(wrap)?;
                     }
@@ -574,9 +579,11 @@ macro_rules! finished_condition {
 pub(crate) use finished_condition;
 
 /// Writes a task's record: an update in place when the task exists.
-const PUT_TASK: &str = "INSERT INTO tasks (task_id, seq, state, record) VALUES (?1, ?2, ?3, ?4)
+const PUT_TASK: &str = "INSERT INTO tasks (task_id, seq, state, record, finished_unix_ms)
+     VALUES (?1, ?2, ?3, ?4, ?5)
      ON CONFLICT (task_id) DO UPDATE
-     SET seq = excluded.seq, state = excluded.state, record = excluded.record";
+     SET seq = excluded.seq, state = excluded.state, record = excluded.record,
+         finished_unix_ms = excluded.finished_unix_ms";
 
 /// [`finished_condition`] as a value, for queries built with `format!`.
 const FINISHED: &str = finished_condition!();
@@ -841,8 +848,26 @@ fn decoded(task_id: &str, json: &str) -> Option<TaskRecord> {
 }
 
 /// What the store thread tells the event loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreEvent {
+    /// A `prune` request is done: every task it deleted was reported in
+    /// a [`StoreEvent::Pruned`] before; `outcome` is the totals per state,
+    /// or why it stopped.
+    PruneDone {
+        /// The request.
+        job: crate::core::records::PruneJob,
+        /// Deleted tasks per state, or the error.
+        outcome: Result<Vec<(TaskState, u64)>, String>,
+    },
+    /// Retention deleted these finished tasks; every batch up to
+    /// `committed` had committed before (so a task the core wrote later
+    /// is back in the store, or will be).
+    Pruned {
+        /// The last batch committed before the delete.
+        committed: u64,
+        /// What was deleted.
+        pruned: retention::Pruned,
+    },
     /// Every batch up to and including this id is durable.
     Committed(u64),
     /// A commit failed; the store keeps retrying it.
@@ -866,10 +891,146 @@ impl Wake for mio::Waker {
     }
 }
 
+/// When the store thread prunes next, and whether a batch is due now.
+struct Pruning {
+    retention: Option<retention::Retention>,
+    /// `prune` requests whose batch has committed, oldest first, each with
+    /// what it has deleted so far.
+    manual: std::collections::VecDeque<(crate::core::records::PruneJob, Vec<(TaskState, u64)>)>,
+    /// The last batch was full: more is due right after the next commit.
+    more: bool,
+    /// When to look again otherwise.
+    next: std::time::Instant,
+}
+
+impl Pruning {
+    fn new(retention: Option<retention::Retention>) -> Pruning {
+        Pruning {
+            retention,
+            manual: std::collections::VecDeque::new(),
+            more: false,
+            // The first look soon after start, not at once: a start has
+            // enough to do.
+            next: std::time::Instant::now()
+                + retention.map_or(Duration::ZERO, |retention| retention.interval()),
+        }
+    }
+
+    /// The `prune` requests of batches that just committed.
+    fn take_requests(&mut self, batches: &[Batch]) {
+        for op in batches.iter().flat_map(|batch| &batch.ops) {
+            if let StoreOp::Prune(job) = op {
+                self.manual.push_back((job.clone(), Vec::new()));
+            }
+        }
+    }
+
+    /// Runs one pruning batch if one is due, for a `prune` request first:
+    /// what it deleted, if anything, and the request it finished, if it
+    /// did.
+    #[allow(clippy::type_complexity)]
+    fn run(
+        &mut self,
+        store: &mut Store,
+        shutdown: &crate::Shutdown,
+    ) -> (
+        Option<retention::Pruned>,
+        Option<(
+            crate::core::records::PruneJob,
+            Result<Vec<(TaskState, u64)>, String>,
+        )>,
+    ) {
+        if shutdown.is_triggered() {
+            self.manual.clear();
+        }
+        let Some((job, _)) = self.manual.front() else {
+            return (self.run_retention(store, shutdown), None);
+        };
+        match store.prune_before(job.before_unix_ms, retention::PRUNE_BATCH) {
+            Ok(pruned) => {
+                let full = pruned.tasks.len() >= retention::PRUNE_BATCH;
+                if let Some((_, total)) = self.manual.front_mut() {
+                    retention::add_counts(total, &pruned.per_state());
+                }
+                let reported = (!pruned.tasks.is_empty()).then_some(pruned);
+                if full {
+                    return (reported, None);
+                }
+                let done = self.manual.pop_front().map(|(job, total)| (job, Ok(total)));
+                (reported, done)
+            }
+            Err(err) => {
+                let done = self
+                    .manual
+                    .pop_front()
+                    .map(|(job, _)| (job, Err(err.to_string())));
+                (None, done)
+            }
+        }
+    }
+
+    /// Runs one retention batch if one is due; what it deleted, if
+    /// anything. A failure is logged and tried again at the next look:
+    /// pruning is housekeeping, never a reason to stop committing.
+    fn run_retention(
+        &mut self,
+        store: &mut Store,
+        shutdown: &crate::Shutdown,
+    ) -> Option<retention::Pruned> {
+        let retention = self.retention?;
+        let now = std::time::Instant::now();
+        if shutdown.is_triggered() {
+            // Stopping: no more pruning, and no busy wait for it either.
+            self.more = false;
+            self.next = now + retention.interval();
+            return None;
+        }
+        if !self.more && now < self.next {
+            return None;
+        }
+        let now_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let outcome = store.prune_batch(&retention, now_unix_ms, retention::PRUNE_BATCH);
+        self.more = matches!(&outcome, Ok(pruned) if pruned.tasks.len() >= retention::PRUNE_BATCH);
+        if !self.more {
+            self.next = now + retention.interval();
+        }
+        match outcome {
+            Ok(pruned) if pruned.tasks.is_empty() => None,
+            Ok(pruned) => {
+                log::debug!("retention deleted {} finished tasks", pruned.tasks.len());
+                Some(pruned)
+            }
+            Err(err) => {
+                log::warn!("retention: pruning failed, trying again later: {err}");
+                None
+            }
+        }
+    }
+
+    /// How long the thread may wait for a batch before pruning is due.
+    fn wait(&self) -> Duration {
+        if !self.manual.is_empty() {
+            return Duration::ZERO;
+        }
+        match self.retention {
+            None => Duration::from_secs(3600),
+            Some(_) if self.more => Duration::ZERO,
+            Some(_) => self
+                .next
+                .saturating_duration_since(std::time::Instant::now()),
+        }
+    }
+}
+
 /// Starts the store thread. It ends when the batch sender is dropped and
-/// everything sent has been committed.
+/// everything sent has been committed. With a `retention`, it also prunes
+/// finished tasks past it between commits (see [`retention`]) and reports
+/// what it deleted ([`StoreEvent::Pruned`]).
 pub fn spawn(
     mut store: Store,
+    retention: Option<retention::Retention>,
     waker: Arc<dyn Wake>,
     shutdown: crate::Shutdown,
 ) -> std::io::Result<(Sender<Batch>, Receiver<StoreEvent>, JoinHandle<()>)> {
@@ -883,7 +1044,34 @@ pub fn spawn(
             // connection closes.
             let checkpointer = checkpointer;
             let mut wal = checkpoint::WalWatch::default();
-            while let Ok(first) = batch_rx.recv() {
+            let mut last_committed = 0;
+            let mut pruning = Pruning::new(retention);
+            loop {
+                // Retention between group commits: one small batch at a
+                // time (see `retention`), so a commit waits for one at most.
+                let (pruned, done) = pruning.run(&mut store, &shutdown);
+                let events = pruned
+                    .map(|pruned| StoreEvent::Pruned {
+                        committed: last_committed,
+                        pruned,
+                    })
+                    .into_iter()
+                    .chain(done.map(|(job, outcome)| StoreEvent::PruneDone { job, outcome }));
+                let mut any = false;
+                for event in events {
+                    any = true;
+                    if event_tx.send(event).is_err() {
+                        return;
+                    }
+                }
+                if any {
+                    waker.wake();
+                }
+                let first = match batch_rx.recv_timeout(pruning.wait()) {
+                    Ok(first) => first,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                };
                 // Group commit: everything that queued up while the last
                 // transaction ran goes into this one.
                 let mut batches = vec![first];
@@ -916,6 +1104,8 @@ pub fn spawn(
                     pause = (pause * 2).min(MAX_RETRY_PAUSE);
                 }
                 let last = batches.last().map_or(0, |batch| batch.id);
+                last_committed = last;
+                pruning.take_requests(&batches);
                 if failing && event_tx.send(StoreEvent::Recovered).is_err() {
                     break;
                 }

@@ -19,6 +19,8 @@ mod history;
 mod layout;
 #[path = "master/nesting.rs"]
 mod nesting;
+#[path = "master/retention.rs"]
+mod retention;
 #[path = "master/schema.rs"]
 mod schema;
 

@@ -28,13 +28,13 @@ pub use error::{DecodeError, ErrorCode};
 pub use limits::MAX_VALUE_DEPTH;
 pub use message::{
     Ack, DeviceRef, EncodedEnvelope, Envelope, ErrorReply, Event, Goodbye, Heartbeat, ListDevices,
-    ListTasks, Message, Metrics, Register, RunningTask, Subscribe, TaskAssign, TaskCancel,
+    ListTasks, Message, Metrics, Prune, Register, RunningTask, Subscribe, TaskAssign, TaskCancel,
     TaskProgress, TaskRef, TaskResult, TaskSubmit,
 };
 pub use reply::{
     AuthChallenge, Authenticated, BatchSubmitted, DeviceReply, Done, Draining, HeartbeatReceived,
-    Registered, Reply, ResultRecorded, Revoked, StatusReply, Submitted, Success, TaskChanged,
-    TaskReply,
+    Pruned, Registered, Reply, ResultRecorded, Revoked, StatusReply, Submitted, Success,
+    TaskChanged, TaskReply,
 };
 pub use types::{
     ClusterStats, DevicePage, DeviceStatus, DeviceView, HardwareView, Priority, Requirements,

@@ -212,6 +212,9 @@ pub enum Message {
     AuthProof(auth::Proof),
     /// Client → master: cut a device off at once and for good.
     RevokeDevice(DeviceRef),
+    /// Client → master (admin): delete the finished tasks that finished
+    /// before a time, now rather than at their retention.
+    Prune(Prune),
 }
 
 impl Message {
@@ -240,6 +243,7 @@ impl Message {
             Message::AuthHello(_) => "auth_hello",
             Message::AuthProof(_) => "auth_proof",
             Message::RevokeDevice(_) => "revoke_device",
+            Message::Prune(_) => "prune",
         }
     }
 
@@ -861,6 +865,15 @@ pub struct TaskRef {
 pub struct DeviceRef {
     /// The device's id.
     pub device_id: String,
+}
+
+/// `prune`'s data: the finished tasks (completed, failed, timed out,
+/// cancelled, dead-lettered) that finished before `before_unix_ms` are
+/// deleted; live ones never are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prune {
+    /// The cutoff, in milliseconds since the Unix epoch.
+    pub before_unix_ms: i64,
 }
 
 /// List tasks.

@@ -192,6 +192,22 @@ pub struct Revoked {
     pub success: Success,
 }
 
+/// The answer to `prune`: how many finished tasks were deleted, per state
+/// (only the states that had any) and in all.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pruned {
+    /// Deleted tasks per state (`completed`, `failed`, ...).
+    pub pruned: std::collections::BTreeMap<String, u64>,
+    /// Deleted tasks in all.
+    pub total: u64,
+    /// `pruned N finished tasks`.
+    #[serde(default)]
+    pub message: String,
+    /// Always `true`.
+    #[serde(default)]
+    pub success: Success,
+}
+
 /// The answer to `auth_hello`: the master's challenge (see
 /// [`crate::auth::Challenge::from_reply`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -276,6 +292,8 @@ replies! {
     Draining(Draining => Box<Draining>),
     /// See [`Revoked`].
     Revoked(Revoked => Revoked),
+    /// See [`Pruned`].
+    Pruned(Pruned => Pruned),
     /// See [`AuthChallenge`].
     AuthChallenge(AuthChallenge => AuthChallenge),
     /// See [`Authenticated`].

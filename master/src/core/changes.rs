@@ -18,6 +18,9 @@ pub(super) struct Changes {
     tasks: BTreeSet<String>,
     devices: BTreeMap<String, DeviceRecord>,
     keys: BTreeMap<String, DeviceKeyRecord>,
+    /// Requests for the store that are not writes (`StoreOp::Prune`), in
+    /// order.
+    requests: Vec<StoreOp>,
     /// Id the next batch handed to the store will have.
     open_batch: u64,
     /// The newest batch (open or handed out) that holds any write.
@@ -32,6 +35,7 @@ impl Default for Changes {
             tasks: BTreeSet::new(),
             devices: BTreeMap::new(),
             keys: BTreeMap::new(),
+            requests: Vec::new(),
             open_batch: 1,
             last_write_batch: 0,
             scratch: Vec::new(),
@@ -61,6 +65,12 @@ impl Changes {
         self.last_write_batch = self.open_batch;
     }
 
+    /// A request for the store that is not a write (a reply made now
+    /// does not wait for it), carried by the next batch.
+    pub(super) fn store_op(&mut self, op: StoreOp) {
+        self.requests.push(op);
+    }
+
     /// The newest batch (open or handed out) that holds any write: what a
     /// reply made now waits for.
     pub(super) fn last_write_batch(&self) -> u64 {
@@ -73,7 +83,11 @@ impl Changes {
         &mut self,
         record_of: impl Fn(&str) -> Option<&'a TaskRecord>,
     ) -> Option<Batch> {
-        if self.tasks.is_empty() && self.devices.is_empty() && self.keys.is_empty() {
+        if self.tasks.is_empty()
+            && self.devices.is_empty()
+            && self.keys.is_empty()
+            && self.requests.is_empty()
+        {
             return None;
         }
         let mut ops: Vec<StoreOp> = std::mem::take(&mut self.keys)
@@ -92,6 +106,7 @@ impl Changes {
                 .filter_map(|id| record_of(&id))
                 .map(|record| StoreOp::PutTask(EncodedTask::new(record, scratch))),
         );
+        ops.append(&mut self.requests);
         let id = self.open_batch;
         self.open_batch += 1;
         Some(Batch { id, ops })

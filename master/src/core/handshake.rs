@@ -80,7 +80,8 @@ fn need(message: &Message) -> Need {
         | Message::TaskCancel(_)
         | Message::TaskRetry(_)
         | Message::DrainDevice(_)
-        | Message::RevokeDevice(_) => Need::Change,
+        | Message::RevokeDevice(_)
+        | Message::Prune(_) => Need::Change,
         Message::AuthHello(_) | Message::AuthProof(_) => Need::Handshake,
         Message::TaskAssign(_) | Message::Event(_) => Need::Nothing,
     }

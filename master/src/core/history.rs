@@ -691,4 +691,16 @@ impl Core {
     pub fn restore_history(&mut self, finished: &[(TaskState, u64)], max_seq: u64) {
         self.tasks.set_history(finished, max_seq);
     }
+
+    /// Retention deleted `pruned` (task ids with the state the store had)
+    /// after every batch up to `committed` had committed. A task the core
+    /// holds in memory is judged by its last write: written by then, its
+    /// row was the one deleted, and it leaves memory uncounted; written
+    /// later, that write puts it back, so it stays. Any other was counted
+    /// as stored, and the count goes down.
+    pub fn handle_pruned(&mut self, committed: u64, pruned: &[(String, TaskState)]) {
+        for (task_id, state) in pruned {
+            self.tasks.pruned(task_id, *state, committed);
+        }
+    }
 }

@@ -21,6 +21,7 @@ mod life;
 pub mod outbox;
 mod outgoing;
 mod page;
+mod prune;
 mod queue;
 pub mod records;
 mod register;
@@ -443,6 +444,10 @@ impl Core {
                 return;
             }
             Message::RevokeDevice(device) => self.on_revoke(now, &device.device_id),
+            Message::Prune(prune) => match self.check_storage() {
+                Ok(()) => return self.on_prune(conn, reply_to, prune),
+                Err(refused) => Err(refused),
+            },
             Message::TaskAssign(_) | Message::Event(_) => Err(ReplyError::new(
                 ErrorCode::InvalidMessage,
                 "the master does not accept this message type from peers",

@@ -155,6 +155,9 @@ pub struct EncodedTask {
     pub state: TaskState,
     /// The whole [`TaskRecord`] as JSON.
     pub json: String,
+    /// When a finished task finished (its submission time if the record
+    /// has none); `None` for a live one. Retention prunes by it.
+    pub finished_unix_ms: Option<i64>,
 }
 
 impl EncodedTask {
@@ -170,6 +173,10 @@ impl EncodedTask {
             seq: record.seq,
             state: record.state,
             json: std::str::from_utf8(scratch).map_or_else(|_| String::new(), str::to_owned),
+            finished_unix_ms: record
+                .state
+                .is_terminal()
+                .then(|| record.finished_unix_ms.unwrap_or(record.submitted_unix_ms)),
         }
     }
 
@@ -191,6 +198,21 @@ pub enum StoreOp {
     PutDeviceKey(DeviceKeyRecord),
     /// Insert or replace a task.
     PutTask(EncodedTask),
+    /// Not a write of this batch: once it has committed, delete the
+    /// finished tasks that finished before a time, in small batches, and
+    /// hand the job back (see `core/prune.rs`).
+    Prune(PruneJob),
+}
+
+/// A `prune` request on its way through the store and back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PruneJob {
+    /// The connection that asked.
+    pub conn: super::ConnId,
+    /// The request's `message_id`, for the reply.
+    pub reply_to: Option<String>,
+    /// The cutoff: tasks that finished before this are deleted.
+    pub before_unix_ms: i64,
 }
 
 /// Changes the store commits in one transaction.

@@ -76,6 +76,31 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             ))
         },
     },
+    // 3 → 4.
+    Migration {
+        what: "the finish time of finished tasks, indexed, so retention deletes by age",
+        // Retention (`store/retention.rs`) deletes finished tasks older
+        // than an age, per state: the column holds when a task finished
+        // (its submission time for a finished record without one), written
+        // with every finished task, and the partial index on (state, finish
+        // time) lets a pruning batch find its oldest rows of the states it
+        // prunes without reading a record. Filled here from the records
+        // once; live tasks keep NULL (never pruned).
+        in_transaction: true,
+        run: |connection| {
+            connection.execute_batch(concat!(
+                "ALTER TABLE tasks ADD COLUMN finished_unix_ms INTEGER;
+                 UPDATE tasks SET finished_unix_ms = coalesce(
+                         json_extract(record, '$.finished_unix_ms'),
+                         json_extract(record, '$.submitted_unix_ms'), 0)
+                     WHERE ",
+                finished_condition!(),
+                "; CREATE INDEX IF NOT EXISTS tasks_finished_at ON tasks(state, finished_unix_ms) WHERE ",
+                finished_condition!(),
+                ";"
+            ))
+        },
+    },
 ];
 
 /// Brings a database at version `found` (at most [`VERSION`]) up to
@@ -182,6 +207,6 @@ mod tests {
     #[test]
     fn the_version_is_the_base_plus_one_per_migration() {
         assert_eq!(VERSION, BASE_VERSION + MIGRATIONS.len() as i64);
-        assert_eq!(VERSION, 3);
+        assert_eq!(VERSION, 4);
     }
 }

@@ -86,3 +86,51 @@ fn a_database_of_a_newer_schema_is_refused_and_left_as_it_is() {
     }
     assert_eq!(auto_vacuum(&data), 0, "nothing was migrated");
 }
+
+/// Schema 4 fills the finish time of the fixture's finished tasks from
+/// their records: retention finds them by age (a task that finished
+/// before the cutoff goes, one after stays), and never its live ones.
+#[test]
+fn the_finished_tasks_of_a_schema_1_database_are_pruned_by_their_age() {
+    use master::store::retention::{Retention, PRUNE_BATCH};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = data_dir_with_fixture(dir.path());
+    let mut store = Store::open(&data, Synchronous::Normal).expect("open");
+    let (_, tasks) = store.load().expect("load");
+    let finished: Vec<(String, TaskState, i64)> = tasks
+        .iter()
+        .filter(|task| task.state.is_terminal())
+        .map(|task| {
+            let at = task.finished_unix_ms.unwrap_or(task.submitted_unix_ms);
+            (task.task_id.clone(), task.state, at)
+        })
+        .collect();
+    assert_eq!(finished.len(), 4);
+    let day = std::time::Duration::from_secs(24 * 3600);
+    let retention = Retention {
+        retention: day,
+        retention_failed: day,
+    };
+    // A day after the first finished: nothing is a day old yet.
+    let first = finished.iter().map(|(_, _, at)| *at).min().expect("one");
+    let pruned = store
+        .prune_batch(&retention, first + 86_400_000, PRUNE_BATCH)
+        .expect("prune");
+    assert_eq!(pruned.tasks, []);
+    // Long after: every finished one goes, the queued ones stay.
+    let last = finished.iter().map(|(_, _, at)| *at).max().expect("one");
+    let pruned = store
+        .prune_batch(&retention, last + 86_400_001, PRUNE_BATCH)
+        .expect("prune");
+    let mut expected: Vec<(String, TaskState)> = finished
+        .into_iter()
+        .map(|(id, state, _)| (id, state))
+        .collect();
+    let mut got = pruned.tasks;
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got, expected);
+    let (_, left) = store.load().expect("load");
+    let left: Vec<&str> = left.iter().map(|task| task.task_id.as_str()).collect();
+    assert_eq!(left, ["queued-1", "queued-2"]);
+}

@@ -209,6 +209,7 @@ fn message_from_data(message_type: &str, data: &str) -> Result<Message, DecodeEr
         "auth_hello" => Message::AuthHello(parse::<AuthHelloData>(data)?.into_domain()?),
         "auth_proof" => Message::AuthProof(parse::<AuthProofData>(data)?.into_domain()?),
         "revoke_device" | "revoke" => Message::RevokeDevice(parse(data)?),
+        "prune" => Message::Prune(parse(data)?),
         other => {
             return Err(DecodeError::new(
                 ErrorCode::UnknownMessageType,

@@ -181,6 +181,13 @@ fn the_messages_the_strategies_do_not_draw_keep_their_bytes() {
             r#"{"data":{"device_id":"pi-1"},"message_id":"v-1","message_type":"revoke_device","sender_id":null,"target_id":null}"#.to_string(),
         ),
         (
+            Envelope::new(Message::Prune(protocol::Prune {
+                before_unix_ms: 1_800_000_000_000,
+            }))
+            .with_id("p-1"),
+            r#"{"data":{"before_unix_ms":1800000000000},"message_id":"p-1","message_type":"prune","sender_id":null,"target_id":null}"#.to_string(),
+        ),
+        (
             Envelope::new(Message::Status).from_sender("cli"),
             r#"{"data":{},"message_type":"status","sender_id":"cli","target_id":null}"#.to_string(),
         ),

@@ -554,6 +554,7 @@ pub fn small_message() -> impl Strategy<Value = Message> {
             ),
         text().prop_map(|device_id| Message::DeviceInfo(DeviceRef { device_id })),
         text().prop_map(|device_id| Message::DrainDevice(DeviceRef { device_id })),
+        any::<i64>().prop_map(|before_unix_ms| Message::Prune(protocol::Prune { before_unix_ms })),
         vec(text(), 0..3).prop_map(|task_ids| Message::Subscribe(Subscribe { task_ids })),
     ]
 }

@@ -232,6 +232,24 @@ impl Tasks {
         true
     }
 
+    /// Takes task `task_id`, deleted from the store by retention (in
+    /// `state`) after batch `committed`, off the counts (see
+    /// `Core::handle_pruned`).
+    pub(super) fn pruned(&mut self, task_id: &str, state: TaskState, committed: u64) {
+        match self.by_id.get(task_id) {
+            Some(task) if task.written > committed || !task.record.state.is_terminal() => {}
+            Some(_) => {
+                if let Some(task) = self.by_id.remove(task_id) {
+                    self.listing.remove(task.listed, task.record.seq, task_id);
+                }
+            }
+            None => {
+                let slot = &mut self.stored[listing::state_slot(state)];
+                *slot = slot.saturating_sub(1);
+            }
+        }
+    }
+
     /// Brings a finished task the store returned back into memory (to be
     /// retried), no longer counted as stored. A task already in memory is
     /// left as it is: memory is newer than the store.

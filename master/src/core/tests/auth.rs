@@ -290,6 +290,7 @@ fn a_worker_credential_can_only_do_worker_things() {
         Message::RevokeDevice(DeviceRef {
             device_id: "pi".into(),
         }),
+        Message::Prune(protocol::Prune { before_unix_ms: 1 }),
     ] {
         assert_eq!(sim.request(conn, message).code(), ErrorCode::Forbidden);
     }

@@ -272,3 +272,108 @@ fn a_late_result_for_a_finished_task_in_the_store_is_discarded_as_before() {
     let unknown = sim.report("a", "nope", 1, ResultStatus::Completed);
     assert_eq!(unknown.code(), ErrorCode::NotFound);
 }
+
+/// `status`'s count of `state`.
+fn counted(sim: &mut Sim, state: &str) -> Value {
+    let conn = sim.client();
+    let status = sim.request(conn, Message::Status);
+    status.field("cluster_stats")["tasks"][state].clone()
+}
+
+/// Retention deleted tasks from the store: `status` counts them no more,
+/// and their views are gone.
+#[test]
+fn tasks_pruned_from_the_store_leave_the_counts() {
+    let mut sim = evicting();
+    sim.add_worker("a", 8);
+    let t = run(&mut sim, 6);
+    assert_eq!(counted(&mut sim, "completed"), json!(4));
+    assert_eq!(counted(&mut sim, "failed"), json!(2));
+    let last = sim.batches.last().map(|batch| batch.id).unwrap();
+    // As the store does: the rows go, then the loop tells the core.
+    for task_id in [&t[0], &t[2]] {
+        sim.db.tasks.remove(task_id);
+    }
+    sim.core.handle_pruned(
+        last,
+        &[
+            (t[0].clone(), TaskState::Completed),
+            (t[2].clone(), TaskState::Failed),
+        ],
+    );
+    assert_eq!(counted(&mut sim, "completed"), json!(3));
+    assert_eq!(counted(&mut sim, "failed"), json!(1));
+    assert_eq!(sim.task_status(&t[0]).code(), ErrorCode::NotFound);
+    assert_eq!(walk(&mut sim, None, 2).len(), 4);
+    sim.core.check_indexes();
+}
+
+/// A pruned task still in memory: written after the prune's last commit,
+/// its newer write puts it back, so it stays and is counted; written
+/// before, its row was the one deleted, so it leaves memory uncounted.
+#[test]
+fn a_pruned_task_in_memory_is_judged_by_its_last_write() {
+    let mut sim = Sim::new();
+    sim.add_worker("a", 8);
+    let t = run(&mut sim, 1);
+    let last = sim.batches.last().map(|batch| batch.id).unwrap();
+    let pruned = [(t[0].clone(), TaskState::Completed)];
+    sim.core.handle_pruned(last - 1, &pruned);
+    assert!(in_memory(&sim, &t[0]));
+    assert_eq!(counted(&mut sim, "completed"), json!(1));
+    sim.core.handle_pruned(last, &pruned);
+    assert!(!in_memory(&sim, &t[0]));
+    assert_eq!(counted(&mut sim, "completed"), json!(0));
+    // Its later commit does not count it again.
+    sim.core.handle_committed(last);
+    assert_eq!(counted(&mut sim, "completed"), json!(0));
+    sim.core.check_indexes();
+}
+
+/// `prune` deletes the tasks that finished before its cutoff, in the
+/// store and in memory alike, answers with the totals per state, and
+/// leaves live and younger tasks; `status` follows.
+#[test]
+fn prune_deletes_what_finished_before_the_cutoff_and_answers_the_totals() {
+    let mut sim = evicting();
+    sim.add_worker("a", 8);
+    let old = run(&mut sim, 3);
+    sim.advance(std::time::Duration::from_secs(3600));
+    let cutoff = sim.now.unix_ms;
+    sim.advance(std::time::Duration::from_secs(60));
+    let young = run(&mut sim, 1);
+    sim.leave("a");
+    let live = sim.submit(spec("nobody"));
+    let conn = sim.client();
+    let reply = sim.request(
+        conn,
+        Message::Prune(protocol::Prune {
+            before_unix_ms: cutoff,
+        }),
+    );
+    let result = Value::Object(reply.ack().result.fields().into_owned());
+    assert_eq!(
+        result,
+        json!({
+            "pruned": {"completed": 2, "failed": 1},
+            "total": 3,
+            "message": "pruned 3 finished tasks",
+            "success": true,
+        })
+    );
+    for task_id in &old {
+        assert_eq!(sim.task_status(task_id).code(), ErrorCode::NotFound);
+    }
+    assert_eq!(
+        sim.task_status(&young[0]).field("task")["state"],
+        json!("completed")
+    );
+    assert_eq!(
+        sim.task_status(&live).field("task")["state"],
+        json!("queued")
+    );
+    assert_eq!(counted(&mut sim, "completed"), json!(1));
+    assert_eq!(counted(&mut sim, "failed"), json!(0));
+    assert_eq!(counted(&mut sim, "queued"), json!(1));
+    sim.core.check_indexes();
+}

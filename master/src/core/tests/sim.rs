@@ -164,6 +164,8 @@ impl Db {
                 StoreOp::PutDeviceKey(key) => {
                     self.device_keys.insert(key.device_id.clone(), key.clone());
                 }
+                // Run by the sim after the batch commits (`Sim::prune`).
+                StoreOp::Prune(_) => {}
             }
         }
     }
@@ -514,6 +516,41 @@ impl Sim {
         self.drive();
     }
 
+    /// Runs the `prune` requests of a committed batch as the store does:
+    /// deletes the finished tasks that finished before the cutoff (in one
+    /// go: the batches are the store's business), reports them, then
+    /// hands the request back with the totals. Whether it ran any.
+    fn prune(&mut self, batch: &Batch) -> bool {
+        let mut ran = false;
+        for op in &batch.ops {
+            let StoreOp::Prune(job) = op else { continue };
+            let mut deleted: Vec<(String, TaskState)> = self
+                .db
+                .tasks
+                .values()
+                .filter(|task| {
+                    task.state.is_terminal()
+                        && task.finished_unix_ms.unwrap_or(task.submitted_unix_ms)
+                            < job.before_unix_ms
+                })
+                .map(|task| (task.task_id.clone(), task.state))
+                .collect();
+            deleted.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut counts: Vec<(TaskState, u64)> = Vec::new();
+            for (task_id, state) in &deleted {
+                self.db.tasks.remove(task_id);
+                match counts.iter_mut().find(|(known, _)| known == state) {
+                    Some((_, count)) => *count += 1,
+                    None => counts.push((*state, 1)),
+                }
+            }
+            self.core.handle_pruned(batch.id, &deleted);
+            self.core.handle_prune_done(job.clone(), Ok(counts));
+            ran = true;
+        }
+        ran
+    }
+
     // ----- driving -----
 
     /// Drains outputs and commits batches until nothing more happens.
@@ -521,6 +558,7 @@ impl Sim {
         for _ in 0..1000 {
             let mut outputs = Vec::new();
             self.core.drain_outputs(self.now, &mut outputs);
+            let mut pruned = false;
             if let Some(batch) = self.core.take_batch() {
                 assert!(
                     self.batches.last().is_none_or(|last| last.id < batch.id),
@@ -530,7 +568,12 @@ impl Sim {
                 if self.evict {
                     self.core.handle_committed(batch.id);
                 }
+                pruned = self.prune(&batch);
                 self.batches.push(batch);
+            }
+            if outputs.is_empty() && pruned {
+                // The replies to `prune` are outputs of their own.
+                continue;
             }
             if outputs.is_empty() {
                 self.core.check_indexes();
