@@ -61,6 +61,9 @@ const ENVIRON_RETRY_PAUSE: Duration = Duration::from_millis(1);
 /// The position of `flags` (field 9) among the fields after the command name.
 const FLAGS_AFTER_COMMAND: usize = 9 - 3;
 
+/// The position of `endcode` (field 27) among the fields after the command name.
+const END_CODE_AFTER_COMMAND: usize = 27 - 3;
+
 /// The position of `env_start` (field 50) among the fields after the command name;
 /// `env_end` (field 51) follows it.
 const ENV_START_AFTER_COMMAND: usize = 50 - 3;
@@ -115,7 +118,9 @@ enum EnvironRead {
     /// The read is exactly as long as the process's environment.
     Whole,
     /// The process runs, and the read is shorter or longer than its environment, or
-    /// its new program has no environment set up yet: it is in the middle of an `exec`.
+    /// its new program is not set up yet (`env_end` or `endcode` still 0; the kernel
+    /// sets `endcode` after the environment, which passes through an empty state on
+    /// the way): it is in the middle of an `exec`.
     Partial,
     /// The process is a zombie, exiting or a kernel thread (it has no environment any
     /// more), or the line has no environment bounds (an old kernel): reading again
@@ -134,9 +139,10 @@ fn environ_read(stat: &str, read_len: usize) -> EnvironRead {
             .get(index)
             .and_then(|field| field.parse::<u64>().ok())
     };
-    let (Some(state), Some(flags), Some(env_start), Some(env_end)) = (
+    let (Some(state), Some(flags), Some(end_code), Some(env_start), Some(env_end)) = (
         fields.first(),
         number(FLAGS_AFTER_COMMAND),
+        number(END_CODE_AFTER_COMMAND),
         number(ENV_START_AFTER_COMMAND),
         number(ENV_START_AFTER_COMMAND + 1),
     ) else {
@@ -146,6 +152,7 @@ fn environ_read(stat: &str, read_len: usize) -> EnvironRead {
         return EnvironRead::Unknowable;
     }
     let whole = env_end != 0
+        && end_code != 0
         && u64::try_from(read_len).is_ok_and(|len| env_end.checked_sub(env_start) == Some(len));
     if whole {
         EnvironRead::Whole
@@ -172,11 +179,27 @@ mod tests {
         assert!(parse_stat("garbage").is_none());
     }
 
-    /// A `/proc/PID/stat` line with the given state, flags and environment bounds.
+    /// A `/proc/PID/stat` line with the given state, flags, `endcode` and environment
+    /// bounds.
+    fn stat_line_with_code(
+        state: char,
+        flags: u64,
+        end_code: u64,
+        env_start: u64,
+        env_end: u64,
+    ) -> String {
+        // Fields 4 to 8, `flags` (9), 10 to 26 as zeros, `endcode` (27), 28 to 49 as zeros.
+        let zeros = |n: usize| vec!["0"; n].join(" ");
+        format!(
+            "7 (my (odd) prog) {state} 1 7 7 0 -1 {flags} {} {end_code} {} {env_start} {env_end} 0",
+            zeros(26 - 10 + 1),
+            zeros(49 - 28 + 1)
+        )
+    }
+
+    /// A stat line of a process whose program is set up (`endcode` is not 0).
     fn stat_line(state: char, flags: u64, env_start: u64, env_end: u64) -> String {
-        // Fields 4 to 8, then `flags` (9), then 10 to 49 as zeros.
-        let middle = vec!["0"; 49 - 10 + 1].join(" ");
-        format!("7 (my (odd) prog) {state} 1 7 7 0 -1 {flags} {middle} {env_start} {env_end} 0")
+        stat_line_with_code(state, flags, 4096, env_start, env_end)
     }
 
     #[test]
@@ -195,8 +218,19 @@ mod tests {
         );
         // A process whose environment really is empty.
         check(stat_line('S', 0, 1000, 1000), 0, EnvironRead::Whole);
-        // The middle of an `exec`: the new memory has no environment yet.
+        // The middle of an `exec`: the new memory has no environment yet, or an
+        // environment still empty on its way to being set up (`endcode` comes after).
         check(stat_line('R', 0, 0, 0), 0, EnvironRead::Partial);
+        check(
+            stat_line_with_code('R', 0, 0, 1000, 1000),
+            0,
+            EnvironRead::Partial,
+        );
+        check(
+            stat_line_with_code('R', 0, 0, 1000, 1200),
+            200,
+            EnvironRead::Partial,
+        );
         // A read cut short, or one of the program before an `exec`.
         check(stat_line('S', 0, 1000, 1200), 32, EnvironRead::Partial);
         check(stat_line('S', 0, 1000, 1200), 0, EnvironRead::Partial);
