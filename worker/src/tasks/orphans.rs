@@ -12,7 +12,9 @@
 //! its process group is the group of a task that just ended, or when its environment
 //! carries [`MARKER_ENV`](crate::device::proc::MARKER_ENV) with a marker this worker
 //! process handed out to a task that is no longer running. Children
-//! with neither (a program embedding the worker may start its own) are never touched.
+//! with neither (a program embedding the worker may start its own) are never touched,
+//! and neither is one whose marker is a running task's: its group id may be an ended
+//! task's leader pid reused.
 //! What remains possible is documented in `docs/sandbox.md`: a process that both leaves
 //! the group and rewrites its environment survives until the worker stops.
 
@@ -150,13 +152,20 @@ fn sweep_locked(registry: &Registry) -> usize {
                 continue;
             }
             let marker = marker_of(child.pid);
+            if marker
+                .as_deref()
+                .is_some_and(|marker| live_markers.contains(marker))
+            {
+                // An escaped process of a running task, whatever its group: its id may
+                // be the pid of an ended task's leader, since pids are reused.
+                continue;
+            }
             // Only markers this process handed out: a child that carries another
             // (a program embedding the worker, a test) is not a task's.
             let orphan = ended_groups.contains(&child.pgid)
-                || marker.as_deref().is_some_and(|marker| {
-                    marker.starts_with(crate::tasks::exec::marker_prefix())
-                        && !live_markers.contains(marker)
-                });
+                || marker
+                    .as_deref()
+                    .is_some_and(|marker| marker.starts_with(crate::tasks::exec::marker_prefix()));
             if !orphan {
                 continue;
             }
@@ -221,5 +230,44 @@ mod tests {
         assert!(become_subreaper());
         // PR_GET_CHILD_SUBREAPER reports the flag as 1.
         assert_eq!(rustix::process::child_subreaper(), Ok(Pid::from_raw(1)));
+    }
+
+    #[test]
+    fn a_running_tasks_escapee_in_a_group_with_a_reused_ended_id_is_left_alone() {
+        use std::os::unix::process::CommandExt;
+        assert!(become_subreaper());
+        // A leader pid no process can have (pids stay below 2^22), standing for a running
+        // task whose escaped process is the child below.
+        const RUNNING_LEADER: libc::pid_t = libc::pid_t::MAX;
+        let marker = format!(
+            "{}reused-group-{:016x}",
+            crate::tasks::exec::marker_prefix(),
+            fastrand::u64(..)
+        );
+        // Registered before the spawn, so that no sweep ever sees the child unprotected.
+        SpawnGuard::lock().register(RUNNING_LEADER, Some(marker.clone()));
+        let mut escapee = std::process::Command::new("sleep")
+            .arg("30")
+            .env(crate::device::proc::MARKER_ENV, &marker)
+            .process_group(0)
+            .spawn()
+            .expect("spawn");
+        let pid = libc::pid_t::try_from(escapee.id()).expect("a pid");
+        // Until its `exec`, the child carries this process's environment.
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while marker_of(pid).as_deref() != Some(marker.as_str())
+            && std::time::Instant::now() < give_up
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // A task whose leader had the pid that is now the escapee's group id ends (its
+        // pid was reused, as it is once pids wrap around): its sweep must not take the
+        // running task's process for its own orphan.
+        unregister_and_sweep(pid);
+        let still_running = matches!(escapee.try_wait(), Ok(None));
+        unregister(RUNNING_LEADER);
+        let _ = escapee.kill();
+        let _ = escapee.wait();
+        assert!(still_running, "a running task's process was swept");
     }
 }
