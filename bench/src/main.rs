@@ -18,6 +18,7 @@ mod listing;
 mod procs;
 mod report;
 mod scheduling;
+mod soak;
 mod throughput;
 
 use anyhow::Result;
@@ -63,6 +64,9 @@ enum Scenario {
     /// queued tasks; its start time, RSS and `task_status` of finished
     /// tasks (read from the store).
     History(HistoryArgs),
+    /// A million tasks in minutes with a retention of seconds: the
+    /// master's RSS and database size, sampled, stay flat after warm-up.
+    Soak(SoakArgs),
     /// Every scenario in turn, each with its default sizes.
     All,
 }
@@ -169,6 +173,32 @@ struct HistoryArgs {
     /// Timed runs of `retire task ID` [default: 200; smoke: 3].
     #[arg(long)]
     cli_runs: Option<usize>,
+}
+
+#[derive(Debug, Default, Args)]
+struct SoakArgs {
+    /// Tasks in all [default: 1000000; smoke: 300].
+    #[arg(long, alias = "size")]
+    tasks: Option<usize>,
+    /// Tasks per batch submit, at most 10000 [default: 5000; smoke: 50].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Batches submitted ahead of the results, at most [default: 4].
+    #[arg(long)]
+    window: Option<usize>,
+    /// Worker processes [default: 4].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Slots per worker [default: 8].
+    #[arg(long)]
+    slots: Option<usize>,
+    /// The master's retention of finished tasks, failed ones too, in
+    /// seconds [default: 5; smoke: 1].
+    #[arg(long)]
+    retention: Option<u64>,
+    /// Seconds between samples [default: 5; smoke: 0.2].
+    #[arg(long)]
+    sample: Option<f64>,
 }
 
 #[derive(Debug, Default, Args)]
@@ -302,6 +332,20 @@ fn history(args: &HistoryArgs, smoke: bool) -> Result<report::Report> {
     })
 }
 
+fn soak(args: &SoakArgs, smoke: bool) -> Result<report::Report> {
+    soak::run(&soak::Params {
+        load: throughput::Params {
+            tasks: pick(args.tasks, smoke, 300, 1_000_000),
+            batch: pick(args.batch, smoke, 50, 5000),
+            window: args.window.unwrap_or(4),
+            workers: args.workers.unwrap_or(4),
+            slots: args.slots.unwrap_or(8),
+        },
+        retention_secs: pick(args.retention, smoke, 1, 5),
+        sample_every: secs(pick(args.sample, smoke, 0.2, 5.0)),
+    })
+}
+
 fn print(report: Result<report::Report>) -> bool {
     match report {
         Ok(report) => {
@@ -327,6 +371,7 @@ fn main() -> ExitCode {
         Scenario::Listing(args) => print(listing(args, smoke)),
         Scenario::Attack(args) => print(attack(args, smoke)),
         Scenario::History(args) => print(history(args, smoke)),
+        Scenario::Soak(args) => print(soak(args, smoke)),
         Scenario::All => {
             let results = [
                 print(throughput(&ThroughputArgs::default(), smoke)),
@@ -344,6 +389,7 @@ fn main() -> ExitCode {
                 print(listing(&ListingArgs::default(), smoke)),
                 print(attack(&AttackArgs::default(), smoke)),
                 print(history(&HistoryArgs::default(), smoke)),
+                print(soak(&SoakArgs::default(), smoke)),
             ];
             results.iter().all(|ok| *ok)
         }

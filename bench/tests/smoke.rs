@@ -41,7 +41,8 @@ fn every_scenario_runs_at_a_small_size() {
             "scheduling",
             "listing",
             "attack",
-            "history"
+            "history",
+            "soak"
         ],
         "{stdout}"
     );
