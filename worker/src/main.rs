@@ -105,6 +105,12 @@ struct Args {
         conflicts_with = "token"
     )]
     token_file: Option<PathBuf>,
+    /// Drop the master key this worker pinned when it enrolled, then join: with the join
+    /// token it enrolls again (the device keeps its own key). For a master that was set
+    /// up again; a worker given the token does this by itself once the new master has
+    /// proven the token.
+    #[arg(long)]
+    forget_master: bool,
     /// Show the configuration instead of joining.
     #[command(subcommand)]
     command: Option<Subcommand>,
@@ -238,6 +244,7 @@ fn run(mut args: Args, given: &Given) -> anyhow::Result<()> {
         state_dir: settings.state_dir.value,
         drain_timeout: settings.drain_timeout.value.0,
         token,
+        forget_master: args.forget_master,
         notify: true,
     };
     config.validate().context("invalid configuration")?;
