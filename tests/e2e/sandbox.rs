@@ -135,6 +135,17 @@ impl Device {
     /// Starts the worker as the owner with `slots` slots, its HOME the
     /// owner's home and a secret in its environment.
     fn start(&self, master: SocketAddr, id: &str, slots: usize) -> WorkerProcess {
+        self.start_logged(master, id, slots, None)
+    }
+
+    /// Starts the worker like [`Device::start`], its log written to `log`.
+    fn start_logged(
+        &self,
+        master: SocketAddr,
+        id: &str,
+        slots: usize,
+        log: Option<PathBuf>,
+    ) -> WorkerProcess {
         let state = self.state.to_string_lossy().into_owned();
         let config = self.config.to_string_lossy().into_owned();
         WorkerProcess::start_with(
@@ -149,6 +160,7 @@ impl Device {
                     ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
                     ("RETIRE_TEST_OWNER_SECRET".into(), ENV_SECRET.into()),
                 ],
+                log,
                 ..WorkerOptions::default()
             },
         )
@@ -491,8 +503,10 @@ fn ordinary_tasks_and_the_owners_paths_work_and_the_level_places_tasks() {
         writable.display()
     ));
     let open = Device::new("[sandbox]\nwork_dir = \"{work}\"\nlandlock = false\n");
-    let _guarded = guarded.start(master.addr, "guarded", 2);
-    let _open = open.start(master.addr, "open", 2);
+    let guarded_log = dir.path().join("guarded.log");
+    let open_log = dir.path().join("open.log");
+    let _guarded = guarded.start_logged(master.addr, "guarded", 2, Some(guarded_log.clone()));
+    let _open = open.start_logged(master.addr, "open", 2, Some(open_log.clone()));
     let mut joined = BTreeSet::new();
     while joined.len() < 2 {
         if let Event::DeviceJoined { device_id } =
@@ -556,6 +570,20 @@ fn ordinary_tasks_and_the_owners_paths_work_and_the_level_places_tasks() {
     };
     assert_eq!(shown("guarded"), level);
     assert_eq!(shown("open"), "none");
+    // Each worker said at start what its sandbox does.
+    let said = |log: &Path| std::fs::read_to_string(log).expect("the worker's log");
+    let guarded_said = said(&guarded_log);
+    assert!(
+        guarded_said.contains(&format!("sandbox: {level}")),
+        "{guarded_said}"
+    );
+    let open_said = said(&open_log);
+    assert!(
+        open_said.lines().any(|line| line.contains("WARN")
+            && line.contains("sandbox: none")
+            && line.contains("can read every file")),
+        "{open_said}"
+    );
     let table = String::from_utf8_lossy(&retire(master.addr, &["devices"]).stdout).into_owned();
     assert!(
         table

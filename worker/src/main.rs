@@ -222,6 +222,15 @@ fn run(mut args: Args, given: &Given) -> anyhow::Result<()> {
         }
         .into());
     };
+    if let Some(path) = &settings.token_file.value {
+        if worker::tasks::sandbox::TaskPaths::new(&execution.sandbox).reaches(path) {
+            log::warn!(
+                "the token file {} lies where tasks may read it (under a system directory or \
+                 a `[sandbox] read` path): delete it once this worker has enrolled",
+                path.display()
+            );
+        }
+    }
     // The text of the token is not kept past this point.
     let token = join_token(args.token.take(), settings.token_file.value.as_deref())?;
     let device_id = match settings.id.value {

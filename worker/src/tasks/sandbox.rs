@@ -145,6 +145,14 @@ impl TaskPaths {
     /// [`FOLLOWED_LINKS`]) and the owner's, each kept only when it exists (Landlock
     /// needs to open it).
     pub fn new(config: &SandboxConfig) -> TaskPaths {
+        for path in config.read.iter().chain(&config.write) {
+            if !path.exists() {
+                log::warn!(
+                    "[sandbox] names {}, which does not exist: tasks get no access to it",
+                    path.display()
+                );
+            }
+        }
         let existing = |paths: Vec<PathBuf>| -> Vec<PathBuf> {
             let mut kept: Vec<PathBuf> = Vec::new();
             for path in paths {
