@@ -192,6 +192,14 @@ impl Executor {
         }
         let config = &executor.config;
         executor.types.retain(|name, _| config.allows(name));
+        // `http_request` runs inside the worker, where no sandbox applies: a type
+        // whose network the owner turned off is not offered at all.
+        if executor.types.contains_key("http_request")
+            && !config.limits_for("http_request", None).network
+        {
+            executor.types.remove("http_request");
+            log::info!("http_request is not offered: the configuration turns its network off");
+        }
         if !executor.sandbox.can_deny_network() {
             let offline: Vec<&str> = executor
                 .types
