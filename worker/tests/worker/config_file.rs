@@ -181,3 +181,55 @@ fn sandbox_paths_print_and_a_token_file_tasks_can_read_is_warned_about() {
         );
     }
 }
+
+/// A worker whose state dir lies under a `[sandbox] read` path says at start that
+/// tasks can read it (where Landlock confines tasks at all).
+#[test]
+fn a_state_dir_opened_to_tasks_is_warned_about_at_start() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write(
+        dir.path(),
+        &format!(
+            "[sandbox]\nread = [\"{}\"]\nwork_dir = \"{}\"\n",
+            dir.path().display(),
+            dir.path().join("work").display()
+        ),
+    );
+    let state = dir.path().join("state").to_string_lossy().into_owned();
+    // Nothing listens on port 9 of loopback: the worker keeps retrying until killed.
+    let mut child = worker(&[
+        "--config",
+        &config,
+        "--join",
+        "127.0.0.1:9",
+        "--state-dir",
+        &state,
+        "--id",
+        "exposed",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("start retire-worker");
+    let stderr = child.stderr.take().expect("piped");
+    let mut said = String::new();
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        said.push_str(&line);
+        said.push('\n');
+        // The sandbox's own line comes first, then (maybe) the state dir's.
+        if line.contains("state dir") || line.contains("retrying") || line.contains("connect") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    if said.contains("sandbox: none") {
+        println!("NOTE: no Landlock here: every file is open to tasks, as the worker said");
+    } else {
+        assert!(
+            said.contains("tasks can read this worker's state dir"),
+            "{said}"
+        );
+    }
+}
