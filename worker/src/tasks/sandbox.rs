@@ -145,14 +145,6 @@ impl TaskPaths {
     /// [`FOLLOWED_LINKS`]) and the owner's, each kept only when it exists (Landlock
     /// needs to open it).
     pub fn new(config: &SandboxConfig) -> TaskPaths {
-        for path in config.read.iter().chain(&config.write) {
-            if !path.exists() {
-                log::warn!(
-                    "[sandbox] names {}, which does not exist: tasks get no access to it",
-                    path.display()
-                );
-            }
-        }
         let existing = |paths: Vec<PathBuf>| -> Vec<PathBuf> {
             let mut kept: Vec<PathBuf> = Vec::new();
             for path in paths {
@@ -435,6 +427,14 @@ impl Sandbox {
             );
         }
         crate::tasks::orphans::become_subreaper();
+        for path in config.read.iter().chain(&config.write) {
+            if !path.exists() {
+                log::warn!(
+                    "[sandbox] names {}, which does not exist: tasks get no access to it",
+                    path.display()
+                );
+            }
+        }
         let paths = TaskPaths::new(&config);
         let (landlock, landlock_abi) = if !config.landlock {
             (LandlockState::Disabled, None)

@@ -183,7 +183,8 @@ fn sandbox_paths_print_and_a_token_file_tasks_can_read_is_warned_about() {
 }
 
 /// A worker whose state dir lies under a `[sandbox] read` path says at start that
-/// tasks can read it (where Landlock confines tasks at all).
+/// tasks can read it (where Landlock confines tasks at all), and names a configured
+/// path that does not exist.
 #[test]
 fn a_state_dir_opened_to_tasks_is_warned_about_at_start() {
     use std::io::{BufRead, BufReader};
@@ -191,7 +192,7 @@ fn a_state_dir_opened_to_tasks_is_warned_about_at_start() {
     let config = write(
         dir.path(),
         &format!(
-            "[sandbox]\nread = [\"{}\"]\nwork_dir = \"{}\"\n",
+            "[sandbox]\nread = [\"{}\", \"/nonexistent-retire-path\"]\nwork_dir = \"{}\"\n",
             dir.path().display(),
             dir.path().join("work").display()
         ),
@@ -224,6 +225,10 @@ fn a_state_dir_opened_to_tasks_is_warned_about_at_start() {
     }
     let _ = child.kill();
     let _ = child.wait();
+    assert!(
+        said.contains("/nonexistent-retire-path, which does not exist"),
+        "{said}"
+    );
     if said.contains("sandbox: none") {
         println!("NOTE: no Landlock here: every file is open to tasks, as the worker said");
     } else {
