@@ -367,6 +367,7 @@ pub fn device_table(devices: &[DeviceView], now: SystemTime) -> Table {
         "ROLE",
         "PLATFORM",
         "ARCH",
+        "SANDBOX",
         "CORES",
         "MEM",
         "SLOTS",
@@ -383,6 +384,7 @@ pub fn device_table(devices: &[DeviceView], now: SystemTime) -> Table {
             device.role.clone(),
             device.platform.clone(),
             device.architecture.clone(),
+            or_dash(device.sandbox.as_deref().map(clean)),
             device.hardware.cpu_count.to_string(),
             gigabytes(device.hardware.memory_total_gb),
             device.slots.to_string(),
@@ -421,6 +423,7 @@ pub fn device(client: &mut Client, device_id: &str, output: &mut Output) -> Resu
         ("role", device.role.clone()),
         ("platform", device.platform.clone()),
         ("architecture", device.architecture.clone()),
+        ("sandbox", or_dash(device.sandbox.as_deref().map(clean))),
         ("hostname", device.hostname.clone()),
         ("address", device.ip_address.clone()),
         (
@@ -783,7 +786,7 @@ mod tests {
             "architecture": "x86_64", "hardware": {"cpu_count": 16, "memory_total_gb": 31.25,
             "storage_total_gb": 4000.0}, "slots": 4, "active_tasks": 2,
             "last_heartbeat": "2024-01-15T10:30:55Z", "enrolled_at": "2024-01-13T10:31:00Z",
-            "enrolled_from": "192.168.1.20",
+            "enrolled_from": "192.168.1.20", "sandbox": "full",
         }))
         .expect("a valid device view");
         let pi: DeviceView = serde_json::from_value(json!({
@@ -794,9 +797,9 @@ mod tests {
         .expect("a valid device view");
         assert_eq!(
             device_table(&[device, pi], now).render(),
-            "ID   STATUS    ROLE     PLATFORM  ARCH     CORES    MEM  SLOTS  ACTIVE  LAST-SEEN  ENROLLED  FROM\n\
-             nas  draining  storage  linux     x86_64      16  31.2G      4       2  5s ago     2d ago    192.168.1.20\n\
-             pi   online    worker   linux     aarch64      4   3.7G      1       0  -          -         -\n"
+            "ID   STATUS    ROLE     PLATFORM  ARCH     SANDBOX  CORES    MEM  SLOTS  ACTIVE  LAST-SEEN  ENROLLED  FROM\n\
+             nas  draining  storage  linux     x86_64   full        16  31.2G      4       2  5s ago     2d ago    192.168.1.20\n\
+             pi   online    worker   linux     aarch64  -            4   3.7G      1       0  -          -         -\n"
         );
     }
 

@@ -8,7 +8,11 @@ use protocol::Requirements;
 
 /// The keys `--require` accepts, as the help and error messages list them.
 pub const KEYS: &str = "min_cpu_cores, min_memory_gb, min_storage_gb, platform, \
-architecture (arch), role, tag (repeatable), device_id (device)";
+architecture (arch), role, tag (repeatable), device_id (device), sandbox (full, partial or none)";
+
+/// The sandbox levels `--require sandbox=LEVEL` accepts, strongest first; a
+/// device meets its own level and every weaker one asked for.
+pub const SANDBOX_LEVELS: &[&str] = &["full", "partial", "none"];
 
 /// One parsed `--require KEY=VALUE`.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +33,9 @@ pub enum Requirement {
     Tags(Vec<String>),
     /// `device_id=ID` or `device=ID`: pin the task to one device.
     DeviceId(String),
+    /// `sandbox=LEVEL`: only on devices whose task sandbox is at least this good
+    /// (`full`, `partial`, `none`).
+    Sandbox(String),
 }
 
 impl Requirement {
@@ -51,6 +58,7 @@ impl Requirement {
                 }
             }
             Requirement::DeviceId(id) => requirements.device_id = Some(id),
+            Requirement::Sandbox(level) => requirements.sandbox = Some(level),
         }
     }
 }
@@ -91,6 +99,16 @@ pub fn parse_requirement(text: &str) -> Result<Requirement, String> {
             Requirement::Tags(tags)
         }
         "device_id" | "device" => Requirement::DeviceId(word()),
+        "sandbox" => {
+            let level = value.to_ascii_lowercase();
+            if !SANDBOX_LEVELS.contains(&level.as_str()) {
+                return Err(format!(
+                    "sandbox must be one of {}, got {value:?}",
+                    SANDBOX_LEVELS.join(", ")
+                ));
+            }
+            Requirement::Sandbox(level)
+        }
         _ => return Err(format!("unknown requirement {key:?} (keys: {KEYS})")),
     };
     Ok(requirement)
@@ -183,6 +201,18 @@ mod tests {
                 role: Some("b".into()),
                 ..Requirements::default()
             }),
+        );
+        // The sandbox level, any case; only the three levels.
+        check(
+            &["sandbox=Full"],
+            Ok(Requirements {
+                sandbox: Some("full".into()),
+                ..Requirements::default()
+            }),
+        );
+        check(
+            &["sandbox=strong"],
+            Err("sandbox must be one of full, partial, none"),
         );
         // A value may itself contain `=`.
         check(

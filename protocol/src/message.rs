@@ -438,6 +438,10 @@ pub struct Register {
     /// loses the master, so the master may hold its tasks for it for a
     /// grace period instead of requeueing them at once.
     pub leases: bool,
+    /// How well the worker's task sandbox guards the device's owner: `full`,
+    /// `partial` or `none` (see docs/sandbox.md); `None` from a worker that does
+    /// not say (older ones), which `--require sandbox=…` treats as unknown.
+    pub sandbox: Option<String>,
     /// Every other field, kept as sent.
     pub extra: Map<String, Value>,
 }
@@ -487,7 +491,7 @@ struct HardwareSpecsWire {
 
 /// The keys [`RegisterWire`] reads at the top level of `data`; keep in step
 /// with its fields.
-const REGISTER_TOP_LEVEL_KEYS: [&str; 17] = [
+const REGISTER_TOP_LEVEL_KEYS: [&str; 18] = [
     "device_info",
     "hardware_specs",
     "capabilities",
@@ -505,6 +509,7 @@ const REGISTER_TOP_LEVEL_KEYS: [&str; 17] = [
     "slots",
     "running_tasks",
     "leases",
+    "sandbox",
 ];
 
 #[derive(Deserialize, Default)]
@@ -529,6 +534,7 @@ struct RegisterWire {
     slots: Option<u32>,
     running_tasks: Vec<RunningTask>,
     leases: bool,
+    sandbox: Option<String>,
     #[serde(flatten)]
     extra: Map<String, Value>,
 }
@@ -564,6 +570,7 @@ impl Register {
             slots: wire.slots.or(wire.max_concurrent_tasks),
             running_tasks: wire.running_tasks,
             leases: wire.leases,
+            sandbox: wire.sandbox,
             extra,
         }
     }
@@ -626,6 +633,9 @@ impl Register {
         }
         if self.leases {
             data.insert("leases".into(), json!(true));
+        }
+        if let Some(sandbox) = &self.sandbox {
+            data.insert("sandbox".into(), json!(sandbox));
         }
         Value::Object(data)
     }

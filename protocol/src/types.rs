@@ -125,6 +125,11 @@ pub struct Requirements {
     /// Exactly this role.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// A task sandbox at least this good: `full`, `partial` or `none` (the
+    /// device's `sandbox` in its registration; see docs/sandbox.md). A device
+    /// that does not say meets none of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
     /// Every one of these tags.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
@@ -496,6 +501,10 @@ pub struct DeviceView {
     pub profile: Option<Value>,
     /// Its role.
     pub role: String,
+    /// How well its task sandbox guards the device's owner (`full`,
+    /// `partial`, `none`); absent when the worker did not say (older ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
     /// Tasks it may run at once.
     pub slots: u32,
     /// Online, draining or offline.

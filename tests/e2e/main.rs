@@ -18,7 +18,9 @@ mod faults;
 mod hostile;
 mod join_token;
 mod nesting;
+mod reenroll;
 mod retention;
+mod sandbox;
 mod security;
 mod systemd;
 

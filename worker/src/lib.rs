@@ -131,8 +131,12 @@ pub struct WorkerConfig {
     /// results) before the worker hands what still runs back to the master.
     pub drain_timeout: Duration,
     /// The master's join token, to enroll; after enrolling the worker proves its own
-    /// key (see [`identity`]).
+    /// key (see [`identity`]). An enrolled worker given it enrolls again with a master
+    /// that proves it, when the pinned master no longer answers as itself.
     pub token: Option<protocol::auth::Token>,
+    /// Drop the pinned master key before starting (`--forget-master`), to enroll
+    /// with the join token again; the device keeps its own key.
+    pub forget_master: bool,
     /// Whether to speak systemd's notify protocol when systemd started the process
     /// (`NOTIFY_SOCKET`): READY=1 once registered, a STATUS= line, WATCHDOG=1 from the
     /// main loop, STOPPING=1 on a stop. The `retire-worker` binary turns it on; it is
@@ -169,6 +173,7 @@ impl Default for WorkerConfig {
             state_dir: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             token: None,
+            forget_master: false,
             notify: false,
         }
     }
@@ -268,7 +273,15 @@ pub fn run_with(
         None => state::default_state_dir().ok_or(WorkerError::NoStateDir)?,
     };
     let slots = config.slots.unwrap_or_else(pool::default_slots);
-    let device_profile = profile::collect();
+    let mut device_profile = profile::collect();
+    device_profile.sandbox = Some(executor.sandbox().level().as_str().to_string());
+    if executor.sandbox().landlock().is_active() && executor.sandbox().exposes(&state_dir) {
+        log::warn!(
+            "tasks can read this worker's state dir {} (its device key among it): it lies \
+             under a path `[sandbox] read` or `write` opens to them; move one or the other",
+            state_dir.display()
+        );
+    }
     let device_id = config
         .device_id
         .unwrap_or_else(|| profile::default_device_id(&device_profile));
@@ -294,6 +307,21 @@ pub fn run_with(
     }
     executor.record_runs_in(Arc::new(ledger));
     let executor = Arc::new(executor);
+    if config.forget_master {
+        if identity::forget_master(&state_dir, &device_id)? {
+            log::warn!(
+                "--forget-master: dropped the pinned master key of {device_id}; the worker \
+                 enrolls again with the join token{}",
+                if config.token.is_some() {
+                    ""
+                } else {
+                    ", but none was given: it will not authenticate"
+                }
+            );
+        } else {
+            log::info!("--forget-master: {device_id} had no pinned master key");
+        }
+    }
     let credentials = identity::load(&state_dir, &device_id, config.token.clone())?;
     let session_config = session::SessionConfig {
         device_id,

@@ -105,6 +105,12 @@ struct Args {
         conflicts_with = "token"
     )]
     token_file: Option<PathBuf>,
+    /// Drop the master key this worker pinned when it enrolled, then join: with the join
+    /// token it enrolls again (the device keeps its own key). For a master that was set
+    /// up again; a worker given the token does this by itself once the new master has
+    /// proven the token.
+    #[arg(long)]
+    forget_master: bool,
     /// Show the configuration instead of joining.
     #[command(subcommand)]
     command: Option<Subcommand>,
@@ -216,6 +222,15 @@ fn run(mut args: Args, given: &Given) -> anyhow::Result<()> {
         }
         .into());
     };
+    if let Some(path) = &settings.token_file.value {
+        if worker::tasks::sandbox::TaskPaths::new(&execution.sandbox).reaches(path) {
+            log::warn!(
+                "the token file {} lies where tasks may read it (under a system directory or \
+                 a `[sandbox] read` path): delete it once this worker has enrolled",
+                path.display()
+            );
+        }
+    }
     // The text of the token is not kept past this point.
     let token = join_token(args.token.take(), settings.token_file.value.as_deref())?;
     let device_id = match settings.id.value {
@@ -238,6 +253,7 @@ fn run(mut args: Args, given: &Given) -> anyhow::Result<()> {
         state_dir: settings.state_dir.value,
         drain_timeout: settings.drain_timeout.value.0,
         token,
+        forget_master: args.forget_master,
         notify: true,
     };
     config.validate().context("invalid configuration")?;

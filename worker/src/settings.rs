@@ -172,12 +172,22 @@ pub fn policy_lines(execution: &ExecutionConfig, file: Option<&SettingsFile>) ->
         value: sandbox.pass_env.clone(),
         source: Source::Default,
     };
+    // Paths print as TOML strings, as the file writes them.
+    let paths = |paths: &[PathBuf]| -> Vec<String> {
+        paths
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect()
+    };
     let mut lines = vec![
         line("sandbox.work_dir", sandbox.work_dir.to_toml()),
         line("sandbox.landlock", sandbox.landlock.to_toml()),
         line("sandbox.task_uid", sandbox.task_user.0.to_toml()),
         line("sandbox.task_gid", sandbox.task_user.1.to_toml()),
         line("sandbox.pass_env", pass_env.value.to_toml()),
+        line("sandbox.read", paths(&sandbox.read).to_toml()),
+        line("sandbox.write", paths(&sandbox.write).to_toml()),
+        line("sandbox.network", sandbox.network.to_toml()),
     ];
     // Every type gets these unless its own table says otherwise.
     let limits = execution.limits_for("", None);
@@ -216,6 +226,7 @@ pub fn policy_lines(execution: &ExecutionConfig, file: Option<&SettingsFile>) ->
             ("open_files", section.open_files.map(|v| v.to_string())),
             ("processes", section.processes.map(|v| v.to_string())),
             ("output_kb", section.output_kb.map(|v| v.to_string())),
+            ("network", section.network.map(|v| v.to_string())),
         ];
         for (key, value) in set {
             if let Some(value) = value {

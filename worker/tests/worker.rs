@@ -340,6 +340,45 @@ fn writing_outside_the_task_directory_fails_where_landlock_is_available() {
     }
 }
 
+/// `network = false` for a type reaches its tasks: a `shell` task of that type cannot
+/// open a TCP connection where the kernel has Landlock's TCP rules (and its result says
+/// what held), while another type keeps the network; `http_request`, which runs inside
+/// the worker, is not offered once its network is off.
+#[test]
+fn a_type_whose_network_is_off_gets_no_tcp_and_http_request_is_not_offered() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("address").port();
+    let offline = executor("[sandbox]\nnetwork = false\n[types.python_eval]\nnetwork = true\n");
+    assert!(
+        !offline.task_types().iter().any(|t| t == "http_request"),
+        "{:?}",
+        offline.task_types()
+    );
+    let script = format!("bash -c 'echo hi > /dev/tcp/127.0.0.1/{port}' && echo connected");
+    let outcome = shell_task(&offline, "no-net", &script, 30.0);
+    let network = outcome.result["sandbox"]["network"].clone();
+    let connected = listener.accept().is_ok();
+    if network == json!("tcp_denied") {
+        assert!(!connected, "{outcome:?}");
+        assert!(
+            !outcome.result["output"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("connected"),
+            "{outcome:?}"
+        );
+    } else {
+        assert_eq!(network, json!("not_enforced"), "{outcome:?}");
+        println!("NOTE: this kernel has no Landlock TCP rules: the network stayed on, as reported");
+        assert!(connected, "{outcome:?}");
+    }
+    let online = executor("[sandbox]\nnetwork = false\n[types.shell]\nnetwork = true\n");
+    let outcome = shell_task(&online, "net", &script, 30.0);
+    assert_eq!(outcome.result["sandbox"]["network"], json!("allowed"));
+    assert!(listener.accept().is_ok(), "{outcome:?}");
+}
+
 #[test]
 fn the_task_directory_is_private_and_removed() {
     let executor = executor("");

@@ -162,5 +162,31 @@ pub(super) fn device_matches(device: &Device, task: &Task) -> bool {
     {
         return false;
     }
+    if let Some(level) = &wanted.sandbox {
+        if !sandbox_meets(register.sandbox.as_deref(), level) {
+            return false;
+        }
+    }
     true
+}
+
+/// The sandbox levels a worker reports, weakest first: a requirement is met
+/// by its own level and every stronger one.
+const SANDBOX_LEVELS: [&str; 3] = ["none", "partial", "full"];
+
+/// Whether a device whose sandbox is `have` meets `sandbox=want`. A device
+/// that does not say meets nothing; an unknown level only itself.
+fn sandbox_meets(have: Option<&str>, want: &str) -> bool {
+    let Some(have) = have else {
+        return false;
+    };
+    let rank = |level: &str| {
+        SANDBOX_LEVELS
+            .iter()
+            .position(|known| known.eq_ignore_ascii_case(level))
+    };
+    match (rank(have), rank(want)) {
+        (Some(have), Some(want)) => have >= want,
+        _ => have.eq_ignore_ascii_case(want),
+    }
 }

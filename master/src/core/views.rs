@@ -295,6 +295,7 @@ fn registered_view(device: &Device, full: bool) -> DeviceView {
             storage_total_gb: bytes_to_gib(register.disk_total_bytes.unwrap_or(0)),
         },
         task_types: record.task_types.clone().unwrap_or_default(),
+        sandbox: register.sandbox.clone(),
         slots: record.slots,
         active_tasks: device.active.len() as u32,
         metrics: device.metrics.as_ref().and_then(|metrics| {

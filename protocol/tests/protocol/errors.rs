@@ -249,7 +249,7 @@ fn unknown_requirement_keys_are_refused() {
     let input = json!({"message_type": "task_submit", "data": {"task": {"task_type": "echo",
         "requirements": {"min_cpu_cores": 2, "min_memory_gb": 0.5, "min_storage_gb": 10,
                          "platform": "linux", "arch": "arm", "role": "worker", "tags": ["a"],
-                         "device": "pi"}}}})
+                         "device": "pi", "sandbox": "full"}}}})
     .to_string();
     let envelope = Envelope::decode(input.as_bytes()).expect("known requirement keys decode");
     let Message::TaskSubmit(submit) = envelope.message else {
@@ -266,6 +266,7 @@ fn unknown_requirement_keys_are_refused() {
             role: Some("worker".into()),
             tags: vec!["a".into()],
             device_id: Some("pi".into()),
+            sandbox: Some("full".into()),
         }
     );
 }

@@ -155,7 +155,7 @@ fn register_with_the_fields_of_our_own_worker() {
         "capabilities":["computational"],"tags":["arm"],
         "task_types":["echo","shell"],"slots":3,
         "running_tasks":[{"task_id":"t-1","attempt":2},{"task_id":"t-2"}],
-        "auth_token":"s3cret"}}"#;
+        "sandbox":"partial","auth_token":"s3cret"}}"#;
     let expect = from(
         "pi-1",
         Message::Register(Register {
@@ -177,6 +177,7 @@ fn register_with_the_fields_of_our_own_worker() {
             task_types: Some(vec!["echo".into(), "shell".into()]),
             slots: Some(3),
             leases: false,
+            sandbox: Some("partial".into()),
             running_tasks: vec![
                 RunningTask {
                     task_id: "t-1".into(),

@@ -111,6 +111,7 @@ pub const REGISTER_KEYS: &[&str] = &[
     "memory_total",
     "disk_space",
     "network_interfaces",
+    "sandbox",
 ];
 
 /// A register's `extra`: arbitrary keys and the known ones of every level.
@@ -189,6 +190,7 @@ pub fn register() -> impl Strategy<Value = Register> {
             // Varied with the slots rather than another generator, to keep
             // the tuple within proptest's arity.
             leases: slots.is_some_and(|n| n % 2 == 0),
+            sandbox: slots.map(|n| ["full", "partial", "none"][n as usize % 3].to_string()),
             slots,
             running_tasks,
             extra,
@@ -285,6 +287,9 @@ pub fn requirements() -> impl Strategy<Value = Requirements> {
                     min_storage_gb,
                     platform,
                     architecture,
+                    // Drawn from the role, to keep the tuple within
+                    // proptest's arity.
+                    sandbox: role.as_ref().map(|role| format!("{role}-level")),
                     role,
                     tags,
                     device_id,

@@ -861,6 +861,7 @@ mod tests {
             state_dir: Some(state.to_path_buf()),
             drain_timeout: crate::DEFAULT_DRAIN_TIMEOUT,
             token: None,
+            forget_master: false,
             notify: false,
         }
     }

@@ -19,8 +19,10 @@ pub const REFUSALS_BEFORE_STOPPING: u32 = 3;
 pub struct Credentials {
     /// The device's own key; the master keeps its public half from enrollment on.
     pub key: KeyPair,
-    /// The join token, to enroll; dropped once enrolled (a worker with a pinned master
-    /// key never enrolls again by itself).
+    /// The join token, to enroll; dropped as soon as a master has proven itself on a
+    /// connection (by the pinned key or by this token). While it is held, a pinned master
+    /// that no longer answers as itself makes the worker enroll again with a master
+    /// that proves this token.
     pub join_token: Option<Token>,
     /// The master's public key, pinned when this device enrolled.
     pub master_key: Option<PublicKey>,
@@ -54,9 +56,11 @@ impl Session {
             return false;
         };
         let device_id = self.config.device_id.clone();
-        // Once a master key is pinned the worker never enrolls again by itself: a
-        // holder of the join token could otherwise make it pin an impostor.
-        let enroll = credentials.join_token.is_some() && credentials.master_key.is_none();
+        // Once a master key is pinned the worker enrolls again only when the pinned
+        // master did not answer as itself and the owner gave it the join token: the
+        // new master must then prove that token before its key replaces the pinned one.
+        let enroll =
+            credentials.join_token.is_some() && (credentials.master_key.is_none() || self.reenroll);
         let method = if enroll {
             Method::Join {
                 device_id,
@@ -103,11 +107,23 @@ impl Session {
                         if credentials.master_key != Some(challenge.master_key) {
                             // Another machine answers at the master's address, or the
                             // master was set up again with a new data dir. Only the
-                            // operator can tell: keep trying, and say what to do.
+                            // operator can tell: with the join token, enroll again
+                            // (the new master must prove the token); without it, keep
+                            // trying, and say what to do.
+                            if credentials.join_token.is_some() {
+                                self.reenroll = true;
+                                return self.give_up(
+                                    "the master's key is not the one this worker enrolled \
+                                     with; enrolling again with the join token, which the \
+                                     master must prove"
+                                        .into(),
+                                );
+                            }
                             return self.give_up(
                                 "the master's key is not the one this worker enrolled with: \
                                  check the master's address; if the master was set up again, \
-                                 delete master.pub in the worker's state dir to enroll again"
+                                 start the worker with the join token (or run it once with \
+                                 --forget-master) to enroll again"
                                     .into(),
                             );
                         }
@@ -146,21 +162,31 @@ impl Session {
                 }
                 self.unproven_refusals = 0;
                 self.proven_on_connection = true;
+                self.reenroll = false;
                 if matches!(hello.method, Method::Join { .. }) {
-                    log::info!(
-                        "enrolled with the master; its key is pinned from now on and the join \
-                         token is no longer needed (remove it from this worker's command line, \
-                         environment or token file)"
-                    );
+                    match credentials.master_key {
+                        Some(old) if old != challenge.master_key => log::warn!(
+                            "enrolled again with a master that proved the join token; its key \
+                             {} replaces the pinned {old}",
+                            challenge.master_key
+                        ),
+                        _ => log::info!(
+                            "enrolled with the master; its key is pinned from now on and the \
+                             join token is no longer needed (remove it from this worker's \
+                             command line, environment or token file)"
+                        ),
+                    }
                     if let Some(credentials) = &mut self.credentials {
                         credentials.master_key = Some(challenge.master_key);
-                        // The device proves its own key from now on; the join token
-                        // is not kept any longer than that needed it.
-                        credentials.join_token = None;
                     }
                     self.events.push_back(SessionEvent::PinMasterKey {
                         key: challenge.master_key,
                     });
+                }
+                if let Some(credentials) = &mut self.credentials {
+                    // A master proved itself: the device proves its own key from now
+                    // on, and the join token is not kept any longer than that needed it.
+                    credentials.join_token = None;
                 }
                 self.send_register(now);
             }
@@ -175,6 +201,13 @@ impl Session {
             },
             _ => false,
         };
+        let has_token = self
+            .credentials
+            .as_ref()
+            .is_some_and(|credentials| credentials.join_token.is_some());
+        // A refused enrollment sends the next connection back to the pinned key: the
+        // pinned master may be the one answering again.
+        self.reenroll = false;
         log::error!(
             "the master refused the handshake: {} ({})",
             error.error,
@@ -184,10 +217,21 @@ impl Session {
             ErrorCode::DeviceRevoked | ErrorCode::DeviceIdTaken => {
                 self.refused_unproven(error.error.clone())
             }
+            ErrorCode::AuthFailed if was_device && has_token => {
+                // The master does not know this device (set up again, say): enroll
+                // again with the join token, which it must prove. Not a refusal yet:
+                // a refused enrollment counts.
+                self.reenroll = true;
+                self.give_up(format!(
+                    "the master does not accept this device's key ({}); enrolling again with \
+                     the join token",
+                    error.error
+                ))
+            }
             ErrorCode::AuthFailed if was_device => self.refused_unproven(format!(
                 "the master does not accept this device's key ({}); if the master was set up \
-                 again, delete master.pub in the worker's state dir to enroll again with the \
-                 join token",
+                 again, start the worker with the join token (or run it once with \
+                 --forget-master) to enroll again",
                 error.error
             )),
             ErrorCode::AuthFailed => self.refused_unproven(format!(

@@ -229,6 +229,9 @@ pub struct Session {
     unproven_refusals: u32,
     /// The master proved itself on the current connection.
     proven_on_connection: bool,
+    /// The pinned master did not answer as itself (another key, or it does not know
+    /// this device): with a join token, the next connection enrolls again.
+    reenroll: bool,
     /// The address of this end of the current connection, for the register.
     local_ip: Option<String>,
     /// Why the master refused this worker for good.
@@ -261,6 +264,7 @@ impl Session {
             credentials: None,
             unproven_refusals: 0,
             proven_on_connection: false,
+            reenroll: false,
             local_ip: None,
             refused: None,
         }
@@ -1084,6 +1088,7 @@ fn register_template(config: &SessionConfig, profile: &DeviceProfile) -> Registe
         // This worker keeps running its tasks and keeps their results while
         // it is away from the master, so the master may hold them for it.
         leases: true,
+        sandbox: profile.sandbox.clone(),
         extra,
     }
 }
@@ -1114,6 +1119,7 @@ mod tests {
             }],
             network_interfaces: vec!["eth0".into(), "lo".into()],
             ip_address: Some("192.168.1.20".into()),
+            sandbox: Some("full".into()),
         }
     }
 
@@ -2213,11 +2219,31 @@ mod tests {
             assert!(session.running_tasks().is_empty());
         }
 
+        /// Answers a hello with a challenge from a master holding `key` and returns
+        /// what the session did: the messages it sent and its events.
+        fn answer_hello(
+            session: &mut Session,
+            hello_id: &str,
+            key: &KeyPair,
+            now: f64,
+        ) -> (Vec<Envelope>, Vec<SessionEvent>) {
+            session.handle_message(
+                secs(now),
+                ack(
+                    hello_id,
+                    json!({
+                        "challenge": Nonce([8; 32]).to_string(),
+                        "master_key": key.public().to_string(),
+                    }),
+                ),
+            );
+            (sent(session), events(session))
+        }
+
         #[test]
-        fn a_changed_master_key_is_never_pinned_by_the_worker_itself() {
+        fn without_the_join_token_a_changed_master_key_is_never_pinned() {
             let pinned = master_key();
-            // Even with the join token at hand, the worker does not enroll again.
-            let mut session = session(true, Some(&pinned));
+            let mut session = session(false, Some(&pinned));
             for round in 0..3 {
                 let now = f64::from(round);
                 let (hello_id, hello) = connect(&mut session, now);
@@ -2226,18 +2252,8 @@ mod tests {
                     "round {round}"
                 );
                 let impostor = KeyPair::from_seed([5; 32]);
-                session.handle_message(
-                    secs(now),
-                    ack(
-                        &hello_id,
-                        json!({
-                            "challenge": Nonce([8; 32]).to_string(),
-                            "master_key": impostor.public().to_string(),
-                        }),
-                    ),
-                );
-                assert!(sent(&mut session).is_empty(), "no proof for an impostor");
-                let events = events(&mut session);
+                let (sent, events) = answer_hello(&mut session, &hello_id, &impostor, now);
+                assert!(sent.is_empty(), "no proof for an impostor");
                 assert!(
                     matches!(events.as_slice(), [SessionEvent::Reconnect { .. }]),
                     "{events:?}"
@@ -2245,6 +2261,134 @@ mod tests {
                 session.handle_disconnected(secs(now));
             }
             assert_eq!(session.refusal(), None, "it keeps trying");
+        }
+
+        /// With the join token, a master with another key makes the worker enroll
+        /// again on the next connection; the new key is pinned only once that master
+        /// has proven the token, and a master that cannot changes nothing.
+        #[test]
+        fn with_the_join_token_a_new_master_that_proves_it_is_enrolled_with() {
+            let pinned = master_key();
+            let new_master = KeyPair::from_seed([5; 32]);
+            let mut session = session(true, Some(&pinned));
+            let (hello_id, hello) = connect(&mut session, 0.0);
+            assert!(matches!(hello.method, Method::Device { .. }), "{hello:?}");
+            let (sent_now, events_now) = answer_hello(&mut session, &hello_id, &new_master, 0.0);
+            assert!(sent_now.is_empty(), "no proof for another key");
+            assert!(
+                matches!(events_now.as_slice(), [SessionEvent::Reconnect { .. }]),
+                "{events_now:?}"
+            );
+            session.handle_disconnected(secs(0.0));
+
+            // An impostor without the token: it cannot prove it, nothing is pinned.
+            let (hello_id, hello) = connect(&mut session, 1.0);
+            assert!(matches!(hello.method, Method::Join { .. }), "{hello:?}");
+            let (proof, transcript) = challenge(&mut session, &hello_id, &hello, &new_master);
+            let wrong = transcript.master_mac(&Token::from_bytes(TokenKind::Join, [7; 32]));
+            session.handle_message(
+                secs(1.0),
+                ack(&id_of(&proof), json!({"master_proof": wrong.to_string()})),
+            );
+            assert!(sent(&mut session).is_empty(), "no register");
+            let events_now = events(&mut session);
+            assert!(
+                matches!(events_now.as_slice(), [SessionEvent::Reconnect { .. }]),
+                "{events_now:?}"
+            );
+            assert_eq!(
+                session.credentials.as_ref().and_then(|c| c.master_key),
+                Some(pinned.public()),
+                "the pinned key stays"
+            );
+            session.handle_disconnected(secs(1.0));
+
+            // The new master proves the token: its key is pinned, the token dropped.
+            let (hello_id, hello) = connect(&mut session, 2.0);
+            assert!(matches!(hello.method, Method::Join { .. }), "{hello:?}");
+            let (proof, transcript) = challenge(&mut session, &hello_id, &hello, &new_master);
+            session.handle_message(
+                secs(2.0),
+                ack(
+                    &id_of(&proof),
+                    json!({"master_proof": transcript.master_mac(&join_token()).to_string()}),
+                ),
+            );
+            assert!(events(&mut session).contains(&SessionEvent::PinMasterKey {
+                key: new_master.public()
+            }));
+            assert!(matches!(
+                only(sent(&mut session)).message,
+                Message::Register(_)
+            ));
+            let credentials = session.credentials.clone().expect("credentials");
+            assert_eq!(credentials.master_key, Some(new_master.public()));
+            assert!(credentials.join_token.is_none());
+            assert_eq!(session.refusal(), None);
+        }
+
+        /// A master that does not know the device (set up again with a new data dir)
+        /// refuses its key: with the token that is no refusal, the next connection
+        /// enrolls; without it, it counts, as any refusal from an unproven peer.
+        #[test]
+        fn a_master_that_forgot_the_device_is_joined_again_only_with_the_token() {
+            let pinned = master_key();
+            for with_token in [true, false] {
+                let mut session = session(with_token, Some(&pinned));
+                for round in 1..=3 {
+                    let now = f64::from(round);
+                    let (hello_id, hello) = connect(&mut session, now);
+                    if with_token && round > 1 {
+                        // Refused enrollments send it back to its key, and back.
+                        let expect_join = round % 2 == 0;
+                        assert_eq!(
+                            matches!(hello.method, Method::Join { .. }),
+                            expect_join,
+                            "round {round}: {hello:?}"
+                        );
+                    } else {
+                        assert!(matches!(hello.method, Method::Device { .. }));
+                    }
+                    session.handle_message(secs(now), refusal(&hello_id, ErrorCode::AuthFailed));
+                    let _ = events(&mut session);
+                    session.handle_disconnected(secs(now));
+                }
+                if with_token {
+                    // Two Device refusals and one refused enrollment: one refusal counted.
+                    assert_eq!(session.refusal(), None);
+                } else {
+                    assert!(session.refusal().is_some(), "three refusals stop it");
+                }
+            }
+        }
+
+        /// A join token held by an enrolled worker is dropped once its pinned master
+        /// has proven itself.
+        #[test]
+        fn the_join_token_is_dropped_once_the_pinned_master_proved_itself() {
+            let master = master_key();
+            let mut session = session(true, Some(&master));
+            let (hello_id, hello) = connect(&mut session, 0.0);
+            assert!(matches!(hello.method, Method::Device { .. }));
+            let (proof, transcript) = challenge(&mut session, &hello_id, &hello, &master);
+            session.handle_message(
+                secs(0.0),
+                ack(
+                    &id_of(&proof),
+                    json!({"master_proof": transcript.master_signature(&master).to_string()}),
+                ),
+            );
+            assert!(matches!(
+                only(sent(&mut session)).message,
+                Message::Register(_)
+            ));
+            assert!(session
+                .credentials
+                .as_ref()
+                .is_some_and(|credentials| credentials.join_token.is_none()));
+            assert!(!events(&mut session)
+                .iter()
+                .any(|event| matches!(event, SessionEvent::PinMasterKey { .. })));
         }
 
         #[test]

@@ -59,6 +59,9 @@ pub struct DeviceProfile {
     /// nor link-local, if there is one. The network client may know better (the local
     /// address of its socket to the master) and should prefer that when it has it.
     pub ip_address: Option<String>,
+    /// How well the task sandbox guards the owner here (`full`, `partial`, `none`);
+    /// the worker fills it in once its sandbox has probed the kernel.
+    pub sandbox: Option<String>,
 }
 
 /// The live numbers a worker reports with every heartbeat.

@@ -3,10 +3,13 @@
 //! `STATE_DIR/DEVICE_ID/`. The key file is readable by the owner only (0600).
 //!
 //! A worker started with the join token creates its key if it has none and enrolls;
-//! from then on it proves that key and never uses the join token again: a worker that
-//! has pinned its master's key starts without a token, and drops one it is given. A
-//! worker without a token and without a pinned master does not authenticate (for a
-//! master with authentication off, or the legacy switch).
+//! from then on it proves that key. A worker that has pinned its master's key starts
+//! without a token; one it is given anyway is held only until a master proves itself,
+//! so that a master set up again (with a new key, or without this device) can enroll it
+//! again by proving the token (see [`crate::session`]). [`forget_master`]
+//! (`--forget-master`) drops the pinned key on purpose. A worker without a token and
+//! without a pinned master does not authenticate (for a master with authentication off,
+//! or the legacy switch).
 
 use crate::session::Credentials;
 use keyfile::{random_bytes, write_private, KeyfileError};
@@ -81,19 +84,16 @@ pub fn load(
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
         Err(err) => return Err(io_error(&key_path)(err)),
     };
-    // Once a master key is pinned the worker never enrolls again by itself (see
-    // `session::auth`), so a join token it was given is of no use: it is dropped here
-    // rather than kept in memory for the worker's whole life.
-    let join_token = match (join_token, &master_key, &key) {
-        (Some(_), Some(_), Some(_)) => {
-            log::info!(
-                "{device_id} is already enrolled: the join token is not needed and not kept; \
-                 remove it from this worker's command line, environment or token file"
-            );
-            None
-        }
-        (token, _, _) => token,
-    };
+    // An enrolled worker proves its key; a join token it was given anyway is kept only
+    // until a master proves itself (the session drops it then), so that a master set up
+    // again can enroll it again by proving the token.
+    if join_token.is_some() && master_key.is_some() && key.is_some() {
+        log::info!(
+            "{device_id} is already enrolled: the join token is used only if the master no \
+             longer knows this device or has a new key, and then only with a master that \
+             proves it"
+        );
+    }
     let key = match (key, &join_token, &master_key) {
         (Some(key), _, _) => key,
         (None, Some(_), _) => {
@@ -111,6 +111,18 @@ pub fn load(
         join_token,
         master_key,
     }))
+}
+
+/// Drops the pinned master key of `device_id` (`retire-worker --forget-master`), so
+/// that the worker enrolls with the join token again; returns whether there was one.
+/// The device's own key stays.
+pub fn forget_master(state_dir: &Path, device_id: &str) -> Result<bool, IdentityError> {
+    let path = state_dir.join(device_id).join(MASTER_FILE);
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(io_error(&path)(err)),
+    }
 }
 
 /// Keeps the master's key, pinned at enrollment.
@@ -136,7 +148,7 @@ mod tests {
     }
 
     #[test]
-    fn an_enrolled_worker_needs_no_join_token_and_keeps_none() {
+    fn an_enrolled_worker_needs_no_join_token_and_can_forget_its_master() {
         let dir = tempfile::tempdir().expect("temp dir");
         // Nothing yet: no token, no enrollment, no credential.
         assert!(load(dir.path(), "pi", None).expect("load").is_none());
@@ -147,15 +159,26 @@ mod tests {
         assert!(first.join_token.is_some() && first.master_key.is_none());
         let master = KeyPair::from_seed([9; SECRET_LEN]).public();
         pin_master_key(dir.path(), "pi", &master).expect("pin");
-        // Enrolled: the same key and the pinned master, with or without a token,
-        // and a token given anyway is not kept.
+        // Enrolled: the same key and the pinned master, with or without a token; a
+        // token given anyway is held (the session drops it once a master proved itself).
         for given in [None, Some(token())] {
+            let holds = given.is_some();
             let again = load(dir.path(), "pi", given)
                 .expect("load")
                 .expect("credentials to prove");
             assert_eq!(again.key.public(), first.key.public());
             assert_eq!(again.master_key, Some(master));
-            assert!(again.join_token.is_none());
+            assert_eq!(again.join_token.is_some(), holds);
         }
+        // Forgetting the master keeps the device key; without a token there is then
+        // nothing to prove, with one the worker enrolls again.
+        assert!(forget_master(dir.path(), "pi").expect("forget"));
+        assert!(!forget_master(dir.path(), "pi").expect("forget again"));
+        assert!(load(dir.path(), "pi", None).expect("load").is_none());
+        let fresh = load(dir.path(), "pi", Some(token()))
+            .expect("load")
+            .expect("credentials to enroll");
+        assert_eq!(fresh.key.public(), first.key.public());
+        assert!(fresh.master_key.is_none() && fresh.join_token.is_some());
     }
 }

@@ -29,6 +29,9 @@
 //! task_uid = 65534                      # the user tasks run as when the worker is root
 //! task_gid = 65534
 //! pass_env = ["HTTP_PROXY"]             # more variables tasks may see
+//! read = ["/opt/models"]                # more paths tasks may read (with Landlock)
+//! write = ["/mnt/usb/results"]          # more paths tasks may read and write
+//! network = true                        # false: no TCP connect or listen (Landlock ABI 4)
 //!
 //! [limits]                              # every type; 0 means no limit
 //! timeout_secs = 3600                   # the longest a task may run, whatever it asks
@@ -42,6 +45,7 @@
 //! [types.python_eval]                   # one type; overrides [limits]
 //! memory_mb = 256
 //! timeout_secs = 60
+//! network = false                       # this type only; overrides [sandbox] network
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -97,6 +101,9 @@ pub struct LimitsSection {
     pub processes: Option<u64>,
     /// Captured bytes per output stream, KiB.
     pub output_kb: Option<u64>,
+    /// Whether tasks of this type may use TCP; only in `[types.NAME]`, over
+    /// `[sandbox] network`.
+    pub network: Option<bool>,
 }
 
 impl LimitsSection {
@@ -124,6 +131,12 @@ impl LimitsSection {
     }
 
     fn check(&self, name: &str) -> Result<(), ConfigError> {
+        if name == "limits" && self.network.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "limits.network".into(),
+                message: "is set in [sandbox] (every type) or [types.NAME] (one type)".into(),
+            });
+        }
         if let Some(secs) = self.timeout_secs {
             if !(secs.is_finite() && secs > 0.0 && Duration::try_from_secs_f64(secs).is_ok()) {
                 return Err(ConfigError::Invalid {
@@ -151,6 +164,14 @@ pub struct SandboxSection {
     /// More environment variables tasks may see.
     #[serde(default)]
     pub pass_env: Vec<String>,
+    /// More paths tasks may read, beyond the system directories (with Landlock).
+    #[serde(default)]
+    pub read: Vec<PathBuf>,
+    /// More paths tasks may read and write, beyond their own directory (with Landlock).
+    #[serde(default)]
+    pub write: Vec<PathBuf>,
+    /// Whether tasks may use TCP (default true); `[types.NAME] network` overrides it.
+    pub network: Option<bool>,
 }
 
 /// The whole file.
@@ -225,6 +246,17 @@ impl ExecutionConfig {
         for (name, section) in &file.types {
             section.check(&format!("types.{name}"))?;
         }
+        for (key, paths) in [
+            ("sandbox.read", &file.sandbox.read),
+            ("sandbox.write", &file.sandbox.write),
+        ] {
+            if let Some(path) = paths.iter().find(|path| !path.is_absolute()) {
+                return Err(ConfigError::Invalid {
+                    key: key.into(),
+                    message: format!("needs absolute paths, got {}", path.display()),
+                });
+            }
+        }
         let defaults = SandboxConfig::default();
         let sandbox = SandboxConfig {
             work_dir: file.sandbox.work_dir.unwrap_or(defaults.work_dir),
@@ -234,6 +266,9 @@ impl ExecutionConfig {
                 file.sandbox.task_gid.unwrap_or(defaults.task_user.1),
             ),
             pass_env: file.sandbox.pass_env,
+            read: file.sandbox.read,
+            write: file.sandbox.write,
+            network: file.sandbox.network.unwrap_or(defaults.network),
         };
         Ok(ExecutionConfig {
             allow_types: file.allow_types.map(|types| names(&types)),
@@ -265,6 +300,9 @@ impl ExecutionConfig {
             .and_then(|section| section.timeout_secs)
             .or(self.limits.timeout_secs)
             .and_then(|secs| Duration::try_from_secs_f64(secs).ok());
+        limits.network = type_limits
+            .and_then(|section| section.network)
+            .unwrap_or(self.sandbox.network);
         limits.timeout = match (task_timeout, most) {
             (Some(asked), Some(most)) => Some(asked.min(most)),
             (asked, most) => asked.or(most),
@@ -303,6 +341,10 @@ mod tests {
         assert_eq!(limits.memory_bytes, Some(1024 << 20));
         assert_eq!(limits.timeout, Some(Duration::from_secs(5)));
         assert_eq!(limits.max_output_bytes, 1024 * 1024);
+        assert!(limits.network, "[sandbox] network = true");
+        assert!(!config.limits_for("python_eval", None).network);
+        assert_eq!(config.sandbox.read, [PathBuf::from("/opt/models")]);
+        assert_eq!(config.sandbox.write, [PathBuf::from("/mnt/usb/results")]);
     }
 
     #[test]
@@ -324,5 +366,10 @@ mod tests {
         let error =
             ExecutionConfig::from_toml("[types.shell]\ntimeout_secs = -1\n").expect_err("negative");
         assert!(error.to_string().contains("types.shell"), "{error}");
+        let error =
+            ExecutionConfig::from_toml("[sandbox]\nread = [\"data\"]\n").expect_err("relative");
+        assert!(error.to_string().contains("sandbox.read"), "{error}");
+        let error = ExecutionConfig::from_toml("[limits]\nnetwork = false\n").expect_err("limits");
+        assert!(error.to_string().contains("[sandbox]"), "{error}");
     }
 }

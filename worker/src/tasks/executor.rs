@@ -137,10 +137,15 @@ impl Executor {
         config: ExecutionConfig,
         rust_handlers: BTreeMap<String, Handler>,
     ) -> Result<Executor, ExecutorError> {
-        let sandbox = if config.sandbox == crate::tasks::sandbox::SandboxConfig::default() {
+        // The handlers' executables must be readable inside the sandbox.
+        let mut sandbox_config = config.sandbox.clone();
+        if let Some(dir) = &config.handlers_dir {
+            sandbox_config.read.push(dir.clone());
+        }
+        let sandbox = if sandbox_config == crate::tasks::sandbox::SandboxConfig::default() {
             Sandbox::shared_default().map_err(SandboxError::Unavailable)?
         } else {
-            Arc::new(Sandbox::new(config.sandbox.clone())?)
+            Arc::new(Sandbox::new(sandbox_config)?)
         };
         let mut types = BTreeMap::new();
         for name in ["echo", "sleep", "system_info", "shell"] {
@@ -187,6 +192,31 @@ impl Executor {
         }
         let config = &executor.config;
         executor.types.retain(|name, _| config.allows(name));
+        // `http_request` runs inside the worker, where no sandbox applies: a type
+        // whose network the owner turned off is not offered at all.
+        if executor.types.contains_key("http_request")
+            && !config.limits_for("http_request", None).network
+        {
+            executor.types.remove("http_request");
+            log::info!("http_request is not offered: the configuration turns its network off");
+        }
+        if !executor.sandbox.can_deny_network() {
+            let offline: Vec<&str> = executor
+                .types
+                .keys()
+                .filter(|name| !config.limits_for(name, None).network)
+                .map(String::as_str)
+                .collect();
+            if !offline.is_empty() {
+                log::warn!(
+                    "the configuration turns the network off for {}, but this kernel cannot \
+                     enforce it (Landlock's TCP rules need ABI {} or later): those tasks have \
+                     the network",
+                    offline.join(", "),
+                    crate::tasks::sandbox::LANDLOCK_NETWORK_ABI
+                );
+            }
+        }
         if let Some(allowed) = &config.allow_types {
             for name in allowed
                 .iter()

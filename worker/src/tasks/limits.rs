@@ -42,6 +42,10 @@ pub struct TaskLimits {
     pub processes: Option<u64>,
     /// Bytes of stdout, and separately of stderr, that are kept.
     pub max_output_bytes: usize,
+    /// Whether the task may open TCP connections and listen on TCP ports. `false` is
+    /// enforced with Landlock's network rules where the kernel has them (ABI 4, Linux
+    /// 6.7); see `docs/sandbox.md` for what it blocks and what it cannot.
+    pub network: bool,
 }
 
 impl Default for TaskLimits {
@@ -54,6 +58,7 @@ impl Default for TaskLimits {
             open_files: Some(DEFAULT_OPEN_FILES),
             processes: Some(DEFAULT_PROCESSES),
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            network: true,
         }
     }
 }

@@ -10,9 +10,11 @@
 //!   passed through, so no credential of the worker reaches a task;
 //! - resource limits set in the child before `exec`: CPU seconds, address space, file
 //!   size, open files, no core dumps, and a bound on the number of processes;
-//! - `no_new_privs`, and Landlock where the kernel offers it: everything outside the
-//!   task directory is read-only, and the task cannot signal processes outside its
-//!   sandbox (ABI 6 and later);
+//! - `no_new_privs`, and Landlock where the kernel offers it, deny by default: the task
+//!   reads only the system directories ([`SYSTEM_READ`]) and what the owner adds,
+//!   writes only its own directory (and what the owner adds), cannot signal processes
+//!   outside its sandbox (ABI 6 and later) and, for types whose network the owner
+//!   turned off, cannot use TCP (ABI 4 and later);
 //! - a different, unprivileged user when the worker itself runs as root.
 //!
 //! Each run reports what was actually enforced ([`Enforcement`]), because the platform
@@ -69,6 +71,29 @@ pub const PROGRESS_FD: libc::c_int = 3;
 /// The longest progress line kept; longer lines are cut.
 pub const MAX_PROGRESS_LINE: usize = 4096;
 
+/// The system directories a task may read and execute from under Landlock (those that
+/// exist here): programs, libraries, configuration, and the kernel's views. Nothing
+/// else is readable unless the owner adds it (`[sandbox] read`): not `/home`, `/root`,
+/// `/tmp`, `/var`, `/run`, `/mnt` or `/media`.
+pub const SYSTEM_READ: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc", "/sys",
+];
+
+/// Device files every task may read and write (with their ioctls).
+pub const DEVICES: &[&str] = &[
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/tty",
+];
+
+/// Files in [`SYSTEM_READ`] that are often symbolic links to a place outside it, whose
+/// targets a task may read too: `/etc/resolv.conf` points into `/run` under
+/// systemd-resolved and NetworkManager, and name resolution needs it.
+pub const FOLLOWED_LINKS: &[&str] = &["/etc/resolv.conf", "/etc/localtime"];
+
 /// How the owner set the sandbox up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxConfig {
@@ -80,6 +105,12 @@ pub struct SandboxConfig {
     pub task_user: (u32, u32),
     /// More environment variables to pass through, beyond [`ENV_ALLOWLIST`].
     pub pass_env: Vec<String>,
+    /// More paths tasks may read and execute from, beyond [`SYSTEM_READ`].
+    pub read: Vec<PathBuf>,
+    /// More paths tasks may read and write, beyond their own directory.
+    pub write: Vec<PathBuf>,
+    /// Whether tasks may use TCP unless their type says otherwise.
+    pub network: bool,
 }
 
 impl Default for SandboxConfig {
@@ -90,9 +121,120 @@ impl Default for SandboxConfig {
             landlock: true,
             task_user: (DEFAULT_TASK_ID, DEFAULT_TASK_ID),
             pass_env: Vec::new(),
+            read: Vec::new(),
+            write: Vec::new(),
+            network: true,
         }
     }
 }
+
+/// The paths a task may reach under Landlock besides its own directory, those of the
+/// configuration that exist on this device, worked out once when the sandbox is made.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TaskPaths {
+    /// Read and execute.
+    pub read: Vec<PathBuf>,
+    /// Read and write, for device files.
+    pub devices: Vec<PathBuf>,
+    /// Read and write everything beneath.
+    pub write: Vec<PathBuf>,
+}
+
+impl TaskPaths {
+    /// The system's paths ([`SYSTEM_READ`], [`DEVICES`], the targets of
+    /// [`FOLLOWED_LINKS`]) and the owner's, each kept only when it exists (Landlock
+    /// needs to open it).
+    pub fn new(config: &SandboxConfig) -> TaskPaths {
+        let existing = |paths: Vec<PathBuf>| -> Vec<PathBuf> {
+            let mut kept: Vec<PathBuf> = Vec::new();
+            for path in paths {
+                if path.exists() && !kept.contains(&path) {
+                    kept.push(path);
+                }
+            }
+            kept
+        };
+        let mut read: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
+        for link in FOLLOWED_LINKS {
+            if let Ok(target) = fs::canonicalize(link) {
+                read.push(target);
+            }
+        }
+        read.extend(config.read.iter().cloned());
+        TaskPaths {
+            read: existing(read),
+            devices: existing(DEVICES.iter().map(PathBuf::from).collect()),
+            write: existing(config.write.clone()),
+        }
+    }
+
+    /// Whether a task may read `path` under these rules: it is beneath a readable or
+    /// writable path (compared after resolving symbolic links where they exist).
+    pub fn reaches(&self, path: &Path) -> bool {
+        let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        self.read
+            .iter()
+            .chain(&self.write)
+            .chain(&self.devices)
+            .any(|allowed| {
+                let allowed = fs::canonicalize(allowed).unwrap_or_else(|_| allowed.clone());
+                path.starts_with(allowed)
+            })
+    }
+}
+
+/// How well the sandbox guards the device's owner from a task, as the device's profile
+/// carries it (`sandbox` in `register`) and `--require sandbox=LEVEL` asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxLevel {
+    /// Nothing beyond file permissions: a task can read every file of the worker's
+    /// user and signal the worker (no Landlock: an old kernel, Android, or turned off).
+    None,
+    /// Landlock confines files (a task reads only the system directories and writes
+    /// only its own directory) but the kernel's ABI is older than 6: a task of the
+    /// worker's own user can still signal the worker.
+    Partial,
+    /// Landlock ABI 6 or later: files confined, no signals or abstract Unix sockets
+    /// outside the sandbox, TCP rules available.
+    Full,
+}
+
+impl SandboxLevel {
+    /// The name on the wire: `none`, `partial` or `full`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxLevel::None => "none",
+            SandboxLevel::Partial => "partial",
+            SandboxLevel::Full => "full",
+        }
+    }
+
+    fn of(landlock: &LandlockState) -> SandboxLevel {
+        match landlock {
+            LandlockState::Enforced => SandboxLevel::Full,
+            LandlockState::PartiallyEnforced => SandboxLevel::Partial,
+            _ => SandboxLevel::None,
+        }
+    }
+}
+
+/// What a run's network access was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkState {
+    /// The task had the device's network.
+    Allowed,
+    /// TCP bind and connect were refused by Landlock (UDP, ICMP and pathname Unix
+    /// sockets were not: see `docs/sandbox.md`).
+    TcpDenied,
+    /// The owner turned the network off for this type, but the kernel cannot enforce it
+    /// (no Landlock, or an ABI older than 4): the task had the network.
+    NotEnforced,
+}
+
+/// The first Landlock ABI with TCP rules (Linux 6.7).
+pub const LANDLOCK_NETWORK_ABI: u8 = 4;
 
 /// Why a sandboxed command could not be run.
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +330,12 @@ pub struct Enforcement {
     pub uid: u32,
     /// Filesystem confinement.
     pub landlock: LandlockState,
+    /// The kernel's Landlock ABI, when it has Landlock.
+    pub landlock_abi: Option<u8>,
+    /// How well the owner was guarded: `full`, `partial` or `none`.
+    pub level: SandboxLevel,
+    /// Whether the task had the network.
+    pub network: NetworkState,
     /// Resource limits.
     pub limits: EnforcedLimits,
 }
@@ -255,6 +403,8 @@ pub struct SandboxOutcome {
 pub struct Sandbox {
     config: SandboxConfig,
     landlock: LandlockState,
+    landlock_abi: Option<u8>,
+    paths: TaskPaths,
     /// The user and group to switch to, when the worker is root.
     switch_user: Option<(u32, u32)>,
     task_path: String,
@@ -277,31 +427,121 @@ impl Sandbox {
             );
         }
         crate::tasks::orphans::become_subreaper();
-        let landlock = if !config.landlock {
-            LandlockState::Disabled
+        for path in config.read.iter().chain(&config.write) {
+            if !path.exists() {
+                log::warn!(
+                    "[sandbox] names {}, which does not exist: tasks get no access to it",
+                    path.display()
+                );
+            }
+        }
+        let paths = TaskPaths::new(&config);
+        let (landlock, landlock_abi) = if !config.landlock {
+            (LandlockState::Disabled, None)
         } else if crate::device::profile::is_android() {
-            LandlockState::NotOnAndroid
+            (LandlockState::NotOnAndroid, None)
         } else {
-            landlock::probe(&config.work_dir)
+            let probe = landlock::probe(&config.work_dir, &paths);
+            (probe.state, probe.abi)
         };
         let task_path = std::env::var("PATH")
             .ok()
             .filter(|path| !path.is_empty())
             .unwrap_or_else(|| DEFAULT_PATH.to_string());
-        log::info!(
-            "sandbox: task directories in {}, Landlock {:?}{}",
-            config.work_dir.display(),
-            landlock,
-            switch_user.map_or(String::new(), |(uid, gid)| format!(
-                ", tasks run as uid {uid} gid {gid}"
-            ))
-        );
-        Ok(Sandbox {
+        let sandbox = Sandbox {
             config,
             landlock,
+            landlock_abi,
+            paths,
             switch_user,
             task_path,
-        })
+        };
+        sandbox.announce();
+        Ok(sandbox)
+    }
+
+    /// Says at start, in the log, what the sandbox can and cannot do here: an info line
+    /// when the owner is fully guarded, a warning naming what a task can still reach
+    /// otherwise.
+    fn announce(&self) {
+        let user = self.switch_user.map_or(String::new(), |(uid, gid)| {
+            format!("; tasks run as uid {uid} gid {gid}")
+        });
+        let abi = self.landlock_abi.map_or_else(
+            || "no Landlock".to_string(),
+            |abi| format!("Landlock ABI {abi}"),
+        );
+        let dir = self.config.work_dir.display();
+        match self.level() {
+            SandboxLevel::Full => log::info!(
+                "sandbox: full ({abi}): tasks read only the system directories{}, write only \
+                 their own directory in {dir}, and cannot signal the worker{user}",
+                self.extra_paths()
+            ),
+            SandboxLevel::Partial => log::warn!(
+                "sandbox: partial ({abi}, 6 or later needed for all of it): tasks read only the \
+                 system directories{} and write only their own directory in {dir}, but a task \
+                 running as the worker's user can signal the worker{}{user}",
+                self.extra_paths(),
+                if self.landlock_abi.unwrap_or(0) < LANDLOCK_NETWORK_ABI {
+                    "; `network = false` cannot be enforced"
+                } else {
+                    ""
+                }
+            ),
+            SandboxLevel::None => log::warn!(
+                "sandbox: none (Landlock {}): tasks can read every file this worker's user can \
+                 read (the owner's home, the worker's key in its state dir), write wherever \
+                 that user can, and signal the worker; `network = false` cannot be enforced; \
+                 tasks still get a private directory in {dir}, a clean environment and \
+                 resource limits{user}",
+                match &self.landlock {
+                    LandlockState::Unavailable(reason) => format!("unavailable: {reason}"),
+                    LandlockState::Disabled => "turned off by `[sandbox] landlock = false`".into(),
+                    LandlockState::NotOnAndroid => "is never called on Android".into(),
+                    other => format!("{other:?}"),
+                }
+            ),
+        }
+    }
+
+    fn extra_paths(&self) -> String {
+        let list = |paths: &[PathBuf]| {
+            paths
+                .iter()
+                .map(|path| path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut extra = String::new();
+        if !self.config.read.is_empty() {
+            extra.push_str(&format!(" and {}", list(&self.config.read)));
+        }
+        if !self.config.write.is_empty() {
+            extra.push_str(&format!(" (and may write {})", list(&self.config.write)));
+        }
+        extra
+    }
+
+    /// How well the sandbox guards the owner on this device.
+    pub fn level(&self) -> SandboxLevel {
+        SandboxLevel::of(&self.landlock)
+    }
+
+    /// The kernel's Landlock ABI, when it has Landlock and the worker uses it.
+    pub fn landlock_abi(&self) -> Option<u8> {
+        self.landlock_abi
+    }
+
+    /// Whether a task could read `path`: always without Landlock (only file permissions
+    /// stand in its way), else when a rule reaches it.
+    pub fn exposes(&self, path: &Path) -> bool {
+        !self.landlock.is_active() || self.paths.reaches(path)
+    }
+
+    /// Whether the network can be taken away from a task here (Landlock's TCP rules).
+    pub fn can_deny_network(&self) -> bool {
+        self.landlock.is_active() && self.landlock_abi.unwrap_or(0) >= LANDLOCK_NETWORK_ABI
     }
 
     /// A sandbox with the default configuration, made on first use and shared by
@@ -393,9 +633,17 @@ impl Sandbox {
             None => (None, None),
         };
         let ruleset = if self.landlock.is_active() {
-            Some(landlock::ruleset(&task_dir.path).map_err(SandboxError::Landlock)?)
+            Some(
+                landlock::ruleset(&task_dir.path, &self.paths, limits.network)
+                    .map_err(SandboxError::Landlock)?,
+            )
         } else {
             None
+        };
+        let network = match (limits.network, self.can_deny_network()) {
+            (true, _) => NetworkState::Allowed,
+            (false, true) => NetworkState::TcpDenied,
+            (false, false) => NetworkState::NotEnforced,
         };
         install_pre_exec(&mut std_command, rlimits.clone(), progress_pipe, ruleset);
 
@@ -415,6 +663,9 @@ impl Sandbox {
             no_new_privs: true,
             uid,
             landlock: self.landlock.clone(),
+            landlock_abi: self.landlock_abi,
+            level: self.level(),
+            network,
             limits: EnforcedLimits {
                 cpu_secs: rlimits.cpu_secs,
                 memory_bytes: rlimits.memory_bytes,
@@ -882,11 +1133,12 @@ mod landlock {
     use std::path::Path;
 
     use landlock::{
-        path_beneath_rules, Access, AccessFs, Ruleset as LandlockRuleset, RulesetAttr,
-        RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+        path_beneath_rules, Access, AccessFs, AccessNet, LandlockStatus,
+        Ruleset as LandlockRuleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetStatus,
+        Scope, ABI,
     };
 
-    use super::LandlockState;
+    use super::{LandlockState, TaskPaths};
 
     /// The Landlock ABI whose rights the worker asks for. Kernels with an older ABI
     /// enforce what they know (best effort); the probe reports that as partial.
@@ -895,30 +1147,44 @@ mod landlock {
     /// A ruleset ready to be applied in the child.
     pub type Ruleset = RulesetCreated;
 
-    /// Device files every task may write to.
-    const WRITABLE_DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/tty"];
-
-    /// Builds the ruleset: read and execute everywhere, device ioctls, writes to a few
-    /// harmless devices, everything inside `task_dir`; no signals to processes outside
-    /// the sandbox and no abstract Unix sockets outside it (ABI 6).
-    pub fn ruleset(task_dir: &Path) -> Result<Ruleset, String> {
-        build(task_dir).map_err(|error| error.to_string())
+    /// What the probe found: the state, and the kernel's ABI when it has Landlock.
+    pub struct Probe {
+        /// Whether Landlock confines tasks.
+        pub state: LandlockState,
+        /// The Landlock ABI the kernel offers (as far as the crate knows them).
+        pub abi: Option<u8>,
     }
 
-    fn build(task_dir: &Path) -> Result<RulesetCreated, landlock::RulesetError> {
+    /// Builds the ruleset of one run: deny by default; read and execute in `paths.read`,
+    /// read and write the devices of `paths.devices` and everything in `paths.write` and
+    /// `task_dir`; no signals to processes outside the sandbox and no abstract Unix
+    /// sockets outside it (ABI 6); with `network` false, no TCP bind or connect (ABI 4).
+    pub fn ruleset(task_dir: &Path, paths: &TaskPaths, network: bool) -> Result<Ruleset, String> {
+        build(task_dir, paths, network).map_err(|error| error.to_string())
+    }
+
+    fn build(
+        task_dir: &Path,
+        paths: &TaskPaths,
+        network: bool,
+    ) -> Result<RulesetCreated, landlock::RulesetError> {
         let read = AccessFs::from_read(ABI_WANTED) | AccessFs::IoctlDev;
         let device =
             AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::Truncate | AccessFs::IoctlDev;
-        LandlockRuleset::default()
-            .handle_access(AccessFs::from_all(ABI_WANTED))?
-            .scope(Scope::from_all(ABI_WANTED))?
+        let all = AccessFs::from_all(ABI_WANTED);
+        let mut ruleset = LandlockRuleset::default()
+            .handle_access(all)?
+            .scope(Scope::from_all(ABI_WANTED))?;
+        if !network {
+            // Handled with no port allowed: every TCP bind and connect is refused.
+            ruleset = ruleset.handle_access(AccessNet::from_all(ABI_WANTED))?;
+        }
+        ruleset
             .create()?
-            .add_rules(path_beneath_rules(["/"], read))?
-            .add_rules(path_beneath_rules(WRITABLE_DEVICES, device))?
-            .add_rules(path_beneath_rules(
-                [task_dir],
-                AccessFs::from_all(ABI_WANTED),
-            ))
+            .add_rules(path_beneath_rules(&paths.read, read))?
+            .add_rules(path_beneath_rules(&paths.devices, device))?
+            .add_rules(path_beneath_rules(&paths.write, all))?
+            .add_rules(path_beneath_rules([task_dir], all))
     }
 
     /// Applies `ruleset` to the calling thread (in the child, before exec).
@@ -946,31 +1212,53 @@ mod landlock {
         }
     }
 
-    /// Finds out what Landlock enforces here by applying the ruleset to a short-lived
-    /// thread of its own (Landlock and `no_new_privs` are per thread, so the rest of
-    /// the worker is not affected).
-    pub fn probe(work_dir: &Path) -> LandlockState {
+    /// Finds out what Landlock enforces here by applying the strictest ruleset a task
+    /// can get (network off) to a short-lived thread of its own (Landlock and
+    /// `no_new_privs` are per thread, so the rest of the worker is not affected).
+    pub fn probe(work_dir: &Path, paths: &TaskPaths) -> Probe {
         let work_dir = work_dir.to_path_buf();
+        let paths = paths.clone();
         let probe = std::thread::Builder::new()
             .name("landlock-probe".into())
-            .spawn(move || build(&work_dir).map(RulesetCreated::restrict_self));
+            .spawn(move || build(&work_dir, &paths, false).map(RulesetCreated::restrict_self));
         let joined = match probe {
             Ok(handle) => handle.join(),
-            Err(error) => return LandlockState::Unavailable(format!("probe failed: {error}")),
+            Err(error) => {
+                return Probe {
+                    state: LandlockState::Unavailable(format!("probe failed: {error}")),
+                    abi: None,
+                }
+            }
         };
         match joined {
-            Ok(Ok(Ok(status))) => match status.ruleset {
-                RulesetStatus::FullyEnforced => LandlockState::Enforced,
-                RulesetStatus::PartiallyEnforced => LandlockState::PartiallyEnforced,
-                RulesetStatus::NotEnforced => LandlockState::Unavailable(format!(
-                    "the kernel does not enforce Landlock ({:?})",
-                    status.landlock
-                )),
-            },
-            Ok(Ok(Err(error))) | Ok(Err(error)) => {
-                LandlockState::Unavailable(format!("Landlock failed: {error}"))
+            Ok(Ok(Ok(status))) => {
+                let abi = match status.landlock {
+                    LandlockStatus::Available {
+                        effective_abi,
+                        kernel_abi,
+                    } => kernel_abi
+                        .and_then(|abi| u8::try_from(abi).ok())
+                        .or(Some(effective_abi as u8)),
+                    _ => None,
+                };
+                let state = match status.ruleset {
+                    RulesetStatus::FullyEnforced => LandlockState::Enforced,
+                    RulesetStatus::PartiallyEnforced => LandlockState::PartiallyEnforced,
+                    RulesetStatus::NotEnforced => LandlockState::Unavailable(format!(
+                        "the kernel does not enforce Landlock ({:?})",
+                        status.landlock
+                    )),
+                };
+                Probe { state, abi }
             }
-            Err(_) => LandlockState::Unavailable("the Landlock probe panicked".into()),
+            Ok(Ok(Err(error))) | Ok(Err(error)) => Probe {
+                state: LandlockState::Unavailable(format!("Landlock failed: {error}")),
+                abi: None,
+            },
+            Err(_) => Probe {
+                state: LandlockState::Unavailable("the Landlock probe panicked".into()),
+                abi: None,
+            },
         }
     }
 }
@@ -981,12 +1269,22 @@ mod landlock {
     use std::io;
     use std::path::Path;
 
-    use super::LandlockState;
+    use super::{LandlockState, TaskPaths};
 
     /// Never built: nothing to apply.
     pub enum Ruleset {}
 
-    pub fn ruleset(_task_dir: &Path) -> Result<Ruleset, String> {
+    /// What the probe found.
+    pub struct Probe {
+        pub state: LandlockState,
+        pub abi: Option<u8>,
+    }
+
+    pub fn ruleset(
+        _task_dir: &Path,
+        _paths: &TaskPaths,
+        _network: bool,
+    ) -> Result<Ruleset, String> {
         Err("Landlock is not compiled into this worker".into())
     }
 
@@ -994,8 +1292,11 @@ mod landlock {
         match ruleset {}
     }
 
-    pub fn probe(_work_dir: &Path) -> LandlockState {
-        LandlockState::NotOnAndroid
+    pub fn probe(_work_dir: &Path, _paths: &TaskPaths) -> Probe {
+        Probe {
+            state: LandlockState::NotOnAndroid,
+            abi: None,
+        }
     }
 }
 
@@ -1086,6 +1387,155 @@ mod tests {
             run(sh("wc -c"), &TaskLimits::default()).exec.stdout.trim(),
             "0"
         );
+    }
+
+    /// A directory with a file in it that any user may read and a directory that any
+    /// user may write, so that only Landlock (not file permissions, when tasks run as
+    /// `nobody` under a root worker) keeps a task out.
+    fn open_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).expect("chmod");
+        fs::write(dir.path().join("secret"), "owner-secret\n").expect("write");
+        fs::set_permissions(dir.path().join("secret"), fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        dir
+    }
+
+    fn sandbox_with(work: &Path, change: impl FnOnce(&mut SandboxConfig)) -> Sandbox {
+        let mut config = SandboxConfig {
+            work_dir: work.join("work"),
+            ..SandboxConfig::default()
+        };
+        change(&mut config);
+        Sandbox::new(config).expect("the sandbox")
+    }
+
+    fn run_in(sandbox: &Sandbox, script: &str, limits: &TaskLimits) -> SandboxOutcome {
+        sandbox
+            .run(sh(script), limits, &CancelToken::new())
+            .expect("the command runs")
+    }
+
+    /// The level follows Landlock's state, and so does what a task may read: the
+    /// system's directories and devices, not a file elsewhere that its user could read.
+    #[test]
+    fn under_landlock_a_task_reads_only_the_system_and_its_own_directory() {
+        let elsewhere = open_dir();
+        let work = tempfile::tempdir().expect("temp dir");
+        let sandbox = sandbox_with(work.path(), |_| {});
+        let secret = elsewhere.path().join("secret");
+        let script = format!(
+            "head -c 4 /dev/urandom | wc -c; head -1 /proc/cpuinfo >/dev/null && echo proc; \
+             cat /etc/passwd >/dev/null && echo etc; ls /usr/bin >/dev/null && echo usr; \
+             echo err >&2; echo mine > mine && cat mine; \
+             cat '{}' || echo refused-read; echo x > '{}/written' || echo refused-write; \
+             ls .. || echo refused-list",
+            secret.display(),
+            elsewhere.path().display()
+        );
+        let outcome = run_in(&sandbox, &script, &TaskLimits::default());
+        let output = &outcome.exec.stdout;
+        assert!(
+            output.starts_with("4\nproc\netc\nusr\nmine\n"),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            outcome.exec.stderr.lines().next(),
+            Some("err"),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            outcome.enforcement.level,
+            SandboxLevel::of(sandbox.landlock())
+        );
+        if sandbox.landlock().is_active() {
+            assert!(!output.contains("owner-secret"), "{outcome:?}");
+            for refused in ["refused-read", "refused-write", "refused-list"] {
+                assert!(output.contains(refused), "{refused}: {outcome:?}");
+            }
+            assert!(!elsewhere.path().join("written").exists());
+            assert!(sandbox.exposes(Path::new("/etc/hostname")));
+            assert!(!sandbox.exposes(&secret));
+        } else {
+            println!(
+                "NOTE: no Landlock here ({:?}); only the level is checked",
+                sandbox.landlock()
+            );
+            assert_eq!(outcome.enforcement.level, SandboxLevel::None);
+        }
+    }
+
+    /// `[sandbox] read` and `write` open more paths: the first to read only, the second
+    /// to read and write.
+    #[test]
+    fn the_owners_extra_paths_are_readable_and_writable_as_configured() {
+        let readable = open_dir();
+        let writable = open_dir();
+        let work = tempfile::tempdir().expect("temp dir");
+        let sandbox = sandbox_with(work.path(), |config| {
+            config.read = vec![readable.path().to_path_buf()];
+            config.write = vec![writable.path().to_path_buf()];
+        });
+        let script = format!(
+            "cat '{r}/secret'; echo no > '{r}/new' || echo refused-write; \
+             cat '{w}/secret'; echo yes > '{w}/new' && echo wrote",
+            r = readable.path().display(),
+            w = writable.path().display()
+        );
+        let outcome = run_in(&sandbox, &script, &TaskLimits::default());
+        let output = &outcome.exec.stdout;
+        assert!(
+            output.starts_with("owner-secret\n") && output.contains("owner-secret\nwrote"),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            fs::read_to_string(writable.path().join("new")).expect("written"),
+            "yes\n"
+        );
+        if sandbox.landlock().is_active() {
+            assert!(output.contains("refused-write"), "{outcome:?}");
+            assert!(!readable.path().join("new").exists());
+        }
+    }
+
+    /// With the network off, a TCP connection to a listener on loopback is refused
+    /// where the kernel has Landlock's TCP rules; with it on, it reaches the listener.
+    #[test]
+    fn network_off_refuses_tcp_where_the_kernel_can() {
+        let work = tempfile::tempdir().expect("temp dir");
+        let sandbox = sandbox_with(work.path(), |_| {});
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("address").port();
+        let script = format!(
+            "bash -c 'echo hello > /dev/tcp/127.0.0.1/{port}' && echo connected || echo refused"
+        );
+        for network in [true, false] {
+            let limits = TaskLimits {
+                network,
+                ..TaskLimits::default()
+            };
+            let outcome = run_in(&sandbox, &script, &limits);
+            // The task has ended, so a connection it made is waiting to be accepted.
+            let accepted = listener.accept().is_ok();
+            let expect_refused = !network && sandbox.can_deny_network();
+            assert_eq!(
+                outcome.exec.stdout.trim(),
+                if expect_refused {
+                    "refused"
+                } else {
+                    "connected"
+                },
+                "network {network}: {outcome:?}"
+            );
+            assert_eq!(accepted, !expect_refused, "network {network}");
+            let state = match (network, sandbox.can_deny_network()) {
+                (true, _) => NetworkState::Allowed,
+                (false, true) => NetworkState::TcpDenied,
+                (false, false) => NetworkState::NotEnforced,
+            };
+            assert_eq!(outcome.enforcement.network, state);
+        }
     }
 
     #[test]

@@ -125,3 +125,116 @@ fn a_wrong_or_missing_config_file_stops_the_worker_with_its_own_status() {
         "{stderr}"
     );
 }
+
+/// The sandbox keys print with their sources, and a token file that tasks could
+/// read (here: under a `[sandbox] read` path) gets a warning at start.
+#[test]
+fn sandbox_paths_print_and_a_token_file_tasks_can_read_is_warned_about() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    let config = write(
+        dir.path(),
+        &format!(
+            "join = \"127.0.0.1:9\"\n[sandbox]\nread = [\"{}\"]\nnetwork = false\n\
+             [types.shell]\nnetwork = true\n",
+            shared.display()
+        ),
+    );
+    let (output, stdout, stderr) = run(&mut worker(&["--config", &config, "config"]));
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    let from_file = |line: u32| format!("file {config}:{line}");
+    assert_eq!(
+        line_of(&stdout, "sandbox.read"),
+        (format!("[\"{}\"]", shared.display()), from_file(3))
+    );
+    assert_eq!(
+        line_of(&stdout, "sandbox.write"),
+        ("[]".into(), "default".into())
+    );
+    assert_eq!(
+        line_of(&stdout, "sandbox.network"),
+        ("false".into(), from_file(4))
+    );
+    assert_eq!(
+        line_of(&stdout, "types.shell.network"),
+        ("true".into(), from_file(6))
+    );
+
+    // The file holds no valid token, so the worker stops right after the check.
+    for (token_dir, warned) in [(&shared, true), (&dir.path().to_path_buf(), false)] {
+        let token_file = token_dir.join("join.token");
+        std::fs::write(&token_file, "not-a-token").expect("write the token file");
+        let token_arg = token_file.to_string_lossy().into_owned();
+        let (output, _, stderr) = run(&mut worker(&[
+            "--config",
+            &config,
+            "--token-file",
+            &token_arg,
+        ]));
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("invalid join token"), "{stderr}");
+        assert_eq!(
+            stderr.contains("lies where tasks may read it"),
+            warned,
+            "{token_arg}: {stderr}"
+        );
+    }
+}
+
+/// A worker whose state dir lies under a `[sandbox] read` path says at start that
+/// tasks can read it (where Landlock confines tasks at all), and names a configured
+/// path that does not exist.
+#[test]
+fn a_state_dir_opened_to_tasks_is_warned_about_at_start() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write(
+        dir.path(),
+        &format!(
+            "[sandbox]\nread = [\"{}\", \"/nonexistent-retire-path\"]\nwork_dir = \"{}\"\n",
+            dir.path().display(),
+            dir.path().join("work").display()
+        ),
+    );
+    let state = dir.path().join("state").to_string_lossy().into_owned();
+    // Nothing listens on port 9 of loopback: the worker keeps retrying until killed.
+    let mut child = worker(&[
+        "--config",
+        &config,
+        "--join",
+        "127.0.0.1:9",
+        "--state-dir",
+        &state,
+        "--id",
+        "exposed",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("start retire-worker");
+    let stderr = child.stderr.take().expect("piped");
+    let mut said = String::new();
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        said.push_str(&line);
+        said.push('\n');
+        // The sandbox's own line comes first, then (maybe) the state dir's.
+        if line.contains("state dir") || line.contains("retrying") || line.contains("connect") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        said.contains("/nonexistent-retire-path, which does not exist"),
+        "{said}"
+    );
+    if said.contains("sandbox: none") {
+        println!("NOTE: no Landlock here: every file is open to tasks, as the worker said");
+    } else {
+        assert!(
+            said.contains("tasks can read this worker's state dir"),
+            "{said}"
+        );
+    }
+}

@@ -150,6 +150,24 @@ fn matching() {
     check_match(pi.clone(), task(json!({"device_id":"d"})), true);
     check_match(pi.clone(), task(json!({"device":"d"})), true);
     check_match(pi.clone(), task(json!({"device_id":"e"})), false);
+    // Sandbox: at least the level asked for; a device that does not say
+    // (an older worker) meets none.
+    let with_sandbox = |level: &str| json!({"device_info":{"platform":"linux"},"sandbox":level});
+    for (have, want, expect) in [
+        ("full", "full", true),
+        ("full", "partial", true),
+        ("full", "none", true),
+        ("partial", "full", false),
+        ("partial", "Partial", true),
+        ("none", "partial", false),
+        ("none", "none", true),
+        ("future", "future", true),
+        ("future", "full", false),
+        ("full", "future", false),
+    ] {
+        check_match(with_sandbox(have), task(json!({"sandbox":want})), expect);
+    }
+    check_match(pi.clone(), task(json!({"sandbox":"none"})), false);
     // Everything at once.
     check_match(
         pi.clone(),
