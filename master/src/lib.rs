@@ -16,6 +16,7 @@ pub mod config;
 pub mod core;
 pub mod credentials;
 mod event_loop;
+pub mod http;
 pub mod store;
 
 use crate::core::{Core, CoreConfig};
