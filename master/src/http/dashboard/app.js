@@ -19,10 +19,11 @@ const ROUTES = {
   task: (id) => `/api/v1/tasks/${encodeURIComponent(id)}`,
   cancel: (id) => `/api/v1/tasks/${encodeURIComponent(id)}/cancel`,
   retry: (id) => `/api/v1/tasks/${encodeURIComponent(id)}/retry`,
-  dead: "/api/v1/dead-letters",
-  deadRetryAll: "/api/v1/dead-letters/retry",
+  dead: "/api/v1/dead",
+  deadRetryAll: "/api/v1/dead/retry",
   command: "/api/v1/command",
   events: "/api/v1/events",
+  deviceStream: "/stream/devices",
 };
 
 // A burst of events refreshes the page shown at most this often.
@@ -51,6 +52,7 @@ const state = {
   chartsMinute: 0,
   historyLoaded: false,
   detailId: null,
+  deviceStream: null,
   refreshTimer: null,
   refreshDue: new Set(),
   commandHistory: [],
@@ -98,7 +100,10 @@ function ago(iso) {
 function percent(value) {
   if (typeof value !== "number") return "–";
   const clamped = Math.max(0, Math.min(100, value));
-  return el("span", {}, el("span", { class: "meter" }, el("span", { style: `width:${clamped}%` })), `${value.toFixed(0)}%`);
+  const fill = el("span");
+  // Through the CSSOM, which the Content-Security-Policy allows (a style attribute it would not).
+  fill.style.width = `${clamped}%`;
+  return el("span", {}, el("span", { class: "meter" }, fill), `${value.toFixed(0)}%`);
 }
 
 function firstNumber(object, names) {
@@ -150,7 +155,10 @@ async function api(method, path, body) {
   let doc = null;
   try { doc = text ? JSON.parse(text) : null; } catch (_) { doc = null; }
   if (!response.ok) {
-    const message = (doc && (doc.message || (doc.error && (doc.error.message || doc.error)))) || text || response.statusText;
+    // A JSON error says why; anything else (an HTML page from a proxy) is not shown.
+    const plain = text && text.length < 300 && !text.trimStart().startsWith("<") ? text.trim() : "";
+    const message = (doc && (doc.message || (doc.error && (doc.error.message || doc.error))))
+      || plain || `${response.status} ${response.statusText}`;
     throw new ApiError(response.status, String(message), doc && (doc.error_code || doc.code));
   }
   if (doc && doc.status === "success" && doc.data && typeof doc.data === "object") return doc.data;
@@ -307,7 +315,27 @@ function show() {
   for (const section of document.querySelectorAll(".page")) section.hidden = section.id !== `page-${state.page}`;
   for (const link of document.querySelectorAll("#nav a")) link.classList.toggle("current", link.dataset.page === state.page);
   document.body.dataset.page = state.page;
+  followDevices(state.page === "devices");
   load(state.page);
+}
+
+// While the devices page is shown, the master's device stream (/stream/devices)
+// brings every device's latest metrics every few seconds; heartbeats are not
+// events, so this is how CPU, memory and "last seen" stay current.
+function followDevices(on) {
+  if (on && !state.deviceStream) {
+    state.deviceStream = new EventSource(ROUTES.deviceStream);
+    state.deviceStream.addEventListener("device_update", (message) => {
+      let data;
+      try { data = JSON.parse(message.data); } catch (_) { return; }
+      if (!data || !Array.isArray(data.devices)) return;
+      state.devices = new Map(data.devices.map((device) => [device.device_id || device.id, device]));
+      renderDevices();
+    });
+  } else if (!on && state.deviceStream) {
+    state.deviceStream.close();
+    state.deviceStream = null;
+  }
 }
 
 // Overview -------------------------------------------------------------------
@@ -439,7 +467,7 @@ function taskQuery(before) {
   const search = $("filter-search").value.trim();
   if (chosen) params.set("state", chosen);
   if (search) params.set("q", search);
-  if (before) params.set("before", before);
+  if (before) params.set("cursor", before);
   return `${ROUTES.tasks}?${params}`;
 }
 
@@ -499,6 +527,8 @@ async function submitTask(event) {
   else if (type === "sleep") payload = { seconds: Number(input) || 1 };
   const answer = await change(`Submit ${type}`, "POST", ROUTES.tasks, { task_type: type, payload });
   if (answer) {
+    // The newest submit's id, for whoever drives the page (the end-to-end test).
+    document.body.dataset.lastSubmitted = answer.task_id || "";
     $("submit-input").value = "";
     await loadTasks();
   }
@@ -539,7 +569,7 @@ async function showDetail(id) {
 // Dead letters ------------------------------------------------------------------
 
 async function loadDead() {
-  const page = await api("GET", `${ROUTES.tasks}?state=dead_letter&limit=${PAGE_SIZE}`);
+  const page = await api("GET", `${ROUTES.dead}?limit=${PAGE_SIZE}`);
   const tasks = (page && page.tasks) || [];
   $("dead").replaceChildren(...tasks.map((task) => el("tr", { dataset: { taskId: task.task_id } },
     cell("Task", el("span", { class: "id clickable", title: task.task_id, onclick: () => showDetail(task.task_id) }, task.task_id)),

@@ -8,11 +8,11 @@
 
 /// One file of the dashboard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Asset {
+struct Asset {
     /// Its `Content-Type`.
-    pub content_type: &'static str,
+    content_type: &'static str,
     /// Its bytes.
-    pub body: &'static [u8],
+    body: &'static [u8],
 }
 
 /// The `Content-Security-Policy` every dashboard file is served with: the page
@@ -59,15 +59,24 @@ const ASSETS: [(&str, Asset); 5] = [
     ),
 ];
 
-/// The file served at `path` (the request's path without its query), or
-/// `None` for a path that is not the dashboard's: the router answers 404.
-/// Only these exact paths match, so no request can reach another file.
-pub fn asset(path: &str) -> Option<Asset> {
+/// The content type and bytes of the file served at `path` (the request's
+/// path without its query), or `None` for a path that is not the
+/// dashboard's: the router answers 404. Only these exact paths match, so no
+/// request can reach another file. Serve it with [`HEADERS`].
+pub fn asset(path: &str) -> Option<(&'static str, &'static [u8])> {
     ASSETS
         .iter()
         .find(|(known, _)| *known == path)
-        .map(|(_, asset)| *asset)
+        .map(|(_, asset)| (asset.content_type, asset.body))
 }
+
+/// The headers every dashboard file is served with, besides its type.
+pub const HEADERS: [(&str, &str); 4] = [
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+    ("Cache-Control", CACHE_CONTROL),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+];
 
 #[cfg(test)]
 mod tests {
@@ -87,7 +96,11 @@ mod tests {
             ("", None),
         ];
         for (path, expect) in cases {
-            assert_eq!(asset(path).map(|a| a.content_type), expect, "{path}");
+            assert_eq!(
+                asset(path).map(|(content_type, _)| content_type),
+                expect,
+                "{path}"
+            );
         }
     }
 
