@@ -147,10 +147,14 @@ impl Session {
 }
 
 /// Every session of this master, in memory only: a restart signs everybody
-/// out, which costs a sign-in and keeps no secret on disk.
+/// out, which costs a sign-in and keeps no secret on disk; so does rotating
+/// the admin token.
 #[derive(Debug, Default)]
 pub struct Sessions {
     by_selector: HashMap<[u8; SELECTOR_BYTES], Session>,
+    /// The admin token the held sessions were signed in with: when the
+    /// operator rotates it, every session ends.
+    signed_with: Option<Token>,
 }
 
 /// The `Set-Cookie` value that makes the browser forget the session cookie.
@@ -198,6 +202,8 @@ impl Sessions {
         if !admin.matches_text(presented) {
             return Err(SignInError::WrongToken);
         }
+        self.forget_if_rotated(admin);
+        self.signed_with = Some(admin.clone());
         self.by_selector.retain(|_, session| !session.ended(now));
         while self.by_selector.len() >= MAX_SESSIONS {
             let oldest = self
@@ -232,17 +238,20 @@ impl Sessions {
         })
     }
 
-    /// Judges a request by its `Cookie` header and its [`CSRF_HEADER`]:
+    /// Judges a request by its `Cookie` header and its [`CSRF_HEADER`], given
+    /// the admin token now in force (a rotated one ends every session):
     /// `changes_state` requests (every method but `GET` and `HEAD`) need the
     /// session's CSRF token as well as its cookie. A request that passes keeps
     /// its session alive ([`SESSION_IDLE_TIMEOUT`] from now).
     pub fn check(
         &mut self,
         now: Duration,
+        admin: &Token,
         cookie_header: Option<&str>,
         csrf_header: Option<&str>,
         changes_state: bool,
     ) -> SessionCheck {
+        self.forget_if_rotated(admin);
         let Some((selector, verifier)) = self.find(cookie_header) else {
             return SessionCheck::NoSession;
         };
@@ -266,8 +275,13 @@ impl Sessions {
     /// The CSRF token of the live session the cookie names, for a page that
     /// was reloaded and asks for it again (`GET /api/v1/session`). It counts
     /// as a use of the session.
-    pub fn csrf_token(&mut self, now: Duration, cookie_header: Option<&str>) -> Option<String> {
-        match self.check(now, cookie_header, None, false) {
+    pub fn csrf_token(
+        &mut self,
+        now: Duration,
+        admin: &Token,
+        cookie_header: Option<&str>,
+    ) -> Option<String> {
+        match self.check(now, admin, cookie_header, None, false) {
             SessionCheck::Admin => {
                 let (selector, _) = self.find(cookie_header)?;
                 self.by_selector
@@ -293,6 +307,20 @@ impl Sessions {
             }
         }
         clearing_cookie()
+    }
+
+    /// Ends every session when `admin` is no longer the token they were
+    /// signed in with (`retire-master token rotate-admin`), compared in
+    /// constant time.
+    fn forget_if_rotated(&mut self, admin: &Token) {
+        let rotated = self
+            .signed_with
+            .as_ref()
+            .is_some_and(|signed_with| !admin.matches_text(&signed_with.reveal()));
+        if rotated {
+            self.by_selector.clear();
+            self.signed_with = None;
+        }
     }
 
     /// The selector of the first session cookie that names a session held

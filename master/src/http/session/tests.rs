@@ -39,7 +39,7 @@ fn sign_in(sessions: &mut Sessions, now: Duration, n: u8) -> SignedIn {
 
 /// What a read (no CSRF header, no change) with `cookie` finds at `now`.
 fn read(sessions: &mut Sessions, now: Duration, cookie: &str) -> SessionCheck {
-    sessions.check(now, Some(cookie), None, false)
+    sessions.check(now, &admin(), Some(cookie), None, false)
 }
 
 #[test]
@@ -158,7 +158,13 @@ fn reads_need_the_cookie_and_changes_need_the_csrf_token_too() {
     ];
     for (cookie_header, csrf_header, changes_state, expect) in cases {
         assert_eq!(
-            sessions.check(Duration::ZERO, cookie_header, csrf_header, changes_state),
+            sessions.check(
+                Duration::ZERO,
+                &admin(),
+                cookie_header,
+                csrf_header,
+                changes_state
+            ),
             expect,
             "cookie {cookie_header:?}, csrf {csrf_header:?}, changes state: {changes_state}"
         );
@@ -178,7 +184,7 @@ fn a_session_ends_after_its_idle_timeout_and_use_keeps_it_alive() {
     // A refused change is no use: it does not keep the session alive.
     let refused_at = later + almost;
     assert_eq!(
-        sessions.check(refused_at, Some(&cookie), Some("00"), true),
+        sessions.check(refused_at, &admin(), Some(&cookie), Some("00"), true),
         SessionCheck::CsrfMismatch
     );
     assert_eq!(
@@ -274,7 +280,7 @@ fn signing_out_ends_the_session_and_clears_the_cookie() {
     let theirs = cookie_of(&sign_in(&mut sessions, Duration::ZERO, 2));
     let cookie = cookie_of(&mine);
     assert_eq!(
-        sessions.csrf_token(Duration::ZERO, Some(&cookie)),
+        sessions.csrf_token(Duration::ZERO, &admin(), Some(&cookie)),
         Some(mine.csrf_token.clone())
     );
     // A forged verifier cannot sign someone else out.
@@ -290,7 +296,10 @@ fn signing_out_ends_the_session_and_clears_the_cookie() {
         read(&mut sessions, Duration::ZERO, &cookie),
         SessionCheck::NoSession
     );
-    assert_eq!(sessions.csrf_token(Duration::ZERO, Some(&cookie)), None);
+    assert_eq!(
+        sessions.csrf_token(Duration::ZERO, &admin(), Some(&cookie)),
+        None
+    );
     assert_eq!(
         read(&mut sessions, Duration::ZERO, &theirs),
         SessionCheck::Admin
@@ -335,4 +344,35 @@ fn secrets_compare_only_in_constant_time_and_never_print() {
     let shown = format!("{sessions:?}");
     assert!(!shown.contains(&signed_in.csrf_token), "{shown}");
     assert!(!shown.contains(&hex::encode([101u8; 32])), "{shown}");
+}
+
+#[test]
+fn rotating_the_admin_token_ends_every_session() {
+    let mut sessions = Sessions::new();
+    let first = cookie_of(&sign_in(&mut sessions, Duration::ZERO, 1));
+    let second = cookie_of(&sign_in(&mut sessions, Duration::ZERO, 2));
+    let rotated = Token::from_bytes(TokenKind::Admin, [8; 32]);
+    assert_eq!(
+        sessions.check(HOUR, &rotated, Some(&first), None, false),
+        SessionCheck::NoSession
+    );
+    assert!(sessions.is_empty());
+    // Signing in with the new token works; the old sessions stay gone.
+    let signed_in = sessions
+        .sign_in(HOUR, &rotated, &rotated.reveal(), fresh(3))
+        .expect("the new token signs in");
+    assert_eq!(
+        sessions.check(HOUR, &rotated, Some(&cookie_of(&signed_in)), None, false),
+        SessionCheck::Admin
+    );
+    assert_eq!(
+        sessions.check(HOUR, &rotated, Some(&second), None, false),
+        SessionCheck::NoSession
+    );
+    assert_eq!(
+        sessions
+            .sign_in(HOUR, &rotated, &admin().reveal(), fresh(4))
+            .map(|_| ()),
+        Err(SignInError::WrongToken)
+    );
 }
