@@ -94,6 +94,26 @@ pub struct Fresh {
     pub csrf: [u8; SECRET_BYTES],
 }
 
+impl Fresh {
+    /// The bytes needed for one session.
+    pub const BYTES: usize = SELECTOR_BYTES + 2 * SECRET_BYTES;
+
+    /// Splits [`Fresh::BYTES`] random bytes into a session's parts.
+    pub fn from_bytes(bytes: [u8; Fresh::BYTES]) -> Fresh {
+        let mut fresh = Fresh {
+            selector: [0; SELECTOR_BYTES],
+            verifier: [0; SECRET_BYTES],
+            csrf: [0; SECRET_BYTES],
+        };
+        let (selector, secrets) = bytes.split_at(SELECTOR_BYTES);
+        let (verifier, csrf) = secrets.split_at(SECRET_BYTES);
+        fresh.selector.copy_from_slice(selector);
+        fresh.verifier.copy_from_slice(verifier);
+        fresh.csrf.copy_from_slice(csrf);
+        fresh
+    }
+}
+
 /// A sign-in that succeeded: what the answer carries.
 #[derive(Debug, Clone)]
 pub struct SignedIn {
@@ -334,6 +354,141 @@ impl Sessions {
                 .contains_key(&bytes)
                 .then_some((bytes, verifier))
         })
+    }
+}
+
+/// The path of the sign-in route: `GET` says whether the request's cookie
+/// is signed in (and gives its CSRF token again), `POST` signs in, `DELETE`
+/// signs out.
+pub const SESSION_PATH: &str = "/api/v1/session";
+
+/// The methods [`SESSION_PATH`] answers, for a 405's `Allow` header.
+pub const SESSION_METHODS: &str = "GET, HEAD, POST, DELETE";
+
+/// A request to [`SESSION_PATH`], as the HTTP edge read it.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionRequest<'a> {
+    /// Its method, upper case (`GET`, `POST`, …).
+    pub method: &'a str,
+    /// Its `Cookie` header.
+    pub cookie: Option<&'a str>,
+    /// Its [`CSRF_HEADER`].
+    pub csrf: Option<&'a str>,
+    /// Its body (`POST`: `{"token": "rc-admin-…"}`).
+    pub body: &'a [u8],
+}
+
+/// The answer to a [`SessionRequest`], for the HTTP edge to write: a status,
+/// a `Set-Cookie` header when the cookie changes, and a JSON body (errors in
+/// the API's shape, `{"status":"error","message":…,"error_code":…}`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionAnswer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The `Set-Cookie` header's value, if any.
+    pub set_cookie: Option<String>,
+    /// The body.
+    pub body: serde_json::Value,
+}
+
+impl SessionAnswer {
+    fn ok(body: serde_json::Value, set_cookie: Option<String>) -> SessionAnswer {
+        SessionAnswer {
+            status: 200,
+            set_cookie,
+            body,
+        }
+    }
+
+    fn error(status: u16, code: &str, message: &str) -> SessionAnswer {
+        SessionAnswer {
+            status,
+            set_cookie: None,
+            body: serde_json::json!({ "status": "error", "message": message, "error_code": code }),
+        }
+    }
+}
+
+impl Sessions {
+    /// Answers a request to [`SESSION_PATH`]. `admin` is the admin token now
+    /// in force, `None` when the master runs without authentication (then
+    /// every request is an admin's and there is nothing to sign in to);
+    /// `fresh` is used only by a sign-in. A wrong token is answered 401
+    /// (`AUTH_FAILED`); the caller counts and logs it like any failed
+    /// authentication (`SessionAnswer::status`).
+    pub fn answer(
+        &mut self,
+        now: Duration,
+        admin: Option<&Token>,
+        request: SessionRequest<'_>,
+        fresh: impl FnOnce() -> Fresh,
+    ) -> SessionAnswer {
+        let idle = SESSION_IDLE_TIMEOUT.as_secs();
+        let Some(admin) = admin else {
+            return match request.method {
+                "GET" | "HEAD" | "POST" | "DELETE" => SessionAnswer::ok(
+                    serde_json::json!({ "signed_in": true, "auth_required": false }),
+                    None,
+                ),
+                _ => SessionAnswer::error(405, "METHOD_NOT_ALLOWED", "use GET, POST or DELETE"),
+            };
+        };
+        match request.method {
+            "GET" | "HEAD" => match self.csrf_token(now, admin, request.cookie) {
+                Some(csrf) => SessionAnswer::ok(
+                    serde_json::json!({
+                        "signed_in": true, "auth_required": true, "csrf_token": csrf,
+                        "idle_timeout_secs": idle,
+                    }),
+                    None,
+                ),
+                None => SessionAnswer::ok(
+                    serde_json::json!({ "signed_in": false, "auth_required": true }),
+                    None,
+                ),
+            },
+            "POST" => {
+                let token = serde_json::from_slice::<serde_json::Value>(request.body)
+                    .ok()
+                    .and_then(|body| body.get("token")?.as_str().map(str::to_string));
+                let Some(token) = token else {
+                    return SessionAnswer::error(
+                        400,
+                        "MISSING_TOKEN",
+                        "send {\"token\": \"<the admin token>\"}",
+                    );
+                };
+                match self.sign_in(now, admin, &token, fresh()) {
+                    Ok(signed_in) => SessionAnswer::ok(
+                        serde_json::json!({
+                            "signed_in": true, "auth_required": true,
+                            "csrf_token": signed_in.csrf_token, "idle_timeout_secs": idle,
+                        }),
+                        Some(signed_in.set_cookie),
+                    ),
+                    Err(error) => SessionAnswer::error(401, "AUTH_FAILED", &error.to_string()),
+                }
+            }
+            "DELETE" => match self.check(now, admin, request.cookie, request.csrf, true) {
+                SessionCheck::CsrfMismatch => SessionAnswer::error(
+                    403,
+                    "CSRF_MISMATCH",
+                    "signing out needs the session's X-CSRF-Token header",
+                ),
+                _ => {
+                    let cleared = self.sign_out(request.cookie);
+                    SessionAnswer::ok(
+                        serde_json::json!({ "signed_in": false, "auth_required": true }),
+                        Some(cleared),
+                    )
+                }
+            },
+            _ => SessionAnswer::error(
+                405,
+                "METHOD_NOT_ALLOWED",
+                "use GET to ask, POST to sign in, DELETE to sign out",
+            ),
+        }
     }
 }
 

@@ -168,7 +168,7 @@ async function api(method, path, body) {
 // Says why a change was refused, in words a person can act on.
 function refused(what, error) {
   if (error instanceof ApiError && error.status === 401) {
-    setSignedIn(null);
+    setSignedIn(false);
     notice(`${what}: refused, sign in first (401: ${error.message})`);
   } else if (error instanceof ApiError && error.status === 403) {
     notice(`${what}: refused (403: ${error.message})`);
@@ -191,19 +191,21 @@ async function change(what, method, path, body) {
 
 // ---- sign-in -----------------------------------------------------------------
 
-function setSignedIn(csrf) {
-  state.csrf = csrf;
-  document.body.dataset.signedIn = csrf ? "yes" : "no";
-  $("signin-open").hidden = Boolean(csrf);
-  $("signout").hidden = !csrf;
+// `csrf` is the session's CSRF token; a master without authentication has
+// none and needs none (`signedIn` without a token).
+function setSignedIn(signedIn, csrf) {
+  state.csrf = signedIn ? csrf || null : null;
+  document.body.dataset.signedIn = signedIn ? "yes" : "no";
+  $("signin-open").hidden = signedIn;
+  $("signout").hidden = !signedIn || !state.csrf;
 }
 
 async function loadSession() {
   try {
     const answer = await api("GET", ROUTES.session);
-    setSignedIn(answer && answer.signed_in ? answer.csrf_token : null);
+    setSignedIn(Boolean(answer && answer.signed_in), answer && answer.csrf_token);
   } catch (_) {
-    setSignedIn(null);
+    setSignedIn(false);
   }
 }
 
@@ -214,7 +216,7 @@ async function signIn(event) {
   try {
     const answer = await api("POST", ROUTES.session, { token: $("token").value.trim() });
     $("token").value = "";
-    setSignedIn(answer.csrf_token);
+    setSignedIn(true, answer.csrf_token);
     $("signin").close();
     notice("Signed in", true);
   } catch (failure) {
@@ -229,7 +231,7 @@ async function signOut() {
   } catch (_) {
     // Signed out here whatever the master said: the cookie is its to clear.
   }
-  setSignedIn(null);
+  setSignedIn(false);
   notice("Signed out", true);
 }
 
@@ -600,7 +602,7 @@ async function runCommand(event) {
     output.append(el("pre", { class: answer.exit_code ? "err" : "" }, pretty(answer.output)));
   } catch (error) {
     output.append(el("pre", { class: "err" }, `${error.status || ""} ${error.message}`.trim()));
-    if (error.status === 401) setSignedIn(null);
+    if (error.status === 401) setSignedIn(false);
   }
   $("terminal").scrollTop = $("terminal").scrollHeight;
 }
@@ -636,7 +638,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("terminal-input").addEventListener("keydown", commandHistoryKey);
   $("terminal").addEventListener("click", () => $("terminal-input").focus());
   window.addEventListener("hashchange", show);
-  setSignedIn(null);
+  setSignedIn(false);
   await loadSession();
   connectEvents();
   show();

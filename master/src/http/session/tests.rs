@@ -4,6 +4,7 @@
 
 use super::*;
 use protocol::auth::TokenKind;
+use serde_json::json;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -375,4 +376,117 @@ fn rotating_the_admin_token_ends_every_session() {
             .map(|_| ()),
         Err(SignInError::WrongToken)
     );
+}
+
+#[test]
+fn the_session_route_signs_in_answers_and_signs_out() {
+    let mut sessions = Sessions::new();
+    let admin = admin();
+    let request = |method, cookie, csrf, body| SessionRequest {
+        method,
+        cookie,
+        csrf,
+        body,
+    };
+    let signed_out = json!({ "signed_in": false, "auth_required": true });
+    let asked = sessions.answer(HOUR, Some(&admin), request("GET", None, None, b""), || {
+        fresh(1)
+    });
+    assert_eq!(asked, SessionAnswer::ok(signed_out.clone(), None));
+
+    let body = json!({ "token": admin.reveal() }).to_string();
+    let signed_in = sessions.answer(
+        HOUR,
+        Some(&admin),
+        request("POST", None, None, body.as_bytes()),
+        || fresh(1),
+    );
+    let csrf = hex::encode([201u8; 32]);
+    let mine = json!({
+        "signed_in": true, "auth_required": true, "csrf_token": csrf, "idle_timeout_secs": 43200
+    });
+    assert_eq!(signed_in.status, 200);
+    assert_eq!(signed_in.body, mine);
+    let set_cookie = signed_in.set_cookie.expect("a cookie");
+    let cookie = set_cookie
+        .split(';')
+        .next()
+        .expect("name=value")
+        .to_string();
+
+    // After a reload the page asks again, and gets its CSRF token back.
+    let again = sessions.answer(
+        HOUR,
+        Some(&admin),
+        request("GET", Some(&cookie), None, b""),
+        || fresh(2),
+    );
+    assert_eq!(again, SessionAnswer::ok(mine, None));
+
+    let cases: [(&str, &[u8], u16, &str); 4] = [
+        ("POST", br#"{"token":"rc-admin-00"}"#, 401, "AUTH_FAILED"),
+        ("POST", b"not json", 400, "MISSING_TOKEN"),
+        ("POST", br#"{"token":7}"#, 400, "MISSING_TOKEN"),
+        ("PUT", b"", 405, "METHOD_NOT_ALLOWED"),
+    ];
+    for (method, body, status, code) in cases {
+        let answer = sessions.answer(
+            HOUR,
+            Some(&admin),
+            request(method, None, None, body),
+            || fresh(3),
+        );
+        assert_eq!(
+            (answer.status, answer.body["error_code"].as_str()),
+            (status, Some(code))
+        );
+        assert_eq!(answer.set_cookie, None);
+    }
+    assert_eq!(sessions.len(), 1, "no refused request made a session");
+
+    // Signing out needs the CSRF token; then the cookie is cleared and the session gone.
+    let refused = sessions.answer(
+        HOUR,
+        Some(&admin),
+        request("DELETE", Some(&cookie), None, b""),
+        || fresh(4),
+    );
+    assert_eq!((refused.status, refused.set_cookie), (403, None));
+    let out = sessions.answer(
+        HOUR,
+        Some(&admin),
+        request("DELETE", Some(&cookie), Some(&csrf), b""),
+        || fresh(4),
+    );
+    assert_eq!(
+        out,
+        SessionAnswer::ok(signed_out.clone(), Some(clearing_cookie()))
+    );
+    assert!(sessions.is_empty());
+    let asked = sessions.answer(
+        HOUR,
+        Some(&admin),
+        request("GET", Some(&cookie), None, b""),
+        || fresh(5),
+    );
+    assert_eq!(asked, SessionAnswer::ok(signed_out, None));
+
+    // Without authentication there is nothing to sign in to.
+    let open = sessions.answer(HOUR, None, request("GET", None, None, b""), || fresh(6));
+    assert_eq!(
+        open.body,
+        json!({ "signed_in": true, "auth_required": false })
+    );
+}
+
+#[test]
+fn fresh_bytes_split_into_selector_verifier_and_csrf() {
+    let mut bytes = [0u8; Fresh::BYTES];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::try_from(i).expect("80 fits a byte");
+    }
+    let fresh = Fresh::from_bytes(bytes);
+    assert_eq!(fresh.selector.to_vec(), (0..16).collect::<Vec<u8>>());
+    assert_eq!(fresh.verifier.to_vec(), (16..48).collect::<Vec<u8>>());
+    assert_eq!(fresh.csrf.to_vec(), (48..80).collect::<Vec<u8>>());
 }
