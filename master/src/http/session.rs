@@ -20,6 +20,7 @@
 //! secrets are a [`Secret`], which has no `==` at all and is compared with
 //! `subtle`'s `ct_eq` only, and the admin token with `Token::matches_text`.
 
+use super::{Response, Status};
 use protocol::auth::Token;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -31,6 +32,9 @@ pub const SESSION_COOKIE: &str = "retire_session";
 /// The request header that carries the CSRF token (HTTP header names are
 /// case-insensitive).
 pub const CSRF_HEADER: &str = "X-CSRF-Token";
+
+/// [`CSRF_HEADER`] as the request parser stores header names (lower case).
+pub const CSRF_HEADER_NAME: &str = "x-csrf-token";
 
 /// A session ends after this long without a request that uses it (12 hours):
 /// a dashboard left open on a wall screen stays signed in while it is used, and
@@ -384,7 +388,7 @@ pub struct SessionRequest<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionAnswer {
     /// The HTTP status.
-    pub status: u16,
+    pub status: Status,
     /// The `Set-Cookie` header's value, if any.
     pub set_cookie: Option<String>,
     /// The body.
@@ -394,13 +398,27 @@ pub struct SessionAnswer {
 impl SessionAnswer {
     fn ok(body: serde_json::Value, set_cookie: Option<String>) -> SessionAnswer {
         SessionAnswer {
-            status: 200,
+            status: Status::Ok,
             set_cookie,
             body,
         }
     }
 
-    fn error(status: u16, code: &str, message: &str) -> SessionAnswer {
+    /// The response to write: never cached, since it may carry the CSRF
+    /// token or set the cookie.
+    pub fn response(self) -> Response {
+        let mut response =
+            Response::json(self.status, &self.body).with_header("Cache-Control", "no-store");
+        if let Some(cookie) = self.set_cookie {
+            response = response.with_header("Set-Cookie", cookie);
+        }
+        if self.status == Status::MethodNotAllowed {
+            response = response.with_header("Allow", SESSION_METHODS);
+        }
+        response
+    }
+
+    fn error(status: Status, code: &str, message: &str) -> SessionAnswer {
         SessionAnswer {
             status,
             set_cookie: None,
@@ -413,15 +431,15 @@ impl Sessions {
     /// Answers a request to [`SESSION_PATH`]. `admin` is the admin token now
     /// in force, `None` when the master runs without authentication (then
     /// every request is an admin's and there is nothing to sign in to);
-    /// `fresh` is used only by a sign-in. A wrong token is answered 401
-    /// (`AUTH_FAILED`); the caller counts and logs it like any failed
-    /// authentication (`SessionAnswer::status`).
+    /// `fresh` draws a new session's bytes, and is called only by a sign-in.
+    /// A wrong token is answered 401 (`AUTH_FAILED`); the caller counts and
+    /// logs it like any failed authentication.
     pub fn answer(
         &mut self,
         now: Duration,
         admin: Option<&Token>,
         request: SessionRequest<'_>,
-        fresh: impl FnOnce() -> Fresh,
+        fresh: impl FnOnce() -> Option<Fresh>,
     ) -> SessionAnswer {
         let idle = SESSION_IDLE_TIMEOUT.as_secs();
         let Some(admin) = admin else {
@@ -430,7 +448,11 @@ impl Sessions {
                     serde_json::json!({ "signed_in": true, "auth_required": false }),
                     None,
                 ),
-                _ => SessionAnswer::error(405, "METHOD_NOT_ALLOWED", "use GET, POST or DELETE"),
+                _ => SessionAnswer::error(
+                    Status::MethodNotAllowed,
+                    "METHOD_NOT_ALLOWED",
+                    "use GET, POST or DELETE",
+                ),
             };
         };
         match request.method {
@@ -453,12 +475,19 @@ impl Sessions {
                     .and_then(|body| body.get("token")?.as_str().map(str::to_string));
                 let Some(token) = token else {
                     return SessionAnswer::error(
-                        400,
+                        Status::BadRequest,
                         "MISSING_TOKEN",
                         "send {\"token\": \"<the admin token>\"}",
                     );
                 };
-                match self.sign_in(now, admin, &token, fresh()) {
+                let Some(fresh) = fresh() else {
+                    return SessionAnswer::error(
+                        Status::Unavailable,
+                        "NO_RANDOMNESS",
+                        "the operating system gave no random bytes for a session; try again",
+                    );
+                };
+                match self.sign_in(now, admin, &token, fresh) {
                     Ok(signed_in) => SessionAnswer::ok(
                         serde_json::json!({
                             "signed_in": true, "auth_required": true,
@@ -466,12 +495,16 @@ impl Sessions {
                         }),
                         Some(signed_in.set_cookie),
                     ),
-                    Err(error) => SessionAnswer::error(401, "AUTH_FAILED", &error.to_string()),
+                    Err(error) => SessionAnswer::error(
+                        Status::Unauthorized,
+                        "AUTH_FAILED",
+                        &error.to_string(),
+                    ),
                 }
             }
             "DELETE" => match self.check(now, admin, request.cookie, request.csrf, true) {
                 SessionCheck::CsrfMismatch => SessionAnswer::error(
-                    403,
+                    Status::Forbidden,
                     "CSRF_MISMATCH",
                     "signing out needs the session's X-CSRF-Token header",
                 ),
@@ -484,7 +517,7 @@ impl Sessions {
                 }
             },
             _ => SessionAnswer::error(
-                405,
+                Status::MethodNotAllowed,
                 "METHOD_NOT_ALLOWED",
                 "use GET to ask, POST to sign in, DELETE to sign out",
             ),

@@ -390,7 +390,7 @@ fn the_session_route_signs_in_answers_and_signs_out() {
     };
     let signed_out = json!({ "signed_in": false, "auth_required": true });
     let asked = sessions.answer(HOUR, Some(&admin), request("GET", None, None, b""), || {
-        fresh(1)
+        Some(fresh(1))
     });
     assert_eq!(asked, SessionAnswer::ok(signed_out.clone(), None));
 
@@ -399,13 +399,13 @@ fn the_session_route_signs_in_answers_and_signs_out() {
         HOUR,
         Some(&admin),
         request("POST", None, None, body.as_bytes()),
-        || fresh(1),
+        || Some(fresh(1)),
     );
     let csrf = hex::encode([201u8; 32]);
     let mine = json!({
         "signed_in": true, "auth_required": true, "csrf_token": csrf, "idle_timeout_secs": 43200
     });
-    assert_eq!(signed_in.status, 200);
+    assert_eq!(signed_in.status, Status::Ok);
     assert_eq!(signed_in.body, mine);
     let set_cookie = signed_in.set_cookie.expect("a cookie");
     let cookie = set_cookie
@@ -419,22 +419,32 @@ fn the_session_route_signs_in_answers_and_signs_out() {
         HOUR,
         Some(&admin),
         request("GET", Some(&cookie), None, b""),
-        || fresh(2),
+        || Some(fresh(2)),
     );
     assert_eq!(again, SessionAnswer::ok(mine, None));
 
-    let cases: [(&str, &[u8], u16, &str); 4] = [
-        ("POST", br#"{"token":"rc-admin-00"}"#, 401, "AUTH_FAILED"),
-        ("POST", b"not json", 400, "MISSING_TOKEN"),
-        ("POST", br#"{"token":7}"#, 400, "MISSING_TOKEN"),
-        ("PUT", b"", 405, "METHOD_NOT_ALLOWED"),
+    let cases: [(&str, &[u8], Status, &str); 4] = [
+        (
+            "POST",
+            br#"{"token":"rc-admin-00"}"#,
+            Status::Unauthorized,
+            "AUTH_FAILED",
+        ),
+        ("POST", b"not json", Status::BadRequest, "MISSING_TOKEN"),
+        (
+            "POST",
+            br#"{"token":7}"#,
+            Status::BadRequest,
+            "MISSING_TOKEN",
+        ),
+        ("PUT", b"", Status::MethodNotAllowed, "METHOD_NOT_ALLOWED"),
     ];
     for (method, body, status, code) in cases {
         let answer = sessions.answer(
             HOUR,
             Some(&admin),
             request(method, None, None, body),
-            || fresh(3),
+            || Some(fresh(3)),
         );
         assert_eq!(
             (answer.status, answer.body["error_code"].as_str()),
@@ -449,14 +459,17 @@ fn the_session_route_signs_in_answers_and_signs_out() {
         HOUR,
         Some(&admin),
         request("DELETE", Some(&cookie), None, b""),
-        || fresh(4),
+        || Some(fresh(4)),
     );
-    assert_eq!((refused.status, refused.set_cookie), (403, None));
+    assert_eq!(
+        (refused.status, refused.set_cookie),
+        (Status::Forbidden, None)
+    );
     let out = sessions.answer(
         HOUR,
         Some(&admin),
         request("DELETE", Some(&cookie), Some(&csrf), b""),
-        || fresh(4),
+        || Some(fresh(4)),
     );
     assert_eq!(
         out,
@@ -467,12 +480,14 @@ fn the_session_route_signs_in_answers_and_signs_out() {
         HOUR,
         Some(&admin),
         request("GET", Some(&cookie), None, b""),
-        || fresh(5),
+        || Some(fresh(5)),
     );
     assert_eq!(asked, SessionAnswer::ok(signed_out, None));
 
     // Without authentication there is nothing to sign in to.
-    let open = sessions.answer(HOUR, None, request("GET", None, None, b""), || fresh(6));
+    let open = sessions.answer(HOUR, None, request("GET", None, None, b""), || {
+        Some(fresh(6))
+    });
     assert_eq!(
         open.body,
         json!({ "signed_in": true, "auth_required": false })
