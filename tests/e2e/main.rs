@@ -13,7 +13,9 @@ use std::net::{SocketAddr, TcpStream};
 use tests::{retire, text_command, Client, MasterProcess, WorkerProcess, PATIENCE};
 
 mod backup;
+mod browser;
 mod config_file;
+mod dashboard;
 mod faults;
 mod hostile;
 mod join_token;

@@ -35,6 +35,9 @@ const HISTORY_TASKS = 1000;
 // The charts' span, in one-minute buckets.
 const MINUTES = 60;
 const CSRF_HEADER = "X-CSRF-Token";
+// How long a notice stays: a success, a refusal or error.
+const NOTICE_OK_MS = 3000;
+const NOTICE_ERROR_MS = 10000;
 const STATES = ["queued", "assigned", "running", "retrying", "completed", "failed", "timed_out", "cancelled", "dead_letter"];
 const FINISHED = new Set(["completed", "failed", "timed_out", "cancelled", "dead_letter"]);
 
@@ -124,7 +127,8 @@ function notice(text, ok) {
   box.className = ok ? "ok" : "";
   box.hidden = false;
   clearTimeout(notice.timer);
-  notice.timer = setTimeout(() => { box.hidden = true; }, 8000);
+  // A success goes by quickly; a refusal stays long enough to be read.
+  notice.timer = setTimeout(() => { box.hidden = true; }, ok ? NOTICE_OK_MS : NOTICE_ERROR_MS);
 }
 
 // ---- the API ---------------------------------------------------------------

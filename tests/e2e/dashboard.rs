@@ -1,0 +1,266 @@
+//! The dashboard as a person uses it: a real master and worker, real HTTP on the
+//! master's port, and a real headless Chromium clicking through the pages. It signs
+//! in, sees a worker appear, submits a task, watches it complete without a reload,
+//! opens its output, runs a console command, is refused without a session and with
+//! a wrong CSRF token, and drains the device.
+//!
+//! It takes a screenshot of each page. With `RETIRE_UPDATE_SCREENSHOTS=1` they are
+//! written to `docs/screenshots/` (the README shows them); otherwise to a temp dir,
+//! so an ordinary run leaves the work tree as it was.
+
+use super::browser::{Browser, DESKTOP, PHONE};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use tests::{retire, tokens_for, MasterProcess, WorkerProcess};
+
+/// Set to `1` to write the screenshots into `docs/screenshots/`.
+const UPDATE_SCREENSHOTS: &str = "RETIRE_UPDATE_SCREENSHOTS";
+
+/// WebDriver's code for the Enter key.
+const ENTER: &str = "\u{E007}";
+
+/// Where the screenshots of this run go.
+struct Screenshots {
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Screenshots {
+    fn new() -> Screenshots {
+        if std::env::var(UPDATE_SCREENSHOTS).as_deref() == Ok("1") {
+            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
+            std::fs::create_dir_all(&dir).expect("create docs/screenshots");
+            Screenshots { dir, _temp: None }
+        } else {
+            let temp = tempfile::tempdir().expect("a temp dir for screenshots");
+            Screenshots {
+                dir: temp.path().to_path_buf(),
+                _temp: Some(temp),
+            }
+        }
+    }
+
+    /// Saves what the browser shows now as `NAME.png`.
+    fn take(&self, browser: &Browser, name: &str) {
+        let png = browser.screenshot();
+        std::fs::write(self.dir.join(format!("{name}.png")), png).expect("write a screenshot");
+    }
+}
+
+/// The device's status as the master's own protocol reports it (the CLI's
+/// `devices --json`), not as the page shows it.
+fn device_status(master: &MasterProcess, id: &str) -> String {
+    let output = retire(master.addr, &["--json", "devices"]);
+    assert!(output.status.success(), "retire devices failed");
+    let page: Value = serde_json::from_slice(&output.stdout).expect("devices --json is JSON");
+    page["devices"]
+        .as_array()
+        .and_then(|devices| devices.iter().find(|d| d["device_id"] == id))
+        .and_then(|device| device["status"].as_str())
+        .unwrap_or_else(|| panic!("{id} is not listed: {page}"))
+        .to_string()
+}
+
+/// The HTTP status a request from the page's own context gets: a `fetch` with the
+/// page's cookies (same origin) and the given headers.
+fn fetch_status(browser: &Browser, method: &str, url: &str, headers: Value) -> u64 {
+    let status = browser.execute_async(
+        "const done = arguments[arguments.length - 1];
+         fetch(arguments[0], { method: arguments[1], headers: arguments[2], credentials: 'same-origin' })
+           .then((response) => done(response.status), (error) => done(String(error)));",
+        json!([url, method, headers]),
+    );
+    status
+        .as_u64()
+        .unwrap_or_else(|| panic!("fetch {method} {url} failed: {status}"))
+}
+
+fn sign_in(browser: &Browser, token: &str) {
+    browser.click("#signin-open");
+    browser.type_into("#token", token);
+    browser.click("#signin-submit");
+    browser.wait_for(
+        "the page to be signed in",
+        "return document.body.dataset.signedIn === 'yes';",
+        json!([]),
+    );
+}
+
+/// Waits for the device's row to show `status`.
+fn wait_device(browser: &Browser, id: &str, status: &str) {
+    browser.wait_for(
+        &format!("{id}'s row to say {status}"),
+        "const row = document.querySelector(`#devices tr[data-device-id=\"${CSS.escape(arguments[0])}\"]`);
+         return row !== null && row.dataset.status === arguments[1];",
+        json!([id, status]),
+    );
+}
+
+fn open_page(browser: &Browser, page: &str) {
+    browser.click(&format!("#nav a[data-page='{page}']"));
+    browser.wait_for(
+        &format!("the {page} page"),
+        "return document.body.dataset.page === arguments[0];",
+        json!([page]),
+    );
+}
+
+#[test]
+fn a_person_signs_in_watches_a_task_complete_live_and_drains_a_device() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let master = MasterProcess::start(dir.path());
+    let admin = tokens_for(master.addr).expect("the master's tokens").admin;
+    let base = format!("http://{}", master.addr);
+    let drain_url = format!("{base}/api/v1/devices/dash-pi/drain");
+    let shots = Screenshots::new();
+    let browser = Browser::start();
+
+    // The dashboard, served by the master on its own port, with the event stream open.
+    browser.goto(&format!("{base}/#/devices"));
+    browser.wait_for(
+        "the page to start, signed out, with live updates",
+        "return document.body.dataset.signedIn === 'no'
+             && document.getElementById('live').classList.contains('on');",
+        json!([]),
+    );
+    // A reload would wipe this, so it proves that everything below arrived live.
+    browser.execute("window.notReloaded = true; return true;", json!([]));
+
+    // A wrong token does not sign in.
+    browser.click("#signin-open");
+    browser.type_into("#token", "rc-admin-0000");
+    browser.click("#signin-submit");
+    browser.wait_for(
+        "the sign-in to be refused",
+        "const e = document.getElementById('signin-error'); return !e.hidden && e.textContent;",
+        json!([]),
+    );
+    shots.take(&browser, "sign-in");
+    browser.click("#signin-cancel");
+    sign_in(&browser, &admin);
+
+    // A worker starts and appears in the device table by itself.
+    let _worker = WorkerProcess::start(master.addr, "dash-pi", 2, &[]);
+    wait_device(&browser, "dash-pi", "online");
+    // Its CPU and memory arrive with its heartbeats, through the device stream.
+    browser.wait_for(
+        "the worker's metrics",
+        "const row = document.querySelector('#devices tr[data-device-id=\"dash-pi\"]');
+         return row !== null && row.querySelector('td[data-label=\"CPU\"] .meter') !== null;",
+        json!([]),
+    );
+    shots.take(&browser, "devices");
+
+    // A task submitted from the page completes, and the table says so without a reload.
+    open_page(&browser, "tasks");
+    browser.type_into(
+        "#submit-input",
+        "echo hello from the dashboard; echo a warning >&2",
+    );
+    browser.click("#submit-button");
+    let task_id = browser
+        .wait_for(
+            "the submitted task's id",
+            "return document.body.dataset.lastSubmitted || null;",
+            json!([]),
+        )
+        .as_str()
+        .expect("a task id")
+        .to_string();
+    let row = format!("#tasks tr[data-task-id=\"{task_id}\"]");
+    browser.wait_for(
+        "the task's row to say completed",
+        "const row = document.querySelector(arguments[0]);
+         return row !== null && row.dataset.state === 'completed';",
+        json!([row]),
+    );
+    assert_eq!(
+        browser.execute("return window.notReloaded === true;", json!([])),
+        json!(true),
+        "the page was reloaded"
+    );
+    shots.take(&browser, "tasks");
+
+    // Its detail: payload, output, errors, exit code.
+    browser.click(&row);
+    browser.wait_for(
+        "the task's output",
+        "return document.getElementById('detail-stdout').textContent.includes('hello from the dashboard');",
+        json!([]),
+    );
+    assert!(browser.text("#detail-stderr").contains("a warning"));
+    assert!(browser
+        .text("#detail-payload")
+        .contains("echo hello from the dashboard"));
+    let facts = browser.text("#detail-facts");
+    assert!(facts.contains("Exit code\n0"), "{facts}");
+    assert!(facts.contains("dash-pi"), "{facts}");
+    shots.take(&browser, "task");
+    browser.click("#detail-close");
+
+    // The overview counts it.
+    open_page(&browser, "overview");
+    browser.wait_for(
+        "the overview's counts",
+        "return document.getElementById('devices-online').textContent === '1'
+             && document.querySelector('#states a[data-state=\"completed\"] b')?.textContent === '1';",
+        json!([]),
+    );
+    shots.take(&browser, "overview");
+
+    // The console runs the older design's text commands.
+    open_page(&browser, "console");
+    let answered = "const outs = document.querySelectorAll('#terminal-output pre:not(.err)');
+         return outs.length > 0 && outs[outs.length - 1].textContent.includes(arguments[0]);";
+    browser.type_into("#terminal-input", &format!("cluster status{ENTER}"));
+    browser.wait_for("cluster status", answered, json!(["NODES: 1/1 online"]));
+    browser.type_into("#terminal-input", &format!("tasks list{ENTER}"));
+    let line = format!("{task_id}|completed|shell|dash-pi");
+    browser.wait_for("tasks list", answered, json!([line]));
+    shots.take(&browser, "console");
+
+    open_page(&browser, "dead");
+    browser.wait_for(
+        "the dead letters page",
+        "return !document.getElementById('dead-empty').hidden;",
+        json!([]),
+    );
+    shots.take(&browser, "dead-letters");
+
+    // Signed in, a change without the CSRF token or with a wrong one is refused.
+    let wrong = json!({ "X-CSRF-Token": "00".repeat(32) });
+    assert_eq!(fetch_status(&browser, "POST", &drain_url, wrong), 403);
+    assert_eq!(fetch_status(&browser, "POST", &drain_url, json!({})), 403);
+    assert_eq!(device_status(&master, "dash-pi"), "online");
+
+    // Signed out, the page still reads (loopback may read without a token) but the
+    // drain button is refused.
+    open_page(&browser, "devices");
+    browser.click("#signout");
+    browser.wait_for(
+        "the page to be signed out",
+        "return document.body.dataset.signedIn === 'no';",
+        json!([]),
+    );
+    browser.click("#devices tr[data-device-id=\"dash-pi\"] button.drain");
+    browser.wait_for(
+        "the drain to be refused",
+        "const n = document.getElementById('notice'); return !n.hidden && n.textContent.includes('401');",
+        json!([]),
+    );
+    assert_eq!(fetch_status(&browser, "POST", &drain_url, json!({})), 401);
+    assert_eq!(device_status(&master, "dash-pi"), "online");
+
+    // Signed in again, the drain goes through and the row follows.
+    sign_in(&browser, &admin);
+    browser.click("#devices tr[data-device-id=\"dash-pi\"] button.drain");
+    wait_device(&browser, "dash-pi", "draining");
+    assert_eq!(device_status(&master, "dash-pi"), "draining");
+
+    // And on a phone's screen.
+    browser.resize(PHONE);
+    browser.goto(&format!("{base}/#/devices"));
+    wait_device(&browser, "dash-pi", "draining");
+    shots.take(&browser, "phone");
+    browser.resize(DESKTOP);
+}
