@@ -16,6 +16,7 @@ mod backup;
 mod config_file;
 mod faults;
 mod hostile;
+mod http;
 mod join_token;
 mod nesting;
 mod retention;

@@ -282,6 +282,19 @@ impl EventLoop {
     fn http_request(&mut self, conn: ConnId, head: Head, body: &[u8], admin: bool) {
         let head_only = head.method == Method::Head;
         let keep_alive = head.keep_alive;
+        if routes::changes(&head) {
+            let required = self.core.auth_required();
+            if let Err(error) = crate::http::auth::may_change(&head, admin, required) {
+                self.http_respond(
+                    conn,
+                    error.response(&head.path),
+                    head_only,
+                    keep_alive,
+                    None,
+                );
+                return;
+            }
+        }
         let plan = match routes::plan(&head, body) {
             Ok(plan) => plan,
             Err(error) => {

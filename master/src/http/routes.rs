@@ -90,6 +90,14 @@ fn post(head: &Head) -> Result<(), HttpError> {
     }
 }
 
+/// Whether a request changes the cluster by its method alone: every
+/// `POST` but the console's (whose command says). Its
+/// credential is checked before its body is read for meaning, so a
+/// stranger learns nothing from the errors of a body it may not send.
+pub fn changes(head: &Head) -> bool {
+    head.method == Method::Post && head.path != "/api/v1/command"
+}
+
 /// The plan for a request (its head and body), or why it is refused.
 pub fn plan(head: &Head, body: &[u8]) -> Result<Plan, HttpError> {
     let path = head.path.as_str();
