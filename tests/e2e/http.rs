@@ -419,6 +419,19 @@ fn every_route_serves_a_real_cluster() {
     assert_eq!(head.status, 200);
     assert!(head.header("content-length").is_some_and(|n| n != "0"));
     assert_eq!(conn.request("GET", "/healthz", None, "").body, "ok\n");
+    // Pipelined requests are answered in order.
+    conn.send(
+        b"GET /api/v1/tasks/http-echo-1 HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\nGET /api/v1/devices/http-w1 HTTP/1.1\r\n\r\n",
+    );
+    assert_eq!(
+        conn.response(false).json()["task"]["task_id"],
+        "http-echo-1"
+    );
+    assert_eq!(conn.response(false).body, "ok\n");
+    assert_eq!(
+        conn.response(false).json()["device"]["device_id"],
+        "http-w1"
+    );
 
     // Prometheus.
     check_metrics(addr);

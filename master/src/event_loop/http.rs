@@ -133,6 +133,12 @@ impl EventLoop {
         if !bytes.is_empty() {
             http.active_at = now;
         }
+        if http.pending.len() >= edge::MAX_PIPELINED && http.buf.len() >= edge::MAX_HEAD_BYTES {
+            // Backpressure: it sends requests faster than it takes the
+            // answers. Nothing more is taken (the loop keeps this read in
+            // `unread` and reads no more) until a response goes out.
+            return 0;
+        }
         http.buf.extend_from_slice(bytes);
         while let Some(connection) = self.conns.get(conn) {
             if connection.closed || connection.close_when_flushed {
@@ -477,11 +483,16 @@ impl EventLoop {
             self.http_finish(conn, pending);
         }
         self.http_schedule(conn);
-        // A request may wait in the buffer behind the one answered.
-        if self
-            .http(conn)
-            .is_some_and(|http| !http.buf.is_empty() && http.pending.is_empty())
-        {
+        // A request may wait in the buffer, or a read the connection's
+        // backpressure left unread, behind the one answered.
+        let waiting = self.conns.get(conn).is_some_and(|connection| {
+            let Proto::Http(http) = &connection.proto else {
+                return false;
+            };
+            http.pending.len() < edge::MAX_PIPELINED
+                && (!http.buf.is_empty() || !connection.unread.is_empty())
+        });
+        if waiting {
             self.readable.insert(conn);
         }
     }
