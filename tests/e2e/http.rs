@@ -314,6 +314,28 @@ fn every_route_serves_a_real_cluster() {
     let cancelled = request(addr, "POST", "/api/v1/tasks/http-sleep/cancel", token, "");
     assert_eq!(cancelled.status, 200, "{}", cancelled.body);
 
+    // Dead letters: listed, searched, retried all at once.
+    let failing = request(
+        addr,
+        "POST",
+        "/api/v1/tasks",
+        token,
+        r#"{"task_type":"sleep","payload":{},"max_retries":1,"task_id":"http-dead"}"#,
+    );
+    assert_eq!(failing.status, 200, "{}", failing.body);
+    assert_eq!(finished(&mut events, "http-dead"), "dead_letter");
+    let dead = get(addr, "/api/v1/dead?q=DEAD").json();
+    assert_eq!(dead["count"], 1, "{dead}");
+    assert_eq!(dead["tasks"][0]["task_id"], "http-dead");
+    assert_eq!(
+        request(addr, "POST", "/api/v1/dead/retry", None, "").status,
+        401
+    );
+    let retried = request(addr, "POST", "/api/v1/dead/retry", token, "").json();
+    assert_eq!(retried["retried"], 1, "{retried}");
+    assert_eq!(retried["more"], false);
+    assert_eq!(finished(&mut events, "http-dead"), "dead_letter");
+
     // Devices: ours and the older design's.
     let device = get(addr, "/api/v1/devices/http-w1").json();
     assert_eq!(device["device"]["status"], "online", "{device}");

@@ -30,6 +30,9 @@ pub enum Plan {
     },
     /// `/readyz`: whether the store takes writes.
     Ready,
+    /// `POST /api/v1/dead/retry`: this listing of dead letters (one page),
+    /// then a `task_retry` for each, as `retire retry ID` sends.
+    RetryDead(Box<Message>),
     /// A Server-Sent Events stream.
     Stream(Stream),
 }
@@ -252,6 +255,14 @@ pub fn plan(head: &Head, body: &[u8]) -> Result<Plan, HttpError> {
         ["api", "v1", "dead"] => {
             get(head)?;
             list_tasks(head, Some(TaskState::DeadLetter))?
+        }
+        ["api", "v1", "dead", "retry"] => {
+            post(head)?;
+            Plan::RetryDead(Box::new(Message::ListTasks(ListTasks {
+                before: None,
+                limit: Some(limit(head, crate::core::MAX_LIST)?.min(crate::core::MAX_LIST)),
+                state: Some(TaskState::DeadLetter),
+            })))
         }
         ["api", "v1", "command"] => {
             post(head)?;
