@@ -522,6 +522,7 @@ impl EventLoop {
     }
 
     fn http_finish(&mut self, conn: ConnId, pending: Pending) {
+        let answer = (pending.head_only, pending.keep_alive, pending.after);
         if let Waiting::Retried { task_ids, more } = &pending.waiting {
             // Each retry succeeds or fails on its own.
             let failed: Vec<serde_json::Value> = pending
@@ -544,13 +545,7 @@ impl EventLoop {
                 "message": format!("{} dead letters queued again", task_ids.len() - failed.len()),
             });
             let response = Response::json(Status::Ok, &body);
-            self.http_respond(
-                conn,
-                response,
-                pending.head_only,
-                pending.keep_alive,
-                pending.after,
-            );
+            self.http_answer(conn, answer, response);
             return;
         }
         if let Some(error) = &pending.error {
@@ -585,13 +580,7 @@ impl EventLoop {
                     },
                     None => Response::text(Status::InternalError, "no metrics\n"),
                 };
-                self.http_respond(
-                    conn,
-                    response,
-                    pending.head_only,
-                    pending.keep_alive,
-                    pending.after,
-                );
+                self.http_answer(conn, answer, response);
             }
             Waiting::Response(Render::TextLogs { device }) => {
                 let mut body = String::new();
@@ -607,23 +596,11 @@ impl EventLoop {
                     ));
                 }
                 let response = Response::text(Status::Ok, body);
-                self.http_respond(
-                    conn,
-                    response,
-                    pending.head_only,
-                    pending.keep_alive,
-                    pending.after,
-                );
+                self.http_answer(conn, answer, response);
             }
             Waiting::Response(render) => {
                 let response = render::render(&render, &pending.replies, context);
-                self.http_respond(
-                    conn,
-                    response,
-                    pending.head_only,
-                    pending.keep_alive,
-                    pending.after,
-                );
+                self.http_answer(conn, answer, response);
             }
             Waiting::Open(stream) => {
                 let mut bytes = edge::stream_head();
@@ -693,6 +670,13 @@ impl EventLoop {
                 self.queue_bytes(conn, bytes, pending.after, false, true);
             }
         }
+    }
+
+    /// Queues the response to a request whose replies have all come:
+    /// `answer` is its `HEAD`, keep-alive and batch.
+    fn http_answer(&mut self, conn: ConnId, answer: (bool, bool, Option<u64>), response: Response) {
+        let (head_only, keep_alive, after) = answer;
+        self.http_respond(conn, response, head_only, keep_alive, after);
     }
 
     /// A `device_update` event of `/stream/devices`, as a chunk.
