@@ -18,6 +18,7 @@ mod config_file;
 mod dashboard;
 mod faults;
 mod hostile;
+mod http;
 mod join_token;
 mod nesting;
 mod retention;

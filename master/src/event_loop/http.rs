@@ -62,6 +62,16 @@ enum Waiting {
     Open(Stream),
     /// The next `device_update` of `/stream/devices`.
     DevicesUpdate,
+    /// A page of dead letters, whose tasks are then retried
+    /// (`POST /api/v1/dead/retry`).
+    DeadLetters,
+    /// The retries of these dead letters; `more` when older ones follow.
+    Retried {
+        /// The tasks, in the order of their messages.
+        task_ids: Vec<String>,
+        /// Whether more dead letters follow the page.
+        more: bool,
+    },
 }
 
 /// A request waiting for the replies to its messages.
@@ -71,12 +81,32 @@ struct Pending {
     n: u64,
     replies: Vec<Reply>,
     error: Option<ErrorReply>,
+    /// Every part that failed: its message's number and the error.
+    errors: Vec<(u64, ErrorReply)>,
     waiting: Waiting,
     head_only: bool,
     keep_alive: bool,
     path: String,
     /// The newest batch any of its replies waits for.
     after: Option<u64>,
+}
+
+impl Pending {
+    /// A request waiting for `waiting`, its messages not sent yet.
+    fn new(waiting: Waiting, head_only: bool, keep_alive: bool, path: &str) -> Pending {
+        Pending {
+            first_id: 0,
+            n: 0,
+            replies: Vec::new(),
+            error: None,
+            errors: Vec::new(),
+            waiting,
+            head_only,
+            keep_alive,
+            path: path.to_string(),
+            after: None,
+        }
+    }
 }
 
 /// The id of the event stream: the master's start and a count of events,
@@ -133,6 +163,12 @@ impl EventLoop {
         }
         if !bytes.is_empty() {
             http.active_at = now;
+        }
+        if http.pending.len() >= edge::MAX_PIPELINED && http.buf.len() >= edge::MAX_HEAD_BYTES {
+            // Backpressure: it sends requests faster than it takes the
+            // answers. Nothing more is taken (the loop keeps this read in
+            // `unread` and reads no more) until a response goes out.
+            return 0;
         }
         http.buf.extend_from_slice(bytes);
         while let Some(connection) = self.conns.get(conn) {
@@ -347,30 +383,28 @@ impl EventLoop {
             self.http_session(conn, &head, body);
             return;
         }
-        let plan = match routes::plan(&head, body) {
+        let required = self.core.auth_required();
+        // A `POST` shows its credential before its body is read for
+        // meaning; a console command that changes the cluster, once it is.
+        let checked = (|| {
+            if routes::changes(&head) {
+                crate::http::auth::may_change(admin, required, session)?;
+            }
+            let plan = routes::plan(&head, body)?;
+            if let Plan::Ask { change: true, .. } = plan {
+                crate::http::auth::may_change(admin, required, session)?;
+            }
+            Ok::<Plan, HttpError>(plan)
+        })();
+        let plan = match checked {
             Ok(plan) => plan,
             Err(error) => {
-                self.http_respond(
-                    conn,
-                    error.response(&head.path),
-                    head_only,
-                    keep_alive,
-                    None,
-                );
+                let response = error.response(&head.path);
+                self.http_respond(conn, response, head_only, keep_alive, None);
                 return;
             }
         };
-        let pending = |waiting: Waiting| Pending {
-            first_id: 0,
-            n: 0,
-            replies: Vec::new(),
-            error: None,
-            waiting,
-            head_only,
-            keep_alive,
-            path: head.path.clone(),
-            after: None,
-        };
+        let pending = |waiting| Pending::new(waiting, head_only, keep_alive, &head.path);
         match plan {
             Plan::Respond(response) => {
                 self.http_respond(conn, response, head_only, keep_alive, None);
@@ -384,24 +418,12 @@ impl EventLoop {
                 self.http_respond(conn, response, head_only, keep_alive, None);
             }
             Plan::Ask {
-                messages,
-                render,
-                change,
+                messages, render, ..
             } => {
-                if change {
-                    let required = self.core.auth_required();
-                    if let Err(error) = crate::http::auth::may_change(admin, required, session) {
-                        self.http_respond(
-                            conn,
-                            error.response(&head.path),
-                            head_only,
-                            keep_alive,
-                            None,
-                        );
-                        return;
-                    }
-                }
                 self.http_ask(conn, messages, pending(Waiting::Response(render)));
+            }
+            Plan::RetryDead(message) => {
+                self.http_ask(conn, vec![*message], pending(Waiting::DeadLetters));
             }
             Plan::Stream(stream) if head_only => {
                 let _ = stream;
@@ -419,15 +441,35 @@ impl EventLoop {
     }
 
     /// Sends `messages` to the core for `pending`, which waits for their
-    /// replies.
-    fn http_ask(&mut self, conn: ConnId, messages: Vec<Message>, mut pending: Pending) {
+    /// replies behind the connection's other requests.
+    fn http_ask(&mut self, conn: ConnId, messages: Vec<Message>, pending: Pending) {
+        self.http_ask_at(conn, messages, pending, false);
+    }
+
+    /// [`EventLoop::http_ask`] for the request at the front (the next
+    /// step of one that was answered).
+    fn http_ask_first(&mut self, conn: ConnId, messages: Vec<Message>, pending: Pending) {
+        self.http_ask_at(conn, messages, pending, true);
+    }
+
+    fn http_ask_at(
+        &mut self,
+        conn: ConnId,
+        messages: Vec<Message>,
+        mut pending: Pending,
+        first: bool,
+    ) {
         let Some(http) = self.http(conn) else {
             return;
         };
         pending.first_id = http.next_id;
         pending.n = messages.len() as u64;
         http.next_id += pending.n;
-        http.pending.push_back(pending);
+        if first {
+            http.pending.push_front(pending);
+        } else {
+            http.pending.push_back(pending);
+        }
         let first = http.next_id - messages.len() as u64;
         for (i, message) in messages.into_iter().enumerate() {
             let envelope = Envelope::new(message).with_id(format!("http:{}", first + i as u64));
@@ -474,6 +516,7 @@ impl EventLoop {
                 match outcome {
                     Ok(reply) => pending.replies.push(reply),
                     Err(error) => {
+                        pending.errors.push((number, error.clone()));
                         pending.error.get_or_insert(error);
                         // A failed part counts as answered.
                         pending.replies.push(Reply::Fields(Default::default()));
@@ -529,16 +572,47 @@ impl EventLoop {
             self.http_finish(conn, pending);
         }
         self.http_schedule(conn);
-        // A request may wait in the buffer behind the one answered.
-        if self
-            .http(conn)
-            .is_some_and(|http| !http.buf.is_empty() && http.pending.is_empty())
-        {
+        // A request may wait in the buffer, or a read the connection's
+        // backpressure left unread, behind the one answered.
+        let waiting = self.conns.get(conn).is_some_and(|connection| {
+            let Proto::Http(http) = &connection.proto else {
+                return false;
+            };
+            http.pending.len() < edge::MAX_PIPELINED
+                && (!http.buf.is_empty() || !connection.unread.is_empty())
+        });
+        if waiting {
             self.readable.insert(conn);
         }
     }
 
     fn http_finish(&mut self, conn: ConnId, pending: Pending) {
+        let answer = (pending.head_only, pending.keep_alive, pending.after);
+        if let Waiting::Retried { task_ids, more } = &pending.waiting {
+            // Each retry succeeds or fails on its own.
+            let failed: Vec<serde_json::Value> = pending
+                .errors
+                .iter()
+                .map(|(number, error)| {
+                    let index = (number - pending.first_id) as usize;
+                    serde_json::json!({
+                        "task_id": task_ids.get(index),
+                        "error": error.error,
+                        "error_code": error.code.as_str().to_ascii_uppercase(),
+                    })
+                })
+                .collect();
+            let body = serde_json::json!({
+                "success": true,
+                "retried": task_ids.len() - failed.len(),
+                "failed": failed,
+                "more": more,
+                "message": format!("{} dead letters queued again", task_ids.len() - failed.len()),
+            });
+            let response = Response::json(Status::Ok, &body);
+            self.http_answer(conn, answer, response);
+            return;
+        }
         if let Some(error) = &pending.error {
             let response = HttpError::from_reply(error).response(&pending.path);
             if matches!(pending.waiting, Waiting::DevicesUpdate) {
@@ -571,13 +645,7 @@ impl EventLoop {
                     },
                     None => Response::text(Status::InternalError, "no metrics\n"),
                 };
-                self.http_respond(
-                    conn,
-                    response,
-                    pending.head_only,
-                    pending.keep_alive,
-                    pending.after,
-                );
+                self.http_answer(conn, answer, response);
             }
             Waiting::Response(Render::TextLogs { device }) => {
                 let mut body = String::new();
@@ -593,23 +661,11 @@ impl EventLoop {
                     ));
                 }
                 let response = Response::text(Status::Ok, body);
-                self.http_respond(
-                    conn,
-                    response,
-                    pending.head_only,
-                    pending.keep_alive,
-                    pending.after,
-                );
+                self.http_answer(conn, answer, response);
             }
             Waiting::Response(render) => {
                 let response = render::render(&render, &pending.replies, context);
-                self.http_respond(
-                    conn,
-                    response,
-                    pending.head_only,
-                    pending.keep_alive,
-                    pending.after,
-                );
+                self.http_answer(conn, answer, response);
             }
             Waiting::Open(stream) => {
                 let mut bytes = edge::stream_head();
@@ -642,11 +698,50 @@ impl EventLoop {
                 }
                 self.queue_bytes(conn, bytes, pending.after, false, false);
             }
+            Waiting::DeadLetters => {
+                let page = pending
+                    .replies
+                    .first()
+                    .and_then(|reply| reply.parse::<protocol::TaskPage>().ok())
+                    .unwrap_or_default();
+                let task_ids: Vec<String> =
+                    page.tasks.into_iter().map(|task| task.task_id).collect();
+                let messages = task_ids
+                    .iter()
+                    .map(|task_id| {
+                        Message::TaskRetry(protocol::TaskRef {
+                            task_id: task_id.clone(),
+                        })
+                    })
+                    .collect();
+                let waiting = Waiting::Retried {
+                    task_ids,
+                    more: page.next_cursor.is_some(),
+                };
+                let next = Pending::new(
+                    waiting,
+                    pending.head_only,
+                    pending.keep_alive,
+                    &pending.path,
+                );
+                // In the place of the page's request, so responses keep
+                // their order.
+                self.http_ask_first(conn, messages, next);
+            }
+            // Answered before any error is looked at (above).
+            Waiting::Retried { .. } => {}
             Waiting::DevicesUpdate => {
                 let bytes = self.devices_update(&pending.replies, context);
                 self.queue_bytes(conn, bytes, pending.after, false, true);
             }
         }
+    }
+
+    /// Queues the response to a request whose replies have all come:
+    /// `answer` is its `HEAD`, keep-alive and batch.
+    fn http_answer(&mut self, conn: ConnId, answer: (bool, bool, Option<u64>), response: Response) {
+        let (head_only, keep_alive, after) = answer;
+        self.http_respond(conn, response, head_only, keep_alive, after);
     }
 
     /// A `device_update` event of `/stream/devices`, as a chunk.
@@ -782,17 +877,8 @@ impl EventLoop {
                 (Some(Stream::Devices), _) => {
                     http.active_at = now;
                     let message = Stream::Devices.message();
-                    let pending = Pending {
-                        first_id: 0,
-                        n: 0,
-                        replies: Vec::new(),
-                        error: None,
-                        waiting: Waiting::DevicesUpdate,
-                        head_only: false,
-                        keep_alive: true,
-                        path: "/stream/devices".into(),
-                        after: None,
-                    };
+                    let pending =
+                        Pending::new(Waiting::DevicesUpdate, false, true, "/stream/devices");
                     self.http_ask(conn, vec![message], pending);
                 }
                 (Some(_), _) => {}

@@ -30,6 +30,9 @@ pub enum Plan {
     },
     /// `/readyz`: whether the store takes writes.
     Ready,
+    /// `POST /api/v1/dead/retry`: this listing of dead letters (one page),
+    /// then a `task_retry` for each, as `retire retry ID` sends.
+    RetryDead(Box<Message>),
     /// A Server-Sent Events stream.
     Stream(Stream),
 }
@@ -88,6 +91,14 @@ fn post(head: &Head) -> Result<(), HttpError> {
         Method::Post => Ok(()),
         _ => Err(method_not_allowed("POST", head)),
     }
+}
+
+/// Whether a request changes the cluster by its method alone: every
+/// `POST` but the console's (whose command says). Its
+/// credential is checked before its body is read for meaning, so a
+/// stranger learns nothing from the errors of a body it may not send.
+pub fn changes(head: &Head) -> bool {
+    head.method == Method::Post && head.path != "/api/v1/command"
 }
 
 /// The plan for a request (its head and body), or why it is refused.
@@ -244,6 +255,14 @@ pub fn plan(head: &Head, body: &[u8]) -> Result<Plan, HttpError> {
         ["api", "v1", "dead"] => {
             get(head)?;
             list_tasks(head, Some(TaskState::DeadLetter))?
+        }
+        ["api", "v1", "dead", "retry"] => {
+            post(head)?;
+            Plan::RetryDead(Box::new(Message::ListTasks(ListTasks {
+                before: None,
+                limit: Some(limit(head, crate::core::MAX_LIST)?.min(crate::core::MAX_LIST)),
+                state: Some(TaskState::DeadLetter),
+            })))
         }
         ["api", "v1", "command"] => {
             post(head)?;
