@@ -1,23 +1,28 @@
 //! The dashboard as a person uses it: a real master and worker, real HTTP on the
 //! master's port, and a real headless Chromium clicking through the pages. It signs
 //! in, sees a worker appear, submits a task, watches it complete without a reload,
-//! opens its output, runs a console command, is refused without a session and with
-//! a wrong CSRF token, and drains the device.
+//! opens its output, runs console commands, retries a dead letter, is refused
+//! without a session and with a wrong CSRF token, and drains the device. A second
+//! test runs a master whose reads need the token too, as from another machine.
 //!
 //! It takes a screenshot of each page. With `RETIRE_UPDATE_SCREENSHOTS=1` they are
 //! written to `docs/screenshots/` (the README shows them); otherwise to a temp dir,
 //! so an ordinary run leaves the work tree as it was.
 
 use super::browser::{Browser, DESKTOP, PHONE};
+use protocol::{Message, TaskSpec, TaskSubmit};
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use tests::{retire, tokens_for, MasterProcess, WorkerProcess};
+use tests::{retire, tokens_for, Client, MasterProcess, WorkerProcess};
 
 /// Set to `1` to write the screenshots into `docs/screenshots/`.
 const UPDATE_SCREENSHOTS: &str = "RETIRE_UPDATE_SCREENSHOTS";
 
 /// WebDriver's code for the Enter key.
 const ENTER: &str = "\u{E007}";
+
+/// The id of the task that ends as a dead letter.
+const DEAD: &str = "dash-dead-letter";
 
 /// Where the screenshots of this run go.
 struct Screenshots {
@@ -219,13 +224,25 @@ fn a_person_signs_in_watches_a_task_complete_live_and_drains_a_device() {
     browser.wait_for("tasks list", answered, json!([line]));
     shots.take(&browser, "console");
 
+    // A task that fails twice (one retry) becomes a dead letter; the page shows it
+    // live and retries it, which runs it twice more.
     open_page(&browser, "dead");
-    browser.wait_for(
-        "the dead letters page",
-        "return !document.getElementById('dead-empty').hidden;",
-        json!([]),
-    );
+    let mut spec = TaskSpec::new("shell", json!({ "command": "echo giving up >&2; exit 3" }));
+    spec.task_id = Some(DEAD.to_string());
+    spec.max_retries = Some(1);
+    Client::connect(master.addr)
+        .request(Message::TaskSubmit(TaskSubmit {
+            tasks: vec![spec],
+            batch: false,
+        }))
+        .expect("submit the failing task");
+    let attempts = "const cell = document.querySelector(
+             `#dead tr[data-task-id=\"${arguments[0]}\"] td[data-label=\"Attempts\"]`);
+         return cell !== null && cell.textContent === arguments[1];";
+    browser.wait_for("the dead letter", attempts, json!([DEAD, "2"]));
     shots.take(&browser, "dead-letters");
+    browser.click(&format!("#dead tr[data-task-id=\"{DEAD}\"] button"));
+    browser.wait_for("the retried dead letter", attempts, json!([DEAD, "4"]));
 
     // Signed in, a change without the CSRF token or with a wrong one is refused.
     let wrong = json!({ "X-CSRF-Token": "00".repeat(32) });
@@ -263,4 +280,56 @@ fn a_person_signs_in_watches_a_task_complete_live_and_drains_a_device() {
     wait_device(&browser, "dash-pi", "draining");
     shots.take(&browser, "phone");
     browser.resize(DESKTOP);
+}
+
+/// With `--read-only-from none` (every visitor is like one from another machine),
+/// a page that has not signed in can read nothing, and signing in opens everything,
+/// the event stream included.
+#[test]
+fn without_a_read_only_network_the_page_reads_only_once_signed_in() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let master =
+        MasterProcess::start_with(dir.path(), "127.0.0.1:0", &["--read-only-from", "none"]);
+    let admin = tokens_for(master.addr).expect("the master's tokens").admin;
+    let base = format!("http://{}", master.addr);
+    let browser = Browser::start();
+
+    // The page itself needs nothing; what it asks for does.
+    browser.goto(&format!("{base}/#/devices"));
+    browser.wait_for(
+        "the device listing to be refused",
+        "const n = document.getElementById('notice'); return !n.hidden && n.textContent.includes('devices');",
+        json!([]),
+    );
+    assert_eq!(
+        fetch_status(&browser, "GET", &format!("{base}/api/v1/tasks"), json!({})),
+        401
+    );
+
+    sign_in(&browser, &admin);
+    let _worker = WorkerProcess::start(master.addr, "dash-far", 1, &[]);
+    // The listing works now, and the worker's arrival comes over the event stream,
+    // which the page opened again once signed in.
+    wait_device(&browser, "dash-far", "online");
+    browser.wait_for(
+        "live updates",
+        "return document.getElementById('live').classList.contains('on');",
+        json!([]),
+    );
+    assert_eq!(
+        fetch_status(&browser, "GET", &format!("{base}/api/v1/tasks"), json!({})),
+        200
+    );
+
+    // Signed out, reads are refused again.
+    browser.click("#signout");
+    browser.wait_for(
+        "the page to be signed out",
+        "return document.body.dataset.signedIn === 'no';",
+        json!([]),
+    );
+    assert_eq!(
+        fetch_status(&browser, "GET", &format!("{base}/api/v1/tasks"), json!({})),
+        401
+    );
 }

@@ -583,6 +583,16 @@ impl Core {
         self.trust(conn, None);
     }
 
+    /// Takes back what [`Core::grant_admin`] gave `conn` for a session, when
+    /// a later request on it comes without a live one (signed out, expired):
+    /// a browser keeps its connections open across a sign-out, and reads on
+    /// them must follow the read-only rule again.
+    pub fn end_grant(&mut self, conn: ConnId) {
+        if let Some(auth) = self.registry.auth_mut(conn) {
+            auth.end_granted_admin();
+        }
+    }
+
     /// Whether `conn` may read (status, devices, tasks) now, by the same
     /// rule as a read message: an admin, or a connection from a read-only
     /// network (which becomes a reader). For HTTP routes that read the

@@ -44,6 +44,9 @@ pub(super) struct HttpConn {
     closing: bool,
     /// `100 Continue` was sent for the request being read.
     continue_sent: bool,
+    /// The core holds it as an admin's because a request's session said so
+    /// (`Core::grant_admin`); the next request without one takes it back.
+    session_granted: bool,
 }
 
 impl HttpConn {
@@ -219,12 +222,23 @@ impl EventLoop {
                 }
             }
             let session = self.session_check(&head);
+            let granted = self.http(conn).is_some_and(|http| http.session_granted);
             if session == SessionCheck::Admin && !admin {
                 // A signed-in session (with its CSRF token when the request
-                // changes something) proves what a bearer token proves.
+                // changes something) proves what a bearer token proves, for
+                // this request.
                 self.core.grant_admin(conn);
                 self.take_outputs();
                 admin = true;
+                if let Some(http) = self.http(conn) {
+                    http.session_granted = true;
+                }
+            } else if granted && !admin {
+                // An earlier request's session does not vouch for this one.
+                self.core.end_grant(conn);
+                if let Some(http) = self.http(conn) {
+                    http.session_granted = false;
+                }
             }
             let max_body = if admin || trusted {
                 self.limits.max_line

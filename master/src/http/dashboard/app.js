@@ -55,6 +55,7 @@ const state = {
   chartsMinute: 0,
   historyLoaded: false,
   detailId: null,
+  events: null,
   deviceStream: null,
   refreshTimer: null,
   refreshDue: new Set(),
@@ -223,6 +224,9 @@ async function signIn(event) {
     setSignedIn(true, answer.csrf_token);
     $("signin").close();
     notice("Signed in", true);
+    connectEvents();
+    if (state.deviceStream) { followDevices(false); followDevices(state.page === "devices"); }
+    load(state.page);
   } catch (failure) {
     error.textContent = failure.status === 401 ? "That is not the admin token." : failure.message;
     error.hidden = false;
@@ -237,6 +241,8 @@ async function signOut() {
   }
   setSignedIn(false);
   notice("Signed out", true);
+  // The stream opened while signed in goes; a new one follows the read rule.
+  connectEvents();
 }
 
 // ---- live events -------------------------------------------------------------
@@ -244,11 +250,20 @@ async function signOut() {
 const EVENT_NAMES = ["task_submitted", "task_assigned", "task_progress", "task_finished", "device_enrolled",
   "device_joined", "device_left", "device_draining", "storage_failing", "storage_recovered"];
 
+// Opens the event stream, closing the one before: a master whose reads need a
+// token refuses the stream until the page has signed in, and a refused stream is
+// not retried by the browser, so signing in opens it again.
 function connectEvents() {
   const live = $("live");
+  if (state.events) state.events.close();
   const source = new EventSource(ROUTES.events);
+  state.events = source;
   source.onopen = () => { live.textContent = "live"; live.className = "live on"; };
-  source.onerror = () => { live.textContent = "reconnecting"; live.className = "live off"; };
+  source.onerror = () => {
+    const closed = source.readyState === EventSource.CLOSED;
+    live.textContent = closed ? "offline" : "reconnecting";
+    live.className = "live off";
+  };
   const handle = (message) => {
     let data;
     try { data = JSON.parse(message.data); } catch (_) { return; }
