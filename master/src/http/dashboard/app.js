@@ -248,7 +248,7 @@ async function signOut() {
 // ---- live events -------------------------------------------------------------
 
 const EVENT_NAMES = ["task_submitted", "task_assigned", "task_progress", "task_finished", "device_enrolled",
-  "device_joined", "device_left", "device_draining", "storage_failing", "storage_recovered"];
+  "device_joined", "device_left", "device_draining", "storage_failing", "storage_recovered", "reset"];
 
 // Opens the event stream, closing the one before: a master whose reads need a
 // token refuses the stream until the page has signed in, and a refused stream is
@@ -277,7 +277,11 @@ function connectEvents() {
 }
 
 function onEvent(name, data) {
-  if (name === "task_finished" && data.task) {
+  if (name === "reset") {
+    // The stream came back after a gap the master cannot replay: read everything again.
+    state.historyLoaded = false;
+    scheduleRefresh(...Object.keys(LOADERS));
+  } else if (name === "task_finished" && data.task) {
     const task = data.task;
     bumpMinute();
     if (task.state !== "cancelled") state.finishedPerMinute[MINUTES - 1] += 1;
@@ -457,7 +461,7 @@ function renderDevices() {
   const rows = [...state.devices.values()].map((device) => {
     const metrics = device.metrics || {};
     const battery = firstNumber(metrics, ["battery_percent", "battery_level", "battery"]);
-    const temperature = firstNumber(metrics, ["temperature_c", "temperature", "cpu_temperature"]);
+    const temperature = firstNumber(metrics, ["temperature", "temperature_celsius", "temperature_c"]);
     const id = device.device_id;
     return el("tr", { dataset: { deviceId: id, status: device.status } },
       cell("Device", el("strong", {}, id), el("div", { class: "muted" }, device.hostname || "")),
