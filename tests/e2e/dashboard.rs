@@ -101,6 +101,27 @@ fn wait_device(browser: &Browser, id: &str, status: &str) {
     );
 }
 
+/// Submits a task of `task_type` with the form of the tasks page, and returns the
+/// id the master gave it.
+fn submit_from_page(browser: &Browser, task_type: &str, input: &str) -> String {
+    browser.execute(
+        "delete document.body.dataset.lastSubmitted; return true;",
+        json!([]),
+    );
+    browser.click(&format!("#submit-type option[value='{task_type}']"));
+    browser.type_into("#submit-input", input);
+    browser.click("#submit-button");
+    browser
+        .wait_for(
+            &format!("the {task_type} task's id"),
+            "return document.body.dataset.lastSubmitted || null;",
+            json!([]),
+        )
+        .as_str()
+        .expect("a task id")
+        .to_string()
+}
+
 fn open_page(browser: &Browser, page: &str) {
     browser.click(&format!("#nav a[data-page='{page}']"));
     browser.wait_for(
@@ -158,20 +179,11 @@ fn a_person_signs_in_watches_a_task_complete_live_and_drains_a_device() {
 
     // A task submitted from the page completes, and the table says so without a reload.
     open_page(&browser, "tasks");
-    browser.type_into(
-        "#submit-input",
+    let task_id = submit_from_page(
+        &browser,
+        "shell",
         "echo hello from the dashboard; echo a warning >&2",
     );
-    browser.click("#submit-button");
-    let task_id = browser
-        .wait_for(
-            "the submitted task's id",
-            "return document.body.dataset.lastSubmitted || null;",
-            json!([]),
-        )
-        .as_str()
-        .expect("a task id")
-        .to_string();
     let row = format!("#tasks tr[data-task-id=\"{task_id}\"]");
     browser.wait_for(
         "the task's row to say completed",
@@ -201,6 +213,52 @@ fn a_person_signs_in_watches_a_task_complete_live_and_drains_a_device() {
     assert!(facts.contains("Exit code\n0"), "{facts}");
     assert!(facts.contains("dash-pi"), "{facts}");
     shots.take(&browser, "task");
+    browser.click("#detail-close");
+
+    // The state filter and the search narrow the table.
+    browser.click("#filter-state option[value='failed']");
+    browser.wait_for(
+        "no failed task",
+        "return !document.getElementById('tasks-empty').hidden;",
+        json!([]),
+    );
+    browser.click("#filter-state option[value='completed']");
+    browser.wait_for(
+        "the completed task",
+        "return document.querySelector(arguments[0]) !== null;",
+        json!([row]),
+    );
+    browser.type_into("#filter-search", "no-such-task");
+    browser.wait_for(
+        "nothing to match the search",
+        "return !document.getElementById('tasks-empty').hidden;",
+        json!([]),
+    );
+    browser.type_into("#filter-search", &task_id[..task_id.len() - 2]);
+    browser.wait_for(
+        "the task found again",
+        "return document.querySelector(arguments[0]) !== null;",
+        json!([row]),
+    );
+    browser.click("#filter-state option[value='']");
+    browser.type_into("#filter-search", "");
+
+    // A long task is cancelled from its detail, which follows it live.
+    let sleeper = submit_from_page(&browser, "sleep", "60");
+    let sleeper_row = format!("#tasks tr[data-task-id=\"{sleeper}\"]");
+    browser.wait_for(
+        "the sleeping task to be given to the worker",
+        "const row = document.querySelector(arguments[0]);
+         return row !== null && ['assigned', 'running'].includes(row.dataset.state);",
+        json!([sleeper_row]),
+    );
+    browser.click(&sleeper_row);
+    browser.click("#detail-cancel");
+    browser.wait_for(
+        "the detail to say cancelled",
+        "return document.getElementById('detail-facts').dataset.state === 'cancelled';",
+        json!([]),
+    );
     browser.click("#detail-close");
 
     // The overview counts it.
