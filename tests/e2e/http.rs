@@ -405,6 +405,9 @@ fn bad_requests_are_refused_and_workers_never_notice() {
         let (response, mut conn) = raw(addr, &bytes);
         assert_eq!(response.status, status, "{why}: {}", response.body);
         assert!(!response.body.is_empty(), "{why}: a body says why");
+        if status == 405 {
+            assert!(response.header("allow").is_some(), "{why}: Allow");
+        }
         if status != 405 && status != 401 {
             assert_eq!(response.header("connection"), Some("close"), "{why}");
             assert!(conn.closed(), "{why}: closed");

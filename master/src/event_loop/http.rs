@@ -315,7 +315,15 @@ impl EventLoop {
         }
     }
 
-    fn http_request(&mut self, conn: ConnId, head: Head, body: &[u8], admin: bool) {
+    fn http_request(&mut self, conn: ConnId, head: Head, body: &[u8], mut admin: bool) {
+        if !admin && crate::http::session::check(&head) == crate::http::session::SessionCheck::Admin
+        {
+            // A signed-in session with its CSRF token: the core takes this
+            // connection's requests as an admin's, as after a bearer token.
+            self.core.grant_admin(conn);
+            self.take_outputs();
+            admin = true;
+        }
         let head_only = head.method == Method::Head;
         let keep_alive = head.keep_alive;
         let required = self.core.auth_required();
