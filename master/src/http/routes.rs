@@ -70,13 +70,14 @@ impl Stream {
 }
 
 fn method_not_allowed(allow: &'static str, head: &Head) -> HttpError {
-    HttpError::new(
-        Status::MethodNotAllowed,
-        format!(
-            "{} is not allowed on {}; use {allow}",
-            head.method_name, head.path
-        ),
-    )
+    let message = format!(
+        "{} is not allowed on {}; use {allow}",
+        head.method_name, head.path
+    );
+    HttpError {
+        allow: Some(allow),
+        ..HttpError::new(Status::MethodNotAllowed, message)
+    }
 }
 
 fn get(head: &Head) -> Result<(), HttpError> {
