@@ -138,6 +138,8 @@ pub struct HttpError {
     pub message: String,
     /// The `error_code` of the JSON body under `/api/`.
     pub code: String,
+    /// The methods the route takes, for a 405's `Allow` header.
+    pub allow: Option<&'static str>,
 }
 
 impl HttpError {
@@ -161,6 +163,7 @@ impl HttpError {
             status,
             message: message.into(),
             code: code.to_string(),
+            allow: None,
         }
     }
 
@@ -177,12 +180,21 @@ impl HttpError {
             status: Status::of(reply.code),
             message: reply.error.clone(),
             code: reply.code.as_str().to_ascii_uppercase(),
+            allow: None,
         }
     }
 
     /// The response for a request to `path`: JSON under `/api/`, plain
     /// text elsewhere.
     pub fn response(&self, path: &str) -> Response {
+        let response = self.body(path);
+        match self.allow {
+            Some(allow) => response.with_header("Allow", allow),
+            None => response,
+        }
+    }
+
+    fn body(&self, path: &str) -> Response {
         if path.starts_with("/api/") {
             let body = serde_json::json!({
                 "status": "error",

@@ -484,3 +484,134 @@ impl Summary {
 fn round1(value: f64) -> f64 {
     (value * 10.0).round() / 10.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{DeviceStatus, HardwareView, Priority, TaskState};
+
+    fn device(id: &str, status: DeviceStatus, cpu: Option<f64>) -> DeviceView {
+        DeviceView {
+            active_tasks: 1,
+            architecture: "aarch64".into(),
+            device_id: id.into(),
+            enrolled_at: None,
+            enrolled_from: None,
+            hardware: HardwareView {
+                cpu_count: 4,
+                memory_total_gb: 3.75,
+                storage_total_gb: 0.0,
+            },
+            hostname: String::new(),
+            ip_address: String::new(),
+            last_heartbeat: None,
+            metrics: cpu.map(|cpu| json!({ "cpu_usage": cpu, "memory_usage": 50.0 })),
+            platform: "linux".into(),
+            profile: None,
+            role: "worker".into(),
+            slots: 4,
+            status,
+            tags: Vec::new(),
+            task_types: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn device_text_in_each_format() {
+        let devices = [
+            device("pi-1", DeviceStatus::Online, Some(12.5)),
+            device("a,b", DeviceStatus::Offline, None),
+        ];
+        let check = |format: Format, expect: &str| {
+            assert_eq!(devices_text(&devices, format), expect, "{format:?}");
+        };
+        check(Format::Pipe, "pi-1|online|12.5|3.8|1\na,b|offline||3.8|1\n");
+        check(
+            Format::Csv,
+            "id,status,cpu,memory,tasks\npi-1,online,12.5,3.8,1\n\"a,b\",offline,,3.8,1\n",
+        );
+        check(
+            Format::Tsv,
+            "id\tstatus\tcpu\tmemory\ttasks\npi-1\tonline\t12.5\t3.8\t1\na,b\toffline\t\t3.8\t1\n",
+        );
+        assert_eq!(Format::from_accept(Some("text/csv")), Format::Csv);
+        assert_eq!(
+            Format::from_accept(Some("text/tab-separated-values;q=1")),
+            Format::Tsv
+        );
+        assert_eq!(Format::from_accept(Some("*/*")), Format::Pipe);
+        assert_eq!(Format::from_accept(None), Format::Pipe);
+    }
+
+    fn task(id: &str, task_type: &str, device: Option<&str>) -> TaskView {
+        TaskView {
+            attempt: 1,
+            device_id: device.map(str::to_string),
+            error: None,
+            execution_time: None,
+            exit_code: None,
+            finished_at: None,
+            max_retries: 0,
+            payload: Value::Null,
+            priority: Priority::default(),
+            requirements: Default::default(),
+            result: None,
+            retry_at: None,
+            started_at: None,
+            state: TaskState::Completed,
+            submitted_at: String::new(),
+            task_id: id.into(),
+            task_type: task_type.into(),
+            timeout: None,
+        }
+    }
+
+    #[test]
+    fn a_filter_keeps_the_matches_of_one_page_and_says_where_to_go_on() {
+        let page = TaskPage {
+            count: 4,
+            next_cursor: Some("t1".into()),
+            success: protocol::Success,
+            tasks: vec![
+                task("t4", "echo", Some("pi")),
+                task("t3", "shell", Some("pi")),
+                task("t2", "echo", Some("nas")),
+                task("t1", "echo", Some("pi")),
+            ],
+        };
+        let ids = |page: &TaskPage| {
+            page.tasks
+                .iter()
+                .map(|t| t.task_id.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let check = |filter: TaskFilter, expect: &str, cursor: Option<&str>| {
+            let filtered = filter_page(page.clone(), &filter);
+            assert_eq!(ids(&filtered), expect, "{filter:?}");
+            assert_eq!(filtered.count, filtered.tasks.len());
+            assert_eq!(filtered.next_cursor.as_deref(), cursor, "{filter:?}");
+        };
+        let filter =
+            |task_type: Option<&str>, device: Option<&str>, text: Option<&str>, limit| TaskFilter {
+                task_type: task_type.map(str::to_string),
+                device: device.map(str::to_string),
+                text: text.map(str::to_string),
+                limit,
+            };
+        check(filter(None, None, None, 100), "t4,t3,t2,t1", Some("t1"));
+        check(
+            filter(Some("echo"), None, None, 100),
+            "t4,t2,t1",
+            Some("t1"),
+        );
+        check(
+            filter(Some("echo"), Some("pi"), None, 100),
+            "t4,t1",
+            Some("t1"),
+        );
+        check(filter(None, None, Some("nas"), 100), "t2", Some("t1"));
+        check(filter(Some("echo"), None, None, 1), "t4", Some("t4"));
+        check(filter(Some("nothing"), None, None, 10), "", Some("t1"));
+    }
+}

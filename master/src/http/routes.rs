@@ -70,13 +70,14 @@ impl Stream {
 }
 
 fn method_not_allowed(allow: &'static str, head: &Head) -> HttpError {
-    HttpError::new(
-        Status::MethodNotAllowed,
-        format!(
-            "{} is not allowed on {}; use {allow}",
-            head.method_name, head.path
-        ),
-    )
+    let message = format!(
+        "{} is not allowed on {}; use {allow}",
+        head.method_name, head.path
+    );
+    HttpError {
+        allow: Some(allow),
+        ..HttpError::new(Status::MethodNotAllowed, message)
+    }
 }
 
 fn get(head: &Head) -> Result<(), HttpError> {
@@ -547,4 +548,173 @@ fn command(body: &[u8]) -> Result<Plan, HttpError> {
         }
     };
     Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::request::{parse_head, Parsed};
+
+    fn head_of(text: &str) -> Head {
+        match parse_head(text.as_bytes()) {
+            Ok(Parsed::Head(head)) => head,
+            other => panic!("a head: {text:?} {other:?}"),
+        }
+    }
+
+    /// What a request plans, in short: `respond 200`, `ask 2`, `change 1`,
+    /// `stream`, `ready`, `retry-dead`, or the refusal's status and code.
+    fn outcome(method: &str, target: &str, body: &str) -> String {
+        let head = head_of(&format!(
+            "{method} {target} HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        ));
+        match plan(&head, body.as_bytes()) {
+            Ok(Plan::Respond(response)) => format!("respond {}", response.status.line().0),
+            Ok(Plan::Ask {
+                messages, change, ..
+            }) => format!(
+                "{} {}",
+                if change { "change" } else { "ask" },
+                messages.len()
+            ),
+            Ok(Plan::Ready) => "ready".into(),
+            Ok(Plan::RetryDead(_)) => "retry-dead".into(),
+            Ok(Plan::Stream(_)) => "stream".into(),
+            Err(error) => format!("{} {}", error.status.line().0, error.code),
+        }
+    }
+
+    #[test]
+    fn the_route_table() {
+        let check = |method: &str, target: &str, body: &str, expect: &str| {
+            assert_eq!(
+                outcome(method, target, body),
+                expect,
+                "{method} {target} {body}"
+            );
+        };
+        check("GET", "/healthz", "", "respond 200");
+        check("HEAD", "/healthz", "", "respond 200");
+        check("POST", "/healthz", "", "405 METHOD_NOT_ALLOWED");
+        check("GET", "/readyz", "", "ready");
+        check("GET", "/", "", "respond 200");
+        check("GET", "/assets/none.js", "", "404 NOT_FOUND");
+        check("GET", "/nothing", "", "404 NOT_FOUND");
+        check("GET", "/api/v1/nothing", "", "404 NOT_FOUND");
+        check("GET", "/metrics", "", "ask 2");
+        check("GET", "/text/devices", "", "ask 1");
+        check("GET", "/text/devices?status=asleep", "", "400 BAD_REQUEST");
+        check("GET", "/text/status", "", "ask 2");
+        check("GET", "/text/metrics", "", "ask 2");
+        check("GET", "/text/logs", "", "ask 1");
+        check("GET", "/stream/devices", "", "stream");
+        check("GET", "/stream/logs?device=pi", "", "stream");
+        check("GET", "/api/v1/events", "", "stream");
+        check("GET", "/api/v1/cluster/status", "", "ask 2");
+        check("GET", "/api/v1/devices", "", "ask 1");
+        check("GET", "/api/v1/devices?limit=0", "", "400 BAD_REQUEST");
+        check("GET", "/api/v1/devices/pi", "", "ask 1");
+        check("POST", "/api/v1/devices/pi/drain", "", "change 1");
+        check(
+            "GET",
+            "/api/v1/devices/pi/drain",
+            "",
+            "405 METHOD_NOT_ALLOWED",
+        );
+        check("POST", "/api/v1/devices/pi/revoke", "", "change 1");
+        check(
+            "GET",
+            "/api/v1/tasks?state=queued&type=echo&q=x",
+            "",
+            "ask 1",
+        );
+        check("GET", "/api/v1/tasks?state=sleeping", "", "400 BAD_REQUEST");
+        check(
+            "POST",
+            "/api/v1/tasks",
+            r#"{"task_type":"echo","payload":{}}"#,
+            "change 1",
+        );
+        check(
+            "POST",
+            "/api/v1/tasks",
+            r#"[{"task_type":"echo","payload":{}}]"#,
+            "change 1",
+        );
+        check("POST", "/api/v1/tasks", r#"[]"#, "400 INVALID_MESSAGE");
+        check(
+            "POST",
+            "/api/v1/tasks",
+            r#"{"payload":{}}"#,
+            "400 INVALID_MESSAGE",
+        );
+        check("POST", "/api/v1/tasks", "not json", "400 BAD_REQUEST");
+        check("POST", "/api/v1/tasks", "7", "400 BAD_REQUEST");
+        check("DELETE", "/api/v1/tasks", "", "405 METHOD_NOT_ALLOWED");
+        check("GET", "/api/v1/tasks/t1", "", "ask 1");
+        check("POST", "/api/v1/tasks/t1/cancel", "", "change 1");
+        check("POST", "/api/v1/tasks/t1/retry", "", "change 1");
+        check("GET", "/api/v1/dead", "", "ask 1");
+        check("POST", "/api/v1/dead/retry", "", "retry-dead");
+        check(
+            "POST",
+            "/api/v1/command",
+            r#"{"command":"cluster status"}"#,
+            "ask 2",
+        );
+        check(
+            "POST",
+            "/api/v1/command",
+            r#"{"command":"devices list --status=online"}"#,
+            "ask 1",
+        );
+        check(
+            "POST",
+            "/api/v1/command",
+            r#"{"command":"tasks list --status=bogus"}"#,
+            "400 INVALID_COMMAND",
+        );
+        check(
+            "POST",
+            "/api/v1/command",
+            r#"{"command":"tasks submit echo {\"a\":1}"}"#,
+            "change 1",
+        );
+        check(
+            "POST",
+            "/api/v1/command",
+            r#"{"command":"tasks cancel t1"}"#,
+            "change 1",
+        );
+        check(
+            "POST",
+            "/api/v1/command",
+            r#"{"command":"rm -rf /"}"#,
+            "400 INVALID_COMMAND",
+        );
+        check(
+            "POST",
+            "/api/v1/command",
+            r#"{"command":"  "}"#,
+            "400 MISSING_COMMAND",
+        );
+        check("POST", "/api/v1/command", r#"{}"#, "400 MISSING_COMMAND");
+        check(
+            "POST",
+            "/api/v1/command",
+            r#"{"command":7}"#,
+            "400 INVALID_COMMAND",
+        );
+    }
+
+    #[test]
+    fn only_posts_but_the_console_change_the_cluster() {
+        let changes_for = |text: &str| changes(&head_of(text));
+        assert!(changes_for("POST /api/v1/tasks HTTP/1.1\r\n\r\n"));
+        assert!(changes_for("POST /healthz HTTP/1.1\r\n\r\n"));
+        assert!(!changes_for("POST /api/v1/command HTTP/1.1\r\n\r\n"));
+        assert!(!changes_for("GET /api/v1/tasks HTTP/1.1\r\n\r\n"));
+        assert!(!changes_for("DELETE /api/v1/tasks HTTP/1.1\r\n\r\n"));
+    }
 }
