@@ -118,8 +118,7 @@ pub fn run(params: &Params) -> Result<Report> {
     events.subscribe()?;
     let _worker = Worker::start(dir.path(), addr, "bench-http", 4)?;
     events.wait_joined(1)?;
-    let mut conn = Conn::open(addr);
-    let ids = submit(&mut conn, params.stored)?;
+    let ids = submit(&mut Conn::open(addr), params.stored)?;
     wait_finished(&mut events, params.stored)?;
     drop(events);
 
@@ -180,8 +179,9 @@ pub fn run(params: &Params) -> Result<Report> {
     let open_rss = ProcSample::of(master.pid())?.rss_kib;
     let (cpu_with, rss_with, n_with) = load(addr, master.pid(), params.rate, params.load_secs)?;
     stop.store(true, Ordering::SeqCst);
-    // One more event wakes every reader, so each sees the stop.
-    submit(&mut conn, 1)?;
+    // One more event wakes every reader, so each sees the stop (on a new
+    // connection: the first one has been idle past the keep-alive limit).
+    submit(&mut Conn::open(addr), 1)?;
     for reader in readers {
         let _ = reader.join();
     }
