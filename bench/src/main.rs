@@ -13,6 +13,7 @@ mod client;
 mod connections;
 mod footprint;
 mod history;
+mod http;
 mod latency;
 mod listing;
 mod procs;
@@ -67,6 +68,9 @@ enum Scenario {
     /// A million tasks in minutes with a retention of seconds: the
     /// master's RSS and database size, sampled, stay flat after warm-up.
     Soak(SoakArgs),
+    /// The HTTP surface: `GET /api/v1/tasks` latency with many tasks
+    /// stored, and what open Server-Sent Events clients cost the master.
+    Http(HttpArgs),
     /// Every scenario in turn, each with its default sizes.
     All,
 }
@@ -232,6 +236,25 @@ struct AttackArgs {
     after_close: Option<f64>,
 }
 
+#[derive(Debug, Default, Args)]
+struct HttpArgs {
+    /// Completed tasks stored before the reads [default: 10000; smoke: 100].
+    #[arg(long)]
+    stored: Option<usize>,
+    /// Timed requests of each kind [default: 1000; smoke: 10].
+    #[arg(long)]
+    requests: Option<usize>,
+    /// Server-Sent Events clients held open [default: 100; smoke: 5].
+    #[arg(long)]
+    streams: Option<usize>,
+    /// Seconds of load in each phase [default: 20; smoke: 0.5].
+    #[arg(long)]
+    load: Option<f64>,
+    /// Tasks submitted per second during the load [default: 100; smoke: 20].
+    #[arg(long)]
+    rate: Option<usize>,
+}
+
 fn pick<T>(value: Option<T>, smoke: bool, small: T, full: T) -> T {
     value.unwrap_or(if smoke { small } else { full })
 }
@@ -346,6 +369,16 @@ fn soak(args: &SoakArgs, smoke: bool) -> Result<report::Report> {
     })
 }
 
+fn http(args: &HttpArgs, smoke: bool) -> Result<report::Report> {
+    http::run(&http::Params {
+        stored: pick(args.stored, smoke, 100, 10_000),
+        requests: pick(args.requests, smoke, 10, 1000),
+        streams: pick(args.streams, smoke, 5, 100),
+        load_secs: pick(args.load, smoke, 0.5, 20.0),
+        rate: pick(args.rate, smoke, 20, 100),
+    })
+}
+
 fn print(report: Result<report::Report>) -> bool {
     match report {
         Ok(report) => {
@@ -372,6 +405,7 @@ fn main() -> ExitCode {
         Scenario::Attack(args) => print(attack(args, smoke)),
         Scenario::History(args) => print(history(args, smoke)),
         Scenario::Soak(args) => print(soak(args, smoke)),
+        Scenario::Http(args) => print(http(args, smoke)),
         Scenario::All => {
             let results = [
                 print(throughput(&ThroughputArgs::default(), smoke)),
@@ -390,6 +424,7 @@ fn main() -> ExitCode {
                 print(attack(&AttackArgs::default(), smoke)),
                 print(history(&HistoryArgs::default(), smoke)),
                 print(soak(&SoakArgs::default(), smoke)),
+                print(http(&HttpArgs::default(), smoke)),
             ];
             results.iter().all(|ok| *ok)
         }

@@ -1,6 +1,8 @@
 //! The only code that touches sockets: a mio poll loop over a slab of
 //! connections, feeding the core and writing what it returns.
 
+mod http;
+
 use crate::core::outbox::Outbox;
 use crate::core::records::Batch;
 use crate::core::{ConnId, Core, Now, Output, Payload};
@@ -11,7 +13,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use protocol::{Envelope, Frame, LineCodec};
 use slab::Slab;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -124,8 +126,21 @@ impl Work {
     }
 }
 
+/// What a connection speaks, told by its first bytes.
+enum Proto {
+    /// Nothing decided yet: the bytes so far, a prefix of a request line's
+    /// method (at most 8 bytes).
+    Undecided(Vec<u8>),
+    /// The JSON-lines or text protocol.
+    Lines,
+    /// HTTP/1.1.
+    Http(Box<http::HttpConn>),
+}
+
 struct Connection {
     stream: TcpStream,
+    /// Its protocol.
+    proto: Proto,
     codec: LineCodec,
     /// Bytes read but not yet handed to the codec: the rest of a read that
     /// the connection's work or output budget cut short. At most one read
@@ -168,7 +183,12 @@ impl Connection {
     /// budget cut short. Counted in the totals, not against its own cap
     /// (only replies are: backpressure on input would never let it drain).
     fn input_bytes(&self) -> usize {
-        self.codec.buffered() + self.unread.len()
+        let http = match &self.proto {
+            Proto::Http(http) => http.buffered(),
+            Proto::Undecided(prefix) => prefix.len(),
+            Proto::Lines => 0,
+        };
+        self.codec.buffered() + self.unread.len() + http
     }
 }
 
@@ -244,6 +264,19 @@ pub(crate) struct EventLoop {
     /// The store's read-only connection, which answers the core's reads
     /// of finished tasks (`Output::Read`).
     reader: Option<crate::store::Reader>,
+    /// HTTP connections by when they are next checked (a request's
+    /// timeout, keep-alive idleness, a stream's next update).
+    http_checks: BTreeSet<(Duration, ConnId)>,
+    /// The numbering of events for Server-Sent Events.
+    event_ids: http::EventIds,
+    /// When the master started (Unix ms): the first part of event ids.
+    boot_ms: i64,
+    /// What `/metrics` shows of the loop.
+    http_stats: http::HttpStats,
+    /// The dashboard's signed-in sessions (`http/session.rs`), in memory.
+    sessions: crate::http::session::Sessions,
+    /// Batches handed to the store and when, for the commit latency.
+    batch_sent: VecDeque<(u64, Instant)>,
 }
 
 impl EventLoop {
@@ -294,6 +327,12 @@ impl EventLoop {
             trimmed_at: None,
             notifier: daemon::notify::Notifier::disabled(),
             reader: None,
+            http_checks: BTreeSet::new(),
+            event_ids: http::EventIds::default(),
+            boot_ms: unix_ms(),
+            http_stats: http::HttpStats::default(),
+            sessions: crate::http::session::Sessions::new(),
+            batch_sent: VecDeque::new(),
         })
     }
 
@@ -348,10 +387,14 @@ impl EventLoop {
                 let wait = at.saturating_duration_since(Instant::now());
                 timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
             }
-            for at in [self.closing.first(), self.idle_checks.first()]
-                .into_iter()
-                .flatten()
-                .map(|&(at, _)| at)
+            for at in [
+                self.closing.first(),
+                self.idle_checks.first(),
+                self.http_checks.first(),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|&(at, _)| at)
             {
                 let wait = at.saturating_sub(self.started.elapsed()) + Duration::from_millis(1);
                 timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
@@ -398,6 +441,7 @@ impl EventLoop {
             }
             self.close_overdue();
             self.close_idle();
+            self.http_due();
             self.read_turn(&mut read_buf);
             self.collect_commits();
             let now = self.now;
@@ -435,6 +479,7 @@ impl EventLoop {
                 self.apply(output);
             }
             if let Some(batch) = self.core.take_batch() {
+                self.batch_sent.push_back((batch.id, Instant::now()));
                 if self.batches.send(batch).is_err() {
                     log::error!("the store thread is gone; changes cannot be saved");
                 }
@@ -654,8 +699,10 @@ impl EventLoop {
                         continue;
                     };
                     self.credentials.refresh(&mut self.core);
+                    self.http_stats.accepted += 1;
                     entry.insert(Connection {
                         stream,
+                        proto: Proto::Undecided(Vec::new()),
                         codec: LineCodec::new(self.limits.pre_auth_max_line),
                         unread: Vec::new(),
                         trusted: false,
@@ -788,6 +835,15 @@ impl EventLoop {
 
     /// [`EventLoop::read`] without the accounting.
     fn read_budgeted(&mut self, conn: ConnId, buf: &mut [u8], work: &mut Work) {
+        let http_waiting = self.conns.get(conn).is_some_and(|c| match &c.proto {
+            Proto::Http(http) => http.buffered() > 0,
+            _ => false,
+        });
+        if http_waiting {
+            // Requests read earlier wait for their turn (a budget, or the
+            // responses before them).
+            self.serve_http(conn, &[], work);
+        }
         if self.conns.get(conn).is_some_and(|c| !c.unread.is_empty()) {
             let unread = std::mem::take(&mut self.conns[conn].unread);
             let used = self.serve(conn, &unread, work);
@@ -829,6 +885,13 @@ impl EventLoop {
                     // replies held for a commit, then close, by the drain
                     // deadline at the latest (it may never read them).
                     let mut frames = Vec::new();
+                    if let Proto::Undecided(prefix) = &mut connection.proto {
+                        // A few bytes that never became a request line are a
+                        // protocol line without its end.
+                        let prefix = std::mem::take(prefix);
+                        connection.proto = Proto::Lines;
+                        let _ = connection.codec.decode(&prefix, &mut frames);
+                    }
                     connection.codec.finish(&mut frames);
                     connection.close_when_flushed = true;
                     self.dirty.insert(conn);
@@ -884,6 +947,46 @@ impl EventLoop {
     /// stops early it has put the connection in `readable` or `throttled`,
     /// or the connection is closing.
     fn serve(&mut self, conn: ConnId, bytes: &[u8], work: &mut Work) -> usize {
+        let Some(connection) = self.conns.get_mut(conn) else {
+            return bytes.len();
+        };
+        match &mut connection.proto {
+            Proto::Lines => self.serve_lines(conn, bytes, work),
+            Proto::Http(_) => self.serve_http(conn, bytes, work),
+            Proto::Undecided(prefix) => {
+                let mut first = std::mem::take(prefix);
+                let take = bytes.len().min(8usize.saturating_sub(first.len()));
+                first.extend_from_slice(&bytes[..take]);
+                match crate::http::request::sniff(&first) {
+                    crate::http::request::Sniff::NeedMore if take == bytes.len() => {
+                        connection.proto = Proto::Undecided(first);
+                        bytes.len()
+                    }
+                    crate::http::request::Sniff::Http => {
+                        connection.proto = Proto::Http(Box::default());
+                        // The sniffed bytes are the start of the request.
+                        let mut all = first;
+                        all.extend_from_slice(&bytes[take..]);
+                        self.serve_http(conn, &all, work);
+                        bytes.len()
+                    }
+                    _ => {
+                        connection.proto = Proto::Lines;
+                        first.truncate(first.len() - take);
+                        if !first.is_empty() {
+                            // Bytes held while undecided (no newline among
+                            // them: they matched a method's name).
+                            self.serve_lines(conn, &first, work);
+                        }
+                        self.serve_lines(conn, bytes, work)
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`EventLoop::serve`] for the JSON-lines or text protocol.
+    fn serve_lines(&mut self, conn: ConnId, bytes: &[u8], work: &mut Work) -> usize {
         let mut used = 0;
         let mut frames = Vec::new();
         while used < bytes.len() {
@@ -951,6 +1054,10 @@ impl EventLoop {
     }
 
     fn apply(&mut self, output: Output) {
+        // An HTTP connection's replies become responses (`http.rs`).
+        let Some(output) = self.apply_http(output) else {
+            return;
+        };
         match output {
             Output::Read(read) => {
                 // Answered at once, before the connection's next frame, so
@@ -1001,37 +1108,7 @@ impl EventLoop {
                         line
                     }
                 };
-                let Some(connection) = self.conns.get_mut(conn) else {
-                    return;
-                };
-                let queued_before = connection.pending_bytes(self.outbox.held_bytes(conn));
-                // Held until its batch commits, unless it reveals nothing.
-                if let Some(bytes) = self.outbox.push(conn, after_batch, overtake, bytes) {
-                    if connection.out.capacity() == 0 {
-                        // Nothing waits (the usual case): the message becomes
-                        // the buffer, rather than being copied into a new one.
-                        connection.out = bytes;
-                    } else {
-                        connection.out.extend_from_slice(&bytes);
-                    }
-                    self.dirty.insert(conn);
-                }
-                // Judged as the backlog grows, not when the peer becomes
-                // writable: a peer that never reads never does. A single
-                // message larger than the cap goes to a peer that had
-                // nothing queued (a large task to a reader that reads),
-                // unless it is an event to a peer that has not
-                // authenticated.
-                let exempt = queued_before == 0 && (connection.trusted || !event);
-                if !exempt
-                    && connection.pending_bytes(self.outbox.held_bytes(conn))
-                        > self.limits.cap(connection.trusted)
-                {
-                    self.close_now(conn, "does not read its replies");
-                } else {
-                    self.recount(conn);
-                }
-                self.enforce_totals();
+                self.queue_bytes(conn, bytes, after_batch, overtake, event);
             }
             Output::Trusted { conn } => {
                 if let Some(connection) = self.conns.get_mut(conn) {
@@ -1054,6 +1131,55 @@ impl EventLoop {
                 }
             }
         }
+    }
+
+    /// Queues `bytes` for `conn` behind what it has queued, held until
+    /// `after_batch` commits (unless `overtake`), and judges its backlog
+    /// against the caps as it grows. `event`: the bytes are an event,
+    /// which is never the one oversized message let past the cap of a peer
+    /// that has not authenticated.
+    fn queue_bytes(
+        &mut self,
+        conn: ConnId,
+        bytes: Vec<u8>,
+        after_batch: Option<u64>,
+        overtake: bool,
+        event: bool,
+    ) {
+        let Some(connection) = self.conns.get_mut(conn) else {
+            return;
+        };
+        if connection.closed {
+            return;
+        }
+        let queued_before = connection.pending_bytes(self.outbox.held_bytes(conn));
+        // Held until its batch commits, unless it reveals nothing.
+        if let Some(bytes) = self.outbox.push(conn, after_batch, overtake, bytes) {
+            if connection.out.capacity() == 0 {
+                // Nothing waits (the usual case): the message becomes
+                // the buffer, rather than being copied into a new one.
+                connection.out = bytes;
+            } else {
+                connection.out.extend_from_slice(&bytes);
+            }
+            self.dirty.insert(conn);
+        }
+        // Judged as the backlog grows, not when the peer becomes
+        // writable: a peer that never reads never does. A single
+        // message larger than the cap goes to a peer that had
+        // nothing queued (a large task to a reader that reads),
+        // unless it is an event to a peer that has not
+        // authenticated.
+        let exempt = queued_before == 0 && (connection.trusted || !event);
+        if !exempt
+            && connection.pending_bytes(self.outbox.held_bytes(conn))
+                > self.limits.cap(connection.trusted)
+        {
+            self.close_now(conn, "does not read its replies");
+        } else {
+            self.recount(conn);
+        }
+        self.enforce_totals();
     }
 
     /// The line of a shared event for one of its subscribers. It is
@@ -1112,6 +1238,15 @@ impl EventLoop {
         for event in self.store_events.try_iter() {
             match event {
                 StoreEvent::Committed(id) => {
+                    while let Some(&(sent, at)) = self.batch_sent.front() {
+                        if sent > id {
+                            break;
+                        }
+                        self.batch_sent.pop_front();
+                        self.http_stats
+                            .commit_latency
+                            .observe(at.elapsed().as_secs_f64());
+                    }
                     self.outbox.handle_committed(id);
                     // Finished tasks written by then leave the core's
                     // memory; reads find them in the store.

@@ -6,7 +6,10 @@
 //! wrapper around it; tests call it directly on `127.0.0.1:0`.
 //!
 //! - [`core`]: the sans-IO state machine (registry, queue, scheduling).
-//! - `event_loop`: the only code that touches sockets.
+//! - `event_loop`: the only code that touches sockets (HTTP connections
+//!   in `event_loop/http.rs`).
+//! - [`http`]: the HTTP edge codec: requests to messages, replies to
+//!   responses, no I/O.
 //! - [`store`]: the only code that touches SQLite.
 //! - [`credentials`]: the tokens and the master's key on disk.
 //! - [`config`]: the settings from flags, environment, config file and
@@ -16,6 +19,7 @@ pub mod config;
 pub mod core;
 pub mod credentials;
 mod event_loop;
+pub mod http;
 pub mod store;
 
 use crate::core::{Core, CoreConfig};

@@ -13,9 +13,12 @@ use std::net::{SocketAddr, TcpStream};
 use tests::{retire, text_command, Client, MasterProcess, WorkerProcess, PATIENCE};
 
 mod backup;
+mod browser;
 mod config_file;
+mod dashboard;
 mod faults;
 mod hostile;
+mod http;
 mod join_token;
 mod nesting;
 mod reenroll;

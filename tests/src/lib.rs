@@ -6,6 +6,7 @@
 //! (`target/<profile>/`). `cargo test --workspace` builds them, because
 //! each of their crates has an integration test.
 
+pub mod http;
 pub mod launch;
 
 use cli::lines::{Lines, LinesError};

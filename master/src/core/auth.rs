@@ -430,6 +430,9 @@ impl Core {
     ) {
         let written_before = self.changes.last_write_batch();
         let result = self.auth_proof(now, conn, proof);
+        if matches!(&result, Err(refusal) if refusal.error.code == ErrorCode::AuthFailed) {
+            self.auth_failures += 1;
+        }
         // An enrollment is acknowledged only once the key is on disk; a
         // handshake that wrote nothing waits for nothing (so clients can
         // still authenticate, and read, while the disk is failing).
@@ -559,17 +562,43 @@ impl Core {
             .as_ref()
             .is_some_and(|secrets| secrets.admin.matches_text(token));
         if matched {
-            if let Some(auth) = self.registry.auth_mut(conn) {
-                auth.text_admin();
-            }
-            self.trust(conn, None);
+            self.grant_admin(conn);
         } else {
+            self.auth_failures += 1;
             log::warn!(
-                "text-mode authentication failed from {}",
+                "text-mode or bearer authentication failed from {}",
                 self.registry.peer_label(conn)
             );
         }
         matched
+    }
+
+    /// Makes `conn` an admin connection: the HTTP edge vouched for the
+    /// request (a signed-in session with its CSRF token, see
+    /// `http/session.rs`), as a good `auth TOKEN` does.
+    pub fn grant_admin(&mut self, conn: ConnId) {
+        if let Some(auth) = self.registry.auth_mut(conn) {
+            auth.text_admin();
+        }
+        self.trust(conn, None);
+    }
+
+    /// Takes back what [`Core::grant_admin`] gave `conn` for a session, when
+    /// a later request on it comes without a live one (signed out, expired):
+    /// a browser keeps its connections open across a sign-out, and reads on
+    /// them must follow the read-only rule again.
+    pub fn end_grant(&mut self, conn: ConnId) {
+        if let Some(auth) = self.registry.auth_mut(conn) {
+            auth.end_granted_admin();
+        }
+    }
+
+    /// Whether `conn` may read (status, devices, tasks) now, by the same
+    /// rule as a read message: an admin, or a connection from a read-only
+    /// network (which becomes a reader). For HTTP routes that read the
+    /// core's state without a message (`/metrics`, `/text/logs`).
+    pub fn may_read(&mut self, conn: ConnId) -> bool {
+        self.authorize(conn, None, &Message::Status).is_ok()
     }
 
     /// What a text command may do on `conn`: `Ok` or the reason it may not.

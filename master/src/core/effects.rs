@@ -40,6 +40,10 @@ impl Core {
     /// `Outgoing::event`). Events about durable changes wait for the same
     /// commit as the change.
     pub(super) fn emit(&mut self, event: Event, durable: bool) {
+        if !matches!(event, Event::TaskFinished { .. }) {
+            // A finished task is noted by `emit_finished`, subscribers or not.
+            self.observe_event(&event);
+        }
         // From the index, by the event's task: the cost is the connections
         // it goes to, whatever the other subscribers follow.
         let targets = self.registry.subscribers.targets(event.task_id());
@@ -57,6 +61,7 @@ impl Core {
     /// Announces that a task finished, with the task in full, if anyone
     /// follows it.
     pub(super) fn emit_finished(&mut self, task_id: &str) {
+        self.observe_finished(task_id);
         // The event carries the task in full: made only for someone.
         if !self.registry.subscribers.want(task_id) {
             return;

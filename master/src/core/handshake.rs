@@ -290,6 +290,15 @@ impl ConnAuth {
         }
     }
 
+    /// Ends the admin role the HTTP edge granted for a signed-in session,
+    /// when a later request on the connection brings no live session: the
+    /// connection reads by the read-only rule again, as a new one would.
+    pub(super) fn end_granted_admin(&mut self) {
+        if matches!(self.role, Role::Admin) {
+            self.role = Role::Pending;
+        }
+    }
+
     /// A registration on a connection that has not authenticated (legacy
     /// switch) makes it a legacy worker for `device_id`; whether it did.
     pub(super) fn register_legacy(&mut self, device_id: &str) -> bool {

@@ -13,11 +13,13 @@ mod auth;
 mod changes;
 mod control;
 mod dispatch;
+mod edge;
 mod effects;
 mod handshake;
 mod heartbeat_ack;
 mod history;
 mod life;
+pub mod observe;
 pub mod outbox;
 mod outgoing;
 mod page;
@@ -36,6 +38,7 @@ mod views;
 pub use auth::{
     parse_network, AuthPolicy, Network, Secrets, DEFAULT_AUTH_DEADLINE, DEFAULT_MAX_UNAUTHENTICATED,
 };
+pub use edge::Bearer;
 pub use heartbeat_ack::HeartbeatAck;
 pub use history::{Read, ReadAnswer, ReadRequest};
 pub use views::rfc3339;
@@ -230,6 +233,10 @@ pub struct Core {
     /// Finished tasks whose last write committed but that a device still
     /// counts as running; they leave memory once it reports them.
     lingering: std::collections::BTreeSet<String>,
+    /// Failed authentications since the start (`/metrics`).
+    auth_failures: u64,
+    /// Outcomes, durations and the recent log (`/metrics`, `/text/logs`).
+    observed: observe::Observed,
 }
 
 impl Core {
@@ -258,6 +265,8 @@ impl Core {
             quarantined: 0,
             committed: 0,
             lingering: std::collections::BTreeSet::new(),
+            auth_failures: 0,
+            observed: observe::Observed::default(),
         };
         for record in devices {
             core.restore_device(record, now);
@@ -516,6 +525,7 @@ impl Core {
             self.needs_dispatch = false;
             self.dispatch(now);
         }
+        self.stamp_observed(now.unix_ms);
         self.out.take(into);
     }
 

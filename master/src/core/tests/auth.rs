@@ -907,3 +907,27 @@ fn read_only_networks_parse_and_match() {
         assert_eq!(parse_network(text).expect_err(text), expect);
     }
 }
+
+#[test]
+fn a_grant_for_a_dashboard_session_ends_and_reads_follow_the_read_only_rule_again() {
+    let mut sim = secured();
+    for (peer, reads_after) in [("127.0.0.1", true), (LAN_PEER, false)] {
+        let conn = sim.connect_from(Some(peer));
+        sim.core.grant_admin(conn);
+        let id = format!("granted-from-{peer}");
+        assert_eq!(
+            sim.request(conn, submit_message(&id)).field("task_id"),
+            json!(id)
+        );
+        sim.core.end_grant(conn);
+        let reply = sim.request(conn, submit_message("after-the-grant"));
+        assert_eq!(reply.code(), ErrorCode::AuthRequired, "from {peer}");
+        let status = sim.request(conn, Message::Status);
+        if reads_after {
+            assert!(status.field("cluster_stats").is_object(), "from {peer}");
+        } else {
+            assert_eq!(status.code(), ErrorCode::AuthRequired, "from {peer}");
+        }
+    }
+    assert_no_task(&sim, "after-the-grant");
+}
