@@ -509,6 +509,7 @@ mod tests {
             platform: "linux".into(),
             profile: None,
             role: "worker".into(),
+            sandbox: None,
             slots: 4,
             status,
             tags: Vec::new(),
