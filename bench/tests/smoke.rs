@@ -42,7 +42,8 @@ fn every_scenario_runs_at_a_small_size() {
             "listing",
             "attack",
             "history",
-            "soak"
+            "soak",
+            "prune"
         ],
         "{stdout}"
     );
