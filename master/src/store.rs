@@ -92,6 +92,9 @@ pub struct Store {
     connection: Connection,
     path: PathBuf,
     created: bool,
+    /// The highest task number written so far (`meta`'s `max_seq`, see
+    /// [`Store::commit`]).
+    max_seq: u64,
 }
 
 impl Store {
@@ -190,10 +193,12 @@ impl Store {
             )
             .map_err(wrap)?;
         schema::migrate(&connection, version).map_err(wrap)?;
+        let max_seq = stored_max_seq(&connection).map_err(wrap)?;
         Ok(Store {
             connection,
             path,
             created,
+            max_seq,
         })
     }
 
@@ -252,7 +257,8 @@ impl Store {
             )
         };
         let live = max_seq(live_condition!())?;
-        let max_seq = live.max(max_seq(FINISHED)?).max(0) as u64;
+        let max_seq =
+            (live.max(max_seq(FINISHED)?).max(0) as u64).max(stored_max_seq(&self.connection)?);
         Ok(History { finished, max_seq })
     }
 
@@ -444,6 +450,7 @@ impl Store {
             path: path.clone(),
             source,
         };
+        let mut max_seq = self.max_seq;
         let transaction = self.connection.transaction().map_err(wrap)?;
         {
             let mut put_device = transaction
@@ -461,6 +468,11 @@ impl Store {
                 )
                 .map_err(wrap)?;
             for op in batches.iter().flat_map(|batch| &batch.ops) {
+                if let StoreOp::PutTask(task) = op {
+                    max_seq = max_seq
+                        .max(task.seq)
+                        .max(crate::core::records::generated_seq(&task.task_id).unwrap_or(0));
+                }
                 match op {
                     StoreOp::PutDeviceKey(record) => {
                         let json = serde_json::to_string(record).unwrap_or_default();
@@ -491,7 +503,15 @@ impl Store {
                 }
             }
         }
-        transaction.commit().map_err(wrap)
+        if max_seq > self.max_seq {
+            transaction
+                .prepare_cached(PUT_MAX_SEQ)
+                .and_then(|mut statement| statement.execute(params![max_seq as i64]))
+                .map_err(wrap)?;
+        }
+        transaction.commit().map_err(wrap)?;
+        self.max_seq = max_seq;
+        Ok(())
     }
 
     /// Copies the whole WAL into the database and starts it over, waiting
@@ -594,6 +614,23 @@ const PUT_TASK: &str = "INSERT INTO tasks (task_id, seq, state, record, finished
      ON CONFLICT (task_id) DO UPDATE
      SET seq = excluded.seq, state = excluded.state, record = excluded.record,
          finished_unix_ms = excluded.finished_unix_ms";
+
+/// Raises the highest task number kept in `meta` (schema 5): the `seq`
+/// of every task written and the number of every id of the generated
+/// form (`records::generated_seq`), so a generated id never repeats one
+/// that a pruned task had.
+const PUT_MAX_SEQ: &str = "INSERT INTO meta (key, value) VALUES ('max_seq', ?1)
+     ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)";
+
+/// The highest task number `meta` keeps (0 when none is kept).
+fn stored_max_seq(connection: &Connection) -> rusqlite::Result<u64> {
+    let value: Option<i64> = connection
+        .query_row("SELECT value FROM meta WHERE key = 'max_seq'", [], |row| {
+            row.get(0)
+        })
+        .optional()?;
+    Ok(value.unwrap_or(0).max(0) as u64)
+}
 
 /// [`finished_condition`] as a value, for queries built with `format!`.
 const FINISHED: &str = finished_condition!();

@@ -529,6 +529,33 @@ mod tests {
         check(100, PRUNE_BATCH_TIME, true, 100);
     }
 
+    /// The highest task number survives the pruning of the tasks that had
+    /// it, and a restart: the `seq`s written and the number of an id of
+    /// the generated form, so the master never generates a pruned task's
+    /// id again.
+    #[test]
+    fn the_highest_task_number_outlives_its_pruned_tasks() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = Store::open(dir.path(), Synchronous::Normal).expect("open");
+        let tasks: Vec<(String, TaskState, i64)> = [
+            ("task-18c1d2e3f4a-900", TaskState::Completed, 60),
+            ("client-chosen", TaskState::Failed, 100),
+            ("task-18c1d2e3f4a-1", TaskState::Queued, 60),
+        ]
+        .into_iter()
+        .map(|(id, state, days)| (id.to_string(), state, days))
+        .collect();
+        write(&mut store, &tasks, "x");
+        prune_all(&mut store);
+        assert_eq!(ids(&store), ["task-18c1d2e3f4a-1"]);
+        drop(store);
+        let store = Store::open(dir.path(), Synchronous::Normal).expect("open again");
+        let (_, live, history) = store.load_live().expect("load");
+        assert_eq!(live.len(), 1);
+        assert_eq!(history.finished, []);
+        assert_eq!(history.max_seq, 900);
+    }
+
     fn pages(store: &Store) -> i64 {
         store
             .connection
