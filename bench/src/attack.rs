@@ -10,6 +10,10 @@
 //!   bursts of `tasks\n` as fast as the master takes them (reading the
 //!   replies); meanwhile another client times `status` and a worker's
 //!   round trip (submit -> `task_finished`).
+//! - `history`: with a database of many finished tasks (filled as
+//!   `history` fills it), K anonymous loopback readers flood the reads
+//!   the store answers (`list_tasks` pages of 1,000 below a cursor deep in
+//!   the history, `task_status` of finished tasks), timed as `flood` is.
 //! - `watch`: W anonymous loopback connections (default flags) subscribe
 //!   to every event and never read again; the admin submits a task with
 //!   a 900 KB payload and cancels it, and the `cancel` is timed while the
@@ -59,7 +63,10 @@ pub enum Phase {
     Flood,
     /// Non-reading anonymous watchers and one large task finishing.
     Watch,
-    /// All four in turn.
+    /// Reads of the history the store answers, flooded, on a database of
+    /// many finished tasks.
+    History,
+    /// All five in turn.
     All,
 }
 
@@ -84,6 +91,10 @@ pub struct Params {
     pub watchers: usize,
     /// How long RSS is given to fall after the attackers close.
     pub after_close: Duration,
+    /// Finished tasks in the database of the `history` attack.
+    pub history_tasks: usize,
+    /// Bytes of each of their results.
+    pub history_result_bytes: usize,
 }
 
 /// Runs the scenario.
@@ -105,6 +116,9 @@ pub fn run(params: &Params) -> Result<Report> {
     }
     if matches!(params.phase, Phase::Watch | Phase::All) {
         watch(params, &mut report)?;
+    }
+    if matches!(params.phase, Phase::History | Phase::All) {
+        history_flood(params, &mut report)?;
     }
     Ok(report)
 }
@@ -378,7 +392,85 @@ fn timed_round_trip(conn: &mut Conn, id: &str) -> Option<Duration> {
 fn flood(params: &Params, report: &mut Report) -> Result<()> {
     let dir = tempfile::tempdir().context("a temp dir")?;
     let master = start_authenticated(dir.path(), &[])?;
-    let (_worker, mut admin) = store_tasks(&master, dir.path(), params.flood_tasks)?;
+    let (_worker, admin) = store_tasks(&master, dir.path(), params.flood_tasks)?;
+    let burst = b"tasks\n".repeat(BURST / 6);
+    report.note(format!(
+        "flood: {} tasks stored, {} anonymous loopback connection(s) writing {} KB bursts of `tasks\\n` and reading",
+        params.flood_tasks,
+        params.flooders,
+        BURST / 1000
+    ));
+    measure_flood(params, &master, admin, &burst, "flood", report)
+}
+
+/// The `history` attack: a database of `history_tasks` finished tasks
+/// (filled as `bench history` fills it, with results of
+/// `history_result_bytes`), a real master on it with a worker, and
+/// anonymous readers flooding the reads the store answers: `list_tasks`
+/// pages of 1,000 completed tasks starting deep in the history and
+/// `task_status` of finished tasks spread over it.
+fn history_flood(params: &Params, report: &mut Report) -> Result<()> {
+    let dir = tempfile::tempdir().context("a temp dir")?;
+    let total = params.history_tasks.max(1);
+    let result_bytes = params.history_result_bytes;
+    let per_transaction = ((64 << 20) / (result_bytes + 600)).clamp(1, 50_000);
+    let filled = crate::history::fill_with(dir.path(), total, per_transaction, |n| {
+        crate::history::record_with_result(n, true, 1_700_000_000_000, result_bytes)
+    })?;
+    let master = start_authenticated(dir.path(), &[])?;
+    let mut admin = admin(master.addr, dir.path())?;
+    admin.subscribe()?;
+    let worker = Worker::start_with_token(
+        dir.path(),
+        master.addr,
+        "bench-w0",
+        8,
+        &token(dir.path(), "join.token")?,
+    )?;
+    admin.wait_joined(1)?;
+    // A burst of requests for tasks all over the history: a page of the
+    // largest size below a cursor deep in it, then one finished task.
+    let mut burst = Vec::new();
+    let mut n: usize = 12_345;
+    while burst.len() < BURST {
+        n = (n * 7919 + 104_729) % total;
+        let page = Envelope::new(Message::ListTasks(ListTasks {
+            state: Some(protocol::TaskState::Completed),
+            limit: Some(1000),
+            before: Some(crate::history::task_id(n)),
+        }))
+        .to_line();
+        burst.extend_from_slice(&page);
+        let status = Envelope::new(Message::TaskStatus(protocol::TaskRef {
+            task_id: crate::history::task_id((n * 31) % total),
+        }))
+        .to_line();
+        burst.extend_from_slice(&status);
+    }
+    report.note(format!(
+        "history: {total} finished tasks in the database (results of {result_bytes} B, filled in {:.0} s), {} anonymous loopback connection(s) writing {} KB bursts of `list_tasks` (completed, limit 1000, a cursor deep in the history) and `task_status` of finished tasks, and reading",
+        filled.as_secs_f64(),
+        params.flooders,
+        burst.len() / 1000
+    ));
+    measure_flood(params, &master, admin, &burst, "history", report)?;
+    drop(worker);
+    Ok(())
+}
+
+/// Floods `master` with `burst` from `params.flooders` anonymous
+/// connections that read what they are sent, while an anonymous reader
+/// times `status` and `admin` (subscribed, with a worker joined) times a
+/// task's round trip, again and again for `params.duration`; reports the
+/// figures under `name`.
+fn measure_flood(
+    params: &Params,
+    master: &Master,
+    mut admin: Conn,
+    burst: &[u8],
+    name: &str,
+    report: &mut Report,
+) -> Result<()> {
     admin.set_patience(REQUEST_PATIENCE);
     let mut reader = Conn::connect(master.addr)?;
     reader.set_patience(REQUEST_PATIENCE);
@@ -388,7 +480,6 @@ fn flood(params: &Params, report: &mut Report) -> Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
-    let burst = b"tasks\n".repeat(BURST / 6);
     for _ in 0..params.flooders {
         let mut stream = TcpStream::connect(master.addr)?;
         let mut drain = stream.try_clone()?;
@@ -406,7 +497,7 @@ fn flood(params: &Params, report: &mut Report) -> Result<()> {
             }
         }));
         let stop_writing = stop.clone();
-        let burst = burst.clone();
+        let burst = burst.to_vec();
         threads.push(std::thread::spawn(move || {
             write_until(&mut stream, &burst, &stop_writing);
         }));
@@ -432,42 +523,36 @@ fn flood(params: &Params, report: &mut Report) -> Result<()> {
         let _ = thread.join();
     }
     let cpu = ProcSample::of(master.pid())?;
-    report.note(format!(
-        "flood: {} tasks stored, {} anonymous loopback connection(s) writing {} KB bursts of `tasks\\n` and reading",
-        params.flood_tasks,
-        params.flooders,
-        BURST / 1000
-    ));
     let ms = |d: Option<Duration>| {
         d.map_or(format!("> {} s", REQUEST_PATIENCE.as_secs()), |d| {
             format!("{:.1} ms", d.as_secs_f64() * 1e3)
         })
     };
-    report.info("flood: status, no flood", ms(quiet_status));
-    report.info("flood: round trip, no flood", ms(quiet_trip));
-    for (name, values) in [("status", &mut statuses), ("round trip", &mut trips)] {
+    report.info(format!("{name}: status, no flood"), ms(quiet_status));
+    report.info(format!("{name}: round trip, no flood"), ms(quiet_trip));
+    for (what, values) in [("status", &mut statuses), ("round trip", &mut trips)] {
         values.sort_by(f64::total_cmp);
         let max = values.last().copied().unwrap_or(0.0);
         report.info(
-            format!("flood: {name} p50 / max ({} samples)", values.len()),
+            format!("{name}: {what} p50 / max ({} samples)", values.len()),
             format!("{:.1} / {:.1} ms", percentile(values, 50.0), max),
         );
-        let key = name.replace(' ', "_");
+        let key = what.replace(' ', "_");
         report.set(
-            &format!("flood_{key}_p50_ms"),
+            &format!("{name}_{key}_p50_ms"),
             round(percentile(values, 50.0), 1),
         );
-        report.set(&format!("flood_{key}_max_ms"), round(max, 1));
+        report.set(&format!("{name}_{key}_max_ms"), round(max, 1));
     }
     if gave_up {
         report.info(
-            "flood: gave up",
+            format!("{name}: gave up"),
             format!("a request took > {} s", REQUEST_PATIENCE.as_secs()),
         );
-        report.set("flood_gave_up", true);
+        report.set(&format!("{name}_gave_up"), true);
     }
     report.info(
-        "flood: master CPU, whole run",
+        format!("{name}: master CPU, whole run"),
         format!("{:.1} s", cpu.cpu_secs),
     );
     Ok(())

@@ -38,47 +38,96 @@ pub struct Params {
     pub cli_runs: usize,
 }
 
+/// The id of task number `n`.
+pub fn task_id(n: usize) -> String {
+    format!("h-{n:08}")
+}
+
 /// The record of task number `n` (its `seq` is `n + 1`), finished or
 /// queued, as an echo task the master ran would be stored.
 fn record(n: usize, finished: bool, now_ms: i64) -> TaskRecord {
-    let task_id = format!("h-{n:08}");
-    let mut spec = TaskSpec::new("echo", json!({ "message": format!("task {n}") }));
-    spec.task_id = Some(task_id.clone());
-    let mut record = TaskRecord::queued(task_id, n as u64 + 1, spec, now_ms);
-    if finished {
-        record.state = if n % 10 == 9 {
-            TaskState::Failed
-        } else {
-            TaskState::Completed
-        };
-        record.attempt = 1;
-        record.device_id = Some("bench-worker".into());
-        record.started_unix_ms = Some(now_ms);
-        record.finished_unix_ms = Some(now_ms + 3);
-        record.result = Some(json!({ "output": format!("task {n}\n"), "exit_code": 0 }));
-        record.exit_code = Some(0);
-        record.execution_time = Some(0.003);
+    record_with_result(n, finished, now_ms, 0)
+}
+
+/// [`record`], with a result output of `result_bytes` bytes when that is
+/// more than the echo's own few.
+pub fn record_with_result(
+    n: usize,
+    finished: bool,
+    now_ms: i64,
+    result_bytes: usize,
+) -> TaskRecord {
+    let message = format!("task {n}");
+    if !finished {
+        let mut spec = TaskSpec::new("echo", json!({ "message": message }));
+        spec.task_id = Some(task_id(n));
+        return TaskRecord::queued(task_id(n), n as u64 + 1, spec, now_ms);
     }
+    let mut output = format!("{message}\n");
+    if output.len() < result_bytes {
+        output.push_str(&"y".repeat(result_bytes - output.len()));
+    }
+    finished_record(task_id(n), n, message, output, now_ms + 3)
+}
+
+/// Finished echo task number `n` (its `seq` is `n + 1`, one in ten failed)
+/// with id `task_id`, that took `message` and answered `output`, finished
+/// at `finished_ms`, as the master stores one.
+pub fn finished_record(
+    task_id: String,
+    n: usize,
+    message: String,
+    output: String,
+    finished_ms: i64,
+) -> TaskRecord {
+    let mut spec = TaskSpec::new("echo", json!({ "message": message }));
+    spec.task_id = Some(task_id.clone());
+    let mut record = TaskRecord::queued(task_id, n as u64 + 1, spec, finished_ms - 3);
+    record.state = if n % 10 == 9 {
+        TaskState::Failed
+    } else {
+        TaskState::Completed
+    };
+    record.attempt = 1;
+    record.device_id = Some("bench-worker".into());
+    record.started_unix_ms = Some(finished_ms - 3);
+    record.finished_unix_ms = Some(finished_ms);
+    record.result = Some(json!({ "output": output, "exit_code": 0 }));
+    record.exit_code = Some(0);
+    record.execution_time = Some(0.003);
     record
 }
 
 /// Fills `dir/db` (where `Master::start` keeps its database).
 fn fill(dir: &std::path::Path, params: &Params) -> Result<Duration> {
+    let now_ms = 1_700_000_000_000;
+    fill_with(dir, params.finished + params.queued, FILL_BATCH, |n| {
+        record(n, n < params.finished, now_ms)
+    })
+}
+
+/// Fills `dir/db` with `total` task records, the `n`th made by `record`,
+/// `per_transaction` records a transaction, through the master's own
+/// store module; returns how long it took.
+pub fn fill_with(
+    dir: &std::path::Path,
+    total: usize,
+    per_transaction: usize,
+    mut record: impl FnMut(usize) -> TaskRecord,
+) -> Result<Duration> {
     let started = Instant::now();
     let mut store = Store::open(&dir.join("db"), Synchronous::Normal).context("open the store")?;
-    let now_ms = 1_700_000_000_000;
-    let total = params.finished + params.queued;
     let mut scratch = Vec::new();
-    for (id, first) in (1..).zip((0..total).step_by(FILL_BATCH)) {
-        let ops = (first..(first + FILL_BATCH).min(total))
-            .map(|n| {
-                let record = record(n, n < params.finished, now_ms);
-                StoreOp::PutTask(EncodedTask::new(&record, &mut scratch))
-            })
+    for (id, first) in (1..).zip((0..total).step_by(per_transaction.max(1))) {
+        let ops = (first..(first + per_transaction.max(1)).min(total))
+            .map(|n| StoreOp::PutTask(EncodedTask::new(&record(n), &mut scratch)))
             .collect();
         store
             .commit(&[Batch { id, ops }])
             .context("write a batch")?;
+        // The master's checkpointer would copy the WAL back meanwhile;
+        // without it, the WAL would hold the whole fill.
+        store.checkpoint().context("checkpoint")?;
     }
     Ok(started.elapsed())
 }

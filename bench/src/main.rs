@@ -17,6 +17,7 @@ mod http;
 mod latency;
 mod listing;
 mod procs;
+mod prune;
 mod report;
 mod scheduling;
 mod soak;
@@ -71,6 +72,10 @@ enum Scenario {
     /// The HTTP surface: `GET /api/v1/tasks` latency with many tasks
     /// stored, and what open Server-Sent Events clients cost the master.
     Http(HttpArgs),
+    /// Deleting a long history: one pruning batch on the store alone, and
+    /// a real master's submit latency while `prune` deletes 1,000,000
+    /// finished tasks.
+    Prune(PruneArgs),
     /// Every scenario in turn, each with its default sizes.
     All,
 }
@@ -206,6 +211,32 @@ struct SoakArgs {
 }
 
 #[derive(Debug, Default, Args)]
+struct PruneArgs {
+    /// Finished tasks in the database [default: 1000000; smoke: 1200].
+    #[arg(long, alias = "size")]
+    finished: Option<usize>,
+    /// Bytes of each task's payload [default: 1024].
+    #[arg(long)]
+    payload_bytes: Option<usize>,
+    /// Bytes of each task's result output [default: 2048].
+    #[arg(long)]
+    result_bytes: Option<usize>,
+    /// Pruning batches timed on the store alone [default: 200; smoke: 2].
+    #[arg(long)]
+    batches: Option<usize>,
+    /// On the store alone, batches of 500 rows with neither the byte bound
+    /// nor the time adaptation, as before them.
+    #[arg(long)]
+    rows_only: bool,
+    /// Seconds of submits timed before the prune [default: 3; smoke: 0.2].
+    #[arg(long)]
+    quiet: Option<f64>,
+    /// Milliseconds between one submit's ack and the next [default: 2].
+    #[arg(long)]
+    pace: Option<f64>,
+}
+
+#[derive(Debug, Default, Args)]
 struct AttackArgs {
     /// Which attack [default: all].
     #[arg(long, value_enum)]
@@ -234,6 +265,12 @@ struct AttackArgs {
     /// Seconds RSS is given to fall after the attackers close [default: 3; smoke: 0.2].
     #[arg(long)]
     after_close: Option<f64>,
+    /// Finished tasks in the database of the `history` attack [default: 1000000; smoke: 2000].
+    #[arg(long)]
+    history_tasks: Option<usize>,
+    /// Bytes of each of their results [default: 2048].
+    #[arg(long)]
+    history_result_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Args)]
@@ -343,6 +380,8 @@ fn attack(args: &AttackArgs, smoke: bool) -> Result<report::Report> {
         flooders: args.flooders.unwrap_or(1),
         watchers: pick(args.watchers, smoke, 20, 300),
         after_close: secs(pick(args.after_close, smoke, 0.2, 3.0)),
+        history_tasks: pick(args.history_tasks, smoke, 2000, 1_000_000),
+        history_result_bytes: args.history_result_bytes.unwrap_or(2048),
     })
 }
 
@@ -379,6 +418,18 @@ fn http(args: &HttpArgs, smoke: bool) -> Result<report::Report> {
     })
 }
 
+fn prune(args: &PruneArgs, smoke: bool) -> Result<report::Report> {
+    prune::run(&prune::Params {
+        finished: pick(args.finished, smoke, 1200, 1_000_000),
+        payload_bytes: args.payload_bytes.unwrap_or(1024),
+        result_bytes: args.result_bytes.unwrap_or(2048),
+        batches: pick(args.batches, smoke, 2, 200),
+        rows_only: args.rows_only,
+        quiet: secs(pick(args.quiet, smoke, 0.2, 3.0)),
+        pace: secs(args.pace.unwrap_or(2.0) / 1000.0),
+    })
+}
+
 fn print(report: Result<report::Report>) -> bool {
     match report {
         Ok(report) => {
@@ -406,6 +457,7 @@ fn main() -> ExitCode {
         Scenario::History(args) => print(history(args, smoke)),
         Scenario::Soak(args) => print(soak(args, smoke)),
         Scenario::Http(args) => print(http(args, smoke)),
+        Scenario::Prune(args) => print(prune(args, smoke)),
         Scenario::All => {
             let results = [
                 print(throughput(&ThroughputArgs::default(), smoke)),
@@ -425,6 +477,7 @@ fn main() -> ExitCode {
                 print(history(&HistoryArgs::default(), smoke)),
                 print(soak(&SoakArgs::default(), smoke)),
                 print(http(&HttpArgs::default(), smoke)),
+                print(prune(&PruneArgs::default(), smoke)),
             ];
             results.iter().all(|ok| *ok)
         }

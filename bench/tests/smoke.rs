@@ -43,7 +43,8 @@ fn every_scenario_runs_at_a_small_size() {
             "attack",
             "history",
             "soak",
-            "http"
+            "http",
+            "prune"
         ],
         "{stdout}"
     );

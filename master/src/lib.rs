@@ -161,6 +161,17 @@ pub enum MasterError {
     Io(#[from] std::io::Error),
 }
 
+impl MasterError {
+    /// The exit status this failure has its own of, if any (see the
+    /// README): a read-only data dir, `store::files::EXIT_READ_ONLY`.
+    pub fn exit_code(&self) -> Option<u8> {
+        match self {
+            MasterError::Store(store::StoreError::Files(files)) => files.exit_code(),
+            _ => None,
+        }
+    }
+}
+
 /// Asks a running master to stop; cloneable, usable from any thread or a
 /// signal handler thread.
 #[derive(Clone, Default)]

@@ -276,11 +276,15 @@ fn main() -> ExitCode {
         Err(err) => {
             let prefix = daemon::logging::stderr_prefix(log::Level::Error);
             eprintln!("{prefix}retire-master: error: {err:#}");
-            // A configuration mistake and a refused backup have their own
-            // statuses (see the README).
+            // A configuration mistake, a refused backup and a read-only
+            // data dir have their own statuses (see the README).
+            let files = err
+                .chain()
+                .find_map(|cause| cause.downcast_ref::<master::MasterError>())
+                .and_then(master::MasterError::exit_code);
             let code = match err.downcast_ref::<master::store::backup::BackupError>() {
                 Some(backup) => backup.exit_code(),
-                None => daemon::settings::exit_code(err.as_ref(), 1),
+                None => files.unwrap_or_else(|| daemon::settings::exit_code(err.as_ref(), 1)),
             };
             ExitCode::from(code)
         }

@@ -92,6 +92,9 @@ pub struct Store {
     connection: Connection,
     path: PathBuf,
     created: bool,
+    /// The highest task number written so far (`meta`'s `max_seq`, see
+    /// [`Store::commit`]).
+    max_seq: u64,
 }
 
 impl Store {
@@ -190,10 +193,12 @@ impl Store {
             )
             .map_err(wrap)?;
         schema::migrate(&connection, version).map_err(wrap)?;
+        let max_seq = stored_max_seq(&connection).map_err(wrap)?;
         Ok(Store {
             connection,
             path,
             created,
+            max_seq,
         })
     }
 
@@ -252,7 +257,8 @@ impl Store {
             )
         };
         let live = max_seq(live_condition!())?;
-        let max_seq = live.max(max_seq(FINISHED)?).max(0) as u64;
+        let max_seq =
+            (live.max(max_seq(FINISHED)?).max(0) as u64).max(stored_max_seq(&self.connection)?);
         Ok(History { finished, max_seq })
     }
 
@@ -444,6 +450,7 @@ impl Store {
             path: path.clone(),
             source,
         };
+        let mut max_seq = self.max_seq;
         let transaction = self.connection.transaction().map_err(wrap)?;
         {
             let mut put_device = transaction
@@ -461,6 +468,11 @@ impl Store {
                 )
                 .map_err(wrap)?;
             for op in batches.iter().flat_map(|batch| &batch.ops) {
+                if let StoreOp::PutTask(task) = op {
+                    max_seq = max_seq
+                        .max(task.seq)
+                        .max(crate::core::records::generated_seq(&task.task_id).unwrap_or(0));
+                }
                 match op {
                     StoreOp::PutDeviceKey(record) => {
                         let json = serde_json::to_string(record).unwrap_or_default();
@@ -491,7 +503,15 @@ impl Store {
                 }
             }
         }
-        transaction.commit().map_err(wrap)
+        if max_seq > self.max_seq {
+            transaction
+                .prepare_cached(PUT_MAX_SEQ)
+                .and_then(|mut statement| statement.execute(params![max_seq as i64]))
+                .map_err(wrap)?;
+        }
+        transaction.commit().map_err(wrap)?;
+        self.max_seq = max_seq;
+        Ok(())
     }
 
     /// Copies the whole WAL into the database and starts it over, waiting
@@ -510,6 +530,16 @@ impl Store {
             ),
             Err(err) => log::warn!("WAL checkpoint failed: {err}"),
         }
+    }
+
+    /// Copies the whole WAL into the database and truncates it, for a
+    /// program that writes through a `Store` without the store thread
+    /// (whose checkpointer does this as it goes): the bench's fill. `Ok`
+    /// even when a reader kept part of the WAL.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.connection
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(|e| self.sqlite(e))
     }
 
     /// Runs SQLite's own consistency check; `Ok(())` when it says "ok".
@@ -584,6 +614,23 @@ const PUT_TASK: &str = "INSERT INTO tasks (task_id, seq, state, record, finished
      ON CONFLICT (task_id) DO UPDATE
      SET seq = excluded.seq, state = excluded.state, record = excluded.record,
          finished_unix_ms = excluded.finished_unix_ms";
+
+/// Raises the highest task number kept in `meta` (schema 5): the `seq`
+/// of every task written and the number of every id of the generated
+/// form (`records::generated_seq`), so a generated id never repeats one
+/// that a pruned task had.
+const PUT_MAX_SEQ: &str = "INSERT INTO meta (key, value) VALUES ('max_seq', ?1)
+     ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)";
+
+/// The highest task number `meta` keeps (0 when none is kept).
+fn stored_max_seq(connection: &Connection) -> rusqlite::Result<u64> {
+    let value: Option<i64> = connection
+        .query_row("SELECT value FROM meta WHERE key = 'max_seq'", [], |row| {
+            row.get(0)
+        })
+        .optional()?;
+    Ok(value.unwrap_or(0).max(0) as u64)
+}
 
 /// [`finished_condition`] as a value, for queries built with `format!`.
 const FINISHED: &str = finished_condition!();
@@ -712,6 +759,14 @@ impl Restorable for DeviceRecord {
     }
 }
 
+/// Most bytes of records one listing page reads from the store, 1 MiB
+/// (at least one record, however large): a page of 1,000 finished tasks
+/// with large results would otherwise read and decode up to a GiB on the
+/// event loop's thread, one request stalling every peer. A page cut
+/// short says so (`ReadAnswer::Tasks::cut`) and the core ends the reply
+/// with a cursor there, so the client reads on from it.
+pub const PAGE_READ_BYTES: u64 = 1 << 20;
+
 /// A read-only connection to the database, which answers the core's reads
 /// of finished tasks (`Output::Read`) on the event loop's thread. Every
 /// read is a lookup by key or a walk of one index that stops after its
@@ -755,6 +810,7 @@ impl Reader {
                         .into_iter()
                         .collect(),
                     before_seq: None,
+                    cut: false,
                 })
             }
             ReadRequest::Exists { task_ids } => {
@@ -791,11 +847,12 @@ impl Reader {
                 };
                 let upper = before_seq.map_or(i64::MAX, |seq| seq as i64);
                 let rows = (*limit as i64).saturating_add(1);
-                let records = match state {
-                    Some(state) if !state.is_terminal() => Vec::new(),
+                let (records, cut) = match state {
+                    Some(state) if !state.is_terminal() => (Vec::new(), false),
                     Some(state) => self.page(
                         &format!(
-                            "SELECT task_id, record FROM tasks INDEXED BY tasks_finished_by_state
+                            "SELECT rowid, octet_length(record) FROM tasks
+                             INDEXED BY tasks_finished_by_state
                              WHERE state = ?3 AND {FINISHED} AND seq < ?1
                              ORDER BY state DESC, seq DESC LIMIT ?2"
                         ),
@@ -803,7 +860,8 @@ impl Reader {
                     )?,
                     None => self.page(
                         &format!(
-                            "SELECT task_id, record FROM tasks INDEXED BY tasks_finished
+                            "SELECT rowid, octet_length(record) FROM tasks
+                             INDEXED BY tasks_finished
                              WHERE {FINISHED} AND seq < ?1 ORDER BY seq DESC LIMIT ?2"
                         ),
                         params![upper, rows],
@@ -812,27 +870,52 @@ impl Reader {
                 Ok(ReadAnswer::Tasks {
                     records,
                     before_seq,
+                    cut,
                 })
             }
         }
     }
 
-    /// The records of a page query, newest first; an unreadable one is
-    /// left out (and logged).
+    /// The records of a page query (`sql` selects each row's `rowid` and
+    /// the size of its record), newest first, as many as fit in
+    /// [`PAGE_READ_BYTES`] (at least one), and whether that bound cut the
+    /// page short. Sizes come from `octet_length`, which SQLite answers
+    /// from a row's header, so only the records shown are read. An
+    /// unreadable record is left out (and logged).
     fn page(
         &self,
         sql: &str,
         params: &[&dyn rusqlite::ToSql],
-    ) -> rusqlite::Result<Vec<TaskRecord>> {
+    ) -> rusqlite::Result<(Vec<TaskRecord>, bool)> {
         let mut statement = self.connection.prepare_cached(sql)?;
         let mut rows = statement.query(params)?;
-        let mut records = Vec::new();
+        let mut chosen = Vec::new();
+        let mut bytes = 0u64;
+        let mut cut = false;
         while let Some(row) = rows.next()? {
-            let task_id: String = row.get(0)?;
-            let json: String = row.get(1)?;
-            records.extend(decoded(&task_id, &json));
+            let rowid: i64 = row.get(0)?;
+            let size = row.get::<_, Option<i64>>(1)?.unwrap_or(0).max(0) as u64;
+            if !chosen.is_empty() && bytes.saturating_add(size) > PAGE_READ_BYTES {
+                cut = true;
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            chosen.push(rowid);
         }
-        Ok(records)
+        drop(rows);
+        let mut read = self
+            .connection
+            .prepare_cached("SELECT task_id, record FROM tasks WHERE rowid = ?1")?;
+        let mut records = Vec::with_capacity(chosen.len());
+        for rowid in chosen {
+            let row: Option<(String, String)> = read
+                .query_row(params![rowid], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            if let Some((task_id, json)) = row {
+                records.extend(decoded(&task_id, &json));
+            }
+        }
+        Ok((records, cut))
     }
 }
 
@@ -899,8 +982,15 @@ struct Pruning {
     manual: std::collections::VecDeque<(crate::core::records::PruneJob, Vec<(TaskState, u64)>)>,
     /// The last batch was full: more is due right after the next commit.
     more: bool,
+    /// The row bound of the next batch, adapted to how long batches take
+    /// (`retention::next_limit`).
+    limit: usize,
     /// When to look again otherwise.
     next: std::time::Instant,
+    /// No batch before this: the last one left the WAL past
+    /// `retention::PRUNE_WAL_PAGES`, and the checkpointer gets time to
+    /// copy it back before pruning writes more.
+    held: Option<std::time::Instant>,
 }
 
 impl Pruning {
@@ -909,10 +999,12 @@ impl Pruning {
             retention,
             manual: std::collections::VecDeque::new(),
             more: false,
+            limit: retention::PRUNE_BATCH,
             // The first look soon after start, not at once: a start has
             // enough to do.
             next: std::time::Instant::now()
                 + retention.map_or(Duration::ZERO, |retention| retention.interval()),
+            held: None,
         }
     }
 
@@ -943,12 +1035,20 @@ impl Pruning {
         if shutdown.is_triggered() {
             self.manual.clear();
         }
+        if let Some(held) = self.held {
+            if std::time::Instant::now() < held {
+                return (None, None);
+            }
+            self.held = None;
+        }
         let Some((job, _)) = self.manual.front() else {
             return (self.run_retention(store, shutdown), None);
         };
-        match store.prune_before(job.before_unix_ms, retention::PRUNE_BATCH) {
+        let started = std::time::Instant::now();
+        match store.prune_before(job.before_unix_ms, self.limit) {
             Ok(pruned) => {
-                let full = pruned.tasks.len() >= retention::PRUNE_BATCH;
+                let full = pruned.full;
+                self.limit = retention::next_limit(self.limit, started.elapsed(), full);
                 if let Some((_, total)) = self.manual.front_mut() {
                     retention::add_counts(total, &pruned.per_state());
                 }
@@ -991,8 +1091,11 @@ impl Pruning {
         let now_unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        let outcome = store.prune_batch(&retention, now_unix_ms, retention::PRUNE_BATCH);
-        self.more = matches!(&outcome, Ok(pruned) if pruned.tasks.len() >= retention::PRUNE_BATCH);
+        let outcome = store.prune_batch(&retention, now_unix_ms, self.limit);
+        self.more = matches!(&outcome, Ok(pruned) if pruned.full);
+        if outcome.is_ok() {
+            self.limit = retention::next_limit(self.limit, now.elapsed(), self.more);
+        }
         if !self.more {
             self.next = now + retention.interval();
         }
@@ -1009,17 +1112,31 @@ impl Pruning {
         }
     }
 
+    /// The WAL holds `pages` after a pruning batch: past
+    /// `retention::PRUNE_WAL_PAGES`, the next batch waits
+    /// `retention::PRUNE_WAL_WAIT`.
+    fn after_batch(&mut self, pages: i32) {
+        if pages > retention::PRUNE_WAL_PAGES {
+            self.held = Some(std::time::Instant::now() + retention::PRUNE_WAL_WAIT);
+        }
+    }
+
     /// How long the thread may wait for a batch before pruning is due.
     fn wait(&self) -> Duration {
-        if !self.manual.is_empty() {
-            return Duration::ZERO;
-        }
-        match self.retention {
-            None => Duration::from_secs(3600),
-            Some(_) if self.more => Duration::ZERO,
-            Some(_) => self
-                .next
-                .saturating_duration_since(std::time::Instant::now()),
+        let due = if !self.manual.is_empty() {
+            Duration::ZERO
+        } else {
+            match self.retention {
+                None => Duration::from_secs(3600),
+                Some(_) if self.more => Duration::ZERO,
+                Some(_) => self
+                    .next
+                    .saturating_duration_since(std::time::Instant::now()),
+            }
+        };
+        match self.held {
+            Some(held) => due.max(held.saturating_duration_since(std::time::Instant::now())),
+            None => due,
         }
     }
 }
@@ -1050,6 +1167,18 @@ pub fn spawn(
                 // Retention between group commits: one small batch at a
                 // time (see `retention`), so a commit waits for one at most.
                 let (pruned, done) = pruning.run(&mut store, &shutdown);
+                if pruned.is_some() || done.is_some() {
+                    // Pruning writes the WAL as a commit does: the
+                    // checkpointer is asked as often, and past a bound
+                    // pruning waits for it (never the store itself: a
+                    // checkpoint here would delay the next commit).
+                    let pages = checkpoint::take_wal_pages();
+                    let action = wal.after_commit(pages);
+                    if action != WalAction::Nothing || pages > retention::PRUNE_WAL_PAGES {
+                        checkpointer.request();
+                    }
+                    pruning.after_batch(pages);
+                }
                 let events = pruned
                     .map(|pruned| StoreEvent::Pruned {
                         committed: last_committed,
@@ -1220,6 +1349,7 @@ mod tests {
             ReadAnswer::Tasks {
                 records,
                 before_seq,
+                cut: false,
             } => (
                 records.into_iter().map(|r| r.task_id).collect::<Vec<_>>(),
                 before_seq,

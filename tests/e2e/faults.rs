@@ -5,8 +5,9 @@
 //!   lost, each task ends once, executions stay within attempts;
 //! - kill -9 of a worker mid-task: the task completes on another one;
 //! - SIGSTOP of a worker past its lease: its late result is fenced;
-//! - a full disk (a file-size limit on the master): no ack, refusals,
-//!   reads go on, recovery by itself, a sound database;
+//! - a full disk (a file-size limit on the master, and a real tmpfs that
+//!   fills up): no ack, refusals, reads go on, recovery by itself, a sound
+//!   database; a read-only data dir refuses a start (exit 73);
 //! - a worker's outbox across a restart of the master: recorded once.
 //!
 //! Waits end on events. The only sleeps are in
@@ -706,17 +707,22 @@ fn wait_storage_event(events: &mut Client, addr: SocketAddr, want: &Event) -> Ev
     }
 }
 
-#[test]
-fn a_disk_that_fills_up_refuses_changes_and_recovers() {
-    let dir = setup();
-    let data = dir.path().join("data");
-    let mut master =
-        MasterProcess::start_with_file_size_limit(&data, "127.0.0.1:0", &[], FILE_SIZE_LIMIT);
-    let addr = master.addr;
-    let mut events = subscriber(addr);
+/// Large submits under way until the store could not commit one.
+struct Filled {
+    /// The submits acknowledged before the failure.
+    acked: BTreeSet<String>,
+    /// The submit whose commit failed: sent, not acknowledged.
+    pending: String,
+    /// What the submitter does from now on: the ack of `pending` once the
+    /// store commits it.
+    log: mpsc::Receiver<Submitted>,
+    submitter: thread::JoinHandle<()>,
+}
 
-    // A second connection submits large tasks one at a time until a commit
-    // fails for want of room.
+/// A second connection submits large tasks one at a time until a commit
+/// fails for want of room (`storage_failing` on `events`); none after
+/// that. Checks that the submit whose commit failed has no ack.
+fn submit_until_storage_fails(addr: SocketAddr, events: &mut Client) -> Filled {
     let stop = Arc::new(AtomicBool::new(false));
     let (log_tx, log_rx) = mpsc::channel::<Submitted>();
     let submitter = {
@@ -735,7 +741,7 @@ fn a_disk_that_fills_up_refuses_changes_and_recovers() {
             panic!("100 large submits never filled the file-size limit");
         })
     };
-    wait_storage_event(&mut events, addr, &Event::StorageFailing);
+    wait_storage_event(events, addr, &Event::StorageFailing);
     stop.store(true, Ordering::SeqCst);
     let mut acked: BTreeSet<String> = BTreeSet::new();
     let mut last_sent = None;
@@ -753,8 +759,45 @@ fn a_disk_that_fills_up_refuses_changes_and_recovers() {
         "the submit whose commit failed ({pending}) has no ack"
     );
     assert!(!acked.is_empty(), "some large submits fit before the limit");
+    Filled {
+        acked,
+        pending,
+        log: log_rx,
+        submitter,
+    }
+}
 
-    // Changes are refused with the retryable code; reads go on.
+impl Filled {
+    /// Once there is room again: the store's retry commits the pending
+    /// submit, which gets its ack (and nothing else was sent meanwhile).
+    /// Returns every acknowledged id.
+    fn recovered(self, events: &mut Client, addr: SocketAddr) -> BTreeSet<String> {
+        let Filled {
+            mut acked,
+            pending,
+            log,
+            submitter,
+        } = self;
+        wait_storage_event(events, addr, &Event::StorageRecovered);
+        let mut pending_acked = false;
+        while !pending_acked {
+            match log.recv_timeout(PATIENCE) {
+                Ok(Submitted::Acked(id)) if id == pending => pending_acked = true,
+                Ok(Submitted::Acked(id)) => panic!("an ack for {id}, not {pending}"),
+                Ok(Submitted::Sent(id)) => panic!("{id} was sent before {pending} was acked"),
+                Err(err) => panic!("{pending} was never acknowledged: {err}"),
+            }
+        }
+        submitter.join().expect("the submitter finished");
+        acked.insert(pending);
+        acked
+    }
+}
+
+/// While the store fails: a submit is refused with the retryable
+/// `storage_unavailable`, `status` says so, and an acknowledged task can
+/// still be read.
+fn check_refusing(addr: SocketAddr, acked: &BTreeSet<String>) {
     let mut fresh = Client::connect(addr);
     let refused = fresh
         .try_request(Message::TaskSubmit(TaskSubmit {
@@ -770,22 +813,42 @@ fn a_disk_that_fills_up_refuses_changes_and_recovers() {
     assert_eq!(storage_state(addr), "failing");
     let first = acked.iter().next().expect("an acked task").clone();
     assert_eq!(task_status(&mut fresh, &first).state, TaskState::Queued);
+}
+
+/// After a restart on `data`, every task of `acked` is there, queued, and
+/// the refused one is not.
+fn check_all_there(data: &Path, acked: &BTreeSet<String>, round: &str) -> MasterProcess {
+    let master = MasterProcess::start(data);
+    let views = statuses(master.addr, acked);
+    for id in acked {
+        let view = views
+            .get(id)
+            .unwrap_or_else(|| panic!("{id} is missing {round}"));
+        assert_eq!(view.state, TaskState::Queued, "{id} {round}");
+    }
+    assert!(
+        !statuses(master.addr, &BTreeSet::from(["refused".to_string()])).contains_key("refused")
+    );
+    master
+}
+
+#[test]
+fn a_disk_that_fills_up_refuses_changes_and_recovers() {
+    let dir = setup();
+    let data = dir.path().join("data");
+    let mut master =
+        MasterProcess::start_with_file_size_limit(&data, "127.0.0.1:0", &[], FILE_SIZE_LIMIT);
+    let addr = master.addr;
+    let mut events = subscriber(addr);
+    let filled = submit_until_storage_fails(addr, &mut events);
+
+    // Changes are refused with the retryable code; reads go on.
+    check_refusing(addr, &filled.acked);
 
     // Room again: the store's retry commits, and the pending submit gets
     // its ack.
     lift_file_size_limit(master.pid());
-    wait_storage_event(&mut events, addr, &Event::StorageRecovered);
-    let mut pending_acked = false;
-    while !pending_acked {
-        match log_rx.recv_timeout(PATIENCE) {
-            Ok(Submitted::Acked(id)) if id == pending => pending_acked = true,
-            Ok(Submitted::Acked(id)) => panic!("an ack for {id}, not {pending}"),
-            Ok(Submitted::Sent(id)) => panic!("{id} was sent before {pending} was acked"),
-            Err(err) => panic!("{pending} was never acknowledged: {err}"),
-        }
-    }
-    submitter.join().expect("the submitter finished");
-    acked.insert(pending);
+    let mut acked = filled.recovered(&mut events, addr);
     assert_eq!(storage_state(addr), "ok");
     let ack = submit(
         &mut Client::connect(addr),
@@ -813,18 +876,7 @@ fn a_disk_that_fills_up_refuses_changes_and_recovers() {
     // Everything acknowledged is there after a restart, and after a kill -9
     // and another restart.
     for round in ["after SIGTERM", "after kill -9"] {
-        let mut master = MasterProcess::start(&data);
-        let views = statuses(master.addr, &acked);
-        for id in &acked {
-            let view = views
-                .get(id)
-                .unwrap_or_else(|| panic!("{id} is missing {round}"));
-            assert_eq!(view.state, TaskState::Queued, "{id} {round}");
-        }
-        assert!(
-            !statuses(master.addr, &BTreeSet::from(["refused".to_string()]))
-                .contains_key("refused")
-        );
+        let mut master = check_all_there(&data, &acked, round);
         if round == "after SIGTERM" {
             master.kill9();
         } else {
@@ -833,6 +885,119 @@ fn a_disk_that_fills_up_refuses_changes_and_recovers() {
     }
     let check = check_database(&data);
     assert!(check.status.success(), "--check after kill -9: {check:?}");
+}
+
+// ----- a real file system that fills up, or is read-only -----
+
+/// A tmpfs the test mounts (CI runs the tests as root) and unmounts when
+/// dropped: a real file system whose size the test sets, to fill up, to
+/// grow again and to make read-only, under a master.
+struct Tmpfs {
+    path: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it) at `path`.
+    /// Fails the test, loudly, if it cannot: the test needs root.
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).expect("the mount point");
+        let tmpfs = Tmpfs {
+            path: path.to_path_buf(),
+        };
+        tmpfs.run(&[
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0700"),
+            "tmpfs",
+        ]);
+        tmpfs
+    }
+
+    /// Remounts it with `options` (`size=64m`, `ro`, `rw`).
+    fn remount(&self, options: &str) {
+        self.run(&["-o", &format!("remount,{options}")]);
+    }
+
+    fn run(&self, args: &[&str]) {
+        let output = std::process::Command::new("mount")
+            .args(args)
+            .arg(&self.path)
+            .output()
+            .expect("run mount");
+        assert!(
+            output.status.success(),
+            "mount {args:?} {} failed (this test mounts a tmpfs, so it runs as root, as CI does): {}",
+            self.path.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .output();
+    }
+}
+
+/// The master's data dir is on a real file system that fills up while
+/// tasks are submitted (a tmpfs of 4 MiB): the failing commit is not
+/// acknowledged, changes are refused while reads go on, the log names the
+/// database in the data dir and the error, and once the file system is
+/// grown the master commits and acknowledges the pending submit by itself.
+/// Then the same file system is read-only: a start is refused with a
+/// message naming it and exit status 73. Made writable again, a master
+/// finds every acknowledged task.
+#[test]
+fn a_data_dir_on_a_file_system_that_fills_up_or_is_read_only_loses_nothing_acknowledged() {
+    let dir = setup();
+    let tmpfs = Tmpfs::mount(&dir.path().join("small"), "4m");
+    let data = tmpfs.path.join("data");
+    let log = dir.path().join("master.log");
+    let mut master = MasterProcess::start_logged(&data, &[], &log);
+    let addr = master.addr;
+    let mut events = subscriber(addr);
+    let filled = submit_until_storage_fails(addr, &mut events);
+    check_refusing(addr, &filled.acked);
+    let db = data.join("retire.db").display().to_string();
+    let said = std::fs::read_to_string(&log).expect("the master's log");
+    assert!(
+        said.lines().any(|line| line.contains("commit failed")
+            && line.contains(&db)
+            && line.contains("full")),
+        "no log line names {db} and the full disk:\n{said}"
+    );
+
+    // The disk is fixed: the file system grows.
+    tmpfs.remount("size=64m");
+    let acked = filled.recovered(&mut events, addr);
+    assert_eq!(storage_state(addr), "ok");
+    assert!(master.terminate().success());
+
+    // Read-only: no start, a clear message and its own exit status.
+    tmpfs.remount("ro");
+    let refused = std::process::Command::new(tests::bin("retire-master"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run retire-master");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(73), "{stderr}");
+    assert!(
+        stderr.contains(&data.display().to_string()) && stderr.contains("read-only"),
+        "{stderr}"
+    );
+    tmpfs.remount("rw");
+    let mut master = check_all_there(&data, &acked, "after the disk was fixed");
+    assert!(master.terminate().success());
+    let check = check_database(&data);
+    assert!(check.status.success(), "--check: {check:?}");
 }
 
 // ----- results in a worker's outbox across a restart of the master -----

@@ -63,6 +63,10 @@ pub enum ReadAnswer {
         records: Vec<TaskRecord>,
         /// The `seq` of the page's cursor, when there is one.
         before_seq: Option<u64>,
+        /// The store stopped the page before `limit + 1` rows (its byte
+        /// bound, `store::PAGE_READ_BYTES`): it holds more below the last
+        /// one.
+        cut: bool,
     },
     /// The page's cursor names no task.
     NoCursor,
@@ -590,11 +594,12 @@ impl Core {
         answer: ReadAnswer,
     ) -> Result<(Vec<TaskRecord>, Option<String>), ReplyError> {
         let limit = list.limit.unwrap_or(DEFAULT_LIST).min(MAX_LIST);
-        let (rows, before_seq) = match answer {
+        let (rows, before_seq, cut) = match answer {
             ReadAnswer::Tasks {
                 records,
                 before_seq,
-            } => (records, before_seq),
+                cut,
+            } => (records, before_seq, cut),
             ReadAnswer::NoCursor | ReadAnswer::Ids(_) => {
                 return Err(ReplyError::new(
                     ErrorCode::NotFound,
@@ -615,7 +620,7 @@ impl Core {
             }
             (None, _) => None,
         };
-        let stored_full = rows.len() > limit;
+        let stored_full = rows.len() > limit || cut;
         let mut low: Option<(u64, String)> = stored_full
             .then(|| rows.last().map(|r| (r.seq, r.task_id.clone())))
             .flatten();

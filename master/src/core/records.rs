@@ -6,6 +6,32 @@ use protocol::{DeviceStatus, Register, Requirements, TaskSpec, TaskState};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// The largest number [`generated_seq`] takes from an id, 2^53: the
+/// master would need that many submits to generate it, so a larger one in
+/// a client's id can never clash with a generated id and moves nothing.
+pub const MAX_GENERATED_SEQ: u64 = 1 << 53;
+
+/// The number `N` of an id in the form the master generates for a task
+/// whose client chose none, `task-HEX-N` (the submission time in hex and
+/// the task's `seq`), if `task_id` has that form and `N` is below
+/// [`MAX_GENERATED_SEQ`]. The master never generates an id whose number
+/// is at most the highest it has seen in any id, its own or a client's
+/// (the store keeps that number even after the tasks are pruned), so a
+/// generated id never clashes with a stored one.
+pub fn generated_seq(task_id: &str) -> Option<u64> {
+    let rest = task_id.strip_prefix("task-")?;
+    let (time, number) = rest.split_once('-')?;
+    let hex = !time.is_empty() && time.bytes().all(|b| b.is_ascii_hexdigit());
+    let decimal = !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit());
+    if !(hex && decimal) {
+        return None;
+    }
+    number
+        .parse::<u64>()
+        .ok()
+        .filter(|&n| n < MAX_GENERATED_SEQ)
+}
+
 /// A device as it is stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceRecord {
@@ -222,4 +248,34 @@ pub struct Batch {
     pub id: u64,
     /// The changes.
     pub ops: Vec<StoreOp>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_number_of_an_id_of_the_generated_form() {
+        let check = |id: &str, expect: Option<u64>| {
+            assert_eq!(generated_seq(id), expect, "{id}");
+        };
+        check("task-18c1d2e3f4a-981", Some(981));
+        check("task-0-0", Some(0));
+        check("task-ABCdef-12", Some(12));
+        check(
+            &format!("task-1-{}", MAX_GENERATED_SEQ - 1),
+            Some(MAX_GENERATED_SEQ - 1),
+        );
+        check(&format!("task-1-{MAX_GENERATED_SEQ}"), None);
+        check("task-1-99999999999999999999999", None);
+        check("task-18c1d2e3f4a", None);
+        check("task--5", None);
+        check("task-1-", None);
+        check("task-xyz-5", None);
+        check("task-1-5a", None);
+        check("task-1-+5", None);
+        check("Task-1-5", None);
+        check("cli-0123456789abcdef", None);
+        check("task-1-2-3", None);
+    }
 }

@@ -90,6 +90,16 @@ pub enum FilesError {
         /// The write-ahead log left behind.
         wal: PathBuf,
     },
+    /// The data directory is on a read-only file system (or was mounted
+    /// read-only): the master cannot write its database there.
+    #[error(
+        "{path}: the data dir's file system is read-only, and the master writes its database \
+         there; remount it read-write or give --data-dir a writable directory"
+    )]
+    ReadOnly {
+        /// The file or directory a write was refused for.
+        path: PathBuf,
+    },
     /// There is no database, and none was to be created (`--check`).
     #[error("no database at {path} (a master creates it at its first start)")]
     Missing {
@@ -98,10 +108,34 @@ pub enum FilesError {
     },
 }
 
+/// The exit status of a master that cannot start because its data dir
+/// cannot be written ([`FilesError::ReadOnly`]): 73, sysexits'
+/// `EX_CANTCREAT`.
+pub const EXIT_READ_ONLY: u8 = 73;
+
+impl FilesError {
+    /// The exit status of a master that cannot start for this reason, if
+    /// it has its own (see the README): [`EXIT_READ_ONLY`] for a
+    /// read-only data dir.
+    pub fn exit_code(&self) -> Option<u8> {
+        match self {
+            FilesError::ReadOnly { .. } => Some(EXIT_READ_ONLY),
+            _ => None,
+        }
+    }
+}
+
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> FilesError + '_ {
-    move |source| FilesError::Io {
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        if source.kind() == io::ErrorKind::ReadOnlyFilesystem {
+            return FilesError::ReadOnly {
+                path: path.to_path_buf(),
+            };
+        }
+        FilesError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -203,6 +237,14 @@ pub fn prepare(data_dir: &Path, db_file: &str, create: Create) -> Result<bool, F
         Ok(filled) if filled == header.len() && &header == SQLITE_HEADER => {}
         Ok(_) => return Err(FilesError::NotDatabase { path }),
         Err(source) => return Err(FilesError::Unreadable { path, source }),
+    }
+    if create == Create::IfMissing {
+        // A master writes its database: a read-only data dir is said
+        // plainly here, not as SQLite's "unable to open database file".
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io_error(&path))?;
     }
     restrict(&path, meta.permissions().mode(), FILE_MODE)?;
     for suffix in COMPANIONS {

@@ -2,13 +2,16 @@
 //! database, and the file shrinks again.
 //!
 //! The store thread prunes between group commits (see [`super::spawn`]):
-//! each pruning transaction deletes at most [`PRUNE_BATCH`] rows, so a
-//! commit waiting behind it waits for one small delete, never for the whole
-//! backlog; then `PRAGMA incremental_vacuum` hands the freed pages back to
-//! the file system (schema 2 turned incremental auto-vacuum on). A full
-//! batch means more is due, and the next one runs right after the next
-//! commit (or at once, when none is waiting); otherwise the next look is
-//! [`PRUNE_INTERVAL`] later, or sooner when a retention is shorter.
+//! each pruning transaction deletes at most [`PRUNE_BATCH`] rows and at
+//! most [`PRUNE_BATCH_BYTES`] of records (at least one row), so a commit
+//! waiting behind it waits for one small delete, never for the whole
+//! backlog, however large the tasks' payloads and results; then `PRAGMA
+//! incremental_vacuum` hands the freed pages back to the file system
+//! (schema 2 turned incremental auto-vacuum on). A batch cut short by
+//! either bound means more is due, and the next one runs right after the
+//! next commit (or at once, when none is waiting); otherwise the next look
+//! is [`PRUNE_INTERVAL`] later, or sooner when a retention is shorter.
+//! `bench prune` measures what one batch costs (docs/benchmarks.md).
 //!
 //! Only finished tasks are ever deleted: every statement's `WHERE` names
 //! the finished states, so a live task (queued, assigned, running,
@@ -26,6 +29,53 @@ use super::{Store, StoreError, FINISHED};
 /// few KiB per row, a batch takes a few milliseconds, which is all a
 /// commit behind it waits.
 pub const PRUNE_BATCH: usize = 500;
+
+/// Most bytes of records (payload and result included) one pruning
+/// transaction deletes, 256 KiB, whatever [`PRUNE_BATCH`] allows: a
+/// batch's delete and the vacuum after it cost about the pages they free
+/// (about 9 ms a MiB on the 2-core development machine, `bench prune`), so
+/// a batch of tasks with a few KiB each, or with large results, is cut to
+/// what 500 small ones cost: a few milliseconds. A batch always deletes at
+/// least one row, so a single task larger than this still goes, alone.
+pub const PRUNE_BATCH_BYTES: u64 = 256 << 10;
+
+/// How long one pruning batch should hold the write lock at most, 5 ms:
+/// the store thread times each batch and halves its row bound after one
+/// that took longer (see [`next_limit`]), so on a slower disk (or with
+/// tasks that cost more to delete) batches shrink until a commit waiting
+/// behind one waits about this long.
+pub const PRUNE_BATCH_TIME: Duration = Duration::from_millis(5);
+
+/// The fewest rows the store thread's row bound goes down to (16), so
+/// pruning still makes progress on the slowest disk.
+pub const MIN_PRUNE_BATCH: usize = 16;
+
+/// The row bound of the store thread's next pruning batch, given the last
+/// one's bound (`limit`), how long that batch took and whether a bound
+/// stopped it (`full`): halved, down to [`MIN_PRUNE_BATCH`], after a batch
+/// longer than [`PRUNE_BATCH_TIME`]; doubled, up to [`PRUNE_BATCH`], after
+/// a full batch that took less than half of it; otherwise the same.
+pub fn next_limit(limit: usize, took: Duration, full: bool) -> usize {
+    if took > PRUNE_BATCH_TIME {
+        (limit / 2).max(MIN_PRUNE_BATCH)
+    } else if full && took < PRUNE_BATCH_TIME / 2 {
+        limit.saturating_mul(2).min(PRUNE_BATCH)
+    } else {
+        limit.clamp(MIN_PRUNE_BATCH, PRUNE_BATCH)
+    }
+}
+
+/// WAL size (pages) past which the store thread lets the checkpointer
+/// catch up before the next pruning batch: 4,096 pages, 16 MiB with 4 KiB
+/// pages. Deleting and vacuuming write the WAL faster than a passive
+/// checkpoint copies it back; without this pause a long prune grew the WAL
+/// to its hard limit, where the store checkpoints on its own thread and
+/// the commit after it waits (`bench prune`).
+pub const PRUNE_WAL_PAGES: i32 = 4096;
+
+/// How long pruning waits when the WAL is past [`PRUNE_WAL_PAGES`]
+/// (commits go on meanwhile), 20 ms.
+pub const PRUNE_WAL_WAIT: Duration = Duration::from_millis(20);
 
 /// How often the store thread looks for tasks past their retention when
 /// the last look found none left (sooner if a retention is shorter).
@@ -90,6 +140,8 @@ const KEPT_LONG: &str = "('failed', 'timed_out', 'dead_letter')";
 pub struct Pruned {
     /// The deleted tasks.
     pub tasks: Vec<(String, TaskState)>,
+    /// The batch stopped at its row or byte bound, so more may be due.
+    pub full: bool,
 }
 
 impl Pruned {
@@ -130,6 +182,7 @@ impl Store {
                 (KEPT_SHORT, cutoff(retention.retention)),
             ],
             limit,
+            PRUNE_BATCH_BYTES,
         )
     }
 
@@ -141,18 +194,32 @@ impl Store {
         before_unix_ms: i64,
         limit: usize,
     ) -> Result<Pruned, StoreError> {
+        self.prune_before_within(before_unix_ms, limit, PRUNE_BATCH_BYTES)
+    }
+
+    /// [`Store::prune_before`] with a byte bound of `bytes` instead of
+    /// [`PRUNE_BATCH_BYTES`] (`bench prune --batch-bytes` compares bounds).
+    pub fn prune_before_within(
+        &mut self,
+        before_unix_ms: i64,
+        limit: usize,
+        bytes: u64,
+    ) -> Result<Pruned, StoreError> {
         self.prune_classes(
             [(KEPT_LONG, before_unix_ms), (KEPT_SHORT, before_unix_ms)],
             limit,
+            bytes,
         )
     }
 
-    /// Deletes at most `limit` tasks of each class's states that finished
-    /// before its cutoff, the classes in order, in one transaction.
+    /// Deletes at most `limit` tasks and `bytes` of records (at least one
+    /// row) of each class's states that finished before its cutoff, the
+    /// classes in order, in one transaction.
     fn prune_classes(
         &mut self,
         classes: [(&str, i64); 2],
         limit: usize,
+        bytes: u64,
     ) -> Result<Pruned, StoreError> {
         let path = self.path.clone();
         let wrap = |source| StoreError::Sqlite {
@@ -160,13 +227,16 @@ impl Store {
             source,
         };
         let mut pruned = Pruned::default();
+        let mut bytes = bytes;
         let transaction = self.connection.transaction().map_err(wrap)?;
         for (states, before) in classes {
             let room = limit.saturating_sub(pruned.tasks.len());
-            if room == 0 {
+            if room == 0 || pruned.full {
+                pruned.full = true;
                 break;
             }
-            delete_before(&transaction, states, before, room, &mut pruned).map_err(wrap)?;
+            delete_before(&transaction, states, before, room, &mut bytes, &mut pruned)
+                .map_err(wrap)?;
         }
         transaction.commit().map_err(wrap)?;
         if !pruned.tasks.is_empty() {
@@ -191,30 +261,53 @@ impl Store {
 }
 
 /// Deletes up to `limit` tasks of `states` that finished before `before`,
-/// adding them to `pruned`. In index order, not oldest first: sorting
-/// would read the whole backlog at every batch. The `WHERE` repeats the
+/// and up to `bytes` of their records (at least one row per batch, if any
+/// is due), adding them to `pruned` and taking their size off `bytes`;
+/// sets `pruned.full` when a bound stopped it. In index order, not oldest
+/// first: sorting would read the whole backlog at every batch. The rows'
+/// sizes come from `octet_length`, which SQLite answers from the row's
+/// header without reading a large record. The `WHERE` repeats the
 /// finished states: whatever `states` says, a live task is never deleted.
 fn delete_before(
     connection: &rusqlite::Connection,
     states: &str,
     before: i64,
     limit: usize,
+    bytes: &mut u64,
     pruned: &mut Pruned,
 ) -> rusqlite::Result<()> {
-    let mut statement = connection.prepare_cached(&format!(
-        "DELETE FROM tasks WHERE rowid IN (
-             SELECT rowid FROM tasks INDEXED BY tasks_finished_at
-             WHERE state IN {states} AND {FINISHED} AND finished_unix_ms < ?1
-             LIMIT ?2)
-         AND {FINISHED}
-         RETURNING task_id, state"
+    let mut select = connection.prepare_cached(&format!(
+        "SELECT rowid, octet_length(record) FROM tasks INDEXED BY tasks_finished_at
+         WHERE state IN {states} AND {FINISHED} AND finished_unix_ms < ?1
+         LIMIT ?2"
     ))?;
-    let mut rows = statement.query(params![before, limit as i64])?;
+    let mut due = Vec::new();
+    let mut rows = select.query(params![before, limit as i64])?;
     while let Some(row) = rows.next()? {
-        let task_id: String = row.get(0)?;
-        let state: String = row.get(1)?;
-        if let Ok(state) = state.parse::<TaskState>() {
-            pruned.tasks.push((task_id, state));
+        let rowid: i64 = row.get(0)?;
+        let size = row.get::<_, Option<i64>>(1)?.unwrap_or(0).max(0) as u64;
+        if size > *bytes && !(due.is_empty() && pruned.tasks.is_empty()) {
+            pruned.full = true;
+            break;
+        }
+        *bytes = bytes.saturating_sub(size);
+        due.push(rowid);
+    }
+    drop(rows);
+    if due.len() >= limit {
+        pruned.full = true;
+    }
+    let mut delete = connection.prepare_cached(&format!(
+        "DELETE FROM tasks WHERE rowid = ?1 AND {FINISHED} RETURNING task_id, state"
+    ))?;
+    for rowid in due {
+        let mut rows = delete.query(params![rowid])?;
+        while let Some(row) = rows.next()? {
+            let task_id: String = row.get(0)?;
+            let state: String = row.get(1)?;
+            if let Ok(state) = state.parse::<TaskState>() {
+                pruned.tasks.push((task_id, state));
+            }
         }
     }
     Ok(())
@@ -355,6 +448,114 @@ mod tests {
         );
     }
 
+    /// Prunes with the default retention, a batch at a time, until
+    /// nothing is left to prune: every batch that deleted something.
+    fn prune_all(store: &mut Store) -> Vec<Pruned> {
+        let mut batches = Vec::new();
+        loop {
+            let pruned = store
+                .prune_batch(&Retention::default(), NOW, PRUNE_BATCH)
+                .expect("prune");
+            if pruned.tasks.is_empty() {
+                assert!(!pruned.full, "an empty batch says nothing more is due");
+                return batches;
+            }
+            batches.push(pruned);
+        }
+    }
+
+    /// A batch deletes at most `PRUNE_BATCH_BYTES` of records, however
+    /// many rows `PRUNE_BATCH` would allow: tasks of 80 KiB go three at a
+    /// time, one larger than the bound goes alone, and every batch that a
+    /// bound stopped says more is due.
+    #[test]
+    fn a_batch_of_large_tasks_is_cut_by_bytes_and_a_larger_one_goes_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = Store::open(dir.path(), Synchronous::Normal).expect("open");
+        let huge = PRUNE_BATCH_BYTES as usize + 1;
+        write(
+            &mut store,
+            &[("huge".to_string(), TaskState::Completed, 61)],
+            &"x".repeat(huge),
+        );
+        let large: Vec<(String, TaskState, i64)> = (0..7)
+            .map(|i| (format!("large-{i}"), TaskState::Completed, 60))
+            .chain([("live".to_string(), TaskState::Queued, 60)])
+            .collect();
+        write(&mut store, &large, &"x".repeat(80 * 1024));
+        let batches: Vec<(Vec<String>, bool)> = prune_all(&mut store)
+            .into_iter()
+            .map(|pruned| {
+                let ids = pruned.tasks.iter().map(|(id, _)| id.clone()).collect();
+                (ids, pruned.full)
+            })
+            .collect();
+        let shape: Vec<(usize, bool)> = batches
+            .iter()
+            .map(|(ids, full)| (ids.len(), *full))
+            .collect();
+        assert_eq!(
+            shape,
+            [(1, true), (3, true), (3, true), (1, false)],
+            "{batches:?}"
+        );
+        assert_eq!(batches[0].0, ["huge"]);
+        assert_eq!(ids(&store), ["live"]);
+    }
+
+    /// The store thread's row bound shrinks after a slow batch and grows
+    /// back after fast full ones, within its bounds.
+    #[test]
+    fn the_row_bound_follows_how_long_batches_take() {
+        let ms = Duration::from_millis;
+        let check = |limit: usize, took: Duration, full: bool, expect: usize| {
+            assert_eq!(
+                next_limit(limit, took, full),
+                expect,
+                "{limit} rows, {took:?}, full {full}"
+            );
+        };
+        check(PRUNE_BATCH, ms(6), true, PRUNE_BATCH / 2);
+        check(PRUNE_BATCH, ms(60), false, PRUNE_BATCH / 2);
+        check(20, ms(60), true, MIN_PRUNE_BATCH);
+        check(MIN_PRUNE_BATCH, ms(60), true, MIN_PRUNE_BATCH);
+        check(100, ms(1), true, 200);
+        check(400, ms(1), true, PRUNE_BATCH);
+        check(PRUNE_BATCH, ms(1), true, PRUNE_BATCH);
+        // Not full: nothing says a larger batch would be due.
+        check(100, ms(1), false, 100);
+        // Between half the aim and the aim: kept.
+        check(100, ms(4), true, 100);
+        check(100, PRUNE_BATCH_TIME, true, 100);
+    }
+
+    /// The highest task number survives the pruning of the tasks that had
+    /// it, and a restart: the `seq`s written and the number of an id of
+    /// the generated form, so the master never generates a pruned task's
+    /// id again.
+    #[test]
+    fn the_highest_task_number_outlives_its_pruned_tasks() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = Store::open(dir.path(), Synchronous::Normal).expect("open");
+        let tasks: Vec<(String, TaskState, i64)> = [
+            ("task-18c1d2e3f4a-900", TaskState::Completed, 60),
+            ("client-chosen", TaskState::Failed, 100),
+            ("task-18c1d2e3f4a-1", TaskState::Queued, 60),
+        ]
+        .into_iter()
+        .map(|(id, state, days)| (id.to_string(), state, days))
+        .collect();
+        write(&mut store, &tasks, "x");
+        prune_all(&mut store);
+        assert_eq!(ids(&store), ["task-18c1d2e3f4a-1"]);
+        drop(store);
+        let store = Store::open(dir.path(), Synchronous::Normal).expect("open again");
+        let (_, live, history) = store.load_live().expect("load");
+        assert_eq!(live.len(), 1);
+        assert_eq!(history.finished, []);
+        assert_eq!(history.max_seq, 900);
+    }
+
     fn pages(store: &Store) -> i64 {
         store
             .connection
@@ -373,17 +574,36 @@ mod tests {
             .collect();
         write(&mut store, &tasks, &"x".repeat(2000));
         let before = pages(&store);
-        let mut rounds = 0;
-        loop {
-            let pruned = store
-                .prune_batch(&Retention::default(), NOW, PRUNE_BATCH)
-                .expect("prune");
-            if pruned.tasks.is_empty() {
-                break;
-            }
-            rounds += 1;
-        }
-        assert_eq!(rounds, 3);
+        // Rows of 2 KB: the byte bound cuts each batch before its 500 rows.
+        let row: i64 = store
+            .connection
+            .query_row(
+                "SELECT octet_length(record) FROM tasks WHERE task_id = ?1",
+                ["t0"],
+                |r| r.get(0),
+            )
+            .expect("a row's size");
+        let per_batch = (PRUNE_BATCH_BYTES as usize / row as usize).min(PRUNE_BATCH);
+        assert!(per_batch < PRUNE_BATCH);
+        let batches: Vec<(usize, bool)> = prune_all(&mut store)
+            .into_iter()
+            .map(|pruned| (pruned.tasks.len(), pruned.full))
+            .collect();
+        let (last, full) = batches[..batches.len() - 1]
+            .iter()
+            .fold((0, true), |(sum, all), (len, full)| {
+                (sum + len, all && *full)
+            });
+        assert!(
+            full,
+            "every batch but the last was cut by a bound: {batches:?}"
+        );
+        assert_eq!(last + batches[batches.len() - 1].0, 2 * PRUNE_BATCH + 10);
+        assert!(
+            batches.iter().all(|(len, _)| *len <= per_batch),
+            "{per_batch} rows of {row} B a batch at most: {batches:?}"
+        );
+        assert_eq!(batches.len(), (2 * PRUNE_BATCH + 10).div_ceil(per_batch));
         assert_eq!(ids(&store), ["live"]);
         let after = pages(&store);
         assert!(

@@ -101,6 +101,24 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             ))
         },
     },
+    // 4 → 5.
+    Migration {
+        what: "the highest task number ever used, kept when pruning deletes its task",
+        // A task id the master generates holds a number above every one it
+        // has used (`records::generated_seq`); the number must survive the
+        // pruning of the tasks that held it, or a restart would generate
+        // an id again that a finished task in the store has. `meta` keeps
+        // it (`max_seq`), raised with every commit (`Store::commit`);
+        // filled here from the tasks there are.
+        in_transaction: true,
+        run: |connection| {
+            connection.execute_batch(
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                 INSERT OR IGNORE INTO meta (key, value)
+                     SELECT 'max_seq', coalesce(max(seq), 0) FROM tasks;",
+            )
+        },
+    },
 ];
 
 /// Brings a database at version `found` (at most [`VERSION`]) up to
@@ -207,6 +225,6 @@ mod tests {
     #[test]
     fn the_version_is_the_base_plus_one_per_migration() {
         assert_eq!(VERSION, BASE_VERSION + MIGRATIONS.len() as i64);
-        assert_eq!(VERSION, 4);
+        assert_eq!(VERSION, 5);
     }
 }

@@ -129,3 +129,57 @@ fn finished_tasks_are_read_from_the_store_before_and_after_a_restart() {
         );
     });
 }
+
+/// A listing page reads at most `PAGE_READ_BYTES` of records from the
+/// store: finished tasks of 300 KiB come three to a page whatever the
+/// `limit`, each page ends with a cursor, and paging on shows every task
+/// once, newest first.
+#[test]
+fn a_page_of_large_finished_tasks_is_cut_by_bytes_and_paging_shows_them_all() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let big = "x".repeat(300 * 1024);
+    let ids: Vec<String> = (0..7).map(|i| format!("big-{i}")).collect();
+    run_once(dir.path(), |addr| {
+        let mut client = Client::new(addr);
+        for id in &ids {
+            let task = serde_json::json!({"task": {
+                "task_id": id, "task_type": "nobody-runs-this", "payload": {"pad": big}
+            }});
+            let answer = client.ask("task_submit", task);
+            assert_eq!(answer["data"]["result"]["created"], true, "{answer}");
+            let answer = client.ask("task_cancel", serde_json::json!({"task_id": id}));
+            assert_eq!(state(&answer), "cancelled", "{answer}");
+        }
+    });
+    // After a restart every one of them is in the store only.
+    run_once(dir.path(), |addr| {
+        let mut client = Client::new(addr);
+        let per_page = (master::store::PAGE_READ_BYTES / (300 * 1024 + 1)) as usize;
+        assert_eq!(per_page, 3);
+        let mut seen = Vec::new();
+        let mut pages = Vec::new();
+        let mut before = Value::Null;
+        loop {
+            let mut request = serde_json::json!({"state": "cancelled", "limit": 100});
+            if !before.is_null() {
+                request["before"] = before.clone();
+            }
+            let page = client.ask("list_tasks", request);
+            let listed = listed(&page);
+            assert!(listed.len() <= per_page, "{listed:?}");
+            pages.push(listed.len());
+            seen.extend(listed);
+            before = page["data"]["result"]["next_cursor"].clone();
+            if before.is_null() {
+                break;
+            }
+            assert_eq!(
+                Some(&before),
+                seen.last().map(|id| Value::from(id.clone())).as_ref()
+            );
+        }
+        let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+        assert_eq!(seen, newest_first, "pages of {pages:?}");
+        assert_eq!(pages, [3, 3, 1]);
+    });
+}

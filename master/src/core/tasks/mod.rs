@@ -105,7 +105,13 @@ impl Tasks {
         self.next_seq += 1;
         let task_id = match spec.task_id.clone() {
             Some(id) if self.by_id.contains_key(&id) => return Err(id),
-            Some(id) => id,
+            Some(id) => {
+                // An id of the generated form: the master never generates
+                // it (or any below it) later, when this task may be in the
+                // store only.
+                self.pass_generated(&id);
+                id
+            }
             None => {
                 let mut id = generated_task_id(now, seq);
                 // A client may already have chosen this very id for a task
@@ -133,6 +139,7 @@ impl Tasks {
     /// anyway, the last one wins, in the listing too.
     pub(super) fn restore(&mut self, record: TaskRecord) {
         self.next_seq = self.next_seq.max(record.seq + 1);
+        self.pass_generated(&record.task_id);
         if record.state == TaskState::Queued {
             self.queue.insert(QueueKey::of(&record), &record.spec);
         }
@@ -172,6 +179,14 @@ impl Tasks {
         match state {
             Some(state) => self.stored[listing::state_slot(state)] > 0,
             None => self.stored.iter().any(|&count| count > 0),
+        }
+    }
+
+    /// Moves `next_seq` past the number of `task_id` if it has the form of
+    /// a generated id (see `records::generated_seq`).
+    fn pass_generated(&mut self, task_id: &str) {
+        if let Some(n) = super::records::generated_seq(task_id) {
+            self.next_seq = self.next_seq.max(n + 1);
         }
     }
 
@@ -616,7 +631,8 @@ fn held_by(record: &TaskRecord, device_id: &str) -> bool {
         && matches!(record.state, TaskState::Assigned | TaskState::Running)
 }
 
-/// The id of a task whose client chose none: the time and its `seq`.
+/// The id of a task whose client chose none: the time and its `seq`
+/// (`records::generated_seq` reads the `seq` back).
 fn generated_task_id(now: Now, seq: u64) -> String {
     format!("task-{:x}-{seq}", now.unix_ms)
 }

@@ -377,3 +377,26 @@ fn prune_deletes_what_finished_before_the_cutoff_and_answers_the_totals() {
     assert_eq!(counted(&mut sim, "queued"), json!(1));
     sim.core.check_indexes();
 }
+
+#[test]
+fn a_generated_id_never_clashes_with_a_finished_task_in_the_store_only() {
+    // A client chose an id of the generated form a few numbers ahead; the
+    // task finished and left memory (it is in the store only) before the
+    // master got that far.
+    let mut sim = evicting();
+    let taken = format!("task-{:x}-6", sim.now.unix_ms);
+    sim.submit(with_id(&taken));
+    sim.cancel(&taken);
+    assert!(!in_memory(&sim, &taken), "in the store only");
+    let generated: Vec<String> = (0..10).map(|_| sim.submit(spec("echo"))).collect();
+    assert!(!generated.contains(&taken), "{generated:?}");
+    // Every generated number is past the client's.
+    for id in &generated {
+        let n = crate::core::records::generated_seq(id).expect("a generated id");
+        assert!(n > 6, "{id}");
+    }
+    assert_eq!(
+        sim.task_status(&taken).field("task")["state"],
+        json!("cancelled")
+    );
+}

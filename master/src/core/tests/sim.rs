@@ -184,6 +184,7 @@ impl Db {
             ReadRequest::Task { task_id } => ReadAnswer::Tasks {
                 records: self.tasks.get(task_id).cloned().into_iter().collect(),
                 before_seq: None,
+                cut: false,
             },
             ReadRequest::Exists { task_ids } => ReadAnswer::Ids(
                 task_ids
@@ -218,6 +219,7 @@ impl Db {
                 ReadAnswer::Tasks {
                     records,
                     before_seq,
+                    cut: false,
                 }
             }
         }
