@@ -16,6 +16,7 @@ mod backup;
 mod browser;
 mod config_file;
 mod dashboard;
+mod emulation;
 mod faults;
 mod hostile;
 mod http;

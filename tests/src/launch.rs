@@ -53,6 +53,19 @@ pub fn master_command<'a>(
 /// adds the state dir, the token, its own flags and logging.
 pub fn worker_command(binary: &Path, master: SocketAddr, id: &str, slots: usize) -> Command {
     let mut command = Command::new(binary);
+    worker_args(&mut command, master, id, slots);
+    command
+}
+
+/// Adds to `command` (a worker, run directly or under an emulator) what
+/// [`worker_command`] passes: joining `master` as `id` with `slots` slots, no
+/// standard input or output.
+pub fn worker_args<'a>(
+    command: &'a mut Command,
+    master: SocketAddr,
+    id: &str,
+    slots: usize,
+) -> &'a mut Command {
     command
         .arg("--join")
         .arg(master.to_string())
@@ -61,8 +74,7 @@ pub fn worker_command(binary: &Path, master: SocketAddr, id: &str, slots: usize)
         .arg("--slots")
         .arg(slots.to_string())
         .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    command
+        .stdout(Stdio::null())
 }
 
 /// Waits, at most `patience`, for the master `child` (started with

@@ -10,9 +10,10 @@ pub mod http;
 pub mod launch;
 
 use cli::lines::{Lines, LinesError};
-use launch::{master_command, wait_listening, worker_command};
+use launch::{master_command, wait_listening, worker_args};
 use protocol::auth::{ClientHandshake, Method, Nonce, Proof, Token, TokenKind, Transcript};
 use protocol::{Ack, Envelope, ErrorReply, Event, Frame, Message};
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -39,6 +40,41 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A program to start: one of the binaries, run directly, or a cross-built
+/// one under a user-mode emulator (`qemu-aarch64-static BINARY`, see
+/// `tests/e2e/emulation.rs`).
+#[derive(Debug, Clone)]
+pub struct Program {
+    program: OsString,
+    leading: Vec<OsString>,
+}
+
+impl Program {
+    /// The workspace's binary `name`, run directly (see [`bin`]).
+    pub fn native(name: &str) -> Program {
+        Program {
+            program: bin(name).into_os_string(),
+            leading: Vec::new(),
+        }
+    }
+
+    /// The program and arguments of `command`, to which each start adds its
+    /// own (an emulator's command line that names the binary it runs).
+    pub fn from_command(command: &Command) -> Program {
+        Program {
+            program: command.get_program().to_os_string(),
+            leading: command.get_args().map(|arg| arg.to_os_string()).collect(),
+        }
+    }
+
+    /// A new command that starts it.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(&self.program);
+        command.args(&self.leading);
+        command
+    }
 }
 
 /// The tokens of a master the tests started.
@@ -105,7 +141,18 @@ impl MasterProcess {
 
     /// Starts a master listening on `listen` with extra flags.
     pub fn start_with(data_dir: &Path, listen: &str, extra: &[&str]) -> MasterProcess {
-        let mut command = Command::new(bin("retire-master"));
+        MasterProcess::start_program(&Program::native("retire-master"), data_dir, listen, extra)
+    }
+
+    /// Starts `program` (a master binary, perhaps under an emulator) like
+    /// [`MasterProcess::start_with`].
+    pub fn start_program(
+        program: &Program,
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+    ) -> MasterProcess {
+        let mut command = program.command();
         command.stderr(Stdio::inherit());
         MasterProcess::spawn(command, data_dir, listen, extra)
     }
@@ -290,7 +337,11 @@ impl WorkerProcess {
             Some(tempfile::tempdir().expect("a temp state dir for the worker"))
         };
         let state_args: Vec<&Path> = state.iter().map(tempfile::TempDir::path).collect();
-        let mut command = worker_command(&bin("retire-worker"), master, id, slots);
+        let mut command = match &options.program {
+            Some(program) => program.command(),
+            None => Command::new(bin("retire-worker")),
+        };
+        worker_args(&mut command, master, id, slots);
         let token = options
             .join_token
             .or_else(|| tokens_for(master).map(|tokens| tokens.join));
@@ -378,6 +429,8 @@ pub struct WorkerOptions {
     pub run_as: Option<(u32, u32)>,
     /// Extra environment variables (`NOTIFY_SOCKET`, say).
     pub env: Vec<(String, String)>,
+    /// The worker to run (default: the workspace's `retire-worker`, directly).
+    pub program: Option<Program>,
 }
 
 /// How a test hands a worker its join token.
@@ -421,7 +474,13 @@ pub fn shared_dir(dir: &Path, name: &str) -> PathBuf {
 
 /// Runs the `retire` CLI against `master` and returns its output.
 pub fn retire(master: SocketAddr, args: &[&str]) -> Output {
-    let mut command = Command::new(bin("retire"));
+    retire_with(&Program::native("retire"), master, args)
+}
+
+/// Runs `program` (a `retire` binary, perhaps under an emulator) like
+/// [`retire`].
+pub fn retire_with(program: &Program, master: SocketAddr, args: &[&str]) -> Output {
+    let mut command = program.command();
     if let Some(tokens) = tokens_for(master) {
         command.env("RETIRE_TOKEN", tokens.admin);
     }
