@@ -11,7 +11,7 @@ mod encode;
 use crate::auth;
 use crate::error::{DecodeError, ErrorCode};
 use crate::reply::Reply;
-use crate::types::{ResultStatus, TaskSpec, TaskState, TaskView};
+use crate::types::{PlacementStrategy, Power, ResultStatus, TaskSpec, TaskState, TaskView};
 use decode::id_text;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
@@ -215,6 +215,9 @@ pub enum Message {
     /// Client → master (admin): delete the finished tasks that finished
     /// before a time, now rather than at their retention.
     Prune(Prune),
+    /// Client → master: the placement strategy in use; with a name (admin),
+    /// switch to it from the next assignment on.
+    Strategy(StrategyRequest),
 }
 
 impl Message {
@@ -244,6 +247,7 @@ impl Message {
             Message::AuthProof(_) => "auth_proof",
             Message::RevokeDevice(_) => "revoke_device",
             Message::Prune(_) => "prune",
+            Message::Strategy(_) => "strategy",
         }
     }
 
@@ -438,6 +442,11 @@ pub struct Register {
     /// loses the master, so the master may hold its tasks for it for a
     /// grace period instead of requeueing them at once.
     pub leases: bool,
+    /// The score of the worker's CPU benchmark (`hardware_specs.cpu_benchmark`):
+    /// work units per second on one core; `weighted` placement uses it.
+    pub cpu_benchmark: Option<f64>,
+    /// Its power and heat when it registers (see [`Power`]).
+    pub power: Option<Power>,
     /// Every other field, kept as sent.
     pub extra: Map<String, Value>,
 }
@@ -481,13 +490,14 @@ struct HardwareSpecsWire {
     memory_total: Option<u64>,
     disk_space: Option<u64>,
     network_interfaces: Option<Vec<String>>,
+    cpu_benchmark: Option<f64>,
     #[serde(flatten)]
     extra: Map<String, Value>,
 }
 
 /// The keys [`RegisterWire`] reads at the top level of `data`; keep in step
 /// with its fields.
-const REGISTER_TOP_LEVEL_KEYS: [&str; 17] = [
+const REGISTER_TOP_LEVEL_KEYS: [&str; 18] = [
     "device_info",
     "hardware_specs",
     "capabilities",
@@ -505,6 +515,7 @@ const REGISTER_TOP_LEVEL_KEYS: [&str; 17] = [
     "slots",
     "running_tasks",
     "leases",
+    "power",
 ];
 
 #[derive(Deserialize, Default)]
@@ -529,6 +540,7 @@ struct RegisterWire {
     slots: Option<u32>,
     running_tasks: Vec<RunningTask>,
     leases: bool,
+    power: Option<Power>,
     #[serde(flatten)]
     extra: Map<String, Value>,
 }
@@ -564,6 +576,8 @@ impl Register {
             slots: wire.slots.or(wire.max_concurrent_tasks),
             running_tasks: wire.running_tasks,
             leases: wire.leases,
+            cpu_benchmark: hardware.cpu_benchmark,
+            power: wire.power,
             extra,
         }
     }
@@ -595,6 +609,9 @@ impl Register {
             hardware.insert("disk_space".into(), json!(bytes));
         }
         hardware.insert("network_interfaces".into(), json!(self.network_interfaces));
+        if let Some(score) = self.cpu_benchmark {
+            hardware.insert("cpu_benchmark".into(), json!(score));
+        }
         // `extra` also collects the unknown keys of `device_info` and
         // `hardware_specs`, so it may hold a key such as `slots` or `tags`
         // that the top level reads as a field of its own. Such keys go into
@@ -626,6 +643,9 @@ impl Register {
         }
         if self.leases {
             data.insert("leases".into(), json!(true));
+        }
+        if let Some(power) = &self.power {
+            data.insert("power".into(), json!(power));
         }
         Value::Object(data)
     }
@@ -686,6 +706,8 @@ pub struct Heartbeat {
     pub active_tasks: Option<u32>,
     /// When it last did something (RFC 3339).
     pub last_activity: Option<String>,
+    /// Its power and heat now (see [`Power`]).
+    pub power: Option<Power>,
     /// Every other field, kept as sent.
     pub extra: Map<String, Value>,
 }
@@ -698,6 +720,7 @@ struct HeartbeatWire {
     status: Option<String>,
     active_tasks: Option<u32>,
     last_activity: Option<String>,
+    power: Option<Power>,
     #[serde(flatten)]
     extra: Map<String, Value>,
 }
@@ -709,6 +732,7 @@ impl Heartbeat {
             status: wire.status,
             active_tasks: wire.active_tasks,
             last_activity: wire.last_activity,
+            power: wire.power,
             extra: wire.extra,
         }
     }
@@ -727,6 +751,9 @@ impl Heartbeat {
         }
         if let Some(last) = &self.last_activity {
             data.insert("last_activity".into(), json!(last));
+        }
+        if let Some(power) = &self.power {
+            data.insert("power".into(), json!(power));
         }
         Value::Object(data)
     }
@@ -874,6 +901,16 @@ pub struct DeviceRef {
 pub struct Prune {
     /// The cutoff, in milliseconds since the Unix epoch.
     pub before_unix_ms: i64,
+}
+
+/// `strategy`'s data: without `strategy`, a read of the placement
+/// strategy in use; with it, a switch (admin only) that takes effect from
+/// the next assignment on and is kept across restarts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StrategyRequest {
+    /// The strategy to switch to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<PlacementStrategy>,
 }
 
 /// List tasks.

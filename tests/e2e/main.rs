@@ -18,6 +18,7 @@ mod faults;
 mod hostile;
 mod join_token;
 mod nesting;
+mod placement;
 mod retention;
 mod security;
 mod systemd;

@@ -89,6 +89,7 @@ impl DeviceProfile {
             disks,
             network_interfaces,
             ip_address: primary_ipv4_address(&interfaces).map(|address| address.to_string()),
+            cpu_benchmark: super::benchmark::run(),
         }
     }
 }

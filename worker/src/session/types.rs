@@ -59,6 +59,9 @@ pub struct DeviceProfile {
     /// nor link-local, if there is one. The network client may know better (the local
     /// address of its socket to the master) and should prefer that when it has it.
     pub ip_address: Option<String>,
+    /// The score of the CPU benchmark run at start (millions of rounds per
+    /// second on one core, see `device::benchmark`), when it could run.
+    pub cpu_benchmark: Option<f64>,
 }
 
 /// The live numbers a worker reports with every heartbeat.
