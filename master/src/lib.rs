@@ -306,7 +306,9 @@ pub fn run(
     match store.load_setting(crate::core::STRATEGY_SETTING)? {
         Some(stored) => match stored.parse::<protocol::PlacementStrategy>() {
             Ok(strategy) => {
-                if strategy != configured {
+                if strategy == configured {
+                    log::info!("placement strategy {strategy}");
+                } else {
                     log::info!(
                         "placement strategy {strategy}, as set with `retire strategy` \
                          (the configured {configured} applies only until one is set)"
