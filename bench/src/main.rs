@@ -152,6 +152,14 @@ struct SchedulingArgs {
     /// Timed assignments per size [default: 10000; smoke: 200].
     #[arg(long)]
     assignments: Option<usize>,
+    /// The master's placement strategy (docs/placement.md).
+    #[arg(long, default_value = "least_loaded", value_parser = parse_strategy)]
+    strategy: protocol::PlacementStrategy,
+}
+
+fn parse_strategy(text: &str) -> Result<protocol::PlacementStrategy, String> {
+    text.parse()
+        .map_err(|why: protocol::types::UnknownStrategy| why.to_string())
 }
 
 #[derive(Debug, Default, Args)]
@@ -345,6 +353,7 @@ fn scheduling(args: &SchedulingArgs, smoke: bool) -> Result<report::Report> {
         ),
         queued: pick(args.queued, smoke, 1000, 100_000),
         assignments: pick(args.assignments, smoke, 200, 10_000),
+        strategy: args.strategy,
     })
 }
 

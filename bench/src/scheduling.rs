@@ -28,6 +28,8 @@ pub struct Params {
     pub queued: usize,
     /// Timed assignments per size.
     pub assignments: usize,
+    /// The master's placement strategy (`docs/placement.md`).
+    pub strategy: protocol::PlacementStrategy,
 }
 
 /// The simulated clock: advances a microsecond per step.
@@ -176,6 +178,7 @@ fn measure(workers: usize, params: &Params) -> Result<Size> {
         core: Core::new(
             CoreConfig {
                 auth: AuthPolicy::off(),
+                strategy: params.strategy,
                 ..CoreConfig::default()
             },
             Vec::new(),
@@ -289,9 +292,10 @@ pub fn run(params: &Params) -> Result<Report> {
 
     let mut report = Report::new("scheduling");
     report.note(format!(
-        "master::core in process; {} tasks queued behind full slots; {} timed assignments per size",
+        "master::core in process; {} tasks queued behind full slots; {} timed assignments per size; placement {}",
         thousands(params.queued as f64),
-        thousands(params.assignments as f64)
+        thousands(params.assignments as f64),
+        params.strategy
     ));
     for size in &sizes {
         report.info(

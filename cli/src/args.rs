@@ -7,7 +7,7 @@ use crate::require::{parse_requirement, Requirement, KEYS};
 use clap::{Args, Parser, Subcommand};
 use protocol::text::{DurationError, Shortest};
 use protocol::types::validate_id;
-use protocol::{DeviceStatus, Priority, TaskState};
+use protocol::{DeviceStatus, PlacementStrategy, Priority, TaskState};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -154,6 +154,15 @@ pub enum Command {
     },
     /// Print every cluster event as it happens, until interrupted.
     Watch,
+    /// Show the master's placement strategy, or switch it (admin token):
+    /// least_loaded, round_robin, fewest_tasks, random, weighted or
+    /// energy_aware. A switch takes effect from the next assignment on and
+    /// is kept across restarts (docs/placement.md).
+    Strategy {
+        /// The strategy to switch to; none shows the current one.
+        #[arg(value_name = "NAME", value_parser = parse_strategy)]
+        name: Option<PlacementStrategy>,
+    },
     /// Delete the finished tasks (completed, failed, timed out, cancelled,
     /// dead-lettered) that finished before a date or longer ago than an age,
     /// now rather than at their retention; live tasks are never deleted.
@@ -253,6 +262,11 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "N")]
     pub max_retries: Option<u32>,
 
+    /// Place this task by another strategy than the master's: least_loaded,
+    /// round_robin, fewest_tasks, random, weighted or energy_aware.
+    #[arg(long, value_name = "NAME", value_parser = parse_strategy)]
+    pub strategy: Option<PlacementStrategy>,
+
     /// Choose the task's id; submitting the same id again does not queue it twice.
     #[arg(long = "id", value_name = "ID", value_parser = parse_task_id)]
     pub task_id: Option<String>,
@@ -285,6 +299,11 @@ fn parse_duration(text: &str) -> Result<Duration, DurationError> {
 
 fn parse_json(text: &str) -> Result<Value, String> {
     serde_json::from_str(text).map_err(|err| format!("invalid JSON: {err}"))
+}
+
+fn parse_strategy(text: &str) -> Result<PlacementStrategy, String> {
+    text.parse()
+        .map_err(|why: protocol::types::UnknownStrategy| why.to_string())
 }
 
 fn parse_priority(text: &str) -> Result<Priority, String> {
@@ -460,5 +479,34 @@ mod tests {
         assert_eq!(cli.reply_timeout, Duration::from_millis(2500));
         assert!(cli.json);
         assert_eq!(cli.master, "nas:9000");
+    }
+
+    /// `retire strategy [NAME]` and `submit --strategy NAME` take the
+    /// strategies' names and nothing else.
+    #[test]
+    fn strategy_names_are_checked_where_they_are_typed() {
+        let strategy = |args: &[&str]| {
+            let argv = ["retire", "strategy"].iter().chain(args);
+            match Cli::try_parse_from(argv).map(|cli| cli.command) {
+                Ok(Command::Strategy { name }) => Ok(name),
+                Ok(other) => panic!("parsed as {other:?}"),
+                Err(error) => Err(error.kind()),
+            }
+        };
+        assert_eq!(strategy(&[]), Ok(None));
+        assert_eq!(
+            strategy(&["energy_aware"]),
+            Ok(Some(PlacementStrategy::EnergyAware))
+        );
+        assert_eq!(
+            strategy(&["fastest"]),
+            Err(clap::error::ErrorKind::ValueValidation)
+        );
+        let args = submit(&["--type", "echo", "--strategy", "round_robin"]).expect("valid");
+        let task = crate::commands::build_task(&args);
+        assert_eq!(task.strategy, Some(PlacementStrategy::RoundRobin));
+        let plain = crate::commands::build_task(&submit(&["--type", "echo"]).expect("valid"));
+        assert_eq!(plain.strategy, None);
+        assert!(submit(&["--type", "echo", "--strategy", "fastest"]).is_err());
     }
 }

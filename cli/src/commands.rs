@@ -90,6 +90,7 @@ pub fn build_task(args: &SubmitArgs) -> TaskSpec {
     task.timeout = args.task_timeout.map(|timeout| timeout.as_secs_f64());
     task.requirements = requirements_from(args.requirements.iter().cloned());
     task.max_retries = args.max_retries;
+    task.strategy = args.strategy;
     task.task_id = args.task_id.clone();
     task
 }
@@ -640,6 +641,26 @@ pub fn prune(
             format!(" ({})", per_state.join(", "))
         };
         output.print(&format!("pruned {} finished tasks{detail}\n", reply.total))?;
+    }
+    Ok(exit::OK)
+}
+
+/// `retire strategy [NAME]`: shows the master's placement strategy, or
+/// switches it and says which it replaced.
+pub fn strategy(
+    client: &mut Client,
+    name: Option<protocol::PlacementStrategy>,
+    output: &mut Output,
+) -> Result<u8, Error> {
+    let message = Message::Strategy(protocol::StrategyRequest { strategy: name });
+    if let Some(reply) = reply::<protocol::StrategyReply>(client, message, output)? {
+        let line = match reply.previous {
+            Some(previous) if previous != reply.strategy => {
+                format!("placement strategy {} (was {previous})\n", reply.strategy)
+            }
+            _ => format!("placement strategy {}\n", reply.strategy),
+        };
+        output.print(&line)?;
     }
     Ok(exit::OK)
 }

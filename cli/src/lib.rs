@@ -149,5 +149,6 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8, Er
         Command::Drain { device_id } => commands::drain(&mut client, device_id, output),
         Command::Watch => commands::watch(&mut client, output),
         Command::Prune { before } => commands::prune(&mut client, *before, output),
+        Command::Strategy { name } => commands::strategy(&mut client, *name, output),
     }
 }

@@ -33,6 +33,7 @@
 //! reader_idle_timeout = 600
 //! retention = "30d"                         # finished tasks are deleted after this
 //! retention_failed = "90d"                  # failed, timed_out, dead_letter ones after this
+//! strategy = "least_loaded"                 # placement until `retire strategy` sets one
 //! ```
 
 use std::net::SocketAddr;
@@ -147,6 +148,8 @@ settings! { dev;
     retention: Seconds = Seconds(crate::store::retention::DEFAULT_RETENTION),
     /// Age after which a failed, timed-out or dead-lettered task is deleted.
     retention_failed: Seconds = Seconds(crate::store::retention::DEFAULT_RETENTION_FAILED),
+    /// The placement strategy until one is set with `retire strategy`.
+    strategy: String = protocol::PlacementStrategy::default().as_str().to_string(),
 }
 
 impl Settings {
@@ -199,6 +202,11 @@ impl Settings {
             timeout_grace: above_zero("timeout_grace", &self.timeout_grace)?,
             lease_grace: above_zero("lease_grace", &self.lease_grace)?,
             auth,
+            strategy: self.strategy.value.parse().map_err(
+                |why: protocol::types::UnknownStrategy| {
+                    invalid("strategy", &self.strategy, why.to_string())
+                },
+            )?,
             ..CoreConfig::default()
         };
         if core.heartbeat_timeout <= core.heartbeat_interval {
@@ -504,6 +512,11 @@ mod tests {
             none().env("retention_failed", "RETIRE_RETENTION_FAILED", &["-1d"]),
             "",
             "env RETIRE_RETENTION_FAILED: ",
+        );
+        check(
+            none(),
+            "strategy = \"fastest\"\n",
+            "m.toml:1: strategy: unknown placement strategy \"fastest\"",
         );
         check(
             none().flag("listen", &["0.0.0.0:1"]),

@@ -308,7 +308,33 @@ pub fn run(
         .max_line
         .saturating_sub(crate::core::ASSIGN_OVERHEAD)
         .max(1);
+    // The `random` strategy's seed: fresh at every start (the core draws
+    // no randomness itself). A failed draw only makes the spread
+    // predictable, so the wall clock stands in.
+    core_config.placement_seed = keyfile::random_bytes::<8>()
+        .map(u64::from_le_bytes)
+        .unwrap_or(now.unix_ms as u64);
+    let configured = core_config.strategy;
     let mut core = Core::new(core_config, devices, tasks, now);
+    // A strategy set with `retire strategy` outlives restarts and wins over
+    // the configured one, which is only the default until one is set.
+    match store.load_setting(crate::core::STRATEGY_SETTING)? {
+        Some(stored) => match stored.parse::<protocol::PlacementStrategy>() {
+            Ok(strategy) => {
+                if strategy == configured {
+                    log::info!("placement strategy {strategy}");
+                } else {
+                    log::info!(
+                        "placement strategy {strategy}, as set with `retire strategy` \
+                         (the configured {configured} applies only until one is set)"
+                    );
+                }
+                core.restore_strategy(strategy);
+            }
+            Err(why) => log::warn!("ignoring the stored placement strategy: {why}"),
+        },
+        None => log::info!("placement strategy {configured}"),
+    }
     core.restore_history(&history.finished, history.max_seq);
     core.restore_device_keys(device_keys);
     core.set_quarantined(quarantined.len() as u64);

@@ -161,6 +161,13 @@ struct Args {
     #[arg(long, env = "RETIRE_RETENTION_FAILED", default_value = "90d", value_parser = parse_seconds)]
     retention_failed: Duration,
 
+    /// How the master chooses a device for a task: least_loaded,
+    /// round_robin, fewest_tasks, random, weighted or energy_aware (see
+    /// docs/placement.md). Only until `retire strategy NAME` sets one,
+    /// which is kept across restarts.
+    #[arg(long, env = "RETIRE_STRATEGY", default_value = "least_loaded")]
+    strategy: String,
+
     /// Manage the tokens or show the configuration instead of running the master.
     #[command(subcommand)]
     command: Option<Subcommand>,

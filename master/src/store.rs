@@ -282,6 +282,17 @@ impl Store {
         Ok(records)
     }
 
+    /// The value of the setting `key` changed at run time (see
+    /// `StoreOp::PutSetting`), if one was ever stored.
+    pub fn load_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.connection
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
+            .optional()
+            .map_err(|e| self.sqlite(e))
+    }
+
     /// Reads every row of `table`, quarantining those that cannot be read.
     fn load_records<T: Restorable>(&self, table: &Table) -> Result<Vec<T>, StoreError> {
         let (records, bad) = self.read_records::<T>(table)?;
@@ -489,6 +500,14 @@ impl Store {
                     // Run after the commit, between later ones (see
                     // `spawn`): not part of this transaction.
                     StoreOp::Prune(_) => {}
+                    StoreOp::PutSetting(setting) => {
+                        transaction
+                            .prepare_cached(
+                                "INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)",
+                            )
+                            .and_then(|mut put| put.execute(params![setting.key, setting.value]))
+                            .map_err(wrap)?;
+                    }
                     StoreOp::PutTask(task) => {
                         put_task
                             .execute(params![
@@ -1438,6 +1457,47 @@ mod tests {
     /// A device's registration is a typed `Register` now, where it was a
     /// JSON value: rows written then load with their registration, in
     /// either wire shape, and a registration is stored as the same JSON.
+    /// A setting changed at run time (`retire strategy`) is read back by
+    /// the next open, the newest write winning; an unset one is `None`.
+    #[test]
+    fn a_setting_outlives_the_store_and_the_newest_write_wins() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let setting = |value: &str| {
+            StoreOp::PutSetting(crate::core::records::SettingRecord {
+                key: crate::core::STRATEGY_SETTING.into(),
+                value: value.into(),
+            })
+        };
+        {
+            let mut store = Store::open(dir.path(), Synchronous::Normal).expect("open");
+            assert_eq!(
+                store
+                    .load_setting(crate::core::STRATEGY_SETTING)
+                    .expect("read"),
+                None
+            );
+            let batches = [
+                Batch {
+                    id: 1,
+                    ops: vec![setting("weighted")],
+                },
+                Batch {
+                    id: 2,
+                    ops: vec![setting("round_robin")],
+                },
+            ];
+            store.commit(&batches).expect("commit");
+        }
+        let store = Store::open(dir.path(), Synchronous::Normal).expect("open again");
+        assert_eq!(
+            store
+                .load_setting(crate::core::STRATEGY_SETTING)
+                .expect("read"),
+            Some("round_robin".to_string())
+        );
+        assert_eq!(store.load_setting("no_such_setting").expect("read"), None);
+    }
+
     #[test]
     fn devices_stored_with_a_json_profile_load_with_their_registration() {
         let dir = tempfile::tempdir().expect("temp dir");

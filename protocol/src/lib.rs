@@ -28,17 +28,18 @@ pub use error::{DecodeError, ErrorCode};
 pub use limits::MAX_VALUE_DEPTH;
 pub use message::{
     Ack, DeviceRef, EncodedEnvelope, Envelope, ErrorReply, Event, Goodbye, Heartbeat, ListDevices,
-    ListTasks, Message, Metrics, Prune, Register, RunningTask, Subscribe, TaskAssign, TaskCancel,
-    TaskProgress, TaskRef, TaskResult, TaskSubmit,
+    ListTasks, Message, Metrics, Prune, Register, RunningTask, StrategyRequest, Subscribe,
+    TaskAssign, TaskCancel, TaskProgress, TaskRef, TaskResult, TaskSubmit,
 };
 pub use reply::{
     AuthChallenge, Authenticated, BatchSubmitted, DeviceReply, Done, Draining, HeartbeatReceived,
-    Pruned, Registered, Reply, ResultRecorded, Revoked, StatusReply, Submitted, Success,
-    TaskChanged, TaskReply,
+    Pruned, Registered, Reply, ResultRecorded, Revoked, StatusReply, StrategyReply, Submitted,
+    Success, TaskChanged, TaskReply,
 };
 pub use types::{
-    ClusterStats, DevicePage, DeviceStatus, DeviceView, HardwareView, Priority, Requirements,
-    ResourceTotals, ResultStatus, TaskPage, TaskSpec, TaskState, TaskView, UnknownState,
+    ClusterStats, DevicePage, DeviceStatus, DeviceView, HardwareView, PlacementStrategy, Power,
+    Priority, Requirements, ResourceTotals, ResultStatus, TaskPage, TaskSpec, TaskState, TaskView,
+    UnknownState,
 };
 
 /// The TCP port the master listens on by default.

@@ -11,7 +11,7 @@ mod encode;
 use crate::auth;
 use crate::error::{DecodeError, ErrorCode};
 use crate::reply::Reply;
-use crate::types::{ResultStatus, TaskSpec, TaskState, TaskView};
+use crate::types::{PlacementStrategy, Power, ResultStatus, TaskSpec, TaskState, TaskView};
 use decode::id_text;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
@@ -215,6 +215,9 @@ pub enum Message {
     /// Client → master (admin): delete the finished tasks that finished
     /// before a time, now rather than at their retention.
     Prune(Prune),
+    /// Client → master: the placement strategy in use; with a name (admin),
+    /// switch to it from the next assignment on.
+    Strategy(StrategyRequest),
 }
 
 impl Message {
@@ -244,6 +247,7 @@ impl Message {
             Message::AuthProof(_) => "auth_proof",
             Message::RevokeDevice(_) => "revoke_device",
             Message::Prune(_) => "prune",
+            Message::Strategy(_) => "strategy",
         }
     }
 
@@ -442,6 +446,11 @@ pub struct Register {
     /// `partial` or `none` (see docs/sandbox.md); `None` from a worker that does
     /// not say (older ones), which `--require sandbox=…` treats as unknown.
     pub sandbox: Option<String>,
+    /// The score of the worker's CPU benchmark (`hardware_specs.cpu_benchmark`):
+    /// work units per second on one core; `weighted` placement uses it.
+    pub cpu_benchmark: Option<f64>,
+    /// Its power and heat when it registers (see [`Power`]).
+    pub power: Option<Power>,
     /// Every other field, kept as sent.
     pub extra: Map<String, Value>,
 }
@@ -485,6 +494,7 @@ struct HardwareSpecsWire {
     memory_total: Option<u64>,
     disk_space: Option<u64>,
     network_interfaces: Option<Vec<String>>,
+    cpu_benchmark: Option<f64>,
     #[serde(flatten)]
     extra: Map<String, Value>,
 }
@@ -510,6 +520,7 @@ const REGISTER_TOP_LEVEL_KEYS: [&str; 18] = [
     "running_tasks",
     "leases",
     "sandbox",
+    "power",
 ];
 
 #[derive(Deserialize, Default)]
@@ -535,6 +546,7 @@ struct RegisterWire {
     running_tasks: Vec<RunningTask>,
     leases: bool,
     sandbox: Option<String>,
+    power: Option<Power>,
     #[serde(flatten)]
     extra: Map<String, Value>,
 }
@@ -571,6 +583,8 @@ impl Register {
             running_tasks: wire.running_tasks,
             leases: wire.leases,
             sandbox: wire.sandbox,
+            cpu_benchmark: hardware.cpu_benchmark,
+            power: wire.power,
             extra,
         }
     }
@@ -602,6 +616,9 @@ impl Register {
             hardware.insert("disk_space".into(), json!(bytes));
         }
         hardware.insert("network_interfaces".into(), json!(self.network_interfaces));
+        if let Some(score) = self.cpu_benchmark {
+            hardware.insert("cpu_benchmark".into(), json!(score));
+        }
         // `extra` also collects the unknown keys of `device_info` and
         // `hardware_specs`, so it may hold a key such as `slots` or `tags`
         // that the top level reads as a field of its own. Such keys go into
@@ -636,6 +653,9 @@ impl Register {
         }
         if let Some(sandbox) = &self.sandbox {
             data.insert("sandbox".into(), json!(sandbox));
+        }
+        if let Some(power) = &self.power {
+            data.insert("power".into(), json!(power));
         }
         Value::Object(data)
     }
@@ -696,6 +716,8 @@ pub struct Heartbeat {
     pub active_tasks: Option<u32>,
     /// When it last did something (RFC 3339).
     pub last_activity: Option<String>,
+    /// Its power and heat now (see [`Power`]).
+    pub power: Option<Power>,
     /// Every other field, kept as sent.
     pub extra: Map<String, Value>,
 }
@@ -708,6 +730,7 @@ struct HeartbeatWire {
     status: Option<String>,
     active_tasks: Option<u32>,
     last_activity: Option<String>,
+    power: Option<Power>,
     #[serde(flatten)]
     extra: Map<String, Value>,
 }
@@ -719,6 +742,7 @@ impl Heartbeat {
             status: wire.status,
             active_tasks: wire.active_tasks,
             last_activity: wire.last_activity,
+            power: wire.power,
             extra: wire.extra,
         }
     }
@@ -737,6 +761,9 @@ impl Heartbeat {
         }
         if let Some(last) = &self.last_activity {
             data.insert("last_activity".into(), json!(last));
+        }
+        if let Some(power) = &self.power {
+            data.insert("power".into(), json!(power));
         }
         Value::Object(data)
     }
@@ -884,6 +911,16 @@ pub struct DeviceRef {
 pub struct Prune {
     /// The cutoff, in milliseconds since the Unix epoch.
     pub before_unix_ms: i64,
+}
+
+/// `strategy`'s data: without `strategy`, a read of the placement
+/// strategy in use; with it, a switch (admin only) that takes effect from
+/// the next assignment on and is kept across restarts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StrategyRequest {
+    /// The strategy to switch to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<PlacementStrategy>,
 }
 
 /// List tasks.

@@ -208,6 +208,24 @@ pub struct Pruned {
     pub success: Success,
 }
 
+/// The answer to `strategy`: the placement strategy in use (after the
+/// switch, when the request named one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StrategyReply {
+    /// `placement strategy NAME`, or `placement strategy NAME (was OLD)`
+    /// after a switch.
+    #[serde(default)]
+    pub message: String,
+    /// The strategy in use before the switch; absent for a read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<crate::types::PlacementStrategy>,
+    /// The strategy in use now.
+    pub strategy: crate::types::PlacementStrategy,
+    /// Always `true`.
+    #[serde(default)]
+    pub success: Success,
+}
+
 /// The answer to `auth_hello`: the master's challenge (see
 /// [`crate::auth::Challenge::from_reply`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -294,6 +312,8 @@ replies! {
     Revoked(Revoked => Revoked),
     /// See [`Pruned`].
     Pruned(Pruned => Pruned),
+    /// See [`StrategyReply`].
+    Strategy(StrategyReply => StrategyReply),
     /// See [`AuthChallenge`].
     AuthChallenge(AuthChallenge => AuthChallenge),
     /// See [`Authenticated`].

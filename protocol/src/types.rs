@@ -157,6 +157,11 @@ pub struct TaskSpec {
     /// Where the task may run.
     #[serde(default, skip_serializing_if = "Requirements::is_empty")]
     pub requirements: Requirements,
+    /// How the master chooses among the devices that can take this task;
+    /// the master's current strategy when not given (see
+    /// `docs/placement.md`). Older masters ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<PlacementStrategy>,
     /// A client-chosen id makes the submit idempotent; the master picks one
     /// otherwise. Assignments always carry it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -182,6 +187,7 @@ impl TaskSpec {
             priority: Priority::NORMAL,
             timeout: None,
             requirements: Requirements::default(),
+            strategy: None,
             max_retries: None,
         }
     }
@@ -597,4 +603,103 @@ pub struct ResourceTotals {
     pub memory_gb: f64,
     /// Disk in GiB.
     pub storage_gb: f64,
+}
+
+/// How the master chooses a device for a task among those that can take
+/// it now (see `docs/placement.md`). A strategy only orders the devices
+/// that match and have a free slot; it never leaves a task waiting while
+/// one of them is free.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum PlacementStrategy {
+    /// The device with the smallest share of its slots in use (the default).
+    #[default]
+    LeastLoaded,
+    /// Each device in turn, by id.
+    RoundRobin,
+    /// The device running the fewest tasks, whatever its slots.
+    FewestTasks,
+    /// A device picked at random (a seeded generator in the master).
+    Random,
+    /// Tasks in proportion to each device's measured CPU capacity.
+    Weighted,
+    /// Devices on mains power and cool first; devices on battery only
+    /// when no other can take the task.
+    EnergyAware,
+}
+
+impl PlacementStrategy {
+    /// Every strategy, in the order help texts list them.
+    pub const ALL: [PlacementStrategy; 6] = [
+        PlacementStrategy::LeastLoaded,
+        PlacementStrategy::RoundRobin,
+        PlacementStrategy::FewestTasks,
+        PlacementStrategy::Random,
+        PlacementStrategy::Weighted,
+        PlacementStrategy::EnergyAware,
+    ];
+
+    /// The name on the wire and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlacementStrategy::LeastLoaded => "least_loaded",
+            PlacementStrategy::RoundRobin => "round_robin",
+            PlacementStrategy::FewestTasks => "fewest_tasks",
+            PlacementStrategy::Random => "random",
+            PlacementStrategy::Weighted => "weighted",
+            PlacementStrategy::EnergyAware => "energy_aware",
+        }
+    }
+}
+
+impl std::fmt::Display for PlacementStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is no placement strategy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown placement strategy {0:?}; expected one of least_loaded, round_robin, fewest_tasks, random, weighted, energy_aware")]
+pub struct UnknownStrategy(pub String);
+
+impl std::str::FromStr for PlacementStrategy {
+    type Err = UnknownStrategy;
+
+    fn from_str(text: &str) -> Result<PlacementStrategy, UnknownStrategy> {
+        PlacementStrategy::ALL
+            .into_iter()
+            .find(|strategy| strategy.as_str() == text.trim())
+            .ok_or_else(|| UnknownStrategy(text.to_string()))
+    }
+}
+
+/// What a worker says about its power and heat, in `register` and in every
+/// `heartbeat` (`power`). Every field is optional: a missing one means the
+/// worker cannot tell (no battery, no sensor), which is never read as a
+/// constraint. Other keys inside `power` are ignored by this master.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Power {
+    /// Battery charge in percent, 0 to 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub battery_percent: Option<f64>,
+    /// Whether the battery is charging.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charging: Option<bool>,
+    /// Whether the device runs on mains power (`false`: on its battery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_ac: Option<bool>,
+    /// The hottest relevant temperature, in degrees Celsius.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature_c: Option<f64>,
+}
+
+impl Power {
+    /// Whether the device said it runs on its battery. A device that does
+    /// not say (no battery, an older worker) is taken as on mains.
+    pub fn on_battery(&self) -> bool {
+        self.on_ac == Some(false)
+    }
 }

@@ -23,6 +23,7 @@ mod http;
 mod join_token;
 mod nesting;
 mod reenroll;
+mod placement;
 mod retention;
 mod sandbox;
 mod security;

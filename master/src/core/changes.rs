@@ -6,7 +6,9 @@
 //! [`Changes::last_write_batch`] is the batch a reply made now must wait
 //! for (the outbox holds it until then).
 
-use super::records::{Batch, DeviceKeyRecord, DeviceRecord, EncodedTask, StoreOp, TaskRecord};
+use super::records::{
+    Batch, DeviceKeyRecord, DeviceRecord, EncodedTask, SettingRecord, StoreOp, TaskRecord,
+};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Changes not yet handed to the store.
@@ -18,6 +20,8 @@ pub(super) struct Changes {
     tasks: BTreeSet<String>,
     devices: BTreeMap<String, DeviceRecord>,
     keys: BTreeMap<String, DeviceKeyRecord>,
+    /// Settings changed since the last batch, by name.
+    settings: BTreeMap<String, SettingRecord>,
     /// Requests for the store that are not writes (`StoreOp::Prune`), in
     /// order.
     requests: Vec<StoreOp>,
@@ -35,6 +39,7 @@ impl Default for Changes {
             tasks: BTreeSet::new(),
             devices: BTreeMap::new(),
             keys: BTreeMap::new(),
+            settings: BTreeMap::new(),
             requests: Vec::new(),
             open_batch: 1,
             last_write_batch: 0,
@@ -65,6 +70,12 @@ impl Changes {
         self.last_write_batch = self.open_batch;
     }
 
+    /// A setting changed.
+    pub(super) fn setting(&mut self, record: SettingRecord) {
+        self.settings.insert(record.key.clone(), record);
+        self.last_write_batch = self.open_batch;
+    }
+
     /// A request for the store that is not a write (a reply made now
     /// does not wait for it), carried by the next batch.
     pub(super) fn store_op(&mut self, op: StoreOp) {
@@ -86,6 +97,7 @@ impl Changes {
         if self.tasks.is_empty()
             && self.devices.is_empty()
             && self.keys.is_empty()
+            && self.settings.is_empty()
             && self.requests.is_empty()
         {
             return None;
@@ -94,6 +106,11 @@ impl Changes {
             .into_values()
             .map(StoreOp::PutDeviceKey)
             .collect();
+        ops.extend(
+            std::mem::take(&mut self.settings)
+                .into_values()
+                .map(StoreOp::PutSetting),
+        );
         ops.extend(
             std::mem::take(&mut self.devices)
                 .into_values()

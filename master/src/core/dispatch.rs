@@ -1,6 +1,6 @@
 //! Matching queued tasks to devices and handing them out.
 
-use super::{Core, Device, Now, QueueKey, Task};
+use super::{Core, Device, Now, Placement, QueueKey, Registry, Task};
 use protocol::message::bytes_to_gib;
 use protocol::{Event, Message, TaskAssign};
 
@@ -35,7 +35,7 @@ impl Core {
                 }
                 continue;
             };
-            match self.best_device(task) {
+            match best_device(&mut self.placement, &self.registry, task) {
                 Some(device_id) => {
                     self.assign(now, &key, &device_id);
                     free_slots -= 1;
@@ -49,14 +49,6 @@ impl Core {
                 heads.insert((next, placement));
             }
         }
-    }
-
-    fn best_device(&self, task: &Task) -> Option<String> {
-        self.registry
-            .free_devices()
-            .filter(|device| !task.refused_by.contains(&device.record.device_id))
-            .find(|device| device_matches(device, task))
-            .map(|device| device.record.device_id.clone())
     }
 
     fn assign(&mut self, now: Now, key: &QueueKey, device_id: &str) {
@@ -91,6 +83,18 @@ impl Core {
             true,
         );
     }
+}
+
+/// The device `placement` chooses for `task` among the free devices that
+/// match it and have not refused it (see `core/placement`).
+fn best_device(placement: &mut Placement, registry: &Registry, task: &Task) -> Option<String> {
+    let mut candidates = registry
+        .free_devices()
+        .filter(|device| !task.refused_by.contains(&device.record.device_id))
+        .filter(|device| device_matches(device, task));
+    placement
+        .choose(task.record.spec.strategy, &mut candidates)
+        .map(|device| device.record.device_id.clone())
 }
 
 /// The architecture names that mean the same machine.

@@ -75,13 +75,15 @@ fn need(message: &Message) -> Need {
         | Message::ListDevices(_)
         | Message::TaskStatus(_)
         | Message::DeviceInfo(_)
-        | Message::Subscribe(_) => Need::Read,
+        | Message::Subscribe(_)
+        | Message::Strategy(protocol::StrategyRequest { strategy: None }) => Need::Read,
         Message::TaskSubmit(_)
         | Message::TaskCancel(_)
         | Message::TaskRetry(_)
         | Message::DrainDevice(_)
         | Message::RevokeDevice(_)
-        | Message::Prune(_) => Need::Change,
+        | Message::Prune(_)
+        | Message::Strategy(_) => Need::Change,
         Message::AuthHello(_) | Message::AuthProof(_) => Need::Handshake,
         Message::TaskAssign(_) | Message::Event(_) => Need::Nothing,
     }

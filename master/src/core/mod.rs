@@ -23,6 +23,7 @@ pub mod observe;
 pub mod outbox;
 mod outgoing;
 mod page;
+mod placement;
 mod prune;
 mod queue;
 pub mod records;
@@ -41,11 +42,13 @@ pub use auth::{
 pub use edge::Bearer;
 pub use heartbeat_ack::HeartbeatAck;
 pub use history::{Read, ReadAnswer, ReadRequest};
+pub use placement::{DEFAULT_CPU_BENCHMARK, HOT_TEMPERATURE_C, STRATEGY_SETTING};
 pub use views::rfc3339;
 
 use changes::Changes;
 use history::Routed;
 use outgoing::Outgoing;
+use placement::Placement;
 use queue::QueueKey;
 use registry::{Device, Registry};
 use tasks::{Task, Tasks};
@@ -103,6 +106,13 @@ pub struct CoreConfig {
     pub max_lost_attempts: u32,
     /// Who must authenticate, and the limits before they have.
     pub auth: AuthPolicy,
+    /// The placement strategy when none was set with `strategy` (which the
+    /// store keeps; see [`Core::restore_strategy`]).
+    pub strategy: protocol::PlacementStrategy,
+    /// The seed of the `random` strategy's generator: the core never
+    /// draws randomness itself, so the binary passes a fresh one and tests
+    /// a fixed one.
+    pub placement_seed: u64,
 }
 
 /// Room left in a line for the `task_assign` envelope around a task.
@@ -123,6 +133,8 @@ impl Default for CoreConfig {
             lease_grace: Duration::from_secs(60),
             max_lost_attempts: 5,
             auth: AuthPolicy::default(),
+            strategy: protocol::PlacementStrategy::default(),
+            placement_seed: 0,
         }
     }
 }
@@ -212,6 +224,8 @@ pub struct Core {
     registry: Registry,
     /// Every task, and the queue.
     tasks: Tasks,
+    /// How a device is chosen for a task.
+    placement: Placement,
     /// What to do on connections, not yet taken by the loop.
     out: Outgoing,
     /// Changes not yet handed to the store, and the batch ids.
@@ -253,6 +267,7 @@ impl Core {
     ) -> Core {
         let mut core = Core {
             out: Outgoing::new(config.master_id.clone()),
+            placement: Placement::new(config.strategy, config.placement_seed),
             config,
             registry: Registry::default(),
             tasks: Tasks::default(),
@@ -358,6 +373,7 @@ impl Core {
                 | Message::TaskStatus(_)
                 | Message::DeviceInfo(_)
                 | Message::Subscribe(_)
+                | Message::Strategy(protocol::StrategyRequest { strategy: None })
         );
         let result = match envelope.message {
             Message::Register(register) => self.on_register(now, conn, sender, register),
@@ -457,6 +473,7 @@ impl Core {
                 Ok(()) => return self.on_prune(conn, reply_to, prune),
                 Err(refused) => Err(refused),
             },
+            Message::Strategy(request) => self.on_strategy(request),
             Message::TaskAssign(_) | Message::Event(_) => Err(ReplyError::new(
                 ErrorCode::InvalidMessage,
                 "the master does not accept this message type from peers",

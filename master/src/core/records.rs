@@ -212,6 +212,17 @@ impl EncodedTask {
     }
 }
 
+/// One of the master's settings as the store keeps it (`settings` table):
+/// those changed at run time, such as the placement strategy, which must
+/// outlive a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingRecord {
+    /// The setting's name (`placement_strategy`).
+    pub key: String,
+    /// Its value, as text.
+    pub value: String,
+}
+
 /// One change for the store.
 // Each op is built once and moved into its batch; boxing the larger
 // variant would only add an allocation.
@@ -224,6 +235,8 @@ pub enum StoreOp {
     PutDeviceKey(DeviceKeyRecord),
     /// Insert or replace a task.
     PutTask(EncodedTask),
+    /// Insert or replace a setting.
+    PutSetting(SettingRecord),
     /// Not a write of this batch: once it has committed, delete the
     /// finished tasks that finished before a time, in small batches, and
     /// hand the job back (see `core/prune.rs`).

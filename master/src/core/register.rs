@@ -170,6 +170,9 @@ impl Core {
         // A worker that is leaving gracefully says so in its heartbeats: it
         // gets no new work from then on.
         let draining = heartbeat.status.as_deref() == Some("draining");
+        if let Some(power) = heartbeat.power {
+            self.registry.set_power(&device_id, power);
+        }
         let beat = self.registry.heartbeat(
             &device_id,
             now.monotonic,

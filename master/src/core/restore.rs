@@ -52,6 +52,7 @@ impl Core {
                 active: BTreeSet::new(),
                 last_seen: now.monotonic,
                 metrics: None,
+                power: None,
                 paused_until: None,
                 lease_until: None,
                 indexed: index::Indexed::default(),

@@ -67,6 +67,7 @@ mod life;
 mod lifecycle;
 mod listing;
 mod nesting;
+mod placement;
 mod prop;
 mod registration;
 mod replies;

@@ -119,6 +119,22 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             )
         },
     },
+    // 5 → 6.
+    Migration {
+        what: "the settings table, for settings changed at run time (the placement strategy)",
+        // One row per setting the master changes at run time and must keep
+        // across restarts (`retire strategy`), as text; the core writes
+        // them like any other record (`StoreOp::PutSetting`).
+        in_transaction: true,
+        run: |connection| {
+            connection.execute_batch(
+                "CREATE TABLE IF NOT EXISTS settings (
+                     key TEXT PRIMARY KEY,
+                     value TEXT NOT NULL
+                 );",
+            )
+        },
+    },
 ];
 
 /// Brings a database at version `found` (at most [`VERSION`]) up to
@@ -225,6 +241,6 @@ mod tests {
     #[test]
     fn the_version_is_the_base_plus_one_per_migration() {
         assert_eq!(VERSION, BASE_VERSION + MIGRATIONS.len() as i64);
-        assert_eq!(VERSION, 5);
+        assert_eq!(VERSION, 6);
     }
 }

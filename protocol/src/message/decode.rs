@@ -210,6 +210,7 @@ fn message_from_data(message_type: &str, data: &str) -> Result<Message, DecodeEr
         "auth_proof" => Message::AuthProof(parse::<AuthProofData>(data)?.into_domain()?),
         "revoke_device" | "revoke" => Message::RevokeDevice(parse(data)?),
         "prune" => Message::Prune(parse(data)?),
+        "strategy" => Message::Strategy(parse(data)?),
         other => {
             return Err(DecodeError::new(
                 ErrorCode::UnknownMessageType,

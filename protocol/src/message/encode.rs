@@ -58,6 +58,7 @@ impl Serialize for Message {
             | Message::RevokeDevice(device) => device.serialize(serializer),
             Message::Subscribe(subscribe) => subscribe.serialize(serializer),
             Message::Prune(prune) => prune.serialize(serializer),
+            Message::Strategy(request) => request.serialize(serializer),
             Message::Ack(ack) => ack.write_data(serializer),
             Message::Error(error) => error.serialize(serializer),
             Message::Event(event) => event.serialize(serializer),

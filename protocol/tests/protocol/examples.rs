@@ -188,6 +188,8 @@ fn register_with_the_fields_of_our_own_worker() {
                     attempt: 0,
                 },
             ],
+            cpu_benchmark: None,
+            power: None,
             // Unknown keys of the nested objects land in `extra` too.
             extra: map(json!({"battery_percent": 81, "cpu_score": 123.5, "auth_token": "s3cret"})),
         }),
@@ -276,6 +278,7 @@ fn heartbeat_in_the_design_shape() {
             status: Some("online".into()),
             active_tasks: Some(2),
             last_activity: Some("2024-01-15T10:30:45Z".into()),
+            power: None,
             extra: Map::new(),
         }),
     );
@@ -355,6 +358,7 @@ fn design_task() -> TaskSpec {
             min_memory_gb: Some(1.0),
             ..Requirements::default()
         },
+        strategy: None,
         max_retries: None,
     }
 }
@@ -760,10 +764,80 @@ fn client_requests() {
                 reason: "goodbye".into(),
             }),
         ),
+        (
+            r#"{"message_type":"strategy"}"#,
+            Message::Strategy(StrategyRequest { strategy: None }),
+        ),
+        (
+            r#"{"message_type":"strategy","data":{"strategy":"round_robin"}}"#,
+            Message::Strategy(StrategyRequest {
+                strategy: Some(PlacementStrategy::RoundRobin),
+            }),
+        ),
     ];
     for (input, expect) in cases {
         check(input, Envelope::new(expect));
     }
+}
+
+/// The placement fields (`docs/protocol.md`, `docs/placement.md`): a
+/// worker's CPU benchmark and power in `register`, its power in
+/// `heartbeat`, a task's own strategy; an unknown strategy is refused.
+#[test]
+fn placement_fields() {
+    let register = decoded_message(
+        r#"{"message_type":"register","sender_id":"phone","data":{
+            "hardware_specs":{"cpu_cores":8,"cpu_benchmark":412.5},
+            "power":{"on_ac":false,"battery_percent":64,"charging":false,"temperature_c":31.5}}}"#,
+    );
+    let Message::Register(register) = register else {
+        panic!("a register")
+    };
+    assert_eq!(register.cpu_benchmark, Some(412.5));
+    let power = Power {
+        battery_percent: Some(64.0),
+        charging: Some(false),
+        on_ac: Some(false),
+        temperature_c: Some(31.5),
+    };
+    assert_eq!(register.power, Some(power));
+    assert!(power.on_battery());
+    assert!(register.extra.is_empty(), "{:?}", register.extra);
+    let heartbeat = decoded_message(
+        r#"{"message_type":"heartbeat","sender_id":"phone","data":{"power":{"on_ac":true}}}"#,
+    );
+    let Message::Heartbeat(heartbeat) = heartbeat else {
+        panic!("a heartbeat")
+    };
+    let on_ac = heartbeat.power.expect("power");
+    assert!(!on_ac.on_battery());
+    assert!(
+        !Power::default().on_battery(),
+        "a device that does not say is on mains"
+    );
+    let submit = decoded_message(
+        r#"{"message_type":"task_submit","data":{"task":{"task_type":"echo","strategy":"energy_aware"}}}"#,
+    );
+    let Message::TaskSubmit(submit) = submit else {
+        panic!("a submit")
+    };
+    assert_eq!(
+        submit.tasks[0].strategy,
+        Some(PlacementStrategy::EnergyAware)
+    );
+    for input in [
+        r#"{"message_type":"strategy","data":{"strategy":"fastest"}}"#,
+        r#"{"message_type":"task_submit","data":{"task":{"task_type":"echo","strategy":"fastest"}}}"#,
+        r#"{"message_type":"heartbeat","data":{"power":{"on_ac":"yes"}}}"#,
+    ] {
+        let error = Envelope::decode(input.as_bytes()).expect_err(input);
+        assert_eq!(error.code, ErrorCode::InvalidMessage, "{input}");
+    }
+    for strategy in PlacementStrategy::ALL {
+        assert_eq!(strategy.as_str().parse::<PlacementStrategy>(), Ok(strategy));
+        assert_eq!(json!(strategy), json!(strategy.as_str()));
+    }
+    assert!("fastest".parse::<PlacementStrategy>().is_err());
 }
 
 #[test]

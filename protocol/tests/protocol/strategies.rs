@@ -112,6 +112,8 @@ pub const REGISTER_KEYS: &[&str] = &[
     "disk_space",
     "network_interfaces",
     "sandbox",
+    "cpu_benchmark",
+    "power",
 ];
 
 /// A register's `extra`: arbitrary keys and the known ones of every level.
@@ -121,6 +123,22 @@ pub fn register_extra() -> impl Strategy<Value = Map<String, Value>> {
         proptest::sample::select(REGISTER_KEYS).prop_map(str::to_string)
     ];
     btree_map(key, json_value(), 0..5).prop_map(|map| map.into_iter().collect())
+}
+
+/// A worker's power and heat report, every field drawn.
+pub fn power() -> impl Strategy<Value = Power> {
+    (
+        option::of(decimal()),
+        option::of(any::<bool>()),
+        option::of(any::<bool>()),
+        option::of(decimal()),
+    )
+        .prop_map(|(battery_percent, charging, on_ac, temperature_c)| Power {
+            battery_percent,
+            charging,
+            on_ac,
+            temperature_c,
+        })
 }
 
 /// A register with every field drawn.
@@ -143,6 +161,7 @@ pub fn register() -> impl Strategy<Value = Register> {
         option::of(any::<u64>()),
         option::of(any::<u64>()),
         vec(text(), 0..3),
+        option::of(decimal()),
     );
     let rest = (
         option::of(json_not_null()),
@@ -154,6 +173,7 @@ pub fn register() -> impl Strategy<Value = Register> {
             0..3,
         ),
         register_extra(),
+        option::of(power()),
     );
     (strings, hardware, rest).prop_map(
         |(
@@ -168,8 +188,8 @@ pub fn register() -> impl Strategy<Value = Register> {
                 ip_address,
                 role,
             ),
-            (cpu_cores, memory_total_bytes, disk_total_bytes, network_interfaces),
-            (capabilities, tags, task_types, slots, running_tasks, extra),
+            (cpu_cores, memory_total_bytes, disk_total_bytes, network_interfaces, cpu_benchmark),
+            (capabilities, tags, task_types, slots, running_tasks, extra, power),
         )| Register {
             hostname,
             platform,
@@ -193,6 +213,8 @@ pub fn register() -> impl Strategy<Value = Register> {
             sandbox: slots.map(|n| ["full", "partial", "none"][n as usize % 3].to_string()),
             slots,
             running_tasks,
+            cpu_benchmark,
+            power,
             extra,
         },
     )
@@ -216,6 +238,7 @@ const HEARTBEAT_KEYS: &[&str] = &[
     "status",
     "active_tasks",
     "last_activity",
+    "power",
 ];
 
 /// A heartbeat. Its `extra` maps avoid the known keys: a decoded heartbeat
@@ -245,14 +268,16 @@ pub fn heartbeat() -> impl Strategy<Value = Heartbeat> {
         option::of(text()),
         option::of(any::<u32>()),
         option::of(text()),
+        option::of(power()),
         extra_map(HEARTBEAT_KEYS),
     )
         .prop_map(
-            |(metrics, status, active_tasks, last_activity, extra)| Heartbeat {
+            |(metrics, status, active_tasks, last_activity, power, extra)| Heartbeat {
                 metrics,
                 status,
                 active_tasks,
                 last_activity,
+                power,
                 extra,
             },
         )
@@ -314,9 +339,19 @@ pub fn task_spec() -> impl Strategy<Value = TaskSpec> {
         option::of(positive_decimal()),
         requirements(),
         option::of(any::<u32>()),
+        option::of(proptest::sample::select(PlacementStrategy::ALL.to_vec())),
     )
         .prop_map(
-            |(task_id, task_type, payload, priority, timeout, requirements, max_retries)| {
+            |(
+                task_id,
+                task_type,
+                payload,
+                priority,
+                timeout,
+                requirements,
+                max_retries,
+                strategy,
+            )| {
                 TaskSpec {
                     task_id,
                     task_type,
@@ -324,6 +359,7 @@ pub fn task_spec() -> impl Strategy<Value = TaskSpec> {
                     priority,
                     timeout,
                     requirements,
+                    strategy,
                     max_retries,
                 }
             },

@@ -2,5 +2,6 @@
 //! ([`profile`]), and the processes `/proc` shows (`proc`). Nothing here writes
 //! anything; later power, heat and owner-presence sensing belongs here too.
 
+pub mod benchmark;
 pub(crate) mod proc;
 pub mod profile;

@@ -90,6 +90,7 @@ impl DeviceProfile {
             network_interfaces,
             ip_address: primary_ipv4_address(&interfaces).map(|address| address.to_string()),
             sandbox: None,
+            cpu_benchmark: super::benchmark::run(),
         }
     }
 }

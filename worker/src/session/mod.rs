@@ -1018,6 +1018,8 @@ impl Session {
             status: Some(if self.draining { "draining" } else { "online" }.into()),
             active_tasks: Some(u32::try_from(self.running.len()).unwrap_or(u32::MAX)),
             last_activity: None,
+            // The power and heat sensing comes with issue 16's power part.
+            power: None,
             extra: Map::new(),
         };
         let heartbeat_id = self.new_message_id("hb");
@@ -1089,6 +1091,8 @@ fn register_template(config: &SessionConfig, profile: &DeviceProfile) -> Registe
         // it is away from the master, so the master may hold them for it.
         leases: true,
         sandbox: profile.sandbox.clone(),
+        cpu_benchmark: profile.cpu_benchmark,
+        power: None,
         extra,
     }
 }
@@ -1120,6 +1124,7 @@ mod tests {
             network_interfaces: vec!["eth0".into(), "lo".into()],
             ip_address: Some("192.168.1.20".into()),
             sandbox: Some("full".into()),
+            cpu_benchmark: Some(250.0),
         }
     }
 
@@ -1320,6 +1325,7 @@ mod tests {
         assert_eq!(data["device_info"]["ip_address"], json!("10.0.0.7"));
         assert_eq!(data["hardware_specs"]["cpu_cores"], json!(4));
         assert_eq!(data["hardware_specs"]["memory_total"], json!(4u64 << 30));
+        assert_eq!(data["hardware_specs"]["cpu_benchmark"], json!(250.0));
         assert_eq!(
             data["hardware_specs"]["network_interfaces"],
             json!(["eth0", "lo"])

@@ -62,6 +62,9 @@ pub struct DeviceProfile {
     /// How well the task sandbox guards the owner here (`full`, `partial`, `none`);
     /// the worker fills it in once its sandbox has probed the kernel.
     pub sandbox: Option<String>,
+    /// The score of the CPU benchmark run at start (millions of rounds per
+    /// second on one core, see `device::benchmark`), when it could run.
+    pub cpu_benchmark: Option<f64>,
 }
 
 /// The live numbers a worker reports with every heartbeat.

@@ -27,6 +27,9 @@ pub(super) struct Device {
     pub(super) active: BTreeSet<String>,
     pub(super) last_seen: Duration,
     pub(super) metrics: Option<Metrics>,
+    /// Its power and heat as its latest heartbeat reported them (see
+    /// `Device::power`).
+    pub(super) power: Option<protocol::Power>,
     pub(super) paused_until: Option<Duration>,
     /// While offline: until when the master holds its tasks for it.
     pub(super) lease_until: Option<Duration>,
@@ -290,6 +293,7 @@ impl Registry {
             active: BTreeSet::new(),
             last_seen: now,
             metrics: None,
+            power: None,
             paused_until: None,
             lease_until: None,
             indexed,
@@ -398,6 +402,13 @@ impl Registry {
         device.paused_until = Some(until);
         refile(&mut self.free, device_id, device);
         true
+    }
+
+    /// Device `device_id` reported its power and heat (a heartbeat).
+    pub(super) fn set_power(&mut self, device_id: &str, power: protocol::Power) {
+        if let Some(device) = self.devices.get_mut(device_id) {
+            device.power = Some(power);
+        }
     }
 
     /// Free slots over every device that can take a task now.

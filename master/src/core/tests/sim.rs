@@ -146,6 +146,8 @@ pub struct Db {
     pub devices: HashMap<String, DeviceRecord>,
     pub tasks: HashMap<String, TaskRecord>,
     pub device_keys: HashMap<String, DeviceKeyRecord>,
+    /// Settings changed at run time, by name.
+    pub settings: HashMap<String, String>,
 }
 
 impl Db {
@@ -163,6 +165,10 @@ impl Db {
                 }
                 StoreOp::PutDeviceKey(key) => {
                     self.device_keys.insert(key.device_id.clone(), key.clone());
+                }
+                StoreOp::PutSetting(setting) => {
+                    self.settings
+                        .insert(setting.key.clone(), setting.value.clone());
                 }
                 // Run by the sim after the batch commits (`Sim::prune`).
                 StoreOp::Prune(_) => {}
@@ -485,6 +491,10 @@ impl Sim {
             self.now,
         );
         core.restore_device_keys(self.db.device_keys.values().cloned().collect());
+        // As the master's start does (`lib.rs`).
+        if let Some(stored) = self.db.settings.get(crate::core::STRATEGY_SETTING) {
+            core.restore_strategy(stored.parse().expect("a strategy the core stored"));
+        }
         if let Some(secrets) = self.secrets.clone() {
             core.set_secrets(secrets);
         }
@@ -834,6 +844,25 @@ impl Sim {
         );
         assert_eq!(reply.field("recorded"), json!(true), "{task_id} recorded");
         reply
+    }
+
+    /// Worker `id` completes every task it runs, all reported before the
+    /// core is driven once (as one read of the socket would hand them
+    /// over), so that thousands of tasks cost one round.
+    pub fn complete_all(&mut self, id: &str) {
+        let worker = self.workers.get_mut(id).expect("a worker");
+        let conn = worker.conn.expect("a connected worker");
+        let running = std::mem::take(&mut worker.running);
+        let envelopes: Vec<Envelope> = running
+            .into_iter()
+            .map(|(task_id, attempt)| {
+                worker.result(&task_id, attempt, ResultStatus::Completed, json!({}))
+            })
+            .collect();
+        for envelope in envelopes {
+            self.core.handle_message(self.now, conn, envelope);
+        }
+        self.drive();
     }
 
     /// A silent worker answers every pending assignment: `ack` when
