@@ -501,7 +501,7 @@ struct HardwareSpecsWire {
 
 /// The keys [`RegisterWire`] reads at the top level of `data`; keep in step
 /// with its fields.
-const REGISTER_TOP_LEVEL_KEYS: [&str; 18] = [
+const REGISTER_TOP_LEVEL_KEYS: [&str; 19] = [
     "device_info",
     "hardware_specs",
     "capabilities",
