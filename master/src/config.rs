@@ -33,6 +33,7 @@
 //! reader_idle_timeout = 600
 //! retention = "30d"                         # finished tasks are deleted after this
 //! retention_failed = "90d"                  # failed, timed_out, dead_letter ones after this
+//! no_announce = false                       # true: no `_retire._tcp` on the LAN (`--join auto`)
 //! ```
 
 use std::net::SocketAddr;
@@ -147,6 +148,8 @@ settings! { dev;
     retention: Seconds = Seconds(crate::store::retention::DEFAULT_RETENTION),
     /// Age after which a failed, timed-out or dead-lettered task is deleted.
     retention_failed: Seconds = Seconds(crate::store::retention::DEFAULT_RETENTION_FAILED),
+    /// Do not announce `_retire._tcp` over mDNS (see [`crate::announce`]).
+    no_announce: bool = false,
 }
 
 impl Settings {

@@ -14,6 +14,7 @@ use tests::{retire, text_command, Client, MasterProcess, WorkerProcess, PATIENCE
 
 mod backup;
 mod config_file;
+mod discovery;
 mod faults;
 mod hostile;
 mod join_token;
