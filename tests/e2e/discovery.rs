@@ -264,3 +264,41 @@ fn join_auto_skips_impostors_and_enrolls_with_the_master_that_proves_the_token()
     let _ = announcer.shutdown();
     let _ = browser.shutdown();
 }
+
+/// With only an impostor announced (a real master with another join token), `--join
+/// auto` enrolls nowhere and stops, saying why; the master that holds the worker's
+/// token runs with `--no-announce`, so the worker never hears of it.
+#[test]
+fn join_auto_refuses_a_master_that_cannot_prove_the_token_and_no_announce_hides_one() {
+    if !in_namespaces(
+        "join_auto_refuses_a_master_that_cannot_prove_the_token_and_no_announce_hides_one",
+    ) {
+        return;
+    }
+    let dir = setup();
+    let real_data = dir.path().join("real");
+    let real = MasterProcess::start_with(&real_data, "0.0.0.0:0", &["--no-announce"]);
+    let other = announced_master(&dir.path().join("other"));
+    let log = dir.path().join("worker.log");
+    let mut child = worker("auto", "pi", &real_data, &dir.path().join("state"), &log);
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll the worker") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the worker is still running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(&log).expect("the worker's log");
+    assert!(!status.success(), "{status}\n{text}");
+    assert!(
+        text.contains("check the join token"),
+        "the worker did not say why:\n{text}"
+    );
+    assert!(
+        !text.contains(&format!(":{}", real.addr.port())),
+        "the worker found the master that does not announce itself:\n{text}"
+    );
+    assert!(device_ids(other.addr).is_empty());
+    assert!(device_ids(real.addr).is_empty());
+}
