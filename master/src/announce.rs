@@ -1,5 +1,5 @@
 //! The master's announcement on the LAN: a DNS-SD service of type `_retire._tcp`
-//! (see [`worker::link::resolve::SERVICE_TYPE`]) over multicast DNS, so that
+//! ([`protocol::SERVICE_TYPE`]) over multicast DNS, so that
 //! `retire-worker --join auto` finds it, and an address record for
 //! `HOSTNAME.local`, so that `--join HOSTNAME.local:PORT` resolves on a device whose
 //! C library has no mDNS.
@@ -19,7 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use mdns_sd::{IfKind, ServiceDaemon, ServiceInfo};
 
-pub use worker::link::resolve::SERVICE_TYPE;
+use protocol::SERVICE_TYPE;
 
 /// The longest DNS label (63 bytes, RFC 1035): the instance name and the host name are
 /// cut to it.

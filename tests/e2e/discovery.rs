@@ -5,7 +5,7 @@
 //! and `unshare`; without them they fail, never skip.
 
 use super::{setup, subscriber};
-use protocol::Event;
+use protocol::{Event, SERVICE_TYPE};
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::Path;
@@ -20,9 +20,6 @@ const IN_NETNS: &str = "RETIRE_TEST_IN_NETNS";
 /// The host name each test gives its UTS namespace: the master announces
 /// `HOST_NAME.local`, a name no resolver outside the namespace knows.
 const HOST_NAME: &str = "retire-mdns-test";
-
-/// The DNS-SD type masters announce.
-const SERVICE_TYPE: &str = "_retire._tcp.local.";
 
 /// Runs the test `name` of this module in new network and UTS namespaces: returns
 /// `true` inside them (the caller runs the body), and `false` in the parent, after

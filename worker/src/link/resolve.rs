@@ -24,8 +24,7 @@ use mdns_sd::{HostnameResolutionEvent, ServiceDaemon, ServiceEvent};
 /// The `--join` value that finds the master on the LAN instead of naming it.
 pub const AUTO: &str = "auto";
 
-/// The DNS-SD service type a master announces and `--join auto` looks for.
-pub const SERVICE_TYPE: &str = "_retire._tcp.local.";
+pub use protocol::SERVICE_TYPE;
 
 /// How long a `.local` name is asked for over mDNS (3 s) before the worker tries the
 /// system's resolver instead. A responder on the LAN answers within a second (RFC 6762
