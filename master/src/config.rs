@@ -34,6 +34,7 @@
 //! retention = "30d"                         # finished tasks are deleted after this
 //! retention_failed = "90d"                  # failed, timed_out, dead_letter ones after this
 //! strategy = "least_loaded"                 # placement until `retire strategy` sets one
+//! no_announce = false                       # true: no `_retire._tcp` on the LAN (`--join auto`)
 //! ```
 
 use std::net::SocketAddr;
@@ -150,6 +151,8 @@ settings! { dev;
     retention_failed: Seconds = Seconds(crate::store::retention::DEFAULT_RETENTION_FAILED),
     /// The placement strategy until one is set with `retire strategy`.
     strategy: String = protocol::PlacementStrategy::default().as_str().to_string(),
+    /// Do not announce `_retire._tcp` over mDNS (see [`crate::announce`]).
+    no_announce: bool = false,
 }
 
 impl Settings {

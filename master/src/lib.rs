@@ -15,6 +15,7 @@
 //! - [`config`]: the settings from flags, environment, config file and
 //!   defaults, with where each came from.
 
+pub mod announce;
 pub mod config;
 pub mod core;
 pub mod credentials;

@@ -167,6 +167,12 @@ struct Args {
     /// which is kept across restarts.
     #[arg(long, env = "RETIRE_STRATEGY", default_value = "least_loaded")]
     strategy: String,
+    /// Do not announce this master on the LAN. By default it announces
+    /// `_retire._tcp` and HOSTNAME.local over mDNS, so that `retire-worker
+    /// --join auto` finds it (a master on a loopback address announces
+    /// nothing).
+    #[arg(long, env = "RETIRE_NO_ANNOUNCE")]
+    no_announce: bool,
 
     /// Manage the tokens or show the configuration instead of running the master.
     #[command(subcommand)]
@@ -228,6 +234,34 @@ fn advertised(listen: SocketAddr) -> String {
     match lan {
         Some(ip) => SocketAddr::new(ip, listen.port()).to_string(),
         None => format!("THIS-HOST:{}", listen.port()),
+    }
+}
+
+/// Starts announcing the master on `bound` unless `off`; what happened is logged.
+fn announce(bound: SocketAddr, off: bool) -> Option<master::announce::Announcer> {
+    if off {
+        log::info!("not announced on the LAN (--no-announce)");
+        return None;
+    }
+    match master::announce::start(bound) {
+        Ok(Some(announcer)) => {
+            log::info!(
+                "announced on the LAN as {:?}: `retire-worker --join auto` finds this master",
+                announcer.fullname()
+            );
+            Some(announcer)
+        }
+        Ok(None) => {
+            log::info!("not announced on the LAN: {bound} is a loopback address");
+            None
+        }
+        Err(error) => {
+            log::warn!(
+                "could not announce this master on the LAN ({error}); workers can still join \
+                 it by address, but not with --join auto"
+            );
+            None
+        }
     }
 }
 
@@ -439,6 +473,9 @@ fn real_main() -> Result<()> {
         ),
         None => println!("authentication is OFF: only use this on a machine you alone use"),
     }
+    // The announcement runs on the mDNS daemon's own thread until the master
+    // stops; a failure leaves the master running, reachable by its address.
+    let _announcer = announce(bound, settings.no_announce.value);
     let local_worker = if args.dev {
         let stop = worker::StopHandle::new();
         let worker_config = worker::WorkerConfig {

@@ -44,3 +44,7 @@ pub use types::{
 
 /// The TCP port the master listens on by default.
 pub const DEFAULT_PORT: u16 = 8080;
+
+/// The DNS-SD service type a master announces over mDNS and `retire-worker --join
+/// auto` looks for (docs/protocol.md, "Finding the master: mDNS").
+pub const SERVICE_TYPE: &str = "_retire._tcp.local.";

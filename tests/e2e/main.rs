@@ -17,6 +17,7 @@ mod browser;
 mod config_file;
 mod dashboard;
 mod emulation;
+mod discovery;
 mod faults;
 mod hostile;
 mod http;

@@ -365,15 +365,21 @@ fn check_device_id(device_id: &str) -> Result<(), WorkerError> {
     })
 }
 
-/// Checks that `address` looks like `HOST:PORT`. Resolving the host waits until the
-/// worker connects, because a device often starts before its network or DNS is up.
+/// Checks that `address` looks like `HOST:PORT`, or is `auto` (find the master on the
+/// LAN, see [`link::resolve`]). Resolving the host waits until the worker connects,
+/// because a device often starts before its network or DNS is up.
 fn check_master_address(address: &str) -> Result<(), WorkerError> {
+    if link::resolve::Target::parse(address) == link::resolve::Target::Auto {
+        return Ok(());
+    }
     let invalid = |reason: &str| WorkerError::InvalidMasterAddress {
         address: address.to_string(),
         reason: reason.to_string(),
     };
     let Some((host, port)) = address.rsplit_once(':') else {
-        return Err(invalid("expected HOST:PORT, for example 192.168.1.10:8080"));
+        return Err(invalid(
+            "expected HOST:PORT, for example 192.168.1.10:8080, or `auto`",
+        ));
     };
     if host.is_empty() || host.chars().any(char::is_whitespace) {
         return Err(invalid("the host is empty or contains spaces"));
@@ -398,6 +404,8 @@ mod tests {
             "nas.local:1",
             "[::1]:8080",
             "localhost:65535",
+            "auto",
+            "AUTO",
         ] {
             assert!(check_master_address(good).is_ok(), "{good}");
         }
@@ -410,6 +418,7 @@ mod tests {
             "nas:70000",
             "::1:8080",
             "na s:80",
+            "automatic",
         ] {
             let error = check_master_address(bad).expect_err(bad);
             assert!(

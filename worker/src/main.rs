@@ -28,8 +28,9 @@ use worker::{scrub, Handlers, StopHandle, WorkerConfig};
 #[allow(dead_code)]
 struct Args {
     /// The master's worker port to join (required here, in the environment or in
-    /// the config file).
-    #[arg(long, env = "RETIRE_JOIN", value_name = "HOST:PORT")]
+    /// the config file). A NAME.local host is asked for over mDNS; `auto` finds a
+    /// master that announces itself on the LAN and proves the join token.
+    #[arg(long, env = "RETIRE_JOIN", value_name = "HOST:PORT|auto")]
     join: Option<String>,
     /// The id to register under [default: hostname plus a machine-id prefix].
     #[arg(long, env = "RETIRE_DEVICE_ID", value_name = "NAME")]

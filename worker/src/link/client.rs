@@ -119,6 +119,11 @@ struct Client {
     state_dir: std::path::PathBuf,
     /// Whether the worker authenticates (it has credentials).
     authenticates: bool,
+    /// The address of the current (or last) connection.
+    peer: Option<std::net::SocketAddr>,
+    /// Addresses whose last connection ended before registering; `--join auto` tries
+    /// them after the others (see [`crate::link::resolve`]).
+    distrusted: Vec<std::net::SocketAddr>,
 }
 
 /// How the worker behaves as a service: how long a graceful stop waits, and what it
@@ -201,6 +206,8 @@ pub(crate) fn run(
         ready: false,
         state_dir: identity.state_dir,
         authenticates,
+        peer: None,
+        distrusted: Vec::new(),
     };
     client.run_until(stop);
     let refusal = client.session.refusal().map(str::to_string);
@@ -369,13 +376,14 @@ impl Client {
     fn start_connecting(&mut self) {
         let (sender, outcome) = crossbeam_channel::bounded(1);
         let master = self.master.clone();
+        let distrusted = self.distrusted.clone();
         // The attempt runs on its own thread so that a stop never waits for a slow
         // connect or DNS lookup; an abandoned attempt ends on its own within
         // CONNECT_TIMEOUT and its socket is dropped.
         let spawned = thread::Builder::new()
             .name("master-connect".into())
             .spawn(move || {
-                let _ = sender.send(connect(&master));
+                let _ = sender.send(connect(&master, &distrusted));
             });
         match spawned {
             Ok(_) => self.link = Link::Connecting { outcome },
@@ -399,9 +407,15 @@ impl Client {
             .map(|address| address.ip())
             .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
             .map(|ip| ip.to_string());
+        self.peer = stream.peer_addr().ok();
         match Connection::open(stream) {
             Ok(connection) => {
-                log::info!("connected to {}", self.master);
+                match self.peer {
+                    Some(peer) if self.master != peer.to_string() => {
+                        log::info!("connected to {} at {peer}", self.master)
+                    }
+                    _ => log::info!("connected to {}", self.master),
+                }
                 self.link = Link::Connected(connection);
                 self.connected_at = Some(Instant::now());
                 let now = self.now();
@@ -611,6 +625,13 @@ impl Client {
         // so a worker whose master restarts comes back quickly; one that was dropped at
         // once does not, so a master in trouble is not hammered.
         let lived = self.connected_at.take().map(|at| at.elapsed());
+        if let (Some(peer), true) = (self.peer, lived.is_some()) {
+            crate::link::resolve::note_outcome(
+                &mut self.distrusted,
+                peer,
+                self.session.registered_on_this_connection(),
+            );
+        }
         if connection_earned_fresh_backoff(
             self.session.registered_on_this_connection(),
             lived,

@@ -5,7 +5,7 @@
 //! [`client`](super::client) decides when.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, SystemTime};
 
@@ -172,10 +172,12 @@ fn decode_frame(bytes: &[u8]) -> Incoming {
     }
 }
 
-/// Resolves `master` and connects to the first address that answers.
-pub(super) fn connect(master: &str) -> io::Result<TcpStream> {
+/// Resolves `master` (see [`super::resolve`]: a `.local` name over mDNS, `auto` by
+/// discovery, with the addresses in `distrusted` last) and connects to the first
+/// address that answers.
+pub(super) fn connect(master: &str, distrusted: &[SocketAddr]) -> io::Result<TcpStream> {
     let mut last_error = None;
-    for address in master.to_socket_addrs()? {
+    for address in super::resolve::resolve(master, distrusted)? {
         match TcpStream::connect_timeout(&address, CONNECT_TIMEOUT) {
             Ok(stream) => return Ok(stream),
             Err(error) => last_error = Some(error),

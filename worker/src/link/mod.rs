@@ -1,4 +1,5 @@
-//! The link to the master: the one socket ([`connection`]), reconnecting with
+//! The link to the master: where `--join` points ([`resolve`]: `.local` names over
+//! mDNS, `auto` by discovery), the one socket ([`connection`]), reconnecting with
 //! backoff ([`backoff`]), and the loop that drives the sans-IO [`crate::session`] with
 //! what the socket, the clock, the task pool and the state dir report ([`client`]).
 //!
@@ -7,6 +8,7 @@
 pub mod backoff;
 pub mod client;
 pub mod connection;
+pub mod resolve;
 
 use crossbeam_channel::Receiver;
 
