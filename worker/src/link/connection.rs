@@ -5,7 +5,7 @@
 //! [`client`](super::client) decides when.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, TcpStream};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, SystemTime};
 
@@ -172,10 +172,11 @@ fn decode_frame(bytes: &[u8]) -> Incoming {
     }
 }
 
-/// Resolves `master` and connects to the first address that answers.
+/// Resolves `master` (through the system, or Termux's files where the system has no
+/// resolver configuration: [`super::dns`]) and connects to the first address that answers.
 pub(super) fn connect(master: &str) -> io::Result<TcpStream> {
     let mut last_error = None;
-    for address in master.to_socket_addrs()? {
+    for address in super::dns::lookup(master)? {
         match TcpStream::connect_timeout(&address, CONNECT_TIMEOUT) {
             Ok(stream) => return Ok(stream),
             Err(error) => last_error = Some(error),
