@@ -2,11 +2,13 @@
 //! `retire-worker` in a chroot laid out like a phone, with no `/etc/resolv.conf`,
 //! no `/bin/sh`, no `/tmp` and no `/system`; a Termux prefix
 //! (`/data/data/com.termux/files/usr`) holding a static busybox as `sh` and a
-//! `resolv.conf` naming a DNS server (dnsmasq) on 127.0.0.1; an app's uid; and a
+//! `resolv.conf` naming a DNS server (dnsmasq) on 127.0.0.2 (not 127.0.0.1,
+//! where musl's resolver looks when it has no `/etc/resolv.conf`: the worker
+//! must have read Termux's file to find it); an app's uid; and a
 //! seccomp filter that, like Android's app policy, answers Landlock's system calls
 //! with `SIGSYS`. The master, dnsmasq and the workers share a network namespace
 //! the test makes (resolv.conf has no port: the DNS server must own
-//! 127.0.0.1:53, which the machine's own may hold).
+//! port 53, which the machine's own may hold).
 //!
 //! Two workers run there: one with Termux's environment (`ANDROID_ROOT`, so it
 //! knows it is on Android) and one without it (a build that does not recognise
@@ -44,6 +46,10 @@ const APP_UID: u32 = 10_234;
 
 /// The master's name, known only to the test's DNS server.
 const MASTER_NAME: &str = "master.phone.test";
+
+/// Where the phone's DNS server listens: a loopback address musl does not
+/// fall back to by itself.
+const DNS_ADDRESS: &str = "127.0.0.2";
 
 /// The musl target that runs with no dynamic loader in the chroot.
 const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
@@ -110,7 +116,11 @@ fn lay_out_phone(root: &Path, worker: &Path) {
         symlink("busybox", bin.join(applet)).expect("a busybox applet");
     }
     std::fs::copy(worker, bin.join("retire-worker")).expect("the worker");
-    std::fs::write(prefix.join("etc/resolv.conf"), "nameserver 127.0.0.1\n").expect("resolv.conf");
+    std::fs::write(
+        prefix.join("etc/resolv.conf"),
+        format!("nameserver {DNS_ADDRESS}\n"),
+    )
+    .expect("resolv.conf");
     let home = root.join(HOME.trim_start_matches('/'));
     for dir in [prefix.join("tmp"), home] {
         std::fs::create_dir_all(&dir).expect("a directory of the app");
@@ -305,6 +315,21 @@ fn start_phone_worker(
     command.spawn().expect("start the worker in the phone")
 }
 
+/// Prints the workers' logs when the test fails, so that a worker killed by
+/// the filter or lost on the name shows why.
+struct ShowLogsOnPanic(Vec<PathBuf>);
+
+impl Drop for ShowLogsOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for path in &self.0 {
+                let log = std::fs::read_to_string(path).unwrap_or_default();
+                eprintln!("--- {}:\n{log}", path.display());
+            }
+        }
+    }
+}
+
 /// Kills a child the test started and reaps it.
 struct Reaped(Child);
 
@@ -315,7 +340,7 @@ impl Drop for Reaped {
     }
 }
 
-/// Starts dnsmasq on 127.0.0.1:53 answering `MASTER_NAME` with 127.0.0.1 and
+/// Starts dnsmasq on [`DNS_ADDRESS`], port 53, answering `MASTER_NAME` with 127.0.0.1 and
 /// nothing else, waits until it serves, and returns it with a channel of the
 /// lines it logs (one per query).
 fn start_dns() -> (Reaped, mpsc::Receiver<String>) {
@@ -326,11 +351,8 @@ fn start_dns() -> (Reaped, mpsc::Receiver<String>) {
             "--no-resolv",
             "--no-hosts",
         ])
-        .args([
-            "--listen-address=127.0.0.1",
-            "--bind-interfaces",
-            "--port=53",
-        ])
+        .arg(format!("--listen-address={DNS_ADDRESS}"))
+        .args(["--bind-interfaces", "--port=53"])
         .args([
             "--pid-file=",
             "--user=root",
@@ -447,6 +469,7 @@ fn a_static_worker_on_an_android_like_phone_joins_by_name_and_runs_tasks_with_a_
         ];
         let phone_log = dir.path().join("phone.log");
         let unknown_log = dir.path().join("unknown.log");
+        let _show = ShowLogsOnPanic(vec![phone_log.clone(), unknown_log.clone()]);
         let join = format!("{MASTER_NAME}:{}", master.addr.port());
         let token = tokens_for(master.addr).expect("the master's tokens").join;
         // The phone runs the shipped termux-services run script, which reads
