@@ -29,6 +29,7 @@ mod retention;
 mod sandbox;
 mod security;
 mod systemd;
+mod termux;
 
 fn setup() -> tempfile::TempDir {
     tempfile::tempdir().expect("a temp dir")

@@ -168,7 +168,7 @@ impl Device {
 }
 
 /// Submits tasks pinned to `device` (and `require`d, when given).
-fn submit(master: SocketAddr, device: Option<&str>, tasks: Vec<(String, &str, Value)>) {
+pub(super) fn submit(master: SocketAddr, device: Option<&str>, tasks: Vec<(String, &str, Value)>) {
     let specs = tasks
         .into_iter()
         .map(|(id, task_type, payload)| {
@@ -206,7 +206,7 @@ fn shell(
 }
 
 /// Everything the task printed, stdout and stderr.
-fn printed(task: &TaskView) -> (String, String) {
+pub(super) fn printed(task: &TaskView) -> (String, String) {
     let result = task.result.clone().unwrap_or(Value::Null);
     (
         result["output"].as_str().unwrap_or_default().to_string(),

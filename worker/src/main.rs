@@ -73,7 +73,8 @@ struct Args {
     #[arg(long, env = "RETIRE_HANDLERS", value_name = "DIR")]
     handlers: Option<PathBuf>,
     /// Where to keep results until the master acknowledges them (in DIR/DEVICE-ID/outbox)
-    /// [default: $XDG_STATE_HOME/retire-worker, else ~/.local/state/retire-worker].
+    /// [default: $XDG_STATE_HOME/retire-worker, else (or where that cannot be created)
+    /// ~/.local/state/retire-worker].
     #[arg(long, env = "RETIRE_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// On SIGTERM/SIGINT, seconds (or a duration like 1m30s) to wait for running tasks before handing them back to

@@ -9,7 +9,7 @@
 
 use std::ffi::CStr;
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sysinfo::{CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, RefreshKind, System};
 
@@ -184,6 +184,19 @@ fn detect_platform() -> String {
     } else {
         std::env::consts::OS.to_string()
     }
+}
+
+/// Where Termux keeps its programs and configuration when `PREFIX` does not say.
+pub const TERMUX_PREFIX: &str = "/data/data/com.termux/files/usr";
+
+/// Termux's prefix: `$PREFIX` when set to an absolute path (Termux sets it for every
+/// program it starts), else [`TERMUX_PREFIX`]. Its `bin/sh`, `tmp`, `etc/hosts` and
+/// `etc/resolv.conf` stand in for the `/bin/sh`, `/tmp` and `/etc` files Android lacks.
+pub fn termux_prefix() -> PathBuf {
+    std::env::var_os("PREFIX")
+        .map(PathBuf::from)
+        .filter(|prefix| prefix.is_absolute())
+        .unwrap_or_else(|| PathBuf::from(TERMUX_PREFIX))
 }
 
 /// Tells whether this is Android (Termux included), whatever the build target says; see

@@ -1,13 +1,16 @@
 //! The link to the master: where `--join` points ([`resolve`]: `.local` names over
 //! mDNS, `auto` by discovery), the one socket ([`connection`]), reconnecting with
 //! backoff ([`backoff`]), and the loop that drives the sans-IO [`crate::session`] with
-//! what the socket, the clock, the task pool and the state dir report ([`client`]).
+//! what the socket, the clock, the task pool and the state dir report ([`client`]),
+//! and the name lookup of Termux, where the system resolver has no configuration
+//! (`dns`).
 //!
 //! Architecture invariant: only [`connection`] reads or writes the master's socket.
 
 pub mod backoff;
 pub mod client;
 pub mod connection;
+mod dns;
 pub mod resolve;
 
 use crossbeam_channel::Receiver;

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use mdns_sd::{HostnameResolutionEvent, ServiceDaemon, ServiceEvent};
@@ -96,7 +96,9 @@ impl Target {
 /// (their last connection ended before registering) come after the others.
 pub(super) fn resolve(join: &str, distrusted: &[SocketAddr]) -> io::Result<Vec<SocketAddr>> {
     match Target::parse(join) {
-        Target::System(name) => Ok(name.to_socket_addrs()?.collect()),
+        // Through the system, or Termux's files where the system has no
+        // resolver configuration (`super::dns`).
+        Target::System(name) => super::dns::lookup(&name),
         Target::Local { host, port } => {
             let found = resolve_local(&host)?;
             if !found.is_empty() {
@@ -110,7 +112,7 @@ pub(super) fn resolve(join: &str, distrusted: &[SocketAddr]) -> io::Result<Vec<S
                 MDNS_RESOLVE_TIMEOUT.as_secs_f64()
             );
             let bare = host.trim_end_matches('.');
-            Ok((bare, port).to_socket_addrs()?.collect())
+            super::dns::lookup(&format!("{bare}:{port}"))
         }
         Target::Auto => {
             let masters = discover()?;

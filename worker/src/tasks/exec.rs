@@ -18,7 +18,7 @@
 
 use std::io::{self, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::{Child, ExitStatus, Stdio};
 
 use crate::state::running::Ledger;
@@ -47,9 +47,11 @@ pub const OUTPUT_DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// The size of each read from a child's output pipe.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 
-/// The shells tried, in order, for [`Command::Shell`]: the POSIX location, then Android's
-/// (Termux has no `/bin`), then whatever `sh` is on the `PATH`.
-const SHELL_CANDIDATES: &[&str] = &["/bin/sh", "/system/bin/sh"];
+/// The shell of a POSIX system, tried first for [`Command::Shell`].
+const POSIX_SHELL: &str = "/bin/sh";
+
+/// Android's own shell, tried after Termux's `$PREFIX/bin/sh` (Android has no `/bin`).
+const ANDROID_SHELL: &str = "/system/bin/sh";
 
 /// A command to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -447,14 +449,20 @@ fn wait_with_usage(pid: libc::pid_t) -> Exit {
     }
 }
 
-/// Returns the shell used for [`Command::Shell`]: the first of [`SHELL_CANDIDATES`] that
-/// exists, else plain `sh` looked up on the `PATH`.
-pub fn shell_program() -> &'static str {
-    SHELL_CANDIDATES
-        .iter()
-        .copied()
-        .find(|candidate| Path::new(candidate).exists())
-        .unwrap_or("sh")
+/// Returns the shell used for [`Command::Shell`], the first that exists of: `/bin/sh`
+/// (every POSIX system), Termux's `$PREFIX/bin/sh` (Android has no `/bin`; Termux's
+/// shell sees Termux's programs), Android's `/system/bin/sh`; else plain `sh`, looked up
+/// on the task's `PATH`.
+pub fn shell_program() -> PathBuf {
+    let candidates = [
+        PathBuf::from(POSIX_SHELL),
+        crate::device::profile::termux_prefix().join("bin/sh"),
+        PathBuf::from(ANDROID_SHELL),
+    ];
+    candidates
+        .into_iter()
+        .find(|candidate| candidate.exists())
+        .unwrap_or_else(|| PathBuf::from("sh"))
 }
 
 /// The process group a child leads, for signalling all its members at once.
@@ -686,6 +694,7 @@ fn spawn_reader(
 mod tests {
     use super::*;
     use crate::tasks::limits::DEFAULT_MAX_OUTPUT_BYTES;
+    use std::path::Path;
 
     fn shell(script: &str) -> Command {
         Command::Shell(script.to_string())

@@ -113,11 +113,27 @@ pub struct SandboxConfig {
     pub network: bool,
 }
 
+/// The directory for temporary files: `$TMPDIR` when set (Termux sets it to
+/// `$PREFIX/tmp`), else `/tmp`, else, where there is no `/tmp` (Android), Termux's
+/// `$PREFIX/tmp` when it exists.
+pub fn temp_dir() -> PathBuf {
+    if std::env::var_os("TMPDIR").is_some_and(|dir| !dir.is_empty()) {
+        return std::env::temp_dir();
+    }
+    let tmp = PathBuf::from("/tmp");
+    let termux = crate::device::profile::termux_prefix().join("tmp");
+    if !tmp.is_dir() && termux.is_dir() {
+        termux
+    } else {
+        tmp
+    }
+}
+
 impl Default for SandboxConfig {
     fn default() -> Self {
         let euid = rustix::process::geteuid().as_raw();
         SandboxConfig {
-            work_dir: std::env::temp_dir().join(format!("retire-worker-{euid}")),
+            work_dir: temp_dir().join(format!("retire-worker-{euid}")),
             landlock: true,
             task_user: (DEFAULT_TASK_ID, DEFAULT_TASK_ID),
             pass_env: Vec::new(),
@@ -438,11 +454,20 @@ impl Sandbox {
         let paths = TaskPaths::new(&config);
         let (landlock, landlock_abi) = if !config.landlock {
             (LandlockState::Disabled, None)
-        } else if crate::device::profile::is_android() {
-            (LandlockState::NotOnAndroid, None)
         } else {
-            let probe = landlock::probe(&config.work_dir, &paths);
-            (probe.state, probe.abi)
+            // A system call policy that kills on Landlock's calls (Android's, a unit's
+            // `SystemCallFilter=`) would take the worker down: a child tries them first.
+            let trial = crate::tasks::probe::landlock();
+            let android = crate::device::profile::is_android();
+            log::info!("Landlock's system calls: {}", trial.describe());
+            match trial {
+                _ if android => (LandlockState::NotOnAndroid, None),
+                crate::tasks::probe::ProbeOutcome::Survived => {
+                    let probe = landlock::probe(&config.work_dir, &paths);
+                    (probe.state, probe.abi)
+                }
+                other => (LandlockState::Unavailable(other.describe()), None),
+            }
         };
         let task_path = std::env::var("PATH")
             .ok()
