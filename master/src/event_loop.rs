@@ -91,6 +91,9 @@ pub struct LoopLimits {
     /// How long an anonymous reader may go without a request and without
     /// taking any of its replies ([`crate::DEFAULT_READER_IDLE_TIMEOUT`]).
     pub reader_idle_timeout: Duration,
+    /// How long an HTTP event stream may stay silent before it gets a
+    /// `: keep-alive` comment ([`crate::http::SSE_KEEP_ALIVE_INTERVAL`]).
+    pub sse_keep_alive: Duration,
 }
 
 impl LoopLimits {

@@ -545,3 +545,27 @@ fn bad_requests_are_refused_and_workers_never_notice() {
     assert_eq!(submitted.status, 200);
     assert_eq!(finished(&mut events, "after-stall"), "completed");
 }
+
+/// Every stream sends `: keep-alive` once it has been silent for
+/// `--sse-keep-alive` (1 s here instead of 15), and goes on sending its
+/// events in between.
+#[test]
+fn silent_streams_get_keep_alive_comments() {
+    let dir = setup();
+    let master = MasterProcess::start_with(dir.path(), "127.0.0.1:0", &["--sse-keep-alive", "1"]);
+    let addr = master.addr;
+    let mut events = Conn::stream(addr, "/api/v1/events", None);
+    let mut logs = Conn::stream(addr, "/stream/logs", None);
+    let mut devices = Conn::stream(addr, "/stream/devices", None);
+    assert_eq!(events.chunk(), ": subscribed\n\n");
+    assert_eq!(logs.chunk(), ": subscribed\n\n");
+    assert!(devices.chunk().starts_with("event: device_update\n"));
+    for stream in [&mut events, &mut logs, &mut devices] {
+        // Twice: the comment is sent again after the one before it.
+        assert_eq!(stream.chunk(), ": keep-alive\n\n");
+        assert_eq!(stream.chunk(), ": keep-alive\n\n");
+    }
+    // A worker's arrival is an event like any other between the comments.
+    let _workers = start_workers(addr, &[("alive-w1", 1)]);
+    while events.event().0 != "device_joined" {}
+}
