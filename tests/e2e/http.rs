@@ -569,3 +569,51 @@ fn silent_streams_get_keep_alive_comments() {
     let _workers = start_workers(addr, &[("alive-w1", 1)]);
     while events.event().0 != "device_joined" {}
 }
+
+/// A connection a signed-in session vouched for is a stranger's again once
+/// the session ends: the next request on it without the cookie is held to
+/// the body limit of a request without the admin token.
+#[test]
+fn a_connection_is_untrusted_again_after_its_session_ends() {
+    let dir = setup();
+    let master = MasterProcess::start(dir.path());
+    let addr = master.addr;
+    let token = tokens_for(addr).expect("tokens").admin;
+    let mut conn = Conn::open(addr);
+    let signed_in = conn.request(
+        "POST",
+        "/api/v1/session",
+        None,
+        &json!({ "token": token }).to_string(),
+    );
+    assert_eq!(signed_in.status, 200, "{}", signed_in.body);
+    let csrf = signed_in.json()["csrf_token"]
+        .as_str()
+        .expect("a CSRF token")
+        .to_string();
+    let cookie = signed_in
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("a cookie")
+        .to_string();
+    let with_cookie = |method: &str, path: &str, body: &str| {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nCookie: {cookie}\r\nX-CSRF-Token: {csrf}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    // A large body is taken while the session vouches for the connection.
+    let big = format!(
+        r#"{{"task_type":"echo","payload":{{"pad":"{}"}}}}"#,
+        "x".repeat(5000)
+    );
+    conn.send(with_cookie("POST", "/api/v1/tasks", &big).as_bytes());
+    let submitted = conn.response(false);
+    assert_eq!(submitted.status, 200, "{}", submitted.body);
+    conn.send(with_cookie("DELETE", "/api/v1/session", "").as_bytes());
+    assert_eq!(conn.response(false).json()["signed_in"], false);
+    // The same body on the same connection, now without a session.
+    let refused = conn.request("POST", "/api/v1/tasks", None, &big);
+    assert_eq!(refused.status, 413, "{}", refused.body);
+    assert!(conn.closed());
+}

@@ -183,7 +183,6 @@ impl EventLoop {
             if connection.closed || connection.close_when_flushed {
                 break;
             }
-            let trusted = connection.trusted;
             let Some(http) = self.http(conn) else {
                 break;
             };
@@ -239,13 +238,18 @@ impl EventLoop {
                     http.session_granted = true;
                 }
             } else if granted && !admin {
-                // An earlier request's session does not vouch for this one.
+                // An earlier request's session does not vouch for this one:
+                // the core takes the admin role back, and the loop holds the
+                // connection to a stranger's caps again.
                 self.core.end_grant(conn);
                 if let Some(http) = self.http(conn) {
                     http.session_granted = false;
                 }
+                self.untrust(conn);
             }
-            let max_body = if admin || trusted {
+            // Read again: the session's grant may have ended above.
+            let trusted = admin || self.conns.get(conn).is_some_and(|c| c.trusted);
+            let max_body = if trusted {
                 self.limits.max_line
             } else {
                 edge::UNTRUSTED_MAX_BODY
@@ -256,7 +260,7 @@ impl EventLoop {
                     format!(
                         "the body is {} bytes; at most {max_body} are accepted{}",
                         head.content_length,
-                        if admin || trusted {
+                        if trusted {
                             ""
                         } else {
                             " without the admin token"
