@@ -55,13 +55,18 @@ impl Screenshots {
 /// The device's status as the master's own protocol reports it (the CLI's
 /// `devices --json`), not as the page shows it.
 fn device_status(master: &MasterProcess, id: &str) -> String {
+    device_field(master, id, "status")
+}
+
+/// A field of the device's view as the CLI's `devices --json` shows it.
+fn device_field(master: &MasterProcess, id: &str, field: &str) -> String {
     let output = retire(master.addr, &["--json", "devices"]);
     assert!(output.status.success(), "retire devices failed");
     let page: Value = serde_json::from_slice(&output.stdout).expect("devices --json is JSON");
     page["devices"]
         .as_array()
         .and_then(|devices| devices.iter().find(|d| d["device_id"] == id))
-        .and_then(|device| device["status"].as_str())
+        .and_then(|device| device[field].as_str())
         .unwrap_or_else(|| panic!("{id} is not listed: {page}"))
         .to_string()
 }
@@ -174,6 +179,16 @@ fn a_person_signs_in_watches_a_task_complete_live_and_drains_a_device() {
         "const row = document.querySelector('#devices tr[data-device-id=\"dash-pi\"]');
          return row !== null && row.querySelector('td[data-label=\"CPU\"] .meter') !== null;",
         json!([]),
+    );
+    // Its sandbox level, as the worker reported it (it depends on the kernel).
+    let sandbox = device_field(&master, "dash-pi", "sandbox");
+    assert!(
+        ["full", "partial", "none"].contains(&sandbox.as_str()),
+        "{sandbox}"
+    );
+    assert_eq!(
+        browser.text("#devices tr[data-device-id=\"dash-pi\"] td[data-label=\"Sandbox\"]"),
+        sandbox
     );
     shots.take(&browser, "devices");
 

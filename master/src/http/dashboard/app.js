@@ -457,6 +457,13 @@ async function loadDevices() {
   renderDevices();
 }
 
+// What each sandbox level means for the device's owner (docs/sandbox.md).
+const SANDBOX_TITLES = {
+  full: "Tasks are confined deny-by-default (Landlock, all of it)",
+  partial: "Tasks are confined, but the kernel lacks part of what the sandbox uses",
+  none: "Tasks run unconfined, as the worker's user",
+};
+
 function renderDevices() {
   const rows = [...state.devices.values()].map((device) => {
     const metrics = device.metrics || {};
@@ -468,6 +475,9 @@ function renderDevices() {
       cell("Status", pill(device.status)),
       cell("Role", device.role || "–"),
       cell("Arch", device.architecture || "–"),
+      cell("Sandbox", device.sandbox
+        ? el("span", { class: `pill sb-${device.sandbox}`, title: SANDBOX_TITLES[device.sandbox] || "" }, device.sandbox)
+        : "–"),
       cell("Slots", `${device.active_tasks} / ${device.slots}`),
       cell("CPU", percent(firstNumber(metrics, ["cpu_usage", "cpu_percent"]))),
       cell("Memory", percent(firstNumber(metrics, ["memory_usage", "memory_percent"]))),
