@@ -34,7 +34,7 @@ pub use message::{
 pub use reply::{
     AuthChallenge, Authenticated, BatchSubmitted, DeviceReply, Done, Draining, HeartbeatReceived,
     Pruned, Registered, Reply, ResultRecorded, Revoked, StatusReply, Submitted, Success,
-    TaskChanged, TaskReply,
+    TaskChanged, TaskDeleted, TaskReply,
 };
 pub use types::{
     ClusterStats, DevicePage, DeviceStatus, DeviceView, HardwareView, Priority, Requirements,

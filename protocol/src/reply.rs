@@ -208,6 +208,19 @@ pub struct Pruned {
     pub success: Success,
 }
 
+/// The answer to `task_delete`: the dead letter is gone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskDeleted {
+    /// `dead letter ID deleted`.
+    #[serde(default)]
+    pub message: String,
+    /// Always `true`.
+    #[serde(default)]
+    pub success: Success,
+    /// The task deleted.
+    pub task_id: String,
+}
+
 /// The answer to `auth_hello`: the master's challenge (see
 /// [`crate::auth::Challenge::from_reply`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -294,6 +307,8 @@ replies! {
     Revoked(Revoked => Revoked),
     /// See [`Pruned`].
     Pruned(Pruned => Pruned),
+    /// See [`TaskDeleted`].
+    TaskDeleted(TaskDeleted => TaskDeleted),
     /// See [`AuthChallenge`].
     AuthChallenge(AuthChallenge => AuthChallenge),
     /// See [`Authenticated`].

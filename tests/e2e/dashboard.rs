@@ -1,7 +1,7 @@
 //! The dashboard as a person uses it: a real master and worker, real HTTP on the
 //! master's port, and a real headless Chromium clicking through the pages. It signs
 //! in, sees a worker appear, submits a task, watches it complete without a reload,
-//! opens its output, runs console commands, retries a dead letter, is refused
+//! opens its output, runs console commands, retries and deletes a dead letter, is refused
 //! without a session and with a wrong CSRF token, and drains the device. A second
 //! test runs a master whose reads need the token too, as from another machine.
 //!
@@ -314,8 +314,17 @@ fn a_person_signs_in_watches_a_task_complete_live_and_drains_a_device() {
          return cell !== null && cell.textContent === arguments[1];";
     browser.wait_for("the dead letter", attempts, json!([DEAD, "2"]));
     shots.take(&browser, "dead-letters");
-    browser.click(&format!("#dead tr[data-task-id=\"{DEAD}\"] button"));
+    browser.click(&format!("#dead tr[data-task-id=\"{DEAD}\"] button.retry"));
     browser.wait_for("the retried dead letter", attempts, json!([DEAD, "4"]));
+    // Deleted for good, once confirmed: gone from the page and from the master.
+    browser.click(&format!("#dead tr[data-task-id=\"{DEAD}\"] button.delete"));
+    browser.accept_prompt();
+    browser.wait_for(
+        "the deleted dead letter to leave the page",
+        "return document.querySelector(`#dead tr[data-task-id=\"${arguments[0]}\"]`) === null;",
+        json!([DEAD]),
+    );
+    assert!(!retire(master.addr, &["task", DEAD]).status.success());
 
     // Signed in, a change without the CSRF token or with a wrong one is refused.
     let wrong = json!({ "X-CSRF-Token": "00".repeat(32) });

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 use tests::http::{Conn, Response};
-use tests::{tokens_for, MasterProcess, PATIENCE};
+use tests::{retire, tokens_for, MasterProcess, PATIENCE};
 
 fn request(
     addr: SocketAddr,
@@ -169,6 +169,10 @@ fn every_route_serves_a_real_cluster() {
     );
     let retried = request(addr, "POST", "/api/v1/tasks/http-sleep/retry", token, "");
     assert_eq!(retried.status, 200, "{}", retried.body);
+    // A live task is no dead letter: it cannot be deleted.
+    let live = request(addr, "DELETE", "/api/v1/dead/http-sleep", token, "");
+    assert_eq!(live.status, 409, "{}", live.body);
+    assert_eq!(live.json()["error_code"], "INVALID_STATE");
     let cancelled = request(addr, "POST", "/api/v1/tasks/http-sleep/cancel", token, "");
     assert_eq!(cancelled.status, 200, "{}", cancelled.body);
 
@@ -193,6 +197,41 @@ fn every_route_serves_a_real_cluster() {
     assert_eq!(retried["retried"], 1, "{retried}");
     assert_eq!(retried["more"], false);
     assert_eq!(finished(&mut events, "http-dead"), "dead_letter");
+
+    // Deleting one dead letter: only with the token, only a dead letter.
+    let path = "/api/v1/dead/http-dead";
+    assert_eq!(request(addr, "DELETE", path, None, "").status, 401);
+    let completed = request(addr, "DELETE", "/api/v1/dead/http-echo-1", token, "");
+    assert_eq!(completed.status, 409, "{}", completed.body);
+    assert!(completed.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("is completed: only a dead letter can be deleted"));
+    assert_eq!(get(addr, "/api/v1/tasks/http-echo-1").status, 200);
+    let deleted = request(addr, "DELETE", path, token, "");
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    assert_eq!(deleted.json()["task_id"], "http-dead");
+    assert_eq!(get(addr, "/api/v1/tasks/http-dead").status, 404);
+    assert_eq!(get(addr, "/api/v1/dead").json()["count"], 0);
+    assert_eq!(request(addr, "DELETE", path, token, "").status, 404);
+    // The CLI's `retire delete ID`.
+    let failing = request(
+        addr,
+        "POST",
+        "/api/v1/tasks",
+        token,
+        r#"{"task_type":"sleep","payload":{},"max_retries":1,"task_id":"cli-dead"}"#,
+    );
+    assert_eq!(failing.status, 200, "{}", failing.body);
+    assert_eq!(finished(&mut events, "cli-dead"), "dead_letter");
+    let output = retire(addr, &["delete", "cli-dead"]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "dead letter cli-dead deleted\n"
+    );
+    assert_eq!(get(addr, "/api/v1/tasks/cli-dead").status, 404);
+    assert!(!retire(addr, &["delete", "http-echo-1"]).status.success());
 
     // Devices: ours and the older design's.
     let device = get(addr, "/api/v1/devices/http-w1").json();

@@ -18,6 +18,8 @@ pub(super) struct Changes {
     tasks: BTreeSet<String>,
     devices: BTreeMap<String, DeviceRecord>,
     keys: BTreeMap<String, DeviceKeyRecord>,
+    /// Dead letters to delete (`task_delete`), in order.
+    deletes: Vec<String>,
     /// Requests for the store that are not writes (`StoreOp::Prune`), in
     /// order.
     requests: Vec<StoreOp>,
@@ -35,6 +37,7 @@ impl Default for Changes {
             tasks: BTreeSet::new(),
             devices: BTreeMap::new(),
             keys: BTreeMap::new(),
+            deletes: Vec::new(),
             requests: Vec::new(),
             open_batch: 1,
             last_write_batch: 0,
@@ -65,6 +68,13 @@ impl Changes {
         self.last_write_batch = self.open_batch;
     }
 
+    /// Dead letter `task_id` is to be deleted: a write, which a reply made
+    /// now waits for.
+    pub(super) fn delete_dead_letter(&mut self, task_id: &str) {
+        self.deletes.push(task_id.to_string());
+        self.last_write_batch = self.open_batch;
+    }
+
     /// A request for the store that is not a write (a reply made now
     /// does not wait for it), carried by the next batch.
     pub(super) fn store_op(&mut self, op: StoreOp) {
@@ -86,14 +96,22 @@ impl Changes {
         if self.tasks.is_empty()
             && self.devices.is_empty()
             && self.keys.is_empty()
+            && self.deletes.is_empty()
             && self.requests.is_empty()
         {
             return None;
         }
-        let mut ops: Vec<StoreOp> = std::mem::take(&mut self.keys)
-            .into_values()
-            .map(StoreOp::PutDeviceKey)
+        // Deletes first: a task submitted again under a deleted id in the
+        // same batch is written after its delete.
+        let mut ops: Vec<StoreOp> = std::mem::take(&mut self.deletes)
+            .into_iter()
+            .map(StoreOp::DeleteDeadLetter)
             .collect();
+        ops.extend(
+            std::mem::take(&mut self.keys)
+                .into_values()
+                .map(StoreOp::PutDeviceKey),
+        );
         ops.extend(
             std::mem::take(&mut self.devices)
                 .into_values()

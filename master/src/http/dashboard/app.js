@@ -21,6 +21,7 @@ const ROUTES = {
   retry: (id) => `/api/v1/tasks/${encodeURIComponent(id)}/retry`,
   dead: "/api/v1/dead",
   deadRetryAll: "/api/v1/dead/retry",
+  deadDelete: (id) => `/api/v1/dead/${encodeURIComponent(id)}`,
   command: "/api/v1/command",
   events: "/api/v1/events",
   deviceStream: "/stream/devices",
@@ -613,7 +614,10 @@ async function loadDead() {
     cell("Attempts", String(task.attempt)),
     el("td", { class: "error", "data-label": "Error" }, task.error || "–"),
     cell("Finished", ago(task.finished_at)),
-    cell("", el("button", { class: "small", type: "button", onclick: () => change(`Retry ${task.task_id}`, "POST", ROUTES.retry(task.task_id)) }, "Retry")))));
+    cell("",
+      el("button", { class: "small retry", type: "button", onclick: () => change(`Retry ${task.task_id}`, "POST", ROUTES.retry(task.task_id)) }, "Retry"), " ",
+      el("button", { class: "small danger delete", type: "button",
+        onclick: () => { if (confirm(`Delete dead letter ${task.task_id} for good?`)) change(`Delete ${task.task_id}`, "DELETE", ROUTES.deadDelete(task.task_id)); } }, "Delete")))));
   $("dead-empty").hidden = tasks.length > 0;
   $("dead-retry-all").disabled = tasks.length === 0;
 }
