@@ -656,3 +656,35 @@ fn a_connection_is_untrusted_again_after_its_session_ends() {
     assert_eq!(refused.status, 413, "{}", refused.body);
     assert!(conn.closed());
 }
+
+/// `http::REQUEST_TIMEOUT` in the master: a later request on a kept-alive
+/// connection has this long from its first byte.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A kept-alive connection whose next request starts and never ends gets 408
+/// and is closed once `REQUEST_TIMEOUT` (10 s) has passed since its first
+/// byte: not sooner (the first request's shorter authentication deadline,
+/// 1 s here, no longer applies), and well before the 60 s keep-alive idle
+/// limit.
+#[test]
+fn a_later_request_that_never_ends_gets_408_after_the_request_timeout() {
+    let dir = setup();
+    let master = MasterProcess::start_with(dir.path(), "127.0.0.1:0", &["--auth-deadline", "1s"]);
+    let mut conn = Conn::open(master.addr);
+    // A read (loopback reads without a token) makes the connection a reader,
+    // past its authentication deadline.
+    let first = conn.request("GET", "/api/v1/status", None, "");
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.header("connection"), Some("keep-alive"));
+    let started = Instant::now();
+    conn.send(b"GET /healthz HTTP/1.1\r\nHost: test\r\n");
+    let timed_out = conn.response(false);
+    let waited = started.elapsed();
+    assert_eq!(timed_out.status, 408, "{}", timed_out.body);
+    assert!(conn.closed());
+    assert!(waited >= REQUEST_TIMEOUT, "answered after {waited:?}");
+    assert!(
+        waited < REQUEST_TIMEOUT + Duration::from_secs(10),
+        "answered after {waited:?}"
+    );
+}
