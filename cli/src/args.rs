@@ -147,6 +147,13 @@ pub enum Command {
         /// The task's id.
         task_id: String,
     },
+    /// Delete one dead letter for good (`retire tasks --state dead_letter`
+    /// lists them); a task in any other state is refused. Needs the admin
+    /// token.
+    Delete {
+        /// The dead letter's task id.
+        task_id: String,
+    },
     /// Give a device no new work; its running tasks finish.
     Drain {
         /// The device's id.

@@ -590,6 +590,17 @@ pub fn retry(client: &mut Client, task_id: &str, output: &mut Output) -> Result<
     print_task_of(client, message, output)
 }
 
+/// `retire delete ID`: deletes one dead letter and says so.
+pub fn delete(client: &mut Client, task_id: &str, output: &mut Output) -> Result<u8, Error> {
+    let message = Message::TaskDelete(TaskRef {
+        task_id: task_id.to_string(),
+    });
+    if let Some(reply) = reply::<protocol::TaskDeleted>(client, message, output)? {
+        output.print(&format!("{}\n", reply.message))?;
+    }
+    Ok(exit::OK)
+}
+
 /// `retire drain DEVICE`: prints the device as it is after the drain.
 pub fn drain(client: &mut Client, device_id: &str, output: &mut Output) -> Result<u8, Error> {
     let Some(reply) = reply::<Draining>(

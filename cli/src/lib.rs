@@ -146,6 +146,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8, Er
         Command::Task { task_id } => commands::task(&mut client, task_id, output),
         Command::Cancel { task_id } => commands::cancel(&mut client, task_id, output),
         Command::Retry { task_id } => commands::retry(&mut client, task_id, output),
+        Command::Delete { task_id } => commands::delete(&mut client, task_id, output),
         Command::Drain { device_id } => commands::drain(&mut client, device_id, output),
         Command::Watch => commands::watch(&mut client, output),
         Command::Prune { before } => commands::prune(&mut client, *before, output),

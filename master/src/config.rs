@@ -31,6 +31,7 @@
 //! max_total_output = 268435456
 //! drain_timeout = 30
 //! reader_idle_timeout = 600
+//! sse_keep_alive = 15                       # seconds a Server-Sent Events stream may stay silent
 //! retention = "30d"                         # finished tasks are deleted after this
 //! retention_failed = "90d"                  # failed, timed_out, dead_letter ones after this
 //! strategy = "least_loaded"                 # placement until `retire strategy` sets one
@@ -145,6 +146,8 @@ settings! { dev;
     drain_timeout: Seconds = Seconds(crate::DEFAULT_DRAIN_TIMEOUT),
     /// Time an anonymous reader may stay idle.
     reader_idle_timeout: Seconds = Seconds(crate::DEFAULT_READER_IDLE_TIMEOUT),
+    /// Time a Server-Sent Events stream may stay silent before a keep-alive comment.
+    sse_keep_alive: Seconds = Seconds(crate::http::SSE_KEEP_ALIVE_INTERVAL),
     /// Age after which a completed or cancelled task is deleted.
     retention: Seconds = Seconds(crate::store::retention::DEFAULT_RETENTION),
     /// Age after which a failed, timed-out or dead-lettered task is deleted.
@@ -246,6 +249,7 @@ impl Settings {
             synchronous,
             drain_timeout: above_zero("drain_timeout", &self.drain_timeout)?,
             reader_idle_timeout: above_zero("reader_idle_timeout", &self.reader_idle_timeout)?,
+            sse_keep_alive: above_zero("sse_keep_alive", &self.sse_keep_alive)?,
             retention: crate::store::retention::Retention {
                 retention: above_zero("retention", &self.retention)?,
                 retention_failed: above_zero("retention_failed", &self.retention_failed)?,

@@ -91,6 +91,9 @@ pub struct LoopLimits {
     /// How long an anonymous reader may go without a request and without
     /// taking any of its replies ([`crate::DEFAULT_READER_IDLE_TIMEOUT`]).
     pub reader_idle_timeout: Duration,
+    /// How long an HTTP event stream may stay silent before it gets a
+    /// `: keep-alive` comment ([`crate::http::SSE_KEEP_ALIVE_INTERVAL`]).
+    pub sse_keep_alive: Duration,
 }
 
 impl LoopLimits {
@@ -1372,6 +1375,23 @@ impl EventLoop {
 
     /// Removes closed connections; returns whether any was removed (the
     /// core may then have more to say).
+    /// `conn` is no longer authenticated (a dashboard session's grant
+    /// ended, see `event_loop/http.rs`): what it has queued counts against
+    /// the strangers' caps again (checked where they always are), and so
+    /// does all it is sent later.
+    fn untrust(&mut self, conn: ConnId) {
+        let Some(connection) = self.conns.get_mut(conn) else {
+            return;
+        };
+        if connection.trusted {
+            connection.trusted = false;
+            self.untrusted_out += connection.counted;
+            if connection.counted > 0 {
+                self.untrusted_by_backlog.insert((connection.counted, conn));
+            }
+        }
+    }
+
     fn reap_closed(&mut self, now: Now) -> bool {
         // Connections are marked closed only in `read` and `flush_dirty`,
         // which note them; a noted id may since have been reaped.

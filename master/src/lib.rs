@@ -125,6 +125,9 @@ pub struct Config {
     /// How long an anonymous reader may stay idle (see
     /// [`DEFAULT_READER_IDLE_TIMEOUT`]).
     pub reader_idle_timeout: std::time::Duration,
+    /// How long a Server-Sent Events stream may stay silent before it
+    /// gets a `: keep-alive` comment (see [`http::SSE_KEEP_ALIVE_INTERVAL`]).
+    pub sse_keep_alive: std::time::Duration,
     /// How long finished tasks are kept (see [`store::retention`]).
     pub retention: store::retention::Retention,
 }
@@ -143,6 +146,7 @@ impl Config {
             synchronous: Synchronous::default(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             reader_idle_timeout: DEFAULT_READER_IDLE_TIMEOUT,
+            sse_keep_alive: http::SSE_KEEP_ALIVE_INTERVAL,
             retention: store::retention::Retention::default(),
         }
     }
@@ -365,6 +369,7 @@ pub fn run(
         untrusted_max_total_output: UNTRUSTED_MAX_TOTAL_OUTPUT.min(config.max_total_output),
         drain_timeout: config.drain_timeout,
         reader_idle_timeout: config.reader_idle_timeout,
+        sse_keep_alive: config.sse_keep_alive,
     };
     let mut event_loop = EventLoop::new(
         poll,

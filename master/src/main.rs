@@ -150,6 +150,12 @@ struct Args {
     #[arg(long, env = "RETIRE_READER_IDLE_TIMEOUT", default_value = "600", value_parser = parse_seconds)]
     reader_idle_timeout: Duration,
 
+    /// Seconds a Server-Sent Events stream (`/api/v1/events`,
+    /// `/stream/devices`, `/stream/logs`) may stay silent before the master
+    /// sends it a `: keep-alive` comment, so proxies and browsers keep it open.
+    #[arg(long, env = "RETIRE_SSE_KEEP_ALIVE", default_value = "15", value_parser = parse_seconds)]
+    sse_keep_alive: Duration,
+
     /// Age after which a finished task that completed or was cancelled is
     /// deleted from the database (seconds or a duration like `30d`, `12h`).
     /// Pruning runs in small batches between commits, and the file shrinks.

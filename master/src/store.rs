@@ -508,6 +508,17 @@ impl Store {
                             .and_then(|mut put| put.execute(params![setting.key, setting.value]))
                             .map_err(wrap)?;
                     }
+                    StoreOp::DeleteDeadLetter(task_id) => {
+                        // The core checked the state; the store checks it
+                        // again, so no other row is ever deleted by it.
+                        transaction
+                            .prepare_cached(
+                                "DELETE FROM tasks WHERE task_id = ?1 AND state = 'dead_letter'",
+                            )
+                            .map_err(wrap)?
+                            .execute(params![task_id])
+                            .map_err(wrap)?;
+                    }
                     StoreOp::PutTask(task) => {
                         put_task
                             .execute(params![
@@ -1452,6 +1463,30 @@ mod tests {
             })
             .expect("read the state column");
         assert_eq!(state, "completed");
+    }
+
+    /// `task_delete`'s op deletes a dead letter's row and no other: a task
+    /// in another state keeps its row, whatever the core asked.
+    #[test]
+    fn a_dead_letter_delete_takes_only_a_dead_letters_row() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = Store::open(dir.path(), Synchronous::Normal).expect("open");
+        let mut dead = TaskRecord::queued("dead".into(), 1, TaskSpec::new("echo", json!({})), 5);
+        dead.state = TaskState::DeadLetter;
+        let mut done = TaskRecord::queued("done".into(), 2, TaskSpec::new("echo", json!({})), 5);
+        done.state = TaskState::Completed;
+        let live = TaskRecord::queued("live".into(), 3, TaskSpec::new("echo", json!({})), 5);
+        for (i, record) in [&dead, &done, &live].into_iter().enumerate() {
+            store.commit(&[put(record, i as u64 + 1)]).expect("write");
+        }
+        let ops = ["dead", "done", "live"]
+            .map(|id| StoreOp::DeleteDeadLetter(id.to_string()))
+            .to_vec();
+        store.commit(&[Batch { id: 4, ops }]).expect("delete");
+        let (_, tasks) = store.load().expect("load");
+        let mut ids: Vec<&str> = tasks.iter().map(|t| t.task_id.as_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["done", "live"]);
     }
 
     /// A device's registration is a typed `Register` now, where it was a

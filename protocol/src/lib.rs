@@ -34,7 +34,7 @@ pub use message::{
 pub use reply::{
     AuthChallenge, Authenticated, BatchSubmitted, DeviceReply, Done, Draining, HeartbeatReceived,
     Pruned, Registered, Reply, ResultRecorded, Revoked, StatusReply, StrategyReply, Submitted,
-    Success, TaskChanged, TaskReply,
+    Success, TaskChanged, TaskDeleted, TaskReply,
 };
 pub use types::{
     ClusterStats, DevicePage, DeviceStatus, DeviceView, HardwareView, PlacementStrategy, Power,

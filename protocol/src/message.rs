@@ -188,6 +188,9 @@ pub enum Message {
     /// Client → master: queue a finished task (failed, timed out,
     /// cancelled or dead-lettered) again with a fresh retry budget.
     TaskRetry(TaskRef),
+    /// Client → master (admin): delete one dead letter for good; a task in
+    /// any other state is refused (`invalid_state`).
+    TaskDelete(TaskRef),
     /// Client → master: tasks, optionally of one state.
     ListTasks(ListTasks),
     /// Client → master: cluster totals.
@@ -234,6 +237,7 @@ impl Message {
             Message::TaskSubmit(_) => "task_submit",
             Message::TaskStatus(_) => "task_status",
             Message::TaskRetry(_) => "task_retry",
+            Message::TaskDelete(_) => "task_delete",
             Message::ListTasks(_) => "list_tasks",
             Message::Status => "status",
             Message::ListDevices(_) => "list_devices",

@@ -226,6 +226,19 @@ pub struct StrategyReply {
     pub success: Success,
 }
 
+/// The answer to `task_delete`: the dead letter is gone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskDeleted {
+    /// `dead letter ID deleted`.
+    #[serde(default)]
+    pub message: String,
+    /// Always `true`.
+    #[serde(default)]
+    pub success: Success,
+    /// The task deleted.
+    pub task_id: String,
+}
+
 /// The answer to `auth_hello`: the master's challenge (see
 /// [`crate::auth::Challenge::from_reply`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -314,6 +327,8 @@ replies! {
     Pruned(Pruned => Pruned),
     /// See [`StrategyReply`].
     Strategy(StrategyReply => StrategyReply),
+    /// See [`TaskDeleted`].
+    TaskDeleted(TaskDeleted => TaskDeleted),
     /// See [`AuthChallenge`].
     AuthChallenge(AuthChallenge => AuthChallenge),
     /// See [`Authenticated`].

@@ -116,6 +116,12 @@ impl Browser {
 
     /// One WebDriver command; returns its `value`, or panics with WebDriver's error.
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body)
+            .unwrap_or_else(|err| panic!("{err}"))
+    }
+
+    /// One WebDriver command; its `value`, or WebDriver's error as text.
+    fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
         // Before the session exists, `self.session` is the driver's base URL.
         let url = format!("{}{path}", self.session);
         let response = match (method, body) {
@@ -127,21 +133,21 @@ impl Browser {
                 .header("Content-Type", "application/json")
                 .send(body.unwrap_or_else(|| json!({})).to_string()),
         };
-        let mut response =
-            response.unwrap_or_else(|err| panic!("WebDriver {method} {path}: {err}"));
+        let mut response = response.map_err(|err| format!("WebDriver {method} {path}: {err}"))?;
         let status = response.status();
         let text = response
             .body_mut()
             .read_to_string()
             .unwrap_or_else(|err| panic!("WebDriver {method} {path}: reading the answer: {err}"));
         let answer: Value = serde_json::from_str(&text)
-            .unwrap_or_else(|_| panic!("WebDriver {method} {path}: not JSON: {text}"));
-        assert!(
-            status.is_success(),
-            "WebDriver {method} {path}: {status}: {}",
-            answer["value"]
-        );
-        answer["value"].clone()
+            .map_err(|_| format!("WebDriver {method} {path}: not JSON: {text}"))?;
+        if !status.is_success() {
+            return Err(format!(
+                "WebDriver {method} {path}: {status}: {}",
+                answer["value"]
+            ));
+        }
+        Ok(answer["value"].clone())
     }
 
     /// Opens `url` and waits for it to load.
@@ -223,9 +229,25 @@ impl Browser {
 
     /// Clicks what matches `css` once it is there, as a person would (WebDriver
     /// scrolls it into view and clicks its centre).
+    /// A live page may draw a row again between finding it and the click
+    /// (an event's refresh): then it is found again and clicked, as a person
+    /// would click the row now shown.
     pub fn click(&self, css: &str) {
-        let Element(id) = self.wait_element(css);
-        self.call("POST", &format!("/element/{id}/click"), None);
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let Element(id) = self.wait_element(css);
+            match self.try_call("POST", &format!("/element/{id}/click"), None) {
+                Ok(_) => return,
+                Err(err) if err.contains("stale element") && Instant::now() < deadline => {}
+                Err(err) => panic!("{err}"),
+            }
+        }
+    }
+
+    /// Accepts the page's `confirm` dialog (as a person clicking OK), once it
+    /// is open.
+    pub fn accept_prompt(&self) {
+        self.call("POST", "/alert/accept", None);
     }
 
     /// Types `text` into what matches `css`, key by key.

@@ -1,7 +1,7 @@
 //! The dashboard as a person uses it: a real master and worker, real HTTP on the
 //! master's port, and a real headless Chromium clicking through the pages. It signs
 //! in, sees a worker appear, submits a task, watches it complete without a reload,
-//! opens its output, runs console commands, retries a dead letter, is refused
+//! opens its output, runs console commands, retries and deletes a dead letter, is refused
 //! without a session and with a wrong CSRF token, and drains the device. A second
 //! test runs a master whose reads need the token too, as from another machine.
 //!
@@ -55,13 +55,18 @@ impl Screenshots {
 /// The device's status as the master's own protocol reports it (the CLI's
 /// `devices --json`), not as the page shows it.
 fn device_status(master: &MasterProcess, id: &str) -> String {
+    device_field(master, id, "status")
+}
+
+/// A field of the device's view as the CLI's `devices --json` shows it.
+fn device_field(master: &MasterProcess, id: &str, field: &str) -> String {
     let output = retire(master.addr, &["--json", "devices"]);
     assert!(output.status.success(), "retire devices failed");
     let page: Value = serde_json::from_slice(&output.stdout).expect("devices --json is JSON");
     page["devices"]
         .as_array()
         .and_then(|devices| devices.iter().find(|d| d["device_id"] == id))
-        .and_then(|device| device["status"].as_str())
+        .and_then(|device| device[field].as_str())
         .unwrap_or_else(|| panic!("{id} is not listed: {page}"))
         .to_string()
 }
@@ -174,6 +179,16 @@ fn a_person_signs_in_watches_a_task_complete_live_and_drains_a_device() {
         "const row = document.querySelector('#devices tr[data-device-id=\"dash-pi\"]');
          return row !== null && row.querySelector('td[data-label=\"CPU\"] .meter') !== null;",
         json!([]),
+    );
+    // Its sandbox level, as the worker reported it (it depends on the kernel).
+    let sandbox = device_field(&master, "dash-pi", "sandbox");
+    assert!(
+        ["full", "partial", "none"].contains(&sandbox.as_str()),
+        "{sandbox}"
+    );
+    assert_eq!(
+        browser.text("#devices tr[data-device-id=\"dash-pi\"] td[data-label=\"Sandbox\"]"),
+        sandbox
     );
     shots.take(&browser, "devices");
 
@@ -299,8 +314,17 @@ fn a_person_signs_in_watches_a_task_complete_live_and_drains_a_device() {
          return cell !== null && cell.textContent === arguments[1];";
     browser.wait_for("the dead letter", attempts, json!([DEAD, "2"]));
     shots.take(&browser, "dead-letters");
-    browser.click(&format!("#dead tr[data-task-id=\"{DEAD}\"] button"));
+    browser.click(&format!("#dead tr[data-task-id=\"{DEAD}\"] button.retry"));
     browser.wait_for("the retried dead letter", attempts, json!([DEAD, "4"]));
+    // Deleted for good, once confirmed: gone from the page and from the master.
+    browser.click(&format!("#dead tr[data-task-id=\"{DEAD}\"] button.delete"));
+    browser.accept_prompt();
+    browser.wait_for(
+        "the deleted dead letter to leave the page",
+        "return document.querySelector(`#dead tr[data-task-id=\"${arguments[0]}\"]`) === null;",
+        json!([DEAD]),
+    );
+    assert!(!retire(master.addr, &["task", DEAD]).status.success());
 
     // Signed in, a change without the CSRF token or with a wrong one is refused.
     let wrong = json!({ "X-CSRF-Token": "00".repeat(32) });

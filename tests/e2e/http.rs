@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 use tests::http::{Conn, Response};
-use tests::{tokens_for, MasterProcess, PATIENCE};
+use tests::{retire, tokens_for, MasterProcess, PATIENCE};
 
 fn request(
     addr: SocketAddr,
@@ -169,6 +169,10 @@ fn every_route_serves_a_real_cluster() {
     );
     let retried = request(addr, "POST", "/api/v1/tasks/http-sleep/retry", token, "");
     assert_eq!(retried.status, 200, "{}", retried.body);
+    // A live task is no dead letter: it cannot be deleted.
+    let live = request(addr, "DELETE", "/api/v1/dead/http-sleep", token, "");
+    assert_eq!(live.status, 409, "{}", live.body);
+    assert_eq!(live.json()["error_code"], "INVALID_STATE");
     let cancelled = request(addr, "POST", "/api/v1/tasks/http-sleep/cancel", token, "");
     assert_eq!(cancelled.status, 200, "{}", cancelled.body);
 
@@ -193,6 +197,41 @@ fn every_route_serves_a_real_cluster() {
     assert_eq!(retried["retried"], 1, "{retried}");
     assert_eq!(retried["more"], false);
     assert_eq!(finished(&mut events, "http-dead"), "dead_letter");
+
+    // Deleting one dead letter: only with the token, only a dead letter.
+    let path = "/api/v1/dead/http-dead";
+    assert_eq!(request(addr, "DELETE", path, None, "").status, 401);
+    let completed = request(addr, "DELETE", "/api/v1/dead/http-echo-1", token, "");
+    assert_eq!(completed.status, 409, "{}", completed.body);
+    assert!(completed.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("is completed: only a dead letter can be deleted"));
+    assert_eq!(get(addr, "/api/v1/tasks/http-echo-1").status, 200);
+    let deleted = request(addr, "DELETE", path, token, "");
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    assert_eq!(deleted.json()["task_id"], "http-dead");
+    assert_eq!(get(addr, "/api/v1/tasks/http-dead").status, 404);
+    assert_eq!(get(addr, "/api/v1/dead").json()["count"], 0);
+    assert_eq!(request(addr, "DELETE", path, token, "").status, 404);
+    // The CLI's `retire delete ID`.
+    let failing = request(
+        addr,
+        "POST",
+        "/api/v1/tasks",
+        token,
+        r#"{"task_type":"sleep","payload":{},"max_retries":1,"task_id":"cli-dead"}"#,
+    );
+    assert_eq!(failing.status, 200, "{}", failing.body);
+    assert_eq!(finished(&mut events, "cli-dead"), "dead_letter");
+    let output = retire(addr, &["delete", "cli-dead"]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "dead letter cli-dead deleted\n"
+    );
+    assert_eq!(get(addr, "/api/v1/tasks/cli-dead").status, 404);
+    assert!(!retire(addr, &["delete", "http-echo-1"]).status.success());
 
     // Devices: ours and the older design's.
     let device = get(addr, "/api/v1/devices/http-w1").json();
@@ -544,4 +583,108 @@ fn bad_requests_are_refused_and_workers_never_notice() {
     );
     assert_eq!(submitted.status, 200);
     assert_eq!(finished(&mut events, "after-stall"), "completed");
+}
+
+/// Every stream sends `: keep-alive` once it has been silent for
+/// `--sse-keep-alive` (1 s here instead of 15), and goes on sending its
+/// events in between.
+#[test]
+fn silent_streams_get_keep_alive_comments() {
+    let dir = setup();
+    let master = MasterProcess::start_with(dir.path(), "127.0.0.1:0", &["--sse-keep-alive", "1"]);
+    let addr = master.addr;
+    let mut events = Conn::stream(addr, "/api/v1/events", None);
+    let mut logs = Conn::stream(addr, "/stream/logs", None);
+    let mut devices = Conn::stream(addr, "/stream/devices", None);
+    assert_eq!(events.chunk(), ": subscribed\n\n");
+    assert_eq!(logs.chunk(), ": subscribed\n\n");
+    assert!(devices.chunk().starts_with("event: device_update\n"));
+    for stream in [&mut events, &mut logs, &mut devices] {
+        // Twice: the comment is sent again after the one before it.
+        assert_eq!(stream.chunk(), ": keep-alive\n\n");
+        assert_eq!(stream.chunk(), ": keep-alive\n\n");
+    }
+    // A worker's arrival is an event like any other between the comments.
+    let _workers = start_workers(addr, &[("alive-w1", 1)]);
+    while events.event().0 != "device_joined" {}
+}
+
+/// A connection a signed-in session vouched for is a stranger's again once
+/// the session ends: the next request on it without the cookie is held to
+/// the body limit of a request without the admin token.
+#[test]
+fn a_connection_is_untrusted_again_after_its_session_ends() {
+    let dir = setup();
+    let master = MasterProcess::start(dir.path());
+    let addr = master.addr;
+    let token = tokens_for(addr).expect("tokens").admin;
+    let mut conn = Conn::open(addr);
+    let signed_in = conn.request(
+        "POST",
+        "/api/v1/session",
+        None,
+        &json!({ "token": token }).to_string(),
+    );
+    assert_eq!(signed_in.status, 200, "{}", signed_in.body);
+    let csrf = signed_in.json()["csrf_token"]
+        .as_str()
+        .expect("a CSRF token")
+        .to_string();
+    let cookie = signed_in
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("a cookie")
+        .to_string();
+    let with_cookie = |method: &str, path: &str, body: &str| {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nCookie: {cookie}\r\nX-CSRF-Token: {csrf}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    // A large body is taken while the session vouches for the connection.
+    let big = format!(
+        r#"{{"task_type":"echo","payload":{{"pad":"{}"}}}}"#,
+        "x".repeat(5000)
+    );
+    conn.send(with_cookie("POST", "/api/v1/tasks", &big).as_bytes());
+    let submitted = conn.response(false);
+    assert_eq!(submitted.status, 200, "{}", submitted.body);
+    conn.send(with_cookie("DELETE", "/api/v1/session", "").as_bytes());
+    assert_eq!(conn.response(false).json()["signed_in"], false);
+    // The same body on the same connection, now without a session.
+    let refused = conn.request("POST", "/api/v1/tasks", None, &big);
+    assert_eq!(refused.status, 413, "{}", refused.body);
+    assert!(conn.closed());
+}
+
+/// `http::REQUEST_TIMEOUT` in the master: a later request on a kept-alive
+/// connection has this long from its first byte.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A kept-alive connection whose next request starts and never ends gets 408
+/// and is closed once `REQUEST_TIMEOUT` (10 s) has passed since its first
+/// byte: not sooner (the first request's shorter authentication deadline,
+/// 1 s here, no longer applies), and well before the 60 s keep-alive idle
+/// limit.
+#[test]
+fn a_later_request_that_never_ends_gets_408_after_the_request_timeout() {
+    let dir = setup();
+    let master = MasterProcess::start_with(dir.path(), "127.0.0.1:0", &["--auth-deadline", "1s"]);
+    let mut conn = Conn::open(master.addr);
+    // A read (loopback reads without a token) makes the connection a reader,
+    // past its authentication deadline.
+    let first = conn.request("GET", "/api/v1/status", None, "");
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.header("connection"), Some("keep-alive"));
+    let started = Instant::now();
+    conn.send(b"GET /healthz HTTP/1.1\r\nHost: test\r\n");
+    let timed_out = conn.response(false);
+    let waited = started.elapsed();
+    assert_eq!(timed_out.status, 408, "{}", timed_out.body);
+    assert!(conn.closed());
+    assert!(waited >= REQUEST_TIMEOUT, "answered after {waited:?}");
+    assert!(
+        waited < REQUEST_TIMEOUT + Duration::from_secs(10),
+        "answered after {waited:?}"
+    );
 }

@@ -122,13 +122,7 @@ impl Conn {
         let mut data = String::new();
         let mut id = None;
         loop {
-            let mut size = String::new();
-            self.reader.read_line(&mut size).expect("a chunk size");
-            let size = usize::from_str_radix(size.trim(), 16).expect("a hex size");
-            assert!(size > 0, "the stream ended");
-            let mut chunk = vec![0; size + 2];
-            self.reader.read_exact(&mut chunk).expect("a chunk");
-            let text = String::from_utf8_lossy(&chunk[..size]).to_string();
+            let text = self.chunk();
             for line in text.lines() {
                 if let Some(value) = line.strip_prefix("event: ") {
                     event = value.to_string();
@@ -143,6 +137,18 @@ impl Conn {
                 return (event, data, id);
             }
         }
+    }
+
+    /// The text of the next chunk of a chunked body (a Server-Sent Event,
+    /// a comment such as `: keep-alive`); panics at the last chunk.
+    pub fn chunk(&mut self) -> String {
+        let mut size = String::new();
+        self.reader.read_line(&mut size).expect("a chunk size");
+        let size = usize::from_str_radix(size.trim(), 16).expect("a hex size");
+        assert!(size > 0, "the stream ended");
+        let mut chunk = vec![0; size + 2];
+        self.reader.read_exact(&mut chunk).expect("a chunk");
+        String::from_utf8_lossy(&chunk[..size]).to_string()
     }
 
     /// Opens a stream at `path` and checks its head.

@@ -22,6 +22,8 @@ pub(super) struct Changes {
     keys: BTreeMap<String, DeviceKeyRecord>,
     /// Settings changed since the last batch, by name.
     settings: BTreeMap<String, SettingRecord>,
+    /// Dead letters to delete (`task_delete`), in order.
+    deletes: Vec<String>,
     /// Requests for the store that are not writes (`StoreOp::Prune`), in
     /// order.
     requests: Vec<StoreOp>,
@@ -40,6 +42,7 @@ impl Default for Changes {
             devices: BTreeMap::new(),
             keys: BTreeMap::new(),
             settings: BTreeMap::new(),
+            deletes: Vec::new(),
             requests: Vec::new(),
             open_batch: 1,
             last_write_batch: 0,
@@ -73,6 +76,12 @@ impl Changes {
     /// A setting changed.
     pub(super) fn setting(&mut self, record: SettingRecord) {
         self.settings.insert(record.key.clone(), record);
+    }
+
+    /// Dead letter `task_id` is to be deleted: a write, which a reply made
+    /// now waits for.
+    pub(super) fn delete_dead_letter(&mut self, task_id: &str) {
+        self.deletes.push(task_id.to_string());
         self.last_write_batch = self.open_batch;
     }
 
@@ -98,14 +107,22 @@ impl Changes {
             && self.devices.is_empty()
             && self.keys.is_empty()
             && self.settings.is_empty()
+            && self.deletes.is_empty()
             && self.requests.is_empty()
         {
             return None;
         }
-        let mut ops: Vec<StoreOp> = std::mem::take(&mut self.keys)
-            .into_values()
-            .map(StoreOp::PutDeviceKey)
+        // Deletes first: a task submitted again under a deleted id in the
+        // same batch is written after its delete.
+        let mut ops: Vec<StoreOp> = std::mem::take(&mut self.deletes)
+            .into_iter()
+            .map(StoreOp::DeleteDeadLetter)
             .collect();
+        ops.extend(
+            std::mem::take(&mut self.keys)
+                .into_values()
+                .map(StoreOp::PutDeviceKey),
+        );
         ops.extend(
             std::mem::take(&mut self.settings)
                 .into_values()

@@ -80,6 +80,7 @@ fn need(message: &Message) -> Need {
         Message::TaskSubmit(_)
         | Message::TaskCancel(_)
         | Message::TaskRetry(_)
+        | Message::TaskDelete(_)
         | Message::DrainDevice(_)
         | Message::RevokeDevice(_)
         | Message::Prune(_)

@@ -113,6 +113,10 @@ enum Purpose {
     CancelText {
         task_id: String,
     },
+    Delete {
+        reply_to: Option<String>,
+        task_id: String,
+    },
     Submit {
         reply_to: Option<String>,
         submit: TaskSubmit,
@@ -184,6 +188,23 @@ impl Core {
         }
     }
 
+    /// A change to task `task_id` that is not in memory (while the store
+    /// takes writes) reads it from the store first, for `purpose`.
+    fn read_first(
+        &mut self,
+        conn: ConnId,
+        task_id: &str,
+        purpose: impl FnOnce(String) -> Purpose,
+    ) -> Option<Routed> {
+        if !(self.storage_available && self.stored_only(task_id)) {
+            return None;
+        }
+        let request = ReadRequest::Task {
+            task_id: task_id.to_string(),
+        };
+        Some(self.defer(conn, request, purpose(task_id.to_string())))
+    }
+
     /// `task_retry`.
     pub(super) fn route_retry(
         &mut self,
@@ -192,14 +213,21 @@ impl Core {
         reply_to: Option<String>,
         task_id: &str,
     ) -> Routed {
-        if self.storage_available && self.stored_only(task_id) {
-            let request = ReadRequest::Task {
-                task_id: task_id.to_string(),
-            };
-            let task_id = task_id.to_string();
-            return self.defer(conn, request, Purpose::Retry { reply_to, task_id });
-        }
-        Routed::Now(self.on_retry(now, task_id))
+        let purpose = |task_id| Purpose::Retry { reply_to, task_id };
+        self.read_first(conn, task_id, purpose)
+            .unwrap_or_else(|| Routed::Now(self.on_retry(now, task_id)))
+    }
+
+    /// `task_delete`.
+    pub(super) fn route_delete(
+        &mut self,
+        conn: ConnId,
+        reply_to: Option<String>,
+        task_id: &str,
+    ) -> Routed {
+        let purpose = |task_id| Purpose::Delete { reply_to, task_id };
+        self.read_first(conn, task_id, purpose)
+            .unwrap_or_else(|| Routed::Now(self.on_delete(task_id)))
     }
 
     /// `task_cancel`.
@@ -399,6 +427,12 @@ impl Core {
                     .and_then(|answer| self.reload_for_retry(now, &task_id, answer));
                 (reply_to, false, result)
             }
+            Purpose::Delete { reply_to, task_id } => {
+                let result = answer
+                    .map_err(failed)
+                    .and_then(|answer| self.delete_stored(&task_id, answer));
+                (reply_to, false, result)
+            }
             Purpose::Cancel { reply_to, task_id } => {
                 let result = answer
                     .map_err(failed)
@@ -542,6 +576,22 @@ impl Core {
             }
         }
         self.on_retry(now, task_id)
+    }
+
+    /// `task_delete` of a task the store returned: a dead letter comes back
+    /// into memory (no longer counted as stored) to be deleted from there;
+    /// any other state is judged by `on_delete` as it is stored.
+    fn delete_stored(&mut self, task_id: &str, answer: ReadAnswer) -> Result<Reply, ReplyError> {
+        if let ReadAnswer::Tasks { records, .. } = answer {
+            if let Some(record) = records.into_iter().find(|r| r.task_id == task_id) {
+                if record.state != TaskState::DeadLetter && !self.tasks.by_id.contains_key(task_id)
+                {
+                    return Err(super::life::not_a_dead_letter(task_id, record.state));
+                }
+                self.tasks.reload(record);
+            }
+        }
+        self.on_delete(task_id)
     }
 
     /// `task_cancel` of a task the store returned: it is finished (or, if

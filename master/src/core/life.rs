@@ -14,7 +14,9 @@ use super::registry::Due;
 use super::tasks::{Ended, Lost};
 use super::timers::{TimerKey, TimerKind};
 use super::{Core, Now, Reply, ReplyError};
-use protocol::{ErrorCode, Event, Message, Success, TaskCancel, TaskChanged, TaskSpec};
+use protocol::{
+    ErrorCode, Event, Message, Success, TaskCancel, TaskChanged, TaskDeleted, TaskSpec, TaskState,
+};
 use std::time::Duration;
 
 pub(super) use super::tasks::AttemptEnd;
@@ -111,6 +113,30 @@ impl Core {
             message: format!("task {task_id} queued again"),
             success: Success,
             task: view,
+        }))
+    }
+
+    /// `task_delete`: a dead letter (in memory: the store's record was
+    /// brought back first, see `core/history.rs`) is deleted for good. A
+    /// task in any other state is refused and stays.
+    pub(super) fn on_delete(&mut self, task_id: &str) -> Result<Reply, ReplyError> {
+        self.check_storage()?;
+        let Some(record) = self.tasks.record(task_id) else {
+            return Err(ReplyError::new(
+                ErrorCode::NotFound,
+                format!("no task {task_id}"),
+            ));
+        };
+        if record.state != TaskState::DeadLetter {
+            return Err(not_a_dead_letter(task_id, record.state));
+        }
+        self.tasks.forget(task_id);
+        self.changes.delete_dead_letter(task_id);
+        log::info!("dead letter {task_id} deleted");
+        Ok(Reply::from(TaskDeleted {
+            message: format!("dead letter {task_id} deleted"),
+            success: Success,
+            task_id: task_id.to_string(),
         }))
     }
 
@@ -231,6 +257,14 @@ fn retry_delay(config: &super::CoreConfig, seq: u64, failures: u32) -> Duration 
     // so the delay is a pure function of them.
     let fraction = fastrand::Rng::with_seed(seq ^ (u64::from(failures) << 40)).f64();
     full / 2 + full.mul_f64(fraction / 2.0)
+}
+
+/// `task_delete`'s refusal of a task in `state`, which is not a dead letter.
+pub(super) fn not_a_dead_letter(task_id: &str, state: TaskState) -> ReplyError {
+    ReplyError::new(
+        ErrorCode::InvalidState,
+        format!("task {task_id} is {state}: only a dead letter can be deleted"),
+    )
 }
 
 #[cfg(test)]

@@ -429,6 +429,12 @@ impl Core {
                     Routed::Deferred => return,
                 }
             }
+            Message::TaskDelete(task) => {
+                match self.route_delete(conn, reply_to.clone(), &task.task_id) {
+                    Routed::Now(result) => result,
+                    Routed::Deferred => return,
+                }
+            }
             Message::ListTasks(list) => match self.route_list(conn, reply_to.clone(), list) {
                 Routed::Now(result) => result,
                 Routed::Deferred => return,

@@ -237,6 +237,10 @@ pub enum StoreOp {
     PutTask(EncodedTask),
     /// Insert or replace a setting.
     PutSetting(SettingRecord),
+    /// Delete the task with this id if it is a dead letter (`task_delete`);
+    /// a batch runs its deletes before its puts, so a task submitted again
+    /// under the id after the delete is kept.
+    DeleteDeadLetter(String),
     /// Not a write of this batch: once it has committed, delete the
     /// finished tasks that finished before a time, in small batches, and
     /// hand the job back (see `core/prune.rs`).

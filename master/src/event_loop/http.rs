@@ -36,8 +36,13 @@ pub(super) struct HttpConn {
     stream: Option<Stream>,
     /// When the first byte of the request being read arrived.
     request_started: Option<Duration>,
-    /// When it last sent a request or was answered.
+    /// When it last sent a request or was answered (for a device stream:
+    /// when its last device update was asked for).
     active_at: Duration,
+    /// When its stream last had something queued (an event, an update, a
+    /// keep-alive comment): a stream silent for `LoopLimits::sse_keep_alive`
+    /// gets a `: keep-alive` comment.
+    stream_sent_at: Duration,
     /// Its key in `EventLoop::http_checks`.
     check_at: Option<Duration>,
     /// No more requests: a response said `Connection: close`.
@@ -178,7 +183,6 @@ impl EventLoop {
             if connection.closed || connection.close_when_flushed {
                 break;
             }
-            let trusted = connection.trusted;
             let Some(http) = self.http(conn) else {
                 break;
             };
@@ -234,13 +238,18 @@ impl EventLoop {
                     http.session_granted = true;
                 }
             } else if granted && !admin {
-                // An earlier request's session does not vouch for this one.
+                // An earlier request's session does not vouch for this one:
+                // the core takes the admin role back, and the loop holds the
+                // connection to a stranger's caps again.
                 self.core.end_grant(conn);
                 if let Some(http) = self.http(conn) {
                     http.session_granted = false;
                 }
+                self.untrust(conn);
             }
-            let max_body = if admin || trusted {
+            // Read again: the session's grant may have ended above.
+            let trusted = admin || self.conns.get(conn).is_some_and(|c| c.trusted);
+            let max_body = if trusted {
                 self.limits.max_line
             } else {
                 edge::UNTRUSTED_MAX_BODY
@@ -251,7 +260,7 @@ impl EventLoop {
                     format!(
                         "the body is {} bytes; at most {max_body} are accepted{}",
                         head.content_length,
-                        if admin || trusted {
+                        if trusted {
                             ""
                         } else {
                             " without the admin token"
@@ -706,9 +715,11 @@ impl EventLoop {
                         bytes.extend(self.devices_update(&pending.replies, context));
                     }
                 }
+                let now = self.now.monotonic;
                 if let Some(http) = self.http(conn) {
                     http.stream = Some(stream);
                     http.buf = Vec::new();
+                    http.stream_sent_at = now;
                 }
                 self.queue_bytes(conn, bytes, pending.after, false, false);
             }
@@ -746,6 +757,7 @@ impl EventLoop {
             Waiting::Retried { .. } => {}
             Waiting::DevicesUpdate => {
                 let bytes = self.devices_update(&pending.replies, context);
+                self.stream_sent(conn);
                 self.queue_bytes(conn, bytes, pending.after, false, true);
             }
         }
@@ -835,7 +847,20 @@ impl EventLoop {
                 return;
             }
         };
+        self.stream_sent(conn);
         self.queue_bytes(conn, bytes, after_batch, false, true);
+    }
+
+    /// Notes that `conn`'s stream had something queued now, which puts off
+    /// its next keep-alive comment. Its check is not filed again here (an
+    /// event costs no timer work): when the old one comes due,
+    /// [`EventLoop::http_due`] sees the stream was not silent and files the
+    /// next.
+    fn stream_sent(&mut self, conn: ConnId) {
+        let now = self.now.monotonic;
+        if let Some(http) = self.http(conn) {
+            http.stream_sent_at = now;
+        }
     }
 
     /// Ends a stream: the last chunk, then the connection closes.
@@ -851,14 +876,20 @@ impl EventLoop {
     }
 
     /// Files the connection's next check: its request's timeout, its
-    /// keep-alive idle limit, or its stream's next device update.
+    /// keep-alive idle limit, or its stream's next device update or
+    /// keep-alive comment.
     pub(super) fn http_schedule(&mut self, conn: ConnId) {
+        let keep_alive = self.limits.sse_keep_alive;
         let Some(http) = self.http(conn) else {
             return;
         };
         let at = match (&http.stream, http.request_started) {
-            (Some(Stream::Devices), _) => Some(http.active_at + edge::STREAM_DEVICES_INTERVAL),
-            (Some(_), _) => None,
+            (Some(Stream::Devices), _) => Some(
+                (http.active_at + edge::STREAM_DEVICES_INTERVAL)
+                    .min(http.stream_sent_at + keep_alive),
+            ),
+            (Some(_), _) if http.closing => None,
+            (Some(_), _) => Some(http.stream_sent_at + keep_alive),
             _ if !http.pending.is_empty() || http.closing => None,
             (None, Some(started)) => Some(started + edge::REQUEST_TIMEOUT),
             (None, None) => Some(http.active_at + edge::KEEP_ALIVE_TIMEOUT),
@@ -878,6 +909,7 @@ impl EventLoop {
     /// Runs the HTTP checks that came due: timeouts and stream updates.
     pub(super) fn http_due(&mut self) {
         let now = self.now.monotonic;
+        let keep_alive = self.limits.sse_keep_alive;
         while let Some(&(at, conn)) = self.http_checks.first() {
             if at > now {
                 break;
@@ -888,13 +920,23 @@ impl EventLoop {
             };
             http.check_at = None;
             match (&http.stream, http.request_started) {
-                (Some(Stream::Devices), _) => {
+                (Some(Stream::Devices), _)
+                    if now >= http.active_at + edge::STREAM_DEVICES_INTERVAL =>
+                {
                     http.active_at = now;
                     let message = Stream::Devices.message();
                     let pending =
                         Pending::new(Waiting::DevicesUpdate, false, true, "/stream/devices");
                     self.http_ask(conn, vec![message], pending);
                 }
+                (Some(_), _) if now >= http.stream_sent_at + keep_alive && !http.closing => {
+                    // Silent for the whole interval: a comment, which
+                    // `EventSource` ignores, so proxies keep the stream.
+                    http.stream_sent_at = now;
+                    self.queue_bytes(conn, edge::keep_alive_chunk(), None, false, true);
+                }
+                // Not silent since the check was filed: the next is filed
+                // from the last thing sent.
                 (Some(_), _) => {}
                 (None, Some(_)) => {
                     let error = HttpError::new(

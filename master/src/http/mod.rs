@@ -57,6 +57,19 @@ pub const MAX_PIPELINED: usize = 16;
 /// How often `/stream/devices` sends the device list: every 5 s.
 pub const STREAM_DEVICES_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How long a Server-Sent Events stream (`/api/v1/events`, `/stream/devices`,
+/// `/stream/logs`) may stay silent before the master sends a comment line
+/// (`: keep-alive`), by default: 15 s. Proxies and browsers drop a stream
+/// that sends nothing for a while (often 30 to 60 s); the comment keeps it
+/// open and is ignored by `EventSource`. `--sse-keep-alive` sets it.
+pub const SSE_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// The comment a silent stream sends every
+/// [`SSE_KEEP_ALIVE_INTERVAL`], as it goes on the wire (one chunk).
+pub fn keep_alive_chunk() -> Vec<u8> {
+    chunk(b": keep-alive\n\n")
+}
+
 /// A response status the master uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {

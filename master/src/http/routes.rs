@@ -95,11 +95,16 @@ fn post(head: &Head) -> Result<(), HttpError> {
 }
 
 /// Whether a request changes the cluster by its method alone: every
-/// `POST` but the console's (whose command says). Its
+/// `POST` but the console's (whose command says), and the `DELETE` of a
+/// dead letter. Its
 /// credential is checked before its body is read for meaning, so a
 /// stranger learns nothing from the errors of a body it may not send.
 pub fn changes(head: &Head) -> bool {
-    head.method == Method::Post && head.path != "/api/v1/command"
+    match head.method {
+        Method::Post => head.path != "/api/v1/command",
+        Method::Delete => head.path.starts_with("/api/v1/dead/"),
+        _ => false,
+    }
 }
 
 /// The plan for a request (its head and body), or why it is refused.
@@ -257,6 +262,11 @@ pub fn plan(head: &Head, body: &[u8]) -> Result<Plan, HttpError> {
             get(head)?;
             list_tasks(head, Some(TaskState::DeadLetter))?
         }
+        ["api", "v1", "dead", id] if head.method == Method::Delete => {
+            change(Message::TaskDelete(TaskRef {
+                task_id: id.to_string(),
+            }))
+        }
         ["api", "v1", "dead", "retry"] => {
             post(head)?;
             Plan::RetryDead(Box::new(Message::ListTasks(ListTasks {
@@ -265,6 +275,7 @@ pub fn plan(head: &Head, body: &[u8]) -> Result<Plan, HttpError> {
                 state: Some(TaskState::DeadLetter),
             })))
         }
+        ["api", "v1", "dead", _] => return Err(method_not_allowed("DELETE", head)),
         ["api", "v1", "command"] => {
             post(head)?;
             command(body)?
@@ -657,6 +668,9 @@ mod tests {
         check("POST", "/api/v1/tasks/t1/retry", "", "change 1");
         check("GET", "/api/v1/dead", "", "ask 1");
         check("POST", "/api/v1/dead/retry", "", "retry-dead");
+        check("DELETE", "/api/v1/dead/t1", "", "change 1");
+        check("DELETE", "/api/v1/dead/retry", "", "change 1");
+        check("GET", "/api/v1/dead/t1", "", "405 METHOD_NOT_ALLOWED");
         check(
             "POST",
             "/api/v1/command",
@@ -716,5 +730,6 @@ mod tests {
         assert!(!changes_for("POST /api/v1/command HTTP/1.1\r\n\r\n"));
         assert!(!changes_for("GET /api/v1/tasks HTTP/1.1\r\n\r\n"));
         assert!(!changes_for("DELETE /api/v1/tasks HTTP/1.1\r\n\r\n"));
+        assert!(changes_for("DELETE /api/v1/dead/t1 HTTP/1.1\r\n\r\n"));
     }
 }

@@ -196,6 +196,7 @@ fn message_from_data(message_type: &str, data: &str) -> Result<Message, DecodeEr
         }
         "task_status" => Message::TaskStatus(parse(data)?),
         "task_retry" | "retry_task" => Message::TaskRetry(parse(data)?),
+        "task_delete" => Message::TaskDelete(parse(data)?),
         "list_tasks" => Message::ListTasks(parse(data)?),
         // Its data, whatever it holds, says nothing.
         "status" | "cluster_status" | "get_cluster_status" => Message::Status,

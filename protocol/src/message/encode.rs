@@ -49,7 +49,9 @@ impl Serialize for Message {
                 }
                 map.end()
             }
-            Message::TaskStatus(task) | Message::TaskRetry(task) => task.serialize(serializer),
+            Message::TaskStatus(task) | Message::TaskRetry(task) | Message::TaskDelete(task) => {
+                task.serialize(serializer)
+            }
             Message::ListTasks(list) => list.serialize(serializer),
             Message::Status => serializer.serialize_map(Some(0))?.end(),
             Message::ListDevices(list) => list.serialize(serializer),

@@ -265,6 +265,17 @@ impl Tasks {
         }
     }
 
+    /// Forgets task `task_id` for good (a dead letter deleted by
+    /// `task_delete`): out of memory and the listing, and not counted as
+    /// stored. Whether it was in memory.
+    pub(super) fn forget(&mut self, task_id: &str) -> bool {
+        let Some(task) = self.by_id.remove(task_id) else {
+            return false;
+        };
+        self.listing.remove(task.listed, task.record.seq, task_id);
+        true
+    }
+
     /// Brings a finished task the store returned back into memory (to be
     /// retried), no longer counted as stored. A task already in memory is
     /// left as it is: memory is newer than the store.

@@ -410,6 +410,84 @@ fn task_retry_of_an_unknown_task() {
     assert!(text.contains("no task nope"), "{text}");
 }
 
+// ----- task_delete -----
+
+/// `task_delete` on a task in `before`, held in memory or (`evict`) read
+/// back from the store: `Ok` when the dead letter is gone for good, else
+/// the error code and the task as it was.
+fn check_task_delete(before: Before, evict: bool, expect: Result<(), ErrorCode>) {
+    let case = format!("{before:?}, evict {evict}");
+    let mut sim = Sim::with_config(config());
+    sim.evict = evict;
+    sim.add_worker("a", 1);
+    let id = bring_to(&mut sim, before);
+    let was = sim.task_status(&id).field("task");
+    let conn = sim.client();
+    let reply = sim.request(
+        conn,
+        Message::TaskDelete(protocol::TaskRef {
+            task_id: id.clone(),
+        }),
+    );
+    match expect {
+        Err(code) => {
+            assert_eq!(reply.code(), code, "{case}");
+            assert_eq!(sim.task_status(&id).field("task"), was, "{case}: unchanged");
+        }
+        Ok(()) => {
+            assert_eq!(reply.field("task_id"), json!(id), "{case}");
+            assert!(reply.after_batch.is_some(), "{case}: waits for a commit");
+            assert!(
+                !sim.db.tasks.contains_key(&id),
+                "{case}: deleted from the store"
+            );
+            assert_eq!(sim.task_status(&id).code(), ErrorCode::NotFound, "{case}");
+            let status = sim.request(conn, Message::Status);
+            assert_eq!(
+                status.field("cluster_stats")["tasks"]["dead_letter"],
+                json!(0),
+                "{case}: not counted"
+            );
+            let again = sim.request(
+                conn,
+                Message::TaskDelete(protocol::TaskRef {
+                    task_id: id.clone(),
+                }),
+            );
+            assert_eq!(again.code(), ErrorCode::NotFound, "{case}");
+        }
+    }
+    sim.core.check_indexes();
+}
+
+#[test]
+fn task_delete_deletes_a_dead_letter_and_nothing_else() {
+    for evict in [false, true] {
+        check_task_delete(Before::DeadLetter, evict, Ok(()));
+        check_task_delete(Before::LostTooOften, evict, Ok(()));
+        for other in [
+            Before::Completed,
+            Before::Failed,
+            Before::TimedOut,
+            Before::CancelledQueued,
+            Before::Queued,
+            Before::Running,
+            Before::Retrying,
+        ] {
+            check_task_delete(other, evict, Err(ErrorCode::InvalidState));
+        }
+    }
+    let mut sim = Sim::new();
+    let conn = sim.client();
+    let unknown = sim.request(
+        conn,
+        Message::TaskDelete(protocol::TaskRef {
+            task_id: "nope".into(),
+        }),
+    );
+    assert_eq!(unknown.code(), ErrorCode::NotFound);
+}
+
 // ----- the master's own timeout -----
 
 #[test]

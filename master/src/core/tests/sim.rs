@@ -172,6 +172,16 @@ impl Db {
                 }
                 // Run by the sim after the batch commits (`Sim::prune`).
                 StoreOp::Prune(_) => {}
+                // As the store's `DELETE … AND state = 'dead_letter'`.
+                StoreOp::DeleteDeadLetter(task_id) => {
+                    if self
+                        .tasks
+                        .get(task_id)
+                        .is_some_and(|task| task.state == protocol::TaskState::DeadLetter)
+                    {
+                        self.tasks.remove(task_id);
+                    }
+                }
             }
         }
     }

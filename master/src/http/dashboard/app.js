@@ -21,6 +21,7 @@ const ROUTES = {
   retry: (id) => `/api/v1/tasks/${encodeURIComponent(id)}/retry`,
   dead: "/api/v1/dead",
   deadRetryAll: "/api/v1/dead/retry",
+  deadDelete: (id) => `/api/v1/dead/${encodeURIComponent(id)}`,
   command: "/api/v1/command",
   events: "/api/v1/events",
   deviceStream: "/stream/devices",
@@ -457,6 +458,13 @@ async function loadDevices() {
   renderDevices();
 }
 
+// What each sandbox level means for the device's owner (docs/sandbox.md).
+const SANDBOX_TITLES = {
+  full: "Tasks are confined deny-by-default (Landlock, all of it)",
+  partial: "Tasks are confined, but the kernel lacks part of what the sandbox uses",
+  none: "Tasks run unconfined, as the worker's user",
+};
+
 function renderDevices() {
   const rows = [...state.devices.values()].map((device) => {
     const metrics = device.metrics || {};
@@ -468,6 +476,9 @@ function renderDevices() {
       cell("Status", pill(device.status)),
       cell("Role", device.role || "–"),
       cell("Arch", device.architecture || "–"),
+      cell("Sandbox", device.sandbox
+        ? el("span", { class: `pill sb-${device.sandbox}`, title: SANDBOX_TITLES[device.sandbox] || "" }, device.sandbox)
+        : "–"),
       cell("Slots", `${device.active_tasks} / ${device.slots}`),
       cell("CPU", percent(firstNumber(metrics, ["cpu_usage", "cpu_percent"]))),
       cell("Memory", percent(firstNumber(metrics, ["memory_usage", "memory_percent"]))),
@@ -603,7 +614,10 @@ async function loadDead() {
     cell("Attempts", String(task.attempt)),
     el("td", { class: "error", "data-label": "Error" }, task.error || "–"),
     cell("Finished", ago(task.finished_at)),
-    cell("", el("button", { class: "small", type: "button", onclick: () => change(`Retry ${task.task_id}`, "POST", ROUTES.retry(task.task_id)) }, "Retry")))));
+    cell("",
+      el("button", { class: "small retry", type: "button", onclick: () => change(`Retry ${task.task_id}`, "POST", ROUTES.retry(task.task_id)) }, "Retry"), " ",
+      el("button", { class: "small danger delete", type: "button",
+        onclick: () => { if (confirm(`Delete dead letter ${task.task_id} for good?`)) change(`Delete ${task.task_id}`, "DELETE", ROUTES.deadDelete(task.task_id)); } }, "Delete")))));
   $("dead-empty").hidden = tasks.length > 0;
   $("dead-retry-all").disabled = tasks.length === 0;
 }
