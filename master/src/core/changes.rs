@@ -76,6 +76,7 @@ impl Changes {
     /// A setting changed.
     pub(super) fn setting(&mut self, record: SettingRecord) {
         self.settings.insert(record.key.clone(), record);
+        self.last_write_batch = self.open_batch;
     }
 
     /// Dead letter `task_id` is to be deleted: a write, which a reply made
