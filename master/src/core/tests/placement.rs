@@ -364,7 +364,14 @@ fn switching_takes_effect_on_the_next_assignment_and_a_task_may_name_its_own() {
             .map(String::as_str),
         Some("least_loaded")
     );
-    assert!(sim.batches.iter().any(|batch| batch.id == kept));
+    // The batch the reply waits for is the one that writes the setting,
+    // not merely an earlier write.
+    assert!(sim.batches.iter().any(|batch| batch.id == kept
+        && batch.ops.iter().any(|op| matches!(
+            op,
+            crate::core::records::StoreOp::PutSetting(setting)
+                if setting.key == crate::core::STRATEGY_SETTING
+        ))));
     let next = submit_batch(&mut sim, 1, None);
     assert_eq!(sim.task(&next[0]).device_id.as_deref(), Some("phone"));
     // A task that names a strategy is placed by it whatever the master's.
