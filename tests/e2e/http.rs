@@ -688,3 +688,24 @@ fn a_later_request_that_never_ends_gets_408_after_the_request_timeout() {
         "answered after {waited:?}"
     );
 }
+
+/// A kept-alive connection that only asked what needs no read of the cluster
+/// (`/healthz`: it never became a reader) is closed at its authentication
+/// deadline without a 408, since it was between requests: a response then
+/// could be taken for the answer to the next request a client sends on it.
+#[test]
+fn an_idle_health_probe_connection_is_closed_at_the_deadline_without_a_response() {
+    let dir = setup();
+    let master = MasterProcess::start_with(dir.path(), "127.0.0.1:0", &["--auth-deadline", "1s"]);
+    let mut conn = Conn::open(master.addr);
+    let health = conn.request("GET", "/healthz", None, "");
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert_eq!(health.header("connection"), Some("keep-alive"));
+    // The master closes it once the deadline passes; nothing comes first.
+    let rest = conn.rest();
+    assert!(
+        rest.is_empty(),
+        "sent before closing: {}",
+        String::from_utf8_lossy(&rest)
+    );
+}

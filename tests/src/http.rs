@@ -163,6 +163,16 @@ impl Conn {
         conn
     }
 
+    /// Reads until the master closes the connection and returns what came
+    /// before the close.
+    pub fn rest(&mut self) -> Vec<u8> {
+        let mut rest = Vec::new();
+        self.reader
+            .read_to_end(&mut rest)
+            .expect("read until closed");
+        rest
+    }
+
     /// Reads until the master closes the connection; whether it did.
     pub fn closed(&mut self) -> bool {
         let mut rest = Vec::new();

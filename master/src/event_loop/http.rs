@@ -559,7 +559,13 @@ impl EventLoop {
         let Some(http) = self.http(conn) else {
             return;
         };
-        if http.stream.is_some() || !http.pending.is_empty() {
+        // Between requests (every one answered, no byte of the next): the
+        // connection is closed as an idle kept-alive one is, without a 408
+        // a client could take for the answer to the request it may be
+        // sending on it just now (a health probe asking `/healthz` on one
+        // connection, which never became a reader).
+        let idle = http.buf.is_empty() && http.request_started.is_none();
+        if http.stream.is_some() || !http.pending.is_empty() || idle {
             return;
         }
         let status = if error.code == protocol::ErrorCode::AuthTimeout {
