@@ -341,6 +341,8 @@ pub fn run(
         None => log::info!("placement strategy {configured}"),
     }
     core.restore_history(&history.finished, history.max_seq);
+    let today = crate::core::observe::utc_day_start(now.unix_ms);
+    core.restore_completed_today(now, store.completed_since(today)?);
     core.restore_device_keys(device_keys);
     core.set_quarantined(quarantined.len() as u64);
     let watch = if let Some(secrets) = secrets {

@@ -234,6 +234,24 @@ impl Store {
         Ok((devices, tasks, history))
     }
 
+    /// How many tasks the store holds as completed at or after
+    /// `since_unix_ms` (the start of the UTC day, at a start: `status`'s
+    /// `completed_today`), counted on the `tasks_finished_at` index.
+    pub fn completed_since(&self, since_unix_ms: i64) -> Result<u64, StoreError> {
+        let count: i64 = self
+            .connection
+            .query_row(
+                &format!(
+                    "SELECT count(*) FROM tasks INDEXED BY tasks_finished_at
+                     WHERE state = 'completed' AND {FINISHED} AND finished_unix_ms >= ?1"
+                ),
+                [since_unix_ms],
+                |row| row.get(0),
+            )
+            .map_err(|e| self.sqlite(e))?;
+        Ok(count.max(0) as u64)
+    }
+
     /// The finished tasks per state and the highest `seq`, from the
     /// indexes (no record is read).
     fn history(&self) -> rusqlite::Result<History> {
@@ -1343,6 +1361,36 @@ mod tests {
             "SELECT record FROM tasks WHERE {FINISHED} AND seq < 10 ORDER BY seq DESC LIMIT 5"
         ));
         assert!(page.contains("tasks_finished"), "{page}");
+    }
+
+    /// `status`'s `completed_today` at a start: the completed tasks
+    /// finished at or after the day's start, not before, and no other
+    /// finished state.
+    #[test]
+    fn the_completions_since_the_day_started_are_counted_from_the_index() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = Store::open(dir.path(), Synchronous::Normal).expect("open");
+        let midnight = crate::core::observe::utc_day_start(1_700_000_000_000);
+        let tasks = [
+            (TaskState::Completed, Some(midnight - 1)),
+            (TaskState::Completed, Some(midnight)),
+            (TaskState::Completed, Some(midnight + 3_600_000)),
+            (TaskState::Failed, Some(midnight + 1)),
+            (TaskState::Cancelled, Some(midnight + 2)),
+            (TaskState::Running, None),
+        ];
+        for (i, (state, finished)) in tasks.into_iter().enumerate() {
+            let seq = i as u64 + 1;
+            let mut record =
+                TaskRecord::queued(format!("t{seq}"), seq, TaskSpec::new("echo", json!({})), 5);
+            record.state = state;
+            record.finished_unix_ms = finished;
+            store.commit(&[put(&record, seq)]).expect("commit");
+        }
+        let count = |since| store.completed_since(since).expect("count");
+        assert_eq!(count(midnight), 2);
+        assert_eq!(count(midnight - 1), 3);
+        assert_eq!(count(midnight + 3_600_001), 0);
     }
 
     #[test]

@@ -570,6 +570,10 @@ pub struct ClusterStats {
     pub by_platform: std::collections::BTreeMap<String, u32>,
     /// Connected devices per role.
     pub by_role: std::collections::BTreeMap<String, u32>,
+    /// Tasks completed since the start of the current UTC day; absent
+    /// when there are none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub completed_today: u64,
     /// `online_devices / total_devices` as a percentage.
     pub health_percentage: f64,
     /// Devices connected now (online or draining).

@@ -264,7 +264,11 @@ fn every_route_serves_a_real_cluster() {
         status.starts_with("STATUS: healthy\nNODES: 1/1 online\nCPU: "),
         "{status}"
     );
-    assert!(status.contains("\nUPTIME: 0d 0h "), "{status}");
+    // The three tasks completed moments ago: today, in UTC.
+    assert!(
+        status.contains("\nTASKS: 0 active, 3 completed today\nUPTIME: 0d 0h "),
+        "{status}"
+    );
     let cluster = get(addr, "/api/v1/cluster/status").json();
     assert_eq!(cluster["status"], "success");
     assert_eq!(cluster["data"]["nodes_online"], 1);

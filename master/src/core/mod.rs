@@ -298,6 +298,13 @@ impl Core {
         self.quarantined = records;
     }
 
+    /// Tells the core how many tasks the store holds as completed since
+    /// the start of the UTC day of `now` (`Store::completed_since`), so
+    /// that `status`'s `completed_today` counts them across a restart.
+    pub fn restore_completed_today(&mut self, now: Now, count: u64) {
+        self.observed.completed_today = observe::CompletedToday::seeded(now.unix_ms, count);
+    }
+
     /// A new connection was accepted from `peer_ip` (when known).
     /// `nonce` is a fresh random value: the challenge of its handshake.
     pub fn handle_connect(
@@ -439,10 +446,14 @@ impl Core {
                 Routed::Now(result) => result,
                 Routed::Deferred => return,
             },
-            Message::Status => Ok(Reply::from(StatusReply {
-                cluster_stats: self.cluster_stats(),
-                success: Success,
-            })),
+            Message::Status => {
+                let mut cluster_stats = self.cluster_stats();
+                cluster_stats.completed_today = self.observed.completed_today.on(now.unix_ms);
+                Ok(Reply::from(StatusReply {
+                    cluster_stats,
+                    success: Success,
+                }))
+            }
             Message::ListDevices(list) => self.list_devices(&list).map(Reply::from),
             Message::DeviceInfo(device) => self.device_view(&device.device_id).map(|device| {
                 Reply::from(DeviceReply {

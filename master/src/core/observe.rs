@@ -52,6 +52,58 @@ impl Histogram {
     }
 }
 
+/// Milliseconds in a UTC day: 86,400,000 (Unix time has no leap seconds).
+pub const DAY_MS: i64 = 86_400_000;
+
+/// The start of the UTC day that holds `unix_ms`, in Unix milliseconds.
+pub fn utc_day_start(unix_ms: i64) -> i64 {
+    unix_ms.div_euclid(DAY_MS) * DAY_MS
+}
+
+/// Tasks completed during one UTC day (`/text/status`'s `completed
+/// today`): kept as tasks complete, so a reader asking costs nothing, and
+/// started again when a completion or a read falls on a later day.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompletedToday {
+    /// The start of the day counted ([`utc_day_start`]).
+    day: i64,
+    /// Completions that day.
+    count: u64,
+}
+
+impl CompletedToday {
+    /// Starts from `count` completions on the day of `now_unix_ms` (what
+    /// the store holds at start).
+    pub fn seeded(now_unix_ms: i64, count: u64) -> CompletedToday {
+        CompletedToday {
+            day: utc_day_start(now_unix_ms),
+            count,
+        }
+    }
+
+    /// A task completed at `unix_ms`. One stamped before the day counted
+    /// (the wall clock stepped back) belongs to no later day: not counted.
+    pub fn note(&mut self, unix_ms: i64) {
+        let day = utc_day_start(unix_ms);
+        if day > self.day {
+            *self = CompletedToday { day, count: 0 };
+        }
+        if day == self.day {
+            self.count = self.count.saturating_add(1);
+        }
+    }
+
+    /// The completions on the day of `now_unix_ms`: none on a later day
+    /// than the one counted.
+    pub fn on(&self, now_unix_ms: i64) -> u64 {
+        if utc_day_start(now_unix_ms) == self.day {
+            self.count
+        } else {
+            0
+        }
+    }
+}
+
 /// One line of the recent log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogLine {
@@ -149,6 +201,8 @@ pub struct Observed {
     pub log: VecDeque<LogLine>,
     /// Lines made since the last turn's time was known.
     unstamped: Vec<(&'static str, Option<String>, String)>,
+    /// Tasks completed this UTC day.
+    pub completed_today: CompletedToday,
 }
 
 impl Observed {
@@ -163,6 +217,11 @@ impl Observed {
 
     fn finished(&mut self, record: &TaskRecord) {
         *self.outcomes.entry(record.state.as_str()).or_default() += 1;
+        if record.state == TaskState::Completed {
+            if let Some(finished) = record.finished_unix_ms {
+                self.completed_today.note(finished);
+            }
+        }
         let label = self.type_label(&record.spec.task_type);
         if let Some(started) = record.started_unix_ms {
             let wait = (started - record.submitted_unix_ms) as f64 / 1000.0;

@@ -407,7 +407,7 @@ impl Summary {
         let uptime = self.uptime_secs;
         format!(
             "STATUS: {}\nNODES: {}/{} online\nCPU: {} cores ({:.0}% utilized)\n\
-             MEMORY: {:.0}GB ({:.0}% used)\nTASKS: {} active, {} completed\nUPTIME: {}d {}h {}m\n",
+             MEMORY: {:.0}GB ({:.0}% used)\nTASKS: {} active, {} completed today\nUPTIME: {}d {}h {}m\n",
             self.health(),
             self.stats.online_devices,
             self.stats.total_devices,
@@ -416,7 +416,7 @@ impl Summary {
             self.memory_total,
             self.memory_usage,
             self.active(),
-            self.count("completed"),
+            self.stats.completed_today,
             uptime / 86_400,
             uptime % 86_400 / 3600,
             uptime % 3600 / 60,

@@ -180,7 +180,7 @@ fn every_reply_keeps_its_bytes() {
             ),
             (
                 "status",
-                r#"{"data":{"original_message_id":"m10","result":{"cluster_stats":{"by_platform":{"linux":1},"by_role":{"worker":1},"health_percentage":100.0,"online_devices":1,"storage":"ok","tasks":{"assigned":0,"cancelled":0,"completed":1,"dead_letter":0,"failed":0,"queued":1,"retrying":0,"running":1,"timed_out":0},"total_devices":1,"total_resources":{"cpu_cores":4,"memory_gb":8.0,"storage_gb":64.0}},"success":true}},"message_type":"ack","sender_id":"main-node","target_id":null}"#,
+                r#"{"data":{"original_message_id":"m10","result":{"cluster_stats":{"by_platform":{"linux":1},"by_role":{"worker":1},"completed_today":1,"health_percentage":100.0,"online_devices":1,"storage":"ok","tasks":{"assigned":0,"cancelled":0,"completed":1,"dead_letter":0,"failed":0,"queued":1,"retrying":0,"running":1,"timed_out":0},"total_devices":1,"total_resources":{"cpu_cores":4,"memory_gb":8.0,"storage_gb":64.0}},"success":true}},"message_type":"ack","sender_id":"main-node","target_id":null}"#,
             ),
             (
                 "device page",

@@ -467,3 +467,44 @@ fn a_result_nested_too_deep_fails_the_attempt_and_is_refused() {
     assert_eq!(reply.field("recorded"), json!(true));
     assert_eq!(sim.task(&id).result, Some(fits.result));
 }
+
+/// `status`'s `completed_today` (`/text/status`'s `completed today`):
+/// a completion counts, a failure does not, the count starts again at
+/// the next UTC midnight, and a start seeds it from the store.
+#[test]
+fn completions_count_for_the_current_utc_day_only() {
+    let completed_today = |sim: &mut Sim| {
+        let conn = sim.connect();
+        sim.request(conn, Message::Status).field("cluster_stats")["completed_today"].clone()
+    };
+    let mut sim = Sim::new();
+    // T0 is 22:13:20 UTC: midnight is 6400 s later.
+    let to_midnight = std::time::Duration::from_millis(
+        (crate::core::observe::utc_day_start(sim.now.unix_ms) + crate::core::observe::DAY_MS
+            - sim.now.unix_ms) as u64,
+    );
+    assert_eq!(to_midnight.as_secs(), 6400);
+    assert_eq!(completed_today(&mut sim), json!(null), "none: left out");
+    sim.add_worker("a", 3);
+    let first = sim.submit(spec("echo"));
+    let second = sim.submit(spec("echo"));
+    let failing = sim.submit(spec("echo"));
+    sim.complete("a", &first);
+    sim.complete("a", &second);
+    sim.finish("a", &failing, ResultStatus::Failed, json!({"error": "no"}));
+    assert_eq!(completed_today(&mut sim), json!(2));
+
+    sim.advance(to_midnight - std::time::Duration::from_millis(1));
+    assert_eq!(completed_today(&mut sim), json!(2), "still the same day");
+    sim.advance(std::time::Duration::from_millis(1));
+    assert_eq!(completed_today(&mut sim), json!(null), "a new day");
+    sim.add_worker("b", 1);
+    let next = sim.submit(spec("echo"));
+    let holder = sim.task(&next).device_id.clone().expect("assigned");
+    sim.complete(&holder, &next);
+    assert_eq!(completed_today(&mut sim), json!(1));
+
+    let now = sim.now;
+    sim.core.restore_completed_today(now, 45);
+    assert_eq!(completed_today(&mut sim), json!(45));
+}
