@@ -143,6 +143,9 @@ pub struct WorkerConfig {
     /// off by default so that a worker embedded in another daemon (the master's
     /// `--dev`) never speaks for that daemon.
     pub notify: bool,
+    /// Where the battery and temperature sensors are read: `/sys`
+    /// ([`device::power::SYSFS_ROOT`]), or a fake tree in tests.
+    pub sysfs_root: PathBuf,
 }
 
 impl WorkerConfig {
@@ -175,6 +178,7 @@ impl Default for WorkerConfig {
             token: None,
             forget_master: false,
             notify: false,
+            sysfs_root: PathBuf::from(device::power::SYSFS_ROOT),
         }
     }
 }
@@ -345,6 +349,7 @@ pub fn run_with(
         },
         client::Service {
             drain_timeout: config.drain_timeout,
+            sysfs_root: config.sysfs_root,
             notifier: if config.notify {
                 daemon::notify::Notifier::from_env()
             } else {

@@ -113,6 +113,10 @@ struct Args {
     /// proven the token.
     #[arg(long)]
     forget_master: bool,
+    /// Read the battery and temperature sensors under this directory instead of /sys.
+    /// For tests, which give the worker a fake sysfs tree; hidden from --help.
+    #[arg(long, value_name = "PATH", hide = true)]
+    sysfs_root: Option<PathBuf>,
     /// Show the configuration instead of joining.
     #[command(subcommand)]
     command: Option<Subcommand>,
@@ -257,6 +261,9 @@ fn run(mut args: Args, given: &Given) -> anyhow::Result<()> {
         token,
         forget_master: args.forget_master,
         notify: true,
+        sysfs_root: args
+            .sysfs_root
+            .unwrap_or_else(|| PathBuf::from(worker::device::power::SYSFS_ROOT)),
     };
     config.validate().context("invalid configuration")?;
     println!("retire-worker: joining master {join} as {device_id}");

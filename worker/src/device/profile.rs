@@ -10,9 +10,11 @@
 use std::ffi::CStr;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use sysinfo::{CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, RefreshKind, System};
 
+use crate::device::power;
 use crate::session::{DeviceProfile, DiskInfo, LiveMetrics};
 
 /// Where systemd (and most other Linux init systems) keep the per-installation machine id.
@@ -412,6 +414,10 @@ pub struct MetricsSampler {
     disks: Disks,
     /// The index in `disks` of the file system whose usage is reported, if any.
     reported_disk: Option<usize>,
+    /// Where the power and heat sensors are read ([`power::SYSFS_ROOT`] but in tests).
+    power_root: PathBuf,
+    /// Keeps one odd power or heat reading out of the heartbeats.
+    power_debouncer: power::Debouncer,
 }
 
 impl MetricsSampler {
@@ -419,6 +425,12 @@ impl MetricsSampler {
     /// [`MetricsSampler::sample`] reports the usage since this moment. (A sample taken
     /// less than `sysinfo::MINIMUM_CPU_UPDATE_INTERVAL` later is less accurate.)
     pub fn new() -> MetricsSampler {
+        MetricsSampler::with_power_root(Path::new(power::SYSFS_ROOT))
+    }
+
+    /// Like [`MetricsSampler::new`], reading the power and heat sensors under `root`
+    /// instead of `/sys`, so that tests can give it a fake tree.
+    pub fn with_power_root(root: &Path) -> MetricsSampler {
         let mut system = System::new_with_specifics(
             RefreshKind::nothing()
                 .with_cpu(CpuRefreshKind::nothing().with_cpu_usage())
@@ -432,12 +444,15 @@ impl MetricsSampler {
             system,
             disks,
             reported_disk,
+            power_root: root.to_path_buf(),
+            power_debouncer: power::Debouncer::new(),
         }
     }
 
     /// Refreshes CPU usage, RAM and the reported disk's free space, and returns them with
-    /// the load average and uptime. Nothing else is read, so this stays cheap enough to
-    /// call every few seconds on a Raspberry Pi.
+    /// the load average, uptime and the debounced power and heat readings (a few small
+    /// sysfs files). Nothing else is read, so this stays cheap enough to call every few
+    /// seconds on a Raspberry Pi.
     pub fn sample(&mut self) -> LiveMetrics {
         self.system.refresh_cpu_usage();
         self.system
@@ -464,6 +479,9 @@ impl MetricsSampler {
             disk_usage,
             load_average: [load.one, load.five, load.fifteen],
             uptime_secs: System::uptime(),
+            power: self
+                .power_debouncer
+                .sample(Instant::now(), power::read_sysfs(&self.power_root)),
         }
     }
 }
@@ -502,6 +520,7 @@ fn percent(part: u64, whole: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::Power;
 
     #[test]
     fn collected_profile_has_sane_values() {
@@ -657,6 +676,31 @@ mod tests {
         check(1, 4, 25.0);
         check(4, 4, 100.0);
         check(8, 4, 100.0);
+    }
+
+    #[test]
+    fn samples_carry_debounced_power_readings_from_the_given_root() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let battery = root.path().join("class/power_supply/battery");
+        std::fs::create_dir_all(&battery).expect("mkdir");
+        std::fs::write(battery.join("type"), "Battery\n").expect("write");
+        std::fs::write(battery.join("capacity"), "42\n").expect("write");
+        std::fs::write(battery.join("status"), "Discharging\n").expect("write");
+        let mut sampler = MetricsSampler::with_power_root(root.path());
+        // Nothing is reported until enough samples agree.
+        for _ in 1..power::DEBOUNCE_SAMPLES {
+            assert_eq!(sampler.sample().power, Power::default());
+        }
+        let expect = Power {
+            battery_percent: Some(42.0),
+            charging: Some(false),
+            on_ac: Some(false),
+            temperature_c: None,
+        };
+        assert_eq!(sampler.sample().power, expect);
+        // One spurious 0 % changes nothing.
+        std::fs::write(battery.join("capacity"), "0\n").expect("write");
+        assert_eq!(sampler.sample().power, expect);
     }
 
     #[test]

@@ -27,6 +27,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -126,13 +127,15 @@ struct Client {
     distrusted: Vec<std::net::SocketAddr>,
 }
 
-/// How the worker behaves as a service: how long a graceful stop waits, and what it
-/// tells the service manager.
+/// How the worker behaves as a service: how long a graceful stop waits, what it
+/// tells the service manager, and where it reads its power sensors.
 pub(crate) struct Service {
     /// How long a graceful stop waits for running tasks.
     pub(crate) drain_timeout: Duration,
     /// systemd's notify socket, or a notifier that does nothing.
     pub(crate) notifier: daemon::notify::Notifier,
+    /// Where the battery and temperature sensors are read.
+    pub(crate) sysfs_root: PathBuf,
 }
 
 /// Why the link ended other than by a requested stop; [`crate::run`] reports it as the
@@ -195,7 +198,7 @@ pub(crate) fn run(
         results,
         progress,
         cancels: HashMap::new(),
-        sampler: MetricsSampler::new(),
+        sampler: MetricsSampler::with_power_root(&service.sysfs_root),
         origin,
         backoff: Backoff::new(),
         link: Link::Waiting { retry_at: origin },
@@ -884,6 +887,8 @@ mod tests {
             token: None,
             forget_master: false,
             notify: false,
+            // No sensors, so that these tests never depend on the host's battery.
+            sysfs_root: state.join("no-sysfs"),
         }
     }
 

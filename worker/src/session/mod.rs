@@ -28,8 +28,8 @@ use std::time::Duration;
 
 use protocol::{
     Ack, DecodeError, EncodedEnvelope, Envelope, ErrorCode, ErrorReply, Goodbye, Heartbeat,
-    Message, Metrics, Register, RunningTask, TaskAssign, TaskCancel, TaskProgress, TaskResult,
-    TaskSpec,
+    Message, Metrics, Power, Register, RunningTask, TaskAssign, TaskCancel, TaskProgress,
+    TaskResult, TaskSpec,
 };
 use serde_json::{json, Map, Value};
 
@@ -1018,8 +1018,9 @@ impl Session {
             status: Some(if self.draining { "draining" } else { "online" }.into()),
             active_tasks: Some(u32::try_from(self.running.len()).unwrap_or(u32::MAX)),
             last_activity: None,
-            // The power and heat sensing comes with issue 16's power part.
-            power: None,
+            // Left out while nothing is known, so a device without sensors sends what
+            // it always sent.
+            power: Some(live.power).filter(|power| *power != Power::default()),
             extra: Map::new(),
         };
         let heartbeat_id = self.new_message_id("hb");
@@ -1151,6 +1152,7 @@ mod tests {
             disk_usage: 50.0,
             load_average: [0.5, 0.25, 0.125],
             uptime_secs: 86_400,
+            power: Power::default(),
         }
     }
 
@@ -1406,7 +1408,45 @@ mod tests {
             json!([0.5, 0.25, 0.125])
         );
         assert_eq!(wire["data"]["system_metrics"]["uptime"], json!(86400.0));
+        // Nothing known about power and heat: the heartbeat says nothing about them.
+        assert_eq!(wire["data"].get("power"), None);
         assert_eq!(session.poll_timeout(), Some(secs(1.5)));
+    }
+
+    #[test]
+    fn heartbeats_carry_the_power_readings_they_are_given() {
+        fn check(power: Power, expect: Option<Value>) {
+            let mut session = session_with_slots(1);
+            session.handle_connected(secs(0.0), None);
+            let register = only(sent(&mut session));
+            session.handle_message(
+                secs(0.0),
+                ack(&id_of(&register), json!({"heartbeat_interval": 1})),
+            );
+            session.handle_timeout(secs(1.0), || LiveMetrics { power, ..metrics() });
+            let wire = only(sent(&mut session)).to_value();
+            assert_eq!(wire["data"].get("power"), expect.as_ref(), "{power:?}");
+        }
+        check(Power::default(), None);
+        check(
+            Power {
+                battery_percent: Some(18.0),
+                charging: Some(false),
+                on_ac: Some(false),
+                temperature_c: Some(39.5),
+            },
+            Some(json!({
+                "battery_percent": 18.0, "charging": false, "on_ac": false, "temperature_c": 39.5
+            })),
+        );
+        // A desktop knows only that it is on mains.
+        check(
+            Power {
+                on_ac: Some(true),
+                ..Power::default()
+            },
+            Some(json!({"on_ac": true})),
+        );
     }
 
     #[test]

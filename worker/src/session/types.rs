@@ -3,7 +3,7 @@
 //! [`crate::state::outbox`] reads saved results back), so the session itself never
 //! depends on a module that does I/O.
 
-use protocol::TaskResult;
+use protocol::{Power, TaskResult};
 use serde::{Deserialize, Serialize};
 
 /// A result saved by an earlier run (loaded from the outbox on disk): send it again
@@ -81,4 +81,14 @@ pub struct LiveMetrics {
     pub load_average: [f64; 3],
     /// Seconds since the device booted.
     pub uptime_secs: u64,
+    /// The battery, mains supply and temperature, already debounced (see
+    /// `device::power`); all `None` when the device has no such sensors or too few
+    /// samples have come in yet, and then left out when serialized.
+    #[serde(default, skip_serializing_if = "power_unknown")]
+    pub power: Power,
+}
+
+/// Whether nothing at all is known about the power and heat.
+fn power_unknown(power: &Power) -> bool {
+    *power == Power::default()
 }

@@ -1,5 +1,6 @@
 //! The `retire-worker` binary's life with a scripted master on a real socket: results
-//! that survive a `kill -9` of the worker, and a graceful leave on SIGTERM.
+//! that survive a `kill -9` of the worker, a graceful leave on SIGTERM, and the power
+//! readings its heartbeats carry from a fake sysfs tree.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -402,4 +403,60 @@ fn a_task_left_running_by_kill_9_is_killed_when_the_worker_starts_again() {
     signal(&worker, libc::SIGTERM);
     master.until_goodbye();
     assert!(wait_within(worker, STEP_LIMIT).success());
+}
+
+/// Starts a worker whose sysfs is a fake tree holding `files` (path, contents) and
+/// returns the `power` of its register and of its first four heartbeats.
+fn power_sent_with_sysfs(files: &[(&str, &str)]) -> Vec<Option<Value>> {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let state = tempfile::tempdir().expect("a temp dir");
+    let sysfs = tempfile::tempdir().expect("a temp dir");
+    for (path, contents) in files {
+        let path = sysfs.path().join(path);
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
+        std::fs::write(&path, format!("{contents}\n")).expect("write");
+    }
+    let root = sysfs.path().to_str().expect("a UTF-8 temp dir");
+    let worker = start_worker(&listener, state.path(), &["--sysfs-root", root]);
+    let mut master = ScriptedMaster::accept(&listener);
+    let register = master.recv();
+    assert_eq!(register["message_type"], "register", "{register}");
+    let mut sent = vec![register["data"].get("power").cloned()];
+    master.ack(&register, json!({"heartbeat_interval": 0.05}));
+    while sent.len() < 5 {
+        let message = master.recv();
+        if message["message_type"] == "heartbeat" {
+            sent.push(message["data"].get("power").cloned());
+            master.ack(&message, json!({}));
+        }
+    }
+    signal(&worker, libc::SIGTERM);
+    master.until_goodbye();
+    assert!(wait_within(worker, STEP_LIMIT).success());
+    sent
+}
+
+#[test]
+fn heartbeats_carry_the_debounced_power_of_the_given_sysfs_tree() {
+    fn check(files: &[(&str, &str)], expect: Vec<Option<Value>>) {
+        assert_eq!(power_sent_with_sysfs(files), expect, "{files:?}");
+    }
+    // No sensors at all: no power, ever, so nothing constrains the device.
+    check(&[], vec![None; 5]);
+    // A phone on its battery: nothing in the register, and the readings from the third
+    // heartbeat on, once three samples agree.
+    let phone = json!({
+        "battery_percent": 18.0, "charging": false, "on_ac": false, "temperature_c": 41.0
+    });
+    check(
+        &[
+            ("class/power_supply/battery/type", "Battery"),
+            ("class/power_supply/battery/capacity", "18"),
+            ("class/power_supply/battery/status", "Discharging"),
+            ("class/power_supply/usb/type", "USB"),
+            ("class/power_supply/usb/online", "0"),
+            ("class/thermal/thermal_zone0/temp", "41000"),
+        ],
+        vec![None, None, None, Some(phone.clone()), Some(phone)],
+    );
 }
